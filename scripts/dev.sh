@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine:
+#   scripts/dev.sh demo   set up, then run the quickstart end to end
+#   scripts/dev.sh test   set up, then run every check CI runs (lint, types, layering, tests)
+#   scripts/dev.sh setup  only create .venv with cmcp and every plugin under plugins/, editable
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+VENV=.venv
+PY="$VENV/bin/python"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+    [ "$(id -u)" -eq 0 ]
+}
+
+ensure_python() {
+    if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+        if as_root && command -v apt-get >/dev/null 2>&1; then
+            say "installing python3 and python3-venv (Debian)"
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv python3-dev >/dev/null
+        else
+            echo "error: python3 (>= 3.11) with the venv module is required; install it and re-run" >&2
+            exit 2
+        fi
+    fi
+    if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+        echo "error: python3 is $(python3 -V 2>&1); cmcp needs Python >= 3.11" >&2
+        exit 2
+    fi
+}
+
+setup() {
+    ensure_python
+    if ! "$PY" -c 'import sys' >/dev/null 2>&1; then
+        say "creating $VENV"
+        rm -rf "$VENV"
+        python3 -m venv "$VENV"
+    fi
+    local editable=(-e ".[test]")
+    local plugin
+    for plugin in plugins/*/; do
+        [ -f "$plugin/pyproject.toml" ] && editable+=(-e "$plugin")
+    done
+    say "installing cmcp and ${#editable[@]} editable project(s) into $VENV"
+    "$PY" -m pip install --disable-pip-version-check -q -c constraints.txt "${editable[@]}"
+}
+
+run_tests() {
+    setup
+    local bin="$VENV/bin"
+    say "ruff check";    "$bin/ruff" check .
+    say "ruff format";   "$bin/ruff" format --check .
+    say "mypy --strict"; "$bin/mypy"
+    say "import layering"; "$bin/lint-imports"
+    say "pytest"
+    local rc=0
+    "$bin/pytest" "$@" || rc=$?
+    if [ "$rc" -eq 5 ]; then
+        echo "error: pytest collected no tests; that is a failure, not a pass" >&2
+        exit 1
+    fi
+    return "$rc"
+}
+
+run_demo() {
+    setup
+    exec "$PY" examples/quickstart/demo.py "$@"
+}
+
+case "${1:-}" in
+    setup) setup ;;
+    test) shift; run_tests "$@" ;;
+    demo) shift; run_demo "$@" ;;
+    *) echo "usage: scripts/dev.sh {demo|test|setup} [args...]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,3 @@
+from cmcp_cli.cli.app import main
+
+raise SystemExit(main())

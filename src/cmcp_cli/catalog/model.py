@@ -1,0 +1,213 @@
+"""Loading the tool catalog and computing its definition and catalog hashes.
+
+A tool's approved definition is what its upstream must advertise in `tools/list`, in
+MCP's own field names. Its hash is `sha256:` + hex SHA-256 of the RFC 8785 bytes of
+`{"name": <name>, <definition fields>}`; the catalog hash covers, per tool, its routing,
+classification and definition hash (see docs/configuration.md), so a verifier can pin
+the whole catalog with one string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cmcp_cli.claim.canonical import CanonicalizationError, canonical_sha256
+from cmcp_cli.errors import CatalogError, Problem, UsageError
+from cmcp_cli.model_errors import format_location, problems_from_validation
+from cmcp_cli.strict_json import StrictJSONError, loads_strict
+
+CATALOG_FORMAT = 1
+MAX_CATALOG_BYTES = 16 * 1024 * 1024
+DEFINITION_FIELDS = ("title", "description", "inputSchema", "outputSchema", "annotations")
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class ToolDefinition(BaseModel):
+    """The approved MCP definition of one tool (the `tools/list` entry without its name)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    title: str | None = None
+    description: str | None = None
+    inputSchema: dict[str, Any]  # noqa: N815 - MCP's field name
+    outputSchema: dict[str, Any] | None = None  # noqa: N815
+    annotations: dict[str, Any] | None = None
+
+
+class CatalogEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: NonEmpty
+    server: NonEmpty
+    groups: tuple[NonEmpty, ...] = ()
+    data_class: NonEmpty
+    definition: ToolDefinition
+    definition_hash: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _exact(cls, value: str) -> str:
+        if value != value.strip():
+            raise ValueError(
+                f"{value!r} has leading or trailing white space; names are matched exactly"
+            )
+        return value
+
+    @field_validator("groups")
+    @classmethod
+    def _unique_groups(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a group more than once")
+        return value
+
+
+class CatalogDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    catalog_version: int
+    tools: tuple[CatalogEntry, ...]
+
+    @field_validator("catalog_version")
+    @classmethod
+    def _supported(cls, value: int) -> int:
+        if value != CATALOG_FORMAT:
+            raise ValueError(f"version {value} is not supported; this cMCP reads {CATALOG_FORMAT}")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogTool:
+    name: str
+    server: str
+    groups: tuple[str, ...]
+    data_class: str
+    definition: Mapping[str, Any]  # the hashed object: name plus the definition fields present
+    definition_hash: str
+
+
+@dataclass(frozen=True)
+class Catalog:
+    path: Path
+    tools: Mapping[str, CatalogTool]
+    hash: str
+
+    @property
+    def servers(self) -> frozenset[str]:
+        return frozenset(tool.server for tool in self.tools.values())
+
+
+def approved_definition(name: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The object whose hash pins a tool: its name and the definition fields that are set.
+
+    Works on a catalog entry and on an upstream's `tools/list` entry alike, which is what
+    makes drift detection a comparison of two hashes.
+    """
+    definition: dict[str, Any] = {"name": name}
+    for key in DEFINITION_FIELDS:
+        value = fields.get(key)
+        if value is not None:
+            definition[key] = value
+    return definition
+
+
+def definition_hash(definition: Mapping[str, Any]) -> str:
+    return canonical_sha256(dict(definition))
+
+
+def catalog_hash(tools: Mapping[str, CatalogTool]) -> str:
+    return canonical_sha256(
+        {
+            "cmcp_catalog": CATALOG_FORMAT,
+            "tools": {
+                name: {
+                    "server": tool.server,
+                    "groups": sorted(tool.groups),
+                    "data_class": tool.data_class,
+                    "definition_hash": tool.definition_hash,
+                }
+                for name, tool in tools.items()
+            },
+        }
+    )
+
+
+def load_catalog(path: Path) -> Catalog:
+    """Read and check a catalog file; `CatalogError` lists every problem found."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"catalog {path} does not exist", hint="check catalog_path") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read catalog {path}: {exc.strerror or exc}") from exc
+    where = str(path)
+    if len(data) > MAX_CATALOG_BYTES:
+        raise CatalogError(f"catalog {path} is {len(data)} bytes; the limit is {MAX_CATALOG_BYTES}")
+    try:
+        document = CatalogDocument.model_validate(loads_strict(data))
+    except StrictJSONError as exc:
+        raise CatalogError(
+            f"catalog {path} is not valid JSON",
+            problems=[Problem(str(exc), file=where, line=exc.line)],
+        ) from None
+    except ValidationError as exc:
+        raise CatalogError(
+            f"catalog {path} is invalid",
+            problems=problems_from_validation(exc, CatalogDocument, file=where),
+        ) from None
+    problems: list[Problem] = []
+    tools: dict[str, CatalogTool] = {}
+    for index, entry in enumerate(document.tools):
+        tool = _checked_tool(entry, index, where, tools, problems)
+        if tool is not None:
+            tools[tool.name] = tool
+    if problems:
+        raise CatalogError(f"catalog {path} is invalid", problems=problems)
+    return Catalog(path=path, tools=tools, hash=catalog_hash(tools))
+
+
+def _checked_tool(
+    entry: CatalogEntry,
+    index: int,
+    where: str,
+    seen: Mapping[str, CatalogTool],
+    problems: list[Problem],
+) -> CatalogTool | None:
+    at = format_location(("tools", index))
+    if entry.name in seen:
+        problems.append(
+            Problem(
+                f"{at}: tool {entry.name!r} is listed twice",
+                file=where,
+                hint="each tool name must be unique: calls are routed and decided by name",
+            )
+        )
+        return None
+    fields = {key: getattr(entry.definition, key) for key in DEFINITION_FIELDS}
+    definition = approved_definition(entry.name, fields)
+    try:
+        digest = definition_hash(definition)
+    except CanonicalizationError as exc:
+        problems.append(Problem(f"{at}: definition has no canonical JSON form: {exc}", file=where))
+        return None
+    if entry.definition_hash is not None and entry.definition_hash != digest:
+        problems.append(
+            Problem(
+                f"{at}: tool {entry.name!r} states definition_hash {entry.definition_hash} "
+                f"but its definition hashes to {digest}",
+                file=where,
+                hint="the definition was edited after approval; re-approve it and update "
+                "definition_hash, or restore the approved definition",
+            )
+        )
+        return None
+    return CatalogTool(
+        name=entry.name,
+        server=entry.server,
+        groups=entry.groups,
+        data_class=entry.data_class,
+        definition=definition,
+        definition_hash=digest,
+    )

@@ -1,0 +1,1 @@
+"""Canonical bytes, keys, signatures and the claim model."""

@@ -1,0 +1,1 @@
+"""The `cmcp` command line: parse, call one library function, render."""

@@ -1,0 +1,68 @@
+"""The `cmcp` Typer application and its single error boundary."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+import typer
+
+from cmcp_cli import __version__
+from cmcp_cli.cli import render
+from cmcp_cli.cli.validate import validate_bundle_command, validate_config_command
+from cmcp_cli.errors import CmcpError, ExitCode
+
+app = typer.Typer(
+    name="cmcp",
+    help="cMCP: decide, enforce, audit and attest every MCP tool call.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("validate-bundle")(validate_bundle_command)
+app.command("validate-config")(validate_config_command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        render.emit_line(f"cmcp {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """cMCP command line."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; every user-facing failure is rendered here and becomes an exit code.
+
+    Anything that is not a `CmcpError` is a bug and propagates with its traceback.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    json_mode = "--json" in args
+    try:
+        result = app(args=args, prog_name="cmcp", standalone_mode=False)
+    except CmcpError as exc:
+        if json_mode:
+            render.emit_json(exc.to_json())
+        render.error(exc)
+        return int(exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:  # `cmcp` alone prints help
+        click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
+        return int(ExitCode.USAGE)
+    except click.ClickException as exc:
+        exc.show()
+        return int(ExitCode.USAGE)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        render.err.print("aborted")
+        return 130
+    return int(result) if isinstance(result, int) else int(ExitCode.OK)

@@ -1,0 +1,453 @@
+"""The one validated model of `cmcp-config.yaml`, with its environment overrides.
+
+Reading is strict: unknown keys are errors with a did-you-mean, duplicate YAML keys are
+errors, every problem is reported at its line, and relative paths resolve against the
+folder of the config file (not the working directory of whoever started the process).
+Secrets never live in this file: bearer tokens are named by SHA-256 digest or by the
+environment variable that holds them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from cmcp_cli.errors import ConfigError, Problem, UsageError
+from cmcp_cli.model_errors import problems_from_validation
+
+ENV_DEV_MODE = "CMCP_DEV_MODE"
+ENV_BEARER_TOKEN = "CMCP_BEARER_TOKEN"  # noqa: S105 - the variable's name, not a secret
+ENV_OPERATOR_TOKEN = "CMCP_OPERATOR_TOKEN"  # noqa: S105
+ENV_OPAQUE_URL = "OPAQUE_ATTESTATION_URL"
+KNOWN_ENV = (ENV_DEV_MODE, ENV_BEARER_TOKEN, ENV_OPERATOR_TOKEN)
+
+DEFAULT_DATA_CLASS_ORDER = ("public", "internal", "confidential", "restricted", "secret")
+_DIGEST = re.compile(r"(sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96})")
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DNS_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    value = value.expanduser()
+    return value if value.is_absolute() or base is None else Path(base) / value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+
+
+def _sha256_digest(value: str) -> str:
+    if _SHA256.fullmatch(value) is None:
+        raise ValueError("must be 'sha256:' followed by 64 lowercase hex digits")
+    return value
+
+
+def _env_name(value: str) -> str:
+    if _ENV_NAME.fullmatch(value) is None:
+        raise ValueError(f"{value!r} is not an environment variable name")
+    return value
+
+
+Sha256Digest = Annotated[str, AfterValidator(_sha256_digest)]
+EnvName = Annotated[str, AfterValidator(_env_name)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AttestationConfig(_Section):
+    provider: Literal["auto", "tpm", "sev-snp", "tdx", "gpu-cc", "opaque", "software-only"] = "auto"
+    enforcement_mode: Literal["enforcing", "advisory", "silent"] = "enforcing"
+    validity_seconds: PositiveInt = 86_400
+    staleness_policy: Literal["fail_closed", "warn_only"] = "fail_closed"
+    expected_measurement: tuple[str, ...] = ()
+    # Settings of one provider plugin each (`tpm: {tcti: ..., pcr: 23}`, `opaque: {url: ...}`),
+    # validated by that plugin, which the host does not know in advance.
+    providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("expected_measurement", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("expected_measurement")
+    @classmethod
+    def _digests(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if _DIGEST.fullmatch(item) is None:
+                raise ValueError(
+                    f"{item!r} is not 'sha256:<64 hex>' or 'sha384:<96 hex>' (lowercase); "
+                    "paste the output of `cmcp measure`"
+                )
+        return value
+
+
+class HttpUpstream(_Section):
+    transport: Literal["streamable-http"]
+    url: NonEmpty
+    headers: dict[str, str] = Field(default_factory=dict)
+    headers_from_env: dict[str, EnvName] = Field(default_factory=dict)
+    timeout_seconds: PositiveInt = 30
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if re.fullmatch(r"https?://[^/\s?#]+(/[^\s]*)?", value) is None:
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value
+
+
+class StdioUpstream(_Section):
+    transport: Literal["stdio"]
+    command: Annotated[tuple[NonEmpty, ...], Field(min_length=1)]
+    executable_sha256: Sha256Digest | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: ConfigPath | None = None
+
+
+Upstream = Annotated[HttpUpstream | StdioUpstream, Field(discriminator="transport")]
+
+
+class AuditConfig(_Section):
+    store: Literal["sqlite"] = "sqlite"
+    path: ConfigPath = Path("cmcp-audit.db")
+    durability: Literal["fsync", "os"] = "fsync"
+    record_inputs: Literal["full", "hashes"] = "full"
+
+
+class ModelIdentity(_Section):
+    provider: NonEmpty = "unknown"
+    model_id: NonEmpty = "unknown"
+
+
+class ClaimsConfig(_Section):
+    dir: ConfigPath = Path("claims")
+    trust_domain: NonEmpty = "cmcp.local"
+    model: ModelIdentity = ModelIdentity()
+
+    @field_validator("trust_domain")
+    @classmethod
+    def _trust_domain(cls, value: str) -> str:
+        if _DNS_NAME.fullmatch(value) is None:
+            raise ValueError(
+                f"{value!r} is not a SPIFFE trust domain (lowercase DNS name, e.g. example.org)"
+            )
+        return value
+
+
+class BearerToken(_Section):
+    agent: NonEmpty
+    token_sha256: Sha256Digest | None = None
+    token_env: EnvName | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> BearerToken:
+        if (self.token_sha256 is None) == (self.token_env is None):
+            raise ValueError("give exactly one of token_sha256 or token_env")
+        return self
+
+
+class AuthConfig(_Section):
+    bearer_tokens: tuple[BearerToken, ...] = ()
+    # the agent that CMCP_BEARER_TOKEN authenticates
+    env_token_agent: NonEmpty = "default"  # noqa: S105 - an agent id, not a secret
+    operator_token_sha256: Sha256Digest | None = None
+    operator_token_env: EnvName | None = None
+
+
+class TLSConfig(_Section):
+    cert_file: ConfigPath | None = None
+    key_file: ConfigPath | None = None
+    client_ca_file: ConfigPath | None = None  # enables mTLS; agents are the clients' SPIFFE IDs
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("client_ca_file (mTLS) needs cert_file and key_file")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+class LimitsConfig(_Section):
+    max_request_body_bytes: PositiveInt = 1024 * 1024
+    max_json_depth: PositiveInt = 64
+    upstream_timeout_seconds: PositiveInt = 30
+    request_timeout_seconds: PositiveInt = 120
+    session_idle_timeout_seconds: PositiveInt = 900
+    max_sessions: PositiveInt = 1024
+    approval_ttl_seconds: PositiveInt = 900
+
+
+class PolicyConfig(_Section):
+    deny_response: Literal["jsonrpc-error", "tool-error", "http-403"] = "jsonrpc-error"
+    data_class_order: Annotated[tuple[NonEmpty, ...], Field(min_length=1)] = (
+        DEFAULT_DATA_CLASS_ORDER
+    )
+
+    @field_validator("data_class_order")
+    @classmethod
+    def _unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        duplicates = sorted({v for v in value if value.count(v) > 1})
+        if duplicates:
+            raise ValueError(f"lists {', '.join(duplicates)} more than once")
+        return value
+
+
+class ListenAddress(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    host: str
+    port: int
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False  # a host name other than localhost may resolve anywhere
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen_addr(value: str) -> ListenAddress:
+    match = re.fullmatch(
+        r"\[(?P<v6>[0-9A-Fa-f:.]+)\]:(?P<p6>\d+)|(?P<host>[^:\[\]\s]+):(?P<port>\d+)", value
+    )
+    if match is None:
+        raise ValueError(f"{value!r} is not HOST:PORT (write IPv6 as [::1]:8443)")
+    host = match.group("v6") or match.group("host")
+    port = int(match.group("p6") or match.group("port"))
+    if match.group("v6"):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is outside 0-65535")
+    return ListenAddress(host=host, port=port)
+
+
+class CmcpConfig(_Section):
+    attestation: AttestationConfig = AttestationConfig()
+    policy_bundle_path: ConfigPath
+    catalog_path: ConfigPath
+    listen_addr: ListenAddress = ListenAddress(host="127.0.0.1", port=8443)
+    max_response_size_bytes: PositiveInt = 2 * 1024 * 1024
+    policy_reload_interval_seconds: Annotated[int, Field(ge=0)] = 0
+    upstreams: dict[NonEmpty, Upstream] = Field(default_factory=dict)
+    policy: PolicyConfig = PolicyConfig()
+    audit: AuditConfig = AuditConfig()
+    claims: ClaimsConfig = ClaimsConfig()
+    auth: AuthConfig = AuthConfig()
+    tls: TLSConfig = TLSConfig()
+    limits: LimitsConfig = LimitsConfig()
+
+    @field_validator("listen_addr", mode="before")
+    @classmethod
+    def _listen(cls, value: Any) -> Any:
+        return parse_listen_addr(value) if isinstance(value, str) else value
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What the process environment adds to the file. Secrets are `SecretStr`."""
+
+    dev_mode: bool = False
+    bearer_token: SecretStr | None = None
+    operator_token: SecretStr | None = None
+    unknown: tuple[str, ...] = ()  # CMCP_* variables that cMCP does not read
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    path: Path
+    model: CmcpConfig
+    env: Environment
+
+
+@dataclass(frozen=True)
+class ConfigDocument:
+    """The parsed YAML before validation, kept to locate problems by line."""
+
+    path: Path
+    data: dict[str, Any]
+    node: yaml.Node | None
+
+    def line_of(self, loc: tuple[str | int, ...]) -> int | None:
+        return _line_of(self.node, loc)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of keeping the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_config_document(path: Path) -> ConfigDocument:
+    """Read and parse the YAML; `UsageError` if unreadable, `ConfigError` if not YAML."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(
+            f"config file {path} does not exist", hint="pass --config PATH to cmcp-config.yaml"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read config file {path}: {exc}") from exc
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(
+            f"config file {path} is not valid YAML",
+            problems=[Problem(_yaml_message(exc), file=str(path), line=line)],
+        ) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path} must be a mapping of keys to values",
+            problems=[Problem("top level is not a mapping", file=str(path), line=1)],
+        )
+    return ConfigDocument(path=path, data=data, node=node)
+
+
+def _yaml_message(exc: yaml.YAMLError) -> str:
+    problem = getattr(exc, "problem", None)
+    return str(problem) if problem else str(exc).splitlines()[0]
+
+
+def read_environment(environ: Mapping[str, str]) -> tuple[Environment, list[Problem]]:
+    problems: list[Problem] = []
+    raw_dev = environ.get(ENV_DEV_MODE, "").strip().lower()
+    if raw_dev in ("", "0", "false", "no", "off"):
+        dev_mode = False
+    elif raw_dev in ("1", "true", "yes", "on"):
+        dev_mode = True
+    else:
+        dev_mode = False
+        problems.append(
+            Problem(
+                f"{ENV_DEV_MODE}={environ[ENV_DEV_MODE]!r} is neither 1 nor 0",
+                hint="set it to 1 or unset it",
+            )
+        )
+    token = environ.get(ENV_BEARER_TOKEN)
+    operator = environ.get(ENV_OPERATOR_TOKEN)
+    unknown = tuple(sorted(k for k in environ if k.startswith("CMCP_") and k not in KNOWN_ENV))
+    env = Environment(
+        dev_mode=dev_mode,
+        bearer_token=SecretStr(token) if token else None,
+        operator_token=SecretStr(operator) if operator else None,
+        unknown=unknown,
+    )
+    return env, problems
+
+
+def apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """The document with environment overrides that target file settings applied."""
+    url = environ.get(ENV_OPAQUE_URL)
+    if not url:
+        return data
+    merged = dict(data)
+    attestation = dict(merged.get("attestation") or {})
+    providers = dict(attestation.get("providers") or {})
+    providers["opaque"] = {**dict(providers.get("opaque") or {}), "url": url}
+    attestation["providers"] = providers
+    merged["attestation"] = attestation
+    return merged
+
+
+def validate_data(data: Mapping[str, Any], path: Path, environ: Mapping[str, str]) -> CmcpConfig:
+    """Validate config data read from `path`; raises pydantic's `ValidationError`."""
+    merged = apply_environment(dict(data), environ)
+    return CmcpConfig.model_validate(merged, context={"base_dir": path.parent})
+
+
+def validate_document(document: ConfigDocument, environ: Mapping[str, str]) -> CmcpConfig:
+    """Validate the document; `ConfigError` lists every schema problem at its line."""
+    try:
+        return validate_data(document.data, document.path, environ)
+    except ValidationError as exc:
+        problems = problems_from_validation(
+            exc, CmcpConfig, file=str(document.path), line_of=document.line_of
+        )
+        raise ConfigError(f"config file {document.path} is invalid", problems=problems) from None
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Read, validate and resolve a config file with its environment overrides."""
+    environ = os.environ if environ is None else environ
+    document = read_config_document(path)
+    env, env_problems = read_environment(environ)
+    if env_problems:
+        raise ConfigError("the environment holds invalid cMCP settings", problems=env_problems)
+    return LoadedConfig(path=path, model=validate_document(document, environ), env=env)
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[str | int, ...]) -> int | None:
+    """1-based line of the YAML node at `loc`, or of the nearest ancestor that exists."""
+    if node is None:
+        return None
+    line = node.start_mark.line + 1
+    for depth, part in enumerate(loc):
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.value == str(part):
+                    # the last step points at the key itself, where an unknown key is
+                    is_last = depth == len(loc) - 1
+                    child = (
+                        key_node
+                        if is_last and isinstance(value_node, yaml.CollectionNode)
+                        else value_node
+                    )
+                    break
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            child = node.value[part]
+        if child is None:
+            return line if depth else None  # a top-level key that is absent has no line
+        node = child
+        line = node.start_mark.line + 1
+    return line

@@ -1,0 +1,1 @@
+"""The gateway: configuration checks before start, and (later) the MCP proxy itself."""

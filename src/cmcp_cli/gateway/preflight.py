@@ -1,0 +1,218 @@
+"""Everything `cmcp start` needs, checked before it starts: the library behind
+`cmcp validate-config`.
+
+Problems are collected, never raised one at a time, so an operator fixes a config in one
+pass. Only an unreadable config file is fatal (`UsageError`): there is nothing to check.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from cmcp_cli.catalog.model import Catalog, load_catalog
+from cmcp_cli.config import (
+    KNOWN_ENV,
+    CmcpConfig,
+    ConfigDocument,
+    Environment,
+    read_config_document,
+    read_environment,
+    validate_data,
+    validate_document,
+)
+from cmcp_cli.errors import CmcpError, ConfigError, Problem, Severity, UsageError
+from cmcp_cli.gateway import checks
+from cmcp_cli.gateway.wiring import authorizer_for
+from cmcp_cli.model_errors import document_location
+from cmcp_cli.policy.bundle import read_bundle
+from cmcp_cli.policy.engine import CompiledBundle, compile_bundle
+
+
+@dataclass(frozen=True)
+class ConfigReport:
+    config_path: Path
+    problems: tuple[Problem, ...]
+    config: CmcpConfig | None = None
+    env: Environment | None = None
+    bundle: CompiledBundle | None = None
+    catalog: Catalog | None = None
+    notes: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> tuple[Problem, ...]:
+        return tuple(p for p in self.problems if p.severity is Severity.ERROR)
+
+    @property
+    def warnings(self) -> tuple[Problem, ...]:
+        return tuple(p for p in self.problems if p.severity is Severity.WARNING)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_json(self) -> dict[str, object]:
+        config = self.config
+        return {
+            "config": str(self.config_path),
+            "ok": self.ok,
+            "errors": [p.to_json() for p in self.errors],
+            "warnings": [p.to_json() for p in self.warnings],
+            "listen_addr": str(config.listen_addr) if config else None,
+            "attestation_provider": config.attestation.provider if config else None,
+            "enforcement_mode": config.attestation.enforcement_mode if config else None,
+            "dev_mode": self.env.dev_mode if self.env else None,
+            "bundle_hash": self.bundle.hash if self.bundle else None,
+            "policy_count": len(self.bundle.policies) if self.bundle else None,
+            "catalog_hash": self.catalog.hash if self.catalog else None,
+            "tool_count": len(self.catalog.tools) if self.catalog else None,
+            "upstreams": sorted(config.upstreams) if config else None,
+        }
+
+
+def check_config(path: Path, environ: Mapping[str, str] | None = None) -> ConfigReport:
+    """Load the config and everything it references, and report every problem found."""
+    environ = os.environ if environ is None else environ
+    try:
+        document = read_config_document(path)
+    except ConfigError as exc:
+        return ConfigReport(config_path=path, problems=exc.problems)
+    problems: list[Problem] = []
+    env, env_problems = read_environment(environ)
+    problems.extend(env_problems)
+    problems.extend(_unknown_env_warnings(env))
+    config: CmcpConfig | None = None
+    checkable: CmcpConfig | None = None
+    try:
+        config = checkable = validate_document(document, environ)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        checkable = _without_invalid_keys(document, environ)
+
+    bundle_path = config.policy_bundle_path if config else _raw_path(document, "policy_bundle_path")
+    catalog_path = config.catalog_path if config else _raw_path(document, "catalog_path")
+    bundle = _load_bundle(document, bundle_path, problems)
+    catalog = _load_catalog(document, catalog_path, problems)
+    if bundle is not None and catalog is not None:
+        try:
+            authorizer_for(bundle, catalog)
+        except CmcpError as exc:
+            problems.append(Problem(exc.message, file=str(catalog.path), hint=exc.hint))
+    if checkable is not None:
+        located = checks.Locator(document)
+        problems.extend(checks.check_auth(checkable, env, environ, located))
+        problems.extend(checks.check_tls(checkable.tls, located))
+        problems.extend(checks.check_upstreams(checkable, environ, catalog, located))
+        problems.extend(checks.check_state_paths(checkable, located))
+        if catalog is not None:
+            problems.extend(checks.check_data_classes(checkable, catalog, located))
+    return ConfigReport(
+        config_path=path,
+        problems=tuple(problems),
+        config=config,
+        env=env,
+        bundle=bundle,
+        catalog=catalog,
+    )
+
+
+_REPAIR_ROUNDS = 4
+
+
+def _without_invalid_keys(
+    document: ConfigDocument, environ: Mapping[str, str]
+) -> CmcpConfig | None:
+    """The config with every invalid setting removed, so that the remaining settings still
+    get their semantic checks in the same run. Used for checking only, never for serving.
+    """
+    data = copy.deepcopy(document.data)
+    for _ in range(_REPAIR_ROUNDS):
+        try:
+            return validate_data(data, document.path, environ)
+        except ValidationError as exc:
+            for error in exc.errors(include_url=False):
+                loc = document_location(CmcpConfig, tuple(error["loc"]))
+                # a missing key cannot be removed: remove the object that lacks it
+                _remove(data, loc[:-1] if error["type"] == "missing" else loc)
+    return None
+
+
+def _remove(data: Any, loc: tuple[str | int, ...]) -> None:
+    if not loc:
+        return
+    parent = data
+    for part in loc[:-1]:
+        try:
+            parent = parent[part]
+        except (KeyError, IndexError, TypeError):
+            return
+    if isinstance(parent, dict):
+        parent.pop(loc[-1], None)
+    elif isinstance(parent, list) and isinstance(loc[-1], int) and loc[-1] < len(parent):
+        del parent[loc[-1]]
+
+
+def _raw_path(document: ConfigDocument, key: str) -> Path | None:
+    value = document.data.get(key)
+    if not isinstance(value, str) or not value:
+        return None
+    candidate = Path(value).expanduser()
+    return candidate if candidate.is_absolute() else document.path.parent / candidate
+
+
+def _load_bundle(
+    document: ConfigDocument, path: Path | None, problems: list[Problem]
+) -> CompiledBundle | None:
+    if path is None:
+        return None
+    try:
+        return compile_bundle(read_bundle(path))
+    except UsageError as exc:
+        problems.append(_at_key(document, "policy_bundle_path", exc))
+    except CmcpError as exc:
+        problems.extend(exc.problems or (_at_key(document, "policy_bundle_path", exc),))
+    return None
+
+
+def _load_catalog(
+    document: ConfigDocument, path: Path | None, problems: list[Problem]
+) -> Catalog | None:
+    if path is None:
+        return None
+    try:
+        return load_catalog(path)
+    except UsageError as exc:
+        problems.append(_at_key(document, "catalog_path", exc))
+    except CmcpError as exc:
+        problems.extend(exc.problems or (_at_key(document, "catalog_path", exc),))
+    return None
+
+
+def _at_key(document: ConfigDocument, key: str, exc: CmcpError) -> Problem:
+    return Problem(
+        f"{key}: {exc.message}",
+        file=str(document.path),
+        line=document.line_of((key,)),
+        hint=exc.hint,
+    )
+
+
+def _unknown_env_warnings(env: Environment) -> list[Problem]:
+    warnings = []
+    for name in env.unknown:
+        close = difflib.get_close_matches(name, KNOWN_ENV, n=1)
+        warnings.append(
+            Problem(
+                f"environment variable {name} is not read by cMCP",
+                hint=f"did you mean {close[0]}?" if close else f"cMCP reads {', '.join(KNOWN_ENV)}",
+                severity=Severity.WARNING,
+            )
+        )
+    return warnings

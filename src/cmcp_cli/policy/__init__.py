@@ -1,0 +1,1 @@
+"""Policy bundles: loading, hashing, Cedar compilation and evaluation."""

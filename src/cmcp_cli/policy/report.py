@@ -1,0 +1,125 @@
+"""The library behind `cmcp validate-bundle`: load, compile, and compare with a pin."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cmcp_cli.claim.canonical import is_sha256_tagged
+from cmcp_cli.errors import UsageError
+from cmcp_cli.policy.bundle import read_bundle
+from cmcp_cli.policy.engine import CompiledBundle, compile_bundle
+from cmcp_cli.strict_json import StrictJSONError, loads_strict
+
+
+@dataclass(frozen=True)
+class FileChange:
+    path: str
+    change: str  # "added", "removed" or "changed"
+    before: str | None
+    after: str | None
+
+
+@dataclass(frozen=True)
+class BundleReport:
+    bundle: CompiledBundle
+    expected_hash: str | None
+    changes: tuple[FileChange, ...]  # against the baseline, when one was given
+
+    @property
+    def hash(self) -> str:
+        return self.bundle.hash
+
+    @property
+    def matches(self) -> bool | None:
+        return None if self.expected_hash is None else self.expected_hash == self.hash
+
+    def to_json(self) -> dict[str, object]:
+        source = self.bundle.source
+        return {
+            "bundle_path": str(source.root),
+            "bundle_hash": self.hash,
+            "ok": self.matches is not False,
+            "expected_hash": self.expected_hash,
+            "hash_matches": self.matches,
+            "files": {f.path: f.digest for f in source.files},
+            "schema": source.schema_file is not None,
+            "manifest": {
+                "version": source.manifest.version,
+                "authored_at": source.manifest.authored_at,
+                "author": source.manifest.author,
+            },
+            "policies": [
+                {
+                    "id": p.id,
+                    "effect": p.effect,
+                    "file": p.file,
+                    "line": p.line,
+                    "annotations": dict(p.annotations),
+                }
+                for p in self.bundle.policies.values()
+            ],
+            "changes": [
+                {"path": c.path, "change": c.change, "before": c.before, "after": c.after}
+                for c in self.changes
+            ],
+        }
+
+
+def validate_bundle(
+    bundle_path: Path, expected_hash: str | None = None, baseline: Path | None = None
+) -> BundleReport:
+    """Read and compile a bundle and compare its hash with the expected one.
+
+    `baseline` is an earlier `validate-bundle --json` report: its files explain a
+    mismatch file by file, and its hash is the expected one unless `expected_hash` is given.
+    Raises `UsageError` for unusable arguments and `BundleError` for a broken bundle.
+    """
+    if expected_hash is not None and not is_sha256_tagged(expected_hash):
+        raise UsageError(
+            f"--expected-hash {expected_hash!r} is not 'sha256:' and 64 lowercase hex digits"
+        )
+    baseline_files: Mapping[str, str] | None = None
+    if baseline is not None:
+        baseline_hash, baseline_files = _read_baseline(baseline)
+        expected_hash = expected_hash or baseline_hash
+    bundle = compile_bundle(read_bundle(bundle_path))
+    changes: tuple[FileChange, ...] = ()
+    if baseline_files is not None:
+        current = {f.path: f.digest for f in bundle.source.files}
+        changes = _diff(baseline_files, current)
+    return BundleReport(bundle=bundle, expected_hash=expected_hash, changes=changes)
+
+
+def _read_baseline(path: Path) -> tuple[str, Mapping[str, str]]:
+    try:
+        document = loads_strict(path.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read baseline {path}: {exc.strerror or exc}") from exc
+    except StrictJSONError as exc:
+        raise UsageError(f"baseline {path} is not JSON: {exc}") from exc
+    files = document.get("files") if isinstance(document, dict) else None
+    digest = document.get("bundle_hash") if isinstance(document, dict) else None
+    if (
+        not isinstance(files, dict)
+        or not isinstance(digest, str)
+        or not is_sha256_tagged(digest)
+        or not all(isinstance(v, str) for v in files.values())
+    ):
+        raise UsageError(
+            f"baseline {path} is not a `cmcp validate-bundle --json` report",
+            hint="save one with: cmcp validate-bundle --bundle-path DIR --json > baseline.json",
+        )
+    return digest, files
+
+
+def _diff(before: Mapping[str, str], after: Mapping[str, str]) -> tuple[FileChange, ...]:
+    changes = []
+    for path in sorted(before.keys() | after.keys()):
+        old, new = before.get(path), after.get(path)
+        if old == new:
+            continue
+        kind = "added" if old is None else "removed" if new is None else "changed"
+        changes.append(FileChange(path, kind, old, new))
+    return tuple(changes)
