@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-import click
 import typer
 
 from cmcp_cli import __version__
@@ -54,15 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             render.emit_json(exc.to_json())
         render.error(exc)
         return int(exc.exit_code)
-    except click.exceptions.NoArgsIsHelpError as exc:  # `cmcp` alone prints help
-        click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
-        return int(ExitCode.USAGE)
-    except click.ClickException as exc:
-        exc.show()
-        return int(ExitCode.USAGE)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return int(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         render.err.print("aborted")
         return 130
+    except typer.TyperException as exc:  # a command line that does not parse; shows usage
+        exc.show()  # type: ignore[attr-defined]
+        return int(getattr(exc, "exit_code", ExitCode.USAGE))
     return int(result) if isinstance(result, int) else int(ExitCode.OK)

@@ -21,7 +21,7 @@ from cmcp_cli.errors import BundleError, CatalogError, Problem
 from cmcp_cli.policy import annotations as ann
 from cmcp_cli.policy.bundle import BundleFile, BundleSource
 from cmcp_cli.policy.decision import Decision, Effect
-from cmcp_cli.policy.request import TOOL_GROUP_TYPE, CedarRequest, ToolResource
+from cmcp_cli.policy.request import CedarRequest, ToolResource
 from cmcp_cli.policy.source import Statement, line_of_offset, split_statements
 
 
@@ -231,15 +231,9 @@ class Authorizer:
 
     def __init__(self, bundle: CompiledBundle, tools: Iterable[ToolResource]) -> None:
         self.bundle = bundle
-        entities: list[dict[str, Any]] = []
-        groups: set[str] = set()
-        for tool in tools:
-            entities.append(tool.entity_json())
-            groups.update(tool.groups)
-        entities.extend(
-            {"uid": {"type": TOOL_GROUP_TYPE, "id": g}, "attrs": {}, "parents": []}
-            for g in sorted(groups)
-        )
+        # Groups need no entities of their own: `resource in Tools::"g"` follows the parent
+        # reference, and every extra entity is cloned into each authorization call.
+        entities = [tool.entity_json() for tool in tools]
         try:
             self._entities = cedarpy.Entities.from_json_str(
                 json.dumps(entities), schema=bundle.schema

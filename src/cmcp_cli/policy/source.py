@@ -40,6 +40,7 @@ def split_statements(text: str) -> list[Statement]:
         else:
             if first_token_line is None:
                 first_token_line = line
+                start = i
             if char == '"':
                 i, line = _skip_string(text, i, line)
                 continue

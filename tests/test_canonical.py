@@ -1,0 +1,83 @@
+"""RFC 8785 canonical form and the digest helpers, against the RFC's published vectors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cmcp_cli.claim.canonical import (
+    CanonicalizationError,
+    canonical_bytes,
+    canonical_sha256,
+    is_sha256_tagged,
+    sha256_tagged,
+)
+
+# RFC 8785 §3.2.2 example, as a JSON text so that the numbers parse exactly as there.
+RFC8785_INPUT = r"""{
+  "numbers": [333333333.33333329, 1E30, 4.50, 2e-3, 0.000000000000000000000000001],
+  "string": "\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"\/",
+  "literals": [null, true, false]
+}"""
+RFC8785_OUTPUT = (
+    '{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],'
+    '"string":"€$\\u000f\\nA\'B\\"\\\\\\\\\\"/"}'
+)
+
+# RFC 8785 §3.2.3: properties sorted by UTF-16 code units, not by code points or UTF-8.
+RFC8785_SORT_INPUT = (
+    '{"\\u20ac":"Euro Sign","\\r":"Carriage Return","\\ufb33":"Hebrew Letter Dalet With Dagesh",'
+    '"1":"One","\\ud83d\\ude00":"Emoji: Grinning Face","\\u0080":"Control",'
+    '"\\u00f6":"Latin Small Letter O With Diaeresis"}'
+)
+RFC8785_SORT_ORDER = [
+    "Carriage Return",
+    "One",
+    "Control",
+    "Latin Small Letter O With Diaeresis",
+    "Euro Sign",
+    "Emoji: Grinning Face",
+    "Hebrew Letter Dalet With Dagesh",
+]
+
+
+def test_rfc8785_example_serialises_exactly() -> None:
+    assert canonical_bytes(json.loads(RFC8785_INPUT)) == RFC8785_OUTPUT.encode("utf-8")
+
+
+def test_rfc8785_property_order_is_utf16() -> None:
+    output = canonical_bytes(json.loads(RFC8785_SORT_INPUT)).decode("utf-8")
+    values = list(json.loads(output).values())
+    assert values == RFC8785_SORT_ORDER
+
+
+@pytest.mark.parametrize(
+    ("number", "text"),
+    [
+        (0.0, "0"),
+        (-0.0, "0"),
+        (1e21, "1e+21"),
+        (1e-7, "1e-7"),
+        (123456789012345680000.0, "123456789012345680000"),
+    ],
+)
+def test_rfc8785_number_serialisation(number: float, text: str) -> None:
+    assert canonical_bytes(number) == text.encode()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 2**53, "\ud800"])
+def test_values_without_canonical_form_are_refused(value: object) -> None:
+    with pytest.raises(CanonicalizationError):
+        canonical_bytes(value)
+
+
+def test_digest_helpers() -> None:
+    assert sha256_tagged(b"") == (
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    )
+    assert canonical_sha256({"b": 1, "a": 2}) == sha256_tagged(b'{"a":2,"b":1}')
+    assert is_sha256_tagged(sha256_tagged(b"x"))
+    assert not is_sha256_tagged("sha256:" + "A" * 64)
+    assert not is_sha256_tagged("sha256:" + "a" * 63)
+    assert not is_sha256_tagged("sha512:" + "a" * 64)
