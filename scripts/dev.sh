@@ -40,11 +40,14 @@ setup() {
         python3 -m venv "$VENV"
     fi
     local editable=(-e ".[test]")
-    local plugin
+    local plugin names="cmcp"
     for plugin in plugins/*/; do
-        [ -f "$plugin/pyproject.toml" ] && editable+=(-e "$plugin")
+        if [ -f "$plugin/pyproject.toml" ]; then
+            editable+=(-e "$plugin")
+            names+=" $(basename "$plugin")"
+        fi
     done
-    say "installing cmcp and ${#editable[@]} editable project(s) into $VENV"
+    say "installing into $VENV (editable): $names"
     "$PY" -m pip install --disable-pip-version-check -q -c constraints.txt "${editable[@]}"
 }
 

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import pytest
 import rfc8785
-from tests.conftest import MANIFEST, QUICKSTART, BundleFactory
 
 from cmcp_cli.errors import BundleError, UsageError
 from cmcp_cli.policy.bundle import read_bundle
+from tests.support import MANIFEST, QUICKSTART, BundleFactory, independent_bundle_hash
 
 POLICY = 'permit(principal, action == Action::"call_tool", resource);\n'
-
-
-def independent_bundle_hash(root: Path) -> str:
-    """The documented preimage, computed with nothing but hashlib and rfc8785."""
-    files = {}
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if path.is_file() and not any(part.startswith(".") for part in relative.parts):
-            files[relative.as_posix()] = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-    preimage = rfc8785.dumps({"cmcp_bundle": 1, "files": files})
-    return "sha256:" + hashlib.sha256(preimage).hexdigest()
 
 
 def test_quickstart_hash_matches_the_documented_preimage() -> None:

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 import rfc8785
-from tests.conftest import QUICKSTART
 
 from cmcp_cli.catalog.model import approved_definition, definition_hash, load_catalog
 from cmcp_cli.errors import CatalogError, UsageError
+from tests.support import QUICKSTART
 
 TOOL: dict[str, Any] = {
     "name": "get_weather",

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.conftest import QUICKSTART, run_cmcp
-from tests.test_bundle import independent_bundle_hash
+
+from tests.support import QUICKSTART, independent_bundle_hash, run_cmcp
 
 pytestmark = pytest.mark.cli
 BUNDLE = QUICKSTART / "policies"

@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import QUICKSTART, BundleFactory
 
 from cmcp_cli.errors import BundleError, CatalogError
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.decision import Effect
 from cmcp_cli.policy.engine import Authorizer, CompiledBundle, compile_bundle
 from cmcp_cli.policy.request import ToolResource, tool_call_request
+from tests.support import QUICKSTART, BundleFactory
 
 CREDIT_RISK = "spiffe://trust.example.org/agent/credit-risk"
 REFERENCE_POLICY = (

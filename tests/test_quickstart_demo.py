@@ -1,0 +1,22 @@
+"""The README's main command runs the quickstart demo; it must pass end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.support import QUICKSTART
+
+
+def test_quickstart_demo_passes() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(QUICKSTART / "demo.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "quickstart OK" in completed.stderr
+    for decision in ("allow", "deny", "redact"):
+        assert f" {decision} " in completed.stderr
