@@ -10,10 +10,10 @@ from __future__ import annotations
 import copy
 import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -34,6 +34,8 @@ from cmcp_cli.gateway.wiring import authorizer_for
 from cmcp_cli.model_errors import document_location
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import CompiledBundle, compile_bundle
+
+_Loaded = TypeVar("_Loaded")
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,10 @@ def check_config(path: Path, environ: Mapping[str, str] | None = None) -> Config
 
     bundle_path = config.policy_bundle_path if config else _raw_path(document, "policy_bundle_path")
     catalog_path = config.catalog_path if config else _raw_path(document, "catalog_path")
-    bundle = _load_bundle(document, bundle_path, problems)
-    catalog = _load_catalog(document, catalog_path, problems)
+    bundle = _load_referenced(
+        document, "policy_bundle_path", bundle_path, _compile_bundle_at, problems
+    )
+    catalog = _load_referenced(document, "catalog_path", catalog_path, load_catalog, problems)
     if bundle is not None and catalog is not None:
         try:
             authorizer_for(bundle, catalog)
@@ -167,32 +171,27 @@ def _raw_path(document: ConfigDocument, key: str) -> Path | None:
     return candidate if candidate.is_absolute() else document.path.parent / candidate
 
 
-def _load_bundle(
-    document: ConfigDocument, path: Path | None, problems: list[Problem]
-) -> CompiledBundle | None:
+def _load_referenced(
+    document: ConfigDocument,
+    key: str,
+    path: Path | None,
+    loader: Callable[[Path], _Loaded],
+    problems: list[Problem],
+) -> _Loaded | None:
+    """Load what config `key` names; its problems join the report instead of raising."""
     if path is None:
         return None
     try:
-        return compile_bundle(read_bundle(path))
-    except UsageError as exc:
-        problems.append(_at_key(document, "policy_bundle_path", exc))
-    except CmcpError as exc:
-        problems.extend(exc.problems or (_at_key(document, "policy_bundle_path", exc),))
+        return loader(path)
+    except UsageError as exc:  # nothing usable there: point at the key that names it
+        problems.append(_at_key(document, key, exc))
+    except CmcpError as exc:  # the file itself is wrong: its own problems carry locations
+        problems.extend(exc.problems or (_at_key(document, key, exc),))
     return None
 
 
-def _load_catalog(
-    document: ConfigDocument, path: Path | None, problems: list[Problem]
-) -> Catalog | None:
-    if path is None:
-        return None
-    try:
-        return load_catalog(path)
-    except UsageError as exc:
-        problems.append(_at_key(document, "catalog_path", exc))
-    except CmcpError as exc:
-        problems.extend(exc.problems or (_at_key(document, "catalog_path", exc),))
-    return None
+def _compile_bundle_at(path: Path) -> CompiledBundle:
+    return compile_bundle(read_bundle(path))
 
 
 def _at_key(document: ConfigDocument, key: str, exc: CmcpError) -> Problem:
