@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cmcp_cli.claim.canonical import (
     CanonicalizationError,
     canonical_bytes,
     canonical_sha256,
     is_sha256_tagged,
+    parse_canonical,
     sha256_tagged,
 )
 
@@ -81,3 +85,49 @@ def test_digest_helpers() -> None:
     assert not is_sha256_tagged("sha256:" + "A" * 64)
     assert not is_sha256_tagged("sha256:" + "a" * 63)
     assert not is_sha256_tagged("sha512:" + "a" * 64)
+
+
+# The orjson fast path must be byte-identical to rfc8785 wherever it is taken, and every
+# value it does not take must still be serialised (or refused) exactly as rfc8785 does.
+json_keys = st.one_of(
+    st.text(max_size=6),
+    st.sampled_from(["\ue000", "\U0001f600", "\uffff", "a\ud7ff", "\x7f", "\u2028", "é"]),
+)
+json_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**60), max_value=2**60),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=10),
+    st.sampled_from(["\x00\x1f\x7f\"\\/\b\f\n\r\t", "\u2028\u2029", "\U0001f600\ue000"]),
+)
+json_documents = st.recursive(
+    json_leaves,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(json_keys, inner, max_size=4)),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(json_documents)
+def test_canonical_bytes_equal_rfc8785_everywhere(value: object) -> None:
+    try:
+        expected = rfc8785.dumps(value)
+    except rfc8785.CanonicalizationError:
+        with pytest.raises(CanonicalizationError):
+            canonical_bytes(value)
+        return
+    assert canonical_bytes(value) == expected
+
+
+def test_utf16_order_is_kept_where_code_point_order_differs() -> None:
+    value = {"\ue000": 1, "\U0001f600": 2}
+    assert canonical_bytes(value) == rfc8785.dumps(value)
+    assert canonical_bytes(value).index("\U0001f600".encode()) < canonical_bytes(value).index("\ue000".encode())
+
+
+def test_parse_canonical_refuses_other_forms() -> None:
+    assert parse_canonical(b'{"a":1,"b":[true,null]}') == {"a": 1, "b": [True, None]}
+    for text in (b'{"b":1,"a":2}', b'{"a": 1}', b'{"a":1.0}', b'{"a":"\\u00e9"}', b"nope"):
+        with pytest.raises(CanonicalizationError):
+            parse_canonical(text)

@@ -1,7 +1,17 @@
 """RFC 8785 (JCS) canonical bytes and the digest strings used in every contract.
 
-Everything cMCP hashes or signs goes through `canonical_bytes`, so there is one
-canonicalisation in the code base and it is the published one (the `rfc8785` package).
+Everything cMCP hashes or signs goes through `canonical_bytes`. The published
+implementation (the `rfc8785` package) is the authority; for speed, orjson's sorted
+output is used instead where it is provably the same bytes:
+
+- no floats (JCS and orjson format some of them differently; cMCP hashes none),
+- integers within +-(2**53 - 1), which both print as plain digits,
+- string keys only, and no character at or above U+E000 anywhere in the output: only such
+  characters make UTF-16 key order (JCS) differ from code-point order (orjson),
+- string escaping, which is identical in both (control characters as \\u00xx except
+  \\b \\f \\n \\r \\t, then `"` and `\\`; nothing else escaped); the tests check this.
+
+Any value outside those bounds goes to `rfc8785`, which serialises it or refuses it.
 """
 
 from __future__ import annotations
@@ -10,10 +20,14 @@ import hashlib
 import re
 from typing import Any
 
+import orjson
 import rfc8785
 
 SHA256_PREFIX = "sha256:"
 _SHA256_TAGGED = re.compile(r"sha256:[0-9a-f]{64}")
+_SAFE_INTEGER = 2**53 - 1
+# UTF-8 lead bytes of U+E000..U+10FFFF: where UTF-16 and code-point order can disagree.
+_ORDER_SENSITIVE = re.compile(rb"[\xee-\xf4]")
 
 
 class CanonicalizationError(ValueError):
@@ -22,10 +36,54 @@ class CanonicalizationError(ValueError):
 
 def canonical_bytes(value: Any) -> bytes:
     """The RFC 8785 serialisation of a JSON-compatible value."""
+    if _fast_path_applies(value):
+        try:
+            fast = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:
+            pass  # e.g. a lone surrogate: let rfc8785 give the verdict
+        else:
+            if fast.isascii() or _ORDER_SENSITIVE.search(fast) is None:
+                return fast
     try:
         return rfc8785.dumps(value)
     except rfc8785.CanonicalizationError as exc:
         raise CanonicalizationError(str(exc)) from exc
+
+
+def parse_canonical(data: bytes) -> Any:
+    """Parse JSON that must already be in canonical form; `CanonicalizationError` if not."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise CanonicalizationError(f"not JSON: {exc}") from exc
+    if canonical_bytes(value) != data:
+        raise CanonicalizationError("JSON is not in RFC 8785 canonical form")
+    return value
+
+
+def _fast_path_applies(value: Any) -> bool:
+    """Whether `value` holds only what orjson and RFC 8785 serialise identically."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is str or kind is bool or item is None:
+            continue
+        if kind is int:
+            if -_SAFE_INTEGER <= item <= _SAFE_INTEGER:
+                continue
+            return False
+        if kind is dict:
+            for key in item:
+                if type(key) is not str:
+                    return False
+            stack.extend(item.values())
+            continue
+        if kind is list:
+            stack.extend(item)
+            continue
+        return False  # floats, tuples, subclasses: rfc8785 decides
+    return True
 
 
 def sha256_tagged(data: bytes) -> str:

@@ -9,6 +9,8 @@ import typer
 
 from cmcp_cli import __version__
 from cmcp_cli.cli import render
+from cmcp_cli.cli.evidence import replay_audit_command, verify_command
+from cmcp_cli.cli.plugins import plugins_command
 from cmcp_cli.cli.validate import validate_bundle_command, validate_config_command
 from cmcp_cli.errors import CmcpError, ExitCode
 
@@ -22,6 +24,9 @@ app = typer.Typer(
 )
 app.command("validate-bundle")(validate_bundle_command)
 app.command("validate-config")(validate_config_command)
+app.command("verify")(verify_command)
+app.command("replay-audit")(replay_audit_command)
+app.command("plugins")(plugins_command)
 
 
 def _version(value: bool) -> None:

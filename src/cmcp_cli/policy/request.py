@@ -67,6 +67,22 @@ class ToolResource:
             "parents": [{"type": TOOL_GROUP_TYPE, "id": group} for group in self.groups],
         }
 
+    @classmethod
+    def from_entity_json(cls, document: Mapping[str, Any]) -> ToolResource:
+        """Rebuild a recorded tool entity; `PolicyRequestError` when it is malformed."""
+        try:
+            uid, attrs, parents = document["uid"], document["attrs"], document["parents"]
+            if uid["type"] != TOOL_TYPE or any(p["type"] != TOOL_GROUP_TYPE for p in parents):
+                raise PolicyRequestError("recorded entity is not a Tool in Tools groups")
+            return cls(
+                name=str(uid["id"]),
+                server=str(attrs["server"]),
+                groups=tuple(str(p["id"]) for p in parents),
+                data_class=str(attrs["data_class"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise PolicyRequestError(f"recorded tool entity is malformed: {exc}") from exc
+
 
 @dataclass(frozen=True, slots=True)
 class CedarRequest:
@@ -84,6 +100,11 @@ class CedarRequest:
             "resource": self.resource.to_json(),
             "context": dict(self.context),
         }
+
+    def to_record(self, tool: ToolResource | None) -> dict[str, Any]:
+        """What the audit log keeps: the request and the entity Cedar saw for its tool,
+        so that a replay needs nothing but the bundle to decide it again."""
+        return {**self.to_json(), "entities": [tool.entity_json()] if tool is not None else []}
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any]) -> CedarRequest:

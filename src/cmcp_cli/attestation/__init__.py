@@ -1,0 +1,1 @@
+"""Attestation providers: the plugin API, the plugin manager, the binding, software mode."""

@@ -1,0 +1,119 @@
+"""Audit entries and their hashes (DESIGN §4).
+
+An entry is a JSON object with `v`, `seq`, `session_id`, `ts`, `type`, `prev` and `hash`
+plus fields of its type. `hash` is `sha256:` + hex SHA-256 of the RFC 8785 bytes of the
+entry without `hash`; `prev` is the previous entry's hash, and the first entry's `prev` is
+`sha256:` followed by 64 zeros. An entry is stored and exported as one line: the RFC 8785
+bytes of the whole entry, `hash` included, so the stored bytes are the hashed bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cmcp_cli.claim.canonical import (
+    CanonicalizationError,
+    canonical_bytes,
+    is_sha256_tagged,
+    parse_canonical,
+    sha256_tagged,
+)
+
+ENTRY_FORMAT = 1
+GENESIS_PREV = "sha256:" + "0" * 64
+_BASE_FIELDS = ("v", "seq", "session_id", "ts", "type", "prev", "hash")
+
+
+class EntryType(enum.StrEnum):
+    SESSION_START = "session_start"
+    CALL = "call"  # `phase` is "decision" (before forwarding) or "outcome" (before responding)
+    SESSION_END = "session_end"
+    DRIFT = "drift"
+    FAULT = "fault"
+    ATTESTATION = "attestation"
+    POLICY_LOAD = "policy_load"
+
+
+class EntryError(ValueError):
+    """A stored entry is malformed, not canonical, or does not hash to its `hash`."""
+
+
+@dataclass(frozen=True, slots=True)
+class SealedEntry:
+    """An entry with its hash, and the exact bytes that are stored and exported."""
+
+    fields: Mapping[str, Any]
+    line: bytes
+
+    @property
+    def seq(self) -> int:
+        return int(self.fields["seq"])
+
+    @property
+    def session_id(self) -> str:
+        return str(self.fields["session_id"])
+
+    @property
+    def type(self) -> str:
+        return str(self.fields["type"])
+
+    @property
+    def hash(self) -> str:
+        return str(self.fields["hash"])
+
+    @property
+    def prev(self) -> str:
+        return str(self.fields["prev"])
+
+
+def timestamp(moment: datetime) -> str:
+    """RFC 3339 in UTC with microseconds: `2026-11-21T09:30:00.000000Z`."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def seal(fields: Mapping[str, Any]) -> SealedEntry:
+    """Hash an entry (given without `hash`) and produce its stored line."""
+    if "hash" in fields:
+        raise EntryError("an entry to seal must not carry a hash yet")
+    try:
+        digest = sha256_tagged(canonical_bytes(dict(fields)))
+        sealed = {**fields, "hash": digest}
+        return SealedEntry(fields=sealed, line=canonical_bytes(sealed))
+    except CanonicalizationError as exc:
+        raise EntryError(f"entry has no canonical form: {exc}") from exc
+
+
+def open_line(line: bytes) -> SealedEntry:
+    """Parse a stored line and check that it is canonical, well-formed and hashes right."""
+    try:
+        fields = parse_canonical(line)
+    except CanonicalizationError as exc:
+        raise EntryError(str(exc)) from exc
+    if not isinstance(fields, dict):
+        raise EntryError("entry is not a JSON object")
+    _check_base_fields(fields)
+    body = {key: value for key, value in fields.items() if key != "hash"}
+    if sha256_tagged(canonical_bytes(body)) != fields["hash"]:
+        raise EntryError("content does not hash to the entry's hash: the entry was edited")
+    return SealedEntry(fields=fields, line=line)
+
+
+def _check_base_fields(fields: Mapping[str, Any]) -> None:
+    missing = [name for name in _BASE_FIELDS if name not in fields]
+    if missing:
+        raise EntryError(f"missing {', '.join(missing)}")
+    if fields["v"] != ENTRY_FORMAT:
+        raise EntryError(f"entry format {fields['v']!r} is not {ENTRY_FORMAT}")
+    seq = fields["seq"]
+    if type(seq) is not int or seq < 0:
+        raise EntryError(f"seq {seq!r} is not a non-negative integer")
+    for name in ("session_id", "ts", "type"):
+        if not isinstance(fields[name], str) or not fields[name]:
+            raise EntryError(f"{name} is not a non-empty string")
+    for name in ("prev", "hash"):
+        if not isinstance(fields[name], str) or not is_sha256_tagged(fields[name]):
+            raise EntryError(f"{name} is not sha256:<64 hex>")

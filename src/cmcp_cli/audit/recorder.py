@@ -1,0 +1,156 @@
+"""Writing one session's chain: each method builds an entry, seals it, makes it durable.
+
+A lock serialises the entries of one session (each entry's `prev` is the hash before
+it); different sessions append concurrently and share the store's group commit.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from cmcp_cli.audit.chain import DECISION_PHASE, OUTCOME_PHASE, ChainState
+from cmcp_cli.audit.entry import ENTRY_FORMAT, EntryType, SealedEntry, seal, timestamp
+from cmcp_cli.audit.store import AuditStore
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SessionRecorder:
+    def __init__(self, store: AuditStore, session_id: str, *, clock: Clock = utc_now) -> None:
+        self.store = store
+        self.state = ChainState(session_id=session_id)
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    @property
+    def session_id(self) -> str:
+        return self.state.session_id
+
+    def _append(self, kind: EntryType, fields: Mapping[str, Any]) -> SealedEntry:
+        with self._lock:
+            entry = seal(
+                {
+                    "v": ENTRY_FORMAT,
+                    "seq": self.state.next_seq,
+                    "session_id": self.state.session_id,
+                    "ts": timestamp(self._clock()),
+                    "type": kind.value,
+                    "prev": self.state.tip,
+                    **fields,
+                }
+            )
+            self.store.append(entry)  # durable before the state moves on
+            self.state.apply(entry)
+            return entry
+
+    def start(
+        self,
+        *,
+        bundle_hash: str,
+        catalog_hash: str,
+        key_thumbprint: str,
+        platform: str,
+        evidence_digest: str,
+        gateway_version: str,
+        enforcement_mode: str,
+        data_class_order: Sequence[str],
+    ) -> SealedEntry:
+        """The root entry: it binds the chain to its policy, catalog, key and platform."""
+        return self._append(
+            EntryType.SESSION_START,
+            {
+                "bundle_hash": bundle_hash,
+                "catalog_hash": catalog_hash,
+                "key_thumbprint": key_thumbprint,
+                "platform": platform,
+                "evidence_digest": evidence_digest,
+                "gateway_version": gateway_version,
+                "enforcement_mode": enforcement_mode,
+                "data_class_order": list(data_class_order),
+            },
+        )
+
+    def decision(
+        self,
+        *,
+        call_id: str,
+        tool: str,
+        decision: str,
+        policy_ids: Sequence[str],
+        request_sha256: str,
+        data_class: str,
+        forwarded: bool,
+        cedar_request: Mapping[str, Any] | None,
+    ) -> SealedEntry:
+        """A call's decision; durable before the call is forwarded."""
+        fields: dict[str, Any] = {
+            "phase": DECISION_PHASE,
+            "call_id": call_id,
+            "tool": tool,
+            "decision": decision,
+            "policy_ids": list(policy_ids),
+            "request_sha256": request_sha256,
+            "data_class": data_class,
+            "forwarded": forwarded,
+        }
+        if cedar_request is not None:
+            fields["cedar_request"] = dict(cedar_request)
+        return self._append(EntryType.CALL, fields)
+
+    def outcome(
+        self,
+        *,
+        call_id: str,
+        response_sha256: str,
+        latency_us: int,
+        redactions: Mapping[str, int] | None = None,
+    ) -> SealedEntry:
+        """A forwarded call's result; durable before the response is returned."""
+        fields: dict[str, Any] = {
+            "phase": OUTCOME_PHASE,
+            "call_id": call_id,
+            "response_sha256": response_sha256,
+            "latency_us": latency_us,
+        }
+        if redactions:
+            fields["redactions"] = dict(redactions)  # kinds and counts, never values
+        return self._append(EntryType.CALL, fields)
+
+    def fault(self, *, error: str, stage: str, call_id: str | None = None) -> SealedEntry:
+        fields: dict[str, Any] = {"error": error, "stage": stage}
+        if call_id is not None:
+            fields["call_id"] = call_id
+        return self._append(EntryType.FAULT, fields)
+
+    def drift(self, *, tool: str, expected_hash: str, advertised_hash: str) -> SealedEntry:
+        return self._append(
+            EntryType.DRIFT,
+            {"tool": tool, "expected_hash": expected_hash, "advertised_hash": advertised_hash},
+        )
+
+    def attestation(
+        self, *, provider: str, evidence_type: str, evidence_digest: str
+    ) -> SealedEntry:
+        return self._append(
+            EntryType.ATTESTATION,
+            {
+                "provider": provider,
+                "evidence_type": evidence_type,
+                "evidence_digest": evidence_digest,
+            },
+        )
+
+    def policy_load(self, *, bundle_hash: str, policy_count: int) -> SealedEntry:
+        return self._append(
+            EntryType.POLICY_LOAD, {"bundle_hash": bundle_hash, "policy_count": policy_count}
+        )
+
+    def end(self, *, reason: str) -> SealedEntry:
+        return self._append(EntryType.SESSION_END, {"reason": reason})

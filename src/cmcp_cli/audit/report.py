@@ -1,0 +1,110 @@
+"""The library behind `cmcp replay-audit`: choose sessions, replay, match, decide again."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cmcp_cli.audit.logfile import count_log_lines, is_sqlite, read_log_lines
+from cmcp_cli.audit.replay import (
+    Progress,
+    SessionReplay,
+    compare_with_claim,
+    recheck_decisions,
+    replay_chains,
+)
+from cmcp_cli.errors import UsageError
+from cmcp_cli.policy.bundle import read_bundle
+from cmcp_cli.policy.engine import compile_bundle
+from cmcp_cli.strict_json import StrictJSONError, loads_strict
+
+
+@dataclass(frozen=True)
+class ReplayRequest:
+    log: Path
+    expect_sqlite: bool  # --db (True) or --log (False)
+    session_id: str | None = None
+    all_sessions: bool = False
+    claim: Path | None = None
+    bundle: Path | None = None
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    log: Path
+    sessions: tuple[SessionReplay, ...]
+    claim_session: str | None
+    bundle_hash: str | None
+
+    @property
+    def ok(self) -> bool:
+        return all(not s.problems for s in self.sessions)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "log": str(self.log),
+            "ok": self.ok,
+            "claim_session": self.claim_session,
+            "bundle_hash": self.bundle_hash,
+            "sessions": [s.to_json() for s in self.sessions],
+        }
+
+
+def log_size(request: ReplayRequest) -> int:
+    """How many stored lines the log holds (for a progress bar)."""
+    return count_log_lines(request.log)
+
+
+def replay_audit(request: ReplayRequest, progress: Progress | None = None) -> ReplayReport:
+    log = request.log
+    if not log.exists():
+        raise UsageError(f"audit log {log} does not exist")
+    if is_sqlite(log) != request.expect_sqlite:
+        wanted = (
+            "a SQLite audit store (--db)" if request.expect_sqlite else "a JSONL export (--log)"
+        )
+        raise UsageError(
+            f"{log} is not {wanted}", hint="use --db for the store, --log for an export"
+        )
+    claim = _read_claim(request.claim) if request.claim else None
+    only = request.session_id or (claim["gateway"]["session_id"] if claim else None)
+    replays = replay_chains(read_log_lines(log, only), session_id=only, progress=progress)
+    if not replays:
+        target = f"session {only}" if only else "any session"
+        raise UsageError(f"{log} holds no entries of {target}")
+    if only is None and not request.all_sessions and len(replays) > 1:
+        raise UsageError(
+            f"{log} holds {len(replays)} sessions",
+            hint="pass --session ID for one of them or --all for every one",
+        )
+    if claim is not None:
+        compare_with_claim(replays[str(only)], claim)
+    bundle_hash = None
+    if request.bundle is not None:
+        bundle = compile_bundle(read_bundle(request.bundle))
+        bundle_hash = bundle.hash
+        for replay in replays.values():
+            recheck_decisions(replay, read_log_lines(log, replay.session_id), bundle)
+    return ReplayReport(
+        log=log,
+        sessions=tuple(replays.values()),
+        claim_session=str(only) if claim is not None else None,
+        bundle_hash=bundle_hash,
+    )
+
+
+def _read_claim(path: Path) -> Mapping[str, Any]:
+    try:
+        document = loads_strict(path.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read claim {path}: {exc.strerror or exc}") from exc
+    except StrictJSONError as exc:
+        raise UsageError(f"claim {path} is not JSON: {exc}") from exc
+    if not isinstance(document, Mapping):
+        raise UsageError(f"{path} is not a GatewayClaim")
+    gateway = document.get("gateway")
+    if not isinstance(gateway, Mapping) or not isinstance(gateway.get("session_id"), str):
+        raise UsageError(f"{path} is not a GatewayClaim (it has no gateway.session_id)")
+    return document

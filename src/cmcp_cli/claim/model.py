@@ -1,0 +1,105 @@
+"""The GatewayClaim (DESIGN §5) and the standalone TRACE v0.2 Trust Record.
+
+`build_claim` turns plain facts about a closed session into the signed envelope; the
+`trace` object inside it is a complete TRACE v0.2 record, and `trace_record` exports that
+same record on its own with an embedded signature by the same key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cmcp_cli.claim.keys import ClaimKey
+from cmcp_cli.claim.signing import signed
+
+CLAIM_VERSION = "1.0"
+EAT_PROFILE = "tag:agentrust-io.com,2026:trace-v0.2"
+SOFTWARE_PLATFORM = "software-only"
+NO_APPRAISAL_VERIFIER = "urn:cmcp:appraisal:none"
+ENFORCEMENT_MODES = {"enforcing": "enforce", "advisory": "advisory", "silent": "silent"}
+
+
+@dataclass(frozen=True)
+class SessionFacts:
+    """Everything a claim states, as plain values; nothing here is computed twice."""
+
+    session_id: str
+    gateway_version: str
+    sequence_number: int  # this claim's position among the claims the gateway issued, from 1
+    issued_at: int  # Unix seconds
+    trust_domain: str
+    model_provider: str
+    model_id: str
+    platform: str
+    measurement: str
+    bundle_hash: str
+    enforcement_mode: str  # as configured: enforcing, advisory or silent
+    policy_version: str
+    data_class: str
+    audit_chain: Mapping[str, Any]  # root, tip, length
+    call_summary: Mapping[str, Any]
+    catalog_hash: str
+    drift_detected: bool
+    attestation: Mapping[
+        str, Any
+    ]  # provider, provider_version, evidence_type, generated_at, binding, evidence
+    build_digest: str  # the gateway software digest, also the binding's "gateway" member
+    slsa_level: int = 0
+    appraisal_status: str = "none"
+    appraisal_verifier: str = NO_APPRAISAL_VERIFIER
+
+
+def subject(trust_domain: str, session_id: str) -> str:
+    return f"spiffe://{trust_domain}/cmcp/session/{session_id}"
+
+
+def trace_body(facts: SessionFacts, jwk: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "eat_profile": EAT_PROFILE,
+        "iat": facts.issued_at,
+        "subject": subject(facts.trust_domain, facts.session_id),
+        "model": {"provider": facts.model_provider, "model_id": facts.model_id},
+        "runtime": {"platform": facts.platform, "measurement": facts.measurement},
+        "policy": {
+            "bundle_hash": facts.bundle_hash,
+            "enforcement_mode": ENFORCEMENT_MODES[facts.enforcement_mode],
+            "version": facts.policy_version,
+        },
+        "data_class": facts.data_class,
+        "tool_transcript": {
+            "hash": facts.audit_chain["tip"],
+            "call_count": facts.call_summary["total"],
+        },
+        "build_provenance": {"slsa_level": facts.slsa_level, "digest": facts.build_digest},
+        "appraisal": {"status": facts.appraisal_status, "verifier": facts.appraisal_verifier},
+        "cnf": {"jwk": dict(jwk)},
+    }
+
+
+def build_claim(facts: SessionFacts, key: ClaimKey) -> dict[str, Any]:
+    """The signed GatewayClaim of a session."""
+    claim = {
+        "cmcp_version": CLAIM_VERSION,
+        "trace": trace_body(facts, key.public_jwk),
+        "gateway": {
+            "session_id": facts.session_id,
+            "gateway_version": facts.gateway_version,
+            "sequence_number": facts.sequence_number,
+            "audit_chain": dict(facts.audit_chain),
+            "call_summary": dict(facts.call_summary),
+            "catalog": {"hash": facts.catalog_hash, "drift_detected": facts.drift_detected},
+            "attestation": dict(facts.attestation),
+        },
+    }
+    return signed(claim, key)
+
+
+def trace_record(claim: Mapping[str, Any], key: ClaimKey) -> dict[str, Any]:
+    """The claim's `trace` as a standalone TRACE Trust Record with its embedded signature."""
+    return signed(claim["trace"], key)
+
+
+def is_gateway_claim(document: Mapping[str, Any]) -> bool:
+    return "cmcp_version" in document or "gateway" in document

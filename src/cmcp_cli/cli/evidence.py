@@ -1,0 +1,185 @@
+"""`cmcp verify` and `cmcp replay-audit`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cmcp_cli.attestation.api import CheckStatus
+from cmcp_cli.audit.report import ReplayReport, ReplayRequest, log_size, replay_audit
+from cmcp_cli.cli import render
+from cmcp_cli.errors import ExitCode, UsageError
+from cmcp_cli.verify.claim import (
+    DEFAULT_MAX_AGE_SECONDS,
+    VerifyOptions,
+    VerifyReport,
+    resolve_trusted_key,
+    verify_claim_file,
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print only the JSON report on stdout.")]
+_STATUS_STYLE = {
+    CheckStatus.PASS: "green",
+    CheckStatus.FAIL: "bold red",
+    CheckStatus.SKIP: "yellow",
+}
+
+
+def verify_command(
+    claim: Annotated[Path, typer.Argument(help="A GatewayClaim or a standalone TRACE record.")],
+    policy_hash: Annotated[
+        str | None, typer.Option("--policy-hash", help="Pin the bundle hash.")
+    ] = None,
+    catalog_hash: Annotated[
+        str | None, typer.Option("--catalog-hash", help="Pin the catalog hash.")
+    ] = None,
+    trusted_key: Annotated[
+        str | None,
+        typer.Option("--trusted-key", help="Pin the signing key: RFC 7638 thumbprint or JWK file."),
+    ] = None,
+    expected_measurement: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--expected-measurement", help="An accepted runtime measurement (repeatable)."
+        ),
+    ] = None,
+    trust_root: Annotated[
+        list[Path] | None,
+        typer.Option("--trust-root", help="A pinned vendor root, PEM (repeatable)."),
+    ] = None,
+    audit_log: Annotated[
+        Path | None, typer.Option("--audit-log", help="The session's audit store or JSONL export.")
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", help="Verify as of this time (RFC 3339 or Unix seconds).")
+    ] = None,
+    max_age: Annotated[
+        int, typer.Option("--max-age", help="Maximum claim age in seconds at --at.")
+    ] = DEFAULT_MAX_AGE_SECONDS,
+    allow_software: Annotated[
+        bool, typer.Option("--allow-software", help="Accept a software-mode claim (exit 0, not 3).")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> int:
+    """Verify a claim offline: every check itemised; exit 0 verified, 1 failed, 3 not attested."""
+    options = VerifyOptions(
+        policy_hash=policy_hash,
+        catalog_hash=catalog_hash,
+        trusted_key=resolve_trusted_key(trusted_key) if trusted_key else None,
+        expected_measurements=tuple(expected_measurement or ()),
+        audit_log=audit_log,
+        at=_parse_time(at) if at else None,
+        max_age_seconds=max_age,
+        allow_software=allow_software,
+    )
+    report = verify_claim_file(claim, options, tuple(trust_root or ()))
+    if as_json:
+        render.emit_json(report.to_json())
+    else:
+        _render_verify(claim, report)
+    return int(report.exit_code)
+
+
+def _parse_time(text: str) -> datetime:
+    if text.isdigit():
+        return datetime.fromtimestamp(int(text), UTC)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--at {text!r} is neither RFC 3339 nor Unix seconds") from None
+    if moment.tzinfo is None:
+        raise UsageError(f"--at {text!r} has no time zone; add Z or an offset")
+    return moment
+
+
+def _render_verify(claim: Path, report: VerifyReport) -> None:
+    render.err.print(f"[bold]{escape(str(claim))}[/bold] ({report.kind})")
+    table = Table()
+    for column in ("check", "result", "reason"):
+        table.add_column(column)
+    for check in report.checks:
+        style = _STATUS_STYLE[check.status]
+        table.add_row(
+            escape(check.name), f"[{style}]{check.status.value}[/{style}]", escape(check.reason)
+        )
+    render.err.print(table)
+    style = {ExitCode.OK: "bold green", ExitCode.FAILED: "bold red"}.get(
+        report.exit_code, "bold yellow"
+    )
+    render.err.print(f"[{style}]{escape(report.verdict)}[/{style}]")
+
+
+def replay_audit_command(
+    db: Annotated[Path | None, typer.Option("--db", help="The SQLite audit store.")] = None,
+    log: Annotated[Path | None, typer.Option("--log", help="A JSONL export.")] = None,
+    session: Annotated[str | None, typer.Option("--session", help="Replay this session.")] = None,
+    all_sessions: Annotated[bool, typer.Option("--all", help="Replay every session.")] = False,
+    claim: Annotated[
+        Path | None, typer.Option("--claim", help="Match the chain with this claim.")
+    ] = None,
+    bundle: Annotated[
+        Path | None, typer.Option("--bundle", help="Decide every recorded request again.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> int:
+    """Recompute every hash and link, locate discrepancies, match a claim, re-decide calls."""
+    if (db is None) == (log is None):
+        raise UsageError("give exactly one of --db PATH or --log PATH")
+    if session is not None and all_sessions:
+        raise UsageError("--session and --all exclude each other")
+    request = ReplayRequest(
+        log=db or log,  # type: ignore[arg-type]  # exactly one is set, checked above
+        expect_sqlite=db is not None,
+        session_id=session,
+        all_sessions=all_sessions,
+        claim=claim,
+        bundle=bundle,
+    )
+    if as_json or not render.err.is_terminal:
+        report = replay_audit(request)
+    else:
+        with Progress(
+            TextColumn("replaying"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=render.err,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("replay", total=log_size(request))
+            report = replay_audit(request, progress=lambda n: bar.advance(task, n))
+    if as_json:
+        render.emit_json(report.to_json())
+    else:
+        _render_replay(report)
+    return int(ExitCode.OK if report.ok else ExitCode.FAILED)
+
+
+def _render_replay(report: ReplayReport) -> None:
+    for replay in report.sessions:
+        state = replay.state
+        verdict = (
+            "[green]clean[/green]" if not replay.problems else "[bold red]discrepancies[/bold red]"
+        )
+        render.err.print(
+            f"session [bold]{escape(replay.session_id)}[/bold]: {verdict}; {state.length} entries, "
+            f"tip {state.tip}, {state.calls.total} calls, "
+            f"{replay.decisions_checked} decisions re-checked"
+        )
+        for problem in replay.problems:
+            where = f"seq {problem.seq}" if problem.seq is not None else "claim"
+            render.err.print(
+                f"  [red]{problem.kind.value}[/red] at {where}: {escape(problem.message)}"
+            )
+        if replay.first_bad_seq is not None:
+            render.err.print(f"  first bad sequence number: [bold]{replay.first_bad_seq}[/bold]")
+    if report.claim_session:
+        render.err.print(f"claim matched against session {escape(report.claim_session)}")
+    if report.bundle_hash:
+        render.err.print(f"decisions re-evaluated with bundle {report.bundle_hash}")

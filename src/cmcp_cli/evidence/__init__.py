@@ -1,0 +1,1 @@
+"""A session's proof: its chain, its attestation and, at the end, its signed claim."""

@@ -1,0 +1,133 @@
+"""One session from key to claim, as the gateway runs it.
+
+Opening a session generates the claim-signing key in memory, computes the DESIGN §6
+binding, has the attestation provider collect evidence over it, and writes the
+`session_start` entry that roots the chain in the bundle, catalog, key and platform.
+Closing it writes `session_end` and signs the GatewayClaim from the chain's own state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cmcp_cli import __version__
+from cmcp_cli.attestation.api import Evidence, ProviderSpec
+from cmcp_cli.attestation.binding import compute_binding
+from cmcp_cli.attestation.measurement import installation_digest
+from cmcp_cli.audit.entry import timestamp
+from cmcp_cli.audit.recorder import Clock, SessionRecorder, utc_now
+from cmcp_cli.audit.store import AuditStore
+from cmcp_cli.claim.canonical import canonical_sha256
+from cmcp_cli.claim.keys import ClaimKey
+from cmcp_cli.claim.model import SessionFacts, build_claim, trace_record
+
+
+@dataclass(frozen=True)
+class SessionPolicy:
+    """What the session runs under, fixed for its whole life."""
+
+    bundle_hash: str
+    policy_version: str
+    catalog_hash: str
+    enforcement_mode: str  # enforcing, advisory or silent
+    data_class_order: Sequence[str]
+    trust_domain: str = "cmcp.local"
+    model_provider: str = "unknown"
+    model_id: str = "unknown"
+
+
+@dataclass(frozen=True)
+class Attestor:
+    """The provider that collects this host's evidence, with its origin and settings."""
+
+    spec: ProviderSpec
+    version: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClosedSession:
+    claim: dict[str, Any]
+    trace_record: dict[str, Any]
+
+
+class EvidenceSession:
+    def __init__(
+        self,
+        *,
+        store: AuditStore,
+        session_id: str,
+        policy: SessionPolicy,
+        attestor: Attestor,
+        key: ClaimKey | None = None,
+        gateway_digest: str | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.policy = policy
+        self.key = key or ClaimKey.generate()
+        self.gateway_digest = gateway_digest or installation_digest()
+        self._clock = clock
+        self.binding = compute_binding(
+            key_thumbprint=self.key.thumbprint,
+            bundle_hash=policy.bundle_hash,
+            catalog_hash=policy.catalog_hash,
+            gateway_digest=self.gateway_digest,
+        )
+        collector = attestor.spec.load_collector()
+        settings = {"gateway_digest": self.gateway_digest, **attestor.settings}
+        self.evidence: Evidence = collector.collect(self.binding, settings)
+        self.attestation = {
+            "provider": attestor.spec.name,
+            "provider_version": attestor.version,
+            "evidence_type": self.evidence.evidence_type,
+            "generated_at": timestamp(clock()),
+            "binding": self.binding.hex(),
+            "evidence": dict(self.evidence.evidence),
+        }
+        self.recorder = SessionRecorder(store, session_id, clock=clock)
+        self.recorder.start(
+            bundle_hash=policy.bundle_hash,
+            catalog_hash=policy.catalog_hash,
+            key_thumbprint=self.key.thumbprint,
+            platform=self.evidence.platform,
+            evidence_digest=canonical_sha256(dict(self.evidence.evidence)),
+            gateway_version=__version__,
+            enforcement_mode=policy.enforcement_mode,
+            data_class_order=policy.data_class_order,
+        )
+
+    @property
+    def session_id(self) -> str:
+        return self.recorder.session_id
+
+    def close(self, *, reason: str = "closed", sequence_number: int = 1) -> ClosedSession:
+        """End the chain and sign the claim; the counters are the chain's own."""
+        self.recorder.end(reason=reason)
+        state = self.recorder.state
+        issued: datetime = self._clock()
+        facts = SessionFacts(
+            session_id=self.session_id,
+            gateway_version=__version__,
+            sequence_number=sequence_number,
+            issued_at=int(issued.timestamp()),
+            trust_domain=self.policy.trust_domain,
+            model_provider=self.policy.model_provider,
+            model_id=self.policy.model_id,
+            platform=self.evidence.platform,
+            measurement=self.evidence.measurement,
+            bundle_hash=self.policy.bundle_hash,
+            enforcement_mode=self.policy.enforcement_mode,
+            policy_version=self.policy.policy_version,
+            data_class=state.max_data_class or self.policy.data_class_order[0],
+            audit_chain=state.audit_chain_json(),
+            call_summary=state.calls.to_json(),
+            catalog_hash=self.policy.catalog_hash,
+            drift_detected=state.drift_detected,
+            attestation=self.attestation,
+            build_digest=self.gateway_digest,
+        )
+        claim = build_claim(facts, self.key)
+        return ClosedSession(claim=claim, trace_record=trace_record(claim, self.key))

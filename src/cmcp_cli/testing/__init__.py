@@ -1,0 +1,1 @@
+"""Test support that plugins reuse: the attestation provider contract suite."""

@@ -1,0 +1,1 @@
+"""The offline verifier of claims and audit logs: no network, no gateway."""

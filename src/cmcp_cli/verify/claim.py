@@ -1,0 +1,349 @@
+"""The offline verifier behind `cmcp verify` (DESIGN §7).
+
+Each check is reported by name with pass, fail or skip and its reason. Nothing in a claim
+is trusted before its signature verifies; after that, every pin the auditor gave is
+compared, the binding is recomputed from the claim, the evidence is judged by the one
+provider registered for its type, and an audit log, when given, must reproduce the
+chain and the counters. No network: this package cannot import a socket.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cmcp_cli.attestation.api import Check, CheckStatus, TrustInputs
+from cmcp_cli.attestation.binding import binding_from_claim
+from cmcp_cli.attestation.manager import ProviderRegistry, load_providers
+from cmcp_cli.attestation.software import PLATFORM as SOFTWARE_PLATFORM
+from cmcp_cli.audit.logfile import read_log_lines
+from cmcp_cli.audit.replay import compare_with_claim, replay_chains
+from cmcp_cli.claim.keys import jwk_thumbprint
+from cmcp_cli.claim.model import is_gateway_claim
+from cmcp_cli.claim.signing import check_signature
+from cmcp_cli.errors import ExitCode, UsageError
+from cmcp_cli.strict_json import StrictJSONError, loads_strict
+from cmcp_cli.verify import shape
+
+DEFAULT_MAX_AGE_SECONDS = 86_400  # TRACE v0.2 §3.2.2 default maximum record age
+FUTURE_SKEW_SECONDS = 300
+_THUMBPRINT = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    policy_hash: str | None = None
+    catalog_hash: str | None = None
+    trusted_key: str | None = None  # RFC 7638 thumbprint of the gateway's key
+    expected_measurements: tuple[str, ...] = ()
+    trust_roots: tuple[bytes, ...] = ()
+    audit_log: Path | None = None
+    at: datetime | None = None
+    max_age_seconds: int = DEFAULT_MAX_AGE_SECONDS
+    allow_software: bool = False
+
+
+@dataclass
+class VerifyReport:
+    kind: str  # "gateway-claim" or "trace-record"
+    checks: list[Check] = field(default_factory=list)
+    hardware_attested: bool = False
+    software: bool = False
+    allow_software: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return any(c.status is CheckStatus.FAIL for c in self.checks)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.failed:
+            return ExitCode.FAILED
+        if self.hardware_attested or (self.software and self.allow_software):
+            return ExitCode.OK
+        return ExitCode.NOT_VERIFIABLE
+
+    @property
+    def verdict(self) -> str:
+        if self.failed:
+            first = next(c for c in self.checks if c.status is CheckStatus.FAIL)
+            return f"NOT VERIFIED: {first.name} failed ({first.reason})"
+        if self.hardware_attested:
+            return "VERIFIED: signature, pins, binding and hardware evidence all check out"
+        if self.software and self.allow_software:
+            return "VERIFIED (software mode accepted with --allow-software): not hardware-attested"
+        if self.software:
+            return "VALID, NOT HARDWARE-ATTESTED: software mode (--allow-software accepts it)"
+        return (
+            "VALID, NOT VERIFIABLE HERE: the hardware evidence could not be judged on this machine"
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "verdict": self.verdict,
+            "exit_code": int(self.exit_code),
+            "hardware_attested": self.hardware_attested,
+            "software_mode": self.software,
+            "checks": [c.to_json() for c in self.checks],
+        }
+
+
+def verify_document(
+    document: Any, options: VerifyOptions, registry: ProviderRegistry
+) -> VerifyReport:
+    """Verify a GatewayClaim or a standalone TRACE record."""
+    gateway_claim = isinstance(document, Mapping) and is_gateway_claim(document)
+    report = VerifyReport(
+        kind="gateway-claim" if gateway_claim else "trace-record",
+        allow_software=options.allow_software,
+    )
+    checks = report.checks
+    if not isinstance(document, Mapping):
+        checks.append(Check.failed("format", "the document is not a JSON object"))
+        return report
+    trace: Mapping[str, Any] = document["trace"] if gateway_claim else document
+    problems = shape.claim_problems(document) if gateway_claim else shape.trace_problems(document)
+    unhashable = shape.hashable_problem(document)
+    if unhashable:
+        problems.append(unhashable)
+    if problems:
+        checks.append(Check.failed("format", "; ".join(problems)))
+        return report
+    checks.append(Check.passed("format", f"a well-formed {report.kind.replace('-', ' ')}"))
+
+    jwk = trace["cnf"]["jwk"]
+    signature_problem = check_signature(document, jwk)
+    if signature_problem:
+        checks.append(Check.failed("signature", signature_problem))
+        checks.append(Check.skipped("remaining checks", "nothing in an unsigned claim is trusted"))
+        return report
+    checks.append(
+        Check.passed("signature", "Ed25519 over the RFC 8785 form, by the key in trace.cnf.jwk")
+    )
+
+    thumbprint = jwk_thumbprint(jwk)
+    checks.append(_key_pin(thumbprint, options.trusted_key))
+    checks.append(_freshness(trace["iat"], options))
+    checks.append(
+        _pin("policy pin", trace["policy"]["bundle_hash"], options.policy_hash, "--policy-hash")
+    )
+    if gateway_claim:
+        gateway = document["gateway"]
+        checks.append(
+            _pin("catalog pin", gateway["catalog"]["hash"], options.catalog_hash, "--catalog-hash")
+        )
+        checks.append(_consistency(trace, gateway))
+        _attestation(document, thumbprint, options, registry, report)
+    else:
+        checks.append(Check.skipped("catalog pin", "a TRACE record does not carry the catalog"))
+        checks.append(
+            Check.skipped("attestation", "a standalone TRACE record carries no evidence to judge")
+        )
+        report.software = trace["runtime"]["platform"] == SOFTWARE_PLATFORM
+    checks.append(_measurement(trace["runtime"]["measurement"], options.expected_measurements))
+    checks.append(_audit_log(document, gateway_claim, options.audit_log))
+    return report
+
+
+def _key_pin(thumbprint: str, pinned: str | None) -> Check:
+    if pinned is None:
+        return Check.skipped(
+            "key pin", f"no --trusted-key; the claim was signed by key {thumbprint}"
+        )
+    if pinned == thumbprint:
+        return Check.passed("key pin", f"signed by the pinned key {thumbprint}")
+    return Check.failed(
+        "key pin", f"signed by key {thumbprint}, not the pinned {pinned}: the claim was re-signed"
+    )
+
+
+def _freshness(iat: int, options: VerifyOptions) -> Check:
+    at = options.at or datetime.now(UTC)
+    moment = int(at.timestamp())
+    issued = datetime.fromtimestamp(iat, UTC).isoformat()
+    if iat > moment + FUTURE_SKEW_SECONDS:
+        return Check.failed("freshness", f"issued at {issued}, after the verification time")
+    age = moment - iat
+    if age > options.max_age_seconds:
+        return Check.failed(
+            "freshness",
+            f"issued at {issued}, {age} s before the verification time; the maximum age is "
+            f"{options.max_age_seconds} s (use --at or --max-age to verify an older claim)",
+        )
+    return Check.passed("freshness", f"issued at {issued}, {max(age, 0)} s old")
+
+
+def _pin(name: str, actual: str, pinned: str | None, flag: str) -> Check:
+    if pinned is None:
+        return Check.skipped(name, f"no {flag} given; the claim states {actual}")
+    if pinned == actual:
+        return Check.passed(name, f"{actual} is the pinned value")
+    return Check.failed(name, f"the claim states {actual}, the pinned value is {pinned}")
+
+
+def _consistency(trace: Mapping[str, Any], gateway: Mapping[str, Any]) -> Check:
+    chain, summary = gateway["audit_chain"], gateway["call_summary"]
+    issues = []
+    if not trace["subject"].endswith(f"/cmcp/session/{gateway['session_id']}"):
+        issues.append("trace.subject does not name gateway.session_id")
+    if trace["tool_transcript"]["hash"] != chain["tip"]:
+        issues.append("tool_transcript.hash is not the audit chain tip")
+    if trace["tool_transcript"]["call_count"] != summary["total"]:
+        issues.append("tool_transcript.call_count is not call_summary.total")
+    counted = sum(summary[k] for k in ("allowed", "denied", "redacted", "escalated"))
+    if counted != summary["total"]:
+        issues.append("call_summary decisions do not add up to its total")
+    if issues:
+        return Check.failed("consistency", "; ".join(issues))
+    return Check.passed("consistency", "trace and gateway agree on session, transcript and counts")
+
+
+def _attestation(
+    claim: Mapping[str, Any],
+    thumbprint: str,
+    options: VerifyOptions,
+    registry: ProviderRegistry,
+    report: VerifyReport,
+) -> None:
+    attestation = claim["gateway"]["attestation"]
+    binding = binding_from_claim(claim, thumbprint)
+    if attestation["binding"] == binding.hex():
+        report.checks.append(
+            Check.passed("binding", "key thumbprint, bundle, catalog and gateway digest match it")
+        )
+    else:
+        report.checks.append(
+            Check.failed(
+                "binding",
+                "gateway.attestation.binding is not the binding of this claim's key, policy, "
+                "catalog and gateway digest",
+            )
+        )
+    evidence_type = attestation["evidence_type"]
+    provider = registry.for_evidence_type(evidence_type)
+    if provider is None:
+        conflict = registry.refused_evidence_type(evidence_type)
+        reason = (
+            f"providers conflict: {conflict.error} ({conflict.distribution})"
+            if conflict
+            else f"no installed plugin verifies evidence type {evidence_type!r}; "
+            f"install the cmcp plugin for provider {attestation['provider']!r}"
+        )
+        report.checks.append(Check.skipped("evidence", reason))
+        return
+    report.software = provider.spec.platform == SOFTWARE_PLATFORM
+    if claim["trace"]["runtime"]["platform"] != provider.spec.platform:
+        report.checks.append(
+            Check.failed(
+                "evidence",
+                f"runtime.platform is {claim['trace']['runtime']['platform']!r} but "
+                f"{evidence_type!r} evidence is {provider.spec.platform!r}",
+            )
+        )
+        return
+    trust = TrustInputs(
+        binding=binding,
+        at=datetime.fromtimestamp(claim["trace"]["iat"], UTC),
+        expected_measurements=options.expected_measurements,
+        trust_roots=options.trust_roots,
+    )
+    verdict = provider.spec.load_verifier().verify(attestation["evidence"], trust)
+    report.checks.extend(verdict.checks)
+    measured = verdict.measurement
+    if measured is not None and measured != claim["trace"]["runtime"]["measurement"]:
+        report.checks.append(
+            Check.failed(
+                "evidence.measurement", "the evidence measures another runtime.measurement"
+            )
+        )
+    report.hardware_attested = verdict.hardware_attested and not verdict.failed
+
+
+def _measurement(measurement: str, expected: tuple[str, ...]) -> Check:
+    if not expected:
+        return Check.skipped(
+            "measurement", f"no --expected-measurement; the claim states {measurement}"
+        )
+    if measurement in expected:
+        return Check.passed("measurement", f"{measurement} is in the pinned set")
+    return Check.failed("measurement", f"{measurement} is not in the pinned set")
+
+
+def _audit_log(document: Mapping[str, Any], gateway_claim: bool, path: Path | None) -> Check:
+    if path is None:
+        return Check.skipped("audit log", "no --audit-log given")
+    trace = document["trace"] if gateway_claim else document
+    session_id = (
+        document["gateway"]["session_id"] if gateway_claim else trace["subject"].rsplit("/", 1)[-1]
+    )
+    sessions = replay_chains(read_log_lines(path, session_id), session_id=session_id)
+    replay = sessions.get(session_id)
+    if replay is None:
+        return Check.failed("audit log", f"{path} holds no entries of session {session_id}")
+    if gateway_claim:
+        compare_with_claim(replay, document)
+    elif trace["tool_transcript"]["hash"] != replay.state.tip:
+        replay.add_claim_mismatch("tool_transcript.hash is not the chain tip")
+    if trace["tool_transcript"]["call_count"] != replay.state.calls.total:
+        replay.add_claim_mismatch(
+            "tool_transcript.call_count is not the number of calls in the log"
+        )
+    if replay.problems:
+        first = replay.problems[0]
+        where = (
+            f" (first bad seq {replay.first_bad_seq})" if replay.first_bad_seq is not None else ""
+        )
+        return Check.failed("audit log", f"{first.message}{where}")
+    return Check.passed(
+        "audit log",
+        f"{replay.state.length} entries reproduce the claim's root, tip, length and call summary",
+    )
+
+
+def verify_claim_file(
+    path: Path, options: VerifyOptions, trust_root_files: tuple[Path, ...] = ()
+) -> VerifyReport:
+    """Read a claim or TRACE record and verify it with every installed provider available.
+
+    Raises `UsageError` (exit 2) for input that cannot be read at all.
+    """
+    document = _read_json(path, "claim")
+    roots = tuple(_read_bytes(root, "trust root") for root in trust_root_files)
+    options = replace(options, trust_roots=options.trust_roots + roots)
+    return verify_document(document, options, load_providers())
+
+
+def resolve_trusted_key(value: str) -> str:
+    """A pinned key given as an RFC 7638 thumbprint, or as a file holding the public JWK."""
+    candidate = Path(value)
+    if candidate.is_file():
+        document = _read_json(candidate, "trusted key")
+        jwk = document.get("jwk", document) if isinstance(document, Mapping) else None
+        if not isinstance(jwk, Mapping) or not {"kty", "crv", "x"} <= set(jwk):
+            raise UsageError(f"{candidate} holds no OKP public JWK")
+        return jwk_thumbprint(jwk)
+    if not _THUMBPRINT.fullmatch(value):
+        raise UsageError(
+            f"--trusted-key {value!r} is neither a file nor an RFC 7638 thumbprint "
+            "(43 base64url characters)"
+        )
+    return value
+
+
+def _read_bytes(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return loads_strict(_read_bytes(path, what))
+    except StrictJSONError as exc:
+        raise UsageError(f"{what} {path} is not JSON: {exc}") from exc

@@ -1,0 +1,153 @@
+"""The shape of a GatewayClaim and of a TRACE v0.2 record: every field a verifier reads.
+
+Each function returns the list of what is wrong, so the report can say all of it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from cmcp_cli.claim.canonical import CanonicalizationError, canonical_bytes
+from cmcp_cli.claim.model import CLAIM_VERSION, EAT_PROFILE
+
+_DIGEST = re.compile(r"sha(256:[0-9a-f]{64}|384:[0-9a-f]{96})")
+_SPIFFE = re.compile(r"spiffe://[a-z0-9.\-_]+/.+")
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:\S+")
+_HEX32 = re.compile(r"[0-9a-f]{64}")
+_ALL_ZEROS = re.compile(r"sha(256|384):0+")
+_SUMMARY_KEYS = ("total", "allowed", "denied", "redacted", "escalated", "faulted")
+
+
+def _obj(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int and -(2**53 - 1) <= value <= 2**53 - 1
+
+
+def trace_problems(trace: Any) -> list[str]:
+    """What keeps `trace` from being a TRACE v0.2 record cMCP can rely on."""
+    if not isinstance(trace, Mapping):
+        return ["trace is not an object"]
+    problems: list[str] = []
+    if trace.get("eat_profile") != EAT_PROFILE:
+        problems.append(f"eat_profile is {trace.get('eat_profile')!r}, not {EAT_PROFILE!r}")
+    if not _is_int(trace.get("iat")) or trace["iat"] < 1_700_000_000:
+        problems.append("iat is not integer Unix seconds")
+    if not isinstance(trace.get("subject"), str) or not _SPIFFE.fullmatch(trace["subject"]):
+        problems.append("subject is not a SPIFFE ID with a path")
+    model = _obj(trace.get("model"))
+    if not all(isinstance(model.get(k), str) for k in ("provider", "model_id")):
+        problems.append("model needs provider and model_id")
+    runtime = _obj(trace.get("runtime"))
+    measurement = runtime.get("measurement")
+    if not isinstance(runtime.get("platform"), str):
+        problems.append("runtime.platform is missing")
+    if not isinstance(measurement, str) or not _DIGEST.fullmatch(measurement):
+        problems.append("runtime.measurement is not sha256:<64 hex> or sha384:<96 hex>")
+    elif _ALL_ZEROS.fullmatch(measurement):
+        problems.append("runtime.measurement is all zeros")
+    policy = _obj(trace.get("policy"))
+    if not isinstance(policy.get("bundle_hash"), str) or not _DIGEST.fullmatch(
+        policy["bundle_hash"]
+    ):
+        problems.append("policy.bundle_hash is not a digest")
+    if policy.get("enforcement_mode") not in ("enforce", "advisory", "silent"):
+        problems.append("policy.enforcement_mode is not enforce, advisory or silent")
+    if not isinstance(policy.get("version"), str):
+        problems.append("policy.version is missing")
+    if not isinstance(trace.get("data_class"), str):
+        problems.append("data_class is missing")
+    transcript = _obj(trace.get("tool_transcript"))
+    if not isinstance(transcript.get("hash"), str) or not _DIGEST.fullmatch(transcript["hash"]):
+        problems.append("tool_transcript.hash is not a digest")
+    if not _is_int(transcript.get("call_count")) or transcript["call_count"] < 0:
+        problems.append("tool_transcript.call_count is not a count")
+    provenance = _obj(trace.get("build_provenance"))
+    if not _is_int(provenance.get("slsa_level")) or not isinstance(provenance.get("digest"), str):
+        problems.append("build_provenance needs slsa_level and digest")
+    elif not _DIGEST.fullmatch(provenance["digest"]):
+        problems.append("build_provenance.digest is not a digest")
+    appraisal = _obj(trace.get("appraisal"))
+    if appraisal.get("status") not in ("affirming", "warning", "contraindicated", "none"):
+        problems.append("appraisal.status is not an EAR status")
+    if not isinstance(appraisal.get("verifier"), str) or not _URI.fullmatch(appraisal["verifier"]):
+        problems.append("appraisal.verifier is not an absolute URI")
+    jwk = _obj(_obj(trace.get("cnf")).get("jwk"))
+    if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519" or not isinstance(jwk.get("x"), str):
+        problems.append("cnf.jwk is not an OKP Ed25519 public key")
+    return problems
+
+
+def claim_problems(claim: Mapping[str, Any]) -> list[str]:
+    """What keeps `claim` from being a GatewayClaim; includes its trace's problems."""
+    problems: list[str] = []
+    if claim.get("cmcp_version") != CLAIM_VERSION:
+        problems.append(f"cmcp_version is {claim.get('cmcp_version')!r}, not {CLAIM_VERSION!r}")
+    problems += [f"trace.{p}" for p in trace_problems(claim.get("trace"))]
+    gateway = _obj(claim.get("gateway"))
+    if not gateway:
+        return [*problems, "gateway is missing"]
+    if not isinstance(gateway.get("session_id"), str) or not gateway["session_id"]:
+        problems.append("gateway.session_id is missing")
+    if not isinstance(gateway.get("gateway_version"), str):
+        problems.append("gateway.gateway_version is missing")
+    if not _is_int(gateway.get("sequence_number")) or gateway["sequence_number"] < 1:
+        problems.append("gateway.sequence_number is not a positive integer")
+    chain = _obj(gateway.get("audit_chain"))
+    if not all(
+        isinstance(chain.get(k), str) and _DIGEST.fullmatch(chain[k]) for k in ("root", "tip")
+    ):
+        problems.append("gateway.audit_chain needs root and tip digests")
+    if not _is_int(chain.get("length")) or chain["length"] < 1:
+        problems.append("gateway.audit_chain.length is not a positive integer")
+    summary = _obj(gateway.get("call_summary"))
+    if not all(_is_int(summary.get(k)) and summary[k] >= 0 for k in _SUMMARY_KEYS):
+        problems.append(f"gateway.call_summary needs counts {', '.join(_SUMMARY_KEYS)}")
+    tools = summary.get("tools_invoked")
+    if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
+        problems.append("gateway.call_summary.tools_invoked is not a list of names")
+    catalog = _obj(gateway.get("catalog"))
+    if not isinstance(catalog.get("hash"), str) or not isinstance(
+        catalog.get("drift_detected"), bool
+    ):
+        problems.append("gateway.catalog needs hash and drift_detected")
+    attestation = _obj(gateway.get("attestation"))
+    for key in ("provider", "provider_version", "evidence_type", "generated_at"):
+        if not isinstance(attestation.get(key), str):
+            problems.append(f"gateway.attestation.{key} is missing")
+    if not isinstance(attestation.get("binding"), str) or not _HEX32.fullmatch(
+        attestation["binding"]
+    ):
+        problems.append("gateway.attestation.binding is not 64 lowercase hex digits")
+    if not isinstance(attestation.get("evidence"), Mapping):
+        problems.append("gateway.attestation.evidence is not an object")
+    return problems
+
+
+def hashable_problem(document: Any) -> str | None:
+    """Why the document has no canonical form (floats are not allowed), if it has none."""
+    try:
+        canonical_bytes(document)
+    except CanonicalizationError as exc:
+        return str(exc)
+    return _float_path(document)
+
+
+def _float_path(value: Any, path: str = "$") -> str | None:
+    if isinstance(value, float):
+        return f"{path} is a floating-point number; signed data carries none"
+    if isinstance(value, Mapping):
+        for key, member in value.items():
+            found = _float_path(member, f"{path}.{key}")
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, member in enumerate(value):
+            found = _float_path(member, f"{path}[{index}]")
+            if found:
+                return found
+    return None

@@ -1,0 +1,133 @@
+"""A library-level session (no gateway): the quickstart bundle deciding real calls,
+recorded in a real SQLite store, closed into a signed claim."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cmcp_cli.attestation import software
+from cmcp_cli.audit.store import AuditStore
+from cmcp_cli.catalog.model import load_catalog
+from cmcp_cli.claim.canonical import canonical_sha256
+from cmcp_cli.evidence.session import Attestor, EvidenceSession, SessionPolicy
+from cmcp_cli.gateway.wiring import authorizer_for, tool_resources
+from cmcp_cli.policy.bundle import read_bundle
+from cmcp_cli.policy.engine import compile_bundle
+from cmcp_cli.policy.request import tool_call_request
+from tests.support import QUICKSTART
+
+DEFAULT_CALLS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("get_weather", {"city": "Oslo"}),
+    ("delete_records", {"table": "customers"}),
+    ("lookup_customer", {"customer_id": "c-42"}),
+    ("get_weather", {"city": "Zürich 🌧"}),
+)
+
+
+@dataclass(frozen=True)
+class RecordedSession:
+    db: Path
+    claim_path: Path
+    record_path: Path
+    claim: dict[str, Any]
+    record: dict[str, Any]
+    session_id: str
+    key_thumbprint: str
+    bundle: Path
+
+
+class StepClock:
+    """A clock that moves a millisecond per reading, from a fixed start."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(milliseconds=1)
+        return self.now
+
+
+def record_session(
+    folder: Path,
+    *,
+    session_id: str = "sess-1",
+    calls: Sequence[tuple[str, dict[str, Any]]] = DEFAULT_CALLS,
+    db: Path | None = None,
+    start: datetime | None = None,
+    faults: int = 0,
+) -> RecordedSession:
+    bundle = compile_bundle(read_bundle(QUICKSTART / "policies"))
+    catalog = load_catalog(QUICKSTART / "catalog.json")
+    authorizer = authorizer_for(bundle, catalog)
+    resources = {tool.name: tool for tool in tool_resources(catalog)}
+    db = db or folder / "audit.db"
+    clock = StepClock(start or datetime.now(UTC) - timedelta(minutes=5))
+    policy = SessionPolicy(
+        bundle_hash=bundle.hash,
+        policy_version=bundle.source.manifest.version,
+        catalog_hash=catalog.hash,
+        enforcement_mode="enforcing",
+        data_class_order=("public", "internal", "confidential", "restricted", "secret"),
+        model_provider="anthropic",
+        model_id="claude-test",
+    )
+    with AuditStore(db) as store:
+        session = EvidenceSession(
+            store=store,
+            session_id=session_id,
+            policy=policy,
+            attestor=Attestor(software.SPEC, "0.1.0"),
+            clock=clock,
+        )
+        recorder = session.recorder
+        for index, (tool, arguments) in enumerate(calls):
+            entry = catalog.tools[tool]
+            request = tool_call_request(
+                agent_id="anonymous",
+                tool=tool,
+                arguments=arguments,
+                data_class=entry.data_class,
+                session_max_sensitivity=recorder.state.max_data_class or "public",
+                platform="software-only",
+            )
+            decision = authorizer.decide(request)
+            call_id = f"call-{index}"
+            recorder.decision(
+                call_id=call_id,
+                tool=tool,
+                decision=decision.effect.value,
+                policy_ids=decision.policy_ids,
+                request_sha256=canonical_sha256({"name": tool, "arguments": arguments}),
+                data_class=entry.data_class,
+                forwarded=decision.forwards,
+                cedar_request=request.to_record(resources[tool]),
+            )
+            if decision.forwards:
+                recorder.outcome(
+                    call_id=call_id,
+                    response_sha256=canonical_sha256({"content": [{"type": "text", "text": "ok"}]}),
+                    latency_us=1200 + index,
+                    redactions={"email": 1} if decision.effect.value == "redact" else None,
+                )
+        for index in range(faults):
+            recorder.fault(error="upstream closed the connection", stage="forward", call_id=f"f-{index}")
+        closed = session.close(reason="client closed the session")
+    claim_path = folder / f"{session_id}.claim.json"
+    record_path = folder / f"{session_id}.trace.json"
+    claim_path.write_text(json.dumps(closed.claim, ensure_ascii=False, indent=2), encoding="utf-8")
+    record_path.write_text(json.dumps(closed.trace_record, ensure_ascii=False), encoding="utf-8")
+    return RecordedSession(
+        db=db,
+        claim_path=claim_path,
+        record_path=record_path,
+        claim=closed.claim,
+        record=closed.trace_record,
+        session_id=session_id,
+        key_thumbprint=session.key.thumbprint,
+        bundle=QUICKSTART / "policies",
+    )
