@@ -115,7 +115,9 @@ def record_session(
                     redactions={"email": 1} if decision.effect.value == "redact" else None,
                 )
         for index in range(faults):
-            recorder.fault(error="upstream closed the connection", stage="forward", call_id=f"f-{index}")
+            recorder.fault(
+                error="upstream closed the connection", stage="forward", call_id=f"f-{index}"
+            )
         closed = session.close(reason="client closed the session")
     claim_path = folder / f"{session_id}.claim.json"
     record_path = folder / f"{session_id}.trace.json"

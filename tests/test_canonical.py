@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import orjson
 import pytest
 import rfc8785
 from hypothesis import given, settings
@@ -15,6 +16,7 @@ from cmcp_cli.claim.canonical import (
     canonical_sha256,
     is_sha256_tagged,
     parse_canonical,
+    parse_canonical_without,
     sha256_tagged,
 )
 
@@ -99,11 +101,13 @@ json_leaves = st.one_of(
     st.integers(min_value=-(2**60), max_value=2**60),
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=10),
-    st.sampled_from(["\x00\x1f\x7f\"\\/\b\f\n\r\t", "\u2028\u2029", "\U0001f600\ue000"]),
+    st.sampled_from(['\x00\x1f\x7f"\\/\b\f\n\r\t', "\u2028\u2029", "\U0001f600\ue000"]),
 )
 json_documents = st.recursive(
     json_leaves,
-    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(json_keys, inner, max_size=4)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(json_keys, inner, max_size=4)
+    ),
     max_leaves=25,
 )
 
@@ -123,7 +127,9 @@ def test_canonical_bytes_equal_rfc8785_everywhere(value: object) -> None:
 def test_utf16_order_is_kept_where_code_point_order_differs() -> None:
     value = {"\ue000": 1, "\U0001f600": 2}
     assert canonical_bytes(value) == rfc8785.dumps(value)
-    assert canonical_bytes(value).index("\U0001f600".encode()) < canonical_bytes(value).index("\ue000".encode())
+    assert canonical_bytes(value).index("\U0001f600".encode()) < canonical_bytes(value).index(
+        "\ue000".encode()
+    )
 
 
 def test_parse_canonical_refuses_other_forms() -> None:
@@ -131,3 +137,35 @@ def test_parse_canonical_refuses_other_forms() -> None:
     for text in (b'{"b":1,"a":2}', b'{"a": 1}', b'{"a":1.0}', b'{"a":"\\u00e9"}', b"nope"):
         with pytest.raises(CanonicalizationError):
             parse_canonical(text)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(json_documents)
+def test_parse_canonical_accepts_exactly_the_rfc8785_form(value: object) -> None:
+    try:
+        canonical = rfc8785.dumps(value)
+    except rfc8785.CanonicalizationError:
+        return
+    try:  # the text as JSON reads it back (a float like 2.0**53 reads back as an integer)
+        rfc8785.dumps(json.loads(canonical))
+    except rfc8785.CanonicalizationError:
+        with pytest.raises(CanonicalizationError):
+            parse_canonical(canonical)
+        return
+    assert parse_canonical(canonical) == json.loads(canonical)
+    for other in (orjson.dumps(value, option=orjson.OPT_SORT_KEYS), json.dumps(value).encode()):
+        if other != canonical:
+            with pytest.raises(CanonicalizationError):
+                parse_canonical(other)
+
+
+def test_parse_canonical_without_gives_the_body_bytes() -> None:
+    entry = {"b": "\U0001f600", "hash": "x", "a": [1, {"\ue000": True}], "c": 'say "hi"'}
+    line = rfc8785.dumps(entry)
+    value, body = parse_canonical_without(line, "hash")
+    assert value == entry
+    assert body == rfc8785.dumps({k: v for k, v in entry.items() if k != "hash"})
+    plain = rfc8785.dumps({"hash": "x", "seq": 1})
+    assert parse_canonical_without(plain, "hash")[1] == b'{"seq":1}'
+    with pytest.raises(CanonicalizationError, match="not an object"):
+        parse_canonical_without(b"[1]", "hash")

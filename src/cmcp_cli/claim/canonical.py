@@ -52,13 +52,89 @@ def canonical_bytes(value: Any) -> bytes:
 
 def parse_canonical(data: bytes) -> Any:
     """Parse JSON that must already be in canonical form; `CanonicalizationError` if not."""
+    value, _ = parse_canonical_without(data, None)
+    return value
+
+
+def parse_canonical_without(data: bytes, key: str | None) -> tuple[Any, bytes]:
+    """Parse canonical JSON, and give the canonical bytes of the object without `key`.
+
+    Both in one pass: an audit line is checked for canonical form, and the bytes its hash
+    covers (the entry without `hash`) are produced from the same verdict.
+    """
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise CanonicalizationError(f"not JSON: {exc}") from exc
+    if key is not None and not isinstance(value, dict):
+        raise CanonicalizationError("JSON is not an object")
+    fast = _dumps_sorted(value)
+    if fast is not None and fast == data and _parsed_is_jcs(value, fast):
+        if key is None:
+            return value, data
+        return value, _without_member(data, key, value) or orjson.dumps(
+            {k: v for k, v in value.items() if k != key}, option=_SORTED
+        )
     if canonical_bytes(value) != data:
         raise CanonicalizationError("JSON is not in RFC 8785 canonical form")
-    return value
+    body = value if key is None else {k: v for k, v in value.items() if k != key}
+    return value, canonical_bytes(body)
+
+
+_SORTED = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
+
+
+def _dumps_sorted(value: Any) -> bytes | None:
+    try:
+        return orjson.dumps(value, option=_SORTED)
+    except orjson.JSONEncodeError:
+        return None  # an integer beyond 2**53 or a non-string key: rfc8785 decides
+
+
+def _without_member(data: bytes, key: str, value: dict[str, Any]) -> bytes | None:
+    """The canonical bytes of `value` without `key`, cut from its canonical bytes `data`.
+
+    Exact when the member's text occurs once: then it is the top-level member, and removing
+    it and one adjacent comma leaves the canonical form of the rest (members stay sorted).
+    Returns None when the cut is not certain, and the caller serialises instead.
+    """
+    member_value = value.get(key)
+    if not isinstance(member_value, str) or not member_value.isascii():
+        return None
+    member = b'"' + key.encode() + b'":' + orjson.dumps(member_value)
+    if data.count(member) != 1:
+        return None
+    start = data.index(member)
+    end = start + len(member)
+    if data[start - 1 : start] == b",":
+        return data[: start - 1] + data[end:]
+    if data[end : end + 1] == b",":
+        return data[:start] + data[end + 1 :]
+    return data[:start] + data[end:]  # the only member
+
+
+def _parsed_is_jcs(value: Any, out: bytes) -> bool:
+    """Whether `out`, orjson's sorted output of `value` parsed from JSON, is RFC 8785.
+
+    A parsed value holds only JSON types and string keys, and `_SORTED` already refused
+    integers beyond 2**53; what remains to rule out is a float (orjson and JCS write some
+    differently) and characters that make UTF-16 key order differ from code-point order.
+    """
+    if isinstance(value, dict | list) and _contains_float(value):
+        return False
+    if type(value) is float:
+        return False
+    return out.isascii() or _ORDER_SENSITIVE.search(out) is None
+
+
+def _contains_float(container: dict[str, Any] | list[Any]) -> bool:
+    for item in container.values() if type(container) is dict else container:
+        kind = type(item)
+        if kind is float:
+            return True
+        if (kind is dict or kind is list) and _contains_float(item):
+            return True
+    return False
 
 
 def _fast_path_applies(value: Any) -> bool:
