@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import orjson
 import pytest
@@ -73,7 +74,7 @@ def test_rfc8785_number_serialisation(number: float, text: str) -> None:
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), 2**53, "\ud800"])
-def test_values_without_canonical_form_are_refused(value: object) -> None:
+def test_values_without_canonical_form_are_refused(value: Any) -> None:
     with pytest.raises(CanonicalizationError):
         canonical_bytes(value)
 
@@ -114,7 +115,7 @@ json_documents = st.recursive(
 
 @settings(max_examples=1500, deadline=None)
 @given(json_documents)
-def test_canonical_bytes_equal_rfc8785_everywhere(value: object) -> None:
+def test_canonical_bytes_equal_rfc8785_everywhere(value: Any) -> None:
     try:
         expected = rfc8785.dumps(value)
     except rfc8785.CanonicalizationError:
@@ -141,7 +142,7 @@ def test_parse_canonical_refuses_other_forms() -> None:
 
 @settings(max_examples=1500, deadline=None)
 @given(json_documents)
-def test_parse_canonical_accepts_exactly_the_rfc8785_form(value: object) -> None:
+def test_parse_canonical_accepts_exactly_the_rfc8785_form(value: Any) -> None:
     try:
         canonical = rfc8785.dumps(value)
     except rfc8785.CanonicalizationError:
@@ -160,7 +161,12 @@ def test_parse_canonical_accepts_exactly_the_rfc8785_form(value: object) -> None
 
 
 def test_parse_canonical_without_gives_the_body_bytes() -> None:
-    entry = {"b": "\U0001f600", "hash": "x", "a": [1, {"\ue000": True}], "c": 'say "hi"'}
+    entry: dict[str, Any] = {
+        "b": "\U0001f600",
+        "hash": "x",
+        "a": [1, {"\ue000": True}],
+        "c": 'say "hi"',
+    }
     line = rfc8785.dumps(entry)
     value, body = parse_canonical_without(line, "hash")
     assert value == entry

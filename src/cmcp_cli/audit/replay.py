@@ -216,20 +216,23 @@ def _loose_identity(line: bytes) -> tuple[str | None, int | None]:
     return (session if isinstance(session, str) else None, seq if type(seq) is int else None)
 
 
-class BundleMismatchError(CmcpError):
-    """The bundle given for a replay is not the one the session ran under."""
-
-
 def recheck_decisions(
     replay: SessionReplay, lines: Iterable[bytes], bundle: CompiledBundle
 ) -> None:
-    """Decide every recorded Cedar request of the session again and report mismatches."""
+    """Decide every recorded Cedar request of the session again and report mismatches.
+
+    A bundle whose hash is not the one the session recorded is refused: its decisions
+    would prove nothing about this session.
+    """
     if replay.bundle_hash != bundle.hash:
-        raise BundleMismatchError(
-            f"session {replay.session_id} ran under bundle {replay.bundle_hash}, "
+        recorded = replay.bundle_hash or "no bundle (its session_start is missing)"
+        replay.add(
+            ProblemKind.NOT_REPLAYABLE,
+            None,
+            f"decisions not re-checked: the session recorded {recorded}, "
             f"but {bundle.source.root} hashes to {bundle.hash}",
-            hint="pass the bundle the session recorded in its session_start entry",
         )
+        return
     authorizers: dict[bytes, Authorizer] = {}
     for line in lines:
         try:

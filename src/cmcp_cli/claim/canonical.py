@@ -127,7 +127,8 @@ def _parsed_is_jcs(value: Any, out: bytes) -> bool:
     return out.isascii() or _ORDER_SENSITIVE.search(out) is None
 
 
-def _contains_float(container: dict[str, Any] | list[Any]) -> bool:
+def _contains_float(container: Any) -> bool:
+    item: Any
     for item in container.values() if type(container) is dict else container:
         kind = type(item)
         if kind is float:
