@@ -1,0 +1,118 @@
+"""The contract every attestation provider plugin passes (opt-in; needs pytest).
+
+In a plugin's tests:
+
+    from cmcp_cli.testing.provider_contract import ProviderContract
+
+    class TestMyProvider(ProviderContract):
+        @pytest.fixture
+        def provider_spec(self) -> ProviderSpec:
+            return MY_SPEC
+
+The suite checks the declaration, lazy loading, that detection and verification never
+raise on bad input, that a verifier fails closed (garbage, a wrong binding), and, where
+the collector detects its hardware here, that its own evidence verifies.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from cmcp_cli.attestation.api import (
+    CheckStatus,
+    Detection,
+    Evidence,
+    EvidenceVerdict,
+    ProviderSpec,
+    TrustInputs,
+)
+from cmcp_cli.claim.canonical import canonical_bytes
+
+TRACE_PLATFORMS = frozenset(
+    {
+        "intel-tdx",
+        "amd-sev-snp",
+        "azure-cvm-sev-snp",
+        "nvidia-h100",
+        "nvidia-blackwell",
+        "aws-nitro",
+        "arm-cca",
+        "google-confidential-space",
+        "tpm2",
+        "software-only",
+    }
+)
+_NAME = re.compile(r"[a-z][a-z0-9-]*")
+_DIGEST = re.compile(r"sha(256:[0-9a-f]{64}|384:[0-9a-f]{96})")
+GARBAGE: tuple[Any, ...] = ({}, {"binding": 7}, {"report": "not base64 ☃"}, {"evidence": [None]})
+
+
+def _trust(binding: bytes) -> TrustInputs:
+    return TrustInputs(binding=binding, at=datetime.now(UTC))
+
+
+class ProviderContract:
+    @pytest.fixture
+    def provider_spec(self) -> ProviderSpec:
+        raise NotImplementedError("override the provider_spec fixture in your test class")
+
+    def test_declaration(self, provider_spec: ProviderSpec) -> None:
+        assert _NAME.fullmatch(provider_spec.name), "a provider name is lowercase, digits and -"
+        assert provider_spec.platform in TRACE_PLATFORMS, (
+            "platform must be a TRACE runtime.platform"
+        )
+        types = provider_spec.evidence_types
+        assert types, "a provider verifies at least one evidence type"
+        assert len(set(types)) == len(types)
+        assert all(isinstance(t, str) and t for t in types)
+
+    def test_parts_load_on_demand(self, provider_spec: ProviderSpec) -> None:
+        collector = provider_spec.load_collector()
+        verifier = provider_spec.load_verifier()
+        assert callable(getattr(collector, "detect", None))
+        assert callable(getattr(collector, "collect", None))
+        assert callable(getattr(verifier, "verify", None))
+        if provider_spec.load_measurer is not None:
+            assert callable(getattr(provider_spec.load_measurer(), "measure", None))
+
+    def test_detection_is_an_answer_not_an_exception(self, provider_spec: ProviderSpec) -> None:
+        detection = provider_spec.load_collector().detect()
+        assert isinstance(detection, Detection)
+        assert detection.detail, "say why the hardware is or is not here"
+
+    @pytest.mark.parametrize("garbage", GARBAGE, ids=lambda g: repr(g)[:30])
+    def test_verifier_fails_closed_on_garbage(
+        self, provider_spec: ProviderSpec, garbage: Any
+    ) -> None:
+        verdict = provider_spec.load_verifier().verify(garbage, _trust(b"\x00" * 32))
+        assert isinstance(verdict, EvidenceVerdict)
+        assert verdict.failed, "malformed evidence must fail a check"
+        assert not verdict.hardware_attested
+
+    def _collect(self, provider_spec: ProviderSpec, binding: bytes) -> Evidence:
+        collector = provider_spec.load_collector()
+        if not collector.detect().present:
+            pytest.skip("the provider's hardware is not present on this machine")
+        return collector.collect(binding, {})
+
+    def test_collected_evidence_is_hashable_json(self, provider_spec: ProviderSpec) -> None:
+        evidence = self._collect(provider_spec, bytes(range(32)))
+        assert evidence.evidence_type in provider_spec.evidence_types
+        assert evidence.platform == provider_spec.platform
+        assert _DIGEST.fullmatch(evidence.measurement)
+        canonical_bytes(dict(evidence.evidence))  # no floats, nothing unserialisable
+
+    def test_own_evidence_verifies_and_a_wrong_binding_fails(
+        self, provider_spec: ProviderSpec
+    ) -> None:
+        binding = bytes(range(32))
+        evidence = self._collect(provider_spec, binding)
+        verifier = provider_spec.load_verifier()
+        good = verifier.verify(evidence.evidence, _trust(binding))
+        assert not good.failed, [c for c in good.checks if c.status is CheckStatus.FAIL]
+        wrong = verifier.verify(evidence.evidence, _trust(bytes(32)))
+        assert wrong.failed and not wrong.hardware_attested

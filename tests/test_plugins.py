@@ -1,0 +1,159 @@
+"""Provider plugins: discovered per entry point, failures reported, conflicts refused,
+dispatch by evidence type; the built-in software provider passes the contract suite."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+from collections.abc import Iterator
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+from cmcp_cli.attestation import software
+from cmcp_cli.attestation.api import ProviderSpec
+from cmcp_cli.attestation.manager import ENTRY_POINT_GROUP, load_providers
+from cmcp_cli.testing.provider_contract import ProviderContract
+from tests.support import run_cmcp
+
+PLUGIN_SOURCE = """
+from cmcp_cli.attestation.api import Detection, Evidence, EvidenceVerdict, Check, ProviderSpec
+from cmcp_cli.attestation.hookspecs import hookimpl
+
+class Collector:
+    def detect(self): return Detection(False, "no {name} device here")
+    def collect(self, binding, settings): raise RuntimeError("no device")
+
+class Verifier:
+    def verify(self, evidence, trust):
+        return EvidenceVerdict((Check.failed("evidence.shape", "fake"),), hardware_attested=False)
+
+SPEC = ProviderSpec(name="{name}", platform="tpm2", evidence_types=({types},),
+                    load_collector=Collector, load_verifier=Verifier)
+
+class Plugin:
+    @hookimpl
+    def cmcp_attestation_providers(self):
+        {body}
+
+plugin = Plugin()
+"""
+
+
+def install(
+    site: Path, dist: str, version: str, module: str, source: str, target: str | None = None
+) -> None:
+    """A real installed distribution: a module and a dist-info with an entry point."""
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(
+        f"[{ENTRY_POINT_GROUP}]\n{module} = {target or module + ':plugin'}\n"
+    )
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Path]:
+    site = tmp_path / "site"
+    site.mkdir()
+    install(
+        site,
+        "cmcp-faketee",
+        "1.2.3",
+        "faketee",
+        PLUGIN_SOURCE.format(name="fake-tee", types='"fake-v1"', body="return [SPEC]"),
+    )
+    install(
+        site,
+        "cmcp-broken",
+        "0.1",
+        "brokenplug",
+        "raise ImportError('libfake.so.1: cannot open shared object file')\n",
+    )
+    install(
+        site,
+        "cmcp-raises",
+        "0.2",
+        "raisesplug",
+        PLUGIN_SOURCE.format(
+            name="raises", types='"r-v1"', body="raise RuntimeError('hook exploded')"
+        ),
+    )
+    install(
+        site,
+        "cmcp-badreturn",
+        "0.3",
+        "badreturn",
+        PLUGIN_SOURCE.format(name="bad", types='"b-v1"', body="return 'not specs'"),
+    )
+    sys.path.insert(0, str(site))
+    yield site
+    sys.path.remove(str(site))
+    for name in ("faketee", "brokenplug", "raisesplug", "badreturn", "clashplug"):
+        sys.modules.pop(name, None)
+
+
+def test_each_entry_point_loads_on_its_own(site: Path) -> None:
+    registry = load_providers(list(entry_points(group=ENTRY_POINT_GROUP)))
+    assert set(registry.providers) == {"software-only", "fake-tee"}
+    fake = registry.providers["fake-tee"]
+    assert (fake.distribution, fake.version) == ("cmcp-faketee", "1.2.3")
+    failures = {f.distribution: f.error for f in registry.failures}
+    assert "libfake.so.1" in failures["cmcp-broken"]
+    assert failures["cmcp-raises"] == "RuntimeError: hook exploded"
+    assert "must return a list of ProviderSpec" in failures["cmcp-badreturn"]
+    assert registry.for_evidence_type("fake-v1") is fake
+    assert registry.for_evidence_type(software.EVIDENCE_TYPE) is registry.providers["software-only"]
+    assert registry.for_evidence_type("unknown") is None
+
+
+def test_two_providers_claiming_one_evidence_type_are_both_refused(site: Path) -> None:
+    install(
+        site,
+        "cmcp-clash",
+        "9.9",
+        "clashplug",
+        PLUGIN_SOURCE.format(name="clash", types='"fake-v1", "c-v1"', body="return [SPEC]"),
+    )
+    registry = load_providers(list(entry_points(group=ENTRY_POINT_GROUP)))
+    assert "fake-tee" not in registry.providers and "clash" not in registry.providers
+    conflict = registry.refused_evidence_type("fake-v1")
+    assert conflict is not None
+    assert conflict.distribution == "cmcp-faketee and cmcp-clash"
+    assert "both claim evidence type 'fake-v1'" in conflict.error
+
+
+def test_cmcp_plugins_lists_providers_and_failures(site: Path) -> None:
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    result = run_cmcp("plugins", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    rows = {row["name"]: row for row in report["providers"]}
+    assert rows["fake-tee"]["distribution"] == "cmcp-faketee"
+    assert rows["fake-tee"]["detected"] is False
+    assert rows["fake-tee"]["detail"] == "no fake-tee device here"
+    assert rows["software-only"]["detected"] is True
+    assert {f["distribution"] for f in report["failures"]} == {
+        "cmcp-broken",
+        "cmcp-raises",
+        "cmcp-badreturn",
+    }
+    human = run_cmcp("plugins", env=env)
+    assert human.returncode == 0
+    assert "failed to load" in human.stderr and "Traceback" not in human.stderr
+
+
+def test_without_plugins_only_the_builtin_provider_is_listed() -> None:
+    report = run_cmcp("plugins", "--json").json()
+    assert [row["name"] for row in report["providers"]] == ["software-only"]
+    assert report["failures"] == []
+
+
+class TestSoftwareProviderContract(ProviderContract):
+    @pytest.fixture
+    def provider_spec(self) -> ProviderSpec:
+        return software.SPEC
