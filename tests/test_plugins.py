@@ -43,17 +43,13 @@ plugin = Plugin()
 """
 
 
-def install(
-    site: Path, dist: str, version: str, module: str, source: str, target: str | None = None
-) -> None:
+def install(site: Path, dist: str, version: str, module: str, source: str) -> None:
     """A real installed distribution: a module and a dist-info with an entry point."""
     (site / f"{module}.py").write_text(textwrap.dedent(source))
     info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-    (info / "entry_points.txt").write_text(
-        f"[{ENTRY_POINT_GROUP}]\n{module} = {target or module + ':plugin'}\n"
-    )
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{module} = {module}:plugin\n")
 
 
 @pytest.fixture
