@@ -13,7 +13,8 @@ import rfc8785
 
 from cmcp_cli.audit.entry import seal
 from cmcp_cli.audit.logfile import export_jsonl
-from cmcp_cli.audit.replay import ProblemKind, recheck_decisions, replay_chains
+from cmcp_cli.audit.matching import recheck_decisions
+from cmcp_cli.audit.replay import ProblemKind, replay_chains
 from cmcp_cli.audit.store import iter_lines
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle
@@ -184,3 +185,44 @@ def test_session_selection_and_usage_errors(tmp_path: Path) -> None:
     assert run_cmcp("replay-audit").returncode == 2
     assert run_cmcp("replay-audit", "--db", tmp_path / "missing.db").returncode == 2
     assert list(iter_lines(first.db, "a"))
+
+
+@pytest.mark.parametrize("segment", [1, 2, 3, 5])
+@pytest.mark.parametrize("name", sorted(set(TAMPERING) - {"reseal"}))
+def test_segmented_replay_finds_what_whole_replay_finds(
+    recorded: RecordedSession, name: str, segment: int
+) -> None:
+    tamper, first_bad, kind = TAMPERING[name]
+    lines = tamper(exported(recorded))
+    (whole,) = replay_chains(lines, workers=0).values()
+    (parts,) = replay_chains(lines, workers=0, segment_lines=segment).values()
+    assert parts.first_bad_seq == whole.first_bad_seq == first_bad
+    assert kind in {p.kind for p in parts.problems}
+
+
+@pytest.mark.parametrize("segment", [1, 4, 7])
+def test_segmented_replay_of_interleaved_sessions_adds_up(tmp_path: Path, segment: int) -> None:
+    first = record_session(tmp_path, session_id="a", faults=3)
+    record_session(tmp_path, session_id="b", db=first.db)
+    a_lines, b_lines = list(iter_lines(first.db, "a")), list(iter_lines(first.db, "b"))
+    interleaved = a_lines[:5] + b_lines[:4] + a_lines[5:] + b_lines[4:]
+    whole = replay_chains(interleaved, workers=0)
+    parts = replay_chains(interleaved, workers=0, segment_lines=segment)
+    assert [s.to_json() for s in parts.values()] == [s.to_json() for s in whole.values()]
+    assert all(not s.problems for s in parts.values())
+    assert parts["a"].state.calls.faulted == 3
+
+
+def test_worker_processes_agree_with_one_process(tmp_path: Path) -> None:
+    recorded = record_session(
+        tmp_path, calls=[("get_weather", {"city": str(n)}) for n in range(400)]
+    )
+    lines = exported(recorded)
+    lines[300] = edit_content(lines, 300)[300]
+    del lines[700]
+    single = replay_chains(lines, workers=0)
+    parallel = replay_chains(lines, workers=2, segment_lines=97)
+    assert [s.to_json() for s in parallel.values()] == [s.to_json() for s in single.values()]
+    (replay,) = parallel.values()
+    assert replay.first_bad_seq == 300
+    assert {p.kind for p in replay.problems} == {ProblemKind.EDITED, ProblemKind.GAP}

@@ -27,6 +27,16 @@ class CallSummary:
     faulted: int = 0
     tools_invoked: set[str] = field(default_factory=set)
 
+    def absorb(self, later: CallSummary) -> None:
+        """Add the counts of a later stretch of the same chain."""
+        self.total += later.total
+        self.allowed += later.allowed
+        self.denied += later.denied
+        self.redacted += later.redacted
+        self.escalated += later.escalated
+        self.faulted += later.faulted
+        self.tools_invoked |= later.tools_invoked
+
     def to_json(self) -> dict[str, object]:
         return {
             "total": self.total,
@@ -49,7 +59,7 @@ class ChainState:
     tip: str = GENESIS_PREV
     length: int = 0
     calls: CallSummary = field(default_factory=CallSummary)
-    max_data_class: str | None = None
+    data_classes: set[str] = field(default_factory=set)  # of forwarded calls
     drift_detected: bool = False
     ended: bool = False
 
@@ -93,16 +103,27 @@ class ChainState:
             calls.tools_invoked.add(str(fields.get("tool")))
             data_class = fields.get("data_class")
             if isinstance(data_class, str):
-                self._raise_data_class(data_class)
+                self.data_classes.add(data_class)
 
-    def _raise_data_class(self, data_class: str) -> None:
-        if self.max_data_class is None or self._rank(data_class) > self._rank(self.max_data_class):
-            self.max_data_class = data_class
-
-    def _rank(self, data_class: str) -> int:
-        # A class the order does not know ranks above all: unknown sensitivity is not low.
+    @property
+    def max_data_class(self) -> str | None:
+        """The most sensitive class touched, by `data_class_order`; a class the order does
+        not know ranks above all, since unknown sensitivity is not low sensitivity."""
         order = self.data_class_order
-        return order.index(data_class) if data_class in order else len(order)
+        ranked = sorted(
+            self.data_classes, key=lambda c: (order.index(c) if c in order else len(order), c)
+        )
+        return ranked[-1] if ranked else None
+
+    def absorb(self, later: ChainState) -> None:
+        """Continue this state with a later stretch of the same chain."""
+        self.tip = later.tip
+        self.length = later.length
+        self.calls.absorb(later.calls)
+        self.data_classes |= later.data_classes
+        self.data_class_order = self.data_class_order or later.data_class_order
+        self.drift_detected |= later.drift_detected
+        self.ended |= later.ended
 
     def audit_chain_json(self) -> dict[str, object]:
         return {"root": self.root or GENESIS_PREV, "tip": self.tip, "length": self.length}

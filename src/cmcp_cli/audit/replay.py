@@ -1,33 +1,39 @@
-"""Replaying audit chains: every hash and link, every located discrepancy, every decision.
+"""Replaying audit chains: every hash, every link, every discrepancy located.
 
 Replay reads stored lines in stored order. Per session it checks that each line is a
 canonical entry whose content hashes to its `hash`, that `seq` counts up from 0 without
-gaps, repeats or reordering, that each `prev` is the hash before it, that the chain starts
-with `session_start` and ends with `session_end`; it rebuilds the same `ChainState` the
-recorder built, so root, tip, length and the call summary can be matched with a claim;
-and, given the bundle, it decides every recorded Cedar request again.
+gaps, repeats or reordering, that each `prev` is the hash before it, that the chain
+starts with `session_start` on the genesis hash and ends with `session_end`; and it
+rebuilds the same `ChainState` the recorder built, so root, tip, length and the call
+summary can be matched with a claim (see `matching`).
+
+A log is replayed as consecutive segments. Each segment is checked on its own, starting
+at the first entry it holds of each session; `stitch` then joins a segment to what came
+before it and checks the seams: the sequence number and `prev` across the boundary, and
+the chain's start in its first segment. One segment is the whole log when it is small;
+large logs are segmented and checked in parallel processes, with the same code.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Mapping
+import itertools
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
-from cmcp_cli.audit.chain import DECISION_PHASE, ChainState
+from cmcp_cli.audit.chain import ChainState
 from cmcp_cli.audit.entry import GENESIS_PREV, EntryError, EntryType, SealedEntry, open_line
-from cmcp_cli.claim.canonical import canonical_bytes
-from cmcp_cli.errors import CmcpError
-from cmcp_cli.policy.engine import Authorizer, CompiledBundle
-from cmcp_cli.policy.request import CedarRequest, ToolResource
 
 MAX_PROBLEMS_PER_SESSION = 50
 UNKNOWN_SESSION = "(unreadable)"
+SEGMENT_LINES = 50_000
 Progress = Callable[[int], None]
-_PROGRESS_STEP = 4096
 
 
 class ProblemKind(enum.StrEnum):
@@ -41,7 +47,7 @@ class ProblemKind(enum.StrEnum):
     TRUNCATED = "truncated"  # the chain ends without session_end, or before the claim's tip
     CLAIM_MISMATCH = "claim_mismatch"
     DECISION_MISMATCH = "decision_mismatch"
-    NOT_REPLAYABLE = "not_replayable"  # a recorded request that cannot be decided again
+    NOT_REPLAYABLE = "not_replayable"  # decisions that cannot be decided again
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +66,16 @@ class ChainProblem:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class FirstEntry:
+    """The first entry of a session within a segment: where its seam is checked."""
+
+    seq: int
+    prev: str
+    type: str
+    hash: str
+
+
 @dataclass
 class SessionReplay:
     session_id: str
@@ -68,7 +84,8 @@ class SessionReplay:
     bundle_hash: str | None = None
     decisions_checked: int = 0
     truncated_report: bool = False
-    _seen: set[int] = field(default_factory=set, repr=False)
+    first: FirstEntry | None = None
+    seen: set[int] = field(default_factory=set, repr=False)
 
     @property
     def first_bad_seq(self) -> int | None:
@@ -106,16 +123,32 @@ def replay_chains(
     *,
     session_id: str | None = None,
     progress: Progress | None = None,
+    workers: int | None = None,
+    segment_lines: int = SEGMENT_LINES,
 ) -> dict[str, SessionReplay]:
-    """Check every session in `lines` (or only `session_id`); returns them in first-seen order."""
+    """Check every session in `lines` (or only `session_id`), in first-seen order.
+
+    `workers` processes check segments in parallel when the log spans more than one
+    segment; the default is one per CPU, and 0 checks the segments in this process.
+    """
+    workers = min(os.cpu_count() or 1, 4) if workers is None else workers
+    segments = _segments(lines, segment_lines)
+    head = list(itertools.islice(segments, 2))
+    segments = itertools.chain(head, segments)
+    if len(head) > 1 and workers > 1:
+        results: Iterator[tuple[int, dict[str, SessionReplay]]] = _in_processes(
+            segments, session_id, workers
+        )
+    else:
+        results = (
+            (len(lines_), replay_segment(lines_, start, session_id)) for start, lines_ in segments
+        )
     sessions: dict[str, SessionReplay] = {}
-    position = 0
-    for position, line in enumerate(lines, start=1):
-        if progress is not None and position % _PROGRESS_STEP == 0:
-            progress(_PROGRESS_STEP)
-        _replay_line(line, position, sessions, session_id)
-    if progress is not None:
-        progress(position % _PROGRESS_STEP)
+    for count, segment in results:
+        for replay in segment.values():
+            stitch(sessions, replay)
+        if progress is not None:
+            progress(count)
     for replay in sessions.values():
         if replay.state.length and not replay.state.ended:
             replay.add(
@@ -127,25 +160,45 @@ def replay_chains(
     return sessions
 
 
-def _replay_line(
-    line: bytes, position: int, sessions: dict[str, SessionReplay], only: str | None
-) -> None:
-    try:
-        entry = open_line(line)
-    except EntryError as exc:
-        session, seq = _loose_identity(line)
-        if only is not None and session != only:
-            return
-        replay = _session(sessions, session or UNKNOWN_SESSION)
-        kind = ProblemKind.EDITED if "edited" in str(exc) else ProblemKind.MALFORMED
-        where = f"seq {seq}" if seq is not None else f"line {position}"
-        replay.add(kind, seq if seq is not None else replay.state.next_seq, f"{where}: {exc}")
-        if kind is ProblemKind.EDITED:
-            _advance_past_edit(replay, line)
-        return
-    if only is not None and entry.session_id != only:
-        return
-    _link(_session(sessions, entry.session_id), entry)
+def _segments(lines: Iterable[bytes], size: int) -> Iterator[tuple[int, list[bytes]]]:
+    iterator = iter(lines)
+    start = 1
+    while batch := list(itertools.islice(iterator, size)):
+        yield start, batch
+        start += len(batch)
+
+
+def _in_processes(
+    segments: Iterable[tuple[int, list[bytes]]], only: str | None, workers: int
+) -> Iterator[tuple[int, dict[str, SessionReplay]]]:
+    """Check segments in worker processes, a bounded number in flight, results in order."""
+    context = multiprocessing.get_context("spawn")  # no inherited threads or locks
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        pending: deque[tuple[int, Future[dict[str, SessionReplay]]]] = deque()
+        for start, lines in segments:
+            pending.append((len(lines), pool.submit(replay_segment, lines, start, only)))
+            if len(pending) >= 2 * workers:
+                count, future = pending.popleft()
+                yield count, future.result()
+        while pending:
+            count, future = pending.popleft()
+            yield count, future.result()
+
+
+def replay_segment(
+    lines: list[bytes], start: int, only: str | None = None
+) -> dict[str, SessionReplay]:
+    """Check one run of consecutive lines; each session starts at its first entry here."""
+    sessions: dict[str, SessionReplay] = {}
+    for position, line in enumerate(lines, start=start):
+        try:
+            entry = open_line(line)
+        except EntryError as exc:
+            _unreadable(sessions, line, position, exc, only)
+            continue
+        if only is None or entry.session_id == only:
+            _link(_session(sessions, entry.session_id), entry)
+    return sessions
 
 
 def _session(sessions: dict[str, SessionReplay], session_id: str) -> SessionReplay:
@@ -157,170 +210,132 @@ def _session(sessions: dict[str, SessionReplay], session_id: str) -> SessionRepl
 
 def _link(replay: SessionReplay, entry: SealedEntry) -> None:
     state = replay.state
-    expected = state.next_seq
     seq = entry.seq
-    if seq in replay._seen:
+    if replay.first is None:  # the seam with earlier segments is checked by `stitch`
+        replay.first = FirstEntry(seq, entry.prev, entry.type, entry.hash)
+        state.length, state.tip = seq, entry.prev
+    expected = state.next_seq
+    if seq in replay.seen:
         replay.add(ProblemKind.DUPLICATE, seq, f"a second entry claims seq {seq}: the chain forks")
         return
     if seq < expected:
         replay.add(
             ProblemKind.OUT_OF_ORDER, seq, f"seq {seq} appears after seq {expected - 1}: reordered"
         )
-        replay._seen.add(seq)
+        replay.seen.add(seq)
         return
     if seq > expected:
-        missing = f"{expected}" if seq == expected + 1 else f"{expected} to {seq - 1}"
-        kind = ProblemKind.BAD_START if expected == 0 else ProblemKind.GAP
-        replay.add(kind, expected, f"seq {missing} missing before seq {seq}")
+        replay.add(ProblemKind.GAP, expected, _missing(expected, seq))
     elif entry.prev != state.tip:
         replay.add(
             ProblemKind.BROKEN_LINK,
             seq,
             f"seq {seq}: prev is {entry.prev}, but the entry before it hashes to {state.tip}",
         )
-    if seq == 0 and (entry.type != EntryType.SESSION_START or entry.prev != GENESIS_PREV):
-        replay.add(
-            ProblemKind.BAD_START, 0, "seq 0 is not a session_start linked to the genesis hash"
-        )
     if entry.type == EntryType.SESSION_START and replay.bundle_hash is None:
         value = entry.fields.get("bundle_hash")
         replay.bundle_hash = value if isinstance(value, str) else None
-    replay._seen.add(seq)
+    replay.seen.add(seq)
     # Counting goes on from what is there, so one bad entry does not hide the rest.
     state.length = seq
     state.apply(entry)
 
 
-def _advance_past_edit(replay: SessionReplay, line: bytes) -> None:
-    """Keep linking after an edited entry, using the hash it claims, so that the one
-    edit is reported once instead of as a broken link on every entry after it."""
-    try:
-        fields = orjson.loads(line)
-        claimed, seq = fields["hash"], fields["seq"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
+def _missing(expected: int, seq: int) -> str:
+    missing = f"{expected}" if seq == expected + 1 else f"{expected} to {seq - 1}"
+    return f"seq {missing} missing before seq {seq}"
+
+
+def _unreadable(
+    sessions: dict[str, SessionReplay],
+    line: bytes,
+    position: int,
+    exc: EntryError,
+    only: str | None,
+) -> None:
+    fields = _loose_fields(line)
+    session = fields.get("session_id")
+    session = session if isinstance(session, str) else None
+    if only is not None and session != only:
         return
-    if isinstance(claimed, str) and type(seq) is int and seq == replay.state.next_seq:
-        replay._seen.add(seq)
+    replay = _session(sessions, session or UNKNOWN_SESSION)
+    seq = fields.get("seq")
+    seq = seq if type(seq) is int else None
+    kind = ProblemKind.EDITED if "edited" in str(exc) else ProblemKind.MALFORMED
+    where = f"seq {seq}" if seq is not None else f"line {position}"
+    replay.add(kind, seq if seq is not None else replay.state.next_seq, f"{where}: {exc}")
+    claimed, prev = fields.get("hash"), fields.get("prev")
+    if kind is not ProblemKind.EDITED or seq is None or not isinstance(claimed, str):
+        return
+    # Keep linking after an edited entry from the hash it claims, so that one edit is
+    # reported once instead of as a broken link on every entry after it.
+    if replay.first is None:
+        replay.first = FirstEntry(seq, str(prev), str(fields.get("type")), claimed)
+        replay.state.length = seq
+    if seq == replay.state.next_seq:
+        replay.seen.add(seq)
         replay.state.length = seq + 1
         replay.state.tip = claimed
 
 
-def _loose_identity(line: bytes) -> tuple[str | None, int | None]:
+def _loose_fields(line: bytes) -> dict[str, object]:
     try:
         fields = orjson.loads(line)
     except orjson.JSONDecodeError:
-        return None, None
-    if not isinstance(fields, dict):
-        return None, None
-    session, seq = fields.get("session_id"), fields.get("seq")
-    return (session if isinstance(session, str) else None, seq if type(seq) is int else None)
+        return {}
+    return fields if isinstance(fields, dict) else {}
 
 
-def recheck_decisions(
-    replay: SessionReplay, lines: Iterable[bytes], bundle: CompiledBundle
-) -> None:
-    """Decide every recorded Cedar request of the session again and report mismatches.
-
-    A bundle whose hash is not the one the session recorded is refused: its decisions
-    would prove nothing about this session.
-    """
-    if replay.bundle_hash != bundle.hash:
-        recorded = replay.bundle_hash or "no bundle (its session_start is missing)"
-        replay.add(
-            ProblemKind.NOT_REPLAYABLE,
-            None,
-            f"decisions not re-checked: the session recorded {recorded}, "
-            f"but {bundle.source.root} hashes to {bundle.hash}",
-        )
+def stitch(sessions: dict[str, SessionReplay], later: SessionReplay) -> None:
+    """Join a segment's replay of a session to what came before, checking the seam."""
+    earlier = sessions.get(later.session_id)
+    if earlier is None:
+        sessions[later.session_id] = later
+        _check_start(later)
         return
-    authorizers: dict[bytes, Authorizer] = {}
-    for line in lines:
-        try:
-            entry = open_line(line)
-        except EntryError:
-            continue  # already reported by the chain check
-        fields = entry.fields
-        if entry.session_id != replay.session_id or fields.get("phase") != DECISION_PHASE:
-            continue
-        record = fields.get("cedar_request")
-        if not isinstance(record, Mapping):
-            continue  # recorded with audit.record_inputs: hashes
-        _recheck(replay, entry.seq, fields, record, bundle=bundle, authorizers=authorizers)
+    first = later.first
+    if first is not None and earlier.first is not None:
+        expected = earlier.state.next_seq
+        if first.seq in earlier.seen:
+            later.add(ProblemKind.DUPLICATE, first.seq, f"a second entry claims seq {first.seq}")
+        elif first.seq < expected:
+            later.add(
+                ProblemKind.OUT_OF_ORDER,
+                first.seq,
+                f"seq {first.seq} appears after seq {expected - 1}",
+            )
+        elif first.seq > expected:
+            later.add(ProblemKind.GAP, expected, _missing(expected, first.seq))
+        elif first.prev != earlier.state.tip:
+            later.add(
+                ProblemKind.BROKEN_LINK,
+                first.seq,
+                f"seq {first.seq}: prev is {first.prev}, but the entry before it hashes to "
+                f"{earlier.state.tip}",
+            )
+        for seq in sorted(earlier.seen & later.seen - {first.seq})[:MAX_PROBLEMS_PER_SESSION]:
+            later.add(ProblemKind.DUPLICATE, seq, f"a second entry claims seq {seq}")
+    elif earlier.first is None and first is not None:  # earlier held only unreadable lines
+        earlier.first = first
+        _check_start(earlier)
+    for problem in later.problems:
+        earlier.add(problem.kind, problem.seq, problem.message)
+    earlier.truncated_report |= later.truncated_report
+    earlier.bundle_hash = earlier.bundle_hash or later.bundle_hash
+    earlier.seen |= later.seen
+    if later.first is not None:
+        if earlier.state.root is None:
+            earlier.state.root = later.state.root
+        earlier.state.absorb(later.state)
 
 
-def _recheck(
-    replay: SessionReplay,
-    seq: int,
-    fields: Mapping[str, Any],
-    record: Mapping[str, Any],
-    *,
-    bundle: CompiledBundle,
-    authorizers: dict[bytes, Authorizer],
-) -> None:
-    try:
-        request = CedarRequest.from_json(record)
-        entities = record.get("entities", [])
-        tools = [ToolResource.from_entity_json(e) for e in entities]
-    except CmcpError as exc:
-        replay.add(ProblemKind.NOT_REPLAYABLE, seq, f"seq {seq}: {exc.message}")
+def _check_start(replay: SessionReplay) -> None:
+    first = replay.first
+    if first is None:
         return
-    key = canonical_bytes([t.entity_json() for t in tools])
-    authorizer = authorizers.get(key)
-    if authorizer is None:
-        authorizer = authorizers[key] = bundle.authorizer(tools)
-    decision = authorizer.decide(request)
-    replay.decisions_checked += 1
-    recorded = (fields.get("decision"), sorted(fields.get("policy_ids") or []))
-    again = (decision.effect.value, sorted(decision.policy_ids))
-    if recorded != again:
+    if first.seq != 0:
+        replay.add(ProblemKind.BAD_START, 0, _missing(0, first.seq))
+    elif first.type != EntryType.SESSION_START or first.prev != GENESIS_PREV:
         replay.add(
-            ProblemKind.DECISION_MISMATCH,
-            seq,
-            f"seq {seq}: recorded {recorded[0]} by {recorded[1] or 'no policy'}, "
-            f"but the bundle decides {again[0]} by {again[1] or 'no policy'}",
+            ProblemKind.BAD_START, 0, "seq 0 is not a session_start linked to the genesis hash"
         )
-
-
-def compare_with_claim(replay: SessionReplay, claim: Mapping[str, Any]) -> None:
-    """Match the replayed chain with what a claim states about it."""
-    gateway, trace = _mapping(claim.get("gateway")), _mapping(claim.get("trace"))
-    state = replay.state
-    stated_chain = _mapping(gateway.get("audit_chain"))
-    replayed_chain = state.audit_chain_json()
-    for key in ("root", "tip", "length"):
-        stated = stated_chain.get(key)
-        if stated != replayed_chain[key]:
-            seq = _first_missing(state.length, stated) if key == "length" else None
-            kind = (
-                ProblemKind.TRUNCATED
-                if key == "length" and seq is not None
-                else ProblemKind.CLAIM_MISMATCH
-            )
-            replay.add(
-                kind,
-                seq,
-                f"claim states audit_chain.{key} {stated!r}, the log gives {replayed_chain[key]!r}",
-            )
-    stated_summary = gateway.get("call_summary")
-    if stated_summary != state.calls.to_json():
-        replay.add(
-            ProblemKind.CLAIM_MISMATCH,
-            None,
-            f"claim states call_summary {stated_summary}, the log gives {state.calls.to_json()}",
-        )
-    if gateway.get("session_id") != replay.session_id:
-        replay.add(
-            ProblemKind.CLAIM_MISMATCH, None, f"claim is for session {gateway.get('session_id')!r}"
-        )
-    if _mapping(trace.get("tool_transcript")).get("hash") != state.tip:
-        replay.add(
-            ProblemKind.CLAIM_MISMATCH, None, "trace.tool_transcript.hash is not the chain tip"
-        )
-
-
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _first_missing(replayed_length: int, stated: object) -> int | None:
-    return replayed_length if type(stated) is int and stated > replayed_length else None

@@ -8,13 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from cmcp_cli.audit.logfile import count_log_lines, is_sqlite, read_log_lines
-from cmcp_cli.audit.replay import (
-    Progress,
-    SessionReplay,
-    compare_with_claim,
-    recheck_decisions,
-    replay_chains,
-)
+from cmcp_cli.audit.matching import compare_with_claim, recheck_decisions
+from cmcp_cli.audit.replay import Progress, SessionReplay, replay_chains
 from cmcp_cli.errors import UsageError
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle

@@ -21,7 +21,8 @@ from cmcp_cli.attestation.binding import binding_from_claim
 from cmcp_cli.attestation.manager import ProviderRegistry, load_providers
 from cmcp_cli.attestation.software import PLATFORM as SOFTWARE_PLATFORM
 from cmcp_cli.audit.logfile import read_log_lines
-from cmcp_cli.audit.replay import compare_with_claim, replay_chains
+from cmcp_cli.audit.matching import compare_with_claim
+from cmcp_cli.audit.replay import replay_chains
 from cmcp_cli.claim.keys import jwk_thumbprint
 from cmcp_cli.claim.model import is_gateway_claim
 from cmcp_cli.claim.signing import check_signature

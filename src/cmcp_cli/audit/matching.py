@@ -1,0 +1,125 @@
+"""Checking a replayed session against what else claims to describe it: the signed claim
+(root, tip, length, counters) and the policy bundle (every recorded decision again)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from cmcp_cli.audit.chain import DECISION_PHASE
+from cmcp_cli.audit.entry import EntryError, open_line
+from cmcp_cli.audit.replay import ProblemKind, SessionReplay
+from cmcp_cli.claim.canonical import canonical_bytes
+from cmcp_cli.errors import CmcpError
+from cmcp_cli.policy.engine import Authorizer, CompiledBundle
+from cmcp_cli.policy.request import CedarRequest, ToolResource
+
+
+def recheck_decisions(
+    replay: SessionReplay, lines: Iterable[bytes], bundle: CompiledBundle
+) -> None:
+    """Decide every recorded Cedar request of the session again and report mismatches.
+
+    A bundle whose hash is not the one the session recorded is refused: its decisions
+    would prove nothing about this session.
+    """
+    if replay.bundle_hash != bundle.hash:
+        recorded = replay.bundle_hash or "no bundle (its session_start is missing)"
+        replay.add(
+            ProblemKind.NOT_REPLAYABLE,
+            None,
+            f"decisions not re-checked: the session recorded {recorded}, "
+            f"but {bundle.source.root} hashes to {bundle.hash}",
+        )
+        return
+    authorizers: dict[bytes, Authorizer] = {}
+    for line in lines:
+        try:
+            entry = open_line(line)
+        except EntryError:
+            continue  # already reported by the chain check
+        fields = entry.fields
+        if entry.session_id != replay.session_id or fields.get("phase") != DECISION_PHASE:
+            continue
+        record = fields.get("cedar_request")
+        if not isinstance(record, Mapping):
+            continue  # recorded with audit.record_inputs: hashes
+        _recheck(replay, entry.seq, fields, record, bundle=bundle, authorizers=authorizers)
+
+
+def _recheck(
+    replay: SessionReplay,
+    seq: int,
+    fields: Mapping[str, Any],
+    record: Mapping[str, Any],
+    *,
+    bundle: CompiledBundle,
+    authorizers: dict[bytes, Authorizer],
+) -> None:
+    try:
+        request = CedarRequest.from_json(record)
+        entities = record.get("entities", [])
+        tools = [ToolResource.from_entity_json(e) for e in entities]
+    except CmcpError as exc:
+        replay.add(ProblemKind.NOT_REPLAYABLE, seq, f"seq {seq}: {exc.message}")
+        return
+    key = canonical_bytes([t.entity_json() for t in tools])
+    authorizer = authorizers.get(key)
+    if authorizer is None:
+        authorizer = authorizers[key] = bundle.authorizer(tools)
+    decision = authorizer.decide(request)
+    replay.decisions_checked += 1
+    recorded = (fields.get("decision"), sorted(fields.get("policy_ids") or []))
+    again = (decision.effect.value, sorted(decision.policy_ids))
+    if recorded != again:
+        replay.add(
+            ProblemKind.DECISION_MISMATCH,
+            seq,
+            f"seq {seq}: recorded {recorded[0]} by {recorded[1] or 'no policy'}, "
+            f"but the bundle decides {again[0]} by {again[1] or 'no policy'}",
+        )
+
+
+def compare_with_claim(replay: SessionReplay, claim: Mapping[str, Any]) -> None:
+    """Match the replayed chain with what a claim states about it."""
+    gateway, trace = _mapping(claim.get("gateway")), _mapping(claim.get("trace"))
+    state = replay.state
+    stated_chain = _mapping(gateway.get("audit_chain"))
+    replayed_chain = state.audit_chain_json()
+    for key in ("root", "tip", "length"):
+        stated = stated_chain.get(key)
+        if stated != replayed_chain[key]:
+            seq = _first_missing(state.length, stated) if key == "length" else None
+            kind = (
+                ProblemKind.TRUNCATED
+                if key == "length" and seq is not None
+                else ProblemKind.CLAIM_MISMATCH
+            )
+            replay.add(
+                kind,
+                seq,
+                f"claim states audit_chain.{key} {stated!r}, the log gives {replayed_chain[key]!r}",
+            )
+    stated_summary = gateway.get("call_summary")
+    if stated_summary != state.calls.to_json():
+        replay.add(
+            ProblemKind.CLAIM_MISMATCH,
+            None,
+            f"claim states call_summary {stated_summary}, the log gives {state.calls.to_json()}",
+        )
+    if gateway.get("session_id") != replay.session_id:
+        replay.add(
+            ProblemKind.CLAIM_MISMATCH, None, f"claim is for session {gateway.get('session_id')!r}"
+        )
+    if _mapping(trace.get("tool_transcript")).get("hash") != state.tip:
+        replay.add(
+            ProblemKind.CLAIM_MISMATCH, None, "trace.tool_transcript.hash is not the chain tip"
+        )
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _first_missing(replayed_length: int, stated: object) -> int | None:
+    return replayed_length if type(stated) is int and stated > replayed_length else None
