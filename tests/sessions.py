@@ -18,7 +18,6 @@ from cmcp_cli.evidence.session import Attestor, EvidenceSession, SessionPolicy
 from cmcp_cli.gateway.wiring import authorizer_for, tool_resources
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle
-from cmcp_cli.policy.request import tool_call_request
 from tests.support import QUICKSTART
 
 DEFAULT_CALLS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -86,33 +85,20 @@ def record_session(
         )
         recorder = session.recorder
         for index, (tool, arguments) in enumerate(calls):
-            entry = catalog.tools[tool]
-            request = tool_call_request(
-                agent_id="anonymous",
-                tool=tool,
-                arguments=arguments,
-                data_class=entry.data_class,
-                session_max_sensitivity=recorder.state.max_data_class or "public",
-                platform="software-only",
-            )
-            decision = authorizer.decide(request)
             call_id = f"call-{index}"
-            recorder.decision(
+            verdict = session.decide_call(
+                authorizer,
                 call_id=call_id,
-                tool=tool,
-                decision=decision.effect.value,
-                policy_ids=decision.policy_ids,
-                request_sha256=canonical_sha256({"name": tool, "arguments": arguments}),
-                data_class=entry.data_class,
-                forwarded=decision.forwards,
-                cedar_request=request.to_record(resources[tool]),
+                agent_id="anonymous",
+                tool=resources[tool],
+                arguments=arguments,
             )
-            if decision.forwards:
+            if verdict.forwarded:
                 recorder.outcome(
                     call_id=call_id,
                     response_sha256=canonical_sha256({"content": [{"type": "text", "text": "ok"}]}),
                     latency_us=1200 + index,
-                    redactions={"email": 1} if decision.effect.value == "redact" else None,
+                    redactions={"email": 1} if verdict.decision.effect.value == "redact" else None,
                 )
         for index in range(faults):
             recorder.fault(

@@ -20,3 +20,6 @@ def test_quickstart_demo_passes() -> None:
     assert "quickstart OK" in completed.stderr
     for decision in ("allow", "deny", "redact"):
         assert f" {decision} " in completed.stderr
+    assert "VERIFIED (software mode accepted with --allow-software)" in completed.stderr
+    assert "session demo-session: clean; 7 entries" in completed.stderr
+    assert "3 decisions re-checked" in completed.stderr

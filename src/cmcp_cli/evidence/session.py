@@ -23,6 +23,10 @@ from cmcp_cli.audit.store import AuditStore
 from cmcp_cli.claim.canonical import canonical_sha256
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.model import SessionFacts, build_claim, trace_record
+from cmcp_cli.errors import CmcpError
+from cmcp_cli.policy.decision import Decision
+from cmcp_cli.policy.engine import Authorizer
+from cmcp_cli.policy.request import ToolResource, tool_call_request
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class SessionPolicy:
     trust_domain: str = "cmcp.local"
     model_provider: str = "unknown"
     model_id: str = "unknown"
+    record_inputs: str = "full"  # or "hashes": the Cedar request is then not kept
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,12 @@ class Attestor:
     spec: ProviderSpec
     version: str
     settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CallVerdict:
+    decision: Decision
+    forwarded: bool  # whether the call goes upstream under the session's enforcement mode
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,52 @@ class EvidenceSession:
     @property
     def session_id(self) -> str:
         return self.recorder.session_id
+
+    def decide_call(
+        self,
+        authorizer: Authorizer,
+        *,
+        call_id: str,
+        agent_id: str,
+        tool: ToolResource,
+        arguments: Mapping[str, Any] | None,
+        workflow_id: str = "",
+    ) -> CallVerdict:
+        """Decide one tool call and make the decision durable before anything is forwarded.
+
+        The decision is the policy's; whether the call goes upstream also depends on the
+        enforcement mode (advisory and silent forward what enforcing would block). The
+        recorded request is exactly what Cedar saw, so a replay can decide it again.
+        """
+        state = self.recorder.state
+        try:
+            request = tool_call_request(
+                agent_id=agent_id,
+                tool=tool.name,
+                arguments=arguments,
+                data_class=tool.data_class,
+                session_max_sensitivity=state.max_data_class or self.policy.data_class_order[0],
+                workflow_id=workflow_id,
+                platform=self.evidence.platform,
+            )
+        except CmcpError as exc:
+            decision, record = Decision.refused(exc.message), None
+        else:
+            decision, record = authorizer.decide(request), request.to_record(tool)
+        forwarded = decision.forwards or self.policy.enforcement_mode != "enforcing"
+        self.recorder.decision(
+            call_id=call_id,
+            tool=tool.name,
+            decision=decision.effect.value,
+            policy_ids=decision.policy_ids,
+            request_sha256=canonical_sha256(
+                {"name": tool.name, "arguments": dict(arguments or {})}
+            ),
+            data_class=tool.data_class,
+            forwarded=forwarded,
+            cedar_request=record if self.policy.record_inputs == "full" else None,
+        )
+        return CallVerdict(decision=decision, forwarded=forwarded)
 
     def close(self, *, reason: str = "closed", sequence_number: int = 1) -> ClosedSession:
         """End the chain and sign the claim; the counters are the chain's own."""
