@@ -51,7 +51,8 @@ def canonical_bytes(value: Any) -> bytes:
 
 
 def parse_canonical(data: bytes) -> Any:
-    """Parse JSON that must already be in canonical form; `CanonicalizationError` if not."""
+    """Parse JSON that must already be in canonical form as cMCP hashes it: RFC 8785 with
+    integers only (within +-(2**53 - 1)) and no floats; `CanonicalizationError` if not."""
     value, _ = parse_canonical_without(data, None)
     return value
 
@@ -75,6 +76,8 @@ def parse_canonical_without(data: bytes, key: str | None) -> tuple[Any, bytes]:
         return value, _without_member(data, key, value) or orjson.dumps(
             {k: v for k, v in value.items() if k != key}, option=_SORTED
         )
+    if type(value) is float or (isinstance(value, dict | list) and _contains_float(value)):
+        raise CanonicalizationError("hashed data holds no floating-point numbers")
     if canonical_bytes(value) != data:
         raise CanonicalizationError("JSON is not in RFC 8785 canonical form")
     body = value if key is None else {k: v for k, v in value.items() if k != key}
