@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from tests.support import MANIFEST, QUICKSTART, BundleFactory
+
 # CI runs the same examples every time; a developer's runs keep exploring new ones.
 settings.register_profile("ci", derandomize=True, deadline=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
-
-from tests.support import MANIFEST, QUICKSTART, BundleFactory
 
 
 @pytest.fixture
