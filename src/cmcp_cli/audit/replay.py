@@ -20,6 +20,7 @@ import enum
 import itertools
 import multiprocessing
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -129,13 +130,14 @@ def replay_chains(
     """Check every session in `lines` (or only `session_id`), in first-seen order.
 
     `workers` processes check segments in parallel when the log spans more than one
-    segment; the default is one per CPU, and 0 checks the segments in this process.
+    segment and this process runs no other thread; the default is one per CPU (at most
+    4), and 0 checks the segments in this process.
     """
     workers = min(os.cpu_count() or 1, 4) if workers is None else workers
     segments = _segments(lines, segment_lines)
     head = list(itertools.islice(segments, 2))
     segments = itertools.chain(head, segments)
-    if len(head) > 1 and workers > 1:
+    if len(head) > 1 and workers > 1 and threading.active_count() == 1:
         results: Iterator[tuple[int, dict[str, SessionReplay]]] = _in_processes(
             segments, session_id, workers
         )
@@ -171,8 +173,12 @@ def _segments(lines: Iterable[bytes], size: int) -> Iterator[tuple[int, list[byt
 def _in_processes(
     segments: Iterable[tuple[int, list[bytes]]], only: str | None, workers: int
 ) -> Iterator[tuple[int, dict[str, SessionReplay]]]:
-    """Check segments in worker processes, a bounded number in flight, results in order."""
-    context = multiprocessing.get_context("spawn")  # no inherited threads or locks
+    """Check segments in worker processes, a bounded number in flight, results in order.
+
+    Workers are forked, so no caller needs a `__main__` guard; the caller makes sure this
+    process runs no other thread, since a fork copies no thread but every lock.
+    """
+    context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         pending: deque[tuple[int, Future[dict[str, SessionReplay]]]] = deque()
         for start, lines in segments:
