@@ -7,7 +7,10 @@ security tool must not, because another reader of the same bytes may decide othe
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
+
+from cmcp_cli.errors import UsageError
 
 
 class StrictJSONError(ValueError):
@@ -45,3 +48,15 @@ def loads_strict(data: bytes | str) -> Any:
         raise StrictJSONError(f"{exc.msg} (column {exc.colno})", line=exc.lineno) from exc
     except RecursionError as exc:
         raise StrictJSONError("nested too deeply") from exc
+
+
+def read_json_file(path: Path, what: str) -> Any:
+    """Parse a JSON file the user named; `UsageError` (exit 2) when it cannot be read."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    try:
+        return loads_strict(data)
+    except StrictJSONError as exc:
+        raise UsageError(f"{what} {path} is not JSON: {exc}") from exc

@@ -13,7 +13,7 @@ from cmcp_cli.audit.replay import Progress, SessionReplay, replay_chains
 from cmcp_cli.errors import UsageError
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle
-from cmcp_cli.strict_json import StrictJSONError, loads_strict
+from cmcp_cli.strict_json import read_json_file
 
 
 @dataclass(frozen=True)
@@ -91,12 +91,7 @@ def replay_audit(request: ReplayRequest, progress: Progress | None = None) -> Re
 
 
 def _read_claim(path: Path) -> Mapping[str, Any]:
-    try:
-        document = loads_strict(path.read_bytes())
-    except OSError as exc:
-        raise UsageError(f"cannot read claim {path}: {exc.strerror or exc}") from exc
-    except StrictJSONError as exc:
-        raise UsageError(f"claim {path} is not JSON: {exc}") from exc
+    document = read_json_file(path, "claim")
     if not isinstance(document, Mapping):
         raise UsageError(f"{path} is not a GatewayClaim")
     gateway = document.get("gateway")

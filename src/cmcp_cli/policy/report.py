@@ -10,7 +10,7 @@ from cmcp_cli.claim.canonical import is_sha256_tagged
 from cmcp_cli.errors import UsageError
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import CompiledBundle, compile_bundle
-from cmcp_cli.strict_json import StrictJSONError, loads_strict
+from cmcp_cli.strict_json import read_json_file
 
 
 @dataclass(frozen=True)
@@ -93,12 +93,7 @@ def validate_bundle(
 
 
 def _read_baseline(path: Path) -> tuple[str, Mapping[str, str]]:
-    try:
-        document = loads_strict(path.read_bytes())
-    except OSError as exc:
-        raise UsageError(f"cannot read baseline {path}: {exc.strerror or exc}") from exc
-    except StrictJSONError as exc:
-        raise UsageError(f"baseline {path} is not JSON: {exc}") from exc
+    document = read_json_file(path, "baseline")
     files = document.get("files") if isinstance(document, dict) else None
     digest = document.get("bundle_hash") if isinstance(document, dict) else None
     if (

@@ -27,7 +27,7 @@ from cmcp_cli.claim.keys import jwk_thumbprint
 from cmcp_cli.claim.model import is_gateway_claim
 from cmcp_cli.claim.signing import check_signature
 from cmcp_cli.errors import ExitCode, UsageError
-from cmcp_cli.strict_json import StrictJSONError, loads_strict
+from cmcp_cli.strict_json import read_json_file
 from cmcp_cli.verify import shape
 
 DEFAULT_MAX_AGE_SECONDS = 86_400  # TRACE v0.2 §3.2.2 default maximum record age
@@ -313,7 +313,7 @@ def verify_claim_file(
 
     Raises `UsageError` (exit 2) for input that cannot be read at all.
     """
-    document = _read_json(path, "claim")
+    document = read_json_file(path, "claim")
     roots = tuple(_read_bytes(root, "trust root") for root in trust_root_files)
     options = replace(options, trust_roots=options.trust_roots + roots)
     return verify_document(document, options, load_providers())
@@ -323,7 +323,7 @@ def resolve_trusted_key(value: str) -> str:
     """A pinned key given as an RFC 7638 thumbprint, or as a file holding the public JWK."""
     candidate = Path(value)
     if candidate.is_file():
-        document = _read_json(candidate, "trusted key")
+        document = read_json_file(candidate, "trusted key")
         jwk = document.get("jwk", document) if isinstance(document, Mapping) else None
         if not isinstance(jwk, Mapping) or not {"kty", "crv", "x"} <= set(jwk):
             raise UsageError(f"{candidate} holds no OKP public JWK")
@@ -341,10 +341,3 @@ def _read_bytes(path: Path, what: str) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return loads_strict(_read_bytes(path, what))
-    except StrictJSONError as exc:
-        raise UsageError(f"{what} {path} is not JSON: {exc}") from exc
