@@ -129,13 +129,17 @@ def replay_audit_command(
     as_json: JsonFlag = False,
 ) -> int:
     """Recompute every hash and link, locate discrepancies, match a claim, re-decide calls."""
-    if (db is None) == (log is None):
+    if db is not None and log is None:
+        source, expect_sqlite = db, True
+    elif log is not None and db is None:
+        source, expect_sqlite = log, False
+    else:
         raise UsageError("give exactly one of --db PATH or --log PATH")
     if session is not None and all_sessions:
         raise UsageError("--session and --all exclude each other")
     request = ReplayRequest(
-        log=db or log,  # type: ignore[arg-type]  # exactly one is set, checked above
-        expect_sqlite=db is not None,
+        log=source,
+        expect_sqlite=expect_sqlite,
         session_id=session,
         all_sessions=all_sessions,
         claim=claim,
