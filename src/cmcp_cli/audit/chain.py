@@ -68,20 +68,21 @@ class ChainState:
         return self.length
 
     def apply(self, entry: SealedEntry) -> None:
-        fields = entry.fields
-        kind = entry.type
         if self.root is None:
             self.root = entry.hash
         self.tip = entry.hash
         self.length += 1
-        if kind == EntryType.SESSION_START:
+        kind = entry.type
+        fields = entry.fields
+        if kind == EntryType.CALL:  # by far the most common: test it first
+            if fields.get("phase") == DECISION_PHASE:
+                self._count_decision(fields)
+        elif kind == EntryType.FAULT:
+            self.calls.faulted += 1
+        elif kind == EntryType.SESSION_START:
             order = fields.get("data_class_order")
             if isinstance(order, list):
                 self.data_class_order = tuple(str(item) for item in order)
-        elif kind == EntryType.CALL and fields.get("phase") == DECISION_PHASE:
-            self._count_decision(fields)
-        elif kind == EntryType.FAULT:
-            self.calls.faulted += 1
         elif kind == EntryType.DRIFT:
             self.drift_detected = True
         elif kind == EntryType.SESSION_END:

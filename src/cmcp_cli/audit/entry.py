@@ -12,9 +12,8 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from cmcp_cli.claim.canonical import (
     CanonicalizationError,
@@ -42,32 +41,32 @@ class EntryError(ValueError):
     """A stored entry is malformed, not canonical, or does not hash to its `hash`."""
 
 
-@dataclass(frozen=True, slots=True)
-class SealedEntry:
-    """An entry with its hash, and the exact bytes that are stored and exported."""
+class SealedEntry(NamedTuple):
+    """An entry with its hash, and the exact bytes that are stored and exported.
+
+    The identifying members are taken from `fields` once, when the entry is sealed or
+    opened and its base fields are known to be well-typed; replay reads them per entry.
+    """
 
     fields: Mapping[str, Any]
     line: bytes
+    seq: int
+    session_id: str
+    type: str
+    prev: str
+    hash: str
 
-    @property
-    def seq(self) -> int:
-        return int(self.fields["seq"])
-
-    @property
-    def session_id(self) -> str:
-        return str(self.fields["session_id"])
-
-    @property
-    def type(self) -> str:
-        return str(self.fields["type"])
-
-    @property
-    def hash(self) -> str:
-        return str(self.fields["hash"])
-
-    @property
-    def prev(self) -> str:
-        return str(self.fields["prev"])
+    @classmethod
+    def of(cls, fields: Mapping[str, Any], line: bytes) -> SealedEntry:
+        return cls(
+            fields,
+            line,
+            fields["seq"],
+            fields["session_id"],
+            fields["type"],
+            fields["prev"],
+            fields["hash"],
+        )
 
     def fields_without_hash(self) -> dict[str, Any]:
         return {key: value for key, value in self.fields.items() if key != "hash"}
@@ -85,7 +84,7 @@ def seal(fields: Mapping[str, Any]) -> SealedEntry:
     try:
         digest = sha256_tagged(canonical_bytes(dict(fields)))
         sealed = {**fields, "hash": digest}
-        return SealedEntry(fields=sealed, line=canonical_bytes(sealed))
+        return SealedEntry.of(sealed, canonical_bytes(sealed))
     except CanonicalizationError as exc:
         raise EntryError(f"entry has no canonical form: {exc}") from exc
 
@@ -101,7 +100,7 @@ def open_line(line: bytes) -> SealedEntry:
     _check_base_fields(fields)
     if sha256_tagged(body) != fields["hash"]:  # also rejects any malformed hash
         raise EntryError("content does not hash to the entry's hash: the entry was edited")
-    return SealedEntry(fields=fields, line=line)
+    return SealedEntry.of(fields, line)
 
 
 def _check_base_fields(fields: Mapping[str, Any]) -> None:
