@@ -12,6 +12,8 @@ from typing import Any
 
 import agentrust_trace
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cmcp_cli.attestation.api import CheckStatus
 from cmcp_cli.attestation.manager import load_providers
@@ -198,9 +200,55 @@ def test_floats_and_foreign_profiles_are_refused(recorded: RecordedSession) -> N
     v01["eat_profile"] = "tag:agentrust.io,2026:trace-v0.1"
     assert failed(verify(v01)) == ["format"]
     assert failed(verify(["not", "a", "claim"])) == ["format"]
+    for hostile in (
+        {"cmcp_version": "1.0"},
+        {"gateway": {}},
+        {"cmcp_version": "1.0", "trace": [], "gateway": 7},
+        {},
+    ):
+        assert failed(verify(hostile)) == ["format"], hostile
 
 
 def test_key_thumbprint_is_rfc7638() -> None:
     # RFC 8037 appendix A.3: the thumbprint of its Ed25519 example key
     jwk = {"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
     assert jwk_thumbprint(jwk) == "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+
+
+_any_json = st.recursive(
+    st.one_of(
+        st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8)
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_any_json)
+def test_arbitrary_documents_fail_without_raising(document: Any) -> None:
+    report = verify(document)
+    assert report.exit_code is ExitCode.FAILED
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.data(), _any_json)
+def test_a_claim_with_any_member_replaced_fails_without_raising(
+    recorded: RecordedSession, data: st.DataObject, replacement: Any
+) -> None:
+    tampered = copy.deepcopy(recorded.claim)
+    target = tampered
+    while True:
+        key = data.draw(st.sampled_from(sorted(target)))
+        if isinstance(target[key], dict) and target[key] and data.draw(st.booleans()):
+            target = target[key]
+            continue
+        break
+    if target[key] == replacement:
+        return
+    target[key] = replacement
+    assert verify(tampered).exit_code is ExitCode.FAILED

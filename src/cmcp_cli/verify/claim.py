@@ -107,7 +107,6 @@ def verify_document(
     if not isinstance(document, Mapping):
         checks.append(Check.failed("format", "the document is not a JSON object"))
         return report
-    trace: Mapping[str, Any] = document["trace"] if gateway_claim else document
     problems = shape.claim_problems(document) if gateway_claim else shape.trace_problems(document)
     unhashable = shape.hashable_problem(document)
     if unhashable:
@@ -116,6 +115,8 @@ def verify_document(
         checks.append(Check.failed("format", "; ".join(problems)))
         return report
     checks.append(Check.passed("format", f"a well-formed {report.kind.replace('-', ' ')}"))
+    # From here on every member the checks read exists with its type.
+    trace: Mapping[str, Any] = document["trace"] if gateway_claim else document
 
     jwk = trace["cnf"]["jwk"]
     signature_problem = check_signature(document, jwk)
