@@ -200,6 +200,7 @@ def test_floats_and_foreign_profiles_are_refused(recorded: RecordedSession) -> N
     v01["eat_profile"] = "tag:agentrust.io,2026:trace-v0.1"
     assert failed(verify(v01)) == ["format"]
     assert failed(verify(["not", "a", "claim"])) == ["format"]
+    hostile: dict[str, Any]
     for hostile in (
         {"cmcp_version": "1.0"},
         {"gateway": {}},
