@@ -10,6 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 import rfc8785
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cmcp_cli.audit.entry import seal
 from cmcp_cli.audit.logfile import export_jsonl
@@ -19,9 +21,10 @@ from cmcp_cli.audit.store import iter_lines
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle
 from tests.sessions import RecordedSession, record_session
-from tests.support import run_cmcp
+from tests.support import QUICKSTART, run_cmcp
 
 Lines = list[bytes]
+BUNDLE = compile_bundle(read_bundle(QUICKSTART / "policies"))
 
 
 @pytest.fixture
@@ -226,3 +229,22 @@ def test_worker_processes_agree_with_one_process(tmp_path: Path) -> None:
     (replay,) = parallel.values()
     assert replay.first_bad_seq == 300
     assert {p.kind for p in replay.problems} == {ProblemKind.EDITED, ProblemKind.GAP}
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.data())
+def test_any_flipped_byte_is_reported_and_nothing_raises(
+    recorded: RecordedSession, data: st.DataObject
+) -> None:
+    lines = exported(recorded)
+    index = data.draw(st.integers(0, len(lines) - 1))
+    line = bytearray(lines[index])
+    offset = data.draw(st.integers(0, len(line) - 1))
+    line[offset] ^= data.draw(st.integers(1, 255))
+    lines[index] = bytes(line)
+    replays = replay_chains(lines, workers=0)
+    for replay in replays.values():
+        recheck_decisions(replay, lines, BUNDLE)
+    assert any(r.problems for r in replays.values())

@@ -66,7 +66,11 @@ def _recheck(
     key = canonical_bytes([t.entity_json() for t in tools])
     authorizer = authorizers.get(key)
     if authorizer is None:
-        authorizer = authorizers[key] = bundle.authorizer(tools)
+        try:
+            authorizer = authorizers[key] = bundle.authorizer(tools)
+        except CmcpError as exc:  # recorded entities the bundle's schema rejects
+            replay.add(ProblemKind.NOT_REPLAYABLE, seq, f"seq {seq}: {exc.message}")
+            return
     decision = authorizer.decide(request)
     replay.decisions_checked += 1
     recorded = (fields.get("decision"), sorted(fields.get("policy_ids") or []))
