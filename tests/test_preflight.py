@@ -8,12 +8,16 @@ import json
 import stat
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cmcp_cli.errors import Severity
 from cmcp_cli.gateway.preflight import ConfigReport, check_config
@@ -295,3 +299,40 @@ def test_required_references(quickstart: Path, key: str) -> None:
     )
     report = check_config(path, environ={})
     assert f"{key}: required key is missing" in messages(report)
+
+
+_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=6), st.just("./policies")),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_TOP = [
+    "attestation",
+    "policy_bundle_path",
+    "catalog_path",
+    "listen_addr",
+    "upstreams",
+    "policy",
+    "audit",
+    "claims",
+    "auth",
+    "tls",
+    "limits",
+    "max_response_size_bytes",
+    "typo",
+]
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.dictionaries(st.sampled_from(_TOP), _values, max_size=6))
+def test_any_yaml_document_gets_a_report_not_a_crash(
+    tmp_path: Path, document: dict[str, Any]
+) -> None:
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(yaml.safe_dump(document))
+    report = check_config(path, environ={})
+    assert isinstance(report.to_json(), dict)
