@@ -155,9 +155,15 @@ def replay_audit_command(
             TimeElapsedColumn(),
             console=render.err,
             transient=True,
+            auto_refresh=False,  # no refresh thread: replay forks workers only without threads
         ) as bar:
             task = bar.add_task("replay", total=log_size(request))
-            report = replay_audit(request, progress=lambda n: bar.advance(task, n))
+
+            def advance(entries: int) -> None:
+                bar.advance(task, entries)
+                bar.refresh()
+
+            report = replay_audit(request, progress=advance)
     if as_json:
         render.emit_json(report.to_json())
     else:
