@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import rfc8785
 from cmcp_cli.audit.entry import GENESIS_PREV, EntryError, open_line, seal
 from cmcp_cli.audit.logfile import export_jsonl, read_log_lines
 from cmcp_cli.audit.recorder import SessionRecorder
-from cmcp_cli.audit.replay import replay_chains
+from cmcp_cli.audit.replay import ProblemKind, replay_chains
 from cmcp_cli.audit.store import AuditStore, AuditStoreError, iter_lines, session_ids
 from tests.sessions import record_session
 
@@ -140,3 +143,38 @@ def test_jsonl_export_is_the_stored_bytes(tmp_path: Path) -> None:
     everything = io.BytesIO()
     assert export_jsonl(first.db, everything) == 18
     assert session_ids(first.db) == ["a", "b"]
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from cmcp_cli.audit.recorder import SessionRecorder
+from cmcp_cli.audit.store import AuditStore
+store = AuditStore(Path(sys.argv[1]))
+recorder = SessionRecorder(store, "killed")
+recorder.start(**{start})
+for n in range(100_000):
+    entry = recorder.fault(error="e", stage="forward", call_id=str(n))
+    print(entry.seq, flush=True)  # printed only after append() returned: durable
+"""
+
+
+def test_a_killed_writer_loses_no_acknowledged_entry(tmp_path: Path) -> None:
+    db = tmp_path / "audit.db"
+    with subprocess.Popen(
+        [sys.executable, "-c", WRITER.format(start=repr(START)), str(db)],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as writer:
+        assert writer.stdout is not None
+        acknowledged = -1
+        for line in writer.stdout:
+            acknowledged = int(line)
+            if acknowledged >= 200:
+                break
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=30)
+    (replay,) = replay_chains(iter_lines(db)).values()
+    assert replay.state.length > acknowledged  # every acknowledged entry survived
+    kinds = {p.kind for p in replay.problems}
+    assert kinds == {ProblemKind.TRUNCATED}  # no corruption: only the missing session_end
