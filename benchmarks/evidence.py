@@ -35,7 +35,7 @@ from cmcp_cli.audit.entry import GENESIS_PREV, seal
 from cmcp_cli.audit.logfile import read_log_lines
 from cmcp_cli.audit.matching import recheck_decisions
 from cmcp_cli.audit.recorder import SessionRecorder
-from cmcp_cli.audit.replay import replay_chains
+from cmcp_cli.audit.replay import replay_chains, replay_log
 from cmcp_cli.audit.store import AuditStore
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle
@@ -138,7 +138,7 @@ def bench_replay(entries: int) -> dict[str, Any]:
         write_log(log, entries)
         generated = time.perf_counter() - started
         started = time.perf_counter()
-        (replay,) = replay_chains(read_log_lines(log)).values()
+        (replay,) = replay_log(log).values()
         cmcp_seconds = time.perf_counter() - started
         assert not replay.problems, replay.problems[:3]
         assert replay.state.length == entries

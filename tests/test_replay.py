@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cmcp_cli.audit.entry import seal
-from cmcp_cli.audit.logfile import export_jsonl
+from cmcp_cli.audit.logfile import export_jsonl, log_slices, read_log_lines
 from cmcp_cli.audit.matching import recheck_decisions
-from cmcp_cli.audit.replay import ProblemKind, replay_chains
+from cmcp_cli.audit.replay import ProblemKind, replay_chains, replay_log
 from cmcp_cli.audit.store import iter_lines
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle
@@ -248,3 +249,42 @@ def test_any_flipped_byte_is_reported_and_nothing_raises(
     for replay in replays.values():
         recheck_decisions(replay, lines, BUNDLE)
     assert any(r.problems for r in replays.values())
+
+
+@pytest.mark.parametrize("store", ["sqlite", "jsonl"])
+def test_workers_reading_their_own_slices_agree(tmp_path: Path, store: str) -> None:
+    assert threading.active_count() == 1  # otherwise replay_log would not fork its workers
+    recorded = record_session(
+        tmp_path, calls=[("get_weather", {"city": str(n)}) for n in range(150)]
+    )
+    record_session(tmp_path, session_id="second", db=recorded.db)
+    path = recorded.db
+    if store == "jsonl":
+        path = write(tmp_path, exported(recorded))
+    whole = replay_chains(read_log_lines(path), workers=0)
+    sliced = replay_log(path, workers=2, slice_bytes=9_000, slice_rows=17)
+    assert len(log_slices(path, slice_bytes=9_000, slice_rows=17)) > 5
+    assert [s.to_json() for s in sliced.values()] == [s.to_json() for s in whole.values()]
+    assert all(not s.problems for s in sliced.values())
+    one = replay_log(path, session_id="second", workers=2, slice_bytes=9_000, slice_rows=17)
+    assert list(one) == ["second"]
+    assert one["second"].to_json() == whole["second"].to_json()
+
+
+def test_unreadable_lines_are_located_in_their_slice(
+    tmp_path: Path, recorded: RecordedSession
+) -> None:
+    lines = exported(recorded)
+    lines[4] = b"not json at all"
+    path = write(tmp_path, lines)
+    offset = sum(len(line) + 1 for line in lines[:4])
+    sliced = replay_log(path, workers=2, slice_bytes=1_500)
+    (problem,) = [p for r in sliced.values() for p in r.problems if p.kind is ProblemKind.MALFORMED]
+    assert problem.message.startswith(f"byte {offset}:")
+    (whole_problem,) = [
+        p
+        for r in replay_chains(lines, workers=0).values()
+        for p in r.problems
+        if p.kind is ProblemKind.MALFORMED
+    ]
+    assert whole_problem.message.startswith("line 5:")

@@ -25,11 +25,20 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 
 from cmcp_cli.audit.chain import ChainState
 from cmcp_cli.audit.entry import GENESIS_PREV, EntryError, EntryType, SealedEntry, open_line
+from cmcp_cli.audit.logfile import (
+    SLICE_BYTES,
+    SLICE_ROWS,
+    Locate,
+    LogSlice,
+    log_slices,
+    read_log_lines,
+)
 
 MAX_PROBLEMS_PER_SESSION = 50
 UNKNOWN_SESSION = "(unreadable)"
@@ -133,7 +142,7 @@ def replay_chains(
     segment and this process runs no other thread; the default is one per CPU (at most
     4), and 0 checks the segments in this process.
     """
-    workers = min(os.cpu_count() or 1, 4) if workers is None else workers
+    workers = _default_workers() if workers is None else workers
     segments = _segments(lines, segment_lines)
     head = list(itertools.islice(segments, 2))
     segments = itertools.chain(head, segments)
@@ -145,6 +154,44 @@ def replay_chains(
         results = (
             (len(lines_), replay_segment(lines_, start, session_id)) for start, lines_ in segments
         )
+    return _assemble(results, progress)
+
+
+def replay_log(
+    path: Path,
+    *,
+    session_id: str | None = None,
+    progress: Progress | None = None,
+    workers: int | None = None,
+    slice_bytes: int = SLICE_BYTES,
+    slice_rows: int = SLICE_ROWS,
+) -> dict[str, SessionReplay]:
+    """Check the sessions of a log file: like `replay_chains`, but each worker process
+    reads its own slice of the file, so no log bytes pass between processes."""
+    workers = _default_workers() if workers is None else workers
+    slices = log_slices(path, session_id, slice_bytes=slice_bytes, slice_rows=slice_rows)
+    if len(slices) < 2 or workers < 2 or threading.active_count() != 1:
+        lines = read_log_lines(path, session_id)
+        return replay_chains(lines, session_id=session_id, progress=progress, workers=0)
+    context = multiprocessing.get_context("fork")  # see _in_processes
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        results = pool.map(_replay_slice, slices, itertools.repeat(session_id))
+        return _assemble(results, progress)
+
+
+def _replay_slice(log_slice: LogSlice, only: str | None) -> tuple[int, dict[str, SessionReplay]]:
+    lines, locate = log_slice.read()
+    return len(lines), replay_segment(lines, only=only, locate=locate)
+
+
+def _default_workers() -> int:
+    return min(os.cpu_count() or 1, 4)
+
+
+def _assemble(
+    results: Iterable[tuple[int, dict[str, SessionReplay]]], progress: Progress | None
+) -> dict[str, SessionReplay]:
+    """Stitch segment results in log order, then report chains left without an end."""
     sessions: dict[str, SessionReplay] = {}
     for count, segment in results:
         for replay in segment.values():
@@ -192,15 +239,20 @@ def _in_processes(
 
 
 def replay_segment(
-    lines: list[bytes], start: int, only: str | None = None
+    lines: list[bytes], start: int = 1, only: str | None = None, locate: Locate | None = None
 ) -> dict[str, SessionReplay]:
-    """Check one run of consecutive lines; each session starts at its first entry here."""
+    """Check one run of consecutive lines; each session starts at its first entry here.
+
+    `locate` names where the i-th line is (a file's byte offset, a store's row); by
+    default it is line `start + i`.
+    """
     sessions: dict[str, SessionReplay] = {}
-    for position, line in enumerate(lines, start=start):
+    for index, line in enumerate(lines):
         try:
             entry = open_line(line)
         except EntryError as exc:
-            _unreadable(sessions, line, position, exc, only)
+            where = locate(index) if locate is not None else f"line {start + index}"
+            _unreadable(sessions, line, where, exc, only)
             continue
         if only is None or entry.session_id == only:
             _link(_session(sessions, entry.session_id), entry)
@@ -255,7 +307,7 @@ def _missing(expected: int, seq: int) -> str:
 def _unreadable(
     sessions: dict[str, SessionReplay],
     line: bytes,
-    position: int,
+    place: str,
     exc: EntryError,
     only: str | None,
 ) -> None:
@@ -268,7 +320,7 @@ def _unreadable(
     seq = fields.get("seq")
     seq = seq if type(seq) is int else None
     kind = ProblemKind.EDITED if "edited" in str(exc) else ProblemKind.MALFORMED
-    where = f"seq {seq}" if seq is not None else f"line {position}"
+    where = f"seq {seq}" if seq is not None else place
     replay.add(kind, seq if seq is not None else replay.state.next_seq, f"{where}: {exc}")
     claimed, prev = fields.get("hash"), fields.get("prev")
     if kind is not ProblemKind.EDITED or seq is None or not isinstance(claimed, str):

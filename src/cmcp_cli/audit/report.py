@@ -9,7 +9,7 @@ from typing import Any
 
 from cmcp_cli.audit.logfile import count_log_lines, is_sqlite, read_log_lines
 from cmcp_cli.audit.matching import compare_with_claim, recheck_decisions
-from cmcp_cli.audit.replay import Progress, SessionReplay, replay_chains
+from cmcp_cli.audit.replay import Progress, SessionReplay, replay_log
 from cmcp_cli.errors import UsageError
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle
@@ -65,7 +65,7 @@ def replay_audit(request: ReplayRequest, progress: Progress | None = None) -> Re
         )
     claim = _read_claim(request.claim) if request.claim else None
     only = request.session_id or (claim["gateway"]["session_id"] if claim else None)
-    replays = replay_chains(read_log_lines(log, only), session_id=only, progress=progress)
+    replays = replay_log(log, session_id=only, progress=progress)
     if not replays:
         target = f"session {only}" if only else "any session"
         raise UsageError(f"{log} holds no entries of {target}")

@@ -20,9 +20,8 @@ from cmcp_cli.attestation.api import Check, CheckStatus, TrustInputs
 from cmcp_cli.attestation.binding import binding_from_claim
 from cmcp_cli.attestation.manager import ProviderRegistry, load_providers
 from cmcp_cli.attestation.software import PLATFORM as SOFTWARE_PLATFORM
-from cmcp_cli.audit.logfile import read_log_lines
 from cmcp_cli.audit.matching import compare_with_claim
-from cmcp_cli.audit.replay import replay_chains
+from cmcp_cli.audit.replay import replay_log
 from cmcp_cli.claim.keys import jwk_thumbprint
 from cmcp_cli.claim.model import is_gateway_claim
 from cmcp_cli.claim.signing import check_signature
@@ -283,7 +282,7 @@ def _audit_log(document: Mapping[str, Any], gateway_claim: bool, path: Path | No
     session_id = (
         document["gateway"]["session_id"] if gateway_claim else trace["subject"].rsplit("/", 1)[-1]
     )
-    sessions = replay_chains(read_log_lines(path, session_id), session_id=session_id)
+    sessions = replay_log(path, session_id=session_id)
     replay = sessions.get(session_id)
     if replay is None:
         return Check.failed("audit log", f"{path} holds no entries of session {session_id}")
