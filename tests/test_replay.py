@@ -198,8 +198,8 @@ def test_segmented_replay_finds_what_whole_replay_finds(
 ) -> None:
     tamper, first_bad, kind = TAMPERING[name]
     lines = tamper(exported(recorded))
-    (whole,) = replay_chains(lines, workers=0).values()
-    (parts,) = replay_chains(lines, workers=0, segment_lines=segment).values()
+    (whole,) = replay_chains(lines).values()
+    (parts,) = replay_chains(lines, segment_lines=segment).values()
     assert parts.first_bad_seq == whole.first_bad_seq == first_bad
     assert kind in {p.kind for p in parts.problems}
 
@@ -210,8 +210,8 @@ def test_segmented_replay_of_interleaved_sessions_adds_up(tmp_path: Path, segmen
     record_session(tmp_path, session_id="b", db=first.db)
     a_lines, b_lines = list(iter_lines(first.db, "a")), list(iter_lines(first.db, "b"))
     interleaved = a_lines[:5] + b_lines[:4] + a_lines[5:] + b_lines[4:]
-    whole = replay_chains(interleaved, workers=0)
-    parts = replay_chains(interleaved, workers=0, segment_lines=segment)
+    whole = replay_chains(interleaved)
+    parts = replay_chains(interleaved, segment_lines=segment)
     assert [s.to_json() for s in parts.values()] == [s.to_json() for s in whole.values()]
     assert all(not s.problems for s in parts.values())
     assert parts["a"].state.calls.faulted == 3
@@ -224,8 +224,9 @@ def test_worker_processes_agree_with_one_process(tmp_path: Path) -> None:
     lines = exported(recorded)
     lines[300] = edit_content(lines, 300)[300]
     del lines[700]
-    single = replay_chains(lines, workers=0)
-    parallel = replay_chains(lines, workers=2, segment_lines=97)
+    assert threading.active_count() == 1  # otherwise replay_log would not fork its workers
+    single = replay_chains(lines)
+    parallel = replay_log(write(tmp_path, lines), workers=2, slice_bytes=60_000)
     assert [s.to_json() for s in parallel.values()] == [s.to_json() for s in single.values()]
     (replay,) = parallel.values()
     assert replay.first_bad_seq == 300
@@ -245,7 +246,7 @@ def test_any_flipped_byte_is_reported_and_nothing_raises(
     offset = data.draw(st.integers(0, len(line) - 1))
     line[offset] ^= data.draw(st.integers(1, 255))
     lines[index] = bytes(line)
-    replays = replay_chains(lines, workers=0)
+    replays = replay_chains(lines)
     for replay in replays.values():
         recheck_decisions(replay, lines, BUNDLE)
     assert any(r.problems for r in replays.values())
@@ -261,7 +262,7 @@ def test_workers_reading_their_own_slices_agree(tmp_path: Path, store: str) -> N
     path = recorded.db
     if store == "jsonl":
         path = write(tmp_path, exported(recorded))
-    whole = replay_chains(read_log_lines(path), workers=0)
+    whole = replay_chains(read_log_lines(path))
     sliced = replay_log(path, workers=2, slice_bytes=9_000, slice_rows=17)
     assert len(log_slices(path, slice_bytes=9_000, slice_rows=17)) > 5
     assert [s.to_json() for s in sliced.values()] == [s.to_json() for s in whole.values()]
@@ -283,7 +284,7 @@ def test_unreadable_lines_are_located_in_their_slice(
     assert problem.message.startswith(f"byte {offset}:")
     (whole_problem,) = [
         p
-        for r in replay_chains(lines, workers=0).values()
+        for r in replay_chains(lines).values()
         for p in r.problems
         if p.kind is ProblemKind.MALFORMED
     ]

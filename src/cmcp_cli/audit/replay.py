@@ -10,8 +10,8 @@ summary can be matched with a claim (see `matching`).
 A log is replayed as consecutive segments. Each segment is checked on its own, starting
 at the first entry it holds of each session; `stitch` then joins a segment to what came
 before it and checks the seams: the sequence number and `prev` across the boundary, and
-the chain's start in its first segment. One segment is the whole log when it is small;
-large logs are segmented and checked in parallel processes, with the same code.
+the chain's start in its first segment. `replay_log` checks the slices of a large log
+file in parallel worker processes with the same code.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ import itertools
 import multiprocessing
 import os
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,27 +132,14 @@ def replay_chains(
     *,
     session_id: str | None = None,
     progress: Progress | None = None,
-    workers: int | None = None,
     segment_lines: int = SEGMENT_LINES,
 ) -> dict[str, SessionReplay]:
-    """Check every session in `lines` (or only `session_id`), in first-seen order.
-
-    `workers` processes check segments in parallel when the log spans more than one
-    segment and this process runs no other thread; the default is one per CPU (at most
-    4), and 0 checks the segments in this process.
-    """
-    workers = _default_workers() if workers is None else workers
-    segments = _segments(lines, segment_lines)
-    head = list(itertools.islice(segments, 2))
-    segments = itertools.chain(head, segments)
-    if len(head) > 1 and workers > 1 and threading.active_count() == 1:
-        results: Iterator[tuple[int, dict[str, SessionReplay]]] = _in_processes(
-            segments, session_id, workers
-        )
-    else:
-        results = (
-            (len(lines_), replay_segment(lines_, start, session_id)) for start, lines_ in segments
-        )
+    """Check every session in `lines` (or only `session_id`), in first-seen order, in
+    this process. For a log file, `replay_log` checks slices in parallel processes."""
+    results = (
+        (len(batch), replay_segment(batch, start, session_id))
+        for start, batch in _segments(lines, segment_lines)
+    )
     return _assemble(results, progress)
 
 
@@ -166,14 +152,17 @@ def replay_log(
     slice_bytes: int = SLICE_BYTES,
     slice_rows: int = SLICE_ROWS,
 ) -> dict[str, SessionReplay]:
-    """Check the sessions of a log file: like `replay_chains`, but each worker process
-    reads its own slice of the file, so no log bytes pass between processes."""
+    """Check the sessions of a log file. With more than one slice and `workers` > 1 (the
+    default is one per CPU, at most 4), each worker process reads and checks its own
+    slice, so no log bytes pass between processes; otherwise it runs in this process."""
     workers = _default_workers() if workers is None else workers
     slices = log_slices(path, session_id, slice_bytes=slice_bytes, slice_rows=slice_rows)
     if len(slices) < 2 or workers < 2 or threading.active_count() != 1:
         lines = read_log_lines(path, session_id)
-        return replay_chains(lines, session_id=session_id, progress=progress, workers=0)
-    context = multiprocessing.get_context("fork")  # see _in_processes
+        return replay_chains(lines, session_id=session_id, progress=progress)
+    # Forked, so no caller needs a `__main__` guard; only without other threads, since a
+    # fork copies no thread but every lock.
+    context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         results = pool.map(_replay_slice, slices, itertools.repeat(session_id))
         return _assemble(results, progress)
@@ -215,27 +204,6 @@ def _segments(lines: Iterable[bytes], size: int) -> Iterator[tuple[int, list[byt
     while batch := list(itertools.islice(iterator, size)):
         yield start, batch
         start += len(batch)
-
-
-def _in_processes(
-    segments: Iterable[tuple[int, list[bytes]]], only: str | None, workers: int
-) -> Iterator[tuple[int, dict[str, SessionReplay]]]:
-    """Check segments in worker processes, a bounded number in flight, results in order.
-
-    Workers are forked, so no caller needs a `__main__` guard; the caller makes sure this
-    process runs no other thread, since a fork copies no thread but every lock.
-    """
-    context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        pending: deque[tuple[int, Future[dict[str, SessionReplay]]]] = deque()
-        for start, lines in segments:
-            pending.append((len(lines), pool.submit(replay_segment, lines, start, only)))
-            if len(pending) >= 2 * workers:
-                count, future = pending.popleft()
-                yield count, future.result()
-        while pending:
-            count, future = pending.popleft()
-            yield count, future.result()
 
 
 def replay_segment(
