@@ -121,6 +121,9 @@ def test_two_providers_claiming_one_evidence_type_are_both_refused(site: Path) -
     assert conflict is not None
     assert conflict.distribution == "cmcp-faketee and cmcp-clash"
     assert "both claim evidence type 'fake-v1'" in conflict.error
+    # the clashing plugin's other type went with it, and verify must say why
+    assert registry.refused_evidence_type("c-v1") is conflict
+    assert conflict.withdrawn == ("c-v1", "fake-v1")
 
 
 def test_cmcp_plugins_lists_providers_and_failures(site: Path) -> None:

@@ -26,9 +26,15 @@ class LoadFailure:
     source: str  # the entry point, or the providers in conflict
     distribution: str | None
     error: str
+    withdrawn: tuple[str, ...] = ()  # evidence types left without a provider by a conflict
 
-    def to_json(self) -> dict[str, str | None]:
-        return {"source": self.source, "distribution": self.distribution, "error": self.error}
+    def to_json(self) -> dict[str, object]:
+        return {
+            "source": self.source,
+            "distribution": self.distribution,
+            "error": self.error,
+            "withdrawn_evidence_types": list(self.withdrawn),
+        }
 
 
 @dataclass(frozen=True)
@@ -51,9 +57,7 @@ class ProviderRegistry:
 
     def refused_evidence_type(self, evidence_type: str) -> LoadFailure | None:
         """The conflict that removed this evidence type's providers, if one did."""
-        return next(
-            (f for f in self.failures if f"evidence type {evidence_type!r}" in f.error), None
-        )
+        return next((f for f in self.failures if evidence_type in f.withdrawn), None)
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,9 @@ def _admit(candidates: list[_Candidate], registry: ProviderRegistry) -> None:
                         f"{first.distribution} and {second.distribution}",
                         f"both claim {' and '.join(clashes)}; "
                         "both are refused until one is uninstalled",
+                        withdrawn=tuple(
+                            sorted({*first.spec.evidence_types, *second.spec.evidence_types})
+                        ),
                     )
                 )
     for index, candidate in enumerate(candidates):
