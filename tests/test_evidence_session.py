@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -93,4 +94,24 @@ def test_hashes_only_keeps_no_request(tmp_path: Path) -> None:
     decision = open_line(list(iter_lines(tmp_path / "a.db"))[1])
     assert decision.fields["decision"] == "allow"
     assert "cedar_request" not in decision.fields
+    assert decision.fields["request_sha256"].startswith("sha256:")
+
+
+def test_arguments_without_canonical_form_are_denied_not_raised(tmp_path: Path) -> None:
+    arguments = json.loads('{"city": "\\ud800"}')  # a lone surrogate, which JSON allows
+    with AuditStore(tmp_path / "a.db") as store:
+        evidence = session(store, "enforcing")
+        verdict = evidence.decide_call(
+            authorizer_for(BUNDLE, CATALOG),
+            call_id="c1",
+            agent_id="anonymous",
+            tool=TOOLS["get_weather"],
+            arguments=arguments,
+        )
+        evidence.close()
+    assert verdict.decision.effect.value == "deny"
+    assert not verdict.forwarded
+    assert "no canonical JSON form" in verdict.decision.reasons[0]
+    decision = open_line(list(iter_lines(tmp_path / "a.db"))[1])
+    assert decision.fields["decision"] == "deny"
     assert decision.fields["request_sha256"].startswith("sha256:")

@@ -8,6 +8,7 @@ Closing it writes `session_end` and signs the GatewayClaim from the chain's own 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,7 +21,7 @@ from cmcp_cli.attestation.measurement import installation_digest
 from cmcp_cli.audit.entry import timestamp
 from cmcp_cli.audit.recorder import Clock, SessionRecorder, utc_now
 from cmcp_cli.audit.store import AuditStore
-from cmcp_cli.claim.canonical import canonical_sha256
+from cmcp_cli.claim.canonical import CanonicalizationError, canonical_sha256, sha256_tagged
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.model import SessionFacts, build_claim, trace_record
 from cmcp_cli.errors import CmcpError
@@ -131,7 +132,11 @@ class EvidenceSession:
         recorded request is exactly what Cedar saw, so a replay can decide it again.
         """
         state = self.recorder.state
+        record: dict[str, Any] | None = None
         try:
+            request_sha256 = canonical_sha256(
+                {"name": tool.name, "arguments": dict(arguments or {})}
+            )
             request = tool_call_request(
                 agent_id=agent_id,
                 tool=tool.name,
@@ -141,22 +146,29 @@ class EvidenceSession:
                 workflow_id=workflow_id,
                 platform=self.evidence.platform,
             )
+        except CanonicalizationError as exc:
+            # No canonical form (a lone surrogate, say): deny, and still bind the entry to
+            # the exact arguments through an ASCII-escaped serialisation.
+            decision = Decision.refused(f"tool arguments have no canonical JSON form: {exc}")
+            request_sha256 = sha256_tagged(
+                json.dumps({"name": tool.name, "arguments": arguments}, sort_keys=True).encode()
+            )
         except CmcpError as exc:
-            decision, record = Decision.refused(exc.message), None
+            decision = Decision.refused(exc.message)
         else:
-            decision, record = authorizer.decide(request), request.to_record(tool)
+            decision = authorizer.decide(request)
+            if self.policy.record_inputs == "full":
+                record = request.to_record(tool)
         forwarded = decision.forwards or self.policy.enforcement_mode != "enforcing"
         self.recorder.decision(
             call_id=call_id,
             tool=tool.name,
             decision=decision.effect.value,
             policy_ids=decision.policy_ids,
-            request_sha256=canonical_sha256(
-                {"name": tool.name, "arguments": dict(arguments or {})}
-            ),
+            request_sha256=request_sha256,
             data_class=tool.data_class,
             forwarded=forwarded,
-            cedar_request=record if self.policy.record_inputs == "full" else None,
+            cedar_request=record,
         )
         return CallVerdict(decision=decision, forwarded=forwarded)
 
