@@ -13,7 +13,6 @@ from typing import Any
 from cmcp_cli.attestation import software
 from cmcp_cli.audit.store import AuditStore
 from cmcp_cli.catalog.model import load_catalog
-from cmcp_cli.claim.canonical import canonical_sha256
 from cmcp_cli.evidence.session import Attestor, EvidenceSession, SessionPolicy
 from cmcp_cli.gateway.wiring import authorizer_for, tool_resources
 from cmcp_cli.policy.bundle import read_bundle
@@ -94,9 +93,9 @@ def record_session(
                 arguments=arguments,
             )
             if verdict.forwarded:
-                recorder.outcome(
+                session.outcome(
                     call_id=call_id,
-                    response_sha256=canonical_sha256({"content": [{"type": "text", "text": "ok"}]}),
+                    response={"content": [{"type": "text", "text": "ok"}]},
                     latency_us=1200 + index,
                     redactions={"email": 1} if verdict.decision.effect.value == "redact" else None,
                 )

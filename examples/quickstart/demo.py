@@ -26,7 +26,6 @@ from rich.table import Table
 from cmcp_cli.attestation import software
 from cmcp_cli.audit.store import AuditStore
 from cmcp_cli.catalog.model import load_catalog
-from cmcp_cli.claim.canonical import canonical_sha256
 from cmcp_cli.evidence.session import Attestor, EvidenceSession, SessionPolicy
 from cmcp_cli.gateway.wiring import authorizer_for, tool_resources
 from cmcp_cli.policy.bundle import read_bundle
@@ -110,11 +109,7 @@ def main() -> int:
             decision = verdict.decision
             if verdict.forwarded:  # a real gateway forwards here and records what came back
                 response = {"content": [{"type": "text", "text": f"{tool} result"}]}
-                session.recorder.outcome(
-                    call_id=f"call-{index}",
-                    response_sha256=canonical_sha256(response),
-                    latency_us=1000,
-                )
+                session.outcome(call_id=f"call-{index}", response=response, latency_us=1000)
             failures += decision.effect is not expected
             table.add_row(
                 ANONYMOUS_AGENT,

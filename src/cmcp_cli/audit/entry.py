@@ -68,9 +68,6 @@ class SealedEntry(NamedTuple):
             fields["hash"],
         )
 
-    def fields_without_hash(self) -> dict[str, Any]:
-        return {key: value for key, value in self.fields.items() if key != "hash"}
-
 
 def timestamp(moment: datetime) -> str:
     """RFC 3339 in UTC with microseconds: `2026-11-21T09:30:00.000000Z`."""

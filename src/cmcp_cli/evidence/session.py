@@ -172,6 +172,23 @@ class EvidenceSession:
         )
         return CallVerdict(decision=decision, forwarded=forwarded)
 
+    def outcome(
+        self,
+        *,
+        call_id: str,
+        response: Mapping[str, Any],
+        latency_us: int,
+        redactions: Mapping[str, int] | None = None,
+    ) -> None:
+        """Record what a forwarded call returned (as it goes back to the agent, after any
+        redaction); durable before the response is returned. Only its hash is kept."""
+        self.recorder.outcome(
+            call_id=call_id,
+            response_sha256=canonical_sha256(dict(response)),
+            latency_us=latency_us,
+            redactions=redactions,
+        )
+
     def close(self, *, reason: str = "closed", sequence_number: int = 1) -> ClosedSession:
         """End the chain and sign the claim; the counters are the chain's own."""
         self.recorder.end(reason=reason)
