@@ -1,7 +1,8 @@
 """Evidence-core benchmarks, each against a baseline measured in the same run.
 
-replay     chain check of a JSONL log (default 1,000,000 entries): cmcp's replay against
-           the reference check (json + rfc8785 + sha256, no linking) and a hash-only floor
+replay     chain check of a JSONL log (default 1,000,000 entries) and of the same entries in
+           the SQLite store: cmcp's replay against the reference check (json + rfc8785 +
+           sha256, no linking) and a hash-only floor
            target: at least 100,000 entries per second
 decisions  re-deciding recorded Cedar requests against deciding them directly
 append     durable audit appends: 1, 4 and 16 concurrent sessions with group commit,
@@ -31,7 +32,7 @@ import agentrust_trace
 import rfc8785
 
 from cmcp_cli.attestation.manager import load_providers
-from cmcp_cli.audit.entry import GENESIS_PREV, seal
+from cmcp_cli.audit.entry import GENESIS_PREV, open_line, seal
 from cmcp_cli.audit.logfile import read_log_lines
 from cmcp_cli.audit.matching import recheck_decisions
 from cmcp_cli.audit.recorder import SessionRecorder
@@ -127,6 +128,19 @@ def write_log(path: Path, entries: int) -> None:
         out.write(end.line + b"\n")
 
 
+def import_into_store(log: Path, db: Path, chunk: int = 20_000) -> None:
+    """The same entries in the SQLite store, written by the store itself."""
+    with AuditStore(db, "os") as store:
+        pending = []
+        for line in read_log_lines(log):
+            pending.append(store.submit(open_line(line)))
+            if len(pending) == chunk:
+                pending[-1].result()
+                pending.clear()
+        if pending:
+            pending[-1].result()
+
+
 def _rate(count: int, seconds: float) -> float:
     return count / seconds if seconds else float("inf")
 
@@ -155,15 +169,23 @@ def bench_replay(entries: int) -> dict[str, Any]:
         for line in read_log_lines(log):
             hashlib.sha256(line).digest()
         floor_seconds = time.perf_counter() - started
+        db = Path(folder) / "audit.db"
+        import_into_store(log, db)
+        started = time.perf_counter()
+        (from_store,) = replay_log(db).values()
+        store_seconds = time.perf_counter() - started
+        assert not from_store.problems
+        assert from_store.state.length == entries
     rate = _rate(entries, cmcp_seconds)
     return {
         "entries": entries,
         "log_generation_s": round(generated, 1),
         "cmcp_replay_entries_per_s": round(rate),
+        "cmcp_replay_from_store_entries_per_s": round(_rate(entries, store_seconds)),
         "reference_rfc8785_entries_per_s": round(_rate(sample, reference_seconds)),
         "hash_only_floor_entries_per_s": round(_rate(entries, floor_seconds)),
         "target_entries_per_s": REPLAY_TARGET,
-        "meets_target": rate >= REPLAY_TARGET,
+        "meets_target": min(rate, _rate(entries, store_seconds)) >= REPLAY_TARGET,
     }
 
 

@@ -75,6 +75,56 @@ def test_floats_and_unhashable_values_are_refused() -> None:
         seal({"hash": "sha256:" + "0" * 64})
 
 
+def base_entry(**extra: object) -> dict[str, object]:
+    return {
+        "v": 1,
+        "seq": 0,
+        "session_id": "s",
+        "ts": "2026-11-21T09:00:00.000000Z",
+        "type": "session_start",
+        "prev": GENESIS_PREV,
+        **extra,
+    }
+
+
+def test_the_hash_member_is_cut_wherever_it_sorts() -> None:
+    first = seal(base_entry())  # "hash" sorts before every base field
+    assert first.line.startswith(b'{"hash":')
+    assert open_line(first.line) == first
+    middle = seal(base_entry(call_id="c", data_class="public"))
+    assert open_line(middle.line) == middle
+
+
+@pytest.mark.parametrize("nested_key", ["a", "z"])
+def test_an_entry_holding_its_own_hash_again_is_edited_not_accepted(nested_key: str) -> None:
+    sealed = seal(base_entry())
+    forged = {**sealed.fields, nested_key: {"hash": sealed.hash}}  # before and after `hash`
+    line = rfc8785.dumps(forged)
+    assert line.count(b'"hash":"' + sealed.hash.encode()) == 2
+    with pytest.raises(EntryError, match="edited"):
+        open_line(line)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"v": True}, "entry format True"),
+        ({"seq": -1}, "seq -1"),
+        ({"session_id": ""}, "session_id"),
+        ({"type": 3}, "type"),
+        ({"prev": "sha256:" + "A" * 64}, "prev"),
+        ({"hash": 7}, "hash"),
+    ],
+)
+def test_base_fields_are_typed(change: dict[str, object], message: str) -> None:
+    fields = {**seal(base_entry()).fields, **change}
+    with pytest.raises(EntryError, match=message):
+        open_line(rfc8785.dumps(fields))
+    missing = {k: v for k, v in fields.items() if k not in ("ts", "prev")}
+    with pytest.raises(EntryError, match="missing prev, ts"):
+        open_line(rfc8785.dumps(missing))
+
+
 def test_concurrent_sessions_share_group_commits(tmp_path: Path) -> None:
     store = AuditStore(tmp_path / "audit.db")
     recorders = [SessionRecorder(store, f"s{i}") for i in range(8)]

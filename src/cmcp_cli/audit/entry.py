@@ -10,6 +10,7 @@ bytes of the whole entry, `hash` included, so the stored bytes are the hashed by
 from __future__ import annotations
 
 import enum
+import operator
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from typing import Any, NamedTuple
 from cmcp_cli.claim.canonical import (
     CanonicalizationError,
     canonical_bytes,
-    parse_canonical_without,
+    parse_canonical,
     sha256_tagged,
 )
 
@@ -89,36 +90,70 @@ def seal(fields: Mapping[str, Any]) -> SealedEntry:
 def open_line(line: bytes) -> SealedEntry:
     """Parse a stored line and check that it is canonical, well-formed and hashes right."""
     try:
-        if not line.startswith(b"{"):
-            raise EntryError("entry is not a JSON object")
-        fields, body = parse_canonical_without(line, "hash")
+        fields = parse_canonical(line)
     except CanonicalizationError as exc:
         raise EntryError(str(exc)) from exc
-    _check_base_fields(fields)
-    if sha256_tagged(body) != fields["hash"]:  # also rejects any malformed hash
+    if type(fields) is not dict:
+        raise EntryError("entry is not a JSON object")
+    entry = _with_base_fields(fields, line)
+    if _digest_without_hash(line, entry.hash) != entry.hash:
         raise EntryError("content does not hash to the entry's hash: the entry was edited")
-    return SealedEntry.of(fields, line)
+    return entry
 
 
-def _check_base_fields(fields: Mapping[str, Any]) -> None:
-    # Runs once per replayed entry, so it leans on C-level checks. `hash` needs no format
-    # check of its own: open_line compares it with the digest it computes.
-    if not fields.keys() >= _BASE_KEYS:
+def _digest_without_hash(line: bytes, claimed: str) -> str | None:
+    """The digest of a canonical entry line with its `"hash":...` member (and one comma)
+    cut out: the RFC 8785 bytes of the entry without `hash`, since members stay sorted.
+
+    The cut is at the first occurrence of the member's text. Were that text also nested
+    deeper in the entry, the cut could fall there, but then the digest is taken over bytes
+    that still contain the claimed hash, and a SHA-256 digest equal to text inside its own
+    input is infeasible to find: the check can fail there, never pass wrongly. A written
+    entry never contains its own hash, for the same reason.
+    """
+    member = b'"hash":"' + claimed.encode() + b'"'
+    start = line.find(member)
+    if start < 0:
+        return None  # the hash has characters JSON escapes, so it is no digest
+    end = start + len(member)
+    if line[start - 1] == _COMMA:
+        start -= 1
+    elif line[end] == _COMMA:
+        end += 1
+    return sha256_tagged(line[:start] + line[end:])
+
+
+_COMMA = ord(",")
+
+
+def _with_base_fields(fields: dict[str, Any], line: bytes) -> SealedEntry:
+    """The entry of `fields`, once its base fields are there and well-typed.
+
+    Runs once per replayed entry, so it leans on C-level checks. `hash` needs no format
+    check here: open_line compares it with the digest it computes.
+    """
+    try:
+        version, seq, session_id, ts, kind, prev, claimed = _base_values(fields)
+    except KeyError:
         missing = sorted(_BASE_KEYS - fields.keys())
-        raise EntryError(f"missing {', '.join(missing)}")
-    if fields["v"] != ENTRY_FORMAT:
-        raise EntryError(f"entry format {fields['v']!r} is not {ENTRY_FORMAT}")
-    seq = fields["seq"]
+        raise EntryError(f"missing {', '.join(missing)}") from None
+    if type(version) is not int or version != ENTRY_FORMAT:
+        raise EntryError(f"entry format {version!r} is not {ENTRY_FORMAT}")
     if type(seq) is not int or seq < 0:
         raise EntryError(f"seq {seq!r} is not a non-negative integer")
-    for name in ("session_id", "ts", "type"):
-        value = fields[name]
-        if type(value) is not str or not value:
-            raise EntryError(f"{name} is not a non-empty string")
-    prev = fields["prev"]
+    if type(session_id) is not str or not session_id:
+        raise EntryError("session_id is not a non-empty string")
+    if type(ts) is not str or not ts:
+        raise EntryError("ts is not a non-empty string")
+    if type(kind) is not str or not kind:
+        raise EntryError("type is not a non-empty string")
     if type(prev) is not str or _DIGEST.fullmatch(prev) is None:
         raise EntryError("prev is not sha256:<64 hex>")
+    if type(claimed) is not str:
+        raise EntryError("hash is not sha256:<64 hex>")
+    return SealedEntry(fields, line, seq, session_id, kind, prev, claimed)
 
 
 _BASE_KEYS = frozenset(_BASE_FIELDS)
+_base_values = operator.itemgetter("v", "seq", "session_id", "ts", "type", "prev", "hash")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")

@@ -38,6 +38,7 @@ from cmcp_cli.audit.logfile import (
     log_slices,
     read_log_lines,
 )
+from cmcp_cli.audit.ranges import SeqRanges
 
 MAX_PROBLEMS_PER_SESSION = 50
 UNKNOWN_SESSION = "(unreadable)"
@@ -94,7 +95,7 @@ class SessionReplay:
     decisions_checked: int = 0
     truncated_report: bool = False
     first: FirstEntry | None = None
-    seen: set[int] = field(default_factory=set, repr=False)
+    seen: SeqRanges = field(default_factory=SeqRanges, repr=False)
 
     @property
     def first_bad_seq(self) -> int | None:
@@ -339,7 +340,8 @@ def stitch(sessions: dict[str, SessionReplay], later: SessionReplay) -> None:
                 f"seq {first.seq}: prev is {first.prev}, but the entry before it hashes to "
                 f"{earlier.state.tip}",
             )
-        for seq in sorted(earlier.seen & later.seen - {first.seq})[:MAX_PROBLEMS_PER_SESSION]:
+        repeated = earlier.seen.common(later.seen, MAX_PROBLEMS_PER_SESSION + 1)
+        for seq in [seq for seq in repeated if seq != first.seq][:MAX_PROBLEMS_PER_SESSION]:
             later.add(ProblemKind.DUPLICATE, seq, f"a second entry claims seq {seq}")
     elif earlier.first is None and first is not None:  # earlier held only unreadable lines
         earlier.first = first
@@ -348,7 +350,7 @@ def stitch(sessions: dict[str, SessionReplay], later: SessionReplay) -> None:
         earlier.add(problem.kind, problem.seq, problem.message)
     earlier.truncated_report |= later.truncated_report
     earlier.bundle_hash = earlier.bundle_hash or later.bundle_hash
-    earlier.seen |= later.seen
+    earlier.seen.update(later.seen)
     if later.first is not None:
         if earlier.state.root is None:
             earlier.state.root = later.state.root

@@ -12,14 +12,19 @@ output is used instead where it is provably the same bytes:
   \\b \\f \\n \\r \\t, then `"` and `\\`; nothing else escaped); the tests check this.
 
 Any value outside those bounds goes to `rfc8785`, which serialises it or refuses it.
+
+`parse_canonical` goes the other way, for stored data such as audit lines: msgspec parses
+and refuses any float literal as it meets it, and the data is canonical exactly when its
+canonical serialisation is the data itself, byte for byte.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from typing import Any, NoReturn
 
+import msgspec
 import orjson
 import rfc8785
 
@@ -53,35 +58,41 @@ def canonical_bytes(value: Any) -> bytes:
 def parse_canonical(data: bytes) -> Any:
     """Parse JSON that must already be in canonical form as cMCP hashes it: RFC 8785 with
     integers only (within +-(2**53 - 1)) and no floats; `CanonicalizationError` if not."""
-    value, _ = parse_canonical_without(data, None)
+    value = _loads_without_floats(data)
+    # The parsed value holds no floats, so orjson's sorted output is RFC 8785 exactly when
+    # it also holds no integer beyond 2**53 (refused by `_SORTED`) and no character at
+    # which UTF-16 and code-point key order part.
+    fast = _dumps_sorted(value)
+    if fast is not None and fast == data and (data.isascii() or not _ORDER_SENSITIVE.search(data)):
+        return value
+    if canonical_bytes(value) != data:
+        raise CanonicalizationError("JSON is not in RFC 8785 canonical form")
     return value
 
 
-def parse_canonical_without(data: bytes, key: str | None) -> tuple[Any, bytes]:
-    """Parse canonical JSON, and give the canonical bytes of the object without `key`.
+class _FloatLiteralError(Exception):
+    pass
 
-    Both in one pass: an audit line is checked for canonical form, and the bytes its hash
-    covers (the entry without `hash`) are produced from the same verdict.
-    """
+
+def _refuse_float(literal: str) -> NoReturn:
+    raise _FloatLiteralError(literal)
+
+
+# msgspec calls `float_hook` for each number literal with a fraction or an exponent while
+# it parses, so floats are refused for the cost of the parse alone; a walk over the parsed
+# value would cost more than the parse itself. NaN and Infinity are not JSON to it.
+_DECODER = msgspec.json.Decoder(float_hook=_refuse_float)
+
+
+def _loads_without_floats(data: bytes) -> Any:
     try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
+        return _DECODER.decode(data)
+    except _FloatLiteralError as exc:
+        raise CanonicalizationError("hashed data holds no floating-point numbers") from exc
+    except RecursionError as exc:
+        raise CanonicalizationError("not JSON: nested too deeply") from exc
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise CanonicalizationError(f"not JSON: {exc}") from exc
-    if key is not None and not isinstance(value, dict):
-        raise CanonicalizationError("JSON is not an object")
-    fast = _dumps_sorted(value)
-    if fast is not None and fast == data and _parsed_is_jcs(value, fast):
-        if key is None:
-            return value, data
-        return value, _without_member(data, key, value) or orjson.dumps(
-            {k: v for k, v in value.items() if k != key}, option=_SORTED
-        )
-    if type(value) is float or (isinstance(value, dict | list) and _contains_float(value)):
-        raise CanonicalizationError("hashed data holds no floating-point numbers")
-    if canonical_bytes(value) != data:
-        raise CanonicalizationError("JSON is not in RFC 8785 canonical form")
-    body = value if key is None else {k: v for k, v in value.items() if k != key}
-    return value, canonical_bytes(body)
 
 
 _SORTED = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
@@ -91,54 +102,7 @@ def _dumps_sorted(value: Any) -> bytes | None:
     try:
         return orjson.dumps(value, option=_SORTED)
     except orjson.JSONEncodeError:
-        return None  # an integer beyond 2**53 or a non-string key: rfc8785 decides
-
-
-def _without_member(data: bytes, key: str, value: dict[str, Any]) -> bytes | None:
-    """The canonical bytes of `value` without `key`, cut from its canonical bytes `data`.
-
-    Exact when the member's text occurs once: then it is the top-level member, and removing
-    it and one adjacent comma leaves the canonical form of the rest (members stay sorted).
-    Returns None when the cut is not certain, and the caller serialises instead.
-    """
-    member_value = value.get(key)
-    if not isinstance(member_value, str) or not member_value.isascii():
-        return None
-    member = b'"' + key.encode() + b'":' + orjson.dumps(member_value)
-    if data.count(member) != 1:
-        return None
-    start = data.index(member)
-    end = start + len(member)
-    if data[start - 1 : start] == b",":
-        return data[: start - 1] + data[end:]
-    if data[end : end + 1] == b",":
-        return data[:start] + data[end + 1 :]
-    return data[:start] + data[end:]  # the only member
-
-
-def _parsed_is_jcs(value: Any, out: bytes) -> bool:
-    """Whether `out`, orjson's sorted output of `value` parsed from JSON, is RFC 8785.
-
-    A parsed value holds only JSON types and string keys, and `_SORTED` already refused
-    integers beyond 2**53; what remains to rule out is a float (orjson and JCS write some
-    differently) and characters that make UTF-16 key order differ from code-point order.
-    """
-    if isinstance(value, dict | list) and _contains_float(value):
-        return False
-    if type(value) is float:
-        return False
-    return out.isascii() or _ORDER_SENSITIVE.search(out) is None
-
-
-def _contains_float(container: Any) -> bool:
-    item: Any
-    for item in container.values() if type(container) is dict else container:
-        kind = type(item)
-        if kind is float:
-            return True
-        if (kind is dict or kind is list) and _contains_float(item):
-            return True
-    return False
+        return None  # an integer beyond 2**53, or a lone surrogate: rfc8785 decides
 
 
 def _fast_path_applies(value: Any) -> bool:
