@@ -2,41 +2,40 @@
 
 1. `cmcp validate-config` checks the quickstart config and everything it references.
 2. `cmcp validate-bundle` prints the bundle hash, and passes again when pinned to it.
-3. A dev-mode evidence session decides three tool calls with the quickstart bundle (an
-   allowed call, a denied call and a redacted call), records each in the hash-chained
-   SQLite audit store, and closes with a signed claim.
-4. `cmcp verify --allow-software` and `cmcp replay-audit` check that claim and chain.
-Every step runs the real `cmcp` console script or the real library; a failure stops the
-demo with a non-zero exit code. State goes to examples/quickstart/.state/.
+3. The demo MCP server (official MCP SDK) and the gateway (`cmcp start`, dev mode) start.
+4. An agent using the official MCP SDK client connects to the gateway and makes an allowed,
+   a denied and a redacted call; leaving closes its session, and the gateway writes the
+   session's signed claim.
+5. `cmcp verify --allow-software` and `cmcp replay-audit` check that claim and its chain.
+
+Every step runs the real `cmcp` console script or the real SDK over loopback HTTP; a
+failure stops the demo with a non-zero exit code. State goes to examples/quickstart/.state/.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import http.client
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any
 
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from rich.console import Console
 from rich.table import Table
 
-from cmcp_cli.attestation import software
-from cmcp_cli.audit.store import AuditStore
-from cmcp_cli.catalog.model import load_catalog
-from cmcp_cli.evidence.session import Attestor, EvidenceSession, SessionPolicy
-from cmcp_cli.gateway.wiring import authorizer_for, tool_resources
-from cmcp_cli.policy.bundle import read_bundle
-from cmcp_cli.policy.decision import Effect
-from cmcp_cli.policy.engine import compile_bundle
-from cmcp_cli.policy.request import ANONYMOUS_AGENT
-
 HERE = Path(__file__).resolve().parent
-STATE = HERE / ".state" / "demo"
+STATE = HERE / ".state"
 CMCP = Path(sys.executable).with_name("cmcp")
+GATEWAY_PORT, UPSTREAM_PORT = 8443, 8765  # as cmcp-config.yaml says
 console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 150)
+ENV = {**os.environ, "CMCP_DEV_MODE": "1"}
 
 
 def step(title: str) -> None:
@@ -46,9 +45,8 @@ def step(title: str) -> None:
 def run(*args: str) -> str:
     """Run the cmcp console script, show its output, stop the demo if it fails."""
     console.print(f"[dim]$ cmcp {' '.join(args)}[/dim]")
-    env = {**os.environ, "CMCP_DEV_MODE": "1"}
     completed = subprocess.run(  # noqa: S603 - our own console script
-        [str(CMCP), *args], capture_output=True, text=True, env=env, check=False, cwd=HERE
+        [str(CMCP), *args], capture_output=True, text=True, env=ENV, check=False, cwd=HERE
     )
     sys.stderr.write(completed.stderr)
     if completed.returncode != 0:
@@ -59,7 +57,73 @@ def run(*args: str) -> str:
     return completed.stdout.strip()
 
 
+def start(command: list[str], port: int, what: str) -> subprocess.Popen[bytes]:
+    console.print(f"[dim]$ {' '.join(command)}[/dim]")
+    process = subprocess.Popen(command, env=ENV, cwd=HERE)  # noqa: S603 - ours
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            console.print(f"[bold red]{what} exited with {process.returncode}[/bold red]")
+            raise SystemExit(1)
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/healthz")
+            connection.getresponse().read()
+            connection.close()
+        except OSError:
+            time.sleep(0.1)
+        else:
+            return process
+    process.kill()
+    console.print(f"[bold red]{what} did not answer on port {port} within 30 s[/bold red]")
+    raise SystemExit(1)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+async def agent() -> list[tuple[str, str, str, str]]:
+    """An agent built on the official SDK, pointed at the gateway instead of the server."""
+    calls = [
+        ("get_weather", {"city": "Oslo"}),
+        ("delete_records", {"table": "customers"}),
+        ("lookup_customer", {"customer_id": "c-1"}),
+    ]
+    rows = []
+    url = f"http://127.0.0.1:{GATEWAY_PORT}/mcp"
+    async with (
+        streamable_http_client(url) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        for tool, arguments in calls:
+            try:
+                result = await session.call_tool(tool, arguments)
+            except MCPError as exc:
+                decision = (exc.error.data or {}).get("decision", "error")
+                rows.append((tool, str(arguments), f"[red]{decision}[/red]", exc.error.message))
+                continue
+            shown = str(result.structured_content or result.content[0].text)  # type: ignore[union-attr]
+            redacted = "[REDACTED:" in shown
+            rows.append(
+                (
+                    tool,
+                    str(arguments),
+                    "[yellow]redact[/yellow]" if redacted else "[green]allow[/green]",
+                    shown,
+                )
+            )
+    return rows
+
+
 def main() -> int:
+    shutil.rmtree(STATE, ignore_errors=True)
     step("1. validate the quickstart configuration")
     run("validate-config", "--config", "cmcp-config.yaml")
 
@@ -68,110 +132,59 @@ def main() -> int:
     console.print(f"bundle hash on stdout: [bold]{bundle_hash}[/bold]")
     run("validate-bundle", "--bundle-path", "policies", "--expected-hash", bundle_hash)
 
-    step("3. a dev-mode session: decide, record and claim three tool calls")
-    bundle = compile_bundle(read_bundle(HERE / "policies"))
-    catalog = load_catalog(HERE / "catalog.json")
-    authorizer = authorizer_for(bundle, catalog)
-    tools = {tool.name: tool for tool in tool_resources(catalog)}
-    calls = [
-        ("get_weather", {"city": "Oslo"}, Effect.ALLOW),
-        ("delete_records", {"table": "customers"}, Effect.DENY),
-        ("lookup_customer", {"customer_id": "c-42"}, Effect.REDACT),
-    ]
-    shutil.rmtree(STATE, ignore_errors=True)
-    STATE.mkdir(parents=True)
-    policy = SessionPolicy(
-        bundle_hash=bundle.hash,
-        policy_version=bundle.source.manifest.version,
-        catalog_hash=catalog.hash,
-        enforcement_mode="enforcing",
-        data_class_order=("public", "internal", "confidential", "restricted", "secret"),
+    step("3. start the demo MCP server and the gateway in front of it")
+    upstream = start(
+        [sys.executable, "demo_upstream.py", "--port", str(UPSTREAM_PORT)],
+        UPSTREAM_PORT,
+        "the demo MCP server",
     )
-    table = Table()
-    for column in ("agent", "tool", "arguments", "decision", "policies", "why"):
-        table.add_column(column)
-    failures = 0
-    with AuditStore(STATE / "audit.db") as store:
-        session = EvidenceSession(
-            store=store,
-            session_id="demo-session",
-            policy=policy,
-            attestor=Attestor(software.SPEC, software.SoftwarePlugin.version),
+    gateway = None
+    try:
+        gateway = start(
+            [str(CMCP), "start", "--config", "cmcp-config.yaml"], GATEWAY_PORT, "the gateway"
         )
-        for index, (tool, arguments, expected) in enumerate(calls):
-            verdict = session.decide_call(
-                authorizer,
-                call_id=f"call-{index}",
-                agent_id=ANONYMOUS_AGENT,
-                tool=tools[tool],
-                arguments=arguments,
-            )
-            decision = verdict.decision
-            if verdict.forwarded:  # a real gateway forwards here and records what came back
-                response = {"content": [{"type": "text", "text": f"{tool} result"}]}
-                session.outcome(call_id=f"call-{index}", response=response, latency_us=1000)
-            failures += decision.effect is not expected
-            table.add_row(
-                ANONYMOUS_AGENT,
-                tool,
-                str(arguments),
-                _styled(decision.effect),
-                ", ".join(decision.policy_ids) or "-",
-                _why(decision),
-            )
-        closed = session.close(reason="demo finished")
-    console.print(table)
-    claim_path = STATE / "demo-session.claim.json"
-    claim_path.write_text(json.dumps(closed.claim, indent=2, ensure_ascii=False), encoding="utf-8")
-    console.print(f"claim written to {claim_path.relative_to(HERE)}")
 
-    step("4. verify the claim offline and replay the audit chain")
-    run(
-        "verify",
-        str(claim_path.relative_to(HERE)),
-        "--allow-software",
-        "--policy-hash",
-        bundle.hash,
-        "--audit-log",
-        ".state/demo/audit.db",
-    )
-    run(
-        "replay-audit",
-        "--db",
-        ".state/demo/audit.db",
-        "--claim",
-        str(claim_path.relative_to(HERE)),
-        "--bundle",
-        "policies",
-    )
-    if failures:
+        step("4. an agent (official MCP SDK client) calls three tools through the gateway")
+        rows = asyncio.run(agent())
+        table = Table()
+        for column in ("tool", "arguments", "decision", "what the agent got back"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    finally:
+        if gateway is not None:
+            stop(gateway)
+        stop(upstream)
+    claims = sorted((STATE / "claims").glob("*.claim.json"))
+    if len(claims) != 1:
         console.print(
-            f"[bold red]{failures} decision(s) differ from what the quickstart expects[/bold red]"
+            f"[bold red]expected one claim in .state/claims, found {len(claims)}[/bold red]"
         )
         return 1
-    console.print(
-        "[green]quickstart OK:[/green] config valid, bundle pinned, calls recorded, "
-        "claim verified, chain replayed"
+    claim = str(claims[0].relative_to(HERE))
+    console.print(f"the session's claim: {claim}")
+
+    step("5. verify the claim offline and replay the audit chain")
+    run(
+        "verify",
+        claim,
+        "--allow-software",
+        "--policy-hash",
+        bundle_hash,
+        "--audit-log",
+        ".state/audit.db",
     )
+    run("replay-audit", "--db", ".state/audit.db", "--claim", claim, "--bundle", "policies")
+    decisions = [row[2] for row in rows]
+    if decisions != ["[green]allow[/green]", "[red]deny[/red]", "[yellow]redact[/yellow]"]:
+        console.print("[bold red]the decisions differ from what the quickstart expects[/bold red]")
+        return 1
     console.print(
-        "[dim]The gateway (`cmcp start`) runs this same session on live MCP calls once it "
-        "lands; CHANGELOG.md says which parts of cMCP have.[/dim]"
+        "[green]quickstart OK:[/green] config valid, bundle pinned, calls decided and enforced "
+        "by the gateway, claim verified, chain replayed"
     )
     return 0
-
-
-def _styled(effect: Effect) -> str:
-    style = {"allow": "green", "deny": "red", "redact": "yellow"}.get(effect.value, "")
-    return f"[{style}]{effect.value}[/{style}]"
-
-
-def _why(decision: Any) -> str:
-    why = "; ".join(decision.reasons)
-    if decision.effect is Effect.REDACT:
-        spec = decision.redaction
-        detectors, fields = ", ".join(sorted(spec.detectors)), ", ".join(spec.pointers)
-        why += f" (detectors: {detectors}; fields: {fields})"
-    return str(why)
 
 
 if __name__ == "__main__":

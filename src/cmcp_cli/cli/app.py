@@ -11,6 +11,7 @@ from cmcp_cli import __version__
 from cmcp_cli.cli import render
 from cmcp_cli.cli.evidence import replay_audit_command, verify_command
 from cmcp_cli.cli.plugins import plugins_command
+from cmcp_cli.cli.start import start_command
 from cmcp_cli.cli.validate import validate_bundle_command, validate_config_command
 from cmcp_cli.errors import CmcpError, ExitCode
 
@@ -22,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.command("start")(start_command)
 app.command("validate-bundle")(validate_bundle_command)
 app.command("validate-config")(validate_config_command)
 app.command("verify")(verify_command)

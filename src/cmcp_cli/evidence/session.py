@@ -133,32 +133,26 @@ class EvidenceSession:
         """
         state = self.recorder.state
         record: dict[str, Any] | None = None
-        try:
-            request_sha256 = canonical_sha256(
-                {"name": tool.name, "arguments": dict(arguments or {})}
-            )
-            request = tool_call_request(
-                agent_id=agent_id,
-                tool=tool.name,
-                arguments=arguments,
-                data_class=tool.data_class,
-                session_max_sensitivity=state.max_data_class or self.policy.data_class_order[0],
-                workflow_id=workflow_id,
-                platform=self.evidence.platform,
-            )
-        except CanonicalizationError as exc:
-            # No canonical form (a lone surrogate, say): deny, and still bind the entry to
-            # the exact arguments through an ASCII-escaped serialisation.
-            decision = Decision.refused(f"tool arguments have no canonical JSON form: {exc}")
-            request_sha256 = sha256_tagged(
-                json.dumps({"name": tool.name, "arguments": arguments}, sort_keys=True).encode()
-            )
-        except CmcpError as exc:
-            decision = Decision.refused(exc.message)
+        request_sha256, canonical = _request_digest(tool.name, arguments)
+        if not canonical:
+            decision = Decision.refused("tool arguments have no canonical JSON form")
         else:
-            decision = authorizer.decide(request)
-            if self.policy.record_inputs == "full":
-                record = request.to_record(tool)
+            try:
+                request = tool_call_request(
+                    agent_id=agent_id,
+                    tool=tool.name,
+                    arguments=arguments,
+                    data_class=tool.data_class,
+                    session_max_sensitivity=state.max_data_class or self.policy.data_class_order[0],
+                    workflow_id=workflow_id,
+                    platform=self.evidence.platform,
+                )
+            except CmcpError as exc:
+                decision = Decision.refused(exc.message)
+            else:
+                decision = authorizer.decide(request)
+                if self.policy.record_inputs == "full":
+                    record = request.to_record(tool)
         forwarded = decision.forwards or self.policy.enforcement_mode != "enforcing"
         self.recorder.decision(
             call_id=call_id,
@@ -171,6 +165,25 @@ class EvidenceSession:
             cedar_request=record,
         )
         return CallVerdict(decision=decision, forwarded=forwarded)
+
+    def refuse_call(
+        self, *, call_id: str, tool_name: str, arguments: Mapping[str, Any] | None, reason: str
+    ) -> Decision:
+        """Deny a call that never reaches Cedar (a tool outside the catalog, or one whose
+        advertised definition drifted), under every enforcement mode, and record it like
+        any other decision."""
+        decision = Decision.refused(reason)
+        self.recorder.decision(
+            call_id=call_id,
+            tool=tool_name,
+            decision=decision.effect.value,
+            policy_ids=(),
+            request_sha256=_request_digest(tool_name, arguments)[0],
+            data_class=UNCLASSIFIED,
+            forwarded=False,
+            cedar_request=None,
+        )
+        return decision
 
     def outcome(
         self,
@@ -217,3 +230,17 @@ class EvidenceSession:
         )
         claim = build_claim(facts, self.key)
         return ClosedSession(claim=claim, trace_record=trace_record(claim, self.key))
+
+
+UNCLASSIFIED = "unclassified"  # the data class recorded for a call to a tool outside the catalog
+
+
+def _request_digest(tool_name: str, arguments: Mapping[str, Any] | None) -> tuple[str, bool]:
+    """`request_sha256`, the JCS digest of the call's name and arguments, and whether they
+    have a canonical form. Those without (a lone surrogate, say) are still bound, through
+    an ASCII-escaped serialisation; their call is denied."""
+    request = {"name": tool_name, "arguments": dict(arguments or {})}
+    try:
+        return canonical_sha256(request), True
+    except CanonicalizationError:
+        return sha256_tagged(json.dumps(request, sort_keys=True).encode()), False

@@ -1,0 +1,223 @@
+"""The gateway's ASGI application: MCP on /mcp, plus health, claims and session control.
+
+MCP streamable HTTP (2025-03-26, 2025-06-18, 2025-11-25): POST carries one JSON-RPC
+message and gets a JSON answer; GET (a server stream) is answered 405, as the spec allows;
+DELETE ends the session, and its claim is written. Clients that probe `server/discover`
+(the 2026-07-28 revision) get a JSON-RPC error and fall back to `initialize`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from cmcp_cli.gateway import asgi
+from cmcp_cli.gateway.asgi import Receive, Scope, Send
+from cmcp_cli.gateway.dispatch import Dispatcher, Reply
+from cmcp_cli.gateway.jsonrpc import Code, ProtocolError, error, parse_message
+from cmcp_cli.gateway.runtime import GatewayRuntime
+from cmcp_cli.gateway.sessions import SessionLimitError, SessionRegistry
+from cmcp_cli.gateway.upstream import KNOWN_PROTOCOLS
+
+MCP_PATH = "/mcp"
+_LOOPBACK_ORIGIN = re.compile(r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?")
+_SESSION_PATH = re.compile(r"/sessions/(?P<id>[A-Za-z0-9_-]{1,64})/close")
+_TRACE_PATH = re.compile(r"/trace/(?P<id>[A-Za-z0-9_-]{1,64})")
+
+
+class GatewayApp:
+    def __init__(self, runtime: GatewayRuntime) -> None:
+        self.runtime = runtime
+        self.sessions = SessionRegistry(runtime)
+        self.dispatcher = Dispatcher(runtime, self.sessions)
+        self.ready = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            await self._route(scope, receive, send)
+        except asgi.ClientGoneError:
+            return
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.ready = True
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.ready = False
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def shutdown(self) -> None:
+        """Close every open session (writing its claim), then the runtime."""
+        await self.sessions.close_all("gateway shutdown")
+        self.runtime.close()
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path, method = scope["path"], scope["method"]
+        if path == MCP_PATH:
+            await self._mcp(scope, receive, send, method)
+        elif path == "/healthz" and method == "GET":
+            await asgi.send_json(send, 200, {"status": "ok"})
+        elif path == "/readyz" and method == "GET":
+            status = 200 if self.ready else 503
+            await asgi.send_json(
+                send, status, {"ready": self.ready, "sessions": len(self.sessions)}
+            )
+        elif path.startswith("/trace/") and method == "GET":
+            await self._trace(scope, send, path)
+        elif (match := _SESSION_PATH.fullmatch(path)) and method == "POST":
+            await self._close_session(scope, send, match.group("id"))
+        else:
+            await asgi.send_json(send, 404, {"error": f"no route {method} {path}"})
+
+    async def _mcp(self, scope: Scope, receive: Receive, send: Send, method: str) -> None:
+        origin = asgi.header(scope, b"origin")
+        if origin is not None and not _LOOPBACK_ORIGIN.fullmatch(origin):
+            await asgi.send_json(
+                send, 403, error(None, Code.INVALID_REQUEST, f"origin {origin!r} is not allowed")
+            )
+            return
+        agent = self._agent(scope)
+        if agent is None:
+            await asgi.send_json(
+                send,
+                401,
+                error(None, Code.INVALID_REQUEST, "a valid bearer token is required"),
+                headers={"www-authenticate": 'Bearer realm="cmcp"'},
+            )
+            return
+        if method == "POST":
+            await self._post(scope, receive, send, agent)
+        elif method == "DELETE":
+            await self._delete(scope, send, agent)
+        else:
+            await asgi.send_json(
+                send,
+                405,
+                error(None, Code.INVALID_REQUEST, f"{method} is not served on {MCP_PATH}"),
+                headers={"allow": "POST, DELETE"},
+            )
+
+    async def _post(self, scope: Scope, receive: Receive, send: Send, agent: str) -> None:
+        limits = self.runtime.config.limits
+        try:
+            body = await asgi.read_body(receive, limits.max_request_body_bytes)
+            message = parse_message(body, max_depth=limits.max_json_depth)
+            reply = await self._answer(scope, message, agent)
+        except asgi.BodyTooLargeError:
+            reply = Reply(
+                error(
+                    None,
+                    Code.INVALID_REQUEST,
+                    f"the body exceeds {limits.max_request_body_bytes} bytes "
+                    "(limits.max_request_body_bytes)",
+                ),
+                status=413,
+            )
+        except ProtocolError as exc:
+            reply = Reply(exc.to_json(), status=exc.http_status)
+        headers = {"mcp-session-id": reply.session_id} if reply.session_id else None
+        if reply.message is None:
+            await asgi.send_bytes(send, reply.status, b"", headers=headers)
+        else:
+            await asgi.send_json(send, reply.status, reply.message, headers=headers)
+
+    async def _answer(self, scope: Scope, message: Any, agent: str) -> Reply:
+        if message.method == "initialize":
+            if message.id is None:
+                raise ProtocolError(Code.INVALID_REQUEST, "initialize is a request: it needs an id")
+            try:
+                return await self.dispatcher.initialize(message, agent)
+            except SessionLimitError as exc:
+                raise ProtocolError(
+                    Code.INVALID_REQUEST, str(exc), request_id=message.id, http_status=503
+                ) from exc
+        if message.method == "server/discover":
+            raise ProtocolError(
+                Code.METHOD_NOT_FOUND,
+                "server/discover (2026-07-28) is not served here: use initialize",
+                request_id=message.id,
+                http_status=200,
+            )
+        version = asgi.header(scope, b"mcp-protocol-version")
+        if version is not None and version not in KNOWN_PROTOCOLS:
+            raise ProtocolError(
+                Code.INVALID_REQUEST,
+                f"MCP-Protocol-Version {version!r} is not supported "
+                f"(supported: {', '.join(KNOWN_PROTOCOLS)})",
+                request_id=message.id,
+            )
+        session_id = asgi.header(scope, b"mcp-session-id")
+        if session_id is None:
+            raise ProtocolError(
+                Code.INVALID_REQUEST,
+                "Mcp-Session-Id is missing: initialize first",
+                request_id=message.id,
+            )
+        session = self.sessions.get(session_id, agent)
+        if session is None:
+            raise ProtocolError(
+                Code.SESSION_NOT_FOUND,
+                "unknown or closed session: initialize again",
+                request_id=message.id,
+                http_status=404,
+            )
+        return await self.dispatcher.handle(message, session)
+
+    async def _delete(self, scope: Scope, send: Send, agent: str) -> None:
+        session_id = asgi.header(scope, b"mcp-session-id")
+        session = self.sessions.get(session_id, agent) if session_id else None
+        if session is None:
+            await asgi.send_json(
+                send, 404, error(None, Code.SESSION_NOT_FOUND, "unknown or closed session")
+            )
+            return
+        await self.sessions.close(session, "closed by client")
+        await asgi.send_bytes(send, 200, b"")
+
+    async def _close_session(self, scope: Scope, send: Send, session_id: str) -> None:
+        token = _bearer(scope)
+        agent = self._agent(scope)
+        session = self.sessions.get(session_id, agent) if agent else None
+        if session is None and self.runtime.credentials.is_operator(token):
+            session = self.sessions.find(session_id)
+        if session is None:
+            await asgi.send_json(send, 404, {"error": "unknown or closed session"})
+            return
+        await self.sessions.close(session, "closed on request")
+        await asgi.send_json(send, 200, {"session_id": session_id, "claim": f"/trace/{session_id}"})
+
+    async def _trace(self, scope: Scope, send: Send, path: str) -> None:
+        query = parse_qs(urlsplit("?" + scope.get("query_string", b"").decode("latin-1")).query)
+        record = query.get("format") == ["record"]
+        if path == "/trace/latest":
+            latest = self.sessions.latest_claim
+            session_id = latest.name.split(".")[0] if latest else None
+        else:
+            match = _TRACE_PATH.fullmatch(path)
+            session_id = match.group("id") if match else None
+        claim = self.sessions.claim_path(session_id, record=record) if session_id else None
+        if claim is None or not claim.is_file():
+            await asgi.send_json(send, 404, {"error": "no claim for that session (yet)"})
+            return
+        await asgi.send_bytes(send, 200, claim.read_bytes(), content_type="application/json")
+
+    def _agent(self, scope: Scope) -> str | None:
+        return self.runtime.credentials.agent_for(_bearer(scope))
+
+
+def _bearer(scope: Scope) -> str | None:
+    value = asgi.header(scope, b"authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else ""

@@ -1,0 +1,221 @@
+"""Everything a running gateway holds, built once from a checked config.
+
+`build_runtime` refuses to build from a config with errors, chooses the attestation
+provider (SEV-SNP, TDX, TPM in that order when `auto`; software only with CMCP_DEV_MODE=1,
+never as a silent fallback), opens the audit store and prepares the upstream clients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cmcp_cli.attestation import software
+from cmcp_cli.attestation.manager import ProviderRegistry, load_providers
+from cmcp_cli.audit.store import AuditStore
+from cmcp_cli.catalog.model import Catalog
+from cmcp_cli.config import ENV_DEV_MODE, CmcpConfig, Environment, HttpUpstream
+from cmcp_cli.errors import CmcpError, ConfigError
+from cmcp_cli.evidence.session import Attestor, SessionPolicy
+from cmcp_cli.gateway.http1 import Endpoint
+from cmcp_cli.gateway.preflight import ConfigReport
+from cmcp_cli.gateway.upstream import McpUpstream
+from cmcp_cli.gateway.wiring import authorizer_for
+from cmcp_cli.policy.engine import Authorizer, CompiledBundle
+from cmcp_cli.policy.request import ToolResource
+
+AUTO_ORDER = ("sev-snp", "tdx", "tpm")
+ANONYMOUS_AGENT = "anonymous"
+
+
+class StartupError(CmcpError):
+    """The gateway cannot start as configured."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Bearer tokens by SHA-256 digest, each naming the agent it authenticates."""
+
+    agents_by_digest: Mapping[bytes, str]
+    operator_digest: bytes | None
+    anonymous_allowed: bool  # dev mode on loopback without any configured token
+
+    def agent_for(self, token: str | None) -> str | None:
+        if token is None:
+            return ANONYMOUS_AGENT if self.anonymous_allowed else None
+        digest = hashlib.sha256(token.encode()).digest()
+        found = None
+        for known, agent in self.agents_by_digest.items():  # every digest compared: no early exit
+            if hmac.compare_digest(known, digest):
+                found = agent
+        return found
+
+    def is_operator(self, token: str | None) -> bool:
+        if token is None or self.operator_digest is None:
+            return False
+        return hmac.compare_digest(hashlib.sha256(token.encode()).digest(), self.operator_digest)
+
+
+@dataclass
+class GatewayRuntime:
+    config: CmcpConfig
+    bundle: CompiledBundle
+    catalog: Catalog
+    authorizer: Authorizer
+    tools: Mapping[str, ToolResource]
+    store: AuditStore
+    attestor: Attestor
+    policy: SessionPolicy
+    upstreams: Mapping[str, McpUpstream]
+    credentials: Credentials
+    dev_mode: bool
+
+    @property
+    def claims_dir(self) -> Path:
+        return self.config.claims.dir
+
+    def close(self) -> None:
+        for upstream in self.upstreams.values():
+            upstream.close()
+        self.store.close()
+
+
+def build_runtime(
+    report: ConfigReport,
+    environ: Mapping[str, str] | None = None,
+    registry: ProviderRegistry | None = None,
+) -> GatewayRuntime:
+    environ = os.environ if environ is None else environ
+    config, env, bundle, catalog = report.config, report.env, report.bundle, report.catalog
+    if not report.ok or config is None or env is None or bundle is None or catalog is None:
+        raise ConfigError(
+            f"{report.config_path} has problems; the gateway does not start",
+            problems=report.errors,
+            hint=f"run `cmcp validate-config --config {report.config_path}`",
+        )
+    attestor = choose_attestor(config, env, registry or load_providers())
+    authorizer = authorizer_for(bundle, catalog)
+    tools = {
+        tool.name: ToolResource(tool.name, tool.server, tool.groups, tool.data_class)
+        for tool in catalog.tools.values()
+    }
+    policy = SessionPolicy(
+        bundle_hash=bundle.hash,
+        policy_version=bundle.source.manifest.version,
+        catalog_hash=catalog.hash,
+        enforcement_mode=config.attestation.enforcement_mode,
+        data_class_order=config.policy.data_class_order,
+        trust_domain=config.claims.trust_domain,
+        model_provider=config.claims.model.provider,
+        model_id=config.claims.model.model_id,
+        record_inputs=config.audit.record_inputs,
+    )
+    upstreams = {
+        name: McpUpstream(
+            name=name,
+            endpoint=Endpoint.parse(upstream.url),
+            headers=_upstream_headers(upstream, environ),
+            timeout_seconds=float(
+                min(upstream.timeout_seconds, config.limits.upstream_timeout_seconds)
+            ),
+            max_response_bytes=config.max_response_size_bytes,
+        )
+        for name, upstream in config.upstreams.items()
+        if isinstance(upstream, HttpUpstream)
+    }
+    config.claims.dir.mkdir(parents=True, exist_ok=True)
+    store = AuditStore(config.audit.path, config.audit.durability)
+    return GatewayRuntime(
+        config=config,
+        bundle=bundle,
+        catalog=catalog,
+        authorizer=authorizer,
+        tools=tools,
+        store=store,
+        attestor=attestor,
+        policy=policy,
+        upstreams=upstreams,
+        credentials=_credentials(config, env, environ),
+        dev_mode=env.dev_mode,
+    )
+
+
+def choose_attestor(config: CmcpConfig, env: Environment, registry: ProviderRegistry) -> Attestor:
+    wanted = config.attestation.provider
+    settings_of = config.attestation.providers
+    if wanted == software.NAME or (
+        wanted == "auto" and env.dev_mode and not _any_present(registry)
+    ):
+        if not env.dev_mode:
+            raise StartupError(
+                "software-only attestation proves nothing about the host",
+                hint=f"set {ENV_DEV_MODE}=1 to run a development gateway deliberately",
+            )
+        return Attestor(software.SPEC, _version_of(registry, software.NAME))
+    names = AUTO_ORDER if wanted == "auto" else (wanted,)
+    reasons = []
+    for name in names:
+        registered = registry.providers.get(name)
+        if registered is None:
+            reasons.append(f"{name}: no plugin installed (pip install cmcp-{name.split('-')[0]})")
+            continue
+        detection = registered.spec.load_collector().detect()
+        if detection.present:
+            return Attestor(registered.spec, registered.version, settings_of.get(name, {}))
+        reasons.append(f"{name}: {detection.detail}")
+    raise StartupError(
+        f"no attestation provider can run here ({'; '.join(reasons)})",
+        hint=f"run on a TEE host with its plugin installed, or set {ENV_DEV_MODE}=1 "
+        "for a software-only development gateway",
+    )
+
+
+def _any_present(registry: ProviderRegistry) -> bool:
+    for name in AUTO_ORDER:
+        registered = registry.providers.get(name)
+        if registered is not None and registered.spec.load_collector().detect().present:
+            return True
+    return False
+
+
+def _version_of(registry: ProviderRegistry, name: str) -> str:
+    registered = registry.providers.get(name)
+    return registered.version if registered is not None else "builtin"
+
+
+def _upstream_headers(upstream: HttpUpstream, environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    headers = [(name.lower(), value) for name, value in upstream.headers.items()]
+    headers += [
+        (name.lower(), environ[variable])
+        for name, variable in upstream.headers_from_env.items()
+        if variable in environ  # a missing one was reported by validate-config
+    ]
+    return headers
+
+
+def _credentials(config: CmcpConfig, env: Environment, environ: Mapping[str, str]) -> Credentials:
+    agents: dict[bytes, str] = {}
+    for token in config.auth.bearer_tokens:
+        if token.token_sha256 is not None:
+            agents[bytes.fromhex(token.token_sha256.removeprefix("sha256:"))] = token.agent
+        elif token.token_env is not None and environ.get(token.token_env):
+            agents[hashlib.sha256(environ[token.token_env].encode()).digest()] = token.agent
+    if env.bearer_token is not None:
+        secret = env.bearer_token.get_secret_value().encode()
+        agents[hashlib.sha256(secret).digest()] = config.auth.env_token_agent
+    operator: bytes | None = None
+    if env.operator_token is not None:
+        operator = hashlib.sha256(env.operator_token.get_secret_value().encode()).digest()
+    elif config.auth.operator_token_sha256 is not None:
+        operator = bytes.fromhex(config.auth.operator_token_sha256.removeprefix("sha256:"))
+    elif config.auth.operator_token_env is not None and environ.get(config.auth.operator_token_env):
+        operator = hashlib.sha256(environ[config.auth.operator_token_env].encode()).digest()
+    return Credentials(
+        agents_by_digest=agents,
+        operator_digest=operator,
+        anonymous_allowed=env.dev_mode and not agents,
+    )

@@ -1,0 +1,99 @@
+"""Serving the gateway with hypercorn until a shutdown trigger fires.
+
+`serve_gateway` is hypercorn's own `serve(app, config, shutdown_trigger=...)`: on the
+trigger, hypercorn stops accepting, runs the ASGI lifespan shutdown, and the app closes
+every open session and writes its claim before the process ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from cmcp_cli.config import CmcpConfig
+from cmcp_cli.gateway.app import GatewayApp
+from cmcp_cli.gateway.preflight import check_config
+from cmcp_cli.gateway.runtime import GatewayRuntime, build_runtime
+
+IDLE_SWEEP_SECONDS = 5.0
+
+
+def hypercorn_config(config: CmcpConfig) -> Config:
+    served = Config()
+    served.bind = [str(config.listen_addr)]
+    served.accesslog = None
+    served.errorlog = "-"
+    served.include_server_header = False
+    served.graceful_timeout = float(config.limits.request_timeout_seconds)
+    served.read_timeout = config.limits.request_timeout_seconds
+    if config.tls.enabled:
+        served.certfile = str(config.tls.cert_file)
+        served.keyfile = str(config.tls.key_file)
+        if config.tls.client_ca_file is not None:
+            served.ca_certs = str(config.tls.client_ca_file)
+            served.verify_mode = ssl.CERT_REQUIRED
+    return served
+
+
+async def serve_gateway(
+    runtime: GatewayRuntime,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    on_ready: Callable[[GatewayApp], None] | None = None,
+) -> None:
+    """Serve until `shutdown_trigger` returns (by default SIGINT or SIGTERM)."""
+    app = GatewayApp(runtime)
+    trigger = shutdown_trigger or _signal_trigger()
+    sweeper = asyncio.create_task(_close_idle_sessions(app))
+    if on_ready is not None:
+        on_ready(app)
+    try:
+        await serve(app, hypercorn_config(runtime.config), shutdown_trigger=trigger)  # type: ignore[arg-type]
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+
+
+def _signal_trigger() -> Callable[[], Awaitable[None]]:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    async def wait() -> None:
+        await stop.wait()
+
+    return wait
+
+
+async def _close_idle_sessions(app: GatewayApp) -> None:
+    while True:
+        await asyncio.sleep(IDLE_SWEEP_SECONDS)
+        await app.sessions.close_idle()
+
+
+def run_gateway(
+    config_path: Path,
+    *,
+    announce: Callable[[GatewayRuntime], None] | None = None,
+) -> None:
+    """Check the config, build the runtime and serve until SIGINT or SIGTERM."""
+    runtime = build_runtime(check_config(config_path))
+
+    async def main() -> None:
+        if announce is not None:
+            announce(runtime)
+        await serve_gateway(runtime)
+
+    try:
+        asyncio.run(main())
+    finally:
+        runtime.store.close()  # idempotent: the lifespan shutdown closed it already

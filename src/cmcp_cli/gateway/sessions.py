@@ -1,0 +1,187 @@
+"""Client sessions: one evidence chain, one set of upstream sessions, one claim each.
+
+A session belongs to the agent that opened it and is never handed to another. Audit
+writes block on durability, so they run on a thread pool sized for concurrency: sessions
+waiting on the same fsync share one group commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cmcp_cli.catalog.model import approved_definition, definition_hash
+from cmcp_cli.evidence.session import ClosedSession, EvidenceSession
+from cmcp_cli.gateway.runtime import GatewayRuntime
+from cmcp_cli.gateway.upstream import UpstreamError, UpstreamSession
+
+_Result = TypeVar("_Result")
+
+
+class SessionLimitError(Exception):
+    pass
+
+
+@dataclass
+class GatewaySession:
+    id: str
+    agent: str
+    protocol_version: str
+    evidence: EvidenceSession
+    last_seen: float = field(default_factory=time.monotonic)
+    upstreams: dict[str, UpstreamSession] = field(default_factory=dict)
+    drifted: dict[str, str] = field(default_factory=dict)  # tool -> advertised definition hash
+    advertised: dict[str, dict[str, Any]] = field(default_factory=dict)  # tool -> definition
+    closed: bool = False
+    _call_ids: itertools.count[int] = field(default_factory=itertools.count)
+    _opening: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def next_call_id(self) -> str:
+        return f"{self.id}/{next(self._call_ids)}"
+
+
+class SessionRegistry:
+    def __init__(self, runtime: GatewayRuntime, *, threads: int = 32) -> None:
+        self.runtime = runtime
+        self._sessions: dict[str, GatewaySession] = {}
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="cmcp-evidence")
+        self.latest_claim: Path | None = None
+
+    async def in_thread(
+        self, function: Callable[..., _Result], *args: Any, **kwargs: Any
+    ) -> _Result:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: function(*args, **kwargs))
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(self, session_id: str, agent: str) -> GatewaySession | None:
+        """The session, only for the agent that opened it."""
+        session = self._sessions.get(session_id)
+        if session is None or session.closed or session.agent != agent:
+            return None
+        session.last_seen = time.monotonic()
+        return session
+
+    def find(self, session_id: str) -> GatewaySession | None:
+        """Any open session, whoever it belongs to: for the operator only."""
+        session = self._sessions.get(session_id)
+        return None if session is None or session.closed else session
+
+    async def open(self, agent: str, protocol_version: str) -> GatewaySession:
+        if len(self._sessions) >= self.runtime.config.limits.max_sessions:
+            raise SessionLimitError(
+                f"{len(self._sessions)} sessions are open (limits.max_sessions)"
+            )
+        session_id = secrets.token_urlsafe(18)
+        runtime = self.runtime
+        evidence = await self.in_thread(
+            EvidenceSession,
+            store=runtime.store,
+            session_id=session_id,
+            policy=runtime.policy,
+            attestor=runtime.attestor,
+        )
+        session = GatewaySession(session_id, agent, protocol_version, evidence)
+        self._sessions[session_id] = session
+        return session
+
+    async def upstream(self, session: GatewaySession, name: str) -> UpstreamSession:
+        """The session's own upstream session, opened (and its tools pinned) on first use."""
+        existing = session.upstreams.get(name)
+        if existing is not None:
+            return existing
+        async with session._opening:
+            existing = session.upstreams.get(name)
+            if existing is not None:
+                return existing
+            upstream = self.runtime.upstreams.get(name)
+            if upstream is None:
+                raise UpstreamError(name, "is not configured (no entry under upstreams)")
+            opened = await upstream.open_session()
+            await self.pin_tools(session, name, opened)
+            session.upstreams[name] = opened
+            return opened
+
+    async def pin_tools(
+        self, session: GatewaySession, name: str, upstream: UpstreamSession
+    ) -> None:
+        """Compare the upstream's advertised tools with the catalog; record each drift."""
+        answer = await upstream.request("tools/list", {})
+        tools = (
+            answer.get("result", {}).get("tools")
+            if isinstance(answer.get("result"), dict)
+            else None
+        )
+        if not isinstance(tools, list):
+            raise UpstreamError(name, f"tools/list failed: {answer.get('error')}")
+        for tool in tools:
+            if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+                continue
+            pinned = self.runtime.catalog.tools.get(tool["name"])
+            if pinned is None or pinned.server != name:
+                continue  # not approved: never listed, and denied when called
+            advertised = approved_definition(tool["name"], tool)
+            session.advertised[tool["name"]] = tool
+            digest = definition_hash(advertised)
+            if digest != pinned.definition_hash and tool["name"] not in session.drifted:
+                session.drifted[tool["name"]] = digest
+                await self.in_thread(
+                    session.evidence.recorder.drift,
+                    tool=tool["name"],
+                    expected_hash=pinned.definition_hash,
+                    advertised_hash=digest,
+                )
+
+    async def close(self, session: GatewaySession, reason: str) -> ClosedSession | None:
+        if session.closed:
+            return None
+        session.closed = True
+        self._sessions.pop(session.id, None)
+        for upstream in session.upstreams.values():
+            await upstream.close()
+        closed = await self.in_thread(session.evidence.close, reason=reason)
+        self.latest_claim = await self.in_thread(self._write_claim, session.id, closed)
+        return closed
+
+    async def close_idle(self) -> int:
+        limit = self.runtime.config.limits.session_idle_timeout_seconds
+        now = time.monotonic()
+        idle = [s for s in self._sessions.values() if now - s.last_seen > limit]
+        for session in idle:
+            await self.close(session, "idle timeout")
+        return len(idle)
+
+    async def close_all(self, reason: str) -> None:
+        for session in list(self._sessions.values()):
+            await self.close(session, reason)
+        self._executor.shutdown(wait=True)
+
+    def claim_path(self, session_id: str, *, record: bool = False) -> Path:
+        suffix = "record" if record else "claim"
+        return self.runtime.claims_dir / f"{session_id}.{suffix}.json"
+
+    def _write_claim(self, session_id: str, closed: ClosedSession) -> Path:
+        claim = self.claim_path(session_id)
+        _write_atomically(claim, closed.claim)
+        _write_atomically(self.claim_path(session_id, record=True), closed.trace_record)
+        return claim
+
+
+def _write_atomically(path: Path, document: dict[str, Any]) -> None:
+    temporary = path.with_suffix(".tmp")
+    with temporary.open("w", encoding="utf-8") as handle:
+        json.dump(document, handle, indent=2, ensure_ascii=False)
+        handle.flush()
+        os.fsync(handle.fileno())
+    temporary.replace(path)

@@ -1,0 +1,189 @@
+"""The gateway as an MCP client of its upstream servers (streamable HTTP).
+
+Each client session gets its own upstream session, so no two agents ever share upstream
+state. The gateway negotiates 2025-11-25 (or the newest revision the server offers back),
+which servers built on the 1.x and 2.x official SDKs both speak, and reads both JSON and
+SSE answers to a POST.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import orjson
+
+from cmcp_cli import __version__
+from cmcp_cli.gateway.http1 import ConnectionPool, Endpoint, HttpError, HttpTimeoutError, Response
+
+UPSTREAM_PROTOCOL = "2025-11-25"
+KNOWN_PROTOCOLS = ("2025-11-25", "2025-06-18", "2025-03-26")
+_DECODER = msgspec.json.Decoder()
+
+
+class UpstreamError(Exception):
+    """An upstream could not answer: unreachable, too slow, or not speaking MCP."""
+
+    def __init__(self, upstream: str, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(f"upstream {upstream!r}: {message}")
+        self.upstream = upstream
+        self.timed_out = timed_out
+
+
+@dataclass
+class McpUpstream:
+    name: str
+    endpoint: Endpoint
+    headers: list[tuple[str, str]]  # configured ones, values from the environment resolved
+    timeout_seconds: float
+    max_response_bytes: int
+    pool: ConnectionPool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pool = ConnectionPool(self.endpoint)
+
+    async def open_session(self) -> UpstreamSession:
+        session = UpstreamSession(self, None, UPSTREAM_PROTOCOL)
+        answer = await session.request(
+            "initialize",
+            {
+                "protocolVersion": UPSTREAM_PROTOCOL,
+                "capabilities": {},
+                "clientInfo": {"name": "cmcp-gateway", "version": __version__},
+            },
+        )
+        result = answer.get("result")
+        if not isinstance(result, dict):
+            raise UpstreamError(self.name, f"initialize failed: {answer.get('error')}")
+        version = result.get("protocolVersion")
+        if version not in KNOWN_PROTOCOLS:
+            raise UpstreamError(self.name, f"speaks protocol {version!r}, which cMCP does not")
+        session.protocol_version = str(version)
+        session.server_info = result
+        await session.notify("notifications/initialized")
+        return session
+
+    async def post(self, message: Mapping[str, Any], session: UpstreamSession) -> Response:
+        headers = [
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-protocol-version", session.protocol_version),
+            *self.headers,
+        ]
+        if session.session_id is not None:
+            headers.append(("mcp-session-id", session.session_id))
+        return await self.send("POST", headers, orjson.dumps(message))
+
+    async def send(self, method: str, headers: list[tuple[str, str]], body: bytes) -> Response:
+        try:
+            return await self.pool.request(
+                method,
+                headers,
+                body,
+                timeout=self.timeout_seconds,
+                max_body=self.max_response_bytes,
+            )
+        except HttpTimeoutError as exc:
+            raise UpstreamError(self.name, str(exc), timed_out=True) from exc
+        except HttpError as exc:
+            raise UpstreamError(self.name, str(exc)) from exc
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+@dataclass
+class UpstreamSession:
+    upstream: McpUpstream
+    session_id: str | None
+    protocol_version: str
+    server_info: dict[str, Any] = field(default_factory=dict)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    async def request(self, method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Send a request; the JSON-RPC response object (with `result` or `error`)."""
+        request_id = next(self._ids)
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params is not None:
+            message["params"] = dict(params)
+        response = await self.upstream.post(message, self)
+        if self.session_id is None and "mcp-session-id" in response.headers:
+            self.session_id = response.headers["mcp-session-id"]
+        self._check_status(response)
+        return self._answer(response, request_id)
+
+    async def notify(self, method: str, params: Mapping[str, Any] | None = None) -> None:
+        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            message["params"] = dict(params)
+        self._check_status(await self.upstream.post(message, self))
+
+    async def close(self) -> None:
+        """End the upstream session (DELETE); a server that does not support it is fine."""
+        if self.session_id is None:
+            return
+        headers = [
+            ("mcp-session-id", self.session_id),
+            ("mcp-protocol-version", self.protocol_version),
+            *self.upstream.headers,
+        ]
+        with contextlib.suppress(UpstreamError):  # it ends with the gateway's either way
+            await self.upstream.send("DELETE", headers, b"")
+
+    def _check_status(self, response: Response) -> None:
+        if response.status in (200, 202):
+            return
+        name = self.upstream.name
+        if response.status == 404 and self.session_id is not None:
+            raise UpstreamError(name, "the upstream no longer knows this session (HTTP 404)")
+        excerpt = response.body[:200].decode("utf-8", "replace")
+        raise UpstreamError(name, f"answered HTTP {response.status}: {excerpt}")
+
+    def _answer(self, response: Response, request_id: int) -> dict[str, Any]:
+        content_type = response.headers.get("content-type", "").split(";")[0].strip()
+        if content_type == "application/json":
+            messages = [self._decode(response.body)]
+        elif content_type == "text/event-stream":
+            messages = [self._decode(data) for data in sse_data(response.body)]
+        else:
+            raise UpstreamError(
+                self.upstream.name, f"answered with content type {content_type or 'none'!r}"
+            )
+        for message in messages:
+            if (
+                isinstance(message, dict)
+                and message.get("id") == request_id
+                and ("result" in message or "error" in message)
+            ):
+                return message
+        raise UpstreamError(self.upstream.name, "the answer holds no response to the request")
+
+    def _decode(self, data: bytes) -> Any:
+        try:
+            return _DECODER.decode(data)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise UpstreamError(
+                self.upstream.name, f"sent a message that is not JSON: {exc}"
+            ) from exc
+
+
+def sse_data(body: bytes) -> list[bytes]:
+    """The data of each event in a text/event-stream body, multi-line data joined."""
+    events: list[bytes] = []
+    data: list[bytes] = []
+    for raw in body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"):
+        if not raw:
+            if data:
+                events.append(b"\n".join(data))
+                data = []
+            continue
+        if raw.startswith(b"data:"):
+            value = raw[5:]
+            data.append(value[1:] if value.startswith(b" ") else value)
+    if data:
+        events.append(b"\n".join(data))
+    return events

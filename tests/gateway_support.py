@@ -1,0 +1,132 @@
+"""Real processes on loopback for gateway tests: the demo upstream (official MCP SDK) and
+`cmcp start` itself, each started, waited for with a bounded loop, and stopped."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support import CMCP, QUICKSTART
+
+STARTUP_SECONDS = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        return int(self.process.returncode)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _start(command: list[str], port: int, log: Path, env: Mapping[str, str] | None) -> Served:
+    with log.open("wb") as handle:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, env=dict(env or os.environ)
+        )
+    served = Served(process, port, log)
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{command[:3]} exited early:\n{served.output()}")
+        try:
+            status, _, _ = request(port, "GET", "/healthz")
+        except OSError:
+            time.sleep(0.1)
+            continue
+        if status:
+            return served
+    served.stop(signal.SIGKILL)
+    raise AssertionError(
+        f"{command[:3]} did not answer within {STARTUP_SECONDS} s:\n{served.output()}"
+    )
+
+
+def start_upstream(folder: Path, *, drift: str | None = None) -> Served:
+    port = free_port()
+    command = [sys.executable, str(QUICKSTART / "demo_upstream.py"), "--port", str(port)]
+    if drift is not None:
+        command += ["--drift", drift]
+    return _start(command, port, folder / f"upstream-{port}.log", None)
+
+
+def write_config(folder: Path, upstream_url: str, **overrides: Any) -> Path:
+    config: dict[str, Any] = {
+        "attestation": {"provider": "auto", "enforcement_mode": "enforcing"},
+        "policy_bundle_path": str(QUICKSTART / "policies"),
+        "catalog_path": str(QUICKSTART / "catalog.json"),
+        "listen_addr": f"127.0.0.1:{free_port()}",
+        "upstreams": {"demo": {"transport": "streamable-http", "url": upstream_url}},
+        "audit": {"path": str(folder / "audit.db")},
+        "claims": {"dir": str(folder / "claims")},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    path = folder / "cmcp-config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def start_gateway(config: Path, env: Mapping[str, str] | None = None) -> Served:
+    port = int(yaml.safe_load(config.read_text())["listen_addr"].rsplit(":", 1)[1])
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CMCP_")}
+    environment.update({"CMCP_DEV_MODE": "1", **(env or {})})
+    command = [str(CMCP), "start", "--config", str(config)]
+    return _start(command, port, config.parent / f"gateway-{port}.log", environment)
+
+
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | dict[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One raw HTTP request on loopback: status, lower-case headers, body."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        sent = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+        sent.update(headers or {})
+        connection.request(method, path, body=data, headers=sent)
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
