@@ -8,6 +8,7 @@ SSE answers to a POST.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from cmcp_cli.gateway.http1 import ConnectionPool, Endpoint, HttpError, HttpTime
 
 UPSTREAM_PROTOCOL = "2025-11-25"
 KNOWN_PROTOCOLS = ("2025-11-25", "2025-06-18", "2025-03-26")
+CLOSE_TIMEOUT_SECONDS = 2.0
 _DECODER = msgspec.json.Decoder()
 
 
@@ -131,8 +133,11 @@ class UpstreamSession:
             ("mcp-protocol-version", self.protocol_version),
             *self.upstream.headers,
         ]
-        with contextlib.suppress(UpstreamError):  # it ends with the gateway's either way
-            await self.upstream.send("DELETE", headers, b"")
+        # Bounded well below the call timeout: a hung upstream must not hold up shutdown,
+        # and the session ends with the gateway's either way.
+        with contextlib.suppress(UpstreamError, TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                await self.upstream.send("DELETE", headers, b"")
 
     def _check_status(self, response: Response) -> None:
         if response.status in (200, 202):
