@@ -245,5 +245,21 @@ def test_bearer_tokens_authenticate_agents(tmp_path: Path, upstream: Served) -> 
         session = {"mcp-session-id": headers["mcp-session-id"]}
         assert request(gateway.port, "POST", "/mcp", ping, {**session, **wrong})[0] == 401
         assert request(gateway.port, "POST", "/mcp", ping, {**session, **right})[0] == 200
+        path = f"/sessions/{headers['mcp-session-id']}/close"
+        assert request(gateway.port, "POST", path, None, wrong)[0] == 404
+        assert request(gateway.port, "POST", path, None, right)[0] == 200
+        assert request(gateway.port, "GET", "/trace/latest")[0] == 401
+        status, _, claim = request(gateway.port, "GET", "/trace/latest", None, right)
+        assert status == 200
+        assert json.loads(claim)["gateway"]["session_id"] == headers["mcp-session-id"]
+        status, _, record = request(
+            gateway.port,
+            "GET",
+            path.replace("/sessions/", "/trace/").removesuffix("/close") + "?format=record",
+            None,
+            right,
+        )
+        assert status == 200
+        assert "signature" in json.loads(record)
     finally:
         gateway.stop()

@@ -197,6 +197,15 @@ class GatewayApp:
         await asgi.send_json(send, 200, {"session_id": session_id, "claim": f"/trace/{session_id}"})
 
     async def _trace(self, scope: Scope, send: Send, path: str) -> None:
+        # A claim names the tools a session used: only an agent or the operator reads it.
+        if self._agent(scope) is None and not self.runtime.credentials.is_operator(_bearer(scope)):
+            await asgi.send_json(
+                send,
+                401,
+                {"error": "a valid bearer token is required"},
+                headers={"www-authenticate": 'Bearer realm="cmcp"'},
+            )
+            return
         query = parse_qs(urlsplit("?" + scope.get("query_string", b"").decode("latin-1")).query)
         record = query.get("format") == ["record"]
         if path == "/trace/latest":

@@ -115,10 +115,7 @@ class Dispatcher:
         try:
             upstream = await self.sessions.upstream(session, tool.server)
         except UpstreamError as exc:
-            await self.sessions.in_thread(
-                evidence.recorder.fault, error=str(exc), stage="connect", call_id=call_id
-            )
-            return Reply(_upstream_error(message, exc))
+            return await self._fault(message, session, call_id, exc, stage="connect")
         if name in session.drifted:
             return await self._refuse(
                 message,
@@ -148,10 +145,7 @@ class Dispatcher:
         try:
             answer = await upstream.request("tools/call", forwarded)
         except UpstreamError as exc:
-            await self.sessions.in_thread(
-                evidence.recorder.fault, error=str(exc), stage="forward", call_id=call_id
-            )
-            return Reply(_upstream_error(message, exc))
+            return await self._fault(message, session, call_id, exc, stage="forward")
         redactions: dict[str, int] = {}
         outcome: dict[str, Any]
         if isinstance(answer.get("result"), dict):
@@ -170,6 +164,22 @@ class Dispatcher:
             redactions=redactions,
         )
         return Reply(reply)
+
+    async def _fault(
+        self,
+        message: Message,
+        session: GatewaySession,
+        call_id: str,
+        failure: UpstreamError,
+        *,
+        stage: str,
+    ) -> Reply:
+        """Record an upstream failure as a fault of the call, and tell the agent."""
+        await self.sessions.in_thread(
+            session.evidence.recorder.fault, error=str(failure), stage=stage, call_id=call_id
+        )
+        code = Code.UPSTREAM_TIMEOUT if failure.timed_out else Code.UPSTREAM_FAILED
+        return Reply(error(message.id, code, str(failure), {"upstream": failure.upstream}))
 
     async def _refuse(
         self,
@@ -217,8 +227,3 @@ class Dispatcher:
             return Reply(result(message.id, body))
         code = Code.APPROVAL_REQUIRED if escalated else code
         return Reply(error(message.id, code, text, data), status=403 if mode == "http-403" else 200)
-
-
-def _upstream_error(message: Message, failure: UpstreamError) -> dict[str, Any]:
-    code = Code.UPSTREAM_TIMEOUT if failure.timed_out else Code.UPSTREAM_FAILED
-    return error(message.id, code, str(failure), {"upstream": failure.upstream})
