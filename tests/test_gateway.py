@@ -15,6 +15,9 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from cmcp_cli.attestation.manager import load_providers
+from cmcp_cli.config import CmcpConfig, Environment
+from cmcp_cli.gateway.runtime import StartupError, choose_attestor
 from tests.gateway_support import Served, request, start_gateway, start_upstream, write_config
 from tests.support import QUICKSTART, run_cmcp
 
@@ -149,6 +152,8 @@ def test_bad_input_gets_clear_errors_and_nothing_500s(gateway: Served) -> None:
          + b'{"a":' * 80 + b"1" + b"}" * 81, session, 400, "deeper"),
         ("too large", b" " * (1024 * 1024 + 1), session, 413, "exceeds"),
         ("bad origin", ping, {**session, "origin": "https://evil.example"}, 403, "origin"),
+        ("other version", ping, {**session, "mcp-protocol-version": "2025-11-25"}, 400,
+         "negotiated (2025-06-18)"),
         ("bad params", {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": []},
          session, 400, "params"),
     ]  # fmt: skip
@@ -263,3 +268,28 @@ def test_bearer_tokens_authenticate_agents(tmp_path: Path, upstream: Served) -> 
         assert "signature" in json.loads(record)
     finally:
         gateway.stop()
+
+
+def config_with(provider: str) -> CmcpConfig:
+    return CmcpConfig.model_validate(
+        {
+            "policy_bundle_path": str(QUICKSTART / "policies"),
+            "catalog_path": str(QUICKSTART / "catalog.json"),
+            "attestation": {"provider": provider},
+        }
+    )
+
+
+def test_the_attestation_provider_is_never_a_silent_fallback() -> None:
+    registry = load_providers()  # no hardware plugin is installed here
+    with pytest.raises(StartupError) as nothing:
+        choose_attestor(config_with("auto"), Environment(dev_mode=False), registry)
+    for reason in ("sev-snp: no plugin installed (pip install cmcp-sev)", "tdx:", "tpm:"):
+        assert reason in nothing.value.message
+    with pytest.raises(StartupError, match="cmcp-gpucc"):
+        choose_attestor(config_with("gpu-cc"), Environment(dev_mode=True), registry)
+    with pytest.raises(StartupError, match="proves nothing"):
+        choose_attestor(config_with("software-only"), Environment(dev_mode=False), registry)
+    for provider in ("auto", "software-only"):
+        chosen = choose_attestor(config_with(provider), Environment(dev_mode=True), registry)
+        assert chosen.spec.name == "software-only"

@@ -155,5 +155,5 @@ def _with_base_fields(fields: dict[str, Any], line: bytes) -> SealedEntry:
 
 
 _BASE_KEYS = frozenset(_BASE_FIELDS)
-_base_values = operator.itemgetter("v", "seq", "session_id", "ts", "type", "prev", "hash")
+_base_values = operator.itemgetter(*_BASE_FIELDS)  # in the order they are unpacked
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")

@@ -9,13 +9,12 @@ DELETE ends the session, and its claim is written. Clients that probe `server/di
 from __future__ import annotations
 
 import re
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from cmcp_cli.gateway import asgi
 from cmcp_cli.gateway.asgi import Receive, Scope, Send
 from cmcp_cli.gateway.dispatch import Dispatcher, Reply
-from cmcp_cli.gateway.jsonrpc import Code, ProtocolError, error, parse_message
+from cmcp_cli.gateway.jsonrpc import Code, Message, ProtocolError, error, parse_message
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.sessions import SessionLimitError, SessionRegistry
 from cmcp_cli.gateway.upstream import KNOWN_PROTOCOLS
@@ -131,7 +130,7 @@ class GatewayApp:
         else:
             await asgi.send_json(send, reply.status, reply.message, headers=headers)
 
-    async def _answer(self, scope: Scope, message: Any, agent: str) -> Reply:
+    async def _answer(self, scope: Scope, message: Message, agent: str) -> Reply:
         if message.method == "initialize":
             if message.id is None:
                 raise ProtocolError(Code.INVALID_REQUEST, "initialize is a request: it needs an id")
@@ -170,6 +169,13 @@ class GatewayApp:
                 "unknown or closed session: initialize again",
                 request_id=message.id,
                 http_status=404,
+            )
+        if version is not None and version != session.protocol_version:
+            raise ProtocolError(
+                Code.INVALID_REQUEST,
+                f"MCP-Protocol-Version {version!r} is not the revision this session "
+                f"negotiated ({session.protocol_version})",
+                request_id=message.id,
             )
         return await self.dispatcher.handle(message, session)
 

@@ -63,20 +63,10 @@ class Message:
     method: str | None
     params: dict[str, Any]
     id: RequestId | None
-    raw: dict[str, Any]
-
-    @property
-    def is_request(self) -> bool:
-        return self.method is not None and self.id is not None
 
     @property
     def is_notification(self) -> bool:
         return self.method is not None and self.id is None
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        meta = self.params.get("_meta")
-        return meta if isinstance(meta, dict) else {}
 
 
 _DECODER = msgspec.json.Decoder()
@@ -116,13 +106,13 @@ def parse_message(body: bytes, *, max_depth: int) -> Message:
                 "one of result and error (response)",
                 request_id=request_id,
             )
-        return Message(None, {}, request_id, value)
+        return Message(None, {}, request_id)
     if not isinstance(method, str) or not method:
         raise ProtocolError(Code.INVALID_REQUEST, "method must be a non-empty string")
     params = value.get("params", {})
     if not isinstance(params, dict):
         raise ProtocolError(Code.INVALID_PARAMS, "params must be an object", request_id=request_id)
-    return Message(method, params, request_id, value)
+    return Message(method, params, request_id)
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:

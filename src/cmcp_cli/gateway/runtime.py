@@ -24,7 +24,7 @@ from cmcp_cli.evidence.session import Attestor, SessionPolicy
 from cmcp_cli.gateway.http1 import Endpoint
 from cmcp_cli.gateway.preflight import ConfigReport
 from cmcp_cli.gateway.upstream import McpUpstream
-from cmcp_cli.gateway.wiring import authorizer_for
+from cmcp_cli.gateway.wiring import authorizer_for, tool_resources
 from cmcp_cli.policy.engine import Authorizer, CompiledBundle
 from cmcp_cli.policy.request import ToolResource
 
@@ -99,10 +99,7 @@ def build_runtime(
         )
     attestor = choose_attestor(config, env, registry or load_providers())
     authorizer = authorizer_for(bundle, catalog)
-    tools = {
-        tool.name: ToolResource(tool.name, tool.server, tool.groups, tool.data_class)
-        for tool in catalog.tools.values()
-    }
+    tools = {tool.name: tool for tool in tool_resources(catalog)}
     policy = SessionPolicy(
         bundle_hash=bundle.hash,
         policy_version=bundle.source.manifest.version,
@@ -145,41 +142,38 @@ def build_runtime(
 
 
 def choose_attestor(config: CmcpConfig, env: Environment, registry: ProviderRegistry) -> Attestor:
+    """The configured provider, or with `auto` the first TEE found in DESIGN's order;
+    software only when chosen (or nothing is found) and CMCP_DEV_MODE=1 says so."""
     wanted = config.attestation.provider
-    settings_of = config.attestation.providers
-    if wanted == software.NAME or (
-        wanted == "auto" and env.dev_mode and not _any_present(registry)
-    ):
-        if not env.dev_mode:
+    reasons: list[str] = []
+    if wanted != software.NAME:
+        for name in AUTO_ORDER if wanted == "auto" else (wanted,):
+            registered = registry.providers.get(name)
+            if registered is None:
+                reasons.append(f"{name}: no plugin installed (pip install {_plugin_of(name)})")
+                continue
+            detection = registered.spec.load_collector().detect()
+            if detection.present:
+                settings = config.attestation.providers.get(name, {})
+                return Attestor(registered.spec, registered.version, settings)
+            reasons.append(f"{name}: {detection.detail}")
+        if wanted != "auto" or not env.dev_mode:
             raise StartupError(
-                "software-only attestation proves nothing about the host",
-                hint=f"set {ENV_DEV_MODE}=1 to run a development gateway deliberately",
+                f"no attestation provider can run here ({'; '.join(reasons)})",
+                hint=f"run on a TEE host with its plugin installed, or set {ENV_DEV_MODE}=1 "
+                "for a software-only development gateway",
             )
-        return Attestor(software.SPEC, _version_of(registry, software.NAME))
-    names = AUTO_ORDER if wanted == "auto" else (wanted,)
-    reasons = []
-    for name in names:
-        registered = registry.providers.get(name)
-        if registered is None:
-            reasons.append(f"{name}: no plugin installed (pip install cmcp-{name.split('-')[0]})")
-            continue
-        detection = registered.spec.load_collector().detect()
-        if detection.present:
-            return Attestor(registered.spec, registered.version, settings_of.get(name, {}))
-        reasons.append(f"{name}: {detection.detail}")
-    raise StartupError(
-        f"no attestation provider can run here ({'; '.join(reasons)})",
-        hint=f"run on a TEE host with its plugin installed, or set {ENV_DEV_MODE}=1 "
-        "for a software-only development gateway",
-    )
+    elif not env.dev_mode:
+        raise StartupError(
+            "software-only attestation proves nothing about the host",
+            hint=f"set {ENV_DEV_MODE}=1 to run a development gateway deliberately",
+        )
+    return Attestor(software.SPEC, _version_of(registry, software.NAME))
 
 
-def _any_present(registry: ProviderRegistry) -> bool:
-    for name in AUTO_ORDER:
-        registered = registry.providers.get(name)
-        if registered is not None and registered.spec.load_collector().detect().present:
-            return True
-    return False
+def _plugin_of(provider: str) -> str:
+    """The wheel that ships a provider: sev-snp -> cmcp-sev, gpu-cc -> cmcp-gpucc."""
+    return "cmcp-" + provider.removesuffix("-snp").replace("-", "")
 
 
 def _version_of(registry: ProviderRegistry, name: str) -> str:

@@ -35,12 +35,12 @@ class SessionLimitError(Exception):
 class GatewaySession:
     id: str
     agent: str
-    protocol_version: str
+    protocol_version: str  # as negotiated at initialize
     evidence: EvidenceSession
     last_seen: float = field(default_factory=time.monotonic)
     upstreams: dict[str, UpstreamSession] = field(default_factory=dict)
     drifted: dict[str, str] = field(default_factory=dict)  # tool -> advertised definition hash
-    advertised: dict[str, dict[str, Any]] = field(default_factory=dict)  # tool -> definition
+    advertised: set[str] = field(default_factory=set)  # approved tools the upstream lists
     closed: bool = False
     _call_ids: itertools.count[int] = field(default_factory=itertools.count)
     _opening: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -132,7 +132,7 @@ class SessionRegistry:
             if pinned is None or pinned.server != name:
                 continue  # not approved: never listed, and denied when called
             advertised = approved_definition(tool["name"], tool)
-            session.advertised[tool["name"]] = tool
+            session.advertised.add(tool["name"])
             digest = definition_hash(advertised)
             if digest != pinned.definition_hash and tool["name"] not in session.drifted:
                 session.drifted[tool["name"]] = digest

@@ -65,7 +65,6 @@ class McpUpstream:
         if version not in KNOWN_PROTOCOLS:
             raise UpstreamError(self.name, f"speaks protocol {version!r}, which cMCP does not")
         session.protocol_version = str(version)
-        session.server_info = result
         await session.notify("notifications/initialized")
         return session
 
@@ -103,7 +102,6 @@ class UpstreamSession:
     upstream: McpUpstream
     session_id: str | None
     protocol_version: str
-    server_info: dict[str, Any] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     async def request(self, method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
