@@ -2,12 +2,16 @@
 # One entry point for a fresh machine:
 #   scripts/dev.sh demo   set up, then run the quickstart end to end
 #   scripts/dev.sh test   set up, then run every check CI runs (lint, types, layering, tests)
-#   scripts/dev.sh setup  only create .venv with cmcp and every plugin under plugins/, editable
+#   scripts/dev.sh setup  only create .venv with cmcp and every plugin under plugins/, editable,
+#                         and .venv-mcp1 with the MCP SDK 1.x for the compatibility tests
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 VENV=.venv
 PY="$VENV/bin/python"
+# The official MCP SDK 1.x cannot share a venv with the 2.x the tests use: the
+# compatibility tests run its clients and servers from this one, in a subprocess.
+VENV_MCP1=.venv-mcp1
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -49,6 +53,18 @@ setup() {
     done
     say "installing into $VENV (editable): $names"
     "$PY" -m pip install --disable-pip-version-check -q -c constraints.txt "${editable[@]}"
+    setup_mcp1
+}
+
+setup_mcp1() {
+    if ! "$VENV_MCP1/bin/python" -c 'import sys' >/dev/null 2>&1; then
+        say "creating $VENV_MCP1"
+        rm -rf "$VENV_MCP1"
+        python3 -m venv "$VENV_MCP1"
+    fi
+    say "installing the MCP SDK 1.x into $VENV_MCP1 (compatibility tests)"
+    "$VENV_MCP1/bin/python" -m pip install --disable-pip-version-check -q \
+        -c constraints-mcp1.txt mcp
 }
 
 run_tests() {
@@ -62,6 +78,9 @@ run_tests() {
         [ -d "$dir" ] && extra+=("$dir")
     done
     say "mypy --strict"; "$bin/mypy" src tests benchmarks examples "${extra[@]}"
+    # tests/compat runs on the MCP SDK 1.x, so it is checked against that venv's packages.
+    say "mypy --strict (tests/compat, against the MCP SDK 1.x)"
+    "$bin/mypy" --python-executable "$VENV_MCP1/bin/python" tests/compat/*.py
     say "import layering"; "$bin/lint-imports"
     say "pytest"
     local rc=0

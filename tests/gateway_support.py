@@ -76,11 +76,15 @@ def _start(command: list[str], port: int, log: Path, env: Mapping[str, str] | No
     )
 
 
-def start_upstream(folder: Path, *, drift: str | None = None) -> Served:
+def start_upstream(
+    folder: Path, *, drift: str | None = None, drift_later: str | None = None
+) -> Served:
     port = free_port()
     command = [sys.executable, str(QUICKSTART / "demo_upstream.py"), "--port", str(port)]
     if drift is not None:
         command += ["--drift", drift]
+    if drift_later is not None:
+        command += ["--drift-later", drift_later]
     return _start(command, port, folder / f"upstream-{port}.log", None)
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp import Client
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -80,13 +79,9 @@ async def agent_session(url: str) -> dict[str, Any]:
 def test_an_agent_session_is_decided_enforced_and_claimed(gateway: Served) -> None:
     seen = asyncio.run(agent_session(gateway.url))
     assert seen["protocol"] == "2025-11-25"
-    assert seen["tools"] == [
-        "delete_records",
-        "get_balance",
-        "get_weather",
-        "lookup_customer",
-        "transfer_funds",
-    ]
+    # only what the policy lets this (anonymous dev-mode) agent call is listed: the
+    # financial tools are for the credit-risk agent, destructive ones for nobody
+    assert seen["tools"] == ["get_weather", "lookup_customer"]
     assert seen["allowed"] == "Sunny, 21 C in Paris"
     customer = seen["redacted"]["customer"]
     assert customer["name"] == "Ada Lovelace"
@@ -125,15 +120,6 @@ def test_an_agent_session_is_decided_enforced_and_claimed(gateway: Served) -> No
     assert replayed.json()["sessions"][0]["decisions_checked"] == 4
 
 
-def test_auto_mode_clients_fall_back_from_server_discover(gateway: Served) -> None:
-    async def call() -> str:
-        async with Client(gateway.url) as client:
-            result = await client.call_tool("get_weather", {"city": "Rome"})
-            return str(result.content[0].text)  # type: ignore[union-attr]
-
-    assert asyncio.run(call()) == "Sunny, 21 C in Rome"
-
-
 def test_bad_input_gets_clear_errors_and_nothing_500s(gateway: Served) -> None:
     port = gateway.port
     status, headers, _ = request(port, "POST", "/mcp", INIT)
@@ -163,7 +149,8 @@ def test_bad_input_gets_clear_errors_and_nothing_500s(gateway: Served) -> None:
         message = json.loads(answer)
         assert message["jsonrpc"] == "2.0", name
         assert words in message["error"]["message"], (name, message)
-    assert request(port, "GET", "/mcp", None, session)[0] == 405
+    assert request(port, "GET", "/mcp")[0] == 400  # a stream belongs to a session
+    assert request(port, "PUT", "/mcp", None, session)[0] == 405
     status, _, answer = request(port, "POST", "/mcp", ping, session)
     assert (status, json.loads(answer)["result"]) == (200, {})  # the session survived it all
     assert "Traceback" not in gateway.output()

@@ -88,6 +88,7 @@ class SessionRecorder:
         data_class: str,
         forwarded: bool,
         cedar_request: Mapping[str, Any] | None,
+        approval: Mapping[str, Any] | None = None,
     ) -> SealedEntry:
         """A call's decision; durable before the call is forwarded."""
         fields: dict[str, Any] = {
@@ -102,6 +103,8 @@ class SessionRecorder:
         }
         if cedar_request is not None:
             fields["cedar_request"] = dict(cedar_request)
+        if approval is not None:
+            fields["approval"] = dict(approval)
         return self._append(EntryType.CALL, fields)
 
     def outcome(

@@ -9,6 +9,7 @@ import typer
 
 from cmcp_cli import __version__
 from cmcp_cli.cli import render
+from cmcp_cli.cli.bridge import bridge_command
 from cmcp_cli.cli.evidence import replay_audit_command, verify_command
 from cmcp_cli.cli.plugins import plugins_command
 from cmcp_cli.cli.start import start_command
@@ -29,6 +30,7 @@ app.command("validate-config")(validate_config_command)
 app.command("verify")(verify_command)
 app.command("replay-audit")(replay_audit_command)
 app.command("plugins")(plugins_command)
+app.command("bridge")(bridge_command)
 
 
 def _version(value: bool) -> None:

@@ -40,8 +40,6 @@ def _announce(runtime: GatewayRuntime) -> None:
     )
     render.err.print(f"  catalog      {runtime.catalog.hash} ({len(runtime.catalog.tools)} tools)")
     for name, upstream in sorted(runtime.upstreams.items()):
-        endpoint = upstream.endpoint
-        target = f"{endpoint.host_header}{endpoint.target}"
-        render.err.print(f"  upstream     {escape(name)} -> {target}")
+        render.err.print(f"  upstream     {escape(name)} -> {escape(upstream.describe())}")
     render.err.print(f"  audit        {config.audit.path} (durability {config.audit.durability})")
     render.err.print(f"  claims       {config.claims.dir}")

@@ -9,7 +9,7 @@ Closing it writes `session_end` and signs the GatewayClaim from the chain's own 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,7 +25,7 @@ from cmcp_cli.claim.canonical import CanonicalizationError, canonical_sha256, sh
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.model import SessionFacts, build_claim, trace_record
 from cmcp_cli.errors import CmcpError
-from cmcp_cli.policy.decision import Decision
+from cmcp_cli.policy.decision import Decision, Effect
 from cmcp_cli.policy.engine import Authorizer
 from cmcp_cli.policy.request import ToolResource, tool_call_request
 
@@ -58,6 +58,12 @@ class Attestor:
 class CallVerdict:
     decision: Decision
     forwarded: bool  # whether the call goes upstream under the session's enforcement mode
+    approval: Mapping[str, Any] | None = None  # an escalated call's approval, as recorded
+
+
+# Given an escalated decision and the call's request_sha256: the approval fields to record
+# with the decision, and whether an operator's approval lets this very call run.
+EscalationHandler = Callable[[Decision, str], tuple[Mapping[str, Any], bool]]
 
 
 @dataclass(frozen=True)
@@ -124,12 +130,15 @@ class EvidenceSession:
         tool: ToolResource,
         arguments: Mapping[str, Any] | None,
         workflow_id: str = "",
+        escalation: EscalationHandler | None = None,
     ) -> CallVerdict:
         """Decide one tool call and make the decision durable before anything is forwarded.
 
         The decision is the policy's; whether the call goes upstream also depends on the
         enforcement mode (advisory and silent forward what enforcing would block). The
-        recorded request is exactly what Cedar saw, so a replay can decide it again.
+        recorded request is exactly what Cedar saw, so a replay can decide it again. An
+        escalated call runs under `enforcing` only when `escalation` says an operator
+        approved this exact request; the approval is recorded with the decision.
         """
         state = self.recorder.state
         record: dict[str, Any] | None = None
@@ -154,6 +163,10 @@ class EvidenceSession:
                 if self.policy.record_inputs == "full":
                     record = request.to_record(tool)
         forwarded = decision.forwards or self.policy.enforcement_mode != "enforcing"
+        approval: Mapping[str, Any] | None = None
+        if decision.effect is Effect.ESCALATE and escalation is not None and not forwarded:
+            approval, approved = escalation(decision, request_sha256)
+            forwarded = forwarded or approved
         self.recorder.decision(
             call_id=call_id,
             tool=tool.name,
@@ -163,8 +176,9 @@ class EvidenceSession:
             data_class=tool.data_class,
             forwarded=forwarded,
             cedar_request=record,
+            approval=approval,
         )
-        return CallVerdict(decision=decision, forwarded=forwarded)
+        return CallVerdict(decision=decision, forwarded=forwarded, approval=approval)
 
     def refuse_call(
         self, *, call_id: str, tool_name: str, arguments: Mapping[str, Any] | None, reason: str

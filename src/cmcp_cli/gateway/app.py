@@ -1,9 +1,9 @@
 """The gateway's ASGI application: MCP on /mcp, plus health, claims and session control.
 
 MCP streamable HTTP (2025-03-26, 2025-06-18, 2025-11-25): POST carries one JSON-RPC
-message and gets a JSON answer; GET (a server stream) is answered 405, as the spec allows;
-DELETE ends the session, and its claim is written. Clients that probe `server/discover`
-(the 2026-07-28 revision) get a JSON-RPC error and fall back to `initialize`.
+message and gets a JSON answer; GET opens the session's notification stream; DELETE ends
+the session, and its claim is written. The stateless 2026-07-28 revision is served on the
+same URL (see `modern`): a request says which revision it speaks.
 """
 
 from __future__ import annotations
@@ -11,15 +11,17 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qs, urlsplit
 
-from cmcp_cli.gateway import asgi
+from cmcp_cli.gateway import asgi, modern
 from cmcp_cli.gateway.asgi import Receive, Scope, Send
 from cmcp_cli.gateway.dispatch import Dispatcher, Reply
 from cmcp_cli.gateway.jsonrpc import Code, Message, ProtocolError, error, parse_message
+from cmcp_cli.gateway.operator import OperatorRoutes
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.sessions import SessionLimitError, SessionRegistry
 from cmcp_cli.gateway.upstream import KNOWN_PROTOCOLS
 
 MCP_PATH = "/mcp"
+KEEPALIVE_SECONDS = 15.0
 _LOOPBACK_ORIGIN = re.compile(r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?")
 _SESSION_PATH = re.compile(r"/sessions/(?P<id>[A-Za-z0-9_-]{1,64})/close")
 _TRACE_PATH = re.compile(r"/trace/(?P<id>[A-Za-z0-9_-]{1,64})")
@@ -30,6 +32,7 @@ class GatewayApp:
         self.runtime = runtime
         self.sessions = SessionRegistry(runtime)
         self.dispatcher = Dispatcher(runtime, self.sessions)
+        self.operator = OperatorRoutes(runtime, self.sessions)
         self.ready = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -75,7 +78,7 @@ class GatewayApp:
             await self._trace(scope, send, path)
         elif (match := _SESSION_PATH.fullmatch(path)) and method == "POST":
             await self._close_session(scope, send, match.group("id"))
-        else:
+        elif not await self.operator.route(scope, receive, send):
             await asgi.send_json(send, 404, {"error": f"no route {method} {path}"})
 
     async def _mcp(self, scope: Scope, receive: Receive, send: Send, method: str) -> None:
@@ -98,13 +101,40 @@ class GatewayApp:
             await self._post(scope, receive, send, agent)
         elif method == "DELETE":
             await self._delete(scope, send, agent)
+        elif method == "GET":
+            await self._stream(scope, receive, send, agent)
         else:
             await asgi.send_json(
                 send,
                 405,
                 error(None, Code.INVALID_REQUEST, f"{method} is not served on {MCP_PATH}"),
-                headers={"allow": "POST, DELETE"},
+                headers={"allow": "GET, POST, DELETE"},
             )
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send, agent: str) -> None:
+        """The session's notification stream (server-sent events): list_changed, as the
+        upstreams report it, until the session or the gateway ends or the client leaves."""
+        session_id = asgi.header(scope, b"mcp-session-id")
+        session = self.sessions.get(session_id, agent) if session_id else None
+        if session is None:
+            await asgi.send_json(
+                send,
+                404 if session_id else 400,
+                error(
+                    None, Code.SESSION_NOT_FOUND, "a stream needs an open session's Mcp-Session-Id"
+                ),
+            )
+            return
+        if session.streaming:
+            await asgi.send_json(
+                send, 409, error(None, Code.INVALID_REQUEST, "this session has a stream already")
+            )
+            return
+        session.streaming = True
+        try:
+            await asgi.stream_events(send, receive, session.notices, keepalive=KEEPALIVE_SECONDS)
+        finally:
+            session.streaming = False
 
     async def _post(self, scope: Scope, receive: Receive, send: Send, agent: str) -> None:
         limits = self.runtime.config.limits
@@ -124,13 +154,19 @@ class GatewayApp:
             )
         except ProtocolError as exc:
             reply = Reply(exc.to_json(), status=exc.http_status)
-        headers = {"mcp-session-id": reply.session_id} if reply.session_id else None
+        headers: dict[str, str] = {}
+        if reply.session_id:
+            headers["mcp-session-id"] = reply.session_id
+        if reply.stateless_session:
+            headers["cmcp-session-id"] = reply.stateless_session
         if reply.message is None:
             await asgi.send_bytes(send, reply.status, b"", headers=headers)
         else:
             await asgi.send_json(send, reply.status, reply.message, headers=headers)
 
     async def _answer(self, scope: Scope, message: Message, agent: str) -> Reply:
+        if modern.is_modern(scope, message):
+            return await self._answer_modern(scope, message, agent)
         if message.method == "initialize":
             if message.id is None:
                 raise ProtocolError(Code.INVALID_REQUEST, "initialize is a request: it needs an id")
@@ -140,26 +176,20 @@ class GatewayApp:
                 raise ProtocolError(
                     Code.INVALID_REQUEST, str(exc), request_id=message.id, http_status=503
                 ) from exc
-        if message.method == "server/discover":
-            raise ProtocolError(
-                Code.METHOD_NOT_FOUND,
-                "server/discover (2026-07-28) is not served here: use initialize",
-                request_id=message.id,
-                http_status=200,
-            )
         version = asgi.header(scope, b"mcp-protocol-version")
         if version is not None and version not in KNOWN_PROTOCOLS:
             raise ProtocolError(
                 Code.INVALID_REQUEST,
                 f"MCP-Protocol-Version {version!r} is not supported "
-                f"(supported: {', '.join(KNOWN_PROTOCOLS)})",
+                f"(supported: {', '.join((*KNOWN_PROTOCOLS, *modern.MODERN_PROTOCOLS))})",
                 request_id=message.id,
             )
         session_id = asgi.header(scope, b"mcp-session-id")
         if session_id is None:
             raise ProtocolError(
                 Code.INVALID_REQUEST,
-                "Mcp-Session-Id is missing: initialize first",
+                "Mcp-Session-Id is missing: initialize first (or speak 2026-07-28, "
+                "with the protocol version in params._meta)",
                 request_id=message.id,
             )
         session = self.sessions.get(session_id, agent)
@@ -179,6 +209,43 @@ class GatewayApp:
             )
         return await self.dispatcher.handle(message, session)
 
+    async def _answer_modern(self, scope: Scope, message: Message, agent: str) -> Reply:
+        """A 2026-07-28 request: self-describing, answered in the session it names or in
+        its agent's default session; protocol errors carry that revision's HTTP statuses."""
+        if message.is_notification or message.method is None:
+            return Reply(None, status=202)
+        version = modern.check_envelope(scope, message)
+        if message.method == "server/discover":
+            return self.dispatcher.discover(message)
+        try:
+            session = await self.sessions.stateless(
+                agent, modern.requested_session(message), version
+            )
+        except SessionLimitError as exc:
+            raise ProtocolError(
+                Code.INVALID_REQUEST, str(exc), request_id=message.id, http_status=503
+            ) from exc
+        if session is None:
+            raise ProtocolError(
+                Code.SESSION_NOT_FOUND,
+                f"_meta[{modern.SESSION_KEY!r}] names no open session of this agent: "
+                "leave it out to use your default session",
+                request_id=message.id,
+                http_status=404,
+            )
+        reply = await self.dispatcher.handle(message, session)
+        answer = reply.message
+        status = reply.status
+        if answer is not None and isinstance(answer.get("result"), dict):
+            answer = {
+                **answer,
+                "result": modern.complete(message.method, answer["result"], session.id),
+            }
+        elif answer is not None and isinstance(answer.get("error"), dict):
+            code = answer["error"].get("code")
+            status = modern.ERROR_STATUS.get(code, status) if isinstance(code, int) else status
+        return Reply(answer, status=status, outcome=reply.outcome, stateless_session=session.id)
+
     async def _delete(self, scope: Scope, send: Send, agent: str) -> None:
         session_id = asgi.header(scope, b"mcp-session-id")
         session = self.sessions.get(session_id, agent) if session_id else None
@@ -191,7 +258,7 @@ class GatewayApp:
         await asgi.send_bytes(send, 200, b"")
 
     async def _close_session(self, scope: Scope, send: Send, session_id: str) -> None:
-        token = _bearer(scope)
+        token = asgi.bearer_token(scope)
         agent = self._agent(scope)
         session = self.sessions.get(session_id, agent) if agent else None
         if session is None and self.runtime.credentials.is_operator(token):
@@ -204,7 +271,9 @@ class GatewayApp:
 
     async def _trace(self, scope: Scope, send: Send, path: str) -> None:
         # A claim names the tools a session used: only an agent or the operator reads it.
-        if self._agent(scope) is None and not self.runtime.credentials.is_operator(_bearer(scope)):
+        if self._agent(scope) is None and not self.runtime.credentials.is_operator(
+            asgi.bearer_token(scope)
+        ):
             await asgi.send_json(
                 send,
                 401,
@@ -227,12 +296,4 @@ class GatewayApp:
         await asgi.send_bytes(send, 200, claim.read_bytes(), content_type="application/json")
 
     def _agent(self, scope: Scope) -> str | None:
-        return self.runtime.credentials.agent_for(_bearer(scope))
-
-
-def _bearer(scope: Scope) -> str | None:
-    value = asgi.header(scope, b"authorization")
-    if value is None:
-        return None
-    scheme, _, token = value.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
+        return self.runtime.credentials.agent_for(asgi.bearer_token(scope))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -26,6 +27,16 @@ def header(scope: Scope, name: bytes) -> str | None:
         if key.lower() == name:
             return str(value.decode("latin-1"))
     return None
+
+
+def bearer_token(scope: Scope) -> str | None:
+    """The token of an `Authorization: Bearer` header; "" for any other scheme, which no
+    credential matches; None without the header."""
+    value = header(scope, b"authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:
@@ -67,3 +78,47 @@ async def send_json(
     await send_bytes(
         send, status, orjson.dumps(document), content_type="application/json", headers=headers
     )
+
+
+async def stream_events(
+    send: Send,
+    receive: Receive,
+    events: asyncio.Queue[dict[str, Any] | None],
+    *,
+    keepalive: float,
+) -> None:
+    """Serve `events` as server-sent events until None is queued or the client leaves,
+    with a comment line every `keepalive` seconds so idle proxies keep the stream open."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+        }
+    )
+    gone = asyncio.create_task(_disconnected(receive))
+    try:
+        while True:
+            following = asyncio.create_task(events.get())
+            done, _ = await asyncio.wait(
+                {following, gone}, timeout=keepalive, return_when=asyncio.FIRST_COMPLETED
+            )
+            if gone in done:
+                following.cancel()
+                return
+            if following not in done:
+                following.cancel()
+                chunk = b": keepalive\n\n"
+            elif (event := following.result()) is None:
+                break
+            else:
+                chunk = b"event: message\ndata: " + orjson.dumps(event) + b"\n\n"
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        gone.cancel()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

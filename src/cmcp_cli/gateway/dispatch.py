@@ -7,20 +7,29 @@ a JSON-RPC error by default, so official clients keep their session.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cmcp_cli import __version__
+from cmcp_cli.errors import CmcpError
+from cmcp_cli.evidence.session import EscalationHandler
 from cmcp_cli.gateway.jsonrpc import Code, Message, ProtocolError, error, result
+from cmcp_cli.gateway.modern import MODERN_PROTOCOLS, SERVER_INFO_KEY, forwardable_meta
+from cmcp_cli.gateway.passthrough import PASSED_THROUGH, Passthrough
 from cmcp_cli.gateway.redaction import redact_result
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.sessions import GatewaySession, SessionRegistry
 from cmcp_cli.gateway.upstream import KNOWN_PROTOCOLS, UpstreamError
 from cmcp_cli.policy.decision import Decision, Effect
+from cmcp_cli.policy.request import tool_call_request
 
 LATEST_PROTOCOL = KNOWN_PROTOCOLS[0]
 SERVER_INFO = {"name": "cmcp-gateway", "version": __version__}
+INSTRUCTIONS = "Tool calls pass through cMCP: each is decided by policy and audited."
+COUNTED_METHODS = frozenset({"ping", "tools/list", "tools/call", *PASSED_THROUGH})
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,8 @@ class Reply:
     message: dict[str, Any] | None
     status: int = 200
     session_id: str | None = None  # set on the response that opens a session
+    outcome: str | None = None  # a tool call's decision, or "fault": for metrics
+    stateless_session: str | None = None  # the session a 2026-07-28 request was answered in
 
 
 def negotiate(requested: object) -> str:
@@ -45,44 +56,108 @@ class Dispatcher:
     def __init__(self, runtime: GatewayRuntime, sessions: SessionRegistry) -> None:
         self.runtime = runtime
         self.sessions = sessions
+        self.passthrough = Passthrough(runtime, sessions)
+        self._callable: dict[tuple[str, str], frozenset[str]] = {}  # (agent, platform) -> tools
+
+    def capabilities(self) -> dict[str, Any]:
+        return {
+            "tools": {"listChanged": True},
+            "resources": {"listChanged": True},
+            "prompts": {"listChanged": True},
+        }
 
     async def initialize(self, message: Message, agent: str) -> Reply:
         version = negotiate(message.params.get("protocolVersion"))
         session = await self.sessions.open(agent, version)
         answer = {
             "protocolVersion": version,
-            "capabilities": {"tools": {"listChanged": False}},
+            "capabilities": self.capabilities(),
             "serverInfo": SERVER_INFO,
-            "instructions": "Tool calls pass through cMCP: each is decided by policy and audited.",
+            "instructions": INSTRUCTIONS,
         }
         return Reply(result(message.id, answer), session_id=session.id)
+
+    def discover(self, message: Message) -> Reply:
+        """`server/discover` (2026-07-28): what an auto-mode client needs to skip initialize."""
+        answer = {
+            "supportedVersions": list(MODERN_PROTOCOLS),
+            "capabilities": self.capabilities(),
+            "instructions": INSTRUCTIONS,
+            "resultType": "complete",
+            "ttlMs": 0,
+            "cacheScope": "private",
+            "_meta": {SERVER_INFO_KEY: SERVER_INFO},
+        }
+        return Reply(result(message.id, answer))
 
     async def handle(self, message: Message, session: GatewaySession) -> Reply:
         if message.method is None or message.is_notification:
             return Reply(None, status=202)  # responses and notifications: accepted
         method = message.method
+        self.sessions.metrics.requests[method if method in COUNTED_METHODS else "other"] += 1
         if method == "ping":
             return Reply(result(message.id, {}))
         if method == "tools/list":
             return Reply(result(message.id, {"tools": await self.list_tools(session)}))
         if method == "tools/call":
-            return await self.call_tool(message, session)
+            started = time.perf_counter()
+            call_id = session.next_call_id()
+            try:
+                async with asyncio.timeout(self.runtime.config.limits.request_timeout_seconds):
+                    reply = await self.call_tool(message, session, call_id)
+            except TimeoutError:
+                reply = await self._timed_out(message, session, call_id)
+            self.sessions.metrics.call(reply.outcome or "fault", time.perf_counter() - started)
+            return reply
+        if method in PASSED_THROUGH:
+            return Reply(await self.passthrough.handle(message, session))
         return Reply(
             error(message.id, Code.METHOD_NOT_FOUND, f"{method} is not served by this gateway")
         )
 
     async def list_tools(self, session: GatewaySession) -> list[dict[str, Any]]:
-        """The catalog's approved definitions of the tools each upstream still advertises
-        as approved: a drifted or unlisted tool is not shown."""
+        """The catalog's approved definitions of the tools the session's agent may call,
+        among those each upstream still advertises as approved: a drifted, unlisted or
+        forbidden tool is not shown."""
         for name in sorted(self.runtime.catalog.servers):
             await self.sessions.upstream(session, name)
+        allowed = self._callable_tools(session)
         listed = []
         for name, tool in sorted(self.runtime.catalog.tools.items()):
-            if name in session.advertised and name not in session.drifted:
+            if name in session.advertised and name not in session.drifted and name in allowed:
                 listed.append(dict(tool.definition))
         return listed
 
-    async def call_tool(self, message: Message, session: GatewaySession) -> Reply:
+    def _callable_tools(self, session: GatewaySession) -> frozenset[str]:
+        """The tools the policy does not deny this agent outright: decided once per agent
+        with a call that has no arguments. A tool that policy permits only for certain
+        arguments is therefore not listed (it can still be called, and is decided then);
+        one that policy escalates is listed, since an operator may approve it."""
+        platform = session.evidence.evidence.platform
+        key = (session.agent, platform)
+        known = self._callable.get(key)
+        if known is not None:
+            return known
+        floor = self.runtime.config.policy.data_class_order[0]
+        allowed = set()
+        for tool in self.runtime.tools.values():
+            try:
+                request = tool_call_request(
+                    agent_id=session.agent,
+                    tool=tool.name,
+                    arguments={},
+                    data_class=tool.data_class,
+                    session_max_sensitivity=floor,
+                    platform=platform,
+                )
+            except CmcpError:
+                continue
+            if self.runtime.authorizer.decide(request).effect is not Effect.DENY:
+                allowed.add(tool.name)
+        self._callable[key] = frozenset(allowed)
+        return self._callable[key]
+
+    async def call_tool(self, message: Message, session: GatewaySession, call_id: str) -> Reply:
         params = message.params
         name = params.get("name")
         arguments = params.get("arguments")
@@ -100,7 +175,6 @@ class Dispatcher:
                 request_id=message.id,
                 http_status=200,
             )
-        call_id = session.next_call_id()
         evidence = session.evidence
         tool = self.runtime.tools.get(name)
         if tool is None:
@@ -133,15 +207,17 @@ class Dispatcher:
             agent_id=session.agent,
             tool=tool,
             arguments=arguments,
+            escalation=self._escalation(session, call_id, name),
         )
         if not verdict.forwarded:
-            return self._denied(message, call_id, verdict.decision)
+            return self._denied(message, call_id, verdict.decision, approval=verdict.approval)
         started = time.perf_counter_ns()
         forwarded: dict[str, Any] = {"name": name}
         if arguments is not None:
             forwarded["arguments"] = arguments
-        if "_meta" in params:
-            forwarded["_meta"] = params["_meta"]
+        meta = forwardable_meta(params.get("_meta"))
+        if meta is not None:
+            forwarded["_meta"] = meta
         try:
             answer = await upstream.request("tools/call", forwarded)
         except UpstreamError as exc:
@@ -156,6 +232,7 @@ class Dispatcher:
         else:
             outcome = {"error": answer.get("error")}
             reply = {"jsonrpc": "2.0", "id": message.id, "error": answer.get("error")}
+
         await self.sessions.in_thread(
             evidence.outcome,
             call_id=call_id,
@@ -163,7 +240,7 @@ class Dispatcher:
             latency_us=(time.perf_counter_ns() - started) // 1000,
             redactions=redactions,
         )
-        return Reply(reply)
+        return Reply(reply, outcome=verdict.decision.effect.value)
 
     async def _fault(
         self,
@@ -179,7 +256,20 @@ class Dispatcher:
             session.evidence.recorder.fault, error=str(failure), stage=stage, call_id=call_id
         )
         code = Code.UPSTREAM_TIMEOUT if failure.timed_out else Code.UPSTREAM_FAILED
-        return Reply(error(message.id, code, str(failure), {"upstream": failure.upstream}))
+        return Reply(
+            error(message.id, code, str(failure), {"upstream": failure.upstream}), outcome="fault"
+        )
+
+    async def _timed_out(self, message: Message, session: GatewaySession, call_id: str) -> Reply:
+        """A call that outlived limits.request_timeout_seconds: a fault of the call, and an
+        error the agent can tell from a decision. Work already handed to a thread (an audit
+        write) still completes, and is in the chain after the fault."""
+        limit = self.runtime.config.limits.request_timeout_seconds
+        text = f"the call took longer than {limit} s (limits.request_timeout_seconds)"
+        await self.sessions.in_thread(
+            session.evidence.recorder.fault, error=text, stage="request", call_id=call_id
+        )
+        return Reply(error(message.id, Code.REQUEST_TIMEOUT, text), outcome="fault")
 
     async def _refuse(
         self,
@@ -201,22 +291,56 @@ class Dispatcher:
         )
         return self._denied(message, call_id, decision, code)
 
+    def _escalation(self, session: GatewaySession, call_id: str, tool: str) -> EscalationHandler:
+        """Run an escalated call only on an operator's approval of this exact request;
+        otherwise hold it under a (new or still pending) approval id."""
+        desk = self.sessions.approvals
+
+        def escalation(decision: Decision, request_sha256: str) -> tuple[dict[str, Any], bool]:
+            approved = desk.consume(session.id, request_sha256)
+            if approved is not None:
+                return {"approval_id": approved.id, "status": "approved"}, True
+            held = desk.hold(
+                session_id=session.id,
+                agent=session.agent,
+                call_id=call_id,
+                tool=tool,
+                request_sha256=request_sha256,
+                reasons=decision.escalation_reasons,
+                policy_ids=decision.policy_ids,
+            )
+            return {"approval_id": held.id, "status": "pending"}, False
+
+        return escalation
+
     def _denied(
-        self, message: Message, call_id: str, decision: Decision, code: Code = Code.POLICY_DENIED
+        self,
+        message: Message,
+        call_id: str,
+        decision: Decision,
+        code: Code = Code.POLICY_DENIED,
+        *,
+        approval: Mapping[str, Any] | None = None,
     ) -> Reply:
         escalated = decision.effect is Effect.ESCALATE
         reasons = "; ".join(decision.escalation_reasons if escalated else decision.reasons)
-        text = (
-            f"the call needs an operator's approval: {reasons}"
-            if escalated
-            else f"the call was denied by policy: {reasons}"
-        )
-        data = {
+        data: dict[str, Any] = {
             "decision": decision.effect.value,
             "call_id": call_id,
             "policy_ids": list(decision.policy_ids),
             "reasons": list(decision.reasons),
         }
+        if escalated and approval is not None:
+            held = self.sessions.approvals.get(str(approval["approval_id"]))
+            data["approval_id"] = approval["approval_id"]
+            if held is not None:
+                data["expires_at"] = int(held.expires_at)
+            text = (
+                f"the call needs an operator's approval ({reasons}); it is held as approval "
+                f"{approval['approval_id']}: once an operator approves it, repeat this exact call"
+            )
+        else:
+            text = f"the call was denied by policy: {reasons}"
         mode = self.runtime.config.policy.deny_response
         if mode == "tool-error":
             body = {
@@ -224,6 +348,10 @@ class Dispatcher:
                 "isError": True,
                 "_meta": {"cmcp": data},
             }
-            return Reply(result(message.id, body))
+            return Reply(result(message.id, body), outcome=decision.effect.value)
         code = Code.APPROVAL_REQUIRED if escalated else code
-        return Reply(error(message.id, code, text, data), status=403 if mode == "http-403" else 200)
+        return Reply(
+            error(message.id, code, text, data),
+            status=403 if mode == "http-403" else 200,
+            outcome=decision.effect.value,
+        )

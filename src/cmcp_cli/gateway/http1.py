@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -173,6 +173,40 @@ class ConnectionPool:
             raise
         self._release(connection)
         return response
+
+    async def stream(
+        self, method: str, headers: list[tuple[str, str]], *, connect_timeout: float
+    ) -> AsyncIterator[bytes]:
+        """A long-lived response on a connection of its own (never pooled): each chunk of
+        its body as it arrives. Raises HttpError for a status other than 200."""
+        async with asyncio.timeout(connect_timeout):
+            connection = await self._connect()
+        protocol = connection.protocol
+        try:
+            request = h11.Request(
+                method=method,
+                target=self.endpoint.target,
+                headers=[("host", self.endpoint.host_header), *headers],
+            )
+            connection.writer.write(
+                protocol.send(request) + (protocol.send(h11.EndOfMessage()) or b"")
+            )
+            await connection.writer.drain()
+            while True:
+                event = protocol.next_event()
+                if event is h11.NEED_DATA:
+                    protocol.receive_data(await connection.reader.read(_READ_CHUNK))
+                elif isinstance(event, h11.Response):
+                    if event.status_code != 200:
+                        raise HttpError(f"answered HTTP {event.status_code}")
+                elif isinstance(event, h11.Data):
+                    yield bytes(event.data)
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    return
+        except (h11.ProtocolError, OSError) as exc:
+            raise HttpError(f"the stream from {self.endpoint.host_header} failed: {exc}") from exc
+        finally:
+            connection.close()
 
     def _take_idle(self) -> _Connection | None:
         while self._idle:

@@ -22,6 +22,9 @@ class Code(enum.IntEnum):
     METHOD_NOT_FOUND = -32601
     INVALID_PARAMS = -32602
     INTERNAL_ERROR = -32603
+    # 2026-07-28: headers that disagree with the body, and an unsupported revision.
+    HEADER_MISMATCH = -32020
+    UNSUPPORTED_PROTOCOL_VERSION = -32022
     # The gateway's own: a decision, or a failure of something behind it.
     POLICY_DENIED = -32040
     APPROVAL_REQUIRED = -32041
@@ -29,6 +32,7 @@ class Code(enum.IntEnum):
     SESSION_NOT_FOUND = -32043
     UPSTREAM_FAILED = -32050
     UPSTREAM_TIMEOUT = -32051
+    REQUEST_TIMEOUT = -32052
     AUDIT_FAILED = -32060
 
 

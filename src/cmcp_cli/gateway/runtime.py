@@ -23,7 +23,9 @@ from cmcp_cli.errors import CmcpError, ConfigError
 from cmcp_cli.evidence.session import Attestor, SessionPolicy
 from cmcp_cli.gateway.http1 import Endpoint
 from cmcp_cli.gateway.preflight import ConfigReport
+from cmcp_cli.gateway.stdio_upstream import stdio_upstreams
 from cmcp_cli.gateway.upstream import McpUpstream
+from cmcp_cli.gateway.upstream_api import UpstreamChannel
 from cmcp_cli.gateway.wiring import authorizer_for, tool_resources
 from cmcp_cli.policy.engine import Authorizer, CompiledBundle
 from cmcp_cli.policy.request import ToolResource
@@ -70,7 +72,7 @@ class GatewayRuntime:
     store: AuditStore
     attestor: Attestor
     policy: SessionPolicy
-    upstreams: Mapping[str, McpUpstream]
+    upstreams: Mapping[str, UpstreamChannel]
     credentials: Credentials
     dev_mode: bool
 
@@ -111,7 +113,7 @@ def build_runtime(
         model_id=config.claims.model.model_id,
         record_inputs=config.audit.record_inputs,
     )
-    upstreams = {
+    upstreams: dict[str, UpstreamChannel] = {
         name: McpUpstream(
             name=name,
             endpoint=Endpoint.parse(upstream.url),
@@ -124,6 +126,7 @@ def build_runtime(
         for name, upstream in config.upstreams.items()
         if isinstance(upstream, HttpUpstream)
     }
+    upstreams.update(stdio_upstreams(config, base=report.config_path.parent, environ=environ))
     config.claims.dir.mkdir(parents=True, exist_ok=True)
     store = AuditStore(config.audit.path, config.audit.durability)
     return GatewayRuntime(

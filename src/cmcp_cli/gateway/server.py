@@ -50,7 +50,14 @@ async def serve_gateway(
 ) -> None:
     """Serve until `shutdown_trigger` returns (by default SIGINT or SIGTERM)."""
     app = GatewayApp(runtime)
-    trigger = shutdown_trigger or _signal_trigger()
+    requested = shutdown_trigger or _signal_trigger()
+
+    async def trigger() -> None:
+        await requested()
+        # hypercorn waits for open responses before the lifespan shutdown: end the
+        # clients' notification streams first, or shutdown would wait out their timeout
+        app.sessions.end_streams()
+
     sweeper = asyncio.create_task(_close_idle_sessions(app))
     if on_ready is not None:
         on_ready(app)

@@ -8,6 +8,8 @@ waiting on the same fsync share one group commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import itertools
 import json
 import os
@@ -21,10 +23,23 @@ from typing import Any, TypeVar
 
 from cmcp_cli.catalog.model import approved_definition, definition_hash
 from cmcp_cli.evidence.session import ClosedSession, EvidenceSession
+from cmcp_cli.gateway.approvals import ApprovalDesk
+from cmcp_cli.gateway.metrics import GatewayMetrics
 from cmcp_cli.gateway.runtime import GatewayRuntime
-from cmcp_cli.gateway.upstream import UpstreamError, UpstreamSession
+from cmcp_cli.gateway.upstream import UpstreamError
+from cmcp_cli.gateway.upstream_api import UpstreamConversation
 
 _Result = TypeVar("_Result")
+
+
+NOTICE_BACKLOG = 64
+FORWARDED_NOTICES = frozenset(
+    {
+        "notifications/tools/list_changed",
+        "notifications/resources/list_changed",
+        "notifications/prompts/list_changed",
+    }
+)
 
 
 class SessionLimitError(Exception):
@@ -38,15 +53,30 @@ class GatewaySession:
     protocol_version: str  # as negotiated at initialize
     evidence: EvidenceSession
     last_seen: float = field(default_factory=time.monotonic)
-    upstreams: dict[str, UpstreamSession] = field(default_factory=dict)
+    upstreams: dict[str, UpstreamConversation] = field(default_factory=dict)
     drifted: dict[str, str] = field(default_factory=dict)  # tool -> advertised definition hash
     advertised: set[str] = field(default_factory=set)  # approved tools the upstream lists
+    routes: dict[tuple[str, str], str] = field(default_factory=dict)  # (listing, item) -> upstream
     closed: bool = False
+    # Notifications for the client's GET stream; None ends the stream. Bounded: what is
+    # queued is list_changed, which a client that missed some reads once to catch up.
+    notices: asyncio.Queue[dict[str, Any] | None] = field(
+        default_factory=lambda: asyncio.Queue(NOTICE_BACKLOG)
+    )
+    streaming: bool = False
     _call_ids: itertools.count[int] = field(default_factory=itertools.count)
     _opening: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def next_call_id(self) -> str:
         return f"{self.id}/{next(self._call_ids)}"
+
+    def notify(self, notice: dict[str, Any] | None) -> None:
+        """Queue a notification for the client; the end-of-stream marker always fits."""
+        if notice is None:
+            while not self.notices.empty():
+                self.notices.get_nowait()
+        with contextlib.suppress(asyncio.QueueFull):
+            self.notices.put_nowait(notice)
 
 
 class SessionRegistry:
@@ -55,6 +85,11 @@ class SessionRegistry:
         self._sessions: dict[str, GatewaySession] = {}
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="cmcp-evidence")
         self.latest_claim: Path | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self.approvals = ApprovalDesk(runtime.config.limits.approval_ttl_seconds)
+        self._default_sessions: dict[str, str] = {}  # agent -> its stateless session's id
+        self._opening_default = asyncio.Lock()
+        self.metrics = GatewayMetrics()
 
     async def in_thread(
         self, function: Callable[..., _Result], *args: Any, **kwargs: Any
@@ -94,9 +129,30 @@ class SessionRegistry:
         )
         session = GatewaySession(session_id, agent, protocol_version, evidence)
         self._sessions[session_id] = session
+        self.metrics.sessions_opened += 1
         return session
 
-    async def upstream(self, session: GatewaySession, name: str) -> UpstreamSession:
+    async def stateless(
+        self, agent: str, requested: str | None, protocol_version: str
+    ) -> GatewaySession | None:
+        """The session of a client without Mcp-Session-Id: the one it names (None when that
+        is not an open session of this agent), else the agent's default session, opened on
+        first use and again after it was closed."""
+        if requested is not None:
+            return self.get(requested, agent)
+        known = self._default_sessions.get(agent)
+        session = self.get(known, agent) if known else None
+        if session is not None:
+            return session
+        async with self._opening_default:
+            known = self._default_sessions.get(agent)
+            session = self.get(known, agent) if known else None
+            if session is None:
+                session = await self.open(agent, protocol_version)
+                self._default_sessions[agent] = session.id
+            return session
+
+    async def upstream(self, session: GatewaySession, name: str) -> UpstreamConversation:
         """The session's own upstream session, opened (and its tools pinned) on first use."""
         existing = session.upstreams.get(name)
         if existing is not None:
@@ -111,10 +167,44 @@ class SessionRegistry:
             opened = await upstream.open_session()
             await self.pin_tools(session, name, opened)
             session.upstreams[name] = opened
+            opened.on_notification = functools.partial(self._upstream_notice, session, name)
+            opened.listen()
             return opened
 
+    async def _upstream_notice(
+        self, session: GatewaySession, name: str, notice: dict[str, Any]
+    ) -> None:
+        """An upstream's notification: a changed tool list is pinned again (a definition
+        that drifted is recorded and blocked from then on) before the client hears of it."""
+        method = notice.get("method")
+        if method not in FORWARDED_NOTICES or session.closed:
+            return
+        if method == "notifications/tools/list_changed":
+            task = asyncio.create_task(self._repin(session, name))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        else:
+            session.notify({"jsonrpc": "2.0", "method": method})
+
+    async def _repin(self, session: GatewaySession, name: str) -> None:
+        upstream = session.upstreams.get(name)
+        if upstream is None or session.closed:
+            return
+        try:
+            await self.pin_tools(session, name, upstream)
+        except UpstreamError as exc:
+            await self.in_thread(
+                session.evidence.recorder.fault, error=str(exc), stage="tools/list_changed"
+            )
+        session.notify({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+
+    def end_streams(self) -> None:
+        """End every client's notification stream (before shutdown waits on them)."""
+        for session in self._sessions.values():
+            session.notify(None)
+
     async def pin_tools(
-        self, session: GatewaySession, name: str, upstream: UpstreamSession
+        self, session: GatewaySession, name: str, upstream: UpstreamConversation
     ) -> None:
         """Compare the upstream's advertised tools with the catalog; record each drift."""
         answer = await upstream.request("tools/list", {})
@@ -125,6 +215,9 @@ class SessionRegistry:
         )
         if not isinstance(tools, list):
             raise UpstreamError(name, f"tools/list failed: {answer.get('error')}")
+        session.advertised -= {
+            tool for tool, pinned in self.runtime.catalog.tools.items() if pinned.server == name
+        }
         for tool in tools:
             if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
                 continue
@@ -136,6 +229,7 @@ class SessionRegistry:
             digest = definition_hash(advertised)
             if digest != pinned.definition_hash and tool["name"] not in session.drifted:
                 session.drifted[tool["name"]] = digest
+                self.metrics.drift += 1
                 await self.in_thread(
                     session.evidence.recorder.drift,
                     tool=tool["name"],
@@ -147,11 +241,14 @@ class SessionRegistry:
         if session.closed:
             return None
         session.closed = True
+        session.notify(None)
         self._sessions.pop(session.id, None)
+        self.approvals.end_session(session.id)
         for upstream in session.upstreams.values():
             await upstream.close()
         closed = await self.in_thread(session.evidence.close, reason=reason)
         self.latest_claim = await self.in_thread(self._write_claim, session.id, closed)
+        self.metrics.sessions_closed += 1
         return closed
 
     async def close_idle(self) -> int:

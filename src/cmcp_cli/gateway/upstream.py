@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,13 @@ import msgspec
 import orjson
 
 from cmcp_cli import __version__
-from cmcp_cli.gateway.http1 import ConnectionPool, Endpoint, HttpError, HttpTimeoutError, Response
+from cmcp_cli.gateway.http1 import (
+    ConnectionPool,
+    Endpoint,
+    HttpError,
+    HttpTimeoutError,
+    Response,
+)
 
 UPSTREAM_PROTOCOL = "2025-11-25"
 KNOWN_PROTOCOLS = ("2025-11-25", "2025-06-18", "2025-03-26")
@@ -47,6 +53,9 @@ class McpUpstream:
 
     def __post_init__(self) -> None:
         self.pool = ConnectionPool(self.endpoint)
+
+    def describe(self) -> str:
+        return f"{self.endpoint.scheme}://{self.endpoint.host_header}{self.endpoint.target}"
 
     async def open_session(self) -> UpstreamSession:
         session = UpstreamSession(self, None, UPSTREAM_PROTOCOL)
@@ -102,7 +111,10 @@ class UpstreamSession:
     upstream: McpUpstream
     session_id: str | None
     protocol_version: str
+    # Server-to-client notifications (list_changed, above all), from any stream.
+    on_notification: Callable[[dict[str, Any]], Awaitable[None]] | None = None
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _listener: asyncio.Task[None] | None = None
 
     async def request(self, method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Send a request; the JSON-RPC response object (with `result` or `error`)."""
@@ -114,7 +126,7 @@ class UpstreamSession:
         if self.session_id is None and "mcp-session-id" in response.headers:
             self.session_id = response.headers["mcp-session-id"]
         self._check_status(response)
-        return self._answer(response, request_id)
+        return await self._answer(response, request_id)
 
     async def notify(self, method: str, params: Mapping[str, Any] | None = None) -> None:
         message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
@@ -122,8 +134,47 @@ class UpstreamSession:
             message["params"] = dict(params)
         self._check_status(await self.upstream.post(message, self))
 
+    def listen(self) -> None:
+        """Follow the upstream's own stream (GET) for notifications, in the background;
+        an upstream that offers none (405) or drops it simply has none to give."""
+        if self._listener is None and self.session_id is not None:
+            self._listener = asyncio.create_task(self._listen())
+
+    async def _listen(self) -> None:
+        if self.session_id is None:
+            return
+        headers = [
+            ("accept", "text/event-stream"),
+            ("mcp-session-id", self.session_id),
+            ("mcp-protocol-version", self.protocol_version),
+            *self.upstream.headers,
+        ]
+        decoder = SseDecoder(max_event_bytes=self.upstream.max_response_bytes)
+        with contextlib.suppress(HttpError, TimeoutError, ValueError):
+            stream = self.upstream.pool.stream(
+                "GET", headers, connect_timeout=self.upstream.timeout_seconds
+            )
+            async for chunk in stream:
+                for data in decoder.feed(chunk):
+                    await self._notify_received(data)
+
+    async def _notify_received(self, data: bytes) -> None:
+        with contextlib.suppress(UpstreamError):
+            message = self._decode(data)
+            if (
+                isinstance(message, dict)
+                and "id" not in message
+                and isinstance(message.get("method"), str)
+                and self.on_notification is not None
+            ):
+                await self.on_notification(message)
+
     async def close(self) -> None:
         """End the upstream session (DELETE); a server that does not support it is fine."""
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
         if self.session_id is None:
             return
         headers = [
@@ -146,7 +197,7 @@ class UpstreamSession:
         excerpt = response.body[:200].decode("utf-8", "replace")
         raise UpstreamError(name, f"answered HTTP {response.status}: {excerpt}")
 
-    def _answer(self, response: Response, request_id: int) -> dict[str, Any]:
+    async def _answer(self, response: Response, request_id: int) -> dict[str, Any]:
         content_type = response.headers.get("content-type", "").split(";")[0].strip()
         if content_type == "application/json":
             messages = [self._decode(response.body)]
@@ -156,13 +207,16 @@ class UpstreamSession:
             raise UpstreamError(
                 self.upstream.name, f"answered with content type {content_type or 'none'!r}"
             )
+        answer = None
         for message in messages:
-            if (
-                isinstance(message, dict)
-                and message.get("id") == request_id
-                and ("result" in message or "error" in message)
-            ):
-                return message
+            if not isinstance(message, dict):
+                continue
+            if message.get("id") == request_id and ("result" in message or "error" in message):
+                answer = message
+            elif "id" not in message and self.on_notification is not None:
+                await self.on_notification(message)
+        if answer is not None:
+            return answer
         raise UpstreamError(self.upstream.name, "the answer holds no response to the request")
 
     def _decode(self, data: bytes) -> Any:
@@ -176,17 +230,32 @@ class UpstreamSession:
 
 def sse_data(body: bytes) -> list[bytes]:
     """The data of each event in a text/event-stream body, multi-line data joined."""
-    events: list[bytes] = []
-    data: list[bytes] = []
-    for raw in body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"):
-        if not raw:
-            if data:
-                events.append(b"\n".join(data))
-                data = []
-            continue
-        if raw.startswith(b"data:"):
-            value = raw[5:]
-            data.append(value[1:] if value.startswith(b" ") else value)
-    if data:
-        events.append(b"\n".join(data))
-    return events
+    decoder = SseDecoder(max_event_bytes=len(body) + 1)
+    return [*decoder.feed(body), *decoder.feed(b"\n\n")]
+
+
+class SseDecoder:
+    """Events of a text/event-stream fed in arbitrary chunks: each event's data, with
+    multi-line data joined. An event larger than `max_event_bytes` is an error, so a
+    stream cannot grow the gateway's memory without bound."""
+
+    def __init__(self, *, max_event_bytes: int) -> None:
+        self.max_event_bytes = max_event_bytes
+        self._pending = b""
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        text = (self._pending + chunk).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *lines, self._pending = text.split(b"\n")
+        if len(self._pending) + sum(map(len, self._data)) > self.max_event_bytes:
+            raise ValueError(f"an event is larger than {self.max_event_bytes} bytes")
+        events: list[bytes] = []
+        for raw in lines:
+            if not raw:
+                if self._data:
+                    events.append(b"\n".join(self._data))
+                    self._data = []
+            elif raw.startswith(b"data:"):
+                value = raw[5:]
+                self._data.append(value[1:] if value.startswith(b" ") else value)
+        return events

@@ -1,0 +1,96 @@
+"""Prometheus metrics in the text exposition format (version 0.0.4), without a client
+library: a few counters and one latency histogram, updated on the event loop only."""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from dataclasses import dataclass, field
+
+# Seconds: the gateway's own overhead is sub-millisecond; upstream tools take up to minutes.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0,
+)  # fmt: skip
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass
+class Histogram:
+    bounds: tuple[float, ...] = LATENCY_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total: float = 0.0
+    observations: int = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+        self.observations += 1
+
+    def lines(self, name: str) -> list[str]:
+        lines, cumulative = [], 0
+        for bound, count in zip(self.bounds, self.counts, strict=False):
+            cumulative += count
+            lines.append(f'{name}_bucket{{le="{bound:g}"}} {cumulative}')
+        lines.append(f'{name}_bucket{{le="+Inf"}} {self.observations}')
+        lines.append(f"{name}_sum {self.total:.6f}")
+        lines.append(f"{name}_count {self.observations}")
+        return lines
+
+
+@dataclass
+class GatewayMetrics:
+    calls: Counter[str] = field(default_factory=Counter)  # by decision, plus "fault"
+    requests: Counter[str] = field(default_factory=Counter)  # by MCP method
+    drift: int = 0
+    sessions_opened: int = 0
+    sessions_closed: int = 0
+    call_latency: Histogram = field(default_factory=Histogram)
+
+    def call(self, outcome: str, seconds: float) -> None:
+        self.calls[outcome] += 1
+        self.call_latency.observe(seconds)
+
+    def render(self, *, open_sessions: int, pending_approvals: int) -> bytes:
+        lines = [
+            "# HELP cmcp_tool_calls_total Tool calls by decision (fault: the upstream failed).",
+            "# TYPE cmcp_tool_calls_total counter",
+        ]
+        lines += [
+            f'cmcp_tool_calls_total{{decision="{outcome}"}} {self.calls[outcome]}'
+            for outcome in sorted({"allow", "deny", "redact", "escalate", "fault", *self.calls})
+        ]
+        lines += [
+            "# HELP cmcp_tool_call_duration_seconds Time from request to answer of a tool call.",
+            "# TYPE cmcp_tool_call_duration_seconds histogram",
+            *self.call_latency.lines("cmcp_tool_call_duration_seconds"),
+            "# HELP cmcp_requests_total MCP requests by method.",
+            "# TYPE cmcp_requests_total counter",
+        ]
+        lines += [
+            f'cmcp_requests_total{{method="{_label(method)}"}} {count}'
+            for method, count in sorted(self.requests.items())
+        ]
+        lines += [
+            "# HELP cmcp_drift_detected_total Tools whose advertised definition drifted.",
+            "# TYPE cmcp_drift_detected_total counter",
+            f"cmcp_drift_detected_total {self.drift}",
+            "# HELP cmcp_sessions_opened_total Client sessions opened.",
+            "# TYPE cmcp_sessions_opened_total counter",
+            f"cmcp_sessions_opened_total {self.sessions_opened}",
+            "# HELP cmcp_sessions_closed_total Client sessions closed (claim written).",
+            "# TYPE cmcp_sessions_closed_total counter",
+            f"cmcp_sessions_closed_total {self.sessions_closed}",
+            "# HELP cmcp_sessions_open Client sessions open now.",
+            "# TYPE cmcp_sessions_open gauge",
+            f"cmcp_sessions_open {open_sessions}",
+            "# HELP cmcp_approvals_pending Escalated calls waiting for an operator.",
+            "# TYPE cmcp_approvals_pending gauge",
+            f"cmcp_approvals_pending {pending_approvals}",
+        ]
+        return ("\n".join(lines) + "\n").encode()
+
+
+def _label(value: str) -> str:
+    """A label value escaped as the exposition format requires; unbounded names are cut."""
+    return value[:64].replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

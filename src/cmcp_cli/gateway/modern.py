@@ -1,0 +1,167 @@
+"""The stateless MCP revision (2026-07-28) as clients speak it to the gateway.
+
+No `initialize` and no `Mcp-Session-Id`: every request carries its protocol version and
+client capabilities in `params._meta`, and repeats method and name in the `Mcp-Method` /
+`Mcp-Name` headers, which must agree with the body (the gateway decides on the body; a
+disagreement is refused, so a proxy in front cannot be shown one call and make another).
+Results carry `resultType`. A client that wants a session other than its agent's default
+one names it with `_meta["_cmcp.session_id"]`; every answer says which session it used.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from cmcp_cli.gateway import asgi
+from cmcp_cli.gateway.asgi import Scope
+from cmcp_cli.gateway.jsonrpc import Code, Message, ProtocolError
+
+MODERN_PROTOCOLS = ("2026-07-28",)
+PROTOCOL_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
+CLIENT_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
+SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
+SESSION_KEY = "_cmcp.session_id"
+# Methods whose name-like parameter is repeated in the Mcp-Name header.
+NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+# HTTP statuses for protocol errors on this revision; gateway decisions stay HTTP 200.
+ERROR_STATUS: dict[int, int] = {
+    Code.PARSE_ERROR: 400,
+    Code.INVALID_REQUEST: 400,
+    Code.INVALID_PARAMS: 400,
+    Code.HEADER_MISMATCH: 400,
+    Code.UNSUPPORTED_PROTOCOL_VERSION: 400,
+    Code.METHOD_NOT_FOUND: 404,
+}
+CACHEABLE = frozenset(
+    {"tools/list", "resources/list", "resources/templates/list", "resources/read", "prompts/list"}
+)
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_BASE64_SENTINEL = re.compile(r"=\?base64\?(?P<payload>[A-Za-z0-9+/=]*)\?=")
+
+
+def is_modern(scope: Scope, message: Message) -> bool:
+    """Whether a request speaks the stateless revision: it says so in its envelope, or in
+    its MCP-Protocol-Version header (a `server/discover` probe always is)."""
+    if message.method == "initialize":
+        return False
+    if message.method == "server/discover":
+        return True
+    meta = message.params.get("_meta")
+    if isinstance(meta, Mapping) and PROTOCOL_VERSION_KEY in meta:
+        return True
+    return asgi.header(scope, b"mcp-protocol-version") in MODERN_PROTOCOLS
+
+
+def check_envelope(scope: Scope, message: Message) -> str:
+    """The request's protocol version, once its envelope and headers are consistent."""
+    meta = message.params.get("_meta")
+    if not isinstance(meta, Mapping):
+        raise _refused(
+            message,
+            Code.INVALID_PARAMS,
+            f"params._meta must be an object carrying {PROTOCOL_VERSION_KEY!r} and "
+            f"{CLIENT_CAPABILITIES_KEY!r} (2026-07-28 requests are self-describing)",
+        )
+    missing = [key for key in (PROTOCOL_VERSION_KEY, CLIENT_CAPABILITIES_KEY) if key not in meta]
+    if missing:
+        raise _refused(
+            message, Code.INVALID_PARAMS, f"params._meta is missing {', '.join(missing)}"
+        )
+    version = meta[PROTOCOL_VERSION_KEY]
+    if asgi.header(scope, b"mcp-protocol-version") != version:
+        raise _refused(
+            message,
+            Code.HEADER_MISMATCH,
+            "the MCP-Protocol-Version header does not match params._meta's protocol version",
+        )
+    if asgi.header(scope, b"mcp-method") != message.method:
+        raise _refused(
+            message, Code.HEADER_MISMATCH, "the Mcp-Method header does not match the body's method"
+        )
+    name_key = NAME_BEARING.get(message.method or "")
+    if name_key is not None:
+        named = message.params.get(name_key)
+        if named is not None and decode_header_value(asgi.header(scope, b"mcp-name")) != named:
+            raise _refused(
+                message,
+                Code.HEADER_MISMATCH,
+                f"the Mcp-Name header does not match the body's {name_key!r}",
+            )
+    if not isinstance(version, str):
+        raise _refused(message, Code.INVALID_PARAMS, "the protocol version must be a string")
+    if version not in MODERN_PROTOCOLS:
+        raise _refused(
+            message,
+            Code.UNSUPPORTED_PROTOCOL_VERSION,
+            f"protocol version {version!r} is not supported",
+            data={"supported": list(MODERN_PROTOCOLS), "requested": version},
+        )
+    return version
+
+
+def requested_session(message: Message) -> str | None:
+    """The gateway session a request names in `_meta["_cmcp.session_id"]`, if any."""
+    meta = message.params.get("_meta")
+    value = meta.get(SESSION_KEY) if isinstance(meta, Mapping) else None
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SESSION_ID.fullmatch(value):
+        raise _refused(message, Code.INVALID_PARAMS, f"_meta[{SESSION_KEY!r}] is not a session id")
+    return value
+
+
+def forwardable_meta(meta: object) -> dict[str, Any] | None:
+    """A client's `_meta` without the envelope keys and the gateway's own: what the
+    upstream, spoken to in a session, may see."""
+    if not isinstance(meta, Mapping):
+        return None
+    kept = {
+        key: value
+        for key, value in meta.items()
+        if not (key.startswith("io.modelcontextprotocol/") or key.startswith("_cmcp."))
+    }
+    return kept or None
+
+
+def complete(method: str, result: Mapping[str, Any], session_id: str) -> dict[str, Any]:
+    """A result as this revision requires it (`resultType`; caching directives on the
+    cacheable ones), naming the session used. What an agent sees depends on its identity
+    and on upstream state the gateway re-checks, so nothing may be cached, nor shared."""
+    answered = dict(result)
+    answered.setdefault("resultType", "complete")
+    if method in CACHEABLE:
+        answered["ttlMs"] = 0
+        answered["cacheScope"] = "private"
+    meta = answered.get("_meta")
+    answered["_meta"] = {**(meta if isinstance(meta, Mapping) else {}), SESSION_KEY: session_id}
+    return answered
+
+
+def decode_header_value(value: str | None) -> str | None:
+    """A header value as sent, or the UTF-8 text inside its `=?base64?...?=` wrapping; a
+    malformed wrapping decodes to None, which matches nothing."""
+    if value is None:
+        return None
+    match = _BASE64_SENTINEL.fullmatch(value)
+    if match is None:
+        return value
+    payload = match.group("payload")
+    try:
+        decoded = base64.b64decode(payload, validate=True)
+        if base64.b64encode(decoded).decode("ascii") != payload:
+            return None
+        return decoded.decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def _refused(
+    message: Message, code: Code, text: str, *, data: dict[str, Any] | None = None
+) -> ProtocolError:
+    return ProtocolError(
+        code, text, request_id=message.id, http_status=ERROR_STATUS.get(code, 400), data=data
+    )

@@ -1,0 +1,117 @@
+"""Resources and prompts, relayed to the upstreams that serve them.
+
+Listings are merged across upstreams in name order, and remembered per session so that a
+`resources/read` or `prompts/get` goes to the upstream that listed the URI or name. With
+several upstreams, pagination cursors are not merged: each listing is the upstreams'
+first pages. Tool calls are what policy decides; resources and prompts are relayed as
+the upstream answers them, within the session and its upstream sessions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cmcp_cli.gateway.jsonrpc import Code, Message, error
+from cmcp_cli.gateway.modern import forwardable_meta
+from cmcp_cli.gateway.runtime import GatewayRuntime
+from cmcp_cli.gateway.sessions import GatewaySession, SessionRegistry
+from cmcp_cli.gateway.upstream import UpstreamError
+
+# listing method -> (the key of its items, the item field that routes later requests)
+LISTINGS = {
+    "resources/list": ("resources", "uri"),
+    "resources/templates/list": ("resourceTemplates", "uriTemplate"),
+    "prompts/list": ("prompts", "name"),
+}
+# request method -> (the parameter naming the item, the listing that routes it)
+ROUTED = {"resources/read": ("uri", "resources/list"), "prompts/get": ("name", "prompts/list")}
+PASSED_THROUGH = frozenset({*LISTINGS, *ROUTED})
+
+
+class Passthrough:
+    def __init__(self, runtime: GatewayRuntime, sessions: SessionRegistry) -> None:
+        self.runtime = runtime
+        self.sessions = sessions
+
+    async def handle(self, message: Message, session: GatewaySession) -> dict[str, Any]:
+        method = message.method or ""
+        if method in LISTINGS:
+            return await self._listing(message, session, method)
+        return await self._routed(message, session, method)
+
+    async def _listing(
+        self, message: Message, session: GatewaySession, method: str
+    ) -> dict[str, Any]:
+        key, route_field = LISTINGS[method]
+        names = sorted(self.runtime.upstreams)
+        params = self._forwarded_params(message)
+        if len(names) > 1:
+            params.pop("cursor", None)
+        merged: list[Any] = []
+        answer: dict[str, Any] = {}
+        for name in names:
+            try:
+                upstream = await self.sessions.upstream(session, name)
+                reply = await upstream.request(method, params)
+            except UpstreamError as exc:
+                return await self._failed(message, session, exc)
+            found = reply.get("result")
+            if not isinstance(found, dict):
+                continue  # this upstream does not serve resources or prompts
+            items = found.get(key)
+            for item in items if isinstance(items, list) else ():
+                if isinstance(item, dict) and isinstance(item.get(route_field), str):
+                    session.routes[(method, item[route_field])] = name
+                    merged.append(item)
+            if len(names) == 1 and "nextCursor" in found:
+                answer["nextCursor"] = found["nextCursor"]
+        answer[key] = merged
+        return {"jsonrpc": "2.0", "id": message.id, "result": answer}
+
+    async def _routed(
+        self, message: Message, session: GatewaySession, method: str
+    ) -> dict[str, Any]:
+        parameter, listing = ROUTED[method]
+        target = message.params.get(parameter)
+        if not isinstance(target, str):
+            return error(message.id, Code.INVALID_PARAMS, f"{method} needs params.{parameter}")
+        name = session.routes.get((listing, target))
+        if name is None and len(self.runtime.upstreams) == 1:
+            name = next(iter(self.runtime.upstreams))
+        if name is None:
+            return error(
+                message.id,
+                Code.INVALID_PARAMS,
+                f"{parameter} {target!r} is not in any upstream's {listing}: list first",
+                {parameter: target},
+            )
+        try:
+            upstream = await self.sessions.upstream(session, name)
+            reply = await upstream.request(method, self._forwarded_params(message))
+        except UpstreamError as exc:
+            return await self._failed(message, session, exc)
+        return {"jsonrpc": "2.0", "id": message.id, **_answer_of(reply)}
+
+    async def _failed(
+        self, message: Message, session: GatewaySession, failure: UpstreamError
+    ) -> dict[str, Any]:
+        """An upstream failure is a fault of the session, recorded like a tool call's."""
+        await self.sessions.in_thread(
+            session.evidence.recorder.fault, error=str(failure), stage=message.method or ""
+        )
+        code = Code.UPSTREAM_TIMEOUT if failure.timed_out else Code.UPSTREAM_FAILED
+        return error(message.id, code, str(failure), {"upstream": failure.upstream})
+
+    @staticmethod
+    def _forwarded_params(message: Message) -> dict[str, Any]:
+        params = {key: value for key, value in message.params.items() if key != "_meta"}
+        meta = forwardable_meta(message.params.get("_meta"))
+        if meta is not None:
+            params["_meta"] = meta
+        return params
+
+
+def _answer_of(reply: dict[str, Any]) -> dict[str, Any]:
+    if "result" in reply:
+        return {"result": reply["result"]}
+    return {"error": reply.get("error")}
