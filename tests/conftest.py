@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import settings
 
+from tests.gateway_support import Served, start_gateway, start_upstream, write_config
 from tests.support import MANIFEST, QUICKSTART, BundleFactory
 
 # CI runs the same examples every time; a developer's runs keep exploring new ones.
@@ -52,3 +53,19 @@ def quickstart(tmp_path: Path) -> Path:
     target = tmp_path / "quickstart"
     shutil.copytree(QUICKSTART, target, ignore=shutil.ignore_patterns(".state", "__pycache__"))
     return target
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """The quickstart's demo MCP server (official SDK), shared by a test module."""
+    served = start_upstream(tmp_path_factory.mktemp("upstream"))
+    yield served
+    served.stop()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, upstream: Served) -> Iterator[Served]:
+    """`cmcp start` in dev mode in front of `upstream`, its state under `tmp_path`."""
+    served = start_gateway(write_config(tmp_path, upstream.url))
+    yield served
+    served.stop()

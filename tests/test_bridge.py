@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
 
-from tests.gateway_support import Served, free_port, start_gateway, start_upstream, write_config
+from tests.gateway_support import Served, free_port, start_gateway, write_config
 from tests.support import CMCP
 
 BRIDGE_SECONDS = 30.0
@@ -99,20 +99,6 @@ def run_bridge(
 
 def claims_in(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted((folder / "claims").glob("*.claim.json"))]
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    served = start_upstream(tmp_path_factory.mktemp("upstream"))
-    yield served
-    served.stop()
-
-
-@pytest.fixture
-def gateway(tmp_path: Path, upstream: Served) -> Iterator[Served]:
-    served = start_gateway(write_config(tmp_path, upstream.url))
-    yield served
-    served.stop()
 
 
 def test_an_sdk_stdio_client_works_through_the_bridge(tmp_path: Path, gateway: Served) -> None:

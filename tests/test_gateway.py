@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +29,6 @@ INIT = {
         "clientInfo": {"name": "raw", "version": "1"},
     },
 }
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    served = start_upstream(tmp_path_factory.mktemp("upstream"))
-    yield served
-    served.stop()
-
-
-@pytest.fixture
-def gateway(tmp_path: Path, upstream: Served) -> Iterator[Served]:
-    served = start_gateway(write_config(tmp_path, upstream.url))
-    yield served
-    served.stop()
 
 
 def claims_of(served: Served) -> list[Path]:

@@ -34,20 +34,6 @@ ENVELOPE = {
 }
 
 
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    served = start_upstream(tmp_path_factory.mktemp("upstream"))
-    yield served
-    served.stop()
-
-
-@pytest.fixture
-def gateway(tmp_path: Path, upstream: Served) -> Iterator[Served]:
-    served = start_gateway(write_config(tmp_path, upstream.url))
-    yield served
-    served.stop()
-
-
 @pytest.fixture
 def guarded(tmp_path: Path, upstream: Served) -> Iterator[Served]:
     """A gateway whose token belongs to the credit-risk agent, with an operator token."""

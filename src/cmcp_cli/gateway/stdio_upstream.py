@@ -28,16 +28,15 @@ from typing import Any
 import msgspec
 import orjson
 
-from cmcp_cli import __version__
 from cmcp_cli.config import CmcpConfig
 from cmcp_cli.config import StdioUpstream as StdioUpstreamConfig
 from cmcp_cli.gateway.checks import resolve_executable
 from cmcp_cli.gateway.jsonrpc import Code
 from cmcp_cli.gateway.upstream import (
     CLOSE_TIMEOUT_SECONDS,
-    KNOWN_PROTOCOLS,
     UPSTREAM_PROTOCOL,
     UpstreamError,
+    negotiate,
 )
 
 SAFE_ENVIRONMENT = ("PATH", "HOME", "LANG")
@@ -117,21 +116,7 @@ class StdioUpstream:
             session.kill()
 
     async def _initialize(self, session: StdioSession) -> None:
-        answer = await session.request(
-            "initialize",
-            {
-                "protocolVersion": UPSTREAM_PROTOCOL,
-                "capabilities": {},
-                "clientInfo": {"name": "cmcp-gateway", "version": __version__},
-            },
-        )
-        result = answer.get("result")
-        if not isinstance(result, dict):
-            raise UpstreamError(self.name, f"initialize failed: {answer.get('error')}")
-        version = result.get("protocolVersion")
-        if version not in KNOWN_PROTOCOLS:
-            raise UpstreamError(self.name, f"speaks protocol {version!r}, which cMCP does not")
-        session.protocol_version = str(version)
+        session.protocol_version = await negotiate(session, self.name)
         await session.notify("notifications/initialized")
 
     async def _spawn_verified(self) -> asyncio.subprocess.Process:

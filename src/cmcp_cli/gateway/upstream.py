@@ -13,7 +13,7 @@ import contextlib
 import itertools
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import orjson
@@ -31,6 +31,32 @@ UPSTREAM_PROTOCOL = "2025-11-25"
 KNOWN_PROTOCOLS = ("2025-11-25", "2025-06-18", "2025-03-26")
 CLOSE_TIMEOUT_SECONDS = 2.0
 _DECODER = msgspec.json.Decoder()
+
+
+class _Requesting(Protocol):
+    async def request(
+        self, method: str, params: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]: ...
+
+
+async def negotiate(session: _Requesting, upstream: str) -> str:
+    """Send `initialize` and return the revision the upstream answered, if cMCP speaks it;
+    the caller then sends notifications/initialized in that revision."""
+    answer = await session.request(
+        "initialize",
+        {
+            "protocolVersion": UPSTREAM_PROTOCOL,
+            "capabilities": {},
+            "clientInfo": {"name": "cmcp-gateway", "version": __version__},
+        },
+    )
+    result = answer.get("result")
+    if not isinstance(result, dict):
+        raise UpstreamError(upstream, f"initialize failed: {answer.get('error')}")
+    version = result.get("protocolVersion")
+    if not isinstance(version, str) or version not in KNOWN_PROTOCOLS:
+        raise UpstreamError(upstream, f"speaks protocol {version!r}, which cMCP does not")
+    return version
 
 
 class UpstreamError(Exception):
@@ -59,21 +85,7 @@ class McpUpstream:
 
     async def open_session(self) -> UpstreamSession:
         session = UpstreamSession(self, None, UPSTREAM_PROTOCOL)
-        answer = await session.request(
-            "initialize",
-            {
-                "protocolVersion": UPSTREAM_PROTOCOL,
-                "capabilities": {},
-                "clientInfo": {"name": "cmcp-gateway", "version": __version__},
-            },
-        )
-        result = answer.get("result")
-        if not isinstance(result, dict):
-            raise UpstreamError(self.name, f"initialize failed: {answer.get('error')}")
-        version = result.get("protocolVersion")
-        if version not in KNOWN_PROTOCOLS:
-            raise UpstreamError(self.name, f"speaks protocol {version!r}, which cMCP does not")
-        session.protocol_version = str(version)
+        session.protocol_version = await negotiate(session, self.name)
         await session.notify("notifications/initialized")
         return session
 
