@@ -6,8 +6,11 @@ it); different sessions append concurrently and share the store's group commit.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +23,23 @@ Clock = Callable[[], datetime]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+_DEFERRED: ContextVar[list[Future[None]] | None] = ContextVar("cmcp_deferred", default=None)
+
+
+@contextlib.contextmanager
+def deferred_durability() -> Iterator[list[Future[None]]]:
+    """Within this block, appends return once queued instead of once durable; the futures
+    of their durability are collected in the yielded list, and the caller must wait for
+    every one of them before acting on what was recorded. For an event loop, which must
+    not block on fsync but must not forward a call before its decision is durable."""
+    pending: list[Future[None]] = []
+    token = _DEFERRED.set(pending)
+    try:
+        yield pending
+    finally:
+        _DEFERRED.reset(token)
 
 
 class SessionRecorder:
@@ -46,9 +66,17 @@ class SessionRecorder:
                     **fields,
                 }
             )
-            self.store.append(entry)  # durable before the state moves on
+            done = self.store.submit(entry)
+            # The next entry may chain to this one at once: the store writes in submission
+            # order, so no entry is durable before the ones it chains to, and a failed write
+            # fails the store for every later entry.
             self.state.apply(entry)
-            return entry
+        deferred = _DEFERRED.get()
+        if deferred is None:
+            done.result()  # durable before the caller goes on
+        else:
+            deferred.append(done)  # the caller awaits it (see `deferred_durability`)
+        return entry
 
     def start(
         self,

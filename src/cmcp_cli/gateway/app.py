@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qs, urlsplit
 
+from cmcp_cli.audit.store import AuditStoreError
 from cmcp_cli.gateway import asgi, modern
 from cmcp_cli.gateway.asgi import Receive, Scope, Send
 from cmcp_cli.gateway.dispatch import Dispatcher, Reply
@@ -141,7 +142,18 @@ class GatewayApp:
         try:
             body = await asgi.read_body(receive, limits.max_request_body_bytes)
             message = parse_message(body, max_depth=limits.max_json_depth)
-            reply = await self._answer(scope, message, agent)
+            try:
+                reply = await self._answer(scope, message, agent)
+            except AuditStoreError as exc:
+                # Fail closed: what could not be recorded was not forwarded, or not returned.
+                reply = Reply(
+                    error(
+                        message.id,
+                        Code.AUDIT_FAILED,
+                        f"the audit store cannot record, so nothing is forwarded: {exc.message}",
+                    ),
+                    status=503,
+                )
         except asgi.BodyTooLargeError:
             reply = Reply(
                 error(

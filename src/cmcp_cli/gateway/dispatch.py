@@ -200,15 +200,15 @@ class Dispatcher:
                 reason=f"{name!r} no longer matches its approved definition (catalog drift)",
                 code=Code.TOOL_DRIFTED,
             )
-        verdict = await self.sessions.in_thread(
-            evidence.decide_call,
-            self.runtime.authorizer,
-            call_id=call_id,
-            agent_id=session.agent,
-            tool=tool,
-            arguments=arguments,
-            escalation=self._escalation(session, call_id, name),
-        )
+        async with self.sessions.durably():  # the decision is durable before forwarding
+            verdict = evidence.decide_call(
+                self.runtime.authorizer,
+                call_id=call_id,
+                agent_id=session.agent,
+                tool=tool,
+                arguments=arguments,
+                escalation=self._escalation(session, call_id, name),
+            )
         if not verdict.forwarded:
             return self._denied(message, call_id, verdict.decision, approval=verdict.approval)
         started = time.perf_counter_ns()
@@ -233,13 +233,13 @@ class Dispatcher:
             outcome = {"error": answer.get("error")}
             reply = {"jsonrpc": "2.0", "id": message.id, "error": answer.get("error")}
 
-        await self.sessions.in_thread(
-            evidence.outcome,
-            call_id=call_id,
-            response=outcome,
-            latency_us=(time.perf_counter_ns() - started) // 1000,
-            redactions=redactions,
-        )
+        async with self.sessions.durably():  # the outcome is durable before the answer
+            evidence.outcome(
+                call_id=call_id,
+                response=outcome,
+                latency_us=(time.perf_counter_ns() - started) // 1000,
+                redactions=redactions,
+            )
         return Reply(reply, outcome=verdict.decision.effect.value)
 
     async def _fault(
@@ -252,9 +252,8 @@ class Dispatcher:
         stage: str,
     ) -> Reply:
         """Record an upstream failure as a fault of the call, and tell the agent."""
-        await self.sessions.in_thread(
-            session.evidence.recorder.fault, error=str(failure), stage=stage, call_id=call_id
-        )
+        async with self.sessions.durably():
+            session.evidence.recorder.fault(error=str(failure), stage=stage, call_id=call_id)
         code = Code.UPSTREAM_TIMEOUT if failure.timed_out else Code.UPSTREAM_FAILED
         return Reply(
             error(message.id, code, str(failure), {"upstream": failure.upstream}), outcome="fault"
@@ -262,13 +261,12 @@ class Dispatcher:
 
     async def _timed_out(self, message: Message, session: GatewaySession, call_id: str) -> Reply:
         """A call that outlived limits.request_timeout_seconds: a fault of the call, and an
-        error the agent can tell from a decision. Work already handed to a thread (an audit
-        write) still completes, and is in the chain after the fault."""
+        error the agent can tell from a decision. An entry already queued (the decision)
+        is still written, before the fault."""
         limit = self.runtime.config.limits.request_timeout_seconds
         text = f"the call took longer than {limit} s (limits.request_timeout_seconds)"
-        await self.sessions.in_thread(
-            session.evidence.recorder.fault, error=text, stage="request", call_id=call_id
-        )
+        async with self.sessions.durably():
+            session.evidence.recorder.fault(error=text, stage="request", call_id=call_id)
         return Reply(error(message.id, Code.REQUEST_TIMEOUT, text), outcome="fault")
 
     async def _refuse(
@@ -282,13 +280,10 @@ class Dispatcher:
         reason: str,
         code: Code = Code.POLICY_DENIED,
     ) -> Reply:
-        decision = await self.sessions.in_thread(
-            session.evidence.refuse_call,
-            call_id=call_id,
-            tool_name=name,
-            arguments=arguments,
-            reason=reason,
-        )
+        async with self.sessions.durably():
+            decision = session.evidence.refuse_call(
+                call_id=call_id, tool_name=name, arguments=arguments, reason=reason
+            )
         return self._denied(message, call_id, decision, code)
 
     def _escalation(self, session: GatewaySession, call_id: str, tool: str) -> EscalationHandler:

@@ -96,9 +96,8 @@ class Passthrough:
         self, message: Message, session: GatewaySession, failure: UpstreamError
     ) -> dict[str, Any]:
         """An upstream failure is a fault of the session, recorded like a tool call's."""
-        await self.sessions.in_thread(
-            session.evidence.recorder.fault, error=str(failure), stage=message.method or ""
-        )
+        async with self.sessions.durably():
+            session.evidence.recorder.fault(error=str(failure), stage=message.method or "")
         code = Code.UPSTREAM_TIMEOUT if failure.timed_out else Code.UPSTREAM_FAILED
         return error(message.id, code, str(failure), {"upstream": failure.upstream})
 

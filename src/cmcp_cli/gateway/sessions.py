@@ -15,12 +15,13 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cmcp_cli.audit.recorder import deferred_durability
 from cmcp_cli.catalog.model import approved_definition, definition_hash
 from cmcp_cli.evidence.session import ClosedSession, EvidenceSession
 from cmcp_cli.gateway.approvals import ApprovalDesk
@@ -96,6 +97,17 @@ class SessionRegistry:
     ) -> _Result:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: function(*args, **kwargs))
+
+    @contextlib.asynccontextmanager
+    async def durably(self) -> AsyncIterator[None]:
+        """Record on the event loop, then wait, without blocking it, until every entry the
+        block recorded is durable: a block's records are durable when it exits."""
+        with deferred_durability() as pending:
+            try:
+                yield
+            finally:
+                for done in pending:
+                    await asyncio.wrap_future(done)
 
     def __len__(self) -> int:
         return len(self._sessions)
