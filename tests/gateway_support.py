@@ -53,7 +53,10 @@ class Served:
         return self.log.read_text(errors="replace")
 
 
-def _start(command: list[str], port: int, log: Path, env: Mapping[str, str] | None) -> Served:
+def start_process(
+    command: list[str], port: int, log: Path, env: Mapping[str, str] | None = None
+) -> Served:
+    """Start a server and wait, bounded, until it answers HTTP on `port`."""
     with log.open("wb") as handle:  # the child keeps its own descriptor
         process = subprocess.Popen(
             command, stdout=handle, stderr=subprocess.STDOUT, env=dict(env or os.environ)
@@ -85,7 +88,7 @@ def start_upstream(
         command += ["--drift", drift]
     if drift_later is not None:
         command += ["--drift-later", drift_later]
-    return _start(command, port, folder / f"upstream-{port}.log", None)
+    return start_process(command, port, folder / f"upstream-{port}.log", None)
 
 
 def write_config(folder: Path, upstream_url: str, **overrides: Any) -> Path:
@@ -113,7 +116,7 @@ def start_gateway(config: Path, env: Mapping[str, str] | None = None) -> Served:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("CMCP_")}
     environment.update({"CMCP_DEV_MODE": "1", **(env or {})})
     command = [str(CMCP), "start", "--config", str(config)]
-    return _start(command, port, config.parent / f"gateway-{port}.log", environment)
+    return start_process(command, port, config.parent / f"gateway-{port}.log", environment)
 
 
 def request(

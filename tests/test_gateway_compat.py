@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,11 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import TextContent
 
 from tests.gateway_support import (
-    STARTUP_SECONDS,
     Served,
     free_port,
     request,
     start_gateway,
-    start_upstream,
+    start_process,
     write_config,
 )
 from tests.support import REPO, run_cmcp
@@ -64,23 +62,8 @@ def mcp1_python() -> Path:
 def start_upstream_v1(folder: Path) -> Served:
     """tests/compat/upstream_v1.py (SDK 1.x) serving on a free loopback port."""
     port = free_port()
-    log = folder / f"upstream-v1-{port}.log"
     command = [str(mcp1_python()), str(COMPAT / "upstream_v1.py"), "--port", str(port)]
-    with log.open("wb") as handle:  # the child keeps its own descriptor
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
-    served = Served(process, port, log)
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the 1.x upstream exited early:\n{served.output()}")
-        try:
-            request(port, "GET", "/healthz")  # any HTTP answer means it is serving
-        except OSError:
-            time.sleep(0.1)
-            continue
-        return served
-    served.stop()
-    pytest.fail(f"the 1.x upstream did not answer within {STARTUP_SECONDS} s:\n{served.output()}")
+    return start_process(command, port, folder / f"upstream-v1-{port}.log")
 
 
 def upstream_v1_requests(served: Served) -> list[dict[str, Any]]:
@@ -106,21 +89,6 @@ def verified_claim(gateway: Served) -> dict[str, Any]:
     assert verified.returncode == 0, verified.stdout + verified.stderr
     document: dict[str, Any] = json.loads(claims[0].read_text())
     return document
-
-
-@pytest.fixture(scope="module")
-def demo_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """examples/quickstart/demo_upstream.py, on the SDK 2.x of the main venv."""
-    served = start_upstream(tmp_path_factory.mktemp("demo-upstream"))
-    yield served
-    served.stop()
-
-
-@pytest.fixture
-def gateway(tmp_path: Path, demo_upstream: Served) -> Iterator[Served]:
-    served = start_gateway(write_config(tmp_path, demo_upstream.url))
-    yield served
-    served.stop()
 
 
 def test_an_sdk_1x_client_keeps_its_session_through_a_denial(gateway: Served) -> None:
