@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,7 @@ def test_an_escalated_call_runs_once_after_an_operator_approves_it(guarded: Serv
     assert held.data["decision"] == "escalate"
     assert held.data["policy_ids"] == ["large-transfer-needs-approval"]
     assert "repeat this exact call" in held.message
+    assert time.time() < held.data["expires_at"] <= time.time() + 900  # the default lifetime
     assert other.code == -32041  # another amount is another request: held again
     assert other.data["approval_id"] != approval_id
     assert approved == "transferred 20000 EUR"

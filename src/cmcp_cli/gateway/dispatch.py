@@ -254,10 +254,7 @@ class Dispatcher:
         """Record an upstream failure as a fault of the call, and tell the agent."""
         async with self.sessions.durably():
             session.evidence.recorder.fault(error=str(failure), stage=stage, call_id=call_id)
-        code = Code.UPSTREAM_TIMEOUT if failure.timed_out else Code.UPSTREAM_FAILED
-        return Reply(
-            error(message.id, code, str(failure), {"upstream": failure.upstream}), outcome="fault"
-        )
+        return Reply(failure.to_jsonrpc(message.id), outcome="fault")
 
     async def _timed_out(self, message: Message, session: GatewaySession, call_id: str) -> Reply:
         """A call that outlived limits.request_timeout_seconds: a fault of the call, and an
@@ -304,7 +301,8 @@ class Dispatcher:
                 reasons=decision.escalation_reasons,
                 policy_ids=decision.policy_ids,
             )
-            return {"approval_id": held.id, "status": "pending"}, False
+            expires_at = int(held.expires_at)
+            return {"approval_id": held.id, "status": "pending", "expires_at": expires_at}, False
 
         return escalation
 
@@ -326,10 +324,8 @@ class Dispatcher:
             "reasons": list(decision.reasons),
         }
         if escalated and approval is not None:
-            held = self.sessions.approvals.get(str(approval["approval_id"]))
             data["approval_id"] = approval["approval_id"]
-            if held is not None:
-                data["expires_at"] = int(held.expires_at)
+            data["expires_at"] = approval["expires_at"]
             text = (
                 f"the call needs an operator's approval ({reasons}); it is held as approval "
                 f"{approval['approval_id']}: once an operator approves it, repeat this exact call"

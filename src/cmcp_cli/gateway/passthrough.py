@@ -98,8 +98,7 @@ class Passthrough:
         """An upstream failure is a fault of the session, recorded like a tool call's."""
         async with self.sessions.durably():
             session.evidence.recorder.fault(error=str(failure), stage=message.method or "")
-        code = Code.UPSTREAM_TIMEOUT if failure.timed_out else Code.UPSTREAM_FAILED
-        return error(message.id, code, str(failure), {"upstream": failure.upstream})
+        return failure.to_jsonrpc(message.id)
 
     @staticmethod
     def _forwarded_params(message: Message) -> dict[str, Any]:

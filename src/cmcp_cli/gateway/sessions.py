@@ -1,8 +1,9 @@
 """Client sessions: one evidence chain, one set of upstream sessions, one claim each.
 
-A session belongs to the agent that opened it and is never handed to another. Audit
-writes block on durability, so they run on a thread pool sized for concurrency: sessions
-waiting on the same fsync share one group commit.
+A session belongs to the agent that opened it and is never handed to another. Entries
+are sealed on the event loop and their durability awaited there (`durably`), so sessions
+waiting on the same fsync share one group commit without a thread each. What blocks for
+longer (opening a session: key, evidence; closing it: the claim) runs on a thread pool.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class GatewaySession:
 
 
 class SessionRegistry:
-    def __init__(self, runtime: GatewayRuntime, *, threads: int = 32) -> None:
+    def __init__(self, runtime: GatewayRuntime, *, threads: int = 8) -> None:
         self.runtime = runtime
         self._sessions: dict[str, GatewaySession] = {}
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="cmcp-evidence")
@@ -205,9 +206,8 @@ class SessionRegistry:
         try:
             await self.pin_tools(session, name, upstream)
         except UpstreamError as exc:
-            await self.in_thread(
-                session.evidence.recorder.fault, error=str(exc), stage="tools/list_changed"
-            )
+            async with self.durably():
+                session.evidence.recorder.fault(error=str(exc), stage="tools/list_changed")
         session.notify({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
 
     def end_streams(self) -> None:
@@ -242,12 +242,12 @@ class SessionRegistry:
             if digest != pinned.definition_hash and tool["name"] not in session.drifted:
                 session.drifted[tool["name"]] = digest
                 self.metrics.drift += 1
-                await self.in_thread(
-                    session.evidence.recorder.drift,
-                    tool=tool["name"],
-                    expected_hash=pinned.definition_hash,
-                    advertised_hash=digest,
-                )
+                async with self.durably():
+                    session.evidence.recorder.drift(
+                        tool=tool["name"],
+                        expected_hash=pinned.definition_hash,
+                        advertised_hash=digest,
+                    )
 
     async def close(self, session: GatewaySession, reason: str) -> ClosedSession | None:
         if session.closed:

@@ -26,6 +26,7 @@ from cmcp_cli.gateway.http1 import (
     HttpTimeoutError,
     Response,
 )
+from cmcp_cli.gateway.jsonrpc import Code, RequestId, error
 
 UPSTREAM_PROTOCOL = "2025-11-25"
 KNOWN_PROTOCOLS = ("2025-11-25", "2025-06-18", "2025-03-26")
@@ -66,6 +67,11 @@ class UpstreamError(Exception):
         super().__init__(f"upstream {upstream!r}: {message}")
         self.upstream = upstream
         self.timed_out = timed_out
+
+    def to_jsonrpc(self, request_id: RequestId | None) -> dict[str, Any]:
+        """The error an agent gets for a request this failure ended."""
+        code = Code.UPSTREAM_TIMEOUT if self.timed_out else Code.UPSTREAM_FAILED
+        return error(request_id, code, str(self), {"upstream": self.upstream})
 
 
 @dataclass
