@@ -36,8 +36,40 @@ ensure_python() {
     fi
 }
 
+# The TPM plugin's collector is built on tpm2-pytss, which compiles against libtss2, and its
+# tests run a real software TPM (swtpm) and cross-check with tpm2-tools.
+TPM_PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config)
+
+tpm_tools_present() {
+    command -v swtpm >/dev/null 2>&1 && command -v swtpm_setup >/dev/null 2>&1 \
+        && command -v tpm2_eventlog >/dev/null 2>&1 \
+        && pkg-config --exists tss2-esys tss2-tctildr 2>/dev/null
+}
+
+# Succeeds when the TPM tools are here or were just installed (root on Debian).
+ensure_tpm_tools() {
+    tpm_tools_present && return 0
+    if as_root && command -v apt-get >/dev/null 2>&1; then
+        say "installing ${TPM_PACKAGES[*]} (Debian)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${TPM_PACKAGES[@]}" >/dev/null
+        return 0
+    fi
+    return 1
+}
+
 setup() {
     ensure_python
+    local with_collectors=1
+    if ! ensure_tpm_tools; then
+        with_collectors=0
+        if [ "${CMCP_SETUP_FOR:-}" = test ]; then
+            echo "error: the TPM tests need ${TPM_PACKAGES[*]}; as root run:" >&2
+            echo "  apt-get install ${TPM_PACKAGES[*]}" >&2
+            exit 2
+        fi
+        say "no TPM tools and not root: plugins installed without their collectors"
+    fi
     if ! "$PY" -c 'import sys' >/dev/null 2>&1; then
         say "creating $VENV"
         rm -rf "$VENV"
@@ -47,10 +79,17 @@ setup() {
     local plugin names="cmcp"
     for plugin in plugins/*/; do
         if [ -f "$plugin/pyproject.toml" ]; then
-            editable+=(-e "$plugin")
+            # a plugin's `collector` extra holds what only the TEE host needs (tpm2-pytss)
+            if [ "$with_collectors" -eq 1 ] && grep -q '^collector *=' "$plugin/pyproject.toml"; then
+                editable+=(-e "${plugin%/}[collector]")
+            else
+                editable+=(-e "$plugin")
+            fi
             names+=" $(basename "$plugin")"
         fi
     done
+    # tpm2-pytss has no wheel on PyPI: pip compiles it once (about a minute) and keeps the
+    # wheel in its own cache (~/.cache/pip), so later set-ups on this machine reuse it.
     say "installing into $VENV (editable): $names"
     "$PY" -m pip install --disable-pip-version-check -q -c constraints.txt "${editable[@]}"
     setup_mcp1
@@ -68,7 +107,7 @@ setup_mcp1() {
 }
 
 run_tests() {
-    setup
+    CMCP_SETUP_FOR=test setup
     local bin="$VENV/bin"
     say "ruff check";    "$bin/ruff" check .
     say "ruff format";   "$bin/ruff" format --check .

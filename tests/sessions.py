@@ -13,6 +13,7 @@ from typing import Any
 from cmcp_cli.attestation import software
 from cmcp_cli.audit.store import AuditStore
 from cmcp_cli.catalog.model import load_catalog
+from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.evidence.session import Attestor, EvidenceSession, SessionPolicy
 from cmcp_cli.gateway.wiring import authorizer_for, tool_resources
 from cmcp_cli.policy.bundle import read_bundle
@@ -58,6 +59,8 @@ def record_session(
     db: Path | None = None,
     start: datetime | None = None,
     faults: int = 0,
+    attestor: Attestor | None = None,
+    key: ClaimKey | None = None,
 ) -> RecordedSession:
     bundle = compile_bundle(read_bundle(QUICKSTART / "policies"))
     catalog = load_catalog(QUICKSTART / "catalog.json")
@@ -79,7 +82,8 @@ def record_session(
             store=store,
             session_id=session_id,
             policy=policy,
-            attestor=Attestor(software.SPEC, "0.1.0"),
+            attestor=attestor or Attestor.load(software.SPEC, "0.1.0"),
+            key=key,
             clock=clock,
         )
         recorder = session.recorder

@@ -32,7 +32,10 @@ def session(store: AuditStore, mode: str, record_inputs: str = "full") -> Eviden
         record_inputs=record_inputs,
     )
     return EvidenceSession(
-        store=store, session_id=f"s-{mode}", policy=policy, attestor=Attestor(software.SPEC, "x")
+        store=store,
+        session_id=f"s-{mode}",
+        policy=policy,
+        attestor=Attestor.load(software.SPEC, "x"),
     )
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 import sys
+import sysconfig
 import textwrap
 from collections.abc import Iterator
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, distributions
 from pathlib import Path
 
 import pytest
@@ -17,14 +20,14 @@ from cmcp_cli.attestation import software
 from cmcp_cli.attestation.api import ProviderSpec
 from cmcp_cli.attestation.manager import ENTRY_POINT_GROUP, load_providers
 from cmcp_cli.testing.provider_contract import ProviderContract
-from tests.support import run_cmcp
+from tests.support import REPO, run_cmcp
 
 PLUGIN_SOURCE = """
 from cmcp_cli.attestation.api import Detection, Evidence, EvidenceVerdict, Check, ProviderSpec
 from cmcp_cli.attestation.hookspecs import hookimpl
 
 class Collector:
-    def detect(self): return Detection(False, "no {name} device here")
+    def detect(self, settings): return Detection(False, "no {name} device here")
     def collect(self, binding, settings): raise RuntimeError("no device")
 
 class Verifier:
@@ -50,6 +53,16 @@ def install(site: Path, dist: str, version: str, module: str, source: str) -> No
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
     (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{module} = {module}:plugin\n")
+
+
+def site_entry_points(site: Path) -> list[EntryPoint]:
+    """The test site's plugins only: whatever else is installed here stays out."""
+    return [
+        entry
+        for dist in distributions(path=[str(site)])
+        for entry in dist.entry_points
+        if entry.group == ENTRY_POINT_GROUP
+    ]
 
 
 @pytest.fixture
@@ -94,7 +107,7 @@ def site(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_each_entry_point_loads_on_its_own(site: Path) -> None:
-    registry = load_providers(list(entry_points(group=ENTRY_POINT_GROUP)))
+    registry = load_providers(site_entry_points(site))
     assert set(registry.providers) == {"software-only", "fake-tee"}
     fake = registry.providers["fake-tee"]
     assert (fake.distribution, fake.version) == ("cmcp-faketee", "1.2.3")
@@ -115,7 +128,7 @@ def test_two_providers_claiming_one_evidence_type_are_both_refused(site: Path) -
         "clashplug",
         PLUGIN_SOURCE.format(name="clash", types='"fake-v1", "c-v1"', body="return [SPEC]"),
     )
-    registry = load_providers(list(entry_points(group=ENTRY_POINT_GROUP)))
+    registry = load_providers(site_entry_points(site))
     assert "fake-tee" not in registry.providers and "clash" not in registry.providers
     conflict = registry.refused_evidence_type("fake-v1")
     assert conflict is not None
@@ -146,8 +159,37 @@ def test_cmcp_plugins_lists_providers_and_failures(site: Path) -> None:
     assert "failed to load" in human.stderr and "Traceback" not in human.stderr
 
 
-def test_without_plugins_only_the_builtin_provider_is_listed() -> None:
-    report = run_cmcp("plugins", "--json").json()
+def site_without_plugins(tmp_path: Path) -> Path:
+    """This environment's site-packages as a host without any cmcp-* plugin sees it: every
+    entry linked except the plugins' distributions and their editable-install hooks."""
+    site_packages = Path(sysconfig.get_paths()["purelib"])
+    bare = tmp_path / "bare-site"
+    bare.mkdir()
+    for entry in site_packages.iterdir():
+        plugin = re.match(r"(__editable__\.)?cmcp_[a-z]+-", entry.name.replace("cmcp-", "cmcp_"))
+        if plugin is None:
+            (bare / entry.name).symlink_to(entry)
+    return bare
+
+
+def test_plugins_are_listed_only_when_installed(tmp_path: Path) -> None:
+    installed = run_cmcp("plugins", "--json").json()
+    names = {row["name"] for row in installed["providers"]}
+    assert {"software-only", "tpm"} <= names  # the development venv has every plugin
+    assert installed["failures"] == []
+    # -S: no site hooks, so the sys.path below is all there is (cmcp's own source on it)
+    bare = subprocess.run(
+        [sys.executable, "-S", "-m", "cmcp_cli", "plugins", "--json"],
+        env={
+            "PYTHONPATH": os.pathsep.join([str(site_without_plugins(tmp_path)), str(REPO / "src")])
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bare.returncode == 0, bare.stderr
+    report = json.loads(bare.stdout)
     assert [row["name"] for row in report["providers"]] == ["software-only"]
     assert report["failures"] == []
 

@@ -9,10 +9,21 @@ code and `cmcp plugins` stays cheap.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
+
+
+class ProviderError(Exception):
+    """A failure the user can fix: bad provider settings, an unreachable device, unusable
+    measurement input. The host shows the message and the hint; any other exception
+    raised by a provider is a bug in it."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
 
 
 class CheckStatus(enum.StrEnum):
@@ -68,6 +79,16 @@ class TrustInputs:
     expected_measurements: tuple[str, ...] = ()
     trust_roots: tuple[bytes, ...] = ()  # PEM data of pinned roots
     allow_debug: bool = False
+    policy_hash: str | None = None  # the claim's bundle hash, for evidence that measures it
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayFacts:
+    """What a collector may measure into its platform before the gateway serves."""
+
+    bundle_hash: str
+    catalog_hash: str
+    gateway_digest: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +103,25 @@ class EvidenceVerdict:
 
 
 class Collector(Protocol):
-    def detect(self) -> Detection: ...
+    """One instance serves one gateway process. `settings` is the provider's own section of
+    the config (`attestation.providers.<name>`), validated by the provider."""
 
-    def collect(self, binding: bytes, settings: Mapping[str, Any]) -> Evidence: ...
+    def detect(self, settings: Mapping[str, Any]) -> Detection:
+        """Whether the hardware is here; an answer with its reason, never an exception."""
+        ...
+
+    def prepare(self, facts: GatewayFacts, settings: Mapping[str, Any]) -> None:
+        """Once at gateway start, before serving: measure what must be measured, load keys.
+        Raises `ProviderError` when the gateway must not start."""
+        ...
+
+    def collect(self, binding: bytes, settings: Mapping[str, Any]) -> Evidence:
+        """Evidence bound to `binding`, for one session; called from several threads."""
+        ...
+
+    def close(self) -> None:
+        """Release the device; the collector is not used afterwards."""
+        ...
 
 
 class Verifier(Protocol):
@@ -93,9 +130,41 @@ class Verifier(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class MeasureOption:
+    """One command-line option of `cmcp measure <provider>`: `--<name> METAVAR`."""
+
+    name: str  # lowercase with dashes, without the leading "--"
+    help: str
+    metavar: str = "VALUE"
+    multiple: bool = False
+    required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MeasureResult:
+    measurement: str  # exactly the string for `attestation.expected_measurement`
+    details: Mapping[str, Any] = field(default_factory=dict)  # JSON, shown by `--json`
+
+
+@dataclass(frozen=True, slots=True)
+class MeasureInputs:
+    """What `cmcp measure <provider>` hands a measurer."""
+
+    values: Mapping[str, tuple[str, ...]]  # its own options as given; absent ones left out
+    # With `--config`: what that gateway would measure, and the provider's config section,
+    # so the result is what that very gateway reports.
+    facts: GatewayFacts | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
 class Measurer(Protocol):
-    def measure(self, options: Mapping[str, str]) -> str:
-        """The exact string for `attestation.expected_measurement`."""
+    @property
+    def options(self) -> Sequence[MeasureOption]: ...
+
+    def measure(self, inputs: MeasureInputs) -> MeasureResult:
+        """Compute the measurement. Raises `ProviderError` naming the option (or config
+        setting) when the input is unusable."""
         ...
 
 

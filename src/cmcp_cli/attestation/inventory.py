@@ -49,7 +49,7 @@ def inventory() -> ProviderInventory:
     for name, provider in sorted(registry.providers.items()):
         spec = provider.spec
         try:
-            detection = spec.load_collector().detect()
+            detection = spec.load_collector().detect({})  # the provider's defaults
             detected, detail = detection.present, detection.detail
         except Exception as exc:  # noqa: BLE001 - a plugin's own bug is reported, not raised
             detected, detail = False, f"detect failed: {type(exc).__name__}: {exc}"

@@ -8,7 +8,9 @@ auditor passes `--allow-software`.
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from cmcp_cli import __version__
@@ -17,11 +19,16 @@ from cmcp_cli.attestation.api import (
     Detection,
     Evidence,
     EvidenceVerdict,
+    GatewayFacts,
+    MeasureInputs,
+    MeasureOption,
+    MeasureResult,
+    ProviderError,
     ProviderSpec,
     TrustInputs,
 )
 from cmcp_cli.attestation.hookspecs import hookimpl
-from cmcp_cli.attestation.measurement import installation_digest
+from cmcp_cli.attestation.measurement import installation_digest, wheel_digest
 from cmcp_cli.claim.canonical import is_sha256_tagged
 
 NAME = "software-only"
@@ -30,11 +37,23 @@ PLATFORM = "software-only"
 
 
 class SoftwareCollector:
-    def detect(self) -> Detection:
+    """Reads no settings (the software provider has none) and holds no device."""
+
+    def __init__(self) -> None:
+        self._gateway_digest: str | None = None
+
+    def detect(self, settings: Mapping[str, Any]) -> Detection:  # noqa: ARG002
         return Detection(True, "always available; no hardware root of trust (dev mode only)")
 
-    def collect(self, binding: bytes, settings: Mapping[str, Any]) -> Evidence:
-        digest = str(settings.get("gateway_digest") or installation_digest())
+    def prepare(self, facts: GatewayFacts, settings: Mapping[str, Any]) -> None:  # noqa: ARG002
+        """Nothing to measure into: the software digest is computed, not recorded."""
+        self._gateway_digest = facts.gateway_digest
+
+    def close(self) -> None:
+        """Nothing is held."""
+
+    def collect(self, binding: bytes, settings: Mapping[str, Any]) -> Evidence:  # noqa: ARG002
+        digest = self._gateway_digest or installation_digest()
         return Evidence(
             evidence_type=EVIDENCE_TYPE,
             evidence={"binding": binding.hex(), "gateway_digest": digest},
@@ -76,12 +95,61 @@ class SoftwareVerifier:
         return EvidenceVerdict(tuple(checks), hardware_attested=False, measurement=digest)
 
 
+class SoftwareMeasurer:
+    """The software-mode measurement is the gateway digest of the installed cmcp_cli code.
+    The policy bundle and catalog are not part of it: they are pinned on their own
+    (`--policy-hash`, `--catalog-hash`) and bound to the key by the binding."""
+
+    options: Sequence[MeasureOption] = (
+        MeasureOption(
+            "installation",
+            "The cmcp_cli package directory or a cmcp wheel to measure "
+            "(default: this installation).",
+            metavar="PATH",
+        ),
+    )
+
+    def measure(self, inputs: MeasureInputs) -> MeasureResult:
+        given = inputs.values.get("installation", ())
+        if given:
+            source = given[0]
+            digest = _digest_of(Path(source))
+        else:
+            source = "this installation"
+            digest = installation_digest()
+        details: dict[str, Any] = {"gateway_digest": digest, "installation": source}
+        if inputs.facts is not None:
+            details["bundle_hash"] = inputs.facts.bundle_hash
+            details["catalog_hash"] = inputs.facts.catalog_hash
+        return MeasureResult(digest, details)
+
+
+def _digest_of(path: Path) -> str:
+    if path.is_dir():
+        if not (path / "__init__.py").is_file() or not (path / "gateway").is_dir():
+            raise ProviderError(
+                f"{path} is not a cmcp_cli package directory",
+                hint="pass the cmcp_cli directory inside site-packages, or a cmcp wheel",
+            )
+        return installation_digest(path.resolve())
+    if path.is_file() and zipfile.is_zipfile(path):
+        try:
+            return wheel_digest(path)
+        except ValueError as exc:
+            raise ProviderError(f"{path}: {exc}", hint="pass a cmcp wheel") from None
+    raise ProviderError(
+        f"--installation {path}: neither a directory nor a wheel",
+        hint="pass the cmcp_cli directory inside site-packages, or a cmcp wheel",
+    )
+
+
 SPEC = ProviderSpec(
     name=NAME,
     platform=PLATFORM,
     evidence_types=(EVIDENCE_TYPE,),
     load_collector=SoftwareCollector,
     load_verifier=SoftwareVerifier,
+    load_measurer=SoftwareMeasurer,
     description="no TEE; for development with CMCP_DEV_MODE=1",
 )
 

@@ -11,26 +11,11 @@ from cmcp_cli import __version__
 from cmcp_cli.cli import render
 from cmcp_cli.cli.bridge import bridge_command
 from cmcp_cli.cli.evidence import replay_audit_command, verify_command
+from cmcp_cli.cli.measure import MEASURE_HELP, measure_app
 from cmcp_cli.cli.plugins import plugins_command
 from cmcp_cli.cli.start import start_command
 from cmcp_cli.cli.validate import validate_bundle_command, validate_config_command
 from cmcp_cli.errors import CmcpError, ExitCode
-
-app = typer.Typer(
-    name="cmcp",
-    help="cMCP: decide, enforce, audit and attest every MCP tool call.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-app.command("start")(start_command)
-app.command("validate-bundle")(validate_bundle_command)
-app.command("validate-config")(validate_config_command)
-app.command("verify")(verify_command)
-app.command("replay-audit")(replay_audit_command)
-app.command("plugins")(plugins_command)
-app.command("bridge")(bridge_command)
 
 
 def _version(value: bool) -> None:
@@ -39,13 +24,39 @@ def _version(value: bool) -> None:
         raise typer.Exit
 
 
-@app.callback()
 def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
     """cMCP command line."""
+
+
+def _measure_placeholder() -> None:
+    """Listed in `cmcp --help`; `main` puts the real group in its place when it runs."""
+
+
+def build_app() -> typer.Typer:
+    """The whole CLI. `measure` gets its subcommands from the installed providers, which
+    are looked up only when that command runs or help is asked for."""
+    app = typer.Typer(
+        name="cmcp",
+        help="cMCP: decide, enforce, audit and attest every MCP tool call.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.callback()(_root)
+    app.command("start")(start_command)
+    app.command("validate-bundle")(validate_bundle_command)
+    app.command("validate-config")(validate_config_command)
+    app.command("verify")(verify_command)
+    app.command("replay-audit")(replay_audit_command)
+    app.command("measure", help=MEASURE_HELP)(_measure_placeholder)
+    app.command("plugins")(plugins_command)
+    app.command("bridge")(bridge_command)
+    return app
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     json_mode = "--json" in args
     try:
+        app = build_app()
+        if args[:1] == ["measure"]:
+            app.registered_commands = [c for c in app.registered_commands if c.name != "measure"]
+            app.add_typer(measure_app())
         result = app(args=args, prog_name="cmcp", standalone_mode=False)
     except CmcpError as exc:
         if json_mode:

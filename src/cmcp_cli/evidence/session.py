@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from cmcp_cli import __version__
-from cmcp_cli.attestation.api import Evidence, ProviderSpec
+from cmcp_cli.attestation.api import Collector, Evidence, ProviderError, ProviderSpec
 from cmcp_cli.attestation.binding import compute_binding
 from cmcp_cli.attestation.measurement import installation_digest
 from cmcp_cli.audit.entry import timestamp
@@ -28,6 +28,10 @@ from cmcp_cli.errors import CmcpError
 from cmcp_cli.policy.decision import Decision, Effect
 from cmcp_cli.policy.engine import Authorizer
 from cmcp_cli.policy.request import ToolResource, tool_call_request
+
+
+class AttestationUnavailableError(CmcpError):
+    """No evidence can be collected for a new session: it is not opened (fail closed)."""
 
 
 @dataclass(frozen=True)
@@ -47,11 +51,19 @@ class SessionPolicy:
 
 @dataclass(frozen=True)
 class Attestor:
-    """The provider that collects this host's evidence, with its origin and settings."""
+    """The provider that collects this host's evidence: its one collector instance (which
+    holds the device for the gateway's life), origin and settings."""
 
     spec: ProviderSpec
     version: str
+    collector: Collector
     settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(
+        cls, spec: ProviderSpec, version: str, settings: Mapping[str, Any] | None = None
+    ) -> Attestor:
+        return cls(spec, version, spec.load_collector(), dict(settings or {}))
 
 
 @dataclass(frozen=True)
@@ -94,9 +106,13 @@ class EvidenceSession:
             catalog_hash=policy.catalog_hash,
             gateway_digest=self.gateway_digest,
         )
-        collector = attestor.spec.load_collector()
-        settings = {"gateway_digest": self.gateway_digest, **attestor.settings}
-        self.evidence: Evidence = collector.collect(self.binding, settings)
+        try:
+            self.evidence: Evidence = attestor.collector.collect(self.binding, attestor.settings)
+        except ProviderError as exc:
+            raise AttestationUnavailableError(
+                f"the {attestor.spec.name} provider could not attest the session: {exc.message}",
+                hint=exc.hint,
+            ) from exc
         self.attestation = {
             "provider": attestor.spec.name,
             "provider_version": attestor.version,

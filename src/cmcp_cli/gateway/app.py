@@ -12,6 +12,7 @@ import re
 from urllib.parse import parse_qs, urlsplit
 
 from cmcp_cli.audit.store import AuditStoreError
+from cmcp_cli.evidence.session import AttestationUnavailableError
 from cmcp_cli.gateway import asgi, modern
 from cmcp_cli.gateway.asgi import Receive, Scope, Send
 from cmcp_cli.gateway.dispatch import Dispatcher, Reply
@@ -154,6 +155,9 @@ class GatewayApp:
                     ),
                     status=503,
                 )
+            except AttestationUnavailableError as exc:
+                # Fail closed: a session without evidence would yield a claim nobody can verify.
+                reply = Reply(error(message.id, Code.ATTESTATION_FAILED, exc.message), status=503)
         except asgi.BodyTooLargeError:
             reply = Reply(
                 error(

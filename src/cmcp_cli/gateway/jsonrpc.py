@@ -34,6 +34,7 @@ class Code(enum.IntEnum):
     UPSTREAM_TIMEOUT = -32051
     REQUEST_TIMEOUT = -32052
     AUDIT_FAILED = -32060
+    ATTESTATION_FAILED = -32061
 
 
 class ProtocolError(Exception):

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cmcp_cli.attestation import software
+from cmcp_cli.attestation.api import GatewayFacts, ProviderError
 from cmcp_cli.attestation.manager import ProviderRegistry, load_providers
+from cmcp_cli.attestation.measurement import installation_digest
 from cmcp_cli.audit.store import AuditStore
 from cmcp_cli.catalog.model import Catalog
 from cmcp_cli.config import ENV_DEV_MODE, CmcpConfig, Environment, HttpUpstream
@@ -84,6 +86,7 @@ class GatewayRuntime:
         for upstream in self.upstreams.values():
             upstream.close()
         self.store.close()
+        self.attestor.collector.close()
 
 
 def build_runtime(
@@ -100,6 +103,7 @@ def build_runtime(
             hint=f"run `cmcp validate-config --config {report.config_path}`",
         )
     attestor = choose_attestor(config, env, registry or load_providers())
+    prepare_attestor(attestor, bundle.hash, catalog.hash)
     authorizer = authorizer_for(bundle, catalog)
     tools = {tool.name: tool for tool in tool_resources(catalog)}
     policy = SessionPolicy(
@@ -155,10 +159,11 @@ def choose_attestor(config: CmcpConfig, env: Environment, registry: ProviderRegi
             if registered is None:
                 reasons.append(f"{name}: no plugin installed (pip install {_plugin_of(name)})")
                 continue
-            detection = registered.spec.load_collector().detect()
+            settings = config.attestation.providers.get(name, {})
+            collector = registered.spec.load_collector()
+            detection = collector.detect(settings)
             if detection.present:
-                settings = config.attestation.providers.get(name, {})
-                return Attestor(registered.spec, registered.version, settings)
+                return Attestor(registered.spec, registered.version, collector, settings)
             reasons.append(f"{name}: {detection.detail}")
         if wanted != "auto" or not env.dev_mode:
             raise StartupError(
@@ -171,7 +176,22 @@ def choose_attestor(config: CmcpConfig, env: Environment, registry: ProviderRegi
             "software-only attestation proves nothing about the host",
             hint=f"set {ENV_DEV_MODE}=1 to run a development gateway deliberately",
         )
-    return Attestor(software.SPEC, _version_of(registry, software.NAME))
+    return Attestor.load(software.SPEC, _version_of(registry, software.NAME))
+
+
+def prepare_attestor(attestor: Attestor, bundle_hash: str, catalog_hash: str) -> None:
+    """Let the provider measure the gateway's policy into its platform before serving."""
+    facts = GatewayFacts(
+        bundle_hash=bundle_hash, catalog_hash=catalog_hash, gateway_digest=installation_digest()
+    )
+    try:
+        attestor.collector.prepare(facts, attestor.settings)
+    except ProviderError as exc:
+        attestor.collector.close()
+        raise StartupError(
+            f"attestation provider {attestor.spec.name!r} cannot start: {exc.message}",
+            hint=exc.hint,
+        ) from exc
 
 
 def _plugin_of(provider: str) -> str:

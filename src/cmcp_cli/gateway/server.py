@@ -103,4 +103,6 @@ def run_gateway(
     try:
         asyncio.run(main())
     finally:
-        runtime.store.close()  # idempotent: the lifespan shutdown closed it already
+        # idempotent: the lifespan shutdown closed both already, unless serving failed
+        runtime.store.close()
+        runtime.attestor.collector.close()

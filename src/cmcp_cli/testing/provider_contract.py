@@ -11,12 +11,14 @@ In a plugin's tests:
 
 The suite checks the declaration, lazy loading, that detection and verification never
 raise on bad input, that a verifier fails closed (garbage, a wrong binding), and, where
-the collector detects its hardware here, that its own evidence verifies.
+the collector detects its hardware here (with the `provider_settings` fixture's config),
+that its own evidence verifies.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +29,7 @@ from cmcp_cli.attestation.api import (
     Detection,
     Evidence,
     EvidenceVerdict,
+    GatewayFacts,
     ProviderSpec,
     TrustInputs,
 )
@@ -51,14 +54,28 @@ _DIGEST = re.compile(r"sha(256:[0-9a-f]{64}|384:[0-9a-f]{96})")
 GARBAGE: tuple[Any, ...] = ({}, {"binding": 7}, {"report": "not base64 ☃"}, {"evidence": [None]})
 
 
-def _trust(binding: bytes) -> TrustInputs:
-    return TrustInputs(binding=binding, at=datetime.now(UTC))
+# What a gateway would measure: any well-formed hashes do for the contract.
+FACTS = GatewayFacts(
+    bundle_hash="sha256:" + "b0" * 32,
+    catalog_hash="sha256:" + "ca" * 32,
+    gateway_digest="sha256:" + "9a" * 32,
+)
+
+
+def _trust(binding: bytes, policy_hash: str | None = None) -> TrustInputs:
+    return TrustInputs(binding=binding, at=datetime.now(UTC), policy_hash=policy_hash)
 
 
 class ProviderContract:
     @pytest.fixture
     def provider_spec(self) -> ProviderSpec:
         raise NotImplementedError("override the provider_spec fixture in your test class")
+
+    @pytest.fixture
+    def provider_settings(self) -> Mapping[str, Any]:
+        """The provider's config section for the collector tests (override to point it at
+        a test device, such as a software TPM)."""
+        return {}
 
     def test_declaration(self, provider_spec: ProviderSpec) -> None:
         assert _NAME.fullmatch(provider_spec.name), "a provider name is lowercase, digits and -"
@@ -79,8 +96,10 @@ class ProviderContract:
         if provider_spec.load_measurer is not None:
             assert callable(getattr(provider_spec.load_measurer(), "measure", None))
 
-    def test_detection_is_an_answer_not_an_exception(self, provider_spec: ProviderSpec) -> None:
-        detection = provider_spec.load_collector().detect()
+    def test_detection_is_an_answer_not_an_exception(
+        self, provider_spec: ProviderSpec, provider_settings: Mapping[str, Any]
+    ) -> None:
+        detection = provider_spec.load_collector().detect(provider_settings)
         assert isinstance(detection, Detection)
         assert detection.detail, "say why the hardware is or is not here"
 
@@ -93,26 +112,34 @@ class ProviderContract:
         assert verdict.failed, "malformed evidence must fail a check"
         assert not verdict.hardware_attested
 
-    def _collect(self, provider_spec: ProviderSpec, binding: bytes) -> Evidence:
+    def _collect(
+        self, provider_spec: ProviderSpec, settings: Mapping[str, Any], binding: bytes
+    ) -> Evidence:
         collector = provider_spec.load_collector()
-        if not collector.detect().present:
+        if not collector.detect(settings).present:
             pytest.skip("the provider's hardware is not present on this machine")
-        return collector.collect(binding, {})
+        try:
+            collector.prepare(FACTS, settings)
+            return collector.collect(binding, settings)
+        finally:
+            collector.close()
 
-    def test_collected_evidence_is_hashable_json(self, provider_spec: ProviderSpec) -> None:
-        evidence = self._collect(provider_spec, bytes(range(32)))
+    def test_collected_evidence_is_hashable_json(
+        self, provider_spec: ProviderSpec, provider_settings: Mapping[str, Any]
+    ) -> None:
+        evidence = self._collect(provider_spec, provider_settings, bytes(range(32)))
         assert evidence.evidence_type in provider_spec.evidence_types
         assert evidence.platform == provider_spec.platform
         assert _DIGEST.fullmatch(evidence.measurement)
         canonical_bytes(dict(evidence.evidence))  # no floats, nothing unserialisable
 
     def test_own_evidence_verifies_and_a_wrong_binding_fails(
-        self, provider_spec: ProviderSpec
+        self, provider_spec: ProviderSpec, provider_settings: Mapping[str, Any]
     ) -> None:
         binding = bytes(range(32))
-        evidence = self._collect(provider_spec, binding)
+        evidence = self._collect(provider_spec, provider_settings, binding)
         verifier = provider_spec.load_verifier()
-        good = verifier.verify(evidence.evidence, _trust(binding))
+        good = verifier.verify(evidence.evidence, _trust(binding, FACTS.bundle_hash))
         assert not good.failed, [c for c in good.checks if c.status is CheckStatus.FAIL]
         wrong = verifier.verify(evidence.evidence, _trust(bytes(32)))
         assert wrong.failed and not wrong.hardware_attested

@@ -252,6 +252,7 @@ def _attestation(
         at=datetime.fromtimestamp(claim["trace"]["iat"], UTC),
         expected_measurements=options.expected_measurements,
         trust_roots=options.trust_roots,
+        policy_hash=claim["trace"]["policy"]["bundle_hash"],
     )
     verdict = provider.spec.load_verifier().verify(attestation["evidence"], trust)
     report.checks.extend(verdict.checks)

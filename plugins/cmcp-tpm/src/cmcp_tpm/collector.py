@@ -1,0 +1,521 @@
+"""The TPM 2.0 collector: measures the policy bundle into a PCR and quotes it per session.
+
+At gateway start `prepare` resets the gateway's PCR and extends it with the bundle hash,
+creates (once) or loads the attestation key (a restricted signing primary key of the
+endorsement hierarchy, persisted at `ak_handle`), and reads the AK and EK certificates from
+NV. Per session `collect` asks the TPM for a quote over the PCR selection with the session
+binding as qualifyingData and returns it with everything a verifier needs offline.
+
+ESAPI contexts are not thread-safe, so every TPM command runs under one lock. This is the
+only module of the package that imports tpm2-pytss (which needs libtss2); its absence is
+reported by `detect` and turned into a `ProviderError` by `prepare`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from cmcp_cli.attestation.api import Detection, Evidence, GatewayFacts, ProviderError
+from cmcp_tpm import pcr as pcr_math
+from cmcp_tpm.plugin import EVIDENCE_TYPE, PLATFORM
+from cmcp_tpm.settings import (
+    NV_INDEX_FIRST,
+    PERSISTENT_FIRST,
+    SECTION,
+    AkAlgorithm,
+    TpmSettings,
+)
+
+_TSS_PROBLEM: str | None
+try:
+    import tpm2_pytss as tss  # type: ignore[import-untyped]  # ships no type information
+    from tpm2_pytss import ESAPI, ESYS_TR, TPM2B_PUBLIC, TPMT_PUBLIC, TSS2_Exception
+except ImportError as error:  # the package, or the libtss2 it links, is missing
+    tss = None
+    _TSS_PROBLEM = str(error)
+else:
+    _TSS_PROBLEM = None
+
+ENDORSEMENT_HIERARCHY: Final = 0x4000000B  # TPM_RH_ENDORSEMENT, the AK's hierarchy
+_HASH_OF_ALGORITHM: Final = {0x000B: "sha256", 0x000C: "sha384"}
+_SIGNING_SCHEMES: Final = frozenset({0x0014, 0x0016, 0x0018})  # RSASSA, RSAPSS, ECDSA
+_ALG_RSA: Final = 0x0001
+_ALG_ECC: Final = 0x0023
+_ECC_CURVES: Final = frozenset({0x0003, 0x0004})  # NIST P-256, P-384
+# TPMA_OBJECT bits an AK must have, and the one it must not.
+_AK_ATTRIBUTES: Final = {
+    "fixedTPM": 0x00000002,
+    "fixedParent": 0x00000010,
+    "sensitiveDataOrigin": 0x00000020,
+    "restricted": 0x00010000,
+    "sign": 0x00040000,
+}
+_DECRYPT: Final = 0x00020000
+_NV_OWNERREAD: Final = 0x00020000
+_NV_AUTHREAD: Final = 0x00040000
+_NV_WRITTEN: Final = 0x20000000
+_RC_INITIALIZE: Final = 0x100  # the TPM was never sent TPM2_Startup
+_QUOTE_ATTEMPTS: Final = 3
+_BUNDLE_EVENT: Final = "cmcp-policy-bundle"
+_INSTALL: Final = "install cmcp-tpm[collector] (needs libtss2)"
+_AK_FIX: Final = (
+    f"evict it (tpm2_evictcontrol -C o -c <handle>) so the gateway creates its AK there, "
+    f"or set {SECTION}.ak_handle to a free persistent handle"
+)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What `prepare` established; `collect` only reads it."""
+
+    settings: TpmSettings
+    esapi: ESAPI
+    ak: ESYS_TR
+    ak_public: bytes  # marshaled TPMT_PUBLIC
+    ak_certificates: tuple[bytes, ...]
+    ek_certificates: tuple[bytes, ...]
+    event_log: tuple[Mapping[str, str | int], ...]
+    measured_value: bytes  # what `settings.pcr` holds after the extends in `event_log`
+
+
+class TpmCollector:
+    """Collector for provider `tpm`; one instance per gateway process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._prepared: _Prepared | None = None
+
+    def detect(self, settings: Mapping[str, Any]) -> Detection:
+        try:
+            tcti = TpmSettings.parse(settings).tcti
+        except ProviderError as error:
+            return Detection(False, f"{error.message} ({error.hint})")
+        if _TSS_PROBLEM is not None:
+            return Detection(False, f"tpm2-pytss is not usable ({_TSS_PROBLEM}): {_INSTALL}")
+        device = _device_path(tcti)
+        if device is not None and not device.exists():
+            return Detection(False, f"no TPM device at {device} ({SECTION}.tcti = {tcti!r})")
+        try:
+            with self._lock:
+                prepared = self._prepared
+                if prepared is not None and prepared.settings.tcti == tcti:
+                    return Detection(True, _describe(prepared.esapi, tcti))
+                esapi = _open(tcti)
+                try:
+                    return Detection(True, _describe(esapi, tcti))
+                finally:
+                    esapi.close()
+        except ProviderError as error:
+            return Detection(False, error.message)
+        except Exception as error:  # noqa: BLE001 - detect answers with a reason, never raises
+            return Detection(False, f"the TPM at {tcti!r} could not be queried: {error}")
+
+    def prepare(self, facts: GatewayFacts, settings: Mapping[str, Any]) -> None:
+        parsed = TpmSettings.parse(settings)
+        _require_tss()
+        with self._lock:
+            self._close_locked()
+            esapi = _open(parsed.tcti)
+            try:
+                event = measure_bundle(esapi, parsed.pcr, facts.bundle_hash)
+                ak, ak_public, ak_spki = _create_or_load_ak(esapi, parsed)
+                ak_certificates = _read_certificates(esapi, (parsed.ak_cert_nv_index,))
+                for certificate in ak_certificates:
+                    _check_certifies(certificate, ak_spki, parsed)
+                ek_certificates = _read_certificates(esapi, parsed.ek_cert_nv_indices)
+            except BaseException:
+                esapi.close()
+                raise
+            measured = pcr_math.replay("sha256", [bytes.fromhex(str(event["digest"]))])
+            self._prepared = _Prepared(
+                parsed, esapi, ak, ak_public, ak_certificates, ek_certificates, (event,), measured
+            )
+
+    def collect(self, binding: bytes, settings: Mapping[str, Any]) -> Evidence:
+        parsed = TpmSettings.parse(settings)
+        if not 1 <= len(binding) <= 64:  # TPM2B_DATA holds at most one SHA-512 digest
+            raise ValueError(f"a TPM quote binds 1 to 64 bytes, not {len(binding)}")
+        with self._lock:
+            prepared = self._prepared
+            if prepared is None:
+                raise RuntimeError("TpmCollector.collect without prepare (or after close)")
+            if parsed != prepared.settings:
+                raise ProviderError(
+                    f"{SECTION} changed after the gateway measured the policy bundle",
+                    hint="restart the gateway so that it measures and loads the AK again",
+                )
+            attest, signature, values, pcr_digest = _quote(prepared, binding)
+        if values[parsed.pcr] != prepared.measured_value:
+            raise ProviderError(
+                f"PCR {parsed.pcr} no longer holds the gateway's measurement of the policy "
+                "bundle: the TPM was reset, or something else extended that PCR",
+                hint="restart the gateway to measure the bundle again; if this recurs, choose "
+                f"a PCR no other software uses ({SECTION}.pcr)",
+            )
+        return Evidence(
+            evidence_type=EVIDENCE_TYPE,
+            evidence=_evidence(prepared, attest, signature, values),
+            platform=PLATFORM,
+            measurement=pcr_math.measurement_string(_digest_hash(pcr_digest), pcr_digest),
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            prepared.esapi.close()
+
+
+def _require_tss() -> None:
+    if _TSS_PROBLEM is not None:
+        raise ProviderError(f"tpm2-pytss is not usable: {_TSS_PROBLEM}", hint=_INSTALL)
+
+
+def _device_path(tcti: str) -> Path | None:
+    """The character device a `device:` TCTI opens (tpm2-tss defaults to /dev/tpm0)."""
+    name, _, config = tcti.partition(":")
+    return Path(config or "/dev/tpm0") if name == "device" else None
+
+
+@contextmanager
+def _tpm_errors(action: str, hint: str) -> Iterator[None]:
+    """Turn a TSS error into a `ProviderError` that says what failed and what to do."""
+    try:
+        yield
+    except TSS2_Exception as error:
+        if int(error.rc) & 0xFFF == _RC_INITIALIZE:
+            hint = (
+                "the TPM was never started (TPM2_Startup): firmware starts a hardware TPM; "
+                "start swtpm with --flags not-need-init,startup-clear"
+            )
+        raise ProviderError(f"{action} ({error})", hint=hint) from None
+
+
+def _open(tcti: str) -> ESAPI:
+    with _tpm_errors(
+        f"cannot open the TPM at {SECTION}.tcti = {tcti!r}",
+        "check that the TPM (or swtpm) is running and reachable and that this user may open "
+        "it (for /dev/tpmrm0: a member of group tss)",
+    ):
+        return ESAPI(tcti)
+
+
+def _describe(esapi: ESAPI, tcti: str) -> str:
+    with _tpm_errors(f"the TPM at {tcti!r} does not answer", f"check {SECTION}.tcti"):
+        _, data = esapi.get_capability(tss.TPM2_CAP.TPM_PROPERTIES, 0x105, 1)
+        vendor = int(data.data.tpmProperties[0].value).to_bytes(4, "big")
+        _, banks = esapi.get_capability(tss.TPM2_CAP.PCRS, 0, 1)
+    active = [
+        pcr_math.BANK_OF_ALGORITHM.get(int(s.hash), hex(int(s.hash)))
+        for s in banks.data.assignedPCR
+        if any(bytes(s.pcrSelect)[: int(s.sizeofSelect)])
+    ]
+    if "sha256" not in active:
+        raise ProviderError(f"the TPM at {tcti!r} has no active sha256 PCR bank")
+    manufacturer = vendor.rstrip(b"\0").decode("ascii", "replace") or "unknown"
+    return f"TPM 2.0 by {manufacturer} at {tcti!r}; PCR banks {', '.join(active)}"
+
+
+def measure_bundle(esapi: ESAPI, pcr: int, bundle_hash: str) -> dict[str, str | int]:
+    """Reset `pcr`, extend its sha256 bank with the bundle hash; return the event logged."""
+    algorithm, _, hex_digest = bundle_hash.partition(":")
+    if algorithm != "sha256" or len(hex_digest) != 64 or hex_digest.strip("0123456789abcdef"):
+        raise ProviderError(f"the policy bundle hash {bundle_hash!r} is not sha256:<64 hex>")
+    digest = bytes.fromhex(hex_digest)
+    handle = ESYS_TR(pcr)
+    try:
+        esapi.pcr_reset(handle)
+    except TSS2_Exception as error:
+        allowed = ", ".join(map(str, _resettable_pcrs(esapi))) or "none"
+        raise ProviderError(
+            f"the TPM refused to reset PCR {pcr} ({error}); at locality 0 it lets software "
+            f"reset PCR {allowed}",
+            hint=f"set {SECTION}.pcr to one of those PCRs",
+        ) from None
+    extend = tss.TPML_DIGEST_VALUES(
+        [tss.TPMT_HA(hashAlg=tss.TPM2_ALG.SHA256, digest=tss.TPMU_HA(sha256=digest))]
+    )
+    with _tpm_errors(
+        f"extending PCR {pcr} with the policy bundle hash",
+        f"that PCR needs an authorization the gateway lacks; choose another {SECTION}.pcr",
+    ):
+        esapi.pcr_extend(handle, extend)
+    return {
+        "pcr": pcr,
+        "bank": "sha256",
+        "digest": digest.hex(),
+        "type": _BUNDLE_EVENT,
+        "data": bundle_hash,
+    }
+
+
+def _resettable_pcrs(esapi: ESAPI) -> list[int]:
+    try:
+        _, data = esapi.get_capability(tss.TPM2_CAP.PCR_PROPERTIES, tss.TPM2_PT_PCR.RESET_L0, 1)
+        prop = data.data.pcrProperties[0]
+        select = bytes(prop.pcrSelect)[: int(prop.sizeofSelect)]
+    except (TSS2_Exception, IndexError):
+        return []
+    return _selected(select)
+
+
+def _selected(bitmap: bytes) -> list[int]:
+    """The PCR indices a TPMS_PCR_SELECTION bitmap selects (bit i%8 of byte i//8)."""
+    return [i for i in range(len(bitmap) * 8) if bitmap[i // 8] >> (i % 8) & 1]
+
+
+def _handles(esapi: ESAPI, first: int) -> set[int]:
+    """The handles of `first`'s type that exist (persistent objects or NV indices)."""
+    found: set[int] = set()
+    more, start = True, first
+    while more:
+        more, data = esapi.get_capability(tss.TPM2_CAP.HANDLES, start, 64)
+        batch = [int(handle) for handle in data.data.handles]
+        if not batch:
+            break
+        found.update(batch)
+        start = max(batch) + 1
+    return {handle for handle in found if handle >> 24 == first >> 24}
+
+
+def _ak_template(algorithm: AkAlgorithm) -> TPM2B_PUBLIC:
+    """The AK's TPM2B_PUBLIC: restricted signing, empty auth, the scheme fixed in the key."""
+    attributes = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign"
+    # A restricted signing key has no symmetric algorithm (`null`).
+    spec = "ecc256:ecdsa-sha256:null" if algorithm == "ecc" else "rsa2048:rsassa-sha256:null"
+    public = tss.TPMT_PUBLIC.parse(spec, objectAttributes=attributes, nameAlg="sha256")
+    return TPM2B_PUBLIC(publicArea=public)
+
+
+def _create_or_load_ak(esapi: ESAPI, settings: TpmSettings) -> tuple[ESYS_TR, bytes, bytes]:
+    """The AK at `ak_handle` (created and persisted when the handle is free), its marshaled
+    TPMT_PUBLIC and its SubjectPublicKeyInfo DER."""
+    handle = settings.ak_handle
+    where = f"{SECTION}.ak_handle 0x{handle:08X}"
+    with _tpm_errors(f"loading the AK at {where}", _AK_FIX):
+        exists = handle in _handles(esapi, PERSISTENT_FIRST)
+        ak = esapi.tr_from_tpmpublic(handle) if exists else None
+    if ak is None:
+        with _tpm_errors(
+            "creating the AK in the endorsement hierarchy",
+            "the endorsement hierarchy needs an empty authorization value for the gateway",
+        ):
+            transient, _, _, _, _ = esapi.create_primary(
+                None, _ak_template(settings.ak_algorithm), ESYS_TR.ENDORSEMENT
+            )
+        try:
+            with _tpm_errors(
+                f"persisting the AK at {where}",
+                "the owner hierarchy needs an empty authorization value, and the TPM free "
+                "persistent slots",
+            ):
+                ak = esapi.evict_control(ESYS_TR.OWNER, transient, handle)
+        finally:
+            with _tpm_errors("flushing the transient AK", "restart the TPM resource manager"):
+                esapi.flush_context(transient)
+    with _tpm_errors(f"reading the AK's public area at {where}", _AK_FIX):
+        public, name, qualified_name = esapi.read_public(ak)
+    marshaled = bytes(public.publicArea.marshal())
+    problem = _ak_problem(public.publicArea, marshaled, bytes(name), bytes(qualified_name))
+    algorithm = "rsa" if int(public.publicArea.type) == _ALG_RSA else "ecc"
+    if problem is None and algorithm != settings.ak_algorithm:
+        problem = f"it is not an {settings.ak_algorithm.upper()} key ({SECTION}.ak_algorithm)"
+    if problem is not None:
+        raise ProviderError(f"the key at {where} cannot be the AK: {problem}", hint=_AK_FIX)
+    return ak, marshaled, bytes(public.publicArea.to_der())
+
+
+def _ak_problem(
+    public: TPMT_PUBLIC, marshaled: bytes, name: bytes, qualified_name: bytes
+) -> str | None:
+    """Why this key is not an AK the verifier accepts, or None."""
+    attributes = int(public.objectAttributes)
+    missing = [flag for flag, bit in _AK_ATTRIBUTES.items() if not attributes & bit]
+    if missing:
+        return f"it lacks the attribute(s) {', '.join(missing)} of a restricted signing key"
+    if attributes & _DECRYPT:
+        return "it can decrypt, and an attestation key must only sign"
+    hash_name = _HASH_OF_ALGORITHM.get(int(public.nameAlg))
+    if hash_name is None:
+        return f"its name algorithm 0x{int(public.nameAlg):04X} is not SHA-256 or SHA-384"
+    if name != name[:2] + hashlib.new(hash_name, marshaled).digest():
+        return "the Name the TPM reports does not match its public area"
+    handle = ENDORSEMENT_HIERARCHY.to_bytes(4, "big")
+    if qualified_name != name[:2] + hashlib.new(hash_name, handle + name).digest():
+        return "it is not a primary key of the endorsement hierarchy (its qualified name differs)"
+    kind = int(public.type)
+    if kind not in {_ALG_ECC, _ALG_RSA}:
+        return f"its type 0x{kind:04X} is neither RSA nor ECC"
+    detail = public.parameters.eccDetail if kind == _ALG_ECC else public.parameters.rsaDetail
+    if kind == _ALG_ECC and int(detail.curveID) not in _ECC_CURVES:
+        return f"its curve 0x{int(detail.curveID):04X} is not NIST P-256 or P-384"
+    if kind == _ALG_RSA and int(detail.keyBits) < 2048:
+        return f"its RSA key has {int(detail.keyBits)} bits, fewer than 2048"
+    scheme = int(detail.scheme.scheme)
+    scheme_hash = int(detail.scheme.details.anySig.hashAlg) if scheme in _SIGNING_SCHEMES else 0
+    if scheme not in _SIGNING_SCHEMES or scheme_hash not in _HASH_OF_ALGORITHM:
+        return "its signing scheme is not RSASSA, RSAPSS or ECDSA with SHA-256 or SHA-384"
+    return None
+
+
+def _read_certificates(esapi: ESAPI, indices: tuple[int, ...]) -> tuple[bytes, ...]:
+    """The DER certificates held at those of `indices` that are defined and written."""
+    if not indices:
+        return ()
+    with _tpm_errors("listing NV indices", "check the TPM's health"):
+        defined = _handles(esapi, NV_INDEX_FIRST)
+        _, data = esapi.get_capability(tss.TPM2_CAP.TPM_PROPERTIES, tss.TPM2_PT_NV.BUFFER_MAX, 1)
+        chunk = int(data.data.tpmProperties[0].value)
+    certificates: list[bytes] = []
+    for index in (i for i in indices if i in defined):
+        where = f"NV index 0x{index:08X}"
+        with _tpm_errors(f"reading {where}", f"remove it from {SECTION} if it is not readable"):
+            data = _read_nv(esapi, index, chunk, where)
+        if data is not None:
+            certificates.append(_der_certificate(data, where))
+    return tuple(certificates)
+
+
+def _read_nv(esapi: ESAPI, index: int, chunk: int, where: str) -> bytes | None:
+    """The contents of a defined NV index (None if never written), read `chunk` bytes at a
+    time with the index's own (empty) auth, or the owner's when only the owner may read."""
+    handle = esapi.tr_from_tpmpublic(index)
+    try:
+        public, _ = esapi.nv_read_public(handle)
+        size, attributes = int(public.nvPublic.dataSize), int(public.nvPublic.attributes)
+        if not attributes & _NV_WRITTEN:
+            return None
+        if not attributes & (_NV_AUTHREAD | _NV_OWNERREAD):
+            raise ProviderError(f"{where} is readable by neither its auth nor the owner")
+        auth = handle if attributes & _NV_AUTHREAD else ESYS_TR.OWNER
+        return b"".join(
+            bytes(esapi.nv_read(handle, min(chunk, size - offset), offset, auth))
+            for offset in range(0, size, chunk)
+        )
+    finally:
+        esapi.tr_close(handle)
+
+
+def _der_certificate(data: bytes, where: str) -> bytes:
+    """The DER certificate at the start of `data` (NV areas may be padded after it)."""
+    length = 0
+    if len(data) >= 2 and data[0] == 0x30:
+        if data[1] < 0x80:
+            length = 2 + data[1]
+        elif 1 <= data[1] & 0x7F <= 3:
+            octets = data[1] & 0x7F
+            length = 2 + octets + int.from_bytes(data[2 : 2 + octets], "big")
+    der = data[:length]
+    try:
+        x509.load_der_x509_certificate(der)
+    except ValueError as error:
+        raise ProviderError(
+            f"{where} does not hold a DER X.509 certificate ({error})",
+            hint=f"correct {SECTION}.ak_cert_nv_index / ek_cert_nv_indices",
+        ) from None
+    return der
+
+
+def _check_certifies(certificate: bytes, ak_spki: bytes, settings: TpmSettings) -> None:
+    certified = x509.load_der_x509_certificate(certificate).public_key()
+    spki = certified.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if spki != ak_spki:
+        raise ProviderError(
+            f"the AK certificate at NV index 0x{settings.ak_cert_nv_index:08X} certifies a "
+            f"different key than the AK at handle 0x{settings.ak_handle:08X}",
+            hint="enroll the AK again (the key at the handle was replaced), or undefine the "
+            "stale NV index",
+        )
+
+
+def _quote(prepared: _Prepared, binding: bytes) -> tuple[bytes, bytes, dict[int, bytes], bytes]:
+    """A quote and the PCR values it covers, read until they agree with its pcrDigest (a PCR
+    extended between the quote and the read would otherwise yield unverifiable evidence)."""
+    esapi, indices = prepared.esapi, prepared.settings.pcrs
+    selection = tss.TPML_PCR_SELECTION.parse("sha256:" + ",".join(map(str, indices)))
+    for _ in range(_QUOTE_ATTEMPTS):
+        with _tpm_errors("quoting the PCRs with the AK", "check the TPM's health"):
+            attest, signature = esapi.quote(prepared.ak, selection, binding)
+            values = _read_pcrs(esapi, indices)
+        attest_bytes = bytes(attest)
+        digest = bytes(tss.TPMS_ATTEST.unmarshal(attest_bytes)[0].attested.quote.pcrDigest)
+        expected = pcr_math.composite(_digest_hash(digest), (values[i] for i in indices))
+        if expected == digest:
+            return attest_bytes, bytes(signature.marshal()), values, digest
+    raise ProviderError(
+        f"the PCRs changed between the quote and the read {_QUOTE_ATTEMPTS} times",
+        hint="something keeps extending the quoted PCRs; retry, or quote fewer PCRs",
+    )
+
+
+def _read_pcrs(esapi: ESAPI, indices: tuple[int, ...]) -> dict[int, bytes]:
+    """The sha256 values of `indices`; the TPM returns at most 8 per PCR_Read."""
+    values: dict[int, bytes] = {}
+    remaining = list(indices)
+    while remaining:
+        selection = tss.TPML_PCR_SELECTION.parse("sha256:" + ",".join(map(str, remaining)))
+        _, returned, digests = esapi.pcr_read(selection)
+        read = [
+            index
+            for entry in returned.pcrSelections[: int(returned.count)]
+            if int(entry.hash) == pcr_math.BANK_ALGORITHMS["sha256"]
+            for index in _selected(bytes(entry.pcrSelect)[: int(entry.sizeofSelect)])
+        ]
+        if not read:
+            raise ProviderError(
+                f"the TPM returned no sha256 value for PCR {', '.join(map(str, remaining))}",
+                hint="activate the sha256 PCR bank (tpm2_pcrallocate) or quote fewer PCRs",
+            )
+        values.update(zip(read, (bytes(d) for d in digests.digests), strict=True))
+        remaining = [index for index in remaining if index not in values]
+    return values
+
+
+def _digest_hash(digest: bytes) -> str:
+    return "sha384" if len(digest) == 48 else "sha256"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _evidence(
+    prepared: _Prepared, attest: bytes, signature: bytes, values: Mapping[int, bytes]
+) -> dict[str, Any]:
+    index = f"NV index 0x{prepared.settings.ak_cert_nv_index:08X}"
+    tie = (
+        {"status": "certified", "reason": f"the AK certificate was read from {index}"}
+        if prepared.ak_certificates
+        else {
+            "status": "untied",
+            "reason": f"no AK certificate at {index} ({SECTION}.ak_cert_nv_index): the AK is "
+            "not tied to the EK by a certificate; enroll it with a privacy CA and store the "
+            "certificate there",
+        }
+    )
+    return {
+        "attest": _b64(attest),
+        "signature": _b64(signature),
+        "ak_public": _b64(prepared.ak_public),
+        "ak_hierarchy": "endorsement",
+        "ak_certificates": [_b64(c) for c in prepared.ak_certificates],
+        "ek_certificates": [_b64(c) for c in prepared.ek_certificates],
+        "ak_tie": tie,
+        "pcrs": {"sha256": {str(i): values[i].hex() for i in prepared.settings.pcrs}},
+        "event_log": [dict(event) for event in prepared.event_log],
+    }

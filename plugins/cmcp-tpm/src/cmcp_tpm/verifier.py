@@ -1,0 +1,507 @@
+"""Offline verification of `tpm2-quote-v1` evidence: a TPM 2.0 quote bound to a session.
+
+The verifier recomputes everything from the evidence and the auditor's trust inputs: the
+quote's structure and binding, the AK that signed it (its attributes and its name as a
+primary key of the claimed hierarchy), the signature, the PCR values against the quoted
+digest, the gateway's event log against those values and the claim's policy bundle, and
+the AK and EK certificates against pinned roots. Each step is a named `Check`; a step
+whose input an earlier failure made meaningless is skipped with the reason. Malformed
+evidence is a failed check, never an exception.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from cmcp_cli.attestation.api import Check, CheckStatus, EvidenceVerdict, TrustInputs
+from cmcp_tpm import certificates, pcr
+from cmcp_tpm import structures as tpm
+
+SHAPE = "tpm.evidence.shape"
+MAGIC = "tpm.attest.magic"
+TYPE = "tpm.attest.type"
+EXTRA_DATA = "tpm.attest.extra_data"
+AK_PUBLIC = "tpm.ak.public"
+AK_ATTRIBUTES = "tpm.ak.attributes"
+SIGNER = "tpm.attest.signer"
+SIGNATURE = "tpm.signature"
+PCR_DIGEST = "tpm.pcr.digest"
+REPLAY = "tpm.eventlog.replay"
+POLICY = "tpm.eventlog.policy"
+AK_CERTIFICATE = "tpm.ak.certificate"
+EK_CERTIFICATE = "tpm.ek.certificate"
+
+# hardware_attested needs each of these to pass, and no check to fail.
+HARDWARE_CHECKS = (
+    AK_CERTIFICATE, AK_ATTRIBUTES, SIGNER, SIGNATURE, EXTRA_DATA, PCR_DIGEST, REPLAY,
+)  # fmt: skip
+POLICY_EVENT = "cmcp-policy-bundle"
+
+_MEMBERS = frozenset(
+    {"attest", "signature", "ak_certificates", "ek_certificates", "ak_tie", "pcrs", "event_log"}
+)
+_KEY_MEMBERS = frozenset({"ak_public", "ak_hierarchy", "ak_public_pem"})
+_EVENT_MEMBERS = frozenset({"pcr", "bank", "digest", "type", "data"})
+_INDEX = re.compile(r"0|[1-9][0-9]?")
+_HEX = re.compile(r"(?:[0-9a-f]{2})+")
+_POLICY_HASH = re.compile(r"sha256:([0-9a-f]{64})")
+_SIGNATURE_HASHES = {tpm.ALG_SHA256: hashes.SHA256(), tpm.ALG_SHA384: hashes.SHA384()}
+_SCHEME_NAMES = {tpm.ALG_RSASSA: "RSASSA", tpm.ALG_RSAPSS: "RSAPSS", tpm.ALG_ECDSA: "ECDSA"}
+_ATTRIBUTE_NAMES = {
+    tpm.FIXED_TPM: "fixedTPM", tpm.FIXED_PARENT: "fixedParent",
+    tpm.SENSITIVE_DATA_ORIGIN: "sensitiveDataOrigin", tpm.RESTRICTED: "restricted",
+    tpm.SIGN: "sign",
+}  # fmt: skip
+_COMPOSITE_HASHES = {32: "sha256", 48: "sha384"}
+
+
+class _ShapeError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    pcr: int
+    bank: str
+    digest: bytes
+    type: str
+    data: str
+
+
+@dataclass(slots=True)
+class _Decoded:
+    """The evidence members that decoded; None where one was missing or malformed."""
+
+    attest: bytes | None = None
+    signature: bytes | None = None
+    ak_public: bytes | None = None
+    ak_hierarchy: str | None = None
+    ak_public_pem: bytes | None = None
+    ak_certificates: list[bytes] | None = None
+    ek_certificates: list[bytes] | None = None
+    ak_tie: str | None = None
+    pcrs: dict[str, dict[int, bytes]] | None = None
+    event_log: list[_Event] | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def _blob(value: Any, member: str, *, pem: bool = False) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise _ShapeError(f"{member} must be a non-empty string")
+    if pem:
+        return value.encode()
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except ValueError:
+        raise _ShapeError(f"{member} is not standard base64") from None
+    if base64.b64encode(raw).decode() != value:
+        raise _ShapeError(f"{member} is not canonical padded base64")
+    return raw
+
+
+def _digest(value: Any, bank: str, member: str) -> bytes:
+    size = pcr.DIGEST_SIZES[bank]
+    if not isinstance(value, str) or not _HEX.fullmatch(value) or len(value) != 2 * size:
+        raise _ShapeError(f"{member} must be {2 * size} lowercase hex digits ({bank})")
+    return bytes.fromhex(value)
+
+
+def _bank(value: Any, member: str) -> str:
+    if not isinstance(value, str) or value not in pcr.DIGEST_SIZES:
+        raise _ShapeError(f"{member} names bank {value!r}, not one of sha1, sha256, sha384")
+    return value
+
+
+def _mapping(value: Any, member: str, keys: frozenset[str] | None = None) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise _ShapeError(f"{member} must be an object")
+    if keys is not None and set(value) != keys:
+        raise _ShapeError(f"{member} must have exactly the members {', '.join(sorted(keys))}")
+    return value
+
+
+def _blob_list(value: Any, member: str) -> list[bytes]:
+    if not isinstance(value, list):
+        raise _ShapeError(f"{member} must be a list of base64 DER certificates")
+    return [_blob(item, f"{member}[{n}]") for n, item in enumerate(value)]
+
+
+def _pcrs(value: Any) -> dict[str, dict[int, bytes]]:
+    banks: dict[str, dict[int, bytes]] = {}
+    for bank, indices in _mapping(value, "pcrs").items():
+        values: dict[int, bytes] = {}
+        banks[_bank(bank, "pcrs")] = values
+        for index, digest in _mapping(indices, f"pcrs.{bank}").items():
+            if not _INDEX.fullmatch(index) or int(index) >= pcr.PCR_COUNT:
+                raise _ShapeError(f"pcrs.{bank} has key {index!r}, not a PCR index 0..23")
+            values[int(index)] = _digest(digest, bank, f"pcrs.{bank}.{index}")
+    return banks
+
+
+def _event_log(value: Any) -> list[_Event]:
+    if not isinstance(value, list):
+        raise _ShapeError("event_log must be a list of events")
+    events = []
+    for n, item in enumerate(value):
+        event = _mapping(item, f"event_log[{n}]", _EVENT_MEMBERS)
+        index, kind, data = event["pcr"], event["type"], event["data"]
+        if type(index) is not int or not 0 <= index < pcr.PCR_COUNT:
+            raise _ShapeError(f"event_log[{n}].pcr must be a PCR index 0..23")
+        if not isinstance(kind, str) or not kind or not isinstance(data, str):
+            raise _ShapeError(f"event_log[{n}].type and .data must be strings")
+        bank = _bank(event["bank"], f"event_log[{n}].bank")
+        events.append(
+            _Event(index, bank, _digest(event["digest"], bank, f"event_log[{n}]"), kind, data)
+        )
+    return events
+
+
+def _ak_tie(value: Any) -> str:
+    tie = _mapping(value, "ak_tie", frozenset({"status", "reason"}))
+    if not isinstance(tie["reason"], str):
+        raise _ShapeError("ak_tie.reason must be a string")
+    return _choice(tie["status"], "ak_tie.status", ("certified", "untied"))
+
+
+def _choice(value: Any, member: str, choices: Collection[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise _ShapeError(f"{member} must be one of {', '.join(choices)}")
+    return value
+
+
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "attest": lambda v: _blob(v, "attest"),
+    "signature": lambda v: _blob(v, "signature"),
+    "ak_public": lambda v: _blob(v, "ak_public"),
+    "ak_hierarchy": lambda v: _choice(v, "ak_hierarchy", tpm.HIERARCHY_HANDLES),
+    "ak_public_pem": lambda v: _blob(v, "ak_public_pem", pem=True),
+    "ak_certificates": lambda v: _blob_list(v, "ak_certificates"),
+    "ek_certificates": lambda v: _blob_list(v, "ek_certificates"),
+    "ak_tie": _ak_tie,
+    "pcrs": _pcrs,
+    "event_log": _event_log,
+}
+
+
+def decode(evidence: Any) -> _Decoded:
+    decoded = _Decoded()
+    if not isinstance(evidence, Mapping):
+        decoded.problems.append("the evidence is not a JSON object")
+        return decoded
+    present = {k for k in evidence if isinstance(k, str)}
+    if unknown := sorted(map(str, set(evidence) - _MEMBERS - _KEY_MEMBERS)):
+        decoded.problems.append(f"unknown members {', '.join(unknown)}")
+    if "ak_public_pem" in present and present & {"ak_public", "ak_hierarchy"}:
+        decoded.problems.append("give ak_public with ak_hierarchy, or ak_public_pem, not both")
+    required = set(_MEMBERS) | (
+        {"ak_public_pem"} if "ak_public_pem" in present else {"ak_public", "ak_hierarchy"}
+    )
+    if missing := sorted(required - present):
+        decoded.problems.append(f"missing members {', '.join(missing)}")
+    for member in sorted(present & required):
+        try:
+            setattr(decoded, member, _DECODERS[member](evidence[member]))
+        except _ShapeError as error:
+            decoded.problems.append(str(error))
+    return decoded
+
+
+def _clause(error: object) -> str:
+    """A quoted error message without its own final period."""
+    return str(error).rstrip(".")
+
+
+def _prefix(data: bytes) -> str:
+    return data[:8].hex() + ("…" if len(data) > 8 else "")
+
+
+def _unusable(member: str) -> str:
+    return f"Evidence member {member} is unusable (see {SHAPE})."
+
+
+class _Skip(Exception):  # noqa: N818 - an outcome, not an error
+    """The check cannot run: its input is missing or an earlier check refused it."""
+
+
+class _Fail(Exception):  # noqa: N818 - an outcome, not an error
+    """The check ran and the evidence does not hold."""
+
+
+class _Run:
+    """One verification: decoded evidence, parsed structures, and the checks in order. Each
+    check returns its reason for passing, or raises `_Skip` / `_Fail` with the reason."""
+
+    def __init__(self, evidence: Any, trust: TrustInputs) -> None:
+        self.trust = trust
+        self.d = decode(evidence)
+        self.attest: tpm.Attest | None = None
+        self.attest_error = ""
+        if self.d.attest is not None:
+            try:
+                self.attest = tpm.parse_attest(self.d.attest)
+            except tpm.TpmFormatError as error:
+                self.attest_error = str(error)
+        self.area: tpm.PublicArea | None = None
+        self.key: certificates.AkKey | None = None
+        self.pem = self.d.ak_public_pem is not None
+
+    def checks(self) -> tuple[Check, ...]:
+        steps: tuple[tuple[str, Callable[[], str]], ...] = (
+            (SHAPE, self.shape), (MAGIC, self.magic), (TYPE, self.type),
+            (EXTRA_DATA, self.extra_data), (AK_PUBLIC, self.ak_public),
+            (AK_ATTRIBUTES, self.ak_attributes), (SIGNER, self.signer),
+            (SIGNATURE, self.signature), (PCR_DIGEST, self.pcr_digest), (REPLAY, self.replay),
+            (POLICY, self.policy), (AK_CERTIFICATE, self.ak_certificate),
+            (EK_CERTIFICATE, self.ek_certificate),
+        )  # fmt: skip
+        results = []
+        for name, step in steps:
+            try:
+                results.append(Check.passed(name, step()))
+            except _Skip as skip:
+                results.append(Check.skipped(name, str(skip)))
+            except _Fail as failure:
+                results.append(Check.failed(name, str(failure)))
+            except Exception as error:  # noqa: BLE001 - a verifier bug must fail closed, not crash
+                results.append(Check.failed(name, f"The check could not complete: {error!r}."))
+        return tuple(results)
+
+    def _quote(self) -> tpm.Attest:
+        if self.attest is None:
+            raise _Skip(f"The attest did not parse (see {TYPE}).")
+        return self.attest
+
+    def shape(self) -> str:
+        if self.d.problems:
+            raise _Fail("The evidence is malformed: " + "; ".join(self.d.problems) + ".")
+        return "Every member is present, of its type, and decodes."
+
+    def _raw_attest(self) -> bytes:
+        if self.d.attest is None:
+            raise _Skip(_unusable("attest"))
+        return self.d.attest
+
+    def magic(self) -> str:
+        if len(attest := self._raw_attest()) < 4:
+            raise _Fail(f"The attest is {len(attest)} bytes, too short for a magic.")
+        magic = int.from_bytes(attest[:4], "big")
+        if magic != tpm.TPM_GENERATED_VALUE:
+            raise _Fail(f"The attest magic is 0x{magic:08x}, not 0xff544347: not made by a TPM.")
+        return "The attest carries TPM_GENERATED_VALUE 0xff544347."
+
+    def type(self) -> str:
+        self._raw_attest()
+        if self.attest is None:
+            raise _Fail(f"The attest is not a well-formed quote: {_clause(self.attest_error)}.")
+        return "The attest is a TPM_ST_ATTEST_QUOTE, fully consumed."
+
+    def extra_data(self) -> str:
+        actual, expected = self._quote().extra_data, self.trust.binding
+        if actual != expected:
+            raise _Fail(
+                f"The quote's extraData {_prefix(actual)} is not the session binding "
+                f"{_prefix(expected)}: it was made for another session or claim."
+            )
+        return "The quote's extraData is the session binding."
+
+    def ak_public(self) -> str:
+        if self.d.ak_public is not None:
+            try:
+                self.area = tpm.parse_public(self.d.ak_public)
+            except tpm.TpmFormatError as error:
+                raise _Fail(f"The AK's TPMT_PUBLIC does not parse: {_clause(error)}.") from None
+            key: object = self.area.public_key
+        elif self.d.ak_public_pem is not None:
+            try:
+                key = serialization.load_pem_public_key(self.d.ak_public_pem)
+            except (ValueError, UnsupportedAlgorithm) as error:
+                raise _Fail(f"ak_public_pem is not a PEM public key: {_clause(error)}.") from None
+        else:
+            raise _Skip(_unusable("ak_public"))
+        self.key, refusal = certificates.accept_ak_key(key)
+        if self.key is None:
+            raise _Fail(f"The AK is {refusal}; the verifier refuses it.")
+        form = "a PEM key (third-party evidence)" if self.pem else "a TPMT_PUBLIC"
+        return f"The AK is {form} of an acceptable RSA or ECC key."
+
+    def _area(self) -> tpm.PublicArea:
+        if self.pem:
+            raise _Skip(
+                "The AK is given as a PEM key, so its TPM attributes and name are unknown: "
+                "not hardware attested."
+            )
+        if self.area is None:
+            raise _Skip(f"The AK's TPMT_PUBLIC is unusable (see {AK_PUBLIC}).")
+        return self.area
+
+    def ak_attributes(self) -> str:
+        attributes = self._area().attributes
+        missing = [name for bit, name in _ATTRIBUTE_NAMES.items() if not attributes & bit]
+        problems = [f"{', '.join(missing)} not set"] if missing else []
+        if attributes & tpm.DECRYPT:
+            problems.append("decrypt set")
+        if problems:
+            raise _Fail(
+                f"The AK (attributes 0x{attributes:08x}) is not a restricted signing key of "
+                f"this TPM: {'; '.join(problems)}."
+            )
+        return "The AK is a restricted signing key created in and bound to its TPM."
+
+    def signer(self) -> str:
+        area, quote, hierarchy = self._area(), self._quote(), self.d.ak_hierarchy
+        if hierarchy is None:
+            raise _Skip(_unusable("ak_hierarchy"))
+        if area.name_alg not in (tpm.ALG_SHA256, tpm.ALG_SHA384, tpm.ALG_SHA512):
+            raise _Fail(f"The AK's nameAlg 0x{area.name_alg:04x} is too weak to name it.")
+        handle = tpm.HIERARCHY_HANDLES[hierarchy]
+        expected = tpm.qualified_name(area.name_alg, handle, area.name)
+        if quote.qualified_signer != expected:
+            raise _Fail(
+                f"The quote's qualifiedSigner {_prefix(quote.qualified_signer)} is not the AK "
+                f"as a primary key of the {hierarchy} hierarchy ({_prefix(expected)})."
+            )
+        return f"The quote names the AK, a primary key of the {hierarchy} hierarchy, as signer."
+
+    def signature(self) -> str:
+        attest, blob, key = self.d.attest, self.d.signature, self.key
+        if attest is None or blob is None:
+            raise _Skip(_unusable("attest or signature"))
+        if key is None:
+            raise _Skip(f"The AK key is unusable (see {AK_PUBLIC}).")
+        try:
+            sig = tpm.parse_signature(blob)
+        except tpm.TpmFormatError as error:
+            raise _Fail(f"The signature does not parse: {_clause(error)}.") from None
+        scheme = _SCHEME_NAMES[sig.scheme]
+        if sig.hash_alg == tpm.ALG_SHA1:
+            raise _Fail(f"The {scheme} signature uses SHA-1, which is refused.")
+        algorithm = _SIGNATURE_HASHES.get(sig.hash_alg)
+        if algorithm is None:
+            raise _Fail(f"The signature hash 0x{sig.hash_alg:04x} is not SHA-256 or SHA-384.")
+        if isinstance(key, rsa.RSAPublicKey) != (sig.scheme != tpm.ALG_ECDSA):
+            raise _Fail(f"A {scheme} signature cannot come from this AK's type of key.")
+        own = (self.area.scheme, self.area.scheme_hash) if self.area else (tpm.ALG_NULL, None)
+        if own[0] != tpm.ALG_NULL and own != (sig.scheme, sig.hash_alg):
+            raise _Fail(
+                f"The signature is {scheme}/{algorithm.name}, not the AK's own scheme "
+                f"(0x{own[0]:04x}, hash 0x{own[1] or 0:04x})."
+            )
+        if not certificates.signature_verifies(key, sig, algorithm, attest):
+            raise _Fail("The signature does not verify over the attest with the AK's key.")
+        return f"The AK's {scheme}/{algorithm.name} signature over the attest verifies."
+
+    def pcr_digest(self) -> str:
+        quote, pcrs = self._quote(), self.d.pcrs
+        if pcrs is None:
+            raise _Skip(_unusable("pcrs"))
+        quoted = {(bank, i) for bank, indices in quote.pcr_selection for i in indices}
+        reported = {(bank, i) for bank, values in pcrs.items() for i in values}
+        if missing := sorted(quoted - reported):
+            raise _Fail(f"The reported values lack {_pcr_list(missing)}, which the quote selects.")
+        if extra := sorted(reported - quoted):
+            raise _Fail(f"The evidence reports {_pcr_list(extra)}, which is not quoted.")
+        hash_name = _COMPOSITE_HASHES.get(len(quote.pcr_digest))
+        if hash_name is None:
+            raise _Fail(f"The pcrDigest is {len(quote.pcr_digest)} bytes, not SHA-256 or SHA-384.")
+        values = [pcrs[bank][i] for bank, indices in quote.pcr_selection for i in indices]
+        actual = pcr.composite(hash_name, values)
+        if actual != quote.pcr_digest:
+            raise _Fail(
+                f"The reported PCR values hash to {actual.hex()}, not the quoted pcrDigest "
+                f"{quote.pcr_digest.hex()}."
+            )
+        return f"The reported values of {_pcr_list(sorted(quoted))} hash to the pcrDigest."
+
+    def replay(self) -> str:
+        quote, log, pcrs = self._quote(), self.d.event_log, self.d.pcrs
+        if log is None or pcrs is None:
+            raise _Skip(_unusable("event_log or pcrs"))
+        if not log:
+            raise _Fail("The event log is empty: the gateway's extends are missing.")
+        quoted = {(bank, i) for bank, indices in quote.pcr_selection for i in indices}
+        logged: dict[tuple[str, int], list[bytes]] = {}
+        for n, event in enumerate(log):
+            if (event.bank, event.pcr) not in quoted:
+                raise _Fail(f"Event {n} extends {event.bank}:{event.pcr}, which is not quoted.")
+            logged.setdefault((event.bank, event.pcr), []).append(event.digest)
+        for (bank, index), digests in logged.items():
+            reported, replayed = pcrs.get(bank, {}).get(index), pcr.replay(bank, digests)
+            if reported != replayed:
+                shown = "no value" if reported is None else reported.hex()
+                raise _Fail(
+                    f"Replaying the {len(digests)} event(s) of {bank} PCR {index} from reset "
+                    f"gives {replayed.hex()}, but the evidence reports {shown}."
+                )
+        return f"The event log reproduces {_pcr_list(sorted(logged))} from reset."
+
+    def policy(self) -> str:
+        expected, log = self.trust.policy_hash, self.d.event_log
+        if expected is None:
+            raise _Skip("No policy hash was given to compare the event log with.")
+        if log is None:
+            raise _Skip(_unusable("event_log"))
+        match = _POLICY_HASH.fullmatch(expected)
+        if match is None:
+            raise _Fail(f"The claim's policy hash {expected!r} is not sha256:<64 hex>.")
+        events = [e for e in log if e.type == POLICY_EVENT]
+        if len(events) != 1:
+            raise _Fail(f"The event log has {len(events)} {POLICY_EVENT} events, not one.")
+        event = events[0]
+        if event.data != expected:
+            raise _Fail(f"The logged policy bundle {event.data!r} is not the claim's {expected}.")
+        if event.digest != bytes.fromhex(match.group(1)):
+            raise _Fail(f"The {POLICY_EVENT} event extends {event.digest.hex()}, not {expected}.")
+        return f"The log measures the claim's policy bundle into {event.bank} PCR {event.pcr}."
+
+    def ak_certificate(self) -> str:
+        blobs, tie = self.d.ak_certificates, self.d.ak_tie
+        if blobs is None or tie is None:
+            raise _Skip(_unusable("ak_certificates or ak_tie"))
+        return _outcome(certificates.judge_ak(blobs, tie, self.key, self.trust))
+
+    def ek_certificate(self) -> str:
+        if self.d.ek_certificates is None:
+            raise _Skip(_unusable("ek_certificates"))
+        return _outcome(certificates.judge_ek(self.d.ek_certificates, self.trust))
+
+    def measurement(self) -> str | None:
+        digest = self.attest.pcr_digest if self.attest is not None else b""
+        hash_name = _COMPOSITE_HASHES.get(len(digest))
+        return None if hash_name is None else pcr.measurement_string(hash_name, digest)
+
+
+def _outcome(outcome: tuple[CheckStatus, str]) -> str:
+    status, reason = outcome
+    if status is CheckStatus.FAIL:
+        raise _Fail(reason)
+    if status is CheckStatus.SKIP:
+        raise _Skip(reason)
+    return reason
+
+
+def _pcr_list(pcrs: list[tuple[str, int]]) -> str:
+    banks: dict[str, list[str]] = {}
+    for bank, index in pcrs:
+        banks.setdefault(bank, []).append(str(index))
+    return " ".join(f"{bank}:{','.join(indices)}" for bank, indices in banks.items()) or "none"
+
+
+class TpmVerifier:
+    """Judges `tpm2-quote-v1` evidence offline (stdlib and `cryptography` only)."""
+
+    def verify(self, evidence: Mapping[str, Any], trust: TrustInputs) -> EvidenceVerdict:
+        run = _Run(evidence, trust)
+        checks = run.checks()
+        status = {check.name: check.status for check in checks}
+        attested = not any(c.status is CheckStatus.FAIL for c in checks) and all(
+            status.get(name) is CheckStatus.PASS for name in HARDWARE_CHECKS
+        )
+        return EvidenceVerdict(checks, attested, run.measurement())

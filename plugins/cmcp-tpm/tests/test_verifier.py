@@ -1,0 +1,633 @@
+"""The offline TPM quote verifier: the genuine Azure vTPM quote, and synthetic quotes signed
+here with software AKs (structures marshaled exactly as a TPM does, see test_structures)
+under a test PKI, each broken in one way to show the check that catches it."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import NameOID
+
+from cmcp_cli.attestation.api import CheckStatus, EvidenceVerdict, TrustInputs
+from cmcp_cli.testing.provider_contract import GARBAGE
+from cmcp_tpm import pcr
+from cmcp_tpm import structures as tpm
+from cmcp_tpm.verifier import TpmVerifier
+
+AZURE = (
+    Path(__file__).resolve().parents[4] / "shared" / "attestation-vectors" / "tpm"
+    / "azure-vtpm-2026-07-27"
+)  # fmt: skip
+AT = datetime(2026, 7, 27, 12, tzinfo=UTC)
+BINDING = hashlib.sha256(b"session binding").digest()
+BUNDLE_HASH = "sha256:" + hashlib.sha256(b"policy bundle").hexdigest()
+QUOTED = (0, 1, 2, 3, 4, 5, 6, 7, 23)
+ALL_CHECKS = (
+    "tpm.evidence.shape", "tpm.attest.magic", "tpm.attest.type", "tpm.attest.extra_data",
+    "tpm.ak.public", "tpm.ak.attributes", "tpm.attest.signer", "tpm.signature",
+    "tpm.pcr.digest", "tpm.eventlog.replay", "tpm.eventlog.policy", "tpm.ak.certificate",
+    "tpm.ek.certificate",
+)  # fmt: skip
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _certificate(
+    subject: str,
+    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+    issuer: tuple[str, PrivateKey] | None,
+    signing_key: PrivateKey,
+    *,
+    ca: bool,
+    not_after: datetime = datetime(2027, 1, 1, tzinfo=UTC),
+) -> x509.Certificate:
+    issuer_name = _name(issuer[0] if issuer else subject)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer_name)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(datetime(2026, 1, 1, tzinfo=UTC))
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .sign(signing_key, hashes.SHA256())
+    )
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A root pinned by the auditor, an AK-issuing CA and an EK-issuing CA under it, and
+    an RSA EK with its certificate."""
+
+    root: x509.Certificate
+    ak_ca_key: ec.EllipticCurvePrivateKey
+    ak_ca: x509.Certificate
+    ek_certificates: tuple[x509.Certificate, x509.Certificate]
+
+    @property
+    def root_pem(self) -> bytes:
+        return self.root.public_bytes(Encoding.PEM)
+
+    def ak_certificate(
+        self, key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey, **kwargs: Any
+    ) -> x509.Certificate:
+        return _certificate(
+            "AK", key, ("AK CA", self.ak_ca_key), self.ak_ca_key, ca=False, **kwargs
+        )
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    root_key = ec.generate_private_key(ec.SECP384R1())
+    root = _certificate("Test Root", root_key.public_key(), None, root_key, ca=True)
+    ak_ca_key = ec.generate_private_key(ec.SECP256R1())
+    ak_ca = _certificate(
+        "AK CA", ak_ca_key.public_key(), ("Test Root", root_key), root_key, ca=True
+    )
+    ek_ca_key = ec.generate_private_key(ec.SECP256R1())
+    ek_ca = _certificate(
+        "EK CA", ek_ca_key.public_key(), ("Test Root", root_key), root_key, ca=True
+    )
+    ek_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ek = _certificate("EK", ek_key.public_key(), ("EK CA", ek_ca_key), ek_ca_key, ca=False)
+    return Pki(root, ak_ca_key, ak_ca, (ek, ek_ca))
+
+
+@pytest.fixture(scope="module")
+def ecc_ak() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture(scope="module")
+def rsa_ak() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _sign(key: PrivateKey, scheme: int, hash_alg: int, data: bytes) -> bytes:
+    algorithm = {
+        tpm.ALG_SHA1: hashes.SHA1(),  # noqa: S303 - to show that the verifier refuses it
+        tpm.ALG_SHA256: hashes.SHA256(),
+        tpm.ALG_SHA384: hashes.SHA384(),
+    }[hash_alg]
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        der = key.sign(data, ec.ECDSA(algorithm))
+        return tpm.build_signature(scheme, hash_alg, der, ecc_size=(key.curve.key_size + 7) // 8)
+    if scheme == tpm.ALG_RSAPSS:
+        pss = padding.PSS(padding.MGF1(algorithm), padding.PSS.DIGEST_LENGTH)
+        return tpm.build_signature(scheme, hash_alg, key.sign(data, pss, algorithm))
+    return tpm.build_signature(scheme, hash_alg, key.sign(data, padding.PKCS1v15(), algorithm))
+
+
+def make_evidence(
+    ak: PrivateKey,
+    pki: Pki,
+    *,
+    binding: bytes = BINDING,
+    attributes: int = tpm.AK_ATTRIBUTES,
+    ak_scheme: int | None = None,
+    signature_scheme: int | None = None,
+    hash_alg: int = tpm.ALG_SHA256,
+    signer_hierarchy: str = "endorsement",
+    magic: int = tpm.TPM_GENERATED_VALUE,
+    attest_type: int = tpm.TPM_ST_ATTEST_QUOTE,
+    certified: bool = True,
+) -> dict[str, Any]:
+    """Evidence as the collector builds it: the gateway reset PCR 23 and extended it with
+    the bundle hash, then quoted sha256:0-7,23 with the AK for the binding."""
+    default_scheme = tpm.ALG_ECDSA if isinstance(ak, ec.EllipticCurvePrivateKey) else tpm.ALG_RSASSA
+    public = tpm.build_public(
+        ak.public_key(), attributes=attributes,
+        scheme=default_scheme if ak_scheme is None else ak_scheme,
+    )  # fmt: skip
+    name = tpm.object_name(tpm.ALG_SHA256, public)
+    signer = tpm.qualified_name(tpm.ALG_SHA256, tpm.HIERARCHY_HANDLES[signer_hierarchy], name)
+    bundle = bytes.fromhex(BUNDLE_HASH.removeprefix("sha256:"))
+    values = {i: hashlib.sha256(b"firmware %d" % i).digest() for i in QUOTED[:-1]}
+    values[23] = pcr.replay("sha256", [bundle])
+    digest = pcr.composite("sha256", [values[i] for i in QUOTED])
+    attest = tpm.build_attest(
+        signer, binding, (("sha256", QUOTED),), digest, magic=magic, attest_type=attest_type
+    )
+    own_scheme = default_scheme if ak_scheme in (None, tpm.ALG_NULL) else ak_scheme
+    scheme = own_scheme if signature_scheme is None else signature_scheme
+    chain = [pki.ak_certificate(ak.public_key()), pki.ak_ca] if certified else []
+    return {
+        "attest": b64(attest),
+        "signature": b64(_sign(ak, scheme, hash_alg, attest)),
+        "ak_public": b64(public),
+        "ak_hierarchy": "endorsement",
+        "ak_certificates": [b64(c.public_bytes(Encoding.DER)) for c in chain],
+        "ek_certificates": [b64(c.public_bytes(Encoding.DER)) for c in pki.ek_certificates],
+        "ak_tie": {"status": "certified" if certified else "untied", "reason": "test AK CA"},
+        "pcrs": {"sha256": {str(i): v.hex() for i, v in values.items()}},
+        "event_log": [
+            {
+                "pcr": 23,
+                "bank": "sha256",
+                "digest": bundle.hex(),
+                "type": "cmcp-policy-bundle",
+                "data": BUNDLE_HASH,
+            },
+        ],
+    }
+
+
+def trust(pki: Pki | None, **changes: Any) -> TrustInputs:
+    roots = (pki.root_pem,) if pki else ()
+    fields: dict[str, Any] = {"binding": BINDING, "at": AT, "trust_roots": roots,
+                              "policy_hash": BUNDLE_HASH} | changes  # fmt: skip
+    return TrustInputs(**fields)
+
+
+def statuses(verdict: EvidenceVerdict) -> dict[str, CheckStatus]:
+    return {check.name: check.status for check in verdict.checks}
+
+
+def reason(verdict: EvidenceVerdict, name: str) -> str:
+    return next(check.reason for check in verdict.checks if check.name == name)
+
+
+def assert_fails(verdict: EvidenceVerdict, name: str, *fragments: str) -> None:
+    assert statuses(verdict)[name] is CheckStatus.FAIL, verdict.checks
+    assert verdict.failed and not verdict.hardware_attested
+    for fragment in fragments:
+        assert fragment in reason(verdict, name)
+
+
+# --- the genuine Azure vTPM quote ----------------------------------------------------
+
+
+def _azure(name: str) -> bytes:
+    if not AZURE.is_dir():
+        pytest.skip(f"the shared attestation vectors are not at {AZURE}")
+    return (AZURE / name).read_bytes()
+
+
+def azure_evidence() -> dict[str, Any]:
+    """The vector's files as evidence. quote.sig is the bare RSASSA-PKCS1v1.5/SHA-256
+    signature that `tpm2_quote -f plain` writes; a TPM returns it as TPMT_SIGNATURE
+    {sigAlg RSASSA, hash SHA-256, TPM2B sig}, so wrapping it re-encodes it losslessly."""
+    pcrs = tpm.parse_pcr_file(_azure("pcrs.bin"))
+    signature = tpm.build_signature(tpm.ALG_RSASSA, tpm.ALG_SHA256, _azure("quote.sig"))
+    return {
+        "attest": b64(_azure("quote.msg")),
+        "signature": b64(signature),
+        "ak_public_pem": _azure("ak.pub").decode(),
+        "ak_certificates": [],
+        "ek_certificates": [],
+        "ak_tie": {"status": "untied", "reason": "only a PEM AK key was kept"},
+        "pcrs": {
+            bank: {str(i): v.hex() for i, v in values.items()} for bank, values in pcrs.items()
+        },
+        "event_log": [],
+    }
+
+
+def azure_trust(**changes: Any) -> TrustInputs:
+    return TrustInputs(
+        binding=bytes.fromhex(_azure("nonce.hex").decode().strip()), at=AT, **changes
+    )
+
+
+def test_azure_quote_verifies_but_is_not_hardware_attested() -> None:
+    verdict = TpmVerifier().verify(azure_evidence(), azure_trust())
+    status = statuses(verdict)
+    for name in ("tpm.attest.magic", "tpm.attest.type", "tpm.attest.extra_data",
+                 "tpm.signature", "tpm.pcr.digest"):  # fmt: skip
+        assert status[name] is CheckStatus.PASS, reason(verdict, name)
+    assert status["tpm.ak.attributes"] is CheckStatus.SKIP
+    assert status["tpm.attest.signer"] is CheckStatus.SKIP
+    assert "PEM" in reason(verdict, "tpm.attest.signer")
+    assert not verdict.hardware_attested
+    assert verdict.measurement == (
+        "sha256:461684441feb67717a22b7f43096ec2f92a6582f5987f82729b3749180fede61"
+    )
+    assert tuple(check.name for check in verdict.checks) == ALL_CHECKS
+
+
+def test_azure_ak_certificate_certifies_a_different_key() -> None:
+    certificate = _azure("akcert_0x01C101D0.der")
+    own_root = x509.load_der_x509_certificate(certificate).public_bytes(Encoding.PEM)
+    evidence = azure_evidence() | {
+        "ak_certificates": [b64(certificate)],
+        "ak_tie": {"status": "certified", "reason": "Azure's AK certificate"},
+    }
+    verdict = TpmVerifier().verify(evidence, azure_trust(trust_roots=(own_root,)))
+    assert_fails(verdict, "tpm.ak.certificate", "certifies a different key")
+    assert statuses(verdict)["tpm.signature"] is CheckStatus.PASS
+
+
+def test_azure_quote_for_another_nonce_fails_the_binding() -> None:
+    verdict = TpmVerifier().verify(azure_evidence(), TrustInputs(binding=bytes(32), at=AT))
+    assert_fails(verdict, "tpm.attest.extra_data", "0efb4d54837cedf4")
+
+
+# --- synthetic quotes: all checks pass -----------------------------------------------
+
+
+@pytest.mark.parametrize("ak_kind", ["ecc", "rsa"])
+def test_genuine_synthetic_quote_is_hardware_attested(
+    ak_kind: str, ecc_ak: ec.EllipticCurvePrivateKey, rsa_ak: rsa.RSAPrivateKey, pki: Pki
+) -> None:
+    ak = ecc_ak if ak_kind == "ecc" else rsa_ak
+    verdict = TpmVerifier().verify(make_evidence(ak, pki), trust(pki))
+    assert all(check.status is CheckStatus.PASS for check in verdict.checks), verdict.checks
+    assert verdict.hardware_attested
+    attest = tpm.parse_attest(base64.b64decode(make_evidence(ak, pki)["attest"]))
+    assert verdict.measurement == "sha256:" + attest.pcr_digest.hex()
+
+
+def test_rsapss_ak_is_accepted(rsa_ak: rsa.RSAPrivateKey, pki: Pki) -> None:
+    evidence = make_evidence(rsa_ak, pki, ak_scheme=tpm.ALG_RSAPSS)
+    verdict = TpmVerifier().verify(evidence, trust(pki))
+    assert verdict.hardware_attested, verdict.checks
+    assert "RSAPSS/sha256" in reason(verdict, "tpm.signature")
+
+
+def test_an_ak_without_a_scheme_may_sign_with_sha384(pki: Pki) -> None:
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    evidence = make_evidence(p384, pki, ak_scheme=tpm.ALG_NULL, signature_scheme=tpm.ALG_ECDSA,
+                             hash_alg=tpm.ALG_SHA384)  # fmt: skip
+    verdict = TpmVerifier().verify(evidence, trust(pki))
+    assert verdict.hardware_attested, verdict.checks
+    assert "ECDSA/sha384" in reason(verdict, "tpm.signature")
+
+
+# --- one failure at a time -----------------------------------------------------------
+
+
+def _flip_b64(text: str, offset: int) -> str:
+    data = bytearray(base64.b64decode(text))
+    data[offset] ^= 0x01
+    return b64(bytes(data))
+
+
+def _flip_hex(text: str) -> str:
+    return f"{int(text[0], 16) ^ 1:x}" + text[1:]
+
+
+# Offset 80 of the attest lies in its clockInfo: the structure still parses.
+FLIPS: list[tuple[str, Any, str]] = [
+    ("attest", lambda e: e.update(attest=_flip_b64(e["attest"], 80)), "tpm.signature"),
+    ("attest pcrDigest", lambda e: e.update(attest=_flip_b64(e["attest"], -1)), "tpm.pcr.digest"),
+    ("signature", lambda e: e.update(signature=_flip_b64(e["signature"], -1)), "tpm.signature"),
+    ("ak_public", lambda e: e.update(ak_public=_flip_b64(e["ak_public"], -1)), "tpm.ak.public"),
+    ("ak_public attributes", lambda e: e.update(ak_public=_flip_b64(e["ak_public"], 7)),
+     "tpm.attest.signer"),
+    ("ak certificate", lambda e: e["ak_certificates"].__setitem__(
+        0, _flip_b64(e["ak_certificates"][0], -1)), "tpm.ak.certificate"),
+    ("ak ca certificate", lambda e: e["ak_certificates"].__setitem__(
+        1, _flip_b64(e["ak_certificates"][1], -1)), "tpm.ak.certificate"),
+    ("ek certificate", lambda e: e["ek_certificates"].__setitem__(
+        0, _flip_b64(e["ek_certificates"][0], -1)), "tpm.ek.certificate"),
+    ("ek ca certificate", lambda e: e["ek_certificates"].__setitem__(
+        1, _flip_b64(e["ek_certificates"][1], -1)), "tpm.ek.certificate"),
+    ("pcr 3", lambda e: e["pcrs"]["sha256"].update({"3": _flip_hex(e["pcrs"]["sha256"]["3"])}),
+     "tpm.pcr.digest"),
+    ("event digest", lambda e: e["event_log"][0].update(
+        digest=_flip_hex(e["event_log"][0]["digest"])), "tpm.eventlog.replay"),
+    ("event data", lambda e: e["event_log"][0].update(
+        data=e["event_log"][0]["data"][:-1] + "0"), "tpm.eventlog.policy"),
+    ("ak_tie", lambda e: e["ak_tie"].update(status="untied"), "tpm.ak.certificate"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("field", "corrupt", "check"), FLIPS, ids=[f[0] for f in FLIPS])
+def test_a_flipped_byte_fails_a_named_check(
+    field: str, corrupt: Any, check: str, ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki
+) -> None:
+    evidence = make_evidence(ecc_ak, pki)
+    corrupt(evidence)
+    verdict = TpmVerifier().verify(evidence, trust(pki))
+    assert_fails(verdict, check)
+    assert statuses(verdict)["tpm.evidence.shape"] is CheckStatus.PASS, field
+
+
+def test_wrong_binding(ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki) -> None:
+    verdict = TpmVerifier().verify(make_evidence(ecc_ak, pki), trust(pki, binding=bytes(32)))
+    assert_fails(verdict, "tpm.attest.extra_data", BINDING[:8].hex(), "0000000000000000")
+    assert statuses(verdict)["tpm.signature"] is CheckStatus.PASS
+
+
+def test_wrong_magic(ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki) -> None:
+    evidence = make_evidence(ecc_ak, pki, magic=0xFF544348)
+    verdict = TpmVerifier().verify(evidence, trust(pki))
+    assert_fails(verdict, "tpm.attest.magic", "0xff544348")
+    assert statuses(verdict)["tpm.signature"] is CheckStatus.PASS
+
+
+def test_wrong_type_skips_what_needs_the_quote(
+    ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki
+) -> None:
+    evidence = make_evidence(ecc_ak, pki, attest_type=0x8017)
+    verdict = TpmVerifier().verify(evidence, trust(pki))
+    assert_fails(verdict, "tpm.attest.type", "0x8017")
+    status = statuses(verdict)
+    for name in ("tpm.attest.extra_data", "tpm.attest.signer", "tpm.pcr.digest"):
+        assert status[name] is CheckStatus.SKIP
+    assert status["tpm.signature"] is CheckStatus.PASS
+    assert verdict.measurement is None
+
+
+@pytest.mark.parametrize(
+    ("attributes", "fragment"),
+    [(tpm.AK_ATTRIBUTES & ~tpm.RESTRICTED, "restricted not set"),
+     (tpm.AK_ATTRIBUTES | tpm.DECRYPT, "decrypt set")],
+    ids=["not-restricted", "decrypt"],
+)  # fmt: skip
+def test_ak_attributes(
+    attributes: int, fragment: str, ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki
+) -> None:
+    evidence = make_evidence(ecc_ak, pki, attributes=attributes)
+    verdict = TpmVerifier().verify(evidence, trust(pki))
+    assert_fails(verdict, "tpm.ak.attributes", fragment)
+    assert statuses(verdict)["tpm.attest.signer"] is CheckStatus.PASS
+
+
+def test_sha1_signature_is_refused(ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki) -> None:
+    evidence = make_evidence(ecc_ak, pki, ak_scheme=tpm.ALG_NULL, signature_scheme=tpm.ALG_ECDSA,
+                             hash_alg=tpm.ALG_SHA1)  # fmt: skip
+    verdict = TpmVerifier().verify(evidence, trust(pki))
+    assert_fails(verdict, "tpm.signature", "SHA-1")
+
+
+def test_signature_scheme_must_be_the_aks(rsa_ak: rsa.RSAPrivateKey, pki: Pki) -> None:
+    evidence = make_evidence(rsa_ak, pki, signature_scheme=tpm.ALG_RSAPSS)
+    assert_fails(TpmVerifier().verify(evidence, trust(pki)), "tpm.signature", "AK's own scheme")
+
+
+def test_signature_hash_must_be_the_aks(pki: Pki) -> None:
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    # the AK's scheme is ECDSA with SHA-256, so a SHA-384 signature is not its own
+    evidence = make_evidence(p384, pki, hash_alg=tpm.ALG_SHA384)
+    assert_fails(TpmVerifier().verify(evidence, trust(pki)), "tpm.signature", "AK's own scheme")
+
+
+def test_signer_of_another_hierarchy(ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki) -> None:
+    evidence = make_evidence(ecc_ak, pki, signer_hierarchy="owner")
+    verdict = TpmVerifier().verify(evidence, trust(pki))
+    assert_fails(verdict, "tpm.attest.signer", "endorsement hierarchy")
+    assert statuses(verdict)["tpm.signature"] is CheckStatus.PASS
+
+
+def test_pcr_values_must_cover_exactly_the_selection(
+    ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki
+) -> None:
+    missing = make_evidence(ecc_ak, pki)
+    del missing["pcrs"]["sha256"]["3"]
+    assert_fails(TpmVerifier().verify(missing, trust(pki)), "tpm.pcr.digest", "lack sha256:3")
+    extra = make_evidence(ecc_ak, pki)
+    extra["pcrs"]["sha256"]["10"] = "00" * 32
+    assert_fails(TpmVerifier().verify(extra, trust(pki)), "tpm.pcr.digest", "reports sha256:10")
+
+
+def test_event_log_naming_an_unquoted_pcr(ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki) -> None:
+    evidence = make_evidence(ecc_ak, pki)
+    evidence["event_log"][0]["pcr"] = 16
+    verdict = TpmVerifier().verify(evidence, trust(pki))
+    assert_fails(verdict, "tpm.eventlog.replay", "sha256:16", "not quoted")
+
+
+def test_empty_event_log(ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki) -> None:
+    evidence = make_evidence(ecc_ak, pki) | {"event_log": []}
+    verdict = TpmVerifier().verify(evidence, trust(pki))
+    assert_fails(verdict, "tpm.eventlog.replay", "extends are missing")
+    assert_fails(verdict, "tpm.eventlog.policy", "0 cmcp-policy-bundle events")
+
+
+def test_policy_hash_mismatch_and_absence(ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki) -> None:
+    evidence = make_evidence(ecc_ak, pki)
+    other = "sha256:" + "11" * 32
+    assert_fails(TpmVerifier().verify(evidence, trust(pki, policy_hash=other)),
+                 "tpm.eventlog.policy", "sha256:1111")  # fmt: skip
+    unchecked = TpmVerifier().verify(evidence, trust(pki, policy_hash=None))
+    assert statuses(unchecked)["tpm.eventlog.policy"] is CheckStatus.SKIP
+    assert unchecked.hardware_attested
+
+
+def test_ak_certificate_expired_at_the_claim_time(
+    ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki
+) -> None:
+    evidence = make_evidence(ecc_ak, pki)
+    short = pki.ak_certificate(ecc_ak.public_key(), not_after=AT - timedelta(days=1))
+    evidence["ak_certificates"][0] = b64(short.public_bytes(Encoding.DER))
+    verdict = TpmVerifier().verify(evidence, trust(pki))
+    assert_fails(verdict, "tpm.ak.certificate", "AK certificate 1", "expired")
+
+
+def test_chain_to_an_unpinned_root(ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki) -> None:
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    other_root = _certificate("Other Root", other_key.public_key(), None, other_key, ca=True)
+    verdict = TpmVerifier().verify(
+        make_evidence(ecc_ak, pki),
+        trust(None, trust_roots=(other_root.public_bytes(Encoding.PEM),)),
+    )
+    assert_fails(verdict, "tpm.ak.certificate", "CN=Test Root", "no pinned trust root")
+    assert statuses(verdict)["tpm.ek.certificate"] is CheckStatus.SKIP
+    assert "No pinned root for the EK issuer" in reason(verdict, "tpm.ek.certificate")
+
+
+def test_trust_roots_may_be_bundles_of_several_certificates(
+    ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki
+) -> None:
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    other_root = _certificate("Other Root", other_key.public_key(), None, other_key, ca=True)
+    bundle = other_root.public_bytes(Encoding.PEM) + pki.root_pem
+    verdict = TpmVerifier().verify(make_evidence(ecc_ak, pki), trust(None, trust_roots=(bundle,)))
+    assert verdict.hardware_attested, verdict.checks
+
+
+def test_ek_certificates_of_two_algorithms_under_a_pinned_issuer(
+    ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki
+) -> None:
+    """The collector reads the RSA and the ECC EK certificate: two leaves, not a chain."""
+    ek_ca_key = ec.generate_private_key(ec.SECP256R1())
+    ek_ca = _certificate("Maker EK CA", ek_ca_key.public_key(), None, ek_ca_key, ca=True)
+    leaves = [
+        _certificate("EK", key.public_key(), ("Maker EK CA", ek_ca_key), ek_ca_key, ca=False)
+        for key in (
+            ec.generate_private_key(ec.SECP384R1()),
+            ec.generate_private_key(ec.SECP256R1()),
+        )
+    ]
+    evidence = make_evidence(ecc_ak, pki)
+    evidence["ek_certificates"] = [b64(c.public_bytes(Encoding.DER)) for c in leaves]
+    roots = (pki.root_pem, ek_ca.public_bytes(Encoding.PEM))
+    verdict = TpmVerifier().verify(evidence, trust(pki, trust_roots=roots))
+    assert statuses(verdict)["tpm.ek.certificate"] is CheckStatus.PASS, verdict.checks
+    unpinned = TpmVerifier().verify(evidence, trust(pki))
+    assert statuses(unpinned)["tpm.ek.certificate"] is CheckStatus.SKIP
+    assert "CN=Maker EK CA" in reason(unpinned, "tpm.ek.certificate")
+
+
+def test_certificates_without_trust_roots_skip(
+    ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki
+) -> None:
+    verdict = TpmVerifier().verify(make_evidence(ecc_ak, pki), trust(None))
+    assert statuses(verdict)["tpm.ak.certificate"] is CheckStatus.SKIP
+    assert "--trust-root" in reason(verdict, "tpm.ak.certificate")
+    assert not verdict.failed and not verdict.hardware_attested
+
+
+def test_no_certificates_skip_and_are_not_attested(
+    ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki
+) -> None:
+    evidence = make_evidence(ecc_ak, pki, certified=False) | {"ek_certificates": []}
+    verdict = TpmVerifier().verify(evidence, trust(pki))
+    status = statuses(verdict)
+    assert status["tpm.ak.certificate"] is CheckStatus.SKIP
+    assert status["tpm.ek.certificate"] is CheckStatus.SKIP
+    assert "not tied to the EK" in reason(verdict, "tpm.ak.certificate")
+    assert not verdict.failed and not verdict.hardware_attested
+
+
+def test_ak_certificate_for_another_key(
+    ecc_ak: ec.EllipticCurvePrivateKey, rsa_ak: rsa.RSAPrivateKey, pki: Pki
+) -> None:
+    evidence = make_evidence(ecc_ak, pki)
+    evidence["ak_certificates"][0] = b64(
+        pki.ak_certificate(rsa_ak.public_key()).public_bytes(Encoding.DER)
+    )
+    verdict = TpmVerifier().verify(evidence, trust(pki))
+    assert_fails(verdict, "tpm.ak.certificate", "certifies a different key")
+
+
+def test_a_leaf_cannot_issue_certificates(ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki) -> None:
+    """An AK certificate's holder must not extend the chain: its issuer must be a CA."""
+    evidence = make_evidence(ecc_ak, pki)
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = pki.ak_certificate(leaf_key.public_key())
+    forged = _certificate("AK2", ecc_ak.public_key(), ("AK", leaf_key), leaf_key, ca=False)
+    evidence["ak_certificates"] = [
+        b64(c.public_bytes(Encoding.DER)) for c in (forged, leaf, pki.ak_ca)
+    ]
+    verdict = TpmVerifier().verify(evidence, trust(pki))
+    assert_fails(verdict, "tpm.ak.certificate", "not a CA")
+
+
+def test_weak_rsa_ak_is_refused(pki: Pki) -> None:
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - refused
+    verdict = TpmVerifier().verify(make_evidence(weak, pki), trust(pki))
+    assert_fails(verdict, "tpm.ak.public", "1024 bits")
+    assert statuses(verdict)["tpm.signature"] is CheckStatus.SKIP
+
+
+# --- malformed evidence --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("garbage", [*GARBAGE, None, 7, [], "evidence"], ids=repr)
+def test_garbage_fails_closed(garbage: Any) -> None:
+    verdict = TpmVerifier().verify(garbage, TrustInputs(binding=bytes(32), at=AT))
+    assert isinstance(verdict, EvidenceVerdict)
+    assert verdict.failed and not verdict.hardware_attested
+    assert statuses(verdict)["tpm.evidence.shape"] is CheckStatus.FAIL
+    assert verdict.measurement is None
+
+
+MALFORMED: list[tuple[str, Any]] = [
+    ("attest", "not base64!"),
+    ("attest", "AAAA"),
+    ("attest", "QQ"),
+    ("signature", 7),
+    ("ak_public", b64(b"\x00\x23")),
+    ("ak_hierarchy", "null"),
+    ("ak_certificates", "MIIB"),
+    ("ak_certificates", [b64(b"not der")]),
+    ("ek_certificates", [b64(b"not der")]),
+    ("ak_tie", {"status": "maybe", "reason": ""}),
+    ("pcrs", {"sha256": {"3": "XY" * 32}}),
+    ("pcrs", {"sha512": {}}),
+    ("pcrs", {"sha256": {"03": "00" * 32}}),
+    ("pcrs", []),
+    ("event_log", [{"pcr": True, "bank": "sha256", "digest": "", "type": "x", "data": ""}]),
+    ("event_log", [None]),
+    ("extra", 1),
+]
+
+
+@pytest.mark.parametrize(("member", "value"), MALFORMED, ids=lambda v: repr(v)[:24])
+def test_malformed_members_fail_without_raising(
+    member: str, value: Any, ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki
+) -> None:
+    evidence = copy.deepcopy(make_evidence(ecc_ak, pki)) | {member: value}
+    verdict = TpmVerifier().verify(evidence, trust(pki))
+    assert verdict.failed and not verdict.hardware_attested
+    assert tuple(check.name for check in verdict.checks) == ALL_CHECKS
+
+
+def test_unknown_member_fails_shape_but_later_checks_still_run(
+    ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki
+) -> None:
+    evidence = make_evidence(ecc_ak, pki) | {"note": "hello"}
+    verdict = TpmVerifier().verify(evidence, trust(pki))
+    assert_fails(verdict, "tpm.evidence.shape", "unknown members note")
+    assert statuses(verdict)["tpm.signature"] is CheckStatus.PASS
+
+
+def test_pem_and_tpmt_public_together_are_refused(
+    ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki
+) -> None:
+    pem = ecc_ak.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    evidence = make_evidence(ecc_ak, pki) | {"ak_public_pem": pem.decode()}
+    verdict = TpmVerifier().verify(evidence, trust(pki))
+    assert_fails(verdict, "tpm.evidence.shape", "not both")
