@@ -21,8 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from cmcp_cli.attestation.api import GatewayFacts, ProviderError, TrustInputs
-from cmcp_tpm import collector as collector_module
-from cmcp_tpm import pcr
+from cmcp_tpm import pcr, tpm_access
 from cmcp_tpm.collector import TpmCollector, measure_bundle
 from cmcp_tpm.testing import SoftwareTpm, TestCa, enroll_attestation_key, read_pcrs
 from cmcp_tpm.verifier import TpmVerifier
@@ -158,7 +157,7 @@ def test_detect_reports_bad_settings_instead_of_raising() -> None:
 
 
 def test_missing_tpm2_pytss_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(collector_module, "_TSS_PROBLEM", "No module named 'tpm2_pytss'")
+    monkeypatch.setattr(tpm_access, "TSS_PROBLEM", "No module named 'tpm2_pytss'")
     detection = TpmCollector().detect({})
     assert not detection.present
     assert "install cmcp-tpm[collector] (needs libtss2)" in detection.detail

@@ -6,9 +6,9 @@ endorsement hierarchy, persisted at `ak_handle`), and reads the AK and EK certif
 NV. Per session `collect` asks the TPM for a quote over the PCR selection with the session
 binding as qualifyingData and returns it with everything a verifier needs offline.
 
-ESAPI contexts are not thread-safe, so every TPM command runs under one lock. This is the
-only module of the package that imports tpm2-pytss (which needs libtss2); its absence is
-reported by `detect` and turned into a `ProviderError` by `prepare`.
+ESAPI contexts are not thread-safe, so every TPM command runs under one lock. tpm2-pytss
+(which needs libtss2) comes through `tpm_access`; its absence is reported by `detect` and
+turned into a `ProviderError` by `prepare`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -27,24 +26,28 @@ from cryptography.hazmat.primitives import serialization
 
 from cmcp_cli.attestation.api import Detection, Evidence, GatewayFacts, ProviderError
 from cmcp_tpm import pcr as pcr_math
+from cmcp_tpm import tpm_access
 from cmcp_tpm.plugin import EVIDENCE_TYPE, PLATFORM
 from cmcp_tpm.settings import (
-    NV_INDEX_FIRST,
     PERSISTENT_FIRST,
     SECTION,
     AkAlgorithm,
     TpmSettings,
 )
-
-_TSS_PROBLEM: str | None
-try:
-    import tpm2_pytss as tss  # type: ignore[import-untyped]  # ships no type information
-    from tpm2_pytss import ESAPI, ESYS_TR, TPM2B_PUBLIC, TPMT_PUBLIC, TSS2_Exception
-except ImportError as error:  # the package, or the libtss2 it links, is missing
-    tss = None
-    _TSS_PROBLEM = str(error)
-else:
-    _TSS_PROBLEM = None
+from cmcp_tpm.tpm_access import (
+    ESAPI,
+    ESYS_TR,
+    INSTALL,
+    TPM2B_PUBLIC,
+    TPMT_PUBLIC,
+    TSS2_Exception,
+    defined_handles,
+    open_tpm,
+    read_certificates,
+    require_tss,
+    tpm_errors,
+    tss,
+)
 
 ENDORSEMENT_HIERARCHY: Final = 0x4000000B  # TPM_RH_ENDORSEMENT, the AK's hierarchy
 _HASH_OF_ALGORITHM: Final = {0x000B: "sha256", 0x000C: "sha384"}
@@ -61,13 +64,8 @@ _AK_ATTRIBUTES: Final = {
     "sign": 0x00040000,
 }
 _DECRYPT: Final = 0x00020000
-_NV_OWNERREAD: Final = 0x00020000
-_NV_AUTHREAD: Final = 0x00040000
-_NV_WRITTEN: Final = 0x20000000
-_RC_INITIALIZE: Final = 0x100  # the TPM was never sent TPM2_Startup
 _QUOTE_ATTEMPTS: Final = 3
 _BUNDLE_EVENT: Final = "cmcp-policy-bundle"
-_INSTALL: Final = "install cmcp-tpm[collector] (needs libtss2)"
 _AK_FIX: Final = (
     f"evict it (tpm2_evictcontrol -C o -c <handle>) so the gateway creates its AK there, "
     f"or set {SECTION}.ak_handle to a free persistent handle"
@@ -100,8 +98,9 @@ class TpmCollector:
             tcti = TpmSettings.parse(settings).tcti
         except ProviderError as error:
             return Detection(False, f"{error.message} ({error.hint})")
-        if _TSS_PROBLEM is not None:
-            return Detection(False, f"tpm2-pytss is not usable ({_TSS_PROBLEM}): {_INSTALL}")
+        if tpm_access.TSS_PROBLEM is not None:
+            problem = tpm_access.TSS_PROBLEM
+            return Detection(False, f"tpm2-pytss is not usable ({problem}): {INSTALL}")
         device = _device_path(tcti)
         if device is not None and not device.exists():
             return Detection(False, f"no TPM device at {device} ({SECTION}.tcti = {tcti!r})")
@@ -110,7 +109,7 @@ class TpmCollector:
                 prepared = self._prepared
                 if prepared is not None and prepared.settings.tcti == tcti:
                     return Detection(True, _describe(prepared.esapi, tcti))
-                esapi = _open(tcti)
+                esapi = open_tpm(tcti)
                 try:
                     return Detection(True, _describe(esapi, tcti))
                 finally:
@@ -122,17 +121,17 @@ class TpmCollector:
 
     def prepare(self, facts: GatewayFacts, settings: Mapping[str, Any]) -> None:
         parsed = TpmSettings.parse(settings)
-        _require_tss()
+        require_tss()
         with self._lock:
             self._close_locked()
-            esapi = _open(parsed.tcti)
+            esapi = open_tpm(parsed.tcti)
             try:
                 event = measure_bundle(esapi, parsed.pcr, facts.bundle_hash)
                 ak, ak_public, ak_spki = _create_or_load_ak(esapi, parsed)
-                ak_certificates = _read_certificates(esapi, (parsed.ak_cert_nv_index,))
+                ak_certificates = read_certificates(esapi, (parsed.ak_cert_nv_index,))
                 for certificate in ak_certificates:
                     _check_certifies(certificate, ak_spki, parsed)
-                ek_certificates = _read_certificates(esapi, parsed.ek_cert_nv_indices)
+                ek_certificates = read_certificates(esapi, parsed.ek_cert_nv_indices)
             except BaseException:
                 esapi.close()
                 raise
@@ -179,42 +178,14 @@ class TpmCollector:
             prepared.esapi.close()
 
 
-def _require_tss() -> None:
-    if _TSS_PROBLEM is not None:
-        raise ProviderError(f"tpm2-pytss is not usable: {_TSS_PROBLEM}", hint=_INSTALL)
-
-
 def _device_path(tcti: str) -> Path | None:
     """The character device a `device:` TCTI opens (tpm2-tss defaults to /dev/tpm0)."""
     name, _, config = tcti.partition(":")
     return Path(config or "/dev/tpm0") if name == "device" else None
 
 
-@contextmanager
-def _tpm_errors(action: str, hint: str) -> Iterator[None]:
-    """Turn a TSS error into a `ProviderError` that says what failed and what to do."""
-    try:
-        yield
-    except TSS2_Exception as error:
-        if int(error.rc) & 0xFFF == _RC_INITIALIZE:
-            hint = (
-                "the TPM was never started (TPM2_Startup): firmware starts a hardware TPM; "
-                "start swtpm with --flags not-need-init,startup-clear"
-            )
-        raise ProviderError(f"{action} ({error})", hint=hint) from None
-
-
-def _open(tcti: str) -> ESAPI:
-    with _tpm_errors(
-        f"cannot open the TPM at {SECTION}.tcti = {tcti!r}",
-        "check that the TPM (or swtpm) is running and reachable and that this user may open "
-        "it (for /dev/tpmrm0: a member of group tss)",
-    ):
-        return ESAPI(tcti)
-
-
 def _describe(esapi: ESAPI, tcti: str) -> str:
-    with _tpm_errors(f"the TPM at {tcti!r} does not answer", f"check {SECTION}.tcti"):
+    with tpm_errors(f"the TPM at {tcti!r} does not answer", f"check {SECTION}.tcti"):
         _, data = esapi.get_capability(tss.TPM2_CAP.TPM_PROPERTIES, 0x105, 1)
         vendor = int(data.data.tpmProperties[0].value).to_bytes(4, "big")
         _, banks = esapi.get_capability(tss.TPM2_CAP.PCRS, 0, 1)
@@ -248,7 +219,7 @@ def measure_bundle(esapi: ESAPI, pcr: int, bundle_hash: str) -> dict[str, str | 
     extend = tss.TPML_DIGEST_VALUES(
         [tss.TPMT_HA(hashAlg=tss.TPM2_ALG.SHA256, digest=tss.TPMU_HA(sha256=digest))]
     )
-    with _tpm_errors(
+    with tpm_errors(
         f"extending PCR {pcr} with the policy bundle hash",
         f"that PCR needs an authorization the gateway lacks; choose another {SECTION}.pcr",
     ):
@@ -277,20 +248,6 @@ def _selected(bitmap: bytes) -> list[int]:
     return [i for i in range(len(bitmap) * 8) if bitmap[i // 8] >> (i % 8) & 1]
 
 
-def _handles(esapi: ESAPI, first: int) -> set[int]:
-    """The handles of `first`'s type that exist (persistent objects or NV indices)."""
-    found: set[int] = set()
-    more, start = True, first
-    while more:
-        more, data = esapi.get_capability(tss.TPM2_CAP.HANDLES, start, 64)
-        batch = [int(handle) for handle in data.data.handles]
-        if not batch:
-            break
-        found.update(batch)
-        start = max(batch) + 1
-    return {handle for handle in found if handle >> 24 == first >> 24}
-
-
 def _ak_template(algorithm: AkAlgorithm) -> TPM2B_PUBLIC:
     """The AK's TPM2B_PUBLIC: restricted signing, empty auth, the scheme fixed in the key."""
     attributes = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign"
@@ -305,11 +262,11 @@ def _create_or_load_ak(esapi: ESAPI, settings: TpmSettings) -> tuple[ESYS_TR, by
     TPMT_PUBLIC and its SubjectPublicKeyInfo DER."""
     handle = settings.ak_handle
     where = f"{SECTION}.ak_handle 0x{handle:08X}"
-    with _tpm_errors(f"loading the AK at {where}", _AK_FIX):
-        exists = handle in _handles(esapi, PERSISTENT_FIRST)
+    with tpm_errors(f"loading the AK at {where}", _AK_FIX):
+        exists = handle in defined_handles(esapi, PERSISTENT_FIRST)
         ak = esapi.tr_from_tpmpublic(handle) if exists else None
     if ak is None:
-        with _tpm_errors(
+        with tpm_errors(
             "creating the AK in the endorsement hierarchy",
             "the endorsement hierarchy needs an empty authorization value for the gateway",
         ):
@@ -317,16 +274,16 @@ def _create_or_load_ak(esapi: ESAPI, settings: TpmSettings) -> tuple[ESYS_TR, by
                 None, _ak_template(settings.ak_algorithm), ESYS_TR.ENDORSEMENT
             )
         try:
-            with _tpm_errors(
+            with tpm_errors(
                 f"persisting the AK at {where}",
                 "the owner hierarchy needs an empty authorization value, and the TPM free "
                 "persistent slots",
             ):
                 ak = esapi.evict_control(ESYS_TR.OWNER, transient, handle)
         finally:
-            with _tpm_errors("flushing the transient AK", "restart the TPM resource manager"):
+            with tpm_errors("flushing the transient AK", "restart the TPM resource manager"):
                 esapi.flush_context(transient)
-    with _tpm_errors(f"reading the AK's public area at {where}", _AK_FIX):
+    with tpm_errors(f"reading the AK's public area at {where}", _AK_FIX):
         public, name, qualified_name = esapi.read_public(ak)
     marshaled = bytes(public.publicArea.marshal())
     problem = _ak_problem(public.publicArea, marshaled, bytes(name), bytes(qualified_name))
@@ -371,64 +328,6 @@ def _ak_problem(
     return None
 
 
-def _read_certificates(esapi: ESAPI, indices: tuple[int, ...]) -> tuple[bytes, ...]:
-    """The DER certificates held at those of `indices` that are defined and written."""
-    if not indices:
-        return ()
-    with _tpm_errors("listing NV indices", "check the TPM's health"):
-        defined = _handles(esapi, NV_INDEX_FIRST)
-        _, data = esapi.get_capability(tss.TPM2_CAP.TPM_PROPERTIES, tss.TPM2_PT_NV.BUFFER_MAX, 1)
-        chunk = int(data.data.tpmProperties[0].value)
-    certificates: list[bytes] = []
-    for index in (i for i in indices if i in defined):
-        where = f"NV index 0x{index:08X}"
-        with _tpm_errors(f"reading {where}", f"remove it from {SECTION} if it is not readable"):
-            data = _read_nv(esapi, index, chunk, where)
-        if data is not None:
-            certificates.append(_der_certificate(data, where))
-    return tuple(certificates)
-
-
-def _read_nv(esapi: ESAPI, index: int, chunk: int, where: str) -> bytes | None:
-    """The contents of a defined NV index (None if never written), read `chunk` bytes at a
-    time with the index's own (empty) auth, or the owner's when only the owner may read."""
-    handle = esapi.tr_from_tpmpublic(index)
-    try:
-        public, _ = esapi.nv_read_public(handle)
-        size, attributes = int(public.nvPublic.dataSize), int(public.nvPublic.attributes)
-        if not attributes & _NV_WRITTEN:
-            return None
-        if not attributes & (_NV_AUTHREAD | _NV_OWNERREAD):
-            raise ProviderError(f"{where} is readable by neither its auth nor the owner")
-        auth = handle if attributes & _NV_AUTHREAD else ESYS_TR.OWNER
-        return b"".join(
-            bytes(esapi.nv_read(handle, min(chunk, size - offset), offset, auth))
-            for offset in range(0, size, chunk)
-        )
-    finally:
-        esapi.tr_close(handle)
-
-
-def _der_certificate(data: bytes, where: str) -> bytes:
-    """The DER certificate at the start of `data` (NV areas may be padded after it)."""
-    length = 0
-    if len(data) >= 2 and data[0] == 0x30:
-        if data[1] < 0x80:
-            length = 2 + data[1]
-        elif 1 <= data[1] & 0x7F <= 3:
-            octets = data[1] & 0x7F
-            length = 2 + octets + int.from_bytes(data[2 : 2 + octets], "big")
-    der = data[:length]
-    try:
-        x509.load_der_x509_certificate(der)
-    except ValueError as error:
-        raise ProviderError(
-            f"{where} does not hold a DER X.509 certificate ({error})",
-            hint=f"correct {SECTION}.ak_cert_nv_index / ek_cert_nv_indices",
-        ) from None
-    return der
-
-
 def _check_certifies(certificate: bytes, ak_spki: bytes, settings: TpmSettings) -> None:
     certified = x509.load_der_x509_certificate(certificate).public_key()
     spki = certified.public_bytes(
@@ -449,7 +348,7 @@ def _quote(prepared: _Prepared, binding: bytes) -> tuple[bytes, bytes, dict[int,
     esapi, indices = prepared.esapi, prepared.settings.pcrs
     selection = tss.TPML_PCR_SELECTION.parse("sha256:" + ",".join(map(str, indices)))
     for _ in range(_QUOTE_ATTEMPTS):
-        with _tpm_errors("quoting the PCRs with the AK", "check the TPM's health"):
+        with tpm_errors("quoting the PCRs with the AK", "check the TPM's health"):
             attest, signature = esapi.quote(prepared.ak, selection, binding)
             values = _read_pcrs(esapi, indices)
         attest_bytes = bytes(attest)

@@ -35,7 +35,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
-from cmcp_tpm.settings import AK_CERT_NV_INDEX, RSA_EK_CERT_NV_INDEX
+from cmcp_tpm.settings import AK_CERT_NV_INDEX, NV_INDEX_FIRST, RSA_EK_CERT_NV_INDEX
+from cmcp_tpm.tpm_access import defined_handles, der_certificate, nv_buffer_max, read_nv
 
 try:
     import tpm2_pytss as tss  # type: ignore[import-untyped]  # ships no type information
@@ -396,7 +397,11 @@ def _make_credential(
     ek, ek_public, _, _, _ = esapi.create_primary(None, ek_rsa2048.template, ESYS_TR.ENDORSEMENT)
     esapi.flush_context(ek)
     ek_der = bytes(ek_public.publicArea.to_der())
-    certificate = x509.load_der_x509_certificate(_read_nv(esapi, RSA_EK_CERT_NV_INDEX))
+    where = f"NV index 0x{RSA_EK_CERT_NV_INDEX:08X}"
+    stored = read_nv(esapi, RSA_EK_CERT_NV_INDEX, nv_buffer_max(esapi), where)
+    if stored is None:
+        raise RuntimeError("the TPM holds no RSA EK certificate (swtpm_setup --create-ek-cert)")
+    certificate = x509.load_der_x509_certificate(der_certificate(stored, "the EK certificate"))
     certified = certificate.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -439,26 +444,9 @@ def _activate_credential(
     return bytes(recovered)
 
 
-def _nv_buffer_max(esapi: ESAPI) -> int:
-    _, data = esapi.get_capability(tss.TPM2_CAP.TPM_PROPERTIES, tss.TPM2_PT_NV.BUFFER_MAX, 1)
-    return int(data.data.tpmProperties[0].value)
-
-
-def _read_nv(esapi: ESAPI, index: int) -> bytes:
-    handle = esapi.tr_from_tpmpublic(index)
-    public, _ = esapi.nv_read_public(handle)
-    size, chunk = int(public.nvPublic.dataSize), _nv_buffer_max(esapi)
-    data = b"".join(
-        bytes(esapi.nv_read(handle, min(chunk, size - offset), offset))
-        for offset in range(0, size, chunk)
-    )
-    esapi.tr_close(handle)
-    return data
-
-
 def _store_nv(esapi: ESAPI, index: int, data: bytes) -> None:
     """Define `index` (owner-written, readable with its empty auth) to hold exactly `data`."""
-    if index in _nv_indices(esapi):
+    if index in defined_handles(esapi, NV_INDEX_FIRST):
         esapi.nv_undefine_space(esapi.tr_from_tpmpublic(index), ESYS_TR.OWNER)
     attributes = (
         tss.TPMA_NV.OWNERWRITE | tss.TPMA_NV.OWNERREAD | tss.TPMA_NV.AUTHREAD | tss.TPMA_NV.NO_DA
@@ -469,15 +457,10 @@ def _store_nv(esapi: ESAPI, index: int, data: bytes) -> None:
         )
     )
     handle = esapi.nv_define_space(None, public, ESYS_TR.OWNER)
-    chunk = _nv_buffer_max(esapi)
+    chunk = nv_buffer_max(esapi)
     for offset in range(0, len(data), chunk):
         esapi.nv_write(handle, data[offset : offset + chunk], offset, ESYS_TR.OWNER)
     esapi.tr_close(handle)
-
-
-def _nv_indices(esapi: ESAPI) -> set[int]:
-    _, data = esapi.get_capability(tss.TPM2_CAP.HANDLES, tss.TPM2_HC.NV_INDEX_FIRST, 256)
-    return {int(handle) for handle in data.data.handles}
 
 
 def read_pcrs(tcti: str, indices: tuple[int, ...]) -> dict[int, bytes]:
