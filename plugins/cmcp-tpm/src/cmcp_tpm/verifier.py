@@ -11,10 +11,8 @@ evidence is a failed check, never an exception.
 
 from __future__ import annotations
 
-import base64
 import re
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -24,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cmcp_cli.attestation.api import Check, CheckStatus, EvidenceVerdict, TrustInputs
 from cmcp_tpm import certificates, pcr
 from cmcp_tpm import structures as tpm
+from cmcp_tpm.evidence import decode
 
 SHAPE = "tpm.evidence.shape"
 MAGIC = "tpm.attest.magic"
@@ -45,13 +44,6 @@ HARDWARE_CHECKS = (
 )  # fmt: skip
 POLICY_EVENT = "cmcp-policy-bundle"
 
-_MEMBERS = frozenset(
-    {"attest", "signature", "ak_certificates", "ek_certificates", "ak_tie", "pcrs", "event_log"}
-)
-_KEY_MEMBERS = frozenset({"ak_public", "ak_hierarchy", "ak_public_pem"})
-_EVENT_MEMBERS = frozenset({"pcr", "bank", "digest", "type", "data"})
-_INDEX = re.compile(r"0|[1-9][0-9]?")
-_HEX = re.compile(r"(?:[0-9a-f]{2})+")
 _POLICY_HASH = re.compile(r"sha256:([0-9a-f]{64})")
 _SIGNATURE_HASHES = {tpm.ALG_SHA256: hashes.SHA256(), tpm.ALG_SHA384: hashes.SHA384()}
 _SCHEME_NAMES = {tpm.ALG_RSASSA: "RSASSA", tpm.ALG_RSAPSS: "RSAPSS", tpm.ALG_ECDSA: "ECDSA"}
@@ -61,157 +53,6 @@ _ATTRIBUTE_NAMES = {
     tpm.SIGN: "sign",
 }  # fmt: skip
 _COMPOSITE_HASHES = {32: "sha256", 48: "sha384"}
-
-
-class _ShapeError(ValueError):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class _Event:
-    pcr: int
-    bank: str
-    digest: bytes
-    type: str
-    data: str
-
-
-@dataclass(slots=True)
-class _Decoded:
-    """The evidence members that decoded; None where one was missing or malformed."""
-
-    attest: bytes | None = None
-    signature: bytes | None = None
-    ak_public: bytes | None = None
-    ak_hierarchy: str | None = None
-    ak_public_pem: bytes | None = None
-    ak_certificates: list[bytes] | None = None
-    ek_certificates: list[bytes] | None = None
-    ak_tie: str | None = None
-    pcrs: dict[str, dict[int, bytes]] | None = None
-    event_log: list[_Event] | None = None
-    problems: list[str] = field(default_factory=list)
-
-
-def _blob(value: Any, member: str, *, pem: bool = False) -> bytes:
-    if not isinstance(value, str) or not value:
-        raise _ShapeError(f"{member} must be a non-empty string")
-    if pem:
-        return value.encode()
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except ValueError:
-        raise _ShapeError(f"{member} is not standard base64") from None
-    if base64.b64encode(raw).decode() != value:
-        raise _ShapeError(f"{member} is not canonical padded base64")
-    return raw
-
-
-def _digest(value: Any, bank: str, member: str) -> bytes:
-    size = pcr.DIGEST_SIZES[bank]
-    if not isinstance(value, str) or not _HEX.fullmatch(value) or len(value) != 2 * size:
-        raise _ShapeError(f"{member} must be {2 * size} lowercase hex digits ({bank})")
-    return bytes.fromhex(value)
-
-
-def _bank(value: Any, member: str) -> str:
-    if not isinstance(value, str) or value not in pcr.DIGEST_SIZES:
-        raise _ShapeError(f"{member} names bank {value!r}, not one of sha1, sha256, sha384")
-    return value
-
-
-def _mapping(value: Any, member: str, keys: frozenset[str] | None = None) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise _ShapeError(f"{member} must be an object")
-    if keys is not None and set(value) != keys:
-        raise _ShapeError(f"{member} must have exactly the members {', '.join(sorted(keys))}")
-    return value
-
-
-def _blob_list(value: Any, member: str) -> list[bytes]:
-    if not isinstance(value, list):
-        raise _ShapeError(f"{member} must be a list of base64 DER certificates")
-    return [_blob(item, f"{member}[{n}]") for n, item in enumerate(value)]
-
-
-def _pcrs(value: Any) -> dict[str, dict[int, bytes]]:
-    banks: dict[str, dict[int, bytes]] = {}
-    for bank, indices in _mapping(value, "pcrs").items():
-        values: dict[int, bytes] = {}
-        banks[_bank(bank, "pcrs")] = values
-        for index, digest in _mapping(indices, f"pcrs.{bank}").items():
-            if not _INDEX.fullmatch(index) or int(index) >= pcr.PCR_COUNT:
-                raise _ShapeError(f"pcrs.{bank} has key {index!r}, not a PCR index 0..23")
-            values[int(index)] = _digest(digest, bank, f"pcrs.{bank}.{index}")
-    return banks
-
-
-def _event_log(value: Any) -> list[_Event]:
-    if not isinstance(value, list):
-        raise _ShapeError("event_log must be a list of events")
-    events = []
-    for n, item in enumerate(value):
-        event = _mapping(item, f"event_log[{n}]", _EVENT_MEMBERS)
-        index, kind, data = event["pcr"], event["type"], event["data"]
-        if type(index) is not int or not 0 <= index < pcr.PCR_COUNT:
-            raise _ShapeError(f"event_log[{n}].pcr must be a PCR index 0..23")
-        if not isinstance(kind, str) or not kind or not isinstance(data, str):
-            raise _ShapeError(f"event_log[{n}].type and .data must be strings")
-        bank = _bank(event["bank"], f"event_log[{n}].bank")
-        events.append(
-            _Event(index, bank, _digest(event["digest"], bank, f"event_log[{n}]"), kind, data)
-        )
-    return events
-
-
-def _ak_tie(value: Any) -> str:
-    tie = _mapping(value, "ak_tie", frozenset({"status", "reason"}))
-    if not isinstance(tie["reason"], str):
-        raise _ShapeError("ak_tie.reason must be a string")
-    return _choice(tie["status"], "ak_tie.status", ("certified", "untied"))
-
-
-def _choice(value: Any, member: str, choices: Collection[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise _ShapeError(f"{member} must be one of {', '.join(choices)}")
-    return value
-
-
-_DECODERS: dict[str, Callable[[Any], Any]] = {
-    "attest": lambda v: _blob(v, "attest"),
-    "signature": lambda v: _blob(v, "signature"),
-    "ak_public": lambda v: _blob(v, "ak_public"),
-    "ak_hierarchy": lambda v: _choice(v, "ak_hierarchy", tpm.HIERARCHY_HANDLES),
-    "ak_public_pem": lambda v: _blob(v, "ak_public_pem", pem=True),
-    "ak_certificates": lambda v: _blob_list(v, "ak_certificates"),
-    "ek_certificates": lambda v: _blob_list(v, "ek_certificates"),
-    "ak_tie": _ak_tie,
-    "pcrs": _pcrs,
-    "event_log": _event_log,
-}
-
-
-def decode(evidence: Any) -> _Decoded:
-    decoded = _Decoded()
-    if not isinstance(evidence, Mapping):
-        decoded.problems.append("the evidence is not a JSON object")
-        return decoded
-    present = {k for k in evidence if isinstance(k, str)}
-    if unknown := sorted(map(str, set(evidence) - _MEMBERS - _KEY_MEMBERS)):
-        decoded.problems.append(f"unknown members {', '.join(unknown)}")
-    if "ak_public_pem" in present and present & {"ak_public", "ak_hierarchy"}:
-        decoded.problems.append("give ak_public with ak_hierarchy, or ak_public_pem, not both")
-    required = set(_MEMBERS) | (
-        {"ak_public_pem"} if "ak_public_pem" in present else {"ak_public", "ak_hierarchy"}
-    )
-    if missing := sorted(required - present):
-        decoded.problems.append(f"missing members {', '.join(missing)}")
-    for member in sorted(present & required):
-        try:
-            setattr(decoded, member, _DECODERS[member](evidence[member]))
-        except _ShapeError as error:
-            decoded.problems.append(str(error))
-    return decoded
 
 
 def _clause(error: object) -> str:
