@@ -1,4 +1,5 @@
-"""Fixtures shared by the cmcp-tpm tests: a real swtpm and a test CA for AK certificates.
+"""Fixtures shared by the cmcp-tpm tests: a real swtpm, a test CA for AK certificates, and
+software AK keys with a test PKI for the verifier's synthetic quotes.
 
 The software TPM is manufactured by swtpm_setup with its own local CA in a temporary
 directory; tests that need swtpm skip (with the reason) on a machine without it.
@@ -11,7 +12,9 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from cmcp_tpm.synthetic import Pki, make_pki
 from cmcp_tpm.testing import SoftwareTpm, TestCa
 
 
@@ -43,3 +46,18 @@ def fresh_software_tpm() -> Iterator[SoftwareTpm]:
 @pytest.fixture(scope="session")
 def test_ca() -> TestCa:
     return TestCa.create()
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    return make_pki()
+
+
+@pytest.fixture(scope="module")
+def ecc_ak() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture(scope="module")
+def rsa_ak() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -6,208 +6,34 @@ from __future__ import annotations
 
 import base64
 import copy
-import hashlib
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from cryptography.x509.oid import NameOID
 
 from cmcp_cli.attestation.api import CheckStatus, EvidenceVerdict, TrustInputs
 from cmcp_cli.testing.provider_contract import GARBAGE
-from cmcp_tpm import pcr
+from cmcp_cli.testing.verdicts import assert_fails, reason, statuses
 from cmcp_tpm import structures as tpm
+from cmcp_tpm.synthetic import (
+    AT,
+    BINDING,
+    Pki,
+    b64,
+    certificate,
+    make_evidence,
+    trust,
+)
 from cmcp_tpm.verifier import TpmVerifier
 
-AT = datetime(2026, 7, 27, 12, tzinfo=UTC)
-BINDING = hashlib.sha256(b"session binding").digest()
-BUNDLE_HASH = "sha256:" + hashlib.sha256(b"policy bundle").hexdigest()
-QUOTED = (0, 1, 2, 3, 4, 5, 6, 7, 23)
 ALL_CHECKS = (
     "tpm.evidence.shape", "tpm.attest.magic", "tpm.attest.type", "tpm.attest.extra_data",
     "tpm.ak.public", "tpm.ak.attributes", "tpm.attest.signer", "tpm.signature",
     "tpm.pcr.digest", "tpm.eventlog.replay", "tpm.eventlog.policy", "tpm.ak.certificate",
     "tpm.ek.certificate",
 )  # fmt: skip
-
-PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _certificate(
-    subject: str,
-    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
-    issuer: tuple[str, PrivateKey] | None,
-    signing_key: PrivateKey,
-    *,
-    ca: bool,
-    not_after: datetime = datetime(2027, 1, 1, tzinfo=UTC),
-) -> x509.Certificate:
-    issuer_name = _name(issuer[0] if issuer else subject)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer_name)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(datetime(2026, 1, 1, tzinfo=UTC))
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .sign(signing_key, hashes.SHA256())
-    )
-
-
-@dataclass(frozen=True)
-class Pki:
-    """A root pinned by the auditor, an AK-issuing CA and an EK-issuing CA under it, and
-    an RSA EK with its certificate."""
-
-    root: x509.Certificate
-    ak_ca_key: ec.EllipticCurvePrivateKey
-    ak_ca: x509.Certificate
-    ek_certificates: tuple[x509.Certificate, x509.Certificate]
-
-    @property
-    def root_pem(self) -> bytes:
-        return self.root.public_bytes(Encoding.PEM)
-
-    def ak_certificate(
-        self, key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey, **kwargs: Any
-    ) -> x509.Certificate:
-        return _certificate(
-            "AK", key, ("AK CA", self.ak_ca_key), self.ak_ca_key, ca=False, **kwargs
-        )
-
-
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    root_key = ec.generate_private_key(ec.SECP384R1())
-    root = _certificate("Test Root", root_key.public_key(), None, root_key, ca=True)
-    ak_ca_key = ec.generate_private_key(ec.SECP256R1())
-    ak_ca = _certificate(
-        "AK CA", ak_ca_key.public_key(), ("Test Root", root_key), root_key, ca=True
-    )
-    ek_ca_key = ec.generate_private_key(ec.SECP256R1())
-    ek_ca = _certificate(
-        "EK CA", ek_ca_key.public_key(), ("Test Root", root_key), root_key, ca=True
-    )
-    ek_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ek = _certificate("EK", ek_key.public_key(), ("EK CA", ek_ca_key), ek_ca_key, ca=False)
-    return Pki(root, ak_ca_key, ak_ca, (ek, ek_ca))
-
-
-@pytest.fixture(scope="module")
-def ecc_ak() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-@pytest.fixture(scope="module")
-def rsa_ak() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def _sign(key: PrivateKey, scheme: int, hash_alg: int, data: bytes) -> bytes:
-    algorithm = {
-        tpm.ALG_SHA1: hashes.SHA1(),  # noqa: S303 - to show that the verifier refuses it
-        tpm.ALG_SHA256: hashes.SHA256(),
-        tpm.ALG_SHA384: hashes.SHA384(),
-    }[hash_alg]
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        der = key.sign(data, ec.ECDSA(algorithm))
-        return tpm.build_signature(scheme, hash_alg, der, ecc_size=(key.curve.key_size + 7) // 8)
-    if scheme == tpm.ALG_RSAPSS:
-        pss = padding.PSS(padding.MGF1(algorithm), padding.PSS.DIGEST_LENGTH)
-        return tpm.build_signature(scheme, hash_alg, key.sign(data, pss, algorithm))
-    return tpm.build_signature(scheme, hash_alg, key.sign(data, padding.PKCS1v15(), algorithm))
-
-
-def make_evidence(
-    ak: PrivateKey,
-    pki: Pki,
-    *,
-    binding: bytes = BINDING,
-    attributes: int = tpm.AK_ATTRIBUTES,
-    ak_scheme: int | None = None,
-    signature_scheme: int | None = None,
-    hash_alg: int = tpm.ALG_SHA256,
-    signer_hierarchy: str = "endorsement",
-    magic: int = tpm.TPM_GENERATED_VALUE,
-    attest_type: int = tpm.TPM_ST_ATTEST_QUOTE,
-    certified: bool = True,
-) -> dict[str, Any]:
-    """Evidence as the collector builds it: the gateway reset PCR 23 and extended it with
-    the bundle hash, then quoted sha256:0-7,23 with the AK for the binding."""
-    default_scheme = tpm.ALG_ECDSA if isinstance(ak, ec.EllipticCurvePrivateKey) else tpm.ALG_RSASSA
-    public = tpm.build_public(
-        ak.public_key(), attributes=attributes,
-        scheme=default_scheme if ak_scheme is None else ak_scheme,
-    )  # fmt: skip
-    name = tpm.object_name(tpm.ALG_SHA256, public)
-    signer = tpm.qualified_name(tpm.ALG_SHA256, tpm.HIERARCHY_HANDLES[signer_hierarchy], name)
-    bundle = bytes.fromhex(BUNDLE_HASH.removeprefix("sha256:"))
-    values = {i: hashlib.sha256(b"firmware %d" % i).digest() for i in QUOTED[:-1]}
-    values[23] = pcr.replay("sha256", [bundle])
-    digest = pcr.composite("sha256", [values[i] for i in QUOTED])
-    attest = tpm.build_attest(
-        signer, binding, (("sha256", QUOTED),), digest, magic=magic, attest_type=attest_type
-    )
-    own_scheme = default_scheme if ak_scheme in (None, tpm.ALG_NULL) else ak_scheme
-    scheme = own_scheme if signature_scheme is None else signature_scheme
-    chain = [pki.ak_certificate(ak.public_key()), pki.ak_ca] if certified else []
-    return {
-        "attest": b64(attest),
-        "signature": b64(_sign(ak, scheme, hash_alg, attest)),
-        "ak_public": b64(public),
-        "ak_hierarchy": "endorsement",
-        "ak_certificates": [b64(c.public_bytes(Encoding.DER)) for c in chain],
-        "ek_certificates": [b64(c.public_bytes(Encoding.DER)) for c in pki.ek_certificates],
-        "ak_tie": {"status": "certified" if certified else "untied", "reason": "test AK CA"},
-        "pcrs": {"sha256": {str(i): v.hex() for i, v in values.items()}},
-        "event_log": [
-            {
-                "pcr": 23,
-                "bank": "sha256",
-                "digest": bundle.hex(),
-                "type": "cmcp-policy-bundle",
-                "data": BUNDLE_HASH,
-            },
-        ],
-    }
-
-
-def trust(pki: Pki | None, **changes: Any) -> TrustInputs:
-    roots = (pki.root_pem,) if pki else ()
-    fields: dict[str, Any] = {"binding": BINDING, "at": AT, "trust_roots": roots,
-                              "policy_hash": BUNDLE_HASH} | changes  # fmt: skip
-    return TrustInputs(**fields)
-
-
-def statuses(verdict: EvidenceVerdict) -> dict[str, CheckStatus]:
-    return {check.name: check.status for check in verdict.checks}
-
-
-def reason(verdict: EvidenceVerdict, name: str) -> str:
-    return next(check.reason for check in verdict.checks if check.name == name)
-
-
-def assert_fails(verdict: EvidenceVerdict, name: str, *fragments: str) -> None:
-    assert statuses(verdict)[name] is CheckStatus.FAIL, verdict.checks
-    assert verdict.failed and not verdict.hardware_attested
-    for fragment in fragments:
-        assert fragment in reason(verdict, name)
-
 
 # --- synthetic quotes: all checks pass -----------------------------------------------
 
@@ -404,7 +230,7 @@ def test_ak_certificate_expired_at_the_claim_time(
 
 def test_chain_to_an_unpinned_root(ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki) -> None:
     other_key = ec.generate_private_key(ec.SECP256R1())
-    other_root = _certificate("Other Root", other_key.public_key(), None, other_key, ca=True)
+    other_root = certificate("Other Root", other_key.public_key(), None, other_key, ca=True)
     verdict = TpmVerifier().verify(
         make_evidence(ecc_ak, pki),
         trust(None, trust_roots=(other_root.public_bytes(Encoding.PEM),)),
@@ -418,7 +244,7 @@ def test_trust_roots_may_be_bundles_of_several_certificates(
     ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki
 ) -> None:
     other_key = ec.generate_private_key(ec.SECP256R1())
-    other_root = _certificate("Other Root", other_key.public_key(), None, other_key, ca=True)
+    other_root = certificate("Other Root", other_key.public_key(), None, other_key, ca=True)
     bundle = other_root.public_bytes(Encoding.PEM) + pki.root_pem
     verdict = TpmVerifier().verify(make_evidence(ecc_ak, pki), trust(None, trust_roots=(bundle,)))
     assert verdict.hardware_attested, verdict.checks
@@ -429,9 +255,9 @@ def test_ek_certificates_of_two_algorithms_under_a_pinned_issuer(
 ) -> None:
     """The collector reads the RSA and the ECC EK certificate: two leaves, not a chain."""
     ek_ca_key = ec.generate_private_key(ec.SECP256R1())
-    ek_ca = _certificate("Maker EK CA", ek_ca_key.public_key(), None, ek_ca_key, ca=True)
+    ek_ca = certificate("Maker EK CA", ek_ca_key.public_key(), None, ek_ca_key, ca=True)
     leaves = [
-        _certificate("EK", key.public_key(), ("Maker EK CA", ek_ca_key), ek_ca_key, ca=False)
+        certificate("EK", key.public_key(), ("Maker EK CA", ek_ca_key), ek_ca_key, ca=False)
         for key in (
             ec.generate_private_key(ec.SECP384R1()),
             ec.generate_private_key(ec.SECP256R1()),
@@ -484,7 +310,7 @@ def test_a_leaf_cannot_issue_certificates(ecc_ak: ec.EllipticCurvePrivateKey, pk
     evidence = make_evidence(ecc_ak, pki)
     leaf_key = ec.generate_private_key(ec.SECP256R1())
     leaf = pki.ak_certificate(leaf_key.public_key())
-    forged = _certificate("AK2", ecc_ak.public_key(), ("AK", leaf_key), leaf_key, ca=False)
+    forged = certificate("AK2", ecc_ak.public_key(), ("AK", leaf_key), leaf_key, ca=False)
     evidence["ak_certificates"] = [
         b64(c.public_bytes(Encoding.DER)) for c in (forged, leaf, pki.ak_ca)
     ]

@@ -4,7 +4,6 @@ different key, so using it must fail."""
 
 from __future__ import annotations
 
-import base64
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from cmcp_cli.attestation.api import CheckStatus, EvidenceVerdict, TrustInputs
+from cmcp_cli.attestation.api import CheckStatus, TrustInputs
+from cmcp_cli.testing.verdicts import assert_fails, reason, statuses
 from cmcp_tpm import structures as tpm
+from cmcp_tpm.synthetic import b64
 from cmcp_tpm.verifier import TpmVerifier
 
 AZURE = (
@@ -28,25 +29,6 @@ ALL_CHECKS = (
     "tpm.pcr.digest", "tpm.eventlog.replay", "tpm.eventlog.policy", "tpm.ak.certificate",
     "tpm.ek.certificate",
 )  # fmt: skip
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def statuses(verdict: EvidenceVerdict) -> dict[str, CheckStatus]:
-    return {check.name: check.status for check in verdict.checks}
-
-
-def reason(verdict: EvidenceVerdict, name: str) -> str:
-    return next(check.reason for check in verdict.checks if check.name == name)
-
-
-def assert_fails(verdict: EvidenceVerdict, name: str, *fragments: str) -> None:
-    assert statuses(verdict)[name] is CheckStatus.FAIL, verdict.checks
-    assert verdict.failed and not verdict.hardware_attested
-    for fragment in fragments:
-        assert fragment in reason(verdict, name)
 
 
 def _azure(name: str) -> bytes:
