@@ -33,12 +33,12 @@ def _root(
 
 
 def _measure_placeholder() -> None:
-    """Listed in `cmcp --help`; `main` puts the real group in its place when it runs."""
+    """Listed in `cmcp --help`; `cmcp measure ...` gets the real group instead."""
 
 
-def build_app() -> typer.Typer:
+def build_app(*, with_measurers: bool = False) -> typer.Typer:
     """The whole CLI. `measure` gets its subcommands from the installed providers, which
-    are looked up only when that command runs or help is asked for."""
+    are looked up only when that command runs (`with_measurers`)."""
     app = typer.Typer(
         name="cmcp",
         help="cMCP: decide, enforce, audit and attest every MCP tool call.",
@@ -53,7 +53,10 @@ def build_app() -> typer.Typer:
     app.command("validate-config")(validate_config_command)
     app.command("verify")(verify_command)
     app.command("replay-audit")(replay_audit_command)
-    app.command("measure", help=MEASURE_HELP)(_measure_placeholder)
+    if with_measurers:
+        app.add_typer(measure_app())
+    else:
+        app.command("measure", help=MEASURE_HELP)(_measure_placeholder)
     app.command("plugins")(plugins_command)
     app.command("bridge")(bridge_command)
     return app
@@ -67,10 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     json_mode = "--json" in args
     try:
-        app = build_app()
-        if args[:1] == ["measure"]:
-            app.registered_commands = [c for c in app.registered_commands if c.name != "measure"]
-            app.add_typer(measure_app())
+        app = build_app(with_measurers=args[:1] == ["measure"])
         result = app(args=args, prog_name="cmcp", standalone_mode=False)
     except CmcpError as exc:
         if json_mode:
