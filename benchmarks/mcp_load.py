@@ -276,7 +276,13 @@ async def measure_latency(run: Run, calls: int, block: int = 100) -> dict[str, A
         cuts = statistics.quantiles(times, n=100, method="inclusive")
         report[name] = {"calls": len(times), "p50_ms": ms(cuts[49])}
         report[name] |= {"p95_ms": ms(cuts[94]), "p99_ms": ms(cuts[98])}
-    report["added_p50_ms"] = round(report["gateway"]["p50_ms"] - report["direct"]["p50_ms"], 3)
+    direct = report["direct"]["p50_ms"]
+    report["added_p50_ms"] = round(report["gateway"]["p50_ms"] - direct, 3)
+    report["added_p50_ms_floors"] = {
+        name: round(figures["p50_ms"] - direct, 3)
+        for name, figures in report.items()
+        if name.startswith("floor")
+    }
     return report
 
 
