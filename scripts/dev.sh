@@ -37,22 +37,24 @@ ensure_python() {
 }
 
 # The TPM plugin's collector is built on tpm2-pytss, which compiles against libtss2, and its
-# tests run a real software TPM (swtpm) and cross-check with tpm2-tools.
-TPM_PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config)
+# tests run a real software TPM (swtpm) and cross-check with tpm2-tools. The SEV-SNP and
+# TDX measurers are tested on Debian's OVMF firmware.
+SYSTEM_PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config ovmf)
 
-tpm_tools_present() {
+system_tools_present() {
     command -v swtpm >/dev/null 2>&1 && command -v swtpm_setup >/dev/null 2>&1 \
         && command -v tpm2_eventlog >/dev/null 2>&1 \
-        && pkg-config --exists tss2-esys tss2-tctildr 2>/dev/null
+        && pkg-config --exists tss2-esys tss2-tctildr 2>/dev/null \
+        && [ -f /usr/share/ovmf/OVMF.fd ]
 }
 
 # Succeeds when the TPM tools are here or were just installed (root on Debian).
-ensure_tpm_tools() {
-    tpm_tools_present && return 0
+ensure_system_tools() {
+    system_tools_present && return 0
     if as_root && command -v apt-get >/dev/null 2>&1; then
-        say "installing ${TPM_PACKAGES[*]} (Debian)"
+        say "installing ${SYSTEM_PACKAGES[*]} (Debian)"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${TPM_PACKAGES[@]}" >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${SYSTEM_PACKAGES[@]}" >/dev/null
         return 0
     fi
     return 1
@@ -61,14 +63,14 @@ ensure_tpm_tools() {
 setup() {
     ensure_python
     local with_collectors=1
-    if ! ensure_tpm_tools; then
+    if ! ensure_system_tools; then
         with_collectors=0
         if [ "${CMCP_SETUP_FOR:-}" = test ]; then
-            echo "error: the TPM tests need ${TPM_PACKAGES[*]}; as root run:" >&2
-            echo "  apt-get install ${TPM_PACKAGES[*]}" >&2
+            echo "error: the plugin tests need ${SYSTEM_PACKAGES[*]}; as root run:" >&2
+            echo "  apt-get install ${SYSTEM_PACKAGES[*]}" >&2
             exit 2
         fi
-        say "no TPM tools and not root: plugins installed without their collectors"
+        say "no system packages and not root: plugins installed without their collectors"
     fi
     if ! "$PY" -c 'import sys' >/dev/null 2>&1; then
         say "creating $VENV"
@@ -79,9 +81,17 @@ setup() {
     local plugin names="cmcp"
     for plugin in plugins/*/; do
         if [ -f "$plugin/pyproject.toml" ]; then
-            # a plugin's `collector` extra holds what only the TEE host needs (tpm2-pytss)
+            # a plugin's `collector` extra holds what only the TEE host needs (tpm2-pytss);
+            # its `measure` extra what `cmcp measure` needs (sev-snp-measure)
+            local extras=()
             if [ "$with_collectors" -eq 1 ] && grep -q '^collector *=' "$plugin/pyproject.toml"; then
-                editable+=(-e "${plugin%/}[collector]")
+                extras+=(collector)
+            fi
+            if grep -q '^measure *=' "$plugin/pyproject.toml"; then
+                extras+=(measure)
+            fi
+            if [ "${#extras[@]}" -gt 0 ]; then
+                editable+=(-e "${plugin%/}[$(IFS=,; echo "${extras[*]}")]")
             else
                 editable+=(-e "$plugin")
             fi
