@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -175,10 +175,16 @@ class ConnectionPool:
         return response
 
     async def stream(
-        self, method: str, headers: list[tuple[str, str]], *, connect_timeout: float
+        self,
+        method: str,
+        headers: list[tuple[str, str]],
+        *,
+        connect_timeout: float,
+        on_open: Callable[[], None] | None = None,
     ) -> AsyncIterator[bytes]:
         """A long-lived response on a connection of its own (never pooled): each chunk of
-        its body as it arrives. Raises HttpError for a status other than 200."""
+        its body as it arrives; `on_open` is called once its 200 head has arrived. Raises
+        HttpError for a status other than 200."""
         async with asyncio.timeout(connect_timeout):
             connection = await self._connect()
         protocol = connection.protocol
@@ -199,6 +205,8 @@ class ConnectionPool:
                 elif isinstance(event, h11.Response):
                     if event.status_code != 200:
                         raise HttpError(f"answered HTTP {event.status_code}")
+                    if on_open is not None:
+                        on_open()
                 elif isinstance(event, h11.Data):
                     yield bytes(event.data)
                 elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):

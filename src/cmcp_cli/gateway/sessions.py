@@ -178,10 +178,13 @@ class SessionRegistry:
             if upstream is None:
                 raise UpstreamError(name, "is not configured (no entry under upstreams)")
             opened = await upstream.open_session()
+            # Subscribed before the pin, so no change can fall between the two unannounced: a
+            # change the pin misses arrives as list_changed and is pinned again (`_repin`
+            # waits for this open to finish).
+            opened.on_notification = functools.partial(self._upstream_notice, session, name)
+            await opened.listen()
             await self.pin_tools(session, name, opened)
             session.upstreams[name] = opened
-            opened.on_notification = functools.partial(self._upstream_notice, session, name)
-            opened.listen()
             return opened
 
     async def _upstream_notice(
@@ -200,7 +203,8 @@ class SessionRegistry:
             session.notify({"jsonrpc": "2.0", "method": method})
 
     async def _repin(self, session: GatewaySession, name: str) -> None:
-        upstream = session.upstreams.get(name)
+        async with session._opening:  # after the first pin, if that is still under way
+            upstream = session.upstreams.get(name)
         if upstream is None or session.closed:
             return
         try:

@@ -208,8 +208,9 @@ class StdioSession:
     def pid(self) -> int:
         return self.process.pid
 
-    def listen(self) -> None:
-        """Nothing to start: the reader of the child's stdout delivers notifications."""
+    async def listen(self) -> None:
+        """Nothing to start: the reader of the child's stdout has delivered notifications
+        since the child started."""
 
     async def request(self, method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Send a request; the JSON-RPC response object (with `result` or `error`)."""

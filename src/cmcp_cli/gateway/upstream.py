@@ -152,13 +152,25 @@ class UpstreamSession:
             message["params"] = dict(params)
         self._check_status(await self.upstream.post(message, self))
 
-    def listen(self) -> None:
-        """Follow the upstream's own stream (GET) for notifications, in the background;
+    async def listen(self) -> None:
+        """Follow the upstream's own stream (GET) for notifications, in the background,
+        returning once it is open (or refused, or not open within the upstream's timeout);
         an upstream that offers none (405) or drops it simply has none to give."""
-        if self._listener is None and self.session_id is not None:
-            self._listener = asyncio.create_task(self._listen())
+        if self._listener is not None or self.session_id is None:
+            return
+        opened = asyncio.Event()
+        self._listener = asyncio.create_task(self._listen(opened.set))
+        waiting = asyncio.create_task(opened.wait())
+        try:
+            await asyncio.wait(
+                {waiting, self._listener},
+                timeout=self.upstream.timeout_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            waiting.cancel()
 
-    async def _listen(self) -> None:
+    async def _listen(self, on_open: Callable[[], None]) -> None:
         if self.session_id is None:
             return
         headers = [
@@ -170,7 +182,7 @@ class UpstreamSession:
         decoder = SseDecoder(max_event_bytes=self.upstream.max_response_bytes)
         with contextlib.suppress(HttpError, TimeoutError, ValueError):
             stream = self.upstream.pool.stream(
-                "GET", headers, connect_timeout=self.upstream.timeout_seconds
+                "GET", headers, connect_timeout=self.upstream.timeout_seconds, on_open=on_open
             )
             async for chunk in stream:
                 for data in decoder.feed(chunk):

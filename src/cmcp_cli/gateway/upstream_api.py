@@ -33,8 +33,10 @@ class UpstreamConversation(Protocol):
     # Where the upstream's notifications (list_changed, above all) are delivered.
     on_notification: Callable[[dict[str, Any]], Awaitable[None]] | None
 
-    def listen(self) -> None:
-        """Start receiving notifications the upstream sends outside any request."""
+    async def listen(self) -> None:
+        """Start receiving notifications the upstream sends outside any request; returns
+        once they flow (or the upstream has shown it sends none), so that a change the
+        upstream makes after this returns is announced."""
         ...
 
     async def close(self) -> None:
