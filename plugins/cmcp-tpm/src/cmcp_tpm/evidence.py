@@ -7,12 +7,12 @@ checks whose inputs are sound and name the rest as unusable.
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cmcp_cli.attestation.toolkit import canonical_base64
 from cmcp_tpm import pcr
 from cmcp_tpm import structures as tpm
 
@@ -56,17 +56,14 @@ class DecodedEvidence:
 
 
 def _blob(value: Any, member: str, *, pem: bool = False) -> bytes:
-    if not isinstance(value, str) or not value:
-        raise ShapeError(f"{member} must be a non-empty string")
     if pem:
+        if not isinstance(value, str) or not value:
+            raise ShapeError(f"{member} must be a non-empty string")
         return value.encode()
     try:
-        raw = base64.b64decode(value, validate=True)
-    except ValueError:
-        raise ShapeError(f"{member} is not standard base64") from None
-    if base64.b64encode(raw).decode() != value:
-        raise ShapeError(f"{member} is not canonical padded base64")
-    return raw
+        return canonical_base64(value, member)
+    except ValueError as error:
+        raise ShapeError(str(error)) from None
 
 
 def _digest(value: Any, bank: str, member: str) -> bytes:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
 from cmcp_cli.attestation.api import ProviderError
+from cmcp_cli.attestation.toolkit import settings_section
 
 SECTION: Final = "attestation.providers.tpm"
 
@@ -73,20 +74,9 @@ class TpmSettings:
     @classmethod
     def parse(cls, settings: Mapping[str, Any] | None) -> TpmSettings:
         """Validate the provider's config section; `ProviderError` names the first problem."""
-        if settings is None:
-            return cls()
-        if not isinstance(settings, Mapping):
-            raise ProviderError(
-                f"{SECTION} must be a mapping of settings, not {type(settings).__name__}",
-                hint=f"write {SECTION} as a table (or leave it out for the defaults)",
-            )
-        unknown = sorted(str(key) for key in settings if key not in SETTING_NAMES)
-        if unknown:
-            raise ProviderError(
-                f"{SECTION}: unknown setting(s) {', '.join(unknown)}",
-                hint=f"the TPM provider accepts {', '.join(SETTING_NAMES)}; "
-                "remove or correct the rest",
-            )
+        settings = settings_section(
+            settings, section=SECTION, accepted=SETTING_NAMES, provider="TPM"
+        )
         defaults = cls()
         pcr = _read(settings, "pcr", _parse_pcr, defaults.pcr)
         # Without an explicit selection the quote covers the boot PCRs and the gateway's PCR.

@@ -12,7 +12,7 @@ evidence is a failed check, never an exception.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -20,6 +20,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cmcp_cli.attestation.api import Check, CheckStatus, EvidenceVerdict, TrustInputs
+from cmcp_cli.attestation.toolkit import CheckFailed as _Fail
+from cmcp_cli.attestation.toolkit import CheckSkipped as _Skip
+from cmcp_cli.attestation.toolkit import NamedCheck, run_checks
 from cmcp_tpm import certificates, pcr
 from cmcp_tpm import structures as tpm
 from cmcp_tpm.evidence import decode
@@ -68,14 +71,6 @@ def _unusable(member: str) -> str:
     return f"Evidence member {member} is unusable (see {SHAPE})."
 
 
-class _Skip(Exception):  # noqa: N818 - an outcome, not an error
-    """The check cannot run: its input is missing or an earlier check refused it."""
-
-
-class _Fail(Exception):  # noqa: N818 - an outcome, not an error
-    """The check ran and the evidence does not hold."""
-
-
 class _Run:
     """One verification: decoded evidence, parsed structures, and the checks in order. Each
     check returns its reason for passing, or raises `_Skip` / `_Fail` with the reason."""
@@ -95,7 +90,7 @@ class _Run:
         self.pem = self.d.ak_public_pem is not None
 
     def checks(self) -> tuple[Check, ...]:
-        steps: tuple[tuple[str, Callable[[], str]], ...] = (
+        steps: tuple[NamedCheck, ...] = (
             (SHAPE, self.shape), (MAGIC, self.magic), (TYPE, self.type),
             (EXTRA_DATA, self.extra_data), (AK_PUBLIC, self.ak_public),
             (AK_ATTRIBUTES, self.ak_attributes), (SIGNER, self.signer),
@@ -103,17 +98,7 @@ class _Run:
             (POLICY, self.policy), (AK_CERTIFICATE, self.ak_certificate),
             (EK_CERTIFICATE, self.ek_certificate),
         )  # fmt: skip
-        results = []
-        for name, step in steps:
-            try:
-                results.append(Check.passed(name, step()))
-            except _Skip as skip:
-                results.append(Check.skipped(name, str(skip)))
-            except _Fail as failure:
-                results.append(Check.failed(name, str(failure)))
-            except Exception as error:  # noqa: BLE001 - a verifier bug must fail closed, not crash
-                results.append(Check.failed(name, f"The check could not complete: {error!r}."))
-        return tuple(results)
+        return run_checks(steps)
 
     def _quote(self) -> tpm.Attest:
         if self.attest is None:

@@ -1,0 +1,71 @@
+"""The pieces every provider plugin shares: named checks, base64 members, settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from cmcp_cli.attestation.api import CheckStatus, ProviderError
+from cmcp_cli.attestation.toolkit import (
+    CheckFailed,
+    CheckSkipped,
+    canonical_base64,
+    run_checks,
+    settings_section,
+)
+
+
+def test_checks_run_in_order_and_a_bug_fails_closed() -> None:
+    def skipped() -> str:
+        raise CheckSkipped("no input")
+
+    def failed() -> str:
+        raise CheckFailed("does not hold")
+
+    def broken() -> str:
+        return str(1 // 0)
+
+    checks = run_checks([("a", lambda: "holds"), ("b", skipped), ("c", failed), ("d", broken)])
+    assert [(c.name, c.status) for c in checks] == [
+        ("a", CheckStatus.PASS),
+        ("b", CheckStatus.SKIP),
+        ("c", CheckStatus.FAIL),
+        ("d", CheckStatus.FAIL),
+    ]
+    assert [c.reason for c in checks[:3]] == ["holds", "no input", "does not hold"]
+    assert "ZeroDivisionError" in checks[3].reason
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (None, "non-empty base64 string"),
+        ("", "non-empty base64 string"),
+        ("AAE", "not standard base64"),  # padding missing
+        ("AA E", "not standard base64"),
+        ("AAF=", "not canonical padded base64"),  # non-zero padding bits: another spelling
+        ("AAECAw==", "larger than 3 bytes"),
+    ],
+)
+def test_base64_members_have_one_spelling_and_a_bound(value: object, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        canonical_base64(value, "report", limit=3)
+
+
+def test_base64_members_decode_within_their_bound() -> None:
+    assert canonical_base64("AAEC", "report", limit=3) == b"\x00\x01\x02"
+    with pytest.raises(ValueError, match="is 6 bytes, more than 4"):  # 8 characters: up to 6
+        canonical_base64("AAECAwQF", "report", limit=4)
+
+
+def test_a_settings_section_is_a_mapping_of_known_names() -> None:
+    section = "attestation.providers.example"
+    assert settings_section(None, section=section, accepted=("a",), provider="X") == {}
+    assert settings_section({"a": 1}, section=section, accepted=("a",), provider="X") == {"a": 1}
+    with pytest.raises(ProviderError, match="must be a mapping") as wrong:
+        settings_section([1], section=section, accepted=("a",), provider="X")
+    assert wrong.value.hint is not None
+    with pytest.raises(ProviderError, match="unknown setting") as unknown:
+        settings_section({"b": 1, "a": 2}, section=section, accepted=("a",), provider="X")
+    assert "b" in unknown.value.message
+    assert unknown.value.hint is not None
+    assert "accepts a" in unknown.value.hint
