@@ -53,6 +53,18 @@ def verify_command(
         list[Path] | None,
         typer.Option("--trust-root", help="A pinned vendor root, PEM (repeatable)."),
     ] = None,
+    collateral: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--collateral",
+            help="Vendor collateral to appraise the evidence with, e.g. Intel PCS TCB info, "
+            "QE identity and CRLs as one JSON document (repeatable).",
+        ),
+    ] = None,
+    allow_debug: Annotated[
+        bool,
+        typer.Option("--allow-debug", help="Accept evidence from a TEE that allows debugging."),
+    ] = False,
     audit_log: Annotated[
         Path | None, typer.Option("--audit-log", help="The session's audit store or JSONL export.")
     ] = None,
@@ -77,8 +89,9 @@ def verify_command(
         at=_parse_time(at) if at else None,
         max_age_seconds=max_age,
         allow_software=allow_software,
+        allow_debug=allow_debug,
     )
-    report = verify_claim_file(claim, options, tuple(trust_root or ()))
+    report = verify_claim_file(claim, options, tuple(trust_root or ()), tuple(collateral or ()))
     if as_json:
         render.emit_json(report.to_json())
     else:

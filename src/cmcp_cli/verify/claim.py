@@ -41,6 +41,8 @@ class VerifyOptions:
     trusted_key: str | None = None  # RFC 7638 thumbprint of the gateway's key
     expected_measurements: tuple[str, ...] = ()
     trust_roots: tuple[bytes, ...] = ()
+    collateral: tuple[bytes, ...] = ()
+    allow_debug: bool = False
     audit_log: Path | None = None
     at: datetime | None = None
     max_age_seconds: int = DEFAULT_MAX_AGE_SECONDS
@@ -252,7 +254,9 @@ def _attestation(
         at=datetime.fromtimestamp(claim["trace"]["iat"], UTC),
         expected_measurements=options.expected_measurements,
         trust_roots=options.trust_roots,
+        allow_debug=options.allow_debug,
         policy_hash=claim["trace"]["policy"]["bundle_hash"],
+        collateral=options.collateral,
     )
     verdict = provider.spec.load_verifier().verify(attestation["evidence"], trust)
     report.checks.extend(verdict.checks)
@@ -308,7 +312,10 @@ def _audit_log(document: Mapping[str, Any], gateway_claim: bool, path: Path | No
 
 
 def verify_claim_file(
-    path: Path, options: VerifyOptions, trust_root_files: tuple[Path, ...] = ()
+    path: Path,
+    options: VerifyOptions,
+    trust_root_files: tuple[Path, ...] = (),
+    collateral_files: tuple[Path, ...] = (),
 ) -> VerifyReport:
     """Read a claim or TRACE record and verify it with every installed provider available.
 
@@ -316,7 +323,12 @@ def verify_claim_file(
     """
     document = read_json_file(path, "claim")
     roots = tuple(_read_bytes(root, "trust root") for root in trust_root_files)
-    options = replace(options, trust_roots=options.trust_roots + roots)
+    collateral = tuple(_read_bytes(item, "collateral") for item in collateral_files)
+    options = replace(
+        options,
+        trust_roots=options.trust_roots + roots,
+        collateral=options.collateral + collateral,
+    )
     return verify_document(document, options, load_providers())
 
 
