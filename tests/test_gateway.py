@@ -253,11 +253,16 @@ def config_with(provider: str) -> CmcpConfig:
 
 
 def test_the_attestation_provider_is_never_a_silent_fallback() -> None:
-    registry = load_providers()  # no hardware plugin is installed here
+    registry = load_providers()  # the hardware plugins are installed; no TEE is here
     with pytest.raises(StartupError) as nothing:
         choose_attestor(config_with("auto"), Environment(dev_mode=False), registry)
-    for reason in ("sev-snp: no plugin installed (pip install cmcp-sev)", "tdx:", "tpm:"):
+    for reason in ("sev-snp: not an SEV-SNP guest", "tdx:", "tpm: no TPM device"):
         assert reason in nothing.value.message
+    bare = load_providers(plugins=())  # a host with none of the plugins installed
+    with pytest.raises(StartupError) as uninstalled:
+        choose_attestor(config_with("auto"), Environment(dev_mode=False), bare)
+    for reason in ("sev-snp: no plugin installed (pip install cmcp-sev)", "tdx: no plugin"):
+        assert reason in uninstalled.value.message
     with pytest.raises(StartupError, match="cmcp-gpucc"):
         choose_attestor(config_with("gpu-cc"), Environment(dev_mode=True), registry)
     with pytest.raises(StartupError, match="proves nothing"):

@@ -168,11 +168,14 @@ def test_missing_plugin_exits_3(recorded: RecordedSession, tmp_path: Path) -> No
     claim = json.loads(recorded.claim_path.read_text())
     claim["trace"]["cnf"]["jwk"] = key.public_jwk
     claim["gateway"]["attestation"]["binding"] = binding_from_claim(claim, key.thumbprint).hex()
-    claim["gateway"]["attestation"]["evidence_type"] = "sev-snp-report-v1"
+    # hardware evidence of a type no installed plugin provides
+    claim["gateway"]["attestation"]["evidence_type"] = "example-tee-report-v1"
     claim["trace"]["runtime"]["platform"] = "amd-sev-snp"
     path = tmp_path / "hardware.json"
     path.write_text(json.dumps(signed(claim, key)))
     result = run_cmcp("verify", path, "--json")
     assert result.returncode == 3, result.stdout
     evidence = next(c for c in result.json()["checks"] if c["name"] == "evidence")
-    assert "no installed plugin verifies evidence type 'sev-snp-report-v1'" in evidence["reason"]
+    assert (
+        "no installed plugin verifies evidence type 'example-tee-report-v1'" in evidence["reason"]
+    )

@@ -1,0 +1,447 @@
+"""Offline verification of `sev-snp-report-v1` evidence: an AMD SEV-SNP attestation report
+with the VCEK (or VLEK) that signed it.
+
+The verifier proves, from the evidence and the auditor's trust inputs alone: the report is
+well formed; the endorsement key certificate chains VCEK -> ASK -> ARK (VLEK -> ASVK ->
+ARK) to a pinned AMD root for the report's product, every certificate valid at the claim's
+time; that key signed the report; the key was issued for the report's TCB and chip; the
+report carries the session binding; the guest policy forbids debugging (unless the auditor
+allows it); and the launch measurement is in the pinned set when one is given.
+
+Each step is a named `Check`; a step whose input an earlier failure made meaningless is
+skipped with the reason. Malformed evidence is a failed check, never an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from cmcp_cli.attestation.api import Check, CheckStatus, EvidenceVerdict, TrustInputs
+from cmcp_cli.attestation.toolkit import CheckFailed as _Fail
+from cmcp_cli.attestation.toolkit import CheckSkipped as _Skip
+from cmcp_cli.attestation.toolkit import NamedCheck, run_checks
+from cmcp_sev import certificates as certs
+from cmcp_sev import roots
+from cmcp_sev import structures as snp
+from cmcp_sev.evidence import decode
+
+SHAPE: Final = "sev.evidence.shape"
+VERSION: Final = "sev.report.version"
+PRODUCT: Final = "sev.product"
+CHAIN: Final = "sev.vcek.chain"
+PINNED: Final = "sev.ark.pinned"
+SIGNATURE: Final = "sev.report.signature"
+TCB: Final = "sev.vcek.tcb"
+CHIP_ID: Final = "sev.vcek.chip_id"
+REPORT_DATA: Final = "sev.report_data"
+DEBUG: Final = "sev.policy.debug"
+MEASUREMENT: Final = "sev.measurement"
+
+# hardware_attested needs each of these to pass (CHIP_ID may skip for a VLEK), none to fail.
+HARDWARE_CHECKS: Final = (
+    SHAPE, VERSION, PRODUCT, CHAIN, PINNED, SIGNATURE, TCB, CHIP_ID, REPORT_DATA, DEBUG,
+)  # fmt: skip
+KDS: Final = "https://kdsintf.amd.com"
+_SIGNING_KEY_NAMES: Final = {"vcek": snp.SigningKey.VCEK, "vlek": snp.SigningKey.VLEK}
+
+
+def _clause(error: object) -> str:
+    return str(error).rstrip(".")
+
+
+def _unusable(what: str, check: str) -> str:
+    return f"The {what} is unusable (see {check})."
+
+
+def vcek_url(product: snp.Product, report: snp.Report) -> str:
+    """Where AMD's Key Distribution Service serves the VCEK for this chip and reported TCB."""
+    tcb = report.reported_tcb.decode(product)
+    hwid = report.chip_id[:8] if product is snp.Product.TURIN else report.chip_id
+    query = f"blSPL={tcb.bootloader}&teeSPL={tcb.tee}&snpSPL={tcb.snp}&ucodeSPL={tcb.microcode}"
+    if tcb.fmc is not None:
+        query = f"fmcSPL={tcb.fmc}&{query}"
+    return f"{KDS}/vcek/v1/{product.value}/{hwid.hex()}?{query}"
+
+
+class _Run:
+    """One verification: decoded evidence, parsed structures, and the checks in order. Each
+    check returns its reason for passing, or raises `_Skip` / `_Fail` with the reason."""
+
+    def __init__(self, evidence: Any, trust: TrustInputs) -> None:
+        self.trust = trust
+        self.d = decode(evidence)
+        self.report: snp.Report | None = None
+        self.report_error = ""
+        if self.d.report is not None:
+            try:
+                self.report = snp.parse_report(self.d.report)
+            except snp.ReportFormatError as error:
+                self.report_error = str(error)
+        self.leaf: x509.Certificate | None = None
+        self.leaf_error = ""
+        if self.d.leaf is not None:
+            try:
+                self.leaf = roots.load_der(self.d.leaf)
+            except ValueError as error:
+                self.leaf_error = f"is not a DER X.509 certificate ({_clause(error)})"
+        self.supplied: list[x509.Certificate] = []
+        self.supplied_error = ""
+        for position, blob in enumerate(self.d.cert_chain, 1):
+            try:
+                self.supplied.append(roots.load_der(blob))
+            except ValueError as error:
+                self.supplied_error = f"cert_chain[{position - 1}] is not DER X.509 ({error})"
+        self.product: snp.Product | None = None
+        self.intermediate: x509.Certificate | None = None
+        self.chain_ok = False
+        self.leaf_name = (self.d.signing_key or "vcek").upper()
+
+    def checks(self) -> tuple[Check, ...]:
+        steps: tuple[NamedCheck, ...] = (
+            (SHAPE, self.shape), (VERSION, self.version), (PRODUCT, self.product_check),
+            (CHAIN, self.chain), (PINNED, self.pinned), (SIGNATURE, self.signature),
+            (TCB, self.tcb), (CHIP_ID, self.chip_id), (REPORT_DATA, self.report_data),
+            (DEBUG, self.debug), (MEASUREMENT, self.measurement_check),
+        )  # fmt: skip
+        return run_checks(steps)
+
+    def _report(self) -> snp.Report:
+        if self.report is None:
+            raise _Skip(_unusable("report", VERSION))
+        return self.report
+
+    def _product(self) -> snp.Product:
+        if self.product is None:
+            raise _Skip(f"The processor product is unknown (see {PRODUCT}).")
+        return self.product
+
+    def shape(self) -> str:
+        problems = list(self.d.problems)
+        if self.leaf_error:
+            problems.append(f"{self.d.signing_key} {self.leaf_error}")
+        if self.supplied_error:
+            problems.append(self.supplied_error)
+        if problems:
+            raise _Fail("The evidence is malformed: " + "; ".join(problems) + ".")
+        return "Every member is present, of its type, and decodes."
+
+    def version(self) -> str:
+        if self.d.report is None:
+            raise _Skip(f"The evidence has no usable report (see {SHAPE}).")
+        if self.report is None:
+            raise _Fail(f"The report is refused: {_clause(self.report_error)}.")
+        r = self.report
+        return (
+            f"An ATTESTATION_REPORT v{r.version} (firmware {r.current_version}, VMPL {r.vmpl}, "
+            f"policy 0x{r.policy:x} ABI >= {r.abi[0]}.{r.abi[1]}, "
+            f"flags {', '.join(r.policy_flags) or 'none'}), every reserved field zero."
+        )
+
+    def product_check(self) -> str:
+        report = self._report()
+        sources: dict[str, snp.Product] = {}
+        if report.cpuid is not None:
+            family, model, _ = report.cpuid
+            product = report.cpuid_product
+            if product is None:
+                raise _Fail(
+                    f"The report's CPUID family 0x{family:02x} model 0x{model:02x} is not a "
+                    "Milan, Genoa or Turin processor, the products whose roots are known."
+                )
+            sources["the report's CPUID"] = product
+        if self.d.product is not None:
+            sources["the evidence's product"] = self.d.product
+        if self.leaf is not None and (named := certs.product_of(certs.describe_issuer(self.leaf))):
+            sources[f"the {self.leaf_name}'s issuer"] = named
+        if not sources:
+            raise _Fail(
+                "Nothing tells the processor product: a v2 report without an endorsement key "
+                "certificate or a product member."
+            )
+        if len(set(sources.values())) > 1:
+            said = "; ".join(f"{where} says {p.value}" for where, p in sources.items())
+            raise _Fail(f"The evidence disagrees about the processor product: {said}.")
+        self.product = next(iter(sources.values()))
+        return f"An AMD EPYC {self.product.value} ({', '.join(sources)})."
+
+    def _trust(self) -> roots.TrustSet:
+        try:
+            return roots.trust_set(self.trust.trust_roots)
+        except roots.RootError as error:
+            raise _Fail(f"The trust roots are unusable: {_clause(error)}.") from None
+
+    def chain(self) -> str:
+        if self.d.leaf is None:
+            report, product = self.report, self.product
+            if self.d.signing_key == "vlek":
+                raise _Fail(
+                    "No VLEK was supplied: a VLEK-signed report is verifiable only with the "
+                    "VLEK certificate the cloud provider installed on the host (extended report)."
+                )
+            where = (
+                f"AMD KDS, {KDS}/vcek/v1/<product>/<chip id hex>?blSPL=..&teeSPL=.."
+                "&snpSPL=..&ucodeSPL=.. (the report's chip id and reported TCB)"
+            )
+            if report is not None and product is not None:
+                try:
+                    url = vcek_url(product, report)
+                except snp.ReportFormatError:
+                    pass  # the TCB is not in the product's layout: keep the general pattern
+                else:
+                    where = f"{url} and its ASK/ARK from {KDS}/vcek/v1/{product.value}/cert_chain"
+            raise _Fail(
+                "No VCEK was supplied, so nothing ties the report to AMD: the host returned no "
+                f"certificate table. Get the VCEK for this chip and TCB from {where}, and add it "
+                "as the evidence's vcek (the verifier never fetches it)."
+            )
+        if self.leaf is None:
+            raise _Skip(_unusable(self.leaf_name, SHAPE))
+        label = f"the {self.leaf_name} ({certs.describe(self.leaf)})"
+        if (problem := certs.leaf_key_problem(self.leaf, label)) is not None:
+            raise _Fail(problem[0].upper() + problem[1:])
+        trust = self._trust()
+        candidates = tuple(c for c in self.supplied if c.subject != c.issuer) + trust.intermediates
+        issuer = certs.find_issuer(self.leaf, candidates)
+        if issuer is None:
+            issuer_name = self.leaf.issuer.rfc4514_string()
+            namesake = next((c for c in candidates if c.subject == self.leaf.issuer), None)
+            if namesake is not None:
+                problem = certs.signature_problem(self.leaf, namesake, label)
+                raise _Fail(f"{problem} It was not issued by any known {issuer_name}.")
+            raise _Fail(
+                f"No ASK or ASVK named {issuer_name}, supplied or vendored, issued {label}."
+            )
+        issuer_label = f"the intermediate {certs.describe(issuer)}"
+        for problem in (
+            certs.ca_problem(issuer, issuer_label),
+            certs.validity_problem(self.leaf, label, self.trust.at),
+            certs.validity_problem(issuer, issuer_label, self.trust.at),
+        ):
+            if problem is not None:
+                raise _Fail(problem[0].upper() + problem[1:])
+        self.intermediate = issuer
+        return (
+            f"{certs.describe(issuer)} signed the {self.leaf_name} (RSA-PSS SHA-384); both are "
+            f"valid at {self.trust.at.isoformat()}."
+        )
+
+    def pinned(self) -> str:
+        intermediate = self.intermediate
+        if intermediate is None:
+            raise _Skip(f"The {self.leaf_name} has no verified issuer (see {CHAIN}).")
+        trust = self._trust()
+        anchors = tuple(a.cert for a in trust.anchors)
+        ark = certs.find_issuer(intermediate, anchors)
+        if ark is None:
+            supplied = certs.find_issuer(intermediate, tuple(self.supplied))
+            named = (
+                f" It chains to the supplied {certs.describe(supplied)} "
+                f"(sha256 {roots.fingerprint(supplied)}), which is not pinned."
+                if supplied is not None
+                else ""
+            )
+            raise _Fail(
+                f"{certs.describe(intermediate)} was not issued by a pinned root "
+                f"({trust.source}: {trust.describe()}).{named}"
+            )
+        anchor = next(a for a in trust.anchors if a.cert is ark)
+        label = f"the pinned root {certs.describe(ark)}"
+        for problem in (
+            certs.ca_problem(ark, label),
+            certs.signature_problem(ark, ark, label),
+            certs.validity_problem(ark, label, self.trust.at),
+        ):
+            if problem is not None:
+                raise _Fail(problem[0].upper() + problem[1:])
+        product = self._product()
+        root_product = anchor.product or certs.product_of(certs.describe(ark))
+        if root_product is not None and root_product is not product:
+            raise _Fail(
+                f"The chain ends at the {root_product.value} root {certs.describe(ark)}, but the "
+                f"report is from a {product.value}."
+            )
+        self.chain_ok = True
+        kind = "vendored" if anchor.vendored else "auditor-pinned"
+        return (
+            f"{certs.describe(intermediate)} was issued by the {kind} root {certs.describe(ark)} "
+            f"(sha256 {anchor.fingerprint}), valid at the time."
+        )
+
+    def signature(self) -> str:
+        # Judged on the raw bytes, not the parsed report, so that any change to the signed
+        # region fails here even when it also makes the report malformed.
+        raw = self.d.report
+        if raw is None or len(raw) != snp.REPORT_SIZE:
+            raise _Skip(_unusable("report", VERSION))
+        if self.leaf is None:
+            raise _Skip(f"No usable {self.leaf_name} to verify with (see {CHAIN}).")
+        expected = _SIGNING_KEY_NAMES[self.d.signing_key or "vcek"]
+        signing_key = (int.from_bytes(raw[0x048:0x04C], "little") >> 2) & 0b111
+        if signing_key != expected:
+            raise _Fail(
+                f"The report's SIGNING_KEY field is {signing_key} "
+                f"({_signing_key_name(signing_key)}), but the evidence gives a {self.leaf_name}."
+            )
+        key = self.leaf.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(
+            key.curve, ec.SECP384R1
+        ):
+            raise _Fail(f"The {self.leaf_name} does not hold an ECDSA P-384 key.")
+        r = int.from_bytes(raw[0x2A0 : 0x2A0 + snp.ECDSA_COMPONENT_SIZE], "little")
+        s = int.from_bytes(raw[0x2E8 : 0x2E8 + snp.ECDSA_COMPONENT_SIZE], "little")
+        try:
+            key.verify(
+                encode_dss_signature(r, s), raw[: snp.SIGNED_SIZE], ec.ECDSA(hashes.SHA384())
+            )
+        except InvalidSignature:
+            raise _Fail(
+                f"The report's ECDSA P-384 signature over bytes 0x000..0x29F does not verify "
+                f"with the {self.leaf_name}'s key: the report was altered or signed by another "
+                "chip."
+            ) from None
+        return f"The {self.leaf_name} signed the report (ECDSA P-384, SHA-384)."
+
+    def tcb(self) -> str:
+        report, product = self._report(), self._product()
+        if self.leaf is None:
+            raise _Skip(f"No usable {self.leaf_name} (see {CHAIN}).")
+        try:
+            extensions = certs.amd_extensions(self.leaf)
+            reported = report.reported_tcb.decode(product)
+        except (certs.ExtensionError, snp.ReportFormatError) as error:
+            raise _Fail(f"The TCB cannot be compared: {_clause(error)}.") from None
+        wanted = {"bl": reported.bootloader, "tee": reported.tee, "snp": reported.snp}
+        wanted["ucode"] = reported.microcode
+        if reported.fmc is not None:
+            wanted["fmc"] = reported.fmc
+        elif "fmc" in extensions.spl:
+            raise _Fail(
+                f"The {self.leaf_name} carries fmcSPL, a Turin extension, but the report is "
+                f"from a {product.value}."
+            )
+        missing = [name for name in wanted if name not in extensions.spl]
+        if missing:
+            raise _Fail(f"The {self.leaf_name} lacks the {', '.join(missing)} SPL extension(s).")
+        differ = [
+            f"{name} {extensions.spl[name]} != {value}"
+            for name, value in wanted.items()
+            if extensions.spl[name] != value
+        ]
+        if differ:
+            raise _Fail(
+                f"The {self.leaf_name} was issued for another TCB than the report's "
+                f"REPORTED_TCB ({reported.describe()}): {'; '.join(differ)}."
+            )
+        current = report.current_tcb.decode(product).describe()
+        return (
+            f"The {self.leaf_name} was issued for the report's REPORTED_TCB "
+            f"{reported.describe()} (CURRENT_TCB {current}); no minimum TCB is appraised."
+        )
+
+    def chip_id(self) -> str:
+        report, product = self._report(), self._product()
+        if self.d.signing_key == "vlek":
+            raise _Skip(
+                "A VLEK is issued to a cloud provider, not to one chip: the report's chip id "
+                "is not bound by it."
+            )
+        if self.leaf is None:
+            raise _Skip(f"No usable VCEK (see {CHAIN}).")
+        try:
+            hwid = certs.amd_extensions(self.leaf).hwid
+        except certs.ExtensionError as error:
+            raise _Fail(f"The VCEK's extensions are malformed: {_clause(error)}.") from None
+        if hwid is None:
+            raise _Fail("The VCEK has no hwID extension (1.3.6.1.4.1.3704.1.4).")
+        if not any(report.chip_id):
+            raise _Fail(
+                "The report's CHIP_ID is all zeros (MASK_CHIP_ID): it cannot be matched with "
+                "the VCEK's hwID."
+            )
+        if product is snp.Product.TURIN:
+            if len(hwid) != 8 or hwid != report.chip_id[:8]:
+                raise _Fail(
+                    f"The Turin VCEK's 8-byte hwID {hwid.hex()} is not the first 8 bytes of the "
+                    f"report's CHIP_ID {report.chip_id[:8].hex()}."
+                )
+            return (
+                "The Turin VCEK's 8-byte hwID equals the first 8 bytes of the report's CHIP_ID "
+                "(Turin VCEKs name the chip by those 8 bytes, as AMD KDS does)."
+            )
+        if hwid != report.chip_id:
+            raise _Fail(
+                f"The VCEK's hwID {hwid[:8].hex()}… is not the report's CHIP_ID "
+                f"{report.chip_id[:8].hex()}…: the VCEK belongs to another chip."
+            )
+        return "The VCEK's hwID is the report's 64-byte CHIP_ID."
+
+    def report_data(self) -> str:
+        report, binding = self._report(), self.trust.binding
+        if len(binding) != 32:
+            raise _Fail(f"The binding is {len(binding)} bytes, not a 32-byte SHA-256.")
+        expected = binding + bytes(32)
+        if report.report_data != expected:
+            raise _Fail(
+                f"REPORT_DATA {report.report_data[:8].hex()}… is not the session binding "
+                f"{binding[:8].hex()}… followed by 32 zero bytes: the report was made for "
+                "another session or claim."
+            )
+        return "REPORT_DATA is the session binding followed by 32 zero bytes."
+
+    def debug(self) -> str:
+        report = self._report()
+        if not report.debug:
+            return "The guest policy forbids debugging (DEBUG, bit 19, is clear)."
+        if self.trust.allow_debug:
+            return (
+                "The guest policy allows debugging (DEBUG, bit 19): the host can read and "
+                "change guest memory. Accepted because the auditor allows debug guests."
+            )
+        raise _Fail(
+            "The guest policy allows debugging (DEBUG, bit 19, is set): the host can read and "
+            "change guest memory, so nothing the guest says can be trusted."
+        )
+
+    def measurement_check(self) -> str:
+        measured = self.measurement()
+        if measured is None:
+            raise _Skip(_unusable("report", VERSION))
+        expected = self.trust.expected_measurements
+        if not expected:
+            raise _Skip(f"No expected measurement was pinned; the report measures {measured}.")
+        if measured not in expected:
+            raise _Fail(f"The launch measurement {measured} is not in the pinned set.")
+        return f"The launch measurement {measured} is in the pinned set."
+
+    def measurement(self) -> str | None:
+        return None if self.report is None else "sha384:" + self.report.measurement.hex()
+
+
+def _signing_key_name(value: int) -> str:
+    try:
+        return snp.SigningKey(value).name
+    except ValueError:
+        return "reserved"
+
+
+class SevVerifier:
+    """Judges `sev-snp-report-v1` evidence offline (stdlib and `cryptography` only)."""
+
+    def verify(self, evidence: Mapping[str, Any], trust: TrustInputs) -> EvidenceVerdict:
+        run = _Run(evidence, trust)
+        checks = run.checks()
+        status = {check.name: check.status for check in checks}
+        vlek = run.d.signing_key == "vlek"
+        attested = not any(c.status is CheckStatus.FAIL for c in checks) and all(
+            status.get(name) is CheckStatus.PASS
+            or (name == CHIP_ID and vlek and status.get(name) is CheckStatus.SKIP)
+            for name in HARDWARE_CHECKS
+        )
+        return EvidenceVerdict(checks, attested, run.measurement())

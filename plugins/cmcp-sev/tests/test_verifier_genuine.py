@@ -1,0 +1,194 @@
+"""The genuine SEV-SNP vectors from the shared attestation vectors, judged offline exactly
+as their MANIFEST.md states: the Milan report verifies with its VCEK and the vendored Milan
+ASK/ARK, its DEBUG policy fails by default, and each kind of tampering fails the check
+that names it."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from cmcp_cli.attestation.api import CheckStatus, TrustInputs
+from cmcp_cli.testing.verdicts import assert_fails, reason, statuses
+from cmcp_sev import certificates as certs
+from cmcp_sev import roots
+from cmcp_sev.structures import SIGNED_SIZE, Product
+from cmcp_sev.verifier import HARDWARE_CHECKS, SevVerifier
+
+AT = datetime(2025, 6, 1, tzinfo=UTC)  # inside the Milan VCEK's 2022-09-24..2029-09-24
+BINDING = bytes.fromhex("0102030405") + bytes(27)  # what the report's REPORT_DATA carries
+MEASUREMENT = (
+    "sha384:b07af9620f3b839b47996422ddec6058338951d984e312115131ea82705eaf5b6bdf8a9ece31a5a6"
+    "08eb0cf2e4872b01"
+)
+ALL_CHECKS = (
+    "sev.evidence.shape", "sev.report.version", "sev.product", "sev.vcek.chain",
+    "sev.ark.pinned", "sev.report.signature", "sev.vcek.tcb", "sev.vcek.chip_id",
+    "sev.report_data", "sev.policy.debug", "sev.measurement",
+)  # fmt: skip
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def milan(vectors: Path, **changes: Any) -> dict[str, Any]:
+    evidence: dict[str, Any] = {
+        "report": _b64((vectors / "gosev-milan-report.bin").read_bytes()),
+        "signing_key": "vcek",
+        "vcek": _b64((vectors / "gosev-milan-vcek.der").read_bytes()),
+    }
+    evidence.update(changes)
+    return {k: v for k, v in evidence.items() if v is not None}
+
+
+def trust(**changes: Any) -> TrustInputs:
+    values: dict[str, Any] = {"binding": BINDING, "at": AT, **changes}
+    return TrustInputs(**values)
+
+
+def test_milan_report_verifies_but_debug_fails_by_default(vectors: Path) -> None:
+    verdict = SevVerifier().verify(milan(vectors), trust())
+    assert tuple(c.name for c in verdict.checks) == ALL_CHECKS
+    status = statuses(verdict)
+    for name in HARDWARE_CHECKS:
+        if name != "sev.policy.debug":
+            assert status[name] is CheckStatus.PASS, (name, reason(verdict, name))
+    assert_fails(verdict, "sev.policy.debug", "DEBUG", "bit 19")
+    assert verdict.measurement == MEASUREMENT
+    assert "ARK-Milan" in reason(verdict, "sev.ark.pinned")
+    assert roots.PINNED_ARKS[Product.MILAN] in reason(verdict, "sev.ark.pinned")
+
+
+def test_milan_report_is_hardware_attested_when_debug_is_allowed(vectors: Path) -> None:
+    verdict = SevVerifier().verify(milan(vectors), trust(allow_debug=True))
+    assert not verdict.failed, verdict.checks
+    assert verdict.hardware_attested
+    assert "auditor allows debug" in reason(verdict, "sev.policy.debug")
+    assert statuses(verdict)["sev.measurement"] is CheckStatus.SKIP
+
+
+def test_measurement_pins(vectors: Path) -> None:
+    good = SevVerifier().verify(
+        milan(vectors), trust(allow_debug=True, expected_measurements=(MEASUREMENT,))
+    )
+    assert statuses(good)["sev.measurement"] is CheckStatus.PASS and good.hardware_attested
+    bad = SevVerifier().verify(
+        milan(vectors), trust(allow_debug=True, expected_measurements=("sha384:" + "0" * 96,))
+    )
+    assert_fails(bad, "sev.measurement", "not in the pinned set")
+
+
+def test_report_data_mismatch_fails(vectors: Path) -> None:
+    # The vendor's report did not bind our key: any real binding is refused.
+    verdict = SevVerifier().verify(
+        milan(vectors), trust(binding=bytes(range(32)), allow_debug=True)
+    )
+    assert_fails(verdict, "sev.report_data", "not the session binding")
+    assert statuses(verdict)["sev.report.signature"] is CheckStatus.PASS
+
+
+def test_every_byte_flip_in_the_signed_region_fails_the_signature(vectors: Path) -> None:
+    raw = (vectors / "gosev-milan-report.bin").read_bytes()
+    verifier = SevVerifier()
+    for offset in range(SIGNED_SIZE):
+        flipped = bytearray(raw)
+        flipped[offset] ^= 0x01
+        verdict = verifier.verify(
+            milan(vectors, report=_b64(bytes(flipped))), trust(allow_debug=True)
+        )
+        assert statuses(verdict)["sev.report.signature"] is CheckStatus.FAIL, offset
+        assert not verdict.hardware_attested
+
+
+def test_a_wrong_root_fails_the_pin(vectors: Path) -> None:
+    genoa = (vectors / "amd-ask-ark-genoa.pem").read_bytes()
+    verdict = SevVerifier().verify(milan(vectors), trust(trust_roots=(genoa,), allow_debug=True))
+    assert_fails(
+        verdict, "sev.ark.pinned", "SEV-Milan was not issued by a pinned root", "ARK-Genoa"
+    )
+    # The host's own (unpinned) ARK is named by fingerprint when it is supplied.
+    ask, ark = roots.load_pem((vectors / "amd-ask-ark-milan.pem").read_bytes())
+    chain = [_b64(c.public_bytes(Encoding.DER)) for c in (ask, ark)]
+    supplied = SevVerifier().verify(
+        milan(vectors, cert_chain=chain), trust(trust_roots=(genoa,), allow_debug=True)
+    )
+    assert_fails(supplied, "sev.ark.pinned", roots.PINNED_ARKS[Product.MILAN], "not pinned")
+
+
+def test_the_milan_root_given_as_a_trust_root_is_accepted(vectors: Path) -> None:
+    pem = (vectors / "amd-ask-ark-milan.pem").read_bytes()
+    verdict = SevVerifier().verify(milan(vectors), trust(trust_roots=(pem,), allow_debug=True))
+    assert verdict.hardware_attested, verdict.checks
+
+
+def test_a_swapped_vcek_fails_the_signature(vectors: Path) -> None:
+    turin = _b64((vectors / "virtee-turin-vcek.der").read_bytes())
+    verdict = SevVerifier().verify(milan(vectors, vcek=turin), trust(allow_debug=True))
+    assert_fails(verdict, "sev.report.signature", "does not verify")
+    assert statuses(verdict)["sev.vcek.chip_id"] is not CheckStatus.PASS
+
+
+def test_a_time_after_the_vceks_not_after_fails_the_chain(vectors: Path) -> None:
+    later = datetime(2029, 9, 25, tzinfo=UTC)
+    verdict = SevVerifier().verify(milan(vectors), trust(at=later, allow_debug=True))
+    assert_fails(verdict, "sev.vcek.chain", "expired at 2029-09-24")
+    early = SevVerifier().verify(milan(vectors), trust(at=datetime(2022, 1, 1, tzinfo=UTC)))
+    assert_fails(early, "sev.vcek.chain", "not valid until")
+
+
+def test_a_missing_vcek_says_where_to_get_it(vectors: Path) -> None:
+    verdict = SevVerifier().verify(milan(vectors, vcek=None), trust(allow_debug=True))
+    assert_fails(
+        verdict, "sev.vcek.chain", "No VCEK was supplied",
+        "https://kdsintf.amd.com/vcek/v1/<product>/",
+    )  # fmt: skip
+    named = SevVerifier().verify(milan(vectors, vcek=None, product="Milan"), trust())
+    chip = (vectors / "gosev-milan-report.bin").read_bytes()[0x1A0:0x1E0].hex()
+    assert_fails(
+        named, "sev.vcek.chain",
+        f"https://kdsintf.amd.com/vcek/v1/Milan/{chip}?blSPL=2&teeSPL=0&snpSPL=5&ucodeSPL=68",
+    )  # fmt: skip
+    assert statuses(named)["sev.report.signature"] is CheckStatus.SKIP
+
+
+def test_a_product_claim_that_contradicts_the_vcek_fails(vectors: Path) -> None:
+    verdict = SevVerifier().verify(milan(vectors, product="Genoa"), trust(allow_debug=True))
+    assert_fails(verdict, "sev.product", "Genoa", "Milan")
+
+
+def test_turin_vcek_chains_to_the_vendored_turin_roots_and_its_extensions_parse(
+    vectors: Path,
+) -> None:
+    vcek = roots.load_der((vectors / "virtee-turin-vcek.der").read_bytes())
+    assert certs.describe_issuer(vcek) == "SEV-Turin"
+    trusted = roots.vendored()
+    ask = certs.find_issuer(vcek, trusted.intermediates)
+    assert ask is not None and roots.fingerprint(ask) == roots.PINNED_ASKS[Product.TURIN]
+    ark = certs.find_issuer(ask, tuple(a.cert for a in trusted.anchors))
+    assert ark is not None and roots.fingerprint(ark) == roots.PINNED_ARKS[Product.TURIN]
+    assert certs.signature_problem(ark, ark, "ARK") is None
+    for cert, label in ((vcek, "VCEK"), (ask, "ASK"), (ark, "ARK")):
+        assert certs.validity_problem(cert, label, datetime(2026, 1, 1, tzinfo=UTC)) is None
+    extensions = certs.amd_extensions(vcek)
+    assert extensions.spl == {"bl": 0, "tee": 0, "snp": 0, "ucode": 9, "fmc": 0}
+    assert extensions.hwid is not None and len(extensions.hwid) == 8
+    assert extensions.product_name == "Turin"
+    # The Milan VCEK's hwID is the 64-byte CHIP_ID.
+    milan_vcek = roots.load_der((vectors / "gosev-milan-vcek.der").read_bytes())
+    milan_ext = certs.amd_extensions(milan_vcek)
+    assert milan_ext.product_name == "Milan-B0" and milan_ext.hwid is not None
+    assert len(milan_ext.hwid) == 64
+
+
+def test_vendored_roots_are_the_shared_copies_and_match_the_pins(vectors: Path) -> None:
+    for product in Product:
+        shared = (vectors / f"amd-ask-ark-{product.value.lower()}.pem").read_bytes()
+        assert roots.vendored_bytes(product) == shared
+    vendored = roots.vendored()
+    assert {a.fingerprint for a in vendored.anchors} == set(roots.PINNED_ARKS.values())
+    assert {roots.fingerprint(c) for c in vendored.intermediates} == set(roots.PINNED_ASKS.values())

@@ -1,0 +1,50 @@
+"""The provider declaration that `cmcp` finds through the entry point `cmcp = tdx`.
+
+Nothing here imports the collector, the verifier or the measurer: each is loaded only when
+used, so listing plugins never touches a TDX device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cmcp_cli.attestation.api import Collector, Measurer, ProviderSpec, Verifier
+from cmcp_cli.attestation.hookspecs import hookimpl
+
+NAME = "tdx"
+PLATFORM = "intel-tdx"  # the TRACE runtime.platform of a TDX trust domain
+EVIDENCE_TYPE = "tdx-quote-v1"
+
+
+def _collector() -> Collector:
+    from cmcp_tdx.collector import TdxCollector  # noqa: PLC0415 - loaded on demand
+
+    return TdxCollector()
+
+
+def _verifier() -> Verifier:
+    from cmcp_tdx.verifier import TdxVerifier  # noqa: PLC0415 - loaded on demand
+
+    return TdxVerifier()
+
+
+def _measurer() -> Measurer:
+    from cmcp_tdx.measurer import TdxMeasurer  # noqa: PLC0415 - loaded on demand
+
+    return TdxMeasurer()
+
+
+SPEC = ProviderSpec(
+    name=NAME,
+    platform=PLATFORM,
+    evidence_types=(EVIDENCE_TYPE,),
+    load_collector=_collector,
+    load_verifier=_verifier,
+    load_measurer=_measurer,
+    description="Intel TDX DCAP quote (v4/v5) with the PCK chain to the Intel SGX Root CA",
+)
+
+
+@hookimpl
+def cmcp_attestation_providers() -> Sequence[ProviderSpec]:
+    return [SPEC]
