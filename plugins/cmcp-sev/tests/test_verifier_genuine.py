@@ -13,6 +13,7 @@ from typing import Any
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from cmcp_cli.attestation.api import CheckStatus, TrustInputs
+from cmcp_cli.attestation.toolkit import validity_problem
 from cmcp_cli.testing.verdicts import assert_fails, reason, statuses
 from cmcp_sev import certificates as certs
 from cmcp_sev import roots
@@ -173,7 +174,7 @@ def test_turin_vcek_chains_to_the_vendored_turin_roots_and_its_extensions_parse(
     assert ark is not None and roots.fingerprint(ark) == roots.PINNED_ARKS[Product.TURIN]
     assert certs.signature_problem(ark, ark, "ARK") is None
     for cert, label in ((vcek, "VCEK"), (ask, "ASK"), (ark, "ARK")):
-        assert certs.validity_problem(cert, label, datetime(2026, 1, 1, tzinfo=UTC)) is None
+        assert validity_problem(cert, label, datetime(2026, 1, 1, tzinfo=UTC)) is None
     extensions = certs.amd_extensions(vcek)
     assert extensions.spl == {"bl": 0, "tee": 0, "snp": 0, "ucode": 9, "fmc": 0}
     assert extensions.hwid is not None and len(extensions.hwid) == 8

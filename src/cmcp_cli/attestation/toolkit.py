@@ -1,5 +1,6 @@
 """What every provider plugin does the same way: run its named checks in order, read
-canonical base64 members of evidence, and refuse a settings section it does not know.
+canonical base64 members of evidence, refuse a settings section it does not know, and judge
+a certificate's validity period at the claim's time.
 
 A verifier's check returns its reason for passing, or raises `CheckSkipped` (its input is
 missing, or an earlier check refused it) or `CheckFailed` (the evidence does not hold),
@@ -10,7 +11,10 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
+
+from cryptography import x509
 
 from cmcp_cli.attestation.api import Check, ProviderError
 
@@ -79,3 +83,19 @@ def settings_section(
             hint=f"the {provider} provider accepts {', '.join(names)}; remove or correct the rest",
         )
     return settings
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A time as UTC; a naive time is taken to be UTC already."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def validity_problem(cert: x509.Certificate, label: str, at: datetime) -> str | None:
+    """Why `cert` (named `label`) is not valid at `at`, or None when it is."""
+    at = as_utc(at)
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if at < start:
+        return f"{label} is not valid until {start.isoformat()} (judged at {at.isoformat()})."
+    if at > end:
+        return f"{label} expired at {end.isoformat()} (judged at {at.isoformat()})."
+    return None

@@ -10,7 +10,6 @@ issuer is a CA allowed to sign certificates. Every problem is returned as a sent
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Final
 
 from cryptography import x509
@@ -118,20 +117,6 @@ def describe_issuer(cert: x509.Certificate) -> str:
     names = cert.issuer.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     value = names[0].value if names else ""
     return value if isinstance(value, str) else value.decode(errors="replace")
-
-
-def _as_utc(at: datetime) -> datetime:
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
-
-
-def validity_problem(cert: x509.Certificate, label: str, at: datetime) -> str | None:
-    at = _as_utc(at)
-    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-    if at < start:
-        return f"{label} is not valid until {start.isoformat()} (judged at {at.isoformat()})."
-    if at > end:
-        return f"{label} expired at {end.isoformat()} (judged at {at.isoformat()})."
-    return None
 
 
 def ca_problem(cert: x509.Certificate, label: str) -> str | None:

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cmcp_cli.attestation.api import Check, CheckStatus, EvidenceVerdict, TrustInputs
 from cmcp_cli.attestation.toolkit import CheckFailed as _Fail
 from cmcp_cli.attestation.toolkit import CheckSkipped as _Skip
-from cmcp_cli.attestation.toolkit import NamedCheck, run_checks
+from cmcp_cli.attestation.toolkit import NamedCheck, run_checks, validity_problem
 from cmcp_sev import certificates as certs
 from cmcp_sev import roots
 from cmcp_sev import structures as snp
@@ -221,8 +221,8 @@ class _Run:
         issuer_label = f"the intermediate {certs.describe(issuer)}"
         for problem in (
             certs.ca_problem(issuer, issuer_label),
-            certs.validity_problem(self.leaf, label, self.trust.at),
-            certs.validity_problem(issuer, issuer_label, self.trust.at),
+            validity_problem(self.leaf, label, self.trust.at),
+            validity_problem(issuer, issuer_label, self.trust.at),
         ):
             if problem is not None:
                 raise _Fail(problem[0].upper() + problem[1:])
@@ -256,7 +256,7 @@ class _Run:
         for problem in (
             certs.ca_problem(ark, label),
             certs.signature_problem(ark, ark, label),
-            certs.validity_problem(ark, label, self.trust.at),
+            validity_problem(ark, label, self.trust.at),
         ):
             if problem is not None:
                 raise _Fail(problem[0].upper() + problem[1:])

@@ -32,6 +32,7 @@ from typing import Any, Final
 
 from cryptography import x509
 
+from cmcp_cli.attestation.toolkit import as_utc
 from cmcp_tdx import pki
 from cmcp_tdx.quote import Quote
 
@@ -89,7 +90,7 @@ def _time(value: object, what: str) -> datetime:
     if not isinstance(value, str):
         raise CollateralError(f"{what} is missing")
     try:
-        return pki.as_utc(datetime.fromisoformat(value))
+        return as_utc(datetime.fromisoformat(value))
     except ValueError:
         raise CollateralError(f"{what} {value!r} is not an RFC 3339 time") from None
 
@@ -302,7 +303,7 @@ def appraise(
         raise CollateralError(f"the collateral has unknown members {', '.join(unknown)}")
     if missing := sorted(MEMBERS - set(collateral)):
         raise CollateralError(f"the collateral lacks {', '.join(missing)}")
-    at = pki.as_utc(at)
+    at = as_utc(at)
     leaf, pck_ca, root = pck_chain[0], pck_chain[1], pck_chain[-1]
     root_crl = _crl(_text(collateral, "root_ca_crl"), "Intel root CA CRL")
     pck_crl = _crl(_text(collateral, "pck_crl"), "PCK CA CRL")

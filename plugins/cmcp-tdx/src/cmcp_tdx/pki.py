@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from importlib import resources
 from typing import Final
 
@@ -31,6 +31,8 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from cmcp_cli.attestation import toolkit
+from cmcp_cli.attestation.toolkit import as_utc
 from cmcp_tdx import der
 
 # SHA-256 of the DER of the Intel SGX Root CA (CN=Intel SGX Root CA, valid to 2049-12-31).
@@ -97,18 +99,9 @@ def common_name(cert: x509.Certificate) -> str:
     return value if isinstance(value, str) else value.decode(errors="replace")
 
 
-def as_utc(at: datetime) -> datetime:
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
-
-
 def validity_problem(cert: x509.Certificate, at: datetime) -> str | None:
-    at = as_utc(at)
     label = f"certificate {common_name(cert) or cert.subject.rfc4514_string()!r}"
-    if at < cert.not_valid_before_utc:
-        return f"{label} is not valid until {cert.not_valid_before_utc.isoformat()}"
-    if at > cert.not_valid_after_utc:
-        return f"{label} expired at {cert.not_valid_after_utc.isoformat()}"
-    return None
+    return toolkit.validity_problem(cert, label, at)
 
 
 def verify_chain(
@@ -120,7 +113,7 @@ def verify_chain(
         raise PkiError(f"the {what} holds no certificate")
     for cert in certs:
         if (problem := validity_problem(cert, at)) is not None:
-            raise PkiError(f"in the {what}, {problem} (judged at {as_utc(at).isoformat()})")
+            raise PkiError(f"in the {what}, {problem.rstrip('.')}")
     builder = (
         PolicyBuilder()
         .store(Store(list(roots)))
@@ -136,7 +129,7 @@ def verify_chain(
         raise PkiError(f"the {what} does not verify to a pinned root: {error}") from None
     chain = list(verified.chain)
     if (problem := validity_problem(chain[-1], at)) is not None:
-        raise PkiError(f"the pinned root: {problem}")
+        raise PkiError(f"the pinned root: {problem.rstrip('.')}")
     return chain
 
 

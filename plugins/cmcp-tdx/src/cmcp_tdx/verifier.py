@@ -23,7 +23,7 @@ from cryptography import x509
 from cmcp_cli.attestation.api import Check, CheckStatus, EvidenceVerdict, TrustInputs
 from cmcp_cli.attestation.toolkit import CheckFailed as _Fail
 from cmcp_cli.attestation.toolkit import CheckSkipped as _Skip
-from cmcp_cli.attestation.toolkit import NamedCheck, canonical_base64, run_checks
+from cmcp_cli.attestation.toolkit import NamedCheck, as_utc, canonical_base64, run_checks
 from cmcp_tdx import ccel, collateral, pki
 from cmcp_tdx import quote as tdx
 from cmcp_tdx.measurement import describe, measurement_string
@@ -153,7 +153,7 @@ class _Run:
         if names[0] != pki.PCK_LEAF_CN or len(chain) != 3 or names[1] not in pki.PCK_CA_CNS:
             raise _Fail(f"The chain {' -> '.join(names)} is not PCK certificate -> PCK CA -> root.")
         self.chain = chain
-        at = pki.as_utc(self.trust.at).isoformat()
+        at = as_utc(self.trust.at).isoformat()
         return f"{' -> '.join(names)} verifies, each certificate valid at {at}."
 
     def root_pinned(self) -> str:

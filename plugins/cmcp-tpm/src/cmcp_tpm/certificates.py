@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from cmcp_cli.attestation.api import CheckStatus, TrustInputs
+from cmcp_cli.attestation.toolkit import validity_problem
 from cmcp_tpm import structures as tpm
 
 _MAX_CHAIN = 8
@@ -117,20 +118,6 @@ def certified_key(cert: x509.Certificate) -> bytes | None:
         return spki(cert.public_key())
     except (ValueError, UnsupportedAlgorithm):
         return None
-
-
-def _as_utc(at: datetime) -> datetime:
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
-
-
-def validity_problem(cert: x509.Certificate, label: str, at: datetime) -> str | None:
-    at = _as_utc(at)
-    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-    if at < start:
-        return f"{label} is not valid until {start.isoformat()} (judged at {at.isoformat()})."
-    if at > end:
-        return f"{label} expired at {end.isoformat()} (judged at {at.isoformat()})."
-    return None
 
 
 def signature_problem(cert: x509.Certificate, issuer: x509.Certificate, label: str) -> str | None:
