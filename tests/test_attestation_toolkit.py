@@ -9,6 +9,7 @@ from cmcp_cli.attestation.toolkit import (
     CheckFailed,
     CheckSkipped,
     canonical_base64,
+    hardware_verdict,
     run_checks,
     settings_section,
 )
@@ -69,3 +70,21 @@ def test_a_settings_section_is_a_mapping_of_known_names() -> None:
     assert "b" in unknown.value.message
     assert unknown.value.hint is not None
     assert "accepts a" in unknown.value.hint
+
+
+def test_hardware_attested_needs_every_required_check_passed_and_none_failed() -> None:
+    checks = run_checks([("a", lambda: "holds"), ("b", lambda: "holds")])
+    assert hardware_verdict(checks, ("a", "b"), "sha384:" + "00" * 48).hardware_attested
+    assert not hardware_verdict(checks, ("a", "missing"), None).hardware_attested
+
+    def skipped() -> str:
+        raise CheckSkipped("not applicable")
+
+    def failed() -> str:
+        raise CheckFailed("does not hold")
+
+    partial = run_checks([("a", lambda: "holds"), ("b", skipped)])
+    assert not hardware_verdict(partial, ("a", "b"), None).hardware_attested
+    assert hardware_verdict(partial, ("a", "b"), None, may_skip=("b",)).hardware_attested
+    extra_failure = run_checks([("a", lambda: "holds"), ("c", failed)])
+    assert not hardware_verdict(extra_failure, ("a",), None).hardware_attested

@@ -199,3 +199,20 @@ def test_a_milan_report_under_a_foreign_product_root_is_not_attested(tmp_path: P
     code, checks = verify(claim, "--trust-root", str(genoa), "--allow-debug")
     assert code == 1
     assert checks["sev.ark.pinned"][0] == "fail", checks["sev.ark.pinned"]
+
+
+# ------------------------------------------------------------------ either
+
+
+@pytest.mark.parametrize("vector", ["tdx", "sev-snp"])
+def test_a_measurement_outside_the_pinned_set_fails(tmp_path: Path, vector: str) -> None:
+    if vector == "tdx":
+        spec, evidence = TDX_SPEC, tdx_evidence("gotdx-cos113-quote-v4.dat")
+    else:
+        spec, evidence = SEV_SPEC, milan_evidence()
+    claim = claim_with(tmp_path, spec, evidence, datetime.now(UTC) - timedelta(minutes=5))
+    other = "sha384:" + "ab" * 48
+    code, checks = verify(claim, "--expected-measurement", other, "--allow-debug")
+    assert code == 1
+    assert checks["measurement"][0] == "fail"
+    assert evidence.measurement in checks["measurement"][1]

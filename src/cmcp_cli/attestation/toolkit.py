@@ -16,7 +16,7 @@ from typing import Any
 
 from cryptography import x509
 
-from cmcp_cli.attestation.api import Check, ProviderError
+from cmcp_cli.attestation.api import Check, CheckStatus, EvidenceVerdict, ProviderError
 
 NamedCheck = tuple[str, Callable[[], str]]
 
@@ -42,6 +42,25 @@ def run_checks(steps: Iterable[NamedCheck]) -> tuple[Check, ...]:
         except Exception as error:  # noqa: BLE001 - a verifier bug must fail closed, not crash
             results.append(Check.failed(name, f"The check could not complete: {error!r}."))
     return tuple(results)
+
+
+def hardware_verdict(
+    checks: tuple[Check, ...],
+    required: Iterable[str],
+    measurement: str | None,
+    *,
+    may_skip: Iterable[str] = (),
+) -> EvidenceVerdict:
+    """The verdict: hardware-attested only when no check failed and every `required` check
+    passed (those in `may_skip` may also have been skipped)."""
+    status = {check.name: check.status for check in checks}
+    allowed = {CheckStatus.PASS}
+    skippable = set(may_skip)
+    attested = not any(c.status is CheckStatus.FAIL for c in checks) and all(
+        status.get(name) in (allowed | {CheckStatus.SKIP} if name in skippable else allowed)
+        for name in required
+    )
+    return EvidenceVerdict(checks, attested, measurement)
 
 
 def canonical_base64(value: Any, member: str, *, limit: int | None = None) -> bytes:

@@ -23,10 +23,15 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from cmcp_cli.attestation.api import Check, CheckStatus, EvidenceVerdict, TrustInputs
+from cmcp_cli.attestation.api import Check, EvidenceVerdict, TrustInputs
 from cmcp_cli.attestation.toolkit import CheckFailed as _Fail
 from cmcp_cli.attestation.toolkit import CheckSkipped as _Skip
-from cmcp_cli.attestation.toolkit import NamedCheck, run_checks, validity_problem
+from cmcp_cli.attestation.toolkit import (
+    NamedCheck,
+    hardware_verdict,
+    run_checks,
+    validity_problem,
+)
 from cmcp_sev import certificates as certs
 from cmcp_sev import roots
 from cmcp_sev import structures as snp
@@ -42,7 +47,6 @@ TCB: Final = "sev.vcek.tcb"
 CHIP_ID: Final = "sev.vcek.chip_id"
 REPORT_DATA: Final = "sev.report_data"
 DEBUG: Final = "sev.policy.debug"
-MEASUREMENT: Final = "sev.measurement"
 
 # hardware_attested needs each of these to pass (CHIP_ID may skip for a VLEK), none to fail.
 HARDWARE_CHECKS: Final = (
@@ -108,7 +112,7 @@ class _Run:
             (SHAPE, self.shape), (VERSION, self.version), (PRODUCT, self.product_check),
             (CHAIN, self.chain), (PINNED, self.pinned), (SIGNATURE, self.signature),
             (TCB, self.tcb), (CHIP_ID, self.chip_id), (REPORT_DATA, self.report_data),
-            (DEBUG, self.debug), (MEASUREMENT, self.measurement_check),
+            (DEBUG, self.debug),
         )  # fmt: skip
         return run_checks(steps)
 
@@ -409,17 +413,6 @@ class _Run:
             "change guest memory, so nothing the guest says can be trusted."
         )
 
-    def measurement_check(self) -> str:
-        measured = self.measurement()
-        if measured is None:
-            raise _Skip(_unusable("report", VERSION))
-        expected = self.trust.expected_measurements
-        if not expected:
-            raise _Skip(f"No expected measurement was pinned; the report measures {measured}.")
-        if measured not in expected:
-            raise _Fail(f"The launch measurement {measured} is not in the pinned set.")
-        return f"The launch measurement {measured} is in the pinned set."
-
     def measurement(self) -> str | None:
         return None if self.report is None else "sha384:" + self.report.measurement.hex()
 
@@ -436,12 +429,6 @@ class SevVerifier:
 
     def verify(self, evidence: Mapping[str, Any], trust: TrustInputs) -> EvidenceVerdict:
         run = _Run(evidence, trust)
-        checks = run.checks()
-        status = {check.name: check.status for check in checks}
-        vlek = run.d.signing_key == "vlek"
-        attested = not any(c.status is CheckStatus.FAIL for c in checks) and all(
-            status.get(name) is CheckStatus.PASS
-            or (name == CHIP_ID and vlek and status.get(name) is CheckStatus.SKIP)
-            for name in HARDWARE_CHECKS
-        )
-        return EvidenceVerdict(checks, attested, run.measurement())
+        # a VLEK carries no chip id: its check is skipped, and attestation rests on the rest
+        may_skip = (CHIP_ID,) if run.d.signing_key == "vlek" else ()
+        return hardware_verdict(run.checks(), HARDWARE_CHECKS, run.measurement(), may_skip=may_skip)

@@ -20,10 +20,16 @@ from typing import Any, Final
 
 from cryptography import x509
 
-from cmcp_cli.attestation.api import Check, CheckStatus, EvidenceVerdict, TrustInputs
+from cmcp_cli.attestation.api import Check, EvidenceVerdict, TrustInputs
 from cmcp_cli.attestation.toolkit import CheckFailed as _Fail
 from cmcp_cli.attestation.toolkit import CheckSkipped as _Skip
-from cmcp_cli.attestation.toolkit import NamedCheck, as_utc, canonical_base64, run_checks
+from cmcp_cli.attestation.toolkit import (
+    NamedCheck,
+    as_utc,
+    canonical_base64,
+    hardware_verdict,
+    run_checks,
+)
 from cmcp_tdx import ccel, collateral, pki
 from cmcp_tdx import quote as tdx
 from cmcp_tdx.measurement import describe, measurement_string
@@ -37,7 +43,6 @@ QE_BINDING: Final = "tdx.qe.binding"
 QUOTE_SIGNATURE: Final = "tdx.quote.signature"
 REPORT_DATA: Final = "tdx.report_data"
 DEBUG: Final = "tdx.td.debug"
-MEASUREMENT: Final = "tdx.measurement"
 RTMR_REPLAY: Final = "tdx.rtmr.replay"
 TCB_STATUS: Final = "tdx.tcb.status"
 
@@ -99,8 +104,7 @@ class _Run:
             (ROOT_PINNED, self.root_pinned), (QE_SIGNATURE, self.qe_signature),
             (QE_BINDING, self.qe_binding), (QUOTE_SIGNATURE, self.quote_signature),
             (REPORT_DATA, self.report_data), (DEBUG, self.debug),
-            (MEASUREMENT, self.measurement_check), (RTMR_REPLAY, self.rtmr_replay),
-            (TCB_STATUS, self.tcb_status),
+            (RTMR_REPLAY, self.rtmr_replay), (TCB_STATUS, self.tcb_status),
         )  # fmt: skip
         return run_checks(steps)
 
@@ -201,7 +205,8 @@ class _Run:
             raise _Fail(f"{error}.") from None
         if not pki.raw_signature_ok(key, quote.signature, quote.signed):
             raise _Fail("The quote signature over the header and TD body does not verify.")
-        return "The attestation key signed the quote header and TD body."
+        registers = describe(quote.body.mrtd, quote.body.rtmrs)
+        return f"The attestation key signed the quote header and TD body ({registers})."
 
     def report_data(self) -> str:
         actual = self._quote().body.report_data
@@ -223,18 +228,6 @@ class _Run:
             )
         state = "set, and allowed" if body.debug else "clear"
         return f"TDATTRIBUTES {body.td_attributes.hex()}: DEBUG is {state}."
-
-    def measurement_check(self) -> str:
-        body = self._quote().body
-        measured = measurement_string(body.mrtd, body.rtmrs)
-        registers = describe(body.mrtd, body.rtmrs)
-        if not self.trust.expected_measurements:
-            raise _Skip(
-                f"No expected measurement given; the quote measures {measured} ({registers})."
-            )
-        if measured not in self.trust.expected_measurements:
-            raise _Fail(f"{measured} is not in the expected set ({registers}).")
-        return f"{measured} is in the expected set ({registers})."
 
     def rtmr_replay(self) -> str:
         body = self._quote().body
@@ -317,9 +310,4 @@ class TdxVerifier:
         except AmbiguousCollateralError as error:
             given, problem = None, str(error)
         run = _Run(evidence, trust, given, collateral_problem=problem)
-        checks = run.checks()
-        status = {check.name: check.status for check in checks}
-        attested = not any(c.status is CheckStatus.FAIL for c in checks) and all(
-            status.get(name) is CheckStatus.PASS for name in HARDWARE_CHECKS
-        )
-        return EvidenceVerdict(checks, attested, run.measurement())
+        return hardware_verdict(run.checks(), HARDWARE_CHECKS, run.measurement())

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cmcp_cli.attestation.api import Check, CheckStatus, EvidenceVerdict, TrustInputs
 from cmcp_cli.attestation.toolkit import CheckFailed as _Fail
 from cmcp_cli.attestation.toolkit import CheckSkipped as _Skip
-from cmcp_cli.attestation.toolkit import NamedCheck, run_checks
+from cmcp_cli.attestation.toolkit import NamedCheck, hardware_verdict, run_checks
 from cmcp_tpm import certificates, pcr
 from cmcp_tpm import structures as tpm
 from cmcp_tpm.evidence import decode
@@ -325,9 +325,4 @@ class TpmVerifier:
 
     def verify(self, evidence: Mapping[str, Any], trust: TrustInputs) -> EvidenceVerdict:
         run = _Run(evidence, trust)
-        checks = run.checks()
-        status = {check.name: check.status for check in checks}
-        attested = not any(c.status is CheckStatus.FAIL for c in checks) and all(
-            status.get(name) is CheckStatus.PASS for name in HARDWARE_CHECKS
-        )
-        return EvidenceVerdict(checks, attested, run.measurement())
+        return hardware_verdict(run.checks(), HARDWARE_CHECKS, run.measurement())
