@@ -265,39 +265,6 @@ def test_an_ak_of_the_other_algorithm_is_refused(
         collector.prepare(FACTS, {**settings, "ak_algorithm": "rsa"})
 
 
-@pytest.mark.parametrize(
-    ("settings", "key"),
-    [
-        ({"tcti": ""}, "tcti"),
-        ({"pcr": 7}, "pcr"),
-        ({"pcr": "23"}, "pcr"),
-        ({"pcrs": [0, 1]}, "pcrs"),
-        ({"pcrs": [23, 23]}, "pcrs"),
-        ({"pcrs": [0, 24, 23]}, "pcrs"),
-        ({"ak_handle": "0x01C101D0"}, "ak_handle"),
-        ({"ak_handle": "81010002"}, "ak_handle"),
-        ({"ak_handle": True}, "ak_handle"),
-        ({"ak_algorithm": "ECC"}, "ak_algorithm"),
-        ({"ak_cert_nv_index": 0x81010002}, "ak_cert_nv_index"),
-        ({"ek_cert_nv_indices": "0x01C00002"}, "ek_cert_nv_indices"),
-        ({"ek_cert_nv_indices": ["0x01C00002", 0x01C00002]}, "ek_cert_nv_indices"),
-    ],
-)
-def test_bad_settings_name_the_setting_and_the_fix(settings: dict[str, Any], key: str) -> None:
-    with pytest.raises(ProviderError) as raised:
-        TpmCollector().prepare(FACTS, settings)
-    assert f"attestation.providers.tpm.{key}" in raised.value.message
-    assert raised.value.hint
-
-
-def test_unknown_settings_are_refused() -> None:
-    with pytest.raises(ProviderError, match="unknown setting") as raised:
-        TpmCollector().prepare(FACTS, {"tcti": "device:/dev/tpmrm0", "ak_hndle": 1})
-    assert "ak_hndle" in raised.value.message
-    assert raised.value.hint is not None
-    assert "ak_handle" in raised.value.hint
-
-
 # ------------------------------------------------------------------------------ collect
 
 
