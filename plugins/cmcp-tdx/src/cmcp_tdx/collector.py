@@ -1,17 +1,22 @@
 """The TDX collector: a DCAP quote with the session binding as REPORTDATA, per session.
 
-Quotes come from the Linux configfs-tsm interface (`/sys/kernel/config/tsm/report`,
-Linux 6.7+): make an entry directory, check its `provider` is `tdx_guest`, write the 64
-bytes of REPORTDATA to `inblob`, read the quote from `outblob`, and check `generation`
-did not move while reading (another writer to the entry would make the quote not ours);
-then remove the entry. The kernel's quote generation service (QGS, on the host) fetches
-the PCK certificate chain, so the quote carries it.
+The quote comes one of two ways, chosen by `interface` ("auto": configfs-tsm where the
+kernel serves it for tdx_guest, else the device):
 
-`/dev/tdx_guest` alone yields only a TDREPORT (TDX_CMD_GET_REPORT0), which is MACed for
-the local CPU and verifiable nowhere else; turning it into a quote needs the host's QGS
-over the GetQuote path, which configfs-tsm drives. Without configfs-tsm the collector
-refuses rather than emit a TDREPORT. The CCEL event log is added when readable, so a
-verifier can replay the RTMRs.
+- configfs-tsm (`/sys/kernel/config/tsm/report`, Linux 6.7+): make an entry directory,
+  check its `provider` is `tdx_guest`, write the 64 bytes of REPORTDATA to `inblob`, read
+  the quote from `outblob`, and check `generation` did not move while reading (another
+  writer to the entry would make the quote not ours); then remove the entry. The kernel
+  asks the host's quote generation service (QGS), which attaches the PCK certificate chain.
+- `/dev/tdx_guest`, as Intel's libtdx_attest does without configfs-tsm: the TDREPORT for
+  the REPORTDATA from the TDX_CMD_GET_REPORT0 ioctl (`cmcp_tdx.guest_device`), sent to the
+  QGS over vsock or a Unix socket (`cmcp_tdx.qgs`), which returns the quote.
+
+A TDREPORT is MACed for the local CPU and verifiable nowhere else, so it never becomes
+evidence: whichever way, the result must parse as a quote v4 or v5 whose REPORTDATA is the
+data written. The CCEL event log is added when readable, so a verifier can replay the
+RTMRs. Detection is honest: present only when configfs-tsm is served by tdx_guest or the
+device exists, as `interface` allows; `prepare` proves the device path end to end.
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from cmcp_cli.attestation.api import Detection, Evidence, GatewayFacts, ProviderError
+from cmcp_tdx import qgs
 from cmcp_tdx import quote as tdx
+from cmcp_tdx.guest_device import Ioctl, get_tdreport, kernel_ioctl
 from cmcp_tdx.measurement import measurement_string
 from cmcp_tdx.plugin import EVIDENCE_TYPE, PLATFORM
 from cmcp_tdx.settings import SECTION, TdxSettings
@@ -35,9 +42,10 @@ ATTEMPTS: Final = 3
 MAX_OUTBLOB: Final = 1 << 16
 MAX_CCEL: Final = 1 << 24
 _CONFIGFS_HINT: Final = (
-    "TDX quotes need the Linux configfs-tsm interface (kernel 6.7+, CONFIG_TSM_REPORTS, "
-    "configfs mounted at /sys/kernel/config) and the host's quote generation service"
+    "configfs-tsm needs Linux 6.7+ with CONFIG_TSM_REPORTS and configfs mounted at "
+    "/sys/kernel/config"
 )
+Route = Literal["configfs", "device"]
 
 
 def _read_text(path: Path) -> str:
@@ -92,36 +100,65 @@ class ConfigfsTsm:
             self.rmdir(entry)
 
 
-def _trim(blob: bytes, report_data: bytes) -> bytes:
+def _trim(blob: bytes, report_data: bytes, source: str) -> bytes:
     """The quote without any bytes after its declared end, checked to carry our data."""
     if len(blob) > MAX_OUTBLOB:
-        raise ProviderError(f"the quote is larger than {MAX_OUTBLOB} bytes")
+        raise ProviderError(f"the quote from {source} is larger than {MAX_OUTBLOB} bytes")
     try:
         parsed = tdx.parse_quote(blob)
     except tdx.QuoteFormatError as error:
         raise ProviderError(
-            f"the kernel returned something that is not a usable TDX quote: {error}",
+            f"{source} returned something that is not a usable TDX quote: {error}",
             hint="the host's quote generation service must return quotes with the PCK chain "
             "(certification data type 6 holding type 5)",
         ) from None
     if parsed.body.report_data != report_data:
-        raise ProviderError("the quote's REPORTDATA is not the data the collector wrote")
+        raise ProviderError(
+            f"the REPORTDATA of the quote from {source} is not the data the collector wrote"
+        )
     return blob[: len(blob) - parsed.trailing]
 
 
 class TdxCollector:
-    """The Collector of the tdx provider (see the module docstring)."""
+    """The Collector of the tdx provider (see the module docstring). `mkdir`/`rmdir` and
+    `ioctl` are the kernel's unless a test injects stand-ins."""
 
     def __init__(
         self,
         mkdir: Callable[[Path], None] = os.mkdir,
         rmdir: Callable[[Path], None] = os.rmdir,
+        ioctl: Ioctl = kernel_ioctl,
     ) -> None:
-        self._mkdir, self._rmdir = mkdir, rmdir
+        self._mkdir, self._rmdir, self._ioctl = mkdir, rmdir, ioctl
+        # one request at a time: configfs entries and the QGS exchange are not shared
         self._lock = threading.Lock()
 
     def _tsm(self, settings: TdxSettings) -> ConfigfsTsm:
         return ConfigfsTsm(settings.configfs_root, self._mkdir, self._rmdir)
+
+    def _configfs(self, settings: TdxSettings) -> tuple[bool, str]:
+        """Whether configfs-tsm is served by tdx_guest, and what was found."""
+        root = settings.configfs_root
+        if not root.is_dir():
+            return False, f"configfs-tsm is not at {root}"
+        try:
+            provider = self._tsm(settings).provider()
+        except OSError as error:
+            return False, f"configfs-tsm at {root} is unreadable ({error.strerror or error})"
+        if provider != PROVIDER:
+            return False, f"configfs-tsm at {root} is served by {provider}, not TDX"
+        return True, f"configfs-tsm at {root} is served by {PROVIDER}"
+
+    def _route(self, settings: TdxSettings) -> Route:
+        """The interface requests go to. "auto" probes configfs-tsm only when both it and
+        the device exist; with one of them, that one is used (and its errors surface)."""
+        if settings.interface != "auto":
+            return settings.interface
+        if not settings.configfs_root.is_dir():
+            return "device"
+        if not settings.device.exists():
+            return "configfs"
+        return "configfs" if self._configfs(settings)[0] else "device"
 
     def detect(self, settings: Mapping[str, Any]) -> Detection:
         try:
@@ -129,55 +166,74 @@ class TdxCollector:
         except ProviderError as error:
             return Detection(False, error.message)
         root, device = parsed.configfs_root, parsed.device
-        if root.is_dir():
-            try:
-                provider = self._tsm(parsed).provider()
-            except OSError as error:
-                provider = f"unreadable ({error.strerror or error})"
-            if provider == PROVIDER:
-                return Detection(True, f"configfs-tsm at {root} is served by {PROVIDER}")
-            if not device.exists():
-                return Detection(False, f"configfs-tsm at {root} is served by {provider}, not TDX")
+        found = ""
+        if parsed.interface != "device":
+            served, found = self._configfs(parsed)
+            if served:
+                return Detection(True, found)
+            if parsed.interface == "configfs":
+                return Detection(False, f'{found}, and {SECTION}.interface is "configfs"')
         if device.exists():
+            prefix = f"{found}; " if found else ""
             return Detection(
                 True,
-                f"{device} exists but configfs-tsm is not at {root}: quotes cannot be collected "
-                f"({_CONFIGFS_HINT})",
+                f"{prefix}{device} exists: quotes come from its TDREPORT, made into a quote "
+                f"by the QGS at {parsed.qgs}",
             )
+        if parsed.interface == "device":
+            return Detection(False, f"no TDX guest: {device} does not exist")
+        if root.is_dir():
+            return Detection(False, found)
         return Detection(False, f"no TDX guest: neither {root} nor {device} exists")
 
     def prepare(self, facts: GatewayFacts, settings: Mapping[str, Any]) -> None:  # noqa: ARG002
-        """Nothing is measured into the TD at start (its RTMRs stay as firmware left them);
-        refuses to start where quotes cannot be collected."""
+        """Nothing is measured into the TD at start (its RTMRs stay as firmware left them).
+        Refuses to start where quotes cannot be collected: through the device, one quote
+        (for zero REPORTDATA) is collected, so a device, QGS or permission problem shows
+        now rather than at the first session."""
         parsed = TdxSettings.parse(settings)
-        if not parsed.configfs_root.is_dir():
-            raise self._no_configfs(parsed)
+        if self._route(parsed) == "configfs":
+            if not parsed.configfs_root.is_dir():
+                raise self._no_configfs(parsed)
+            return
+        report_data = bytes(64)
+        with self._lock:
+            blob = self._device_quote(parsed, report_data)
+        _trim(blob, report_data, f"the QGS at {parsed.qgs}")
 
     def _no_configfs(self, settings: TdxSettings) -> ProviderError:
-        found = f"{settings.device} exists, but " if settings.device.exists() else ""
         return ProviderError(
-            f"{found}configfs-tsm is not at {settings.configfs_root}: the collector will not "
-            "return a bare TDREPORT, which no one off this machine can verify",
-            hint=f"{_CONFIGFS_HINT}; or set {SECTION}.configfs_root",
+            f"configfs-tsm is not at {settings.configfs_root}, and {SECTION}.interface "
+            'is "configfs"',
+            hint=f'{_CONFIGFS_HINT}; or set {SECTION}.interface to "auto" to fall back to '
+            f"{settings.device} and the host's QGS, or set {SECTION}.configfs_root",
         )
+
+    def _device_quote(self, settings: TdxSettings, report_data: bytes) -> bytes:
+        if settings.interface == "auto" and not settings.device.exists():
+            raise ProviderError(
+                f"no TDX guest: neither configfs-tsm at {settings.configfs_root} nor "
+                f"{settings.device} exists",
+                hint="run the gateway in a TDX trust domain (Linux 6.7+ for configfs-tsm, or "
+                f"the tdx_guest driver and the host's QGS), or set {SECTION}.configfs_root "
+                f"or {SECTION}.device",
+            )
+        tdreport = get_tdreport(settings.device, report_data, self._ioctl)
+        return qgs.get_quote(settings.qgs, tdreport, settings.qgs_timeout)
 
     def collect(self, binding: bytes, settings: Mapping[str, Any]) -> Evidence:
         parsed = TdxSettings.parse(settings)
         if len(binding) != 32:
             raise ProviderError(f"the session binding is {len(binding)} bytes, not 32")
-        if not parsed.configfs_root.is_dir():
-            raise self._no_configfs(parsed)
         report_data = binding + bytes(32)
-        try:
-            with self._lock:
-                blob = self._tsm(parsed).quote(report_data)
-        except OSError as error:
-            raise ProviderError(
-                f"configfs-tsm at {parsed.configfs_root} failed: {error}",
-                hint="the gateway needs write access to the configfs-tsm report directory "
-                "(root, or CAP_SYS_ADMIN) and a working quote generation service on the host",
-            ) from None
-        raw = _trim(blob, report_data)
+        with self._lock:
+            route = self._route(parsed)
+            if route == "configfs":
+                blob, source = self._configfs_quote(parsed, report_data), "the kernel"
+            else:
+                blob = self._device_quote(parsed, report_data)
+                source = f"the QGS at {parsed.qgs}"
+        raw = _trim(blob, report_data, source)
         parsed_quote = tdx.parse_quote(raw)
         evidence: dict[str, Any] = {"quote": base64.b64encode(raw).decode()}
         log = self._ccel(parsed)
@@ -189,6 +245,18 @@ class TdxCollector:
             platform=PLATFORM,
             measurement=measurement_string(parsed_quote.body.mrtd, parsed_quote.body.rtmrs),
         )
+
+    def _configfs_quote(self, settings: TdxSettings, report_data: bytes) -> bytes:
+        if not settings.configfs_root.is_dir():
+            raise self._no_configfs(settings)
+        try:
+            return self._tsm(settings).quote(report_data)
+        except OSError as error:
+            raise ProviderError(
+                f"configfs-tsm at {settings.configfs_root} failed: {error}",
+                hint="the gateway needs write access to the configfs-tsm report directory "
+                "(root, or CAP_SYS_ADMIN) and a working quote generation service on the host",
+            ) from None
 
     @staticmethod
     def _ccel(settings: TdxSettings) -> bytes | None:

@@ -214,7 +214,7 @@ def parse_quote(data: bytes) -> Quote:
     if _looks_like_tdreport(data):
         raise QuoteFormatError(
             "this is a bare 1024-byte TDREPORT, not a quote: a TDREPORT is MACed for the "
-            "local CPU only and proves nothing elsewhere (collect a quote via configfs-tsm)"
+            "local CPU only and proves nothing elsewhere (the QGS must turn it into a quote)"
         )
     if len(data) < HEADER_SIZE:
         raise QuoteFormatError(f"the quote is {len(data)} bytes, shorter than its 48-byte header")
