@@ -216,3 +216,68 @@ def test_a_measurement_outside_the_pinned_set_fails(tmp_path: Path, vector: str)
     assert code == 1
     assert checks["measurement"][0] == "fail"
     assert evidence.measurement in checks["measurement"][1]
+
+
+# ------------------------------------------------------------------ the auditor's platform policy
+
+
+def policy_file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "platform-policy.toml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_the_platform_policy_reaches_the_sev_verifier(tmp_path: Path) -> None:
+    evidence = milan_evidence()
+    claim = claim_with(tmp_path, SEV_SPEC, evidence, datetime.now(UTC) - timedelta(minutes=5))
+    met = policy_file(
+        tmp_path,
+        "[sev-snp]\nminimum_tcb = { bootloader = 2, snp = 5, microcode = 68 }\n"
+        'minimum_firmware = "1.49"\nforbidden_policy_flags = ["MIGRATE_MA"]\n',
+    )
+    pins = ("--expected-measurement", evidence.measurement, "--allow-debug")
+    code, checks = verify(claim, *pins, "--platform-policy", met)
+    assert_only_the_binding_fails(
+        code, checks, "sev.report_data", (*SEV_PROVEN, "sev.tcb.minimum", "sev.policy.guest")
+    )
+    raised = policy_file(tmp_path, "[sev-snp]\nminimum_tcb = { snp = 8, microcode = 115 }\n")
+    code, checks = verify(claim, *pins, "--platform-policy", raised)
+    assert code == 1
+    assert checks["sev.tcb.minimum"][0] == "fail"
+    assert "REPORTED_TCB snp 5 < 8, microcode 68 < 115" in checks["sev.tcb.minimum"][1]
+
+
+def test_the_platform_policy_reaches_the_tdx_verifier(tmp_path: Path) -> None:
+    evidence = tdx_evidence("gotdx-cos113-quote-v4.dat")
+    claim = claim_with(tmp_path, TDX_SPEC, evidence, datetime.now(UTC) - timedelta(minutes=5))
+    strict = policy_file(tmp_path, "[tdx]\nrequire_collateral = true\n")
+    code, checks = verify(claim, "--platform-policy", strict)
+    assert code == 1
+    assert checks["tdx.tcb.status"][0] == "fail"
+    assert "requires it" in checks["tdx.tcb.status"][1]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[sev-snpp]\nminimum_firmware = '1.55'\n", "no installed provider is named 'sev-snpp'"),
+        ("[sev-snp]\nminimum_tcbs = {}\n", "minimum_tcbs, which the 'sev-snp' provider"),
+        ("[software-only]\nx = 1\n", "takes no platform policy"),
+        ("minimum_firmware = '1.55'\n", "outside a provider table"),
+        ("[sev-snp\n", "not valid TOML"),
+        ("[sev-snp]\nminimum_firmware = 'new'\n", "unusable: [sev-snp] minimum_firmware must be"),
+        ("[tdx]\naccepted_tcb_statuses = ['Revoked']\n", "may not include Revoked"),
+    ],
+)
+def test_an_unusable_platform_policy_is_a_usage_error(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    spec, evidence = (
+        (TDX_SPEC, tdx_evidence("gotdx-cos113-quote-v4.dat"))
+        if "[tdx]" in text
+        else (SEV_SPEC, milan_evidence())
+    )
+    claim = claim_with(tmp_path, spec, evidence, datetime.now(UTC) - timedelta(minutes=5))
+    result = run_cmcp("verify", claim, "--platform-policy", policy_file(tmp_path, text))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert message in " ".join(result.stderr.split()), result.stderr

@@ -1,7 +1,7 @@
 """The genuine SEV-SNP vectors from the shared attestation vectors, judged offline exactly
 as their MANIFEST.md states: the Milan report verifies with its VCEK and the vendored Milan
 ASK/ARK, its DEBUG policy fails by default, and each kind of tampering fails the check
-that names it."""
+that names it; the auditor's minimums pass or fail naming what was compared."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from cmcp_cli.attestation.api import CheckStatus, TrustInputs
+from cmcp_cli.attestation.api import CheckStatus, ProviderError, TrustInputs
 from cmcp_cli.attestation.toolkit import validity_problem
 from cmcp_cli.testing.verdicts import assert_fails, reason, statuses
 from cmcp_sev import certificates as certs
 from cmcp_sev import roots
 from cmcp_sev.structures import SIGNED_SIZE, Product
-from cmcp_sev.verifier import HARDWARE_CHECKS, SevVerifier
+from cmcp_sev.verifier import GUEST_POLICY, HARDWARE_CHECKS, TCB_MINIMUM, SevVerifier
 
 AT = datetime(2025, 6, 1, tzinfo=UTC)  # inside the Milan VCEK's 2022-09-24..2029-09-24
 BINDING = bytes.fromhex("0102030405") + bytes(27)  # what the report's REPORT_DATA carries
@@ -28,8 +29,9 @@ MEASUREMENT = (
 )
 ALL_CHECKS = (
     "sev.evidence.shape", "sev.report.version", "sev.product", "sev.vcek.chain",
-    "sev.ark.pinned", "sev.report.signature", "sev.vcek.tcb", "sev.vcek.chip_id",
-    "sev.report_data", "sev.policy.debug",
+    "sev.ark.pinned", "sev.ask.revocation", "sev.report.signature", "sev.vcek.tcb",
+    "sev.vcek.chip_id",
+    "sev.report_data", "sev.policy.debug", "sev.tcb.minimum", "sev.policy.guest",
 )  # fmt: skip
 
 
@@ -192,3 +194,101 @@ def test_vendored_roots_are_the_shared_copies_and_match_the_pins(vectors: Path) 
     vendored = roots.vendored()
     assert {a.fingerprint for a in vendored.anchors} == set(roots.PINNED_ARKS.values())
     assert {roots.fingerprint(c) for c in vendored.intermediates} == set(roots.PINNED_ASKS.values())
+
+
+# The auditor's [sev-snp] platform policy against the Milan report: REPORTED_TCB =
+# CURRENT_TCB bl=2 tee=0 snp=5 ucode=68, firmware 1.49.3, guest policy ABI 0.0, GUEST_SVN 0,
+# SMT and DEBUG set.
+MET_TCB = {"bootloader": 2, "tee": 0, "snp": 5, "microcode": 68}
+
+
+def judge(vectors: Path, **policy: Any) -> Any:
+    return SevVerifier().verify(milan(vectors), trust(allow_debug=True, platform_policy=policy))
+
+
+def test_without_a_policy_both_checks_skip_and_say_what_was_not_appraised(
+    vectors: Path,
+) -> None:
+    verdict = judge(vectors)
+    assert statuses(verdict)[TCB_MINIMUM] is CheckStatus.SKIP
+    assert "was not appraised" in reason(verdict, TCB_MINIMUM)
+    assert "--platform-policy" in reason(verdict, TCB_MINIMUM)
+    assert statuses(verdict)[GUEST_POLICY] is CheckStatus.SKIP
+    assert verdict.hardware_attested
+
+
+def test_minimums_the_platform_meets_pass_with_what_was_compared(vectors: Path) -> None:
+    verdict = judge(
+        vectors,
+        minimum_tcb=MET_TCB,
+        minimum_firmware="1.49",
+        minimum_abi="0.0",
+        minimum_guest_svn=0,
+        forbidden_policy_flags=["MIGRATE_MA"],
+    )
+    assert not verdict.failed, verdict.checks
+    assert verdict.hardware_attested
+    assert "REPORTED_TCB bl=2 tee=0 snp=5 ucode=68" in reason(verdict, TCB_MINIMUM)
+    assert "firmware 1.49.3 >= 1.49.0" in reason(verdict, TCB_MINIMUM)
+    assert "none of MIGRATE_MA is set" in reason(verdict, GUEST_POLICY)
+
+
+@pytest.mark.parametrize(
+    ("component", "level", "shortfall"),
+    [
+        ("microcode", 69, "microcode 68 < 69"),
+        ("snp", 8, "snp 5 < 8"),
+        ("bootloader", 3, "bootloader 2 < 3"),
+    ],
+)
+def test_each_tcb_component_below_its_minimum_fails(
+    vectors: Path, component: str, level: int, shortfall: str
+) -> None:
+    verdict = judge(vectors, minimum_tcb={**MET_TCB, component: level})
+    assert_fails(verdict, TCB_MINIMUM, "REPORTED_TCB " + shortfall, "CURRENT_TCB " + shortfall)
+    assert not verdict.hardware_attested
+
+
+def test_older_firmware_than_the_minimum_fails(vectors: Path) -> None:
+    assert_fails(judge(vectors, minimum_firmware="1.49.4"), TCB_MINIMUM, "1.49.3", "1.49.4")
+    assert_fails(judge(vectors, minimum_firmware="1.55"), TCB_MINIMUM, "older than")
+
+
+def test_fmc_on_a_milan_cannot_be_judged(vectors: Path) -> None:
+    assert_fails(judge(vectors, minimum_tcb={"fmc": 1}), TCB_MINIMUM, "Turin", "Milan")
+
+
+def test_guest_requirements_missed_fail_each_named(vectors: Path) -> None:
+    verdict = judge(
+        vectors, minimum_abi="1.51", minimum_guest_svn=1, forbidden_policy_flags=["SMT", "DEBUG"]
+    )
+    assert_fails(
+        verdict,
+        GUEST_POLICY,
+        "ABI 0.0, below the minimum 1.51",
+        "GUEST_SVN 0 is below the minimum 1",
+        "forbidden SMT, DEBUG",
+    )
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ({"minimum_tcb": {"ucode": 1}}, "not a TCB component"),
+        ({"minimum_tcb": {"snp": 256}}, "from 0 to 255"),
+        ({"minimum_tcb": {"snp": True}}, "from 0 to 255"),
+        ({"minimum_tcb": {}}, "table of security patch levels"),
+        ({"minimum_firmware": "1"}, "major.minor"),
+        ({"minimum_firmware": 1.55}, "major.minor"),
+        ({"minimum_abi": "1.51.2"}, '"major.minor"'),
+        ({"minimum_guest_svn": -1}, "from 0 to"),
+        ({"forbidden_policy_flags": ["SMTP"]}, "not a guest policy flag"),
+        ({"forbidden_policy_flags": "SMT"}, "list of names"),
+        ({"minimum_tbc": {}}, "minimum_tbc"),
+    ],
+)
+def test_unusable_values_are_refused_naming_the_key(
+    vectors: Path, policy: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ProviderError, match=message):
+        judge(vectors, **policy)

@@ -5,12 +5,13 @@ Turin's TCB layout and 8-byte hwID, VLEKs) and each refusal, by its named check.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from cmcp_cli.attestation.api import CheckStatus, TrustInputs
 from cmcp_cli.testing.verdicts import assert_fails, reason, statuses
@@ -197,3 +198,67 @@ def test_a_short_report_fails_the_version_check() -> None:
     verdict = SevVerifier().verify(doc, TrustInputs(binding=BINDING, at=AT))
     assert_fails(verdict, "sev.report.version", "1184 bytes, these are 3")
     assert verdict.measurement is None
+
+
+# AMD's CRL, supplied by the auditor as collateral: it revokes intermediates (ASK, ASVK).
+REVOCATION = "sev.ask.revocation"
+
+
+def _with_crl(pki: AmdPki, key: ec.EllipticCurvePrivateKey, *collateral: bytes, **more: Any) -> Any:
+    return _verify(pki, key, _fields(), trust=_trust(pki, collateral=collateral, **more))
+
+
+def test_without_a_crl_revocation_is_skipped_and_says_where_to_get_it(
+    milan_pki: AmdPki, chip_key: ec.EllipticCurvePrivateKey
+) -> None:
+    verdict = _with_crl(milan_pki, chip_key)
+    assert statuses(verdict)[REVOCATION] is CheckStatus.SKIP
+    assert "https://kdsintf.amd.com/vcek/v1/Milan/crl" in reason(verdict, REVOCATION)
+    assert verdict.hardware_attested
+    required = _with_crl(milan_pki, chip_key, platform_policy={"require_crl": True})
+    assert_fails(required, REVOCATION, "was not checked", "platform policy requires")
+
+
+@pytest.mark.parametrize("encoding", [Encoding.DER, Encoding.PEM])
+def test_a_crl_that_does_not_list_the_ask_passes(
+    milan_pki: AmdPki, chip_key: ec.EllipticCurvePrivateKey, encoding: Encoding
+) -> None:
+    crl = milan_pki.crl().public_bytes(encoding)
+    verdict = _with_crl(milan_pki, chip_key, b'{"another": "verifier"}', crl)
+    assert statuses(verdict)[REVOCATION] is CheckStatus.PASS, reason(verdict, REVOCATION)
+    assert "SEV-Milan" in reason(verdict, REVOCATION)
+    assert verdict.hardware_attested
+
+
+def test_a_revoked_ask_fails(milan_pki: AmdPki, chip_key: ec.EllipticCurvePrivateKey) -> None:
+    crl = milan_pki.crl((milan_pki.ask,)).public_bytes(Encoding.DER)
+    verdict = _with_crl(milan_pki, chip_key, crl)
+    assert_fails(verdict, REVOCATION, "SEV-Milan", "is revoked")
+    assert not verdict.hardware_attested
+
+
+def test_a_crl_not_signed_by_the_pinned_ark_fails(
+    milan_pki: AmdPki, chip_key: ec.EllipticCurvePrivateKey
+) -> None:
+    impostor = AmdPki.create(snp.Product.MILAN)  # same names, other keys
+    forged = milan_pki.crl(signer=impostor.ark_key).public_bytes(Encoding.DER)
+    assert_fails(_with_crl(milan_pki, chip_key, forged), REVOCATION, "not signed by the key of")
+    pkcs1 = milan_pki.crl(rsa_padding=padding.PKCS1v15()).public_bytes(Encoding.DER)
+    assert_fails(_with_crl(milan_pki, chip_key, pkcs1), REVOCATION, "RSASSA-PSS")
+
+
+def test_a_crl_expired_before_the_claim_fails(
+    milan_pki: AmdPki, chip_key: ec.EllipticCurvePrivateKey
+) -> None:
+    stale = milan_pki.crl(
+        last_update=AT - timedelta(days=30), next_update=AT - timedelta(days=1)
+    ).public_bytes(Encoding.DER)
+    assert_fails(_with_crl(milan_pki, chip_key, stale), REVOCATION, "expired at", "KDS")
+
+
+def test_a_crl_of_another_product_is_not_used(
+    milan_pki: AmdPki, turin_pki: AmdPki, chip_key: ec.EllipticCurvePrivateKey
+) -> None:
+    other = turin_pki.crl((milan_pki.ask,)).public_bytes(Encoding.DER)
+    verdict = _with_crl(milan_pki, chip_key, other)
+    assert statuses(verdict)[REVOCATION] is CheckStatus.SKIP

@@ -10,6 +10,7 @@ import base64
 import datetime as dt
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from cmcp_cli.attestation.api import CheckStatus, EvidenceVerdict, TrustInputs
+from cmcp_cli.attestation.api import CheckStatus, EvidenceVerdict, ProviderError, TrustInputs
 from cmcp_cli.testing.verdicts import assert_fails, reason, statuses
 from cmcp_tdx import verifier as v
 from cmcp_tdx.measurement import measurement_string
@@ -295,3 +296,48 @@ def test_the_verdict_states_the_measurement_the_host_pins(vector: Vector) -> Non
 def test_malformed_evidence_fails_the_shape(evidence: dict[str, Any], fragment: str) -> None:
     verdict = TdxVerifier().verify(evidence, TrustInputs(binding=bytes(32), at=AT))
     assert_fails(verdict, v.SHAPE, fragment)
+
+
+def _with_policy(raw: bytes, at: dt.datetime, **policy: Any) -> EvidenceVerdict:
+    trust = TrustInputs(binding=own_binding(raw), at=at, platform_policy=policy)
+    return TdxVerifier().verify({"quote": b64(raw)}, trust)
+
+
+def test_a_status_the_auditors_policy_does_not_accept_fails(vector: Vector) -> None:
+    raw, document = vector(QVL), vector("dcapqvl-b0c06f-collateral.json")
+    trust = TrustInputs(
+        binding=own_binding(raw),
+        at=COLLATERAL_AT,
+        collateral=(document,),
+        platform_policy={"accepted_tcb_statuses": ["SWHardeningNeeded"]},
+    )
+    verdict = TdxVerifier().verify({"quote": b64(raw)}, trust)
+    assert_fails(verdict, v.TCB_STATUS, "UpToDate", "the auditor's policy does not accept")
+    assert not verdict.hardware_attested
+    strict = replace(trust, platform_policy={"accepted_tcb_statuses": ["UpToDate"]})
+    assert "TCB status UpToDate" in reason(
+        TdxVerifier().verify({"quote": b64(raw)}, strict), v.TCB_STATUS
+    )
+
+
+def test_required_collateral_that_is_missing_fails_instead_of_skipping(vector: Vector) -> None:
+    verdict = _with_policy(vector(COS), AT, require_collateral=True)
+    assert_fails(verdict, v.TCB_STATUS, "not appraised", "requires it", "--collateral")
+    assert statuses(_with_policy(vector(COS), AT))[v.TCB_STATUS] is CheckStatus.SKIP
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ({"accepted_tcb_statuses": ["UpToDate", "Revoked"]}, "may not include Revoked"),
+        ({"accepted_tcb_statuses": ["UptoDate"]}, "not an Intel TCB status"),
+        ({"accepted_tcb_statuses": []}, "non-empty list"),
+        ({"require_collateral": "yes"}, "true or false"),
+        ({"minimum_tcb": {}}, "minimum_tcb"),
+    ],
+)
+def test_an_unusable_policy_is_refused_naming_the_key(
+    vector: Vector, policy: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ProviderError, match=message):
+        _with_policy(vector(COS), AT, **policy)

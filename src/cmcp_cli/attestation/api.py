@@ -84,6 +84,9 @@ class TrustInputs:
     # as one PCS JSON document), file by file; each verifier takes the kinds it knows and
     # prefers them to any the evidence carries.
     collateral: tuple[bytes, ...] = ()
+    # The auditor's requirements for this provider's platform (its table of
+    # `cmcp verify --platform-policy`), using only the keys its `ProviderSpec` declares.
+    platform_policy: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +133,9 @@ class Collector(Protocol):
 
 class Verifier(Protocol):
     def verify(self, evidence: Mapping[str, Any], trust: TrustInputs) -> EvidenceVerdict:
-        """Judge evidence offline. Malformed evidence is a failed check, never an exception."""
+        """Judge evidence offline. Malformed evidence is a failed check, never an exception;
+        an unusable `trust.platform_policy` value (the auditor's input, not the evidence) is a
+        `ProviderError` naming the key."""
         ...
 
 
@@ -181,3 +186,6 @@ class ProviderSpec:
     load_verifier: Callable[[], Verifier]
     load_measurer: Callable[[], Measurer] | None = None
     description: str = ""
+    # The keys its verifier takes from the auditor's platform policy; a table for a provider
+    # that declares none is refused, so a requirement is never silently ignored.
+    platform_policy_keys: tuple[str, ...] = ()

@@ -57,14 +57,22 @@ def verify_command(
         list[Path] | None,
         typer.Option(
             "--collateral",
-            help="Vendor collateral to appraise the evidence with, e.g. Intel PCS TCB info, "
-            "QE identity and CRLs as one JSON document (repeatable).",
+            help="Vendor collateral to appraise the evidence with: Intel PCS TCB info, QE "
+            "identity and CRLs as one JSON document, or AMD's CRL (repeatable).",
         ),
     ] = None,
     allow_debug: Annotated[
         bool,
         typer.Option("--allow-debug", help="Accept evidence from a TEE that allows debugging."),
     ] = False,
+    platform_policy: Annotated[
+        Path | None,
+        typer.Option(
+            "--platform-policy",
+            help="TOML requirements per provider, e.g. [sev-snp] minimum_tcb or [tdx] "
+            "accepted_tcb_statuses (see docs/verifying.md).",
+        ),
+    ] = None,
     audit_log: Annotated[
         Path | None, typer.Option("--audit-log", help="The session's audit store or JSONL export.")
     ] = None,
@@ -91,7 +99,9 @@ def verify_command(
         allow_software=allow_software,
         allow_debug=allow_debug,
     )
-    report = verify_claim_file(claim, options, tuple(trust_root or ()), tuple(collateral or ()))
+    report = verify_claim_file(
+        claim, options, tuple(trust_root or ()), tuple(collateral or ()), platform_policy
+    )
     if as_json:
         render.emit_json(report.to_json())
     else:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cmcp_cli.attestation.api import Check, CheckStatus, TrustInputs
+from cmcp_cli.attestation.api import Check, CheckStatus, ProviderError, TrustInputs
 from cmcp_cli.attestation.binding import binding_from_claim
 from cmcp_cli.attestation.manager import ProviderRegistry, load_providers
 from cmcp_cli.attestation.software import PLATFORM as SOFTWARE_PLATFORM
@@ -28,6 +28,11 @@ from cmcp_cli.claim.signing import check_signature
 from cmcp_cli.errors import ExitCode, UsageError
 from cmcp_cli.strict_json import read_json_file
 from cmcp_cli.verify import shape
+from cmcp_cli.verify.platform_policy import (
+    PlatformPolicy,
+    check_platform_policy,
+    read_platform_policy,
+)
 
 DEFAULT_MAX_AGE_SECONDS = 86_400  # TRACE v0.2 §3.2.2 default maximum record age
 FUTURE_SKEW_SECONDS = 300
@@ -43,6 +48,7 @@ class VerifyOptions:
     trust_roots: tuple[bytes, ...] = ()
     collateral: tuple[bytes, ...] = ()
     allow_debug: bool = False
+    platform_policy: PlatformPolicy = field(default_factory=dict)  # provider name -> table
     audit_log: Path | None = None
     at: datetime | None = None
     max_age_seconds: int = DEFAULT_MAX_AGE_SECONDS
@@ -98,7 +104,11 @@ class VerifyReport:
 def verify_document(
     document: Any, options: VerifyOptions, registry: ProviderRegistry
 ) -> VerifyReport:
-    """Verify a GatewayClaim or a standalone TRACE record."""
+    """Verify a GatewayClaim or a standalone TRACE record.
+
+    Raises `UsageError` when the auditor's platform policy does not fit the providers.
+    """
+    check_platform_policy(options.platform_policy, registry)
     gateway_claim = isinstance(document, Mapping) and is_gateway_claim(document)
     report = VerifyReport(
         kind="gateway-claim" if gateway_claim else "trace-record",
@@ -257,8 +267,15 @@ def _attestation(
         allow_debug=options.allow_debug,
         policy_hash=claim["trace"]["policy"]["bundle_hash"],
         collateral=options.collateral,
+        platform_policy=options.platform_policy.get(provider.spec.name, {}),
     )
-    verdict = provider.spec.load_verifier().verify(attestation["evidence"], trust)
+    try:
+        verdict = provider.spec.load_verifier().verify(attestation["evidence"], trust)
+    except ProviderError as error:
+        raise UsageError(
+            f"the platform policy is unusable: {error.message}",
+            hint=error.hint,
+        ) from None
     report.checks.extend(verdict.checks)
     measured = verdict.measurement
     if measured is not None and measured != claim["trace"]["runtime"]["measurement"]:
@@ -316,6 +333,7 @@ def verify_claim_file(
     options: VerifyOptions,
     trust_root_files: tuple[Path, ...] = (),
     collateral_files: tuple[Path, ...] = (),
+    platform_policy_file: Path | None = None,
 ) -> VerifyReport:
     """Read a claim or TRACE record and verify it with every installed provider available.
 
@@ -329,6 +347,8 @@ def verify_claim_file(
         trust_roots=options.trust_roots + roots,
         collateral=options.collateral + collateral,
     )
+    if platform_policy_file is not None:
+        options = replace(options, platform_policy=read_platform_policy(platform_policy_file))
     return verify_document(document, options, load_providers())
 
 

@@ -35,7 +35,8 @@ SPL_OIDS: Final = {
     "fmc": f"{_AMD}.3.9",  # Turin only
 }
 PSS_SALT: Final = 48
-_PSS: Final = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=PSS_SALT)
+# How AMD signs its certificates and CRLs.
+AMD_PSS: Final = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=PSS_SALT)
 
 
 class ExtensionError(ValueError):
@@ -138,18 +139,29 @@ def ca_problem(cert: x509.Certificate, label: str) -> str | None:
 
 def signature_problem(cert: x509.Certificate, issuer: x509.Certificate, label: str) -> str | None:
     """Why `issuer` did not sign `cert` the way AMD signs (name, RSA-PSS SHA-384), or None."""
-    issuer_label = describe(issuer)
     if cert.issuer != issuer.subject:
-        return f"{label} names issuer {cert.issuer.rfc4514_string()}, not {issuer_label}."
-    if cert.signature_algorithm_oid != SignatureAlgorithmOID.RSASSA_PSS:
+        return f"{label} names issuer {cert.issuer.rfc4514_string()}, not {describe(issuer)}."
+    return signed_by_problem(cert, cert.tbs_certificate_bytes, issuer, label)
+
+
+def signed_by_problem(
+    signed: x509.Certificate | x509.CertificateRevocationList,
+    to_be_signed: bytes,
+    issuer: x509.Certificate,
+    label: str,
+) -> str | None:
+    """Why `issuer`'s key did not sign `to_be_signed`, the signed part of a certificate or
+    CRL, the way AMD signs (RSA-PSS, SHA-384, salt 48), or None."""
+    issuer_label = describe(issuer)
+    if signed.signature_algorithm_oid != SignatureAlgorithmOID.RSASSA_PSS:
         return f"{label} is not signed with RSASSA-PSS, as AMD signs."
-    if not isinstance(cert.signature_hash_algorithm, hashes.SHA384):
+    if not isinstance(signed.signature_hash_algorithm, hashes.SHA384):
         return f"{label} is not signed with SHA-384, as AMD signs."
     key = issuer.public_key()
     if not isinstance(key, rsa.RSAPublicKey):
         return f"{issuer_label} has no RSA key, so it cannot have signed {label}."
     try:
-        key.verify(cert.signature, cert.tbs_certificate_bytes, _PSS, hashes.SHA384())
+        key.verify(signed.signature, to_be_signed, AMD_PSS, hashes.SHA384())
     except InvalidSignature:
         return f"{label} is not signed by the key of {issuer_label}."
     except (ValueError, TypeError, UnsupportedAlgorithm) as error:

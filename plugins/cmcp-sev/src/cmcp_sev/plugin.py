@@ -15,6 +15,11 @@ from cmcp_cli.attestation.hookspecs import hookimpl
 NAME = "sev-snp"
 PLATFORM = "amd-sev-snp"  # the TRACE runtime.platform value (DESIGN §5)
 EVIDENCE_TYPE = "sev-snp-report-v1"
+# The keys of the auditor's `[sev-snp]` platform policy (cmcp_sev.appraisal judges them).
+PLATFORM_POLICY_KEYS = (
+    "minimum_tcb", "minimum_firmware", "minimum_abi", "minimum_guest_svn",
+    "forbidden_policy_flags", "require_crl",
+)  # fmt: skip
 
 
 def _collector() -> Collector:
@@ -43,6 +48,7 @@ SPEC = ProviderSpec(
     load_verifier=_verifier,
     load_measurer=_measurer,
     description="AMD SEV-SNP attestation report signed by the chip's VCEK (or a VLEK)",
+    platform_policy_keys=PLATFORM_POLICY_KEYS,
 )
 
 

@@ -25,7 +25,7 @@ from cmcp_sev.evidence import encode
 NOT_BEFORE = datetime(2024, 1, 1, tzinfo=UTC)
 NOT_AFTER = datetime(2031, 1, 1, tzinfo=UTC)
 AT = datetime(2026, 6, 1, tzinfo=UTC)
-PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
+PSS = certs.AMD_PSS
 MILAN_CPUID = (0x19, 0x01, 0x01)
 TURIN_CPUID = (0x1A, 0x02, 0x01)
 
@@ -152,6 +152,31 @@ class AmdPki:
 
     def root_pem(self) -> bytes:
         return self.ark.public_bytes(Encoding.PEM)
+
+    def crl(
+        self,
+        revoked: tuple[x509.Certificate, ...] = (),
+        *,
+        last_update: datetime = AT - timedelta(days=1),
+        next_update: datetime = AT + timedelta(days=7),
+        signer: rsa.RSAPrivateKey | None = None,
+        rsa_padding: padding.PSS | padding.PKCS1v15 = PSS,
+    ) -> x509.CertificateRevocationList:
+        """The ARK's CRL, as AMD KDS serves it, revoking `revoked`."""
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.ark.subject)
+            .last_update(last_update)
+            .next_update(next_update)
+        )
+        for cert in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(cert.serial_number)
+                .revocation_date(last_update)
+                .build()
+            )
+        return builder.sign(signer or self.ark_key, hashes.SHA384(), rsa_padding=rsa_padding)
 
 
 def _ca(

@@ -6,7 +6,9 @@ well formed; the endorsement key certificate chains VCEK -> ASK -> ARK (VLEK -> 
 ARK) to a pinned AMD root for the report's product, every certificate valid at the claim's
 time; that key signed the report; the key was issued for the report's TCB and chip; the
 report carries the session binding; the guest policy forbids debugging (unless the auditor
-allows it); and the launch measurement is in the pinned set when one is given.
+allows it); and, when the auditor's platform policy sets them, the platform's TCB and
+firmware and the guest's policy meet its minimums (`cmcp_sev.appraisal`). The launch
+measurement is compared with the auditor's pins by `cmcp verify` itself.
 
 Each step is a named `Check`; a step whose input an earlier failure made meaningless is
 skipped with the reason. Malformed evidence is a failed check, never an exception.
@@ -32,8 +34,8 @@ from cmcp_cli.attestation.toolkit import (
     run_checks,
     validity_problem,
 )
+from cmcp_sev import appraisal, revocation, roots
 from cmcp_sev import certificates as certs
-from cmcp_sev import roots
 from cmcp_sev import structures as snp
 from cmcp_sev.evidence import decode
 
@@ -42,11 +44,15 @@ VERSION: Final = "sev.report.version"
 PRODUCT: Final = "sev.product"
 CHAIN: Final = "sev.vcek.chain"
 PINNED: Final = "sev.ark.pinned"
+REVOCATION: Final = "sev.ask.revocation"  # skipped without an AMD CRL, unless required
 SIGNATURE: Final = "sev.report.signature"
 TCB: Final = "sev.vcek.tcb"
 CHIP_ID: Final = "sev.vcek.chip_id"
 REPORT_DATA: Final = "sev.report_data"
 DEBUG: Final = "sev.policy.debug"
+# The auditor's platform policy; skipped when it sets nothing, so not in HARDWARE_CHECKS.
+TCB_MINIMUM: Final = "sev.tcb.minimum"
+GUEST_POLICY: Final = "sev.policy.guest"
 
 # hardware_attested needs each of these to pass (CHIP_ID may skip for a VLEK), none to fail.
 HARDWARE_CHECKS: Final = (
@@ -78,8 +84,8 @@ class _Run:
     """One verification: decoded evidence, parsed structures, and the checks in order. Each
     check returns its reason for passing, or raises `_Skip` / `_Fail` with the reason."""
 
-    def __init__(self, evidence: Any, trust: TrustInputs) -> None:
-        self.trust = trust
+    def __init__(self, evidence: Any, trust: TrustInputs, wanted: appraisal.Requirements) -> None:
+        self.trust, self.wanted = trust, wanted
         self.d = decode(evidence)
         self.report: snp.Report | None = None
         self.report_error = ""
@@ -104,15 +110,18 @@ class _Run:
                 self.supplied_error = f"cert_chain[{position - 1}] is not DER X.509 ({error})"
         self.product: snp.Product | None = None
         self.intermediate: x509.Certificate | None = None
+        self.ark: x509.Certificate | None = None
         self.chain_ok = False
         self.leaf_name = (self.d.signing_key or "vcek").upper()
 
     def checks(self) -> tuple[Check, ...]:
         steps: tuple[NamedCheck, ...] = (
             (SHAPE, self.shape), (VERSION, self.version), (PRODUCT, self.product_check),
-            (CHAIN, self.chain), (PINNED, self.pinned), (SIGNATURE, self.signature),
+            (CHAIN, self.chain), (PINNED, self.pinned), (REVOCATION, self.revocation),
+            (SIGNATURE, self.signature),
             (TCB, self.tcb), (CHIP_ID, self.chip_id), (REPORT_DATA, self.report_data),
-            (DEBUG, self.debug),
+            (DEBUG, self.debug), (TCB_MINIMUM, self.tcb_minimum),
+            (GUEST_POLICY, self.guest_policy),
         )  # fmt: skip
         return run_checks(steps)
 
@@ -271,12 +280,33 @@ class _Run:
                 f"The chain ends at the {root_product.value} root {certs.describe(ark)}, but the "
                 f"report is from a {product.value}."
             )
-        self.chain_ok = True
+        self.chain_ok, self.ark = True, ark
         kind = "vendored" if anchor.vendored else "auditor-pinned"
         return (
             f"{certs.describe(intermediate)} was issued by the {kind} root {certs.describe(ark)} "
             f"(sha256 {anchor.fingerprint}), valid at the time."
         )
+
+    def revocation(self) -> str:
+        intermediate, ark = self.intermediate, self.ark
+        if intermediate is None or ark is None:
+            raise _Skip(f"The chain did not reach a pinned root (see {PINNED}).")
+        crls = revocation.crls_in(self.trust.collateral)
+        try:
+            verdict = revocation.check_intermediate(crls, ark, intermediate, self.trust.at)
+        except revocation.RevocationError as error:
+            raise _Fail(str(error)) from None
+        if verdict is not None:
+            return verdict
+        kind = "vlek" if self.d.signing_key == "vlek" else "vcek"
+        unchecked = (
+            f"No CRL of {certs.describe(ark)} was supplied: whether AMD revoked "
+            f"{certs.describe(intermediate)} was not checked. AMD KDS serves it at "
+            f"{KDS}/{kind}/v1/{self._product().value}/crl; pass it with --collateral"
+        )
+        if self.wanted.require_crl:
+            raise _Fail(f"{unchecked}, as the auditor's platform policy requires.")
+        raise _Skip(f"{unchecked}.")
 
     def signature(self) -> str:
         # Judged on the raw bytes, not the parsed report, so that any change to the signed
@@ -346,7 +376,7 @@ class _Run:
         current = report.current_tcb.decode(product).describe()
         return (
             f"The {self.leaf_name} was issued for the report's REPORTED_TCB "
-            f"{reported.describe()} (CURRENT_TCB {current}); no minimum TCB is appraised."
+            f"{reported.describe()} (CURRENT_TCB {current}); {TCB_MINIMUM} judges minimums."
         )
 
     def chip_id(self) -> str:
@@ -413,6 +443,12 @@ class _Run:
             "change guest memory, so nothing the guest says can be trusted."
         )
 
+    def tcb_minimum(self) -> str:
+        return appraisal.check_platform(self._report(), self._product(), self.wanted)
+
+    def guest_policy(self) -> str:
+        return appraisal.check_guest(self._report(), self.wanted)
+
     def measurement(self) -> str | None:
         return None if self.report is None else "sha384:" + self.report.measurement.hex()
 
@@ -428,7 +464,8 @@ class SevVerifier:
     """Judges `sev-snp-report-v1` evidence offline (stdlib and `cryptography` only)."""
 
     def verify(self, evidence: Mapping[str, Any], trust: TrustInputs) -> EvidenceVerdict:
-        run = _Run(evidence, trust)
+        wanted = appraisal.Requirements.parse(trust.platform_policy)  # ProviderError if unusable
+        run = _Run(evidence, trust, wanted)
         # a VLEK carries no chip id: its check is skipped, and attestation rests on the rest
         may_skip = (CHIP_ID,) if run.d.signing_key == "vlek" else ()
         return hardware_verdict(run.checks(), HARDWARE_CHECKS, run.measurement(), may_skip=may_skip)

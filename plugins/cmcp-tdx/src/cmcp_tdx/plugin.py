@@ -14,6 +14,8 @@ from cmcp_cli.attestation.hookspecs import hookimpl
 NAME = "tdx"
 PLATFORM = "intel-tdx"  # the TRACE runtime.platform of a TDX trust domain
 EVIDENCE_TYPE = "tdx-quote-v1"
+# The keys of the auditor's `[tdx]` platform policy (cmcp_tdx.appraisal judges them).
+PLATFORM_POLICY_KEYS = ("accepted_tcb_statuses", "require_collateral")
 
 
 def _collector() -> Collector:
@@ -42,6 +44,7 @@ SPEC = ProviderSpec(
     load_verifier=_verifier,
     load_measurer=_measurer,
     description="Intel TDX DCAP quote (v4/v5) with the PCK chain to the Intel SGX Root CA",
+    platform_policy_keys=PLATFORM_POLICY_KEYS,
 )
 
 

@@ -6,7 +6,8 @@ Root CA as of the claim's time, checks that the PCK key signed the QE report, th
 report binds the attestation key, that the attestation key signed the quote, that the
 quote's REPORTDATA is the session binding, the TD's debug attribute, the measurement
 against the auditor's set, the RTMRs against the CCEL log, and the TCB status against
-Intel's collateral. Each step is a named `Check`; a step whose input an earlier failure
+Intel's collateral (statuses accepted by default, or as the auditor's platform policy
+says, `cmcp_tdx.appraisal`). Each step is a named `Check`; a step whose input an earlier failure
 made meaningless is skipped with the reason. Malformed evidence is a failed check, never
 an exception.
 """
@@ -30,7 +31,7 @@ from cmcp_cli.attestation.toolkit import (
     hardware_verdict,
     run_checks,
 )
-from cmcp_tdx import ccel, collateral, pki
+from cmcp_tdx import appraisal, ccel, collateral, pki
 from cmcp_tdx import quote as tdx
 from cmcp_tdx.measurement import describe, measurement_string
 
@@ -58,9 +59,15 @@ MAX_CCEL: Final = 1 << 24
 
 class _Run:
     def __init__(
-        self, evidence: Any, trust: TrustInputs, collateral: Any, *, collateral_problem: str | None
+        self,
+        evidence: Any,
+        trust: TrustInputs,
+        collateral: Any,
+        wanted: appraisal.Requirements,
+        *,
+        collateral_problem: str | None,
     ) -> None:
-        self.trust = trust
+        self.trust, self.wanted = trust, wanted
         self.collateral_problem = collateral_problem
         self.problems: list[str] = []
         self.raw: bytes | None = None
@@ -251,7 +258,13 @@ class _Run:
         if self.collateral_problem is not None:
             raise _Fail(f"The collateral cannot be used: {self.collateral_problem}.")
         if self.collateral is None:
-            raise _Skip("No Intel collateral was supplied: TCB status was not appraised.")
+            unappraised = "No Intel collateral was supplied: TCB status was not appraised"
+            if self.wanted.require_collateral:
+                raise _Fail(
+                    f"{unappraised}, and the auditor's platform policy requires it. Supply "
+                    "Intel PCS collateral with --collateral (or in the evidence)."
+                )
+            raise _Skip(f"{unappraised}.")
         if self.chain is None:
             raise _Skip(f"The PCK certificate is not trusted (see {PCK_CHAIN}).")
         try:
@@ -262,8 +275,14 @@ class _Run:
             raise _Fail(f"The collateral from {self.collateral_source} fails: {error}.") from None
         advisories = f"; advisories {', '.join(found.advisories)}" if found.advisories else ""
         outcome = f"TCB status {found.status} ({found.detail}{advisories})"
-        if found.status not in collateral.ACCEPTED:
-            raise _Fail(f"{outcome}: the platform needs a TCB recovery before it can be trusted.")
+        accepted = self.wanted.accepted_tcb_statuses
+        if found.status not in accepted:
+            whose = "the default" if accepted == collateral.ACCEPTED else "the auditor's policy"
+            raise _Fail(
+                f"{outcome}, which {whose} does not accept (accepted: "
+                f"{', '.join(s for s in collateral.STATUSES if s in accepted)}): the platform "
+                "needs a TCB recovery before it can be trusted."
+            )
         return f"{outcome}, from collateral in {self.collateral_source} valid at the time."
 
     def measurement(self) -> str | None:
@@ -309,5 +328,6 @@ class TdxVerifier:
             given = self.collateral if self.collateral is not None else auditor_collateral(trust)
         except AmbiguousCollateralError as error:
             given, problem = None, str(error)
-        run = _Run(evidence, trust, given, collateral_problem=problem)
+        wanted = appraisal.Requirements.parse(trust.platform_policy)  # ProviderError if unusable
+        run = _Run(evidence, trust, given, wanted, collateral_problem=problem)
         return hardware_verdict(run.checks(), HARDWARE_CHECKS, run.measurement())
