@@ -343,6 +343,11 @@ def test_auto_prefers_configfs_served_by_tdx_guest(
     collector.prepare(_facts(), settings)  # nothing listens at the QGS address: not needed
     collector.collect(bytes(32), settings)
     assert kernel.calls == 0 and tsm.removed == tsm.created
+    # detect's probe and prepare's route probe, then one entry per session and no more probes
+    probes = len(tsm.created)
+    collector.collect(bytes(32), settings)
+    collector.collect(bytes(32), settings)
+    assert len(tsm.created) == probes + 2
 
 
 def test_auto_falls_back_to_the_device_when_configfs_is_not_tdx(

@@ -132,6 +132,7 @@ class TdxCollector:
         self._mkdir, self._rmdir, self._ioctl = mkdir, rmdir, ioctl
         # one request at a time: configfs entries and the QGS exchange are not shared
         self._lock = threading.Lock()
+        self._probed: dict[TdxSettings, Route] = {}  # the route "auto" found, by settings
 
     def _tsm(self, settings: TdxSettings) -> ConfigfsTsm:
         return ConfigfsTsm(settings.configfs_root, self._mkdir, self._rmdir)
@@ -151,14 +152,18 @@ class TdxCollector:
 
     def _route(self, settings: TdxSettings) -> Route:
         """The interface requests go to. "auto" probes configfs-tsm only when both it and
-        the device exist; with one of them, that one is used (and its errors surface)."""
+        the device exist; with one of them, that one is used (and its errors surface). A
+        probe's answer is kept: which kernel interface serves the TD does not change while
+        the gateway runs, so a session pays for one configfs entry, not two."""
         if settings.interface != "auto":
             return settings.interface
         if not settings.configfs_root.is_dir():
             return "device"
         if not settings.device.exists():
             return "configfs"
-        return "configfs" if self._configfs(settings)[0] else "device"
+        if settings not in self._probed:
+            self._probed[settings] = "configfs" if self._configfs(settings)[0] else "device"
+        return self._probed[settings]
 
     def detect(self, settings: Mapping[str, Any]) -> Detection:
         try:
