@@ -32,7 +32,7 @@ def decision_time(calls: int = 2_000) -> dict[str, Any]:
     """The gateway's own Cedar decision for the benchmark's call (quickstart bundle and
     catalog, get_weather {"city": "Paris"}), in this process: best and median of 5 rounds."""
     from cmcp_cli.catalog.model import load_catalog  # noqa: PLC0415 - only for this phase
-    from cmcp_cli.gateway.wiring import authorizer_for  # noqa: PLC0415
+    from cmcp_cli.gateway.enforcement.wiring import authorizer_for  # noqa: PLC0415
     from cmcp_cli.policy.bundle import read_bundle  # noqa: PLC0415
     from cmcp_cli.policy.engine import compile_bundle  # noqa: PLC0415
     from cmcp_cli.policy.request import tool_call_request  # noqa: PLC0415

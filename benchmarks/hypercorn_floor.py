@@ -24,8 +24,8 @@ from typing import Any
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from cmcp_cli.gateway.asgi import Receive, Scope, Send, header, read_body
-from cmcp_cli.gateway.http1 import ConnectionPool, Endpoint
+from cmcp_cli.wire.asgi import Receive, Scope, Send, header, read_body
+from cmcp_cli.wire.http1 import ConnectionPool, Endpoint
 from fast_upstream import McpState
 
 RELAYED_HEADERS = (b"mcp-session-id", b"mcp-protocol-version")

@@ -19,7 +19,7 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from cmcp_cli.gateway.approvals import ApprovalDesk, ApprovalError, ApprovalStatus
+from cmcp_cli.gateway.enforcement.approvals import ApprovalDesk, ApprovalError, ApprovalStatus
 from tests.gateway_support import Served, request, start_gateway, start_upstream, write_config
 from tests.support import QUICKSTART, run_cmcp
 

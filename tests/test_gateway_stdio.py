@@ -23,8 +23,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from cmcp_cli.config import CmcpConfig
-from cmcp_cli.gateway.stdio_upstream import StdioUpstream, stdio_upstreams
-from cmcp_cli.gateway.upstream import CLOSE_TIMEOUT_SECONDS, UpstreamError
+from cmcp_cli.gateway.upstream.api import CLOSE_TIMEOUT_SECONDS, UpstreamError
+from cmcp_cli.gateway.upstream.stdio import StdioUpstream, stdio_upstreams
 from tests.gateway_support import Served, request, start_gateway, write_config
 from tests.stdio_upstream_server import HELPER_CODE, STARTED_LINE
 from tests.support import QUICKSTART, run_cmcp
@@ -277,7 +277,7 @@ def test_a_wrong_pin_refuses_the_spawn(tmp_path: Path, pid_dir: Path) -> None:
 
 
 def test_a_session_from_spawn_to_close(pid_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="cmcp_cli.gateway.stdio_upstream")
+    caplog.set_level(logging.DEBUG, logger="cmcp_cli.gateway.upstream.stdio")
 
     async def session_life() -> dict[str, Any]:
         session = await upstream_for(pid_dir).open_session()

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cmcp_cli.errors import Severity
-from cmcp_cli.gateway.preflight import ConfigReport, check_config
+from cmcp_cli.gateway.preflight.report import ConfigReport, check_config
 
 TOKEN = "k" * 43
 

@@ -7,11 +7,11 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from cmcp_cli.bridge.options import DEFAULT_TIMEOUT_SECONDS
+from cmcp_cli.bridge.stdio import serve_stdio
 from cmcp_cli.cli import render
 from cmcp_cli.config import ENV_BEARER_TOKEN
 from cmcp_cli.errors import ExitCode
-from cmcp_cli.gateway.bridge import serve_stdio
-from cmcp_cli.gateway.bridge_options import DEFAULT_TIMEOUT_SECONDS
 
 Url = Annotated[
     str,

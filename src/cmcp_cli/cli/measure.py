@@ -21,7 +21,7 @@ from cmcp_cli.attestation.manager import ProviderRegistry, load_providers
 from cmcp_cli.attestation.software import NAME as SOFTWARE
 from cmcp_cli.cli import render
 from cmcp_cli.errors import ExitCode, UsageError
-from cmcp_cli.gateway import measuring
+from cmcp_cli.gateway.preflight import measuring
 
 # `cmcp measure software` reads better than the provider's full name.
 ALIASES = {"software": SOFTWARE}

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from cmcp_cli.cli import render
 from cmcp_cli.errors import ExitCode
-from cmcp_cli.gateway.preflight import ConfigReport, check_config
+from cmcp_cli.gateway.preflight.report import ConfigReport, check_config
 from cmcp_cli.policy.report import BundleReport, validate_bundle
 
 JsonFlag = Annotated[

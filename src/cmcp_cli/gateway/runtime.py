@@ -23,14 +23,14 @@ from cmcp_cli.catalog.model import Catalog
 from cmcp_cli.config import ENV_DEV_MODE, CmcpConfig, Environment, HttpUpstream
 from cmcp_cli.errors import CmcpError, ConfigError
 from cmcp_cli.evidence.session import Attestor, SessionPolicy
-from cmcp_cli.gateway.http1 import Endpoint
-from cmcp_cli.gateway.preflight import ConfigReport
-from cmcp_cli.gateway.stdio_upstream import stdio_upstreams
-from cmcp_cli.gateway.upstream import McpUpstream
-from cmcp_cli.gateway.upstream_api import UpstreamChannel
-from cmcp_cli.gateway.wiring import authorizer_for, tool_resources
+from cmcp_cli.gateway.enforcement.wiring import authorizer_for, tool_resources
+from cmcp_cli.gateway.preflight.report import ConfigReport
+from cmcp_cli.gateway.upstream.api import UpstreamChannel
+from cmcp_cli.gateway.upstream.stdio import stdio_upstreams
+from cmcp_cli.gateway.upstream.streamable_http import McpUpstream
 from cmcp_cli.policy.engine import Authorizer, CompiledBundle
 from cmcp_cli.policy.request import ToolResource
+from cmcp_cli.wire.http1 import Endpoint
 
 AUTO_ORDER = ("sev-snp", "tdx", "tpm")
 ANONYMOUS_AGENT = "anonymous"

@@ -18,8 +18,8 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from cmcp_cli.config import CmcpConfig
-from cmcp_cli.gateway.app import GatewayApp
-from cmcp_cli.gateway.preflight import check_config
+from cmcp_cli.gateway.downstream.app import GatewayApp
+from cmcp_cli.gateway.preflight.report import check_config
 from cmcp_cli.gateway.runtime import GatewayRuntime, build_runtime
 
 IDLE_SWEEP_SECONDS = 5.0

@@ -13,65 +13,27 @@ import contextlib
 import itertools
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 import orjson
 
-from cmcp_cli import __version__
-from cmcp_cli.gateway.http1 import (
+from cmcp_cli.gateway.upstream.api import (
+    CLOSE_TIMEOUT_SECONDS,
+    UPSTREAM_PROTOCOL,
+    UpstreamError,
+    negotiate,
+)
+from cmcp_cli.wire.http1 import (
     ConnectionPool,
     Endpoint,
     HttpError,
     HttpTimeoutError,
     Response,
 )
-from cmcp_cli.gateway.jsonrpc import Code, RequestId, error
+from cmcp_cli.wire.sse import SseDecoder, sse_data
 
-UPSTREAM_PROTOCOL = "2025-11-25"
-KNOWN_PROTOCOLS = ("2025-11-25", "2025-06-18", "2025-03-26")
-CLOSE_TIMEOUT_SECONDS = 2.0
 _DECODER = msgspec.json.Decoder()
-
-
-class _Requesting(Protocol):
-    async def request(
-        self, method: str, params: Mapping[str, Any] | None = None
-    ) -> dict[str, Any]: ...
-
-
-async def negotiate(session: _Requesting, upstream: str) -> str:
-    """Send `initialize` and return the revision the upstream answered, if cMCP speaks it;
-    the caller then sends notifications/initialized in that revision."""
-    answer = await session.request(
-        "initialize",
-        {
-            "protocolVersion": UPSTREAM_PROTOCOL,
-            "capabilities": {},
-            "clientInfo": {"name": "cmcp-gateway", "version": __version__},
-        },
-    )
-    result = answer.get("result")
-    if not isinstance(result, dict):
-        raise UpstreamError(upstream, f"initialize failed: {answer.get('error')}")
-    version = result.get("protocolVersion")
-    if not isinstance(version, str) or version not in KNOWN_PROTOCOLS:
-        raise UpstreamError(upstream, f"speaks protocol {version!r}, which cMCP does not")
-    return version
-
-
-class UpstreamError(Exception):
-    """An upstream could not answer: unreachable, too slow, or not speaking MCP."""
-
-    def __init__(self, upstream: str, message: str, *, timed_out: bool = False) -> None:
-        super().__init__(f"upstream {upstream!r}: {message}")
-        self.upstream = upstream
-        self.timed_out = timed_out
-
-    def to_jsonrpc(self, request_id: RequestId | None) -> dict[str, Any]:
-        """The error an agent gets for a request this failure ended."""
-        code = Code.UPSTREAM_TIMEOUT if self.timed_out else Code.UPSTREAM_FAILED
-        return error(request_id, code, str(self), {"upstream": self.upstream})
 
 
 @dataclass
@@ -256,36 +218,3 @@ class UpstreamSession:
             raise UpstreamError(
                 self.upstream.name, f"sent a message that is not JSON: {exc}"
             ) from exc
-
-
-def sse_data(body: bytes) -> list[bytes]:
-    """The data of each event in a text/event-stream body, multi-line data joined."""
-    decoder = SseDecoder(max_event_bytes=len(body) + 1)
-    return [*decoder.feed(body), *decoder.feed(b"\n\n")]
-
-
-class SseDecoder:
-    """Events of a text/event-stream fed in arbitrary chunks: each event's data, with
-    multi-line data joined. An event larger than `max_event_bytes` is an error, so a
-    stream cannot grow the gateway's memory without bound."""
-
-    def __init__(self, *, max_event_bytes: int) -> None:
-        self.max_event_bytes = max_event_bytes
-        self._pending = b""
-        self._data: list[bytes] = []
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        text = (self._pending + chunk).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        *lines, self._pending = text.split(b"\n")
-        if len(self._pending) + sum(map(len, self._data)) > self.max_event_bytes:
-            raise ValueError(f"an event is larger than {self.max_event_bytes} bytes")
-        events: list[bytes] = []
-        for raw in lines:
-            if not raw:
-                if self._data:
-                    events.append(b"\n".join(self._data))
-                    self._data = []
-            elif raw.startswith(b"data:"):
-                value = raw[5:]
-                self._data.append(value[1:] if value.startswith(b" ") else value)
-        return events

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from cmcp_cli.gateway.jsonrpc import Code, Message, error
-from cmcp_cli.gateway.modern import forwardable_meta
+from cmcp_cli.gateway.relay.sessions import GatewaySession, SessionRegistry
 from cmcp_cli.gateway.runtime import GatewayRuntime
-from cmcp_cli.gateway.sessions import GatewaySession, SessionRegistry
-from cmcp_cli.gateway.upstream import UpstreamError
+from cmcp_cli.gateway.upstream.api import UpstreamError
+from cmcp_cli.wire.jsonrpc import Code, Message, error
+from cmcp_cli.wire.mcp import forwardable_meta
 
 # listing method -> (the key of its items, the item field that routes later requests)
 LISTINGS = {

@@ -16,15 +16,15 @@ from typing import Any
 from cmcp_cli import __version__
 from cmcp_cli.errors import CmcpError
 from cmcp_cli.evidence.session import EscalationHandler
-from cmcp_cli.gateway.jsonrpc import Code, Message, ProtocolError, error, result
-from cmcp_cli.gateway.modern import MODERN_PROTOCOLS, SERVER_INFO_KEY, forwardable_meta
-from cmcp_cli.gateway.passthrough import PASSED_THROUGH, Passthrough
-from cmcp_cli.gateway.redaction import redact_result
+from cmcp_cli.gateway.enforcement.redaction import redact_result
+from cmcp_cli.gateway.relay.passthrough import PASSED_THROUGH, Passthrough
+from cmcp_cli.gateway.relay.sessions import GatewaySession, SessionRegistry
 from cmcp_cli.gateway.runtime import GatewayRuntime
-from cmcp_cli.gateway.sessions import GatewaySession, SessionRegistry
-from cmcp_cli.gateway.upstream import KNOWN_PROTOCOLS, UpstreamError
+from cmcp_cli.gateway.upstream.api import KNOWN_PROTOCOLS, UpstreamError
 from cmcp_cli.policy.decision import Decision, Effect
 from cmcp_cli.policy.request import tool_call_request
+from cmcp_cli.wire.jsonrpc import Code, Message, ProtocolError, error, result
+from cmcp_cli.wire.mcp import MODERN_PROTOCOLS, SERVER_INFO_KEY, forwardable_meta
 
 LATEST_PROTOCOL = KNOWN_PROTOCOLS[0]
 SERVER_INFO = {"name": "cmcp-gateway", "version": __version__}

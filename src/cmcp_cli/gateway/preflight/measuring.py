@@ -22,7 +22,7 @@ from cmcp_cli.attestation.api import (
 from cmcp_cli.attestation.manager import ProviderRegistry
 from cmcp_cli.attestation.measurement import installation_digest
 from cmcp_cli.errors import ConfigError, UsageError
-from cmcp_cli.gateway.preflight import check_config
+from cmcp_cli.gateway.preflight.report import check_config
 
 _MEASUREMENT = re.compile(r"sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}")
 

@@ -10,6 +10,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+from cmcp_cli import __version__
+from cmcp_cli.wire.jsonrpc import Code, RequestId, error
+
+UPSTREAM_PROTOCOL = "2025-11-25"
+KNOWN_PROTOCOLS = ("2025-11-25", "2025-06-18", "2025-03-26")
+CLOSE_TIMEOUT_SECONDS = 2.0  # ending an upstream session never holds up the gateway longer
+
 
 class UpstreamConversation(Protocol):
     """One client session's own MCP session with one upstream, initialized."""
@@ -59,3 +66,43 @@ class UpstreamChannel(Protocol):
     def close(self) -> None:
         """Release what the upstream holds (connections, child processes) at shutdown."""
         ...
+
+
+class _Requesting(Protocol):
+    async def request(
+        self, method: str, params: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]: ...
+
+
+async def negotiate(session: _Requesting, upstream: str) -> str:
+    """Send `initialize` and return the revision the upstream answered, if cMCP speaks it;
+    the caller then sends notifications/initialized in that revision."""
+    answer = await session.request(
+        "initialize",
+        {
+            "protocolVersion": UPSTREAM_PROTOCOL,
+            "capabilities": {},
+            "clientInfo": {"name": "cmcp-gateway", "version": __version__},
+        },
+    )
+    result = answer.get("result")
+    if not isinstance(result, dict):
+        raise UpstreamError(upstream, f"initialize failed: {answer.get('error')}")
+    version = result.get("protocolVersion")
+    if not isinstance(version, str) or version not in KNOWN_PROTOCOLS:
+        raise UpstreamError(upstream, f"speaks protocol {version!r}, which cMCP does not")
+    return version
+
+
+class UpstreamError(Exception):
+    """An upstream could not answer: unreachable, too slow, or not speaking MCP."""
+
+    def __init__(self, upstream: str, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(f"upstream {upstream!r}: {message}")
+        self.upstream = upstream
+        self.timed_out = timed_out
+
+    def to_jsonrpc(self, request_id: RequestId | None) -> dict[str, Any]:
+        """The error an agent gets for a request this failure ended."""
+        code = Code.UPSTREAM_TIMEOUT if self.timed_out else Code.UPSTREAM_FAILED
+        return error(request_id, code, str(self), {"upstream": self.upstream})

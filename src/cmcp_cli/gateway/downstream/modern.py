@@ -16,15 +16,16 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from cmcp_cli.gateway import asgi
-from cmcp_cli.gateway.asgi import Scope
-from cmcp_cli.gateway.jsonrpc import Code, Message, ProtocolError
+from cmcp_cli.wire import asgi
+from cmcp_cli.wire.asgi import Scope
+from cmcp_cli.wire.jsonrpc import Code, Message, ProtocolError
+from cmcp_cli.wire.mcp import (
+    CLIENT_CAPABILITIES_KEY,
+    MODERN_PROTOCOLS,
+    PROTOCOL_VERSION_KEY,
+    SESSION_KEY,
+)
 
-MODERN_PROTOCOLS = ("2026-07-28",)
-PROTOCOL_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
-CLIENT_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
-SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
-SESSION_KEY = "_cmcp.session_id"
 # Methods whose name-like parameter is repeated in the Mcp-Name header.
 NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 # HTTP statuses for protocol errors on this revision; gateway decisions stay HTTP 200.
@@ -112,19 +113,6 @@ def requested_session(message: Message) -> str | None:
     if not isinstance(value, str) or not _SESSION_ID.fullmatch(value):
         raise _refused(message, Code.INVALID_PARAMS, f"_meta[{SESSION_KEY!r}] is not a session id")
     return value
-
-
-def forwardable_meta(meta: object) -> dict[str, Any] | None:
-    """A client's `_meta` without the envelope keys and the gateway's own: what the
-    upstream, spoken to in a session, may see."""
-    if not isinstance(meta, Mapping):
-        return None
-    kept = {
-        key: value
-        for key, value in meta.items()
-        if not (key.startswith("io.modelcontextprotocol/") or key.startswith("_cmcp."))
-    }
-    return kept or None
 
 
 def complete(method: str, result: Mapping[str, Any], session_id: str) -> dict[str, Any]:

@@ -29,15 +29,15 @@ from typing import Any, BinaryIO
 import msgspec
 import orjson
 
-from cmcp_cli.gateway.bridge_options import (
+from cmcp_cli.bridge.options import (
     DEFAULT_TIMEOUT_SECONDS,
     VISIBLE_ASCII,
     BridgeOptions,
     bridge_options,
 )
-from cmcp_cli.gateway.http1 import ConnectionPool, Endpoint, HttpError, HttpTimeoutError, Response
-from cmcp_cli.gateway.jsonrpc import Code, Message, ProtocolError, RequestId, error, parse_message
-from cmcp_cli.gateway.upstream import sse_data
+from cmcp_cli.wire.http1 import ConnectionPool, Endpoint, HttpError, HttpTimeoutError, Response
+from cmcp_cli.wire.jsonrpc import Code, Message, ProtocolError, RequestId, error, parse_message
+from cmcp_cli.wire.sse import sse_data
 
 # An SDK stdio client waits 2 s for its server to exit after closing stdin, then kills it.
 CLOSE_TIMEOUT_SECONDS = 1.5

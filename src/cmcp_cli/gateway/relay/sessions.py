@@ -25,11 +25,10 @@ from typing import Any, TypeVar
 from cmcp_cli.audit.recorder import deferred_durability
 from cmcp_cli.catalog.model import approved_definition, definition_hash
 from cmcp_cli.evidence.session import ClosedSession, EvidenceSession
-from cmcp_cli.gateway.approvals import ApprovalDesk
-from cmcp_cli.gateway.metrics import GatewayMetrics
+from cmcp_cli.gateway.enforcement.approvals import ApprovalDesk
+from cmcp_cli.gateway.relay.metrics import GatewayMetrics
 from cmcp_cli.gateway.runtime import GatewayRuntime
-from cmcp_cli.gateway.upstream import UpstreamError
-from cmcp_cli.gateway.upstream_api import UpstreamConversation
+from cmcp_cli.gateway.upstream.api import UpstreamConversation, UpstreamError
 
 _Result = TypeVar("_Result")
 

@@ -29,8 +29,8 @@ from cmcp_cli.config import (
     validate_document,
 )
 from cmcp_cli.errors import CmcpError, ConfigError, Problem, Severity, UsageError
-from cmcp_cli.gateway import checks
-from cmcp_cli.gateway.wiring import authorizer_for
+from cmcp_cli.gateway.enforcement.wiring import authorizer_for
+from cmcp_cli.gateway.preflight import checks
 from cmcp_cli.model_errors import document_location
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import CompiledBundle, compile_bundle

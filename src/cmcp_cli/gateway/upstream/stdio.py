@@ -18,6 +18,7 @@ import itertools
 import logging
 import os
 import shlex
+import shutil
 import signal
 import stat
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -30,14 +31,13 @@ import orjson
 
 from cmcp_cli.config import CmcpConfig
 from cmcp_cli.config import StdioUpstream as StdioUpstreamConfig
-from cmcp_cli.gateway.checks import resolve_executable
-from cmcp_cli.gateway.jsonrpc import Code
-from cmcp_cli.gateway.upstream import (
+from cmcp_cli.gateway.upstream.api import (
     CLOSE_TIMEOUT_SECONDS,
     UPSTREAM_PROTOCOL,
     UpstreamError,
     negotiate,
 )
+from cmcp_cli.wire.jsonrpc import Code
 
 SAFE_ENVIRONMENT = ("PATH", "HOME", "LANG")
 EXIT_WAIT_SECONDS = 1.0  # after its stdout ends, how long a child may take to exit
@@ -51,6 +51,15 @@ _LOG = logging.getLogger(__name__)
 
 NotificationHandler = Callable[[dict[str, Any]], Awaitable[None]]
 _Stamp = tuple[int, int, int, int, int]
+
+
+def resolve_executable(command: str, base: Path) -> Path | None:
+    """The file a stdio upstream's command runs: a path relative to the config, or from PATH."""
+    if os.sep in command or (os.altsep and os.altsep in command):
+        candidate = Path(command).expanduser()
+        return candidate if candidate.is_absolute() else base / candidate
+    found = shutil.which(command)
+    return Path(found) if found else None
 
 
 def child_environment(configured: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +24,7 @@ from cmcp_cli.config import (
     TLSConfig,
 )
 from cmcp_cli.errors import Problem, Severity
+from cmcp_cli.gateway.upstream.stdio import resolve_executable
 
 MIN_TOKEN_LENGTH = 32
 _TOKEN_HINT = "generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"  # noqa: S105
@@ -270,15 +270,6 @@ def check_upstreams(
             if tool.server not in config.upstreams
         )
     return problems
-
-
-def resolve_executable(command: str, base: Path) -> Path | None:
-    """The file a stdio upstream's command runs: a path relative to the config, or from PATH."""
-    if os.sep in command or (os.altsep and os.altsep in command):
-        candidate = Path(command).expanduser()
-        return candidate if candidate.is_absolute() else base / candidate
-    found = shutil.which(command)
-    return Path(found) if found else None
 
 
 def _check_stdio(

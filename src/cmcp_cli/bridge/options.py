@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from cmcp_cli.config import ENV_BEARER_TOKEN, LimitsConfig
 from cmcp_cli.errors import UsageError
-from cmcp_cli.gateway.http1 import Endpoint
+from cmcp_cli.wire.http1 import Endpoint
 
 # The gateway's own default limits.request_timeout_seconds: the bridge never gives up first.
 DEFAULT_TIMEOUT_SECONDS = float(LimitsConfig.model_fields["request_timeout_seconds"].default)

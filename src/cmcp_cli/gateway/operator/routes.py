@@ -13,12 +13,12 @@ from typing import Any
 import msgspec
 
 from cmcp_cli.audit.store import iter_lines
-from cmcp_cli.gateway import asgi
-from cmcp_cli.gateway.approvals import ApprovalError, ApprovalStatus
-from cmcp_cli.gateway.asgi import Receive, Scope, Send
-from cmcp_cli.gateway.metrics import CONTENT_TYPE
+from cmcp_cli.gateway.enforcement.approvals import ApprovalError, ApprovalStatus
+from cmcp_cli.gateway.relay.metrics import CONTENT_TYPE
+from cmcp_cli.gateway.relay.sessions import SessionRegistry
 from cmcp_cli.gateway.runtime import GatewayRuntime
-from cmcp_cli.gateway.sessions import SessionRegistry
+from cmcp_cli.wire import asgi
+from cmcp_cli.wire.asgi import Receive, Scope, Send
 
 _APPROVAL_PATH = re.compile(r"/approvals/(?P<id>[A-Za-z0-9_-]{1,64})")
 _AUDIT_PATH = re.compile(r"/audit/(?P<id>[A-Za-z0-9_-]{1,64})")

@@ -13,14 +13,16 @@ from urllib.parse import parse_qs, urlsplit
 
 from cmcp_cli.audit.store import AuditStoreError
 from cmcp_cli.evidence.session import AttestationUnavailableError
-from cmcp_cli.gateway import asgi, modern
-from cmcp_cli.gateway.asgi import Receive, Scope, Send
-from cmcp_cli.gateway.dispatch import Dispatcher, Reply
-from cmcp_cli.gateway.jsonrpc import Code, Message, ProtocolError, error, parse_message
-from cmcp_cli.gateway.operator import OperatorRoutes
+from cmcp_cli.gateway.downstream import modern
+from cmcp_cli.gateway.operator.routes import OperatorRoutes
+from cmcp_cli.gateway.relay.dispatch import Dispatcher, Reply
+from cmcp_cli.gateway.relay.sessions import SessionLimitError, SessionRegistry
 from cmcp_cli.gateway.runtime import GatewayRuntime
-from cmcp_cli.gateway.sessions import SessionLimitError, SessionRegistry
-from cmcp_cli.gateway.upstream import KNOWN_PROTOCOLS
+from cmcp_cli.gateway.upstream.api import KNOWN_PROTOCOLS
+from cmcp_cli.wire import asgi
+from cmcp_cli.wire.asgi import Receive, Scope, Send
+from cmcp_cli.wire.jsonrpc import Code, Message, ProtocolError, error, parse_message
+from cmcp_cli.wire.mcp import MODERN_PROTOCOLS, SESSION_KEY
 
 MCP_PATH = "/mcp"
 KEEPALIVE_SECONDS = 15.0
@@ -197,7 +199,7 @@ class GatewayApp:
             raise ProtocolError(
                 Code.INVALID_REQUEST,
                 f"MCP-Protocol-Version {version!r} is not supported "
-                f"(supported: {', '.join((*KNOWN_PROTOCOLS, *modern.MODERN_PROTOCOLS))})",
+                f"(supported: {', '.join((*KNOWN_PROTOCOLS, *MODERN_PROTOCOLS))})",
                 request_id=message.id,
             )
         session_id = asgi.header(scope, b"mcp-session-id")
@@ -244,7 +246,7 @@ class GatewayApp:
         if session is None:
             raise ProtocolError(
                 Code.SESSION_NOT_FOUND,
-                f"_meta[{modern.SESSION_KEY!r}] names no open session of this agent: "
+                f"_meta[{SESSION_KEY!r}] names no open session of this agent: "
                 "leave it out to use your default session",
                 request_id=message.id,
                 http_status=404,

@@ -1,0 +1,1 @@
+"""The agent-facing side: HTTP routes, MCP transports and their checks, SSE responses."""

@@ -1,0 +1,1 @@
+"""What policy says of a message: Cedar decisions, redaction and operator approvals."""

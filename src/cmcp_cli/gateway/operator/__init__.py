@@ -1,0 +1,1 @@
+"""Routes for people around the gateway: approvals, audit export, metrics."""

@@ -1,0 +1,1 @@
+"""Before the gateway starts: every check of `validate-config`, and `cmcp measure`."""
