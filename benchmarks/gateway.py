@@ -54,6 +54,7 @@ from floors import FLOORS, decision_time, floor_command, latency_floor
 
 # siblings: benchmarks/ is sys.path[0] when a benchmark runs as a script
 from mcp_load import (
+    BASELINE,
     BenchError,
     McpClient,
     Run,
@@ -116,11 +117,21 @@ class Process:
 
 
 def spawn(
-    name: str, command: list[str], *, port: int, ready: str, log: Path, cwd: Path | None = None
+    name: str,
+    command: list[str],
+    *,
+    port: int,
+    ready: str,
+    log: Path,
+    cwd: Path | None = None,
+    python_path: Path | None = None,
 ) -> Process:
-    """Start a server (CMCP_DEV_MODE=1) and poll every 5 ms until `ready` answers 200."""
+    """Start a server (CMCP_DEV_MODE=1) and poll every 5 ms until `ready` answers 200;
+    `python_path` puts another source tree of cmcp_cli in front of the installed one."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CMCP_")}
     env["CMCP_DEV_MODE"] = "1"
+    if python_path is not None:
+        env["PYTHONPATH"] = str(python_path.resolve())
     with log.open("wb") as out:  # the child keeps its own descriptor
         started = time.perf_counter()
         popen = subprocess.Popen(  # noqa: S603 - our own commands, no shell
@@ -162,13 +173,16 @@ def start_upstream(folder: Path) -> Process:
     return spawn("upstream", command, port=port, ready="/healthz", log=folder / f"up-{port}.log")
 
 
-def start_gateway(folder: Path, upstream: Process) -> Process:
+def start_gateway(
+    folder: Path, upstream: Process, *, name: str = "gateway", source: Path | None = None
+) -> Process:
     folder.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{upstream.port}/mcp"
     config = write_config(folder, url, audit={"durability": "fsync"})
     port = int(yaml.safe_load(config.read_text())["listen_addr"].rsplit(":", 1)[1])
     command = [str(CMCP), "start", "--config", str(config)]
-    return spawn("gateway", command, port=port, ready="/readyz", log=folder / "gateway.log")
+    log = folder / f"{name}.log"
+    return spawn(name, command, port=port, ready="/readyz", log=log, python_path=source)
 
 
 def start_floor(folder: Path, upstream: Process, name: str) -> Process:
@@ -348,6 +362,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             gateway = start_gateway(workdir / "gateway", upstream)
             stack.callback(gateway.stop)
             run = Run([Target("direct", upstream), Target("gateway", gateway)])
+            if args.baseline_src is not None:
+                before = start_gateway(
+                    workdir / BASELINE, upstream, name=BASELINE, source=args.baseline_src
+                )
+                stack.callback(before.stop)
+                run.targets.append(Target(BASELINE, before))
             for name in FLOORS:
                 floor = start_floor(workdir, upstream, name)
                 stack.callback(floor.stop)
@@ -463,6 +483,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="where the audit store goes (not tmpfs)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--reference", action="store_true", help=f"also measure {REFERENCE}")
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help=f"also measure, as {BASELINE!r}, the gateway of another cmcp_cli source tree "
+        "(the src/ of a checkout of an earlier commit): before/after in one run",
+    )
     parser.add_argument("--profile", type=Path, help="write py-spy samples of the gateway here")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
     parser.add_argument("--json", action="store_true", help="the report as JSON on stdout")

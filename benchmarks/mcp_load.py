@@ -209,6 +209,9 @@ class Target:
     first_failure: str | None = None
 
 
+BASELINE = "gateway-before"  # an earlier gateway measured beside this one (--baseline-src)
+
+
 class Run:
     """The targets, and every gateway session closed so far with the calls made in it."""
 
@@ -283,6 +286,8 @@ async def measure_latency(run: Run, calls: int, block: int = 100) -> dict[str, A
         for name, figures in report.items()
         if name.startswith("floor")
     }
+    if BASELINE in report:
+        report["added_p50_ms_baseline"] = round(report[BASELINE]["p50_ms"] - direct, 3)
     return report
 
 
