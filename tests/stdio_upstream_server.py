@@ -7,6 +7,7 @@ matches. Some cities make get_weather misbehave on purpose:
 - "crash": the process exits with code 3 in the middle of the call;
 - "slow": the answer takes 30 s;
 - "big": the answer is 64 KiB of text;
+- "huge": the answer's structuredContent holds HUGE_INTEGER, beyond what JSON encoders write;
 - "stubborn": the server ignores SIGTERM, starts a helper process of its own (named
   helper-<pid> in STDIO_SERVER_PID_DIR) and blocks, so that it never reads EOF either;
 - "chatty": before answering, the server pings its client, asks it for its roots and
@@ -42,6 +43,7 @@ CRASH_EXIT_CODE = 3
 BIG_ANSWER_BYTES = 64 * 1024
 STARTED_LINE = "stdio test server: started"
 HELPER_CODE = "import time; time.sleep(60)"
+HUGE_INTEGER = 2**70
 
 
 def load_demo() -> ModuleType:
@@ -98,6 +100,10 @@ def build_server() -> Server[Any]:
             stubborn()
         if city == "big":
             return text("x" * BIG_ANSWER_BYTES)
+        if city == "huge":
+            answer = text("huge")
+            answer.structured_content = {"n": HUGE_INTEGER}
+            return answer
         if city == "chatty":
             return await chatty(ctx)
         answer: types.CallToolResult = demo.call(params.name, arguments)
