@@ -101,9 +101,9 @@ def build_server() -> Server[Any]:
         if city == "big":
             return text("x" * BIG_ANSWER_BYTES)
         if city == "huge":
-            answer = text("huge")
-            answer.structured_content = {"n": HUGE_INTEGER}
-            return answer
+            huge = text("huge")
+            huge.structured_content = {"n": HUGE_INTEGER}
+            return huge
         if city == "chatty":
             return await chatty(ctx)
         answer: types.CallToolResult = demo.call(params.name, arguments)
