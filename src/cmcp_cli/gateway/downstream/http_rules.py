@@ -42,6 +42,7 @@ _ROUTING_HEADERS = frozenset({b"mcp-method", b"mcp-name", b"mcp-protocol-version
 _PARAM_PREFIX = b"mcp-param-"
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 _HOST = re.compile(r"(?P<name>\[[0-9a-f:.]+\]|[a-z0-9._-]+)(?::(?P<port>\d{1,5}))?")
+_REFUSED = re.compile(r"\s*q\s*=\s*0(\.0{0,3})?\s*", re.IGNORECASE)
 _ORIGIN = re.compile(r"(?P<scheme>https?)://(?P<host>[^/?#]+)")
 
 
@@ -220,12 +221,28 @@ def repeated_header(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
 
 
 def accepts(accept: str | None) -> tuple[bool, bool]:
-    """Whether an Accept header admits application/json, and text/event-stream."""
-    types = {part.split(";")[0].strip().lower() for part in (accept or "").split(",")}
-    wildcard = "*/*" in types
-    json_ok = wildcard or "application/json" in types or "application/*" in types
-    sse_ok = wildcard or "text/event-stream" in types or "text/*" in types
-    return json_ok, sse_ok
+    """Whether an Accept header admits application/json, and text/event-stream. A type
+    given `q=0` is one the client refuses (RFC 9110, 12.4.2), whatever wildcard it sends."""
+    admitted: set[str] = set()
+    refused: set[str] = set()
+    for part in (accept or "").split(","):
+        kind, *parameters = part.split(";")
+        zero = any(_REFUSED.fullmatch(parameter) for parameter in parameters)
+        (refused if zero else admitted).add(kind.strip().lower())
+    return _admits(admitted, refused, "application/json"), _admits(
+        admitted, refused, "text/event-stream"
+    )
+
+
+def _admits(admitted: set[str], refused: set[str], media_type: str) -> bool:
+    family = media_type.partition("/")[0] + "/*"
+    if media_type in refused:
+        return False
+    if media_type in admitted:
+        return True
+    if family in refused:
+        return False
+    return family in admitted or ("*/*" in admitted and "*/*" not in refused)
 
 
 def is_json(content_type: str | None) -> bool:
