@@ -280,3 +280,9 @@ def test_a_timed_out_upstream_connection_is_never_reused() -> None:
 
     status, body, connections = asyncio.run(asyncio.wait_for(scenario(), 20))
     assert (status, body, connections) == (200, b"answer on connection 2", 2)
+
+
+def test_json_depth_is_capped_below_what_the_encoder_writes(tmp_path: Path) -> None:
+    with pytest.raises(pydantic.ValidationError, match="max_json_depth"):
+        config(tmp_path, limits={"max_json_depth": 300})
+    assert config(tmp_path, limits={"max_json_depth": 200}).limits.max_json_depth == 200

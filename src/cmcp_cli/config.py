@@ -195,9 +195,13 @@ class TLSConfig(_Section):
         return self.cert_file is not None
 
 
+MAX_JSON_DEPTH = 200
+
+
 class LimitsConfig(_Section):
     max_request_body_bytes: PositiveInt = 1024 * 1024
-    max_json_depth: PositiveInt = 64
+    # Below orjson's 254 levels, so that whatever is parsed can be forwarded and answered.
+    max_json_depth: Annotated[int, Field(ge=1, le=MAX_JSON_DEPTH)] = 64
     upstream_timeout_seconds: PositiveInt = 30
     request_timeout_seconds: PositiveInt = 120
     session_idle_timeout_seconds: PositiveInt = 900

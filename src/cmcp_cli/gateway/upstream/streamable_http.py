@@ -67,7 +67,11 @@ class McpUpstream:
         ]
         if session.session_id is not None:
             headers.append(("mcp-session-id", session.session_id))
-        return await self.send("POST", headers, orjson.dumps(message))
+        try:
+            body = orjson.dumps(message)
+        except orjson.JSONEncodeError as exc:
+            raise UpstreamError(self.name, f"the message cannot be written as JSON: {exc}") from exc
+        return await self.send("POST", headers, body)
 
     async def send(self, method: str, headers: list[tuple[str, str]], body: bytes) -> Response:
         try:
