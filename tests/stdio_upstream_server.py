@@ -16,7 +16,7 @@ matches. Some cities make get_weather misbehave on purpose:
 It writes STARTED_LINE to stderr on start, and with STDIO_SERVER_PID_DIR set, a file
 named after its pid there, holding the sorted names of its environment variables as JSON.
 
-    python tests/stdio_upstream_server.py
+    python tests/stdio_upstream_server.py [--http PORT]
 """
 
 from __future__ import annotations
@@ -125,5 +125,16 @@ async def serve() -> None:
         await server.run(read, write, server.create_initialization_options())
 
 
+def serve_http(port: int) -> None:
+    """The same server over streamable HTTP (SSE answers), on loopback."""
+    import uvicorn
+
+    app = build_server().streamable_http_app(host="127.0.0.1")
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
 if __name__ == "__main__":
-    anyio.run(serve)
+    if sys.argv[1:2] == ["--http"]:
+        serve_http(int(sys.argv[2]))
+    else:
+        anyio.run(serve)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +15,16 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.gateway_support import Served, request, start_gateway, write_config
+from tests.gateway_support import (
+    Served,
+    free_port,
+    request,
+    start_gateway,
+    start_process,
+    write_config,
+)
 from tests.support import QUICKSTART, run_cmcp
-from tests.test_gateway_stdio import stdio_upstream
+from tests.test_gateway_stdio import SERVER, stdio_upstream
 
 REQUEST_TIMEOUT_SECONDS = 3
 JSON_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
@@ -57,6 +65,27 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     served = start_gateway(config)
     yield served
     served.stop()
+
+
+@pytest.fixture(scope="module")
+def http_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """The same test server as an upstream over streamable HTTP (the h11 pool's path)."""
+    folder = tmp_path_factory.mktemp("input-http")
+    port = free_port()
+    command = [sys.executable, str(SERVER), "--http", str(port)]
+    upstream = start_process(command, port, folder / "upstream.log")
+    config = write_config(
+        folder,
+        f"http://127.0.0.1:{port}/mcp",
+        limits={"request_timeout_seconds": REQUEST_TIMEOUT_SECONDS},
+    )
+    served = start_gateway(config)
+    yield served
+    served.stop()
+    upstream.stop()
+
+
+BOTH = pytest.mark.parametrize("which", ["gateway", "http_gateway"], ids=["stdio", "http"])
 
 
 def open_session(port: int) -> str:
@@ -183,7 +212,11 @@ def test_a_repeated_member_name_is_decided_and_forwarded_as_its_last_value(
     assert (status, answer["error"]["code"]) == (200, -32040)  # the policy saw delete_records
 
 
-def test_an_upstream_answer_with_a_huge_integer_is_a_recorded_fault(gateway: Served) -> None:
+@BOTH
+def test_an_upstream_answer_with_a_huge_integer_is_a_recorded_fault(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    gateway: Served = request.getfixturevalue(which)
     port = gateway.port
     session = open_session(port)
     warm(port, session)
@@ -292,7 +325,14 @@ def test_the_loopback_names_at_the_listen_port_are_served(gateway: Served, host:
     assert status == 200
 
 
-def test_a_connection_stays_usable_after_a_request_timeout(gateway: Served) -> None:
+@BOTH
+def test_a_connection_stays_usable_after_a_request_timeout(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    """Downstream, the client's connection carries the next request; upstream, the
+    connection of the abandoned exchange is not reused half-read (the next call on the
+    same session gets its own answer)."""
+    gateway: Served = request.getfixturevalue(which)
     port = gateway.port
     session = open_session(port)
     warm(port, session)
