@@ -33,8 +33,8 @@ def hypercorn_config(config: CmcpConfig) -> Config:
     served.include_server_header = False
     served.graceful_timeout = float(config.limits.request_timeout_seconds)
     # No read timeout: hypercorn's counts the client's silence on the socket, which lasts
-    # as long as a call is computed or a stream is served, and closed such connections
-    # without an answer. An idle connection (or one with a partial request head) is closed
+    # as long as a call is computed or a stream is served, and would close such
+    # connections with no answer. An idle connection (or one with a partial request head) is closed
     # after keep_alive_timeout; a request body is due within request_timeout_seconds
     # (GatewayApp answers 408 and closes); a call is answered within it (-32052).
     served.read_timeout = None
