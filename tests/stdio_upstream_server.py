@@ -7,6 +7,7 @@ matches. Some cities make get_weather misbehave on purpose:
 - "crash": the process exits with code 3 in the middle of the call;
 - "slow": the answer takes 30 s;
 - "big": the answer is 64 KiB of text;
+- "huge": the answer's structuredContent holds HUGE_INTEGER, beyond what JSON encoders write;
 - "stubborn": the server ignores SIGTERM, starts a helper process of its own (named
   helper-<pid> in STDIO_SERVER_PID_DIR) and blocks, so that it never reads EOF either;
 - "chatty": before answering, the server pings its client, asks it for its roots and
@@ -15,7 +16,7 @@ matches. Some cities make get_weather misbehave on purpose:
 It writes STARTED_LINE to stderr on start, and with STDIO_SERVER_PID_DIR set, a file
 named after its pid there, holding the sorted names of its environment variables as JSON.
 
-    python tests/stdio_upstream_server.py
+    python tests/stdio_upstream_server.py [--http PORT]
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ CRASH_EXIT_CODE = 3
 BIG_ANSWER_BYTES = 64 * 1024
 STARTED_LINE = "stdio test server: started"
 HELPER_CODE = "import time; time.sleep(60)"
+HUGE_INTEGER = 2**70
 
 
 def load_demo() -> ModuleType:
@@ -98,6 +100,10 @@ def build_server() -> Server[Any]:
             stubborn()
         if city == "big":
             return text("x" * BIG_ANSWER_BYTES)
+        if city == "huge":
+            huge = text("huge")
+            huge.structured_content = {"n": HUGE_INTEGER}
+            return huge
         if city == "chatty":
             return await chatty(ctx)
         answer: types.CallToolResult = demo.call(params.name, arguments)
@@ -119,5 +125,16 @@ async def serve() -> None:
         await server.run(read, write, server.create_initialization_options())
 
 
+def serve_http(port: int) -> None:
+    """The same server over streamable HTTP (SSE answers), on loopback."""
+    import uvicorn
+
+    app = build_server().streamable_http_app(host="127.0.0.1")
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
 if __name__ == "__main__":
-    anyio.run(serve)
+    if sys.argv[1:2] == ["--http"]:
+        serve_http(int(sys.argv[2]))
+    else:
+        anyio.run(serve)

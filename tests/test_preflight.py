@@ -68,6 +68,23 @@ def test_public_listener_needs_a_credential(quickstart: Path) -> None:
     ]
 
 
+def test_a_wildcard_listener_without_allowed_hosts_is_warned_about(quickstart: Path) -> None:
+    config = edit(quickstart, replace=("listen_addr: 127.0.0.1:8443", "listen_addr: 0.0.0.0:8443"))
+    report = check_config(config, environ={"CMCP_BEARER_TOKEN": TOKEN})
+    (warning,) = [p for p in report.warnings if "allowed_hosts" in p.message]
+    assert warning.message.startswith("listen_addr: 0.0.0.0:8443 listens on every interface")
+    assert warning.line == 9
+    config = edit(quickstart, "allowed_hosts: [gw.example.com]\n")
+    report = check_config(config, environ={"CMCP_BEARER_TOKEN": TOKEN})
+    assert not [p for p in report.warnings if "allowed_hosts" in p.message]
+    config = edit(
+        quickstart,
+        replace=("allowed_hosts: [gw.example.com]", "allowed_hosts: ['https://gw.example.com']"),
+    )
+    (error,) = check_config(config, environ={"CMCP_BEARER_TOKEN": TOKEN}).errors
+    assert "is not a host name, NAME:PORT or [IPv6]:PORT" in error.message
+
+
 def test_token_rules(quickstart: Path) -> None:
     digest = "sha256:" + hashlib.sha256(b"x" * 40).hexdigest()
     config = edit(

@@ -195,9 +195,13 @@ class TLSConfig(_Section):
         return self.cert_file is not None
 
 
+MAX_JSON_DEPTH = 200
+
+
 class LimitsConfig(_Section):
     max_request_body_bytes: PositiveInt = 1024 * 1024
-    max_json_depth: PositiveInt = 64
+    # Below orjson's 254 levels, so that whatever is parsed can be forwarded and answered.
+    max_json_depth: Annotated[int, Field(ge=1, le=MAX_JSON_DEPTH)] = 64
     upstream_timeout_seconds: PositiveInt = 30
     request_timeout_seconds: PositiveInt = 120
     session_idle_timeout_seconds: PositiveInt = 900
@@ -238,6 +242,11 @@ class ListenAddress(BaseModel):
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+_ALLOWED_HOST = re.compile(
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?)(:\d{1,5})?"
+)
+
+
 def parse_listen_addr(value: str) -> ListenAddress:
     match = re.fullmatch(
         r"\[(?P<v6>[0-9A-Fa-f:.]+)\]:(?P<p6>\d+)|(?P<host>[^:\[\]\s]+):(?P<port>\d+)", value
@@ -261,6 +270,8 @@ class CmcpConfig(_Section):
     policy_bundle_path: ConfigPath
     catalog_path: ConfigPath
     listen_addr: ListenAddress = ListenAddress(host="127.0.0.1", port=8443)
+    # Host names (NAME or NAME:PORT) clients may use besides the listen address.
+    allowed_hosts: tuple[str, ...] = ()
     max_response_size_bytes: PositiveInt = 2 * 1024 * 1024
     policy_reload_interval_seconds: Annotated[int, Field(ge=0)] = 0
     upstreams: dict[NonEmpty, Upstream] = Field(default_factory=dict)
@@ -275,6 +286,19 @@ class CmcpConfig(_Section):
     @classmethod
     def _listen(cls, value: Any) -> Any:
         return parse_listen_addr(value) if isinstance(value, str) else value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        normalised = []
+        for entry in value:
+            if not _ALLOWED_HOST.fullmatch(entry):
+                raise ValueError(
+                    f"{entry!r} is not a host name, NAME:PORT or [IPv6]:PORT "
+                    "(no scheme, path or wildcard)"
+                )
+            normalised.append(entry.lower())
+        return tuple(normalised)
 
 
 @dataclass(frozen=True)

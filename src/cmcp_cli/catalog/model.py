@@ -9,6 +9,7 @@ the whole catalog with one string.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cmcp_cli.claim.canonical import CanonicalizationError, canonical_sha256
+from cmcp_cli.claim.canonical import CanonicalizationError, canonical_sha256, sha256_tagged
 from cmcp_cli.errors import CatalogError, Problem, UsageError
 from cmcp_cli.model_errors import format_location, problems_from_validation
 from cmcp_cli.strict_json import StrictJSONError, loads_strict
@@ -115,6 +116,16 @@ def approved_definition(name: str, fields: Mapping[str, Any]) -> dict[str, Any]:
 
 def definition_hash(definition: Mapping[str, Any]) -> str:
     return canonical_sha256(dict(definition))
+
+
+def advertised_hash(definition: Mapping[str, Any]) -> str:
+    """The hash of a definition an upstream advertises, compared with its pin. One with no
+    canonical form (an integer beyond 2**53, say) cannot match any pin: it gets the digest
+    of its sorted ASCII-escaped serialisation, which makes it drift, never an exception."""
+    try:
+        return definition_hash(definition)
+    except CanonicalizationError:
+        return sha256_tagged(json.dumps(dict(definition), sort_keys=True).encode())
 
 
 def catalog_hash(tools: Mapping[str, CatalogTool]) -> str:

@@ -227,7 +227,7 @@ class EvidenceSession:
         redaction); durable before the response is returned. Only its hash is kept."""
         self.recorder.outcome(
             call_id=call_id,
-            response_sha256=canonical_sha256(dict(response)),
+            response_sha256=_response_digest(response),
             latency_us=latency_us,
             redactions=redactions,
         )
@@ -274,3 +274,13 @@ def _request_digest(tool_name: str, arguments: Mapping[str, Any] | None) -> tupl
         return canonical_sha256(request), True
     except CanonicalizationError:
         return sha256_tagged(json.dumps(request, sort_keys=True).encode()), False
+
+
+def _response_digest(response: Mapping[str, Any]) -> str:
+    """`response_sha256`: the JCS digest of what the call returned, or, for an answer with
+    no canonical form (an integer beyond 2**53, which JSON carries but JCS refuses), the
+    digest of its sorted ASCII-escaped serialisation, so the outcome is still recorded."""
+    try:
+        return canonical_sha256(dict(response))
+    except CanonicalizationError:
+        return sha256_tagged(json.dumps(dict(response), sort_keys=True).encode())

@@ -32,7 +32,12 @@ def hypercorn_config(config: CmcpConfig) -> Config:
     served.errorlog = "-"
     served.include_server_header = False
     served.graceful_timeout = float(config.limits.request_timeout_seconds)
-    served.read_timeout = config.limits.request_timeout_seconds
+    # No read timeout: hypercorn's counts the client's silence on the socket, which lasts
+    # as long as a call is computed or a stream is served, and would close such
+    # connections with no answer. An idle connection (or one with a partial request head) is closed
+    # after keep_alive_timeout; a request body is due within request_timeout_seconds
+    # (GatewayApp answers 408 and closes); a call is answered within it (-32052).
+    served.read_timeout = None
     if config.tls.enabled:
         served.certfile = str(config.tls.cert_file)
         served.keyfile = str(config.tls.key_file)

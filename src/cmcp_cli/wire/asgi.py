@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -11,6 +12,7 @@ import orjson
 Scope = Mapping[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+_LOG = logging.getLogger(__name__)
 
 
 class BodyTooLargeError(Exception):
@@ -75,9 +77,42 @@ async def send_bytes(
 async def send_json(
     send: Send, status: int, document: Any, *, headers: Mapping[str, str] | None = None
 ) -> None:
+    """Send `document` as JSON; one that cannot be written (the relay refuses those before
+    they get here) is logged and answered with a JSON-RPC internal error, never an empty 500."""
+    body, written = encode_json(document)
     await send_bytes(
-        send, status, orjson.dumps(document), content_type="application/json", headers=headers
+        send,
+        status if written else 500,
+        body,
+        content_type="application/json",
+        headers=headers,
     )
+
+
+def encode_json(document: Any) -> tuple[bytes, bool]:
+    """The JSON bytes of `document`, and True; or, if it cannot be written, those of a
+    JSON-RPC -32603 error for its id, and False."""
+    try:
+        return orjson.dumps(document), True
+    except orjson.JSONEncodeError as exc:
+        request_id = document.get("id") if isinstance(document, dict) else None
+        if not (request_id is None or isinstance(request_id, str) or _writable(request_id)):
+            request_id = None
+        _LOG.error("an answer could not be written as JSON (%s): sent -32603 instead", exc)
+        failure = {
+            "jsonrpc": "2.0",
+            "id": request_id,
+            "error": {"code": -32603, "message": f"the answer cannot be written as JSON: {exc}"},
+        }
+        return orjson.dumps(failure), False
+
+
+def _writable(value: Any) -> bool:
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return False
+    return True
 
 
 async def stream_events(
@@ -112,7 +147,7 @@ async def stream_events(
             elif (event := following.result()) is None:
                 break
             else:
-                chunk = b"event: message\ndata: " + orjson.dumps(event) + b"\n\n"
+                chunk = b"event: message\ndata: " + encode_json(event)[0] + b"\n\n"
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:

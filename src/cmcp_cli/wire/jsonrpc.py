@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+import orjson
 
 JSONRPC = "2.0"
 RequestId = str | int
@@ -75,14 +76,28 @@ class Message:
 
 
 _DECODER = msgspec.json.Decoder()
+# What orjson, which writes every answer, can encode: integers in [-2**63, 2**64 - 1] and
+# containers nested at most 254 deep (a message is held to limits.max_json_depth first).
+MIN_INTEGER = -(2**63)
+MAX_INTEGER = 2**64 - 1
+MAX_ENCODABLE_DEPTH = 254
 
 
 def parse_message(body: bytes, *, max_depth: int) -> Message:
-    """Parse one JSON-RPC message; `ProtocolError` (HTTP 400) names what is wrong."""
+    """Parse one JSON-RPC message; `ProtocolError` (HTTP 400) names what is wrong.
+
+    Refused as not JSON (-32700): invalid UTF-8, NaN/Infinity, a number beyond the range of
+    an IEEE 754 double (1e400), an escaped lone UTF-16 surrogate. A member name given twice
+    keeps its last value, and only that value is decided on and forwarded. An integer the
+    gateway could not write back is -32600 in `id` and -32602 anywhere else."""
     try:
         value = _DECODER.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise ProtocolError(Code.PARSE_ERROR, f"the body is not JSON: {exc}") from exc
+        raise ProtocolError(
+            Code.PARSE_ERROR,
+            f"the body is not JSON as MCP carries it (UTF-8; no NaN or Infinity; numbers "
+            f"within IEEE 754 double range; no lone surrogate escapes): {exc}",
+        ) from exc
     if isinstance(value, list):
         raise ProtocolError(
             Code.INVALID_REQUEST,
@@ -94,10 +109,24 @@ def parse_message(body: bytes, *, max_depth: int) -> Message:
     request_id = value.get("id")
     if request_id is not None and (type(request_id) not in (str, int)):
         raise ProtocolError(Code.INVALID_REQUEST, "id must be a string or an integer")
-    if _depth_exceeds(value, max_depth):
+    if type(request_id) is int and not MIN_INTEGER <= request_id <= MAX_INTEGER:
+        raise ProtocolError(
+            Code.INVALID_REQUEST,
+            f"id is an integer outside [{MIN_INTEGER}, {MAX_INTEGER}], which no answer "
+            "could carry back: use a smaller integer or a string",
+        )
+    problem = _shape_problem(value, max_depth)
+    if problem == _TOO_DEEP:
         raise ProtocolError(
             Code.INVALID_REQUEST,
             f"the message is nested deeper than {max_depth} levels (limits.max_json_depth)",
+            request_id=request_id,
+        )
+    if problem == _HUGE_INTEGER:
+        raise ProtocolError(
+            Code.INVALID_PARAMS,
+            f"{huge_integer_path(value)} is an integer outside [{MIN_INTEGER}, {MAX_INTEGER}], "
+            "which the gateway cannot pass on: send it as a string",
             request_id=request_id,
         )
     if value.get("jsonrpc") != JSONRPC:
@@ -120,20 +149,69 @@ def parse_message(body: bytes, *, max_depth: int) -> Message:
     return Message(method, params, request_id)
 
 
-def _depth_exceeds(value: Any, limit: int) -> bool:
+def encoding_problem(value: Any) -> str | None:
+    """Why a decoded message could not be written back as JSON (an integer outside
+    [-2**63, 2**64 - 1], or nesting deeper than orjson writes), or None if it can.
+    Checked by encoding it once (orjson is several times faster than a walk in Python),
+    and walked only to name the problem."""
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        pass
+    else:
+        return None
+    problem = _shape_problem(value, MAX_ENCODABLE_DEPTH)
+    if problem == _TOO_DEEP:
+        return f"it is nested deeper than {MAX_ENCODABLE_DEPTH} levels"
+    if problem == _HUGE_INTEGER:
+        return f"{huge_integer_path(value)} is an integer outside [{MIN_INTEGER}, {MAX_INTEGER}]"
+    return "it holds a value JSON cannot carry"
+
+
+_TOO_DEEP = 1
+_HUGE_INTEGER = 2
+
+
+def _shape_problem(value: Any, limit: int) -> int:
+    """One walk over a decoded message: _TOO_DEEP past `limit` levels, else _HUGE_INTEGER
+    for an integer orjson cannot write, else 0. Depth wins: it bounds the walk itself."""
+    kind = type(value)
+    if kind is not dict and kind is not list:
+        return _HUGE_INTEGER if kind is int and not MIN_INTEGER <= value <= MAX_INTEGER else 0
+    huge = False
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if depth > limit:
-            return True
+            return _TOO_DEEP
+        children = item.values() if type(item) is dict else item
+        for child in children:
+            kind = type(child)
+            if kind is dict or kind is list:
+                stack.append((child, depth + 1))
+            elif kind is int and not MIN_INTEGER <= child <= MAX_INTEGER:
+                huge = True
+    return _HUGE_INTEGER if huge else 0
+
+
+def huge_integer_path(value: Any) -> str:
+    """Where the first integer outside [-2**63, 2**64 - 1] is, as `params.arguments.n[2]`
+    (only called once one is known to be there; the message's depth is bounded)."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if type(item) is int and not MIN_INTEGER <= item <= MAX_INTEGER:
+            return path or "the message"
         if type(item) is dict:
-            stack.extend((child, depth + 1) for child in item.values() if type(child) in _NESTED)
+            stack.extend(
+                (child, f"{path}.{key}" if path else str(key))
+                for key, child in reversed(item.items())
+            )
         elif type(item) is list:
-            stack.extend((child, depth + 1) for child in item if type(child) in _NESTED)
-    return False
-
-
-_NESTED = (dict, list)
+            stack.extend(
+                (child, f"{path}[{index}]") for index, child in reversed(list(enumerate(item)))
+            )
+    return "the message"
 
 
 def result(request_id: RequestId | None, value: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 from cmcp_cli.audit.store import AuditStoreError
 from cmcp_cli.evidence.session import AttestationUnavailableError
 from cmcp_cli.gateway.downstream import modern
+from cmcp_cli.gateway.downstream.http_rules import TransportRules
 from cmcp_cli.gateway.operator.routes import OperatorRoutes
 from cmcp_cli.gateway.relay.dispatch import Dispatcher, Reply
 from cmcp_cli.gateway.relay.sessions import SessionLimitError, SessionRegistry
@@ -26,7 +27,6 @@ from cmcp_cli.wire.mcp import MODERN_PROTOCOLS, SESSION_KEY
 
 MCP_PATH = "/mcp"
 KEEPALIVE_SECONDS = 15.0
-_LOOPBACK_ORIGIN = re.compile(r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?")
 _SESSION_PATH = re.compile(r"/sessions/(?P<id>[A-Za-z0-9_-]{1,64})/close")
 _TRACE_PATH = re.compile(r"/trace/(?P<id>[A-Za-z0-9_-]{1,64})")
 
@@ -37,6 +37,7 @@ class GatewayApp:
         self.sessions = SessionRegistry(runtime)
         self.dispatcher = Dispatcher(runtime, self.sessions)
         self.operator = OperatorRoutes(runtime, self.sessions)
+        self.rules = TransportRules(runtime.config)
         self.ready = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -69,6 +70,13 @@ class GatewayApp:
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
+        refusal = self.rules.check(scope) or (
+            self.rules.check_mcp(scope, method) if path == MCP_PATH else None
+        )
+        if refusal is not None:
+            await asgi.send_json(send, refusal.status, refusal.body, headers=refusal.headers)
+            return
+        receive = self.rules.bounded(receive, send)
         if path == MCP_PATH:
             await self._mcp(scope, receive, send, method)
         elif path == "/healthz" and method == "GET":
@@ -86,12 +94,6 @@ class GatewayApp:
             await asgi.send_json(send, 404, {"error": f"no route {method} {path}"})
 
     async def _mcp(self, scope: Scope, receive: Receive, send: Send, method: str) -> None:
-        origin = asgi.header(scope, b"origin")
-        if origin is not None and not _LOOPBACK_ORIGIN.fullmatch(origin):
-            await asgi.send_json(
-                send, 403, error(None, Code.INVALID_REQUEST, f"origin {origin!r} is not allowed")
-            )
-            return
         agent = self._agent(scope)
         if agent is None:
             await asgi.send_json(

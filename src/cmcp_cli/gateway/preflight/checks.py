@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -53,6 +54,26 @@ class Locator:
             hint=hint,
             severity=severity,
         )
+
+
+def check_hosts(config: CmcpConfig, at: Locator) -> list[Problem]:
+    """A wildcard bind with no allowed_hosts serves only requests whose Host is a loopback
+    name: remote clients would all be refused (421, DNS rebinding protection)."""
+    listen = config.listen_addr
+    try:
+        wildcard = ipaddress.ip_address(listen.host).is_unspecified
+    except ValueError:
+        wildcard = False
+    if not wildcard or config.allowed_hosts:
+        return []
+    return [
+        at.warning(
+            ("listen_addr",),
+            f"{listen} listens on every interface, but allowed_hosts is empty: only requests "
+            "whose Host header is a loopback name are served, others are refused (421)",
+            hint="list the names clients reach the gateway by in allowed_hosts",
+        )
+    ]
 
 
 def check_auth(

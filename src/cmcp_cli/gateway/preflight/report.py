@@ -112,6 +112,7 @@ def check_config(path: Path, environ: Mapping[str, str] | None = None) -> Config
     if checkable is not None:
         located = checks.Locator(document)
         problems.extend(checks.check_auth(checkable, env, environ, located))
+        problems.extend(checks.check_hosts(checkable, located))
         problems.extend(checks.check_tls(checkable.tls, located))
         problems.extend(checks.check_upstreams(checkable, environ, catalog, located))
         problems.extend(checks.check_state_paths(checkable, located))

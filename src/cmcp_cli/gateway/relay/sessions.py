@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cmcp_cli.audit.recorder import deferred_durability
-from cmcp_cli.catalog.model import approved_definition, definition_hash
+from cmcp_cli.catalog.model import advertised_hash, approved_definition
 from cmcp_cli.evidence.session import ClosedSession, EvidenceSession
 from cmcp_cli.gateway.enforcement.approvals import ApprovalDesk
 from cmcp_cli.gateway.relay.metrics import GatewayMetrics
@@ -241,7 +241,7 @@ class SessionRegistry:
                 continue  # not approved: never listed, and denied when called
             advertised = approved_definition(tool["name"], tool)
             session.advertised.add(tool["name"])
-            digest = definition_hash(advertised)
+            digest = advertised_hash(advertised)
             if digest != pinned.definition_hash and tool["name"] not in session.drifted:
                 session.drifted[tool["name"]] = digest
                 self.metrics.drift += 1

@@ -37,7 +37,7 @@ from cmcp_cli.gateway.upstream.api import (
     UpstreamError,
     negotiate,
 )
-from cmcp_cli.wire.jsonrpc import Code
+from cmcp_cli.wire.jsonrpc import Code, encoding_problem
 
 SAFE_ENVIRONMENT = ("PATH", "HOME", "LANG")
 EXIT_WAIT_SECONDS = 1.0  # after its stdout ends, how long a child may take to exit
@@ -355,6 +355,9 @@ class StdioSession:
             return
         method = message.get("method")
         if isinstance(method, str):
+            if encoding_problem(message) is not None:
+                _LOG.warning("upstream %r sent a message JSON cannot carry, ignored", name)
+                return
             if "id" in message:
                 self._background(self._answer(message))
             elif self.on_notification is not None:
@@ -365,6 +368,14 @@ class StdioSession:
         waiting = self._pending.get(request_id) if type(request_id) is int else None
         if waiting is None or waiting.done() or not ("result" in message or "error" in message):
             _LOG.debug("upstream %r: ignored a response to no waiting request: %.200r", name, line)
+            return
+        # An answer the gateway could not write back to its client fails the request as a
+        # fault of the upstream, recorded as such, never an answer that fails on its way out.
+        problem = encoding_problem(message)
+        if problem is not None:
+            waiting.set_exception(
+                UpstreamError(name, f"sent an answer the gateway cannot pass on: {problem}")
+            )
             return
         waiting.set_result(message)
 

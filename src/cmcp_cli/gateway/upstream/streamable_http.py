@@ -31,6 +31,7 @@ from cmcp_cli.wire.http1 import (
     HttpTimeoutError,
     Response,
 )
+from cmcp_cli.wire.jsonrpc import encoding_problem
 from cmcp_cli.wire.sse import SseDecoder, sse_data
 
 _DECODER = msgspec.json.Decoder()
@@ -66,7 +67,11 @@ class McpUpstream:
         ]
         if session.session_id is not None:
             headers.append(("mcp-session-id", session.session_id))
-        return await self.send("POST", headers, orjson.dumps(message))
+        try:
+            body = orjson.dumps(message)
+        except orjson.JSONEncodeError as exc:
+            raise UpstreamError(self.name, f"the message cannot be written as JSON: {exc}") from exc
+        return await self.send("POST", headers, body)
 
     async def send(self, method: str, headers: list[tuple[str, str]], body: bytes) -> Response:
         try:
@@ -213,8 +218,16 @@ class UpstreamSession:
 
     def _decode(self, data: bytes) -> Any:
         try:
-            return _DECODER.decode(data)
+            message = _DECODER.decode(data)
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise UpstreamError(
                 self.upstream.name, f"sent a message that is not JSON: {exc}"
             ) from exc
+        # What the gateway could not write back to its client is a fault of the upstream,
+        # recorded as such, never an answer that fails on its way out.
+        problem = encoding_problem(message)
+        if problem is not None:
+            raise UpstreamError(
+                self.upstream.name, f"sent a message the gateway cannot pass on: {problem}"
+            )
+        return message
