@@ -62,6 +62,8 @@ class Scenario:
     passed: bool
     counts: dict[str, int] = field(default_factory=dict)  # check status -> how many
     failures: list[str] = field(default_factory=list)  # "<check id>: <the suite's message>"
+    succeeded: dict[str, int] = field(default_factory=dict)  # check id -> SUCCESS count
+    warnings: dict[str, str] = field(default_factory=dict)  # check id -> the suite's message
 
     def summary(self) -> str:
         ok, bad = self.counts.get("SUCCESS", 0), self.counts.get("FAILURE", 0)
@@ -69,7 +71,12 @@ class Scenario:
         return f"{'pass' if self.passed else 'FAIL'} ({ok} ok, {bad} failed, {warned} warn)"
 
     def as_json(self) -> dict[str, Any]:
-        return {"passed": self.passed, "counts": self.counts, "failures": self.failures}
+        return {
+            "passed": self.passed,
+            "counts": self.counts,
+            "failures": self.failures,
+            "warnings": self.warnings,
+        }
 
 
 def locate(revision: str) -> Suite:
@@ -135,16 +142,19 @@ def read_results(out: Path) -> dict[str, Scenario]:
             continue
         name = matched["name"]
         checks: list[dict[str, Any]] = json.loads(checks_file.read_text())
-        counts: dict[str, int] = {}
-        failures = []
+        verdict = Scenario(name, True)
         for check in checks:
-            status = str(check.get("status"))
-            counts[status] = counts.get(status, 0) + 1
+            status, check_id = str(check.get("status")), str(check.get("id"))
+            message = str(check.get("errorMessage") or check.get("description"))
+            verdict.counts[status] = verdict.counts.get(status, 0) + 1
             if status == "FAILURE":
-                failures.append(
-                    f"{check.get('id')}: {check.get('errorMessage') or check.get('description')}"
-                )
-        results[name] = Scenario(name, not failures, counts, failures)
+                verdict.failures.append(f"{check_id}: {message}")
+            elif status == "SUCCESS":
+                verdict.succeeded[check_id] = verdict.succeeded.get(check_id, 0) + 1
+            elif status == "WARNING":
+                verdict.warnings[check_id] = message
+        verdict.passed = not verdict.failures
+        results[name] = verdict
     return results
 
 
@@ -163,11 +173,33 @@ def lost(direct: Mapping[str, Scenario], gateway: Mapping[str, Scenario]) -> lis
     ]
 
 
+def degraded(
+    direct: Mapping[str, Scenario], gateway: Mapping[str, Scenario]
+) -> dict[str, list[str]]:
+    """Scenarios passing both ways in which a check that succeeds directly does not succeed
+    through the gateway (the suite then warns: a SHOULD of the spec the relay lost), with the
+    suite's warning for each such check."""
+    found: dict[str, list[str]] = {}
+    for name, verdict in direct.items():
+        through = gateway.get(name)
+        if not (verdict.passed and through is not None and through.passed):
+            continue
+        weaker = [
+            f"{check}: {through.warnings.get(check, 'did not succeed')}"
+            for check, count in verdict.succeeded.items()
+            if through.succeeded.get(check, 0) < count
+        ]
+        if weaker:
+            found[name] = weaker
+    return found
+
+
 def table(revision: str, direct: Mapping[str, Scenario], gateway: Mapping[str, Scenario]) -> str:
     """The two runs side by side, one scenario a row, in the suite's order."""
     names = list(direct) + [name for name in gateway if name not in direct]
     width = max(len(name) for name in names)
     missing = Scenario("", False, failures=["not run"])
+    gone, weaker = lost(direct, gateway), degraded(direct, gateway)
     rows = [
         f"MCP conformance {revision}: direct {passed(direct)}, through cmcp {passed(gateway)}",
         f"  {'scenario':<{width}}  {'direct':<32}  through the gateway",
@@ -175,7 +207,7 @@ def table(revision: str, direct: Mapping[str, Scenario], gateway: Mapping[str, S
     for name in names:
         left = direct.get(name, missing).summary()
         right = gateway.get(name, missing).summary()
-        marker = "  LOST" if name in lost(direct, gateway) else ""
+        marker = "  LOST" if name in gone else "  degraded" if name in weaker else ""
         rows.append(f"  {name:<{width}}  {left:<32}  {right}{marker}")
     return "\n".join(rows)
 
