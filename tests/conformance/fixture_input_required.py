@@ -177,6 +177,16 @@ async def test_input_required_result_prompt(
     return InputRequiredResult(input_requests={"user_context": question})
 
 
+async def test_streaming_elicitation(ctx: Context) -> str | InputRequiredResult:
+    """Needs the user's confirmation: asks with an InputRequiredResult after a progress
+    report, never with an elicitation/create request on the response stream."""
+    answers = ctx.input_responses
+    if answers and "confirm" in answers:
+        return "confirmed"
+    await ctx.report_progress(progress=50, total=100)
+    return InputRequiredResult(input_requests={"confirm": ask_confirmation()})
+
+
 TOOLS = (
     test_input_required_result_elicitation,
     test_input_required_result_sampling,
@@ -186,6 +196,7 @@ TOOLS = (
     test_input_required_result_multi_round,
     test_input_required_result_tampered_state,
     test_input_required_result_capabilities,
+    test_streaming_elicitation,
 )
 
 

@@ -157,6 +157,13 @@ async def test_tool_with_logging(ctx: Context) -> str:
 
 
 @server.tool()
+async def test_logging_tool(ctx: Context) -> str:
+    """Logs one line: a 2026-07-28 request without `logLevel` in `_meta` must not get it."""
+    await ctx.log("info", "diagnostic log line")
+    return "logged"
+
+
+@server.tool()
 async def test_tool_with_progress(ctx: Context) -> str:
     """Reports progress 0, 50, 100 of 100 against the caller's token, then returns it."""
     for done in (0, 50, 100):
