@@ -4,8 +4,8 @@ pass through the gateway.
 
 The gateway runs in dev mode with a bundle that permits every action and a catalog pinned
 to exactly what the upstream advertises, so a scenario lost here is lost by the relay, not
-by policy. Each revision's runs are printed side by side and written as JSON to
-`.conformance/report/<revision>.json` (see docs/conformance.md).
+by policy. Each edition's runs (a revision and a suite version) are printed side by side and
+written as JSON to `.conformance/report/<edition>.json` (see docs/conformance.md).
 """
 
 from __future__ import annotations
@@ -105,29 +105,31 @@ async def pinned_catalog(url: str) -> dict[str, Any]:
     return {"catalog_version": 1, "tools": entries}
 
 
-@pytest.mark.parametrize("revision", list(suite.REVISIONS))
+@pytest.mark.parametrize("edition", suite.EDITIONS, ids=lambda edition: edition.label)
 def test_every_scenario_passing_directly_passes_through_the_gateway(
-    revision: str,
+    edition: suite.Edition,
     work: Path,
     upstream: Served,
     gateway: Served,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    installed = suite.locate(revision)
-    runs = work / revision
+    installed = suite.locate(edition)
+    label, revision = edition.label, edition.revision
+    runs = work / label
     direct = suite.run(installed, upstream.url, runs / "direct", runs / "direct.log")
     through = suite.run(installed, gateway.url, runs / "gateway", runs / "gateway.log")
     lost = suite.lost(direct, through)
 
     REPORT.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(REPORT / revision, ignore_errors=True)
-    shutil.copytree(runs, REPORT / revision)  # the suite's own checks.json, per scenario
+    shutil.rmtree(REPORT / label, ignore_errors=True)
+    shutil.copytree(runs, REPORT / label)  # the suite's own checks.json, per scenario
     lost_failures = {
         name: through[name].failures if name in through else ["not run"] for name in lost
     }
-    # passing both ways, but a check succeeding directly only warns through the gateway
+    # passing both ways, but a check succeeding directly does not succeed through the gateway
     weaker = suite.degraded(direct, through)
     report = {
+        "edition": label,
         "revision": revision,
         "suite": f"@modelcontextprotocol/conformance@{installed.version}",
         "direct": {
@@ -141,27 +143,30 @@ def test_every_scenario_passing_directly_passes_through_the_gateway(
         "lost": lost_failures,
         "degraded": weaker,
     }
-    (REPORT / f"{revision}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (REPORT / f"{label}.json").write_text(json.dumps(report, indent=2) + "\n")
     with capsys.disabled():
-        sys.stdout.write(f"\n{suite.table(revision, direct, through)}\n")
+        sys.stdout.write(
+            f"\n{suite.table(f'{revision} (suite {installed.version})', direct, through)}\n"
+        )
         for name, checks in weaker.items():
             sys.stdout.write(f"  degraded {name}: {' | '.join(checks)}\n")
-        sys.stdout.write(f"(report: {REPORT / f'{revision}.json'})\n")
+        sys.stdout.write(f"(report: {REPORT / f'{label}.json'})\n")
 
     failing_directly = [name for name, verdict in direct.items() if not verdict.passed]
     if failing_directly:
         reasons = "\n".join(f"- {n}: {' | '.join(direct[n].failures)}" for n in failing_directly)
         pytest.fail(
-            f"the fixture upstream itself fails {len(failing_directly)} scenarios ({revision}); "
+            f"the fixture upstream itself fails {len(failing_directly)} scenarios ({label}); "
             f"fix tests/conformance/fixture_server.py:\n{reasons}",
             pytrace=False,
         )
-    if lost:
-        reasons = "\n".join(
-            f"- {name}: " + " | ".join(lost_failures[name]).replace("\n", " ") for name in lost
-        )
+    problems = [
+        f"- {name}: LOST: " + " | ".join(lost_failures[name]).replace("\n", " ") for name in lost
+    ] + [f"- {name}: degraded: " + " | ".join(checks) for name, checks in weaker.items()]
+    if problems:
         pytest.fail(
-            f"{len(lost)} of {len(direct)} scenarios pass against the upstream directly but not "
-            f"through the gateway ({revision}; gateway log: {gateway.log}):\n{reasons}",
+            f"through the gateway ({label}; gateway log: {gateway.log}), {len(lost)} of "
+            f"{len(direct)} scenarios passing directly fail, and {len(weaker)} passing both ways "
+            "lose a check that succeeds directly:\n" + "\n".join(problems),
             pytrace=False,
         )
