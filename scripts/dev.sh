@@ -3,7 +3,9 @@
 #   scripts/dev.sh demo   set up, then run the quickstart end to end
 #   scripts/dev.sh test   set up, then run every check CI runs (lint, types, layering, tests)
 #   scripts/dev.sh setup  only create .venv with cmcp and every plugin under plugins/, editable,
-#                         and .venv-mcp1 with the MCP SDK 1.x for the compatibility tests
+#                         .venv-mcp1 with the MCP SDK 1.x for the compatibility tests, and
+#                         .conformance/ with Node.js and the MCP conformance suite
+#   scripts/dev.sh conformance  set up, then run only the MCP conformance test (docs/conformance.md)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -103,6 +105,11 @@ setup() {
     say "installing into $VENV (editable): $names"
     "$PY" -m pip install --disable-pip-version-check -q -c constraints.txt "${editable[@]}"
     setup_mcp1
+    if [ "${CMCP_SETUP_FOR:-}" = test ] || command -v npm >/dev/null 2>&1 || as_root; then
+        setup_conformance
+    else
+        say "no npm and not root: the MCP conformance suite is not installed (the tests need it)"
+    fi
 }
 
 setup_mcp1() {
@@ -114,6 +121,66 @@ setup_mcp1() {
     say "installing the MCP SDK 1.x into $VENV_MCP1 (compatibility tests)"
     "$VENV_MCP1/bin/python" -m pip install --disable-pip-version-check -q \
         -c constraints-mcp1.txt mcp
+}
+
+# The official MCP conformance suite (npm) runs on Node.js >= 22. Both come from the npm
+# registry, pinned, into .conformance/ (git-ignored): Node as the registry's `node-linux-<arch>`
+# package, and one suite per protocol revision, each in its own folder. npm installs with
+# --no-save --no-package-lock, so nothing here records a registry host. The system's npm is only
+# the installer; the tests run the pinned Node.
+CONFORMANCE=.conformance
+NODE_VERSION=24.11.1
+SUITE_2025_11_25=0.1.16          # --spec-version 2025-11-25
+SUITE_2026_07_28=0.2.0-alpha.12  # --spec-version 2026-07-28 (its scenarios are only here)
+
+ensure_npm() {
+    command -v npm >/dev/null 2>&1 && return 0
+    if as_root && command -v apt-get >/dev/null 2>&1; then
+        say "installing nodejs and npm (Debian), to install the conformance suite's Node.js"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+        return 0
+    fi
+    echo "error: npm is required to install the MCP conformance suite; as root run:" >&2
+    echo "  apt-get install nodejs npm" >&2
+    exit 2
+}
+
+# The version in <folder>/node_modules/<package>/package.json, empty when absent.
+installed_version() {
+    local manifest="$1/node_modules/$2/package.json"
+    [ -f "$manifest" ] || return 0
+    sed -n 's/^  "version": "\(.*\)",$/\1/p' "$manifest" | head -n 1
+}
+
+# npm_pin FOLDER PACKAGE VERSION: install exactly VERSION into FOLDER unless it is there.
+npm_pin() {
+    local folder="$CONFORMANCE/$1" package="$2" version="$3"
+    [ "$(installed_version "$folder" "$package")" = "$version" ] && return 0
+    ensure_npm
+    say "installing $package@$version into $folder"
+    rm -rf "$folder"
+    mkdir -p "$folder"
+    # --prefix: install into this folder, never into a package.json or node_modules above it
+    npm install --prefix "$folder" --no-save --no-package-lock --no-audit --no-fund \
+        --loglevel=error "$package@$version" >/dev/null
+    if [ "$(installed_version "$folder" "$package")" != "$version" ]; then
+        echo "error: npm did not install $package@$version into $folder" >&2
+        exit 2
+    fi
+}
+
+setup_conformance() {
+    local arch
+    case "$(uname -m)" in
+        x86_64 | amd64) arch=x64 ;;
+        aarch64 | arm64) arch=arm64 ;;
+        *) echo "error: no node-linux package for $(uname -m); the conformance suite needs Node.js" >&2
+           exit 2 ;;
+    esac
+    npm_pin node "node-linux-$arch" "$NODE_VERSION"
+    npm_pin suite-2025-11-25 @modelcontextprotocol/conformance "$SUITE_2025_11_25"
+    npm_pin suite-2026-07-28 @modelcontextprotocol/conformance "$SUITE_2026_07_28"
 }
 
 run_tests() {
@@ -147,6 +214,12 @@ run_tests() {
     return "$rc"
 }
 
+run_conformance() {
+    setup
+    setup_conformance  # stops with the fix when npm is missing
+    exec "$VENV/bin/pytest" -m conformance tests/test_conformance.py "$@"
+}
+
 run_demo() {
     setup
     exec "$PY" examples/quickstart/demo.py "$@"
@@ -156,5 +229,6 @@ case "${1:-}" in
     setup) setup ;;
     test) shift; run_tests "$@" ;;
     demo) shift; run_demo "$@" ;;
-    *) echo "usage: scripts/dev.sh {demo|test|setup} [args...]" >&2; exit 2 ;;
+    conformance) shift; run_conformance "$@" ;;
+    *) echo "usage: scripts/dev.sh {demo|test|setup|conformance} [args...]" >&2; exit 2 ;;
 esac
