@@ -101,9 +101,8 @@ class SseDecoder:
         elif name == b"id":
             if b"\0" not in value:
                 self._id_buffer = value.decode("utf-8", "replace")
-        elif name == b"retry":
-            if value and value.isdigit():
-                self.retry = int(value)
+        elif name == b"retry" and value.isdigit():  # bytes.isdigit: ASCII digits only
+            self.retry = int(value)
         return None
 
     def _dispatch(self) -> SseEvent | None:
