@@ -11,12 +11,14 @@ from cmcp_cli.wire.sse import SseDecoder, SseEvent, sse_data
 PRIMING = b"id: 1\ndata:\nretry: 200\n\n"
 # The WHATWG standard's own examples (section "Event stream interpretation").
 STOCK = b"data: YHOO\ndata: +2\ndata: 10\n\n"
-FIELDS = b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event\n\n"
+FIELDS = (
+    b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event\n\n"
+)
 SPACES = b"data:test\n\ndata: test\n\n"
 MIXED = (
     b"\xef\xbb\xbf: comment\r\nevent: add\r\ndata: 73857293\r\n\r\n"
     b"event: remove\rdata: 2153\r\rdata\ndata\n\nretry: 1500\nretry: 1.5\nid: a\x00b\n"
-    b"data: {\"x\": 1}\n\ndata: cut off at the end"
+    b'data: {"x": 1}\n\ndata: cut off at the end'
 )
 
 
