@@ -11,7 +11,10 @@ Tools:
 - `wait`: writes `wait-started` in the state folder and waits for ever; when cancelled it
   writes `wait-cancelled` (the server's own record that the cancellation reached it);
 - `reconnect`: progress, then closes the call's SSE stream, then a log message and the
-  answer a moment later: the client has to resume with Last-Event-ID to get them.
+  answer a moment later: the client has to resume with Last-Event-ID to get them;
+- `drop_get`: announces a changed resource list on the session's GET stream, closes that
+  stream, then announces a changed tool list on it a moment later: the client has to
+  resume the stream with Last-Event-ID to hear of it.
 
 Served over streamable HTTP on 127.0.0.1 (`--port`; `--event-store` adds resumability:
 priming events, Last-Event-ID replay) or over stdio (`--stdio`).
@@ -119,6 +122,15 @@ def build_server(state: Path) -> MCPServer:
         await anyio.sleep(0.5)
         await ctx.info("after the break")
         return "resumed"
+
+    @server.tool()
+    async def drop_get(ctx: Context) -> str:
+        await ctx.session.send_resource_list_changed()  # an event id for the client
+        await anyio.sleep(0.3)
+        await ctx.close_standalone_sse_stream()
+        await anyio.sleep(0.5)
+        await ctx.session.send_tool_list_changed()
+        return "dropped"
 
     return server
 

@@ -230,6 +230,66 @@ def test_a_stream_closed_mid_call_is_resumed_with_last_event_id(tmp_path: Path) 
     assert [path.name for path in tmp_path.glob("replayed-after-*")]
 
 
+def test_the_get_stream_is_resumed_with_last_event_id(tmp_path: Path) -> None:
+    served = serve(tmp_path, event_store=True)
+
+    async def resumed() -> tuple[list[str], str]:
+        seen: list[str] = []
+        heard = asyncio.Event()
+
+        async def on_notification(message: dict[str, Any]) -> None:
+            seen.append(str(message.get("method")))
+            if message.get("method") == "notifications/tools/list_changed":
+                heard.set()
+
+        async with conversing(http_upstream(served.url)) as conversation:
+            conversation.on_notification = on_notification
+            await conversation.listen()
+            answer = await conversation.request("tools/call", call("drop_get"))
+            await asyncio.wait_for(heard.wait(), WAIT_SECONDS)
+        return seen, text_of(answer)
+
+    try:
+        seen, answer = run(resumed())
+    finally:
+        served.stop()
+    assert answer == "dropped"
+    assert seen == ["notifications/resources/list_changed", "notifications/tools/list_changed"]
+    assert [path.name for path in tmp_path.glob("replayed-after-*")]
+
+
+def test_stdio_progress_goes_by_token_and_the_rest_by_the_one_in_flight(tmp_path: Path) -> None:
+    async def two_in_flight() -> tuple[list[str], list[str], list[str]]:
+        waiting_relay: list[dict[str, Any]] = []
+        chatty_relay: list[dict[str, Any]] = []
+        outside: list[dict[str, Any]] = []
+        async with conversing(stdio_upstream(tmp_path)) as conversation:
+            conversation.on_notification = recorder(outside)
+            waiting = asyncio.create_task(
+                conversation.request("tools/call", call("wait"), relay=recorder(waiting_relay))
+            )
+            await wait_for(tmp_path / "wait-started")
+            # two requests in flight: progress finds its request by token, a log message
+            # (which names no request) goes outside any
+            answer = await conversation.request(
+                "tools/call", call("chatty", "token-3"), relay=recorder(chatty_relay)
+            )
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+        assert text_of(answer) == "chatty done"
+        return (
+            [str(m["method"]) for m in waiting_relay],
+            [str(m["method"]) for m in chatty_relay],
+            [str(m["method"]) for m in outside],
+        )
+
+    waiting, chatty, outside = run(two_in_flight())
+    assert waiting == []
+    assert chatty == ["notifications/progress", "notifications/progress"]
+    assert outside == ["notifications/message"]
+
+
 def test_a_cancelled_caller_cancels_the_upstreams_work(channel: Channel, tmp_path: Path) -> None:
     async def cancel() -> tuple[str, str, str]:
         async with conversing(channel) as conversation:

@@ -234,22 +234,33 @@ class UpstreamSession:
                 await self.upstream.send("DELETE", self.headers(), b"")
 
     async def _listen(self, on_open: Callable[[], None]) -> None:
+        # Reopened when it ends: with Last-Event-ID once an event carried an id (the
+        # server replays what was missed), else plainly. Given up after RESUME_ATTEMPTS
+        # reopenings in a row that failed or brought nothing, or at a refusal.
         decoder = SseDecoder(max_event_bytes=self.upstream.max_response_bytes)
+        loop = asyncio.get_running_loop()
         failures = 0
         while True:
             try:
                 stream = await self._reopen(decoder.last_event_id)
             except UpstreamError as exc:
                 stream = None
-                if not decoder.last_event_id:  # refused (405) or unreachable at the start
-                    _LOG.debug("%s; no stream of its own is followed", exc)
-                    return
+                if failures == 0 or isinstance(exc, UpstreamSessionLostError):
+                    _LOG.debug("%s; its own stream is not followed", exc)
+                    return  # refused (405), or unreachable at the start, or forgotten
             if stream is not None:
                 on_open()
-                failures = 0
                 stream.idle_timeout = None  # a quiet session is not a failure
-                await self._pump(stream, decoder, None, None)
-            if not decoder.last_event_id or failures >= RESUME_ATTEMPTS:
+                opened, before = loop.time(), decoder.last_event_id
+                try:
+                    await self._pump(stream, decoder, None, None)
+                except UpstreamError as exc:  # not JSON, or too large: not to be resumed
+                    _LOG.warning("%s; its own stream is no longer followed", exc)
+                    return
+                lasted = loop.time() - opened >= self.upstream.timeout_seconds
+                if lasted or decoder.last_event_id != before:
+                    failures = 0
+            if failures >= RESUME_ATTEMPTS:
                 return
             failures += 1
             await asyncio.sleep(_retry_delay(decoder))
