@@ -4,7 +4,8 @@ hashed before it runs, and its environment kept to what is configured.
 Before every spawn the executable is resolved exactly as `cmcp validate-config` resolves it
 and, when `executable_sha256` pins it, hashed: a mismatch refuses the spawn. The child gets
 a minimal environment (PATH, HOME and LANG from the gateway's, then the configured `env`),
-never the gateway's own secrets.
+never the gateway's own secrets. Its stderr is drained (never left to fill its pipe) into
+the debug log.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import signal
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     from cmcp_cli.gateway.upstream.stdio import StdioUpstream
 
 SAFE_ENVIRONMENT = ("PATH", "HOME", "LANG")
+STDERR_LOG_BYTES = 64 * 1024  # of each child's stderr, logged at debug; the rest is drained
+_STDERR_LINE_BYTES = 1000
 _ELF_MAGIC = b"\x7fELF"
 _Stamp = tuple[int, int, int, int, int]
 
@@ -136,3 +140,33 @@ async def _kill_and_reap(process: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
             await process.wait()
+
+
+async def drain_stderr(process: asyncio.subprocess.Process, who: str, log: logging.Logger) -> None:
+    """Read a child's stderr to its end, so that it never blocks on a full pipe, and log its
+    first STDERR_LOG_BYTES line by line at debug, each line after `who`."""
+    stderr = process.stderr
+    assert stderr is not None  # noqa: S101 - spawned with stderr=PIPE
+    budget = STDERR_LOG_BYTES
+    partial = b""
+    while chunk := await stderr.read(1 << 14):
+        if budget <= 0 or not log.isEnabledFor(logging.DEBUG):
+            continue
+        *lines, partial = (partial + chunk).split(b"\n")
+        if len(partial) > _STDERR_LINE_BYTES:
+            lines.append(partial)
+            partial = b""
+        budget = _log_stderr(lines, budget, who, log)
+    if partial and budget > 0:
+        _log_stderr([partial], budget, who, log)
+
+
+def _log_stderr(lines: list[bytes], budget: int, who: str, log: logging.Logger) -> int:
+    for line in lines:
+        if budget <= 0:
+            log.debug("%s: stderr no longer logged", who)
+            break
+        budget -= len(line) + 1
+        text = line[:_STDERR_LINE_BYTES].decode("utf-8", "replace").rstrip()
+        log.debug("%s stderr: %s", who, text)
+    return budget

@@ -53,6 +53,7 @@ from cmcp_cli.gateway.upstream.api import (
 from cmcp_cli.gateway.upstream.spawn import (
     SAFE_ENVIRONMENT,
     child_environment,
+    drain_stderr,
     resolve_executable,
     spawn_verified,
 )
@@ -61,9 +62,7 @@ from cmcp_cli.wire.jsonrpc import RequestId
 __all__ = ["SAFE_ENVIRONMENT", "StdioSession", "StdioUpstream", "resolve_executable"]
 
 EXIT_WAIT_SECONDS = 1.0  # after its stdout ends, how long a child may take to exit
-STDERR_LOG_BYTES = 64 * 1024  # of each child's stderr, logged at debug; the rest is drained
 MAX_BACKGROUND_TASKS = 64  # answers and notification deliveries in flight, per child
-_STDERR_LINE_BYTES = 1000
 _PIPE_END_SECONDS = 0.2
 _DECODER = msgspec.json.Decoder()
 _LOG = logging.getLogger(__name__)
@@ -161,7 +160,10 @@ class StdioSession:
         self._notice_lane: asyncio.Task[None] | None = None
         label = f"cmcp-stdio-{upstream.name}-{process.pid}"
         self._reader = asyncio.create_task(self._read_stdout(), name=label)
-        self._stderr = asyncio.create_task(self._drain_stderr(), name=f"{label}-stderr")
+        self._stderr = asyncio.create_task(
+            drain_stderr(process, f"upstream {upstream.name!r} (pid {process.pid})", _LOG),
+            name=f"{label}-stderr",
+        )
 
     @property
     def pid(self) -> int:
@@ -402,36 +404,6 @@ class StdioSession:
                 await self._send(
                     {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params}
                 )
-
-    async def _drain_stderr(self) -> None:
-        """Read the child's stderr to its end, so that it never blocks on a full pipe, and
-        log its first STDERR_LOG_BYTES line by line at debug."""
-        stderr = self.process.stderr
-        assert stderr is not None  # noqa: S101 - spawned with stderr=PIPE
-        budget = STDERR_LOG_BYTES
-        partial = b""
-        while chunk := await stderr.read(1 << 14):
-            if budget <= 0 or not _LOG.isEnabledFor(logging.DEBUG):
-                continue
-            *lines, partial = (partial + chunk).split(b"\n")
-            if len(partial) > _STDERR_LINE_BYTES:
-                lines.append(partial)
-                partial = b""
-            budget = self._log_stderr(lines, budget)
-        if partial and budget > 0:
-            self._log_stderr([partial], budget)
-
-    def _log_stderr(self, lines: list[bytes], budget: int) -> int:
-        for line in lines:
-            if budget <= 0:
-                _LOG.debug(
-                    "upstream %r (pid %d): stderr no longer logged", self.upstream.name, self.pid
-                )
-                break
-            budget -= len(line) + 1
-            text = line[:_STDERR_LINE_BYTES].decode("utf-8", "replace").rstrip()
-            _LOG.debug("upstream %r (pid %d) stderr: %s", self.upstream.name, self.pid, text)
-        return budget
 
     async def _stop(self) -> None:
         stdin = self.process.stdin
