@@ -20,6 +20,7 @@ import pytest
 from cmcp_cli.gateway.upstream.api import (
     MessageHandler,
     UpstreamConversation,
+    UpstreamError,
     UpstreamSessionLostError,
 )
 from cmcp_cli.gateway.upstream.spawn import child_environment
@@ -306,6 +307,29 @@ def test_a_cancelled_caller_cancels_the_upstreams_work(channel: Channel, tmp_pat
     started, cancelled, after = run(cancel())
     assert cancelled == started  # the server cancelled the very request that was waiting
     assert after == "chatty done"
+
+
+def test_the_timeout_bounds_silence_not_a_call_that_reports_progress(
+    channel: Channel, tmp_path: Path
+) -> None:
+    channel.timeout_seconds = 1.0
+
+    async def timed() -> tuple[str, int, UpstreamError, str]:
+        relayed: list[dict[str, Any]] = []
+        async with conversing(channel) as conversation:
+            answer = await conversation.request(
+                "tools/call", call("slow_progress", "token-4"), relay=recorder(relayed)
+            )
+            with pytest.raises(UpstreamError) as silent:
+                await conversation.request("tools/call", call("wait"))
+            cancelled = await wait_for(tmp_path / "wait-cancelled")
+        return text_of(answer), len(relayed), silent.value, cancelled
+
+    answer, progress, silent, cancelled = run(timed())
+    assert answer == "slow but alive"  # 1.5 s in all, never 1 s without a word
+    assert progress == 5
+    assert silent.timed_out
+    assert cancelled == (tmp_path / "wait-started").read_text()  # the upstream was told
 
 
 def test_a_restarted_upstream_is_a_lost_session(tmp_path: Path) -> None:
