@@ -45,6 +45,7 @@ def test_validate_bundle_json_is_the_only_stdout() -> None:
     assert sorted(report["files"]) == [
         "finance.cedar",
         "manifest.json",
+        "messages.cedar",
         "schema.cedarschema",
         "tools.cedar",
     ]

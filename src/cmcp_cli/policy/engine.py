@@ -21,7 +21,7 @@ from cmcp_cli.errors import BundleError, CatalogError, Problem
 from cmcp_cli.policy import annotations as ann
 from cmcp_cli.policy.bundle import BundleFile, BundleSource
 from cmcp_cli.policy.decision import Decision, Effect
-from cmcp_cli.policy.request import CedarRequest, ToolResource
+from cmcp_cli.policy.request import CedarRequest, MessageTarget, ToolResource
 from cmcp_cli.policy.source import Statement, line_of_offset, split_statements
 
 
@@ -245,9 +245,23 @@ class Authorizer:
                 "attributes) in schema.cedarschema, or fix the catalog entry",
             ) from exc
 
-    def decide(self, request: CedarRequest) -> Decision:
+    def decide(self, request: CedarRequest, target: MessageTarget | None = None) -> Decision:
+        """Decide `request`; `target` is the entity of a message other than a tool call
+        (tools are known to the authorizer already). An entity the schema rejects is a
+        deny, like any request Cedar cannot evaluate."""
+        entities = self._entities
+        if target is not None:
+            try:
+                entities = entities.with_added_json_str(
+                    json.dumps([target.entity_json()]), self.bundle.schema
+                )
+            except ValueError as exc:
+                return Decision.refused(
+                    f"the {target.type} entity does not fit the bundle schema ({exc}); "
+                    "declare it as docs/policy.md shows"
+                )
         result = cedarpy.is_authorized(
-            request.to_json(), self.bundle.policy_set, self._entities, schema=self.bundle.schema
+            request.to_json(), self.bundle.policy_set, entities, schema=self.bundle.schema
         )
         return self._decision(result)
 

@@ -211,9 +211,27 @@ def _consistency(trace: Mapping[str, Any], gateway: Mapping[str, Any]) -> Check:
     counted = sum(summary[k] for k in ("allowed", "denied", "redacted", "escalated"))
     if counted != summary["total"]:
         issues.append("call_summary decisions do not add up to its total")
+    issues += by_kind_issues(summary)
     if issues:
         return Check.failed("consistency", "; ".join(issues))
     return Check.passed("consistency", "trace and gateway agree on session, transcript and counts")
+
+
+def by_kind_issues(summary: Mapping[str, Any]) -> list[str]:
+    """Where `call_summary.by_kind` does not add up: per kind, decisions to its total;
+    across kinds, each count to the summary's (faults of no message count only in the
+    summary, so by_kind's faults may fall short of it, never exceed it)."""
+    by_kind: Mapping[str, Mapping[str, int]] = summary["by_kind"]
+    issues = []
+    for name, counts in by_kind.items():
+        if sum(counts[k] for k in ("allowed", "denied", "redacted", "escalated")) != counts["total"]:
+            issues.append(f"call_summary.by_kind.{name} decisions do not add up to its total")
+    for key in ("total", "allowed", "denied", "redacted", "escalated"):
+        if sum(counts[key] for counts in by_kind.values()) != summary[key]:
+            issues.append(f"call_summary.by_kind {key} counts do not add up to call_summary.{key}")
+    if sum(counts["faulted"] for counts in by_kind.values()) > summary["faulted"]:
+        issues.append("call_summary.by_kind counts more faults than call_summary.faulted")
+    return issues
 
 
 def _attestation(
