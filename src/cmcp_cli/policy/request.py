@@ -274,7 +274,9 @@ class MessageFacts:
     call_id: str = ""  # the tool call a server-initiated request belongs to, "" for none
 
 
-def message_target(kind: MessageKind, *, server: str, target: str, data_class: str) -> MessageTarget:
+def message_target(
+    kind: MessageKind, *, server: str, target: str, data_class: str
+) -> MessageTarget:
     """The resource entity of a message other than a tool call: the server itself, or the
     resource URI or prompt name on it."""
     if kind is MessageKind.CALL_TOOL:

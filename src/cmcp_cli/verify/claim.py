@@ -222,13 +222,17 @@ def by_kind_issues(summary: Mapping[str, Any]) -> list[str]:
     across kinds, each count to the summary's (faults of no message count only in the
     summary, so by_kind's faults may fall short of it, never exceed it)."""
     by_kind: Mapping[str, Mapping[str, int]] = summary["by_kind"]
-    issues = []
-    for name, counts in by_kind.items():
-        if sum(counts[k] for k in ("allowed", "denied", "redacted", "escalated")) != counts["total"]:
-            issues.append(f"call_summary.by_kind.{name} decisions do not add up to its total")
-    for key in ("total", "allowed", "denied", "redacted", "escalated"):
-        if sum(counts[key] for counts in by_kind.values()) != summary[key]:
-            issues.append(f"call_summary.by_kind {key} counts do not add up to call_summary.{key}")
+    decisions = ("allowed", "denied", "redacted", "escalated")
+    issues = [
+        f"call_summary.by_kind.{name} decisions do not add up to its total"
+        for name, counts in by_kind.items()
+        if sum(counts[k] for k in decisions) != counts["total"]
+    ]
+    issues += [
+        f"call_summary.by_kind {key} counts do not add up to call_summary.{key}"
+        for key in ("total", *decisions)
+        if sum(counts[key] for counts in by_kind.values()) != summary[key]
+    ]
     if sum(counts["faulted"] for counts in by_kind.values()) > summary["faulted"]:
         issues.append("call_summary.by_kind counts more faults than call_summary.faulted")
     return issues
