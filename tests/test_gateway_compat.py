@@ -179,7 +179,7 @@ def test_an_sdk_1x_upstream_serves_the_gateway(tmp_path: Path) -> None:
         assert seen_by_upstream["host"] == f"127.0.0.1:{upstream.port}"
 
     assert claim["gateway"]["catalog"]["drift_detected"] is False
-    summary = claim["gateway"]["call_summary"]
+    summary = claim["gateway"]["call_summary"]["by_kind"]["call_tool"]
     assert (summary["allowed"], summary["redacted"], summary["denied"]) == (1, 1, 1)
 
 
@@ -239,5 +239,5 @@ def test_the_fastmcp_client_survives_a_denial(
     claim = verified_claim(gateway)
     if stateless:
         assert claim["gateway"]["session_id"] == session
-    summary = claim["gateway"]["call_summary"]
+    summary = claim["gateway"]["call_summary"]["by_kind"]["call_tool"]
     assert (summary["total"], summary["allowed"], summary["denied"]) == (4, 2, 1)
