@@ -19,9 +19,9 @@ from cmcp_cli.attestation import software
 from cmcp_cli.attestation.api import CheckStatus
 from cmcp_cli.attestation.manager import load_providers
 from cmcp_cli.audit.entry import seal
+from cmcp_cli.audit.logfile import export_jsonl
 from cmcp_cli.audit.matching import compare_with_claim, recheck_decisions
 from cmcp_cli.audit.replay import ProblemKind, SessionReplay, replay_chains
-from cmcp_cli.audit.logfile import export_jsonl
 from cmcp_cli.audit.store import AuditStore
 from cmcp_cli.catalog.model import load_catalog
 from cmcp_cli.claim.keys import ClaimKey
@@ -161,9 +161,7 @@ async def governed_session(evidence: EvidenceSession) -> dict[str, Any]:
         related_call_id="tool-1",
     )
     await close_gate(sessions, session, roots, {"result": {"roots": []}})
-    answers["forwarded"] = [
-        g.forwarded for g in (listing, read, prompt, sampling, elicit, roots)
-    ]
+    answers["forwarded"] = [g.forwarded for g in (listing, read, prompt, sampling, elicit, roots)]
     return answers
 
 

@@ -252,9 +252,7 @@ def test_resources_of_a_server_are_in_that_server(make_bundle: BundleFactory) ->
         entity = message_target(
             MessageKind.READ_RESOURCE, server=server, target="file:///a", data_class="public"
         )
-        request = message_request(
-            MessageKind.READ_RESOURCE, FACTS, entity, {"uri": "file:///a"}
-        )
+        request = message_request(MessageKind.READ_RESOURCE, FACTS, entity, {"uri": "file:///a"})
         decided[server] = authorizer.decide(request, entity).effect
     assert decided == {"docs": Effect.ALLOW, "demo": Effect.DENY}
 

@@ -344,9 +344,12 @@ def _audit_log(document: Mapping[str, Any], gateway_claim: bool, path: Path | No
             f" (first bad seq {replay.first_bad_seq})" if replay.first_bad_seq is not None else ""
         )
         return Check.failed("audit log", f"{first.message}{where}")
+    by_kind = replay.state.calls.by_kind
+    kinds = ", ".join(f"{name} {by_kind[name].total}" for name in sorted(by_kind)) or "none"
     return Check.passed(
         "audit log",
-        f"{replay.state.length} entries reproduce the claim's root, tip, length and call summary",
+        f"{replay.state.length} entries reproduce the claim's root, tip, length and call "
+        f"summary (messages by kind: {kinds})",
     )
 
 
