@@ -180,6 +180,7 @@ def test_resources_and_prompts_are_relayed(gateway: Served) -> None:
     seen = asyncio.run(session())
     assert seen["resources"] == ["notes://desk/today"]
     assert seen["notes"].startswith("Customer c-1 asked")
+    assert seen["notes"].endswith("Reply to [REDACTED:email].")  # the quickstart's @redact
     assert seen["prompts"] == ["weather_report"]
     assert seen["prompt"] == "Give me the weather report for Bergen."
     # the upstream's own error, relayed as it was
