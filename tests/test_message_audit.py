@@ -331,3 +331,42 @@ def test_by_kind_that_adds_up_but_disagrees_with_the_log_fails(recorded: Recorde
     failures = verify_claim(signed(swapped, recorded.key), recorded.db)
     assert [f.split(":")[0] for f in failures] == ["audit log"]
     assert "call_summary" in failures[0]
+
+
+def test_a_claim_without_by_kind_verifies_only_against_a_log_of_tool_calls(
+    tmp_path: Path, recorded: Recorded
+) -> None:
+    older = copy.deepcopy(recorded.claim)  # as a gateway governing tool calls only wrote it
+    del older["signature"]
+    del older["gateway"]["call_summary"]["by_kind"]
+    failures = verify_claim(signed(older, recorded.key), recorded.db)
+    assert [f.split(":")[0] for f in failures] == ["audit log"]  # this log has other kinds
+
+    db = tmp_path / "tools-only.db"
+    key = ClaimKey.generate()
+    policy = SessionPolicy(
+        bundle_hash=BUNDLE.hash,
+        policy_version="1.0.0",
+        catalog_hash=CATALOG.hash,
+        enforcement_mode="enforcing",
+        data_class_order=ORDER,
+    )
+    with AuditStore(db) as store:
+        evidence = EvidenceSession(
+            store=store,
+            session_id="tools-only",
+            policy=policy,
+            attestor=Attestor.load(software.SPEC, "x"),
+            key=key,
+        )
+        evidence.decide_call(
+            authorizer_for(BUNDLE, CATALOG),
+            call_id="c1",
+            agent_id="anonymous",
+            tool=TOOLS["delete_records"],
+            arguments={"table": "t"},
+        )
+        claim = evidence.close().claim
+    del claim["signature"]
+    del claim["gateway"]["call_summary"]["by_kind"]
+    assert verify_claim(signed(claim, key), db) == []

@@ -221,6 +221,8 @@ def by_kind_issues(summary: Mapping[str, Any]) -> list[str]:
     """Where `call_summary.by_kind` does not add up: per kind, decisions to its total;
     across kinds, each count to the summary's (faults of no message count only in the
     summary, so by_kind's faults may fall short of it, never exceed it)."""
+    if "by_kind" not in summary:
+        return []
     by_kind: Mapping[str, Mapping[str, int]] = summary["by_kind"]
     decisions = ("allowed", "denied", "redacted", "escalated")
     issues = [

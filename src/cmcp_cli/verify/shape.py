@@ -108,7 +108,8 @@ def claim_problems(claim: Mapping[str, Any]) -> list[str]:
     summary = _obj(gateway.get("call_summary"))
     if not all(_is_int(summary.get(k)) and summary[k] >= 0 for k in _SUMMARY_KEYS):
         problems.append(f"gateway.call_summary needs counts {', '.join(_SUMMARY_KEYS)}")
-    problems += _by_kind_problems(summary.get("by_kind"))
+    if "by_kind" in summary:  # absent in claims of gateways that governed tool calls only
+        problems += _by_kind_problems(summary["by_kind"])
     tools = summary.get("tools_invoked")
     if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
         problems.append("gateway.call_summary.tools_invoked is not a list of names")
@@ -130,7 +131,7 @@ def claim_problems(claim: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-_KIND_KEYS = (*_SUMMARY_KEYS,)
+_KIND_KEYS = _SUMMARY_KEYS
 
 
 def _by_kind_problems(by_kind: Any) -> list[str]:
