@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from cmcp_cli.errors import PolicyRequestError
+from cmcp_cli.gateway.enforcement.messages import server_request_kind
 from cmcp_cli.gateway.enforcement.redaction import redact_answer
 from cmcp_cli.gateway.enforcement.wiring import server_data_class
 from cmcp_cli.policy.annotations import parse_redaction
@@ -328,3 +329,15 @@ def test_quickstart_schema_declares_every_kind() -> None:
         assert f"entity {entity}" in schema
     assert isinstance(MessageTarget("Server", "s", "s", "x").entity_json(), dict)
     assert Path(QUICKSTART / "policies" / "messages.cedar").is_file()
+
+
+def test_server_requests_map_to_their_kinds() -> None:
+    assert {
+        method: server_request_kind(method)
+        for method in ("sampling/createMessage", "elicitation/create", "roots/list", "ping")
+    } == {
+        "sampling/createMessage": MessageKind.CREATE_MESSAGE,
+        "elicitation/create": MessageKind.ELICIT,
+        "roots/list": MessageKind.LIST_ROOTS,
+        "ping": None,
+    }

@@ -28,6 +28,18 @@ from cmcp_cli.policy.engine import Authorizer
 from cmcp_cli.policy.request import KIND_METHODS, MessageKind, ToolResource
 from cmcp_cli.wire.jsonrpc import Code, RequestId, error
 
+# The requests an upstream may send to the client, by MCP method: each passes a gate
+# (target: the upstream's name) before it reaches the client.
+SERVER_REQUEST_KINDS: Mapping[str, MessageKind] = {
+    KIND_METHODS[kind]: kind for kind in MessageKind if kind.server_initiated
+}
+
+
+def server_request_kind(method: str) -> MessageKind | None:
+    """The kind of a request an upstream sent (`sampling/createMessage` is
+    `create_message`, ...); None for a method that moves no data to govern (`ping`)."""
+    return SERVER_REQUEST_KINDS.get(method)
+
 
 class GateRuntime(Protocol):
     """What a gate reads of the gateway runtime."""
