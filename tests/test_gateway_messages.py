@@ -125,3 +125,46 @@ def test_reads_prompts_and_listings_are_decided_redacted_and_claimed(tmp_path: P
     assert session["ok"] is True
     assert session["call_summary"]["by_kind"] == by_kind
     assert session["decisions_checked"] == summary["total"]  # every kind decided again
+
+
+async def list_tool_names(url: str) -> list[str]:
+    async with (
+        streamable_http_client(url) as (read, write),
+        ClientSession(read, write) as client,
+    ):
+        await client.initialize()
+        return sorted(t.name for t in (await client.list_tools()).tools)
+
+
+def test_an_unreachable_server_is_a_fault_of_its_listing_not_of_the_others(
+    tmp_path: Path,
+) -> None:
+    _, catalog = bundle_and_catalog(tmp_path)  # get_weather is served by `other`
+    demo, other = start_upstream(tmp_path), start_upstream(tmp_path)
+    other.stop()
+    try:
+        config = write_config(
+            tmp_path,
+            demo.url,
+            catalog_path=str(catalog),  # the quickstart bundle: every listing permitted
+            upstreams={
+                "demo": {"transport": "streamable-http", "url": demo.url},
+                "other": {"transport": "streamable-http", "url": other.url},
+            },
+        )
+        gateway = start_gateway(config)
+        try:
+            tools = asyncio.run(list_tool_names(gateway.url))
+        finally:
+            gateway.stop()
+    finally:
+        demo.stop()
+
+    assert tools == ["lookup_customer"]
+    (claim,) = (tmp_path / "claims").glob("*.claim.json")
+    listed = json.loads(claim.read_text())["gateway"]["call_summary"]["by_kind"]["list_tools"]
+    assert (listed["total"], listed["allowed"], listed["faulted"]) == (2, 2, 1)
+    verified = run_cmcp(
+        "verify", claim, "--allow-software", "--audit-log", tmp_path / "audit.db", "--json"
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -120,7 +120,8 @@ class Dispatcher:
         """The catalog's approved definitions of the tools the session's agent may call,
         among those each upstream still advertises as approved: a drifted, unlisted or
         forbidden tool is not shown, nor any tool of a server whose listing policy denies
-        (`list_tools`, decided and recorded per server)."""
+        (`list_tools`, decided and recorded per server), nor of one that cannot be reached
+        (a fault of that server's listing; the others are still listed)."""
         gates = {}
         for name in sorted(self.runtime.catalog.servers):
             gate = await self._list_gate(session, name)
@@ -139,7 +140,8 @@ class Dispatcher:
 
     async def _list_gate(self, session: GatewaySession, server: str) -> Gate | None:
         """Decide listing one server's tools; connect to it when allowed (which pins its
-        catalog). None when policy denies it; an upstream failure is the gate's fault."""
+        catalog). None when policy denies it, or when the server cannot be reached (then
+        a fault of the gate, so every forwarded listing ends in an outcome or a fault)."""
         gate = await open_gate(
             self.sessions,
             session,
@@ -154,7 +156,7 @@ class Dispatcher:
             await self.sessions.upstream(session, server)
         except UpstreamError as exc:
             await fail_gate(self.sessions, session, gate, str(exc), "connect")
-            raise
+            return None
         return gate
 
     def _callable_tools(self, session: GatewaySession) -> frozenset[str]:
