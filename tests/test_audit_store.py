@@ -60,6 +60,16 @@ def test_claim_counters_come_from_the_entries(tmp_path: Path) -> None:
         "escalated": 0,
         "faulted": 2,
         "tools_invoked": ["get_weather", "lookup_customer"],
+        "by_kind": {
+            "call_tool": {
+                "total": 4,
+                "allowed": 2,
+                "denied": 1,
+                "redacted": 1,
+                "escalated": 0,
+                "faulted": 2,  # the faults name their calls: tool calls, so counted here
+            }
+        },
     }
     # denied calls touch no data: the session maximum is the redacted lookup's class
     assert recorded.claim["trace"]["data_class"] == "confidential"

@@ -138,7 +138,10 @@ def test_an_sdk_stdio_client_works_through_the_bridge(tmp_path: Path, gateway: S
     # Closing a client ends the bridge's stdin: it sends DELETE, so the claim is written.
     summaries = sorted(
         (s["total"], s["allowed"], s["denied"])
-        for s in (claim["gateway"]["call_summary"] for claim in claims_in(tmp_path))
+        for s in (
+            claim["gateway"]["call_summary"]["by_kind"]["call_tool"]
+            for claim in claims_in(tmp_path)
+        )
     )
     assert summaries == [(1, 1, 0), (3, 2, 1)]
     assert f"relaying stdio to {gateway.url}" in log.read_text()

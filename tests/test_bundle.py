@@ -22,6 +22,7 @@ def test_quickstart_hash_matches_the_documented_preimage() -> None:
     assert [f.path for f in source.files] == [
         "finance.cedar",
         "manifest.json",
+        "messages.cedar",
         "schema.cedarschema",
         "tools.cedar",
     ]

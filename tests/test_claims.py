@@ -127,8 +127,10 @@ def test_a_resigned_claim_fails_the_key_pin_and_the_binding(recorded: RecordedSe
     forger = ClaimKey.generate()
     forged = copy.deepcopy(recorded.claim)
     forged["trace"]["cnf"]["jwk"] = forger.public_jwk
-    forged["gateway"]["call_summary"]["denied"] = 0
-    forged["gateway"]["call_summary"]["allowed"] = 3
+    summary = forged["gateway"]["call_summary"]
+    for counts in (summary, summary["by_kind"]["call_tool"]):
+        counts["denied"] = 0
+        counts["allowed"] = 3
     forged = signed(forged, forger)
     report = verify(forged, trusted_key=recorded.key_thumbprint)
     assert failed(report) == ["key pin", "binding", "evidence.binding"]

@@ -45,6 +45,7 @@ def test_validate_bundle_json_is_the_only_stdout() -> None:
     assert sorted(report["files"]) == [
         "finance.cedar",
         "manifest.json",
+        "messages.cedar",
         "schema.cedarschema",
         "tools.cedar",
     ]
@@ -53,6 +54,32 @@ def test_validate_bundle_json_is_the_only_stdout() -> None:
     assert (
         by_id["customer-lookup-redacted"]["annotations"]["redact"] == "email, phone, /customer/ssn"
     )
+
+
+def test_validate_bundle_warns_about_message_kinds_no_permit_names(quickstart: Path) -> None:
+    bundle = quickstart / "policies"
+    (bundle / "messages.cedar").unlink()  # a bundle written for tool calls only
+    (bundle / "schema.cedarschema").unlink()
+    result = run_cmcp("validate-bundle", "--bundle-path", bundle, "--json")
+    assert result.returncode == 0, result.stderr  # a warning, not a failure
+    warnings = result.json()["warnings"]
+    assert [w.split(":")[0] for w in warnings] == [
+        f"no permit names {kind}"
+        for kind in (
+            "list_tools",
+            "read_resource",
+            "get_prompt",
+            "create_message",
+            "elicit",
+            "list_roots",
+        )
+    ]
+    assert "agents will see no tools" in warnings[0]
+    shown = run_cmcp("validate-bundle", "--bundle-path", bundle)
+    assert "warning: no permit names list_tools: agents will see no tools" in shown.stderr
+    assert run_cmcp("validate-bundle", "--bundle-path", QUICKSTART / "policies", "--json").json()[
+        "warnings"
+    ] == ["no permit names create_message: upstreams cannot sample the agent's model"]
 
 
 def test_expected_hash_pins_the_bundle(tmp_path: Path, quickstart: Path) -> None:

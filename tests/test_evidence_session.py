@@ -15,6 +15,7 @@ from cmcp_cli.evidence.session import Attestor, EvidenceSession, SessionPolicy
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for, tool_resources
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle
+from cmcp_cli.policy.request import MessageKind
 from tests.support import QUICKSTART
 
 BUNDLE = compile_bundle(read_bundle(QUICKSTART / "policies"))
@@ -118,3 +119,55 @@ def test_arguments_without_canonical_form_are_denied_not_raised(tmp_path: Path) 
     decision = open_line(list(iter_lines(tmp_path / "a.db"))[1])
     assert decision.fields["decision"] == "deny"
     assert decision.fields["request_sha256"].startswith("sha256:")
+
+
+@pytest.mark.parametrize(
+    ("mode", "forwarded"), [("enforcing", False), ("advisory", True), ("silent", True)]
+)
+def test_a_denied_message_follows_the_enforcement_mode_too(
+    tmp_path: Path, mode: str, forwarded: bool
+) -> None:
+    with AuditStore(tmp_path / "a.db") as store:
+        evidence = session(store, mode)
+        verdict = evidence.decide_message(
+            authorizer_for(BUNDLE, CATALOG),
+            call_id="m1",
+            agent_id="anonymous",
+            kind=MessageKind.CREATE_MESSAGE,  # the quickstart permits no sampling
+            server="demo",
+            target="demo",
+            params={"messages": [], "maxTokens": 10},
+            data_class="confidential",
+            related_call_id="c0",
+        )
+        closed = evidence.close()
+        (decision,) = [
+            open_line(line).fields
+            for line in iter_lines(tmp_path / "a.db")
+            if b'"phase":"decision"' in line
+        ]
+    assert (verdict.decision.effect.value, verdict.forwarded) == ("deny", forwarded)
+    assert decision["kind"] == "create_message" and decision["forwarded"] is forwarded
+    assert decision["cedar_request"]["context"]["call_id"] == "c0"
+    summary = closed.claim["gateway"]["call_summary"]
+    assert summary["by_kind"]["create_message"]["denied"] == 1
+    assert summary["tools_invoked"] == []
+    # a sampling request forwarded in advisory mode brings the server's data into the session
+    assert closed.claim["trace"]["data_class"] == ("confidential" if forwarded else "public")
+
+
+def test_a_tool_call_is_not_a_message(tmp_path: Path) -> None:
+    with AuditStore(tmp_path / "a.db") as store:
+        evidence = session(store, "enforcing")
+        with pytest.raises(ValueError, match="decide_call"):
+            evidence.decide_message(
+                authorizer_for(BUNDLE, CATALOG),
+                call_id="m1",
+                agent_id="anonymous",
+                kind=MessageKind.CALL_TOOL,
+                server="demo",
+                target="get_weather",
+                params={},
+                data_class="public",
+            )
+        evidence.close()

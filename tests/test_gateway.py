@@ -84,14 +84,18 @@ def test_an_agent_session_is_decided_enforced_and_claimed(gateway: Served) -> No
 
     (claim,) = claims_of(gateway)  # the client's DELETE closed the session
     document = json.loads(claim.read_text())
+    counts = {"escalated": 0, "faulted": 0}
     assert document["gateway"]["call_summary"] == {
-        "total": 5,
-        "allowed": 2,
+        "total": 6,
+        "allowed": 3,
         "denied": 2,
         "redacted": 1,
-        "escalated": 0,
-        "faulted": 0,
+        **counts,
         "tools_invoked": ["get_weather", "lookup_customer"],
+        "by_kind": {  # the listing is a decision of its own, per upstream server
+            "call_tool": {"total": 5, "allowed": 2, "denied": 2, "redacted": 1, **counts},
+            "list_tools": {"total": 1, "allowed": 1, "denied": 0, "redacted": 0, **counts},
+        },
     }
     audit = gateway.log.parent / "audit.db"
     verified = run_cmcp("verify", claim, "--allow-software", "--audit-log", audit, "--json")
@@ -102,7 +106,7 @@ def test_an_agent_session_is_decided_enforced_and_claimed(gateway: Served) -> No
     )  # fmt: skip
     assert replayed.returncode == 0, replayed.stdout
     # the call to a tool outside the catalog never reached Cedar: nothing to decide again
-    assert replayed.json()["sessions"][0]["decisions_checked"] == 4
+    assert replayed.json()["sessions"][0]["decisions_checked"] == 5
 
 
 def test_bad_input_gets_clear_errors_and_nothing_500s(gateway: Served) -> None:
@@ -194,7 +198,8 @@ def test_a_dead_upstream_is_a_recorded_fault(tmp_path: Path) -> None:
     assert failed.data == {"upstream": "demo"}
     (claim,) = claims_of(gateway)
     summary = json.loads(claim.read_text())["gateway"]["call_summary"]
-    assert (summary["allowed"], summary["faulted"]) == (2, 1)
+    assert (summary["allowed"], summary["faulted"]) == (3, 1)  # two calls, one listing
+    assert summary["by_kind"]["call_tool"]["faulted"] == 1
 
 
 def test_shutdown_closes_open_sessions_and_writes_their_claims(gateway: Served) -> None:

@@ -117,15 +117,26 @@ def test_an_sdk_1x_client_keeps_its_session_through_a_denial(gateway: Served) ->
 
     claim = verified_claim(gateway)  # the 1.x client's DELETE closed the session
     assert claim["gateway"]["session_id"] == seen["session_id"]
-    assert claim["gateway"]["call_summary"] == {
-        "total": 4,
-        "allowed": 2,
-        "denied": 1,
-        "redacted": 1,
-        "escalated": 0,
-        "faulted": 0,
-        "tools_invoked": ["get_weather", "lookup_customer"],
+    summary = claim["gateway"]["call_summary"]
+    assert summary["by_kind"] == {  # the tool calls, and the one listing of one upstream
+        "call_tool": {
+            "total": 4,
+            "allowed": 2,
+            "denied": 1,
+            "redacted": 1,
+            "escalated": 0,
+            "faulted": 0,
+        },
+        "list_tools": {
+            "total": 1,
+            "allowed": 1,
+            "denied": 0,
+            "redacted": 0,
+            "escalated": 0,
+            "faulted": 0,
+        },
     }
+    assert summary["tools_invoked"] == ["get_weather", "lookup_customer"]
 
 
 async def sdk_2x_session(url: str) -> dict[str, Any]:
@@ -179,7 +190,7 @@ def test_an_sdk_1x_upstream_serves_the_gateway(tmp_path: Path) -> None:
         assert seen_by_upstream["host"] == f"127.0.0.1:{upstream.port}"
 
     assert claim["gateway"]["catalog"]["drift_detected"] is False
-    summary = claim["gateway"]["call_summary"]
+    summary = claim["gateway"]["call_summary"]["by_kind"]["call_tool"]
     assert (summary["allowed"], summary["redacted"], summary["denied"]) == (1, 1, 1)
 
 
@@ -239,5 +250,5 @@ def test_the_fastmcp_client_survives_a_denial(
     claim = verified_claim(gateway)
     if stateless:
         assert claim["gateway"]["session_id"] == session
-    summary = claim["gateway"]["call_summary"]
+    summary = claim["gateway"]["call_summary"]["by_kind"]["call_tool"]
     assert (summary["total"], summary["allowed"], summary["denied"]) == (4, 2, 1)

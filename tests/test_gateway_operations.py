@@ -105,7 +105,9 @@ def test_auto_mode_clients_speak_the_stateless_revision(gateway: Served) -> None
     assert status == 200
     claim = gateway.log.parent / "claims" / f"{seen['session']}.claim.json"
     summary = json.loads(claim.read_text())["gateway"]["call_summary"]
-    assert (summary["total"], summary["allowed"], summary["denied"]) == (3, 2, 1)
+    # two tool calls and one listing allowed, one tool call denied
+    assert (summary["total"], summary["allowed"], summary["denied"]) == (4, 3, 1)
+    assert summary["by_kind"]["list_tools"]["allowed"] == 1
     verify(claim, gateway.log.parent / "audit.db")
 
 
@@ -178,6 +180,7 @@ def test_resources_and_prompts_are_relayed(gateway: Served) -> None:
     seen = asyncio.run(session())
     assert seen["resources"] == ["notes://desk/today"]
     assert seen["notes"].startswith("Customer c-1 asked")
+    assert seen["notes"].endswith("Reply to [REDACTED:email].")  # the quickstart's @redact
     assert seen["prompts"] == ["weather_report"]
     assert seen["prompt"] == "Give me the weather report for Bergen."
     # the upstream's own error, relayed as it was
@@ -251,7 +254,7 @@ def test_an_escalated_call_runs_once_after_an_operator_approves_it(guarded: Serv
     status, headers, exported = request(guarded.port, "GET", f"/audit/{session_id}", None, OPERATOR)
     assert (status, headers["content-type"]) == (200, "application/x-ndjson")
     entries = [json.loads(line) for line in exported.splitlines()]
-    decisions = [e for e in entries if e.get("phase") == "decision"]
+    decisions = [e for e in entries if e.get("phase") == "decision" and "tool" in e]
     assert [(e["forwarded"], e["approval"]["status"]) for e in decisions] == [
         (False, "pending"),
         (False, "pending"),

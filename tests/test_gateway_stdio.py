@@ -160,15 +160,17 @@ def test_agents_get_a_child_each_and_each_session_is_decided_and_claimed(
     claims = claims_of(gateway)
     assert len(claims) == 2
     for claim in claims:
-        assert claim["gateway"]["call_summary"] == {
+        summary = claim["gateway"]["call_summary"]
+        assert summary["by_kind"]["call_tool"] == {  # listings are counted apart
             "total": 3,
             "allowed": 1,
             "denied": 1,
             "redacted": 1,
             "escalated": 0,
             "faulted": 0,
-            "tools_invoked": ["get_weather", "lookup_customer"],
         }
+        assert summary["tools_invoked"] == ["get_weather", "lookup_customer"]
+        assert summary["total"] == 3 + summary["by_kind"]["list_tools"]["total"]
 
 
 def test_a_child_that_crashes_mid_call_is_a_fault_not_a_hang(tmp_path: Path, pid_dir: Path) -> None:
@@ -198,7 +200,8 @@ def test_a_child_that_crashes_mid_call_is_a_fault_not_a_hang(tmp_path: Path, pid
     (claim,) = claims_of(gateway)
     summary = claim["gateway"]["call_summary"]
     # the crashed call was allowed, then faulted
-    assert (summary["total"], summary["allowed"], summary["faulted"]) == (2, 2, 1)
+    tool_calls = summary["by_kind"]["call_tool"]
+    assert (tool_calls["total"], tool_calls["allowed"], tool_calls["faulted"]) == (2, 2, 1)
 
 
 def test_gateway_shutdown_stops_the_children_of_open_sessions(

@@ -46,7 +46,7 @@ def test_quickstart_is_valid(quickstart: Path) -> None:
         "auth: no operator token: escalation approvals and audit export will be refused"
     ]
     summary = report.to_json()
-    assert summary["policy_count"] == 5
+    assert summary["policy_count"] == 10  # 5 on tool calls, 5 on other messages
     assert summary["tool_count"] == 5
     assert summary["upstreams"] == ["demo"]
     assert str(summary["bundle_hash"]).startswith("sha256:")

@@ -21,6 +21,6 @@ def test_quickstart_demo_passes() -> None:
     for decision in ("allow", "deny", "redact"):
         assert f" {decision} " in completed.stderr
     assert "VERIFIED (software mode accepted with --allow-software)" in completed.stderr
-    assert ": clean; 7 entries" in completed.stderr
-    assert "3 decisions re-checked" in completed.stderr
+    assert ": clean; 11 entries" in completed.stderr
+    assert "5 decisions re-checked" in completed.stderr
     assert "[REDACTED:email]" in completed.stderr

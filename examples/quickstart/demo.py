@@ -119,6 +119,11 @@ async def agent() -> list[tuple[str, str, str, str]]:
                     shown,
                 )
             )
+        # Reading a resource is decided too (read_resource), and redacted as its permit says.
+        notes = await session.read_resource("notes://desk/today")
+        text = notes.contents[0].text  # type: ignore[union-attr]
+        decision = "[yellow]redact[/yellow]" if "[REDACTED:" in text else "[green]allow[/green]"
+        rows.append(("resources/read", "notes://desk/today", decision, text))
     return rows
 
 
@@ -144,10 +149,13 @@ def main() -> int:
             [str(CMCP), "start", "--config", "cmcp-config.yaml"], GATEWAY_PORT, "the gateway"
         )
 
-        step("4. an agent (official MCP SDK client) calls three tools through the gateway")
+        step(
+            "4. an agent (official MCP SDK client) calls three tools and reads a resource "
+            "through the gateway"
+        )
         rows = asyncio.run(agent())
         table = Table()
-        for column in ("tool", "arguments", "decision", "what the agent got back"):
+        for column in ("tool or message", "arguments", "decision", "what the agent got back"):
             table.add_column(column)
         for row in rows:
             table.add_row(*row)
@@ -177,7 +185,8 @@ def main() -> int:
     )
     run("replay-audit", "--db", ".state/audit.db", "--claim", claim, "--bundle", "policies")
     decisions = [row[2] for row in rows]
-    if decisions != ["[green]allow[/green]", "[red]deny[/red]", "[yellow]redact[/yellow]"]:
+    expected = ["[green]allow[/green]", "[red]deny[/red]", "[yellow]redact[/yellow]"]
+    if decisions != [*expected, "[yellow]redact[/yellow]"]:
         console.print("[bold red]the decisions differ from what the quickstart expects[/bold red]")
         return 1
     console.print(

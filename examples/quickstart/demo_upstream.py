@@ -21,7 +21,7 @@ from mcp.server import Server, ServerRequestContext
 CATALOG = Path(__file__).resolve().parent / "catalog.json"
 
 NOTES_URI = "notes://desk/today"
-NOTES = "Customer c-1 asked about a transfer; weather in Paris is fine."
+NOTES = "Customer c-1 asked about a transfer; weather in Paris is fine. Reply to ada@example.org."
 
 CUSTOMERS = {
     "c-1": {

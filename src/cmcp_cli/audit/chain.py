@@ -15,17 +15,64 @@ from cmcp_cli.audit.entry import GENESIS_PREV, EntryType, SealedEntry
 
 DECISION_PHASE = "decision"
 OUTCOME_PHASE = "outcome"
+# A decision or fault entry without `kind` is a tool call's, so chains written before
+# other messages were governed keep their bytes and hashes.
+DEFAULT_KIND = "call_tool"
+# The kinds whose forwarding brings an upstream's data into the session, and so raise the
+# session's data class: tool results, resource contents, prompts, sampling requests.
+DATA_READING_KINDS = frozenset({"call_tool", "read_resource", "get_prompt", "create_message"})
+DECISION_COUNTS = ("allowed", "denied", "redacted", "escalated")
+_COUNTED = {"allow": "allowed", "deny": "denied", "redact": "redacted", "escalate": "escalated"}
 
 
 @dataclass
-class CallSummary:
+class KindCounts:
+    """The decisions and faults of one message kind."""
+
     total: int = 0
     allowed: int = 0
     denied: int = 0
     redacted: int = 0
     escalated: int = 0
     faulted: int = 0
-    tools_invoked: set[str] = field(default_factory=set)
+
+    def count(self, decision: object) -> None:
+        self.total += 1
+        counter = _COUNTED.get(decision) if isinstance(decision, str) else None
+        if counter is not None:
+            setattr(self, counter, getattr(self, counter) + 1)
+
+    def absorb(self, later: KindCounts) -> None:
+        for name in _KIND_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(later, name))
+
+    def to_json(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in _KIND_FIELDS}
+
+
+_KIND_FIELDS = ("total", *DECISION_COUNTS, "faulted")
+
+
+@dataclass
+class CallSummary:
+    """Totals across every governed message, and per kind (`by_kind`). A fault counts in
+    its kind when it names the call it ends (`call_id`); a fault of no call (a failed
+    listing, say) counts in `faulted` only."""
+
+    total: int = 0
+    allowed: int = 0
+    denied: int = 0
+    redacted: int = 0
+    escalated: int = 0
+    faulted: int = 0
+    tools_invoked: set[str] = field(default_factory=set)  # forwarded tool calls only
+    by_kind: dict[str, KindCounts] = field(default_factory=dict)
+
+    def kind(self, name: str) -> KindCounts:
+        counts = self.by_kind.get(name)
+        if counts is None:
+            counts = self.by_kind[name] = KindCounts()
+        return counts
 
     def absorb(self, later: CallSummary) -> None:
         """Add the counts of a later stretch of the same chain."""
@@ -36,6 +83,8 @@ class CallSummary:
         self.escalated += later.escalated
         self.faulted += later.faulted
         self.tools_invoked |= later.tools_invoked
+        for name, counts in later.by_kind.items():
+            self.kind(name).absorb(counts)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -46,6 +95,7 @@ class CallSummary:
             "escalated": self.escalated,
             "faulted": self.faulted,
             "tools_invoked": sorted(self.tools_invoked),
+            "by_kind": {name: self.by_kind[name].to_json() for name in sorted(self.by_kind)},
         }
 
 
@@ -79,6 +129,8 @@ class ChainState:
                 self._count_decision(fields)
         elif kind == EntryType.FAULT:
             self.calls.faulted += 1
+            if "call_id" in fields:
+                self.calls.kind(_kind_of(fields)).faulted += 1
         elif kind == EntryType.SESSION_START:
             order = fields.get("data_class_order")
             if isinstance(order, list):
@@ -100,10 +152,13 @@ class ChainState:
             calls.redacted += 1
         elif decision == "escalate":
             calls.escalated += 1
-        if fields.get("forwarded") is True:  # only a forwarded call touches the tool's data
-            calls.tools_invoked.add(str(fields.get("tool")))
+        kind = _kind_of(fields)
+        calls.kind(kind).count(decision)
+        if fields.get("forwarded") is True:  # only a forwarded message moves data
+            if kind == DEFAULT_KIND:
+                calls.tools_invoked.add(str(fields.get("tool")))
             data_class = fields.get("data_class")
-            if isinstance(data_class, str):
+            if kind in DATA_READING_KINDS and isinstance(data_class, str):
                 self.data_classes.add(data_class)
 
     @property
@@ -128,3 +183,10 @@ class ChainState:
 
     def audit_chain_json(self) -> dict[str, object]:
         return {"root": self.root or GENESIS_PREV, "tip": self.tip, "length": self.length}
+
+
+def _kind_of(fields: Mapping[str, Any]) -> str:
+    """The message kind of a decision or fault entry. A `kind` that is not a string is
+    counted under its JSON text, so a verifier sees it rather than a default."""
+    kind = fields.get("kind", DEFAULT_KIND)
+    return kind if isinstance(kind, str) else repr(kind)

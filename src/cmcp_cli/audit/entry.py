@@ -30,7 +30,10 @@ _BASE_FIELDS = ("v", "seq", "session_id", "ts", "type", "prev", "hash")
 
 class EntryType(enum.StrEnum):
     SESSION_START = "session_start"
-    CALL = "call"  # `phase` is "decision" (before forwarding) or "outcome" (before responding)
+    # A governed message: `phase` is "decision" (before forwarding) or "outcome" (before
+    # responding). A tool call's decision names its `tool` and has no `kind`; any other
+    # message's has `kind` (its Cedar action), `target` and `server` (docs/claim-format.md).
+    CALL = "call"
     SESSION_END = "session_end"
     DRIFT = "drift"
     FAULT = "fault"

@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
-from cmcp_cli.audit.chain import DECISION_PHASE, OUTCOME_PHASE, ChainState
+from cmcp_cli.audit.chain import DECISION_PHASE, DEFAULT_KIND, OUTCOME_PHASE, ChainState
 from cmcp_cli.audit.entry import ENTRY_FORMAT, EntryType, SealedEntry, seal, timestamp
 from cmcp_cli.audit.store import AuditStore
 
@@ -117,12 +117,27 @@ class SessionRecorder:
         forwarded: bool,
         cedar_request: Mapping[str, Any] | None,
         approval: Mapping[str, Any] | None = None,
+        kind: str = DEFAULT_KIND,
+        server: str = "",
+        related_call_id: str = "",
     ) -> SealedEntry:
-        """A call's decision; durable before the call is forwarded."""
+        """A message's decision; durable before the message is forwarded.
+
+        A tool call's entry names its `tool` and has no `kind` (the format tool calls
+        always had). Any other kind's entry has `kind`, `target` (the resource URI, the
+        prompt name, or the server for server-wide kinds), `server`, and, for a request
+        an upstream sent while serving a tool call, `related_call_id`."""
         fields: dict[str, Any] = {
             "phase": DECISION_PHASE,
             "call_id": call_id,
-            "tool": tool,
+        }
+        if kind == DEFAULT_KIND:
+            fields["tool"] = tool
+        else:
+            fields.update(kind=kind, target=tool, server=server)
+            if related_call_id:
+                fields["related_call_id"] = related_call_id
+        fields |= {
             "decision": decision,
             "policy_ids": list(policy_ids),
             "request_sha256": request_sha256,
@@ -154,10 +169,16 @@ class SessionRecorder:
             fields["redactions"] = dict(redactions)  # kinds and counts, never values
         return self._append(EntryType.CALL, fields)
 
-    def fault(self, *, error: str, stage: str, call_id: str | None = None) -> SealedEntry:
+    def fault(
+        self, *, error: str, stage: str, call_id: str | None = None, kind: str = DEFAULT_KIND
+    ) -> SealedEntry:
+        """A failure; with `call_id`, of that message (of `kind`, recorded unless a tool
+        call's), counted in its kind's `faulted`."""
         fields: dict[str, Any] = {"error": error, "stage": stage}
         if call_id is not None:
             fields["call_id"] = call_id
+            if kind != DEFAULT_KIND:
+                fields["kind"] = kind
         return self._append(EntryType.FAULT, fields)
 
     def drift(self, *, tool: str, expected_hash: str, advertised_hash: str) -> SealedEntry:

@@ -205,6 +205,12 @@ def _render_replay(report: ReplayReport) -> None:
             f"tip {state.tip}, {state.calls.total} calls, "
             f"{replay.decisions_checked} decisions re-checked"
         )
+        by_kind = state.calls.by_kind
+        if by_kind:
+            kinds = ", ".join(
+                f"{escape(name)} {counts.total}" for name, counts in sorted(by_kind.items())
+            )
+            render.err.print(f"  messages by kind: {kinds}")
         for problem in replay.problems:
             where = f"seq {problem.seq}" if problem.seq is not None else "claim"
             render.err.print(

@@ -71,6 +71,8 @@ def _render_bundle(report: BundleReport) -> None:
         f"{len(report.bundle.policies)} policies in {len(source.files)} files, {schema}; "
         f"manifest version {escape(source.manifest.version)} by {escape(source.manifest.author)}"
     )
+    for warning in report.warnings:
+        render.err.print(f"[yellow]warning:[/yellow] {warning}")
     render.err.print(f"bundle hash [bold]{report.hash}[/bold]")
     if report.matches is False:
         render.err.print(

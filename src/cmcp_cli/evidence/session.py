@@ -27,7 +27,14 @@ from cmcp_cli.claim.model import SessionFacts, build_claim, trace_record
 from cmcp_cli.errors import CmcpError
 from cmcp_cli.policy.decision import Decision, Effect
 from cmcp_cli.policy.engine import Authorizer
-from cmcp_cli.policy.request import ToolResource, tool_call_request
+from cmcp_cli.policy.request import (
+    MessageFacts,
+    MessageKind,
+    ToolResource,
+    message_request,
+    message_target,
+    tool_call_request,
+)
 
 
 class AttestationUnavailableError(CmcpError):
@@ -196,6 +203,69 @@ class EvidenceSession:
         )
         return CallVerdict(decision=decision, forwarded=forwarded, approval=approval)
 
+    def decide_message(
+        self,
+        authorizer: Authorizer,
+        *,
+        call_id: str,
+        agent_id: str,
+        kind: MessageKind,
+        server: str,
+        target: str,
+        params: Mapping[str, Any],
+        data_class: str,
+        related_call_id: str = "",
+    ) -> CallVerdict:
+        """Decide one message other than a tool call (`kind`), about `target` on upstream
+        `server` (the resource URI, the prompt name; the server itself for server-wide
+        kinds), and make the decision durable before anything is forwarded.
+
+        Like `decide_call`: the policy decides, the enforcement mode says whether the
+        message goes on, and the recorded request is exactly what Cedar saw. An escalated
+        message is not forwarded under `enforcing`: no operator approval exists for
+        messages, so a hold is a deny until the agent repeats it after a policy change.
+        """
+        if kind is MessageKind.CALL_TOOL:
+            raise ValueError("tool calls are decided by decide_call")
+        state = self.recorder.state
+        record: dict[str, Any] | None = None
+        request_sha256, canonical = _message_digest(kind, server, target, params)
+        if not canonical:
+            decision = Decision.refused(f"{kind} params have no canonical JSON form")
+        else:
+            facts = MessageFacts(
+                agent_id=agent_id,
+                server=server,
+                data_class=data_class,
+                session_max_sensitivity=state.max_data_class or self.policy.data_class_order[0],
+                platform=self.evidence.platform,
+                call_id=related_call_id,
+            )
+            entity = message_target(kind, server=server, target=target, data_class=data_class)
+            try:
+                request = message_request(kind, facts, entity, params)
+            except CmcpError as exc:
+                decision = Decision.refused(exc.message)
+            else:
+                decision = authorizer.decide(request, entity)
+                if self.policy.record_inputs == "full":
+                    record = request.to_record(entity)
+        forwarded = decision.forwards or self.policy.enforcement_mode != "enforcing"
+        self.recorder.decision(
+            call_id=call_id,
+            tool=target,
+            decision=decision.effect.value,
+            policy_ids=decision.policy_ids,
+            request_sha256=request_sha256,
+            data_class=data_class,
+            forwarded=forwarded,
+            cedar_request=record,
+            kind=kind.value,
+            server=server,
+            related_call_id=related_call_id,
+        )
+        return CallVerdict(decision=decision, forwarded=forwarded)
+
     def refuse_call(
         self, *, call_id: str, tool_name: str, arguments: Mapping[str, Any] | None, reason: str
     ) -> Decision:
@@ -223,8 +293,9 @@ class EvidenceSession:
         latency_us: int,
         redactions: Mapping[str, int] | None = None,
     ) -> None:
-        """Record what a forwarded call returned (as it goes back to the agent, after any
-        redaction); durable before the response is returned. Only its hash is kept."""
+        """Record what a forwarded message (of any kind) returned, as it goes back to
+        whoever asked, after any redaction; durable before the response is returned. Only
+        its hash is kept."""
         self.recorder.outcome(
             call_id=call_id,
             response_sha256=_response_digest(response),
@@ -263,6 +334,19 @@ class EvidenceSession:
 
 
 UNCLASSIFIED = "unclassified"  # the data class recorded for a call to a tool outside the catalog
+
+
+def _message_digest(
+    kind: MessageKind, server: str, target: str, params: Mapping[str, Any]
+) -> tuple[str, bool]:
+    """`request_sha256` of a message other than a tool call: the JCS digest of its kind,
+    server, target and params (without `_meta`), and whether they have a canonical form."""
+    body = {k: v for k, v in params.items() if k != "_meta"} if isinstance(params, Mapping) else {}
+    request = {"kind": kind.value, "server": server, "target": target, "params": body}
+    try:
+        return canonical_sha256(request), True
+    except CanonicalizationError:
+        return sha256_tagged(json.dumps(request, sort_keys=True, default=str).encode()), False
 
 
 def _request_digest(tool_name: str, arguments: Mapping[str, Any] | None) -> tuple[str, bool]:

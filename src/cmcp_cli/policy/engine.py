@@ -21,7 +21,7 @@ from cmcp_cli.errors import BundleError, CatalogError, Problem
 from cmcp_cli.policy import annotations as ann
 from cmcp_cli.policy.bundle import BundleFile, BundleSource
 from cmcp_cli.policy.decision import Decision, Effect
-from cmcp_cli.policy.request import CedarRequest, ToolResource
+from cmcp_cli.policy.request import CedarRequest, MessageTarget, ToolResource
 from cmcp_cli.policy.source import Statement, line_of_offset, split_statements
 
 
@@ -32,6 +32,11 @@ class PolicyInfo:
     line: int | None
     effect: str  # "permit" or "forbid"
     annotations: Mapping[str, str]
+    actions: frozenset[str] | None = None  # the action ids its scope names; None: any
+
+    def may_apply_to(self, action: str) -> bool:
+        """Whether the policy's action scope admits `action` (its conditions aside)."""
+        return self.actions is None or action in self.actions
 
     @property
     def location(self) -> str:
@@ -187,7 +192,28 @@ def _policy_info(parsed_file: _ParsedFile, positional: str, body: Mapping[str, A
         line=_statement_line(parsed_file.statements, positional),
         effect=str(body.get("effect")),
         annotations=annotations,
+        actions=_scoped_actions(body.get("action")),
     )
+
+
+def _scoped_actions(scope: Any) -> frozenset[str] | None:
+    """The action ids a policy's action scope names (`==` one, `in` a list or group), or
+    None when it admits any action (`action`, or `in` an action group, which may hold any)."""
+    if not isinstance(scope, Mapping):
+        return None
+    if scope.get("op") == "==":
+        entity = scope.get("entity")
+        return frozenset({str(entity.get("id"))}) if isinstance(entity, Mapping) else None
+    if scope.get("op") == "in" and isinstance(scope.get("entities"), list):
+        return frozenset(str(e.get("id")) for e in scope["entities"] if isinstance(e, Mapping))
+    return None
+
+
+def unpermitted_actions(bundle: CompiledBundle, actions: Iterable[str]) -> list[str]:
+    """The actions no permit of the bundle can apply to: Cedar's default deny refuses
+    every request for them, whatever else the bundle says."""
+    permits = [p for p in bundle.policies.values() if p.effect == "permit"]
+    return [a for a in actions if not any(p.may_apply_to(a) for p in permits)]
 
 
 def _load_schema(source: BundleSource, problems: list[Problem]) -> cedarpy.Schema | None:
@@ -245,9 +271,23 @@ class Authorizer:
                 "attributes) in schema.cedarschema, or fix the catalog entry",
             ) from exc
 
-    def decide(self, request: CedarRequest) -> Decision:
+    def decide(self, request: CedarRequest, target: MessageTarget | None = None) -> Decision:
+        """Decide `request`; `target` is the entity of a message other than a tool call
+        (tools are known to the authorizer already). An entity the schema rejects is a
+        deny, like any request Cedar cannot evaluate."""
+        entities = self._entities
+        if target is not None:
+            try:
+                entities = entities.with_added_json_str(
+                    json.dumps([target.entity_json()]), self.bundle.schema
+                )
+            except ValueError as exc:
+                return Decision.refused(
+                    f"the {target.type} entity does not fit the bundle schema ({exc}); "
+                    "declare it as docs/policy.md shows"
+                )
         result = cedarpy.is_authorized(
-            request.to_json(), self.bundle.policy_set, self._entities, schema=self.bundle.schema
+            request.to_json(), self.bundle.policy_set, entities, schema=self.bundle.schema
         )
         return self._decision(result)
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from cmcp_cli.claim.canonical import is_sha256_tagged
 from cmcp_cli.errors import UsageError
 from cmcp_cli.policy.bundle import read_bundle
-from cmcp_cli.policy.engine import CompiledBundle, compile_bundle
+from cmcp_cli.policy.engine import CompiledBundle, compile_bundle, unpermitted_actions
+from cmcp_cli.policy.request import MessageKind
 from cmcp_cli.strict_json import read_json_file
 
 
@@ -30,6 +31,15 @@ class BundleReport:
     @property
     def hash(self) -> str:
         return self.bundle.hash
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the bundle refuses by omission: each message kind no permit names (Cedar's
+        default deny applies to every kind), so upgraders notice what agents lose."""
+        return [
+            _UNPERMITTED.get(kind, f"no permit names {kind}: every {kind} request is denied")
+            for kind in unpermitted_actions(self.bundle, [k.value for k in MessageKind])
+        ]
 
     @property
     def matches(self) -> bool | None:
@@ -60,11 +70,24 @@ class BundleReport:
                 }
                 for p in self.bundle.policies.values()
             ],
+            "warnings": self.warnings,
             "changes": [
                 {"path": c.path, "change": c.change, "before": c.before, "after": c.after}
                 for c in self.changes
             ],
         }
+
+
+_UNPERMITTED = {
+    "call_tool": "no permit names call_tool: every tool call is denied",
+    "list_tools": "no permit names list_tools: agents will see no tools "
+    '(add `permit (principal, action == Action::"list_tools", resource);`)',
+    "read_resource": "no permit names read_resource: every resources/read is denied",
+    "get_prompt": "no permit names get_prompt: every prompts/get is denied",
+    "create_message": "no permit names create_message: upstreams cannot sample the agent's model",
+    "elicit": "no permit names elicit: upstreams cannot ask the user for input",
+    "list_roots": "no permit names list_roots: upstreams cannot list the client's roots",
+}
 
 
 def validate_bundle(

@@ -1,9 +1,12 @@
-"""The Cedar request model for MCP operations (DESIGN §3).
+"""The Cedar request model for MCP operations (DESIGN §3, docs/policy.md).
 
-Principal `Agent::"<agent id>"`, action `Action::"call_tool"` (or `list_tools`,
-`read_resource`, `get_prompt`), resource `Tool::"<exact tool name>"` with its catalog
-groups as `Tools::"<group>"` parents, and a context of `data_class`,
-`session_max_sensitivity`, `workflow_id`, `arguments` and `platform`.
+Every data-moving message is one request with its own action (`MessageKind`). A tool
+call: principal `Agent::"<agent id>"`, action `Action::"call_tool"`, resource
+`Tool::"<exact tool name>"` with its catalog groups as `Tools::"<group>"` parents, and a
+context of `data_class`, `session_max_sensitivity`, `workflow_id`, `arguments` and
+`platform`. The other kinds (`list_tools`, `read_resource`, `get_prompt`, and the
+server-initiated `create_message`, `elicit`, `list_roots`) name a `Server`, `Resource`
+or `Prompt` entity and carry the context `message_request` builds.
 
 Tool arguments are untrusted input. Cedar's JSON reads `{"__entity": ...}` and
 `{"__extn": ...}` as entity references and extension values, so an agent could otherwise
@@ -15,6 +18,7 @@ numeric comparison then rejects as an error, and an error is a deny.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -29,10 +33,55 @@ TOOL_TYPE = "Tool"
 TOOL_GROUP_TYPE = "Tools"
 ANONYMOUS_AGENT = "anonymous"
 
-CALL_TOOL = "call_tool"
-LIST_TOOLS = "list_tools"
-READ_RESOURCE = "read_resource"
-GET_PROMPT = "get_prompt"
+SERVER_TYPE = "Server"
+RESOURCE_TYPE = "Resource"
+PROMPT_TYPE = "Prompt"
+
+
+class MessageKind(enum.StrEnum):
+    """The governed MCP messages, each a Cedar action of the same name."""
+
+    CALL_TOOL = "call_tool"  # tools/call
+    LIST_TOOLS = "list_tools"  # tools/list, decided per upstream server
+    READ_RESOURCE = "read_resource"  # resources/read
+    GET_PROMPT = "get_prompt"  # prompts/get
+    CREATE_MESSAGE = "create_message"  # sampling/createMessage (server to client)
+    ELICIT = "elicit"  # elicitation/create (server to client)
+    LIST_ROOTS = "list_roots"  # roots/list (server to client)
+
+    @property
+    def server_initiated(self) -> bool:
+        return self in _SERVER_INITIATED
+
+    @property
+    def resource_type(self) -> str:
+        """The entity type of the request's resource."""
+        return _RESOURCE_TYPES.get(self, SERVER_TYPE)
+
+
+_SERVER_INITIATED = frozenset(
+    {MessageKind.CREATE_MESSAGE, MessageKind.ELICIT, MessageKind.LIST_ROOTS}
+)
+_RESOURCE_TYPES = {
+    MessageKind.CALL_TOOL: TOOL_TYPE,
+    MessageKind.READ_RESOURCE: RESOURCE_TYPE,
+    MessageKind.GET_PROMPT: PROMPT_TYPE,
+}
+# The MCP method each kind governs.
+KIND_METHODS: dict[MessageKind, str] = {
+    MessageKind.CALL_TOOL: "tools/call",
+    MessageKind.LIST_TOOLS: "tools/list",
+    MessageKind.READ_RESOURCE: "resources/read",
+    MessageKind.GET_PROMPT: "prompts/get",
+    MessageKind.CREATE_MESSAGE: "sampling/createMessage",
+    MessageKind.ELICIT: "elicitation/create",
+    MessageKind.LIST_ROOTS: "roots/list",
+}
+
+CALL_TOOL = MessageKind.CALL_TOOL.value
+LIST_TOOLS = MessageKind.LIST_TOOLS.value
+READ_RESOURCE = MessageKind.READ_RESOURCE.value
+GET_PROMPT = MessageKind.GET_PROMPT.value
 
 MAX_ARGUMENT_DEPTH = 32
 _RESERVED_KEYS = frozenset({"__entity", "__extn", "__expr"})
@@ -85,6 +134,59 @@ class ToolResource:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageTarget:
+    """What a message other than a tool call is about, as Cedar sees it: the upstream
+    `Server::"<name>"` (attribute `data_class`), or a `Resource::"<uri>"` or
+    `Prompt::"<name>"` of that server (attributes `server`, `data_class`; parent the
+    `Server`, so `resource in Server::"docs"` matches everything docs serves)."""
+
+    type: str
+    id: str
+    server: str
+    data_class: str
+
+    def entity_json(self) -> dict[str, Any]:
+        if self.type == SERVER_TYPE:
+            return {
+                "uid": {"type": SERVER_TYPE, "id": self.id},
+                "attrs": {"data_class": self.data_class},
+                "parents": [],
+            }
+        return {
+            "uid": {"type": self.type, "id": self.id},
+            "attrs": {"server": self.server, "data_class": self.data_class},
+            "parents": [{"type": SERVER_TYPE, "id": self.server}],
+        }
+
+    @classmethod
+    def from_entity_json(cls, document: Mapping[str, Any]) -> MessageTarget:
+        """Rebuild a recorded entity; `PolicyRequestError` when it is malformed or the
+        recorded shape is not the one `entity_json` writes (so nothing else rides along)."""
+        try:
+            uid, attrs = document["uid"], document["attrs"]
+            kind = uid["type"]
+            if kind == SERVER_TYPE:
+                target = cls(SERVER_TYPE, str(uid["id"]), str(uid["id"]), str(attrs["data_class"]))
+            elif kind in (RESOURCE_TYPE, PROMPT_TYPE):
+                target = cls(kind, str(uid["id"]), str(attrs["server"]), str(attrs["data_class"]))
+            else:
+                raise PolicyRequestError(f"recorded entity type {kind!r} is not a message target")
+        except (KeyError, TypeError) as exc:
+            raise PolicyRequestError(f"recorded message entity is malformed: {exc}") from exc
+        if target.entity_json() != dict(document):
+            raise PolicyRequestError(f"recorded {kind} entity has unexpected members")
+        return target
+
+
+def entity_of(document: Mapping[str, Any]) -> ToolResource | MessageTarget:
+    """A recorded entity, by its type; `PolicyRequestError` for any other."""
+    uid = document.get("uid") if isinstance(document, Mapping) else None
+    if isinstance(uid, Mapping) and uid.get("type") == TOOL_TYPE:
+        return ToolResource.from_entity_json(document)
+    return MessageTarget.from_entity_json(document)
+
+
+@dataclass(frozen=True, slots=True)
 class CedarRequest:
     """One authorization question; `to_json` is what the audit log records and replays."""
 
@@ -101,10 +203,20 @@ class CedarRequest:
             "context": dict(self.context),
         }
 
-    def to_record(self, tool: ToolResource | None) -> dict[str, Any]:
-        """What the audit log keeps: the request and the entity Cedar saw for its tool,
+    @property
+    def kind(self) -> MessageKind | None:
+        """The message kind the action names, or None for an action cMCP never asks."""
+        if self.action.type != ACTION_TYPE:
+            return None
+        try:
+            return MessageKind(self.action.id)
+        except ValueError:
+            return None
+
+    def to_record(self, target: ToolResource | MessageTarget | None) -> dict[str, Any]:
+        """What the audit log keeps: the request and the entity Cedar saw for its resource,
         so that a replay needs nothing but the bundle to decide it again."""
-        return {**self.to_json(), "entities": [tool.entity_json()] if tool is not None else []}
+        return {**self.to_json(), "entities": [target.entity_json()] if target is not None else []}
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any]) -> CedarRequest:
@@ -138,7 +250,7 @@ def tool_call_request(
     """
     return CedarRequest(
         principal=EntityRef(AGENT_TYPE, agent_id),
-        action=EntityRef(ACTION_TYPE, CALL_TOOL),
+        action=EntityRef(ACTION_TYPE, MessageKind.CALL_TOOL),
         resource=EntityRef(TOOL_TYPE, tool),
         context={
             "data_class": data_class,
@@ -148,6 +260,135 @@ def tool_call_request(
             "platform": platform,
         },
     )
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFacts:
+    """What every message request's context carries besides its kind's own members."""
+
+    agent_id: str
+    server: str
+    data_class: str
+    session_max_sensitivity: str
+    platform: str
+    call_id: str = ""  # the tool call a server-initiated request belongs to, "" for none
+
+
+def message_target(
+    kind: MessageKind, *, server: str, target: str, data_class: str
+) -> MessageTarget:
+    """The resource entity of a message other than a tool call: the server itself, or the
+    resource URI or prompt name on it."""
+    if kind is MessageKind.CALL_TOOL:
+        raise PolicyRequestError("a tool call's resource is its catalog Tool, not a message target")
+    entity_type = kind.resource_type
+    return MessageTarget(
+        entity_type, server if entity_type == SERVER_TYPE else target, server, data_class
+    )
+
+
+def message_request(
+    kind: MessageKind, facts: MessageFacts, target: MessageTarget, params: Mapping[str, Any]
+) -> CedarRequest:
+    """The request for a message other than `tools/call`; `params` are the message's MCP
+    params as received (untrusted). Raises `PolicyRequestError` for params Cedar must not
+    see or that do not have the shape MCP gives them; the caller denies the message."""
+    if not isinstance(params, Mapping):
+        raise PolicyRequestError(f"{KIND_METHODS[kind]} params must be a JSON object")
+    context: dict[str, Any] = {
+        "data_class": facts.data_class,
+        "session_max_sensitivity": facts.session_max_sensitivity,
+        "platform": facts.platform,
+        "server": facts.server,
+        "call_id": facts.call_id,
+    }
+    context.update(_KIND_CONTEXT[kind](params))
+    return CedarRequest(
+        principal=EntityRef(AGENT_TYPE, facts.agent_id),
+        action=EntityRef(ACTION_TYPE, kind.value),
+        resource=EntityRef(target.type, target.id),
+        context=context,
+    )
+
+
+def _no_context(_: Mapping[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+def _read_resource_context(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {"uri": _string(params, "uri", required=True)}
+
+
+def _get_prompt_context(params: Mapping[str, Any]) -> dict[str, Any]:
+    arguments = params.get("arguments")
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, Mapping):
+        raise PolicyRequestError("prompts/get params.arguments must be an object")
+    return {"arguments": cedar_record(arguments)}
+
+
+def _create_message_context(params: Mapping[str, Any]) -> dict[str, Any]:
+    messages = params.get("messages")
+    if not isinstance(messages, list):
+        raise PolicyRequestError("sampling/createMessage params.messages must be a list")
+    max_tokens = params.get("maxTokens", 0)
+    if type(max_tokens) is not int or not _I64_MIN <= max_tokens <= _I64_MAX:
+        raise PolicyRequestError("sampling/createMessage params.maxTokens must be an integer")
+    preferences = params.get("modelPreferences")
+    hints = preferences.get("hints") if isinstance(preferences, Mapping) else None
+    names = sorted(
+        {
+            hint["name"]
+            for hint in (hints if isinstance(hints, list) else ())
+            if isinstance(hint, Mapping) and isinstance(hint.get("name"), str)
+        }
+    )
+    system_prompt = params.get("systemPrompt")
+    return {
+        "max_tokens": max_tokens,
+        "include_context": _string(params, "includeContext") or "none",
+        "message_count": len(messages),
+        "system_prompt": isinstance(system_prompt, str) and bool(system_prompt),
+        "model_hints": names,
+    }
+
+
+def _elicit_context(params: Mapping[str, Any]) -> dict[str, Any]:
+    mode = _string(params, "mode") or "form"
+    if mode not in ("form", "url"):
+        raise PolicyRequestError(f"elicitation/create mode {mode!r} is not form or url")
+    schema = params.get("requestedSchema")
+    properties = schema.get("properties") if isinstance(schema, Mapping) else None
+    fields = sorted(str(name) for name in properties) if isinstance(properties, Mapping) else []
+    context: dict[str, Any] = {
+        "message": _string(params, "message"),
+        "mode": mode,
+        "requested_fields": fields,
+    }
+    url = _string(params, "url")
+    if url:
+        context["url"] = url
+    return context
+
+
+def _string(params: Mapping[str, Any], key: str, *, required: bool = False) -> str:
+    value = params.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise PolicyRequestError(f"params.{key} must be a string")
+    return value
+
+
+_KIND_CONTEXT = {
+    MessageKind.LIST_TOOLS: _no_context,
+    MessageKind.READ_RESOURCE: _read_resource_context,
+    MessageKind.GET_PROMPT: _get_prompt_context,
+    MessageKind.CREATE_MESSAGE: _create_message_context,
+    MessageKind.ELICIT: _elicit_context,
+    MessageKind.LIST_ROOTS: _no_context,
+}
 
 
 def cedar_record(arguments: Mapping[str, Any]) -> dict[str, Any]:

@@ -211,9 +211,33 @@ def _consistency(trace: Mapping[str, Any], gateway: Mapping[str, Any]) -> Check:
     counted = sum(summary[k] for k in ("allowed", "denied", "redacted", "escalated"))
     if counted != summary["total"]:
         issues.append("call_summary decisions do not add up to its total")
+    issues += by_kind_issues(summary)
     if issues:
         return Check.failed("consistency", "; ".join(issues))
     return Check.passed("consistency", "trace and gateway agree on session, transcript and counts")
+
+
+def by_kind_issues(summary: Mapping[str, Any]) -> list[str]:
+    """Where `call_summary.by_kind` does not add up: per kind, decisions to its total;
+    across kinds, each count to the summary's (faults of no message count only in the
+    summary, so by_kind's faults may fall short of it, never exceed it)."""
+    if "by_kind" not in summary:
+        return []
+    by_kind: Mapping[str, Mapping[str, int]] = summary["by_kind"]
+    decisions = ("allowed", "denied", "redacted", "escalated")
+    issues = [
+        f"call_summary.by_kind.{name} decisions do not add up to its total"
+        for name, counts in by_kind.items()
+        if sum(counts[k] for k in decisions) != counts["total"]
+    ]
+    issues += [
+        f"call_summary.by_kind {key} counts do not add up to call_summary.{key}"
+        for key in ("total", *decisions)
+        if sum(counts[key] for counts in by_kind.values()) != summary[key]
+    ]
+    if sum(counts["faulted"] for counts in by_kind.values()) > summary["faulted"]:
+        issues.append("call_summary.by_kind counts more faults than call_summary.faulted")
+    return issues
 
 
 def _attestation(
@@ -322,9 +346,12 @@ def _audit_log(document: Mapping[str, Any], gateway_claim: bool, path: Path | No
             f" (first bad seq {replay.first_bad_seq})" if replay.first_bad_seq is not None else ""
         )
         return Check.failed("audit log", f"{first.message}{where}")
+    by_kind = replay.state.calls.by_kind
+    kinds = ", ".join(f"{name} {by_kind[name].total}" for name in sorted(by_kind)) or "none"
     return Check.passed(
         "audit log",
-        f"{replay.state.length} entries reproduce the claim's root, tip, length and call summary",
+        f"{replay.state.length} entries reproduce the claim's root, tip, length and call "
+        f"summary (messages by kind: {kinds})",
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from cmcp_cli.claim.canonical import CanonicalizationError, canonical_bytes
 from cmcp_cli.claim.model import CLAIM_VERSION, EAT_PROFILE
+from cmcp_cli.policy.request import MessageKind
 
 _DIGEST = re.compile(r"sha(256:[0-9a-f]{64}|384:[0-9a-f]{96})")
 _SPIFFE = re.compile(r"spiffe://[a-z0-9.\-_]+/.+")
@@ -107,6 +108,8 @@ def claim_problems(claim: Mapping[str, Any]) -> list[str]:
     summary = _obj(gateway.get("call_summary"))
     if not all(_is_int(summary.get(k)) and summary[k] >= 0 for k in _SUMMARY_KEYS):
         problems.append(f"gateway.call_summary needs counts {', '.join(_SUMMARY_KEYS)}")
+    if "by_kind" in summary:  # absent in claims of gateways that governed tool calls only
+        problems += _by_kind_problems(summary["by_kind"])
     tools = summary.get("tools_invoked")
     if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
         problems.append("gateway.call_summary.tools_invoked is not a list of names")
@@ -125,6 +128,26 @@ def claim_problems(claim: Mapping[str, Any]) -> list[str]:
         problems.append("gateway.attestation.binding is not 64 lowercase hex digits")
     if not isinstance(attestation.get("evidence"), Mapping):
         problems.append("gateway.attestation.evidence is not an object")
+    return problems
+
+
+_KIND_KEYS = _SUMMARY_KEYS
+
+
+def _by_kind_problems(by_kind: Any) -> list[str]:
+    """`call_summary.by_kind`: per known message kind, the same counts as the totals."""
+    where = "gateway.call_summary.by_kind"
+    if not isinstance(by_kind, Mapping):
+        return [f"{where} is not an object of counts per message kind"]
+    problems = []
+    known = {kind.value for kind in MessageKind}
+    for name, counts in by_kind.items():
+        if name not in known:
+            problems.append(f"{where} names {name!r}, which is not a message kind")
+        elif not isinstance(counts, Mapping) or set(counts) != set(_KIND_KEYS):
+            problems.append(f"{where}.{name} needs exactly the counts {', '.join(_KIND_KEYS)}")
+        elif not all(_is_int(counts[k]) and counts[k] >= 0 for k in _KIND_KEYS):
+            problems.append(f"{where}.{name} counts are not non-negative integers")
     return problems
 
 

@@ -1,9 +1,16 @@
-"""Redacting a tool result as `@redact(...)` says, counting what was redacted.
+"""Redacting what a governed message returns as `@redact(...)` says, counting what was
+redacted.
 
-Detectors scan every string of the result (text content and structured content alike);
-JSON pointers replace one value of `structuredContent`. A redacted string stays a string,
-so a client validating `structuredContent` against the tool's `outputSchema` still
-accepts it. Counts per kind are returned for the audit entry; values never are.
+For a tool result, detectors scan every string of the result (text content and structured
+content alike); JSON pointers replace one value of `structuredContent`. A redacted string
+stays a string, so a client validating `structuredContent` against the tool's
+`outputSchema` still accepts it. For the other kinds (`redact_answer`): a resource's
+`contents[].text` is scanned and a `blob` (binary no detector can read) is replaced by a
+text item `[REDACTED:blob]`; a prompt's messages and description are scanned; a client's
+sampling answer has its `content` scanned; an elicitation answer has each value of its
+`content` scanned, and pointers address that `content` object (`/card_number`). Listings
+(`list_tools`, `list_roots`) carry nothing to redact. Counts per kind are returned for the
+audit entry; values never are.
 """
 
 from __future__ import annotations
@@ -112,6 +119,56 @@ def redact_result(
             if key in redacted:
                 redacted[key] = _scan(redacted[key], lambda text: redact_text(text, kinds, counts))
     return redacted, dict(counts)
+
+
+def redact_answer(
+    kind: str, result: Mapping[str, Any], spec: RedactionSpec
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """A redacted copy of the result a message of `kind` (a `MessageKind` value) returns,
+    and the count of redactions by kind; see the module docstring for what is scanned."""
+    if kind == "call_tool":
+        return redact_result(result, spec)
+    counts: Counter[str] = Counter()
+    redacted = copy.deepcopy(dict(result))
+    kinds = [detector for detector in _ORDER if detector in spec.detectors]
+
+    def scan(value: Any) -> Any:
+        return _scan(value, lambda text: redact_text(text, kinds, counts)) if kinds else value
+
+    if kind == "read_resource":
+        contents = redacted.get("contents")
+        if isinstance(contents, list):
+            redacted["contents"] = [_resource_item(item, scan, counts) for item in contents]
+    elif kind == "get_prompt":
+        for key in ("messages", "description"):
+            if key in redacted:
+                redacted[key] = scan(redacted[key])
+    elif kind == "create_message":
+        if "content" in redacted:
+            redacted["content"] = scan(redacted["content"])
+    elif kind == "elicit":
+        content = redacted.get("content")
+        if isinstance(content, dict):
+            removed: list[str] = []
+            for pointer in spec.pointers:
+                if _replace_at(content, pointer, removed):
+                    counts[f"pointer:{pointer}"] += 1
+            redacted["content"] = {key: scan(value) for key, value in content.items()}
+    return redacted, dict(counts)
+
+
+def _resource_item(item: Any, scan: Callable[[Any], Any], counts: Counter[str]) -> Any:
+    """One `contents[]` item of a resource read: its text scanned; a blob, which no
+    detector can read, replaced by a text item (fail closed, and still a valid item)."""
+    if not isinstance(item, dict):
+        return item
+    if "blob" in item:
+        counts["blob"] += 1
+        kept = {key: value for key, value in item.items() if key in ("uri", "_meta")}
+        return {**kept, "mimeType": "text/plain", "text": MASK.format(kind="blob")}
+    if isinstance(item.get("text"), str):
+        return {**item, "text": scan(item["text"])}
+    return item
 
 
 def _mask_values(text: str, values: list[str]) -> str:

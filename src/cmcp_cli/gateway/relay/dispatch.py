@@ -16,13 +16,14 @@ from typing import Any
 from cmcp_cli import __version__
 from cmcp_cli.errors import CmcpError
 from cmcp_cli.evidence.session import EscalationHandler
+from cmcp_cli.gateway.enforcement.messages import Gate, close_gate, fail_gate, open_gate
 from cmcp_cli.gateway.enforcement.redaction import redact_result
 from cmcp_cli.gateway.relay.passthrough import PASSED_THROUGH, Passthrough
 from cmcp_cli.gateway.relay.sessions import GatewaySession, SessionRegistry
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.upstream.api import KNOWN_PROTOCOLS, UpstreamError
 from cmcp_cli.policy.decision import Decision, Effect
-from cmcp_cli.policy.request import tool_call_request
+from cmcp_cli.policy.request import MessageKind, tool_call_request
 from cmcp_cli.wire.jsonrpc import Code, Message, ProtocolError, error, result
 from cmcp_cli.wire.mcp import MODERN_PROTOCOLS, SERVER_INFO_KEY, forwardable_meta
 
@@ -118,15 +119,45 @@ class Dispatcher:
     async def list_tools(self, session: GatewaySession) -> list[dict[str, Any]]:
         """The catalog's approved definitions of the tools the session's agent may call,
         among those each upstream still advertises as approved: a drifted, unlisted or
-        forbidden tool is not shown."""
+        forbidden tool is not shown, nor any tool of a server whose listing policy denies
+        (`list_tools`, decided and recorded per server), nor of one that cannot be reached
+        (a fault of that server's listing; the others are still listed)."""
+        gates = {}
         for name in sorted(self.runtime.catalog.servers):
-            await self.sessions.upstream(session, name)
+            gate = await self._list_gate(session, name)
+            if gate is not None:
+                gates[name] = gate
         allowed = self._callable_tools(session)
-        listed = []
+        listed: dict[str, list[dict[str, Any]]] = {name: [] for name in gates}
         for name, tool in sorted(self.runtime.catalog.tools.items()):
-            if name in session.advertised and name not in session.drifted and name in allowed:
-                listed.append(dict(tool.definition))
-        return listed
+            shown = name in session.advertised and name not in session.drifted
+            if shown and name in allowed and tool.server in listed:
+                listed[tool.server].append(dict(tool.definition))
+        for server, gate in gates.items():
+            answer = {"result": {"tools": listed[server]}}
+            await close_gate(self.sessions, session, gate, answer)
+        return [definition for server in gates for definition in listed[server]]
+
+    async def _list_gate(self, session: GatewaySession, server: str) -> Gate | None:
+        """Decide listing one server's tools; connect to it when allowed (which pins its
+        catalog). None when policy denies it, or when the server cannot be reached (then
+        a fault of the gate, so every forwarded listing ends in an outcome or a fault)."""
+        gate = await open_gate(
+            self.sessions,
+            session,
+            kind=MessageKind.LIST_TOOLS,
+            server=server,
+            target=server,
+            params={},
+        )
+        if not gate.forwarded:
+            return None
+        try:
+            await self.sessions.upstream(session, server)
+        except UpstreamError as exc:
+            await fail_gate(self.sessions, session, gate, str(exc), "connect")
+            return None
+        return gate
 
     def _callable_tools(self, session: GatewaySession) -> frozenset[str]:
         """The tools the policy does not deny this agent outright: decided once per agent

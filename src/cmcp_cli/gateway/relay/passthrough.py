@@ -3,17 +3,21 @@
 Listings are merged across upstreams in name order, and remembered per session so that a
 `resources/read` or `prompts/get` goes to the upstream that listed the URI or name. With
 several upstreams, pagination cursors are not merged: each listing is the upstreams'
-first pages. Tool calls are what policy decides; resources and prompts are relayed as
-the upstream answers them, within the session and its upstream sessions.
+first pages. Listings are relayed as the upstreams answer them; a `resources/read` or
+`prompts/get` moves data, so it passes a gate (`enforcement.messages`): decided by policy
+as `read_resource` or `get_prompt` before it is forwarded, its answer redacted and its
+outcome recorded before it is returned.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from cmcp_cli.gateway.enforcement.messages import close_gate, fail_gate, open_gate, refusal
 from cmcp_cli.gateway.relay.sessions import GatewaySession, SessionRegistry
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.upstream.api import UpstreamError
+from cmcp_cli.policy.request import MessageKind
 from cmcp_cli.wire.jsonrpc import Code, Message, error
 from cmcp_cli.wire.mcp import forwardable_meta
 
@@ -25,6 +29,7 @@ LISTINGS = {
 }
 # request method -> (the parameter naming the item, the listing that routes it)
 ROUTED = {"resources/read": ("uri", "resources/list"), "prompts/get": ("name", "prompts/list")}
+GOVERNED = {"resources/read": MessageKind.READ_RESOURCE, "prompts/get": MessageKind.GET_PROMPT}
 PASSED_THROUGH = frozenset({*LISTINGS, *ROUTED})
 
 
@@ -85,12 +90,30 @@ class Passthrough:
                 f"{parameter} {target!r} is not in any upstream's {listing}: list first",
                 {parameter: target},
             )
+        return await self._governed(message, session, GOVERNED[method], name, target)
+
+    async def _governed(
+        self,
+        message: Message,
+        session: GatewaySession,
+        kind: MessageKind,
+        name: str,
+        target: str,
+    ) -> dict[str, Any]:
+        """Forward a routed read through its gate: decided first, outcome after."""
+        gate = await open_gate(
+            self.sessions, session, kind=kind, server=name, target=target, params=message.params
+        )
+        if not gate.forwarded:
+            return refusal(gate, message.id)
         try:
             upstream = await self.sessions.upstream(session, name)
-            reply = await upstream.request(method, self._forwarded_params(message))
+            reply = await upstream.request(message.method or "", self._forwarded_params(message))
         except UpstreamError as exc:
-            return await self._failed(message, session, exc)
-        return {"jsonrpc": "2.0", "id": message.id, **_answer_of(reply)}
+            await fail_gate(self.sessions, session, gate, str(exc), message.method or "")
+            return exc.to_jsonrpc(message.id)
+        answer = {"jsonrpc": "2.0", "id": message.id, **_answer_of(reply)}
+        return await close_gate(self.sessions, session, gate, answer)
 
     async def _failed(
         self, message: Message, session: GatewaySession, failure: UpstreamError
