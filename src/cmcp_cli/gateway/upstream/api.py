@@ -17,6 +17,9 @@ UPSTREAM_PROTOCOL = "2025-11-25"
 KNOWN_PROTOCOLS = ("2025-11-25", "2025-06-18", "2025-03-26")
 CLOSE_TIMEOUT_SECONDS = 2.0  # ending an upstream session never holds up the gateway longer
 
+# Receives a message the upstream sent: a notification, or a request of its own.
+MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
 
 class UpstreamConversation(Protocol):
     """One client session's own MCP session with one upstream, initialized."""
@@ -31,14 +34,26 @@ class UpstreamConversation(Protocol):
         """The revision negotiated with the upstream."""
         ...
 
-    async def request(self, method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Send a request; the JSON-RPC response object (with `result` or `error`)."""
+    async def request(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        relay: MessageHandler | None = None,
+    ) -> dict[str, Any]:
+        """Send a request; the JSON-RPC response object (with `result` or `error`). What
+        the upstream sends about it while it is in flight goes to `relay` (else to
+        on_notification); cancelling the awaiting task cancels the request upstream."""
+        ...
+
+    async def respond(self, request_id: RequestId, answer: Mapping[str, Any]) -> None:
+        """Answer a request the upstream sent: `answer` is {"result": ...} or {"error": ...}."""
         ...
 
     async def notify(self, method: str, params: Mapping[str, Any] | None = None) -> None: ...
 
     # Where the upstream's notifications (list_changed, above all) are delivered.
-    on_notification: Callable[[dict[str, Any]], Awaitable[None]] | None
+    on_notification: MessageHandler | None
 
     async def listen(self) -> None:
         """Start receiving notifications the upstream sends outside any request; returns
@@ -106,3 +121,8 @@ class UpstreamError(Exception):
         """The error an agent gets for a request this failure ended."""
         code = Code.UPSTREAM_TIMEOUT if self.timed_out else Code.UPSTREAM_FAILED
         return error(request_id, code, str(self), {"upstream": self.upstream})
+
+
+class UpstreamSessionLostError(UpstreamError):
+    """The upstream answered 404 to the session id: it forgot the session (a restart, say)
+    and ran nothing of the request; a new session can be opened."""

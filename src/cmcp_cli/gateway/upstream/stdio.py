@@ -34,10 +34,11 @@ from cmcp_cli.config import StdioUpstream as StdioUpstreamConfig
 from cmcp_cli.gateway.upstream.api import (
     CLOSE_TIMEOUT_SECONDS,
     UPSTREAM_PROTOCOL,
+    MessageHandler,
     UpstreamError,
     negotiate,
 )
-from cmcp_cli.wire.jsonrpc import Code
+from cmcp_cli.wire.jsonrpc import Code, RequestId
 
 SAFE_ENVIRONMENT = ("PATH", "HOME", "LANG")
 EXIT_WAIT_SECONDS = 1.0  # after its stdout ends, how long a child may take to exit
@@ -217,11 +218,21 @@ class StdioSession:
     def pid(self) -> int:
         return self.process.pid
 
+    async def respond(self, request_id: RequestId, answer: Mapping[str, Any]) -> None:
+        """Answer a request the child sent."""
+        await self._send({"jsonrpc": "2.0", "id": request_id, **dict(answer)})
+
     async def listen(self) -> None:
         """Nothing to start: the reader of the child's stdout has delivered notifications
         since the child started."""
 
-    async def request(self, method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    async def request(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        relay: MessageHandler | None = None,  # noqa: ARG002 (the upstream branch routes it)
+    ) -> dict[str, Any]:
         """Send a request; the JSON-RPC response object (with `result` or `error`)."""
         request_id = next(self._ids)
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}

@@ -21,7 +21,9 @@ import orjson
 from cmcp_cli.gateway.upstream.api import (
     CLOSE_TIMEOUT_SECONDS,
     UPSTREAM_PROTOCOL,
+    MessageHandler,
     UpstreamError,
+    UpstreamSessionLostError,
     negotiate,
 )
 from cmcp_cli.wire.http1 import (
@@ -31,6 +33,7 @@ from cmcp_cli.wire.http1 import (
     HttpTimeoutError,
     Response,
 )
+from cmcp_cli.wire.jsonrpc import RequestId
 from cmcp_cli.wire.sse import SseDecoder, sse_data
 
 _DECODER = msgspec.json.Decoder()
@@ -96,7 +99,13 @@ class UpstreamSession:
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _listener: asyncio.Task[None] | None = None
 
-    async def request(self, method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    async def request(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        relay: MessageHandler | None = None,
+    ) -> dict[str, Any]:
         """Send a request; the JSON-RPC response object (with `result` or `error`)."""
         request_id = next(self._ids)
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
@@ -106,7 +115,12 @@ class UpstreamSession:
         if self.session_id is None and "mcp-session-id" in response.headers:
             self.session_id = response.headers["mcp-session-id"]
         self._check_status(response)
-        return await self._answer(response, request_id)
+        return await self._answer(response, request_id, relay or self.on_notification)
+
+    async def respond(self, request_id: RequestId, answer: Mapping[str, Any]) -> None:
+        """Answer a request the upstream sent."""
+        message = {"jsonrpc": "2.0", "id": request_id, **dict(answer)}
+        self._check_status(await self.upstream.post(message, self))
 
     async def notify(self, method: str, params: Mapping[str, Any] | None = None) -> None:
         message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
@@ -185,11 +199,15 @@ class UpstreamSession:
             return
         name = self.upstream.name
         if response.status == 404 and self.session_id is not None:
-            raise UpstreamError(name, "the upstream no longer knows this session (HTTP 404)")
+            raise UpstreamSessionLostError(
+                name, "the upstream no longer knows this session (HTTP 404)"
+            )
         excerpt = response.body[:200].decode("utf-8", "replace")
         raise UpstreamError(name, f"answered HTTP {response.status}: {excerpt}")
 
-    async def _answer(self, response: Response, request_id: int) -> dict[str, Any]:
+    async def _answer(
+        self, response: Response, request_id: int, relay: MessageHandler | None
+    ) -> dict[str, Any]:
         content_type = response.headers.get("content-type", "").split(";")[0].strip()
         if content_type == "application/json":
             messages = [self._decode(response.body)]
@@ -205,8 +223,8 @@ class UpstreamSession:
                 continue
             if message.get("id") == request_id and ("result" in message or "error" in message):
                 answer = message
-            elif "id" not in message and self.on_notification is not None:
-                await self.on_notification(message)
+            elif "id" not in message and relay is not None:
+                await relay(message)
         if answer is not None:
             return answer
         raise UpstreamError(self.upstream.name, "the answer holds no response to the request")
