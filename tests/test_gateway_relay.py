@@ -1,0 +1,326 @@
+"""The relay in both directions, through a real `cmcp start` in front of a real SDK
+upstream whose tools talk back while they run: progress and log messages reach the
+client on the call's own response, the upstream's requests (sampling, elicitation,
+roots) reach the client and its answers the upstream, a cancellation reaches the
+upstream, a lost response stream resumes with Last-Event-ID, and sessions closed with
+calls in flight leave claims that verify against their logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2 as httpx
+import mcp_types as types
+import pytest
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from cmcp_cli.audit.logfile import read_log_lines
+from tests.gateway_support import Served, free_port, start_gateway, start_process, write_config
+from tests.support import REPO, run_cmcp
+
+UPSTREAM = REPO / "tests" / "relay_upstream.py"
+PERMIT_ALL = '@id("relay-tests")\npermit (principal, action, resource);\n'
+MANIFEST = {"version": "1.0.0", "authored_at": "2026-12-01T09:00:00Z", "author": "tests"}
+WAIT_SECONDS = 15.0
+HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, Path]]:
+    folder = tmp_path_factory.mktemp("relay")
+    state = folder / "upstream-state"
+    state.mkdir()
+    port = free_port()
+    upstream = start_process(
+        [sys.executable, str(UPSTREAM), "--port", str(port), "--state", str(state)],
+        port,
+        folder / "upstream.log",
+    )
+    try:
+        tools = asyncio.run(_listed_tools(upstream.url))
+        catalog = folder / "catalog.json"
+        catalog.write_text(
+            json.dumps(
+                {
+                    "catalog_version": 1,
+                    "tools": [
+                        {
+                            "name": tool["name"],
+                            "server": "demo",
+                            "groups": ["relay"],
+                            "data_class": "public",
+                            "definition": {k: v for k, v in tool.items() if k != "name"},
+                        }
+                        for tool in tools
+                    ],
+                }
+            )
+        )
+        bundle = folder / "bundle"
+        bundle.mkdir()
+        (bundle / "manifest.json").write_text(json.dumps(MANIFEST))
+        (bundle / "relay.cedar").write_text(PERMIT_ALL)
+        config = write_config(
+            folder, upstream.url, policy_bundle_path=str(bundle), catalog_path=str(catalog)
+        )
+        gateway = start_gateway(config)
+        try:
+            yield gateway, state
+        finally:
+            gateway.stop()
+    finally:
+        upstream.stop()
+
+
+async def _listed_tools(url: str) -> list[dict[str, Any]]:
+    async with (
+        streamable_http_client(url) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        listed = await session.list_tools()
+    return [tool.model_dump(by_alias=True, exclude_none=True) for tool in listed.tools]
+
+
+def _text(result: types.CallToolResult) -> str:
+    first = result.content[0]
+    assert isinstance(first, types.TextContent), result
+    return first.text
+
+
+def test_progress_and_log_messages_reach_the_client_on_the_call(
+    relay: tuple[Served, Path],
+) -> None:
+    gateway, _ = relay
+    progress: list[tuple[float, float | None, str | None]] = []
+    logs: list[Any] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append((done, total, message))
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logs.append(params.data)
+
+    async def session() -> str:
+        async with (
+            streamable_http_client(gateway.url) as (read, write),
+            ClientSession(read, write, logging_callback=on_log) as client,
+        ):
+            await client.initialize()
+            result = await client.call_tool(
+                "chatty", {"steps": 3}, progress_callback=on_progress
+            )
+            return _text(result)
+
+    assert asyncio.run(session()) == "done after 3 steps"
+    assert progress == [(1, 3, "step 1"), (2, 3, "step 2"), (3, 3, "step 3")]
+    assert logs == ["did step 1", "did step 2", "did step 3"]
+
+
+def test_the_upstreams_requests_reach_the_client_and_its_answers_the_upstream(
+    relay: tuple[Served, Path],
+) -> None:
+    gateway, _ = relay
+    asked: list[str] = []
+
+    async def sampling(_: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        content = params.messages[0].content
+        asked.append(f"sampling:{getattr(content, 'text', '')}")
+        return types.CreateMessageResult(
+            role="assistant",
+            content=types.TextContent(type="text", text="forty-two"),
+            model="test-model",
+        )
+
+    async def elicitation(_: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(f"elicitation:{params.message}")
+        return types.ElicitResult(action="accept", content={"holder": "Ada"})
+
+    async def roots(_: Any) -> types.ListRootsResult:
+        asked.append("roots")
+        return types.ListRootsResult(roots=[types.Root(uri="file:///work/project")])
+
+    async def session() -> list[str]:
+        async with (
+            streamable_http_client(gateway.url) as (read, write),
+            ClientSession(
+                read,
+                write,
+                sampling_callback=sampling,
+                elicitation_callback=elicitation,
+                list_roots_callback=roots,
+            ) as client,
+        ):
+            await client.initialize()
+            return [
+                _text(await client.call_tool("ask_model", {"prompt": "the answer?"})),
+                _text(await client.call_tool("ask_user", {"question": "whose card?"})),
+                _text(await client.call_tool("client_roots", {})),
+            ]
+
+    answers = asyncio.run(session())
+    assert answers == [
+        "model said: forty-two",
+        "user accept: Ada",
+        json.dumps(["file:///work/project"]),
+    ]
+    assert asked == ["sampling:the answer?", "elicitation:whose card?", "roots"]
+
+
+def test_a_cancelled_call_is_cancelled_upstream_and_the_session_ends_cleanly(
+    relay: tuple[Served, Path],
+) -> None:
+    gateway, state = relay
+
+    async def session() -> str:
+        async with (
+            streamable_http_client(gateway.url) as (read, write),
+            ClientSession(read, write) as client,
+        ):
+            await client.initialize()
+            with anyio.move_on_after(1.0):
+                await client.call_tool("slow", {"seconds": 20, "tag": "sdk"})
+            # the session goes on after a cancellation
+            return _text(await client.call_tool("slow", {"seconds": 0, "tag": "after"}))
+
+    assert asyncio.run(session()) == "slept 0"  # and leaving raised nothing
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not (state / "cancelled-sdk").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (state / "cancelled-sdk").exists(), "the upstream never saw the cancellation"
+    assert not (state / "finished-sdk").exists()
+
+
+def _events(body: str) -> list[tuple[str | None, dict[str, Any]]]:
+    events = []
+    for block in body.replace("\r\n", "\n").split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in block.split("\n") if ": " in line and line[0] != ":"
+        )
+        if "data" in fields:
+            events.append((fields.get("id"), json.loads(fields["data"])))
+    return events
+
+
+async def _open_session(client: httpx.AsyncClient, url: str) -> dict[str, str]:
+    init = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"},
+        },
+    }
+    opened = await client.post(url, json=init, headers=HEADERS)
+    assert opened.status_code == 200, opened.text
+    headers = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]}
+    await client.post(
+        url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers
+    )
+    return headers
+
+
+def test_a_lost_response_stream_resumes_with_last_event_id(relay: tuple[Served, Path]) -> None:
+    gateway, _ = relay
+
+    async def scenario() -> tuple[str, list[tuple[str | None, dict[str, Any]]]]:
+        async with httpx.AsyncClient(timeout=WAIT_SECONDS) as client:
+            headers = await _open_session(client, gateway.url)
+            call = {
+                "jsonrpc": "2.0",
+                "id": 7,
+                "method": "tools/call",
+                "params": {
+                    "name": "chatty",
+                    "arguments": {"steps": 2},
+                    "_meta": {"progressToken": "t-1"},
+                },
+            }
+            first_id = None
+            async with client.stream("POST", gateway.url, json=call, headers=headers) as stream:
+                assert stream.headers["content-type"].startswith("text/event-stream")
+                async for line in stream.aiter_lines():
+                    if line.startswith("id: "):
+                        first_id = line[4:]
+                        break  # leave the response after its first event
+            assert first_id is not None
+            resumed = await client.get(
+                gateway.url, headers={**headers, "last-event-id": first_id}
+            )
+            assert resumed.status_code == 200, resumed.text
+            unknown = await client.get(
+                gateway.url, headers={**headers, "last-event-id": "p999-1"}
+            )
+            assert unknown.status_code == 404
+            await client.delete(gateway.url, headers=headers)
+            return first_id, _events(resumed.text)
+
+    first_id, events = asyncio.run(scenario())
+    stream_name, _, seq = first_id.rpartition("-")
+    ids = [event_id for event_id, _ in events]
+    assert ids == [f"{stream_name}-{n}" for n in range(int(seq) + 1, int(seq) + 1 + len(ids))]
+    final = events[-1][1]
+    assert final["id"] == 7
+    assert final["result"]["content"][0]["text"] == "done after 2 steps"
+    methods = [message.get("method") for _, message in events[:-1]]
+    assert set(methods) <= {"notifications/progress", "notifications/message"}
+
+
+def test_sessions_closed_with_calls_in_flight_leave_claims_that_verify(
+    relay: tuple[Served, Path],
+) -> None:
+    gateway, _ = relay
+    audit = gateway.log.parent / "audit.db"
+    sessions = 20
+
+    async def scenario() -> tuple[list[str], list[dict[str, Any]]]:
+        limits = httpx.Limits(max_connections=3 * sessions)
+        async with httpx.AsyncClient(timeout=WAIT_SECONDS, limits=limits) as client:
+            opened = await asyncio.gather(
+                *(_open_session(client, gateway.url) for _ in range(sessions))
+            )
+
+            async def call(headers: dict[str, str], n: int) -> dict[str, Any]:
+                body = {
+                    "jsonrpc": "2.0",
+                    "id": n,
+                    "method": "tools/call",
+                    "params": {"name": "slow", "arguments": {"seconds": 20, "tag": f"load-{n}"}},
+                }
+                answer = await client.post(gateway.url, json=body, headers=headers)
+                events = _events(answer.text)
+                return events[-1][1] if events else dict(answer.json())
+
+            calls = [asyncio.create_task(call(h, n)) for n, h in enumerate(opened)]
+            await asyncio.sleep(1.5)  # every call is upstream by now
+            closed = await asyncio.gather(
+                *(client.delete(gateway.url, headers=h) for h in opened)
+            )
+            assert [c.status_code for c in closed] == [200] * sessions
+            answers = await asyncio.wait_for(asyncio.gather(*calls), WAIT_SECONDS)
+        return [h["mcp-session-id"] for h in opened], answers
+
+    ids, answers = asyncio.run(scenario())
+    for answer in answers:  # every caller got an answer, none hangs
+        assert answer["error"]["code"] == -32800, answer
+    for session_id in ids:
+        claim = gateway.log.parent / "claims" / f"{session_id}.claim.json"
+        verified = run_cmcp("verify", claim, "--allow-software", "--audit-log", audit, "--json")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        replayed = run_cmcp("replay-audit", "--db", audit, "--claim", claim, "--json")
+        assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+        entries = [json.loads(line) for line in read_log_lines(audit, session_id)]
+        assert entries[-1]["type"] == "session_end"
+        faults = [e for e in entries if e["type"] == "fault"]
+        assert [f["stage"] for f in faults] == ["cancelled"]
+        assert json.loads(claim.read_text())["gateway"]["call_summary"]["faulted"] == 1
