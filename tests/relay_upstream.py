@@ -16,6 +16,7 @@ from pathlib import Path
 
 import mcp_types as types
 import uvicorn
+from mcp.server.elicitation import AcceptedElicitation
 from mcp.server.mcpserver import Context, MCPServer
 from pydantic import BaseModel
 
@@ -51,7 +52,8 @@ def build_server(state: Path) -> MCPServer:
     @server.tool(description="Asks the user for a card holder.")
     async def ask_user(question: str, ctx: Context) -> str:
         answer = await ctx.elicit(question, Card)
-        return f"user {answer.action}: {answer.data.holder if answer.data else '-'}"
+        holder = answer.data.holder if isinstance(answer, AcceptedElicitation) else "-"
+        return f"user {answer.action}: {holder}"
 
     @server.tool(description="Lists the client's roots.")
     async def client_roots(ctx: Context) -> str:

@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,9 @@ import anyio
 import httpx2 as httpx
 import mcp_types as types
 import pytest
-from mcp.client.session import ClientSession
+from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from pydantic import FileUrl
 
 from cmcp_cli.audit.logfile import read_log_lines
 from tests.gateway_support import Served, free_port, start_gateway, start_process, write_config
@@ -33,8 +35,22 @@ WAIT_SECONDS = 15.0
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
 
+@dataclass
+class Rig:
+    gateway: Served
+    upstream: Served
+    state: Path
+
+    def restart_upstream(self) -> None:
+        """Stop the upstream and start it again on its port: it forgets every session."""
+        self.upstream.stop()
+        command = [str(part) for part in self.upstream.process.args]  # type: ignore[union-attr]
+        log = self.upstream.log.with_name("upstream-restarted.log")
+        self.upstream = start_process(command, self.upstream.port, log)
+
+
 @pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, Path]]:
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     folder = tmp_path_factory.mktemp("relay")
     state = folder / "upstream-state"
     state.mkdir()
@@ -44,6 +60,7 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, Pa
         port,
         folder / "upstream.log",
     )
+    running = Rig(upstream, upstream, state)
     try:
         tools = asyncio.run(_listed_tools(upstream.url))
         catalog = folder / "catalog.json"
@@ -71,13 +88,18 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, Pa
         config = write_config(
             folder, upstream.url, policy_bundle_path=str(bundle), catalog_path=str(catalog)
         )
-        gateway = start_gateway(config)
+        running.gateway = start_gateway(config)
         try:
-            yield gateway, state
+            yield running
         finally:
-            gateway.stop()
+            running.gateway.stop()
     finally:
-        upstream.stop()
+        running.upstream.stop()
+
+
+@pytest.fixture
+def relay(rig: Rig) -> tuple[Served, Path]:
+    return rig.gateway, rig.state
 
 
 async def _listed_tools(url: str) -> list[dict[str, Any]]:
@@ -90,7 +112,8 @@ async def _listed_tools(url: str) -> list[dict[str, Any]]:
     return [tool.model_dump(by_alias=True, exclude_none=True) for tool in listed.tools]
 
 
-def _text(result: types.CallToolResult) -> str:
+def _text(result: object) -> str:
+    assert isinstance(result, types.CallToolResult), result
     first = result.content[0]
     assert isinstance(first, types.TextContent), result
     return first.text
@@ -100,11 +123,11 @@ def test_progress_and_log_messages_reach_the_client_on_the_call(
     relay: tuple[Served, Path],
 ) -> None:
     gateway, _ = relay
-    progress: list[tuple[float, float | None, str | None]] = []
+    seen: list[tuple[float, float | None, str | None]] = []
     logs: list[Any] = []
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.append((done, total, message))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
 
     async def on_log(params: types.LoggingMessageNotificationParams) -> None:
         logs.append(params.data)
@@ -115,13 +138,11 @@ def test_progress_and_log_messages_reach_the_client_on_the_call(
             ClientSession(read, write, logging_callback=on_log) as client,
         ):
             await client.initialize()
-            result = await client.call_tool(
-                "chatty", {"steps": 3}, progress_callback=on_progress
-            )
+            result = await client.call_tool("chatty", {"steps": 3}, progress_callback=on_progress)
             return _text(result)
 
     assert asyncio.run(session()) == "done after 3 steps"
-    assert progress == [(1, 3, "step 1"), (2, 3, "step 2"), (3, 3, "step 3")]
+    assert seen == [(1, 3, "step 1"), (2, 3, "step 2"), (3, 3, "step 3")]
     assert logs == ["did step 1", "did step 2", "did step 3"]
 
 
@@ -131,7 +152,9 @@ def test_the_upstreams_requests_reach_the_client_and_its_answers_the_upstream(
     gateway, _ = relay
     asked: list[str] = []
 
-    async def sampling(_: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+    async def sampling(
+        context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult:
         content = params.messages[0].content
         asked.append(f"sampling:{getattr(content, 'text', '')}")
         return types.CreateMessageResult(
@@ -140,13 +163,15 @@ def test_the_upstreams_requests_reach_the_client_and_its_answers_the_upstream(
             model="test-model",
         )
 
-    async def elicitation(_: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+    async def elicitation(
+        context: ClientRequestContext, params: types.ElicitRequestParams
+    ) -> types.ElicitResult:
         asked.append(f"elicitation:{params.message}")
         return types.ElicitResult(action="accept", content={"holder": "Ada"})
 
-    async def roots(_: Any) -> types.ListRootsResult:
+    async def roots(context: ClientRequestContext) -> types.ListRootsResult:
         asked.append("roots")
-        return types.ListRootsResult(roots=[types.Root(uri="file:///work/project")])
+        return types.ListRootsResult(roots=[types.Root(uri=FileUrl("file:///work/project"))])
 
     async def session() -> list[str]:
         async with (
@@ -191,12 +216,15 @@ def test_a_cancelled_call_is_cancelled_upstream_and_the_session_ends_cleanly(
             # the session goes on after a cancellation
             return _text(await client.call_tool("slow", {"seconds": 0, "tag": "after"}))
 
-    assert asyncio.run(session()) == "slept 0"  # and leaving raised nothing
+    assert asyncio.run(session()) == "slept 0.0"  # and leaving raised nothing
     deadline = time.monotonic() + WAIT_SECONDS
     while not (state / "cancelled-sdk").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert (state / "cancelled-sdk").exists(), "the upstream never saw the cancellation"
     assert not (state / "finished-sdk").exists()
+    entries = [json.loads(line) for line in read_log_lines(gateway.log.parent / "audit.db")]
+    cancelled = [e for e in entries if e["type"] == "fault" and e["stage"] == "cancelled"]
+    assert any(e["error"] == "cancelled by the client" and "call_id" in e for e in cancelled)
 
 
 def _events(body: str) -> list[tuple[str | None, dict[str, Any]]]:
@@ -254,13 +282,9 @@ def test_a_lost_response_stream_resumes_with_last_event_id(relay: tuple[Served, 
                         first_id = line[4:]
                         break  # leave the response after its first event
             assert first_id is not None
-            resumed = await client.get(
-                gateway.url, headers={**headers, "last-event-id": first_id}
-            )
+            resumed = await client.get(gateway.url, headers={**headers, "last-event-id": first_id})
             assert resumed.status_code == 200, resumed.text
-            unknown = await client.get(
-                gateway.url, headers={**headers, "last-event-id": "p999-1"}
-            )
+            unknown = await client.get(gateway.url, headers={**headers, "last-event-id": "p999-1"})
             assert unknown.status_code == 404
             await client.delete(gateway.url, headers=headers)
             return first_id, _events(resumed.text)
@@ -303,9 +327,7 @@ def test_sessions_closed_with_calls_in_flight_leave_claims_that_verify(
 
             calls = [asyncio.create_task(call(h, n)) for n, h in enumerate(opened)]
             await asyncio.sleep(1.5)  # every call is upstream by now
-            closed = await asyncio.gather(
-                *(client.delete(gateway.url, headers=h) for h in opened)
-            )
+            closed = await asyncio.gather(*(client.delete(gateway.url, headers=h) for h in opened))
             assert [c.status_code for c in closed] == [200] * sessions
             answers = await asyncio.wait_for(asyncio.gather(*calls), WAIT_SECONDS)
         return [h["mcp-session-id"] for h in opened], answers
@@ -324,3 +346,26 @@ def test_sessions_closed_with_calls_in_flight_leave_claims_that_verify(
         faults = [e for e in entries if e["type"] == "fault"]
         assert [f["stage"] for f in faults] == ["cancelled"]
         assert json.loads(claim.read_text())["gateway"]["call_summary"]["faulted"] == 1
+
+
+def test_an_upstream_that_forgot_the_session_gets_a_new_one_and_the_session_goes_on(
+    rig: Rig,
+) -> None:
+    async def scenario() -> tuple[str, str]:
+        async with (
+            streamable_http_client(rig.gateway.url) as (read, write),
+            ClientSession(read, write) as client,
+        ):
+            await client.initialize()
+            before = _text(await client.call_tool("slow", {"seconds": 0, "tag": "r1"}))
+            await asyncio.to_thread(rig.restart_upstream)
+            after = _text(await client.call_tool("slow", {"seconds": 0, "tag": "r2"}))
+            return before, after
+
+    assert asyncio.run(scenario()) == ("slept 0.0", "slept 0.0")
+    entries = [json.loads(line) for line in read_log_lines(rig.gateway.log.parent / "audit.db")]
+    renewed = [
+        e for e in entries if e["type"] == "fault" and e["stage"] == "upstream_session_renewed"
+    ]
+    assert len(renewed) == 1
+    assert "'demo'" in renewed[0]["error"]

@@ -114,9 +114,10 @@ class Dispatcher:
             return await self._request(message, session, flight)
         except asyncio.CancelledError:
             task = flight.task
-            if flight.cancel_reason is None or task is None:
+            # Only the flight's own cancellation is answered here; any other (the server
+            # shutting down, say) goes on up.
+            if flight.cancel_reason is None or task is None or task.uncancel() > 0:
                 raise
-            task.uncancel()
             return await self._cancelled(message, session, flight, flight.cancel_reason)
         finally:
             session.exchange.end(flight)

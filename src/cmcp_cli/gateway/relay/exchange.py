@@ -218,6 +218,13 @@ class Exchange:
             _offer(channel.queue, None, force=True)
         self.channels.pop(channel.name, None)
 
+    def close(self) -> None:
+        """End every stream of the session: its readers get the end marker."""
+        for channel in list(self.channels.values()):
+            if channel.name != GET_STREAM:
+                self.finish(channel)
+        self.publish(None)
+
     def publish(self, message: dict[str, Any] | None) -> None:
         """Queue a message (or, None, the end) for the session's GET stream."""
         channel = self.channels[GET_STREAM]

@@ -310,7 +310,7 @@ class SessionRegistry:
                         await flight.done.wait()
         if self.on_session_closing is not None:
             await self.on_session_closing(session)
-        session.notify(None)
+        session.exchange.close()
         self.approvals.end_session(session.id)
         for upstream in session.upstreams.values():
             await upstream.close()
