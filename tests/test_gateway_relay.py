@@ -286,6 +286,10 @@ def test_a_lost_response_stream_resumes_with_last_event_id(relay: tuple[Served, 
             assert resumed.status_code == 200, resumed.text
             unknown = await client.get(gateway.url, headers={**headers, "last-event-id": "p999-1"})
             assert unknown.status_code == 404
+            for stray in ("cmcp-999", 12):  # an answer to nothing pending: accepted, dropped
+                answer = {"jsonrpc": "2.0", "id": stray, "result": {}}
+                accepted = await client.post(gateway.url, json=answer, headers=headers)
+                assert (accepted.status_code, accepted.content) == (202, b"")
             await client.delete(gateway.url, headers=headers)
             return first_id, _events(resumed.text)
 

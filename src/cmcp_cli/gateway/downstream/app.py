@@ -294,6 +294,7 @@ class GatewayApp:
                 http_status=404,
             )
         stream.exchange = session.exchange
+        stream.cancels = message.id
         reply = await self.dispatcher.handle(message, session, stream)
         answer = reply.message
         status = reply.status

@@ -19,6 +19,7 @@ from typing import Any
 from cmcp_cli.gateway.relay.exchange import Channel, Exchange
 from cmcp_cli.wire import asgi
 from cmcp_cli.wire.asgi import Receive, Scope, Send
+from cmcp_cli.wire.jsonrpc import RequestId
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 KEEPALIVE_CHUNK = b": keepalive\n\n"
@@ -38,6 +39,8 @@ class ResponseStream:
         self._receive = receive
         self._send = send
         self.exchange: Exchange | None = None  # the session's, once the request has one
+        # 2026-07-28: a client cancels a request by closing its response stream.
+        self.cancels: RequestId | None = None
         self.channel: Channel | None = None
         self._gone = False
         self._watcher: asyncio.Task[None] | None = None
@@ -87,6 +90,9 @@ class ResponseStream:
             while (await self._receive())["type"] != "http.disconnect":
                 pass
         self._gone = True
+        flight = self.exchange.flights.get(self.cancels) if self.exchange and self.cancels else None
+        if flight is not None and flight.outlet is self:
+            flight.cancel("the client closed the response stream")
 
 
 async def serve_events(

@@ -322,7 +322,12 @@ class SessionRegistry:
     async def close_idle(self) -> int:
         limit = self.runtime.config.limits.session_idle_timeout_seconds
         now = time.monotonic()
-        idle = [s for s in self._sessions.values() if now - s.last_seen > limit]
+        # A session with a request in flight (a tool waiting on its user, say) is not idle.
+        idle = [
+            s
+            for s in self._sessions.values()
+            if now - s.last_seen > limit and not s.exchange.flights
+        ]
         for session in idle:
             await self.close(session, "idle timeout")
         return len(idle)
