@@ -218,23 +218,29 @@ class Relay:
                 with contextlib.suppress(UpstreamError):
                     await upstream.notify("notifications/roots/list_changed")
 
+    async def settle(self, session: GatewaySession, flight: Flight) -> None:
+        """After a request ended (cancelled, timed out): requests its upstream sent during
+        it that the client has not answered are closed as faults and answered upstream."""
+        stale = [p for p in session.exchange.pending.values() if p.flight is flight]
+        await self._give_up(session, stale, "the request ended before the client answered")
+
     async def abandon(self, session: GatewaySession) -> None:
         """Before a session ends: what its upstreams still wait for is answered with an
         error, and recorded as a fault of its message."""
-        for pending in session.exchange.take_pending():
+        await self._give_up(
+            session,
+            session.exchange.take_pending(),
+            "the session closed before the client answered",
+        )
+
+    async def _give_up(self, session: GatewaySession, stale: list[Pending], why: str) -> None:
+        for pending in stale:
+            session.exchange.pending.pop(pending.gateway_id, None)
             if pending.gate is not None:
                 with contextlib.suppress(ChainEndedError):
-                    await fail_gate(
-                        self.sessions,
-                        session,
-                        pending.gate,
-                        "the session closed before the client answered",
-                        "cancelled",
-                    )
+                    await fail_gate(self.sessions, session, pending.gate, why, "cancelled")
             await _answer(
-                pending.conversation,
-                pending.upstream_id,
-                _error(Code.INVALID_REQUEST, "the client's session closed before it answered"),
+                pending.conversation, pending.upstream_id, _error(Code.INVALID_REQUEST, why)
             )
 
 

@@ -120,6 +120,8 @@ class Dispatcher:
                 raise
             return await self._cancelled(message, session, flight, flight.cancel_reason)
         finally:
+            if session.exchange.pending:
+                await self.relay.settle(session, flight)
             session.exchange.end(flight)
 
     async def _request(self, message: Message, session: GatewaySession, flight: Flight) -> Reply:

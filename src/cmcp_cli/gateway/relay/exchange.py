@@ -235,7 +235,7 @@ class Exchange:
         stream, now fed to the caller's queue (`channel.queue`). None when the id is not
         one this session can continue from (unknown, or events after it were dropped)."""
         stream, _, number = last_event_id.rpartition("-")
-        if not number.isdigit():
+        if not self.resumable or not number.isdigit():
             return None
         live = self.channels.get(stream)
         if live is None and not self.replay.knows(stream):
