@@ -287,7 +287,7 @@ def test_a_lost_response_stream_resumes_with_last_event_id(relay: tuple[Served, 
             unknown = await client.get(gateway.url, headers={**headers, "last-event-id": "p999-1"})
             assert unknown.status_code == 404
             for stray in ("cmcp-999", 12):  # an answer to nothing pending: accepted, dropped
-                answer = {"jsonrpc": "2.0", "id": stray, "result": {}}
+                answer: dict[str, Any] = {"jsonrpc": "2.0", "id": stray, "result": {}}
                 accepted = await client.post(gateway.url, json=answer, headers=headers)
                 assert (accepted.status_code, accepted.content) == (202, b"")
             await client.delete(gateway.url, headers=headers)
@@ -302,6 +302,45 @@ def test_a_lost_response_stream_resumes_with_last_event_id(relay: tuple[Served, 
     assert final["result"]["content"][0]["text"] == "done after 2 steps"
     methods = [message.get("method") for _, message in events[:-1]]
     assert set(methods) <= {"notifications/progress", "notifications/message"}
+
+
+def test_a_stateless_request_streams_its_notifications_without_event_ids(
+    relay: tuple[Served, Path],
+) -> None:
+    gateway, _ = relay
+    modern = "2026-07-28"
+    body = {
+        "jsonrpc": "2.0",
+        "id": 9,
+        "method": "tools/call",
+        "params": {
+            "name": "chatty",
+            "arguments": {"steps": 2},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": modern,
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "progressToken": "m-1",
+            },
+        },
+    }
+    headers = {
+        **HEADERS,
+        "mcp-protocol-version": modern,
+        "mcp-method": "tools/call",
+        "mcp-name": "chatty",
+    }
+    answer = httpx.post(gateway.url, json=body, headers=headers, timeout=WAIT_SECONDS)
+    assert answer.headers["content-type"].startswith("text/event-stream"), answer.text
+    assert answer.headers["cmcp-session-id"]
+    events = _events(answer.text)
+    assert all(event_id is None for event_id, _ in events)  # 2026-07-28 has no resumption
+    progress = [
+        m["params"]["progress"] for _, m in events if m.get("method") == "notifications/progress"
+    ]
+    assert progress == [1, 2]
+    final = events[-1][1]
+    assert final["id"] == 9 and final["result"]["resultType"] == "complete"
+    assert final["result"]["content"][0]["text"] == "done after 2 steps"
 
 
 def test_sessions_closed_with_calls_in_flight_leave_claims_that_verify(

@@ -295,6 +295,7 @@ class GatewayApp:
             )
         stream.exchange = session.exchange
         stream.cancels = message.id
+        stream.headers["cmcp-session-id"] = session.id
         reply = await self.dispatcher.handle(message, session, stream)
         answer = reply.message
         status = reply.status

@@ -41,6 +41,7 @@ class ResponseStream:
         self.exchange: Exchange | None = None  # the session's, once the request has one
         # 2026-07-28: a client cancels a request by closing its response stream.
         self.cancels: RequestId | None = None
+        self.headers: dict[str, str] = {}  # sent with a stream's start
         self.channel: Channel | None = None
         self._gone = False
         self._watcher: asyncio.Task[None] | None = None
@@ -52,7 +53,9 @@ class ResponseStream:
             if not accepts_events(self._scope):
                 return False
             self.channel = self.exchange.open_channel(self._write)
-            await self._send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+            start = {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + extra}
+            await self._send(start)
             self._watcher = asyncio.create_task(self._watch())
         await self.exchange.emit(self.channel, message)
         return True
