@@ -281,19 +281,26 @@ def test_a_session_from_spawn_to_close(pid_dir: Path, caplog: pytest.LogCaptureF
 
     async def session_life() -> dict[str, Any]:
         session = await upstream_for(pid_dir).open_session()
-        notified = asyncio.Event()
         notifications: list[dict[str, Any]] = []
+        relayed: list[dict[str, Any]] = []
 
         async def on_notification(message: dict[str, Any]) -> None:
             notifications.append(message)
-            notified.set()
+
+        async def relay(message: dict[str, Any]) -> None:
+            # the only request in flight: the child's messages during it are its own
+            relayed.append(message)
+            if message["method"] == "ping":
+                await session.respond(message["id"], {"result": {}})
+            elif "id" in message:
+                error = {"code": -32601, "message": "not here"}
+                await session.respond(message["id"], {"error": error})
 
         session.on_notification = on_notification
         listed = await session.request("tools/list", {})
         chatty = await session.request(
-            "tools/call", {"name": "get_weather", "arguments": {"city": "chatty"}}
+            "tools/call", {"name": "get_weather", "arguments": {"city": "chatty"}}, relay=relay
         )
-        await asyncio.wait_for(notified.wait(), 5)
         await session.close()
         await session.close()  # a second close is harmless
         with pytest.raises(UpstreamError, match="closed"):
@@ -303,6 +310,7 @@ def test_a_session_from_spawn_to_close(pid_dir: Path, caplog: pytest.LogCaptureF
             "tools": sorted(tool["name"] for tool in listed["result"]["tools"]),
             "chatty": chatty["result"]["content"][0]["text"],
             "notifications": notifications,
+            "relayed": [message["method"] for message in relayed],
             "pid": session.pid,
             "returncode": session.process.returncode,
         }
@@ -310,11 +318,11 @@ def test_a_session_from_spawn_to_close(pid_dir: Path, caplog: pytest.LogCaptureF
     seen = run(session_life())
     assert seen["protocol"] == "2025-11-25"
     assert seen["tools"] == CATALOG_TOOLS
-    # the gateway answered the server's ping and refused its roots/list
+    # the relay answered the server's ping and refused its roots/list, and heard of the
+    # changed tool list, in the order the server sent them
     assert seen["chatty"] == "ping answered; roots refused with -32601"
-    assert seen["notifications"] == [
-        {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
-    ]
+    assert seen["relayed"] == ["ping", "roots/list", "notifications/tools/list_changed"]
+    assert seen["notifications"] == []
     assert seen["returncode"] == 0  # it left on EOF, as asked
     assert not lingers(seen["pid"])
     variables = children(pid_dir)[seen["pid"]]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -54,7 +54,81 @@ class Endpoint:
 class Response:
     status: int
     headers: Mapping[str, str]  # lower-case names; repeated headers joined with ", "
-    body: bytes
+    body: bytes  # empty when the body is streamed
+    # The body as it arrives, for a 200 whose content type the caller asked to stream; the
+    # caller reads it to its end or closes it (then its connection is closed, not pooled).
+    stream: BodyStream | None = None
+
+
+class BodyStream:
+    """A response body read chunk by chunk: each read bounded by `idle_timeout` (None: no
+    bound), the connection back in its pool once the body ended, closed if it did not."""
+
+    def __init__(
+        self, pool: ConnectionPool, connection: _Connection, idle_timeout: float | None
+    ) -> None:
+        self._pool = pool
+        self._connection: _Connection | None = connection
+        self.idle_timeout = idle_timeout
+
+    async def read(self) -> bytes:
+        """The next chunk of the body; b"" once it has ended. HttpTimeoutError when nothing
+        comes within the idle bound, HttpError when the connection ends before the body."""
+        connection = self._connection
+        if connection is None:
+            return b""
+        protocol = connection.protocol
+        try:
+            while True:
+                event = protocol.next_event()
+                if event is h11.NEED_DATA:
+                    async with asyncio.timeout(self.idle_timeout):
+                        protocol.receive_data(await connection.reader.read(_READ_CHUNK))
+                elif isinstance(event, h11.Data):
+                    if event.data:
+                        return bytes(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    self._connection = None
+                    self._pool._release(connection)
+                    return b""
+                else:  # ConnectionClosed: the body had no end of its own
+                    break
+        except TimeoutError as exc:
+            self.close()
+            raise HttpTimeoutError(f"nothing arrived for {self.idle_timeout:g} s") from exc
+        except (h11.ProtocolError, OSError) as exc:
+            self.close()
+            raise HttpError(f"the response body was cut off: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
+        self.close()
+        raise HttpError("the upstream closed the connection mid-response")
+
+    def finish(self) -> None:
+        """Done with the body: the connection goes back to the pool when the body's end has
+        already arrived (whatever else arrived with it is dropped), else it is closed."""
+        connection = self._connection
+        if connection is None:
+            return
+        protocol = connection.protocol
+        try:
+            while (event := protocol.next_event()) is not h11.NEED_DATA:
+                if isinstance(event, h11.EndOfMessage):
+                    self._connection = None
+                    self._pool._release(connection)
+                    return
+                if not isinstance(event, h11.Data):
+                    break
+        except h11.ProtocolError:
+            pass
+        self.close()
+
+    def close(self) -> None:
+        """Drop the connection unless the body was read to its end."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
 
 class _Connection:
@@ -76,8 +150,12 @@ class _Connection:
         endpoint: Endpoint,
         headers: list[tuple[str, str]],
         body: bytes,
+        *,
         max_body: int,
-    ) -> Response:
+        stream_types: frozenset[str],
+    ) -> tuple[Response, bool]:
+        """The response and False; or its head and True, as soon as the head of a 200 of
+        a content type in `stream_types` has arrived: its body is for the caller to read."""
         protocol = self.protocol
         request = h11.Request(
             method=method,
@@ -110,13 +188,17 @@ class _Connection:
                     response_headers[key] = (
                         f"{response_headers[key]}, {text}" if key in response_headers else text
                     )
+                if stream_types and status == 200:
+                    media = response_headers.get("content-type", "").split(";")[0]
+                    if media.strip().lower() in stream_types:
+                        return Response(status, response_headers, b""), True
             elif isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > max_body:
                     raise HttpError(f"the response is larger than {max_body} bytes")
                 chunks.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
-                return Response(status, response_headers, b"".join(chunks))
+                return Response(status, response_headers, b"".join(chunks)), False
             elif isinstance(event, h11.ConnectionClosed):
                 raise HttpError("the upstream closed the connection mid-response")
 
@@ -147,21 +229,41 @@ class ConnectionPool:
         *,
         timeout: float,
         max_body: int,
+        stream_types: frozenset[str] = frozenset(),
     ) -> Response:
+        """One exchange, bounded by `timeout`. A 200 of a content type in `stream_types`
+        comes back as soon as its head has: its `stream` yields the body, each read bounded
+        by `timeout` again (an idle bound, not a total one)."""
         try:
             async with asyncio.timeout(timeout):
-                return await self._request(method, headers, body, max_body)
+                return await self._request(
+                    method,
+                    headers,
+                    body,
+                    max_body=max_body,
+                    stream_types=stream_types,
+                    timeout=timeout,
+                )
         except TimeoutError as exc:
             raise HttpTimeoutError(f"no answer within {timeout:g} s") from exc
 
     async def _request(
-        self, method: str, headers: list[tuple[str, str]], body: bytes, max_body: int
+        self,
+        method: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        *,
+        max_body: int,
+        stream_types: frozenset[str],
+        timeout: float,
     ) -> Response:
         # Sent once, never retried: a tools/call that reached the upstream before the
         # connection failed may have run, and running it twice is not the gateway's call.
         connection = self._take_idle() or await self._connect()
         try:
-            response = await connection.exchange(method, self.endpoint, headers, body, max_body)
+            response, streamed = await connection.exchange(
+                method, self.endpoint, headers, body, max_body=max_body, stream_types=stream_types
+            )
         except h11.ProtocolError as exc:
             connection.close()
             raise HttpError(f"the upstream did not speak HTTP/1.1: {exc}") from exc
@@ -171,50 +273,11 @@ class ConnectionPool:
         except BaseException:
             connection.close()
             raise
+        if streamed:
+            stream = BodyStream(self, connection, timeout)
+            return Response(response.status, response.headers, b"", stream)
         self._release(connection)
         return response
-
-    async def stream(
-        self,
-        method: str,
-        headers: list[tuple[str, str]],
-        *,
-        connect_timeout: float,
-        on_open: Callable[[], None] | None = None,
-    ) -> AsyncIterator[bytes]:
-        """A long-lived response on a connection of its own (never pooled): each chunk of
-        its body as it arrives; `on_open` is called once its 200 head has arrived. Raises
-        HttpError for a status other than 200."""
-        async with asyncio.timeout(connect_timeout):
-            connection = await self._connect()
-        protocol = connection.protocol
-        try:
-            request = h11.Request(
-                method=method,
-                target=self.endpoint.target,
-                headers=[("host", self.endpoint.host_header), *headers],
-            )
-            connection.writer.write(
-                protocol.send(request) + (protocol.send(h11.EndOfMessage()) or b"")
-            )
-            await connection.writer.drain()
-            while True:
-                event = protocol.next_event()
-                if event is h11.NEED_DATA:
-                    protocol.receive_data(await connection.reader.read(_READ_CHUNK))
-                elif isinstance(event, h11.Response):
-                    if event.status_code != 200:
-                        raise HttpError(f"answered HTTP {event.status_code}")
-                    if on_open is not None:
-                        on_open()
-                elif isinstance(event, h11.Data):
-                    yield bytes(event.data)
-                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                    return
-        except (h11.ProtocolError, OSError) as exc:
-            raise HttpError(f"the stream from {self.endpoint.host_header} failed: {exc}") from exc
-        finally:
-            connection.close()
 
     def _take_idle(self) -> _Connection | None:
         while self._idle:

@@ -24,7 +24,7 @@ from cmcp_cli.config import (
     TLSConfig,
 )
 from cmcp_cli.errors import Problem, Severity
-from cmcp_cli.gateway.upstream.stdio import resolve_executable
+from cmcp_cli.gateway.upstream.spawn import resolve_executable
 
 MIN_TOKEN_LENGTH = 32
 _TOKEN_HINT = "generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"  # noqa: S105

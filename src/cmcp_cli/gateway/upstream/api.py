@@ -2,7 +2,11 @@
 
 An upstream (`UpstreamChannel`) opens one conversation (`UpstreamConversation`) per client
 session, so no two agents ever share upstream state. A conversation answers each request
-with the JSON-RPC response object, and raises `UpstreamError` when it cannot.
+with the JSON-RPC response object, and raises `UpstreamError` when it cannot. Everything
+else the upstream sends (notifications, and its own requests: sampling/createMessage,
+elicitation/create, roots/list, ping) is handed on as it arrives: to the `relay` of the
+request it belongs to, or to `on_notification`; such a request keeps the upstream's id,
+and is answered with `respond`.
 """
 
 from __future__ import annotations
@@ -13,12 +17,10 @@ from typing import Any, Protocol
 from cmcp_cli import __version__
 from cmcp_cli.wire.jsonrpc import Code, RequestId, error
 
+MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
 UPSTREAM_PROTOCOL = "2025-11-25"
 KNOWN_PROTOCOLS = ("2025-11-25", "2025-06-18", "2025-03-26")
 CLOSE_TIMEOUT_SECONDS = 2.0  # ending an upstream session never holds up the gateway longer
-
-# Receives a message the upstream sent: a notification, or a request of its own.
-MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class UpstreamConversation(Protocol):
@@ -41,9 +43,12 @@ class UpstreamConversation(Protocol):
         *,
         relay: MessageHandler | None = None,
     ) -> dict[str, Any]:
-        """Send a request; the JSON-RPC response object (with `result` or `error`). What
-        the upstream sends about it while it is in flight goes to `relay` (else to
-        on_notification); cancelling the awaiting task cancels the request upstream."""
+        """The JSON-RPC response (with `result` or `error`). While the request is in flight,
+        every other message the upstream sends about it (progress, logging/message, its own
+        requests) is passed to `relay` in order, awaited, or to `on_notification` when
+        `relay` is None. If the awaiting task is cancelled, the upstream is sent
+        notifications/cancelled for it (in the background, bounded) and CancelledError
+        propagates. An HTTP 404 to our session id raises UpstreamSessionLostError."""
         ...
 
     async def respond(self, request_id: RequestId, answer: Mapping[str, Any]) -> None:
@@ -52,7 +57,8 @@ class UpstreamConversation(Protocol):
 
     async def notify(self, method: str, params: Mapping[str, Any] | None = None) -> None: ...
 
-    # Where the upstream's notifications (list_changed, above all) are delivered.
+    # Messages outside any request: notifications (list_changed, above all) AND the
+    # upstream's own requests that belong to no request of ours.
     on_notification: MessageHandler | None
 
     async def listen(self) -> None:
@@ -72,7 +78,12 @@ class UpstreamChannel(Protocol):
     @property
     def name(self) -> str: ...
 
-    async def open_session(self) -> UpstreamConversation: ...
+    async def open_session(
+        self, *, capabilities: Mapping[str, Any] | None = None
+    ) -> UpstreamConversation:
+        """An initialized conversation; `capabilities` are the client capabilities declared
+        to the upstream (sampling, elicitation, roots: what the gateway can relay)."""
+        ...
 
     def describe(self) -> str:
         """Where the upstream is, for people: a URL, or the command that is started."""
@@ -89,14 +100,20 @@ class _Requesting(Protocol):
     ) -> dict[str, Any]: ...
 
 
-async def negotiate(session: _Requesting, upstream: str) -> str:
-    """Send `initialize` and return the revision the upstream answered, if cMCP speaks it;
-    the caller then sends notifications/initialized in that revision."""
+async def negotiate(
+    session: _Requesting,
+    upstream: str,
+    *,
+    capabilities: Mapping[str, Any] | None = None,
+    protocol: str = UPSTREAM_PROTOCOL,
+) -> str:
+    """Send `initialize` offering `protocol` and return the revision the upstream answered,
+    if cMCP speaks it; the caller then sends notifications/initialized in that revision."""
     answer = await session.request(
         "initialize",
         {
-            "protocolVersion": UPSTREAM_PROTOCOL,
-            "capabilities": {},
+            "protocolVersion": protocol,
+            "capabilities": dict(capabilities or {}),
             "clientInfo": {"name": "cmcp-gateway", "version": __version__},
         },
     )
@@ -124,5 +141,25 @@ class UpstreamError(Exception):
 
 
 class UpstreamSessionLostError(UpstreamError):
-    """The upstream answered 404 to the session id: it forgot the session (a restart, say)
-    and ran nothing of the request; a new session can be opened."""
+    """The upstream answered HTTP 404 to our session id: it forgot the session (it
+    restarted, or expired it) and did not run the request. A new session is the fix."""
+
+
+def unhandled(request: Mapping[str, Any]) -> dict[str, Any]:
+    """The answer to an upstream's request when no one takes it: `ping` is answered, any
+    other method refused, so that the upstream never waits for an answer that won't come."""
+    if request.get("method") == "ping":
+        return {"result": {}}
+    return {
+        "error": {
+            "code": int(Code.METHOD_NOT_FOUND),
+            "message": f"the cMCP gateway does not serve {request.get('method')} to upstreams",
+        }
+    }
+
+
+def cancel_reason(cancelled: BaseException) -> str:
+    """The reason sent with notifications/cancelled: the cancel message, if it has one."""
+    if cancelled.args and isinstance(cancelled.args[0], str):
+        return cancelled.args[0]
+    return "the request was cancelled at the gateway"

@@ -1,27 +1,37 @@
 """The gateway as an MCP client of stdio upstreams: one child process per client session.
 
 A client session that uses a stdio upstream gets its own child process, spawned on first
-use, so no two agents ever share upstream state. Before every spawn the executable is
-resolved exactly as `cmcp validate-config` resolves it and, when `executable_sha256` pins
-it, hashed: a mismatch refuses the spawn. The child gets a minimal environment (PATH, HOME
-and LANG from the gateway's, then the configured `env`), never the gateway's own secrets.
+use (checked and started as `spawn` says), so no two agents ever share upstream state.
 Messages are newline-delimited JSON-RPC on its stdin and stdout; its stderr is drained
 into the debug log.
+
+Where each message the child writes goes, in the order it wrote them:
+
+- a response resolves the request it answers;
+- a notifications/progress whose `progressToken` is the `_meta.progressToken` of a request
+  in flight goes to that request's `relay`;
+- any other notification, and any request of the child's own (sampling/createMessage,
+  elicitation/create, roots/list, ping), goes to the relay of the request in flight when
+  exactly one is, since a stdio message names no request it is about; otherwise, or when
+  that request has no relay, to `on_notification`;
+- a request that reaches no handler at all is answered at once (ping) or refused, so the
+  child never waits on an answer that will not come.
+
+Messages for one handler are delivered one after another; a request's response is handed
+over only after every message delivered to its relay before it. Each message routed to a
+request also restarts that request's timeout: a call that reports progress is alive.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import logging
 import os
 import shlex
-import shutil
 import signal
-import stat
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,37 +46,37 @@ from cmcp_cli.gateway.upstream.api import (
     UPSTREAM_PROTOCOL,
     MessageHandler,
     UpstreamError,
+    cancel_reason,
     negotiate,
+    unhandled,
 )
-from cmcp_cli.wire.jsonrpc import Code, RequestId
+from cmcp_cli.gateway.upstream.spawn import (
+    SAFE_ENVIRONMENT,
+    child_environment,
+    drain_stderr,
+    resolve_executable,
+    spawn_verified,
+)
+from cmcp_cli.wire.jsonrpc import RequestId
 
-SAFE_ENVIRONMENT = ("PATH", "HOME", "LANG")
+__all__ = ["SAFE_ENVIRONMENT", "StdioSession", "StdioUpstream", "resolve_executable"]
+
 EXIT_WAIT_SECONDS = 1.0  # after its stdout ends, how long a child may take to exit
-STDERR_LOG_BYTES = 64 * 1024  # of each child's stderr, logged at debug; the rest is drained
 MAX_BACKGROUND_TASKS = 64  # answers and notification deliveries in flight, per child
-_STDERR_LINE_BYTES = 1000
 _PIPE_END_SECONDS = 0.2
-_ELF_MAGIC = b"\x7fELF"
 _DECODER = msgspec.json.Decoder()
 _LOG = logging.getLogger(__name__)
 
-NotificationHandler = Callable[[dict[str, Any]], Awaitable[None]]
-_Stamp = tuple[int, int, int, int, int]
 
+@dataclass(eq=False)
+class _InFlight:
+    """A request of ours the child has not answered yet."""
 
-def resolve_executable(command: str, base: Path) -> Path | None:
-    """The file a stdio upstream's command runs: a path relative to the config, or from PATH."""
-    if os.sep in command or (os.altsep and os.altsep in command):
-        candidate = Path(command).expanduser()
-        return candidate if candidate.is_absolute() else base / candidate
-    found = shutil.which(command)
-    return Path(found) if found else None
-
-
-def child_environment(configured: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:
-    """The configured variables over PATH, HOME and LANG from `environ`: nothing else of
-    the gateway's environment (its CMCP_* tokens above all) reaches a child."""
-    return {**{k: environ[k] for k in SAFE_ENVIRONMENT if k in environ}, **configured}
+    answer: asyncio.Future[dict[str, Any]]
+    relay: MessageHandler | None
+    progress_token: object  # the request's _meta.progressToken, if it set one
+    deadline: asyncio.Timeout | None = None
+    lane: asyncio.Task[None] | None = None  # the last delivery to its relay
 
 
 def stdio_upstreams(
@@ -105,13 +115,16 @@ class StdioUpstream:
         pin = "executable pinned" if self.executable_sha256 else "executable not pinned"
         return f"stdio: {shlex.join(self.command)} ({pin})"
 
-    async def open_session(self) -> StdioSession:
+    async def open_session(self, *, capabilities: Mapping[str, Any] | None = None) -> StdioSession:
         """Spawn a child for one client session and initialize MCP with it."""
-        process = await self._spawn_verified()
+        process = await spawn_verified(self)
         session = StdioSession(self, process)
         self.live_sessions.add(session)
         try:
-            await self._initialize(session)
+            session.protocol_version = await negotiate(
+                session, self.name, capabilities=capabilities
+            )
+            await session.notify("notifications/initialized")
         except UpstreamError:
             await session.close()
             raise
@@ -125,73 +138,6 @@ class StdioUpstream:
         for session in list(self.live_sessions):
             session.kill()
 
-    async def _initialize(self, session: StdioSession) -> None:
-        session.protocol_version = await negotiate(session, self.name)
-        await session.notify("notifications/initialized")
-
-    async def _spawn_verified(self) -> asyncio.subprocess.Process:
-        path = resolve_executable(self.command[0], self.base)
-        if path is None:
-            raise UpstreamError(self.name, f"command {self.command[0]!r} is not found on PATH")
-        path = path.absolute()  # the child changes to `cwd` before it runs the program
-        if self.cwd is not None and not self.cwd.is_dir():
-            raise UpstreamError(self.name, f"its cwd {self.cwd} is not a directory")
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise UpstreamError(self.name, f"cannot open {path}: {exc.strerror or exc}") from exc
-        try:
-            before = os.fstat(fd)
-            if not stat.S_ISREG(before.st_mode):
-                raise UpstreamError(self.name, f"{path} is not a regular file")
-            if self.executable_sha256 is not None:
-                # The thread owns (and closes) a duplicate, so a cancelled wait never
-                # leaves it reading a descriptor number that was closed and reused.
-                actual = await asyncio.to_thread(_sha256_and_close, os.dup(fd))
-                if actual != self.executable_sha256:
-                    raise UpstreamError(
-                        self.name,
-                        f"refusing to run {_named(path)}: it hashes to {actual}, not the "
-                        f"pinned executable_sha256 {self.executable_sha256}; review the file, "
-                        "then update the pin",
-                    )
-            native = os.pread(fd, len(_ELF_MAGIC), 0) == _ELF_MAGIC
-            process = await self._spawn(path, fd, native=native)
-            if _stamp(os.fstat(fd)) != _stamp(before):
-                await _kill_and_reap(process)
-                raise UpstreamError(
-                    self.name, f"{path} changed while it was checked and started; not run"
-                )
-            return process
-        finally:
-            os.close(fd)
-
-    async def _spawn(self, path: Path, fd: int, *, native: bool) -> asyncio.subprocess.Process:
-        # A native executable runs from the descriptor that was hashed, so a file put at
-        # the path afterwards is not the one run; a write into the hashed file before the
-        # exec shows in its ctime, checked once the child runs. argv[0] still names the
-        # path, where programs such as a virtualenv's python find their surroundings. A
-        # script runs by path, because its interpreter reopens it by name and finds its
-        # folder from it: a file swapped in at that path, or written into it, between that
-        # check and the interpreter's read would run instead, a window open only to
-        # whoever can write to the file or its folder.
-        try:
-            return await asyncio.create_subprocess_exec(
-                str(path),
-                *self.command[1:],
-                executable=f"/proc/self/fd/{fd}" if native else str(path),
-                pass_fds=(fd,) if native else (),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=dict(self.env),
-                cwd=self.cwd,
-                limit=self.max_response_bytes,  # one message per line: bounds a response
-                start_new_session=True,  # its own process group, stopped as a whole
-            )
-        except OSError as exc:
-            raise UpstreamError(self.name, f"cannot start {path}: {exc.strerror or exc}") from exc
-
 
 class StdioSession:
     """One child process: a client session's own MCP session with a stdio upstream."""
@@ -202,25 +148,26 @@ class StdioSession:
         self.upstream = upstream
         self.process = process
         self.protocol_version = UPSTREAM_PROTOCOL
-        # Server-to-client notifications (list_changed, progress, log messages) go here.
-        self.on_notification: NotificationHandler | None = None
+        # Messages outside any request (see the module's routing rules) go here.
+        self.on_notification: MessageHandler | None = None
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._pending: dict[int, _InFlight] = {}
         self._failure: str | None = None  # once set, every request fails with it
         self._closed = False
         self._write_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._cancels: set[asyncio.Task[None]] = set()
+        self._notice_lane: asyncio.Task[None] | None = None
         label = f"cmcp-stdio-{upstream.name}-{process.pid}"
         self._reader = asyncio.create_task(self._read_stdout(), name=label)
-        self._stderr = asyncio.create_task(self._drain_stderr(), name=f"{label}-stderr")
+        self._stderr = asyncio.create_task(
+            drain_stderr(process, f"upstream {upstream.name!r} (pid {process.pid})", _LOG),
+            name=f"{label}-stderr",
+        )
 
     @property
     def pid(self) -> int:
         return self.process.pid
-
-    async def respond(self, request_id: RequestId, answer: Mapping[str, Any]) -> None:
-        """Answer a request the child sent."""
-        await self._send({"jsonrpc": "2.0", "id": request_id, **dict(answer)})
 
     async def listen(self) -> None:
         """Nothing to start: the reader of the child's stdout has delivered notifications
@@ -231,39 +178,52 @@ class StdioSession:
         method: str,
         params: Mapping[str, Any] | None = None,
         *,
-        relay: MessageHandler | None = None,  # noqa: ARG002 (the upstream branch routes it)
+        relay: MessageHandler | None = None,
     ) -> dict[str, Any]:
         """Send a request; the JSON-RPC response object (with `result` or `error`)."""
         request_id = next(self._ids)
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params is not None:
             message["params"] = dict(params)
-        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = answer
+        flight = _InFlight(
+            asyncio.get_running_loop().create_future(), relay, _progress_token(params)
+        )
+        self._pending[request_id] = flight
         timeout = self.upstream.timeout_seconds
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout) as flight.deadline:
                 await self._send(message)
-                return await answer
+                return await flight.answer
         except TimeoutError:
-            self._background(self._cancel(request_id))
+            self._cancel(request_id, "the gateway's upstream timeout expired")
             raise UpstreamError(
                 self.upstream.name, f"did not answer {method} within {timeout:g} s", timed_out=True
             ) from None
+        except asyncio.CancelledError as exc:
+            if method != "initialize":  # the one request a client may not cancel
+                self._cancel(request_id, cancel_reason(exc))
+            raise
         finally:
             self._pending.pop(request_id, None)
+
+    async def respond(self, request_id: RequestId, answer: Mapping[str, Any]) -> None:
+        """Answer a request the child sent: `answer` is {"result": ...} or {"error": ...}."""
+        await self._send_bounded({"jsonrpc": "2.0", "id": request_id, **answer}, "an answer")
 
     async def notify(self, method: str, params: Mapping[str, Any] | None = None) -> None:
         message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
         if params is not None:
             message["params"] = dict(params)
+        await self._send_bounded(message, method)
+
+    async def _send_bounded(self, message: Mapping[str, Any], what: str) -> None:
         timeout = self.upstream.timeout_seconds
         try:
             async with asyncio.timeout(timeout):  # a child that stops reading holds no one
                 await self._send(message)
         except TimeoutError:
             raise UpstreamError(
-                self.upstream.name, f"did not take {method} within {timeout:g} s", timed_out=True
+                self.upstream.name, f"did not take {what} within {timeout:g} s", timed_out=True
             ) from None
 
     async def close(self) -> None:
@@ -271,6 +231,8 @@ class StdioSession:
         if self._closed:
             return
         self._closed = True
+        if self._cancels:  # cancellations under way reach the child before its EOF
+            await asyncio.wait(set(self._cancels), timeout=CLOSE_TIMEOUT_SECONDS)
         self._fail("its session was closed")
         try:
             await self._stop()
@@ -282,7 +244,7 @@ class StdioSession:
         """Stop the child now, without waiting (shutdown, or a failed start)."""
         self._fail("its process was stopped")
         self._signal(signal.SIGKILL)
-        for task in (self._reader, self._stderr, *self._tasks):
+        for task in (self._reader, self._stderr, *self._tasks, *self._cancels):
             task.cancel()
         self.upstream.live_sessions.discard(self)
 
@@ -308,9 +270,9 @@ class StdioSession:
     def _fail(self, reason: str) -> None:
         if self._failure is None:
             self._failure = reason
-        for answer in self._pending.values():
-            if not answer.done():
-                answer.set_exception(UpstreamError(self.upstream.name, self._failure))
+        for flight in self._pending.values():
+            if not flight.answer.done():
+                flight.answer.set_exception(UpstreamError(self.upstream.name, self._failure))
 
     async def _read_stdout(self) -> None:
         stdout = self.process.stdout
@@ -364,78 +326,84 @@ class StdioSession:
                 "upstream %r wrote JSON that is not a message, ignored: %.200r", name, line
             )
             return
-        method = message.get("method")
-        if isinstance(method, str):
-            if "id" in message:
-                self._background(self._answer(message))
-            elif self.on_notification is not None:
-                self._background(self._deliver(self.on_notification, message))
+        if isinstance(message.get("method"), str):
+            self._hand_on(message)
             return
         request_id = message.get("id")
         # `type(...) is int`: JSON true must not answer request 1
-        waiting = self._pending.get(request_id) if type(request_id) is int else None
-        if waiting is None or waiting.done() or not ("result" in message or "error" in message):
+        flight = self._pending.get(request_id) if type(request_id) is int else None
+        if (
+            flight is None
+            or flight.answer.done()
+            or not ("result" in message or "error" in message)
+        ):
             _LOG.debug("upstream %r: ignored a response to no waiting request: %.200r", name, line)
             return
-        waiting.set_result(message)
+        if flight.lane is None or flight.lane.done():
+            flight.answer.set_result(message)
+        else:  # after what its relay was handed before it
+            flight.lane = self._background(
+                _settle(flight.lane, flight.answer, message), essential=True
+            )
 
-    async def _answer(self, request: dict[str, Any]) -> None:
-        """Answer a server-to-client request: ping, and nothing else, is served."""
-        reply: dict[str, Any] = {"jsonrpc": "2.0", "id": request["id"]}
-        if request["method"] == "ping":
-            reply["result"] = {}
-        else:
-            reply["error"] = {
-                "code": int(Code.METHOD_NOT_FOUND),
-                "message": f"the cMCP gateway does not serve {request['method']} to upstreams",
-            }
+    def _hand_on(self, message: dict[str, Any]) -> None:
+        """Deliver a notification or request of the child's by the module's rules."""
+        flight = self._flight_for(message)
+        if flight is not None:
+            if flight.deadline is not None and not flight.deadline.expired():
+                flight.deadline.reschedule(
+                    asyncio.get_running_loop().time() + self.upstream.timeout_seconds
+                )
+            if flight.relay is not None:
+                flight.lane = self._background(self._deliver(flight.lane, flight.relay, message))
+                return
+        if self.on_notification is not None:
+            handler = self.on_notification
+            self._notice_lane = self._background(self._deliver(self._notice_lane, handler, message))
+        elif "id" in message:
+            self._background(self._deliver(None, self.respond_unhandled, message))
+
+    def _flight_for(self, message: dict[str, Any]) -> _InFlight | None:
+        if message["method"] == "notifications/progress":
+            params = message.get("params")
+            token = params.get("progressToken") if isinstance(params, dict) else None
+            if token is not None:
+                for flight in self._pending.values():
+                    mine = flight.progress_token
+                    if type(mine) is type(token) and mine == token:  # a token 1 is not true
+                        return flight
+        if len(self._pending) == 1:
+            return next(iter(self._pending.values()))
+        return None
+
+    async def respond_unhandled(self, request: dict[str, Any]) -> None:
         with contextlib.suppress(UpstreamError):
-            await self._send(reply)
+            await self.respond(request["id"], unhandled(request))
 
-    async def _deliver(self, handler: NotificationHandler, message: dict[str, Any]) -> None:
+    async def _deliver(
+        self, after: asyncio.Task[None] | None, handler: MessageHandler, message: dict[str, Any]
+    ) -> None:
+        if after is not None:
+            await asyncio.wait({after})
         try:
             await handler(message)
         except Exception:  # noqa: BLE001 - a failing handler is logged; the child goes on
-            _LOG.exception("upstream %r: the notification handler failed", self.upstream.name)
+            _LOG.exception("upstream %r: the message handler failed", self.upstream.name)
 
-    async def _cancel(self, request_id: int) -> None:
-        """Tell the child that the gateway gave up on a request (it may stop working on it)."""
-        params = {"requestId": request_id, "reason": "the gateway's upstream timeout expired"}
+    def _cancel(self, request_id: int, reason: str) -> None:
+        """Tell the child, in the background and bounded, that the gateway gave up on a
+        request (it may stop working on it)."""
+        params = {"requestId": request_id, "reason": reason}
+        task = asyncio.create_task(self._cancelled(params))
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
+
+    async def _cancelled(self, params: dict[str, Any]) -> None:
         with contextlib.suppress(UpstreamError, TimeoutError):
             async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
                 await self._send(
                     {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params}
                 )
-
-    async def _drain_stderr(self) -> None:
-        """Read the child's stderr to its end, so that it never blocks on a full pipe, and
-        log its first STDERR_LOG_BYTES line by line at debug."""
-        stderr = self.process.stderr
-        assert stderr is not None  # noqa: S101 - spawned with stderr=PIPE
-        budget = STDERR_LOG_BYTES
-        partial = b""
-        while chunk := await stderr.read(1 << 14):
-            if budget <= 0 or not _LOG.isEnabledFor(logging.DEBUG):
-                continue
-            *lines, partial = (partial + chunk).split(b"\n")
-            if len(partial) > _STDERR_LINE_BYTES:
-                lines.append(partial)
-                partial = b""
-            budget = self._log_stderr(lines, budget)
-        if partial and budget > 0:
-            self._log_stderr([partial], budget)
-
-    def _log_stderr(self, lines: list[bytes], budget: int) -> int:
-        for line in lines:
-            if budget <= 0:
-                _LOG.debug(
-                    "upstream %r (pid %d): stderr no longer logged", self.upstream.name, self.pid
-                )
-                break
-            budget -= len(line) + 1
-            text = line[:_STDERR_LINE_BYTES].decode("utf-8", "replace").rstrip()
-            _LOG.debug("upstream %r (pid %d) stderr: %s", self.upstream.name, self.pid, text)
-        return budget
 
     async def _stop(self) -> None:
         stdin = self.process.stdin
@@ -464,49 +432,40 @@ class StdioSession:
         with contextlib.suppress(ProcessLookupError):
             self.process.send_signal(signum)  # in case it left its group
 
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
-        if len(self._tasks) >= MAX_BACKGROUND_TASKS:  # a child flooding the gateway
+    def _background(
+        self, work: Coroutine[Any, Any, None], *, essential: bool = False
+    ) -> asyncio.Task[None] | None:
+        if len(self._tasks) >= MAX_BACKGROUND_TASKS and not essential:  # a child flooding us
             work.close()
             _LOG.warning(
                 "upstream %r (pid %d): too much in flight, a message was dropped",
                 self.upstream.name,
                 self.pid,
             )
-            return
+            return None
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _end_tasks(self) -> None:
         # The child is gone, so its pipes end: let the readers take what is left (the last
         # stderr lines above all), but not wait on a grandchild that holds them open.
         await asyncio.wait({self._reader, self._stderr}, timeout=_PIPE_END_SECONDS)
-        tasks = [self._reader, self._stderr, *self._tasks]
+        tasks = [self._reader, self._stderr, *self._tasks, *self._cancels]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _sha256_and_close(fd: int) -> str:
-    """The sha256 of the file open on `fd`, from its start; closes `fd`."""
-    with os.fdopen(fd, "rb") as handle:
-        handle.seek(0)
-        return "sha256:" + hashlib.file_digest(handle, "sha256").hexdigest()
+def _progress_token(params: Mapping[str, Any] | None) -> object:
+    meta = params.get("_meta") if params is not None else None
+    return meta.get("progressToken") if isinstance(meta, dict) else None
 
 
-def _named(path: Path) -> str:
-    """The path, and the file it leads to when that is another (a symlink's target)."""
-    real = os.path.realpath(path)
-    return str(path) if real == str(path) else f"{path} (-> {real})"
-
-
-def _stamp(status: os.stat_result) -> _Stamp:
-    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
-
-
-async def _kill_and_reap(process: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
-            await process.wait()
+async def _settle(
+    after: asyncio.Task[None], answer: asyncio.Future[dict[str, Any]], message: dict[str, Any]
+) -> None:
+    await asyncio.wait({after})
+    if not answer.done():
+        answer.set_result(message)
