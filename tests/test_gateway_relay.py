@@ -8,6 +8,7 @@ calls in flight leave claims that verify against their logs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -40,6 +41,7 @@ class Rig:
     gateway: Served
     upstream: Served
     state: Path
+    policy: dict[str, str]  # the catalog and bundle the gateway runs with
 
     def restart_upstream(self) -> None:
         """Stop the upstream and start it again on its port: it forgets every session."""
@@ -60,7 +62,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         port,
         folder / "upstream.log",
     )
-    running = Rig(upstream, upstream, state)
+    running = Rig(upstream, upstream, state, {})
     try:
         tools = asyncio.run(_listed_tools(upstream.url))
         catalog = folder / "catalog.json"
@@ -85,9 +87,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         bundle.mkdir()
         (bundle / "manifest.json").write_text(json.dumps(MANIFEST))
         (bundle / "relay.cedar").write_text(PERMIT_ALL)
-        config = write_config(
-            folder, upstream.url, policy_bundle_path=str(bundle), catalog_path=str(catalog)
-        )
+        running.policy = {"policy_bundle_path": str(bundle), "catalog_path": str(catalog)}
+        config = write_config(folder, upstream.url, **running.policy)
         running.gateway = start_gateway(config)
         try:
             yield running
@@ -389,6 +390,41 @@ def test_sessions_closed_with_calls_in_flight_leave_claims_that_verify(
         faults = [e for e in entries if e["type"] == "fault"]
         assert [f["stage"] for f in faults] == ["cancelled"]
         assert json.loads(claim.read_text())["gateway"]["call_summary"]["faulted"] == 1
+
+
+def test_a_call_past_the_gateways_timeout_is_cancelled_upstream(rig: Rig, tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path, rig.upstream.url, **rig.policy, limits={"request_timeout_seconds": 1}
+    )
+    gateway = start_gateway(config)
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(timeout=WAIT_SECONDS) as client:
+            headers = await _open_session(client, gateway.url)
+            call = {
+                "jsonrpc": "2.0",
+                "id": 3,
+                "method": "tools/call",
+                "params": {"name": "slow", "arguments": {"seconds": 20, "tag": "timeout"}},
+            }
+            # the answer is -32052, unless the server's read timeout (the same limit)
+            # closes the connection first: the call is cancelled upstream either way
+            with contextlib.suppress(httpx.RemoteProtocolError):
+                answer = await client.post(gateway.url, json=call, headers=headers)
+                assert answer.json()["error"]["code"] == -32052, answer.text
+
+    try:
+        asyncio.run(scenario())
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not (rig.state / "cancelled-timeout").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (rig.state / "cancelled-timeout").exists(), "the upstream ran on after the timeout"
+    finally:
+        gateway.stop()
+    entries = [json.loads(line) for line in read_log_lines(tmp_path / "audit.db")]
+    decided = [e["call_id"] for e in entries if e.get("phase") == "decision"]
+    faulted = [e["call_id"] for e in entries if e["type"] == "fault"]
+    assert decided == faulted  # the timed-out call has its fault in the chain
 
 
 def test_an_upstream_that_forgot_the_session_gets_a_new_one_and_the_session_goes_on(

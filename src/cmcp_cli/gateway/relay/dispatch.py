@@ -8,12 +8,15 @@ a JSON-RPC error by default, so official clients keep their session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cmcp_cli import __version__
+from cmcp_cli.audit.recorder import ChainEndedError
+from cmcp_cli.audit.store import AuditStoreError
 from cmcp_cli.errors import CmcpError
 from cmcp_cli.evidence.session import EscalationHandler
 from cmcp_cli.gateway.enforcement.redaction import redact_result
@@ -31,6 +34,7 @@ from cmcp_cli.wire.mcp import MODERN_PROTOCOLS, SERVER_INFO_KEY, forwardable_met
 LATEST_PROTOCOL = KNOWN_PROTOCOLS[0]
 SERVER_INFO = {"name": "cmcp-gateway", "version": __version__}
 INSTRUCTIONS = "Tool calls pass through cMCP: each is decided by policy and audited."
+DROPPED = "the request was cancelled by the gateway's server (its connection closed, or it stops)"
 REQUEST_CANCELLED = -32800  # what MCP servers answer a request cancelled by its client
 COUNTED_METHODS = frozenset({"ping", "tools/list", "tools/call", *PASSED_THROUGH})
 
@@ -114,11 +118,17 @@ class Dispatcher:
             return await self._request(message, session, flight)
         except asyncio.CancelledError:
             task = flight.task
-            # Only the flight's own cancellation is answered here; any other (the server
-            # shutting down, say) goes on up.
-            if flight.cancel_reason is None or task is None or task.uncancel() > 0:
-                raise
-            return await self._cancelled(message, session, flight, flight.cancel_reason)
+            if flight.cancel_reason is not None and task is not None and task.uncancel() == 0:
+                return await self._cancelled(message, session, flight, flight.cancel_reason)
+            # Cancelled from outside (its connection dropped, the server stopping): a call
+            # that may have gone upstream still gets its fault, then the cancellation goes on.
+            if flight.call_id is not None and flight.cancellable:
+                with contextlib.suppress(ChainEndedError, AuditStoreError):
+                    async with self.sessions.durably():
+                        session.evidence.recorder.fault(
+                            error=DROPPED, stage="cancelled", call_id=flight.call_id
+                        )
+            raise
         finally:
             if session.exchange.pending:
                 await self.relay.settle(session, flight)
