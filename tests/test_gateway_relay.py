@@ -344,6 +344,45 @@ def test_a_stateless_request_streams_its_notifications_without_event_ids(
     assert final["result"]["content"][0]["text"] == "done after 2 steps"
 
 
+def test_a_session_closed_while_the_client_owes_an_answer_ends_cleanly(
+    relay: tuple[Served, Path],
+) -> None:
+    gateway, _ = relay
+    audit = gateway.log.parent / "audit.db"
+
+    async def scenario() -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+        async with httpx.AsyncClient(timeout=WAIT_SECONDS) as client:
+            headers = await _open_session(client, gateway.url)
+            call = {
+                "jsonrpc": "2.0",
+                "id": 5,
+                "method": "tools/call",
+                "params": {"name": "ask_user", "arguments": {"question": "card?"}},
+            }
+            seen: list[dict[str, Any]] = []
+            async with client.stream("POST", gateway.url, json=call, headers=headers) as stream:
+                lines = stream.aiter_lines()
+                async for line in lines:
+                    if line.startswith("data: "):
+                        seen.append(json.loads(line[6:]))
+                        if seen[-1].get("method") == "elicitation/create":
+                            break
+                # the client never answers; its session is closed instead
+                closed = await client.delete(gateway.url, headers=headers)
+                assert closed.status_code == 200
+                seen.extend([json.loads(x[6:]) async for x in lines if x.startswith("data: ")])
+            return headers["mcp-session-id"], seen[0], seen[1:]
+
+    session_id, asked, rest = asyncio.run(scenario())
+    assert asked["id"] == "cmcp-1" and asked["params"]["message"] == "card?"
+    assert [m["error"]["code"] for m in rest] == [-32800]  # the call's answer ends the stream
+    claim = gateway.log.parent / "claims" / f"{session_id}.claim.json"
+    verified = run_cmcp("verify", claim, "--allow-software", "--audit-log", audit, "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    entries = [json.loads(line) for line in read_log_lines(audit, session_id)]
+    assert entries[-1]["type"] == "session_end"
+
+
 def test_sessions_closed_with_calls_in_flight_leave_claims_that_verify(
     relay: tuple[Served, Path],
 ) -> None:
