@@ -2,7 +2,7 @@
 messages, and requests of their own to the client (sampling, elicitation, roots). Each
 tool returns what the client answered, so a test sees both directions. `slow` sleeps
 and, when cancelled, writes a file under `--state`: the upstream's own record that a
-cancellation reached it.
+cancellation reached it; so does a `notifications/roots/list_changed` it receives.
 
     python tests/relay_upstream.py --port 8766 --state DIR
 """
@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import mcp_types as types
 import uvicorn
@@ -70,6 +71,12 @@ def build_server(state: Path) -> MCPServer:
         (state / f"finished-{tag}").write_text("finished")
         return f"slept {seconds}"
 
+    async def roots_changed(_: Any, __: types.NotificationParams) -> None:
+        (state / "roots-changed").write_text("changed")
+
+    server._lowlevel_server.add_notification_handler(
+        "notifications/roots/list_changed", types.NotificationParams, roots_changed
+    )
     return server
 
 
