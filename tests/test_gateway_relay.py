@@ -196,6 +196,7 @@ def test_the_upstreams_requests_reach_the_client_and_its_answers_the_upstream(
                 _text(await client.call_tool("client_roots", {})),
             ]
             await client.send_roots_list_changed()
+            await client.send_ping()  # sent once the notification's POST was answered
             return answers
 
     answers = asyncio.run(session())

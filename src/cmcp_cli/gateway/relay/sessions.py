@@ -278,11 +278,12 @@ class SessionRegistry:
     ) -> UpstreamConversation:
         """A new upstream session in place of one the upstream forgot (HTTP 404), its
         catalog pinned again and the renewal recorded; the client's session goes on."""
-        if session.upstreams.get(name) is lost:
-            del session.upstreams[name]
-            session.exchange.take_pending(lost)  # the upstream forgot what it asked
-            with contextlib.suppress(UpstreamError, ChainEndedError):
-                await lost.close()
+        if session.upstreams.get(name) is not lost:  # another request renewed it already
+            return await self.upstream(session, name)
+        del session.upstreams[name]
+        session.exchange.take_pending(lost)  # the upstream forgot what it asked
+        with contextlib.suppress(UpstreamError):
+            await lost.close()
         renewed = await self.upstream(session, name)
         async with self.durably():
             session.evidence.recorder.fault(
