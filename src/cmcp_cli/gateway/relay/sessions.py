@@ -235,8 +235,11 @@ class SessionRegistry:
         session.notify({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
 
     def end_streams(self) -> None:
-        """End every client's notification stream (before shutdown waits on them)."""
+        """Before shutdown waits on open responses: cancel every request in flight (each
+        records its fault and answers its client) and end every client's GET stream."""
         for session in self._sessions.values():
+            for flight in list(session.exchange.flights.values()):
+                flight.cancel("the gateway is stopping")
             session.notify(None)
 
     async def pin_tools(
