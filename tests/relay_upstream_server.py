@@ -12,7 +12,7 @@ Tools:
   writes `wait-cancelled` (the server's own record that the cancellation reached it);
 - `reconnect`: progress, then closes the call's SSE stream, then a log message and the
   answer a moment later: the client has to resume with Last-Event-ID to get them;
-- `slow_progress`: five progress notifications 0.3 s apart, then the answer;
+- `slow_progress`: five progress notifications 0.6 s apart, then the answer;
 - `drop_get`: announces a changed resource list on the session's GET stream, closes that
   stream, then announces a changed tool list on it a moment later: the client has to
   resume the stream with Last-Event-ID to hear of it.
@@ -127,7 +127,7 @@ def build_server(state: Path) -> MCPServer:
     @server.tool()
     async def slow_progress(ctx: Context) -> str:
         for step in range(1, 6):
-            await anyio.sleep(0.3)
+            await anyio.sleep(0.6)
             await ctx.report_progress(step, 5)
         return "slow but alive"
 

@@ -106,3 +106,15 @@ def test_any_chunking_gives_the_same_events(data: st.DataObject) -> None:
     body = data.draw(st.sampled_from([MIXED, FIELDS + PRIMING + STOCK]))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=12)))
     assert decode(body, cuts)[0] == decode(body)[0]
+
+
+def test_a_long_line_in_many_small_chunks_is_one_event() -> None:
+    payload = b"x" * 300_000
+    body = b"id: 7\ndata: " + payload + b"\r\n\r\n"
+    decoder = SseDecoder(max_event_bytes=len(payload) + 10)
+    events = [e for i in range(0, len(body), 1000) for e in decoder.feed(body[i : i + 1000])]
+    assert events == [SseEvent(payload, "message", "7", None)]
+    small = SseDecoder(max_event_bytes=len(payload) - 1)
+    chunks = [body[i : i + 1000] for i in range(0, len(body), 1000)]
+    with pytest.raises(ValueError, match="larger than"):
+        [small.feed(chunk) for chunk in chunks]  # fed until it refuses

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import h11
 
 _READ_CHUNK = 64 * 1024
+DRAIN_SECONDS = 1.0  # how long the rest of a body nobody reads may take to end
+DRAIN_BYTES = 256 * 1024  # and how much of it is read, before its connection is closed
 
 
 class HttpError(Exception):
@@ -106,23 +108,12 @@ class BodyStream:
         raise HttpError("the upstream closed the connection mid-response")
 
     def finish(self) -> None:
-        """Done with the body: the connection goes back to the pool when the body's end has
-        already arrived (whatever else arrived with it is dropped), else it is closed."""
-        connection = self._connection
-        if connection is None:
-            return
-        protocol = connection.protocol
-        try:
-            while (event := protocol.next_event()) is not h11.NEED_DATA:
-                if isinstance(event, h11.EndOfMessage):
-                    self._connection = None
-                    self._pool._release(connection)
-                    return
-                if not isinstance(event, h11.Data):
-                    break
-        except h11.ProtocolError:
-            pass
-        self.close()
+        """Done with the body, whatever else it holds: its connection goes back to the pool
+        once the body's end has arrived (read on in the background, bounded in time and
+        bytes), and is closed if it does not."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            self._pool._drain(connection)
 
     def close(self) -> None:
         """Drop the connection unless the body was read to its end."""
@@ -217,9 +208,16 @@ class ConnectionPool:
         self.endpoint = endpoint
         self._idle: deque[_Connection] = deque()
         self._max_idle = max_idle
+        self._draining: set[asyncio.Task[None]] = set()
+        self._closed = False
         self._tls: ssl.SSLContext | None = (
             ssl.create_default_context() if endpoint.scheme == "https" else None
         )
+
+    @property
+    def idle(self) -> int:
+        """Connections kept open for the next exchange."""
+        return len(self._idle)
 
     async def request(
         self,
@@ -302,11 +300,59 @@ class ConnectionPool:
         return _Connection(reader, writer)
 
     def _release(self, connection: _Connection) -> None:
-        if connection.reusable() and len(self._idle) < self._max_idle:
+        if not self._closed and connection.reusable() and len(self._idle) < self._max_idle:
             self._idle.append(connection)
         else:
             connection.close()
 
+    def _drain(self, connection: _Connection) -> None:
+        """Read what is left of a response body nobody wants, then pool the connection."""
+        ended = _body_ended(connection.protocol)
+        if ended is not None:  # its end (or its failure) came with the part that was read
+            if ended:
+                self._release(connection)
+            else:
+                connection.close()
+            return
+        task = asyncio.create_task(self._drained(connection))
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+
+    async def _drained(self, connection: _Connection) -> None:
+        ended: bool | None = None
+        try:
+            async with asyncio.timeout(DRAIN_SECONDS):
+                received = 0
+                while ended is None and received <= DRAIN_BYTES:
+                    data = await connection.reader.read(_READ_CHUNK)
+                    received += len(data)
+                    connection.protocol.receive_data(data)  # b"": the peer closed
+                    ended = _body_ended(connection.protocol)
+        except (TimeoutError, OSError):
+            pass
+        finally:
+            if ended:
+                self._release(connection)
+            else:
+                connection.close()
+
     def close(self) -> None:
+        self._closed = True
+        for task in self._draining:
+            task.cancel()
         while self._idle:
             self._idle.pop().close()
+
+
+def _body_ended(protocol: h11.Connection) -> bool | None:
+    """Whether the body being read has ended (True), cannot end (False: cut off, or not
+    HTTP), or needs more data to tell (None); the data read on the way is dropped."""
+    try:
+        while (event := protocol.next_event()) is not h11.NEED_DATA:
+            if isinstance(event, h11.EndOfMessage):
+                return True
+            if not isinstance(event, h11.Data):
+                return False
+    except h11.ProtocolError:
+        return False
+    return None

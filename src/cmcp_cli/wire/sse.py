@@ -50,7 +50,8 @@ class SseDecoder:
         self.max_event_bytes = max_event_bytes
         self.last_event_id = ""  # what a reconnection sends as Last-Event-ID
         self.retry: int | None = None  # milliseconds
-        self._pending = b""  # an unterminated line
+        self._pending: list[bytes] = []  # an unterminated line, in the chunks it came in
+        self._pending_size = 0
         self._at_start = True  # a BOM may still come
         self._skip_lf = False  # the last chunk ended in CR
         self._data: list[bytes] = []
@@ -63,25 +64,41 @@ class SseDecoder:
             self._skip_lf = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
-        text = self._pending + chunk if self._pending else chunk
         if self._at_start:
-            if len(text) < len(_BOM) and _BOM.startswith(text):
-                self._pending = text
+            chunk = b"".join([*self._pending, chunk])
+            self._pending, self._pending_size = [], 0
+            if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
+                self._keep(chunk)
                 return []
             self._at_start = False
-            if text.startswith(_BOM):
-                text = text[len(_BOM) :]
-        *lines, self._pending = _LINE_END.split(text)
-        if lines and text.endswith(b"\r"):
+            if chunk.startswith(_BOM):
+                chunk = chunk[len(_BOM) :]
+        if b"\n" not in chunk and b"\r" not in chunk:  # a long line arriving: no copy yet
+            self._keep(chunk)
+            return []
+        text = b"".join([*self._pending, chunk]) if self._pending else chunk
+        *lines, rest = _LINE_END.split(text)
+        self._pending, self._pending_size = [], 0
+        self._keep(rest)
+        if text.endswith(b"\r"):
             self._skip_lf = True  # an LF that opens the next chunk ends no second line
         events: list[SseEvent] = []
         for line in lines:
             event = self._line(line)
             if event is not None:
                 events.append(event)
-        if len(self._pending) + self._size > self.max_event_bytes:
-            raise ValueError(f"an event is larger than {self.max_event_bytes} bytes")
+        self._check_size()
         return events
+
+    def _keep(self, part: bytes) -> None:
+        if part:
+            self._pending.append(part)
+            self._pending_size += len(part)
+            self._check_size()
+
+    def _check_size(self) -> None:
+        if self._pending_size + self._size > self.max_event_bytes:
+            raise ValueError(f"an event is larger than {self.max_event_bytes} bytes")
 
     def _line(self, line: bytes) -> SseEvent | None:
         if not line:
