@@ -21,6 +21,18 @@ from cmcp_cli.audit.store import AuditStore
 Clock = Callable[[], datetime]
 
 
+class ChainEndedError(Exception):
+    """An entry was offered after the session's `session_end`: the chain is complete, so
+    nothing may follow it (a claim signed over the chain would not cover it)."""
+
+    def __init__(self, session_id: str, kind: str) -> None:
+        super().__init__(
+            f"session {session_id} has ended: its chain takes no {kind} entry after "
+            "session_end (record a call's fault or outcome before closing the session)"
+        )
+        self.session_id = session_id
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -48,6 +60,7 @@ class SessionRecorder:
         self.state = ChainState(session_id=session_id)
         self._clock = clock
         self._lock = threading.Lock()
+        self.ended = False  # set by `end`; every later append is refused
 
     @property
     def session_id(self) -> str:
@@ -55,6 +68,8 @@ class SessionRecorder:
 
     def _append(self, kind: EntryType, fields: Mapping[str, Any]) -> SealedEntry:
         with self._lock:
+            if self.ended:
+                raise ChainEndedError(self.state.session_id, kind.value)
             entry = seal(
                 {
                     "v": ENTRY_FORMAT,
@@ -71,6 +86,7 @@ class SessionRecorder:
             # order, so no entry is durable before the ones it chains to, and a failed write
             # fails the store for every later entry.
             self.state.apply(entry)
+            self.ended = kind is EntryType.SESSION_END
         deferred = _DEFERRED.get()
         if deferred is None:
             done.result()  # durable before the caller goes on

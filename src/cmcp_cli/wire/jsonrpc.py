@@ -69,6 +69,8 @@ class Message:
     method: str | None
     params: dict[str, Any]
     id: RequestId | None
+    # A response's {"result": ...} or {"error": ...}; None for requests and notifications.
+    answer: dict[str, Any] | None = None
 
     @property
     def is_notification(self) -> bool:
@@ -140,7 +142,8 @@ def parse_message(body: bytes, *, max_depth: int) -> Message:
                 "one of result and error (response)",
                 request_id=request_id,
             )
-        return Message(None, {}, request_id)
+        answer = {"result": value["result"]} if "result" in value else {"error": value["error"]}
+        return Message(None, {}, request_id, answer)
     if not isinstance(method, str) or not method:
         raise ProtocolError(Code.INVALID_REQUEST, "method must be a non-empty string")
     params = value.get("params", {})

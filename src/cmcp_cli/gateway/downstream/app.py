@@ -11,12 +11,15 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qs, urlsplit
 
+from cmcp_cli.audit.recorder import ChainEndedError
 from cmcp_cli.audit.store import AuditStoreError
 from cmcp_cli.evidence.session import AttestationUnavailableError
 from cmcp_cli.gateway.downstream import modern
 from cmcp_cli.gateway.downstream.http_rules import TransportRules
+from cmcp_cli.gateway.downstream.streams import ResponseStream, serve_events
 from cmcp_cli.gateway.operator.routes import OperatorRoutes
 from cmcp_cli.gateway.relay.dispatch import Dispatcher, Reply
+from cmcp_cli.gateway.relay.exchange import GET_STREAM
 from cmcp_cli.gateway.relay.sessions import SessionLimitError, SessionRegistry
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.upstream.api import KNOWN_PROTOCOLS
@@ -118,8 +121,9 @@ class GatewayApp:
             )
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send, agent: str) -> None:
-        """The session's notification stream (server-sent events): list_changed, as the
-        upstreams report it, until the session or the gateway ends or the client leaves."""
+        """The session's own stream (server-sent events): list_changed and what upstreams
+        send outside any request, until the session or the gateway ends or the client
+        leaves. With `Last-Event-ID`, the stream that event was on resumes after it."""
         session_id = asgi.header(scope, b"mcp-session-id")
         session = self.sessions.get(session_id, agent) if session_id else None
         if session is None:
@@ -131,6 +135,34 @@ class GatewayApp:
                 ),
             )
             return
+        replay: list[bytes] = []
+        last_event_id = asgi.header(scope, b"last-event-id")
+        resumed = session.exchange.resume(last_event_id) if last_event_id else None
+        if last_event_id and resumed is None and not last_event_id.startswith(GET_STREAM + "-"):
+            await asgi.send_json(
+                send,
+                404,
+                error(
+                    None,
+                    Code.INVALID_REQUEST,
+                    f"Last-Event-ID {last_event_id!r} names no stream this session can resume "
+                    "(unknown, or its events are no longer kept): repeat the request",
+                ),
+            )
+            return
+        if resumed is not None:
+            replay, channel = resumed
+            if channel is None or channel.name != GET_STREAM:
+                await serve_events(
+                    send,
+                    receive,
+                    channel.queue if channel else None,
+                    replay=replay,
+                    keepalive=KEEPALIVE_SECONDS,
+                )
+                if channel is not None and channel.queue is not None:
+                    channel.queue = None  # its reader left: what follows is only kept
+                return
         if session.streaming:
             await asgi.send_json(
                 send, 409, error(None, Code.INVALID_REQUEST, "this session has a stream already")
@@ -138,17 +170,25 @@ class GatewayApp:
             return
         session.streaming = True
         try:
-            await asgi.stream_events(send, receive, session.notices, keepalive=KEEPALIVE_SECONDS)
+            await serve_events(
+                send, receive, session.notices, replay=replay, keepalive=KEEPALIVE_SECONDS
+            )
         finally:
             session.streaming = False
 
     async def _post(self, scope: Scope, receive: Receive, send: Send, agent: str) -> None:
         limits = self.runtime.config.limits
+        stream = ResponseStream(scope, receive, send)
         try:
             body = await asgi.read_body(receive, limits.max_request_body_bytes)
             message = parse_message(body, max_depth=limits.max_json_depth)
             try:
-                reply = await self._answer(scope, message, agent)
+                reply = await self._answer(scope, message, agent, stream)
+            except ChainEndedError:
+                reply = Reply(
+                    error(message.id, Code.SESSION_NOT_FOUND, "the session has ended"),
+                    status=404,
+                )
             except AuditStoreError as exc:
                 # Fail closed: what could not be recorded was not forwarded, or not returned.
                 reply = Reply(
@@ -179,14 +219,13 @@ class GatewayApp:
             headers["mcp-session-id"] = reply.session_id
         if reply.stateless_session:
             headers["cmcp-session-id"] = reply.stateless_session
-        if reply.message is None:
-            await asgi.send_bytes(send, reply.status, b"", headers=headers)
-        else:
-            await asgi.send_json(send, reply.status, reply.message, headers=headers)
+        await stream.finish(reply.status, reply.message, headers)
 
-    async def _answer(self, scope: Scope, message: Message, agent: str) -> Reply:
+    async def _answer(
+        self, scope: Scope, message: Message, agent: str, stream: ResponseStream
+    ) -> Reply:
         if modern.is_modern(scope, message):
-            return await self._answer_modern(scope, message, agent)
+            return await self._answer_modern(scope, message, agent, stream)
         if message.method == "initialize":
             if message.id is None:
                 raise ProtocolError(Code.INVALID_REQUEST, "initialize is a request: it needs an id")
@@ -227,9 +266,12 @@ class GatewayApp:
                 f"negotiated ({session.protocol_version})",
                 request_id=message.id,
             )
-        return await self.dispatcher.handle(message, session)
+        stream.exchange = session.exchange
+        return await self.dispatcher.handle(message, session, stream)
 
-    async def _answer_modern(self, scope: Scope, message: Message, agent: str) -> Reply:
+    async def _answer_modern(
+        self, scope: Scope, message: Message, agent: str, stream: ResponseStream
+    ) -> Reply:
         """A 2026-07-28 request: self-describing, answered in the session it names or in
         its agent's default session; protocol errors carry that revision's HTTP statuses."""
         if message.is_notification or message.method is None:
@@ -253,7 +295,10 @@ class GatewayApp:
                 request_id=message.id,
                 http_status=404,
             )
-        reply = await self.dispatcher.handle(message, session)
+        stream.exchange = session.exchange
+        stream.cancels = message.id
+        stream.headers["cmcp-session-id"] = session.id
+        reply = await self.dispatcher.handle(message, session, stream)
         answer = reply.message
         status = reply.status
         if answer is not None and isinstance(answer.get("result"), dict):

@@ -8,16 +8,21 @@ a JSON-RPC error by default, so official clients keep their session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cmcp_cli import __version__
+from cmcp_cli.audit.recorder import ChainEndedError
+from cmcp_cli.audit.store import AuditStoreError
 from cmcp_cli.errors import CmcpError
 from cmcp_cli.evidence.session import EscalationHandler
 from cmcp_cli.gateway.enforcement.messages import Gate, close_gate, fail_gate, open_gate
 from cmcp_cli.gateway.enforcement.redaction import redact_result
+from cmcp_cli.gateway.relay.backchannel import Relay
+from cmcp_cli.gateway.relay.exchange import Flight, Outlet
 from cmcp_cli.gateway.relay.passthrough import PASSED_THROUGH, Passthrough
 from cmcp_cli.gateway.relay.sessions import GatewaySession, SessionRegistry
 from cmcp_cli.gateway.runtime import GatewayRuntime
@@ -30,6 +35,8 @@ from cmcp_cli.wire.mcp import MODERN_PROTOCOLS, SERVER_INFO_KEY, forwardable_met
 LATEST_PROTOCOL = KNOWN_PROTOCOLS[0]
 SERVER_INFO = {"name": "cmcp-gateway", "version": __version__}
 INSTRUCTIONS = "Tool calls pass through cMCP: each is decided by policy and audited."
+DROPPED = "the request was cancelled by the gateway's server (its connection closed, or it stops)"
+REQUEST_CANCELLED = -32800  # what MCP servers answer a request cancelled by its client
 COUNTED_METHODS = frozenset({"ping", "tools/list", "tools/call", *PASSED_THROUGH})
 
 
@@ -57,7 +64,8 @@ class Dispatcher:
     def __init__(self, runtime: GatewayRuntime, sessions: SessionRegistry) -> None:
         self.runtime = runtime
         self.sessions = sessions
-        self.passthrough = Passthrough(runtime, sessions)
+        self.relay = Relay(sessions)
+        self.passthrough = Passthrough(runtime, sessions, self.relay)
         self._callable: dict[tuple[str, str], frozenset[str]] = {}  # (agent, platform) -> tools
 
     def capabilities(self) -> dict[str, Any]:
@@ -91,10 +99,44 @@ class Dispatcher:
         }
         return Reply(result(message.id, answer))
 
-    async def handle(self, message: Message, session: GatewaySession) -> Reply:
-        if message.method is None or message.is_notification:
-            return Reply(None, status=202)  # responses and notifications: accepted
-        method = message.method
+    async def handle(
+        self, message: Message, session: GatewaySession, outlet: Outlet | None = None
+    ) -> Reply:
+        """Answer one message of the session; a request's messages from upstream go to
+        `outlet` (its response) while it is in flight."""
+        if message.method is None:
+            await self.relay.answered(message, session)
+            return Reply(None, status=202)
+        if message.id is None:
+            await self.relay.notified(message, session)
+            return Reply(None, status=202)
+        if session.closed:
+            return Reply(
+                error(message.id, Code.SESSION_NOT_FOUND, "the session is closing"), status=404
+            )
+        flight = session.exchange.begin(message.id, outlet)
+        try:
+            return await self._request(message, session, flight)
+        except asyncio.CancelledError:
+            task = flight.task
+            if flight.cancel_reason is not None and task is not None and task.uncancel() == 0:
+                return await self._cancelled(message, session, flight, flight.cancel_reason)
+            # Cancelled from outside (its connection dropped, the server stopping): a call
+            # that may have gone upstream still gets its fault, then the cancellation goes on.
+            if flight.call_id is not None and flight.cancellable:
+                with contextlib.suppress(ChainEndedError, AuditStoreError):
+                    async with self.sessions.durably():
+                        session.evidence.recorder.fault(
+                            error=DROPPED, stage="cancelled", call_id=flight.call_id
+                        )
+            raise
+        finally:
+            if session.exchange.pending:
+                await self.relay.settle(session, flight)
+            session.exchange.end(flight)
+
+    async def _request(self, message: Message, session: GatewaySession, flight: Flight) -> Reply:
+        method = message.method or ""
         self.sessions.metrics.requests[method if method in COUNTED_METHODS else "other"] += 1
         if method == "ping":
             return Reply(result(message.id, {}))
@@ -102,16 +144,16 @@ class Dispatcher:
             return Reply(result(message.id, {"tools": await self.list_tools(session)}))
         if method == "tools/call":
             started = time.perf_counter()
-            call_id = session.next_call_id()
+            call_id = flight.call_id = session.next_call_id()
             try:
                 async with asyncio.timeout(self.runtime.config.limits.request_timeout_seconds):
-                    reply = await self.call_tool(message, session, call_id)
+                    reply = await self.call_tool(message, session, flight)
             except TimeoutError:
                 reply = await self._timed_out(message, session, call_id)
             self.sessions.metrics.call(reply.outcome or "fault", time.perf_counter() - started)
             return reply
         if method in PASSED_THROUGH:
-            return Reply(await self.passthrough.handle(message, session))
+            return Reply(await self.passthrough.handle(message, session, flight))
         return Reply(
             error(message.id, Code.METHOD_NOT_FOUND, f"{method} is not served by this gateway")
         )
@@ -188,8 +230,9 @@ class Dispatcher:
         self._callable[key] = frozenset(allowed)
         return self._callable[key]
 
-    async def call_tool(self, message: Message, session: GatewaySession, call_id: str) -> Reply:
+    async def call_tool(self, message: Message, session: GatewaySession, flight: Flight) -> Reply:
         params = message.params
+        call_id = flight.call_id or session.next_call_id()
         name = params.get("name")
         arguments = params.get("arguments")
         if not isinstance(name, str) or not name:
@@ -218,7 +261,7 @@ class Dispatcher:
                 reason=f"{name!r} is not in the approved catalog",
             )
         try:
-            upstream = await self.sessions.upstream(session, tool.server)
+            await self.sessions.upstream(session, tool.server)
         except UpstreamError as exc:
             return await self._fault(message, session, call_id, exc, stage="connect")
         if name in session.drifted:
@@ -250,9 +293,10 @@ class Dispatcher:
         if meta is not None:
             forwarded["_meta"] = meta
         try:
-            answer = await upstream.request("tools/call", forwarded)
+            answer = await self.relay.forward(session, flight, tool.server, "tools/call", forwarded)
         except UpstreamError as exc:
             return await self._fault(message, session, call_id, exc, stage="forward")
+        flight.cancellable = False  # the upstream ran it: its outcome is recorded
         redactions: dict[str, int] = {}
         outcome: dict[str, Any]
         if isinstance(answer.get("result"), dict):
@@ -286,6 +330,17 @@ class Dispatcher:
         async with self.sessions.durably():
             session.evidence.recorder.fault(error=str(failure), stage=stage, call_id=call_id)
         return Reply(failure.to_jsonrpc(message.id), outcome="fault")
+
+    async def _cancelled(
+        self, message: Message, session: GatewaySession, flight: Flight, reason: str
+    ) -> Reply:
+        """A request cancelled by the client or by the session's close: the fault of its
+        call is recorded before anything else of it, and the client gets an answer."""
+        async with self.sessions.durably():
+            session.evidence.recorder.fault(error=reason, stage="cancelled", call_id=flight.call_id)
+        if flight.call_id is not None:
+            self.sessions.metrics.call("fault", 0.0)
+        return Reply(error(message.id, REQUEST_CANCELLED, "request cancelled", {"reason": reason}))
 
     async def _timed_out(self, message: Message, session: GatewaySession, call_id: str) -> Reply:
         """A call that outlived limits.request_timeout_seconds: a fault of the call, and an

@@ -14,6 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from cmcp_cli.gateway.enforcement.messages import close_gate, fail_gate, open_gate, refusal
+from cmcp_cli.gateway.relay.backchannel import Relay
+from cmcp_cli.gateway.relay.exchange import Flight
 from cmcp_cli.gateway.relay.sessions import GatewaySession, SessionRegistry
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.upstream.api import UpstreamError
@@ -34,18 +36,21 @@ PASSED_THROUGH = frozenset({*LISTINGS, *ROUTED})
 
 
 class Passthrough:
-    def __init__(self, runtime: GatewayRuntime, sessions: SessionRegistry) -> None:
+    def __init__(self, runtime: GatewayRuntime, sessions: SessionRegistry, relay: Relay) -> None:
         self.runtime = runtime
         self.sessions = sessions
+        self.relay = relay
 
-    async def handle(self, message: Message, session: GatewaySession) -> dict[str, Any]:
+    async def handle(
+        self, message: Message, session: GatewaySession, flight: Flight
+    ) -> dict[str, Any]:
         method = message.method or ""
         if method in LISTINGS:
-            return await self._listing(message, session, method)
-        return await self._routed(message, session, method)
+            return await self._listing(message, session, method, flight)
+        return await self._routed(message, session, method, flight)
 
     async def _listing(
-        self, message: Message, session: GatewaySession, method: str
+        self, message: Message, session: GatewaySession, method: str, flight: Flight
     ) -> dict[str, Any]:
         key, route_field = LISTINGS[method]
         names = sorted(self.runtime.upstreams)
@@ -56,8 +61,7 @@ class Passthrough:
         answer: dict[str, Any] = {}
         for name in names:
             try:
-                upstream = await self.sessions.upstream(session, name)
-                reply = await upstream.request(method, params)
+                reply = await self.relay.forward(session, flight, name, method, params)
             except UpstreamError as exc:
                 return await self._failed(message, session, exc)
             found = reply.get("result")
@@ -74,7 +78,7 @@ class Passthrough:
         return {"jsonrpc": "2.0", "id": message.id, "result": answer}
 
     async def _routed(
-        self, message: Message, session: GatewaySession, method: str
+        self, message: Message, session: GatewaySession, method: str, flight: Flight
     ) -> dict[str, Any]:
         parameter, listing = ROUTED[method]
         target = message.params.get(parameter)
@@ -90,25 +94,27 @@ class Passthrough:
                 f"{parameter} {target!r} is not in any upstream's {listing}: list first",
                 {parameter: target},
             )
-        return await self._governed(message, session, GOVERNED[method], name, target)
+        return await self._governed(message, session, flight, name, target)
 
     async def _governed(
         self,
         message: Message,
         session: GatewaySession,
-        kind: MessageKind,
+        flight: Flight,
         name: str,
         target: str,
     ) -> dict[str, Any]:
         """Forward a routed read through its gate: decided first, outcome after."""
+        kind_method = message.method or ""
+        kind = GOVERNED[kind_method]
         gate = await open_gate(
             self.sessions, session, kind=kind, server=name, target=target, params=message.params
         )
         if not gate.forwarded:
             return refusal(gate, message.id)
         try:
-            upstream = await self.sessions.upstream(session, name)
-            reply = await upstream.request(message.method or "", self._forwarded_params(message))
+            params = self._forwarded_params(message)
+            reply = await self.relay.forward(session, flight, name, kind_method, params)
         except UpstreamError as exc:
             await fail_gate(self.sessions, session, gate, str(exc), message.method or "")
             return exc.to_jsonrpc(message.id)

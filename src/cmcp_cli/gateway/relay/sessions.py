@@ -16,24 +16,26 @@ import json
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cmcp_cli.audit.recorder import deferred_durability
+from cmcp_cli.audit.recorder import ChainEndedError, deferred_durability
 from cmcp_cli.catalog.model import advertised_hash, approved_definition
 from cmcp_cli.evidence.session import ClosedSession, EvidenceSession
 from cmcp_cli.gateway.enforcement.approvals import ApprovalDesk
+from cmcp_cli.gateway.relay.exchange import Exchange
 from cmcp_cli.gateway.relay.metrics import GatewayMetrics
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.upstream.api import UpstreamConversation, UpstreamError
+from cmcp_cli.wire.mcp import MODERN_PROTOCOLS
 
 _Result = TypeVar("_Result")
 
 
-NOTICE_BACKLOG = 64
+DRAIN_SECONDS = 5.0  # how long a closing session waits for its calls' records
 FORWARDED_NOTICES = frozenset(
     {
         "notifications/tools/list_changed",
@@ -41,6 +43,11 @@ FORWARDED_NOTICES = frozenset(
         "notifications/prompts/list_changed",
     }
 )
+
+
+ServerMessageHandler = Callable[
+    ["GatewaySession", str, UpstreamConversation, dict[str, Any]], Awaitable[None]
+]
 
 
 class SessionLimitError(Exception):
@@ -58,26 +65,26 @@ class GatewaySession:
     drifted: dict[str, str] = field(default_factory=dict)  # tool -> advertised definition hash
     advertised: set[str] = field(default_factory=set)  # approved tools the upstream lists
     routes: dict[tuple[str, str], str] = field(default_factory=dict)  # (listing, item) -> upstream
-    closed: bool = False
-    # Notifications for the client's GET stream; None ends the stream. Bounded: what is
-    # queued is list_changed, which a client that missed some reads once to catch up.
-    notices: asyncio.Queue[dict[str, Any] | None] = field(
-        default_factory=lambda: asyncio.Queue(NOTICE_BACKLOG)
-    )
+    closed: bool = False  # closing or closed: it takes no new request
+    exchange: Exchange = field(init=False)
     streaming: bool = False
     _call_ids: itertools.count[int] = field(default_factory=itertools.count)
     _opening: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        self.exchange = Exchange(resumable=self.protocol_version not in MODERN_PROTOCOLS)
+
+    @property
+    def notices(self) -> asyncio.Queue[bytes | None]:
+        """Events for the client's GET stream (bounded); None ends the stream."""
+        return self.exchange.notices
 
     def next_call_id(self) -> str:
         return f"{self.id}/{next(self._call_ids)}"
 
     def notify(self, notice: dict[str, Any] | None) -> None:
-        """Queue a notification for the client; the end-of-stream marker always fits."""
-        if notice is None:
-            while not self.notices.empty():
-                self.notices.get_nowait()
-        with contextlib.suppress(asyncio.QueueFull):
-            self.notices.put_nowait(notice)
+        """Queue a message for the client's GET stream; the end-of-stream marker always fits."""
+        self.exchange.publish(notice)
 
 
 class SessionRegistry:
@@ -91,6 +98,10 @@ class SessionRegistry:
         self._default_sessions: dict[str, str] = {}  # agent -> its stateless session's id
         self._opening_default = asyncio.Lock()
         self.metrics = GatewayMetrics()
+        # Where messages an upstream sends outside any request go (set by the relay).
+        self.on_server_message: ServerMessageHandler | None = None
+        # Run by `close` before session_end: answers what the upstreams still wait for.
+        self.on_session_closing: Callable[[GatewaySession], Awaitable[None]] | None = None
 
     async def in_thread(
         self, function: Callable[..., _Result], *args: Any, **kwargs: Any
@@ -180,26 +191,33 @@ class SessionRegistry:
             # Subscribed before the pin, so no change can fall between the two unannounced: a
             # change the pin misses arrives as list_changed and is pinned again (`_repin`
             # waits for this open to finish).
-            opened.on_notification = functools.partial(self._upstream_notice, session, name)
+            opened.on_notification = functools.partial(self._upstream_notice, session, name, opened)
             await opened.listen()
             await self.pin_tools(session, name, opened)
             session.upstreams[name] = opened
             return opened
 
     async def _upstream_notice(
-        self, session: GatewaySession, name: str, notice: dict[str, Any]
+        self,
+        session: GatewaySession,
+        name: str,
+        conversation: UpstreamConversation,
+        notice: dict[str, Any],
     ) -> None:
-        """An upstream's notification: a changed tool list is pinned again (a definition
-        that drifted is recorded and blocked from then on) before the client hears of it."""
+        """A message an upstream sent outside any request. A changed tool list is pinned
+        again (a definition that drifted is recorded and blocked from then on) before the
+        client hears of it; the rest goes to the relay (`on_server_message`)."""
         method = notice.get("method")
-        if method not in FORWARDED_NOTICES or session.closed:
+        if session.closed or not isinstance(method, str):
             return
-        if method == "notifications/tools/list_changed":
+        if method == "notifications/tools/list_changed" and "id" not in notice:
             task = asyncio.create_task(self._repin(session, name))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-        else:
+        elif method in FORWARDED_NOTICES and "id" not in notice:
             session.notify({"jsonrpc": "2.0", "method": method})
+        elif self.on_server_message is not None:
+            await self.on_server_message(session, name, conversation, notice)
 
     async def _repin(self, session: GatewaySession, name: str) -> None:
         async with session._opening:  # after the first pin, if that is still under way
@@ -209,8 +227,11 @@ class SessionRegistry:
         try:
             await self.pin_tools(session, name, upstream)
         except UpstreamError as exc:
-            async with self.durably():
-                session.evidence.recorder.fault(error=str(exc), stage="tools/list_changed")
+            with contextlib.suppress(ChainEndedError):  # the session ended meanwhile
+                async with self.durably():
+                    session.evidence.recorder.fault(error=str(exc), stage="tools/list_changed")
+        except ChainEndedError:
+            return
         session.notify({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
 
     def end_streams(self) -> None:
@@ -252,12 +273,44 @@ class SessionRegistry:
                         advertised_hash=digest,
                     )
 
+    async def renew(
+        self, session: GatewaySession, name: str, lost: UpstreamConversation, why: str
+    ) -> UpstreamConversation:
+        """A new upstream session in place of one the upstream forgot (HTTP 404), its
+        catalog pinned again and the renewal recorded; the client's session goes on."""
+        if session.upstreams.get(name) is lost:
+            del session.upstreams[name]
+            session.exchange.take_pending(lost)  # the upstream forgot what it asked
+            with contextlib.suppress(UpstreamError, ChainEndedError):
+                await lost.close()
+        renewed = await self.upstream(session, name)
+        async with self.durably():
+            session.evidence.recorder.fault(
+                error=f"upstream {name!r} forgot the session ({why}); a new upstream "
+                "session was opened and its tools pinned again",
+                stage="upstream_session_renewed",
+            )
+        return renewed
+
     async def close(self, session: GatewaySession, reason: str) -> ClosedSession | None:
+        """End a session: it takes no new request; its requests in flight are cancelled
+        and waited for (bounded) until their fault or outcome is durable; requests the
+        upstreams sent it are answered with an error; then session_end, then the claim."""
         if session.closed:
             return None
         session.closed = True
-        session.notify(None)
         self._sessions.pop(session.id, None)
+        flights = list(session.exchange.flights.values())
+        for flight in flights:
+            flight.cancel(f"the session was closed ({reason}) while the request was in flight")
+        if flights:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_SECONDS):
+                    for flight in flights:
+                        await flight.done.wait()
+        if self.on_session_closing is not None:
+            await self.on_session_closing(session)
+        session.exchange.close()
         self.approvals.end_session(session.id)
         for upstream in session.upstreams.values():
             await upstream.close()
@@ -269,14 +322,19 @@ class SessionRegistry:
     async def close_idle(self) -> int:
         limit = self.runtime.config.limits.session_idle_timeout_seconds
         now = time.monotonic()
-        idle = [s for s in self._sessions.values() if now - s.last_seen > limit]
+        # A session with a request in flight (a tool waiting on its user, say) is not idle.
+        idle = [
+            s
+            for s in self._sessions.values()
+            if now - s.last_seen > limit and not s.exchange.flights
+        ]
         for session in idle:
             await self.close(session, "idle timeout")
         return len(idle)
 
     async def close_all(self, reason: str) -> None:
-        for session in list(self._sessions.values()):
-            await self.close(session, reason)
+        """Close every session, concurrently: each waits (bounded) for its own calls."""
+        await asyncio.gather(*(self.close(s, reason) for s in list(self._sessions.values())))
         self._executor.shutdown(wait=True)
 
     def claim_path(self, session_id: str, *, record: bool = False) -> Path:

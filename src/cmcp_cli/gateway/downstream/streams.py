@@ -1,0 +1,143 @@
+"""Responses to the client: one JSON body, or a stream of server-sent events.
+
+A POST's response is undecided until the relay has something for it. Its answer alone
+goes back as `application/json`; a message the upstream sends while the request is in
+flight (progress, a log message, a request of its own) switches the response to
+`text/event-stream` when the client accepts it: each message is one event, the answer
+the last, then the stream ends. Every event is recorded in the session's replay buffer
+under its id, so a client that lost the response resumes it with a GET carrying
+`Last-Event-ID` (see `serve_events`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+from cmcp_cli.gateway.relay.exchange import Channel, Exchange
+from cmcp_cli.wire import asgi
+from cmcp_cli.wire.asgi import Receive, Scope, Send
+from cmcp_cli.wire.jsonrpc import RequestId
+
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+KEEPALIVE_CHUNK = b": keepalive\n\n"
+
+
+def accepts_events(scope: Scope) -> bool:
+    accept = asgi.header(scope, b"accept") or ""
+    return "text/event-stream" in accept or "*/*" in accept
+
+
+class ResponseStream:
+    """The response to one POST, as the relay writes to it (`deliver`) and the app ends
+    it (`finish`). Until something is delivered it costs nothing: no task, no copy."""
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._scope = scope
+        self._receive = receive
+        self._send = send
+        self.exchange: Exchange | None = None  # the session's, once the request has one
+        # 2026-07-28: a client cancels a request by closing its response stream.
+        self.cancels: RequestId | None = None
+        self.headers: dict[str, str] = {}  # sent with a stream's start
+        self.channel: Channel | None = None
+        self._gone = False
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def deliver(self, message: dict[str, Any]) -> bool:
+        if self.exchange is None:
+            return False
+        if self.channel is None:
+            if not accepts_events(self._scope):
+                return False
+            self.channel = self.exchange.open_channel(self._write)
+            extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+            start = {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + extra}
+            await self._send(start)
+            self._watcher = asyncio.create_task(self._watch())
+        await self.exchange.emit(self.channel, message)
+        return True
+
+    async def finish(
+        self, status: int, message: dict[str, Any] | None, headers: Mapping[str, str]
+    ) -> None:
+        """Send the answer: the whole JSON response, or the stream's last event."""
+        channel = self.channel
+        if channel is None or self.exchange is None:
+            if message is None:
+                await asgi.send_bytes(self._send, status, b"", headers=headers)
+            else:
+                await asgi.send_json(self._send, status, message, headers=headers)
+            return
+        try:
+            if message is None:
+                self.exchange.finish(channel)
+            else:
+                await self.exchange.emit(channel, message, final=True)
+            if not self._gone:
+                await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            if self._watcher is not None:
+                self._watcher.cancel()
+
+    async def _write(self, chunk: bytes) -> bool:
+        if self._gone:
+            return False
+        await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+        return not self._gone
+
+    async def _watch(self) -> None:
+        with contextlib.suppress(asgi.ClientGoneError):
+            while (await self._receive())["type"] != "http.disconnect":
+                pass
+        self._gone = True
+        flight = self.exchange.flights.get(self.cancels) if self.exchange and self.cancels else None
+        if flight is not None and flight.outlet is self:
+            flight.cancel("the client closed the response stream")
+
+
+async def serve_events(
+    send: Send,
+    receive: Receive,
+    events: asyncio.Queue[bytes | None] | None,
+    *,
+    replay: list[bytes],
+    keepalive: float,
+) -> None:
+    """Serve `replay`, then what is queued on `events`, as server-sent events until None
+    is queued or the client leaves (a comment every `keepalive` seconds keeps idle proxies
+    from closing the stream); without `events`, the replay alone."""
+    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+    for chunk in replay:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    if events is None:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return
+    gone = asyncio.create_task(_disconnected(receive))
+    try:
+        while True:
+            following = asyncio.create_task(events.get())
+            done, _ = await asyncio.wait(
+                {following, gone}, timeout=keepalive, return_when=asyncio.FIRST_COMPLETED
+            )
+            if gone in done:
+                following.cancel()
+                return
+            if following not in done:
+                following.cancel()
+                chunk = KEEPALIVE_CHUNK
+            elif (event := following.result()) is None:
+                break
+            else:
+                chunk = event
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        gone.cancel()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
