@@ -27,6 +27,8 @@ import anyio
 import mcp_types as types
 import pytest
 import yaml
+from fastmcp import Client as FastMCPClient
+from mcp import Client as McpClient
 from mcp import StdioServerParameters
 from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.stdio import stdio_client
@@ -35,7 +37,14 @@ from mcp.shared.exceptions import MCPError
 from pydantic import FileUrl
 
 from cmcp_cli.audit.logfile import read_log_lines
-from tests.gateway_support import Served, free_port, start_gateway, start_process, write_config
+from tests.gateway_support import (
+    Served,
+    free_port,
+    request,
+    start_gateway,
+    start_process,
+    write_config,
+)
 from tests.support import REPO, run_cmcp
 
 UPSTREAM_V2 = REPO / "tests" / "matrix_upstream.py"
@@ -257,6 +266,12 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
             served.stop()
 
 
+@pytest.fixture(autouse=True)
+def earlier_claims(matrix: Matrix) -> None:
+    """Claims written before a test are not its own (even those of a test that failed)."""
+    matrix.seen_claims = set(matrix.claims.glob("*.claim.json"))
+
+
 # The official SDK 2.x ClientSession (2025-11-25: initialize, a session id, SSE streams)
 
 
@@ -297,8 +312,10 @@ class Agent:
 
 
 def text_of(result: object) -> str:
-    assert isinstance(result, types.CallToolResult), result
-    block = result.content[0]
+    """The text of a tool result's first block (the SDK's CallToolResult or FastMCP's)."""
+    content = getattr(result, "content", None)
+    assert isinstance(content, list) and content, result
+    block = content[0]
     assert isinstance(block, types.TextContent), result
     return block.text
 
@@ -369,3 +386,113 @@ def test_sdk1_client_relay_decided_by_policy(matrix: Matrix, prefix: str) -> Non
     assert seen["logs"] == ["a log line"]
     claim = check_relay(matrix, seen["results"], seen["asked"])
     assert claim["gateway"]["session_id"] == seen["session_id"]
+
+
+# FastMCP's client (fastmcp-slim), in the 2025-11-25 era ("legacy": initialize, SSE)
+
+
+async def fastmcp_relay(url: str, prefix: str) -> tuple[list[str], Agent]:
+    agent = Agent()
+
+    async def sampling(
+        messages: list[types.SamplingMessage], params: types.CreateMessageRequestParams, _: Any
+    ) -> types.CreateMessageResult:
+        return await agent.sampling(_, params)
+
+    async def elicitation(
+        message: str, _: Any, params: types.ElicitRequestParams, context: Any
+    ) -> types.ElicitResult:
+        return await agent.elicitation(context, params)
+
+    async def roots(context: Any) -> list[types.Root]:
+        return list((await agent.roots(context)).roots)
+
+    async def log(message: Any) -> None:
+        agent.logs.append(message.data)
+
+    client = FastMCPClient(
+        url,
+        mode="legacy",
+        sampling_handler=sampling,
+        elicitation_handler=elicitation,
+        roots=roots,
+        log_handler=log,
+        progress_handler=agent.on_progress,
+    )
+    answers: list[str] = []
+    async with asyncio.timeout(SESSION_SECONDS), client:
+        for suffix, arguments, _ in RELAY_STEPS:
+            answers.append(text_of(await client.call_tool(f"{prefix}_{suffix}", arguments)))
+    return answers, agent
+
+
+@pytest.mark.parametrize("prefix", ["h2", "s1"])
+def test_fastmcp_client_relay_decided_by_policy(matrix: Matrix, prefix: str) -> None:
+    answers, agent = asyncio.run(fastmcp_relay(matrix.gateway.url, prefix))
+    assert agent.progress == [(1, 2, "halfway"), (2, 2, "done")]
+    assert agent.logs == ["a log line"]
+    check_relay(matrix, answers, agent.asked)
+
+
+# Clients in the 2026-07-28 era (`mcp.Client` and `fastmcp.Client` in auto mode): no
+# session, no GET stream, and no server-to-client requests on a response. The gateway
+# speaks 2025-11-25 to its upstreams, so an upstream's sampling, elicitation or roots
+# request during such a call is answered -32601 by the gateway (it does not turn them
+# into an InputRequiredResult); progress and log messages still reach the client.
+
+MODERN_REFUSED = f"refused {-32601}"
+MODERN_STEPS: list[tuple[str, dict[str, Any], str]] = [
+    ("chatty", {}, "chatty done"),
+    ("ask_model", {"max_tokens": 10}, MODERN_REFUSED),
+    ("ask_user", {"question": "Who holds the card?"}, MODERN_REFUSED),
+    ("client_roots", {}, MODERN_REFUSED),
+]
+
+
+async def modern_relay(url: str, prefix: str, client_kind: str) -> tuple[list[str], Agent, str]:
+    agent = Agent()
+    answers: list[str] = []
+    session = ""
+    if client_kind == "mcp":
+        client: Any = McpClient(
+            url,
+            sampling_callback=agent.sampling,
+            elicitation_callback=agent.elicitation,
+            list_roots_callback=agent.roots,
+            logging_callback=agent.log,
+        )
+    else:
+
+        async def log(message: Any) -> None:
+            agent.logs.append(message.data)
+
+        client = FastMCPClient(url, log_handler=log, progress_handler=agent.on_progress)
+    async with asyncio.timeout(SESSION_SECONDS), client:
+        for suffix, arguments, _ in MODERN_STEPS:
+            if client_kind == "mcp":
+                result = await client.call_tool(
+                    f"{prefix}_{suffix}", arguments, progress_callback=agent.on_progress
+                )
+            else:
+                result = await client.call_tool(f"{prefix}_{suffix}", arguments)
+            answers.append(text_of(result))
+            session = (result.meta or {}).get("_cmcp.session_id", session)
+    return answers, agent, session
+
+
+@pytest.mark.parametrize(("client_kind", "prefix"), [("mcp", "h2"), ("mcp", "s1"), ("fastmcp", "h2")])
+def test_modern_clients_get_progress_and_logs_and_no_server_requests(
+    matrix: Matrix, client_kind: str, prefix: str
+) -> None:
+    answers, agent, session = asyncio.run(modern_relay(matrix.gateway.url, prefix, client_kind))
+    assert answers == [expected for _, _, expected in MODERN_STEPS]
+    assert agent.asked == []  # no callback ran
+    assert agent.progress == [(1, 2, "halfway"), (2, 2, "done")]
+    assert agent.logs == ["a log line"]
+    assert session, "a 2026-07-28 answer names the gateway session it was answered in"
+    status, _, body = request(matrix.gateway.port, "POST", f"/sessions/{session}/close")
+    assert status == 200, body
+    claim = matrix.new_claim()
+    assert claim["gateway"]["session_id"] == session
+    calls = claim["gateway"]["call_summary"]["by_kind"]["call_tool"]
+    assert (calls["total"], calls["allowed"]) == (len(MODERN_STEPS), len(MODERN_STEPS))
