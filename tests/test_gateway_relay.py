@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from pydantic import FileUrl
 from cmcp_cli.audit.logfile import read_log_lines
 from tests.gateway_support import Served, free_port, start_gateway, start_process, write_config
 from tests.support import REPO, run_cmcp
+from tests.test_gateway_compat import mcp1_python
 
 UPSTREAM = REPO / "tests" / "relay_upstream.py"
 PERMIT_ALL = '@id("relay-tests")\npermit (principal, action, resource);\n'
@@ -265,6 +267,33 @@ async def _open_session(client: httpx.AsyncClient, url: str) -> dict[str, str]:
         url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers
     )
     return headers
+
+
+def test_an_sdk_1x_client_gets_the_relay_and_leaves_cleanly_after_giving_up(
+    relay: tuple[Served, Path],
+) -> None:
+    gateway, state = relay
+    client = REPO / "tests" / "compat" / "relay_client_v1.py"
+    ran = subprocess.run(
+        [str(mcp1_python()), str(client), gateway.url],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    seen = json.loads(ran.stdout)
+    assert ran.returncode == 0, seen
+    assert seen["chatty"] == "done after 2 steps"
+    assert seen["progress"] == [1, 2]
+    assert seen["logs"] == ["did step 1", "did step 2"]
+    assert seen["ask_model"] == "model said: v1 model"
+    assert seen["ask_user"] == "user accept: Grace"
+    assert seen["client_roots"] == json.dumps(["file:///v1"])
+    assert "gave_up" in seen  # its own timeout; leaving the session then raised nothing
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not (state / "cancelled-v1").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (state / "cancelled-v1").exists(), "the abandoned call ran on upstream"
 
 
 def test_a_lost_response_stream_resumes_with_last_event_id(relay: tuple[Served, Path]) -> None:

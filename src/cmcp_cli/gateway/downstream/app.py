@@ -219,7 +219,7 @@ class GatewayApp:
             headers["mcp-session-id"] = reply.session_id
         if reply.stateless_session:
             headers["cmcp-session-id"] = reply.stateless_session
-        await stream.finish(reply.status, reply.message, headers)
+        await stream.finish(reply.status, reply.message, headers, streamed=reply.streamed)
 
     async def _answer(
         self, scope: Scope, message: Message, agent: str, stream: ResponseStream
@@ -309,7 +309,13 @@ class GatewayApp:
         elif answer is not None and isinstance(answer.get("error"), dict):
             code = answer["error"].get("code")
             status = modern.ERROR_STATUS.get(code, status) if isinstance(code, int) else status
-        return Reply(answer, status=status, outcome=reply.outcome, stateless_session=session.id)
+        return Reply(
+            answer,
+            status=status,
+            outcome=reply.outcome,
+            stateless_session=session.id,
+            streamed=reply.streamed,
+        )
 
     async def _delete(self, scope: Scope, send: Send, agent: str) -> None:
         session_id = asgi.header(scope, b"mcp-session-id")

@@ -47,24 +47,41 @@ class ResponseStream:
         self._watcher: asyncio.Task[None] | None = None
 
     async def deliver(self, message: dict[str, Any]) -> bool:
-        if self.exchange is None:
+        channel = await self._stream()
+        if channel is None or self.exchange is None:
             return False
-        if self.channel is None:
-            if not accepts_events(self._scope):
-                return False
-            self.channel = self.exchange.open_channel(self._write)
-            extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
-            start = {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + extra}
-            await self._send(start)
-            self._watcher = asyncio.create_task(self._watch())
-        await self.exchange.emit(self.channel, message)
+        await self.exchange.emit(channel, message)
         return True
 
+    async def _stream(self) -> Channel | None:
+        """This response as a stream of events, started now if it is not yet; None when
+        the client does not accept one."""
+        if self.channel is not None or self.exchange is None:
+            return self.channel
+        if not accepts_events(self._scope):
+            return None
+        self.channel = self.exchange.open_channel(self._write)
+        extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+        start = {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + extra}
+        await self._send(start)
+        self._watcher = asyncio.create_task(self._watch())
+        return self.channel
+
     async def finish(
-        self, status: int, message: dict[str, Any] | None, headers: Mapping[str, str]
+        self,
+        status: int,
+        message: dict[str, Any] | None,
+        headers: Mapping[str, str],
+        *,
+        streamed: bool = False,
     ) -> None:
-        """Send the answer: the whole JSON response, or the stream's last event."""
+        """Send the answer: the whole JSON response, or the stream's last event. With
+        `streamed`, as an event even when nothing came before it (an SDK client that is
+        leaving its session reads a late answer on a stream without failing, but not a
+        late JSON body)."""
         channel = self.channel
+        if channel is None and streamed and message is not None and status == 200:
+            channel = await self._stream()
         if channel is None or self.exchange is None:
             if message is None:
                 await asgi.send_bytes(self._send, status, b"", headers=headers)

@@ -49,6 +49,7 @@ class Reply:
     session_id: str | None = None  # set on the response that opens a session
     outcome: str | None = None  # a tool call's decision, or "fault": for metrics
     stateless_session: str | None = None  # the session a 2026-07-28 request was answered in
+    streamed: bool = False  # sent as an event stream even when it is the only message
 
 
 def negotiate(requested: object) -> str:
@@ -340,7 +341,8 @@ class Dispatcher:
             session.evidence.recorder.fault(error=reason, stage="cancelled", call_id=flight.call_id)
         if flight.call_id is not None:
             self.sessions.metrics.call("fault", 0.0)
-        return Reply(error(message.id, REQUEST_CANCELLED, "request cancelled", {"reason": reason}))
+        answer = error(message.id, REQUEST_CANCELLED, "request cancelled", {"reason": reason})
+        return Reply(answer, streamed=session.closed)
 
     async def _timed_out(self, message: Message, session: GatewaySession, call_id: str) -> Reply:
         """A call that outlived limits.request_timeout_seconds: a fault of the call, and an
