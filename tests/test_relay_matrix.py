@@ -153,7 +153,9 @@ class Matrix:
         return document
 
     def entries(self, session_id: str) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in read_log_lines(self.claims.parent / "audit.db", session_id)]
+        return [
+            json.loads(line) for line in read_log_lines(self.claims.parent / "audit.db", session_id)
+        ]
 
     def restart(self, prefix: str) -> None:
         """Stop an HTTP upstream and start it again on its port: it forgets its sessions."""
@@ -280,12 +282,14 @@ class Agent:
 
     def __init__(self) -> None:
         self.asked: list[str] = []
+        self.ids: list[Any] = []  # the request ids the client saw: the gateway's own
         self.progress: list[tuple[float, float | None, str | None]] = []
         self.logs: list[Any] = []
 
     async def sampling(
         self, context: ClientRequestContext, params: types.CreateMessageRequestParams
     ) -> types.CreateMessageResult:
+        self.ids.append(context.request_id)
         content = params.messages[0].content
         self.asked.append(f"sampling:{getattr(content, 'text', '')}")
         text = "plain words" if params.max_tokens == 10 else "write to ada@example.org"
@@ -296,11 +300,13 @@ class Agent:
     async def elicitation(
         self, context: ClientRequestContext, params: types.ElicitRequestParams
     ) -> types.ElicitResult:
+        self.ids.append(context.request_id)
         self.asked.append(f"elicit:{params.message}")
         answer = "Ada" if params.message == "Who holds the card?" else "4111 1111 1111 1111"
         return types.ElicitResult(action="accept", content={"answer": answer})
 
     async def roots(self, context: ClientRequestContext) -> types.ListRootsResult:
+        self.ids.append(context.request_id)
         self.asked.append("roots")
         return types.ListRootsResult(roots=[types.Root(uri=FileUrl(ROOT))])
 
@@ -344,10 +350,15 @@ async def sdk2_relay(url: str, prefix: str) -> tuple[list[str], Agent]:
     return answers, agent
 
 
-def check_relay(matrix: Matrix, answers: list[str], asked: list[str]) -> dict[str, Any]:
+def check_relay(
+    matrix: Matrix, answers: list[str], asked: list[str], ids: list[Any]
+) -> dict[str, Any]:
     """What every client x upstream pairing must see, and its claim's counts."""
     assert answers == [expected for _, _, expected in RELAY_STEPS]
     assert asked == RELAY_ASKED
+    # the upstreams' requests reach the client under ids the gateway assigned
+    assert all(isinstance(i, str) and i.startswith("cmcp-") for i in ids), ids
+    assert len(set(ids)) == len(ids) == len(RELAY_ASKED)
     claim = matrix.new_claim()
     by_kind = claim["gateway"]["call_summary"]["by_kind"]
     for kind, counts in RELAY_KINDS.items():
@@ -362,7 +373,7 @@ def test_sdk2_client_relay_decided_by_policy(matrix: Matrix, prefix: str) -> Non
     answers, agent = asyncio.run(sdk2_relay(matrix.gateway.url, prefix))
     assert agent.progress == [(1, 2, "halfway"), (2, 2, "done")]
     assert agent.logs == ["a log line"]
-    check_relay(matrix, answers, agent.asked)
+    check_relay(matrix, answers, agent.asked, agent.ids)
 
 
 # The official SDK 1.x ClientSession, from its own venv
@@ -384,7 +395,7 @@ def test_sdk1_client_relay_decided_by_policy(matrix: Matrix, prefix: str) -> Non
     seen = run_v1_client("relay", matrix.gateway.url, json.dumps(steps))
     assert seen["progress"] == [[1, 2, "halfway"], [2, 2, "done"]]
     assert seen["logs"] == ["a log line"]
-    claim = check_relay(matrix, seen["results"], seen["asked"])
+    claim = check_relay(matrix, seen["results"], seen["asked"], seen["ids"])
     assert claim["gateway"]["session_id"] == seen["session_id"]
 
 
@@ -431,7 +442,7 @@ def test_fastmcp_client_relay_decided_by_policy(matrix: Matrix, prefix: str) -> 
     answers, agent = asyncio.run(fastmcp_relay(matrix.gateway.url, prefix))
     assert agent.progress == [(1, 2, "halfway"), (2, 2, "done")]
     assert agent.logs == ["a log line"]
-    check_relay(matrix, answers, agent.asked)
+    check_relay(matrix, answers, agent.asked, agent.ids)
 
 
 # Clients in the 2026-07-28 era (`mcp.Client` and `fastmcp.Client` in auto mode): no
@@ -480,7 +491,9 @@ async def modern_relay(url: str, prefix: str, client_kind: str) -> tuple[list[st
     return answers, agent, session
 
 
-@pytest.mark.parametrize(("client_kind", "prefix"), [("mcp", "h2"), ("mcp", "s1"), ("fastmcp", "h2")])
+@pytest.mark.parametrize(
+    ("client_kind", "prefix"), [("mcp", "h2"), ("mcp", "s1"), ("fastmcp", "h2")]
+)
 def test_modern_clients_get_progress_and_logs_and_no_server_requests(
     matrix: Matrix, client_kind: str, prefix: str
 ) -> None:

@@ -27,6 +27,7 @@ from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.context import RequestContext
 from mcp.shared.exceptions import McpError
+from pydantic import FileUrl
 
 SESSION_SECONDS = 60.0
 ROOT = "file:///work/project"
@@ -43,12 +44,14 @@ class Agent:
 
     def __init__(self) -> None:
         self.asked: list[str] = []
+        self.ids: list[Any] = []  # the request ids the client saw: the gateway's own
         self.progress: list[list[Any]] = []
         self.logs: list[Any] = []
 
     async def sampling(
         self, context: Context, params: types.CreateMessageRequestParams
     ) -> types.CreateMessageResult:
+        self.ids.append(context.request_id)
         content = params.messages[0].content
         self.asked.append(f"sampling:{getattr(content, 'text', '')}")
         text = "plain words" if params.maxTokens == 10 else "write to ada@example.org"
@@ -59,13 +62,15 @@ class Agent:
     async def elicitation(
         self, context: Context, params: types.ElicitRequestParams
     ) -> types.ElicitResult:
+        self.ids.append(context.request_id)
         self.asked.append(f"elicit:{params.message}")
         answer = "Ada" if params.message == "Who holds the card?" else "4111 1111 1111 1111"
         return types.ElicitResult(action="accept", content={"answer": answer})
 
     async def roots(self, context: Context) -> types.ListRootsResult:
+        self.ids.append(context.request_id)
         self.asked.append("roots")
-        return types.ListRootsResult(roots=[types.Root(uri=types.FileUrl(ROOT))])
+        return types.ListRootsResult(roots=[types.Root(uri=FileUrl(ROOT))])
 
     async def log(self, params: types.LoggingMessageNotificationParams) -> None:
         self.logs.append(params.data)
@@ -93,7 +98,7 @@ async def relay(url: str, steps: list[list[Any]], seen: dict[str, Any]) -> None:
         for tool, arguments in steps:
             result = await session.call_tool(tool, arguments, progress_callback=agent.on_progress)
             seen["results"].append(text_of(result))
-    seen.update(asked=agent.asked, progress=agent.progress, logs=agent.logs)
+    seen.update(asked=agent.asked, ids=agent.ids, progress=agent.progress, logs=agent.logs)
 
 
 async def cancel(url: str, tools: list[str], seen: dict[str, Any]) -> None:
@@ -111,8 +116,9 @@ async def cancel(url: str, tools: list[str], seen: dict[str, Any]) -> None:
                 )
             except McpError as exc:
                 seen["timeouts"].append(exc.error.code)
-            # the timed-out request's id: the session numbers its requests 0, 1, ...
-            timed_out = session._request_id - 1  # noqa: SLF001 - the 1.x API exposes no other way
+            # the timed-out request's id (the session numbers its requests 0, 1, ...: the 1.x
+            # API exposes no other way to name it)
+            timed_out = session._request_id - 1
             params = types.CancelledNotificationParams(requestId=timed_out, reason="timeout")
             await session.send_notification(
                 types.ClientNotification(types.CancelledNotification(params=params))
