@@ -10,8 +10,9 @@ Tool names carry `--prefix` (`h2_chatty`, ...) so several of these serve one gat
 - `ask_user(question)`: elicitation/create (form, one string field `answer`) tied to the
   call; answers with the user's action and answer, or `refused <code>`;
 - `client_roots`: roots/list tied to the call; answers with the roots or `refused <code>`;
-- `slow(seconds, tag)`: sleeps; when cancelled it writes `cancelled-<prefix>-<tag>` under
-  `--state`: the upstream's own record that the cancellation reached it.
+- `slow(seconds, tag)`: writes `started-<prefix>-<tag>` under `--state` and sleeps; when
+  cancelled it writes `cancelled-<prefix>-<tag>`: the upstream's own record that the
+  cancellation reached it.
 
     python tests/matrix_upstream.py --prefix h2 --state DIR (--port 8000 | --stdio)
 """
@@ -84,6 +85,7 @@ def build_server(prefix: str, state: Path) -> MCPServer:
 
     @server.tool(name=f"{prefix}_slow", description="Sleeps; records a cancellation.")
     async def slow(seconds: float, tag: str) -> str:
+        (state / f"started-{prefix}-{tag}").write_text("started")
         try:
             await anyio.sleep(seconds)
         except anyio.get_cancelled_exc_class():

@@ -522,9 +522,18 @@ def cancelled_faults(matrix: Matrix, session_id: str) -> list[dict[str, Any]]:
     ]
 
 
-async def sdk2_cancellations(url: str) -> dict[str, Any]:
-    """On one session: each upstream's `slow` abandoned by an anyio cancel scope, two by
-    the request's own read timeout, then a quick call to each (the session goes on)."""
+async def started(state: Path, prefix: str, tag: str) -> None:
+    """Wait, bounded, until the upstream's `slow` call tagged `tag` has started."""
+    marker = state / f"started-{prefix}-{tag}"
+    with anyio.fail_after(WAIT_SECONDS):
+        while not marker.exists():
+            await anyio.sleep(0.05)
+
+
+async def sdk2_cancellations(url: str, state: Path) -> dict[str, Any]:
+    """On one session: a quick call to each upstream (which starts the stdio ones), then
+    each upstream's `slow` abandoned by an anyio cancel scope once it runs, two more by the
+    request's own read timeout, then a quick call to each again (the session goes on)."""
     seen: dict[str, Any] = {"timeouts": [], "after": []}
     async with (
         asyncio.timeout(SESSION_SECONDS),
@@ -533,8 +542,13 @@ async def sdk2_cancellations(url: str) -> dict[str, Any]:
     ):
         await session.initialize()
         for prefix in PREFIXES:
-            with anyio.move_on_after(1.0):
-                await session.call_tool(f"{prefix}_slow", {"seconds": 30, "tag": "anyio"})
+            await session.call_tool(f"{prefix}_slow", {"seconds": 0, "tag": "warm"})
+        for prefix in PREFIXES:
+            async with anyio.create_task_group() as group:
+                arguments = {"seconds": 30, "tag": "anyio"}
+                group.start_soon(session.call_tool, f"{prefix}_slow", arguments)
+                await started(state, prefix, "anyio")
+                group.cancel_scope.cancel()
         for prefix in ("h1", "s2"):
             with pytest.raises(MCPError) as timed_out:
                 await session.call_tool(
@@ -551,7 +565,7 @@ PREFIXES = ("h2", "s2", "h1", "s1")
 
 
 def test_sdk2_cancellation_reaches_every_upstream(matrix: Matrix) -> None:
-    seen = asyncio.run(sdk2_cancellations(matrix.gateway.url))
+    seen = asyncio.run(sdk2_cancellations(matrix.gateway.url, matrix.state))
     assert seen["after"] == ["slept 0.0"] * len(PREFIXES)  # and leaving raised nothing
     assert len(seen["timeouts"]) == 2
     for prefix in PREFIXES:
@@ -564,7 +578,7 @@ def test_sdk2_cancellation_reaches_every_upstream(matrix: Matrix) -> None:
     assert len(faults) == len(PREFIXES) + 2
     assert {fault["error"] for fault in faults} == {"cancelled by the client"}
     calls = claim["gateway"]["call_summary"]["by_kind"]["call_tool"]
-    assert (calls["total"], calls["faulted"]) == (2 * len(PREFIXES) + 2, len(PREFIXES) + 2)
+    assert (calls["total"], calls["faulted"]) == (3 * len(PREFIXES) + 2, len(PREFIXES) + 2)
 
 
 def test_sdk1_client_cancellation_reaches_http_and_stdio_upstreams(matrix: Matrix) -> None:
@@ -587,6 +601,8 @@ async def leave_after_timeout(url: str, prefix: str, tag: str) -> float:
             ClientSession(read, write) as session,
         ):
             await session.initialize()
+            # a first call starts the upstream (a stdio child), so the next reaches it
+            await session.call_tool(f"{prefix}_slow", {"seconds": 0, "tag": f"{tag}-warm"})
             with pytest.raises(MCPError):
                 await session.call_tool(
                     f"{prefix}_slow", {"seconds": 30, "tag": tag}, read_timeout_seconds=1.0
@@ -604,7 +620,8 @@ def test_leaving_after_a_client_timeout_is_clean(matrix: Matrix, prefix: str) ->
     entries = matrix.entries(claim["gateway"]["session_id"])
     assert entries[-1]["type"] == "session_end"
     assert len(cancelled_faults(matrix, claim["gateway"]["session_id"])) == 1
-    assert claim["gateway"]["call_summary"]["by_kind"]["call_tool"]["faulted"] == 1
+    calls = claim["gateway"]["call_summary"]["by_kind"]["call_tool"]
+    assert (calls["total"], calls["faulted"]) == (2, 1)
 
 
 # An HTTP upstream restarted mid-session

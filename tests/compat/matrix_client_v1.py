@@ -4,7 +4,8 @@
 `relay URL STEPS`: with sampling, elicitation and roots callbacks, it makes the tool calls
 STEPS (a JSON list of [tool, arguments]) on one session and prints what each call
 answered, the progress and log messages it saw and which callbacks ran.
-`cancel URL TOOL...`: for each TOOL (a `slow` tool) it calls it with a 1 s read timeout,
+`cancel URL TOOL...`: for each TOOL (a `slow` tool) it makes a quick call (which starts a
+stdio upstream), calls it again with a 1 s read timeout,
 then cancels it with notifications/cancelled (the 1.x client does not send it on a
 timeout: its application does), then makes a quick call to the same tool.
 
@@ -110,6 +111,8 @@ async def cancel(url: str, tools: list[str], seen: dict[str, Any]) -> None:
         seen["session_id"] = session_id()
         seen["timeouts"], seen["after"] = [], []
         for tool in tools:
+            # a first call starts the upstream (a stdio child), so the next reaches it
+            await session.call_tool(tool, {"seconds": 0, "tag": "v1-warm"})
             try:
                 await session.call_tool(
                     tool, {"seconds": 30, "tag": "v1"}, read_timeout_seconds=timedelta(seconds=1)

@@ -1,8 +1,8 @@
 """The relay matrix's upstream (tests/matrix_upstream.py) on the official MCP SDK 1.x
 (`mcp` 1.30) FastMCP: the same tools under `--prefix`, served over streamable HTTP
 (`--port`) or stdio (`--stdio`). Each tool answers with what the client (through the
-gateway) answered it; `slow` writes `cancelled-<prefix>-<tag>` under `--state` when a
-cancellation reaches it.
+gateway) answered it; `slow` writes `started-<prefix>-<tag>` under `--state` when it starts
+and `cancelled-<prefix>-<tag>` when a cancellation reaches it.
 
 It runs only in the 1.x venv (`.venv-mcp1`, made by `scripts/dev.sh setup`).
 
@@ -76,6 +76,7 @@ def build_server(prefix: str, state: Path, port: int) -> FastMCP[Any]:
 
     @server.tool(name=f"{prefix}_slow", description="Sleeps; records a cancellation.")
     async def slow(seconds: float, tag: str) -> str:
+        (state / f"started-{prefix}-{tag}").write_text("started")
         try:
             await anyio.sleep(seconds)
         except anyio.get_cancelled_exc_class():
