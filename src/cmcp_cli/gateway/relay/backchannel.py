@@ -161,7 +161,7 @@ class Relay:
             session,
             kind=kind,
             server=name,
-            target=method,
+            target=name,  # server-wide kinds: the target is the server (Server::"<name>")
             params=params,
             related_call_id=flight.call_id if flight is not None else None,
         )
