@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -55,6 +56,8 @@ WAIT_SECONDS = 15.0
 SESSION_SECONDS = 60.0
 POLICY_DENIED = -32040
 ROOT = "file:///work/project"
+OPERATOR_TOKEN = secrets.token_urlsafe(32)  # exports each session's audit chain
+OPERATOR = {"authorization": f"Bearer {OPERATOR_TOKEN}"}
 
 POLICY = """\
 @id("call-tools")
@@ -130,11 +133,12 @@ class Matrix:
     http: dict[str, Served]  # the HTTP upstreams by prefix (stdio ones are the gateway's)
     state: Path
     claims: Path
+    bundle: Path
     seen_claims: set[Path] = field(default_factory=set)
 
     def new_claim(self) -> dict[str, Any]:
-        """The one claim written since the last call, checked with `cmcp verify` and
-        `cmcp replay-audit` against the gateway's audit log."""
+        """The one claim written since the test began, checked with `cmcp verify` and
+        `cmcp replay-audit` against its session's audit chain as the operator exports it."""
         deadline = time.monotonic() + WAIT_SECONDS
         fresh: list[Path] = []
         while time.monotonic() < deadline:
@@ -144,12 +148,20 @@ class Matrix:
             time.sleep(0.1)
         assert len(fresh) == 1, f"expected one new claim, found {fresh}"
         self.seen_claims.update(fresh)
-        audit = self.claims.parent / "audit.db"
-        verified = run_cmcp("verify", fresh[0], "--allow-software", "--audit-log", audit, "--json")
-        assert verified.returncode == 0, verified.stdout + verified.stderr
-        replayed = run_cmcp("replay-audit", "--db", audit, "--claim", fresh[0], "--json")
-        assert replayed.returncode == 0, replayed.stdout + replayed.stderr
         document: dict[str, Any] = json.loads(fresh[0].read_text())
+        session_id = document["gateway"]["session_id"]
+        status, _, exported = request(
+            self.gateway.port, "GET", f"/audit/{session_id}", None, OPERATOR
+        )
+        assert status == 200, exported
+        log = self.claims.parent / f"{session_id}.jsonl"
+        log.write_bytes(exported)
+        verified = run_cmcp("verify", fresh[0], "--allow-software", "--audit-log", log, "--json")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        # the chain's hashes and links, matched with the claim, every request decided again
+        replay = ["--log", log, "--claim", fresh[0], "--bundle", self.bundle, "--json"]
+        replayed = run_cmcp("replay-audit", *replay)
+        assert replayed.returncode == 0, replayed.stdout + replayed.stderr
         return document
 
     def entries(self, session_id: str) -> list[dict[str, Any]]:
@@ -259,8 +271,8 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
         settings = yaml.safe_load(config.read_text())
         settings["upstreams"] = upstreams  # these four instead of write_config's `demo`
         config.write_text(yaml.safe_dump(settings))
-        gateway = start_gateway(config)
-        yield Matrix(gateway, http, state, folder / "claims")
+        gateway = start_gateway(config, {"CMCP_OPERATOR_TOKEN": OPERATOR_TOKEN})
+        yield Matrix(gateway, http, state, folder / "claims", bundle)
     finally:
         if gateway is not None:
             gateway.stop()
