@@ -196,6 +196,7 @@ def test_the_upstreams_requests_reach_the_client_and_its_answers_the_upstream(
                 _text(await client.call_tool("client_roots", {})),
             ]
             await client.send_roots_list_changed()
+            await client.send_ping()  # sent once the notification's POST was answered
             return answers
 
     answers = asyncio.run(session())
@@ -501,6 +502,50 @@ def test_a_call_past_the_gateways_timeout_is_cancelled_upstream(rig: Rig, tmp_pa
     decided = [e["call_id"] for e in entries if e.get("phase") == "decision"]
     faulted = [e["call_id"] for e in entries if e["type"] == "fault"]
     assert decided == faulted  # the timed-out call has its fault in the chain
+
+
+def test_stopping_the_gateway_with_calls_in_flight_answers_them_and_ends_each_chain(
+    rig: Rig, tmp_path: Path
+) -> None:
+    gateway = start_gateway(write_config(tmp_path, rig.upstream.url, **rig.policy))
+    audit = tmp_path / "audit.db"
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(timeout=WAIT_SECONDS) as client:
+            opened = [await _open_session(client, gateway.url) for _ in range(3)]
+
+            async def call(headers: dict[str, str], n: int) -> dict[str, Any]:
+                body = {
+                    "jsonrpc": "2.0",
+                    "id": n,
+                    "method": "tools/call",
+                    "params": {"name": "slow", "arguments": {"seconds": 20, "tag": f"stop-{n}"}},
+                }
+                answer = await client.post(gateway.url, json=body, headers=headers)
+                events = _events(answer.text)
+                return events[-1][1] if events else dict(answer.json())
+
+            calls = [asyncio.create_task(call(h, n)) for n, h in enumerate(opened)]
+            await asyncio.sleep(1.5)
+            started = time.monotonic()
+            await asyncio.to_thread(gateway.stop)
+            assert time.monotonic() - started < 10  # no wait for the calls' own end
+            return await asyncio.gather(*calls)
+
+    try:
+        answers = asyncio.run(scenario())
+    finally:
+        gateway.stop()
+    assert [a["error"]["code"] for a in answers] == [-32800] * 3
+    claims = sorted((tmp_path / "claims").glob("*.claim.json"))
+    assert len(claims) == 3
+    for claim in claims:
+        session_id = claim.name.split(".")[0]
+        verified = run_cmcp("verify", claim, "--allow-software", "--audit-log", audit, "--json")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        entries = [json.loads(line) for line in read_log_lines(audit, session_id)]
+        assert [e["type"] for e in entries[-2:]] == ["fault", "session_end"]
+        assert entries[-2]["error"] == "the gateway is stopping"
 
 
 def test_an_upstream_that_forgot_the_session_gets_a_new_one_and_the_session_goes_on(

@@ -1,9 +1,11 @@
 """The gateway's ASGI application: MCP on /mcp, plus health, claims and session control.
 
 MCP streamable HTTP (2025-03-26, 2025-06-18, 2025-11-25): POST carries one JSON-RPC
-message and gets a JSON answer; GET opens the session's notification stream; DELETE ends
-the session, and its claim is written. The stateless 2026-07-28 revision is served on the
-same URL (see `modern`): a request says which revision it speaks.
+message and gets a JSON answer, or an event stream when the upstream sends something
+before it (see `streams`); GET opens the session's own stream, or resumes a lost one with
+Last-Event-ID; DELETE ends the session, and its claim is written. The stateless
+2026-07-28 revision is served on the same URL (see `modern`): a request says which
+revision it speaks.
 """
 
 from __future__ import annotations

@@ -102,7 +102,10 @@ class ResponseStream:
     async def _write(self, chunk: bytes) -> bool:
         if self._gone:
             return False
-        await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+        try:
+            await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (OSError, RuntimeError, asgi.ClientGoneError):
+            self._gone = True  # the event is kept for a resumption all the same
         return not self._gone
 
     async def _watch(self) -> None:

@@ -101,13 +101,17 @@ class Relay:
         message: dict[str, Any],
     ) -> None:
         method = message.get("method")
-        if not isinstance(method, str) or session.closed:
+        request_id = message.get("id")
+        if not isinstance(method, str):
             return
-        if "id" not in message:
-            await self._deliver(session, flight, message)
+        if request_id is None:
+            if not session.closed:
+                await self._deliver(session, flight, message)
             return
-        request_id = message["id"]
         if not isinstance(request_id, str | int):
+            return
+        if session.closed:  # nobody will answer it: the upstream must not wait
+            await _answer(upstream, request_id, _error(Code.INVALID_REQUEST, "the session ended"))
             return
         try:
             await self._server_request(

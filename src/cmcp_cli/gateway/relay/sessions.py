@@ -235,8 +235,11 @@ class SessionRegistry:
         session.notify({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
 
     def end_streams(self) -> None:
-        """End every client's notification stream (before shutdown waits on them)."""
+        """Before shutdown waits on open responses: cancel every request in flight (each
+        records its fault and answers its client) and end every client's GET stream."""
         for session in self._sessions.values():
+            for flight in list(session.exchange.flights.values()):
+                flight.cancel("the gateway is stopping")
             session.notify(None)
 
     async def pin_tools(
@@ -278,11 +281,12 @@ class SessionRegistry:
     ) -> UpstreamConversation:
         """A new upstream session in place of one the upstream forgot (HTTP 404), its
         catalog pinned again and the renewal recorded; the client's session goes on."""
-        if session.upstreams.get(name) is lost:
-            del session.upstreams[name]
-            session.exchange.take_pending(lost)  # the upstream forgot what it asked
-            with contextlib.suppress(UpstreamError, ChainEndedError):
-                await lost.close()
+        if session.upstreams.get(name) is not lost:  # another request renewed it already
+            return await self.upstream(session, name)
+        del session.upstreams[name]
+        session.exchange.take_pending(lost)  # the upstream forgot what it asked
+        with contextlib.suppress(UpstreamError):
+            await lost.close()
         renewed = await self.upstream(session, name)
         async with self.durably():
             session.evidence.recorder.fault(
