@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import http.client
 import json
 import os
@@ -65,6 +64,7 @@ from mcp_load import (
     ms,
 )
 from pyspy_summary import profile_gateway
+from reference_gateway import install_reference, write_reference_files
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -266,57 +266,9 @@ def ready_times(folder: Path, *, upstream: Process, gateway: Process, runs: int)
 def start_reference(folder: Path, upstream: Process) -> Process:
     """cmcp-runtime in dev mode before the same upstream, get_weather allowed, in its own
     bundle and catalog formats; it stores its audit chain (SQLite, FULL sync) in `folder`."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cmcp-bench"
-    venv = cache / REFERENCE.replace("==", "-")
-    if not (venv / "bin" / "cmcp").is_file():
-        print(f"installing {REFERENCE} into {venv} ...", file=sys.stderr)
-        for command in (
-            [sys.executable, "-m", "venv", str(venv)],
-            [str(venv / "bin" / "pip"), "install", "--quiet", REFERENCE],
-        ):
-            done = subprocess.run(  # noqa: S603 - fixed commands, no shell
-                command, capture_output=True, text=True, timeout=900, check=False
-            )
-            if done.returncode != 0:
-                raise BenchError(f"cannot install {REFERENCE}: {done.stderr.strip()[-500:]}")
-    (folder / "policies").mkdir(parents=True)
-    manifest = {
-        "version": "1.0.0",
-        "authored_at": "2026-11-21T00:00:00Z",
-        "author_identity": "bench",
-        "commit_sha": "0" * 40,
-    }
-    (folder / "policies" / "manifest.json").write_text(json.dumps(manifest))
-    allow = 'permit (principal, action == Action::"GetWeather", resource);\n'
-    (folder / "policies" / "allow.cedar").write_text(allow)
-    (folder / "policies" / "schema.cedarschema").write_text("")
-    catalog = json.loads((ROOT / "examples" / "quickstart" / "catalog.json").read_text())
-    tool = next(t for t in catalog["tools"] if t["name"] == "get_weather")["definition"]
-    definition = {"description": tool["description"], "input_schema": tool["inputSchema"]}
-    canonical = json.dumps(definition, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    entry = {
-        "tool_name": "get_weather",
-        "server": {
-            "display_name": "bench",
-            "transport": "streamable-http",
-            "url": f"http://127.0.0.1:{upstream.port}/mcp",
-            "tls_fingerprint": "SHA256:" + "A" * 43 + "=",  # its "unpinned (dev)" placeholder
-        },
-        "approved_definition": definition,
-        "definition_hash": "sha256:" + hashlib.sha256(canonical.encode()).hexdigest(),
-        "added_at": "2026-11-21T00:00:00Z",
-        "approved_by": "bench",
-    }
-    (folder / "catalog.json").write_text(json.dumps([entry]))
+    venv = install_reference(REFERENCE)
     port = free_port()
-    config = {
-        "attestation": {"provider": "auto", "enforcement_mode": "enforcing"},
-        "listen_addr": f"127.0.0.1:{port}",
-        "policy_bundle_path": "./policies/",
-        "catalog_path": "./catalog.json",
-        "audit_db_path": "audit.db",
-    }
-    (folder / "cmcp-config.yaml").write_text(json.dumps(config))  # JSON is YAML
+    write_reference_files(folder, port=port, upstream_port=upstream.port, root=ROOT)
     command = [str(venv / "bin" / "cmcp"), "start", "--config", "cmcp-config.yaml"]
     log = folder / "reference.log"
     return spawn("reference", command, port=port, ready="/readyz", log=log, cwd=folder)
