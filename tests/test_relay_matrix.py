@@ -159,8 +159,8 @@ class Matrix:
         verified = run_cmcp("verify", fresh[0], "--allow-software", "--audit-log", log, "--json")
         assert verified.returncode == 0, verified.stdout + verified.stderr
         # the chain's hashes and links, matched with the claim, every request decided again
-        replay = ["--log", log, "--claim", fresh[0], "--bundle", self.bundle, "--json"]
-        replayed = run_cmcp("replay-audit", *replay)
+        replay: list[str | Path] = ["--log", log, "--claim", fresh[0], "--bundle", self.bundle]
+        replayed = run_cmcp("replay-audit", *replay, "--json")
         assert replayed.returncode == 0, replayed.stdout + replayed.stderr
         return document
 
@@ -401,7 +401,7 @@ def run_v1_client(*args: str) -> dict[str, Any]:
     return seen
 
 
-@pytest.mark.parametrize("prefix", ["h2", "h1"])
+@pytest.mark.parametrize("prefix", ["h2", "s2", "h1"])
 def test_sdk1_client_relay_decided_by_policy(matrix: Matrix, prefix: str) -> None:
     steps = [[f"{prefix}_{suffix}", arguments] for suffix, arguments, _ in RELAY_STEPS]
     seen = run_v1_client("relay", matrix.gateway.url, json.dumps(steps))
