@@ -28,6 +28,7 @@ class Card(BaseModel):
 
 def build_server(state: Path) -> MCPServer:
     server = MCPServer("relay-upstream")
+    background: set[asyncio.Task[None]] = set()
 
     @server.tool(description="Reports progress and logs, then answers.")
     async def chatty(steps: int, ctx: Context) -> str:
@@ -60,6 +61,19 @@ def build_server(state: Path) -> MCPServer:
     async def client_roots(ctx: Context) -> str:
         roots = await ctx.session.list_roots()
         return json.dumps(sorted(str(root.uri) for root in roots.roots))
+
+    @server.tool(description="Lists the client's roots later, outside any request.")
+    async def roots_later(ctx: Context) -> str:
+        session = ctx.session
+
+        async def later() -> None:
+            await asyncio.sleep(0.3)
+            roots = await session.list_roots()
+            found = sorted(str(root.uri) for root in roots.roots)
+            (state / "roots-later").write_text(json.dumps(found))
+
+        background.add(asyncio.create_task(later()))
+        return "asked"
 
     @server.tool(description="Sleeps; records a cancellation.")
     async def slow(seconds: float, tag: str) -> str:

@@ -212,6 +212,31 @@ def test_the_upstreams_requests_reach_the_client_and_its_answers_the_upstream(
     assert (state / "roots-changed").exists(), "roots/list_changed never reached the upstream"
 
 
+@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+def test_a_request_the_upstream_sends_outside_any_call_reaches_the_get_stream(
+    relay: tuple[Served, Path],
+) -> None:
+    gateway, state = relay
+
+    async def roots(context: ClientRequestContext) -> types.ListRootsResult:
+        return types.ListRootsResult(roots=[types.Root(uri=FileUrl("file:///later"))])
+
+    async def session() -> str:
+        async with (
+            streamable_http_client(gateway.url) as (read, write),
+            ClientSession(read, write, list_roots_callback=roots) as client,
+        ):
+            await client.initialize()
+            asked = _text(await client.call_tool("roots_later", {}))
+            deadline = time.monotonic() + WAIT_SECONDS
+            while not (state / "roots-later").exists() and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            return asked
+
+    assert asyncio.run(session()) == "asked"
+    assert json.loads((state / "roots-later").read_text()) == ["file:///later"]
+
+
 def test_a_cancelled_call_is_cancelled_upstream_and_the_session_ends_cleanly(
     relay: tuple[Served, Path],
 ) -> None:

@@ -27,8 +27,8 @@ from cmcp_cli.gateway.upstream.api import UpstreamConversation
 from cmcp_cli.wire.jsonrpc import RequestId
 
 GET_STREAM = "g"  # the session's own stream (GET); POST streams are "p<n>"
-REPLAY_EVENTS = 512
-REPLAY_BYTES = 4 * 1024 * 1024
+REPLAY_EVENTS = 256
+REPLAY_BYTES = 1024 * 1024  # per session: with limits.max_sessions, the bound of all
 STREAM_BACKLOG = 64  # events queued for a stream reader that is not keeping up
 
 
