@@ -38,11 +38,11 @@ def text(result: types.CallToolResult) -> str:
 
 
 async def session_steps(url: str, seen: dict[str, Any]) -> None:
-    progress: list[float] = []
+    reported: list[float] = []
     logs: list[Any] = []
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.append(done)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reported.append(progress)
 
     async def on_log(params: types.LoggingMessageNotificationParams) -> None:
         logs.append(params.data)
@@ -76,7 +76,7 @@ async def session_steps(url: str, seen: dict[str, Any]) -> None:
         await session.initialize()
         chatty = await session.call_tool("chatty", {"steps": 2}, progress_callback=on_progress)
         seen["chatty"] = text(chatty)
-        seen["progress"] = progress
+        seen["progress"] = reported
         seen["logs"] = logs
         seen["ask_model"] = text(await session.call_tool("ask_model", {"prompt": "hi"}))
         seen["ask_user"] = text(await session.call_tool("ask_user", {"question": "card?"}))

@@ -19,12 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cmcp_cli.audit.recorder import ChainEndedError
-from cmcp_cli.gateway.enforcement.messages import (
-    close_gate,
-    fail_gate,
-    open_gate,
-    refusal,
-)
+from cmcp_cli.gateway.enforcement.messages import close_gate, fail_gate, open_gate, refusal
 from cmcp_cli.gateway.relay.exchange import Flight, Pending
 from cmcp_cli.gateway.relay.sessions import GatewaySession, SessionRegistry
 from cmcp_cli.gateway.upstream.api import (
@@ -170,7 +165,7 @@ class Relay:
             session,
             kind=kind,
             server=name,
-            target=method,
+            target=name,  # server-wide kinds: the target is the server (Server::"<name>")
             params=params,
             related_call_id=flight.call_id if flight is not None else None,
         )

@@ -342,7 +342,9 @@ class Dispatcher:
         if flight.call_id is not None:
             self.sessions.metrics.call("fault", 0.0)
         answer = error(message.id, REQUEST_CANCELLED, "request cancelled", {"reason": reason})
-        return Reply(answer, streamed=session.closed)
+        # Always as an event: a client that cancelled may be leaving its session, and SDK
+        # clients read a late answer on a stream without failing, but not a late JSON body.
+        return Reply(answer, streamed=True)
 
     async def _timed_out(self, message: Message, session: GatewaySession, call_id: str) -> Reply:
         """A call that outlived limits.request_timeout_seconds: a fault of the call, and an

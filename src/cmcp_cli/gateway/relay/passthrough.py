@@ -94,20 +94,19 @@ class Passthrough:
                 f"{parameter} {target!r} is not in any upstream's {listing}: list first",
                 {parameter: target},
             )
-        return await self._governed(message, session, name, target, flight=flight)
+        return await self._governed(message, session, flight, name, target)
 
     async def _governed(
         self,
         message: Message,
         session: GatewaySession,
+        flight: Flight,
         name: str,
         target: str,
-        *,
-        flight: Flight,
     ) -> dict[str, Any]:
         """Forward a routed read through its gate: decided first, outcome after."""
-        method = message.method or ""
-        kind = GOVERNED[method]
+        kind_method = message.method or ""
+        kind = GOVERNED[kind_method]
         gate = await open_gate(
             self.sessions, session, kind=kind, server=name, target=target, params=message.params
         )
@@ -115,7 +114,7 @@ class Passthrough:
             return refusal(gate, message.id)
         try:
             params = self._forwarded_params(message)
-            reply = await self.relay.forward(session, flight, name, method, params)
+            reply = await self.relay.forward(session, flight, name, kind_method, params)
         except UpstreamError as exc:
             await fail_gate(self.sessions, session, gate, str(exc), message.method or "")
             return exc.to_jsonrpc(message.id)
