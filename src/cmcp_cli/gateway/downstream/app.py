@@ -237,6 +237,8 @@ class GatewayApp:
                 raise ProtocolError(
                     Code.INVALID_REQUEST, str(exc), request_id=message.id, http_status=503
                 ) from exc
+        # Any revision of the session era is taken, as SDK servers take it: the session is
+        # served by the revision it negotiated, whatever a later request's header names.
         version = asgi.header(scope, b"mcp-protocol-version")
         if version is not None and version not in KNOWN_PROTOCOLS:
             raise ProtocolError(
@@ -260,13 +262,6 @@ class GatewayApp:
                 "unknown or closed session: initialize again",
                 request_id=message.id,
                 http_status=404,
-            )
-        if version is not None and version != session.protocol_version:
-            raise ProtocolError(
-                Code.INVALID_REQUEST,
-                f"MCP-Protocol-Version {version!r} is not the revision this session "
-                f"negotiated ({session.protocol_version})",
-                request_id=message.id,
             )
         stream.exchange = session.exchange
         return await self.dispatcher.handle(message, session, stream)
