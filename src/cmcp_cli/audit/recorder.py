@@ -150,7 +150,8 @@ class SessionRecorder:
         if kind == DEFAULT_KIND:
             fields["tool"] = tool
         else:
-            fields.update(kind=kind, target=tool, server=server)
+            # plain strings: an enum member would push the entry off the fast canonical path
+            fields.update(kind=str(kind), target=tool, server=server)
             if related_call_id:
                 fields["related_call_id"] = related_call_id
         fields |= {
@@ -194,7 +195,7 @@ class SessionRecorder:
         if call_id is not None:
             fields["call_id"] = call_id
             if kind != DEFAULT_KIND:
-                fields["kind"] = kind
+                fields["kind"] = str(kind)
         return self._append(EntryType.FAULT, fields)
 
     def drift(self, *, tool: str, expected_hash: str, advertised_hash: str) -> SealedEntry:

@@ -250,7 +250,7 @@ def tool_call_request(
     """
     return CedarRequest(
         principal=EntityRef(AGENT_TYPE, agent_id),
-        action=EntityRef(ACTION_TYPE, MessageKind.CALL_TOOL),
+        action=EntityRef(ACTION_TYPE, CALL_TOOL),
         resource=EntityRef(TOOL_TYPE, tool),
         context={
             "data_class": data_class,
