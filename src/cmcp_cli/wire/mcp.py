@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 
 MODERN_PROTOCOLS = ("2026-07-28",)
 PROTOCOL_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
 CLIENT_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
 SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
+CLIENT_INFO_KEY = "io.modelcontextprotocol/clientInfo"
 SESSION_KEY = "_cmcp.session_id"
+# Methods whose name-like parameter is repeated in the Mcp-Name header.
+NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+
+# The capabilities the 2026-07-28 client of the request being answered declared in its
+# envelope: what a 2026-07-28 upstream is told the client can do (input requests above all).
+CLIENT_CAPABILITIES: ContextVar[Mapping[str, Any] | None] = ContextVar(
+    "cmcp_client_capabilities", default=None
+)
 
 
 def forwardable_meta(meta: object) -> dict[str, Any] | None:

@@ -233,8 +233,6 @@ class GatewayApp:
         if message.is_notification or message.method is None:
             return Reply(None, status=202)
         version = modern.check_envelope(scope, message)
-        if message.method == "server/discover":
-            return self.dispatcher.discover(message)
         try:
             session = await self.sessions.stateless(
                 agent, modern.requested_session(message), version
@@ -251,6 +249,9 @@ class GatewayApp:
                 request_id=message.id,
                 http_status=404,
             )
+        if message.method == "server/discover":
+            return await self.dispatcher.discover(message, session)
+        modern.check_params(scope, message, self.runtime.catalog)
         reply = await self.dispatcher.handle(message, session)
         answer = reply.message
         status = reply.status

@@ -16,18 +16,20 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from cmcp_cli.catalog.model import Catalog
 from cmcp_cli.wire import asgi
 from cmcp_cli.wire.asgi import Scope
 from cmcp_cli.wire.jsonrpc import Code, Message, ProtocolError
 from cmcp_cli.wire.mcp import (
+    CLIENT_CAPABILITIES,
     CLIENT_CAPABILITIES_KEY,
     MODERN_PROTOCOLS,
+    NAME_BEARING,
     PROTOCOL_VERSION_KEY,
     SESSION_KEY,
 )
+from cmcp_cli.wire.mcp_params import param_mismatch
 
-# Methods whose name-like parameter is repeated in the Mcp-Name header.
-NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 # HTTP statuses for protocol errors on this revision; gateway decisions stay HTTP 200.
 ERROR_STATUS: dict[int, int] = {
     Code.PARSE_ERROR: 400,
@@ -101,7 +103,27 @@ def check_envelope(scope: Scope, message: Message) -> str:
             f"protocol version {version!r} is not supported",
             data={"supported": list(MODERN_PROTOCOLS), "requested": version},
         )
+    capabilities = meta[CLIENT_CAPABILITIES_KEY]
+    CLIENT_CAPABILITIES.set(capabilities if isinstance(capabilities, Mapping) else {})
     return version
+
+
+def check_params(scope: Scope, message: Message, catalog: Catalog) -> None:
+    """Refuse a tools/call whose `Mcp-Param-*` headers disagree with its arguments, as the
+    approved definition's input schema marks them (`x-mcp-header`)."""
+    if message.method != "tools/call":
+        return
+    tool = catalog.tools.get(str(message.params.get("name")))
+    if tool is None:
+        return  # not an approved tool: refused on the body, whatever the headers say
+    headers = [
+        (name.decode("latin-1").lower(), value.decode("latin-1"))
+        for name, value in scope.get("headers", ())
+    ]
+    schema = tool.definition.get("inputSchema")
+    mismatch = param_mismatch(schema, message.params.get("arguments") or {}, headers)
+    if mismatch is not None:
+        raise _refused(message, Code.HEADER_MISMATCH, mismatch + " (the body decides)")
 
 
 def requested_session(message: Message) -> str | None:

@@ -17,6 +17,7 @@ from cmcp_cli import __version__
 from cmcp_cli.errors import CmcpError
 from cmcp_cli.evidence.session import EscalationHandler
 from cmcp_cli.gateway.enforcement.redaction import redact_result
+from cmcp_cli.gateway.relay.methods import SERVED, Methods, retried, upstream_order
 from cmcp_cli.gateway.relay.passthrough import PASSED_THROUGH, Passthrough
 from cmcp_cli.gateway.relay.sessions import GatewaySession, SessionRegistry
 from cmcp_cli.gateway.runtime import GatewayRuntime
@@ -29,7 +30,7 @@ from cmcp_cli.wire.mcp import MODERN_PROTOCOLS, SERVER_INFO_KEY, forwardable_met
 LATEST_PROTOCOL = KNOWN_PROTOCOLS[0]
 SERVER_INFO = {"name": "cmcp-gateway", "version": __version__}
 INSTRUCTIONS = "Tool calls pass through cMCP: each is decided by policy and audited."
-COUNTED_METHODS = frozenset({"ping", "tools/list", "tools/call", *PASSED_THROUGH})
+COUNTED_METHODS = frozenset({"ping", "tools/list", "tools/call", *PASSED_THROUGH, *SERVED})
 
 
 @dataclass(frozen=True)
@@ -57,31 +58,26 @@ class Dispatcher:
         self.runtime = runtime
         self.sessions = sessions
         self.passthrough = Passthrough(runtime, sessions)
+        self.methods = Methods(runtime, sessions)
         self._callable: dict[tuple[str, str], frozenset[str]] = {}  # (agent, platform) -> tools
-
-    def capabilities(self) -> dict[str, Any]:
-        return {
-            "tools": {"listChanged": True},
-            "resources": {"listChanged": True},
-            "prompts": {"listChanged": True},
-        }
 
     async def initialize(self, message: Message, agent: str) -> Reply:
         version = negotiate(message.params.get("protocolVersion"))
         session = await self.sessions.open(agent, version)
         answer = {
             "protocolVersion": version,
-            "capabilities": self.capabilities(),
+            "capabilities": await self.methods.capabilities(session),
             "serverInfo": SERVER_INFO,
             "instructions": INSTRUCTIONS,
         }
         return Reply(result(message.id, answer), session_id=session.id)
 
-    def discover(self, message: Message) -> Reply:
-        """`server/discover` (2026-07-28): what an auto-mode client needs to skip initialize."""
+    async def discover(self, message: Message, session: GatewaySession | None) -> Reply:
+        """`server/discover` (2026-07-28): what an auto-mode client needs to skip initialize;
+        the capabilities are those of the upstreams as `session` opens them."""
         answer = {
             "supportedVersions": list(MODERN_PROTOCOLS),
-            "capabilities": self.capabilities(),
+            "capabilities": await self.methods.capabilities(session),
             "instructions": INSTRUCTIONS,
             "resultType": "complete",
             "ttlMs": 0,
@@ -111,6 +107,8 @@ class Dispatcher:
             return reply
         if method in PASSED_THROUGH:
             return Reply(await self.passthrough.handle(message, session))
+        if method in SERVED:
+            return Reply(await self.methods.handle(message, session))
         return Reply(
             error(message.id, Code.METHOD_NOT_FOUND, f"{method} is not served by this gateway")
         )
@@ -118,14 +116,26 @@ class Dispatcher:
     async def list_tools(self, session: GatewaySession) -> list[dict[str, Any]]:
         """The catalog's approved definitions of the tools the session's agent may call,
         among those each upstream still advertises as approved: a drifted, unlisted or
-        forbidden tool is not shown."""
-        for name in sorted(self.runtime.catalog.servers):
+        forbidden tool is not shown. Upstreams in the config's order, each one's tools in
+        the order it lists them."""
+        servers = [
+            name for name in upstream_order(self.runtime) if name in self.runtime.catalog.servers
+        ]
+        for name in servers:
             await self.sessions.upstream(session, name)
         allowed = self._callable_tools(session)
         listed = []
-        for name, tool in sorted(self.runtime.catalog.tools.items()):
-            if name in session.advertised and name not in session.drifted and name in allowed:
-                listed.append(dict(tool.definition))
+        for server in servers:
+            for name in session.tool_order.get(server, ()):
+                tool = self.runtime.catalog.tools.get(name)
+                if (
+                    tool is not None
+                    and tool.server == server
+                    and name in session.advertised
+                    and name not in session.drifted
+                    and name in allowed
+                ):
+                    listed.append(dict(tool.definition))
         return listed
 
     def _callable_tools(self, session: GatewaySession) -> frozenset[str]:
@@ -218,10 +228,14 @@ class Dispatcher:
         meta = forwardable_meta(params.get("_meta"))
         if meta is not None:
             forwarded["_meta"] = meta
+        forwarded.update(retried(params))
         try:
             answer = await upstream.request("tools/call", forwarded)
         except UpstreamError as exc:
             return await self._fault(message, session, call_id, exc, stage="forward")
+        answer = await self.methods.govern_input_required(
+            session, answer, server=tool.server, request_id=message.id, call_id=call_id
+        )
         redactions: dict[str, int] = {}
         outcome: dict[str, Any]
         if isinstance(answer.get("result"), dict):

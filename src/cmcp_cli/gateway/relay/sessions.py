@@ -29,6 +29,8 @@ from cmcp_cli.gateway.enforcement.approvals import ApprovalDesk
 from cmcp_cli.gateway.relay.metrics import GatewayMetrics
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.upstream.api import UpstreamConversation, UpstreamError
+from cmcp_cli.gateway.upstream.modern_client import open_conversation
+from cmcp_cli.wire.mcp import MODERN_PROTOCOLS
 
 _Result = TypeVar("_Result")
 
@@ -39,6 +41,9 @@ FORWARDED_NOTICES = frozenset(
         "notifications/tools/list_changed",
         "notifications/resources/list_changed",
         "notifications/prompts/list_changed",
+        "notifications/resources/updated",
+        "notifications/message",
+        "notifications/progress",
     }
 )
 
@@ -58,6 +63,8 @@ class GatewaySession:
     drifted: dict[str, str] = field(default_factory=dict)  # tool -> advertised definition hash
     advertised: set[str] = field(default_factory=set)  # approved tools the upstream lists
     routes: dict[tuple[str, str], str] = field(default_factory=dict)  # (listing, item) -> upstream
+    tool_order: dict[str, list[str]] = field(default_factory=dict)  # upstream -> its tools/list
+    subscribed: dict[str, str] = field(default_factory=dict)  # resource uri -> upstream
     closed: bool = False
     # Notifications for the client's GET stream; None ends the stream. Bounded: what is
     # queued is list_changed, which a client that missed some reads once to catch up.
@@ -176,7 +183,9 @@ class SessionRegistry:
             upstream = self.runtime.upstreams.get(name)
             if upstream is None:
                 raise UpstreamError(name, "is not configured (no entry under upstreams)")
-            opened = await upstream.open_session()
+            opened = await open_conversation(
+                upstream, modern=session.protocol_version in MODERN_PROTOCOLS
+            )
             # Subscribed before the pin, so no change can fall between the two unannounced: a
             # change the pin misses arrives as list_changed and is pinned again (`_repin`
             # waits for this open to finish).
@@ -199,7 +208,7 @@ class SessionRegistry:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         else:
-            session.notify({"jsonrpc": "2.0", "method": method})
+            session.notify(_relayed(notice))
 
     async def _repin(self, session: GatewaySession, name: str) -> None:
         async with session._opening:  # after the first pin, if that is still under way
@@ -233,6 +242,11 @@ class SessionRegistry:
         session.advertised -= {
             tool for tool, pinned in self.runtime.catalog.tools.items() if pinned.server == name
         }
+        session.tool_order[name] = [
+            tool["name"]
+            for tool in tools
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str)
+        ]
         for tool in tools:
             if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
                 continue
@@ -288,6 +302,14 @@ class SessionRegistry:
         _write_atomically(claim, closed.claim)
         _write_atomically(self.claim_path(session_id, record=True), closed.trace_record)
         return claim
+
+
+def _relayed(notice: dict[str, Any]) -> dict[str, Any]:
+    """An upstream's notification as the client gets it: its method and params only."""
+    relayed: dict[str, Any] = {"jsonrpc": "2.0", "method": notice["method"]}
+    if isinstance(notice.get("params"), dict):
+        relayed["params"] = notice["params"]
+    return relayed
 
 
 def _write_atomically(path: Path, document: dict[str, Any]) -> None:

@@ -31,6 +31,12 @@ class UpstreamConversation(Protocol):
         """The revision negotiated with the upstream."""
         ...
 
+    @property
+    def server_capabilities(self) -> Mapping[str, Any]:
+        """What the upstream advertised when the conversation opened (initialize or
+        server/discover): the gateway advertises and serves only what some upstream does."""
+        ...
+
     async def request(self, method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Send a request; the JSON-RPC response object (with `result` or `error`)."""
         ...
@@ -69,14 +75,17 @@ class UpstreamChannel(Protocol):
 
 
 class _Requesting(Protocol):
+    server_capabilities: Mapping[str, Any]
+
     async def request(
         self, method: str, params: Mapping[str, Any] | None = None
     ) -> dict[str, Any]: ...
 
 
 async def negotiate(session: _Requesting, upstream: str) -> str:
-    """Send `initialize` and return the revision the upstream answered, if cMCP speaks it;
-    the caller then sends notifications/initialized in that revision."""
+    """Send `initialize` and return the revision the upstream answered, if cMCP speaks it
+    (its capabilities are kept on `session`); the caller then sends
+    notifications/initialized in that revision."""
     answer = await session.request(
         "initialize",
         {
@@ -91,6 +100,8 @@ async def negotiate(session: _Requesting, upstream: str) -> str:
     version = result.get("protocolVersion")
     if not isinstance(version, str) or version not in KNOWN_PROTOCOLS:
         raise UpstreamError(upstream, f"speaks protocol {version!r}, which cMCP does not")
+    capabilities = result.get("capabilities")
+    session.server_capabilities = capabilities if isinstance(capabilities, dict) else {}
     return version
 
 

@@ -203,6 +203,7 @@ class StdioSession:
         self.protocol_version = UPSTREAM_PROTOCOL
         # Server-to-client notifications (list_changed, progress, log messages) go here.
         self.on_notification: NotificationHandler | None = None
+        self.server_capabilities: Mapping[str, Any] = {}
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._failure: str | None = None  # once set, every request fails with it

@@ -93,6 +93,7 @@ class UpstreamSession:
     protocol_version: str
     # Server-to-client notifications (list_changed, above all), from any stream.
     on_notification: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+    server_capabilities: Mapping[str, Any] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _listener: asyncio.Task[None] | None = None
 

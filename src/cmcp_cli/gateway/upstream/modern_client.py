@@ -1,0 +1,203 @@
+"""The gateway as a 2026-07-28 client of an upstream that speaks that revision.
+
+A client session of the stateless revision gets a stateless conversation with each
+streamable-HTTP upstream that answers `server/discover` with that revision among its
+`supportedVersions`; any other answer (an error, HTTP 4xx, no answer within
+DISCOVER_SECONDS) falls back to `initialize`. A stateless conversation has no session id:
+every request carries the envelope (`_meta` protocol version, the capabilities the client
+of the request declared, the gateway's client info) and the `Mcp-Method` / `Mcp-Name` /
+`Mcp-Param-*` headers computed from the body it forwards, never copied from the client.
+Results (`resultType` "complete" or "input_required") come back as the upstream sent them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import orjson
+
+from cmcp_cli import __version__
+from cmcp_cli.gateway.upstream.api import UpstreamChannel, UpstreamConversation, UpstreamError
+from cmcp_cli.gateway.upstream.streamable_http import McpUpstream
+from cmcp_cli.wire.http1 import Response
+from cmcp_cli.wire.mcp import (
+    CLIENT_CAPABILITIES,
+    CLIENT_CAPABILITIES_KEY,
+    CLIENT_INFO_KEY,
+    MODERN_PROTOCOLS,
+    NAME_BEARING,
+    PROTOCOL_VERSION_KEY,
+)
+from cmcp_cli.wire.mcp_params import encode_value, param_headers
+from cmcp_cli.wire.sse import sse_data
+
+MODERN_PROTOCOL = MODERN_PROTOCOLS[0]
+DISCOVER_SECONDS = 3.0  # a probe never delays opening a conversation longer
+CLIENT_INFO = {"name": "cmcp-gateway", "version": __version__}
+_DECODER = msgspec.json.Decoder()
+
+MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def open_conversation(channel: UpstreamChannel, *, modern: bool) -> UpstreamConversation:
+    """A conversation for a client session: stateless where the client and the upstream
+    both speak 2026-07-28, else an initialized session."""
+    if modern and isinstance(channel, McpUpstream):
+        capabilities = await discover(channel)
+        if capabilities is not None:
+            return ModernConversation(channel, capabilities)
+    return await channel.open_session()
+
+
+async def discover(upstream: McpUpstream) -> dict[str, Any] | None:
+    """The upstream's capabilities when it serves 2026-07-28, else None (bounded)."""
+    conversation = ModernConversation(upstream, {})
+    try:
+        async with asyncio.timeout(min(DISCOVER_SECONDS, upstream.timeout_seconds)):
+            answer = await conversation.request("server/discover", {})
+    except (UpstreamError, TimeoutError):
+        return None
+    found = answer.get("result")
+    if not isinstance(found, dict):
+        return None
+    versions = found.get("supportedVersions")
+    if not isinstance(versions, list) or MODERN_PROTOCOL not in versions:
+        return None
+    capabilities = found.get("capabilities")
+    return capabilities if isinstance(capabilities, dict) else {}
+
+
+def envelope(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`params` with the 2026-07-28 envelope in its `_meta`; the client capabilities are
+    those of the client whose request is being forwarded (none outside a request)."""
+    sent = dict(params or {})
+    meta = sent.get("_meta")
+    capabilities = CLIENT_CAPABILITIES.get()
+    sent["_meta"] = {
+        **(meta if isinstance(meta, Mapping) else {}),
+        PROTOCOL_VERSION_KEY: MODERN_PROTOCOL,
+        CLIENT_CAPABILITIES_KEY: dict(capabilities) if capabilities is not None else {},
+        CLIENT_INFO_KEY: CLIENT_INFO,
+    }
+    return sent
+
+
+def routing_headers(
+    method: str, params: Mapping[str, Any], input_schema: object
+) -> list[tuple[str, str]]:
+    """The headers a 2026-07-28 request repeats from its body."""
+    headers = [("mcp-protocol-version", MODERN_PROTOCOL), ("mcp-method", method)]
+    name_key = NAME_BEARING.get(method)
+    named = params.get(name_key) if name_key is not None else None
+    if isinstance(named, str):
+        headers.append(("mcp-name", encode_value(named)))
+    if method == "tools/call":
+        headers += param_headers(input_schema, params.get("arguments") or {}).items()
+    return headers
+
+
+@dataclass
+class ModernConversation:
+    """One client session's stateless conversation with one upstream."""
+
+    upstream: McpUpstream
+    server_capabilities: Mapping[str, Any]
+    protocol_version: str = MODERN_PROTOCOL
+    session_id: str | None = None
+    on_notification: MessageHandler | None = None
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    # tool -> input schema, from the upstream's own tools/list: where Mcp-Param-* come from
+    _schemas: dict[str, Any] = field(default_factory=dict)
+
+    async def request(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        relay: MessageHandler | None = None,
+    ) -> dict[str, Any]:
+        """Send a request; the JSON-RPC response object (with `result` or `error`). A
+        protocol error the upstream answers with HTTP 4xx is returned as that error."""
+        request_id = next(self._ids)
+        sent = envelope(params)
+        message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": sent}
+        schema = self._schemas.get(sent.get("name", "")) if method == "tools/call" else None
+        headers = [
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            *routing_headers(method, sent, schema),
+            *self.upstream.headers,
+        ]
+        response = await self.upstream.send("POST", headers, orjson.dumps(message))
+        answer = await self._answer(response, request_id, relay or self.on_notification)
+        if method == "tools/list":
+            self._learn(answer)
+        return answer
+
+    async def notify(self, method: str, params: Mapping[str, Any] | None = None) -> None:
+        message = {"jsonrpc": "2.0", "method": method, "params": envelope(params)}
+        headers = [
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-protocol-version", MODERN_PROTOCOL),
+            ("mcp-method", method),
+            *self.upstream.headers,
+        ]
+        response = await self.upstream.send("POST", headers, orjson.dumps(message))
+        if response.status not in (200, 202):
+            raise UpstreamError(self.upstream.name, f"answered HTTP {response.status}")
+
+    async def listen(self) -> None:
+        """Nothing to follow: this revision has no standing stream; a client that wants
+        notifications asks for them with subscriptions/listen."""
+
+    async def close(self) -> None:
+        """Nothing to end: the conversation holds no upstream state."""
+
+    def _learn(self, answer: Mapping[str, Any]) -> None:
+        found = answer.get("result")
+        tools = found.get("tools") if isinstance(found, Mapping) else None
+        for tool in tools if isinstance(tools, list) else ():
+            if isinstance(tool, Mapping) and isinstance(tool.get("name"), str):
+                self._schemas[tool["name"]] = tool.get("inputSchema")
+
+    async def _answer(
+        self, response: Response, request_id: int, relay: MessageHandler | None
+    ) -> dict[str, Any]:
+        name = self.upstream.name
+        content_type = response.headers.get("content-type", "").split(";")[0].strip()
+        if content_type == "application/json":
+            messages = [self._decode(response.body)]
+        elif content_type == "text/event-stream":
+            messages = [self._decode(data) for data in sse_data(response.body) if data.strip()]
+        elif response.status not in (200, 202):
+            excerpt = response.body[:200].decode("utf-8", "replace")
+            raise UpstreamError(name, f"answered HTTP {response.status}: {excerpt}")
+        else:
+            raise UpstreamError(name, f"answered with content type {content_type or 'none'!r}")
+        answer = None
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            if message.get("id") == request_id and ("result" in message or "error" in message):
+                answer = message
+            elif "id" not in message and relay is not None:
+                await relay(message)
+        if answer is not None:
+            return answer
+        raise UpstreamError(
+            name, f"answered HTTP {response.status} with no response to the request"
+        )
+
+    def _decode(self, data: bytes) -> Any:
+        try:
+            return _DECODER.decode(data)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise UpstreamError(
+                self.upstream.name, f"sent a message that is not JSON: {exc}"
+            ) from exc
