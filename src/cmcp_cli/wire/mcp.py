@@ -15,10 +15,13 @@ SESSION_KEY = "_cmcp.session_id"
 # Methods whose name-like parameter is repeated in the Mcp-Name header.
 NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 
-# The capabilities the 2026-07-28 client of the request being answered declared in its
-# envelope: what a 2026-07-28 upstream is told the client can do (input requests above all).
-CLIENT_CAPABILITIES: ContextVar[Mapping[str, Any] | None] = ContextVar(
-    "cmcp_client_capabilities", default=None
+LOG_LEVEL_KEY = "io.modelcontextprotocol/logLevel"
+# Envelope keys of a 2026-07-28 client's request that a 2026-07-28 upstream is told again:
+# what the client can do (input requests above all) and the log messages it wants.
+RELAYED_ENVELOPE = (CLIENT_CAPABILITIES_KEY, LOG_LEVEL_KEY)
+# Those keys as the client of the request being answered sent them.
+CLIENT_ENVELOPE: ContextVar[Mapping[str, Any] | None] = ContextVar(
+    "cmcp_client_envelope", default=None
 )
 
 

@@ -21,11 +21,12 @@ from cmcp_cli.wire import asgi
 from cmcp_cli.wire.asgi import Scope
 from cmcp_cli.wire.jsonrpc import Code, Message, ProtocolError
 from cmcp_cli.wire.mcp import (
-    CLIENT_CAPABILITIES,
     CLIENT_CAPABILITIES_KEY,
+    CLIENT_ENVELOPE,
     MODERN_PROTOCOLS,
     NAME_BEARING,
     PROTOCOL_VERSION_KEY,
+    RELAYED_ENVELOPE,
     SESSION_KEY,
 )
 from cmcp_cli.wire.mcp_params import param_mismatch
@@ -103,8 +104,7 @@ def check_envelope(scope: Scope, message: Message) -> str:
             f"protocol version {version!r} is not supported",
             data={"supported": list(MODERN_PROTOCOLS), "requested": version},
         )
-    capabilities = meta[CLIENT_CAPABILITIES_KEY]
-    CLIENT_CAPABILITIES.set(capabilities if isinstance(capabilities, Mapping) else {})
+    CLIENT_ENVELOPE.set({key: meta[key] for key in RELAYED_ENVELOPE if key in meta})
     return version
 
 

@@ -26,8 +26,8 @@ from cmcp_cli.gateway.upstream.api import UpstreamChannel, UpstreamConversation,
 from cmcp_cli.gateway.upstream.streamable_http import McpUpstream
 from cmcp_cli.wire.http1 import Response
 from cmcp_cli.wire.mcp import (
-    CLIENT_CAPABILITIES,
     CLIENT_CAPABILITIES_KEY,
+    CLIENT_ENVELOPE,
     CLIENT_INFO_KEY,
     MODERN_PROTOCOLS,
     NAME_BEARING,
@@ -73,15 +73,16 @@ async def discover(upstream: McpUpstream) -> dict[str, Any] | None:
 
 
 def envelope(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """`params` with the 2026-07-28 envelope in its `_meta`; the client capabilities are
-    those of the client whose request is being forwarded (none outside a request)."""
+    """`params` with the 2026-07-28 envelope in its `_meta`: the client capabilities (and
+    log level) are those of the client whose request is being forwarded (none outside a
+    request); the client info is the gateway's."""
     sent = dict(params or {})
     meta = sent.get("_meta")
-    capabilities = CLIENT_CAPABILITIES.get()
     sent["_meta"] = {
         **(meta if isinstance(meta, Mapping) else {}),
+        CLIENT_CAPABILITIES_KEY: {},
+        **(CLIENT_ENVELOPE.get() or {}),
         PROTOCOL_VERSION_KEY: MODERN_PROTOCOL,
-        CLIENT_CAPABILITIES_KEY: dict(capabilities) if capabilities is not None else {},
         CLIENT_INFO_KEY: CLIENT_INFO,
     }
     return sent

@@ -1,0 +1,278 @@
+"""The methods beyond tools through `cmcp start`, with the official SDK 2.x in both eras:
+completion, logging level, resource subscriptions (and the updates reaching the client),
+listings in the upstream's order, input_required through a 2026-07-28 upstream, and
+`Mcp-Param` headers checked against the body."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mcp_types as types
+import pytest
+import yaml
+from mcp import Client
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.gateway_support import Served, free_port, request, start_gateway, start_process
+
+UPSTREAM = Path(__file__).resolve().parent / "methods_upstream.py"
+SESSION_SECONDS = 30.0
+UPSTREAM_ORDER = ["zeta_echo", "alpha_echo", "touch", "ask_name", "regional"]
+DEFINITION_FIELDS = ("title", "description", "inputSchema", "outputSchema", "annotations")
+MODERN = "2026-07-28"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, Served]]:
+    """The methods upstream, and a gateway in front of it that permits every call, with a
+    catalog pinned to what the upstream lists."""
+    folder = tmp_path_factory.mktemp("methods")
+    port = free_port()
+    upstream = start_process(
+        [sys.executable, str(UPSTREAM), "--port", str(port)], port, folder / "upstream.log"
+    )
+    try:
+        listed = asyncio.run(_listed_tools(upstream.url))
+        catalog = {
+            "catalog_version": 1,
+            "tools": [
+                {
+                    "name": tool["name"],
+                    "server": "methods",
+                    "groups": ["all"],
+                    "data_class": "public",
+                    "definition": {k: tool[k] for k in DEFINITION_FIELDS if k in tool},
+                }
+                for tool in listed
+            ],
+        }
+        (folder / "catalog.json").write_text(json.dumps(catalog))
+        bundle = folder / "policies"
+        bundle.mkdir()
+        (bundle / "manifest.json").write_text(
+            '{"version": "1", "authored_at": "2026-12-01T00:00:00Z", "author": "tests"}'
+        )
+        (bundle / "permit.cedar").write_text("permit(principal, action, resource);\n")
+        config = {
+            "attestation": {"provider": "auto", "enforcement_mode": "enforcing"},
+            "policy_bundle_path": str(bundle),
+            "catalog_path": str(folder / "catalog.json"),
+            "listen_addr": f"127.0.0.1:{free_port()}",
+            "upstreams": {"methods": {"transport": "streamable-http", "url": upstream.url}},
+            "audit": {"path": str(folder / "audit.db")},
+            "claims": {"dir": str(folder / "claims")},
+        }
+        path = folder / "cmcp-config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        gateway = start_gateway(path)
+        try:
+            yield upstream, gateway
+        finally:
+            gateway.stop()
+    finally:
+        upstream.stop()
+
+
+async def _listed_tools(url: str) -> list[dict[str, Any]]:
+    async with (
+        asyncio.timeout(SESSION_SECONDS),
+        streamable_http_client(url) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        tools = (await session.list_tools()).tools
+        return [t.model_dump(by_alias=True, exclude_none=True, mode="json") for t in tools]
+
+
+def upstream_events(upstream: Served, kind: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in upstream.output().splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("event") == kind]
+
+
+async def legacy_session(url: str) -> dict[str, Any]:
+    """A 2025-11-25 agent: what it is offered and what each method answers."""
+    seen: dict[str, Any] = {"notices": []}
+    updated = asyncio.Event()
+
+    async def on_message(message: object) -> None:
+        if isinstance(message, types.ServerNotification | types.ResourceUpdatedNotification):
+            seen["notices"].append(message)
+        if isinstance(message, types.ResourceUpdatedNotification):
+            updated.set()
+
+    async with (
+        asyncio.timeout(SESSION_SECONDS),
+        streamable_http_client(url) as (read, write),
+        ClientSession(read, write, message_handler=on_message) as session,
+    ):
+        initialized = await session.initialize()
+        seen["capabilities"] = initialized.capabilities.model_dump(by_alias=True, exclude_none=True)
+        seen["tools"] = [t.name for t in (await session.list_tools()).tools]
+        prompt = await session.complete(
+            types.PromptReference(type="ref/prompt", name="greet"), {"name": "name", "value": "A"}
+        )
+        seen["prompt_completion"] = prompt.completion.values
+        template = await session.complete(
+            types.ResourceTemplateReference(type="ref/resource", uri="test://items/{id}"),
+            {"name": "id", "value": "x"},
+        )
+        seen["template_completion"] = template.completion.values
+        await session.set_logging_level("debug")
+        await session.subscribe_resource("test://doc")
+        await session.call_tool("touch", {})
+        async with asyncio.timeout(10):
+            await updated.wait()
+        await session.unsubscribe_resource("test://doc")
+    return seen
+
+
+@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+def test_a_2025_11_25_client_gets_the_methods_its_upstream_serves(
+    stack: tuple[Served, Served],
+) -> None:
+    upstream, gateway = stack
+    seen = asyncio.run(legacy_session(gateway.url))
+    capabilities = seen["capabilities"]
+    assert "completions" in capabilities
+    assert "logging" in capabilities
+    assert capabilities["resources"].get("subscribe") is True
+    assert seen["tools"] == UPSTREAM_ORDER  # the upstream's order, not sorted by name
+    assert seen["prompt_completion"] == ["Ada", "Alan"]
+    assert seen["template_completion"] == ["x1", "x2"]
+    assert [e["level"] for e in upstream_events(upstream, "level")] == ["debug"]
+    assert [e["uri"] for e in upstream_events(upstream, "subscribe")] == ["test://doc"]
+    assert [e["uri"] for e in upstream_events(upstream, "unsubscribe")] == ["test://doc"]
+    methods = [type(n).__name__ for n in seen["notices"]]
+    assert "ResourceUpdatedNotification" in methods
+    updated = next(n for n in seen["notices"] if isinstance(n, types.ResourceUpdatedNotification))
+    assert str(updated.params.uri) == "test://doc"
+
+
+def raw_session(port: int) -> str:
+    status, headers, _ = request(
+        port,
+        "POST",
+        "/mcp",
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "1"},
+            },
+        },
+    )
+    assert status == 200
+    return headers["mcp-session-id"]
+
+
+def test_a_method_no_upstream_serves_is_method_not_found_and_notices_are_dropped(
+    stack: tuple[Served, Served],
+) -> None:
+    _, gateway = stack
+    session = raw_session(gateway.port)
+    headers = {"mcp-session-id": session, "mcp-protocol-version": "2025-11-25"}
+    status, _, body = request(
+        gateway.port,
+        "POST",
+        "/mcp",
+        {"jsonrpc": "2.0", "id": 2, "method": "widgets/spin", "params": {}},
+        headers,
+    )
+    answer = json.loads(body)
+    assert status == 200
+    assert answer["error"]["code"] == -32601
+    assert "widgets/spin" in answer["error"]["message"]
+    status, _, body = request(
+        gateway.port,
+        "POST",
+        "/mcp",
+        {"jsonrpc": "2.0", "method": "notifications/widgets/spun", "params": {}},
+        headers,
+    )
+    assert (status, body) == (202, b"")
+
+
+async def modern_session(url: str) -> dict[str, Any]:
+    """A 2026-07-28 agent (auto mode): completion, and a tool that asks for input."""
+    seen: dict[str, Any] = {"asked": []}
+
+    async def elicit(_: object, params: types.ElicitRequestParams) -> types.ElicitResult:
+        seen["asked"].append(params.message)
+        return types.ElicitResult(action="accept", content={"name": "Ada"})
+
+    async with asyncio.timeout(SESSION_SECONDS), Client(url, elicitation_callback=elicit) as client:
+        seen["protocol"] = client.protocol_version
+        seen["tools"] = [t.name for t in (await client.list_tools()).tools]
+        completed = await client.complete(
+            types.PromptReference(type="ref/prompt", name="greet"), {"name": "name", "value": "G"}
+        )
+        seen["completion"] = completed.completion.values
+        asked = await client.call_tool("ask_name", {})
+        seen["greeting"] = [c.text for c in asked.content if isinstance(c, types.TextContent)]
+        regional = await client.call_tool("regional", {"region": "eu-west"})
+        seen["regional"] = [c.text for c in regional.content if isinstance(c, types.TextContent)]
+    return seen
+
+
+def test_a_2026_07_28_client_is_served_through_a_2026_07_28_upstream(
+    stack: tuple[Served, Served],
+) -> None:
+    upstream, gateway = stack
+    seen = asyncio.run(modern_session(gateway.url))
+    assert seen["protocol"] == MODERN
+    assert seen["tools"] == UPSTREAM_ORDER
+    assert seen["completion"] == ["Grace"]
+    assert seen["asked"] == ["What is your name?"]
+    assert seen["greeting"] == ["hello Ada (asked-once)"]
+    assert seen["regional"] == ["region eu-west"]  # the upstream checked our Mcp-Param-Region
+    calls = [e for e in upstream_events(upstream, "call") if e["name"] == "ask_name"]
+    assert [e["protocol"] for e in calls] == [MODERN, MODERN]  # asked, then answered
+    answered = upstream_events(upstream, "answered")
+    assert answered[-1]["state"] == "asked-once"
+
+
+def modern_call(port: int, arguments: dict[str, Any], headers: dict[str, str]) -> tuple[int, Any]:
+    body = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {
+            "name": "regional",
+            "arguments": arguments,
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
+        },
+    }
+    sent = {
+        "mcp-protocol-version": MODERN,
+        "mcp-method": "tools/call",
+        "mcp-name": "regional",
+        **headers,
+    }
+    status, _, raw = request(port, "POST", "/mcp", body, sent)
+    return status, json.loads(raw)
+
+
+def test_mcp_param_headers_must_agree_with_the_body(stack: tuple[Served, Served]) -> None:
+    _, gateway = stack
+    status, answer = modern_call(gateway.port, {"region": "us"}, {"mcp-param-region": "eu"})
+    assert status == 400
+    assert answer["error"]["code"] == -32020
+    assert "Mcp-Param-Region" in answer["error"]["message"]
+    status, answer = modern_call(gateway.port, {"region": "us"}, {})
+    assert status == 400
+    assert "missing" in answer["error"]["message"]
+    status, answer = modern_call(gateway.port, {"region": "us"}, {"mcp-param-region": "us"})
+    assert status == 200
+    assert answer["result"]["content"][0]["text"] == "region us"
