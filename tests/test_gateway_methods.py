@@ -16,7 +16,7 @@ import mcp_types as types
 import pytest
 import yaml
 from mcp import Client
-from mcp.client.session import ClientSession
+from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.gateway_support import Served, free_port, request, start_gateway, start_process
@@ -205,7 +205,9 @@ async def modern_session(url: str) -> dict[str, Any]:
     """A 2026-07-28 agent (auto mode): completion, and a tool that asks for input."""
     seen: dict[str, Any] = {"asked": []}
 
-    async def elicit(_: object, params: types.ElicitRequestParams) -> types.ElicitResult:
+    async def elicit(
+        _: ClientRequestContext, params: types.ElicitRequestParams
+    ) -> types.ElicitResult:
         seen["asked"].append(params.message)
         return types.ElicitResult(action="accept", content={"name": "Ada"})
 
