@@ -207,7 +207,7 @@ async def modern_session(url: str) -> dict[str, Any]:
 
     async def elicit(
         _: ClientRequestContext, params: types.ElicitRequestParams
-    ) -> types.ElicitResult:
+    ) -> types.ElicitResult | types.ErrorData:
         seen["asked"].append(params.message)
         return types.ElicitResult(action="accept", content={"name": "Ada"})
 
