@@ -206,7 +206,7 @@ async def modern_session(url: str) -> dict[str, Any]:
     seen: dict[str, Any] = {"asked": []}
 
     async def elicit(
-        _: ClientRequestContext, params: types.ElicitRequestParams
+        context: ClientRequestContext, params: types.ElicitRequestParams
     ) -> types.ElicitResult | types.ErrorData:
         seen["asked"].append(params.message)
         return types.ElicitResult(action="accept", content={"name": "Ada"})
