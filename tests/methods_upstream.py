@@ -201,12 +201,38 @@ def build_server() -> Server[Any]:
     )
 
 
+def legacy_only(app: Any) -> Any:
+    """The app as a server of 2025-11-25 only: it answers `server/discover` as servers of
+    that revision do (HTTP 400, a JSON-RPC error), so 2026-07-28 clients fall back."""
+
+    async def serve(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = dict(scope.get("headers") or ())
+        if scope["type"] == "http" and headers.get(b"mcp-method") == b"server/discover":
+            body = json.dumps(
+                {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "no session"}}
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 400,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await app(scope, receive, send)
+
+    return serve
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--legacy-only", action="store_true", help="serve 2025-11-25 only")
     args = parser.parse_args(argv)
     app = build_server().streamable_http_app(host="127.0.0.1")
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+    served = legacy_only(app) if args.legacy_only else app
+    uvicorn.run(served, host="127.0.0.1", port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import yaml
 from mcp import Client
 from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.subscriptions import ResourceUpdated
 
 from tests.gateway_support import Served, free_port, request, start_gateway, start_process
 
@@ -28,15 +29,14 @@ DEFINITION_FIELDS = ("title", "description", "inputSchema", "outputSchema", "ann
 MODERN = "2026-07-28"
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, Served]]:
+def start_stack(folder: Path, *, legacy_only: bool = False) -> tuple[Served, Served]:
     """The methods upstream, and a gateway in front of it that permits every call, with a
     catalog pinned to what the upstream lists."""
-    folder = tmp_path_factory.mktemp("methods")
     port = free_port()
-    upstream = start_process(
-        [sys.executable, str(UPSTREAM), "--port", str(port)], port, folder / "upstream.log"
-    )
+    command = [sys.executable, str(UPSTREAM), "--port", str(port)]
+    if legacy_only:
+        command.append("--legacy-only")
+    upstream = start_process(command, port, folder / "upstream.log")
     try:
         listed = asyncio.run(_listed_tools(upstream.url))
         catalog = {
@@ -70,13 +70,28 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, Se
         }
         path = folder / "cmcp-config.yaml"
         path.write_text(yaml.safe_dump(config))
-        gateway = start_gateway(path)
-        try:
-            yield upstream, gateway
-        finally:
-            gateway.stop()
-    finally:
+        return upstream, start_gateway(path)
+    except BaseException:
         upstream.stop()
+        raise
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, Served]]:
+    """An upstream that speaks both revisions, behind a gateway."""
+    upstream, gateway = start_stack(tmp_path_factory.mktemp("methods"))
+    yield upstream, gateway
+    gateway.stop()
+    upstream.stop()
+
+
+@pytest.fixture(scope="module")
+def legacy_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, Served]]:
+    """An upstream that speaks 2025-11-25 only, behind a gateway."""
+    upstream, gateway = start_stack(tmp_path_factory.mktemp("legacy"), legacy_only=True)
+    yield upstream, gateway
+    gateway.stop()
+    upstream.stop()
 
 
 async def _listed_tools(url: str) -> list[dict[str, Any]]:
@@ -278,3 +293,45 @@ def test_mcp_param_headers_must_agree_with_the_body(stack: tuple[Served, Served]
     status, answer = modern_call(gateway.port, {"region": "us"}, {"mcp-param-region": "us"})
     assert status == 200
     assert answer["result"]["content"][0]["text"] == "region us"
+
+
+async def listening(url: str) -> dict[str, Any]:
+    """A 2026-07-28 agent that listens for a resource's updates and a tool list's changes."""
+    seen: dict[str, Any] = {}
+    async with asyncio.timeout(SESSION_SECONDS), Client(url) as client:
+        seen["protocol"] = client.protocol_version
+        listened = client.listen(tools_list_changed=True, resource_subscriptions=["test://doc"])
+        async with listened as subscription:
+            seen["honored"] = subscription.honored.model_dump(by_alias=True, exclude_none=True)
+            await client.call_tool("touch", {})
+            async with asyncio.timeout(10):
+                seen["event"] = await anext(aiter(subscription))
+    return seen
+
+
+def test_a_2026_07_28_client_listens_through_a_2025_11_25_upstream(
+    legacy_stack: tuple[Served, Served],
+) -> None:
+    upstream, gateway = legacy_stack
+    seen = asyncio.run(listening(gateway.url))
+    assert seen["protocol"] == MODERN  # to the gateway; the gateway speaks 2025-11-25 on
+    assert seen["honored"] == {"toolsListChanged": True, "resourceSubscriptions": ["test://doc"]}
+    assert seen["event"] == ResourceUpdated(uri="test://doc")
+    assert [e["uri"] for e in upstream_events(upstream, "subscribe")] == ["test://doc"]
+    calls = [e for e in upstream_events(upstream, "call") if e["name"] == "touch"]
+    assert [e["protocol"] for e in calls] == ["2025-11-25"]
+
+
+def test_listen_is_refused_to_a_2025_11_25_session(stack: tuple[Served, Served]) -> None:
+    _, gateway = stack
+    session = raw_session(gateway.port)
+    headers = {"mcp-session-id": session, "mcp-protocol-version": "2025-11-25"}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 3,
+        "method": "subscriptions/listen",
+        "params": {"notifications": {"toolsListChanged": True}},
+    }
+    status, _, raw = request(gateway.port, "POST", "/mcp", body, headers)
+    assert status == 200
+    assert json.loads(raw)["error"]["code"] == -32601

@@ -8,6 +8,7 @@ same URL (see `modern`): a request says which revision it speaks.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from urllib.parse import parse_qs, urlsplit
 
@@ -172,6 +173,9 @@ class GatewayApp:
             )
         except ProtocolError as exc:
             reply = Reply(exc.to_json(), status=exc.http_status)
+        if reply.listener is not None:
+            await self._listen(send, receive, reply)
+            return
         headers: dict[str, str] = {}
         if reply.session_id:
             headers["mcp-session-id"] = reply.session_id
@@ -181,6 +185,19 @@ class GatewayApp:
             await asgi.send_bytes(send, reply.status, b"", headers=headers)
         else:
             await asgi.send_json(send, reply.status, reply.message, headers=headers)
+
+    async def _listen(self, send: Send, receive: Receive, reply: Reply) -> None:
+        """A subscriptions/listen answer: its events, as server-sent events, until the
+        session ends or the client leaves."""
+        listener = reply.listener
+        if listener is None:
+            return
+        try:
+            await asgi.stream_events(send, receive, listener.events, keepalive=KEEPALIVE_SECONDS)
+        finally:
+            session = self.sessions.find(reply.stateless_session or "")
+            if session is not None:
+                await self.dispatcher.methods.unlisten(session, listener)
 
     async def _answer(self, scope: Scope, message: Message, agent: str) -> Reply:
         if modern.is_modern(scope, message):
@@ -253,6 +270,8 @@ class GatewayApp:
             return await self.dispatcher.discover(message, session)
         modern.check_params(scope, message, self.runtime.catalog)
         reply = await self.dispatcher.handle(message, session)
+        if reply.listener is not None:
+            return dataclasses.replace(reply, stateless_session=session.id)
         answer = reply.message
         status = reply.status
         if answer is not None and isinstance(answer.get("result"), dict):

@@ -17,7 +17,8 @@ from cmcp_cli import __version__
 from cmcp_cli.errors import CmcpError
 from cmcp_cli.evidence.session import EscalationHandler
 from cmcp_cli.gateway.enforcement.redaction import redact_result
-from cmcp_cli.gateway.relay.methods import SERVED, Methods, retried, upstream_order
+from cmcp_cli.gateway.relay.listen import Listener
+from cmcp_cli.gateway.relay.methods import LISTEN, SERVED, Methods, retried, upstream_order
 from cmcp_cli.gateway.relay.passthrough import PASSED_THROUGH, Passthrough
 from cmcp_cli.gateway.relay.sessions import GatewaySession, SessionRegistry
 from cmcp_cli.gateway.runtime import GatewayRuntime
@@ -42,6 +43,7 @@ class Reply:
     session_id: str | None = None  # set on the response that opens a session
     outcome: str | None = None  # a tool call's decision, or "fault": for metrics
     stateless_session: str | None = None  # the session a 2026-07-28 request was answered in
+    listener: Listener | None = None  # a subscriptions/listen stream: the answer is its events
 
 
 def negotiate(requested: object) -> str:
@@ -109,6 +111,9 @@ class Dispatcher:
             return Reply(await self.passthrough.handle(message, session))
         if method in SERVED:
             return Reply(await self.methods.handle(message, session))
+        if method == LISTEN:
+            listener, refused = await self.methods.listen(message, session)
+            return Reply(refused, listener=listener)
         return Reply(
             error(message.id, Code.METHOD_NOT_FOUND, f"{method} is not served by this gateway")
         )

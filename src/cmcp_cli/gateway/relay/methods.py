@@ -10,14 +10,16 @@ the session serves.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from cmcp_cli.gateway.relay.listen import Listener, honored_lists, requested_filter
 from cmcp_cli.gateway.relay.sessions import GatewaySession, SessionRegistry
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.upstream.api import UpstreamError
 from cmcp_cli.wire.jsonrpc import Code, Message, error
-from cmcp_cli.wire.mcp import forwardable_meta
+from cmcp_cli.wire.mcp import MODERN_PROTOCOLS, forwardable_meta
 
 # Fields of a retried request that answer an input_required result (2026-07-28).
 RETRY_FIELDS = ("inputResponses", "requestState")
@@ -29,6 +31,8 @@ INPUT_REQUEST_KINDS = {
 }
 SUBSCRIPTION_METHODS = frozenset({"resources/subscribe", "resources/unsubscribe"})
 SERVED = frozenset({"completion/complete", "logging/setLevel", *SUBSCRIPTION_METHODS})
+LISTEN = "subscriptions/listen"
+MAX_LISTENED_URIS = 256  # resource subscriptions one listen request may ask for
 # completion reference type -> (its routing field, the listings that route it, in order)
 COMPLETION_REFS = {
     "ref/prompt": ("name", ("prompts/list",)),
@@ -137,6 +141,77 @@ class Methods:
             if refused is not None:
                 return refused
         return answer
+
+    async def listen(
+        self, message: Message, session: GatewaySession
+    ) -> tuple[Listener | None, dict[str, Any] | None]:
+        """Open a listen stream (acknowledged, registered with the session), or the error
+        that answers the request instead."""
+        if session.protocol_version not in MODERN_PROTOCOLS:
+            return None, error(
+                message.id,
+                Code.METHOD_NOT_FOUND,
+                f"{LISTEN} is a 2026-07-28 method: on 2025-11-25, open the GET stream and "
+                "use resources/subscribe",
+            )
+        wanted = requested_filter(message.params)
+        if wanted is None or message.id is None:
+            return None, error(
+                message.id, Code.INVALID_PARAMS, f"{LISTEN} needs an id and params.notifications"
+            )
+        listener = Listener(message.id, honored_lists(wanted))
+        uris = wanted.get("resourceSubscriptions")
+        if isinstance(uris, list):
+            for uri in uris[:MAX_LISTENED_URIS]:
+                if isinstance(uri, str):
+                    await self._listen_to(session, listener, uri)
+            if listener.subscribed:
+                listener.honored["resourceSubscriptions"] = list(listener.subscribed)
+        session.listeners.add(listener)
+        listener.acknowledge()
+        return listener, None
+
+    async def unlisten(self, session: GatewaySession, listener: Listener) -> None:
+        """A listen stream ended: its upstream subscriptions that nothing else of the
+        session still wants are ended (bounded by the upstream's timeout; a failure is moot)."""
+        listener.end(graceful=False)
+        session.listeners.discard(listener)
+        still = set(session.subscribed)
+        for other in session.listeners:
+            still.update(other.subscribed)
+        for uri, name in listener.subscribed.items():
+            if uri in still or session.closed:
+                continue
+            upstream = session.upstreams.get(name)
+            if upstream is not None:
+                with contextlib.suppress(UpstreamError):
+                    await upstream.request("resources/unsubscribe", {"uri": uri})
+
+    async def _listen_to(self, session: GatewaySession, listener: Listener, uri: str) -> None:
+        """Subscribe upstream for one URI of a listen stream, where an upstream in a session
+        of its own offers subscriptions; a URI no such upstream serves is not honored."""
+        offering = []
+        for candidate in upstream_order(self.runtime):
+            found = await self._capabilities_of(session, candidate)
+            opened = session.upstreams.get(candidate)
+            if (
+                _flag(found, "resources", "subscribe")
+                and opened is not None
+                and opened.protocol_version not in MODERN_PROTOCOLS
+            ):
+                offering.append(candidate)
+        name = await self._route(
+            session, ("resources/list", "resources/templates/list"), uri, offering
+        )
+        if name is None:
+            return
+        try:
+            upstream = await self.sessions.upstream(session, name)
+            reply = await upstream.request("resources/subscribe", {"uri": uri})
+        except UpstreamError:
+            return
+        if "result" in reply:
+            listener.subscribed[uri] = name
 
     async def _capabilities_of(self, session: GatewaySession, name: str) -> Mapping[str, Any]:
         try:

@@ -26,6 +26,7 @@ from cmcp_cli.audit.recorder import deferred_durability
 from cmcp_cli.catalog.model import approved_definition, definition_hash
 from cmcp_cli.evidence.session import ClosedSession, EvidenceSession
 from cmcp_cli.gateway.enforcement.approvals import ApprovalDesk
+from cmcp_cli.gateway.relay.listen import Listener
 from cmcp_cli.gateway.relay.metrics import GatewayMetrics
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.upstream.api import UpstreamConversation, UpstreamError
@@ -65,9 +66,11 @@ class GatewaySession:
     routes: dict[tuple[str, str], str] = field(default_factory=dict)  # (listing, item) -> upstream
     tool_order: dict[str, list[str]] = field(default_factory=dict)  # upstream -> its tools/list
     subscribed: dict[str, str] = field(default_factory=dict)  # resource uri -> upstream
+    listeners: set[Listener] = field(default_factory=set)  # open subscriptions/listen streams
     closed: bool = False
     # Notifications for the client's GET stream; None ends the stream. Bounded: what is
-    # queued is list_changed, which a client that missed some reads once to catch up.
+    # queued is list_changed (a client that missed some reads once to catch up), resource
+    # updates and log messages; past the bound, new ones are dropped.
     notices: asyncio.Queue[dict[str, Any] | None] = field(
         default_factory=lambda: asyncio.Queue(NOTICE_BACKLOG)
     )
@@ -79,7 +82,13 @@ class GatewaySession:
         return f"{self.id}/{next(self._call_ids)}"
 
     def notify(self, notice: dict[str, Any] | None) -> None:
-        """Queue a notification for the client; the end-of-stream marker always fits."""
+        """Queue a notification for the client; the end-of-stream marker always fits.
+        Listen streams get what they asked for; the end marker ends them with their result."""
+        for listener in list(self.listeners):
+            if notice is None:
+                listener.end(graceful=True)
+            else:
+                listener.offer(notice)
         if notice is None:
             while not self.notices.empty():
                 self.notices.get_nowait()
