@@ -59,8 +59,8 @@ class Dispatcher:
     def __init__(self, runtime: GatewayRuntime, sessions: SessionRegistry) -> None:
         self.runtime = runtime
         self.sessions = sessions
-        self.passthrough = Passthrough(runtime, sessions)
         self.methods = Methods(runtime, sessions)
+        self.passthrough = Passthrough(runtime, sessions, self.methods)
         self._callable: dict[tuple[str, str], frozenset[str]] = {}  # (agent, platform) -> tools
 
     async def initialize(self, message: Message, agent: str) -> Reply:

@@ -190,16 +190,9 @@ class Methods:
     async def _listen_to(self, session: GatewaySession, listener: Listener, uri: str) -> None:
         """Subscribe upstream for one URI of a listen stream, where an upstream in a session
         of its own offers subscriptions; a URI no such upstream serves is not honored."""
-        offering = []
-        for candidate in upstream_order(self.runtime):
-            found = await self._capabilities_of(session, candidate)
-            opened = session.upstreams.get(candidate)
-            if (
-                _flag(found, "resources", "subscribe")
-                and opened is not None
-                and opened.protocol_version not in MODERN_PROTOCOLS
-            ):
-                offering.append(candidate)
+        offering = [
+            name for name in upstream_order(self.runtime) if await self._subscribable(session, name)
+        ]
         name = await self._route(
             session, ("resources/list", "resources/templates/list"), uri, offering
         )
@@ -212,6 +205,17 @@ class Methods:
             return
         if "result" in reply:
             listener.subscribed[uri] = name
+
+    async def _subscribable(self, session: GatewaySession, name: str) -> bool:
+        """Whether an upstream takes resources/subscribe in this session: it offers
+        subscriptions, in a session of its own (2026-07-28 has listen streams instead)."""
+        found = await self._capabilities_of(session, name)
+        opened = session.upstreams.get(name)
+        return (
+            _flag(found, "resources", "subscribe")
+            and opened is not None
+            and opened.protocol_version not in MODERN_PROTOCOLS
+        )
 
     async def _capabilities_of(self, session: GatewaySession, name: str) -> Mapping[str, Any]:
         try:
@@ -322,9 +326,7 @@ class Methods:
         if not isinstance(uri, str):
             return error(message.id, Code.INVALID_PARAMS, f"{method} needs params.uri")
         offering = [
-            name
-            for name in upstream_order(self.runtime)
-            if _flag(await self._capabilities_of(session, name), "resources", "subscribe")
+            name for name in upstream_order(self.runtime) if await self._subscribable(session, name)
         ]
         if not offering:
             return error(

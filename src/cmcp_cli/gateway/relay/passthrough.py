@@ -1,6 +1,7 @@
 """Resources and prompts, relayed to the upstreams that serve them.
 
-Listings are merged across upstreams in name order, and remembered per session so that a
+Listings are merged across upstreams in the config's order, each upstream's items in its own
+order, and remembered per session so that a
 `resources/read` or `prompts/get` goes to the upstream that listed the URI or name. With
 several upstreams, pagination cursors are not merged: each listing is the upstreams'
 first pages. Tool calls are what policy decides; resources and prompts are relayed as
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cmcp_cli.gateway.relay.methods import Methods, upstream_order
 from cmcp_cli.gateway.relay.sessions import GatewaySession, SessionRegistry
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.upstream.api import UpstreamError
@@ -29,9 +31,12 @@ PASSED_THROUGH = frozenset({*LISTINGS, *ROUTED})
 
 
 class Passthrough:
-    def __init__(self, runtime: GatewayRuntime, sessions: SessionRegistry) -> None:
+    def __init__(
+        self, runtime: GatewayRuntime, sessions: SessionRegistry, methods: Methods
+    ) -> None:
         self.runtime = runtime
         self.sessions = sessions
+        self.methods = methods
 
     async def handle(self, message: Message, session: GatewaySession) -> dict[str, Any]:
         method = message.method or ""
@@ -43,7 +48,7 @@ class Passthrough:
         self, message: Message, session: GatewaySession, method: str
     ) -> dict[str, Any]:
         key, route_field = LISTINGS[method]
-        names = sorted(self.runtime.upstreams)
+        names = upstream_order(self.runtime)
         params = self._forwarded_params(message)
         if len(names) > 1:
             params.pop("cursor", None)
@@ -90,6 +95,9 @@ class Passthrough:
             reply = await upstream.request(method, self._forwarded_params(message))
         except UpstreamError as exc:
             return await self._failed(message, session, exc)
+        reply = await self.methods.govern_input_required(
+            session, reply, server=name, request_id=message.id, call_id=None
+        )
         return {"jsonrpc": "2.0", "id": message.id, **_answer_of(reply)}
 
     async def _failed(
