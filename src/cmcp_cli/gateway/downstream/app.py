@@ -250,6 +250,7 @@ class GatewayApp:
         if message.is_notification or message.method is None:
             return Reply(None, status=202)
         version = modern.check_envelope(scope, message)
+        modern.check_removed(message)
         try:
             session = await self.sessions.stateless(
                 agent, modern.requested_session(message), version

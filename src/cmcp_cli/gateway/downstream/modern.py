@@ -37,9 +37,14 @@ ERROR_STATUS: dict[int, int] = {
     Code.INVALID_REQUEST: 400,
     Code.INVALID_PARAMS: 400,
     Code.HEADER_MISMATCH: 400,
+    Code.MISSING_REQUIRED_CLIENT_CAPABILITY: 400,
     Code.UNSUPPORTED_PROTOCOL_VERSION: 400,
     Code.METHOD_NOT_FOUND: 404,
 }
+# Methods of the session era that this revision removed: answered as methods not found.
+REMOVED = frozenset(
+    {"initialize", "ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"}
+)
 CACHEABLE = frozenset(
     {"tools/list", "resources/list", "resources/templates/list", "resources/read", "prompts/list"}
 )
@@ -49,14 +54,15 @@ _BASE64_SENTINEL = re.compile(r"=\?base64\?(?P<payload>[A-Za-z0-9+/=]*)\?=")
 
 def is_modern(scope: Scope, message: Message) -> bool:
     """Whether a request speaks the stateless revision: it says so in its envelope, or in
-    its MCP-Protocol-Version header (a `server/discover` probe always is)."""
-    if message.method == "initialize":
-        return False
+    its MCP-Protocol-Version header (a `server/discover` probe always is; an `initialize`
+    only with the envelope, which no session-era client sends)."""
     if message.method == "server/discover":
         return True
     meta = message.params.get("_meta")
     if isinstance(meta, Mapping) and PROTOCOL_VERSION_KEY in meta:
         return True
+    if message.method == "initialize":
+        return False
     return asgi.header(scope, b"mcp-protocol-version") in MODERN_PROTOCOLS
 
 
@@ -106,6 +112,17 @@ def check_envelope(scope: Scope, message: Message) -> str:
         )
     CLIENT_ENVELOPE.set({key: meta[key] for key in RELAYED_ENVELOPE if key in meta})
     return version
+
+
+def check_removed(message: Message) -> None:
+    """Refuse a method this revision removed, as a method not found (HTTP 404)."""
+    if message.method in REMOVED:
+        raise _refused(
+            message,
+            Code.METHOD_NOT_FOUND,
+            f"{message.method} is not a 2026-07-28 method (it belongs to sessions of "
+            "2025-11-25 and earlier)",
+        )
 
 
 def check_params(scope: Scope, message: Message, catalog: Catalog) -> None:
