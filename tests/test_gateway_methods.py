@@ -20,7 +20,15 @@ from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.subscriptions import ResourceUpdated
 
-from tests.gateway_support import Served, free_port, request, start_gateway, start_process
+from tests.gateway_support import (
+    Served,
+    free_port,
+    request,
+    start_gateway,
+    start_process,
+    start_upstream,
+    write_config,
+)
 
 UPSTREAM = Path(__file__).resolve().parent / "methods_upstream.py"
 SESSION_SECONDS = 30.0
@@ -335,3 +343,60 @@ def test_listen_is_refused_to_a_2025_11_25_session(stack: tuple[Served, Served])
     status, _, raw = request(gateway.port, "POST", "/mcp", body, headers)
     assert status == 200
     assert json.loads(raw)["error"]["code"] == -32601
+
+
+def test_what_no_upstream_offers_is_not_advertised_nor_served(tmp_path: Path) -> None:
+    """The quickstart's upstream offers neither completions nor subscriptions."""
+    upstream = start_upstream(tmp_path)
+    try:
+        gateway = start_gateway(write_config(tmp_path, upstream.url))
+        try:
+            status, headers, body = request(
+                gateway.port,
+                "POST",
+                "/mcp",
+                {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "initialize",
+                    "params": {
+                        "protocolVersion": "2025-11-25",
+                        "capabilities": {},
+                        "clientInfo": {"name": "raw", "version": "1"},
+                    },
+                },
+            )
+            capabilities = json.loads(body)["result"]["capabilities"]
+            assert "completions" not in capabilities
+            assert "subscribe" not in capabilities["resources"]
+            sent = {
+                "mcp-session-id": headers["mcp-session-id"],
+                "mcp-protocol-version": "2025-11-25",
+            }
+            complete = {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "completion/complete",
+                "params": {
+                    "ref": {"type": "ref/prompt", "name": "weather_report"},
+                    "argument": {"name": "city", "value": "P"},
+                },
+            }
+            status, _, body = request(gateway.port, "POST", "/mcp", complete, sent)
+            assert status == 200
+            assert json.loads(body)["error"] == {
+                "code": -32601,
+                "message": "no upstream of this gateway offers completions",
+            }
+            subscribe = {
+                "jsonrpc": "2.0",
+                "id": 3,
+                "method": "resources/subscribe",
+                "params": {"uri": "notes://desk/today"},
+            }
+            status, _, body = request(gateway.port, "POST", "/mcp", subscribe, sent)
+            assert json.loads(body)["error"]["code"] == -32601
+        finally:
+            gateway.stop()
+    finally:
+        upstream.stop()

@@ -217,6 +217,24 @@ class Methods:
             and opened.protocol_version not in MODERN_PROTOCOLS
         )
 
+    def _offered_by_none(
+        self, message: Message, session: GatewaySession, what: str
+    ) -> dict[str, Any]:
+        """No reachable upstream offers `what`: a method not found, unless an upstream
+        could not be reached (it might offer it), which is an upstream failure."""
+        opened = session.upstreams
+        unreachable = [name for name in upstream_order(self.runtime) if name not in opened]
+        if unreachable:
+            return error(
+                message.id,
+                Code.UPSTREAM_FAILED,
+                f"no reachable upstream offers {what}, and {', '.join(map(repr, unreachable))} "
+                "cannot be reached: see the gateway's log, and the upstreams' own",
+                {"upstreams": unreachable},
+            )
+        text = f"no upstream of this gateway offers {what}"
+        return error(message.id, Code.METHOD_NOT_FOUND, text)
+
     async def _capabilities_of(self, session: GatewaySession, name: str) -> Mapping[str, Any]:
         try:
             upstream = await self.sessions.upstream(session, name)
@@ -244,9 +262,7 @@ class Methods:
             if "completions" in await self._capabilities_of(session, name)
         ]
         if not offering:
-            return error(
-                message.id, Code.METHOD_NOT_FOUND, "no upstream of this gateway offers completions"
-            )
+            return self._offered_by_none(message, session, "completions")
         name = await self._route(session, listings, target, offering)
         if name is None:
             return error(
@@ -301,7 +317,10 @@ class Methods:
             return error(message.id, Code.INVALID_PARAMS, "logging/setLevel needs params.level")
         failed: list[str] = []
         for name in upstream_order(self.runtime):
-            if "logging" not in await self._capabilities_of(session, name):
+            found = await self._capabilities_of(session, name)
+            if name not in session.upstreams:
+                failed.append(f"upstream {name!r} cannot be reached")
+            if "logging" not in found:
                 continue  # it sends no log messages, so there is no level to set
             try:
                 upstream = await self.sessions.upstream(session, name)
@@ -329,11 +348,7 @@ class Methods:
             name for name in upstream_order(self.runtime) if await self._subscribable(session, name)
         ]
         if not offering:
-            return error(
-                message.id,
-                Code.METHOD_NOT_FOUND,
-                "no upstream of this gateway offers resource subscriptions",
-            )
+            return self._offered_by_none(message, session, "resource subscriptions")
         name = await self._route(
             session, ("resources/list", "resources/templates/list"), uri, offering
         )
