@@ -15,6 +15,7 @@ from typing import Any
 import mcp_types as types
 import uvicorn
 from mcp.server import Server, ServerRequestContext
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ResourceUpdated
 
 DOC_URI = "test://doc"
 TEMPLATE = "test://items/{id}"
@@ -62,6 +63,7 @@ def _text(text: str) -> types.CallToolResult:
 
 def build_server() -> Server[Any]:
     state: dict[str, Any] = {"level": None, "subscribed": set(), "sessions": []}
+    bus = InMemorySubscriptionBus()  # 2026-07-28 listen streams
 
     async def list_tools(
         _: ServerRequestContext[Any], __: types.PaginatedRequestParams | None
@@ -74,6 +76,7 @@ def build_server() -> Server[Any]:
         arguments = dict(params.arguments or {})
         event("call", name=params.name, protocol=context.protocol_version)
         if params.name == "touch":
+            await bus.publish(ResourceUpdated(uri=DOC_URI))
             for session in state["sessions"]:
                 try:
                     if DOC_URI in state["subscribed"]:
@@ -198,6 +201,7 @@ def build_server() -> Server[Any]:
         on_list_prompts=list_prompts,
         on_get_prompt=get_prompt,
         on_completion=complete,
+        on_subscriptions_listen=ListenHandler(bus),
     )
 
 

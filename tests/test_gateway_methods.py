@@ -330,6 +330,20 @@ def test_a_2026_07_28_client_listens_through_a_2025_11_25_upstream(
     assert [e["protocol"] for e in calls] == ["2025-11-25"]
 
 
+def test_a_2026_07_28_client_listens_through_a_2026_07_28_upstream(
+    stack: tuple[Served, Served],
+) -> None:
+    upstream, gateway = stack
+    subscribed = len(upstream_events(upstream, "subscribe"))
+    seen = asyncio.run(listening(gateway.url))
+    assert seen["honored"] == {"toolsListChanged": True, "resourceSubscriptions": ["test://doc"]}
+    assert seen["event"] == ResourceUpdated(uri="test://doc")  # from the upstream's own stream
+    # no resources/subscribe on 2026-07-28: the gateway listens upstream instead
+    assert len(upstream_events(upstream, "subscribe")) == subscribed
+    calls = [e for e in upstream_events(upstream, "call") if e["name"] == "touch"]
+    assert calls[-1]["protocol"] == MODERN
+
+
 def test_listen_is_refused_to_a_2025_11_25_session(stack: tuple[Served, Served]) -> None:
     _, gateway = stack
     session = raw_session(gateway.port)

@@ -181,22 +181,25 @@ class ConnectionPool:
         *,
         connect_timeout: float,
         on_open: Callable[[], None] | None = None,
+        body: bytes = b"",
     ) -> AsyncIterator[bytes]:
-        """A long-lived response on a connection of its own (never pooled): each chunk of
-        its body as it arrives; `on_open` is called once its 200 head has arrived. Raises
-        HttpError for a status other than 200."""
+        """A long-lived response (to `body`, if any) on a connection of its own (never
+        pooled): each chunk of its body as it arrives; `on_open` is called once its 200
+        head has arrived. Raises HttpError for a status other than 200."""
         async with asyncio.timeout(connect_timeout):
             connection = await self._connect()
         protocol = connection.protocol
         try:
+            sized = [("content-length", str(len(body)))] if body else []
             request = h11.Request(
                 method=method,
                 target=self.endpoint.target,
-                headers=[("host", self.endpoint.host_header), *headers],
+                headers=[("host", self.endpoint.host_header), *headers, *sized],
             )
-            connection.writer.write(
-                protocol.send(request) + (protocol.send(h11.EndOfMessage()) or b"")
-            )
+            sent = protocol.send(request) or b""
+            if body:
+                sent += protocol.send(h11.Data(data=body)) or b""
+            connection.writer.write(sent + (protocol.send(h11.EndOfMessage()) or b""))
             await connection.writer.drain()
             while True:
                 event = protocol.next_event()

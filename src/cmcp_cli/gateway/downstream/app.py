@@ -197,7 +197,7 @@ class GatewayApp:
         finally:
             session = self.sessions.find(reply.stateless_session or "")
             if session is not None:
-                await self.dispatcher.methods.unlisten(session, listener)
+                await self.dispatcher.listening.unlisten(session, listener)
 
     async def _answer(self, scope: Scope, message: Message, agent: str) -> Reply:
         if modern.is_modern(scope, message):

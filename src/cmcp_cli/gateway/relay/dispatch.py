@@ -18,7 +18,8 @@ from cmcp_cli.errors import CmcpError
 from cmcp_cli.evidence.session import EscalationHandler
 from cmcp_cli.gateway.enforcement.redaction import redact_result
 from cmcp_cli.gateway.relay.listen import Listener
-from cmcp_cli.gateway.relay.methods import LISTEN, SERVED, Methods, retried, upstream_order
+from cmcp_cli.gateway.relay.listening import LISTEN, Listening
+from cmcp_cli.gateway.relay.methods import SERVED, Methods, retried, upstream_order
 from cmcp_cli.gateway.relay.passthrough import PASSED_THROUGH, Passthrough
 from cmcp_cli.gateway.relay.sessions import GatewaySession, SessionRegistry
 from cmcp_cli.gateway.runtime import GatewayRuntime
@@ -60,6 +61,7 @@ class Dispatcher:
         self.runtime = runtime
         self.sessions = sessions
         self.methods = Methods(runtime, sessions)
+        self.listening = Listening(self.methods)
         self.passthrough = Passthrough(runtime, sessions, self.methods)
         self._callable: dict[tuple[str, str], frozenset[str]] = {}  # (agent, platform) -> tools
 
@@ -112,7 +114,7 @@ class Dispatcher:
         if method in SERVED:
             return Reply(await self.methods.handle(message, session))
         if method == LISTEN:
-            listener, refused = await self.methods.listen(message, session)
+            listener, refused = await self.listening.listen(message, session)
             return Reply(refused, listener=listener)
         return Reply(
             error(message.id, Code.METHOD_NOT_FOUND, f"{method} is not served by this gateway")

@@ -5,16 +5,16 @@ acknowledged` with the subset of the requested notifications the gateway honors,
 only notifications of those kinds, each stamped with the subscription id (the listen
 request's id) in `_meta`. List changes are honored as asked (the gateway announces what
 its upstreams announce); a resource subscription is honored for a URI whose upstream
-offers subscriptions, and the gateway subscribes there for the stream's lifetime. When
+takes subscriptions, and the gateway subscribes there for the stream's lifetime. When
 the session ends, the stream ends with the listen request's result; when the client
-leaves, it simply ends.
+leaves, it simply ends. (`listening` opens and ends what a stream needs upstream.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,8 @@ class Listener:
     subscription_id: RequestId
     honored: dict[str, Any]  # the acknowledged filter
     subscribed: dict[str, str] = field(default_factory=dict)  # uri -> the upstream subscribed
+    watched: set[str] = field(default_factory=set)  # of those, the ones on upstream listen streams
+    stops: list[Callable[[], None]] = field(default_factory=list)  # ending those streams
     events: asyncio.Queue[dict[str, Any] | None] = field(
         default_factory=lambda: asyncio.Queue(LISTEN_BACKLOG)
     )

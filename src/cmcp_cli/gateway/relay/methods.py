@@ -10,11 +10,9 @@ the session serves.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from cmcp_cli.gateway.relay.listen import Listener, honored_lists, requested_filter
 from cmcp_cli.gateway.relay.sessions import GatewaySession, SessionRegistry
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.upstream.api import UpstreamError
@@ -31,8 +29,6 @@ INPUT_REQUEST_KINDS = {
 }
 SUBSCRIPTION_METHODS = frozenset({"resources/subscribe", "resources/unsubscribe"})
 SERVED = frozenset({"completion/complete", "logging/setLevel", *SUBSCRIPTION_METHODS})
-LISTEN = "subscriptions/listen"
-MAX_LISTENED_URIS = 256  # resource subscriptions one listen request may ask for
 # completion reference type -> (its routing field, the listings that route it, in order)
 COMPLETION_REFS = {
     "ref/prompt": ("name", ("prompts/list",)),
@@ -93,7 +89,7 @@ class Methods:
         (one that cannot be reached advertises nothing)."""
         for name in upstream_order(self.runtime):
             if name not in self.known and session is not None:
-                await self._capabilities_of(session, name)
+                await self.capabilities_of(session, name)
         return advertised(self.known.values())
 
     async def handle(self, message: Message, session: GatewaySession) -> dict[str, Any]:
@@ -142,74 +138,10 @@ class Methods:
                 return refused
         return answer
 
-    async def listen(
-        self, message: Message, session: GatewaySession
-    ) -> tuple[Listener | None, dict[str, Any] | None]:
-        """Open a listen stream (acknowledged, registered with the session), or the error
-        that answers the request instead."""
-        if session.protocol_version not in MODERN_PROTOCOLS:
-            return None, error(
-                message.id,
-                Code.METHOD_NOT_FOUND,
-                f"{LISTEN} is a 2026-07-28 method: on 2025-11-25, open the GET stream and "
-                "use resources/subscribe",
-            )
-        wanted = requested_filter(message.params)
-        if wanted is None or message.id is None:
-            return None, error(
-                message.id, Code.INVALID_PARAMS, f"{LISTEN} needs an id and params.notifications"
-            )
-        listener = Listener(message.id, honored_lists(wanted))
-        uris = wanted.get("resourceSubscriptions")
-        if isinstance(uris, list):
-            for uri in uris[:MAX_LISTENED_URIS]:
-                if isinstance(uri, str):
-                    await self._listen_to(session, listener, uri)
-            if listener.subscribed:
-                listener.honored["resourceSubscriptions"] = list(listener.subscribed)
-        session.listeners.add(listener)
-        listener.acknowledge()
-        return listener, None
-
-    async def unlisten(self, session: GatewaySession, listener: Listener) -> None:
-        """A listen stream ended: its upstream subscriptions that nothing else of the
-        session still wants are ended (bounded by the upstream's timeout; a failure is moot)."""
-        listener.end(graceful=False)
-        session.listeners.discard(listener)
-        still = set(session.subscribed)
-        for other in session.listeners:
-            still.update(other.subscribed)
-        for uri, name in listener.subscribed.items():
-            if uri in still or session.closed:
-                continue
-            upstream = session.upstreams.get(name)
-            if upstream is not None:
-                with contextlib.suppress(UpstreamError):
-                    await upstream.request("resources/unsubscribe", {"uri": uri})
-
-    async def _listen_to(self, session: GatewaySession, listener: Listener, uri: str) -> None:
-        """Subscribe upstream for one URI of a listen stream, where an upstream in a session
-        of its own offers subscriptions; a URI no such upstream serves is not honored."""
-        offering = [
-            name for name in upstream_order(self.runtime) if await self._subscribable(session, name)
-        ]
-        name = await self._route(
-            session, ("resources/list", "resources/templates/list"), uri, offering
-        )
-        if name is None:
-            return
-        try:
-            upstream = await self.sessions.upstream(session, name)
-            reply = await upstream.request("resources/subscribe", {"uri": uri})
-        except UpstreamError:
-            return
-        if "result" in reply:
-            listener.subscribed[uri] = name
-
-    async def _subscribable(self, session: GatewaySession, name: str) -> bool:
+    async def subscribable(self, session: GatewaySession, name: str) -> bool:
         """Whether an upstream takes resources/subscribe in this session: it offers
         subscriptions, in a session of its own (2026-07-28 has listen streams instead)."""
-        found = await self._capabilities_of(session, name)
+        found = await self.capabilities_of(session, name)
         opened = session.upstreams.get(name)
         return (
             _flag(found, "resources", "subscribe")
@@ -235,7 +167,7 @@ class Methods:
         text = f"no upstream of this gateway offers {what}"
         return error(message.id, Code.METHOD_NOT_FOUND, text)
 
-    async def _capabilities_of(self, session: GatewaySession, name: str) -> Mapping[str, Any]:
+    async def capabilities_of(self, session: GatewaySession, name: str) -> Mapping[str, Any]:
         try:
             upstream = await self.sessions.upstream(session, name)
         except UpstreamError:
@@ -259,11 +191,11 @@ class Methods:
         offering = [
             name
             for name in upstream_order(self.runtime)
-            if "completions" in await self._capabilities_of(session, name)
+            if "completions" in await self.capabilities_of(session, name)
         ]
         if not offering:
             return self._offered_by_none(message, session, "completions")
-        name = await self._route(session, listings, target, offering)
+        name = await self.route(session, listings, target, offering)
         if name is None:
             return error(
                 message.id,
@@ -273,7 +205,7 @@ class Methods:
             )
         return await self._forward(message, session, name)
 
-    async def _route(
+    async def route(
         self,
         session: GatewaySession,
         listings: tuple[str, ...],
@@ -317,7 +249,7 @@ class Methods:
             return error(message.id, Code.INVALID_PARAMS, "logging/setLevel needs params.level")
         failed: list[str] = []
         for name in upstream_order(self.runtime):
-            found = await self._capabilities_of(session, name)
+            found = await self.capabilities_of(session, name)
             if name not in session.upstreams:
                 failed.append(f"upstream {name!r} cannot be reached")
             if "logging" not in found:
@@ -345,11 +277,11 @@ class Methods:
         if not isinstance(uri, str):
             return error(message.id, Code.INVALID_PARAMS, f"{method} needs params.uri")
         offering = [
-            name for name in upstream_order(self.runtime) if await self._subscribable(session, name)
+            name for name in upstream_order(self.runtime) if await self.subscribable(session, name)
         ]
         if not offering:
             return self._offered_by_none(message, session, "resource subscriptions")
-        name = await self._route(
+        name = await self.route(
             session, ("resources/list", "resources/templates/list"), uri, offering
         )
         if name is None:

@@ -8,13 +8,16 @@ every request carries the envelope (`_meta` protocol version, the capabilities t
 of the request declared, the gateway's client info) and the `Mcp-Method` / `Mcp-Name` /
 `Mcp-Param-*` headers computed from the body it forwards, never copied from the client.
 Results (`resultType` "complete" or "input_required") come back as the upstream sent them.
+Notifications come from `subscriptions/listen` streams the conversation opens (`watch`):
+one for list changes when it starts listening, one per set of watched resources.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +27,7 @@ import orjson
 from cmcp_cli import __version__
 from cmcp_cli.gateway.upstream.api import UpstreamChannel, UpstreamConversation, UpstreamError
 from cmcp_cli.gateway.upstream.streamable_http import McpUpstream
-from cmcp_cli.wire.http1 import Response
+from cmcp_cli.wire.http1 import HttpError, Response
 from cmcp_cli.wire.mcp import (
     CLIENT_CAPABILITIES_KEY,
     CLIENT_ENVELOPE,
@@ -34,11 +37,13 @@ from cmcp_cli.wire.mcp import (
     PROTOCOL_VERSION_KEY,
 )
 from cmcp_cli.wire.mcp_params import encode_value, param_headers
-from cmcp_cli.wire.sse import sse_data
+from cmcp_cli.wire.sse import SseDecoder, sse_data
 
 MODERN_PROTOCOL = MODERN_PROTOCOLS[0]
 DISCOVER_SECONDS = 3.0  # a probe never delays opening a conversation longer
 CLIENT_INFO = {"name": "cmcp-gateway", "version": __version__}
+SUBSCRIPTION_ID_KEY = "io.modelcontextprotocol/subscriptionId"
+LIST_CHANGES = {"toolsListChanged": True, "promptsListChanged": True, "resourcesListChanged": True}
 _DECODER = msgspec.json.Decoder()
 
 MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
@@ -102,6 +107,29 @@ def routing_headers(
     return headers
 
 
+@dataclass(frozen=True)
+class Watch:
+    """An acknowledged listen stream upstream: what it honors, and how to end it."""
+
+    honored: Mapping[str, Any]
+    task: asyncio.Task[None]
+
+    def stop(self) -> None:
+        self.task.cancel()
+
+
+async def _event_stream(
+    upstream: McpUpstream, headers: list[tuple[str, str]], body: bytes
+) -> AsyncIterator[bytes]:
+    """The body of a long-lived POST answer (a listen stream), chunk by chunk: the one
+    place the conversation holds a response open."""
+    stream = upstream.pool.stream(
+        "POST", headers, body=body, connect_timeout=upstream.timeout_seconds
+    )
+    async for chunk in stream:
+        yield chunk
+
+
 @dataclass
 class ModernConversation:
     """One client session's stateless conversation with one upstream."""
@@ -114,6 +142,7 @@ class ModernConversation:
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     # tool -> input schema, from the upstream's own tools/list: where Mcp-Param-* come from
     _schemas: dict[str, Any] = field(default_factory=dict)
+    _watches: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def request(
         self,
@@ -154,11 +183,86 @@ class ModernConversation:
             raise UpstreamError(self.upstream.name, f"answered HTTP {response.status}")
 
     async def listen(self) -> None:
-        """Nothing to follow: this revision has no standing stream; a client that wants
-        notifications asks for them with subscriptions/listen."""
+        """Follow the upstream's list changes on a listen stream of their own, returning
+        once it is acknowledged (or refused, or not within the upstream's timeout)."""
+        if not self._watches:
+            await self.watch(LIST_CHANGES)
+
+    async def watch(self, wanted: Mapping[str, Any]) -> Watch | None:
+        """Open a listen stream for the `wanted` notifications (its messages go to
+        on_notification, without the upstream's subscription id); None when the upstream
+        does not acknowledge it within its timeout."""
+        acknowledged: asyncio.Future[Mapping[str, Any]] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(self._follow(dict(wanted), acknowledged))
+        try:
+            async with asyncio.timeout(self.upstream.timeout_seconds):
+                honored = await asyncio.shield(acknowledged)
+        except (TimeoutError, UpstreamError, HttpError):
+            acknowledged.cancel()
+            task.cancel()
+            return None
+        self._watches.add(task)
+        task.add_done_callback(self._watches.discard)
+        return Watch(honored, task)
 
     async def close(self) -> None:
-        """Nothing to end: the conversation holds no upstream state."""
+        """End the listen streams; the conversation holds no other upstream state."""
+        for task in list(self._watches):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _follow(
+        self, wanted: dict[str, Any], acknowledged: asyncio.Future[Mapping[str, Any]]
+    ) -> None:
+        request_id = f"cmcp-listen-{next(self._ids)}"
+        sent = envelope({"notifications": wanted})
+        message = {"jsonrpc": "2.0", "id": request_id, "method": "subscriptions/listen"}
+        headers = [
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            *routing_headers("subscriptions/listen", sent, None),
+            *self.upstream.headers,
+        ]
+        decoder = SseDecoder(max_event_bytes=self.upstream.max_response_bytes)
+        try:
+            body = orjson.dumps({**message, "params": sent})
+            async for chunk in _event_stream(self.upstream, headers, body):
+                for data in decoder.feed(chunk):
+                    if data.strip() and await self._heard(data, request_id, acknowledged):
+                        return
+        except (HttpError, UpstreamError, ValueError) as exc:
+            if not acknowledged.done():
+                acknowledged.set_exception(UpstreamError(self.upstream.name, str(exc)))
+        finally:
+            if not acknowledged.done():
+                acknowledged.set_exception(
+                    UpstreamError(self.upstream.name, "the listen stream ended unacknowledged")
+                )
+
+    async def _heard(
+        self, data: bytes, request_id: str, acknowledged: asyncio.Future[Mapping[str, Any]]
+    ) -> bool:
+        """Take one message of a listen stream; True once the stream's own answer came."""
+        found = self._decode(data)
+        if not isinstance(found, dict):
+            return False
+        if found.get("id") == request_id:
+            return True
+        method = found.get("method")
+        params = found.get("params")
+        if method == "notifications/subscriptions/acknowledged":
+            honored = params.get("notifications") if isinstance(params, dict) else None
+            if not acknowledged.done():
+                acknowledged.set_result(honored if isinstance(honored, dict) else {})
+        elif isinstance(method, str) and "id" not in found and self.on_notification is not None:
+            if isinstance(params, dict) and isinstance(params.get("_meta"), dict):
+                meta = {k: v for k, v in params["_meta"].items() if k != SUBSCRIPTION_ID_KEY}
+                found = {**found, "params": {**params, "_meta": meta}}
+                if not meta:
+                    del found["params"]["_meta"]
+            await self.on_notification(found)
+        return False
 
     def _learn(self, answer: Mapping[str, Any]) -> None:
         found = answer.get("result")
