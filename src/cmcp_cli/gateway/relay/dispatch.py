@@ -19,7 +19,13 @@ from cmcp_cli.evidence.session import EscalationHandler
 from cmcp_cli.gateway.enforcement.redaction import redact_result
 from cmcp_cli.gateway.relay.listen import Listener
 from cmcp_cli.gateway.relay.listening import LISTEN, Listening
-from cmcp_cli.gateway.relay.methods import SERVED, Methods, retried, upstream_order
+from cmcp_cli.gateway.relay.methods import (
+    SERVED,
+    Methods,
+    gate_input_responses,
+    retried,
+    upstream_order,
+)
 from cmcp_cli.gateway.relay.passthrough import PASSED_THROUGH, Passthrough
 from cmcp_cli.gateway.relay.sessions import GatewaySession, SessionRegistry
 from cmcp_cli.gateway.runtime import GatewayRuntime
@@ -235,7 +241,11 @@ class Dispatcher:
         meta = forwardable_meta(params.get("_meta"))
         if meta is not None:
             forwarded["_meta"] = meta
-        forwarded.update(retried(params))
+        forwarded.update(
+            await gate_input_responses(
+                self.sessions, session, retried(params), server=tool.server, related_call_id=call_id
+            )
+        )
         try:
             answer = await upstream.request("tools/call", forwarded)
         except UpstreamError as exc:

@@ -10,6 +10,7 @@ the session serves.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -27,6 +28,7 @@ INPUT_REQUEST_KINDS = {
     "elicitation/create": "elicit",
     "roots/list": "list_roots",
 }
+CAPABILITY_SECONDS = 0.75  # how long learning what to advertise may delay a handshake
 SUBSCRIPTION_METHODS = frozenset({"resources/subscribe", "resources/unsubscribe"})
 SERVED = frozenset({"completion/complete", "logging/setLevel", *SUBSCRIPTION_METHODS})
 # completion reference type -> (its routing field, the listings that route it, in order)
@@ -83,14 +85,24 @@ class Methods:
         self.runtime = runtime
         self.sessions = sessions
         self.known: dict[str, Mapping[str, Any]] = {}  # upstream -> its last capabilities
+        self._background: set[asyncio.Task[None]] = set()
 
     async def capabilities(self, session: GatewaySession | None) -> dict[str, Any]:
-        """What to advertise: an upstream not heard from yet is opened in `session` first
-        (one that cannot be reached advertises nothing)."""
-        for name in upstream_order(self.runtime):
-            if name not in self.known and session is not None:
-                await self.capabilities_of(session, name)
+        """What to advertise: an upstream not heard from yet is opened in `session` first,
+        waited for CAPABILITY_SECONDS at most so a slow upstream never holds up a handshake
+        (the open goes on, never cut short: one that has not finished advertises nothing
+        yet, and is known by the next handshake)."""
+        pending = [name for name in upstream_order(self.runtime) if name not in self.known]
+        if session is not None and pending:
+            task = asyncio.create_task(self._learn_capabilities(session, pending))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            await asyncio.wait({task}, timeout=CAPABILITY_SECONDS)
         return advertised(self.known.values())
+
+    async def _learn_capabilities(self, session: GatewaySession, names: list[str]) -> None:
+        for name in names:
+            await self.capabilities_of(session, name)
 
     async def handle(self, message: Message, session: GatewaySession) -> dict[str, Any]:
         method = message.method or ""
@@ -312,6 +324,24 @@ class Methods:
         if "result" in reply:
             return {"jsonrpc": "2.0", "id": message.id, "result": reply["result"]}
         return {"jsonrpc": "2.0", "id": message.id, "error": reply.get("error")}
+
+
+async def gate_input_responses(
+    sessions: SessionRegistry,
+    session: GatewaySession,
+    retry: Mapping[str, Any],
+    *,
+    server: str,
+    related_call_id: str | None,
+) -> dict[str, Any]:
+    """The governance gate for the answers a retried request carries (`inputResponses`):
+    what the upstream is sent of them (redacted as the permit of their kind says).
+
+    The one call site of `close_gate` for input responses of the 2026-07-28 revision;
+    until `gateway/enforcement/messages.py` is on this branch, they pass as the client
+    sent them."""
+    del sessions, session, server, related_call_id
+    return dict(retry)
 
 
 async def gate_input_request(

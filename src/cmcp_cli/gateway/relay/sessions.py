@@ -201,6 +201,9 @@ class SessionRegistry:
             opened.on_notification = functools.partial(self._upstream_notice, session, name)
             await opened.listen()
             await self.pin_tools(session, name, opened)
+            if session.closed:  # closed while this opened: nothing else will close it
+                await opened.close()
+                raise UpstreamError(name, "the client session ended while this one opened")
             session.upstreams[name] = opened
             return opened
 
