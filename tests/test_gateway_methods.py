@@ -120,8 +120,13 @@ def upstream_events(upstream: Served, kind: str) -> list[dict[str, Any]]:
 
 async def legacy_session(url: str) -> dict[str, Any]:
     """A 2025-11-25 agent: what it is offered and what each method answers."""
-    seen: dict[str, Any] = {"notices": []}
+    seen: dict[str, Any] = {"notices": [], "logged": []}
     updated = asyncio.Event()
+    logged = asyncio.Event()
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        seen["logged"].append(params.data)
+        logged.set()
 
     async def on_message(message: object) -> None:
         if isinstance(message, types.ServerNotification | types.ResourceUpdatedNotification):
@@ -132,7 +137,7 @@ async def legacy_session(url: str) -> dict[str, Any]:
     async with (
         asyncio.timeout(SESSION_SECONDS),
         streamable_http_client(url) as (read, write),
-        ClientSession(read, write, message_handler=on_message) as session,
+        ClientSession(read, write, message_handler=on_message, logging_callback=on_log) as session,
     ):
         initialized = await session.initialize()
         seen["capabilities"] = initialized.capabilities.model_dump(by_alias=True, exclude_none=True)
@@ -151,6 +156,7 @@ async def legacy_session(url: str) -> dict[str, Any]:
         await session.call_tool("touch", {})
         async with asyncio.timeout(10):
             await updated.wait()
+            await logged.wait()
         await session.unsubscribe_resource("test://doc")
     return seen
 
@@ -175,6 +181,7 @@ def test_a_2025_11_25_client_gets_the_methods_its_upstream_serves(
     assert "ResourceUpdatedNotification" in methods
     updated = next(n for n in seen["notices"] if isinstance(n, types.ResourceUpdatedNotification))
     assert str(updated.params.uri) == "test://doc"
+    assert "the document was touched" in seen["logged"]  # sent outside any request
 
 
 def raw_session(port: int) -> str:
