@@ -421,3 +421,24 @@ def test_what_no_upstream_offers_is_not_advertised_nor_served(tmp_path: Path) ->
             gateway.stop()
     finally:
         upstream.stop()
+
+
+async def listening_until_closed(url: str, port: int) -> dict[str, Any]:
+    """A 2026-07-28 agent listening while its session is closed by another hand."""
+    seen: dict[str, Any] = {}
+    async with asyncio.timeout(SESSION_SECONDS), Client(url) as client:
+        listed = await client.list_tools()
+        session_id = (listed.meta or {})["_cmcp.session_id"]
+        async with client.listen(tools_list_changed=True) as subscription:
+            closed = await asyncio.to_thread(request, port, "POST", f"/sessions/{session_id}/close")
+            seen["closed"] = closed[0]
+            seen["events"] = [event async for event in subscription]  # ends, not lost
+    return seen
+
+
+def test_a_listen_stream_ends_with_its_result_when_the_session_ends(
+    stack: tuple[Served, Served],
+) -> None:
+    _, gateway = stack
+    seen = asyncio.run(listening_until_closed(gateway.url, gateway.port))
+    assert seen == {"closed": 200, "events": []}
