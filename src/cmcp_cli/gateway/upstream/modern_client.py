@@ -28,6 +28,7 @@ from cmcp_cli import __version__
 from cmcp_cli.gateway.upstream.api import UpstreamChannel, UpstreamConversation, UpstreamError
 from cmcp_cli.gateway.upstream.streamable_http import McpUpstream
 from cmcp_cli.wire.http1 import HttpError, Response
+from cmcp_cli.wire.jsonrpc import RequestId
 from cmcp_cli.wire.mcp import (
     CLIENT_CAPABILITIES_KEY,
     CLIENT_ENVELOPE,
@@ -168,6 +169,14 @@ class ModernConversation:
         if method == "tools/list":
             self._learn(answer)
         return answer
+
+    async def respond(self, request_id: RequestId, answer: Mapping[str, Any]) -> None:
+        """Nothing to answer: on this revision an upstream asks for input in its results
+        (input_required), never with requests of its own."""
+        del answer
+        raise UpstreamError(
+            self.upstream.name, f"sent no request {request_id!r}: 2026-07-28 upstreams send none"
+        )
 
     async def notify(self, method: str, params: Mapping[str, Any] | None = None) -> None:
         message = {"jsonrpc": "2.0", "method": method, "params": envelope(params)}
