@@ -1,6 +1,7 @@
 """Resources and prompts, relayed to the upstreams that serve them.
 
-Listings are merged across upstreams in name order, and remembered per session so that a
+Listings are merged across upstreams in the config's order, each upstream's items in its own
+order, and remembered per session so that a
 `resources/read` or `prompts/get` goes to the upstream that listed the URI or name. With
 several upstreams, pagination cursors are not merged: each listing is the upstreams'
 first pages. Listings are relayed as the upstreams answer them; a `resources/read` or
@@ -14,6 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from cmcp_cli.gateway.enforcement.messages import close_gate, fail_gate, open_gate, refusal
+from cmcp_cli.gateway.relay.input_gates import RETRY_FIELDS, gate_input_responses, retried
+from cmcp_cli.gateway.relay.methods import Methods, upstream_order
 from cmcp_cli.gateway.relay.sessions import GatewaySession, SessionRegistry
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.upstream.api import UpstreamError
@@ -34,9 +37,12 @@ PASSED_THROUGH = frozenset({*LISTINGS, *ROUTED})
 
 
 class Passthrough:
-    def __init__(self, runtime: GatewayRuntime, sessions: SessionRegistry) -> None:
+    def __init__(
+        self, runtime: GatewayRuntime, sessions: SessionRegistry, methods: Methods
+    ) -> None:
         self.runtime = runtime
         self.sessions = sessions
+        self.methods = methods
 
     async def handle(self, message: Message, session: GatewaySession) -> dict[str, Any]:
         method = message.method or ""
@@ -48,7 +54,7 @@ class Passthrough:
         self, message: Message, session: GatewaySession, method: str
     ) -> dict[str, Any]:
         key, route_field = LISTINGS[method]
-        names = sorted(self.runtime.upstreams)
+        names = upstream_order(self.runtime)
         params = self._forwarded_params(message)
         if len(names) > 1:
             params.pop("cursor", None)
@@ -108,10 +114,21 @@ class Passthrough:
             return refusal(gate, message.id)
         try:
             upstream = await self.sessions.upstream(session, name)
-            reply = await upstream.request(message.method or "", self._forwarded_params(message))
+            forwarded = self._forwarded_params(message)
+            for key in RETRY_FIELDS:
+                forwarded.pop(key, None)
+            forwarded.update(
+                await gate_input_responses(
+                    self.sessions, session, retried(message.params), server=name
+                )
+            )
+            reply = await upstream.request(message.method or "", forwarded)
         except UpstreamError as exc:
             await fail_gate(self.sessions, session, gate, str(exc), message.method or "")
             return exc.to_jsonrpc(message.id)
+        reply = await self.methods.govern_input_required(
+            session, reply, server=name, request_id=message.id, call_id=gate.call_id
+        )
         answer = {"jsonrpc": "2.0", "id": message.id, **_answer_of(reply)}
         return await close_gate(self.sessions, session, gate, answer)
 

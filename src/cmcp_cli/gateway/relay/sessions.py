@@ -26,9 +26,13 @@ from cmcp_cli.audit.recorder import deferred_durability
 from cmcp_cli.catalog.model import advertised_hash, approved_definition
 from cmcp_cli.evidence.session import ClosedSession, EvidenceSession
 from cmcp_cli.gateway.enforcement.approvals import ApprovalDesk
+from cmcp_cli.gateway.enforcement.messages import Gate, fail_gate
+from cmcp_cli.gateway.relay.listen import Listener
 from cmcp_cli.gateway.relay.metrics import GatewayMetrics
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.upstream.api import UpstreamConversation, UpstreamError
+from cmcp_cli.gateway.upstream.modern_client import open_conversation
+from cmcp_cli.wire.mcp import MODERN_PROTOCOLS
 
 _Result = TypeVar("_Result")
 
@@ -39,6 +43,9 @@ FORWARDED_NOTICES = frozenset(
         "notifications/tools/list_changed",
         "notifications/resources/list_changed",
         "notifications/prompts/list_changed",
+        "notifications/resources/updated",
+        "notifications/message",
+        "notifications/progress",
     }
 )
 
@@ -58,9 +65,15 @@ class GatewaySession:
     drifted: dict[str, str] = field(default_factory=dict)  # tool -> advertised definition hash
     advertised: set[str] = field(default_factory=set)  # approved tools the upstream lists
     routes: dict[tuple[str, str], str] = field(default_factory=dict)  # (listing, item) -> upstream
+    tool_order: dict[str, list[str]] = field(default_factory=dict)  # upstream -> its tools/list
+    subscribed: dict[str, str] = field(default_factory=dict)  # resource uri -> upstream
+    listeners: set[Listener] = field(default_factory=set)  # open subscriptions/listen streams
+    # (upstream, input key) -> the open gate of an input request the client was asked
+    awaiting_input: dict[tuple[str, str], Gate] = field(default_factory=dict)
     closed: bool = False
     # Notifications for the client's GET stream; None ends the stream. Bounded: what is
-    # queued is list_changed, which a client that missed some reads once to catch up.
+    # queued is list_changed (a client that missed some reads once to catch up), resource
+    # updates and log messages; past the bound, new ones are dropped.
     notices: asyncio.Queue[dict[str, Any] | None] = field(
         default_factory=lambda: asyncio.Queue(NOTICE_BACKLOG)
     )
@@ -72,7 +85,13 @@ class GatewaySession:
         return f"{self.id}/{next(self._call_ids)}"
 
     def notify(self, notice: dict[str, Any] | None) -> None:
-        """Queue a notification for the client; the end-of-stream marker always fits."""
+        """Queue a notification for the client; the end-of-stream marker always fits.
+        Listen streams get what they asked for; the end marker ends them with their result."""
+        for listener in list(self.listeners):
+            if notice is None:
+                listener.end(graceful=True)
+            else:
+                listener.offer(notice)
         if notice is None:
             while not self.notices.empty():
                 self.notices.get_nowait()
@@ -176,13 +195,18 @@ class SessionRegistry:
             upstream = self.runtime.upstreams.get(name)
             if upstream is None:
                 raise UpstreamError(name, "is not configured (no entry under upstreams)")
-            opened = await upstream.open_session()
+            opened = await open_conversation(
+                upstream, modern=session.protocol_version in MODERN_PROTOCOLS
+            )
             # Subscribed before the pin, so no change can fall between the two unannounced: a
             # change the pin misses arrives as list_changed and is pinned again (`_repin`
             # waits for this open to finish).
             opened.on_notification = functools.partial(self._upstream_notice, session, name)
             await opened.listen()
             await self.pin_tools(session, name, opened)
+            if session.closed:  # closed while this opened: nothing else will close it
+                await opened.close()
+                raise UpstreamError(name, "the client session ended while this one opened")
             session.upstreams[name] = opened
             return opened
 
@@ -199,7 +223,7 @@ class SessionRegistry:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         else:
-            session.notify({"jsonrpc": "2.0", "method": method})
+            session.notify(_relayed(notice))
 
     async def _repin(self, session: GatewaySession, name: str) -> None:
         async with session._opening:  # after the first pin, if that is still under way
@@ -233,6 +257,11 @@ class SessionRegistry:
         session.advertised -= {
             tool for tool, pinned in self.runtime.catalog.tools.items() if pinned.server == name
         }
+        session.tool_order[name] = [
+            tool["name"]
+            for tool in tools
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str)
+        ]
         for tool in tools:
             if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
                 continue
@@ -261,6 +290,9 @@ class SessionRegistry:
         self.approvals.end_session(session.id)
         for upstream in session.upstreams.values():
             await upstream.close()
+        for (server, key), gate in session.awaiting_input.items():
+            why = f"the client never answered input {key!r} of upstream {server!r}"
+            await fail_gate(self, session, gate, why, "input")
         closed = await self.in_thread(session.evidence.close, reason=reason)
         self.latest_claim = await self.in_thread(self._write_claim, session.id, closed)
         self.metrics.sessions_closed += 1
@@ -288,6 +320,14 @@ class SessionRegistry:
         _write_atomically(claim, closed.claim)
         _write_atomically(self.claim_path(session_id, record=True), closed.trace_record)
         return claim
+
+
+def _relayed(notice: dict[str, Any]) -> dict[str, Any]:
+    """An upstream's notification as the client gets it: its method and params only."""
+    relayed: dict[str, Any] = {"jsonrpc": "2.0", "method": notice["method"]}
+    if isinstance(notice.get("params"), dict):
+        relayed["params"] = notice["params"]
+    return relayed
 
 
 def _write_atomically(path: Path, document: dict[str, Any]) -> None:
