@@ -37,9 +37,14 @@ DEFINITION_FIELDS = ("title", "description", "inputSchema", "outputSchema", "ann
 MODERN = "2026-07-28"
 
 
-def start_stack(folder: Path, *, legacy_only: bool = False) -> tuple[Served, Served]:
-    """The methods upstream, and a gateway in front of it that permits every call, with a
-    catalog pinned to what the upstream lists."""
+PERMIT_ALL = "permit(principal, action, resource);\n"
+
+
+def start_stack(
+    folder: Path, *, legacy_only: bool = False, policy: str = PERMIT_ALL
+) -> tuple[Served, Served]:
+    """The methods upstream, and a gateway in front of it that permits every call (or
+    decides by `policy`), with a catalog pinned to what the upstream lists."""
     port = free_port()
     command = [sys.executable, str(UPSTREAM), "--port", str(port)]
     if legacy_only:
@@ -66,7 +71,7 @@ def start_stack(folder: Path, *, legacy_only: bool = False) -> tuple[Served, Ser
         (bundle / "manifest.json").write_text(
             '{"version": "1", "authored_at": "2026-12-01T00:00:00Z", "author": "tests"}'
         )
-        (bundle / "permit.cedar").write_text("permit(principal, action, resource);\n")
+        (bundle / "permit.cedar").write_text(policy)
         config = {
             "attestation": {"provider": "auto", "enforcement_mode": "enforcing"},
             "policy_bundle_path": str(bundle),
