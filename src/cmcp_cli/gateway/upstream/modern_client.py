@@ -27,8 +27,8 @@ import orjson
 from cmcp_cli import __version__
 from cmcp_cli.gateway.upstream.api import UpstreamChannel, UpstreamConversation, UpstreamError
 from cmcp_cli.gateway.upstream.streamable_http import McpUpstream
-from cmcp_cli.wire.http1 import HttpError, Response
-from cmcp_cli.wire.jsonrpc import RequestId
+from cmcp_cli.wire.http1 import BodyStream, HttpError, HttpTimeoutError, Response
+from cmcp_cli.wire.jsonrpc import RequestId, encoding_problem
 from cmcp_cli.wire.mcp import (
     CLIENT_CAPABILITIES_KEY,
     CLIENT_ENVELOPE,
@@ -160,7 +160,10 @@ class ModernConversation:
         relay: MessageHandler | None = None,
     ) -> dict[str, Any]:
         """Send a request; the JSON-RPC response object (with `result` or `error`). A
-        protocol error the upstream answers with HTTP 4xx is returned as that error."""
+        protocol error the upstream answers with HTTP 4xx is returned as that error. An
+        answer on an event stream is read as it arrives: each message before the response
+        goes to `relay` (else on_notification) then; a cancelled request drops its stream,
+        which is how a stateless upstream learns that nobody waits for it any more."""
         request_id = next(self._ids)
         sent = envelope(params)
         message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": sent}
@@ -171,8 +174,13 @@ class ModernConversation:
             *routing_headers(method, sent, schema),
             *self.upstream.headers,
         ]
-        response = await self.upstream.send("POST", headers, orjson.dumps(message))
-        answer = await self._answer(response, request_id, relay or self.on_notification)
+        body = orjson.dumps(message)
+        response = await self.upstream.send("POST", headers, body, stream_types=EVENT_STREAM)
+        handler = relay or self.on_notification
+        if response.stream is not None:
+            answer = await self._streamed_answer(response.stream, request_id, handler)
+        else:
+            answer = await self._answer(response, request_id, handler)
         if method == "tools/list":
             self._learn(answer)
         return answer
@@ -305,7 +313,7 @@ class ModernConversation:
         for message in messages:
             if not isinstance(message, dict):
                 continue
-            if message.get("id") == request_id and ("result" in message or "error" in message):
+            if _answers(message, request_id):
                 answer = message
             elif "id" not in message and relay is not None:
                 await relay(message)
@@ -315,10 +323,55 @@ class ModernConversation:
             name, f"answered HTTP {response.status} with no response to the request"
         )
 
+    async def _streamed_answer(
+        self, stream: BodyStream, request_id: int, relay: MessageHandler | None
+    ) -> dict[str, Any]:
+        """The response on an event stream; the messages before it handed on as they
+        arrive. The stream is released either way."""
+        name = self.upstream.name
+        decoder = SseDecoder(max_event_bytes=self.upstream.max_response_bytes)
+        try:
+            while chunk := await stream.read():
+                for event in decoder.feed(chunk):
+                    message = self._decode(event.data)
+                    if not isinstance(message, dict):
+                        continue
+                    if _answers(message, request_id):
+                        stream.finish()
+                        return message
+                    if "id" not in message and relay is not None:
+                        await relay(message)
+        except HttpTimeoutError as exc:
+            raise UpstreamError(name, str(exc), timed_out=True) from exc
+        except HttpError as exc:
+            raise UpstreamError(name, str(exc)) from exc
+        except ValueError as exc:  # an event past max_response_size_bytes
+            raise UpstreamError(name, f"sent too much: {exc}") from exc
+        finally:
+            stream.close()
+        raise UpstreamError(name, "its event stream ended with no response to the request")
+
     def _decode(self, data: bytes) -> Any:
         try:
-            return _DECODER.decode(data)
+            message = _DECODER.decode(data)
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise UpstreamError(
                 self.upstream.name, f"sent a message that is not JSON: {exc}"
             ) from exc
+        # What the gateway could not write back to its client is a fault of the upstream.
+        problem = encoding_problem(message)
+        if problem is not None:
+            raise UpstreamError(
+                self.upstream.name, f"sent a message the gateway cannot pass on: {problem}"
+            )
+        return message
+
+
+def _answers(message: Mapping[str, Any], request_id: int) -> bool:
+    """Whether `message` is the response to `request_id` (JSON true is not id 1)."""
+    answered = message.get("id")
+    return (
+        type(answered) is int
+        and answered == request_id
+        and ("result" in message or "error" in message)
+    )
