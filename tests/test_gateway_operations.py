@@ -149,11 +149,15 @@ def test_stateless_requests_must_describe_themselves(gateway: Served) -> None:
     assert answer["result"]["resultType"] == "complete"
     assert answer["result"]["_meta"]["_cmcp.session_id"] == headers["cmcp-session-id"]
     chosen = {**ENVELOPE, "_cmcp.session_id": headers["cmcp-session-id"]}
-    status, _, answer = modern_call(port, "ping", {}, envelope=chosen)
+    status, _, answer = modern_call(port, "tools/list", {}, envelope=chosen)
     assert (status, answer["result"]["_meta"]["_cmcp.session_id"]) == (
         200,
         headers["cmcp-session-id"],
     )
+    # methods of the session era are not methods of this revision
+    for removed in ("ping", "initialize", "logging/setLevel", "resources/subscribe"):
+        status, _, answer = modern_call(port, removed, {})
+        assert (status, answer["error"]["code"]) == (404, -32601), removed
 
 
 def test_resources_and_prompts_are_relayed(gateway: Served) -> None:

@@ -458,18 +458,24 @@ def test_fastmcp_client_relay_decided_by_policy(matrix: Matrix, prefix: str) -> 
 
 
 # Clients in the 2026-07-28 era (`mcp.Client` and `fastmcp.Client` in auto mode): no
-# session, no GET stream, and no server-to-client requests on a response. The gateway
-# speaks 2025-11-25 to its upstreams, so an upstream's sampling, elicitation or roots
-# request during such a call is answered -32601 by the gateway (it does not turn them
-# into an InputRequiredResult); progress and log messages still reach the client.
+# session, no GET stream, and no server-to-client requests on a response; progress and log
+# messages still reach the client. An upstream that speaks 2026-07-28 (h2) is spoken to in
+# that revision, so it has no back channel and refuses its own sampling, elicitation or
+# roots request (the SDK's NoBackChannelError, -32600); a 2025-11-25-only upstream (s1)
+# sends the request, and the gateway answers it -32601 (it does not turn them into an
+# InputRequiredResult).
 
-MODERN_REFUSED = f"refused {-32601}"
-MODERN_STEPS: list[tuple[str, dict[str, Any], str]] = [
-    ("chatty", {}, "chatty done"),
-    ("ask_model", {"max_tokens": 10}, MODERN_REFUSED),
-    ("ask_user", {"question": "Who holds the card?"}, MODERN_REFUSED),
-    ("client_roots", {}, MODERN_REFUSED),
+MODERN_REFUSED = {"h2": f"refused {-32600}", "s1": f"refused {-32601}"}
+MODERN_STEPS: list[tuple[str, dict[str, Any]]] = [
+    ("chatty", {}),
+    ("ask_model", {"max_tokens": 10}),
+    ("ask_user", {"question": "Who holds the card?"}),
+    ("client_roots", {}),
 ]
+
+
+def modern_expected(prefix: str) -> list[str]:
+    return ["chatty done", *[MODERN_REFUSED[prefix]] * (len(MODERN_STEPS) - 1)]
 
 
 async def modern_relay(url: str, prefix: str, client_kind: str) -> tuple[list[str], Agent, str]:
@@ -483,6 +489,7 @@ async def modern_relay(url: str, prefix: str, client_kind: str) -> tuple[list[st
             elicitation_callback=agent.elicitation,
             list_roots_callback=agent.roots,
             logging_callback=agent.log,
+            log_level="debug",  # on 2026-07-28 log messages are opted into per request
         )
     else:
 
@@ -491,7 +498,7 @@ async def modern_relay(url: str, prefix: str, client_kind: str) -> tuple[list[st
 
         client = FastMCPClient(url, log_handler=log, progress_handler=agent.on_progress)
     async with asyncio.timeout(SESSION_SECONDS), client:
-        for suffix, arguments, _ in MODERN_STEPS:
+        for suffix, arguments in MODERN_STEPS:
             if client_kind == "mcp":
                 result = await client.call_tool(
                     f"{prefix}_{suffix}", arguments, progress_callback=agent.on_progress
@@ -510,7 +517,7 @@ def test_modern_clients_get_progress_and_logs_and_no_server_requests(
     matrix: Matrix, client_kind: str, prefix: str
 ) -> None:
     answers, agent, session = asyncio.run(modern_relay(matrix.gateway.url, prefix, client_kind))
-    assert answers == [expected for _, _, expected in MODERN_STEPS]
+    assert answers == modern_expected(prefix)
     assert agent.asked == []  # no callback ran
     assert agent.progress == [(1, 2, "halfway"), (2, 2, "done")]
     assert agent.logs == ["a log line"]

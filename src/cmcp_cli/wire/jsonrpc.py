@@ -25,6 +25,7 @@ class Code(enum.IntEnum):
     INTERNAL_ERROR = -32603
     # 2026-07-28: headers that disagree with the body, and an unsupported revision.
     HEADER_MISMATCH = -32020
+    MISSING_REQUIRED_CLIENT_CAPABILITY = -32021
     UNSUPPORTED_PROTOCOL_VERSION = -32022
     # The gateway's own: a decision, or a failure of something behind it.
     POLICY_DENIED = -32040

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 
 MODERN_PROTOCOLS = ("2026-07-28",)
 PROTOCOL_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
 CLIENT_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
 SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
+CLIENT_INFO_KEY = "io.modelcontextprotocol/clientInfo"
 SESSION_KEY = "_cmcp.session_id"
+# Methods whose name-like parameter is repeated in the Mcp-Name header.
+NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+
+LOG_LEVEL_KEY = "io.modelcontextprotocol/logLevel"
+# Envelope keys of a 2026-07-28 client's request that a 2026-07-28 upstream is told again:
+# what the client can do (input requests above all) and the log messages it wants.
+RELAYED_ENVELOPE = (CLIENT_CAPABILITIES_KEY, LOG_LEVEL_KEY)
+# Those keys as the client of the request being answered sent them.
+CLIENT_ENVELOPE: ContextVar[Mapping[str, Any] | None] = ContextVar(
+    "cmcp_client_envelope", default=None
+)
 
 
 def forwardable_meta(meta: object) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ revision it speaks.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from urllib.parse import parse_qs, urlsplit
 
@@ -216,12 +217,28 @@ class GatewayApp:
             )
         except ProtocolError as exc:
             reply = Reply(exc.to_json(), status=exc.http_status)
+        if reply.listener is not None:
+            await self._listen(send, receive, reply)
+            return
         headers: dict[str, str] = {}
         if reply.session_id:
             headers["mcp-session-id"] = reply.session_id
         if reply.stateless_session:
             headers["cmcp-session-id"] = reply.stateless_session
         await stream.finish(reply.status, reply.message, headers, streamed=reply.streamed)
+
+    async def _listen(self, send: Send, receive: Receive, reply: Reply) -> None:
+        """A subscriptions/listen answer: its events, as server-sent events, until the
+        session ends or the client leaves."""
+        listener = reply.listener
+        if listener is None:
+            return
+        try:
+            await asgi.stream_events(send, receive, listener.events, keepalive=KEEPALIVE_SECONDS)
+        finally:
+            session = self.sessions.find(reply.stateless_session or "")
+            if session is not None:
+                await self.dispatcher.listening.unlisten(session, listener)
 
     async def _answer(
         self, scope: Scope, message: Message, agent: str, stream: ResponseStream
@@ -274,8 +291,7 @@ class GatewayApp:
         if message.is_notification or message.method is None:
             return Reply(None, status=202)
         version = modern.check_envelope(scope, message)
-        if message.method == "server/discover":
-            return self.dispatcher.discover(message)
+        modern.check_removed(message)
         try:
             session = await self.sessions.stateless(
                 agent, modern.requested_session(message), version
@@ -292,10 +308,15 @@ class GatewayApp:
                 request_id=message.id,
                 http_status=404,
             )
+        if message.method == "server/discover":
+            return await self.dispatcher.discover(message, session)
+        modern.check_params(scope, message, self.runtime.catalog)
         stream.exchange = session.exchange
         stream.cancels = message.id
         stream.headers["cmcp-session-id"] = session.id
         reply = await self.dispatcher.handle(message, session, stream)
+        if reply.listener is not None:
+            return dataclasses.replace(reply, stateless_session=session.id)
         answer = reply.message
         status = reply.status
         if answer is not None and isinstance(answer.get("result"), dict):

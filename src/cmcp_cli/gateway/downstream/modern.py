@@ -16,27 +16,35 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from cmcp_cli.catalog.model import Catalog
 from cmcp_cli.wire import asgi
 from cmcp_cli.wire.asgi import Scope
 from cmcp_cli.wire.jsonrpc import Code, Message, ProtocolError
 from cmcp_cli.wire.mcp import (
     CLIENT_CAPABILITIES_KEY,
+    CLIENT_ENVELOPE,
     MODERN_PROTOCOLS,
+    NAME_BEARING,
     PROTOCOL_VERSION_KEY,
+    RELAYED_ENVELOPE,
     SESSION_KEY,
 )
+from cmcp_cli.wire.mcp_params import param_mismatch
 
-# Methods whose name-like parameter is repeated in the Mcp-Name header.
-NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 # HTTP statuses for protocol errors on this revision; gateway decisions stay HTTP 200.
 ERROR_STATUS: dict[int, int] = {
     Code.PARSE_ERROR: 400,
     Code.INVALID_REQUEST: 400,
     Code.INVALID_PARAMS: 400,
     Code.HEADER_MISMATCH: 400,
+    Code.MISSING_REQUIRED_CLIENT_CAPABILITY: 400,
     Code.UNSUPPORTED_PROTOCOL_VERSION: 400,
     Code.METHOD_NOT_FOUND: 404,
 }
+# Methods of the session era that this revision removed: answered as methods not found.
+REMOVED = frozenset(
+    {"initialize", "ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"}
+)
 CACHEABLE = frozenset(
     {"tools/list", "resources/list", "resources/templates/list", "resources/read", "prompts/list"}
 )
@@ -46,14 +54,15 @@ _BASE64_SENTINEL = re.compile(r"=\?base64\?(?P<payload>[A-Za-z0-9+/=]*)\?=")
 
 def is_modern(scope: Scope, message: Message) -> bool:
     """Whether a request speaks the stateless revision: it says so in its envelope, or in
-    its MCP-Protocol-Version header (a `server/discover` probe always is)."""
-    if message.method == "initialize":
-        return False
+    its MCP-Protocol-Version header (a `server/discover` probe always is; an `initialize`
+    only with the envelope, which no session-era client sends)."""
     if message.method == "server/discover":
         return True
     meta = message.params.get("_meta")
     if isinstance(meta, Mapping) and PROTOCOL_VERSION_KEY in meta:
         return True
+    if message.method == "initialize":
+        return False
     return asgi.header(scope, b"mcp-protocol-version") in MODERN_PROTOCOLS
 
 
@@ -101,7 +110,37 @@ def check_envelope(scope: Scope, message: Message) -> str:
             f"protocol version {version!r} is not supported",
             data={"supported": list(MODERN_PROTOCOLS), "requested": version},
         )
+    CLIENT_ENVELOPE.set({key: meta[key] for key in RELAYED_ENVELOPE if key in meta})
     return version
+
+
+def check_removed(message: Message) -> None:
+    """Refuse a method this revision removed, as a method not found (HTTP 404)."""
+    if message.method in REMOVED:
+        raise _refused(
+            message,
+            Code.METHOD_NOT_FOUND,
+            f"{message.method} is not a 2026-07-28 method (it belongs to sessions of "
+            "2025-11-25 and earlier)",
+        )
+
+
+def check_params(scope: Scope, message: Message, catalog: Catalog) -> None:
+    """Refuse a tools/call whose `Mcp-Param-*` headers disagree with its arguments, as the
+    approved definition's input schema marks them (`x-mcp-header`)."""
+    if message.method != "tools/call":
+        return
+    tool = catalog.tools.get(str(message.params.get("name")))
+    if tool is None:
+        return  # not an approved tool: refused on the body, whatever the headers say
+    headers = [
+        (name.decode("latin-1").lower(), value.decode("latin-1"))
+        for name, value in scope.get("headers", ())
+    ]
+    schema = tool.definition.get("inputSchema")
+    mismatch = param_mismatch(schema, message.params.get("arguments") or {}, headers)
+    if mismatch is not None:
+        raise _refused(message, Code.HEADER_MISMATCH, mismatch + " (the body decides)")
 
 
 def requested_session(message: Message) -> str | None:

@@ -23,6 +23,10 @@ from cmcp_cli.gateway.enforcement.messages import Gate, close_gate, fail_gate, o
 from cmcp_cli.gateway.enforcement.redaction import redact_result
 from cmcp_cli.gateway.relay.backchannel import Relay
 from cmcp_cli.gateway.relay.exchange import Flight, Outlet
+from cmcp_cli.gateway.relay.input_gates import gate_input_responses, govern_input_required, retried
+from cmcp_cli.gateway.relay.listen import Listener
+from cmcp_cli.gateway.relay.listening import LISTEN, Listening
+from cmcp_cli.gateway.relay.methods import SERVED, Methods, upstream_order
 from cmcp_cli.gateway.relay.passthrough import PASSED_THROUGH, Passthrough
 from cmcp_cli.gateway.relay.sessions import GatewaySession, SessionRegistry
 from cmcp_cli.gateway.runtime import GatewayRuntime
@@ -37,7 +41,7 @@ SERVER_INFO = {"name": "cmcp-gateway", "version": __version__}
 INSTRUCTIONS = "Tool calls pass through cMCP: each is decided by policy and audited."
 DROPPED = "the request was cancelled by the gateway's server (its connection closed, or it stops)"
 REQUEST_CANCELLED = -32800  # what MCP servers answer a request cancelled by its client
-COUNTED_METHODS = frozenset({"ping", "tools/list", "tools/call", *PASSED_THROUGH})
+COUNTED_METHODS = frozenset({"ping", "tools/list", "tools/call", *PASSED_THROUGH, *SERVED})
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class Reply:
     outcome: str | None = None  # a tool call's decision, or "fault": for metrics
     stateless_session: str | None = None  # the session a 2026-07-28 request was answered in
     streamed: bool = False  # sent as an event stream even when it is the only message
+    listener: Listener | None = None  # a subscriptions/listen stream: the answer is its events
 
 
 def negotiate(requested: object) -> str:
@@ -66,32 +71,28 @@ class Dispatcher:
         self.runtime = runtime
         self.sessions = sessions
         self.relay = Relay(sessions)
+        self.methods = Methods(runtime, sessions, self.relay)
+        self.listening = Listening(self.methods)
         self.passthrough = Passthrough(runtime, sessions, self.relay)
         self._callable: dict[tuple[str, str], frozenset[str]] = {}  # (agent, platform) -> tools
-
-    def capabilities(self) -> dict[str, Any]:
-        return {
-            "tools": {"listChanged": True},
-            "resources": {"listChanged": True},
-            "prompts": {"listChanged": True},
-        }
 
     async def initialize(self, message: Message, agent: str) -> Reply:
         version = negotiate(message.params.get("protocolVersion"))
         session = await self.sessions.open(agent, version)
         answer = {
             "protocolVersion": version,
-            "capabilities": self.capabilities(),
+            "capabilities": await self.methods.capabilities(session),
             "serverInfo": SERVER_INFO,
             "instructions": INSTRUCTIONS,
         }
         return Reply(result(message.id, answer), session_id=session.id)
 
-    def discover(self, message: Message) -> Reply:
-        """`server/discover` (2026-07-28): what an auto-mode client needs to skip initialize."""
+    async def discover(self, message: Message, session: GatewaySession | None) -> Reply:
+        """`server/discover` (2026-07-28): what an auto-mode client needs to skip initialize;
+        the capabilities are those of the upstreams as `session` opens them."""
         answer = {
             "supportedVersions": list(MODERN_PROTOCOLS),
-            "capabilities": self.capabilities(),
+            "capabilities": await self.methods.capabilities(session),
             "instructions": INSTRUCTIONS,
             "resultType": "complete",
             "ttlMs": 0,
@@ -155,6 +156,11 @@ class Dispatcher:
             return reply
         if method in PASSED_THROUGH:
             return Reply(await self.passthrough.handle(message, session, flight))
+        if method in SERVED:
+            return Reply(await self.methods.handle(message, session, flight))
+        if method == LISTEN:
+            listener, refused = await self.listening.listen(message, session)
+            return Reply(refused, listener=listener)
         return Reply(
             error(message.id, Code.METHOD_NOT_FOUND, f"{method} is not served by this gateway")
         )
@@ -164,18 +170,23 @@ class Dispatcher:
         among those each upstream still advertises as approved: a drifted, unlisted or
         forbidden tool is not shown, nor any tool of a server whose listing policy denies
         (`list_tools`, decided and recorded per server), nor of one that cannot be reached
-        (a fault of that server's listing; the others are still listed)."""
+        (a fault of that server's listing; the others are still listed). Upstreams in the
+        config's order, each one's tools in the order it lists them."""
         gates = {}
-        for name in sorted(self.runtime.catalog.servers):
+        for name in upstream_order(self.runtime):
+            if name not in self.runtime.catalog.servers:
+                continue
             gate = await self._list_gate(session, name)
             if gate is not None:
                 gates[name] = gate
         allowed = self._callable_tools(session)
         listed: dict[str, list[dict[str, Any]]] = {name: [] for name in gates}
-        for name, tool in sorted(self.runtime.catalog.tools.items()):
-            shown = name in session.advertised and name not in session.drifted
-            if shown and name in allowed and tool.server in listed:
-                listed[tool.server].append(dict(tool.definition))
+        for server in gates:
+            for name in session.tool_order.get(server, ()):
+                tool = self.runtime.catalog.tools.get(name)
+                shown = name in session.advertised and name not in session.drifted
+                if shown and name in allowed and tool is not None and tool.server == server:
+                    listed[server].append(dict(tool.definition))
         for server, gate in gates.items():
             answer = {"result": {"tools": listed[server]}}
             await close_gate(self.sessions, session, gate, answer)
@@ -293,11 +304,22 @@ class Dispatcher:
         meta = forwardable_meta(params.get("_meta"))
         if meta is not None:
             forwarded["_meta"] = meta
+        forwarded.update(
+            await gate_input_responses(self.sessions, session, retried(params), server=tool.server)
+        )
         try:
             answer = await self.relay.forward(session, flight, tool.server, "tools/call", forwarded)
         except UpstreamError as exc:
             return await self._fault(message, session, call_id, exc, stage="forward")
         flight.cancellable = False  # the upstream ran it: its outcome is recorded
+        answer = await govern_input_required(
+            self.sessions,
+            session,
+            answer,
+            server=tool.server,
+            request_id=message.id,
+            call_id=call_id,
+        )
         redactions: dict[str, int] = {}
         outcome: dict[str, Any]
         if isinstance(answer.get("result"), dict):

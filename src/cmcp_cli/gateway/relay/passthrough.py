@@ -1,6 +1,7 @@
 """Resources and prompts, relayed to the upstreams that serve them.
 
-Listings are merged across upstreams in name order, and remembered per session so that a
+Listings are merged across upstreams in the config's order, each upstream's items in its own
+order, and remembered per session so that a
 `resources/read` or `prompts/get` goes to the upstream that listed the URI or name. With
 several upstreams, pagination cursors are not merged: each listing is the upstreams'
 first pages. Listings are relayed as the upstreams answer them; a `resources/read` or
@@ -16,6 +17,13 @@ from typing import Any
 from cmcp_cli.gateway.enforcement.messages import close_gate, fail_gate, open_gate, refusal
 from cmcp_cli.gateway.relay.backchannel import Relay
 from cmcp_cli.gateway.relay.exchange import Flight
+from cmcp_cli.gateway.relay.input_gates import (
+    RETRY_FIELDS,
+    gate_input_responses,
+    govern_input_required,
+    retried,
+)
+from cmcp_cli.gateway.relay.methods import upstream_order
 from cmcp_cli.gateway.relay.sessions import GatewaySession, SessionRegistry
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.upstream.api import UpstreamError
@@ -53,7 +61,7 @@ class Passthrough:
         self, message: Message, session: GatewaySession, method: str, flight: Flight
     ) -> dict[str, Any]:
         key, route_field = LISTINGS[method]
-        names = sorted(self.runtime.upstreams)
+        names = upstream_order(self.runtime)
         params = self._forwarded_params(message)
         if len(names) > 1:
             params.pop("cursor", None)
@@ -113,11 +121,21 @@ class Passthrough:
         if not gate.forwarded:
             return refusal(gate, message.id)
         try:
-            params = self._forwarded_params(message)
-            reply = await self.relay.forward(session, flight, name, kind_method, params)
+            forwarded = self._forwarded_params(message)
+            for key in RETRY_FIELDS:
+                forwarded.pop(key, None)
+            forwarded.update(
+                await gate_input_responses(
+                    self.sessions, session, retried(message.params), server=name
+                )
+            )
+            reply = await self.relay.forward(session, flight, name, kind_method, forwarded)
         except UpstreamError as exc:
             await fail_gate(self.sessions, session, gate, str(exc), message.method or "")
             return exc.to_jsonrpc(message.id)
+        reply = await govern_input_required(
+            self.sessions, session, reply, server=name, request_id=message.id, call_id=gate.call_id
+        )
         answer = {"jsonrpc": "2.0", "id": message.id, **_answer_of(reply)}
         return await close_gate(self.sessions, session, gate, answer)
 

@@ -26,10 +26,13 @@ from cmcp_cli.audit.recorder import ChainEndedError, deferred_durability
 from cmcp_cli.catalog.model import advertised_hash, approved_definition
 from cmcp_cli.evidence.session import ClosedSession, EvidenceSession
 from cmcp_cli.gateway.enforcement.approvals import ApprovalDesk
+from cmcp_cli.gateway.enforcement.messages import Gate, fail_gate
 from cmcp_cli.gateway.relay.exchange import Exchange
+from cmcp_cli.gateway.relay.listen import Listener
 from cmcp_cli.gateway.relay.metrics import GatewayMetrics
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.upstream.api import UpstreamConversation, UpstreamError
+from cmcp_cli.gateway.upstream.modern_client import open_conversation
 from cmcp_cli.wire.mcp import MODERN_PROTOCOLS
 
 _Result = TypeVar("_Result")
@@ -41,6 +44,9 @@ FORWARDED_NOTICES = frozenset(
         "notifications/tools/list_changed",
         "notifications/resources/list_changed",
         "notifications/prompts/list_changed",
+        "notifications/resources/updated",
+        "notifications/message",
+        "notifications/progress",
     }
 )
 
@@ -65,6 +71,11 @@ class GatewaySession:
     drifted: dict[str, str] = field(default_factory=dict)  # tool -> advertised definition hash
     advertised: set[str] = field(default_factory=set)  # approved tools the upstream lists
     routes: dict[tuple[str, str], str] = field(default_factory=dict)  # (listing, item) -> upstream
+    tool_order: dict[str, list[str]] = field(default_factory=dict)  # upstream -> its tools/list
+    subscribed: dict[str, str] = field(default_factory=dict)  # resource uri -> upstream
+    listeners: set[Listener] = field(default_factory=set)  # open subscriptions/listen streams
+    # (upstream, input key) -> the open gate of an input request the client was asked
+    awaiting_input: dict[tuple[str, str], Gate] = field(default_factory=dict)
     closed: bool = False  # closing or closed: it takes no new request
     exchange: Exchange = field(init=False)
     streaming: bool = False
@@ -83,7 +94,13 @@ class GatewaySession:
         return f"{self.id}/{next(self._call_ids)}"
 
     def notify(self, notice: dict[str, Any] | None) -> None:
-        """Queue a message for the client's GET stream; the end-of-stream marker always fits."""
+        """Queue a message for the client's GET stream; the end-of-stream marker always fits.
+        Listen streams get what they asked for; the end marker ends them with their result."""
+        for listener in list(self.listeners):
+            if notice is None:
+                listener.end(graceful=True)
+            else:
+                listener.offer(notice)
         self.exchange.publish(notice)
 
 
@@ -187,13 +204,18 @@ class SessionRegistry:
             upstream = self.runtime.upstreams.get(name)
             if upstream is None:
                 raise UpstreamError(name, "is not configured (no entry under upstreams)")
-            opened = await upstream.open_session()
+            opened = await open_conversation(
+                upstream, modern=session.protocol_version in MODERN_PROTOCOLS
+            )
             # Subscribed before the pin, so no change can fall between the two unannounced: a
             # change the pin misses arrives as list_changed and is pinned again (`_repin`
             # waits for this open to finish).
             opened.on_notification = functools.partial(self._upstream_notice, session, name, opened)
             await opened.listen()
             await self.pin_tools(session, name, opened)
+            if session.closed:  # closed while this opened: nothing else will close it
+                await opened.close()
+                raise UpstreamError(name, "the client session ended while this one opened")
             session.upstreams[name] = opened
             return opened
 
@@ -215,7 +237,7 @@ class SessionRegistry:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         elif method in FORWARDED_NOTICES and "id" not in notice:
-            session.notify({"jsonrpc": "2.0", "method": method})
+            session.notify(_relayed(notice))
         elif self.on_server_message is not None:
             await self.on_server_message(session, name, conversation, notice)
 
@@ -257,6 +279,11 @@ class SessionRegistry:
         session.advertised -= {
             tool for tool, pinned in self.runtime.catalog.tools.items() if pinned.server == name
         }
+        session.tool_order[name] = [
+            tool["name"]
+            for tool in tools
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str)
+        ]
         for tool in tools:
             if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
                 continue
@@ -314,10 +341,15 @@ class SessionRegistry:
                         await flight.done.wait()
         if self.on_session_closing is not None:
             await self.on_session_closing(session)
+        for listener in list(session.listeners):  # listen streams end with their result
+            listener.end(graceful=True)
         session.exchange.close()
         self.approvals.end_session(session.id)
         for upstream in session.upstreams.values():
             await upstream.close()
+        for (server, key), gate in session.awaiting_input.items():
+            why = f"the client never answered input {key!r} of upstream {server!r}"
+            await fail_gate(self, session, gate, why, "input")
         closed = await self.in_thread(session.evidence.close, reason=reason)
         self.latest_claim = await self.in_thread(self._write_claim, session.id, closed)
         self.metrics.sessions_closed += 1
@@ -350,6 +382,14 @@ class SessionRegistry:
         _write_atomically(claim, closed.claim)
         _write_atomically(self.claim_path(session_id, record=True), closed.trace_record)
         return claim
+
+
+def _relayed(notice: dict[str, Any]) -> dict[str, Any]:
+    """An upstream's notification as the client gets it: its method and params only."""
+    relayed: dict[str, Any] = {"jsonrpc": "2.0", "method": notice["method"]}
+    if isinstance(notice.get("params"), dict):
+        relayed["params"] = notice["params"]
+    return relayed
 
 
 def _write_atomically(path: Path, document: dict[str, Any]) -> None:

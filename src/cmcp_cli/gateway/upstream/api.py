@@ -36,6 +36,12 @@ class UpstreamConversation(Protocol):
         """The revision negotiated with the upstream."""
         ...
 
+    @property
+    def server_capabilities(self) -> Mapping[str, Any]:
+        """What the upstream advertised when the conversation opened (initialize or
+        server/discover): the gateway advertises and serves only what some upstream does."""
+        ...
+
     async def request(
         self,
         method: str,
@@ -95,6 +101,8 @@ class UpstreamChannel(Protocol):
 
 
 class _Requesting(Protocol):
+    server_capabilities: Mapping[str, Any]
+
     async def request(
         self, method: str, params: Mapping[str, Any] | None = None
     ) -> dict[str, Any]: ...
@@ -108,7 +116,8 @@ async def negotiate(
     protocol: str = UPSTREAM_PROTOCOL,
 ) -> str:
     """Send `initialize` offering `protocol` and return the revision the upstream answered,
-    if cMCP speaks it; the caller then sends notifications/initialized in that revision."""
+    if cMCP speaks it (its capabilities are kept on `session`); the caller then sends
+    notifications/initialized in that revision."""
     answer = await session.request(
         "initialize",
         {
@@ -123,6 +132,8 @@ async def negotiate(
     version = result.get("protocolVersion")
     if not isinstance(version, str) or version not in KNOWN_PROTOCOLS:
         raise UpstreamError(upstream, f"speaks protocol {version!r}, which cMCP does not")
+    offered = result.get("capabilities")
+    session.server_capabilities = offered if isinstance(offered, dict) else {}
     return version
 
 

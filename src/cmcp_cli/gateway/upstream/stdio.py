@@ -150,6 +150,7 @@ class StdioSession:
         self.protocol_version = UPSTREAM_PROTOCOL
         # Messages outside any request (see the module's routing rules) go here.
         self.on_notification: MessageHandler | None = None
+        self.server_capabilities: Mapping[str, Any] = {}
         self._ids = itertools.count(1)
         self._pending: dict[int, _InFlight] = {}
         self._failure: str | None = None  # once set, every request fails with it

@@ -137,6 +137,7 @@ class UpstreamSession:
     session_id: str | None
     protocol_version: str
     on_notification: MessageHandler | None = None
+    server_capabilities: Mapping[str, Any] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _listener: asyncio.Task[None] | None = None
     _background: set[asyncio.Task[None]] = field(default_factory=set)
