@@ -12,7 +12,17 @@ import pytest
 
 from cmcp_cli.audit.recorder import ChainEndedError, SessionRecorder
 from cmcp_cli.audit.store import AuditStore
-from cmcp_cli.gateway.relay.exchange import GET_STREAM, Event, Exchange, ReplayBuffer
+from cmcp_cli.gateway.downstream.streams import prefers_events
+from cmcp_cli.gateway.relay.exchange import (
+    GET_STREAM,
+    RETRY_MS,
+    Event,
+    Exchange,
+    ReplayBuffer,
+    priming_event,
+)
+from cmcp_cli.wire.asgi import Scope
+from cmcp_cli.wire.sse import SseDecoder, SseEvent
 
 
 def _note(n: int) -> dict[str, object]:
@@ -137,3 +147,42 @@ def test_the_recorder_refuses_entries_after_session_end(tmp_path: Path) -> None:
         assert recorder.state.next_seq == 2  # nothing was appended
     finally:
         store.close()
+
+
+def test_a_priming_event_gives_an_id_to_resume_from_and_a_reconnection_delay() -> None:
+    async def scenario() -> tuple[SseDecoder, list[SseEvent], list[bytes]]:
+        exchange = Exchange()
+        channel = exchange.open_channel(_refused)
+        decoder = SseDecoder(max_event_bytes=10_000)
+        dispatched = decoder.feed(priming_event(channel))
+        await exchange.emit(channel, _note(1))  # written nowhere: the client has left
+        resumed = exchange.resume(decoder.last_event_id)
+        assert resumed is not None
+        return decoder, dispatched, resumed[0]
+
+    decoder, dispatched, replay = asyncio.run(scenario())
+    assert dispatched == []  # no message: an id and a delay only
+    assert (decoder.last_event_id, decoder.retry) == ("p1-0", RETRY_MS)
+    assert [json.loads(c.split(b"data: ")[1])["params"]["n"] for c in replay] == [1]
+
+
+async def _refused(chunk: bytes) -> bool:
+    del chunk
+    return False
+
+
+@pytest.mark.parametrize(
+    ("accept", "stream"),
+    [
+        ("text/event-stream, application/json", True),
+        ("application/json, text/event-stream", False),
+        ("application/json;q=0.5, text/event-stream", True),
+        ("text/event-stream;q=0.2, application/json", False),
+        ("application/json", False),
+        ("text/event-stream", True),
+        ("*/*", False),
+    ],
+)
+def test_a_client_that_ranks_a_stream_first_gets_one(accept: str, stream: bool) -> None:
+    scope: Scope = {"type": "http", "headers": [(b"accept", accept.encode())]}
+    assert prefers_events(scope) is stream

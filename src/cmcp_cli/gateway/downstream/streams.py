@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import Mapping
 from typing import Any
 
-from cmcp_cli.gateway.relay.exchange import Channel, Exchange
+from cmcp_cli.gateway.relay.exchange import Channel, Exchange, priming_event
 from cmcp_cli.wire import asgi
 from cmcp_cli.wire.asgi import Receive, Scope, Send
 from cmcp_cli.wire.jsonrpc import RequestId
@@ -28,6 +28,25 @@ KEEPALIVE_CHUNK = b": keepalive\n\n"
 def accepts_events(scope: Scope) -> bool:
     accept = asgi.header(scope, b"accept") or ""
     return "text/event-stream" in accept or "*/*" in accept
+
+
+def prefers_events(scope: Scope) -> bool:
+    """Whether the client ranks a stream above JSON: by q-value, then by the order it
+    lists them (`Accept: text/event-stream, application/json`)."""
+    ranked: list[tuple[float, int, str]] = []
+    for position, part in enumerate((asgi.header(scope, b"accept") or "").split(",")):
+        media, *parameters = (piece.strip() for piece in part.split(";"))
+        quality = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if media.lower() in ("text/event-stream", "application/json") and quality > 0:
+            ranked.append((-quality, position, media.lower()))
+    return bool(ranked) and min(ranked)[2] == "text/event-stream"
 
 
 class ResponseStream:
@@ -64,8 +83,27 @@ class ResponseStream:
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
         start = {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + extra}
         await self._send(start)
+        if self.exchange.resumable:
+            await self._write(priming_event(self.channel))
         self._watcher = asyncio.create_task(self._watch())
         return self.channel
+
+    async def pause(self) -> None:
+        """End this response before the answer, as the upstream ended its own: the client
+        resumes it with a GET carrying Last-Event-ID (the priming event's id at least),
+        and what follows, the answer too, is kept for that. Only on a stream that can be
+        resumed; otherwise the response stays open for the answer."""
+        if self._gone or self.exchange is None or not self.exchange.resumable:
+            return
+        channel = await self._stream()
+        if channel is None:
+            return
+        if self._watcher is not None:
+            self._watcher.cancel()  # the client leaving now cancels nothing: it resumes
+        self._gone = True
+        channel.writer = None
+        with contextlib.suppress(OSError, RuntimeError, asgi.ClientGoneError):
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def finish(
         self,
@@ -78,9 +116,12 @@ class ResponseStream:
         """Send the answer: the whole JSON response, or the stream's last event. With
         `streamed`, as an event even when nothing came before it (an SDK client that is
         leaving its session reads a late answer on a stream without failing, but not a
-        late JSON body)."""
+        late JSON body); so too when a client of a resumable session prefers a stream."""
         channel = self.channel
-        if channel is None and streamed and message is not None and status == 200:
+        wanted = streamed or (
+            self.exchange is not None and self.exchange.resumable and prefers_events(self._scope)
+        )
+        if channel is None and wanted and message is not None and status == 200:
             channel = await self._stream()
         if channel is None or self.exchange is None:
             if message is None:

@@ -23,6 +23,7 @@ from cmcp_cli.gateway.enforcement.messages import close_gate, fail_gate, open_ga
 from cmcp_cli.gateway.relay.exchange import Flight, Pending
 from cmcp_cli.gateway.relay.sessions import GatewaySession, SessionRegistry
 from cmcp_cli.gateway.upstream.api import (
+    ON_STREAM_PAUSED,
     MessageHandler,
     UpstreamConversation,
     UpstreamError,
@@ -58,17 +59,24 @@ class Relay:
         params: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
         """Send a request to upstream `name`, streaming what it sends meanwhile to the
-        client; a session the upstream forgot is renewed and the request sent once more."""
-        upstream = await self.sessions.upstream(session, name)
+        client; a session the upstream forgot is renewed and the request sent once more.
+        When the upstream closes the request's stream to be resumed later, the client's
+        response is closed the same way (it resumes it with Last-Event-ID)."""
+        outlet = flight.outlet if flight is not None else None
+        token = ON_STREAM_PAUSED.set(outlet.pause if outlet is not None else None)
         try:
-            return await upstream.request(
-                method, params, relay=self._handler(session, flight, name, upstream)
-            )
-        except UpstreamSessionLostError as lost:
-            upstream = await self.sessions.renew(session, name, upstream, str(lost))
-            return await upstream.request(
-                method, params, relay=self._handler(session, flight, name, upstream)
-            )
+            upstream = await self.sessions.upstream(session, name)
+            try:
+                return await upstream.request(
+                    method, params, relay=self._handler(session, flight, name, upstream)
+                )
+            except UpstreamSessionLostError as lost:
+                upstream = await self.sessions.renew(session, name, upstream, str(lost))
+                return await upstream.request(
+                    method, params, relay=self._handler(session, flight, name, upstream)
+                )
+        finally:
+            ON_STREAM_PAUSED.reset(token)
 
     def _handler(
         self,

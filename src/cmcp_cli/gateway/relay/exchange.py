@@ -30,6 +30,7 @@ GET_STREAM = "g"  # the session's own stream (GET); POST streams are "p<n>"
 REPLAY_EVENTS = 256
 REPLAY_BYTES = 1024 * 1024  # per session: with limits.max_sessions, the bound of all
 STREAM_BACKLOG = 64  # events queued for a stream reader that is not keeping up
+RETRY_MS = 250  # how long a client waits before it resumes a stream the gateway closed
 
 
 class Outlet(Protocol):
@@ -38,6 +39,11 @@ class Outlet(Protocol):
     async def deliver(self, message: dict[str, Any]) -> bool:
         """Send `message` to the client before the request's answer; False when this
         response cannot carry it (the client accepts JSON only)."""
+        ...
+
+    async def pause(self) -> None:
+        """The upstream closed the request's stream, to be resumed: close this response
+        the same way when the client can resume it (what follows is kept for that)."""
         ...
 
 
@@ -133,6 +139,12 @@ class ReplayBuffer:
 
     def knows(self, stream: str) -> bool:
         return stream in self._dropped or any(e.stream == stream for e in self._events)
+
+
+def priming_event(channel: Channel) -> bytes:
+    """The first event of a resumable POST stream: an id the client can resume from even
+    before any message, and how long to wait before it reconnects."""
+    return f"id: {channel.name}-0\nretry: {RETRY_MS}\ndata:\n\n".encode()
 
 
 def encode_event(message: dict[str, Any], event_id: str | None) -> bytes:

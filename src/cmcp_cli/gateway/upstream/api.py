@@ -11,6 +11,7 @@ and is answered with `respond`.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
@@ -20,6 +21,12 @@ from cmcp_cli.wire.jsonrpc import Code, RequestId, error
 MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
 UPSTREAM_PROTOCOL = "2025-11-25"
 KNOWN_PROTOCOLS = ("2025-11-25", "2025-06-18", "2025-03-26")
+# Awaited (when set in the requesting context) each time an upstream closes a request's
+# stream before answering it, to be resumed with Last-Event-ID (polling): the relay closes
+# the client's response the same way. The answer still follows from `request`.
+ON_STREAM_PAUSED: contextvars.ContextVar[Callable[[], Awaitable[None]] | None] = (
+    contextvars.ContextVar("on_stream_paused", default=None)
+)
 CLOSE_TIMEOUT_SECONDS = 2.0  # ending an upstream session never holds up the gateway longer
 
 

@@ -29,6 +29,7 @@ import orjson
 
 from cmcp_cli.gateway.upstream.api import (
     CLOSE_TIMEOUT_SECONDS,
+    ON_STREAM_PAUSED,
     UPSTREAM_PROTOCOL,
     MessageHandler,
     UpstreamError,
@@ -290,6 +291,9 @@ class UpstreamSession:
                     f"its stream for {method} could not be resumed "
                     f"({RESUME_ATTEMPTS} reconnections failed)",
                 )
+            paused = ON_STREAM_PAUSED.get()
+            if paused is not None and current is not None:
+                await paused()
             failures += 1
             await asyncio.sleep(_retry_delay(decoder))
             try:
