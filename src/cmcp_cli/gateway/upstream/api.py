@@ -15,8 +15,10 @@ import contextvars
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+import msgspec
+
 from cmcp_cli import __version__
-from cmcp_cli.wire.jsonrpc import Code, RequestId, error
+from cmcp_cli.wire.jsonrpc import Code, RequestId, encoding_problem, error
 
 MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
 UPSTREAM_PROTOCOL = "2025-11-25"
@@ -181,3 +183,31 @@ def cancel_reason(cancelled: BaseException) -> str:
     if cancelled.args and isinstance(cancelled.args[0], str):
         return cancelled.args[0]
     return "the request was cancelled at the gateway"
+
+
+_DECODER = msgspec.json.Decoder()
+
+
+def decode_message(upstream: str, data: bytes) -> Any:
+    """One JSON-RPC message an upstream sent, as JSON the gateway can write back: a message
+    that is not JSON, or holds what the encoder cannot write (an integer past 64 bits),
+    is an `UpstreamError`, recorded as a fault of the upstream, never an answer that fails
+    on its way out."""
+    try:
+        message = _DECODER.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise UpstreamError(upstream, f"sent a message that is not JSON: {exc}") from exc
+    problem = encoding_problem(message)
+    if problem is not None:
+        raise UpstreamError(upstream, f"sent a message the gateway cannot pass on: {problem}")
+    return message
+
+
+def answers(message: Mapping[str, Any], request_id: int) -> bool:
+    """Whether `message` is the response to `request_id` (JSON true is not id 1)."""
+    answered = message.get("id")
+    return (
+        type(answered) is int
+        and answered == request_id
+        and ("result" in message or "error" in message)
+    )

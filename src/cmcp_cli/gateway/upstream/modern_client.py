@@ -21,14 +21,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 import orjson
 
 from cmcp_cli import __version__
-from cmcp_cli.gateway.upstream.api import UpstreamChannel, UpstreamConversation, UpstreamError
+from cmcp_cli.gateway.upstream.api import (
+    UpstreamChannel,
+    UpstreamConversation,
+    UpstreamError,
+    answers,
+    decode_message,
+)
 from cmcp_cli.gateway.upstream.streamable_http import McpUpstream
 from cmcp_cli.wire.http1 import BodyStream, HttpError, HttpTimeoutError, Response
-from cmcp_cli.wire.jsonrpc import RequestId, encoding_problem
+from cmcp_cli.wire.jsonrpc import RequestId
 from cmcp_cli.wire.mcp import (
     CLIENT_CAPABILITIES_KEY,
     CLIENT_ENVELOPE,
@@ -46,7 +51,6 @@ CLIENT_INFO = {"name": "cmcp-gateway", "version": __version__}
 SUBSCRIPTION_ID_KEY = "io.modelcontextprotocol/subscriptionId"
 EVENT_STREAM = frozenset({"text/event-stream"})
 LIST_CHANGES = {"toolsListChanged": True, "promptsListChanged": True, "resourcesListChanged": True}
-_DECODER = msgspec.json.Decoder()
 
 MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -268,7 +272,7 @@ class ModernConversation:
         self, data: bytes, request_id: str, acknowledged: asyncio.Future[Mapping[str, Any]]
     ) -> bool:
         """Take one message of a listen stream; True once the stream's own answer came."""
-        found = self._decode(data)
+        found = decode_message(self.upstream.name, data)
         if not isinstance(found, dict):
             return False
         if found.get("id") == request_id:
@@ -301,9 +305,13 @@ class ModernConversation:
         name = self.upstream.name
         content_type = response.headers.get("content-type", "").split(";")[0].strip()
         if content_type == "application/json":
-            messages = [self._decode(response.body)]
+            messages = [decode_message(self.upstream.name, response.body)]
         elif content_type == "text/event-stream":
-            messages = [self._decode(data) for data in sse_data(response.body) if data.strip()]
+            messages = [
+                decode_message(self.upstream.name, data)
+                for data in sse_data(response.body)
+                if data.strip()
+            ]
         elif response.status not in (200, 202):
             excerpt = response.body[:200].decode("utf-8", "replace")
             raise UpstreamError(name, f"answered HTTP {response.status}: {excerpt}")
@@ -313,7 +321,7 @@ class ModernConversation:
         for message in messages:
             if not isinstance(message, dict):
                 continue
-            if _answers(message, request_id):
+            if answers(message, request_id):
                 answer = message
             elif "id" not in message and relay is not None:
                 await relay(message)
@@ -333,10 +341,10 @@ class ModernConversation:
         try:
             while chunk := await stream.read():
                 for event in decoder.feed(chunk):
-                    message = self._decode(event.data)
+                    message = decode_message(self.upstream.name, event.data)
                     if not isinstance(message, dict):
                         continue
-                    if _answers(message, request_id):
+                    if answers(message, request_id):
                         stream.finish()
                         return message
                     if "id" not in message and relay is not None:
@@ -350,28 +358,3 @@ class ModernConversation:
         finally:
             stream.close()
         raise UpstreamError(name, "its event stream ended with no response to the request")
-
-    def _decode(self, data: bytes) -> Any:
-        try:
-            message = _DECODER.decode(data)
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
-            raise UpstreamError(
-                self.upstream.name, f"sent a message that is not JSON: {exc}"
-            ) from exc
-        # What the gateway could not write back to its client is a fault of the upstream.
-        problem = encoding_problem(message)
-        if problem is not None:
-            raise UpstreamError(
-                self.upstream.name, f"sent a message the gateway cannot pass on: {problem}"
-            )
-        return message
-
-
-def _answers(message: Mapping[str, Any], request_id: int) -> bool:
-    """Whether `message` is the response to `request_id` (JSON true is not id 1)."""
-    answered = message.get("id")
-    return (
-        type(answered) is int
-        and answered == request_id
-        and ("result" in message or "error" in message)
-    )

@@ -24,7 +24,6 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 import orjson
 
 from cmcp_cli.gateway.upstream.api import (
@@ -34,7 +33,9 @@ from cmcp_cli.gateway.upstream.api import (
     MessageHandler,
     UpstreamError,
     UpstreamSessionLostError,
+    answers,
     cancel_reason,
+    decode_message,
     negotiate,
     unhandled,
 )
@@ -46,7 +47,7 @@ from cmcp_cli.wire.http1 import (
     HttpTimeoutError,
     Response,
 )
-from cmcp_cli.wire.jsonrpc import RequestId, encoding_problem
+from cmcp_cli.wire.jsonrpc import RequestId
 from cmcp_cli.wire.sse import SseDecoder
 
 RESUME_ATTEMPTS = 4  # reconnections in a row that fail before a stream is given up
@@ -54,7 +55,6 @@ DEFAULT_RETRY_SECONDS = 1.0  # before a reconnection, when the server named no d
 MIN_RETRY_SECONDS = 0.05
 MAX_RETRY_SECONDS = 10.0
 _SSE = frozenset({"text/event-stream"})
-_DECODER = msgspec.json.Decoder()
 _LOG = logging.getLogger(__name__)
 
 
@@ -184,8 +184,8 @@ class UpstreamSession:
             raise UpstreamError(
                 self.upstream.name, f"answered with content type {media or 'none'!r}"
             )
-        answer = self._decode(response.body)
-        if isinstance(answer, dict) and _answers(answer, request_id):
+        answer = decode_message(self.upstream.name, response.body)
+        if isinstance(answer, dict) and answers(answer, request_id):
             return answer
         raise UpstreamError(self.upstream.name, "the answer holds no response to the request")
 
@@ -325,12 +325,12 @@ class UpstreamSession:
         try:
             while chunk := await stream.read():
                 for event in decoder.feed(chunk):
-                    message = self._decode(event.data)
+                    message = decode_message(self.upstream.name, event.data)
                     if not isinstance(message, dict):
                         continue
                     if isinstance(message.get("method"), str):
                         await self._deliver(message, relay)
-                    elif request_id is not None and _answers(message, request_id):
+                    elif request_id is not None and answers(message, request_id):
                         stream.finish()
                         return message
         except HttpTimeoutError as exc:
@@ -388,32 +388,6 @@ class UpstreamSession:
             )
         excerpt = response.body[:200].decode("utf-8", "replace")
         raise UpstreamError(name, f"answered HTTP {response.status}: {excerpt}")
-
-    def _decode(self, data: bytes) -> Any:
-        try:
-            message = _DECODER.decode(data)
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
-            raise UpstreamError(
-                self.upstream.name, f"sent a message that is not JSON: {exc}"
-            ) from exc
-        # What the gateway could not write back to its client is a fault of the upstream,
-        # recorded as such, never an answer that fails on its way out.
-        problem = encoding_problem(message)
-        if problem is not None:
-            raise UpstreamError(
-                self.upstream.name, f"sent a message the gateway cannot pass on: {problem}"
-            )
-        return message
-
-
-def _answers(message: Mapping[str, Any], request_id: int) -> bool:
-    """Whether `message` is the response to `request_id` (JSON true is not id 1)."""
-    answered = message.get("id")
-    return (
-        type(answered) is int
-        and answered == request_id
-        and ("result" in message or "error" in message)
-    )
 
 
 def _retry_delay(decoder: SseDecoder) -> float:
