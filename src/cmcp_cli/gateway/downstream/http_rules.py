@@ -14,6 +14,7 @@ as they do for the official SDK's server.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -27,17 +28,22 @@ from cmcp_cli.wire.asgi import ClientGoneError, Receive, Scope, Send
 from cmcp_cli.wire.jsonrpc import Code, error
 
 # Read as one value: a second copy is refused. Mcp-Param-* headers are singletons too.
-SINGLETON_HEADERS = (
-    b"host",
-    b"origin",
-    b"authorization",
-    b"content-type",
-    b"mcp-method",
-    b"mcp-name",
-    b"mcp-protocol-version",
-    b"mcp-session-id",
-    b"last-event-id",
+SINGLETON_HEADERS = frozenset(
+    {
+        b"host",
+        b"origin",
+        b"authorization",
+        b"content-type",
+        b"mcp-method",
+        b"mcp-name",
+        b"mcp-protocol-version",
+        b"mcp-session-id",
+        b"last-event-id",
+    }
 )
+# Verdicts on header values are remembered (bounded): the same few values arrive on every
+# request of a client, and these checks are on every request's path.
+_VERDICTS_KEPT = 256
 _ROUTING_HEADERS = frozenset({b"mcp-method", b"mcp-name", b"mcp-protocol-version"})
 _PARAM_PREFIX = b"mcp-param-"
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
@@ -100,6 +106,11 @@ class TransportRules:
         self.hosts = HostRule.of(config.listen_addr, config.allowed_hosts)
         self.default_port = 443 if config.tls.enabled else 80
         self.body_seconds = float(config.limits.request_timeout_seconds)
+        self._host_allowed = functools.lru_cache(_VERDICTS_KEPT)(self._host_allows)
+        self._origin_ok = functools.lru_cache(_VERDICTS_KEPT)(self._origin_allowed)
+
+    def _host_allows(self, host: str) -> bool:
+        return self.hosts.allows(host, default_port=self.default_port)
 
     def check(self, scope: Scope) -> Refusal | None:
         """The rules of every route: no repeated singleton header, our Host, no foreign Origin."""
@@ -109,7 +120,7 @@ class TransportRules:
             name = repeated.decode("latin-1")
             return _refusal(400, code, f"the {name} header appears more than once: send it once")
         host = _single(scope, b"host")
-        if host is None or not self.hosts.allows(host, default_port=self.default_port):
+        if host is None or not self._host_allowed(host):
             return _refusal(
                 421,
                 Code.INVALID_REQUEST,
@@ -117,7 +128,7 @@ class TransportRules:
                 "use its listen address, or add the name to allowed_hosts",
             )
         origin = _single(scope, b"origin")
-        if origin is not None and not self._origin_allowed(origin):
+        if origin is not None and not self._origin_ok(origin):
             return _refusal(
                 403,
                 Code.INVALID_REQUEST,
@@ -220,6 +231,7 @@ def repeated_header(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
     return None
 
 
+@functools.lru_cache(_VERDICTS_KEPT)
 def accepts(accept: str | None) -> tuple[bool, bool]:
     """Whether an Accept header admits application/json, and text/event-stream. A type
     given `q=0` is one the client refuses (RFC 9110, 12.4.2), whatever wildcard it sends."""
