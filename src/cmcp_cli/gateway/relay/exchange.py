@@ -116,7 +116,7 @@ class ReplayBuffer:
         self.max_bytes = max_bytes
         self._events: deque[Event] = deque()
         self._bytes = 0
-        self._dropped: dict[str, int] = {}  # stream -> the highest seq no longer kept
+        self._dropped: dict[str, int] = {}  # stream -> the highest seq evicted from the buffer
 
     def add(self, event: Event) -> None:
         self._events.append(event)
