@@ -126,6 +126,9 @@ def test_fastmcp_client_relay_decided_by_policy(matrix: Matrix, prefix: str) -> 
 # InputRequiredResult).
 
 MODERN_REFUSED = {"h2": f"refused {-32600}", "s1": f"refused {-32601}"}
+# What the gateway itself refuses, and records: a 2026-07-28 upstream (h2) sends nothing
+# a client cannot take, a 2025-11-25 one (s1) asks and is refused by the gateway.
+MODERN_ASKED = {"h2": [], "s1": ["elicitation/create", "roots/list", "sampling/createMessage"]}
 MODERN_STEPS: list[tuple[str, dict[str, Any]]] = [
     ("chatty", {}),
     ("ask_model", {"max_tokens": 10}),
@@ -188,6 +191,13 @@ def test_modern_clients_get_progress_and_logs_and_no_server_requests(
     assert claim["gateway"]["session_id"] == session
     calls = claim["gateway"]["call_summary"]["by_kind"]["call_tool"]
     assert (calls["total"], calls["allowed"]) == (len(MODERN_STEPS), len(MODERN_STEPS))
+    # each request the upstream could not send the client is on record, as a fault
+    refused = [
+        entry["stage"]
+        for entry in matrix.entries(session)
+        if entry["type"] == "fault" and "cannot send it requests" in entry["error"]
+    ]
+    assert sorted(refused) == sorted(MODERN_ASKED[prefix])
 
 
 # Cancellation reaching the upstream, and leaving a session after a client-side timeout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -113,47 +112,3 @@ def _writable(value: Any) -> bool:
     except orjson.JSONEncodeError:
         return False
     return True
-
-
-async def stream_events(
-    send: Send,
-    receive: Receive,
-    events: asyncio.Queue[dict[str, Any] | None],
-    *,
-    keepalive: float,
-) -> None:
-    """Serve `events` as server-sent events until None is queued or the client leaves,
-    with a comment line every `keepalive` seconds so idle proxies keep the stream open."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
-        }
-    )
-    gone = asyncio.create_task(_disconnected(receive))
-    try:
-        while True:
-            following = asyncio.create_task(events.get())
-            done, _ = await asyncio.wait(
-                {following, gone}, timeout=keepalive, return_when=asyncio.FIRST_COMPLETED
-            )
-            if gone in done:
-                following.cancel()
-                return
-            if following not in done:
-                following.cancel()
-                chunk = b": keepalive\n\n"
-            elif (event := following.result()) is None:
-                break
-            else:
-                chunk = b"event: message\ndata: " + encode_json(event)[0] + b"\n\n"
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-    finally:
-        gone.cancel()
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass

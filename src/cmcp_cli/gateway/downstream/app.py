@@ -19,7 +19,12 @@ from cmcp_cli.audit.store import AuditStoreError
 from cmcp_cli.evidence.session import AttestationUnavailableError
 from cmcp_cli.gateway.downstream import modern
 from cmcp_cli.gateway.downstream.http_rules import TransportRules
-from cmcp_cli.gateway.downstream.streams import ResponseStream, serve_events
+from cmcp_cli.gateway.downstream.streams import (
+    ResponseStream,
+    as_is,
+    message_event,
+    serve_events,
+)
 from cmcp_cli.gateway.operator.routes import OperatorRoutes
 from cmcp_cli.gateway.relay.dispatch import Dispatcher, Reply
 from cmcp_cli.gateway.relay.exchange import GET_STREAM
@@ -160,6 +165,7 @@ class GatewayApp:
                     send,
                     receive,
                     channel.queue if channel else None,
+                    encode=as_is,
                     replay=replay,
                     keepalive=KEEPALIVE_SECONDS,
                 )
@@ -174,7 +180,12 @@ class GatewayApp:
         session.streaming = True
         try:
             await serve_events(
-                send, receive, session.notices, replay=replay, keepalive=KEEPALIVE_SECONDS
+                send,
+                receive,
+                session.notices,
+                encode=as_is,
+                replay=replay,
+                keepalive=KEEPALIVE_SECONDS,
             )
         finally:
             session.streaming = False
@@ -234,7 +245,9 @@ class GatewayApp:
         if listener is None:
             return
         try:
-            await asgi.stream_events(send, receive, listener.events, keepalive=KEEPALIVE_SECONDS)
+            await serve_events(
+                send, receive, listener.events, encode=message_event, keepalive=KEEPALIVE_SECONDS
+            )
         finally:
             session = self.sessions.find(reply.stateless_session or "")
             if session is not None:

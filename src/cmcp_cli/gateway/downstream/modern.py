@@ -10,8 +10,6 @@ one names it with `_meta["_cmcp.session_id"]`; every answer says which session i
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -29,7 +27,7 @@ from cmcp_cli.wire.mcp import (
     RELAYED_ENVELOPE,
     SESSION_KEY,
 )
-from cmcp_cli.wire.mcp_params import param_mismatch
+from cmcp_cli.wire.mcp_params import decode_value, param_mismatch
 
 # HTTP statuses for protocol errors on this revision; gateway decisions stay HTTP 200.
 ERROR_STATUS: dict[int, int] = {
@@ -49,7 +47,6 @@ CACHEABLE = frozenset(
     {"tools/list", "resources/list", "resources/templates/list", "resources/read", "prompts/list"}
 )
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_BASE64_SENTINEL = re.compile(r"=\?base64\?(?P<payload>[A-Za-z0-9+/=]*)\?=")
 
 
 def is_modern(scope: Scope, message: Message) -> bool:
@@ -95,7 +92,7 @@ def check_envelope(scope: Scope, message: Message) -> str:
     name_key = NAME_BEARING.get(message.method or "")
     if name_key is not None:
         named = message.params.get(name_key)
-        if named is not None and decode_header_value(asgi.header(scope, b"mcp-name")) != named:
+        if named is not None and decode_value(asgi.header(scope, b"mcp-name")) != named:
             raise _refused(
                 message,
                 Code.HEADER_MISMATCH,
@@ -166,24 +163,6 @@ def complete(method: str, result: Mapping[str, Any], session_id: str) -> dict[st
     meta = answered.get("_meta")
     answered["_meta"] = {**(meta if isinstance(meta, Mapping) else {}), SESSION_KEY: session_id}
     return answered
-
-
-def decode_header_value(value: str | None) -> str | None:
-    """A header value as sent, or the UTF-8 text inside its `=?base64?...?=` wrapping; a
-    malformed wrapping decodes to None, which matches nothing."""
-    if value is None:
-        return None
-    match = _BASE64_SENTINEL.fullmatch(value)
-    if match is None:
-        return value
-    payload = match.group("payload")
-    try:
-        decoded = base64.b64decode(payload, validate=True)
-        if base64.b64encode(decoded).decode("ascii") != payload:
-            return None
-        return decoded.decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
 
 
 def _refused(

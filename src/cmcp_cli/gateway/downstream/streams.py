@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from cmcp_cli.gateway.relay.exchange import Channel, Exchange, priming_event
 from cmcp_cli.wire import asgi
 from cmcp_cli.wire.asgi import Receive, Scope, Send
 from cmcp_cli.wire.jsonrpc import RequestId
 
+_Event = TypeVar("_Event")
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 KEEPALIVE_CHUNK = b": keepalive\n\n"
 
@@ -162,14 +163,16 @@ class ResponseStream:
 async def serve_events(
     send: Send,
     receive: Receive,
-    events: asyncio.Queue[bytes | None] | None,
+    events: asyncio.Queue[_Event | None] | None,
     *,
-    replay: list[bytes],
+    encode: Callable[[_Event], bytes],
+    replay: Sequence[bytes] = (),
     keepalive: float,
 ) -> None:
-    """Serve `replay`, then what is queued on `events`, as server-sent events until None
-    is queued or the client leaves (a comment every `keepalive` seconds keeps idle proxies
-    from closing the stream); without `events`, the replay alone."""
+    """Serve `replay`, then what is queued on `events` (each written as `encode` makes it an
+    event), as server-sent events until None is queued or the client leaves (a comment every
+    `keepalive` seconds keeps idle proxies from closing the stream); without `events`, the
+    replay alone."""
     await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
     for chunk in replay:
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -192,11 +195,21 @@ async def serve_events(
             elif (event := following.result()) is None:
                 break
             else:
-                chunk = event
+                chunk = encode(event)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
         gone.cancel()
+
+
+def as_is(chunk: bytes) -> bytes:
+    """For a queue of events already written as server-sent events."""
+    return chunk
+
+
+def message_event(message: dict[str, Any]) -> bytes:
+    """A JSON-RPC message as an event without an id (a stream that is not resumed)."""
+    return b"event: message\ndata: " + asgi.encode_json(message)[0] + b"\n\n"
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -158,15 +158,14 @@ class Relay:
             )
             return
         if session.protocol_version in MODERN_PROTOCOLS:
-            await _answer(
-                upstream,
-                request_id,
-                _error(
-                    Code.METHOD_NOT_FOUND,
-                    f"the client speaks {session.protocol_version}, in which a server "
-                    f"cannot send it requests such as {method}",
-                ),
+            text = (
+                f"the client speaks {session.protocol_version}, in which a server cannot "
+                f"send it requests such as {method}"
             )
+            # Nothing reaches the client, but the upstream asked: its refusal is on record.
+            async with self.sessions.durably():
+                session.evidence.recorder.fault(error=f"upstream {name!r}: {text}", stage=method)
+            await _answer(upstream, request_id, _error(Code.METHOD_NOT_FOUND, text))
             return
         gate = await open_gate(
             self.sessions,
