@@ -45,7 +45,7 @@ MANIFEST = {"version": "1.0.0", "authored_at": "2026-12-02T05:00:00Z", "author":
 WAIT_SECONDS = 15.0
 SESSION_SECONDS = 60.0
 POLICY_DENIED = -32040
-ROOT = "file:///work/project"
+ROOT = "file:///srv/project"
 OPERATOR_TOKEN = secrets.token_urlsafe(32)  # exports each session's audit chain
 OPERATOR = {"authorization": f"Bearer {OPERATOR_TOKEN}"}
 

@@ -103,7 +103,7 @@ def test_the_upstreams_requests_reach_the_client_and_its_answers_the_upstream(
 
     async def roots(context: ClientRequestContext) -> types.ListRootsResult:
         asked.append("roots")
-        return types.ListRootsResult(roots=[types.Root(uri=FileUrl("file:///work/project"))])
+        return types.ListRootsResult(roots=[types.Root(uri=FileUrl("file:///srv/project"))])
 
     async def session() -> list[str]:
         async with (
@@ -130,7 +130,7 @@ def test_the_upstreams_requests_reach_the_client_and_its_answers_the_upstream(
     assert answers == [
         "model said: forty-two",
         "user accept: Ada",
-        json.dumps(["file:///work/project"]),
+        json.dumps(["file:///srv/project"]),
     ]
     assert asked == ["sampling:the answer?", "elicitation:whose card?", "roots"]
     deadline = time.monotonic() + WAIT_SECONDS

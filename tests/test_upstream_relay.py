@@ -200,7 +200,7 @@ def test_a_request_outside_any_call_goes_to_on_notification(tmp_path: Path) -> N
             async def on_notification(message: dict[str, Any]) -> None:
                 seen.append(str(message.get("method")))
                 if message.get("method") == "roots/list":
-                    roots = [{"uri": "file:///work/project", "name": "project"}]
+                    roots = [{"uri": "file:///srv/project", "name": "project"}]
                     await conversation.respond(message["id"], {"result": {"roots": roots}})
 
             conversation.on_notification = on_notification
@@ -216,7 +216,7 @@ def test_a_request_outside_any_call_goes_to_on_notification(tmp_path: Path) -> N
         served.stop()
     assert seen == ["roots/list"]
     assert in_call == []  # it came on the GET stream, tied to no call
-    assert answer == "roots: file:///work/project"
+    assert answer == "roots: file:///srv/project"
 
 
 def test_a_stream_closed_mid_call_is_resumed_with_last_event_id(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from mcp.shared.exceptions import McpError
 from pydantic import FileUrl
 
 SESSION_SECONDS = 60.0
-ROOT = "file:///work/project"
+ROOT = "file:///srv/project"
 Context = RequestContext[ClientSession, Any]
 
 
