@@ -46,7 +46,7 @@ class KindCounts:
         for name in _KIND_FIELDS:
             setattr(self, name, getattr(self, name) + getattr(later, name))
 
-    def to_json(self) -> dict[str, int]:
+    def to_json(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in _KIND_FIELDS}
 
 
@@ -54,17 +54,11 @@ _KIND_FIELDS = ("total", *DECISION_COUNTS, "faulted")
 
 
 @dataclass
-class CallSummary:
+class CallSummary(KindCounts):
     """Totals across every governed message, and per kind (`by_kind`). A fault counts in
     its kind when it names the call it ends (`call_id`); a fault of no call (a failed
     listing, say) counts in `faulted` only."""
 
-    total: int = 0
-    allowed: int = 0
-    denied: int = 0
-    redacted: int = 0
-    escalated: int = 0
-    faulted: int = 0
     tools_invoked: set[str] = field(default_factory=set)  # forwarded tool calls only
     by_kind: dict[str, KindCounts] = field(default_factory=dict)
 
@@ -74,26 +68,17 @@ class CallSummary:
             counts = self.by_kind[name] = KindCounts()
         return counts
 
-    def absorb(self, later: CallSummary) -> None:
+    def absorb(self, later: KindCounts) -> None:
         """Add the counts of a later stretch of the same chain."""
-        self.total += later.total
-        self.allowed += later.allowed
-        self.denied += later.denied
-        self.redacted += later.redacted
-        self.escalated += later.escalated
-        self.faulted += later.faulted
-        self.tools_invoked |= later.tools_invoked
-        for name, counts in later.by_kind.items():
-            self.kind(name).absorb(counts)
+        super().absorb(later)
+        if isinstance(later, CallSummary):
+            self.tools_invoked |= later.tools_invoked
+            for name, counts in later.by_kind.items():
+                self.kind(name).absorb(counts)
 
     def to_json(self) -> dict[str, object]:
         return {
-            "total": self.total,
-            "allowed": self.allowed,
-            "denied": self.denied,
-            "redacted": self.redacted,
-            "escalated": self.escalated,
-            "faulted": self.faulted,
+            **super().to_json(),
             "tools_invoked": sorted(self.tools_invoked),
             "by_kind": {name: self.by_kind[name].to_json() for name in sorted(self.by_kind)},
         }
