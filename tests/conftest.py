@@ -13,6 +13,8 @@ import pytest
 from hypothesis import settings
 
 from tests.gateway_support import Served, start_gateway, start_upstream, write_config
+from tests.matrix_rig import Matrix, running_matrix
+from tests.relay_rig import Rig, running_rig
 from tests.support import MANIFEST, QUICKSTART, BundleFactory
 
 # CI runs the same examples every time; a developer's runs keep exploring new ones.
@@ -69,3 +71,31 @@ def gateway(tmp_path: Path, upstream: Served) -> Iterator[Served]:
     served = start_gateway(write_config(tmp_path, upstream.url))
     yield served
     served.stop()
+
+
+# The relay rigs: each test module that uses one gets its own gateway and upstreams.
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    with running_rig(tmp_path_factory.mktemp("relay")) as running:
+        yield running
+
+
+@pytest.fixture
+def relay(rig: Rig) -> tuple[Served, Path]:
+    return rig.gateway, rig.state
+
+
+@pytest.fixture(scope="module")
+def matrix_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
+    with running_matrix(tmp_path_factory.mktemp("matrix")) as running:
+        yield running
+
+
+@pytest.fixture
+def matrix(matrix_stack: Matrix) -> Matrix:
+    """The module's matrix; claims written before the test are not its own (even those of
+    a test that failed)."""
+    matrix_stack.seen_claims = set(matrix_stack.claims.glob("*.claim.json"))
+    return matrix_stack

@@ -11,7 +11,6 @@ import asyncio
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,25 +27,12 @@ from tests.gateway_support import Served
 from tests.relay_rig import (
     HEADERS,
     WAIT_SECONDS,
-    Rig,
     events_of,
     open_session,
-    running_rig,
     text_of,
 )
 from tests.support import REPO
 from tests.test_gateway_compat import mcp1_python
-
-
-@pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    with running_rig(tmp_path_factory.mktemp("relay")) as running:
-        yield running
-
-
-@pytest.fixture
-def relay(rig: Rig) -> tuple[Served, Path]:
-    return rig.gateway, rig.state
 
 
 def test_progress_and_log_messages_reach_the_client_on_the_call(

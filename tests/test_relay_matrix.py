@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import mcp_types as types
@@ -32,22 +31,9 @@ from tests.matrix_rig import (
     Matrix,
     check_relay,
     run_v1_client,
-    running_matrix,
     sdk2_relay,
     text_of,
 )
-
-
-@pytest.fixture(scope="module")
-def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
-    with running_matrix(tmp_path_factory.mktemp("matrix")) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def earlier_claims(matrix: Matrix) -> None:
-    """Claims written before a test are not its own (even those of a test that failed)."""
-    matrix.seen_claims = set(matrix.claims.glob("*.claim.json"))
 
 
 @pytest.mark.parametrize("prefix", ["h2", "s2", "h1", "s1"])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +20,8 @@ from tests.matrix_rig import (
     WAIT_SECONDS,
     Matrix,
     run_v1_client,
-    running_matrix,
     text_of,
 )
-
-
-@pytest.fixture(scope="module")
-def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
-    with running_matrix(tmp_path_factory.mktemp("matrix")) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def earlier_claims(matrix: Matrix) -> None:
-    """Claims written before a test are not its own (even those of a test that failed)."""
-    matrix.seen_claims = set(matrix.claims.glob("*.claim.json"))
 
 
 def cancelled_faults(matrix: Matrix, session_id: str) -> list[dict[str, Any]]:

@@ -8,12 +8,10 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
-import pytest
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
@@ -24,21 +22,9 @@ from tests.relay_rig import (
     Rig,
     events_of,
     open_session,
-    running_rig,
     text_of,
 )
 from tests.support import run_cmcp
-
-
-@pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    with running_rig(tmp_path_factory.mktemp("relay")) as running:
-        yield running
-
-
-@pytest.fixture
-def relay(rig: Rig) -> tuple[Served, Path]:
-    return rig.gateway, rig.state
 
 
 def test_a_session_closed_while_the_client_owes_an_answer_ends_cleanly(
