@@ -228,7 +228,7 @@ def bench_append(per_writer: int = 300) -> dict[str, Any]:
             ):
                 recorders = [SessionRecorder(store, f"s{i}") for i in range(writers)]
                 for recorder in recorders:
-                    recorder.start(**START_FIELDS)  # type: ignore[arg-type]
+                    recorder.start(START_FIELDS)
 
                 def work(recorder: SessionRecorder) -> None:
                     for n in range(per_writer):

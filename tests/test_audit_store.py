@@ -139,12 +139,12 @@ def test_concurrent_sessions_share_group_commits(tmp_path: Path) -> None:
     store = AuditStore(tmp_path / "audit.db")
     recorders = [SessionRecorder(store, f"s{i}") for i in range(8)]
     for recorder in recorders:
-        recorder.start(**START)  # type: ignore[arg-type]
+        recorder.start(START)
 
     def work(recorder: SessionRecorder) -> None:
         for n in range(50):
             recorder.fault(error=f"e{n}", stage="forward", call_id=f"{recorder.session_id}-{n}")
-        recorder.end(reason="done")
+        recorder.end({"reason": "done"})
 
     threads = [threading.Thread(target=work, args=(r,)) for r in recorders]
     for thread in threads:
@@ -165,7 +165,7 @@ def test_concurrent_sessions_share_group_commits(tmp_path: Path) -> None:
 @pytest.mark.parametrize("durability", ["fsync", "os"])
 def test_durability_settings_are_applied(tmp_path: Path, durability: str) -> None:
     with AuditStore(tmp_path / "a.db", durability=durability) as store:  # type: ignore[arg-type]
-        SessionRecorder(store, "s").start(**START)  # type: ignore[arg-type]
+        SessionRecorder(store, "s").start(START)
     assert len(list(iter_lines(tmp_path / "a.db"))) == 1
 
 
@@ -213,7 +213,7 @@ from cmcp_cli.audit.recorder import SessionRecorder
 from cmcp_cli.audit.store import AuditStore
 store = AuditStore(Path(sys.argv[1]))
 recorder = SessionRecorder(store, "killed")
-recorder.start(**{start})
+recorder.start({start})
 for n in range(100_000):
     entry = recorder.fault(error="e", stage="forward", call_id=str(n))
     print(entry.seq, flush=True)  # printed only after append() returned: durable

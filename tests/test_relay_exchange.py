@@ -141,7 +141,7 @@ def test_the_recorder_refuses_entries_after_session_end(tmp_path: Path) -> None:
     try:
         recorder = SessionRecorder(store, "s-1")
         recorder.fault(error="before", stage="test")
-        recorder.end(reason="closed")
+        recorder.end({"reason": "closed"})
         with pytest.raises(ChainEndedError, match="after session_end"):
             recorder.fault(error="late", stage="test")
         assert recorder.state.next_seq == 2  # nothing was appended

@@ -94,32 +94,10 @@ class SessionRecorder:
             deferred.append(done)  # the caller awaits it (see `deferred_durability`)
         return entry
 
-    def start(
-        self,
-        *,
-        bundle_hash: str,
-        catalog_hash: str,
-        key_thumbprint: str,
-        platform: str,
-        evidence_digest: str,
-        gateway_version: str,
-        enforcement_mode: str,
-        data_class_order: Sequence[str],
-    ) -> SealedEntry:
-        """The root entry: it binds the chain to its policy, catalog, key and platform."""
-        return self._append(
-            EntryType.SESSION_START,
-            {
-                "bundle_hash": bundle_hash,
-                "catalog_hash": catalog_hash,
-                "key_thumbprint": key_thumbprint,
-                "platform": platform,
-                "evidence_digest": evidence_digest,
-                "gateway_version": gateway_version,
-                "enforcement_mode": enforcement_mode,
-                "data_class_order": list(data_class_order),
-            },
-        )
+    def start(self, record: Mapping[str, Any]) -> SealedEntry:
+        """The root entry: it binds the chain to its policy, catalog, key and platform
+        (`session_record.start_record` gives its members)."""
+        return self._append(EntryType.SESSION_START, record)
 
     def decision(
         self,
@@ -221,5 +199,6 @@ class SessionRecorder:
             EntryType.POLICY_LOAD, {"bundle_hash": bundle_hash, "policy_count": policy_count}
         )
 
-    def end(self, *, reason: str) -> SealedEntry:
-        return self._append(EntryType.SESSION_END, {"reason": reason})
+    def end(self, record: Mapping[str, Any]) -> SealedEntry:
+        """The last entry (`session_record.end_record` gives its members)."""
+        return self._append(EntryType.SESSION_END, record)

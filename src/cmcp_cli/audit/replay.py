@@ -21,10 +21,11 @@ import itertools
 import multiprocessing
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -92,6 +93,8 @@ class SessionReplay:
     state: ChainState
     problems: list[ChainProblem] = field(default_factory=list)
     bundle_hash: str | None = None
+    start: Mapping[str, Any] | None = None  # the session_start entry's fields, once read
+    end: Mapping[str, Any] | None = None  # the (first) session_end entry's fields, once read
     decisions_checked: int = 0
     truncated_report: bool = False
     first: FirstEntry | None = None
@@ -259,9 +262,12 @@ def _link(replay: SessionReplay, entry: SealedEntry) -> None:
             seq,
             f"seq {seq}: prev is {entry.prev}, but the entry before it hashes to {state.tip}",
         )
-    if entry.type == EntryType.SESSION_START and replay.bundle_hash is None:
+    if entry.type == EntryType.SESSION_START and replay.start is None:
+        replay.start = entry.fields
         value = entry.fields.get("bundle_hash")
         replay.bundle_hash = value if isinstance(value, str) else None
+    elif entry.type == EntryType.SESSION_END and replay.end is None:
+        replay.end = entry.fields
     replay.seen.add(seq)
     # Counting goes on from what is there, so one bad entry does not hide the rest.
     state.length = seq
@@ -350,6 +356,8 @@ def stitch(sessions: dict[str, SessionReplay], later: SessionReplay) -> None:
         earlier.add(problem.kind, problem.seq, problem.message)
     earlier.truncated_report |= later.truncated_report
     earlier.bundle_hash = earlier.bundle_hash or later.bundle_hash
+    earlier.start = earlier.start if earlier.start is not None else later.start
+    earlier.end = earlier.end if earlier.end is not None else later.end
     earlier.seen.update(later.seen)
     if later.first is not None:
         if earlier.state.root is None:

@@ -49,6 +49,10 @@ class SessionFacts:
     slsa_level: int = 0
     appraisal_status: str = "none"
     appraisal_verifier: str = NO_APPRAISAL_VERIFIER
+    # For a session closed by a later gateway process after its own died: the process
+    # that was interrupted and the one that issued this claim (`interrupted_process`,
+    # `process`); None for a session its own process closed.
+    recovery: Mapping[str, str] | None = None
 
 
 def subject(trust_domain: str, session_id: str) -> str:
@@ -80,7 +84,7 @@ def trace_body(facts: SessionFacts, jwk: Mapping[str, str]) -> dict[str, Any]:
 
 def build_claim(facts: SessionFacts, key: ClaimKey) -> dict[str, Any]:
     """The signed GatewayClaim of a session."""
-    claim = {
+    claim: dict[str, Any] = {
         "cmcp_version": CLAIM_VERSION,
         "trace": trace_body(facts, key.public_jwk),
         "gateway": {
@@ -93,6 +97,8 @@ def build_claim(facts: SessionFacts, key: ClaimKey) -> dict[str, Any]:
             "attestation": dict(facts.attestation),
         },
     }
+    if facts.recovery is not None:
+        claim["gateway"]["recovery"] = dict(facts.recovery)
     return signed(claim, key)
 
 

@@ -9,9 +9,9 @@ Closing it writes `session_end` and signs the GatewayClaim from the chain's own 
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from cmcp_cli import __version__
@@ -20,10 +20,17 @@ from cmcp_cli.attestation.binding import compute_binding
 from cmcp_cli.attestation.measurement import installation_digest
 from cmcp_cli.audit.entry import timestamp
 from cmcp_cli.audit.recorder import Clock, SessionRecorder, utc_now
+from cmcp_cli.audit.session_record import (
+    Issuer,
+    SessionHeader,
+    claim_facts,
+    end_record,
+    start_record,
+)
 from cmcp_cli.audit.store import AuditStore
 from cmcp_cli.claim.canonical import CanonicalizationError, canonical_sha256, sha256_tagged
 from cmcp_cli.claim.keys import ClaimKey
-from cmcp_cli.claim.model import SessionFacts, build_claim, trace_record
+from cmcp_cli.claim.model import build_claim, trace_record
 from cmcp_cli.errors import CmcpError
 from cmcp_cli.policy.decision import Decision, Effect
 from cmcp_cli.policy.engine import Authorizer
@@ -35,6 +42,10 @@ from cmcp_cli.policy.request import (
     message_target,
     tool_call_request,
 )
+
+# A random id of this gateway process, recorded in every session it opens, so that a
+# later process recovering a session can say whose session it closed.
+GATEWAY_PROCESS = secrets.token_hex(16)
 
 
 class AttestationUnavailableError(CmcpError):
@@ -99,6 +110,8 @@ class EvidenceSession:
         session_id: str,
         policy: SessionPolicy,
         attestor: Attestor,
+        agent: str = "anonymous",
+        process_id: str = GATEWAY_PROCESS,
         key: ClaimKey | None = None,
         gateway_digest: str | None = None,
         clock: Clock = utc_now,
@@ -120,25 +133,41 @@ class EvidenceSession:
                 f"the {attestor.spec.name} provider could not attest the session: {exc.message}",
                 hint=exc.hint,
             ) from exc
-        self.attestation = {
+        generated_at = timestamp(clock())
+        self.attestation: dict[str, Any] = {
             "provider": attestor.spec.name,
             "provider_version": attestor.version,
             "evidence_type": self.evidence.evidence_type,
-            "generated_at": timestamp(clock()),
+            "generated_at": generated_at,
             "binding": self.binding.hex(),
             "evidence": dict(self.evidence.evidence),
         }
-        self.recorder = SessionRecorder(store, session_id, clock=clock)
-        self.recorder.start(
-            bundle_hash=policy.bundle_hash,
-            catalog_hash=policy.catalog_hash,
+        self.issuer = Issuer(
+            process=process_id,
             key_thumbprint=self.key.thumbprint,
             platform=self.evidence.platform,
+            measurement=self.evidence.measurement,
             evidence_digest=canonical_sha256(dict(self.evidence.evidence)),
             gateway_version=__version__,
+            gateway_digest=self.gateway_digest,
+            provider=attestor.spec.name,
+            provider_version=attestor.version,
+            evidence_type=self.evidence.evidence_type,
+            generated_at=generated_at,
+        )
+        header = SessionHeader(
+            agent=agent,
+            bundle_hash=policy.bundle_hash,
+            catalog_hash=policy.catalog_hash,
             enforcement_mode=policy.enforcement_mode,
             data_class_order=policy.data_class_order,
+            policy_version=policy.policy_version,
+            trust_domain=policy.trust_domain,
+            model_provider=policy.model_provider,
+            model_id=policy.model_id,
         )
+        self.recorder = SessionRecorder(store, session_id, clock=clock)
+        self.start_fields = self.recorder.start(start_record(header, self.issuer)).fields
 
     @property
     def session_id(self) -> str:
@@ -304,31 +333,14 @@ class EvidenceSession:
         )
 
     def close(self, *, reason: str = "closed", sequence_number: int = 1) -> ClosedSession:
-        """End the chain and sign the claim; the counters are the chain's own."""
-        self.recorder.end(reason=reason)
-        state = self.recorder.state
-        issued: datetime = self._clock()
-        facts = SessionFacts(
-            session_id=self.session_id,
-            gateway_version=__version__,
-            sequence_number=sequence_number,
-            issued_at=int(issued.timestamp()),
-            trust_domain=self.policy.trust_domain,
-            model_provider=self.policy.model_provider,
-            model_id=self.policy.model_id,
-            platform=self.evidence.platform,
-            measurement=self.evidence.measurement,
-            bundle_hash=self.policy.bundle_hash,
-            enforcement_mode=self.policy.enforcement_mode,
-            policy_version=self.policy.policy_version,
-            data_class=state.max_data_class or self.policy.data_class_order[0],
-            audit_chain=state.audit_chain_json(),
-            call_summary=state.calls.to_json(),
-            catalog_hash=self.policy.catalog_hash,
-            drift_detected=state.drift_detected,
-            attestation=self.attestation,
-            build_digest=self.gateway_digest,
+        """End the chain and sign the claim. Every fact the claim states is one the chain
+        records (`session_record.claim_facts`), so a verifier holding the log can check
+        each of them."""
+        issued_at = int(self._clock().timestamp())
+        end = self.recorder.end(
+            end_record(reason=reason, issued_at=issued_at, sequence_number=sequence_number)
         )
+        facts = claim_facts(self.start_fields, end.fields, self.recorder.state, self.attestation)
         claim = build_claim(facts, self.key)
         return ClosedSession(claim=claim, trace_record=trace_record(claim, self.key))
 

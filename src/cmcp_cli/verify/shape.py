@@ -128,6 +128,12 @@ def claim_problems(claim: Mapping[str, Any]) -> list[str]:
         problems.append("gateway.attestation.binding is not 64 lowercase hex digits")
     if not isinstance(attestation.get("evidence"), Mapping):
         problems.append("gateway.attestation.evidence is not an object")
+    if "recovery" in gateway:  # only in the claim of a session a later process closed
+        recovery = _obj(gateway["recovery"])
+        if set(recovery) != {"interrupted_process", "process"} or not all(
+            isinstance(value, str) and value for value in recovery.values()
+        ):
+            problems.append("gateway.recovery needs exactly interrupted_process and process")
     return problems
 
 

@@ -166,6 +166,7 @@ class SessionRegistry:
             session_id=session_id,
             policy=runtime.policy,
             attestor=runtime.attestor,
+            agent=agent,
         )
         session = GatewaySession(session_id, agent, protocol_version, evidence)
         self._sessions[session_id] = session

@@ -1,0 +1,214 @@
+"""What a session's chain records about its claim, and the claim those records determine.
+
+`session_start` records the session (its agent, policy, catalog, model) and its issuer:
+the process, key, platform, measurement, evidence digest and gateway build that sign its
+claim. `session_end` records what is fixed only when the claim is issued (`iat`,
+`sequence_number`); a session closed by a later process after its own process died
+(`recovered_by`) names that later process as the issuer instead.
+
+`claim_facts` turns those records and the chain's own state into the facts a claim
+states. The gateway builds its claims from it, and a verifier given the log compares a
+claim with what it gives, so a claim and a log that describe different sessions cannot
+both check out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cmcp_cli.audit.chain import ChainState
+from cmcp_cli.claim.model import SessionFacts
+
+# The members of an issuer record, in session_start and in a recovery's `recovered_by`.
+ISSUER_FIELDS = (
+    "process",
+    "key_thumbprint",
+    "platform",
+    "measurement",
+    "evidence_digest",
+    "gateway_version",
+    "gateway_digest",
+    "slsa_level",
+    "appraisal",
+    "attestation",
+)
+# The members of session_start that describe the session itself.
+SESSION_FIELDS = (
+    "agent",
+    "bundle_hash",
+    "catalog_hash",
+    "enforcement_mode",
+    "data_class_order",
+    "policy_version",
+    "trust_domain",
+    "model",
+)
+INTERRUPTED = "interrupted"  # session_end.reason of a session closed by recovery
+
+
+class SessionRecordError(ValueError):
+    """A session's records lack a member its claim states, or have it with the wrong type."""
+
+
+@dataclass(frozen=True)
+class Issuer:
+    """Who signs a claim: the gateway process, its key and what attests them."""
+
+    process: str  # a random id of the gateway process, fresh at every start
+    key_thumbprint: str
+    platform: str
+    measurement: str
+    evidence_digest: str
+    gateway_version: str
+    gateway_digest: str
+    provider: str
+    provider_version: str
+    evidence_type: str
+    generated_at: str
+    slsa_level: int = 0
+    appraisal_status: str = "none"
+    appraisal_verifier: str = "urn:cmcp:appraisal:none"
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "process": self.process,
+            "key_thumbprint": self.key_thumbprint,
+            "platform": self.platform,
+            "measurement": self.measurement,
+            "evidence_digest": self.evidence_digest,
+            "gateway_version": self.gateway_version,
+            "gateway_digest": self.gateway_digest,
+            "slsa_level": self.slsa_level,
+            "appraisal": {"status": self.appraisal_status, "verifier": self.appraisal_verifier},
+            "attestation": {
+                "provider": self.provider,
+                "provider_version": self.provider_version,
+                "evidence_type": self.evidence_type,
+                "generated_at": self.generated_at,
+            },
+        }
+
+
+@dataclass(frozen=True)
+class SessionHeader:
+    """What a session runs under, as its session_start records it."""
+
+    agent: str
+    bundle_hash: str
+    catalog_hash: str
+    enforcement_mode: str  # enforcing, advisory or silent
+    data_class_order: Sequence[str]
+    policy_version: str
+    trust_domain: str
+    model_provider: str
+    model_id: str
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent,
+            "bundle_hash": self.bundle_hash,
+            "catalog_hash": self.catalog_hash,
+            "enforcement_mode": self.enforcement_mode,
+            "data_class_order": list(self.data_class_order),
+            "policy_version": self.policy_version,
+            "trust_domain": self.trust_domain,
+            "model": {"provider": self.model_provider, "model_id": self.model_id},
+        }
+
+
+def start_record(header: SessionHeader, issuer: Issuer) -> dict[str, Any]:
+    """The members of a session_start entry (beside the base fields every entry has)."""
+    return {**header.record(), **issuer.record()}
+
+
+def end_record(
+    *,
+    reason: str,
+    issued_at: int,
+    sequence_number: int,
+    recovered_by: Issuer | None = None,
+) -> dict[str, Any]:
+    """The members of a session_end entry: why, and what its claim fixes at issuance."""
+    fields: dict[str, Any] = {
+        "reason": reason,
+        "claim": {"iat": issued_at, "sequence_number": sequence_number},
+    }
+    if recovered_by is not None:
+        fields["recovered_by"] = recovered_by.record()
+    return fields
+
+
+def issuer_of(start: Mapping[str, Any], end: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The issuer record of the session's claim: the recovering process's, when one closed
+    it, else the session's own."""
+    recovered = end.get("recovered_by")
+    return recovered if isinstance(recovered, Mapping) else start
+
+
+def claim_facts(
+    start: Mapping[str, Any],
+    end: Mapping[str, Any],
+    state: ChainState,
+    attestation: Mapping[str, Any],
+) -> SessionFacts:
+    """The facts of the claim that a chain with these session_start and session_end
+    records, and this state, determines. `attestation` is the claim's own
+    `gateway.attestation` for the members the log keeps only a digest of (`evidence`) or
+    recomputes (`binding`); every other member comes from the records.
+
+    Raises `SessionRecordError` naming the first member that is missing or mistyped.
+    """
+    issuer = issuer_of(start, end)
+    who = "session_start" if issuer is start else "session_end.recovered_by"
+    claim = _member(end, "claim", Mapping, "session_end")
+    model = _member(start, "model", Mapping, "session_start")
+    appraisal = _member(issuer, "appraisal", Mapping, who)
+    issued = _member(issuer, "attestation", Mapping, who)
+    order = _member(start, "data_class_order", list, "session_start")
+    recovery = None
+    if issuer is not start:
+        recovery = {
+            "interrupted_process": _member(start, "process", str, "session_start"),
+            "process": _member(issuer, "process", str, who),
+        }
+    return SessionFacts(
+        session_id=state.session_id,
+        gateway_version=_member(issuer, "gateway_version", str, who),
+        sequence_number=_member(claim, "sequence_number", int, "session_end.claim"),
+        issued_at=_member(claim, "iat", int, "session_end.claim"),
+        trust_domain=_member(start, "trust_domain", str, "session_start"),
+        model_provider=_member(model, "provider", str, "session_start.model"),
+        model_id=_member(model, "model_id", str, "session_start.model"),
+        platform=_member(issuer, "platform", str, who),
+        measurement=_member(issuer, "measurement", str, who),
+        bundle_hash=_member(start, "bundle_hash", str, "session_start"),
+        enforcement_mode=_member(start, "enforcement_mode", str, "session_start"),
+        policy_version=_member(start, "policy_version", str, "session_start"),
+        data_class=state.max_data_class or (str(order[0]) if order else "public"),
+        audit_chain=state.audit_chain_json(),
+        call_summary=state.calls.to_json(),
+        catalog_hash=_member(start, "catalog_hash", str, "session_start"),
+        drift_detected=state.drift_detected,
+        attestation={
+            "provider": _member(issued, "provider", str, f"{who}.attestation"),
+            "provider_version": _member(issued, "provider_version", str, f"{who}.attestation"),
+            "evidence_type": _member(issued, "evidence_type", str, f"{who}.attestation"),
+            "generated_at": _member(issued, "generated_at", str, f"{who}.attestation"),
+            "binding": attestation.get("binding"),
+            "evidence": attestation.get("evidence"),
+        },
+        build_digest=_member(issuer, "gateway_digest", str, who),
+        slsa_level=_member(issuer, "slsa_level", int, who),
+        appraisal_status=_member(appraisal, "status", str, f"{who}.appraisal"),
+        appraisal_verifier=_member(appraisal, "verifier", str, f"{who}.appraisal"),
+        recovery=recovery,
+    )
+
+
+def _member(record: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
+    value = record.get(name)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SessionRecordError(f"{where} records no {name}")
+    return value
