@@ -148,19 +148,73 @@ def test_redact_annotation_makes_a_redact_decision(make_bundle: BundleFactory) -
     assert decision.redaction.pointers == ("/location/street",)
 
 
-def test_escalate_needs_every_determining_forbid_to_escalate(make_bundle: BundleFactory) -> None:
-    base = (
-        "permit(principal, action, resource);\n"
-        '@id("big")\n@escalate("over the limit")\n'
-        "forbid(principal, action, resource) when { context.arguments has amount && context.arguments.amount > 100 };\n"
+LARGE_TRANSFERS_ESCALATE = (
+    '@id("big")\n@escalate("over the limit")\n'
+    "forbid(principal, action, resource) when "
+    "{ context.arguments has amount && context.arguments.amount > 100 };\n"
+)
+CREDIT_RISK_MAY_USE_FINANCE = (
+    '@id("finance")\npermit(principal == Agent::"' + CREDIT_RISK + '", action, '
+    'resource in Tools::"financial");\n'
+)
+INTERN = "spiffe://trust.example.org/agent/intern"
+
+
+def test_an_escalate_forbid_never_stands_in_for_a_missing_permit(
+    make_bundle: BundleFactory,
+) -> None:
+    az = authorizer(
+        make_bundle, {"p.cedar": CREDIT_RISK_MAY_USE_FINANCE + LARGE_TRANSFERS_ESCALATE}
     )
-    az = authorizer(make_bundle, {"p.cedar": base})
+    small = call(az, "get_balance", agent=INTERN, arguments={"amount": 5})
+    assert (small.effect, small.policy_ids) == (Effect.DENY, ())
+    large = call(az, "get_balance", agent=INTERN, arguments={"amount": 500})
+    assert large.effect is Effect.DENY
+    assert large.policy_ids == ("big",)  # the forbid applied; no permit did
+    (reason,) = large.reasons
+    assert "no permit policy applies" in reason and "approval cannot allow it" in reason
+    assert large.escalation_reasons == ()
+    assert not large.forwards and not large.redacts
+    # the same for a tool that no permit names for anyone
+    assert call(az, "get_weather", arguments={"amount": 500}).effect is Effect.DENY
+
+
+def test_an_escalate_forbid_holds_what_a_permit_allows(make_bundle: BundleFactory) -> None:
+    az = authorizer(
+        make_bundle, {"p.cedar": CREDIT_RISK_MAY_USE_FINANCE + LARGE_TRANSFERS_ESCALATE}
+    )
     held = call(az, "get_balance", arguments={"amount": 500})
     assert held.effect is Effect.ESCALATE
-    assert held.escalation_reasons == ("over the limit",)
     assert not held.forwards
+    # the forbid that holds it and the permit it runs under once approved
+    assert held.policy_ids == ("big", "finance")
+    assert held.escalation_reasons == ("over the limit",)
+    assert held.reasons == (
+        "held for operator approval by big; once approved it runs as permitted by finance",
+    )
+    assert not held.redacts
     assert call(az, "get_balance", arguments={"amount": 5}).effect is Effect.ALLOW
 
+
+def test_an_approved_escalation_keeps_the_redaction_of_its_permit(
+    make_bundle: BundleFactory,
+) -> None:
+    redacting = (
+        '@id("finance")\n@redact("iban, /account/owner")\n'
+        'permit(principal, action, resource in Tools::"financial");\n'
+    )
+    az = authorizer(make_bundle, {"p.cedar": redacting + LARGE_TRANSFERS_ESCALATE})
+    held = call(az, "get_balance", arguments={"amount": 500})
+    assert held.effect is Effect.ESCALATE
+    assert held.redacts
+    assert held.redaction.detectors == {"iban"}
+    assert held.redaction.pointers == ("/account/owner",)
+    assert held.to_json()["redaction"] == {"detectors": ["iban"], "pointers": ["/account/owner"]}
+    assert "permitted with redaction by finance" in held.reasons[0]
+
+
+def test_escalate_needs_every_determining_forbid_to_escalate(make_bundle: BundleFactory) -> None:
+    base = "permit(principal, action, resource);\n" + LARGE_TRANSFERS_ESCALATE
     az = authorizer(
         make_bundle,
         {
@@ -171,6 +225,32 @@ def test_escalate_needs_every_determining_forbid_to_escalate(make_bundle: Bundle
     decision = call(az, "get_balance", arguments={"amount": 500})
     assert decision.effect is Effect.DENY
     assert decision.policy_ids == ("big", "hard")
+    assert decision.reasons == ("forbidden by big, hard",)
+
+
+def test_an_escalate_forbid_that_fails_to_evaluate_is_a_deny(make_bundle: BundleFactory) -> None:
+    failing = (
+        '@id("open")\npermit(principal, action, resource);\n'
+        '@id("limit")\n@escalate("over the limit")\n'
+        "forbid(principal, action, resource) when { context.arguments.amount > 100 };\n"
+        '@id("weekend")\n@escalate("no transfers on a weekend")\n'
+        "forbid(principal, action, resource) when { context.arguments.weekend };\n"
+    )
+    az = authorizer(make_bundle, {"p.cedar": failing})
+    # `amount` is absent: `limit` fails, `weekend` applies; Cedar alone would escalate
+    decision = call(az, "get_balance", arguments={"weekend": True})
+    assert decision.effect is Effect.DENY
+    assert decision.policy_ids == ("weekend",)
+    assert decision.errors and "limit" in decision.errors[0]
+    # both fail: Cedar alone would allow
+    decision = call(az, "get_balance", arguments={})
+    assert decision.effect is Effect.DENY
+    assert decision.policy_ids == ("open",)
+    assert len(decision.errors) == 2
+    both = call(az, "get_balance", arguments={"amount": 500, "weekend": True})
+    assert both.effect is Effect.ESCALATE
+    assert both.policy_ids == ("limit", "open", "weekend")
+    assert both.escalation_reasons == ("over the limit", "no transfers on a weekend")
 
 
 def test_allow_with_errors_is_a_deny(make_bundle: BundleFactory) -> None:
@@ -377,3 +457,6 @@ def test_quickstart_bundle_decides_the_three_demo_outcomes() -> None:
     assert call(az, "get_balance", arguments={"account_id": "a"}).effect is Effect.ALLOW
     held = call(az, "transfer_funds", arguments={"account_id": "a", "amount": 20000})
     assert held.effect is Effect.ESCALATE
+    # the financial permit names only the credit-risk agent: for anyone else it is a deny
+    large = {"account_id": "a", "amount": 20000}
+    assert call(az, "transfer_funds", agent=anonymous, arguments=large).effect is Effect.DENY

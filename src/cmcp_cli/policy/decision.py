@@ -13,7 +13,9 @@ class Effect(enum.StrEnum):
     ALLOW = "allow"
     DENY = "deny"
     REDACT = "redact"  # allowed; the response is redacted as `Decision.redaction` says
-    ESCALATE = "escalate"  # held until an operator approves this exact call
+    # held until an operator approves this exact call; it then runs under the permits that
+    # apply to it without the @escalate forbids, redacted as they say
+    ESCALATE = "escalate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,12 @@ class Decision:
         """Whether the call may reach the upstream under enforcement."""
         return self.effect in (Effect.ALLOW, Effect.REDACT)
 
+    @property
+    def redacts(self) -> bool:
+        """Whether the response of a forwarded call is redacted: a `redact` decision, or
+        an `escalate` whose permits carry `@redact` (an approval does not lift them)."""
+        return bool(self.redaction.detectors or self.redaction.pointers)
+
     @classmethod
     def refused(cls, reason: str) -> Decision:
         """A deny for a request that could not be evaluated at all."""
@@ -42,6 +50,6 @@ class Decision:
             "policy_ids": list(self.policy_ids),
             "reasons": list(self.reasons),
             "errors": list(self.errors),
-            "redaction": self.redaction.to_json() if self.effect is Effect.REDACT else None,
+            "redaction": self.redaction.to_json() if self.redacts else None,
             "escalation_reasons": list(self.escalation_reasons),
         }

@@ -6,6 +6,11 @@ leave as `Decision` values and located `Problem`s.
 Policy ids are the `@id` annotation when present, otherwise Cedar's positional id
 qualified by the file's bundle path (`finance.cedar:policy0`). The whole bundle is
 compiled into one PolicySet under those ids, so Cedar's own diagnostics already name them.
+
+An operator's approval must never grant what no permit allows, so a bundle with
+`@escalate` forbids is also compiled without them (`CompiledBundle.approvable_set`): a
+request those forbids deny is escalated only when that set allows it. It is evaluated on
+the escalate path alone; allow and deny cost one evaluation, as without escalations.
 """
 
 from __future__ import annotations
@@ -60,11 +65,14 @@ class CompiledBundle:
         policies: Mapping[str, PolicyInfo],
         policy_set: cedarpy.PolicySet,
         schema: cedarpy.Schema | None,
+        approvable_set: cedarpy.PolicySet,
     ) -> None:
         self.source = source
         self.policies = policies
         self.policy_set = policy_set  # the parsed Cedar handle, reused by every decision
         self.schema = schema
+        # The bundle without its @escalate forbids: what an operator's approval can grant.
+        self.approvable_set = approvable_set
 
     @property
     def hash(self) -> str:
@@ -121,9 +129,19 @@ def compile_bundle(source: BundleSource) -> CompiledBundle:
             _validate_against_schema(source, parsed_file, schema, problems)
     if problems:
         raise BundleError(f"policy bundle {source.root} does not compile", problems=problems)
-    document = {"staticPolicies": static_policies, "templates": {}, "templateLinks": []}
-    policy_set = cedarpy.PolicySet.from_json_str(json.dumps(document))
-    return CompiledBundle(source, policies, policy_set, schema)
+    policy_set = _policy_set(static_policies)
+    approvable = {
+        pid: body
+        for pid, body in static_policies.items()
+        if not (policies[pid].effect == "forbid" and ann.ESCALATE in policies[pid].annotations)
+    }
+    approvable_set = policy_set if approvable == static_policies else _policy_set(approvable)
+    return CompiledBundle(source, policies, policy_set, schema, approvable_set)
+
+
+def _policy_set(static_policies: Mapping[str, Any]) -> cedarpy.PolicySet:
+    document = {"staticPolicies": dict(static_policies), "templates": {}, "templateLinks": []}
+    return cedarpy.PolicySet.from_json_str(json.dumps(document))
 
 
 def _where(source: BundleSource, relative: str) -> str:
@@ -286,10 +304,53 @@ class Authorizer:
                     f"the {target.type} entity does not fit the bundle schema ({exc}); "
                     "declare it as docs/policy.md shows"
                 )
+        cedar_request = request.to_json()
+        schema = self.bundle.schema
         result = cedarpy.is_authorized(
-            request.to_json(), self.bundle.policy_set, entities, schema=self.bundle.schema
+            cedar_request, self.bundle.policy_set, entities, schema=schema
         )
-        return self._decision(result)
+        decision = self._decision(result)
+        if decision.effect is not Effect.ESCALATE:
+            return decision
+        # Only @escalate forbids deny it. An approval may grant only what the bundle allows
+        # without them: decide the same request again without them.
+        granted = cedarpy.is_authorized(
+            cedar_request, self.bundle.approvable_set, entities, schema=schema
+        )
+        return self._escalation(decision, self._decision(granted))
+
+    def _escalation(self, held: Decision, granted: Decision) -> Decision:
+        """`held`: denied by @escalate forbids alone; `granted`: the same request decided
+        without them. An escalation when `granted` forwards: it names the forbids that hold
+        it and the permits it runs under once approved, and carries their redaction.
+        Otherwise a deny: no approval can grant what no permit allows."""
+        forbids = ", ".join(held.policy_ids)
+        policy_ids = tuple(sorted({*held.policy_ids, *granted.policy_ids}))
+        annotations = {**held.annotations, **granted.annotations}
+        if not granted.forwards:
+            return Decision(
+                Effect.DENY,
+                policy_ids,
+                (
+                    f"escalated by {forbids}, but an operator's approval cannot allow it: "
+                    f"{'; '.join(granted.reasons)}",
+                ),
+                granted.errors,
+                annotations=annotations,
+            )
+        permits = ", ".join(granted.policy_ids)
+        redacted = " with redaction" if granted.effect is Effect.REDACT else ""
+        return Decision(
+            Effect.ESCALATE,
+            policy_ids,
+            (
+                f"held for operator approval by {forbids}; once approved it runs as "
+                f"permitted{redacted} by {permits}",
+            ),
+            redaction=granted.redaction,
+            escalation_reasons=held.escalation_reasons,
+            annotations=annotations,
+        )
 
     def _decision(self, result: cedarpy.AuthzResult) -> Decision:
         diagnostics = result.diagnostics

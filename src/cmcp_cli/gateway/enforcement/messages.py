@@ -155,7 +155,7 @@ async def close_gate(
     passed = dict(answer)
     found = answer.get("result")
     if isinstance(found, Mapping):
-        if gate.verdict.decision.effect is Effect.REDACT:
+        if gate.verdict.decision.redacts:
             found, redactions = redact_answer(
                 gate.kind.value, found, gate.verdict.decision.redaction
             )

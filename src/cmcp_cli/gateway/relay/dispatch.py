@@ -324,7 +324,7 @@ class Dispatcher:
         outcome: dict[str, Any]
         if isinstance(answer.get("result"), dict):
             outcome = answer["result"]
-            if verdict.decision.effect is Effect.REDACT:
+            if verdict.decision.redacts:
                 outcome, redactions = redact_result(outcome, verdict.decision.redaction)
             reply = result(message.id, outcome)
         else:
