@@ -234,7 +234,7 @@ def test_an_escalated_call_runs_once_after_an_operator_approves_it(guarded: Serv
     )
     assert held.code == -32041
     assert held.data["decision"] == "escalate"
-    assert held.data["policy_ids"] == ["large-transfer-needs-approval"]
+    assert held.data["policy_ids"] == ["finance.cedar:policy0", "large-transfer-needs-approval"]
     assert "repeat this exact call" in held.message
     assert time.time() < held.data["expires_at"] <= time.time() + 900  # the default lifetime
     assert other.code == -32041  # another amount is another request: held again
