@@ -45,8 +45,7 @@ when { context.arguments has customer_id && context.arguments.customer_id == "c-
 """
 
 
-@pytest.fixture
-def two_agents(tmp_path: Path, quickstart: Path, upstream: Served) -> Iterator[Served]:
+def serve(folder: Path, quickstart: Path, upstream: Served, mode: str) -> Served:
     """A gateway for two agents, one with the finance permit, and an operator."""
     with (quickstart / "policies" / "tools.cedar").open("a") as policies:
         policies.write(VIP_LOOKUP)
@@ -55,12 +54,18 @@ def two_agents(tmp_path: Path, quickstart: Path, upstream: Served) -> Iterator[S
         for agent, token in TOKENS.items()
     ]
     config = write_config(
-        tmp_path,
+        folder,
         upstream.url,
         auth={"bearer_tokens": tokens},
         policy_bundle_path=str(quickstart / "policies"),
+        attestation={"enforcement_mode": mode},
     )
-    served = start_gateway(config, {"CMCP_OPERATOR_TOKEN": "o" * 40})
+    return start_gateway(config, {"CMCP_OPERATOR_TOKEN": "o" * 40})
+
+
+@pytest.fixture
+def two_agents(tmp_path: Path, quickstart: Path, upstream: Served) -> Iterator[Served]:
+    served = serve(tmp_path, quickstart, upstream, "enforcing")
     yield served
     served.stop()
 
@@ -196,6 +201,44 @@ def test_no_permit_means_no_escalation_and_nothing_to_approve(
     )
     checked = [s["decisions_checked"] for s in replayed.json()["sessions"]]
     assert (len(checked), sum(checked)) == (2, recorded_decisions)
+
+
+def test_an_escalation_forwarded_in_advisory_mode_keeps_its_redaction(
+    tmp_path: Path, quickstart: Path, upstream: Served
+) -> None:
+    """`advisory` forwards what enforcing would hold, without an approval: under the
+    permits that allow it, redacted as they say."""
+
+    async def lookup(url: str) -> Any:
+        headers = {"authorization": f"Bearer {TOKENS[INTERN]}"}
+        async with (
+            httpx2.AsyncClient(headers=headers) as http,
+            streamable_http_client(url, http_client=http) as (read, write),
+            ClientSession(read, write) as client,
+        ):
+            await client.initialize()
+            return await client.call_tool("lookup_customer", {"customer_id": "c-1"})
+
+    served = serve(tmp_path, quickstart, upstream, "advisory")
+    try:
+        ran = asyncio.run(lookup(served.url))
+    finally:
+        served.stop()
+    assert ran.structured_content == {
+        "customer": {
+            "name": "Ada Lovelace",
+            "email": "[REDACTED:email]",
+            "phone": "[REDACTED:phone]",
+            "ssn": "[REDACTED:pointer]",
+        }
+    }
+    entries = [orjson.loads(line) for line in iter_lines(tmp_path / "audit.db")]
+    (decided,) = [e for e in entries if e.get("tool") == "lookup_customer"]
+    assert (decided["decision"], decided["forwarded"], "approval" in decided) == (
+        "escalate",
+        True,
+        False,
+    )
 
 
 def test_replay_reports_an_escalation_recorded_without_a_permit(tmp_path: Path) -> None:
