@@ -21,10 +21,12 @@ class Effect(enum.StrEnum):
 @dataclass(frozen=True, slots=True)
 class Decision:
     effect: Effect
-    policy_ids: tuple[str, ...]  # the determining policies, sorted
+    # the determining policies, sorted; an escalation's are the forbids that hold it and
+    # the permits it runs under once approved
+    policy_ids: tuple[str, ...]
     reasons: tuple[str, ...]  # why, in words an operator or auditor can act on
     errors: tuple[str, ...] = ()  # Cedar evaluation errors; any error makes the decision a deny
-    redaction: RedactionSpec = EMPTY_REDACTION
+    redaction: RedactionSpec = EMPTY_REDACTION  # of a forwarded response; see `redacts`
     escalation_reasons: tuple[str, ...] = ()
     annotations: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 

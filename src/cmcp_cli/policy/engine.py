@@ -353,6 +353,8 @@ class Authorizer:
         )
 
     def _decision(self, result: cedarpy.AuthzResult) -> Decision:
+        """One evaluation's answer as a decision; its `escalate` is only a candidate until
+        `_escalation` has found the permits an approval would run the call under."""
         diagnostics = result.diagnostics
         determining = tuple(sorted(diagnostics.reasons))
         errors = tuple(diagnostics.errors)
