@@ -126,11 +126,9 @@ async def as_credit_risk(url: str, port: int) -> dict[str, Any]:
     return seen
 
 
-def decisions(db: Path, call_id: str) -> list[dict[str, Any]]:
-    """The decision entries of the session that `call_id` belongs to."""
-    session_id = call_id.rsplit("/", 1)[0]
-    entries = [orjson.loads(line) for line in iter_lines(db, session_id)]
-    return [e for e in entries if e.get("phase") == "decision" and "tool" in e]
+def entries(db: Path, call_id: str) -> list[dict[str, Any]]:
+    """The audit entries of the session that `call_id` belongs to."""
+    return [orjson.loads(line) for line in iter_lines(db, call_id.rsplit("/", 1)[0])]
 
 
 def test_no_permit_means_no_escalation_and_nothing_to_approve(
@@ -147,7 +145,8 @@ def test_no_permit_means_no_escalation_and_nothing_to_approve(
     assert "an operator's approval cannot allow it" in large.message
     assert intern["approvals"] == {"approvals": []}
     assert (again.code, again.data["decision"]) == (-32040, "deny")
-    recorded = decisions(two_agents.log.parent / "audit.db", large.data["call_id"])
+    db = two_agents.log.parent / "audit.db"
+    recorded = [e for e in entries(db, large.data["call_id"]) if e.get("tool")]
     assert [(e["decision"], e["forwarded"], "approval" in e) for e in recorded] == [
         ("deny", False, False)
     ] * 3
@@ -176,13 +175,9 @@ def test_no_permit_means_no_escalation_and_nothing_to_approve(
     assert "ada@example.org" not in ran.content[0].text
     assert "078-05-1120" not in ran.content[0].text
 
-    db = two_agents.log.parent / "audit.db"
-    entries = [
-        orjson.loads(line) for line in iter_lines(db, held.data["call_id"].rsplit("/", 1)[0])
-    ]
-    outcomes = {e["call_id"]: e for e in entries if e.get("phase") == "outcome"}
-    ran_lookup = [e for e in entries if e.get("tool") == "lookup_customer" and e["forwarded"]]
-    (approved,) = ran_lookup
+    session = entries(db, held.data["call_id"])
+    outcomes = {e["call_id"]: e for e in session if e.get("phase") == "outcome"}
+    (approved,) = [e for e in session if e.get("tool") == "lookup_customer" and e["forwarded"]]
     assert approved["approval"]["status"] == "approved"
     # the text content and structuredContent, each redacted
     assert outcomes[approved["call_id"]]["redactions"] == {
