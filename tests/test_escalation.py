@@ -198,13 +198,22 @@ def test_no_permit_means_no_escalation_and_nothing_to_approve(
     assert (len(checked), sum(checked)) == (2, recorded_decisions)
 
 
+NOTES_ESCALATE = """
+@id("notes-need-approval")
+@escalate("desk notes need an operator")
+forbid (principal, action == Action::"read_resource", resource);
+"""
+
+
 def test_an_escalation_forwarded_in_advisory_mode_keeps_its_redaction(
     tmp_path: Path, quickstart: Path, upstream: Served
 ) -> None:
     """`advisory` forwards what enforcing would hold, without an approval: under the
-    permits that allow it, redacted as they say."""
+    permits that allow it, redacted as they say (a tool call, and a resource read)."""
+    with (quickstart / "policies" / "messages.cedar").open("a") as policies:
+        policies.write(NOTES_ESCALATE)
 
-    async def lookup(url: str) -> Any:
+    async def lookup(url: str) -> tuple[Any, Any]:
         headers = {"authorization": f"Bearer {TOKENS[INTERN]}"}
         async with (
             httpx2.AsyncClient(headers=headers) as http,
@@ -212,14 +221,16 @@ def test_an_escalation_forwarded_in_advisory_mode_keeps_its_redaction(
             ClientSession(read, write) as client,
         ):
             await client.initialize()
-            return await client.call_tool("lookup_customer", {"customer_id": "c-1"})
+            customer = await client.call_tool("lookup_customer", {"customer_id": "c-1"})
+            notes = await client.read_resource("notes://desk/today")
+            return customer, notes.contents[0]
 
     served = serve(tmp_path, quickstart, upstream, "advisory")
     try:
-        ran = asyncio.run(lookup(served.url))
+        customer, notes = asyncio.run(lookup(served.url))
     finally:
         served.stop()
-    assert ran.structured_content == {
+    assert customer.structured_content == {
         "customer": {
             "name": "Ada Lovelace",
             "email": "[REDACTED:email]",
@@ -227,13 +238,17 @@ def test_an_escalation_forwarded_in_advisory_mode_keeps_its_redaction(
             "ssn": "[REDACTED:pointer]",
         }
     }
-    entries = [orjson.loads(line) for line in iter_lines(tmp_path / "audit.db")]
-    (decided,) = [e for e in entries if e.get("tool") == "lookup_customer"]
-    assert (decided["decision"], decided["forwarded"], "approval" in decided) == (
-        "escalate",
-        True,
-        False,
-    )
+    assert notes.text.endswith("Reply to [REDACTED:email].")  # the read_resource permit's
+    recorded = [orjson.loads(line) for line in iter_lines(tmp_path / "audit.db")]
+    decided = [
+        (e.get("tool") or e["kind"], e["decision"], e["forwarded"], "approval" in e)
+        for e in recorded
+        if e.get("phase") == "decision" and e.get("kind") != "list_tools"
+    ]
+    assert decided == [
+        ("lookup_customer", "escalate", True, False),
+        ("read_resource", "escalate", True, False),
+    ]
 
 
 def test_replay_reports_an_escalation_recorded_without_a_permit(tmp_path: Path) -> None:
