@@ -80,6 +80,7 @@ class TrustInputs:
     trust_roots: tuple[bytes, ...] = ()  # PEM data of pinned roots
     allow_debug: bool = False
     policy_hash: str | None = None  # the claim's bundle hash, for evidence that measures it
+    gateway_digest: str | None = None  # the claim's gateway digest, for evidence that states it
     # Vendor collateral the auditor supplies (such as Intel's TCB info, QE identity and CRLs
     # as one PCS JSON document), file by file; each verifier takes the kinds it knows and
     # prefers them to any the evidence carries.
