@@ -141,9 +141,9 @@ def tamper_problems(genuine: EvidenceVerdict, tampered: EvidenceVerdict) -> list
         problems.append(f"{', '.join(dropped)} passed, now not reported")
     explained = _explained_skips(tampered)
     for check in tampered.checks:
-        if check.status is CheckStatus.SKIP and check.name in passed:
-            if check.name not in explained:
-                problems.append(f"{check.name} passed, now skips: {check.reason}")
+        skipped = check.status is CheckStatus.SKIP
+        if skipped and check.name in passed and check.name not in explained:
+            problems.append(f"{check.name} passed, now skips: {check.reason}")
     return problems
 
 

@@ -6,9 +6,10 @@ A chain is judged as the auditor pinned it: each certificate must be signed by t
 certificate used, the root included, must be valid at the claim's time. The plugin vendors
 no root (TPM makers and privacy CAs are the auditor's choice), so every root is one given
 with `--trust-root`: once the auditor gives roots, a chain that does not reach one of them
-fails; with none given, the chains cannot be judged and nothing is hardware-attested. TPM certificates
-carry profile-specific critical extensions (an EK's directoryName SAN) that a web PKI path
-validator rejects, so signatures and validity are checked here directly. Every problem is
+fails; with none given, the chains cannot be judged and nothing is hardware-attested.
+TPM certificates carry profile-specific critical extensions (an EK's directoryName SAN)
+that a web PKI path validator rejects, so signatures and validity are checked here
+directly. Every problem is
 returned as a sentence; nothing here raises on bad certificates.
 """
 
