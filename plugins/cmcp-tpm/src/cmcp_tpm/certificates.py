@@ -9,8 +9,8 @@ with `--trust-root`: once the auditor gives roots, a chain that does not reach o
 fails; with none given, the chains cannot be judged and nothing is hardware-attested.
 TPM certificates carry profile-specific critical extensions (an EK's directoryName SAN)
 that a web PKI path validator rejects, so signatures and validity are checked here
-directly. Every problem is
-returned as a sentence; nothing here raises on bad certificates.
+directly. Every problem is returned as a sentence; nothing here raises on bad
+certificates.
 """
 
 from __future__ import annotations
