@@ -293,7 +293,7 @@ class _Run:
         # The host's certificates are evidence too: each must be the intermediate or the
         # root the chain went through, so an altered or foreign one is refused, not ignored.
         for position, cert in enumerate(self.supplied):
-            if cert != intermediate and cert != ark:
+            if cert not in (intermediate, ark):
                 return (
                     f"cert_chain[{position}] ({certs.describe(cert)}, sha256 "
                     f"{roots.fingerprint(cert)}) is neither {certs.describe(intermediate)} "
