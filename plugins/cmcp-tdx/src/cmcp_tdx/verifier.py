@@ -176,9 +176,14 @@ class _Run:
                 f"The PCK chain does not reach {self.roots_source or 'a pinned root'}:{shown}."
             )
         root = self.chain[-1]
+        whose = (
+            "the vendored Intel SGX Root CA"
+            if not self.trust.trust_roots
+            else "a root given with --trust-root"
+        )
         return (
             f"The chain ends at {pki.common_name(root)!r}, SHA-256 {pki.fingerprint(root)}, "
-            f"one of {self.roots_source}."
+            f"{whose}."
         )
 
     def _leaf(self) -> x509.Certificate:
@@ -251,7 +256,10 @@ class _Run:
                     f"Replaying the CCEL log gives RTMR{n} {got.hex()}, but the quote reports "
                     f"{quoted.hex()}."
                 )
-        return f"The {len(events)} CCEL events reproduce the quote's RTMR0..3."
+        return (
+            f"The {len(events)} CCEL events reproduce the quote's RTMR0..3 (their digests: "
+            "the events' data is not covered by the quote)."
+        )
 
     def tcb_status(self) -> str:
         quote = self._quote()
