@@ -5,9 +5,10 @@ a TCG crypto-agile log whose "PCR index" is the TDX measurement register index,
 The log starts with a TCG_PCR_EVENT (SHA-1 format) carrying the Spec ID Event03 that
 lists the digest algorithms and sizes; every later event is a TCG_PCR_EVENT2 with one
 digest per algorithm. The table's log area is padded with 0xFF (or zeros) after the last
-event, to its end. An event's data is not covered by anything the quote signs: only its
-digest is, through the replay. Replay extends each RTMR from 48 zero bytes: RTMR = SHA-384(RTMR || digest).
-EV_NO_ACTION events are not extended.
+event, to its end. Replay extends each RTMR from 48 zero bytes: RTMR = SHA-384(RTMR ||
+digest); EV_NO_ACTION events are not extended. An event's data is covered by nothing the
+quote signs, only its digest is (through the replay), so the parser checks every byte it
+can: the header's fields and the padding.
 """
 
 from __future__ import annotations
