@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from cmcp_cli.attestation.api import CheckStatus, EvidenceVerdict, ProviderError, TrustInputs
+from cmcp_cli.testing.tamper import tamperings
 from cmcp_cli.testing.verdicts import assert_fails, reason, statuses
 from cmcp_tdx import verifier as v
 from cmcp_tdx.measurement import measurement_string
@@ -385,3 +386,19 @@ def test_ccel_bytes_that_no_digest_covers_are_still_checked(
     log[offset] ^= 0x01
     verdict = judge(vector(COS), ccel=b64(bytes(log)))
     assert_fails(verdict, v.RTMR_REPLAY, fragment)
+
+
+def test_every_changed_leaf_of_the_collateral_fails_the_tcb_status(vector: Vector) -> None:
+    """Collateral is evidence too when it travels in it: each of its members (issuer chains
+    included, even the one for the PCK CRL, which is judged against the quote's own chain)
+    is checked, so any single change fails the appraisal."""
+    collateral = json.loads(vector("dcapqvl-b0c06f-collateral.json"))
+    raw = vector(QVL)
+    genuine = judge(raw, at=COLLATERAL_AT, collateral=collateral)
+    assert statuses(genuine)[v.TCB_STATUS] is CheckStatus.PASS
+    unnoticed = []
+    for tampering in tamperings({"collateral": collateral}):
+        verdict = judge(raw, at=COLLATERAL_AT, **tampering.evidence)
+        if statuses(verdict)[v.TCB_STATUS] is not CheckStatus.FAIL:
+            unnoticed.append(str(tampering))
+    assert not unnoticed, unnoticed
