@@ -196,6 +196,10 @@ def test_the_intel_root_given_as_trust_root_verifies(vector: Vector) -> None:
     verdict = TdxVerifier().verify({"quote": b64(raw)}, trust)
     assert statuses(verdict)[v.ROOT_PINNED] is CheckStatus.PASS
     assert verdict.hardware_attested
+    # the very bytes of the vendored root, but given by the auditor: named as theirs
+    said = reason(verdict, v.ROOT_PINNED)
+    assert "a root given with --trust-root" in said and "vendored" not in said
+    assert "the vendored Intel SGX Root CA" in reason(judge(raw, binding=bytes(32)), v.ROOT_PINNED)
 
 
 def test_after_the_pck_leaf_expired_the_chain_fails(vector: Vector) -> None:
