@@ -307,8 +307,8 @@ class _Run:
         intermediate, ark = self.intermediate, self.ark
         if intermediate is None or ark is None:
             raise _Skip(f"The chain did not reach a pinned root (see {PINNED}).")
-        crls = revocation.crls_in(self.trust.collateral)
         try:
+            crls = revocation.crls_in(self.trust.collateral)
             verdict = revocation.check_intermediate(crls, ark, intermediate, self.trust.at)
         except revocation.RevocationError as error:
             raise _Fail(str(error)) from None
@@ -320,6 +320,9 @@ class _Run:
             f"{certs.describe(intermediate)} was not checked. AMD KDS serves it at "
             f"{KDS}/{kind}/v1/{self._product().value}/crl; pass it with --collateral"
         )
+        if crls:
+            issuers = "; ".join(sorted({crl.issuer.rfc4514_string() for crl in crls}))
+            unchecked += f" (the CRLs supplied are issued by {issuers})"
         if self.wanted.require_crl:
             raise _Fail(f"{unchecked}, as the auditor's platform policy requires.")
         raise _Skip(f"{unchecked}.")
