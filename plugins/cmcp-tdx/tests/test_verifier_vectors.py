@@ -406,3 +406,16 @@ def test_every_changed_leaf_of_the_collateral_fails_the_tcb_status(vector: Vecto
         if statuses(verdict)[v.TCB_STATUS] is not CheckStatus.FAIL:
             unnoticed.append(str(tampering))
     assert not unnoticed, unnoticed
+
+
+def test_auditor_collateral_lacking_a_member_fails_rather_than_being_passed_over(
+    vector: Vector,
+) -> None:
+    raw = vector(QVL)
+    document = json.loads(vector("dcapqvl-b0c06f-collateral.json"))
+    del document["qe_identity"]
+    trust = TrustInputs(
+        binding=own_binding(raw), at=COLLATERAL_AT, collateral=(json.dumps(document).encode(),)
+    )
+    verdict = TdxVerifier().verify({"quote": b64(raw)}, trust)
+    assert_fails(verdict, v.TCB_STATUS, "lacks qe_identity")

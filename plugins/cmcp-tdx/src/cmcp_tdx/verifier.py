@@ -305,16 +305,17 @@ class AmbiguousCollateralError(ValueError):
 
 def auditor_collateral(trust: TrustInputs) -> Mapping[str, Any] | None:
     """The PCS collateral among what the auditor supplied (`cmcp verify --collateral`): the
-    JSON object with exactly the PCS collateral members. Files of other kinds are another
-    verifier's; two PCS documents are ambiguous and refused (`AmbiguousCollateralError`)
-    rather than one picked."""
+    JSON object with any of the PCS collateral members (one lacking some, or with others,
+    is still taken, and its appraisal fails naming them, rather than passed over in
+    silence). Files of other kinds are another verifier's; two PCS documents are ambiguous
+    and refused (`AmbiguousCollateralError`) rather than one picked."""
     found: list[Mapping[str, Any]] = []
     for item in trust.collateral:
         try:
             document = json.loads(item)
         except (ValueError, UnicodeDecodeError):
             continue
-        if isinstance(document, Mapping) and set(document) == collateral.MEMBERS:
+        if isinstance(document, Mapping) and set(document) & collateral.MEMBERS:
             found.append(document)
     if len(found) > 1:
         raise AmbiguousCollateralError(
