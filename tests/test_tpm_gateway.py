@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -284,3 +285,55 @@ def test_a_quote_replayed_from_another_session_is_refused(
     assert statuses(report)["binding"] == "pass"
     assert statuses(report)["tpm.attest.extra_data"] == "fail"
     assert statuses(report)["tpm.signature"] == "pass"  # a genuine quote, of another session
+
+
+def _rename_issuer(der_b64: str) -> str:
+    """The certificate with the last character of its issuer name changed (the issuer comes
+    before the subject in the signed part, so its first occurrence is the issuer field)."""
+    der = base64.b64decode(der_b64)
+    issuer = x509.load_der_x509_certificate(der).issuer.public_bytes()
+    at = der.index(issuer) + len(issuer) - 1
+    changed = bytearray(der)
+    changed[at] = ord("X") if changed[at] != ord("X") else ord("Y")  # stays printable
+    return base64.b64encode(bytes(changed)).decode()
+
+
+def test_an_ek_certificate_with_another_issuer_fails_when_its_root_is_given(
+    tmp_path: Path, two_sessions: dict[str, KnownKeySession], enrolled: EnrolledTpm
+) -> None:
+    session = two_sessions["a"]
+    evidence = json.loads(json.dumps(session.claim["gateway"]["attestation"]["evidence"]))
+    evidence["ek_certificates"] = [_rename_issuer(c) for c in evidence["ek_certificates"]]
+    code, report = verify(_resign(session, evidence, tmp_path), *enrolled.trust_args())
+    assert code == 1, report
+    ek = next(check for check in report["checks"] if check["name"] == "tpm.ek.certificate")
+    assert ek["status"] == "fail", ek
+    assert "no root given with --trust-root" in ek["reason"]
+    assert report["hardware_attested"] is False
+
+
+def test_without_the_ek_root_the_claim_is_not_hardware_attested(
+    tmp_path: Path, two_sessions: dict[str, KnownKeySession], enrolled: EnrolledTpm
+) -> None:
+    """The AK's root alone: the EK's maker is not among the roots given, so that fails."""
+    session = two_sessions["a"]
+    evidence = session.claim["gateway"]["attestation"]["evidence"]
+    ak_root = enrolled.roots[0]
+    code, report = verify(_resign(session, evidence, tmp_path), "--trust-root", ak_root)
+    assert code == 1, report
+    assert statuses(report)["tpm.ak.certificate"] == "pass"
+    assert statuses(report)["tpm.ek.certificate"] == "fail"
+    assert report["hardware_attested"] is False
+
+
+def test_the_roots_given_are_named_as_the_auditors(
+    tmp_path: Path, two_sessions: dict[str, KnownKeySession], enrolled: EnrolledTpm
+) -> None:
+    session = two_sessions["a"]
+    evidence = session.claim["gateway"]["attestation"]["evidence"]
+    code, report = verify(_resign(session, evidence, tmp_path), *enrolled.trust_args())
+    assert code == 0, report
+    reasons = {check["name"]: check["reason"] for check in report["checks"]}
+    for name in ("tpm.ak.certificate", "tpm.ek.certificate"):
+        assert "given with --trust-root" in reasons[name], reasons[name]
+        assert "vendored" not in reasons[name]

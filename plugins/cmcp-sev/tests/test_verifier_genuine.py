@@ -126,6 +126,31 @@ def test_the_milan_root_given_as_a_trust_root_is_accepted(vectors: Path) -> None
     pem = (vectors / "amd-ask-ark-milan.pem").read_bytes()
     verdict = SevVerifier().verify(milan(vectors), trust(trust_roots=(pem,), allow_debug=True))
     assert verdict.hardware_attested, verdict.checks
+    # the very bytes of the vendored ARK, but given by the auditor: named as theirs
+    said = reason(verdict, "sev.ark.pinned")
+    assert "the root given with --trust-root, ARK-Milan" in said and "vendored" not in said
+    vendored = SevVerifier().verify(milan(vectors), trust(allow_debug=True))
+    assert "the vendored AMD root ARK-Milan" in reason(vendored, "sev.ark.pinned")
+
+
+@pytest.mark.parametrize("position", [0, 1])
+def test_an_altered_certificate_in_the_hosts_chain_fails(vectors: Path, position: int) -> None:
+    """A certificate the host supplied is evidence: altered, it is refused, not passed over
+    for the vendored copy."""
+    chain = [
+        _b64(c.public_bytes(Encoding.DER))
+        for c in roots.load_pem((vectors / "amd-ask-ark-milan.pem").read_bytes())
+    ]
+    genuine = SevVerifier().verify(milan(vectors, cert_chain=chain), trust(allow_debug=True))
+    assert genuine.hardware_attested, genuine.checks
+    der = bytearray(base64.b64decode(chain[position]))
+    der[-1] ^= 0x01  # the last byte of its signature
+    chain[position] = _b64(bytes(der))
+    verdict = SevVerifier().verify(milan(vectors, cert_chain=chain), trust(allow_debug=True))
+    # an altered ASK still signs the VCEK (its key is intact), but AMD's ARK did not sign it;
+    # an altered ARK is on no path at all
+    fragment = "not issued by a pinned root" if position == 0 else "cert_chain[1]"
+    assert_fails(verdict, "sev.ark.pinned", fragment)
 
 
 def test_a_swapped_vcek_fails_the_signature(vectors: Path) -> None:

@@ -74,7 +74,7 @@ def test_a_bound_report_of_each_version_is_hardware_attested(
     verdict = _verify(milan_pki, chip_key, _fields(version=version))
     assert not verdict.failed, verdict.checks
     assert verdict.hardware_attested
-    assert "auditor-pinned root ARK-Milan" in reason(verdict, "sev.ark.pinned")
+    assert "the root given with --trust-root, ARK-Milan" in reason(verdict, "sev.ark.pinned")
     assert verdict.measurement == "sha384:" + bytes(range(48)).hex()
 
 
@@ -262,3 +262,21 @@ def test_a_crl_of_another_product_is_not_used(
     other = turin_pki.crl((milan_pki.ask,)).public_bytes(Encoding.DER)
     verdict = _with_crl(milan_pki, chip_key, other)
     assert statuses(verdict)[REVOCATION] is CheckStatus.SKIP
+
+
+def test_a_pem_crl_that_does_not_parse_fails_rather_than_going_unchecked(
+    milan_pki: AmdPki, chip_key: ec.EllipticCurvePrivateKey
+) -> None:
+    pem = bytearray(milan_pki.crl().public_bytes(Encoding.PEM))
+    pem[40:44] = b"!!!!"  # inside the base64 body
+    verdict = _with_crl(milan_pki, chip_key, bytes(pem))
+    assert_fails(verdict, REVOCATION, "Collateral file 1", "does not parse")
+
+
+def test_a_crl_of_another_issuer_is_named_when_revocation_is_skipped(
+    milan_pki: AmdPki, turin_pki: AmdPki, chip_key: ec.EllipticCurvePrivateKey
+) -> None:
+    other = turin_pki.crl().public_bytes(Encoding.DER)
+    verdict = _with_crl(milan_pki, chip_key, other)
+    assert statuses(verdict)[REVOCATION] is CheckStatus.SKIP
+    assert "the CRLs supplied are issued by CN=ARK-Turin" in reason(verdict, REVOCATION)

@@ -20,6 +20,6 @@ def test_vendored_root_is_the_shared_copy_and_pinned(vector: Callable[[str], byt
 
 def test_trust_roots_replace_the_vendored_root(vector: Callable[[str], bytes]) -> None:
     roots, source = pki.pinned_roots((vector("intel-sgx-root-ca.pem"),))
-    assert source == "the auditor's trust roots" and len(roots) == 1
+    assert source == "the roots given with --trust-root" and len(roots) == 1
     roots, source = pki.pinned_roots(())
     assert source == "the vendored Intel SGX Root CA"

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from cmcp_cli.attestation.api import CheckStatus, EvidenceVerdict, ProviderError, TrustInputs
+from cmcp_cli.testing.tamper import tamperings
 from cmcp_cli.testing.verdicts import assert_fails, reason, statuses
 from cmcp_tdx import verifier as v
 from cmcp_tdx.measurement import measurement_string
@@ -184,7 +185,7 @@ def test_a_wrong_root_fails_the_chain_and_the_pin(vector: Vector) -> None:
     trust = TrustInputs(binding=own_binding(raw), at=AT, trust_roots=(_other_root(),))
     verdict = TdxVerifier().verify({"quote": b64(raw)}, trust)
     assert_fails(verdict, v.PCK_CHAIN, "does not verify to a pinned root")
-    assert_fails(verdict, v.ROOT_PINNED, "the auditor's trust roots")
+    assert_fails(verdict, v.ROOT_PINNED, "the roots given with --trust-root")
     assert statuses(verdict)[v.QE_SIGNATURE] is CheckStatus.SKIP
 
 
@@ -195,6 +196,10 @@ def test_the_intel_root_given_as_trust_root_verifies(vector: Vector) -> None:
     verdict = TdxVerifier().verify({"quote": b64(raw)}, trust)
     assert statuses(verdict)[v.ROOT_PINNED] is CheckStatus.PASS
     assert verdict.hardware_attested
+    # the very bytes of the vendored root, but given by the auditor: named as theirs
+    said = reason(verdict, v.ROOT_PINNED)
+    assert "a root given with --trust-root" in said and "vendored" not in said
+    assert "the vendored Intel SGX Root CA" in reason(judge(raw, binding=bytes(32)), v.ROOT_PINNED)
 
 
 def test_after_the_pck_leaf_expired_the_chain_fails(vector: Vector) -> None:
@@ -341,3 +346,76 @@ def test_an_unusable_policy_is_refused_naming_the_key(
 ) -> None:
     with pytest.raises(ProviderError, match=message):
         _with_policy(vector(COS), AT, **policy)
+
+
+def _certificate_text(raw: bytes, which: int) -> tuple[int, int]:
+    """Where the base64 body of PEM certificate `which` (0-based) of the quote lies."""
+    at = -1
+    for _ in range(which + 1):
+        at = raw.index(b"-----BEGIN CERTIFICATE-----", at + 1)
+    return at + len(b"-----BEGIN CERTIFICATE-----\n"), raw.index(b"-----END", at)
+
+
+def test_an_altered_copy_of_the_root_in_the_quote_fails(vector: Vector) -> None:
+    """The pinned root stands in for the quote's copy of it; an altered copy is refused,
+    not passed over."""
+    raw = bytearray(vector(COS))
+    _, end = _certificate_text(bytes(raw), 2)
+    at = end - 30  # a base64 character of the copy's signature
+    raw[at] = ord("A") if raw[at] != ord("A") else ord("B")
+    verdict = judge(bytes(raw), binding=bytes(32))
+    assert_fails(verdict, v.PCK_CHAIN, "Certificate 3 of the PCK chain", "not on the verified path")
+
+
+def test_a_respelled_pck_chain_fails(vector: Vector) -> None:
+    """The same certificates with one line end changed: the chain is unsigned, so a second
+    spelling of it is a change that only the spelling can show."""
+    raw = bytearray(vector(COS))
+    start, _ = _certificate_text(bytes(raw), 1)
+    line_end = raw.index(b"\n", start)
+    raw[line_end] = ord("\r")
+    verdict = judge(bytes(raw), binding=bytes(32))
+    assert_fails(verdict, v.PCK_CHAIN, "not canonical PEM")
+
+
+@pytest.mark.parametrize(
+    ("offset", "fragment"),
+    [(8, "SHA-1 digest field is not zero"), (-1, "are not padding")],
+    ids=["header-digest", "padding"],
+)
+def test_ccel_bytes_that_no_digest_covers_are_still_checked(
+    vector: Vector, offset: int, fragment: str
+) -> None:
+    log = bytearray(vector("gotdx-cos113-ccel-data.dat"))
+    log[offset] ^= 0x01
+    verdict = judge(vector(COS), ccel=b64(bytes(log)))
+    assert_fails(verdict, v.RTMR_REPLAY, fragment)
+
+
+def test_every_changed_leaf_of_the_collateral_fails_the_tcb_status(vector: Vector) -> None:
+    """Collateral is evidence too when it travels in it: each of its members (issuer chains
+    included, even the one for the PCK CRL, which is judged against the quote's own chain)
+    is checked, so any single change fails the appraisal."""
+    collateral = json.loads(vector("dcapqvl-b0c06f-collateral.json"))
+    raw = vector(QVL)
+    genuine = judge(raw, at=COLLATERAL_AT, collateral=collateral)
+    assert statuses(genuine)[v.TCB_STATUS] is CheckStatus.PASS
+    unnoticed = []
+    for tampering in tamperings({"collateral": collateral}):
+        verdict = judge(raw, at=COLLATERAL_AT, **tampering.evidence)
+        if statuses(verdict)[v.TCB_STATUS] is not CheckStatus.FAIL:
+            unnoticed.append(str(tampering))
+    assert not unnoticed, unnoticed
+
+
+def test_auditor_collateral_lacking_a_member_fails_rather_than_being_passed_over(
+    vector: Vector,
+) -> None:
+    raw = vector(QVL)
+    document = json.loads(vector("dcapqvl-b0c06f-collateral.json"))
+    del document["qe_identity"]
+    trust = TrustInputs(
+        binding=own_binding(raw), at=COLLATERAL_AT, collateral=(json.dumps(document).encode(),)
+    )
+    verdict = TdxVerifier().verify({"quote": b64(raw)}, trust)
+    assert_fails(verdict, v.TCB_STATUS, "lacks qe_identity")

@@ -403,15 +403,13 @@ def test_the_ak_is_untied_until_enrolled_then_certified(
         collector.prepare(FACTS, settings)
         untied = collector.collect(bytes(32), settings).evidence
         collector.close()
-        assert untied["ak_tie"]["status"] == "untied"
-        assert "0x01C101D0" in untied["ak_tie"]["reason"]
+        assert untied["ak_tie"] == {"status": "untied"}
         der = enroll_attestation_key(fresh_software_tpm.tcti, 0x81010002, test_ca)
         collector.prepare(FACTS, settings)
         certified = collector.collect(bytes(32), settings).evidence
     finally:
         collector.close()
-    assert certified["ak_tie"]["status"] == "certified"
-    assert "0x01C101D0" in certified["ak_tie"]["reason"]
+    assert certified["ak_tie"] == {"status": "certified"}
     assert [_b64(c) for c in certified["ak_certificates"]] == [der]
     certificate = x509.load_der_x509_certificate(der)
     certificate.verify_directly_issued_by(test_ca.certificate)

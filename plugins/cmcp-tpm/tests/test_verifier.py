@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -235,9 +236,9 @@ def test_chain_to_an_unpinned_root(ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki)
         make_evidence(ecc_ak, pki),
         trust(None, trust_roots=(other_root.public_bytes(Encoding.PEM),)),
     )
-    assert_fails(verdict, "tpm.ak.certificate", "CN=Test Root", "no pinned trust root")
-    assert statuses(verdict)["tpm.ek.certificate"] is CheckStatus.SKIP
-    assert "No pinned root for the EK issuer" in reason(verdict, "tpm.ek.certificate")
+    assert_fails(verdict, "tpm.ak.certificate", "CN=Test Root", "no root given with --trust-root")
+    # a root was given, so an EK chain that misses it fails rather than going unjudged
+    assert_fails(verdict, "tpm.ek.certificate", "CN=Test Root", "no root given with --trust-root")
 
 
 def test_trust_roots_may_be_bundles_of_several_certificates(
@@ -268,9 +269,40 @@ def test_ek_certificates_of_two_algorithms_under_a_pinned_issuer(
     roots = (pki.root_pem, ek_ca.public_bytes(Encoding.PEM))
     verdict = TpmVerifier().verify(evidence, trust(pki, trust_roots=roots))
     assert statuses(verdict)["tpm.ek.certificate"] is CheckStatus.PASS, verdict.checks
+    assert "a root given with --trust-root" in reason(verdict, "tpm.ek.certificate")
+    assert "CN=Maker EK CA" in reason(verdict, "tpm.ek.certificate")
+    # the AK's root alone: the EK maker's root is missing from what the auditor gave
     unpinned = TpmVerifier().verify(evidence, trust(pki))
-    assert statuses(unpinned)["tpm.ek.certificate"] is CheckStatus.SKIP
-    assert "CN=Maker EK CA" in reason(unpinned, "tpm.ek.certificate")
+    assert_fails(unpinned, "tpm.ek.certificate", "CN=Maker EK CA", "no root given")
+
+
+def test_a_shortened_ek_pool_fails_once_roots_are_given(
+    ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki
+) -> None:
+    """Without its CA, the EK certificate no longer reaches the given root: that fails."""
+    evidence = make_evidence(ecc_ak, pki)
+    evidence["ek_certificates"] = evidence["ek_certificates"][:1]
+    verdict = TpmVerifier().verify(evidence, trust(pki))
+    assert_fails(verdict, "tpm.ek.certificate", "CN=EK CA", "no root given with --trust-root")
+
+
+def test_an_ek_certificate_whose_issuer_was_changed_fails(
+    ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki
+) -> None:
+    evidence = make_evidence(ecc_ak, pki)
+    evidence["ek_certificates"] = [_rename_issuer(evidence["ek_certificates"][0])]
+    verdict = TpmVerifier().verify(evidence, trust(pki))
+    assert_fails(verdict, "tpm.ek.certificate", "no root given with --trust-root")
+
+
+def _rename_issuer(der_b64: str) -> str:
+    """The certificate with one character of its issuer's common name changed."""
+    der = base64.b64decode(der_b64)
+    issuer = x509.load_der_x509_certificate(der).issuer.public_bytes()
+    at = der.index(issuer) + len(issuer) - 1  # the issuer precedes the subject in the TBS
+    changed = bytearray(der)
+    changed[at] = ord("X") if changed[at] != ord("X") else ord("Y")  # stays printable
+    return b64(bytes(changed))
 
 
 def test_certificates_without_trust_roots_skip(
@@ -286,11 +318,29 @@ def test_no_certificates_skip_and_are_not_attested(
     ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki
 ) -> None:
     evidence = make_evidence(ecc_ak, pki, certified=False) | {"ek_certificates": []}
-    verdict = TpmVerifier().verify(evidence, trust(pki))
+    verdict = TpmVerifier().verify(evidence, trust(None))
     status = statuses(verdict)
     assert status["tpm.ak.certificate"] is CheckStatus.SKIP
     assert status["tpm.ek.certificate"] is CheckStatus.SKIP
     assert "not tied to the EK" in reason(verdict, "tpm.ak.certificate")
+    assert not verdict.failed and not verdict.hardware_attested
+
+
+def test_no_ek_certificate_fails_once_roots_are_given(
+    ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki
+) -> None:
+    evidence = make_evidence(ecc_ak, pki) | {"ek_certificates": []}
+    verdict = TpmVerifier().verify(evidence, trust(pki))
+    assert_fails(verdict, "tpm.ek.certificate", "No EK certificate", "--trust-root")
+    assert statuses(verdict)["tpm.ak.certificate"] is CheckStatus.PASS
+
+
+def test_sound_ek_certificates_without_a_root_are_not_attested(
+    ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki
+) -> None:
+    verdict = TpmVerifier().verify(make_evidence(ecc_ak, pki), trust(None))
+    assert statuses(verdict)["tpm.ek.certificate"] is CheckStatus.SKIP
+    assert "vendors no root" in reason(verdict, "tpm.ek.certificate")
     assert not verdict.failed and not verdict.hardware_attested
 
 
@@ -347,7 +397,8 @@ MALFORMED: list[tuple[str, Any]] = [
     ("ak_certificates", "MIIB"),
     ("ak_certificates", [b64(b"not der")]),
     ("ek_certificates", [b64(b"not der")]),
-    ("ak_tie", {"status": "maybe", "reason": ""}),
+    ("ak_tie", {"status": "maybe"}),
+    ("ak_tie", {"status": "certified", "reason": "unjudged free text"}),
     ("pcrs", {"sha256": {"3": "XY" * 32}}),
     ("pcrs", {"sha512": {}}),
     ("pcrs", {"sha256": {"03": "00" * 32}}),

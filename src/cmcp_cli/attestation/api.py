@@ -77,9 +77,12 @@ class TrustInputs:
     binding: bytes  # recomputed from the claim
     at: datetime  # evidence is judged at the claim's time, not the wall clock
     expected_measurements: tuple[str, ...] = ()
-    trust_roots: tuple[bytes, ...] = ()  # PEM data of pinned roots
+    # PEM data of the roots the auditor gave (`--trust-root`). A plugin's vendored roots are
+    # its own, used only when none is given; reasons name which of the two a chain ended at.
+    trust_roots: tuple[bytes, ...] = ()
     allow_debug: bool = False
     policy_hash: str | None = None  # the claim's bundle hash, for evidence that measures it
+    gateway_digest: str | None = None  # the claim's gateway digest, for evidence that states it
     # Vendor collateral the auditor supplies (such as Intel's TCB info, QE identity and CRLs
     # as one PCS JSON document), file by file; each verifier takes the kinds it knows and
     # prefers them to any the evidence carries.

@@ -16,6 +16,7 @@ from typing import Any
 from cmcp_cli import __version__
 from cmcp_cli.attestation.api import (
     Check,
+    CheckStatus,
     Detection,
     Evidence,
     EvidenceVerdict,
@@ -34,6 +35,8 @@ from cmcp_cli.claim.canonical import is_sha256_tagged
 NAME = "software-only"
 EVIDENCE_TYPE = "cmcp-software-v1"
 PLATFORM = "software-only"
+_MEMBERS = frozenset({"binding", "gateway_digest"})
+_SHAPE, _BINDING, _DIGEST = "evidence.shape", "evidence.binding", "evidence.gateway_digest"
 
 
 class SoftwareCollector:
@@ -63,36 +66,53 @@ class SoftwareCollector:
 
 
 class SoftwareVerifier:
+    """Checks what software evidence states (the binding, the gateway digest) against the
+    claim; every check is reported, those whose input is malformed skipped naming the shape
+    check that failed."""
+
     def verify(self, evidence: Mapping[str, Any], trust: TrustInputs) -> EvidenceVerdict:
-        checks: list[Check] = []
-        binding = evidence.get("binding")
-        digest = evidence.get("gateway_digest")
-        if (
-            not isinstance(binding, str)
-            or not isinstance(digest, str)
-            or not is_sha256_tagged(digest)
-        ):
-            checks.append(
-                Check.failed("evidence.shape", "software evidence needs binding and gateway_digest")
-            )
-            return EvidenceVerdict(tuple(checks), hardware_attested=False)
-        checks.append(
-            Check.passed("evidence.shape", "software evidence with binding and gateway digest")
+        binding = evidence.get("binding") if isinstance(evidence, Mapping) else None
+        digest = evidence.get("gateway_digest") if isinstance(evidence, Mapping) else None
+        unknown = (
+            sorted(map(str, set(evidence) - _MEMBERS)) if isinstance(evidence, Mapping) else []
         )
-        if binding == trust.binding.hex():
-            checks.append(
-                Check.passed("evidence.binding", "the evidence names the claim's binding")
+        sound = isinstance(binding, str) and isinstance(digest, str) and is_sha256_tagged(digest)
+        if not sound or unknown:
+            extra = f"; unknown members {', '.join(unknown)}" if unknown else ""
+            shape = Check.failed(
+                _SHAPE, f"software evidence needs binding and a sha256 gateway_digest{extra}"
             )
         else:
-            checks.append(
-                Check.failed("evidence.binding", "the evidence names a different binding")
-            )
+            shape = Check.passed(_SHAPE, "software evidence with binding and gateway digest")
+        checks = [shape]
+        if not isinstance(binding, str):
+            checks.append(Check.skipped(_BINDING, f"no usable binding (see {_SHAPE})"))
+        elif binding == trust.binding.hex():
+            checks.append(Check.passed(_BINDING, "the evidence names the claim's binding"))
+        else:
+            checks.append(Check.failed(_BINDING, "the evidence names a different binding"))
+        if isinstance(digest, str) and is_sha256_tagged(digest):
+            checks.append(_gateway_digest(digest, trust.gateway_digest))
+        else:
+            checks.append(Check.skipped(_DIGEST, f"no usable gateway digest (see {_SHAPE})"))
         checks.append(
             Check.skipped(
                 "evidence.hardware", "software mode: no hardware root of trust vouches for it"
             )
         )
-        return EvidenceVerdict(tuple(checks), hardware_attested=False, measurement=digest)
+        measurement = digest if shape.status is CheckStatus.PASS else None
+        return EvidenceVerdict(tuple(checks), hardware_attested=False, measurement=measurement)
+
+
+def _gateway_digest(stated: str, claimed: str | None) -> Check:
+    name = _DIGEST
+    if claimed is None:
+        return Check.skipped(name, "no gateway digest of the claim was given to compare with")
+    if stated != claimed:
+        return Check.failed(
+            name, f"the evidence states gateway digest {stated}, the claim {claimed}"
+        )
+    return Check.passed(name, "the evidence states the claim's gateway digest")
 
 
 class SoftwareMeasurer:

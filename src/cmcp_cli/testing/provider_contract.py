@@ -13,12 +13,21 @@ The suite checks the declaration, lazy loading, that detection and verification 
 raise on bad input, that a verifier fails closed (garbage, a wrong binding), and, where
 the collector detects its hardware here (with the `provider_settings` fixture's config),
 that its own evidence verifies.
+
+Then it tampers: the `pinned_evidence` fixture is evidence with everything an auditor pins
+to verify it (roots, policy hash, collateral), on which the verifier's verdict is
+hardware-attested (for the software provider: passes). By default it is the collector's own
+evidence, where the hardware is here; override it with genuine vendor evidence or evidence
+signed under a test PKI so that the tamper tests run everywhere. Every single-leaf change
+of it (`cmcp_cli.testing.tamper`) must fail, never turn a passing check into a skip that no
+failure explains, and never stay hardware-attested.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +43,7 @@ from cmcp_cli.attestation.api import (
     TrustInputs,
 )
 from cmcp_cli.claim.canonical import canonical_bytes
+from cmcp_cli.testing.tamper import REMOVED, same_outcome, tamper_problems, tamperings
 
 TRACE_PLATFORMS = frozenset(
     {
@@ -62,8 +72,26 @@ FACTS = GatewayFacts(
 )
 
 
+SOFTWARE_PLATFORM = "software-only"
+
+
 def _trust(binding: bytes, policy_hash: str | None = None) -> TrustInputs:
-    return TrustInputs(binding=binding, at=datetime.now(UTC), policy_hash=policy_hash)
+    return TrustInputs(
+        binding=binding,
+        at=datetime.now(UTC),
+        policy_hash=policy_hash,
+        gateway_digest=FACTS.gateway_digest if policy_hash is not None else None,
+    )
+
+
+@dataclass(frozen=True)
+class PinnedEvidence:
+    """Evidence and what an auditor gives to verify it, so that it is hardware-attested."""
+
+    evidence: Mapping[str, Any]
+    trust: TrustInputs
+    # Lists of independent items a real host may give fewer of (see cmcp_cli.testing.tamper).
+    independent_lists: frozenset[tuple[str | int, ...]] = frozenset()
 
 
 class ProviderContract:
@@ -143,3 +171,43 @@ class ProviderContract:
         assert not good.failed, [c for c in good.checks if c.status is CheckStatus.FAIL]
         wrong = verifier.verify(evidence.evidence, _trust(bytes(32)))
         assert wrong.failed and not wrong.hardware_attested
+
+    @pytest.fixture
+    def pinned_evidence(
+        self, provider_spec: ProviderSpec, provider_settings: Mapping[str, Any]
+    ) -> PinnedEvidence:
+        """The collector's own evidence with the contract's pins (skips where the hardware is
+        not here); override with evidence and the auditor's pins that verify it everywhere."""
+        binding = bytes(range(32))
+        evidence = self._collect(provider_spec, provider_settings, binding)
+        return PinnedEvidence(evidence.evidence, _trust(binding, FACTS.bundle_hash))
+
+    def test_pinned_evidence_verifies(
+        self, provider_spec: ProviderSpec, pinned_evidence: PinnedEvidence
+    ) -> None:
+        verdict = provider_spec.load_verifier().verify(
+            pinned_evidence.evidence, pinned_evidence.trust
+        )
+        assert not verdict.failed, [c for c in verdict.checks if c.status is CheckStatus.FAIL]
+        software = provider_spec.platform == SOFTWARE_PLATFORM
+        assert verdict.hardware_attested is not software, verdict.checks
+
+    def test_every_changed_leaf_of_the_evidence_fails(
+        self, provider_spec: ProviderSpec, pinned_evidence: PinnedEvidence
+    ) -> None:
+        verifier = provider_spec.load_verifier()
+        trust = pinned_evidence.trust
+        genuine = verifier.verify(pinned_evidence.evidence, trust)
+        assert not genuine.failed, "the pinned evidence must verify (test_pinned_evidence_verifies)"
+        wrong: list[str] = []
+        count = 0
+        for tampering in tamperings(pinned_evidence.evidence):
+            count += 1
+            verdict = verifier.verify(tampering.evidence, trust)
+            independent = (
+                tampering.change == REMOVED and tampering.path in pinned_evidence.independent_lists
+            )
+            judge = same_outcome if independent else tamper_problems
+            wrong.extend(f"{tampering}: {p}" for p in judge(genuine, verdict))
+        assert count, "the evidence has no leaf to change"
+        assert not wrong, f"{len(wrong)} problem(s) in {count} tamperings:\n" + "\n".join(wrong)

@@ -290,6 +290,7 @@ def _attestation(
         trust_roots=options.trust_roots,
         allow_debug=options.allow_debug,
         policy_hash=claim["trace"]["policy"]["bundle_hash"],
+        gateway_digest=claim["trace"]["build_provenance"]["digest"],
         collateral=options.collateral,
         platform_policy=options.platform_policy.get(provider.spec.name, {}),
     )

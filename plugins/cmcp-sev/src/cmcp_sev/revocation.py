@@ -31,14 +31,19 @@ class RevocationError(ValueError):
 
 def crls_in(collateral: Sequence[bytes]) -> list[x509.CertificateRevocationList]:
     """Every X.509 CRL among the auditor's collateral files; other files (another verifier's
-    collateral) are passed over."""
+    collateral) are passed over. A PEM CRL that does not parse is `RevocationError`: it is
+    unmistakably a CRL the auditor meant, so passing it over would leave revocation unchecked
+    in silence."""
     found: list[x509.CertificateRevocationList] = []
-    for blob in collateral:
+    for position, blob in enumerate(collateral, 1):
         if _PEM_MARKER in blob:
             try:
                 found.append(x509.load_pem_x509_crl(blob))
-            except ValueError:
-                continue
+            except ValueError as error:
+                raise RevocationError(
+                    f"Collateral file {position} is a PEM CRL that does not parse "
+                    f"({str(error).rstrip('.')}): fetch it again from AMD KDS."
+                ) from None
         elif blob[:1] == b"\x30":
             try:
                 found.append(x509.load_der_x509_crl(blob))

@@ -8,8 +8,9 @@ refused, so editing the package data cannot add a root.
 
 An auditor who passes `--trust-root` (TrustInputs.trust_roots) replaces the vendored ARKs
 with the self-signed certificates of those PEM files: only what the auditor names is
-then trusted. Non-self-signed certificates in those files (an ASK, an ASVK) are used as
-intermediates, never as roots.
+then trusted, and reasons name such a root as the one given with --trust-root even when it
+is byte for byte AMD's vendored ARK. Non-self-signed certificates in those files (an ASK,
+an ASVK) are used as intermediates, never as roots.
 """
 
 from __future__ import annotations
@@ -72,8 +73,12 @@ def vendored_bytes(product: Product) -> bytes:
 class Anchor:
     cert: x509.Certificate
     fingerprint: str
-    product: Product | None  # a vendored root's product; None for an auditor's own root
-    vendored: bool
+    product: Product | None  # the product of an AMD ARK (pinned fingerprint); else None
+    vendored: bool  # shipped with the plugin; False for every root given with --trust-root
+
+    def describe(self) -> str:
+        whose = "the vendored AMD root" if self.vendored else "the root given with --trust-root,"
+        return f"{whose} {common_name(self.cert)} (sha256 {self.fingerprint})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +142,7 @@ def trust_set(trust_roots: Sequence[bytes]) -> TrustSet:
         for cert in certs:
             if _self_signed(cert):
                 fp = fingerprint(cert)
-                product = pinned.get(fp)
-                anchors.append(Anchor(cert, fp, product, vendored=product is not None))
+                anchors.append(Anchor(cert, fp, pinned.get(fp), vendored=False))
             else:
                 intermediates.append(cert)
     if not anchors:
@@ -146,4 +150,4 @@ def trust_set(trust_roots: Sequence[bytes]) -> TrustSet:
             "the --trust-root files hold no self-signed certificate: give AMD's ARK "
             "(for example the product's cert_chain from AMD KDS, ASK then ARK)"
         )
-    return TrustSet(tuple(anchors), tuple(intermediates), "the --trust-root certificates")
+    return TrustSet(tuple(anchors), tuple(intermediates), "the roots given with --trust-root")

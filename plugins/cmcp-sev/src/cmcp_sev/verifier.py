@@ -280,19 +280,35 @@ class _Run:
                 f"The chain ends at the {root_product.value} root {certs.describe(ark)}, but the "
                 f"report is from a {product.value}."
             )
+        if (problem := self._supplied_off_path(intermediate, ark)) is not None:
+            raise _Fail(problem)
         self.chain_ok, self.ark = True, ark
-        kind = "vendored" if anchor.vendored else "auditor-pinned"
         return (
-            f"{certs.describe(intermediate)} was issued by the {kind} root {certs.describe(ark)} "
-            f"(sha256 {anchor.fingerprint}), valid at the time."
+            f"{certs.describe(intermediate)} was issued by {anchor.describe()}, valid at the time."
         )
+
+    def _supplied_off_path(
+        self, intermediate: x509.Certificate, ark: x509.Certificate
+    ) -> str | None:
+        # The host's certificates are evidence too: each must be the intermediate or the
+        # root the chain went through, so an altered or foreign one is refused, not ignored.
+        for position, cert in enumerate(self.supplied):
+            if cert not in (intermediate, ark):
+                return (
+                    f"cert_chain[{position}] ({certs.describe(cert)}, sha256 "
+                    f"{roots.fingerprint(cert)}) is neither {certs.describe(intermediate)} "
+                    f"that issued the {self.leaf_name} nor the root {certs.describe(ark)} "
+                    "the chain ended at: the evidence carries a certificate that was altered "
+                    "or belongs to another chain."
+                )
+        return None
 
     def revocation(self) -> str:
         intermediate, ark = self.intermediate, self.ark
         if intermediate is None or ark is None:
             raise _Skip(f"The chain did not reach a pinned root (see {PINNED}).")
-        crls = revocation.crls_in(self.trust.collateral)
         try:
+            crls = revocation.crls_in(self.trust.collateral)
             verdict = revocation.check_intermediate(crls, ark, intermediate, self.trust.at)
         except revocation.RevocationError as error:
             raise _Fail(str(error)) from None
@@ -304,6 +320,9 @@ class _Run:
             f"{certs.describe(intermediate)} was not checked. AMD KDS serves it at "
             f"{KDS}/{kind}/v1/{self._product().value}/crl; pass it with --collateral"
         )
+        if crls:
+            issuers = "; ".join(sorted({crl.issuer.rfc4514_string() for crl in crls}))
+            unchecked += f" (the CRLs supplied are issued by {issuers})"
         if self.wanted.require_crl:
             raise _Fail(f"{unchecked}, as the auditor's platform policy requires.")
         raise _Skip(f"{unchecked}.")

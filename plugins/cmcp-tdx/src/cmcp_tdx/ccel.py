@@ -5,8 +5,10 @@ a TCG crypto-agile log whose "PCR index" is the TDX measurement register index,
 The log starts with a TCG_PCR_EVENT (SHA-1 format) carrying the Spec ID Event03 that
 lists the digest algorithms and sizes; every later event is a TCG_PCR_EVENT2 with one
 digest per algorithm. The table's log area is padded with 0xFF (or zeros) after the last
-event. Replay extends each RTMR from 48 zero bytes: RTMR = SHA-384(RTMR || digest).
-EV_NO_ACTION events are not extended.
+event, to its end. Replay extends each RTMR from 48 zero bytes: RTMR = SHA-384(RTMR ||
+digest); EV_NO_ACTION events are not extended. An event's data is covered by nothing the
+quote signs, only its digest is (through the replay), so the parser checks every byte it
+can: the header's fields and the padding.
 """
 
 from __future__ import annotations
@@ -50,8 +52,16 @@ def _u16(data: bytes, offset: int, what: str) -> int:
 
 
 def _algorithms(event: bytes) -> dict[int, int]:
+    """The digest sizes the Spec ID Event03 lists; every field of it is checked (the header
+    is extended nowhere, so a field left unread would be a change nothing notices)."""
     if not event.startswith(_SPEC_ID) or len(event) < 28:
         raise CcelError("the first event is not a TCG Spec ID Event03 (not a crypto-agile log)")
+    major, uintn_size = event[21], event[23]
+    if major != 2 or uintn_size != 2:
+        raise CcelError(
+            f"the Spec ID event says spec version {major}.x with uintnSize {uintn_size}, not "
+            "2.x with 2 (a TCG PC Client crypto-agile log)"
+        )
     count = _u32(event, 24, "the Spec ID event")
     if not 0 < count <= 8:
         raise CcelError(f"the Spec ID event lists {count} algorithms")
@@ -60,6 +70,9 @@ def _algorithms(event: bytes) -> dict[int, int]:
         sizes[_u16(event, 28 + 4 * n, "the algorithm list")] = _u16(
             event, 30 + 4 * n, "the algorithm list"
         )
+    vendor_at = 28 + 4 * count
+    if vendor_at >= len(event) or vendor_at + 1 + event[vendor_at] != len(event):
+        raise CcelError("the Spec ID event's vendor information does not end the event")
     if sizes.get(SHA384_ALG) != SHA384_SIZE:
         raise CcelError("the log does not record SHA-384 digests")
     return sizes
@@ -75,6 +88,13 @@ def parse(data: bytes) -> list[Event]:
     log, never a silently shortened one: an event running past the data fails."""
     if len(data) < 32:
         raise CcelError(f"the log is {len(data)} bytes, too short for its header event")
+    # TCG numbers the header's register 0; TDVF writes the MR index of PCR 0, which is 1.
+    if _u32(data, 0, "the header event") not in (0, 1):
+        raise CcelError("the header event names a register other than 0 or 1")
+    if _u32(data, 4, "the header event") != EV_NO_ACTION:
+        raise CcelError("the header event is not an EV_NO_ACTION event")
+    if any(data[8:28]):
+        raise CcelError("the header event's SHA-1 digest field is not zero")
     header_size = _u32(data, 28, "the header event")
     if 32 + header_size > len(data):
         raise CcelError("the header event runs past the log")
@@ -106,6 +126,12 @@ def parse(data: bytes) -> list[Event]:
             raise CcelError(f"event {len(events)} has no SHA-384 digest")
         events.append(Event(mr_index, event_type, sha384, data[cursor + 4 : cursor + 4 + size]))
         offset = cursor + 4 + size
+    rest = data[offset:]
+    if rest.strip(b"\xff") and rest.strip(b"\x00"):
+        raise CcelError(
+            f"the {len(rest)} bytes after event {len(events) - 1} are not padding (all 0xFF or "
+            "all zero)"
+        )
     return events
 
 

@@ -308,6 +308,16 @@ def appraise(
     root_crl = _crl(_text(collateral, "root_ca_crl"), "Intel root CA CRL")
     pck_crl = _crl(_text(collateral, "pck_crl"), "PCK CA CRL")
     _check_crl(pck_crl, pck_ca, at, "PCK CA CRL", [leaf])
+    # The CRL is judged against the quote's own PCK CA and root; the issuer chain the
+    # collateral names for it must be exactly those, or it is a member nothing checks.
+    named = pki.load_pem_chain(
+        _text(collateral, "pck_crl_issuer_chain").encode(), "pck_crl issuer chain"
+    )
+    if named != [pck_ca, root]:
+        raise CollateralError(
+            "the pck_crl issuer chain is not the quote's PCK CA and root "
+            f"({pki.common_name(pck_ca)!r}, {pki.common_name(root)!r})"
+        )
     _check_crl(root_crl, root, at, "Intel root CA CRL", [pck_ca])
     info, info_signer = _signed_json(collateral, "tcb_info", roots, at)
     identity, identity_signer = _signed_json(collateral, "qe_identity", roots, at)

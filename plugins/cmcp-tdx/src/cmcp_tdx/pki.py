@@ -80,16 +80,25 @@ def pinned_roots(trust_roots: Sequence[bytes]) -> tuple[list[x509.Certificate], 
             roots.extend(x509.load_pem_x509_certificates(pem))
         except ValueError as error:
             raise PkiError(f"trust root {position} is not PEM certificate data ({error})") from None
-    return roots, "the auditor's trust roots"
+    return roots, "the roots given with --trust-root"
 
 
 def load_pem_chain(pem: bytes, what: str) -> list[x509.Certificate]:
+    """The certificates of a quote's PEM chain, which must be written as Intel's PCS writes
+    it (64-character lines, LF; C-string NULs after it): the chain is unsigned, so a second
+    spelling of the same certificates would be a change that nothing else notices."""
+    text = pem.rstrip(b"\x00")
     try:
-        certs = x509.load_pem_x509_certificates(pem.rstrip(b"\x00"))
+        certs = x509.load_pem_x509_certificates(text)
     except ValueError as error:
         raise PkiError(f"the {what} is not PEM certificate data ({error})") from None
     if len(certs) > _MAX_CHAIN:
         raise PkiError(f"the {what} has {len(certs)} certificates, more than {_MAX_CHAIN}")
+    if text != b"".join(cert.public_bytes(Encoding.PEM) for cert in certs):
+        raise PkiError(
+            f"the {what} is not canonical PEM (64-character base64 lines, LF line ends, "
+            "nothing between the certificates): it was altered after the quote was made"
+        )
     return certs
 
 
@@ -130,6 +139,14 @@ def verify_chain(
     chain = list(verified.chain)
     if (problem := validity_problem(chain[-1], at)) is not None:
         raise PkiError(f"the pinned root: {problem.rstrip('.')}")
+    # What the chain carries is evidence too: a certificate off the verified path (such as
+    # an altered copy of the root, which the pinned root stands in for) is refused.
+    for position, cert in enumerate(certs, 1):
+        if cert not in chain:
+            raise PkiError(
+                f"certificate {position} of the {what} ({common_name(cert)!r}, SHA-256 "
+                f"{fingerprint(cert)}) is not on the verified path to the pinned root"
+            )
     return chain
 
 

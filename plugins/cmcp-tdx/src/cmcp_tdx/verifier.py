@@ -176,9 +176,14 @@ class _Run:
                 f"The PCK chain does not reach {self.roots_source or 'a pinned root'}:{shown}."
             )
         root = self.chain[-1]
+        whose = (
+            "the vendored Intel SGX Root CA"
+            if not self.trust.trust_roots
+            else "a root given with --trust-root"
+        )
         return (
             f"The chain ends at {pki.common_name(root)!r}, SHA-256 {pki.fingerprint(root)}, "
-            f"one of {self.roots_source}."
+            f"{whose}."
         )
 
     def _leaf(self) -> x509.Certificate:
@@ -251,7 +256,10 @@ class _Run:
                     f"Replaying the CCEL log gives RTMR{n} {got.hex()}, but the quote reports "
                     f"{quoted.hex()}."
                 )
-        return f"The {len(events)} CCEL events reproduce the quote's RTMR0..3."
+        return (
+            f"The {len(events)} CCEL events reproduce the quote's RTMR0..3 (their digests: "
+            "the events' data is not covered by the quote)."
+        )
 
     def tcb_status(self) -> str:
         quote = self._quote()
@@ -297,16 +305,17 @@ class AmbiguousCollateralError(ValueError):
 
 def auditor_collateral(trust: TrustInputs) -> Mapping[str, Any] | None:
     """The PCS collateral among what the auditor supplied (`cmcp verify --collateral`): the
-    JSON object with exactly the PCS collateral members. Files of other kinds are another
-    verifier's; two PCS documents are ambiguous and refused (`AmbiguousCollateralError`)
-    rather than one picked."""
+    JSON object with any of the PCS collateral members (one lacking some, or with others,
+    is still taken, and its appraisal fails naming them, rather than passed over in
+    silence). Files of other kinds are another verifier's; two PCS documents are ambiguous
+    and refused (`AmbiguousCollateralError`) rather than one picked."""
     found: list[Mapping[str, Any]] = []
     for item in trust.collateral:
         try:
             document = json.loads(item)
         except (ValueError, UnicodeDecodeError):
             continue
-        if isinstance(document, Mapping) and set(document) == collateral.MEMBERS:
+        if isinstance(document, Mapping) and set(document) & collateral.MEMBERS:
             found.append(document)
     if len(found) > 1:
         raise AmbiguousCollateralError(

@@ -3,10 +3,14 @@ AKs, a quote's signature, and X.509 chains of TPM AK and EK certificates.
 
 A chain is judged as the auditor pinned it: each certificate must be signed by the next
 (which must be a CA), the last must be a pinned root or be signed by one, and every
-certificate used, the root included, must be valid at the claim's time. TPM certificates
-carry profile-specific critical extensions (an EK's directoryName SAN) that a web PKI path
-validator rejects, so signatures and validity are checked here directly. Every problem is
-returned as a sentence; nothing here raises on bad certificates.
+certificate used, the root included, must be valid at the claim's time. The plugin vendors
+no root (TPM makers and privacy CAs are the auditor's choice), so every root is one given
+with `--trust-root`: once the auditor gives roots, a chain that does not reach one of them
+fails; with none given, the chains cannot be judged and nothing is hardware-attested.
+TPM certificates carry profile-specific critical extensions (an EK's directoryName SAN)
+that a web PKI path validator rejects, so signatures and validity are checked here
+directly. Every problem is returned as a sentence; nothing here raises on bad
+certificates.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from cmcp_cli.attestation.toolkit import validity_problem
 from cmcp_tpm import structures as tpm
 
 _MAX_CHAIN = 8
+_UNJUDGED = "the TPM plugin vendors no root, so the chain cannot be judged here."
 
 AkKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
@@ -179,14 +184,13 @@ def check_chain(
         top = chain[-1].issuer.rfc4514_string() or "(empty issuer)"
         return ChainResult(
             ChainStatus.UNANCHORED,
-            f"The {role} chain ends at issuer {top}, which no pinned trust root is or signed.",
+            f"The {role} chain ends at issuer {top}, which no root given with --trust-root "
+            "is or signed.",
         )
-    if (problem := validity_problem(root, f"pinned root {describe(root)}", at)) is not None:
-        return ChainResult(ChainStatus.INVALID, problem)
-    return ChainResult(
-        ChainStatus.VALID,
-        f"The {role} chain reaches pinned root {describe(root)}, valid at the time.",
-    )
+    label = f"the root given with --trust-root, {describe(root)}"
+    if (problem := validity_problem(root, label, at)) is not None:
+        return ChainResult(ChainStatus.INVALID, problem[0].upper() + problem[1:])
+    return ChainResult(ChainStatus.VALID, f"The {role} chain reaches {label}, valid at the time.")
 
 
 def check_pool(
@@ -197,6 +201,7 @@ def check_pool(
     all must reach a pinned root for VALID; an unsound path is INVALID."""
     by_subject = {cert.subject: cert for cert in certs}
     unanchored: ChainResult | None = None
+    reached: set[str] = set()
     for cert in certs:
         path = [cert]
         while (issuer := by_subject.get(path[-1].issuer)) is not None and issuer not in path:
@@ -206,10 +211,15 @@ def check_pool(
             return result
         if result.status is ChainStatus.UNANCHORED:
             unanchored = unanchored or result
+        elif (root := _anchor(path[-1], roots)) is not None:
+            reached.add(describe(root))
     if unanchored is not None:
         return unanchored
+    roots_named = "; ".join(sorted(reached))
     return ChainResult(
-        ChainStatus.VALID, f"Every {role} certificate reaches a pinned root, valid at the time."
+        ChainStatus.VALID,
+        f"Every {role} certificate reaches a root given with --trust-root ({roots_named}), "
+        "valid at the time.",
     )
 
 
@@ -221,7 +231,9 @@ def judge_ak(
         return CheckStatus.FAIL, f"ak_tie says {tie!r} but {len(blobs)} AK certificates are given."
     if not blobs:
         return CheckStatus.SKIP, (
-            "The AK is not tied to the EK by a certificate: not fully attested."
+            "The AK is not tied to the EK by a certificate (the collector found none at its "
+            "ak_cert_nv_index; enroll the AK with a privacy CA and store the certificate "
+            "there): not hardware-attested."
         )
     certs, problem = load_der(blobs, "AK")
     if problem is not None:
@@ -234,8 +246,8 @@ def judge_ak(
         )
     if not trust.trust_roots:
         return CheckStatus.SKIP, (
-            "AK certificates are present but no root is pinned: pass --trust-root with the "
-            "root of the AK issuer."
+            f"AK certificates are present but no root was given: {_UNJUDGED} Pass "
+            f"--trust-root with the root of the AK issuer {_top_issuer(certs)}."
         )
     roots, problem = load_roots(trust.trust_roots)
     if problem is not None:
@@ -247,17 +259,33 @@ def judge_ak(
 
 
 def judge_ek(blobs: Sequence[bytes], trust: TrustInputs) -> tuple[CheckStatus, str]:
-    """The `tpm.ek.certificate` outcome: EK certificates sound, and anchored when possible."""
-    if not blobs:
-        return CheckStatus.SKIP, "No EK certificate was given."
+    """The `tpm.ek.certificate` outcome: with roots given, the EK certificates must reach
+    them (a missing or unanchored chain fails); with none given, sound ones are unjudged."""
     certs, problem = load_der(blobs, "EK")
     if problem is None:
         roots, problem = load_roots(trust.trust_roots)
     if problem is not None:
         return CheckStatus.FAIL, problem
+    if not certs:
+        if roots:
+            return CheckStatus.FAIL, (
+                "No EK certificate was given, so nothing ties this TPM to a maker whose root "
+                "was given with --trust-root."
+            )
+        return CheckStatus.SKIP, f"No EK certificate was given and no root: {_UNJUDGED}"
     result = check_pool(certs, roots, trust.at, "EK")
-    if result.status is ChainStatus.UNANCHORED:
-        return CheckStatus.SKIP, f"No pinned root for the EK issuer: {result.reason}"
+    if result.status is ChainStatus.UNANCHORED and not roots:
+        return CheckStatus.SKIP, (
+            f"EK certificates are present but no root was given: {_UNJUDGED} Pass "
+            f"--trust-root with the root of the EK issuer {_top_issuer(certs)}."
+        )
     return (CheckStatus.PASS if result.status is ChainStatus.VALID else CheckStatus.FAIL), (
         result.reason
     )
+
+
+def _top_issuer(certs: Sequence[x509.Certificate]) -> str:
+    try:
+        return certs[-1].issuer.rfc4514_string() or "(empty issuer)"
+    except ValueError:
+        return "(unreadable issuer)"

@@ -4,8 +4,10 @@ The verifier recomputes everything from the evidence and the auditor's trust inp
 quote's structure and binding, the AK that signed it (its attributes and its name as a
 primary key of the claimed hierarchy), the signature, the PCR values against the quoted
 digest, the gateway's event log against those values and the claim's policy bundle, and
-the AK and EK certificates against pinned roots. Each step is a named `Check`; a step
-whose input an earlier failure made meaningless is skipped with the reason. Malformed
+the AK and EK certificates against the roots the auditor gave. Each step is a named
+`Check`; a step whose input an earlier failure made meaningless is skipped naming that
+check. A check skipped for want of the auditor's input (no root, no policy hash) is never
+hardware-attested; once roots are given, a chain that misses them fails. Malformed
 evidence is a failed check, never an exception.
 """
 
@@ -41,9 +43,11 @@ POLICY = "tpm.eventlog.policy"
 AK_CERTIFICATE = "tpm.ak.certificate"
 EK_CERTIFICATE = "tpm.ek.certificate"
 
-# hardware_attested needs each of these to pass, and no check to fail.
+# hardware_attested needs each of these to pass, and no check to fail: the AK certified
+# to a root the auditor gave, and the TPM's EK certified to one.
 HARDWARE_CHECKS = (
-    AK_CERTIFICATE, AK_ATTRIBUTES, SIGNER, SIGNATURE, EXTRA_DATA, PCR_DIGEST, REPLAY,
+    AK_CERTIFICATE, EK_CERTIFICATE, AK_ATTRIBUTES, SIGNER, SIGNATURE, EXTRA_DATA, PCR_DIGEST,
+    REPLAY,
 )  # fmt: skip
 POLICY_EVENT = "cmcp-policy-bundle"
 
