@@ -41,6 +41,19 @@ class StartupError(CmcpError):
 
 
 @dataclass(frozen=True)
+class Caller:
+    """Who a request authenticates as: an agent, the operator, or neither (both is refused
+    by the config checks: an operator token may not also be an agent's)."""
+
+    agent: str | None
+    operator: bool
+
+    @property
+    def authenticated(self) -> bool:
+        return self.operator or self.agent is not None
+
+
+@dataclass(frozen=True)
 class Credentials:
     """Bearer tokens by SHA-256 digest, each naming the agent it authenticates."""
 
@@ -62,6 +75,9 @@ class Credentials:
         if token is None or self.operator_digest is None:
             return False
         return hmac.compare_digest(hashlib.sha256(token.encode()).digest(), self.operator_digest)
+
+    def caller(self, token: str | None) -> Caller:
+        return Caller(agent=self.agent_for(token), operator=self.is_operator(token))
 
 
 @dataclass

@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import time
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cmcp_cli.audit.recorder import ChainEndedError, deferred_durability
+from cmcp_cli.audit.store import session_start
 from cmcp_cli.catalog.model import advertised_hash, approved_definition
 from cmcp_cli.evidence.session import ClosedSession, EvidenceSession
 from cmcp_cli.gateway.enforcement.approvals import ApprovalDesk
@@ -30,7 +32,7 @@ from cmcp_cli.gateway.enforcement.messages import Gate, fail_gate
 from cmcp_cli.gateway.relay.exchange import Exchange
 from cmcp_cli.gateway.relay.listen import Listener
 from cmcp_cli.gateway.relay.metrics import GatewayMetrics
-from cmcp_cli.gateway.runtime import GatewayRuntime
+from cmcp_cli.gateway.runtime import Caller, GatewayRuntime
 from cmcp_cli.gateway.upstream.api import UpstreamConversation, UpstreamError
 from cmcp_cli.gateway.upstream.modern_client import open_conversation
 from cmcp_cli.wire.mcp import MODERN_PROTOCOLS
@@ -39,6 +41,7 @@ _Result = TypeVar("_Result")
 
 
 DRAIN_SECONDS = 5.0  # how long a closing session waits for its calls' records
+OWNERS_KEPT = 4096  # closed sessions whose agent is remembered; older ones are looked up
 FORWARDED_NOTICES = frozenset(
     {
         "notifications/tools/list_changed",
@@ -110,6 +113,8 @@ class SessionRegistry:
         self._sessions: dict[str, GatewaySession] = {}
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="cmcp-evidence")
         self.latest_claim: Path | None = None
+        self._latest_of: dict[str, str] = {}  # agent -> its session whose claim came last
+        self._owners: OrderedDict[str, str] = OrderedDict()  # closed session -> its agent
         self._background: set[asyncio.Task[None]] = set()
         self.approvals = ApprovalDesk(runtime.config.limits.approval_ttl_seconds)
         self._default_sessions: dict[str, str] = {}  # agent -> its stateless session's id
@@ -140,6 +145,9 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def open_by_agent(self) -> Counter[str]:
+        return Counter(session.agent for session in self._sessions.values())
+
     def get(self, session_id: str, agent: str) -> GatewaySession | None:
         """The session, only for the agent that opened it."""
         session = self._sessions.get(session_id)
@@ -152,6 +160,41 @@ class SessionRegistry:
         """Any open session, whoever it belongs to: for the operator only."""
         session = self._sessions.get(session_id)
         return None if session is None or session.closed else session
+
+    async def owner(self, session_id: str) -> str | None:
+        """The agent a session belongs to, whether it is open, was closed here, or was
+        opened by an earlier gateway process: its `session_start` in the audit store names
+        it. None when no intact session_start names an agent: then nobody owns it."""
+        session = self._sessions.get(session_id)
+        if session is not None:
+            return session.agent
+        agent = self._owners.get(session_id)
+        if agent is None:
+            agent = await self.in_thread(_recorded_agent, self.runtime.store.path, session_id)
+            if agent is None:
+                return None
+            self._remember_owner(session_id, agent)
+        self._owners.move_to_end(session_id)
+        return agent
+
+    async def readable_by(self, caller: Caller, session_id: str) -> bool:
+        """The one rule for reading a session's claim and its audit chain: the session's
+        own agent and the operator may; for anyone else the session does not exist."""
+        if caller.operator:
+            return True
+        return caller.agent is not None and await self.owner(session_id) == caller.agent
+
+    def latest_of(self, caller: Caller) -> str | None:
+        """The session whose claim was written last: of the caller's own sessions for an
+        agent, of all sessions for the operator."""
+        if caller.operator:
+            return self.latest_claim.name.split(".")[0] if self.latest_claim else None
+        return self._latest_of.get(caller.agent) if caller.agent is not None else None
+
+    def _remember_owner(self, session_id: str, agent: str) -> None:
+        self._owners[session_id] = agent
+        while len(self._owners) > OWNERS_KEPT:
+            self._owners.popitem(last=False)
 
     async def open(self, agent: str, protocol_version: str) -> GatewaySession:
         if len(self._sessions) >= self.runtime.config.limits.max_sessions:
@@ -352,7 +395,9 @@ class SessionRegistry:
             why = f"the client never answered input {key!r} of upstream {server!r}"
             await fail_gate(self, session, gate, why, "input")
         closed = await self.in_thread(session.evidence.close, reason=reason)
+        self._remember_owner(session.id, session.agent)
         self.latest_claim = await self.in_thread(self._write_claim, session.id, closed)
+        self._latest_of[session.agent] = session.id
         self.metrics.sessions_closed += 1
         return closed
 
@@ -383,6 +428,12 @@ class SessionRegistry:
         _write_atomically(claim, closed.claim)
         _write_atomically(self.claim_path(session_id, record=True), closed.trace_record)
         return claim
+
+
+def _recorded_agent(store: Path, session_id: str) -> str | None:
+    start = session_start(store, session_id)
+    agent = start.fields.get("agent") if start is not None else None
+    return agent if isinstance(agent, str) and agent else None
 
 
 def _relayed(notice: dict[str, Any]) -> dict[str, Any]:
