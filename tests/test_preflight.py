@@ -100,7 +100,8 @@ def test_token_rules(quickstart: Path) -> None:
     assert sorted(messages(report)) == [
         "CMCP_BEARER_TOKEN is shorter than 32 characters",
         "auth.bearer_tokens.1: token_env names BOB_TOKEN, which is not set",
-        "auth.bearer_tokens.2: the same token is mapped to agents 'alice' and 'carol'",
+        "auth.bearer_tokens.2: the same token is mapped to agents 'alice' "
+        "(auth.bearer_tokens[0]) and 'carol' (CAROL_TOKEN of auth.bearer_tokens[2])",
         "auth.operator_token_env: names OPS_TOKEN, which is not set",
     ]
     assert all(

@@ -24,6 +24,7 @@ from cmcp_cli.config import ENV_DEV_MODE, CmcpConfig, Environment, HttpUpstream
 from cmcp_cli.errors import CmcpError, ConfigError
 from cmcp_cli.evidence.session import Attestor, SessionPolicy
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for, tool_resources
+from cmcp_cli.gateway.preflight.credentials import token_sources
 from cmcp_cli.gateway.preflight.report import ConfigReport
 from cmcp_cli.gateway.upstream.api import UpstreamChannel
 from cmcp_cli.gateway.upstream.stdio import stdio_upstreams
@@ -231,22 +232,10 @@ def _upstream_headers(upstream: HttpUpstream, environ: Mapping[str, str]) -> lis
 
 
 def _credentials(config: CmcpConfig, env: Environment, environ: Mapping[str, str]) -> Credentials:
-    agents: dict[bytes, str] = {}
-    for token in config.auth.bearer_tokens:
-        if token.token_sha256 is not None:
-            agents[bytes.fromhex(token.token_sha256.removeprefix("sha256:"))] = token.agent
-        elif token.token_env is not None and environ.get(token.token_env):
-            agents[hashlib.sha256(environ[token.token_env].encode()).digest()] = token.agent
-    if env.bearer_token is not None:
-        secret = env.bearer_token.get_secret_value().encode()
-        agents[hashlib.sha256(secret).digest()] = config.auth.env_token_agent
-    operator: bytes | None = None
-    if env.operator_token is not None:
-        operator = hashlib.sha256(env.operator_token.get_secret_value().encode()).digest()
-    elif config.auth.operator_token_sha256 is not None:
-        operator = bytes.fromhex(config.auth.operator_token_sha256.removeprefix("sha256:"))
-    elif config.auth.operator_token_env is not None and environ.get(config.auth.operator_token_env):
-        operator = hashlib.sha256(environ[config.auth.operator_token_env].encode()).digest()
+    sources = token_sources(config, env, environ)
+    agents = {source.digest: source.agent for source in sources if source.agent is not None}
+    # the first operator source is the one the gateway prefers (token_sources' order)
+    operator = next((source.digest for source in sources if source.agent is None), None)
     return Credentials(
         agents_by_digest=agents,
         operator_digest=operator,

@@ -30,7 +30,7 @@ from cmcp_cli.config import (
 )
 from cmcp_cli.errors import CmcpError, ConfigError, Problem, Severity, UsageError
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for
-from cmcp_cli.gateway.preflight import checks
+from cmcp_cli.gateway.preflight import checks, credentials
 from cmcp_cli.model_errors import document_location
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import CompiledBundle, compile_bundle
@@ -112,6 +112,8 @@ def check_config(path: Path, environ: Mapping[str, str] | None = None) -> Config
     if checkable is not None:
         located = checks.Locator(document)
         problems.extend(checks.check_auth(checkable, env, environ, located))
+        sources = credentials.token_sources(checkable, env, environ)
+        problems.extend(credentials.check_token_reuse(sources, located))
         problems.extend(checks.check_hosts(checkable, located))
         problems.extend(checks.check_tls(checkable.tls, located))
         problems.extend(checks.check_upstreams(checkable, environ, catalog, located))
