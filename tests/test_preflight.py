@@ -43,7 +43,8 @@ def test_quickstart_is_valid(quickstart: Path) -> None:
     report = check_config(quickstart / "cmcp-config.yaml", environ={"CMCP_DEV_MODE": "1"})
     assert report.ok, report.problems
     assert messages(report, Severity.WARNING) == [
-        "auth: no operator token: escalation approvals and audit export will be refused"
+        "auth: no operator token: escalated calls cannot be approved (each session's claim "
+        "and audit chain stay readable by its own agent)"
     ]
     summary = report.to_json()
     assert summary["policy_count"] == 10  # 5 on tool calls, 5 on other messages

@@ -154,7 +154,8 @@ def check_auth(
         problems.append(
             at.warning(
                 ("auth",),
-                "no operator token: escalation approvals and audit export will be refused",
+                "no operator token: escalated calls cannot be approved (each session's claim and "
+                "audit chain stay readable by its own agent)",
                 hint=f"set {ENV_OPERATOR_TOKEN} or auth.operator_token_sha256",
             )
         )
