@@ -22,6 +22,8 @@ from cmcp_cli.attestation import software
 from cmcp_cli.attestation.api import ProviderSpec
 from cmcp_cli.attestation.manager import ENTRY_POINT_GROUP, load_providers
 from cmcp_cli.config import CmcpConfig, Environment
+from cmcp_cli.errors import UsageError
+from cmcp_cli.gateway.preflight.measuring import measure_options
 from cmcp_cli.gateway.preflight.report import check_config
 from cmcp_cli.gateway.runtime import StartupError, choose_attestor
 from cmcp_cli.testing.provider_contract import ProviderContract
@@ -52,7 +54,7 @@ plugin = Plugin()
 """
 
 
-# A provider whose collector loader raises what `{raises}` raises.
+# A provider whose collector (and measurer) loader raises what `{raises}` raises.
 LOADER_SOURCE = """
 from cmcp_cli.attestation.api import ProviderError, ProviderSpec
 from cmcp_cli.attestation.hookspecs import hookimpl
@@ -67,7 +69,8 @@ class Plugin:
     @hookimpl
     def cmcp_attestation_providers(self):
         return [ProviderSpec(name="{name}", platform="tpm2", evidence_types=("{name}-v1",),
-                             load_collector=load_collector, load_verifier=load_verifier)]
+                             load_collector=load_collector, load_verifier=load_verifier,
+                             load_measurer=load_collector)]
 
 plugin = Plugin()
 """
@@ -231,6 +234,9 @@ def test_a_collector_that_cannot_load_is_unavailable_whichever_plugin_ships_it(
             with pytest.raises(StartupError, match=f"{name!r} is unavailable here") as refused:
                 choose_attestor(chosen, Environment(dev_mode=True), registry)
             assert hint in (refused.value.hint or "")
+            with pytest.raises(UsageError, match=f"{name!r} cannot measure here") as unusable:
+                measure_options(registry, name)
+            assert hint in (unusable.value.hint or "")
         # the bug, as the provider a config names: its traceback is kept
         buggy = registry.providers["buggy"]
         registry.providers["opaque"] = dataclasses.replace(

@@ -10,9 +10,10 @@ either would let an installed package decide which code judges another vendor's 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
+from typing import TypeVar
 
 import pluggy
 
@@ -21,6 +22,7 @@ from cmcp_cli.attestation.api import Collector, ProviderError, ProviderSpec
 from cmcp_cli.attestation.hookspecs import PROJECT, ProviderHooks
 
 ENTRY_POINT_GROUP = "cmcp"
+_Part = TypeVar("_Part")
 
 
 @dataclass(frozen=True)
@@ -76,16 +78,22 @@ def load_collector(provider: RegisteredProvider) -> Collector:
     """The provider's collector. `ProviderUnavailableError` when it cannot load here: the
     plugin said so (`ProviderError`) or an import failed. Any other exception is a bug in
     the plugin and propagates as it is."""
+    return load_part(provider, provider.spec.load_collector, "collect evidence")
+
+
+def load_part(provider: RegisteredProvider, loader: Callable[[], _Part], purpose: str) -> _Part:
+    """One part of the provider (`loader` is one of its spec's), which serves `purpose`;
+    unavailable, bug or loaded as `load_collector` says."""
     spec = provider.spec
     try:
-        return spec.load_collector()
+        return loader()
     except ProviderError as exc:
-        hint = exc.hint or f"reinstall {provider.distribution} with what it needs to collect"
+        hint = exc.hint or f"reinstall {provider.distribution} with what it needs to {purpose}"
         raise ProviderUnavailableError(spec.name, exc.message, hint) from exc
     except ImportError as exc:
         hint = (
             f"install the dependencies {provider.distribution} {provider.version} needs to "
-            "collect evidence (its documentation names them), or choose another provider"
+            f"{purpose} (its documentation names them), or choose another provider"
         )
         raise ProviderUnavailableError(spec.name, f"{type(exc).__name__}: {exc}", hint) from exc
 
