@@ -16,7 +16,7 @@ import json
 import os
 import secrets
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cmcp_cli.audit.recorder import ChainEndedError, deferred_durability
-from cmcp_cli.audit.store import session_start
 from cmcp_cli.catalog.model import advertised_hash, approved_definition
 from cmcp_cli.evidence.session import ClosedSession, EvidenceSession
 from cmcp_cli.gateway.enforcement.approvals import ApprovalDesk
@@ -32,6 +31,7 @@ from cmcp_cli.gateway.enforcement.messages import Gate, fail_gate
 from cmcp_cli.gateway.relay.exchange import Exchange
 from cmcp_cli.gateway.relay.listen import Listener
 from cmcp_cli.gateway.relay.metrics import GatewayMetrics
+from cmcp_cli.gateway.relay.ownership import ClosedSessionOwners
 from cmcp_cli.gateway.runtime import Caller, GatewayRuntime
 from cmcp_cli.gateway.upstream.api import UpstreamConversation, UpstreamError
 from cmcp_cli.gateway.upstream.modern_client import open_conversation
@@ -41,7 +41,6 @@ _Result = TypeVar("_Result")
 
 
 DRAIN_SECONDS = 5.0  # how long a closing session waits for its calls' records
-OWNERS_KEPT = 4096  # closed sessions whose agent is remembered; older ones are looked up
 FORWARDED_NOTICES = frozenset(
     {
         "notifications/tools/list_changed",
@@ -114,7 +113,7 @@ class SessionRegistry:
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="cmcp-evidence")
         self.latest_claim: Path | None = None
         self._latest_of: dict[str, str] = {}  # agent -> its session whose claim came last
-        self._owners: OrderedDict[str, str] = OrderedDict()  # closed session -> its agent
+        self._closed_owners = ClosedSessionOwners(runtime.store.path, self.in_thread)
         self._background: set[asyncio.Task[None]] = set()
         self.approvals = ApprovalDesk(runtime.config.limits.approval_ttl_seconds)
         self._default_sessions: dict[str, str] = {}  # agent -> its stateless session's id
@@ -162,20 +161,12 @@ class SessionRegistry:
         return None if session is None or session.closed else session
 
     async def owner(self, session_id: str) -> str | None:
-        """The agent a session belongs to, whether it is open, was closed here, or was
-        opened by an earlier gateway process: its `session_start` in the audit store names
-        it. None when no intact session_start names an agent: then nobody owns it."""
+        """The agent a session belongs to, open or closed, by this gateway process or an
+        earlier one; None when nobody is known to (then only the operator reads it)."""
         session = self._sessions.get(session_id)
         if session is not None:
             return session.agent
-        agent = self._owners.get(session_id)
-        if agent is None:
-            agent = await self.in_thread(_recorded_agent, self.runtime.store.path, session_id)
-            if agent is None:
-                return None
-            self._remember_owner(session_id, agent)
-        self._owners.move_to_end(session_id)
-        return agent
+        return await self._closed_owners.of(session_id)
 
     async def readable_by(self, caller: Caller, session_id: str) -> bool:
         """The one rule for reading a session's claim and its audit chain: the session's
@@ -190,11 +181,6 @@ class SessionRegistry:
         if caller.operator:
             return self.latest_claim.name.split(".")[0] if self.latest_claim else None
         return self._latest_of.get(caller.agent) if caller.agent is not None else None
-
-    def _remember_owner(self, session_id: str, agent: str) -> None:
-        self._owners[session_id] = agent
-        while len(self._owners) > OWNERS_KEPT:
-            self._owners.popitem(last=False)
 
     async def open(self, agent: str, protocol_version: str) -> GatewaySession:
         if len(self._sessions) >= self.runtime.config.limits.max_sessions:
@@ -395,7 +381,7 @@ class SessionRegistry:
             why = f"the client never answered input {key!r} of upstream {server!r}"
             await fail_gate(self, session, gate, why, "input")
         closed = await self.in_thread(session.evidence.close, reason=reason)
-        self._remember_owner(session.id, session.agent)
+        self._closed_owners.remember(session.id, session.agent)
         self.latest_claim = await self.in_thread(self._write_claim, session.id, closed)
         self._latest_of[session.agent] = session.id
         self.metrics.sessions_closed += 1
@@ -428,12 +414,6 @@ class SessionRegistry:
         _write_atomically(claim, closed.claim)
         _write_atomically(self.claim_path(session_id, record=True), closed.trace_record)
         return claim
-
-
-def _recorded_agent(store: Path, session_id: str) -> str | None:
-    start = session_start(store, session_id)
-    agent = start.fields.get("agent") if start is not None else None
-    return agent if isinstance(agent, str) and agent else None
 
 
 def _relayed(notice: dict[str, Any]) -> dict[str, Any]:
