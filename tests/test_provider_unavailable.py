@@ -77,3 +77,13 @@ def test_a_provider_chosen_by_name_that_cannot_load_is_refused(
     assert started.returncode == 1
     assert "tpm is unavailable here" in started.stderr and INSTALL in started.stderr
     assert "Traceback" not in started.stderr
+
+
+def test_a_gateway_for_another_host_is_still_measured_here(
+    tmp_path: Path, without_tss: dict[str, str]
+) -> None:
+    """Measuring needs no tpm2-pytss: a build host without it measures a TPM gateway."""
+    config = write_config(tmp_path, "http://127.0.0.1:9/mcp", attestation={"provider": "tpm"})
+    measured = run_cmcp("measure", "tpm", "--config", config, "--json", env=without_tss)
+    assert measured.returncode == 0, measured.stderr
+    assert measured.json()["measurement"].startswith("sha256:")

@@ -62,7 +62,7 @@ def measure(
     measurer = load_measurer(registry, name)
     inputs = MeasureInputs(values=dict(values))
     if config_path is not None:
-        report = check_config(config_path)
+        report = check_config(config_path, on_this_host=False)  # measured for another host
         if not report.ok or report.config is None or report.bundle is None:
             raise ConfigError(
                 f"{config_path} has problems; its gateway's measurement cannot be computed",

@@ -86,9 +86,13 @@ def check_config(
     path: Path,
     environ: Mapping[str, str] | None = None,
     registry: ProviderRegistry | None = None,
+    *,
+    on_this_host: bool = True,
 ) -> ConfigReport:
     """Load the config and everything it references, and report every problem found.
-    `registry`: the installed providers (by default, loaded when the config needs them)."""
+    `registry`: the installed providers (by default, loaded when the config needs them).
+    `on_this_host=False` leaves out whether its attestation provider can run here: for a
+    config whose gateway runs elsewhere (`cmcp measure --config`)."""
     environ = os.environ if environ is None else environ
     try:
         document = read_config_document(path)
@@ -129,7 +133,7 @@ def check_config(
         problems.extend(checks.check_state_paths(checkable, located))
         if catalog is not None:
             problems.extend(checks.check_data_classes(checkable, catalog, located))
-        if checkable.attestation.provider != software.NAME:
+        if on_this_host and checkable.attestation.provider != software.NAME:
             found, noted = attestation.check_attestation(
                 checkable, registry or load_providers(), located
             )
