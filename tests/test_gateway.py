@@ -278,4 +278,4 @@ def test_the_attestation_provider_is_never_a_silent_fallback() -> None:
         choose_attestor(config_with("software-only"), Environment(dev_mode=False), registry)
     for provider in ("auto", "software-only"):
         chosen = choose_attestor(config_with(provider), Environment(dev_mode=True), registry)
-        assert chosen.spec.name == "software-only"
+        assert chosen.attestor.spec.name == "software-only"

@@ -3,6 +3,7 @@ dispatch by evidence type; the built-in software provider passes the contract su
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -15,11 +16,18 @@ from importlib.metadata import EntryPoint, distributions
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cmcp_cli.attestation import software
 from cmcp_cli.attestation.api import ProviderSpec
 from cmcp_cli.attestation.manager import ENTRY_POINT_GROUP, load_providers
+from cmcp_cli.config import CmcpConfig, Environment
+from cmcp_cli.errors import UsageError
+from cmcp_cli.gateway.preflight.measuring import measure_options
+from cmcp_cli.gateway.preflight.report import check_config
+from cmcp_cli.gateway.runtime import StartupError, choose_attestor
 from cmcp_cli.testing.provider_contract import ProviderContract
+from tests.gateway_support import write_config
 from tests.support import REPO, run_cmcp
 
 PLUGIN_SOURCE = """
@@ -44,6 +52,41 @@ class Plugin:
 
 plugin = Plugin()
 """
+
+
+# A provider whose collector (and measurer) loader raises what `{raises}` raises.
+LOADER_SOURCE = """
+from cmcp_cli.attestation.api import ProviderError, ProviderSpec
+from cmcp_cli.attestation.hookspecs import hookimpl
+
+def load_collector():
+    {raises}
+
+def load_verifier():
+    raise AssertionError("never loaded here")
+
+class Plugin:
+    @hookimpl
+    def cmcp_attestation_providers(self):
+        return [ProviderSpec(name="{name}", platform="tpm2", evidence_types=("{name}-v1",),
+                             load_collector=load_collector, load_verifier=load_verifier,
+                             load_measurer=load_collector)]
+
+plugin = Plugin()
+"""
+# provider name (the config admits a fixed set) -> (module, distribution, loader body)
+LOADERS = {
+    # an import that fails, as the plugin wrote it
+    "gpu-cc": ("nolibplug", "cmcp-nolib", "import cmcp_nolib_vendor_sdk"),
+    # the plugin says so, with its own hint
+    "opaque": (
+        "saysplug",
+        "cmcp-says",
+        "raise ProviderError('the vendor SDK is missing', hint='pip install cmcp-says[sdk]')",
+    ),
+    # a bug
+    "buggy": ("buggyplug", "cmcp-buggy", "raise RuntimeError('a bug in the loader')"),
+}
 
 
 def install(site: Path, dist: str, version: str, module: str, source: str) -> None:
@@ -157,6 +200,53 @@ def test_cmcp_plugins_lists_providers_and_failures(site: Path) -> None:
     human = run_cmcp("plugins", env=env)
     assert human.returncode == 0
     assert "failed to load" in human.stderr and "Traceback" not in human.stderr
+
+
+def test_a_collector_that_cannot_load_is_unavailable_whichever_plugin_ships_it(
+    site: Path, tmp_path: Path
+) -> None:
+    for name, (module, dist, raises) in LOADERS.items():
+        install(site, dist, "1.0", module, LOADER_SOURCE.format(name=name, raises=raises))
+    try:
+        env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+        listed = run_cmcp("plugins", "--json", env=env)
+        assert listed.returncode == 0, listed.stderr
+        rows = {row["name"]: row for row in listed.json()["providers"]}
+        assert rows["gpu-cc"]["state"] == rows["opaque"]["state"] == "unavailable"
+        assert "No module named 'cmcp_nolib_vendor_sdk'" in rows["gpu-cc"]["detail"]
+        assert "cmcp-nolib 1.0" in rows["gpu-cc"]["hint"]
+        assert (rows["opaque"]["detail"], rows["opaque"]["hint"]) == (
+            "the vendor SDK is missing",
+            "pip install cmcp-says[sdk]",
+        )
+        assert rows["buggy"]["state"] == "failed"  # a bug is not passed off as unavailable
+        assert "RuntimeError: a bug in the loader" in rows["buggy"]["detail"]
+
+        registry = load_providers(site_entry_points(site))
+        for name, hint in (("gpu-cc", "cmcp-nolib 1.0"), ("opaque", "pip install cmcp-says[sdk]")):
+            config = write_config(
+                tmp_path, "http://127.0.0.1:9/mcp", attestation={"provider": name}
+            )
+            (error,) = check_config(config, {"CMCP_DEV_MODE": "1"}, registry).errors
+            assert error.message.startswith(f"attestation.provider: {name} is unavailable here")
+            assert hint in (error.hint or "")
+            chosen = CmcpConfig.model_validate(yaml.safe_load(config.read_text()))
+            with pytest.raises(StartupError, match=f"{name!r} is unavailable here") as refused:
+                choose_attestor(chosen, Environment(dev_mode=True), registry)
+            assert hint in (refused.value.hint or "")
+            with pytest.raises(UsageError, match=f"{name!r} cannot measure here") as unusable:
+                measure_options(registry, name)
+            assert hint in (unusable.value.hint or "")
+        # the bug, as the provider a config names: its traceback is kept
+        buggy = registry.providers["buggy"]
+        registry.providers["opaque"] = dataclasses.replace(
+            buggy, spec=dataclasses.replace(buggy.spec, name="opaque")
+        )
+        with pytest.raises(RuntimeError, match="a bug in the loader"):
+            check_config(config, {"CMCP_DEV_MODE": "1"}, registry)
+    finally:
+        for module, _, _ in LOADERS.values():
+            sys.modules.pop(module, None)
 
 
 def site_without_plugins(tmp_path: Path) -> Path:

@@ -43,7 +43,8 @@ def test_quickstart_is_valid(quickstart: Path) -> None:
     report = check_config(quickstart / "cmcp-config.yaml", environ={"CMCP_DEV_MODE": "1"})
     assert report.ok, report.problems
     assert messages(report, Severity.WARNING) == [
-        "auth: no operator token: escalation approvals and audit export will be refused"
+        "auth: no operator token: escalated calls cannot be approved (each session's claim "
+        "and audit chain stay readable by its own agent)"
     ]
     summary = report.to_json()
     assert summary["policy_count"] == 10  # 5 on tool calls, 5 on other messages
@@ -100,7 +101,8 @@ def test_token_rules(quickstart: Path) -> None:
     assert sorted(messages(report)) == [
         "CMCP_BEARER_TOKEN is shorter than 32 characters",
         "auth.bearer_tokens.1: token_env names BOB_TOKEN, which is not set",
-        "auth.bearer_tokens.2: the same token is mapped to agents 'alice' and 'carol'",
+        "auth.bearer_tokens.2: the same token is mapped to agents 'alice' "
+        "(auth.bearer_tokens[0]) and 'carol' (CAROL_TOKEN of auth.bearer_tokens[2])",
         "auth.operator_token_env: names OPS_TOKEN, which is not set",
     ]
     assert all(

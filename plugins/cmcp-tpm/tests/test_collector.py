@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cmcp_cli.attestation.api import GatewayFacts, ProviderError, TrustInputs
 from cmcp_tpm import pcr, tpm_access
 from cmcp_tpm.collector import TpmCollector, measure_bundle
+from cmcp_tpm.plugin import SPEC
 from cmcp_tpm.testing import SoftwareTpm, TestCa, enroll_attestation_key, read_pcrs
 from cmcp_tpm.verifier import TpmVerifier
 
@@ -156,15 +157,11 @@ def test_detect_reports_bad_settings_instead_of_raising() -> None:
     assert "attestation.providers.tpm.pcr" in detection.detail
 
 
-def test_missing_tpm2_pytss_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_tpm2_pytss_the_collector_does_not_load(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tpm_access, "TSS_PROBLEM", "No module named 'tpm2_pytss'")
-    detection = TpmCollector().detect({})
-    assert not detection.present
-    assert "install cmcp-tpm[collector] (needs libtss2)" in detection.detail
     with pytest.raises(ProviderError, match="tpm2-pytss is not usable") as raised:
-        TpmCollector().prepare(FACTS, {})
-    assert raised.value.hint is not None
-    assert "cmcp-tpm[collector]" in raised.value.hint
+        SPEC.load_collector()
+    assert raised.value.hint == "install cmcp-tpm[collector] (needs libtss2)"
 
 
 # ------------------------------------------------------------------------------ prepare

@@ -182,6 +182,20 @@ class Measurer(Protocol):
 
 @dataclass(frozen=True)
 class ProviderSpec:
+    """A provider, as its plugin declares it.
+
+    `load_collector`, `load_verifier` and `load_measurer` import their part on demand. A
+    collector or measurer that cannot load on this host because an optional dependency is
+    missing (a package, the native library it links) makes its loader raise
+    `ProviderError` whose hint says what to install. For a collector the host then
+    reports the provider as unavailable with that hint (`cmcp plugins`, `cmcp
+    validate-config`), `attestation.provider: auto` passes it over and says why, and
+    choosing it by name is an error that gives the hint; `cmcp measure` refuses with it.
+    An `ImportError` escaping those loaders is taken the same way, with a generic hint;
+    any other exception is a bug in the plugin and keeps its traceback. A verifier needs
+    no optional dependency: an auditor's host installs the plugin alone.
+    """
+
     name: str  # the config's attestation.provider value
     platform: str  # TRACE runtime.platform of its evidence
     evidence_types: tuple[str, ...]

@@ -1,11 +1,26 @@
-"""What `cmcp plugins` reports: each provider, where it comes from, whether it detects
-its hardware on this machine, and every plugin that failed to load."""
+"""What `cmcp plugins` reports: each provider, where it comes from, whether it can run
+here (detected, not detected, or unavailable: its collector cannot load, with the hint
+that fixes it), and every plugin that failed to load."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
-from cmcp_cli.attestation.manager import LoadFailure, load_providers
+from cmcp_cli.attestation.manager import (
+    LoadFailure,
+    ProviderUnavailableError,
+    RegisteredProvider,
+    load_collector,
+    load_providers,
+)
+
+
+class ProviderState(enum.StrEnum):
+    DETECTED = "detected"  # its hardware is here
+    NOT_DETECTED = "not-detected"  # it loads, but finds no hardware
+    UNAVAILABLE = "unavailable"  # its collector cannot load here: see the hint
+    FAILED = "failed"  # the plugin raised something else: a bug in it
 
 
 @dataclass(frozen=True)
@@ -15,8 +30,13 @@ class ProviderRow:
     version: str
     platform: str
     evidence_types: tuple[str, ...]
-    detected: bool
+    state: ProviderState
     detail: str
+    hint: str | None = None
+
+    @property
+    def detected(self) -> bool:
+        return self.state is ProviderState.DETECTED
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -25,8 +45,10 @@ class ProviderRow:
             "version": self.version,
             "platform": self.platform,
             "evidence_types": list(self.evidence_types),
+            "state": self.state.value,
             "detected": self.detected,
             "detail": self.detail,
+            "hint": self.hint,
         }
 
 
@@ -48,11 +70,7 @@ def inventory() -> ProviderInventory:
     failures = list(registry.failures)
     for name, provider in sorted(registry.providers.items()):
         spec = provider.spec
-        try:
-            detection = spec.load_collector().detect({})  # the provider's defaults
-            detected, detail = detection.present, detection.detail
-        except Exception as exc:  # noqa: BLE001 - a plugin's own bug is reported, not raised
-            detected, detail = False, f"detect failed: {type(exc).__name__}: {exc}"
+        state, detail, hint = _probe(provider)
         rows.append(
             ProviderRow(
                 name=name,
@@ -60,8 +78,35 @@ def inventory() -> ProviderInventory:
                 version=provider.version,
                 platform=spec.platform,
                 evidence_types=spec.evidence_types,
-                detected=detected,
+                state=state,
                 detail=detail,
+                hint=hint,
             )
         )
     return ProviderInventory(tuple(rows), tuple(failures))
+
+
+def _probe(provider: RegisteredProvider) -> tuple[ProviderState, str, str | None]:
+    """Load the collector and ask it whether its hardware is here (with its defaults). A
+    plugin's own bug is reported in its row: one broken plugin does not hide the others."""
+    try:
+        collector = load_collector(provider)
+    except ProviderUnavailableError as exc:
+        return ProviderState.UNAVAILABLE, exc.reason, exc.hint
+    except Exception as exc:  # noqa: BLE001 - a plugin's own bug is reported, not raised
+        return ProviderState.FAILED, f"its collector failed to load: {_named(exc)}", _bug(provider)
+    try:
+        detection = collector.detect({})  # leaves nothing open: only `prepare` takes the device
+    except Exception as exc:  # noqa: BLE001 - a plugin's own bug is reported, not raised
+        return ProviderState.FAILED, f"detect failed: {_named(exc)}", _bug(provider)
+    if detection.present:
+        return ProviderState.DETECTED, detection.detail, None
+    return ProviderState.NOT_DETECTED, detection.detail, None
+
+
+def _named(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _bug(provider: RegisteredProvider) -> str:
+    return f"a bug in {provider.distribution} {provider.version}: report it to its maintainers"

@@ -1,24 +1,28 @@
 """Finding attestation providers: each entry point of group `cmcp` is loaded on its own.
 
 A plugin that fails to import, register or answer the hook is reported as a
-`LoadFailure`, never allowed to crash the CLI. Two providers that claim the same name or
-evidence type are both refused, naming both distributions: picking either would let an
-installed package decide which code judges another vendor's evidence.
+`LoadFailure`, never allowed to crash the CLI. A registered provider whose collector
+cannot load here (a missing optional dependency: see `ProviderSpec`) is unavailable
+(`load_collector` raises `ProviderUnavailableError`), not a crash. Two providers that
+claim the same name or evidence type are both refused, naming both distributions: picking
+either would let an installed package decide which code judges another vendor's evidence.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
+from typing import TypeVar
 
 import pluggy
 
 from cmcp_cli.attestation import software
-from cmcp_cli.attestation.api import ProviderSpec
+from cmcp_cli.attestation.api import Collector, ProviderError, ProviderSpec
 from cmcp_cli.attestation.hookspecs import PROJECT, ProviderHooks
 
 ENTRY_POINT_GROUP = "cmcp"
+_Part = TypeVar("_Part")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,40 @@ class ProviderRegistry:
     def refused_evidence_type(self, evidence_type: str) -> LoadFailure | None:
         """The conflict that removed this evidence type's providers, if one did."""
         return next((f for f in self.failures if evidence_type in f.withdrawn), None)
+
+
+class ProviderUnavailableError(Exception):
+    """A provider's collector cannot load on this host: what is missing, and what to install."""
+
+    def __init__(self, provider: str, reason: str, hint: str) -> None:
+        super().__init__(f"{provider} is unavailable: {reason}")
+        self.provider = provider
+        self.reason = reason
+        self.hint = hint
+
+
+def load_collector(provider: RegisteredProvider) -> Collector:
+    """The provider's collector. `ProviderUnavailableError` when it cannot load here: the
+    plugin said so (`ProviderError`) or an import failed. Any other exception is a bug in
+    the plugin and propagates as it is."""
+    return load_part(provider, provider.spec.load_collector, "collect evidence")
+
+
+def load_part(provider: RegisteredProvider, loader: Callable[[], _Part], purpose: str) -> _Part:
+    """One part of the provider (`loader` is one of its spec's), which serves `purpose`;
+    unavailable, bug or loaded as `load_collector` says."""
+    spec = provider.spec
+    try:
+        return loader()
+    except ProviderError as exc:
+        hint = exc.hint or f"reinstall {provider.distribution} with what it needs to {purpose}"
+        raise ProviderUnavailableError(spec.name, exc.message, hint) from exc
+    except ImportError as exc:
+        hint = (
+            f"install the dependencies {provider.distribution} {provider.version} needs to "
+            f"{purpose} (its documentation names them), or choose another provider"
+        )
+        raise ProviderUnavailableError(spec.name, f"{type(exc).__name__}: {exc}", hint) from exc
 
 
 @dataclass(frozen=True)

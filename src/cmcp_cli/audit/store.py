@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Literal
 
-from cmcp_cli.audit.entry import SealedEntry
+from cmcp_cli.audit.entry import EntryError, EntryType, SealedEntry, open_line
 from cmcp_cli.errors import CmcpError, UsageError
 
 Durability = Literal["fsync", "os"]
@@ -175,3 +175,25 @@ def iter_lines(path: Path, session_id: str | None = None) -> Iterator[bytes]:
             yield bytes(line)
     finally:
         connection.close()
+
+
+def session_start(path: Path, session_id: str) -> SealedEntry | None:
+    """The session's stored seq-0 entry, when it is an intact `session_start` of that
+    session; None when the store holds none (or one that was edited or is malformed)."""
+    connection = open_readonly(path)
+    try:
+        rows = connection.execute(
+            "SELECT line FROM audit_entries WHERE session_id = ? AND seq = 0 ORDER BY id LIMIT 2",
+            (session_id,),
+        ).fetchall()
+    finally:
+        connection.close()
+    if len(rows) != 1 or not isinstance(rows[0][0], bytes):
+        return None
+    try:
+        entry = open_line(rows[0][0])
+    except EntryError:
+        return None
+    if entry.type != EntryType.SESSION_START or entry.session_id != session_id or entry.seq != 0:
+        return None
+    return entry

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cmcp_cli.attestation.inventory import ProviderInventory, inventory
+from cmcp_cli.attestation.inventory import ProviderInventory, ProviderRow, ProviderState, inventory
 from cmcp_cli.cli import render
 from cmcp_cli.errors import ExitCode
 
@@ -30,14 +30,13 @@ def _render(report: ProviderInventory) -> None:
     for column in ("provider", "distribution", "version", "platform", "evidence types", "here"):
         table.add_column(column)
     for row in report.providers:
-        here = "[green]detected[/green]" if row.detected else f"[dim]{escape(row.detail)}[/dim]"
         table.add_row(
             escape(row.name),
             escape(row.distribution),
             escape(row.version),
             escape(row.platform),
             escape(", ".join(row.evidence_types)),
-            here,
+            _here(row),
         )
     render.err.print(table)
     for failure in report.failures:
@@ -45,3 +44,13 @@ def _render(report: ProviderInventory) -> None:
         render.err.print(
             f"[red]failed to load[/red] {escape(failure.source)}{origin}: {escape(failure.error)}"
         )
+
+
+def _here(row: ProviderRow) -> str:
+    if row.state is ProviderState.DETECTED:
+        return "[green]detected[/green]"
+    if row.state is ProviderState.NOT_DETECTED:
+        return f"[dim]{escape(row.detail)}[/dim]"
+    colour = "yellow" if row.state is ProviderState.UNAVAILABLE else "red"
+    hint = f"\n[dim]hint:[/dim] {escape(row.hint)}" if row.hint else ""
+    return f"[{colour}]{row.state.value}[/{colour}]: {escape(row.detail)}{hint}"

@@ -35,6 +35,8 @@ def _announce(runtime: GatewayRuntime) -> None:
             else ""
         )
     )
+    for reason in runtime.passed_over:
+        render.err.print(f"  passed over  {escape(reason)}")
     render.err.print(
         f"  policy       {runtime.bundle.hash} ({config.attestation.enforcement_mode})"
     )

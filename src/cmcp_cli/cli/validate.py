@@ -115,11 +115,13 @@ def _render_config(report: ConfigReport) -> None:
     summary.add_column("setting")
     summary.add_column("value", overflow="fold")
     for key, value in report.to_json().items():
-        if key in ("config", "ok", "errors", "warnings") or value is None:
+        if key in ("config", "ok", "errors", "warnings", "notes") or value is None:
             continue
         shown = ", ".join(value) if isinstance(value, list) else str(value)
         summary.add_row(key.replace("_", " "), escape(shown))
     render.err.print(summary)
+    for note in report.notes:
+        render.err.print(f"  [cyan]note[/cyan] {escape(note)}")
     render.problems(report.problems)
     errors, warnings = len(report.errors), len(report.warnings)
     if report.ok:

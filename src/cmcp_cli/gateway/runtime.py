@@ -1,8 +1,9 @@
 """Everything a running gateway holds, built once from a checked config.
 
 `build_runtime` refuses to build from a config with errors, chooses the attestation
-provider (SEV-SNP, TDX, TPM in that order when `auto`; software only with CMCP_DEV_MODE=1,
-never as a silent fallback), opens the audit store and prepares the upstream clients.
+provider (SEV-SNP, TDX, TPM in that order when `auto`, passing over one that cannot load
+here; software only with CMCP_DEV_MODE=1, never as a silent fallback), opens the audit
+store and prepares the upstream clients.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from pathlib import Path
 
 from cmcp_cli.attestation import software
 from cmcp_cli.attestation.api import GatewayFacts, ProviderError
-from cmcp_cli.attestation.manager import ProviderRegistry, load_providers
+from cmcp_cli.attestation.manager import (
+    ProviderRegistry,
+    ProviderUnavailableError,
+    load_collector,
+    load_providers,
+)
 from cmcp_cli.attestation.measurement import installation_digest
 from cmcp_cli.audit.store import AuditStore
 from cmcp_cli.catalog.model import Catalog
@@ -24,6 +30,8 @@ from cmcp_cli.config import ENV_DEV_MODE, CmcpConfig, Environment, HttpUpstream
 from cmcp_cli.errors import CmcpError, ConfigError
 from cmcp_cli.evidence.session import Attestor, SessionPolicy
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for, tool_resources
+from cmcp_cli.gateway.preflight.attestation import candidates, plugin_of
+from cmcp_cli.gateway.preflight.credentials import token_sources
 from cmcp_cli.gateway.preflight.report import ConfigReport
 from cmcp_cli.gateway.upstream.api import UpstreamChannel
 from cmcp_cli.gateway.upstream.stdio import stdio_upstreams
@@ -32,12 +40,24 @@ from cmcp_cli.policy.engine import Authorizer, CompiledBundle
 from cmcp_cli.policy.request import ToolResource
 from cmcp_cli.wire.http1 import Endpoint
 
-AUTO_ORDER = ("sev-snp", "tdx", "tpm")
 ANONYMOUS_AGENT = "anonymous"
 
 
 class StartupError(CmcpError):
     """The gateway cannot start as configured."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request authenticates as: an agent, the operator, or neither (both is refused
+    by the config checks: an operator token may not also be an agent's)."""
+
+    agent: str | None
+    operator: bool
+
+    @property
+    def authenticated(self) -> bool:
+        return self.operator or self.agent is not None
 
 
 @dataclass(frozen=True)
@@ -63,6 +83,9 @@ class Credentials:
             return False
         return hmac.compare_digest(hashlib.sha256(token.encode()).digest(), self.operator_digest)
 
+    def caller(self, token: str | None) -> Caller:
+        return Caller(agent=self.agent_for(token), operator=self.is_operator(token))
+
 
 @dataclass
 class GatewayRuntime:
@@ -77,6 +100,7 @@ class GatewayRuntime:
     upstreams: Mapping[str, UpstreamChannel]
     credentials: Credentials
     dev_mode: bool
+    passed_over: tuple[str, ...] = ()  # providers `auto` tried before its choice, and why
 
     @property
     def claims_dir(self) -> Path:
@@ -102,7 +126,8 @@ def build_runtime(
             problems=report.errors,
             hint=f"run `cmcp validate-config --config {report.config_path}`",
         )
-    attestor = choose_attestor(config, env, registry or load_providers())
+    choice = choose_attestor(config, env, registry or load_providers())
+    attestor = choice.attestor
     prepare_attestor(attestor, bundle.hash, catalog.hash)
     authorizer = authorizer_for(bundle, catalog)
     tools = {tool.name: tool for tool in tool_resources(catalog)}
@@ -145,25 +170,45 @@ def build_runtime(
         upstreams=upstreams,
         credentials=_credentials(config, env, environ),
         dev_mode=env.dev_mode,
+        passed_over=choice.passed_over,
     )
 
 
-def choose_attestor(config: CmcpConfig, env: Environment, registry: ProviderRegistry) -> Attestor:
+@dataclass(frozen=True)
+class AttestorChoice:
+    attestor: Attestor
+    passed_over: tuple[str, ...]  # each provider tried before it, and why it was not taken
+
+
+def choose_attestor(
+    config: CmcpConfig, env: Environment, registry: ProviderRegistry
+) -> AttestorChoice:
     """The configured provider, or with `auto` the first TEE found in DESIGN's order;
-    software only when chosen (or nothing is found) and CMCP_DEV_MODE=1 says so."""
+    software only when chosen (or nothing is found) and CMCP_DEV_MODE=1 says so. A provider
+    whose collector cannot load here is passed over by `auto` and refused when named."""
     wanted = config.attestation.provider
     reasons: list[str] = []
     if wanted != software.NAME:
-        for name in AUTO_ORDER if wanted == "auto" else (wanted,):
+        for name in candidates(wanted):
             registered = registry.providers.get(name)
             if registered is None:
-                reasons.append(f"{name}: no plugin installed (pip install {_plugin_of(name)})")
+                reasons.append(f"{name}: no plugin installed (pip install {plugin_of(name)})")
+                continue
+            try:
+                collector = load_collector(registered)
+            except ProviderUnavailableError as exc:
+                if wanted != "auto":
+                    raise StartupError(
+                        f"attestation provider {name!r} is unavailable here: {exc.reason}",
+                        hint=exc.hint,
+                    ) from exc
+                reasons.append(f"{name}: unavailable here, {exc.reason}; {exc.hint}")
                 continue
             settings = config.attestation.providers.get(name, {})
-            collector = registered.spec.load_collector()
             detection = collector.detect(settings)
             if detection.present:
-                return Attestor(registered.spec, registered.version, collector, settings)
+                attestor = Attestor(registered.spec, registered.version, collector, settings)
+                return AttestorChoice(attestor, tuple(reasons))
             reasons.append(f"{name}: {detection.detail}")
         if wanted != "auto" or not env.dev_mode:
             raise StartupError(
@@ -176,7 +221,8 @@ def choose_attestor(config: CmcpConfig, env: Environment, registry: ProviderRegi
             "software-only attestation proves nothing about the host",
             hint=f"set {ENV_DEV_MODE}=1 to run a development gateway deliberately",
         )
-    return Attestor.load(software.SPEC, _version_of(registry, software.NAME))
+    software_attestor = Attestor.load(software.SPEC, _version_of(registry, software.NAME))
+    return AttestorChoice(software_attestor, tuple(reasons))
 
 
 def prepare_attestor(attestor: Attestor, bundle_hash: str, catalog_hash: str) -> None:
@@ -192,11 +238,6 @@ def prepare_attestor(attestor: Attestor, bundle_hash: str, catalog_hash: str) ->
             f"attestation provider {attestor.spec.name!r} cannot start: {exc.message}",
             hint=exc.hint,
         ) from exc
-
-
-def _plugin_of(provider: str) -> str:
-    """The wheel that ships a provider: sev-snp -> cmcp-sev, gpu-cc -> cmcp-gpucc."""
-    return "cmcp-" + provider.removesuffix("-snp").replace("-", "")
 
 
 def _version_of(registry: ProviderRegistry, name: str) -> str:
@@ -215,22 +256,10 @@ def _upstream_headers(upstream: HttpUpstream, environ: Mapping[str, str]) -> lis
 
 
 def _credentials(config: CmcpConfig, env: Environment, environ: Mapping[str, str]) -> Credentials:
-    agents: dict[bytes, str] = {}
-    for token in config.auth.bearer_tokens:
-        if token.token_sha256 is not None:
-            agents[bytes.fromhex(token.token_sha256.removeprefix("sha256:"))] = token.agent
-        elif token.token_env is not None and environ.get(token.token_env):
-            agents[hashlib.sha256(environ[token.token_env].encode()).digest()] = token.agent
-    if env.bearer_token is not None:
-        secret = env.bearer_token.get_secret_value().encode()
-        agents[hashlib.sha256(secret).digest()] = config.auth.env_token_agent
-    operator: bytes | None = None
-    if env.operator_token is not None:
-        operator = hashlib.sha256(env.operator_token.get_secret_value().encode()).digest()
-    elif config.auth.operator_token_sha256 is not None:
-        operator = bytes.fromhex(config.auth.operator_token_sha256.removeprefix("sha256:"))
-    elif config.auth.operator_token_env is not None and environ.get(config.auth.operator_token_env):
-        operator = hashlib.sha256(environ[config.auth.operator_token_env].encode()).digest()
+    sources = token_sources(config, env, environ)
+    agents = {source.digest: source.agent for source in sources if source.agent is not None}
+    # the first operator source is the one the gateway prefers (token_sources' order)
+    operator = next((source.digest for source in sources if source.agent is None), None)
     return Credentials(
         agents_by_digest=agents,
         operator_digest=operator,

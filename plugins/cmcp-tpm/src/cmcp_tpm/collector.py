@@ -7,8 +7,8 @@ NV. Per session `collect` asks the TPM for a quote over the PCR selection with t
 binding as qualifyingData and returns it with everything a verifier needs offline.
 
 ESAPI contexts are not thread-safe, so every TPM command runs under one lock. tpm2-pytss
-(which needs libtss2) comes through `tpm_access`; its absence is reported by `detect` and
-turned into a `ProviderError` by `prepare`.
+(which needs libtss2) comes through `tpm_access`: this module imports only where it is
+usable, and the plugin's loader reports the provider unavailable where it is not.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives import serialization
 
 from cmcp_cli.attestation.api import Detection, Evidence, GatewayFacts, ProviderError
 from cmcp_tpm import pcr as pcr_math
-from cmcp_tpm import tpm_access
 from cmcp_tpm.plugin import EVIDENCE_TYPE, PLATFORM
 from cmcp_tpm.settings import (
     PERSISTENT_FIRST,
@@ -37,14 +36,12 @@ from cmcp_tpm.settings import (
 from cmcp_tpm.tpm_access import (
     ESAPI,
     ESYS_TR,
-    INSTALL,
     TPM2B_PUBLIC,
     TPMT_PUBLIC,
     TSS2_Exception,
     defined_handles,
     open_tpm,
     read_certificates,
-    require_tss,
     tpm_errors,
     tss,
 )
@@ -98,9 +95,6 @@ class TpmCollector:
             tcti = TpmSettings.parse(settings).tcti
         except ProviderError as error:
             return Detection(False, f"{error.message} ({error.hint})")
-        if tpm_access.TSS_PROBLEM is not None:
-            problem = tpm_access.TSS_PROBLEM
-            return Detection(False, f"tpm2-pytss is not usable ({problem}): {INSTALL}")
         device = _device_path(tcti)
         if device is not None and not device.exists():
             return Detection(False, f"no TPM device at {device} ({SECTION}.tcti = {tcti!r})")
@@ -121,7 +115,6 @@ class TpmCollector:
 
     def prepare(self, facts: GatewayFacts, settings: Mapping[str, Any]) -> None:
         parsed = TpmSettings.parse(settings)
-        require_tss()
         with self._lock:
             self._close_locked()
             esapi = open_tpm(parsed.tcti)

@@ -1,7 +1,9 @@
 """The provider declaration that `cmcp` finds through the entry point `cmcp = tpm`.
 
 Nothing here imports the collector, the verifier or the measurer: each is loaded only when
-used, so listing plugins on an auditor's machine never touches tpm2-pytss.
+used, so listing plugins on an auditor's machine never touches tpm2-pytss. Without a
+usable tpm2-pytss the collector does not load: its loader raises `ProviderError` with the
+install hint, and the host reports the provider as unavailable.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ EVIDENCE_TYPE = "tpm2-quote-v1"
 
 
 def _collector() -> Collector:
-    from cmcp_tpm.collector import TpmCollector  # noqa: PLC0415 - loaded on demand
+    from cmcp_tpm import tpm_access  # noqa: PLC0415 - loaded on demand
+
+    tpm_access.require_tss()
+    from cmcp_tpm.collector import TpmCollector  # noqa: PLC0415 - needs tpm2-pytss
 
     return TpmCollector()
 

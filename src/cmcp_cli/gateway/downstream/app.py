@@ -372,28 +372,23 @@ class GatewayApp:
         await asgi.send_json(send, 200, {"session_id": session_id, "claim": f"/trace/{session_id}"})
 
     async def _trace(self, scope: Scope, send: Send, path: str) -> None:
-        # A claim names the tools a session used: only an agent or the operator reads it.
-        if self._agent(scope) is None and not self.runtime.credentials.is_operator(
-            asgi.bearer_token(scope)
-        ):
-            await asgi.send_json(
-                send,
-                401,
-                {"error": "a valid bearer token is required"},
-                headers={"www-authenticate": 'Bearer realm="cmcp"'},
-            )
-            return
+        """A session's claim (or, with ?format=record, its TRACE record), for the session's
+        own agent and the operator; /trace/latest is the caller's latest (the operator's:
+        the gateway's)."""
+        missing = "no claim for that session (yet)"
         query = parse_qs(urlsplit("?" + scope.get("query_string", b"").decode("latin-1")).query)
         record = query.get("format") == ["record"]
         if path == "/trace/latest":
-            latest = self.sessions.latest_claim
-            session_id = latest.name.split(".")[0] if latest else None
+            session_id = self.sessions.latest_of(self.operator.caller(scope))
         else:
             match = _TRACE_PATH.fullmatch(path)
             session_id = match.group("id") if match else None
-        claim = self.sessions.claim_path(session_id, record=record) if session_id else None
-        if claim is None or not claim.is_file():
-            await asgi.send_json(send, 404, {"error": "no claim for that session (yet)"})
+        # readable refuses (and answers) a request that names no session
+        if not await self.operator.readable(scope, send, session_id, missing) or not session_id:
+            return
+        claim = self.sessions.claim_path(session_id, record=record)
+        if not claim.is_file():
+            await asgi.send_json(send, 404, {"error": missing})
             return
         await asgi.send_bytes(send, 200, claim.read_bytes(), content_type="application/json")
 

@@ -1,22 +1,25 @@
 """Routes for people and tooling around the gateway: approvals, audit export, metrics.
 
-Approving a call and exporting a session's audit chain need the operator token; an agent
-may read the state of an approval for its own session (to know when to repeat the call),
-and metrics are readable by any authenticated caller.
+Approving a call needs the operator token. A session's audit chain, like its claim, is
+read by the session's own agent and the operator (`readable`, the one rule for both); an
+agent may read the state of an approval for its own session (to know when to repeat the
+call). Metrics: aggregate counters for any authenticated caller, per-agent detail for the
+operator only.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Any
 
 import msgspec
 
 from cmcp_cli.audit.store import iter_lines
 from cmcp_cli.gateway.enforcement.approvals import ApprovalError, ApprovalStatus
-from cmcp_cli.gateway.relay.metrics import CONTENT_TYPE
+from cmcp_cli.gateway.relay.metrics import CONTENT_TYPE, AgentLoad
 from cmcp_cli.gateway.relay.sessions import SessionRegistry
-from cmcp_cli.gateway.runtime import GatewayRuntime
+from cmcp_cli.gateway.runtime import Caller, GatewayRuntime
 from cmcp_cli.wire import asgi
 from cmcp_cli.wire.asgi import Receive, Scope, Send
 
@@ -57,16 +60,18 @@ class OperatorRoutes:
         return True
 
     async def _metrics(self, scope: Scope, send: Send) -> None:
-        if not self._is_operator(scope) and self._agent(scope) is None:
+        caller = self.caller(scope)
+        if not caller.authenticated:
             await _unauthorized(send, "a valid bearer token is required")
             return
-        pending = sum(
-            1
+        pending = Counter(
+            approval.agent
             for approval in self.sessions.approvals.listing()
             if approval.status is ApprovalStatus.PENDING
         )
+        load = AgentLoad(self.sessions.open_by_agent(), pending) if caller.operator else None
         body = self.sessions.metrics.render(
-            open_sessions=len(self.sessions), pending_approvals=pending
+            open_sessions=len(self.sessions), pending_approvals=pending.total(), agents=load
         )
         await asgi.send_bytes(send, 200, body, content_type=CONTENT_TYPE)
 
@@ -115,14 +120,33 @@ class OperatorRoutes:
             return
         await asgi.send_json(send, 200, approval.to_json())
 
+    async def readable(
+        self, scope: Scope, send: Send, session_id: str | None, missing: str
+    ) -> bool:
+        """Whether the caller may read this session's claim or audit chain. When not, the
+        refusal is sent: 401 without a valid token; to an agent the session is not its
+        own, the same 404 (`missing`) as for a session that does not exist (or None: no
+        session named), so probing ids tells it nothing."""
+        caller = self.caller(scope)
+        if not caller.authenticated:
+            await _unauthorized(send, "a valid bearer token is required")
+            return False
+        if session_id is None or not await self.sessions.readable_by(caller, session_id):
+            await asgi.send_json(send, 404, {"error": missing})
+            return False
+        return True
+
+    def caller(self, scope: Scope) -> Caller:
+        return self.runtime.credentials.caller(asgi.bearer_token(scope))
+
     async def _audit(self, scope: Scope, send: Send, session_id: str) -> None:
-        if not self._is_operator(scope):
-            await _unauthorized(send, "exporting an audit chain needs the operator token")
+        missing = f"no audit entries for {session_id!r}"
+        if not await self.readable(scope, send, session_id, missing):
             return
         path = self.runtime.config.audit.path
         lines = await self.sessions.in_thread(lambda: list(iter_lines(path, session_id)))
         if not lines:
-            await asgi.send_json(send, 404, {"error": f"no audit entries for {session_id!r}"})
+            await asgi.send_json(send, 404, {"error": missing})
             return
         body = b"".join(line + b"\n" for line in lines)
         await asgi.send_bytes(send, 200, body, content_type=_NDJSON)

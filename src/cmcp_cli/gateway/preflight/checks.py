@@ -127,32 +127,21 @@ def check_auth(
                 hint=_TOKEN_HINT,
             )
         )
-    agents_by_digest: dict[str, str] = {}
+    # A token shared by two holders is refused by credentials.check_token_reuse.
     for index, token in enumerate(auth.bearer_tokens):
         loc = ("auth", "bearer_tokens", index)
-        digest = token.token_sha256
-        if token.token_env is not None:
-            value = environ.get(token.token_env)
-            if not value:
-                problems.append(
-                    at.error(loc, f"token_env names {token.token_env}, which is not set")
-                )
-                continue
-            if len(value) < MIN_TOKEN_LENGTH:
-                problems.append(
-                    at.error(
-                        loc,
-                        f"{token.token_env} holds fewer than {MIN_TOKEN_LENGTH} characters",
-                        _TOKEN_HINT,
-                    )
-                )
-            digest = "sha256:" + hashlib.sha256(value.encode()).hexdigest()
-        if digest is None:
+        if token.token_env is None:
             continue
-        other = agents_by_digest.setdefault(digest, token.agent)
-        if other != token.agent:
+        value = environ.get(token.token_env)
+        if not value:
+            problems.append(at.error(loc, f"token_env names {token.token_env}, which is not set"))
+        elif len(value) < MIN_TOKEN_LENGTH:
             problems.append(
-                at.error(loc, f"the same token is mapped to agents {other!r} and {token.agent!r}")
+                at.error(
+                    loc,
+                    f"{token.token_env} holds fewer than {MIN_TOKEN_LENGTH} characters",
+                    _TOKEN_HINT,
+                )
             )
     if auth.operator_token_env is not None and not environ.get(auth.operator_token_env):
         problems.append(
@@ -165,7 +154,8 @@ def check_auth(
         problems.append(
             at.warning(
                 ("auth",),
-                "no operator token: escalation approvals and audit export will be refused",
+                "no operator token: escalated calls cannot be approved (each session's claim and "
+                "audit chain stay readable by its own agent)",
                 hint=f"set {ENV_OPERATOR_TOKEN} or auth.operator_token_sha256",
             )
         )

@@ -19,7 +19,7 @@ from cmcp_cli.attestation.api import (
     MeasureResult,
     ProviderError,
 )
-from cmcp_cli.attestation.manager import ProviderRegistry
+from cmcp_cli.attestation.manager import ProviderRegistry, ProviderUnavailableError, load_part
 from cmcp_cli.attestation.measurement import installation_digest
 from cmcp_cli.errors import ConfigError, UsageError
 from cmcp_cli.gateway.preflight.report import check_config
@@ -40,7 +40,12 @@ def load_measurer(registry: ProviderRegistry, name: str) -> Measurer:
             f"no installed provider named {name!r} can measure (installed: {known})",
             hint=f"install its plugin (pip install cmcp-{name}) or pick one of: {known}",
         )
-    return registered.spec.load_measurer()
+    try:
+        return load_part(registered, registered.spec.load_measurer, "measure")
+    except ProviderUnavailableError as exc:
+        raise UsageError(
+            f"provider {name!r} cannot measure here: {exc.reason}", hint=exc.hint
+        ) from exc
 
 
 def measure_options(registry: ProviderRegistry, name: str) -> Sequence[MeasureOption]:
@@ -57,7 +62,7 @@ def measure(
     measurer = load_measurer(registry, name)
     inputs = MeasureInputs(values=dict(values))
     if config_path is not None:
-        report = check_config(config_path)
+        report = check_config(config_path, on_this_host=False)  # measured for another host
         if not report.ok or report.config is None or report.bundle is None:
             raise ConfigError(
                 f"{config_path} has problems; its gateway's measurement cannot be computed",

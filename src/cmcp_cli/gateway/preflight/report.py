@@ -11,12 +11,14 @@ import copy
 import difflib
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from cmcp_cli.attestation import software
+from cmcp_cli.attestation.manager import ProviderRegistry, load_providers
 from cmcp_cli.catalog.model import Catalog, load_catalog
 from cmcp_cli.config import (
     KNOWN_ENV,
@@ -30,7 +32,7 @@ from cmcp_cli.config import (
 )
 from cmcp_cli.errors import CmcpError, ConfigError, Problem, Severity, UsageError
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for
-from cmcp_cli.gateway.preflight import checks
+from cmcp_cli.gateway.preflight import attestation, checks, credentials
 from cmcp_cli.model_errors import document_location
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import CompiledBundle, compile_bundle
@@ -46,7 +48,7 @@ class ConfigReport:
     env: Environment | None = None
     bundle: CompiledBundle | None = None
     catalog: Catalog | None = None
-    notes: Mapping[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # what is worth knowing but needs no change
 
     @property
     def errors(self) -> tuple[Problem, ...]:
@@ -76,17 +78,28 @@ class ConfigReport:
             "catalog_hash": self.catalog.hash if self.catalog else None,
             "tool_count": len(self.catalog.tools) if self.catalog else None,
             "upstreams": sorted(config.upstreams) if config else None,
+            "notes": list(self.notes),
         }
 
 
-def check_config(path: Path, environ: Mapping[str, str] | None = None) -> ConfigReport:
-    """Load the config and everything it references, and report every problem found."""
+def check_config(
+    path: Path,
+    environ: Mapping[str, str] | None = None,
+    registry: ProviderRegistry | None = None,
+    *,
+    on_this_host: bool = True,
+) -> ConfigReport:
+    """Load the config and everything it references, and report every problem found.
+    `registry`: the installed providers (by default, loaded when the config needs them).
+    `on_this_host=False` leaves out whether its attestation provider can run here: for a
+    config whose gateway runs elsewhere (`cmcp measure --config`)."""
     environ = os.environ if environ is None else environ
     try:
         document = read_config_document(path)
     except ConfigError as exc:
         return ConfigReport(config_path=path, problems=exc.problems)
     problems: list[Problem] = []
+    notes: list[str] = []
     env, env_problems = read_environment(environ)
     problems.extend(env_problems)
     problems.extend(_unknown_env_warnings(env))
@@ -112,15 +125,24 @@ def check_config(path: Path, environ: Mapping[str, str] | None = None) -> Config
     if checkable is not None:
         located = checks.Locator(document)
         problems.extend(checks.check_auth(checkable, env, environ, located))
+        sources = credentials.token_sources(checkable, env, environ)
+        problems.extend(credentials.check_token_reuse(sources, located))
         problems.extend(checks.check_hosts(checkable, located))
         problems.extend(checks.check_tls(checkable.tls, located))
         problems.extend(checks.check_upstreams(checkable, environ, catalog, located))
         problems.extend(checks.check_state_paths(checkable, located))
         if catalog is not None:
             problems.extend(checks.check_data_classes(checkable, catalog, located))
+        if on_this_host and checkable.attestation.provider != software.NAME:
+            found, noted = attestation.check_attestation(
+                checkable, registry or load_providers(), located
+            )
+            problems.extend(found)
+            notes.extend(noted)
     return ConfigReport(
         config_path=path,
         problems=tuple(problems),
+        notes=tuple(notes),
         config=config,
         env=env,
         bundle=bundle,

@@ -1,10 +1,15 @@
 """Prometheus metrics in the text exposition format (version 0.0.4), without a client
-library: a few counters and one latency histogram, updated on the event loop only."""
+library: a few counters and one latency histogram, updated on the event loop only.
+
+Every agent reads the aggregate view, which names no agent, session or tool; the per-agent
+gauges (`AgentLoad`) are rendered only into the operator's view.
+"""
 
 from __future__ import annotations
 
 import bisect
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 # Seconds: the gateway's own overhead is sub-millisecond; upstream tools take up to minutes.
@@ -38,6 +43,33 @@ class Histogram:
         return lines
 
 
+@dataclass(frozen=True)
+class AgentLoad:
+    """What each agent has open now: for the operator's view only."""
+
+    open_sessions: Mapping[str, int]
+    pending_approvals: Mapping[str, int]
+
+    def lines(self) -> list[str]:
+        lines = [
+            "# HELP cmcp_agent_sessions_open Client sessions open now, by agent.",
+            "# TYPE cmcp_agent_sessions_open gauge",
+        ]
+        lines += [
+            f'cmcp_agent_sessions_open{{agent="{_label(agent, cut=False)}"}} {count}'
+            for agent, count in sorted(self.open_sessions.items())
+        ]
+        lines += [
+            "# HELP cmcp_agent_approvals_pending Escalated calls waiting, by agent.",
+            "# TYPE cmcp_agent_approvals_pending gauge",
+        ]
+        lines += [
+            f'cmcp_agent_approvals_pending{{agent="{_label(agent, cut=False)}"}} {count}'
+            for agent, count in sorted(self.pending_approvals.items())
+        ]
+        return lines
+
+
 @dataclass
 class GatewayMetrics:
     calls: Counter[str] = field(default_factory=Counter)  # by decision, plus "fault"
@@ -51,7 +83,10 @@ class GatewayMetrics:
         self.calls[outcome] += 1
         self.call_latency.observe(seconds)
 
-    def render(self, *, open_sessions: int, pending_approvals: int) -> bytes:
+    def render(
+        self, *, open_sessions: int, pending_approvals: int, agents: AgentLoad | None = None
+    ) -> bytes:
+        """The aggregate view; with `agents` (the operator's view), per-agent gauges too."""
         lines = [
             "# HELP cmcp_tool_calls_total Tool calls by decision (fault: the upstream failed).",
             "# TYPE cmcp_tool_calls_total counter",
@@ -88,9 +123,13 @@ class GatewayMetrics:
             "# TYPE cmcp_approvals_pending gauge",
             f"cmcp_approvals_pending {pending_approvals}",
         ]
+        if agents is not None:
+            lines += agents.lines()
         return ("\n".join(lines) + "\n").encode()
 
 
-def _label(value: str) -> str:
-    """A label value escaped as the exposition format requires; unbounded names are cut."""
-    return value[:64].replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def _label(value: str, *, cut: bool = True) -> str:
+    """A label value escaped as the exposition format requires; unbounded names are cut
+    (an agent's id is not: cut, two agents could share one label)."""
+    kept = value[:64] if cut else value
+    return kept.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

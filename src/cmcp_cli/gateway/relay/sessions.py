@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,7 +31,8 @@ from cmcp_cli.gateway.enforcement.messages import Gate, fail_gate
 from cmcp_cli.gateway.relay.exchange import Exchange
 from cmcp_cli.gateway.relay.listen import Listener
 from cmcp_cli.gateway.relay.metrics import GatewayMetrics
-from cmcp_cli.gateway.runtime import GatewayRuntime
+from cmcp_cli.gateway.relay.ownership import ClosedSessionOwners
+from cmcp_cli.gateway.runtime import Caller, GatewayRuntime
 from cmcp_cli.gateway.upstream.api import UpstreamConversation, UpstreamError
 from cmcp_cli.gateway.upstream.modern_client import open_conversation
 from cmcp_cli.wire.mcp import MODERN_PROTOCOLS
@@ -110,6 +112,8 @@ class SessionRegistry:
         self._sessions: dict[str, GatewaySession] = {}
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="cmcp-evidence")
         self.latest_claim: Path | None = None
+        self._latest_of: dict[str, str] = {}  # agent -> its session whose claim came last
+        self._closed_owners = ClosedSessionOwners(runtime.store.path, self.in_thread)
         self._background: set[asyncio.Task[None]] = set()
         self.approvals = ApprovalDesk(runtime.config.limits.approval_ttl_seconds)
         self._default_sessions: dict[str, str] = {}  # agent -> its stateless session's id
@@ -140,6 +144,9 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def open_by_agent(self) -> Counter[str]:
+        return Counter(session.agent for session in self._sessions.values())
+
     def get(self, session_id: str, agent: str) -> GatewaySession | None:
         """The session, only for the agent that opened it."""
         session = self._sessions.get(session_id)
@@ -152,6 +159,28 @@ class SessionRegistry:
         """Any open session, whoever it belongs to: for the operator only."""
         session = self._sessions.get(session_id)
         return None if session is None or session.closed else session
+
+    async def owner(self, session_id: str) -> str | None:
+        """The agent a session belongs to, open or closed, by this gateway process or an
+        earlier one; None when nobody is known to (then only the operator reads it)."""
+        session = self._sessions.get(session_id)
+        if session is not None:
+            return session.agent
+        return await self._closed_owners.of(session_id)
+
+    async def readable_by(self, caller: Caller, session_id: str) -> bool:
+        """The one rule for reading a session's claim and its audit chain: the session's
+        own agent and the operator may; for anyone else the session does not exist."""
+        if caller.operator:
+            return True
+        return caller.agent is not None and await self.owner(session_id) == caller.agent
+
+    def latest_of(self, caller: Caller) -> str | None:
+        """The session whose claim was written last: of the caller's own sessions for an
+        agent, of all sessions for the operator."""
+        if caller.operator:
+            return self.latest_claim.name.split(".")[0] if self.latest_claim else None
+        return self._latest_of.get(caller.agent) if caller.agent is not None else None
 
     async def open(self, agent: str, protocol_version: str) -> GatewaySession:
         if len(self._sessions) >= self.runtime.config.limits.max_sessions:
@@ -352,7 +381,9 @@ class SessionRegistry:
             why = f"the client never answered input {key!r} of upstream {server!r}"
             await fail_gate(self, session, gate, why, "input")
         closed = await self.in_thread(session.evidence.close, reason=reason)
+        self._closed_owners.remember(session.id, session.agent)
         self.latest_claim = await self.in_thread(self._write_claim, session.id, closed)
+        self._latest_of[session.agent] = session.id
         self.metrics.sessions_closed += 1
         return closed
 

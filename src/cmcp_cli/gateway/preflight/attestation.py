@@ -1,0 +1,64 @@
+"""Which attestation providers a config can use on this host, as far as can be known before
+start: installed, and its collector loads (whether its hardware is here, only start finds
+out). `choose_attestor` walks the same candidates in the same order."""
+
+from __future__ import annotations
+
+from cmcp_cli.attestation import software
+from cmcp_cli.attestation.manager import (
+    ProviderRegistry,
+    ProviderUnavailableError,
+    load_collector,
+)
+from cmcp_cli.config import CmcpConfig
+from cmcp_cli.errors import Problem
+from cmcp_cli.gateway.preflight.checks import Locator
+
+AUTO_ORDER = ("sev-snp", "tdx", "tpm")
+_PROVIDER = ("attestation", "provider")
+
+
+def candidates(wanted: str) -> tuple[str, ...]:
+    """The providers `attestation.provider` names, in the order they are tried."""
+    return AUTO_ORDER if wanted == "auto" else (wanted,)
+
+
+def plugin_of(provider: str) -> str:
+    """The wheel that ships a provider: sev-snp -> cmcp-sev, gpu-cc -> cmcp-gpucc."""
+    return "cmcp-" + provider.removesuffix("-snp").replace("-", "")
+
+
+def check_attestation(
+    config: CmcpConfig, registry: ProviderRegistry, at: Locator
+) -> tuple[list[Problem], list[str]]:
+    """Problems and notes: a provider chosen by name that is not installed or cannot load
+    here is an error with the fix; one that `auto` will pass over for that is a note."""
+    wanted = config.attestation.provider
+    problems: list[Problem] = []
+    notes: list[str] = []
+    if wanted == software.NAME:
+        return problems, notes
+    for name in candidates(wanted):
+        registered = registry.providers.get(name)
+        if registered is None:
+            if wanted != "auto":
+                problems.append(
+                    at.error(
+                        _PROVIDER,
+                        f"no installed plugin provides {name!r}",
+                        hint=f"pip install {plugin_of(name)}, or choose an installed provider "
+                        "(cmcp plugins lists them)",
+                    )
+                )
+            continue
+        try:
+            load_collector(registered)  # loaded, not prepared: it holds nothing to release
+        except ProviderUnavailableError as exc:
+            if wanted == "auto":
+                why = f"{exc.reason}; {exc.hint}"
+                notes.append(f"auto passes over {name}, unavailable here: {why}")
+            else:
+                problems.append(
+                    at.error(_PROVIDER, f"{name} is unavailable here: {exc.reason}", exc.hint)
+                )
+    return problems, notes
