@@ -141,7 +141,7 @@ def test_truncation_is_measured_against_the_claim(
     )
     assert result.returncode == 1
     assert "first bad sequence number: 6" in result.stderr
-    assert "claim states audit_chain.length 9, the log gives 6" in result.stderr
+    assert "gateway.audit_chain.length: the claim states 9, the log gives 6" in result.stderr
 
 
 def test_clean_replay_through_the_cli(recorded: RecordedSession) -> None:
