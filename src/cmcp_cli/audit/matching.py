@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -263,10 +263,15 @@ def match_claim(replay: SessionReplay, document: Mapping[str, Any]) -> ClaimMatc
     stated_length = _mapping(_mapping(stated.get("gateway")).get("audit_chain")).get("length")
     grouped: dict[str, list[Mismatch]] = {name: [] for name in log_check_names(gateway_claim)}
     for mismatch in found:
-        if mismatch.path == "gateway.audit_chain.length" and type(stated_length) is int:
-            if stated_length > length:  # entries the claim counts are not in the log
-                mismatch = Mismatch(mismatch.path, mismatch.message, missing_from=length)
-        grouped[_check_of(mismatch.path)].append(mismatch)
+        located = mismatch
+        # entries the claim counts beyond the log's are missing from it, from its length on
+        if (
+            mismatch.path == "gateway.audit_chain.length"
+            and _is_int(stated_length)
+            and stated_length > length
+        ):
+            located = Mismatch(mismatch.path, mismatch.message, missing_from=length)
+        grouped[_check_of(mismatch.path)].append(located)
     if replay.end is None:
         grouped[_ISSUANCE] = [
             Mismatch(
@@ -401,6 +406,10 @@ def _show(value: object) -> str:
     except TypeError:
         text = repr(value)
     return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 1] + "…"
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return type(value) is int
 
 
 def _mapping(value: object) -> Mapping[str, Any]:
