@@ -169,7 +169,11 @@ def test_a_log_that_lacks_a_member_the_claim_states_matches_no_claim(
 ) -> None:
     """Fail closed: a session_start without the model (its chain re-hashed, as whoever
     holds the log can) cannot vouch for the claim's model, whatever else matches."""
-    log = write(tmp_path, reseal(exported(recorded), lambda f: f.pop("model"), 0))
+
+    def without_model(fields: dict[str, object]) -> None:
+        del fields["model"]
+
+    log = write(tmp_path, reseal(exported(recorded), without_model, 0))
     expected = "the log cannot vouch for the claim: session_start records no model"
     result = run_cmcp("replay-audit", "--log", log, "--claim", recorded.claim_path, "--json")
     assert result.returncode == 1

@@ -165,9 +165,6 @@ def test_malformed_claim_exits_1(tmp_path: Path) -> None:
 
 def test_missing_plugin_exits_3(recorded: RecordedSession, tmp_path: Path) -> None:
     from cmcp_cli.attestation.binding import binding_from_claim
-    from cmcp_cli.audit.matching import LOG_CHECKS
-from cmcp_cli.claim.keys import ClaimKey
-    from cmcp_cli.claim.signing import signed
 
     key = ClaimKey.generate()
     claim = json.loads(recorded.claim_path.read_text())
