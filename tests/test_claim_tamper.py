@@ -50,12 +50,14 @@ from tests.sessions import RecordedSession, record_session
 from tests.support import QUICKSTART, run_cmcp
 
 AK_HANDLE = 0x81010002
+ADDED = "added_member"  # the name of a member a change adds to an object
 Path_ = tuple[str | int, ...]
 
 # Which check rejects an insider's change of each leaf (the longest matching prefix
 # wins). A leaf of a claim that no entry names fails the suite: a new claim member
 # needs a line here, and so a check that catches it.
 CAUGHT_BY: dict[str, str] = {
+    ADDED: "log: session",  # a member beside cmcp_version, trace and gateway
     "cmcp_version": "format",
     "trace": "log: session",  # members the gateway never writes
     "trace.eat_profile": "format",
@@ -92,8 +94,6 @@ ENUMERATED: dict[str, tuple[str, ...]] = {
     "trace.policy.enforcement_mode": ("enforce", "advisory", "silent"),
     "trace.appraisal.status": ("affirming", "warning", "contraindicated", "none"),
 }
-ADDED = "added_member"
-CAUGHT_BY[ADDED] = "log: session"  # a member beside cmcp_version, trace and gateway
 
 
 def addition_caught_by(path: str) -> str:
@@ -138,23 +138,33 @@ class Variant:
 
 
 def _more_of_the_session(session: EvidenceSession) -> None:
-    """Messages of other kinds, a fault and a drift, so every counter and flag is set."""
+    """Messages of other kinds (a listing answered, a prompt whose upstream failed, a
+    sampling request denied) and a drift, so every counter and flag is set."""
     bundle = compile_bundle(read_bundle(QUICKSTART / "policies"))
     authorizer = authorizer_for(bundle, load_catalog(QUICKSTART / "catalog.json"))
-    for index, kind in enumerate((MessageKind.LIST_TOOLS, MessageKind.CREATE_MESSAGE)):
+    messages: tuple[tuple[MessageKind, str, dict[str, Any]], ...] = (
+        (MessageKind.LIST_TOOLS, "demo", {}),
+        (MessageKind.GET_PROMPT, "weather_report", {"name": "weather_report"}),
+        (MessageKind.CREATE_MESSAGE, "demo", {"messages": [], "maxTokens": 10}),
+    )
+    for index, (kind, target, params) in enumerate(messages):
+        call_id = f"m-{index}"
         verdict = session.decide_message(
             authorizer,
-            call_id=f"m-{index}",
+            call_id=call_id,
             agent_id="anonymous",
             kind=kind,
             server="demo",
-            target="demo",
-            params={"messages": [], "maxTokens": 10} if index else {},
+            target=target,
+            params=params,
             data_class="internal",
         )
-        if verdict.forwarded:
-            session.outcome(call_id=f"m-{index}", response={"tools": []}, latency_us=900)
-    session.recorder.fault(error="upstream went away", stage="forward", call_id="m-0")
+        if kind is MessageKind.GET_PROMPT:
+            session.recorder.fault(
+                error="upstream went away", stage="forward", call_id=call_id, kind=kind.value
+            )
+        elif verdict.forwarded:
+            session.outcome(call_id=call_id, response={"tools": []}, latency_us=900)
     session.recorder.drift(
         tool="get_weather", expected_hash="sha256:" + "1" * 64, advertised_hash="sha256:" + "2" * 64
     )
@@ -441,8 +451,9 @@ def test_the_genuine_claims_verify_with_every_log_check_passing(
     # the session is one a suite of changes can be measured against: every counter moves
     summary = subject.claim["gateway"]["call_summary"]
     assert subject.claim["gateway"]["catalog"]["drift_detected"] is True
-    assert set(summary["by_kind"]) == {"call_tool", "list_tools", "create_message"}
-    assert summary["faulted"] == 1 and summary["tools_invoked"]
+    assert set(summary["by_kind"]) == {"call_tool", "list_tools", "get_prompt", "create_message"}
+    assert summary["by_kind"]["get_prompt"]["faulted"] == 1 and summary["tools_invoked"]
+    assert summary["by_kind"]["create_message"]["denied"] == 1
     assert subject.claim["trace"]["data_class"] == "confidential"
 
 
