@@ -196,6 +196,16 @@ _COVERS = {
     "log: drift": "catalog.drift_detected is whether the log records drift",
     "log: issuance": "iat and sequence_number are what session_end records",
 }
+# A standalone TRACE record states less: what its checks cover there.
+_RECORD_COVERS = {
+    **_COVERS,
+    "log: chain": "tool_transcript.hash is the log's tip",
+    "log: session": "subject, model and policy are what session_start records",
+    "log: issuer": "the key (by RFC 7638 thumbprint), platform, measurement, gateway build "
+    "and appraisal are the issuer's record",
+    "log: counters": "tool_transcript.call_count is counted from the log",
+    "log: issuance": "iat is what session_end records",
+}
 _SHOWN_CHARS = 120
 _ABSENT = object()
 
@@ -212,10 +222,7 @@ class Mismatch:
 class LogCheck:
     name: str
     mismatches: tuple[Mismatch, ...]
-
-    @property
-    def covers(self) -> str:
-        return _COVERS[self.name]
+    covers: str  # what the check compared, said when nothing differs
 
 
 @dataclass(frozen=True)
@@ -280,7 +287,10 @@ def match_claim(replay: SessionReplay, document: Mapping[str, Any]) -> ClaimMatc
                 "vouches for trace.iat and gateway.sequence_number",
             )
         ]
-    return ClaimMatch(checks=tuple(LogCheck(name, tuple(found)) for name, found in grouped.items()))
+    covers = _COVERS if gateway_claim else _RECORD_COVERS
+    return ClaimMatch(
+        checks=tuple(LogCheck(name, tuple(found), covers[name]) for name, found in grouped.items())
+    )
 
 
 def _expected_claim(
