@@ -14,7 +14,8 @@ signed twice:
 Each is verified with the pins an auditor has: policy and catalog hash, the audit log,
 the TPM roots and the expected measurement (and `--allow-software` for the software
 claim), never the key. Every variant must be rejected, and every insider's variant by the
-check `CAUGHT_BY` names for that leaf: the table is the map of which check catches what.
+check `claim_variants.CAUGHT_BY` names for that leaf: the table is the map of which check
+catches what.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,13 +31,12 @@ from typing import Any
 import pytest
 
 from cmcp_cli.attestation.api import CheckStatus, GatewayFacts
-from cmcp_cli.attestation.binding import compute_binding
 from cmcp_cli.attestation.manager import ProviderRegistry, load_providers
 from cmcp_cli.attestation.measurement import installation_digest
 from cmcp_cli.audit.matching import LOG_CHECKS, match_claim
 from cmcp_cli.audit.replay import replay_log
 from cmcp_cli.catalog.model import load_catalog
-from cmcp_cli.claim.keys import ClaimKey, jwk_thumbprint
+from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.signing import signed
 from cmcp_cli.errors import ExitCode
 from cmcp_cli.evidence.session import Attestor, EvidenceSession
@@ -46,71 +45,19 @@ from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle
 from cmcp_cli.policy.request import MessageKind
 from cmcp_cli.verify.claim import VerifyOptions, VerifyReport, verify_document
+from tests.claim_variants import (
+    ADDED,
+    Variant,
+    at,
+    fix_binding,
+    resigned,
+    unchanged,
+    variants,
+)
 from tests.sessions import RecordedSession, record_session
 from tests.support import QUICKSTART, run_cmcp
 
 AK_HANDLE = 0x81010002
-ADDED = "added_member"  # the name of a member a change adds to an object
-Path_ = tuple[str | int, ...]
-
-# Which check rejects an insider's change of each leaf (the longest matching prefix
-# wins). A leaf of a claim that no entry names fails the suite: a new claim member
-# needs a line here, and so a check that catches it.
-CAUGHT_BY: dict[str, str] = {
-    ADDED: "log: session",  # a member beside cmcp_version, trace and gateway
-    "cmcp_version": "format",
-    "trace": "log: session",  # members the gateway never writes
-    "trace.eat_profile": "format",
-    "trace.iat": "log: issuance",
-    "trace.subject": "log: session",
-    "trace.model": "log: session",
-    "trace.runtime": "log: issuer",
-    "trace.policy": "log: session",
-    "trace.data_class": "log: data class",
-    "trace.tool_transcript.hash": "log: chain",
-    "trace.tool_transcript.call_count": "log: counters",
-    "trace.build_provenance": "log: issuer",
-    "trace.appraisal": "log: issuer",
-    "trace.cnf": "log: issuer",
-    "trace.cnf.jwk.kty": "format",
-    "trace.cnf.jwk.crv": "format",
-    "trace.cnf.jwk.x": "signature",  # the claim no longer verifies with the key it names
-    "gateway": "log: session",
-    "gateway.session_id": "audit log",  # the log holds no such session
-    "gateway.gateway_version": "log: issuer",
-    "gateway.sequence_number": "log: issuance",
-    "gateway.audit_chain": "log: chain",
-    "gateway.call_summary": "log: counters",
-    "gateway.catalog": "log: session",
-    "gateway.catalog.drift_detected": "log: drift",
-    "gateway.attestation": "log: issuer",
-    "gateway.attestation.binding": "binding",
-}
-# Leaves with a fixed set of values: any other text is malformed, so a flipped character
-# fails `format`; each other valid value is tried as well, and caught by `CAUGHT_BY`.
-ENUMERATED: dict[str, tuple[str, ...]] = {
-    "cmcp_version": (),
-    "trace.eat_profile": (),
-    "trace.policy.enforcement_mode": ("enforce", "advisory", "silent"),
-    "trace.appraisal.status": ("affirming", "warning", "contraindicated", "none"),
-}
-
-
-def addition_caught_by(path: str) -> str:
-    """`by_kind` names only message kinds, each with exactly its counts: anything added
-    there fails `format`."""
-    return "format" if path.startswith("gateway.call_summary.by_kind.") else caught_by(path)
-
-
-def removal_caught_by(path: str) -> str:
-    """Removing a member the claim's shape requires fails `format`; only the provider's
-    evidence members, `by_kind` and its kinds may be absent from a well-formed claim."""
-    by_kind = "gateway.call_summary.by_kind"
-    optional = path.startswith("gateway.attestation.evidence.") or by_kind in (
-        path,
-        path.rpartition(".")[0],
-    )
-    return caught_by(path) if optional else "format"
 
 
 @dataclass(frozen=True)
@@ -127,14 +74,6 @@ class Subject:
     @property
     def claim(self) -> dict[str, Any]:
         return self.recorded.claim
-
-
-@dataclass(frozen=True)
-class Variant:
-    label: str
-    path: str  # the changed member, dotted
-    change: Callable[[dict[str, Any]], None]
-    caught_by: str
 
 
 def _more_of_the_session(session: EvidenceSession) -> None:
@@ -262,170 +201,9 @@ def subject(request: pytest.FixtureRequest) -> Subject:
     return found
 
 
-# -- the changes ------------------------------------------------------------------------
-
-
-def caught_by(path: str) -> str:
-    best = ""
-    for prefix in CAUGHT_BY:
-        if (path == prefix or path.startswith(prefix + ".")) and len(prefix) > len(best):
-            best = prefix
-    assert best, f"no check is named for claim member {path}: add it to CAUGHT_BY"
-    return CAUGHT_BY[best]
-
-
-# Hex digits move on among hex digits, other letters among their own kind.
-_ALPHABETS = ("0123456789abcdef", "ghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-
-
-def flipped(value: Any) -> Any:
-    """The same type, another value: a flag toggled, a number plus one, the last letter or
-    digit of a text moved on by one (so hex stays hex and base64 stays base64)."""
-    if isinstance(value, bool):
-        return not value
-    if isinstance(value, int):
-        return value + 1
-    if isinstance(value, str):
-        for index in range(len(value) - 1, -1, -1):
-            char = value[index]
-            for alphabet in _ALPHABETS:
-                if char in alphabet:
-                    moved = alphabet[(alphabet.index(char) + 1) % len(alphabet)]
-                    return value[:index] + moved + value[index + 1 :]
-        return value + "x"
-    raise AssertionError(f"no flip for {value!r}")
-
-
-def _at(document: Any, path: Path_) -> Any:
-    for step in path:
-        document = document[step]
-    return document
-
-
-def _dotted(path: Path_) -> str:
-    return ".".join(str(step) for step in path)
-
-
-def _setter(path: Path_, make: Callable[[Any], Any]) -> Callable[[dict[str, Any]], None]:
-    def change(document: dict[str, Any]) -> None:
-        parent = _at(document, path[:-1])
-        parent[path[-1]] = make(parent[path[-1]])
-
-    return change
-
-
-def _remover(path: Path_) -> Callable[[dict[str, Any]], None]:
-    def change(document: dict[str, Any]) -> None:
-        del _at(document, path[:-1])[path[-1]]
-
-    return change
-
-
-def _adder(path: Path_) -> Callable[[dict[str, Any]], None]:
-    def change(document: dict[str, Any]) -> None:
-        _at(document, path)[ADDED] = "x"
-
-    return change
-
-
-def _replaced_by(other: str) -> Callable[[Any], Any]:
-    def make(_: Any) -> Any:
-        return other
-
-    return make
-
-
-def _grown(items: list[Any]) -> list[Any]:
-    if not items:
-        return ["x"]
-    extra = copy.deepcopy(items[-1])
-    return [*items, flipped(extra) if not isinstance(extra, dict | list) else extra]
-
-
-def variants(document: Any, path: Path_ = ()) -> Iterator[Variant]:
-    """Every change of every leaf of `document` but its signature."""
-    dotted = _dotted(path)
-    if isinstance(document, dict):
-        for name, member in document.items():
-            if path or name != "signature":
-                yield from variants(member, (*path, name))
-                where = _dotted((*path, name))
-                yield Variant(
-                    f"{where} removed", where, _remover((*path, name)), removal_caught_by(where)
-                )
-        added = f"{dotted}.{ADDED}" if dotted else ADDED
-        yield Variant(f"{added} added", added, _adder(path), addition_caught_by(added))
-    elif isinstance(document, list):
-        for index, member in enumerate(document):
-            if isinstance(member, dict | list):
-                yield from variants(member, (*path, index))
-            else:
-                where = f"{dotted}[{index}]"
-                yield Variant(
-                    f"{where} changed", dotted, _setter((*path, index), flipped), caught_by(dotted)
-                )
-        yield Variant(f"{dotted} grown", dotted, _setter(path, _grown), caught_by(dotted))
-        if document:
-            yield Variant(
-                f"{dotted} shrunk", dotted, _setter(path, lambda v: v[:-1]), caught_by(dotted)
-            )
-    else:
-        enumerated = dotted in ENUMERATED
-        yield Variant(
-            f"{dotted} flipped",
-            dotted,
-            _setter(path, flipped),
-            "format" if enumerated else caught_by(dotted),
-        )
-        for other in ENUMERATED.get(dotted, ()):
-            if other != document:
-                yield Variant(
-                    f"{dotted} = {other}",
-                    dotted,
-                    _setter(path, _replaced_by(other)),
-                    caught_by(dotted),
-                )
-
-
-def _unchanged(claim: dict[str, Any]) -> None:
-    """No change: the claim as it was."""
-
-
-# -- re-signing -------------------------------------------------------------------------
-
-_BINDINGS = ("gateway.attestation.binding", "gateway.attestation.evidence.binding")
-
-
-def resigned(subject: Subject, variant: Variant, key: ClaimKey) -> dict[str, Any]:
-    """The claim with `variant` applied, signed by `key`: its `cnf.jwk` becomes `key`'s
-    (unless the variant changed it and `key` is the original), and the binding is
-    recomputed for the changed claim (unless the variant changed the binding)."""
-    claim = copy.deepcopy(subject.claim)
-    claim.pop("signature")
-    variant.change(claim)
-    cnf = claim.get("trace", {}).get("cnf")
-    if key is not subject.key and isinstance(cnf, dict):
-        cnf["jwk"] = dict(key.public_jwk)
-    if not variant.path.startswith(_BINDINGS):
-        _fix_binding(claim, subject.software)
-    return signed(claim, key)
-
-
-def _fix_binding(claim: dict[str, Any], software: bool) -> None:
-    try:
-        trace, attestation = claim["trace"], claim["gateway"]["attestation"]
-        binding = compute_binding(
-            key_thumbprint=jwk_thumbprint(trace["cnf"]["jwk"]),
-            bundle_hash=trace["policy"]["bundle_hash"],
-            catalog_hash=claim["gateway"]["catalog"]["hash"],
-            gateway_digest=trace["build_provenance"]["digest"],
-        ).hex()
-    except (KeyError, TypeError):
-        return  # a member of the binding was removed: there is nothing to fix it up from
-    attestation["binding"] = binding
-    evidence = attestation.get("evidence")
-    if software and isinstance(evidence, dict):  # the software evidence states it unsigned
-        evidence["binding"] = binding
+def _resigned(subject: Subject, variant: Variant, key: ClaimKey) -> dict[str, Any]:
+    forger = key is not subject.key
+    return resigned(subject.claim, variant, key, forger=forger, software=subject.software)
 
 
 def failed(report: VerifyReport) -> set[str]:
@@ -457,19 +235,19 @@ def test_the_genuine_claims_verify_with_every_log_check_passing(
     assert subject.claim["trace"]["data_class"] == "confidential"
 
 
-def test_a_claim_resigned_unchanged_by_its_own_key_still_verifies(
+def test_a_claim_resignedunchanged_by_its_own_key_still_verifies(
     subject: Subject, registry: ProviderRegistry
 ) -> None:
-    same = Variant("nothing changed", "", _unchanged, "")
-    report = _verify(subject, resigned(subject, same, subject.key), registry)
+    same = Variant("nothing changed", "", unchanged, "")
+    report = _verify(subject, _resigned(subject, same, subject.key), registry)
     assert report.exit_code is ExitCode.OK, sorted(failed(report))
 
 
-def test_a_claim_resigned_unchanged_by_a_fresh_key_fails_the_issuer_check(
+def test_a_claim_resignedunchanged_by_a_fresh_key_fails_the_issuer_check(
     subject: Subject, registry: ProviderRegistry
 ) -> None:
-    same = Variant("nothing changed", "", _unchanged, "")
-    report = _verify(subject, resigned(subject, same, ClaimKey.generate()), registry)
+    same = Variant("nothing changed", "", unchanged, "")
+    report = _verify(subject, _resigned(subject, same, ClaimKey.generate()), registry)
     expected = {"log: issuer"} if subject.software else {"log: issuer", "tpm.attest.extra_data"}
     assert failed(report) == expected
     (issuer,) = [check for check in report.checks if check.name == "log: issuer"]
@@ -483,7 +261,7 @@ def test_every_leaf_changed_and_resigned_by_the_gateway_key_fails_its_named_chec
     assert len(found) > 150
     missed = []
     for variant in found:
-        report = _verify(subject, resigned(subject, variant, subject.key), registry)
+        report = _verify(subject, _resigned(subject, variant, subject.key), registry)
         if report.exit_code is not ExitCode.FAILED or variant.caught_by not in failed(report):
             missed.append((variant.label, variant.caught_by, sorted(failed(report))))
     assert not missed, "\n".join(map(str, [f"{len(missed)} of {len(found)}:", *missed]))
@@ -497,7 +275,7 @@ def test_every_leaf_changed_and_resigned_by_a_fresh_key_is_rejected(
     for variant in variants(subject.claim):
         if variant.path.startswith("trace.cnf"):
             continue  # the forger's key replaces the key: nothing of the change is left
-        report = _verify(subject, resigned(subject, variant, forger), registry)
+        report = _verify(subject, _resigned(subject, variant, forger), registry)
         # a malformed claim is refused before anything else is read; any other names the
         # forger's key as not the one the log records (or, for another session id, the log
         # holds no such session)
@@ -519,7 +297,7 @@ def test_replay_audit_finds_every_change_the_log_determines(subject: Subject) ->
     for variant in variants(subject.claim):
         if variant.path == "gateway.session_id":
             continue  # replay-audit then finds no such session in the log (exit 2)
-        match = match_claim(replay, resigned(subject, variant, subject.key))
+        match = match_claim(replay, _resigned(subject, variant, subject.key))
         names = {check.name for check in match.checks if check.mismatches}
         expected = variant.caught_by if variant.caught_by in LOG_CHECKS else None
         if match.unmatched is not None or not names or (expected and expected not in names):
@@ -561,7 +339,7 @@ def _issue_case(subject: Subject, folder: Path) -> Path:
     claim["gateway"]["catalog"]["drift_detected"] = False
     claim["trace"]["build_provenance"]["slsa_level"] = 3
     claim["trace"]["cnf"]["jwk"] = dict(forger.public_jwk)
-    _fix_binding(claim, subject.software)
+    fix_binding(claim, subject.software)
     path = folder / "forged.claim.json"
     path.write_text(json.dumps(signed(claim, forger)))
     return path
@@ -623,7 +401,7 @@ def test_an_insiders_change_to_a_tpm_claim_fails_verify_through_the_cli(
         (("gateway", "call_summary", "tools_invoked"), [], "log: counters"),
     ):
         claim = copy.deepcopy(subject.claim)
-        _at(claim, path[:-1])[path[-1]] = value
+        at(claim, path[:-1])[path[-1]] = value
         tampered = tmp_path / "tampered.claim.json"
         tampered.write_text(json.dumps(signed(claim, subject.key)))
         result = run_cmcp("verify", tampered, *subject.trust_args, "--json")
