@@ -4,7 +4,7 @@ recorded in a real SQLite store, closed into a signed claim."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -61,7 +61,10 @@ def record_session(
     faults: int = 0,
     attestor: Attestor | None = None,
     key: ClaimKey | None = None,
+    during: Callable[[EvidenceSession], None] | None = None,
 ) -> RecordedSession:
+    """Record a session of `calls` (and `faults`); `during` adds more entries after
+    them, before the session closes."""
     bundle = compile_bundle(read_bundle(QUICKSTART / "policies"))
     catalog = load_catalog(QUICKSTART / "catalog.json")
     authorizer = authorizer_for(bundle, catalog)
@@ -107,6 +110,8 @@ def record_session(
             recorder.fault(
                 error="upstream closed the connection", stage="forward", call_id=f"f-{index}"
             )
+        if during is not None:
+            during(session)
         closed = session.close(reason="client closed the session")
     claim_path = folder / f"{session_id}.claim.json"
     record_path = folder / f"{session_id}.trace.json"

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from cmcp_cli.audit.entry import seal
 from cmcp_cli.audit.logfile import export_jsonl, log_slices, read_log_lines
-from cmcp_cli.audit.matching import recheck_decisions
+from cmcp_cli.audit.matching import LOG_CHECKS, recheck_decisions
 from cmcp_cli.audit.replay import ProblemKind, replay_chains, replay_log
 from cmcp_cli.audit.store import iter_lines
 from cmcp_cli.policy.bundle import read_bundle
@@ -141,7 +141,7 @@ def test_truncation_is_measured_against_the_claim(
     )
     assert result.returncode == 1
     assert "first bad sequence number: 6" in result.stderr
-    assert "claim states audit_chain.length 9, the log gives 6" in result.stderr
+    assert "gateway.audit_chain.length: the claim states 9, the log gives 6" in result.stderr
 
 
 def test_clean_replay_through_the_cli(recorded: RecordedSession) -> None:
@@ -157,9 +157,35 @@ def test_clean_replay_through_the_cli(recorded: RecordedSession) -> None:
     assert result.returncode == 0, result.stderr
     assert "session sess-1: clean; 9 entries" in result.stderr
     assert "4 decisions re-checked" in result.stderr
+    assert f"claim-signing key {recorded.key_thumbprint}" in result.stderr
     report = run_cmcp("replay-audit", "--db", recorded.db, "--json").json()
     assert report["ok"] is True
     assert report["sessions"][0]["audit_chain"] == recorded.claim["gateway"]["audit_chain"]
+    assert report["sessions"][0]["claim_key_thumbprint"] == recorded.key_thumbprint
+
+
+def test_a_log_that_lacks_a_member_the_claim_states_matches_no_claim(
+    recorded: RecordedSession, tmp_path: Path
+) -> None:
+    """Fail closed: a session_start without the model (its chain re-hashed, as whoever
+    holds the log can) cannot vouch for the claim's model, whatever else matches."""
+
+    def without_model(fields: dict[str, object]) -> None:
+        del fields["model"]
+
+    log = write(tmp_path, reseal(exported(recorded), without_model, 0))
+    expected = "the log cannot vouch for the claim: session_start records no model"
+    result = run_cmcp("replay-audit", "--log", log, "--claim", recorded.claim_path, "--json")
+    assert result.returncode == 1
+    messages = [p["message"] for p in result.json()["sessions"][0]["problems"]]
+    assert messages == [expected]
+    verified = run_cmcp(
+        "verify", recorded.claim_path, "--allow-software", "--audit-log", log, "--json"
+    )
+    assert verified.returncode == 1
+    reasons = {c["name"]: c["reason"] for c in verified.json()["checks"] if c["status"] == "fail"}
+    assert set(reasons) == set(LOG_CHECKS)
+    assert set(reasons.values()) == {expected}
 
 
 def test_a_different_bundle_is_refused(recorded: RecordedSession, quickstart: Path) -> None:

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from cmcp_cli.audit.matching import LOG_CHECKS
+from cmcp_cli.claim.keys import ClaimKey
+from cmcp_cli.claim.signing import signed
 from tests.sessions import RecordedSession, record_session
 from tests.support import run_cmcp
 
@@ -58,6 +61,7 @@ def test_everything_pinned_and_the_audit_log_reproduced(recorded: RecordedSessio
         "evidence.binding",
         "measurement",
         "audit log",
+        *LOG_CHECKS,
     ):
         assert statuses[name] == "pass", (name, report)
     assert statuses["evidence.hardware"] == "skip"
@@ -106,6 +110,12 @@ def test_standalone_trace_record(recorded: RecordedSession) -> None:
     )
     assert result.returncode == 0, result.stdout
     assert result.json()["kind"] == "trace-record"
+    statuses = {c["name"]: c["status"] for c in result.json()["checks"]}
+    # a record has no catalog: every log check but the drift flag's
+    assert {name: statuses.get(name) for name in LOG_CHECKS} == {
+        **dict.fromkeys(LOG_CHECKS, "pass"),
+        "log: drift": None,
+    }
 
 
 def test_freshness_options(recorded: RecordedSession) -> None:
@@ -161,8 +171,6 @@ def test_malformed_claim_exits_1(tmp_path: Path) -> None:
 
 def test_missing_plugin_exits_3(recorded: RecordedSession, tmp_path: Path) -> None:
     from cmcp_cli.attestation.binding import binding_from_claim
-    from cmcp_cli.claim.keys import ClaimKey
-    from cmcp_cli.claim.signing import signed
 
     key = ClaimKey.generate()
     claim = json.loads(recorded.claim_path.read_text())
@@ -179,3 +187,28 @@ def test_missing_plugin_exits_3(recorded: RecordedSession, tmp_path: Path) -> No
     assert (
         "no installed plugin verifies evidence type 'example-tee-report-v1'" in evidence["reason"]
     )
+
+
+def test_the_auditor_pins_the_key_the_log_records(
+    recorded: RecordedSession, tmp_path: Path
+) -> None:
+    """replay-audit prints the session's claim-signing key from its log; pinned with
+    --trusted-key it accepts the gateway's claim and refuses one re-signed by another key."""
+    replayed = run_cmcp("replay-audit", "--db", recorded.db, "--json")
+    assert replayed.returncode == 0, replayed.stderr
+    (session,) = replayed.json()["sessions"]
+    thumbprint = session["claim_key_thumbprint"]
+    assert thumbprint == recorded.key_thumbprint
+    pinned = run_cmcp(
+        "verify", recorded.claim_path, "--allow-software", "--trusted-key", thumbprint
+    )
+    assert pinned.returncode == 0, pinned.stderr
+    forger = ClaimKey.generate()
+    forged = json.loads(recorded.claim_path.read_text())
+    forged["trace"]["cnf"]["jwk"] = forger.public_jwk
+    path = tmp_path / "forged.json"
+    path.write_text(json.dumps(signed(forged, forger)))
+    result = run_cmcp("verify", path, "--allow-software", "--trusted-key", thumbprint, "--json")
+    assert result.returncode == 1
+    statuses = {c["name"]: c["status"] for c in result.json()["checks"]}
+    assert statuses["key pin"] == "fail"

@@ -1,15 +1,29 @@
 """Checking a replayed session against what else claims to describe it: the signed claim
-(root, tip, length, counters) and the policy bundle (every recorded decision again)."""
+(every member the log determines, `match_claim`) and the policy bundle (every recorded
+decision again)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, TypeGuard
 
+import orjson
+
+from cmcp_cli.attestation.binding import compute_binding
 from cmcp_cli.audit.chain import DECISION_PHASE, DEFAULT_KIND
 from cmcp_cli.audit.entry import EntryError, open_line
 from cmcp_cli.audit.replay import ProblemKind, SessionReplay
-from cmcp_cli.claim.canonical import canonical_bytes
+from cmcp_cli.audit.session_record import (
+    SessionRecordError,
+    claim_facts,
+    issuer_member,
+    issuer_of,
+)
+from cmcp_cli.claim.canonical import CanonicalizationError, canonical_bytes, canonical_sha256
+from cmcp_cli.claim.keys import jwk_thumbprint
+from cmcp_cli.claim.model import ENFORCEMENT_MODES, claim_body, is_gateway_claim
+from cmcp_cli.claim.signing import SIGNATURE
 from cmcp_cli.errors import CmcpError, PolicyRequestError
 from cmcp_cli.policy.engine import Authorizer, CompiledBundle
 from cmcp_cli.policy.request import (
@@ -127,52 +141,286 @@ def _entry_request_mismatch(
 
 
 def compare_with_claim(replay: SessionReplay, claim: Mapping[str, Any]) -> None:
-    """Match the replayed chain with what a claim states about it."""
-    gateway, trace = _mapping(claim.get("gateway")), _mapping(claim.get("trace"))
-    state = replay.state
-    stated_chain = _mapping(gateway.get("audit_chain"))
-    replayed_chain = state.audit_chain_json()
-    for key in ("root", "tip", "length"):
-        stated = stated_chain.get(key)
-        if stated != replayed_chain[key]:
-            seq = _first_missing(state.length, stated) if key == "length" else None
-            kind = (
-                ProblemKind.TRUNCATED
-                if key == "length" and seq is not None
-                else ProblemKind.CLAIM_MISMATCH
+    """Report every member of `claim` that is not what the replayed session determines as
+    a problem of the replay (`cmcp replay-audit --claim`); `match_claim` says which."""
+    match = match_claim(replay, claim)
+    if match.unmatched is not None:
+        replay.add(ProblemKind.CLAIM_MISMATCH, None, match.unmatched)
+        return
+    for check in match.checks:
+        for mismatch in check.mismatches:
+            kind = ProblemKind.CLAIM_MISMATCH
+            if mismatch.missing_from is not None:
+                kind = ProblemKind.TRUNCATED
+            replay.add(kind, mismatch.missing_from, f"{check.name}: {mismatch.message}")
+
+
+# The named checks of a claim against its session's log, each with the claim members it
+# covers: a member belongs to the check of its longest prefix here, and any member no
+# prefix names (one the gateway never writes) to "log: session".
+LOG_CHECKS: Mapping[str, tuple[str, ...]] = {
+    "log: chain": ("gateway.audit_chain", "trace.tool_transcript.hash"),
+    "log: session": (
+        "gateway.session_id",
+        "trace.subject",
+        "trace.model",
+        "trace.policy",
+        "gateway.catalog.hash",
+    ),
+    "log: issuer": (
+        "trace.cnf",
+        "trace.runtime",
+        "trace.build_provenance",
+        "trace.appraisal",
+        "gateway.gateway_version",
+        "gateway.attestation",
+        "gateway.recovery",
+    ),
+    "log: counters": ("gateway.call_summary", "trace.tool_transcript.call_count"),
+    "log: data class": ("trace.data_class",),
+    "log: drift": ("gateway.catalog.drift_detected",),
+    "log: issuance": ("trace.iat", "gateway.sequence_number"),
+}
+_OTHER_MEMBERS = "log: session"
+_ISSUANCE = "log: issuance"
+_TRACE_RECORD_CHECKS = tuple(name for name in LOG_CHECKS if name != "log: drift")
+_COVERS = {
+    "log: chain": "audit_chain root, tip and length and tool_transcript.hash are the log's",
+    "log: session": "session id, subject, model, policy and catalog hash are what "
+    "session_start records",
+    "log: issuer": "the key (by RFC 7638 thumbprint), platform, measurement, evidence (by "
+    "digest), binding, gateway build, appraisal and attestation are the issuer's record",
+    "log: counters": "call_summary (tools_invoked and by_kind too) and "
+    "tool_transcript.call_count are counted from the log",
+    "log: data class": "data_class is the most sensitive class of the log's forwarded calls",
+    "log: drift": "catalog.drift_detected is whether the log records drift",
+    "log: issuance": "iat and sequence_number are what session_end records",
+}
+# A standalone TRACE record states less: what its checks cover there.
+_RECORD_COVERS = {
+    **_COVERS,
+    "log: chain": "tool_transcript.hash is the log's tip",
+    "log: session": "subject, model and policy are what session_start records",
+    "log: issuer": "the key (by RFC 7638 thumbprint), platform, measurement, gateway build "
+    "and appraisal are the issuer's record",
+    "log: counters": "tool_transcript.call_count is counted from the log",
+    "log: issuance": "iat is what session_end records",
+}
+_SHOWN_CHARS = 120
+_ABSENT = object()
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    path: str  # the claim member, dotted: trace.model.model_id
+    message: str  # the path, what the claim states and what the log gives
+    # For an audit_chain.length beyond the log's: the first sequence number missing.
+    missing_from: int | None = None
+
+
+@dataclass(frozen=True)
+class LogCheck:
+    name: str
+    mismatches: tuple[Mismatch, ...]
+    covers: str  # what the check compared, said when nothing differs
+
+
+@dataclass(frozen=True)
+class ClaimMatch:
+    """A claim against its session's log: one `LogCheck` per named check; or, when the
+    log does not say what the claim must state (`unmatched`), why not."""
+
+    checks: tuple[LogCheck, ...]
+    unmatched: str | None = None
+
+
+def log_check_names(gateway_claim: bool) -> tuple[str, ...]:
+    """The checks of a GatewayClaim, or of a standalone TRACE record (which has no catalog)."""
+    return tuple(LOG_CHECKS) if gateway_claim else _TRACE_RECORD_CHECKS
+
+
+def match_claim(replay: SessionReplay, document: Mapping[str, Any]) -> ClaimMatch:
+    """Compare a GatewayClaim or a standalone TRACE record, member by member, with the claim
+    its session's log determines (`session_record.claim_facts`, in the one claim shape of
+    `claim_body`). The key is compared by its RFC 7638 thumbprint and the evidence by its
+    digest, since the log keeps only those; the binding is recomputed from the log's key,
+    bundle, catalog and gateway digest; the signature is not compared. A member the claim
+    lacks, or has beyond what the log determines, is a mismatch too.
+
+    A log that lacks a record the claim states, or has it with the wrong type, matches no
+    claim: `unmatched` names the member.
+    """
+    gateway_claim = is_gateway_claim(document)
+    end = replay.end
+    if end is None:  # a chain cut short: all but what session_end fixes is still compared
+        end = {"reason": None, "claim": {"iat": -1, "sequence_number": -1}}
+    try:
+        expected, key_check, evidence_check = _expected_claim(replay, end)
+    except SessionRecordError as exc:
+        return ClaimMatch(checks=(), unmatched=f"the log cannot vouch for the claim: {exc}")
+    stated = {k: v for k, v in document.items() if k != SIGNATURE}
+    special: dict[str, Callable[[object], str | None]] = {"trace.cnf.jwk": key_check}
+    if gateway_claim:
+        special["gateway.attestation.evidence"] = evidence_check
+    else:  # a TRACE record is the claim's `trace`, signed on its own
+        expected, stated = {"trace": expected["trace"]}, {"trace": stated}
+    found: list[Mismatch] = []
+    _compare(expected, stated, "", special, found)
+    length = replay.state.length
+    stated_length = _mapping(_mapping(stated.get("gateway")).get("audit_chain")).get("length")
+    grouped: dict[str, list[Mismatch]] = {name: [] for name in log_check_names(gateway_claim)}
+    for mismatch in found:
+        located = mismatch
+        # entries the claim counts beyond the log's are missing from it, from its length on
+        if (
+            mismatch.path == "gateway.audit_chain.length"
+            and _is_int(stated_length)
+            and stated_length > length
+        ):
+            located = Mismatch(mismatch.path, mismatch.message, missing_from=length)
+        grouped[_check_of(mismatch.path)].append(located)
+    if replay.end is None:
+        grouped[_ISSUANCE] = [
+            Mismatch(
+                "session_end",
+                f"the log has no session_end of session {replay.session_id}: nothing there "
+                "vouches for trace.iat and gateway.sequence_number",
             )
-            replay.add(
-                kind,
-                seq,
-                f"claim states audit_chain.{key} {stated!r}, the log gives {replayed_chain[key]!r}",
-            )
-    stated_summary = gateway.get("call_summary")
-    replayed_summary = state.calls.to_json()
-    # A claim without by_kind is one of a gateway that governed tool calls only: it
-    # matches a log of tool calls only, on every other count; a log with other kinds
-    # never matches it.
-    older = isinstance(stated_summary, Mapping) and "by_kind" not in stated_summary
-    if older and set(state.calls.by_kind) <= {DEFAULT_KIND}:
-        replayed_summary.pop("by_kind")
-    if stated_summary != replayed_summary:
-        replay.add(
-            ProblemKind.CLAIM_MISMATCH,
-            None,
-            f"claim states call_summary {stated_summary}, the log gives {replayed_summary}",
+        ]
+    covers = _COVERS if gateway_claim else _RECORD_COVERS
+    return ClaimMatch(
+        checks=tuple(LogCheck(name, tuple(found), covers[name]) for name, found in grouped.items())
+    )
+
+
+def _expected_claim(
+    replay: SessionReplay, end: Mapping[str, Any]
+) -> tuple[dict[str, Any], Callable[[object], str | None], Callable[[object], str | None]]:
+    """The unsigned claim the log determines, and how the claim's key and evidence are
+    judged against the digests the log keeps of them."""
+    start = replay.start
+    if start is None:
+        raise SessionRecordError(f"it has no session_start of session {replay.session_id}")
+    thumbprint = issuer_member(start, end, "key_thumbprint")
+    evidence_digest = issuer_member(start, end, "evidence_digest")
+    where = "session_start" if issuer_of(start, end) is start else "session_end.recovered_by"
+    facts = claim_facts(start, end, replay.state, {})
+    if facts.enforcement_mode not in ENFORCEMENT_MODES:
+        raise SessionRecordError(
+            f"session_start records enforcement_mode {facts.enforcement_mode!r}, not one of "
+            f"{', '.join(ENFORCEMENT_MODES)}"
         )
-    if gateway.get("session_id") != replay.session_id:
-        replay.add(
-            ProblemKind.CLAIM_MISMATCH, None, f"claim is for session {gateway.get('session_id')!r}"
+    binding = compute_binding(
+        key_thumbprint=thumbprint,
+        bundle_hash=facts.bundle_hash,
+        catalog_hash=facts.catalog_hash,
+        gateway_digest=facts.build_digest,
+    )
+    facts = replace(facts, attestation={**facts.attestation, "binding": binding.hex()})
+
+    def key_check(stated: object) -> str | None:
+        stated_key = _thumbprint(stated)
+        if stated_key == f"key {thumbprint}":
+            return None
+        return (
+            f"trace.cnf.jwk: the claim states {stated_key}, the log gives key {thumbprint} "
+            f"({where}.key_thumbprint)"
         )
-    if _mapping(trace.get("tool_transcript")).get("hash") != state.tip:
-        replay.add(
-            ProblemKind.CLAIM_MISMATCH, None, "trace.tool_transcript.hash is not the chain tip"
+
+    def evidence_check(stated: object) -> str | None:
+        stated_digest = _digest(stated)
+        if stated_digest == evidence_digest:
+            return None
+        return (
+            f"gateway.attestation.evidence: the claim states evidence {stated_digest}, the log "
+            f"gives evidence {evidence_digest} ({where}.evidence_digest)"
         )
+
+    return claim_body(facts, {}), key_check, evidence_check
+
+
+def _compare(
+    expected: object,
+    stated: object,
+    path: str,
+    special: Mapping[str, Callable[[object], str | None]],
+    found: list[Mismatch],
+) -> None:
+    judge = special.get(path)
+    if judge is not None:
+        message = judge(stated)
+        if message is not None:
+            found.append(Mismatch(path, message))
+        return
+    if isinstance(expected, Mapping) and isinstance(stated, Mapping):
+        for name in [*expected, *(k for k in stated if k not in expected)]:
+            member = f"{path}.{name}" if path else str(name)
+            _compare(expected.get(name, _ABSENT), stated.get(name, _ABSENT), member, special, found)
+        return
+    if not _same(expected, stated):
+        if stated is _ABSENT:
+            message = f"{path}: the claim states nothing, the log gives {_show(expected)}"
+        elif expected is _ABSENT:
+            message = f"{path}: the claim states {_show(stated)}, which the log does not determine"
+        else:
+            message = f"{path}: the claim states {_show(stated)}, the log gives {_show(expected)}"
+        found.append(Mismatch(path, message))
+
+
+def _same(expected: object, stated: object) -> bool:
+    """JSON equality: 1, 1.0 and true are three values."""
+    if isinstance(expected, Mapping) and isinstance(stated, Mapping):
+        return expected.keys() == stated.keys() and all(
+            _same(expected[k], stated[k]) for k in expected
+        )
+    if isinstance(expected, list | tuple) and isinstance(stated, list | tuple):
+        return len(expected) == len(stated) and all(map(_same, expected, stated))
+    return type(expected) is type(stated) and expected == stated
+
+
+def _check_of(path: str) -> str:
+    best, best_length = _OTHER_MEMBERS, -1
+    for name, prefixes in LOG_CHECKS.items():
+        for prefix in prefixes:
+            if (path == prefix or path.startswith(prefix + ".")) and len(prefix) > best_length:
+                best, best_length = name, len(prefix)
+    return best
+
+
+def _thumbprint(jwk: object) -> str:
+    """How a stated key reads in a report: its RFC 7638 thumbprint, when it is a public
+    OKP JWK of exactly the members the gateway writes."""
+    if (
+        isinstance(jwk, Mapping)
+        and set(jwk) == {"kty", "crv", "x"}
+        and all(isinstance(value, str) for value in jwk.values())
+    ):
+        return f"key {jwk_thumbprint(jwk)}"
+    return f"{_show(jwk)}, not a public JWK of kty, crv and x"
+
+
+def _digest(evidence: object) -> str:
+    if not isinstance(evidence, Mapping):
+        return f"{_show(evidence)}, not an object"
+    try:
+        return canonical_sha256(dict(evidence))
+    except CanonicalizationError:
+        return "without a canonical form"
+
+
+def _show(value: object) -> str:
+    if value is _ABSENT:
+        return "nothing"
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:
+        text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 1] + "…"
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return type(value) is int
 
 
 def _mapping(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
-
-
-def _first_missing(replayed_length: int, stated: object) -> int | None:
-    return replayed_length if type(stated) is int and stated > replayed_length else None

@@ -10,6 +10,7 @@ from typing import Any
 from cmcp_cli.audit.logfile import count_log_lines, is_sqlite, read_log_lines
 from cmcp_cli.audit.matching import compare_with_claim, recheck_decisions
 from cmcp_cli.audit.replay import Progress, SessionReplay, replay_log
+from cmcp_cli.audit.session_record import SessionRecordError, issuer_member
 from cmcp_cli.errors import UsageError
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle
@@ -43,8 +44,24 @@ class ReplayReport:
             "ok": self.ok,
             "claim_session": self.claim_session,
             "bundle_hash": self.bundle_hash,
-            "sessions": [s.to_json() for s in self.sessions],
+            "sessions": [
+                {**s.to_json(), "claim_key_thumbprint": claim_key_thumbprint(s)}
+                for s in self.sessions
+            ],
         }
+
+
+def claim_key_thumbprint(replay: SessionReplay) -> str | None:
+    """The RFC 7638 thumbprint of the key that signs the session's claim, as its log
+    records it (`session_start.key_thumbprint`, or the recovering process's in
+    `session_end.recovered_by`); None when the log records none. An auditor pins it with
+    `cmcp verify --trusted-key`."""
+    if replay.start is None:
+        return None
+    try:
+        return issuer_member(replay.start, replay.end or {}, "key_thumbprint")
+    except SessionRecordError:
+        return None
 
 
 def log_size(request: ReplayRequest) -> int:

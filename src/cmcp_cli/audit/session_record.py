@@ -147,6 +147,15 @@ def issuer_of(start: Mapping[str, Any], end: Mapping[str, Any]) -> Mapping[str, 
     return recovered if isinstance(recovered, Mapping) else start
 
 
+def issuer_member(start: Mapping[str, Any], end: Mapping[str, Any], name: str) -> str:
+    """A string member of the claim's issuer record (`key_thumbprint`, `evidence_digest`),
+    or `SessionRecordError` naming the record that lacks it."""
+    issuer = issuer_of(start, end)
+    who = "session_start" if issuer is start else "session_end.recovered_by"
+    value: str = _member(issuer, name, str, who)
+    return value
+
+
 def claim_facts(
     start: Mapping[str, Any],
     end: Mapping[str, Any],

@@ -82,11 +82,12 @@ def trace_body(facts: SessionFacts, jwk: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-def build_claim(facts: SessionFacts, key: ClaimKey) -> dict[str, Any]:
-    """The signed GatewayClaim of a session."""
+def claim_body(facts: SessionFacts, jwk: Mapping[str, str]) -> dict[str, Any]:
+    """The GatewayClaim of a session without its signature: what the gateway signs, and
+    what a verifier holding the session's log expects a claim to state."""
     claim: dict[str, Any] = {
         "cmcp_version": CLAIM_VERSION,
-        "trace": trace_body(facts, key.public_jwk),
+        "trace": trace_body(facts, jwk),
         "gateway": {
             "session_id": facts.session_id,
             "gateway_version": facts.gateway_version,
@@ -99,7 +100,12 @@ def build_claim(facts: SessionFacts, key: ClaimKey) -> dict[str, Any]:
     }
     if facts.recovery is not None:
         claim["gateway"]["recovery"] = dict(facts.recovery)
-    return signed(claim, key)
+    return claim
+
+
+def build_claim(facts: SessionFacts, key: ClaimKey) -> dict[str, Any]:
+    """The signed GatewayClaim of a session."""
+    return signed(claim_body(facts, key.public_jwk), key)
 
 
 def trace_record(claim: Mapping[str, Any], key: ClaimKey) -> dict[str, Any]:

@@ -12,7 +12,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cmcp_cli.attestation.api import CheckStatus
-from cmcp_cli.audit.report import ReplayReport, ReplayRequest, log_size, replay_audit
+from cmcp_cli.audit.report import (
+    ReplayReport,
+    ReplayRequest,
+    claim_key_thumbprint,
+    log_size,
+    replay_audit,
+)
 from cmcp_cli.cli import render
 from cmcp_cli.errors import ExitCode, UsageError
 from cmcp_cli.verify.claim import (
@@ -205,6 +211,14 @@ def _render_replay(report: ReplayReport) -> None:
             f"tip {state.tip}, {state.calls.total} calls, "
             f"{replay.decisions_checked} decisions re-checked"
         )
+        thumbprint = claim_key_thumbprint(replay)
+        if thumbprint is not None:
+            render.err.print(
+                f"  claim-signing key {escape(thumbprint)} "
+                f"(pin it: cmcp verify --trusted-key {escape(thumbprint)})"
+            )
+        else:
+            render.err.print("  [red]the log records no claim-signing key[/red]")
         by_kind = state.calls.by_kind
         if by_kind:
             kinds = ", ".join(

@@ -3,8 +3,9 @@
 Each check is reported by name with pass, fail or skip and its reason. Nothing in a claim
 is trusted before its signature verifies; after that, every pin the auditor gave is
 compared, the binding is recomputed from the claim, the evidence is judged by the one
-provider registered for its type, and an audit log, when given, must reproduce the
-chain and the counters. No network: this package cannot import a socket.
+provider registered for its type, and an audit log, when given, must be an intact chain
+that determines every member of the claim it can (`audit.matching.match_claim`). No
+network: this package cannot import a socket.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from cmcp_cli.attestation.api import Check, CheckStatus, ProviderError, TrustInp
 from cmcp_cli.attestation.binding import binding_from_claim
 from cmcp_cli.attestation.manager import ProviderRegistry, load_providers
 from cmcp_cli.attestation.software import PLATFORM as SOFTWARE_PLATFORM
-from cmcp_cli.audit.matching import compare_with_claim
-from cmcp_cli.audit.replay import replay_log
+from cmcp_cli.audit.matching import log_check_names, match_claim
+from cmcp_cli.audit.replay import SessionReplay, replay_log
 from cmcp_cli.claim.keys import jwk_thumbprint
 from cmcp_cli.claim.model import is_gateway_claim
 from cmcp_cli.claim.signing import check_signature
@@ -159,7 +160,7 @@ def verify_document(
         )
         report.software = trace["runtime"]["platform"] == SOFTWARE_PLATFORM
     checks.append(_measurement(trace["runtime"]["measurement"], options.expected_measurements))
-    checks.append(_audit_log(document, gateway_claim, options.audit_log))
+    checks.extend(_audit_log(document, gateway_claim, options.audit_log))
     return report
 
 
@@ -322,25 +323,36 @@ def _measurement(measurement: str, expected: tuple[str, ...]) -> Check:
     return Check.failed("measurement", f"{measurement} is not in the pinned set")
 
 
-def _audit_log(document: Mapping[str, Any], gateway_claim: bool, path: Path | None) -> Check:
+def _audit_log(document: Mapping[str, Any], gateway_claim: bool, path: Path | None) -> list[Check]:
+    """`audit log`: the session's chain is intact; then one check per part of the claim
+    the log determines (`matching.LOG_CHECKS`), each naming the members that differ."""
     if path is None:
-        return Check.skipped("audit log", "no --audit-log given")
+        return [Check.skipped("audit log", "no --audit-log given")]
     trace = document["trace"] if gateway_claim else document
     session_id = (
         document["gateway"]["session_id"] if gateway_claim else trace["subject"].rsplit("/", 1)[-1]
     )
-    sessions = replay_log(path, session_id=session_id)
-    replay = sessions.get(session_id)
+    replay = replay_log(path, session_id=session_id).get(session_id)
+    names = log_check_names(gateway_claim)
     if replay is None:
-        return Check.failed("audit log", f"{path} holds no entries of session {session_id}")
-    if gateway_claim:
-        compare_with_claim(replay, document)
-    elif trace["tool_transcript"]["hash"] != replay.state.tip:
-        replay.add_claim_mismatch("tool_transcript.hash is not the chain tip")
-    if trace["tool_transcript"]["call_count"] != replay.state.calls.total:
-        replay.add_claim_mismatch(
-            "tool_transcript.call_count is not the number of calls in the log"
-        )
+        reason = f"{path} holds no entries of session {session_id}"
+        return [
+            Check.failed("audit log", reason),
+            *(Check.failed(name, f"not compared: {reason}") for name in names),
+        ]
+    checks = [_chain_check(replay)]
+    match = match_claim(replay, document)
+    if match.unmatched is not None:
+        return [*checks, *(Check.failed(name, match.unmatched) for name in names)]
+    for check in match.checks:
+        if check.mismatches:
+            checks.append(Check.failed(check.name, "; ".join(m.message for m in check.mismatches)))
+        else:
+            checks.append(Check.passed(check.name, check.covers))
+    return checks
+
+
+def _chain_check(replay: SessionReplay) -> Check:
     if replay.problems:
         first = replay.problems[0]
         where = (
@@ -351,8 +363,8 @@ def _audit_log(document: Mapping[str, Any], gateway_claim: bool, path: Path | No
     kinds = ", ".join(f"{name} {by_kind[name].total}" for name in sorted(by_kind)) or "none"
     return Check.passed(
         "audit log",
-        f"{replay.state.length} entries reproduce the claim's root, tip, length and call "
-        f"summary (messages by kind: {kinds})",
+        f"{replay.state.length} entries from session_start to session_end, every hash and "
+        f"link intact (messages by kind: {kinds})",
     )
 
 
