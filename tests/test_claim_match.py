@@ -144,6 +144,11 @@ def test_records_that_lack_a_member_the_claim_states_match_no_claim(tmp_path: Pa
         assert (
             match.unmatched == f"the log cannot vouch for the claim: {record} records no {member}"
         )
+    mistyped = {**start, "model": "claude-test"}
+    match = match_claim(recorded(tmp_path / "mistyped.db", mistyped, end), claim)
+    assert match.unmatched == (
+        "the log cannot vouch for the claim: session_start records model as a string, not an object"
+    )
     no_iat = {**end, "claim": {"sequence_number": 1}}
     match = match_claim(recorded(tmp_path / "iat.db", start, no_iat), claim)
     assert match.unmatched == "the log cannot vouch for the claim: session_end.claim records no iat"

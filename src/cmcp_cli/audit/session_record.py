@@ -217,7 +217,26 @@ def claim_facts(
 
 
 def _member(record: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
-    value = record.get(name)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    if name not in record:
         raise SessionRecordError(f"{where} records no {name}")
+    value = record[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        expected = _TYPE_NAMES.get(kind, kind.__name__)
+        raise SessionRecordError(f"{where} records {name} as {_json_type(value)}, not {expected}")
     return value
+
+
+_TYPE_NAMES: dict[type, str] = {
+    str: "a string",
+    int: "an integer",
+    list: "a list",
+    Mapping: "an object",
+}
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return _TYPE_NAMES.get(type(value), "an object" if isinstance(value, Mapping) else "a number")
