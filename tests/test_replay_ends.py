@@ -29,8 +29,8 @@ def rechain(entries: list[dict[str, Any]]) -> Lines:
     """Seal entries as a chain: seq and prev of each follow the one before it."""
     lines: Lines = []
     prev = "sha256:" + "0" * 64
-    for seq, fields in enumerate(entries):
-        fields = {k: v for k, v in fields.items() if k != "hash"} | {"seq": seq, "prev": prev}
+    for seq, entry in enumerate(entries):
+        fields = {k: v for k, v in entry.items() if k != "hash"} | {"seq": seq, "prev": prev}
         sealed = seal(fields)
         prev = sealed.hash
         lines.append(sealed.line)
@@ -49,9 +49,7 @@ def with_fault_after_end(lines: Lines) -> Lines:
 def without_outcome(lines: Lines, call_id: str) -> Lines:
     """The chain re-sealed without the outcome of `call_id` (as if it was never written)."""
     entries = [orjson.loads(line) for line in lines]
-    kept = [
-        e for e in entries if not (e.get("phase") == "outcome" and e.get("call_id") == call_id)
-    ]
+    kept = [e for e in entries if not (e.get("phase") == "outcome" and e.get("call_id") == call_id)]
     assert len(kept) == len(entries) - 1
     return rechain(kept)
 

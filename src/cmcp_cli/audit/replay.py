@@ -212,13 +212,15 @@ def _assemble(
             progress(count)
     for replay in sessions.values():
         if replay.state.length and not replay.state.ended:
-            replay.add(
-                ProblemKind.TRUNCATED,
+            problem = ChainProblem(
+                replay.session_id,
                 replay.state.length,
+                ProblemKind.TRUNCATED,
                 f"the chain ends at seq {replay.state.length - 1} without session_end: "
                 "later entries were removed, or the session is still open",
             )
-            replay.open_end = replay.problems[-1] if replay.problems else None
+            replay.problems.append(problem)  # even past the cap: the end is always said
+            replay.open_end = problem
         elif replay.state.ended and not replay.problems:
             # Only in an intact chain: where entries were edited, removed or reordered,
             # the missing answers are that tampering, already reported where it begins.
@@ -317,15 +319,15 @@ def _track_answers(replay: SessionReplay, entry: SealedEntry) -> None:
     call_id = fields.get("call_id")
     if not isinstance(call_id, str):
         return
-    if entry.type == EntryType.CALL and fields.get("phase") == DECISION_PHASE:
+    phase = fields.get("phase") if entry.type == EntryType.CALL else None
+    if phase == DECISION_PHASE:
         if fields.get("forwarded") is True:
             kind = fields.get("kind", DEFAULT_KIND)
             replay.pending[call_id] = Pending(entry.seq, kind if isinstance(kind, str) else "?")
-    elif (
-        entry.type == EntryType.CALL and fields.get("phase") == OUTCOME_PHASE
-    ) or entry.type == EntryType.FAULT:
-        if replay.pending.pop(call_id, None) is None:
-            replay.answered_earlier.add(call_id)
+        return
+    answers = phase == OUTCOME_PHASE or entry.type == EntryType.FAULT
+    if answers and replay.pending.pop(call_id, None) is None:
+        replay.answered_earlier.add(call_id)
 
 
 def _missing(expected: int, seq: int) -> str:
@@ -388,8 +390,7 @@ def stitch(sessions: dict[str, SessionReplay], later: SessionReplay) -> None:
             later.add(
                 ProblemKind.AFTER_END,
                 first.seq,
-                f"seq {first.seq}: a {first.type} entry after session_end, which no claim "
-                "covers",
+                f"seq {first.seq}: a {first.type} entry after session_end, which no claim covers",
             )
         if first.seq in earlier.seen:
             later.add(ProblemKind.DUPLICATE, first.seq, f"a second entry claims seq {first.seq}")

@@ -11,18 +11,26 @@ import hashlib
 import hmac
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmcp_cli.attestation import software
 from cmcp_cli.attestation.api import GatewayFacts, ProviderError
 from cmcp_cli.attestation.manager import ProviderRegistry, load_providers
 from cmcp_cli.attestation.measurement import installation_digest
+from cmcp_cli.audit.processes import (
+    StoreInUseError,
+    StoreLock,
+    lock_store,
+    record_start,
+    record_stop,
+)
 from cmcp_cli.audit.store import AuditStore
 from cmcp_cli.catalog.model import Catalog
 from cmcp_cli.config import ENV_DEV_MODE, CmcpConfig, Environment, HttpUpstream
 from cmcp_cli.errors import CmcpError, ConfigError
-from cmcp_cli.evidence.session import Attestor, SessionPolicy
+from cmcp_cli.evidence.recovery import RecoveryReport, recover_sessions
+from cmcp_cli.evidence.session import GATEWAY_PROCESS, Attestor, SessionPolicy
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for, tool_resources
 from cmcp_cli.gateway.preflight.report import ConfigReport
 from cmcp_cli.gateway.upstream.api import UpstreamChannel
@@ -77,16 +85,22 @@ class GatewayRuntime:
     upstreams: Mapping[str, UpstreamChannel]
     credentials: Credentials
     dev_mode: bool
+    lock: StoreLock | None = None  # the audit store's, held while this gateway runs
+    recovery: RecoveryReport = field(default_factory=RecoveryReport)  # at start
 
     @property
     def claims_dir(self) -> Path:
         return self.config.claims.dir
 
     def close(self) -> None:
+        """Once every session is closed: record the clean stop, and let the store go."""
         for upstream in self.upstreams.values():
             upstream.close()
         self.store.close()
         self.attestor.collector.close()
+        if self.lock is not None and self.lock.held:
+            record_stop(self.store.path, self.lock.holder.process)
+            self.lock.release()
 
 
 def build_runtime(
@@ -132,7 +146,7 @@ def build_runtime(
     }
     upstreams.update(stdio_upstreams(config, base=report.config_path.parent, environ=environ))
     config.claims.dir.mkdir(parents=True, exist_ok=True)
-    store = AuditStore(config.audit.path, config.audit.durability)
+    store, lock, recovery = open_store(config, attestor)
     return GatewayRuntime(
         config=config,
         bundle=bundle,
@@ -145,7 +159,34 @@ def build_runtime(
         upstreams=upstreams,
         credentials=_credentials(config, env, environ),
         dev_mode=env.dev_mode,
+        lock=lock,
+        recovery=recovery,
     )
+
+
+def open_store(
+    config: CmcpConfig, attestor: Attestor
+) -> tuple[AuditStore, StoreLock, RecoveryReport]:
+    """Take the audit store for this process alone, record the process, and finish the
+    sessions earlier processes left open, before anything is served."""
+    path = config.audit.path
+    try:
+        lock = lock_store(path, GATEWAY_PROCESS)
+    except StoreInUseError:
+        attestor.collector.close()
+        raise
+    store: AuditStore | None = None
+    try:
+        store = AuditStore(path, config.audit.durability)
+        record_start(path, lock.holder)
+        recovery = recover_sessions(store, attestor=attestor, claims_dir=config.claims.dir)
+    except BaseException:
+        if store is not None:
+            store.close()
+        lock.release()
+        attestor.collector.close()
+        raise
+    return store, lock, recovery
 
 
 def choose_attestor(config: CmcpConfig, env: Environment, registry: ProviderRegistry) -> Attestor:

@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import functools
 import itertools
-import json
-import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +22,7 @@ from typing import Any, TypeVar
 
 from cmcp_cli.audit.recorder import ChainEndedError, deferred_durability
 from cmcp_cli.catalog.model import advertised_hash, approved_definition
+from cmcp_cli.evidence.claim_files import claim_path, write_claim
 from cmcp_cli.evidence.session import ClosedSession, EvidenceSession
 from cmcp_cli.gateway.enforcement.approvals import ApprovalDesk
 from cmcp_cli.gateway.enforcement.messages import Gate, fail_gate
@@ -375,14 +374,10 @@ class SessionRegistry:
         self._executor.shutdown(wait=True)
 
     def claim_path(self, session_id: str, *, record: bool = False) -> Path:
-        suffix = "record" if record else "claim"
-        return self.runtime.claims_dir / f"{session_id}.{suffix}.json"
+        return claim_path(self.runtime.claims_dir, session_id, record=record)
 
     def _write_claim(self, session_id: str, closed: ClosedSession) -> Path:
-        claim = self.claim_path(session_id)
-        _write_atomically(claim, closed.claim)
-        _write_atomically(self.claim_path(session_id, record=True), closed.trace_record)
-        return claim
+        return write_claim(self.runtime.claims_dir, session_id, closed)
 
 
 def _relayed(notice: dict[str, Any]) -> dict[str, Any]:
@@ -391,12 +386,3 @@ def _relayed(notice: dict[str, Any]) -> dict[str, Any]:
     if isinstance(notice.get("params"), dict):
         relayed["params"] = notice["params"]
     return relayed
-
-
-def _write_atomically(path: Path, document: dict[str, Any]) -> None:
-    temporary = path.with_suffix(".tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=2, ensure_ascii=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    temporary.replace(path)
