@@ -103,7 +103,7 @@ def recover_sessions(
         reason = _why_truncated(replay, process, stopped, claims_dir)
         if reason is not None:
             left = TruncatedSession(session_id, reason)
-            _LOG.warning("%s", left.describe())
+            _LOG.info("%s", left.describe())
             report.truncated.append(left)
             continue
         finished = _finish(
@@ -115,7 +115,7 @@ def recover_sessions(
             gateway_digest=digest,
             clock=clock,
         )
-        _LOG.warning("%s", finished.describe())
+        _LOG.info("%s", finished.describe())
         if isinstance(finished, RecoveredSession):
             report.recovered.append(finished)
         else:
