@@ -170,8 +170,10 @@ def test_a_killed_gateway_s_sessions_are_recovered_on_restart(tmp_path: Path) ->
         load = Load(gateway.url)
         load.thread.start()
         wait_for(
-            lambda: all((state / f"started-h2-t{n}").exists() for n in range(SLOW_CLIENTS))
-            and min(load.calls) >= 2,
+            lambda: (
+                all((state / f"started-h2-t{n}").exists() for n in range(SLOW_CLIENTS))
+                and min(load.calls) >= 2
+            ),
             "slow calls running upstream and quick calls under way",
         )
         assert gateway.stop(signal.SIGKILL) == -signal.SIGKILL

@@ -313,20 +313,28 @@ def _link(replay: SessionReplay, entry: SealedEntry) -> None:
     _track_answers(replay, entry)
 
 
+_ANSWERING_TYPES = frozenset({EntryType.CALL.value, EntryType.FAULT.value})
+
+
 def _track_answers(replay: SessionReplay, entry: SealedEntry) -> None:
     """Keep the forwarded decisions still waiting for their outcome or fault."""
+    kind = entry.type
+    if kind not in _ANSWERING_TYPES:
+        return
     fields = entry.fields
     call_id = fields.get("call_id")
     if not isinstance(call_id, str):
         return
-    phase = fields.get("phase") if entry.type == EntryType.CALL else None
+    phase = fields.get("phase") if kind == EntryType.CALL else None
     if phase == DECISION_PHASE:
         if fields.get("forwarded") is True:
-            kind = fields.get("kind", DEFAULT_KIND)
-            replay.pending[call_id] = Pending(entry.seq, kind if isinstance(kind, str) else "?")
-        return
-    answers = phase == OUTCOME_PHASE or entry.type == EntryType.FAULT
-    if answers and replay.pending.pop(call_id, None) is None:
+            message = fields.get("kind", DEFAULT_KIND)
+            replay.pending[call_id] = Pending(
+                entry.seq, message if isinstance(message, str) else "?"
+            )
+    elif (phase == OUTCOME_PHASE or kind == EntryType.FAULT) and replay.pending.pop(
+        call_id, None
+    ) is None:
         replay.answered_earlier.add(call_id)
 
 

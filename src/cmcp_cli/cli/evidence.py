@@ -224,7 +224,16 @@ def _render_replay(report: ReplayReport) -> None:
     render.err.print(table)
     for replay in report.sessions:
         state = replay.state
-        render.err.print(f"session [bold]{escape(replay.session_id)}[/bold]: tip {state.tip}")
+        status = report.statuses[replay.session_id]
+        verdict = (
+            "[green]clean[/green]" if not replay.problems else "[bold red]discrepancies[/bold red]"
+        )
+        render.err.print(
+            f"session [bold]{escape(replay.session_id)}[/bold]: {verdict}; {state.length} entries, "
+            f"tip {state.tip}, {state.calls.total} calls, "
+            f"{replay.decisions_checked} decisions re-checked; {status.status.value}: "
+            f"{escape(status.describe())}"
+        )
         by_kind = state.calls.by_kind
         if by_kind:
             kinds = ", ".join(
