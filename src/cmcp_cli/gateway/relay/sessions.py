@@ -311,7 +311,7 @@ class SessionRegistry:
         if session.upstreams.get(name) is not lost:  # another request renewed it already
             return await self.upstream(session, name)
         del session.upstreams[name]
-        session.exchange.take_pending(lost)  # the upstream forgot what it asked
+        forgotten = session.exchange.take_pending(lost)  # the upstream forgot what it asked
         with contextlib.suppress(UpstreamError):
             await lost.close()
         renewed = await self.upstream(session, name)
@@ -321,6 +321,10 @@ class SessionRegistry:
                 "session was opened and its tools pinned again",
                 stage="upstream_session_renewed",
             )
+        for pending in forgotten:  # relayed to the client, so each ends in its fault
+            if pending.gate is not None:
+                text = f"upstream {name!r} forgot the session before the client answered"
+                await fail_gate(self, session, pending.gate, text, "upstream_session_renewed")
         return renewed
 
     async def close(self, session: GatewaySession, reason: str) -> ClosedSession | None:
