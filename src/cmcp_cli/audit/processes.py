@@ -16,6 +16,7 @@ stopped cleanly was interrupted. Rows are written at start and at stop, never pe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
 import socket
@@ -92,7 +93,7 @@ def lock_store(store: Path, process: str, *, wait_seconds: float = LOCK_WAIT_SEC
     """
     path = lock_path(store)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = path.open("a+b")
+    handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+b")
     deadline = time.monotonic() + wait_seconds
     while True:
         try:
@@ -118,7 +119,7 @@ def lock_store(store: Path, process: str, *, wait_seconds: float = LOCK_WAIT_SEC
     )
     handle.seek(0)
     handle.truncate()
-    handle.write(orjson.dumps(holder.__dict__))
+    handle.write(orjson.dumps(dataclasses.asdict(holder)))
     handle.flush()
     return StoreLock(store, handle, holder)
 
