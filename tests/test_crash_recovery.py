@@ -153,8 +153,10 @@ def second_start_is_refused(config: Path, first: Served) -> None:
         check=False,
     )
     assert refused.returncode == 1, refused.stdout + refused.stderr
-    assert "is in use by gateway process" in refused.stderr, refused.stderr
-    assert f"pid {first.process.pid}" in refused.stderr, refused.stderr
+    said = " ".join(refused.stderr.split())  # as one line, however the terminal wrapped it
+    assert "is in use by gateway process" in said, said
+    assert f"pid {first.process.pid}" in said, said
+    assert "audit.path" in said, said  # the fix
 
 
 def test_a_killed_gateway_s_sessions_are_recovered_on_restart(tmp_path: Path) -> None:
