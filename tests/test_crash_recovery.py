@@ -214,6 +214,8 @@ def test_a_killed_gateway_s_sessions_are_recovered_on_restart(tmp_path: Path) ->
             log = tmp_path / f"{session_id}.jsonl"
             log.write_bytes(exported)
             claim = claims / f"{session_id}.claim.json"
+            status, _, body = request(restarted.port, "GET", f"/trace/{session_id}", None, OPERATOR)
+            assert (status, json.loads(body)) == (200, json.loads(claim.read_text()))
             verified = run_cmcp("verify", claim, "--allow-software", "--audit-log", log, "--json")
             assert verified.returncode == 0, verified.stdout + verified.stderr
             checks = {c["name"]: c for c in verified.json()["checks"]}
