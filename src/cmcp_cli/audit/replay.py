@@ -3,15 +3,17 @@
 Replay reads stored lines in stored order. Per session it checks that each line is a
 canonical entry whose content hashes to its `hash`, that `seq` counts up from 0 without
 gaps, repeats or reordering, that each `prev` is the hash before it, that the chain
-starts with `session_start` on the genesis hash and ends with `session_end`; and it
-rebuilds the same `ChainState` the recorder built, so root, tip, length and the call
-summary can be matched with a claim (see `matching`).
+starts with `session_start` on the genesis hash and ends with `session_end` with nothing
+after it, and that every message an ended session forwarded has its outcome or its
+fault; and it rebuilds the same `ChainState` the recorder built, so root, tip, length and
+the call summary can be matched with a claim (see `matching`).
 
 A log is replayed as consecutive segments. Each segment is checked on its own, starting
 at the first entry it holds of each session; `stitch` then joins a segment to what came
 before it and checks the seams: the sequence number and `prev` across the boundary, and
-the chain's start in its first segment. `replay_log` checks the slices of a large log
-file in parallel worker processes with the same code.
+the chain's start in its first segment, an entry after an earlier segment's
+`session_end`, and answers in one segment to decisions in an earlier one. `replay_log`
+checks the slices of a large log file in parallel worker processes with the same code.
 """
 
 from __future__ import annotations
