@@ -1,7 +1,8 @@
 """An upstream on the official MCP SDK 2.x that serves the methods beyond tools: completion,
 logging level, resource subscriptions, input_required (2026-07-28) and an `x-mcp-header`
-argument. It lists its tools in a deliberate, unsorted order, and logs what it is asked to
-stdout (one JSON line per event) so tests can see what reached it.
+argument; reading `test://items/slow` takes a minute. It lists its tools in a deliberate,
+unsorted order, and logs what it is asked to stdout (one JSON line per event) so tests can
+see what reached it.
 
     python tests/methods_upstream.py --port 8766
 """
@@ -12,6 +13,7 @@ import argparse
 import json
 from typing import Any
 
+import anyio
 import mcp_types as types
 import uvicorn
 from mcp.server import Server, ServerRequestContext
@@ -19,6 +21,7 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, Res
 
 DOC_URI = "test://doc"
 TEMPLATE = "test://items/{id}"
+SLOW_URI = "test://items/slow"
 TOOLS = [
     types.Tool(
         name="zeta_echo",
@@ -129,6 +132,9 @@ def build_server() -> Server[Any]:
     async def read_resource(
         _: ServerRequestContext[Any], params: types.ReadResourceRequestParams
     ) -> types.ReadResourceResult:
+        if str(params.uri) == SLOW_URI:  # an item of the template that takes a minute
+            event("slow-read", uri=SLOW_URI)
+            await anyio.sleep(60)
         return types.ReadResourceResult(
             contents=[types.TextResourceContents(uri=str(params.uri), text="the document")]
         )

@@ -214,3 +214,55 @@ def test_an_upstream_that_forgot_the_session_gets_a_new_one_and_the_session_goes
     ]
     assert len(renewed) == 1
     assert "'demo'" in renewed[0]["error"]
+
+
+def test_a_request_the_client_owes_when_the_upstream_forgets_the_session_ends_in_a_fault(
+    rig: Rig,
+) -> None:
+    """The upstream asks for roots outside any call; before the client answers, the
+    upstream forgets the session. The request it forgot still gets its fault."""
+    url = rig.gateway.url
+
+    async def scenario() -> str:
+        async with httpx.AsyncClient(timeout=WAIT_SECONDS) as client:
+            headers = await open_session(client, url)
+            asked = asyncio.Event()
+
+            async def listen() -> None:
+                async with client.stream("GET", url, headers=headers) as stream:
+                    async for line in stream.aiter_lines():
+                        if line.startswith("data: ") and '"roots/list"' in line:
+                            asked.set()
+                            return
+
+            listening = asyncio.create_task(listen())
+            call = {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tools/call",
+                "params": {"name": "roots_later", "arguments": {}},
+            }
+            assert (await client.post(url, json=call, headers=headers)).status_code == 200
+            async with asyncio.timeout(WAIT_SECONDS):
+                await asyncio.wait({listening})
+            assert asked.is_set()
+            await asyncio.to_thread(rig.restart_upstream)  # the client never answered
+            slow = {"name": "slow", "arguments": {"seconds": 0, "tag": "forgot"}}
+            call = {**call, "id": 2, "params": slow}
+            assert (await client.post(url, json=call, headers=headers)).status_code == 200
+            assert (await client.delete(url, headers=headers)).status_code == 200
+            return headers["mcp-session-id"]
+
+    session_id = asyncio.run(scenario())
+    audit = rig.gateway.log.parent / "audit.db"
+    entries = [json.loads(line) for line in read_log_lines(audit, session_id)]
+    (asked,) = [
+        e for e in entries if e.get("kind") == "list_roots" and e.get("phase") == "decision"
+    ]
+    assert asked["forwarded"] is True
+    answers = [e for e in entries if e.get("call_id") == asked["call_id"] and e is not asked]
+    assert [(e["type"], e.get("stage")) for e in answers] == [
+        ("fault", "upstream_session_renewed")
+    ], answers
+    replayed = run_cmcp("replay-audit", "--db", audit, "--session", session_id, "--json")
+    assert replayed.returncode == 0, replayed.stdout

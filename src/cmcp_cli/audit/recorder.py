@@ -62,6 +62,20 @@ class SessionRecorder:
         self._lock = threading.Lock()
         self.ended = False  # set by `end`; every later append is refused
 
+    @classmethod
+    def resume(
+        cls, store: AuditStore, state: ChainState, *, clock: Clock = utc_now
+    ) -> SessionRecorder:
+        """Go on with a chain read back from the store: `state` is its replayed state (tip,
+        length, counters), so the next entry links to its tip with the next seq, and the
+        counters a claim states include what was recorded before. The caller replayed the
+        chain and found it intact; a chain that ended takes nothing more."""
+        if state.ended:
+            raise ChainEndedError(state.session_id, "further")
+        recorder = cls(store, state.session_id, clock=clock)
+        recorder.state = state
+        return recorder
+
     @property
     def session_id(self) -> str:
         return self.state.session_id

@@ -3,15 +3,17 @@
 Replay reads stored lines in stored order. Per session it checks that each line is a
 canonical entry whose content hashes to its `hash`, that `seq` counts up from 0 without
 gaps, repeats or reordering, that each `prev` is the hash before it, that the chain
-starts with `session_start` on the genesis hash and ends with `session_end`; and it
-rebuilds the same `ChainState` the recorder built, so root, tip, length and the call
-summary can be matched with a claim (see `matching`).
+starts with `session_start` on the genesis hash and ends with `session_end` with nothing
+after it, and that every message an ended session forwarded has its outcome or its
+fault; and it rebuilds the same `ChainState` the recorder built, so root, tip, length and
+the call summary can be matched with a claim (see `matching`).
 
 A log is replayed as consecutive segments. Each segment is checked on its own, starting
 at the first entry it holds of each session; `stitch` then joins a segment to what came
 before it and checks the seams: the sequence number and `prev` across the boundary, and
-the chain's start in its first segment. `replay_log` checks the slices of a large log
-file in parallel worker processes with the same code.
+the chain's start in its first segment, an entry after an earlier segment's
+`session_end`, and answers in one segment to decisions in an earlier one. `replay_log`
+checks the slices of a large log file in parallel worker processes with the same code.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
-from cmcp_cli.audit.chain import ChainState
+from cmcp_cli.audit.chain import DECISION_PHASE, DEFAULT_KIND, OUTCOME_PHASE, ChainState
 from cmcp_cli.audit.entry import GENESIS_PREV, EntryError, EntryType, SealedEntry, open_line
 from cmcp_cli.audit.logfile import (
     SLICE_BYTES,
@@ -56,6 +58,9 @@ class ProblemKind(enum.StrEnum):
     BROKEN_LINK = "broken_link"  # `prev` is not the hash before it
     BAD_START = "bad_start"  # the chain does not open with session_start at seq 0
     TRUNCATED = "truncated"  # the chain ends without session_end, or before the claim's tip
+    AFTER_END = "after_end"  # an entry follows session_end: no claim covers it
+    UNANSWERED = "unanswered"  # an ended session forwarded a message with no outcome or fault
+    INTERRUPTED = "interrupted"  # the session's process died with it open (see `status`)
     CLAIM_MISMATCH = "claim_mismatch"
     DECISION_MISMATCH = "decision_mismatch"
     NOT_REPLAYABLE = "not_replayable"  # decisions that cannot be decided again
@@ -87,6 +92,13 @@ class FirstEntry:
     hash: str
 
 
+class Pending(NamedTuple):
+    """A forwarded decision that has, so far, neither an outcome nor a fault."""
+
+    seq: int
+    kind: str  # the decision's message kind
+
+
 @dataclass
 class SessionReplay:
     session_id: str
@@ -99,6 +111,15 @@ class SessionReplay:
     truncated_report: bool = False
     first: FirstEntry | None = None
     seen: SeqRanges = field(default_factory=SeqRanges, repr=False)
+    # Forwarded decisions without outcome or fault, by call_id: while a session is open,
+    # its calls in flight; once it ended, each is a problem (see `_assemble`).
+    pending: dict[str, Pending] = field(default_factory=dict, repr=False)
+    # call_ids this segment answered whose decision it does not hold: an earlier
+    # segment's, matched by `stitch`.
+    answered_earlier: set[str] = field(default_factory=set, repr=False)
+    # The problem that says the chain has no session_end, so a caller that knows why it
+    # has none (a live or an interrupted gateway process) can put its reason instead.
+    open_end: ChainProblem | None = field(default=None, repr=False)
 
     @property
     def first_bad_seq(self) -> int | None:
@@ -193,12 +214,25 @@ def _assemble(
             progress(count)
     for replay in sessions.values():
         if replay.state.length and not replay.state.ended:
-            replay.add(
-                ProblemKind.TRUNCATED,
+            problem = ChainProblem(
+                replay.session_id,
                 replay.state.length,
+                ProblemKind.TRUNCATED,
                 f"the chain ends at seq {replay.state.length - 1} without session_end: "
                 "later entries were removed, or the session is still open",
             )
+            replay.problems.append(problem)  # even past the cap: the end is always said
+            replay.open_end = problem
+        elif replay.state.ended and not replay.problems:
+            # Only in an intact chain: where entries were edited, removed or reordered,
+            # the missing answers are that tampering, already reported where it begins.
+            for call_id, pending in sorted(replay.pending.items(), key=lambda item: item[1]):
+                replay.add(
+                    ProblemKind.UNANSWERED,
+                    pending.seq,
+                    f"seq {pending.seq}: {pending.kind} {call_id} was forwarded, but the "
+                    "session ended with neither its outcome nor its fault",
+                )
     return sessions
 
 
@@ -245,6 +279,12 @@ def _link(replay: SessionReplay, entry: SealedEntry) -> None:
         replay.first = FirstEntry(seq, entry.prev, entry.type, entry.hash)
         state.length, state.tip = seq, entry.prev
     expected = state.next_seq
+    if state.ended:
+        replay.add(
+            ProblemKind.AFTER_END,
+            seq,
+            f"seq {seq}: a {entry.type} entry after session_end, which no claim covers",
+        )
     if seq in replay.seen:
         replay.add(ProblemKind.DUPLICATE, seq, f"a second entry claims seq {seq}: the chain forks")
         return
@@ -272,6 +312,32 @@ def _link(replay: SessionReplay, entry: SealedEntry) -> None:
     # Counting goes on from what is there, so one bad entry does not hide the rest.
     state.length = seq
     state.apply(entry)
+    _track_answers(replay, entry)
+
+
+_ANSWERING_TYPES = frozenset({EntryType.CALL.value, EntryType.FAULT.value})
+
+
+def _track_answers(replay: SessionReplay, entry: SealedEntry) -> None:
+    """Keep the forwarded decisions still waiting for their outcome or fault."""
+    kind = entry.type
+    if kind not in _ANSWERING_TYPES:
+        return
+    fields = entry.fields
+    call_id = fields.get("call_id")
+    if not isinstance(call_id, str):
+        return
+    phase = fields.get("phase") if kind == EntryType.CALL else None
+    if phase == DECISION_PHASE:
+        if fields.get("forwarded") is True:
+            message = fields.get("kind", DEFAULT_KIND)
+            replay.pending[call_id] = Pending(
+                entry.seq, message if isinstance(message, str) else "?"
+            )
+    elif (phase == OUTCOME_PHASE or kind == EntryType.FAULT) and replay.pending.pop(
+        call_id, None
+    ) is None:
+        replay.answered_earlier.add(call_id)
 
 
 def _missing(expected: int, seq: int) -> str:
@@ -324,11 +390,18 @@ def stitch(sessions: dict[str, SessionReplay], later: SessionReplay) -> None:
     earlier = sessions.get(later.session_id)
     if earlier is None:
         sessions[later.session_id] = later
+        later.answered_earlier.clear()  # no earlier segment: answers to no decision
         _check_start(later)
         return
     first = later.first
     if first is not None and earlier.first is not None:
         expected = earlier.state.next_seq
+        if earlier.state.ended:
+            later.add(
+                ProblemKind.AFTER_END,
+                first.seq,
+                f"seq {first.seq}: a {first.type} entry after session_end, which no claim covers",
+            )
         if first.seq in earlier.seen:
             later.add(ProblemKind.DUPLICATE, first.seq, f"a second entry claims seq {first.seq}")
         elif first.seq < expected:
@@ -359,6 +432,9 @@ def stitch(sessions: dict[str, SessionReplay], later: SessionReplay) -> None:
     earlier.start = earlier.start if earlier.start is not None else later.start
     earlier.end = earlier.end if earlier.end is not None else later.end
     earlier.seen.update(later.seen)
+    for call_id in later.answered_earlier:
+        earlier.pending.pop(call_id, None)
+    earlier.pending.update(later.pending)
     if later.first is not None:
         if earlier.state.root is None:
             earlier.state.root = later.state.root

@@ -9,8 +9,10 @@ from typing import Any
 
 from cmcp_cli.audit.logfile import count_log_lines, is_sqlite, read_log_lines
 from cmcp_cli.audit.matching import compare_with_claim, recheck_decisions
+from cmcp_cli.audit.processes import gateway_processes, live_process
 from cmcp_cli.audit.replay import Progress, SessionReplay, replay_log
 from cmcp_cli.audit.session_record import SessionRecordError, issuer_member
+from cmcp_cli.audit.status import FINE, SessionStatus, StoreProcesses, session_status
 from cmcp_cli.errors import UsageError
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle
@@ -33,10 +35,14 @@ class ReplayReport:
     sessions: tuple[SessionReplay, ...]
     claim_session: str | None
     bundle_hash: str | None
+    statuses: Mapping[str, SessionStatus]  # by session id
 
     @property
     def ok(self) -> bool:
-        return all(not s.problems for s in self.sessions)
+        """Every chain intact and every session ended, recovered or open."""
+        return all(
+            not s.problems and self.statuses[s.session_id].status in FINE for s in self.sessions
+        )
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -45,7 +51,11 @@ class ReplayReport:
             "claim_session": self.claim_session,
             "bundle_hash": self.bundle_hash,
             "sessions": [
-                {**s.to_json(), "claim_key_thumbprint": claim_key_thumbprint(s)}
+                {
+                    **s.to_json(),
+                    **self.statuses[s.session_id].to_json(),
+                    "claim_key_thumbprint": claim_key_thumbprint(s),
+                }
                 for s in self.sessions
             ],
         }
@@ -99,11 +109,22 @@ def replay_audit(request: ReplayRequest, progress: Progress | None = None) -> Re
         bundle_hash = bundle.hash
         for replay in replays.values():
             recheck_decisions(replay, read_log_lines(log, replay.session_id), bundle)
+    processes = _store_processes(log) if request.expect_sqlite else None
+    statuses = {sid: session_status(replay, processes) for sid, replay in replays.items()}
     return ReplayReport(
         log=log,
         sessions=tuple(replays.values()),
         claim_session=str(only) if claim is not None else None,
         bundle_hash=bundle_hash,
+        statuses=statuses,
+    )
+
+
+def _store_processes(store: Path) -> StoreProcesses:
+    recorded = gateway_processes(store).values()
+    return StoreProcesses(
+        live=live_process(store),
+        stopped_cleanly={p.process for p in recorded if p.stopped_at is not None},
     )
 
 

@@ -20,6 +20,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Literal
 
+import orjson
+
 from cmcp_cli.audit.entry import EntryError, EntryType, SealedEntry, open_line
 from cmcp_cli.errors import CmcpError, UsageError
 
@@ -197,3 +199,32 @@ def session_start(path: Path, session_id: str) -> SealedEntry | None:
     if entry.type != EntryType.SESSION_START or entry.session_id != session_id or entry.seq != 0:
         return None
     return entry
+
+
+def unended_sessions(path: Path) -> list[str]:
+    """Sessions whose last stored entry is not a session_end, in the order they first
+    appear: one row read per session, by the (session_id, seq) index."""
+    connection = open_readonly(path)
+    try:
+        rows = connection.execute(
+            "SELECT session_id, line FROM audit_entries WHERE id IN "
+            "(SELECT MAX(id) FROM audit_entries GROUP BY session_id) ORDER BY id"
+        ).fetchall()
+        first = {
+            str(row[0]): int(row[1])
+            for row in connection.execute(
+                "SELECT session_id, MIN(id) FROM audit_entries GROUP BY session_id"
+            )
+        }
+    finally:
+        connection.close()
+    unended = [str(session) for session, line in rows if not _is_session_end(bytes(line))]
+    return sorted(unended, key=lambda session: first[session])
+
+
+def _is_session_end(line: bytes) -> bool:
+    try:
+        fields = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(fields, dict) and fields.get("type") == EntryType.SESSION_END

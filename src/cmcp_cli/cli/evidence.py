@@ -19,6 +19,7 @@ from cmcp_cli.audit.report import (
     log_size,
     replay_audit,
 )
+from cmcp_cli.audit.status import Status
 from cmcp_cli.cli import render
 from cmcp_cli.errors import ExitCode, UsageError
 from cmcp_cli.verify.claim import (
@@ -200,16 +201,44 @@ def replay_audit_command(
     return int(ExitCode.OK if report.ok else ExitCode.FAILED)
 
 
+_SESSION_STYLE = {
+    Status.ENDED: "green",
+    Status.RECOVERED: "cyan",
+    Status.OPEN: "green",
+    Status.INTERRUPTED: "bold yellow",
+    Status.TRUNCATED: "bold red",
+}
+
+
 def _render_replay(report: ReplayReport) -> None:
+    table = Table()
+    for column in ("session", "status", "chain", "entries", "calls", "re-checked", "detail"):
+        table.add_column(column)
     for replay in report.sessions:
         state = replay.state
+        status = report.statuses[replay.session_id]
+        style = _SESSION_STYLE[status.status]
+        table.add_row(
+            escape(replay.session_id),
+            f"[{style}]{status.status.value}[/{style}]",
+            "[green]clean[/green]" if not replay.problems else "[bold red]discrepancies[/bold red]",
+            str(state.length),
+            str(state.calls.total),
+            str(replay.decisions_checked),
+            escape(status.describe()),
+        )
+    render.err.print(table)
+    for replay in report.sessions:
+        state = replay.state
+        status = report.statuses[replay.session_id]
         verdict = (
             "[green]clean[/green]" if not replay.problems else "[bold red]discrepancies[/bold red]"
         )
         render.err.print(
             f"session [bold]{escape(replay.session_id)}[/bold]: {verdict}; {state.length} entries, "
             f"tip {state.tip}, {state.calls.total} calls, "
-            f"{replay.decisions_checked} decisions re-checked"
+            f"{replay.decisions_checked} decisions re-checked; {status.status.value}: "
+            f"{escape(status.describe())}"
         )
         thumbprint = claim_key_thumbprint(replay)
         if thumbprint is not None:

@@ -45,3 +45,7 @@ def _announce(runtime: GatewayRuntime) -> None:
         render.err.print(f"  upstream     {escape(name)} -> {escape(upstream.describe())}")
     render.err.print(f"  audit        {config.audit.path} (durability {config.audit.durability})")
     render.err.print(f"  claims       {config.claims.dir}")
+    for recovered in runtime.recovery.recovered:
+        render.err.print(f"[yellow]{escape(recovered.describe())}[/yellow]")
+    for truncated in runtime.recovery.truncated:
+        render.err.print(f"[bold red]{escape(truncated.describe())}[/bold red]")

@@ -102,6 +102,68 @@ class ClosedSession:
     trace_record: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class AttestedKey:
+    """A claim-signing key bound to a session's policy and catalog and this gateway, and
+    the platform's evidence over that binding: what signs a claim and what attests it."""
+
+    key: ClaimKey
+    binding: bytes
+    evidence: Evidence
+    attestation: dict[str, Any]  # the claim's gateway.attestation
+    issuer: Issuer  # as session_start (or a recovery's session_end) records it
+
+
+def attest_key(
+    attestor: Attestor,
+    *,
+    key: ClaimKey,
+    bundle_hash: str,
+    catalog_hash: str,
+    gateway_digest: str,
+    process_id: str,
+    clock: Clock = utc_now,
+) -> AttestedKey:
+    """Compute the DESIGN §6 binding of `key` and have the provider collect evidence over
+    it. Raises `AttestationUnavailableError` when the provider cannot (fail closed)."""
+    binding = compute_binding(
+        key_thumbprint=key.thumbprint,
+        bundle_hash=bundle_hash,
+        catalog_hash=catalog_hash,
+        gateway_digest=gateway_digest,
+    )
+    try:
+        evidence = attestor.collector.collect(binding, attestor.settings)
+    except ProviderError as exc:
+        raise AttestationUnavailableError(
+            f"the {attestor.spec.name} provider could not attest the session: {exc.message}",
+            hint=exc.hint,
+        ) from exc
+    generated_at = timestamp(clock())
+    attestation: dict[str, Any] = {
+        "provider": attestor.spec.name,
+        "provider_version": attestor.version,
+        "evidence_type": evidence.evidence_type,
+        "generated_at": generated_at,
+        "binding": binding.hex(),
+        "evidence": dict(evidence.evidence),
+    }
+    issuer = Issuer(
+        process=process_id,
+        key_thumbprint=key.thumbprint,
+        platform=evidence.platform,
+        measurement=evidence.measurement,
+        evidence_digest=canonical_sha256(dict(evidence.evidence)),
+        gateway_version=__version__,
+        gateway_digest=gateway_digest,
+        provider=attestor.spec.name,
+        provider_version=attestor.version,
+        evidence_type=evidence.evidence_type,
+        generated_at=generated_at,
+    )
+    return AttestedKey(key, binding, evidence, attestation, issuer)
+
+
 class EvidenceSession:
     def __init__(
         self,
@@ -120,41 +182,19 @@ class EvidenceSession:
         self.key = key or ClaimKey.generate()
         self.gateway_digest = gateway_digest or installation_digest()
         self._clock = clock
-        self.binding = compute_binding(
-            key_thumbprint=self.key.thumbprint,
+        attested = attest_key(
+            attestor,
+            key=self.key,
             bundle_hash=policy.bundle_hash,
             catalog_hash=policy.catalog_hash,
             gateway_digest=self.gateway_digest,
+            process_id=process_id,
+            clock=clock,
         )
-        try:
-            self.evidence: Evidence = attestor.collector.collect(self.binding, attestor.settings)
-        except ProviderError as exc:
-            raise AttestationUnavailableError(
-                f"the {attestor.spec.name} provider could not attest the session: {exc.message}",
-                hint=exc.hint,
-            ) from exc
-        generated_at = timestamp(clock())
-        self.attestation: dict[str, Any] = {
-            "provider": attestor.spec.name,
-            "provider_version": attestor.version,
-            "evidence_type": self.evidence.evidence_type,
-            "generated_at": generated_at,
-            "binding": self.binding.hex(),
-            "evidence": dict(self.evidence.evidence),
-        }
-        self.issuer = Issuer(
-            process=process_id,
-            key_thumbprint=self.key.thumbprint,
-            platform=self.evidence.platform,
-            measurement=self.evidence.measurement,
-            evidence_digest=canonical_sha256(dict(self.evidence.evidence)),
-            gateway_version=__version__,
-            gateway_digest=self.gateway_digest,
-            provider=attestor.spec.name,
-            provider_version=attestor.version,
-            evidence_type=self.evidence.evidence_type,
-            generated_at=generated_at,
-        )
+        self.binding = attested.binding
+        self.evidence: Evidence = attested.evidence
+        self.attestation: dict[str, Any] = attested.attestation
+        self.issuer = attested.issuer
         header = SessionHeader(
             agent=agent,
             bundle_hash=policy.bundle_hash,

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmcp_cli.attestation import software
@@ -24,11 +24,19 @@ from cmcp_cli.attestation.manager import (
     load_providers,
 )
 from cmcp_cli.attestation.measurement import installation_digest
+from cmcp_cli.audit.processes import (
+    StoreInUseError,
+    StoreLock,
+    lock_store,
+    record_start,
+    record_stop,
+)
 from cmcp_cli.audit.store import AuditStore
 from cmcp_cli.catalog.model import Catalog
 from cmcp_cli.config import ENV_DEV_MODE, CmcpConfig, Environment, HttpUpstream
 from cmcp_cli.errors import CmcpError, ConfigError
-from cmcp_cli.evidence.session import Attestor, SessionPolicy
+from cmcp_cli.evidence.recovery import RecoveryReport, recover_sessions
+from cmcp_cli.evidence.session import GATEWAY_PROCESS, Attestor, SessionPolicy
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for, tool_resources
 from cmcp_cli.gateway.preflight.attestation import candidates, plugin_of
 from cmcp_cli.gateway.preflight.credentials import token_sources
@@ -101,16 +109,22 @@ class GatewayRuntime:
     credentials: Credentials
     dev_mode: bool
     passed_over: tuple[str, ...] = ()  # providers `auto` tried before its choice, and why
+    lock: StoreLock | None = None  # the audit store's, held while this gateway runs
+    recovery: RecoveryReport = field(default_factory=RecoveryReport)  # at start
 
     @property
     def claims_dir(self) -> Path:
         return self.config.claims.dir
 
     def close(self) -> None:
+        """Once every session is closed: record the clean stop, and let the store go."""
         for upstream in self.upstreams.values():
             upstream.close()
         self.store.close()
         self.attestor.collector.close()
+        if self.lock is not None and self.lock.held:
+            record_stop(self.store.path, self.lock.holder.process)
+            self.lock.release()
 
 
 def build_runtime(
@@ -157,7 +171,7 @@ def build_runtime(
     }
     upstreams.update(stdio_upstreams(config, base=report.config_path.parent, environ=environ))
     config.claims.dir.mkdir(parents=True, exist_ok=True)
-    store = AuditStore(config.audit.path, config.audit.durability)
+    store, lock, recovery = open_store(config, attestor)
     return GatewayRuntime(
         config=config,
         bundle=bundle,
@@ -171,7 +185,34 @@ def build_runtime(
         credentials=_credentials(config, env, environ),
         dev_mode=env.dev_mode,
         passed_over=choice.passed_over,
+        lock=lock,
+        recovery=recovery,
     )
+
+
+def open_store(
+    config: CmcpConfig, attestor: Attestor
+) -> tuple[AuditStore, StoreLock, RecoveryReport]:
+    """Take the audit store for this process alone, record the process, and finish the
+    sessions earlier processes left open, before anything is served."""
+    path = config.audit.path
+    try:
+        lock = lock_store(path, GATEWAY_PROCESS)
+    except StoreInUseError:
+        attestor.collector.close()
+        raise
+    store: AuditStore | None = None
+    try:
+        store = AuditStore(path, config.audit.durability)
+        record_start(path, lock.holder)
+        recovery = recover_sessions(store, attestor=attestor, claims_dir=config.claims.dir)
+    except BaseException:
+        if store is not None:
+            store.close()
+        lock.release()
+        attestor.collector.close()
+        raise
+    return store, lock, recovery
 
 
 @dataclass(frozen=True)

@@ -152,9 +152,11 @@ def verify_document(
             _pin("catalog pin", gateway["catalog"]["hash"], options.catalog_hash, "--catalog-hash")
         )
         checks.append(_consistency(trace, gateway))
+        checks.append(_recovery(gateway))
         _attestation(document, thumbprint, options, registry, report)
     else:
         checks.append(Check.skipped("catalog pin", "a TRACE record does not carry the catalog"))
+        checks.append(Check.skipped("recovery", "a TRACE record does not say who closed it"))
         checks.append(
             Check.skipped("attestation", "a standalone TRACE record carries no evidence to judge")
         )
@@ -216,6 +218,26 @@ def _consistency(trace: Mapping[str, Any], gateway: Mapping[str, Any]) -> Check:
     if issues:
         return Check.failed("consistency", "; ".join(issues))
     return Check.passed("consistency", "trace and gateway agree on session, transcript and counts")
+
+
+def _recovery(gateway: Mapping[str, Any]) -> Check:
+    """Whether the claim was issued by the process that ran the session, or by a later
+    one that recovered it after that process died (`gateway.recovery`)."""
+    recovery = gateway.get("recovery")
+    if recovery is None:
+        return Check.skipped("recovery", "issued by the gateway process that ran the session")
+    interrupted, process = recovery["interrupted_process"], recovery["process"]
+    if interrupted == process:
+        return Check.failed(
+            "recovery",
+            f"gateway.recovery names process {interrupted} as both the interrupted and the "
+            "recovering process: a process does not recover its own session",
+        )
+    return Check.passed(
+        "recovery",
+        f"a recovery claim: the session was interrupted in gateway process {interrupted}; "
+        f"this claim was issued by process {process} after it restarted",
+    )
 
 
 def by_kind_issues(summary: Mapping[str, Any]) -> list[str]:

@@ -131,6 +131,7 @@ class Dispatcher:
                         session.evidence.recorder.fault(
                             error=DROPPED, stage="cancelled", call_id=flight.call_id
                         )
+            await self._fail_gates(session, flight, DROPPED)
             raise
         finally:
             if session.exchange.pending:
@@ -143,7 +144,7 @@ class Dispatcher:
         if method == "ping":
             return Reply(result(message.id, {}))
         if method == "tools/list":
-            return Reply(result(message.id, {"tools": await self.list_tools(session)}))
+            return Reply(result(message.id, {"tools": await self.list_tools(session, flight)}))
         if method == "tools/call":
             started = time.perf_counter()
             call_id = flight.call_id = session.next_call_id()
@@ -165,7 +166,9 @@ class Dispatcher:
             error(message.id, Code.METHOD_NOT_FOUND, f"{method} is not served by this gateway")
         )
 
-    async def list_tools(self, session: GatewaySession) -> list[dict[str, Any]]:
+    async def list_tools(
+        self, session: GatewaySession, flight: Flight | None = None
+    ) -> list[dict[str, Any]]:
         """The catalog's approved definitions of the tools the session's agent may call,
         among those each upstream still advertises as approved: a drifted, unlisted or
         forbidden tool is not shown, nor any tool of a server whose listing policy denies
@@ -179,6 +182,8 @@ class Dispatcher:
             gate = await self._list_gate(session, name)
             if gate is not None:
                 gates[name] = gate
+                if flight is not None:
+                    flight.gates.append(gate)
         allowed = self._callable_tools(session)
         listed: dict[str, list[dict[str, Any]]] = {name: [] for name in gates}
         for server in gates:
@@ -190,6 +195,8 @@ class Dispatcher:
         for server, gate in gates.items():
             answer = {"result": {"tools": listed[server]}}
             await close_gate(self.sessions, session, gate, answer)
+            if flight is not None:
+                flight.gates.remove(gate)
         return [definition for server in gates for definition in listed[server]]
 
     async def _list_gate(self, session: GatewaySession, server: str) -> Gate | None:
@@ -359,14 +366,27 @@ class Dispatcher:
     ) -> Reply:
         """A request cancelled by the client or by the session's close: the fault of its
         call is recorded before anything else of it, and the client gets an answer."""
-        async with self.sessions.durably():
-            session.evidence.recorder.fault(error=reason, stage="cancelled", call_id=flight.call_id)
+        if flight.gates and flight.call_id is None:  # the faults of its own messages
+            await self._fail_gates(session, flight, reason)
+        else:
+            async with self.sessions.durably():
+                session.evidence.recorder.fault(
+                    error=reason, stage="cancelled", call_id=flight.call_id
+                )
         if flight.call_id is not None:
             self.sessions.metrics.call("fault", 0.0)
         answer = error(message.id, REQUEST_CANCELLED, "request cancelled", {"reason": reason})
         # Always as an event: a client that cancelled may be leaving its session, and SDK
         # clients read a late answer on a stream without failing, but not a late JSON body.
         return Reply(answer, streamed=True)
+
+    async def _fail_gates(self, session: GatewaySession, flight: Flight, reason: str) -> None:
+        """A fault for each governed message the cancelled request forwarded and had not
+        answered: forwarded, its outcome is unknown."""
+        gates, flight.gates = flight.gates, []
+        with contextlib.suppress(ChainEndedError, AuditStoreError):
+            for gate in gates:
+                await fail_gate(self.sessions, session, gate, reason, "cancelled")
 
     async def _timed_out(self, message: Message, session: GatewaySession, call_id: str) -> Reply:
         """A call that outlived limits.request_timeout_seconds: a fault of the call, and an

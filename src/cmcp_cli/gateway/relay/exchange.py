@@ -57,6 +57,9 @@ class Flight:
     call_id: str | None = None  # a tool call's id, once it has one
     cancel_reason: str | None = None
     cancellable: bool = True  # False once the upstream's answer is in hand
+    # Governed messages it forwarded whose outcome or fault is not recorded yet: if it is
+    # cancelled, each gets its fault (a tool call's is recorded by its `call_id`).
+    gates: list[Gate] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)  # its records are durable
 
     def cancel(self, reason: str) -> bool:

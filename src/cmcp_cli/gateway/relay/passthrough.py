@@ -120,6 +120,7 @@ class Passthrough:
         )
         if not gate.forwarded:
             return refusal(gate, message.id)
+        flight.gates.append(gate)  # if the request is cancelled, its fault (dispatch)
         try:
             forwarded = self._forwarded_params(message)
             for key in RETRY_FIELDS:
@@ -131,13 +132,16 @@ class Passthrough:
             )
             reply = await self.relay.forward(session, flight, name, kind_method, forwarded)
         except UpstreamError as exc:
+            flight.gates.remove(gate)
             await fail_gate(self.sessions, session, gate, str(exc), message.method or "")
             return exc.to_jsonrpc(message.id)
         reply = await govern_input_required(
             self.sessions, session, reply, server=name, request_id=message.id, call_id=gate.call_id
         )
         answer = {"jsonrpc": "2.0", "id": message.id, **_answer_of(reply)}
-        return await close_gate(self.sessions, session, gate, answer)
+        passed = await close_gate(self.sessions, session, gate, answer)
+        flight.gates.remove(gate)
+        return passed
 
     async def _failed(
         self, message: Message, session: GatewaySession, failure: UpstreamError

@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import functools
 import itertools
-import json
-import os
 import secrets
 import time
 from collections import Counter
@@ -25,6 +23,7 @@ from typing import Any, TypeVar
 
 from cmcp_cli.audit.recorder import ChainEndedError, deferred_durability
 from cmcp_cli.catalog.model import advertised_hash, approved_definition
+from cmcp_cli.evidence.claim_files import claim_path, write_claim
 from cmcp_cli.evidence.session import ClosedSession, EvidenceSession
 from cmcp_cli.gateway.enforcement.approvals import ApprovalDesk
 from cmcp_cli.gateway.enforcement.messages import Gate, fail_gate
@@ -341,7 +340,7 @@ class SessionRegistry:
         if session.upstreams.get(name) is not lost:  # another request renewed it already
             return await self.upstream(session, name)
         del session.upstreams[name]
-        session.exchange.take_pending(lost)  # the upstream forgot what it asked
+        forgotten = session.exchange.take_pending(lost)  # the upstream forgot what it asked
         with contextlib.suppress(UpstreamError):
             await lost.close()
         renewed = await self.upstream(session, name)
@@ -351,6 +350,10 @@ class SessionRegistry:
                 "session was opened and its tools pinned again",
                 stage="upstream_session_renewed",
             )
+        for pending in forgotten:  # relayed to the client, so each ends in its fault
+            if pending.gate is not None:
+                text = f"upstream {name!r} forgot the session before the client answered"
+                await fail_gate(self, session, pending.gate, text, "upstream_session_renewed")
         return renewed
 
     async def close(self, session: GatewaySession, reason: str) -> ClosedSession | None:
@@ -406,14 +409,10 @@ class SessionRegistry:
         self._executor.shutdown(wait=True)
 
     def claim_path(self, session_id: str, *, record: bool = False) -> Path:
-        suffix = "record" if record else "claim"
-        return self.runtime.claims_dir / f"{session_id}.{suffix}.json"
+        return claim_path(self.runtime.claims_dir, session_id, record=record)
 
     def _write_claim(self, session_id: str, closed: ClosedSession) -> Path:
-        claim = self.claim_path(session_id)
-        _write_atomically(claim, closed.claim)
-        _write_atomically(self.claim_path(session_id, record=True), closed.trace_record)
-        return claim
+        return write_claim(self.runtime.claims_dir, session_id, closed)
 
 
 def _relayed(notice: dict[str, Any]) -> dict[str, Any]:
@@ -422,12 +421,3 @@ def _relayed(notice: dict[str, Any]) -> dict[str, Any]:
     if isinstance(notice.get("params"), dict):
         relayed["params"] = notice["params"]
     return relayed
-
-
-def _write_atomically(path: Path, document: dict[str, Any]) -> None:
-    temporary = path.with_suffix(".tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=2, ensure_ascii=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    temporary.replace(path)
