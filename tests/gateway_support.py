@@ -21,6 +21,17 @@ import yaml
 from tests.support import CMCP, QUICKSTART
 
 STARTUP_SECONDS = 30.0
+# A raw JSON-RPC initialize, for tests that speak HTTP to the gateway without an SDK.
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "1"},
+    },
+}
 
 
 def free_port() -> int:

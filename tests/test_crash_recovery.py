@@ -11,6 +11,7 @@ exits 0 and reports them as recovered. A second gateway on a store in use is ref
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -98,7 +99,9 @@ class Load:
 
     def end(self) -> None:
         assert self.loop is not None
-        self.loop.call_soon_threadsafe(self.stop.set)
+        # Every client may have failed already, and its loop closed, once the gateway died.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.stop.set)
         self.thread.join(timeout=WAIT_SECONDS)
         assert not self.thread.is_alive(), "the clients did not finish after the gateway died"
 

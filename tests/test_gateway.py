@@ -16,19 +16,15 @@ from mcp.shared.exceptions import MCPError
 from cmcp_cli.attestation.manager import load_providers
 from cmcp_cli.config import CmcpConfig, Environment
 from cmcp_cli.gateway.runtime import StartupError, choose_attestor
-from tests.gateway_support import Served, request, start_gateway, start_upstream, write_config
+from tests.gateway_support import (
+    INIT,
+    Served,
+    request,
+    start_gateway,
+    start_upstream,
+    write_config,
+)
 from tests.support import QUICKSTART, run_cmcp
-
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "raw", "version": "1"},
-    },
-}
 
 
 def claims_of(served: Served) -> list[Path]:

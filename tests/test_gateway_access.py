@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cmcp_cli.audit.store import session_start
-from tests.gateway_support import Served, request, start_gateway, write_config
+from tests.gateway_support import INIT, Served, request, start_gateway, write_config
 from tests.sessions import record_session
 
 RISK, PAYMENTS = "spiffe://bank.example/agent/risk", "spiffe://bank.example/agent/payments"
@@ -21,16 +21,6 @@ AS_RISK = {"authorization": f"Bearer {RISK_TOKEN}"}
 AS_PAYMENTS = {"authorization": f"Bearer {PAYMENTS_TOKEN}"}
 AS_OPERATOR = {"authorization": f"Bearer {OPERATOR_TOKEN}"}
 NOBODY = {"authorization": "Bearer " + "x" * 40}
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "raw", "version": "1"},
-    },
-}
 
 
 @pytest.fixture
