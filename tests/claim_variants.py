@@ -36,7 +36,7 @@ CAUGHT_BY: dict[str, str] = {
     "trace.cnf": "log: issuer",
     "trace.cnf.jwk.kty": "format",
     "trace.cnf.jwk.crv": "format",
-    "trace.cnf.jwk.x": "signature",  # the claim no longer verifies with the key it names
+    "trace.cnf.jwk.x": "signature",  # the claim then fails to verify with the key it names
     "gateway": "log: session",
     "gateway.session_id": "audit log",  # the log holds no such session
     "gateway.gateway_version": "log: issuer",
