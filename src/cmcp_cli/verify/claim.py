@@ -19,7 +19,12 @@ from typing import Any
 
 from cmcp_cli.attestation.api import Check, CheckStatus, ProviderError, TrustInputs
 from cmcp_cli.attestation.binding import binding_from_claim
-from cmcp_cli.attestation.manager import ProviderRegistry, load_providers
+from cmcp_cli.attestation.manager import (
+    ProviderRegistry,
+    ProviderUnavailableError,
+    load_part,
+    load_providers,
+)
 from cmcp_cli.attestation.software import PLATFORM as SOFTWARE_PLATFORM
 from cmcp_cli.audit.matching import log_check_names, match_claim
 from cmcp_cli.audit.replay import SessionReplay, replay_log
@@ -296,7 +301,6 @@ def _attestation(
         )
         report.checks.append(Check.skipped("evidence", reason))
         return
-    report.software = provider.spec.platform == SOFTWARE_PLATFORM
     if claim["trace"]["runtime"]["platform"] != provider.spec.platform:
         report.checks.append(
             Check.failed(
@@ -318,13 +322,26 @@ def _attestation(
         platform_policy=options.platform_policy.get(provider.spec.name, {}),
     )
     try:
-        verdict = provider.spec.load_verifier().verify(attestation["evidence"], trust)
+        verifier = load_part(provider, provider.spec.load_verifier, "verify evidence")
+    except ProviderUnavailableError as exc:
+        report.checks.append(
+            Check.skipped(
+                "evidence",
+                f"the {exc.provider} verifier cannot load here ({exc.reason}); {exc.hint}",
+            )
+        )
+        return
+    try:
+        verdict = verifier.verify(attestation["evidence"], trust)
     except ProviderError as error:
         raise UsageError(
             f"the platform policy is unusable: {error.message}",
             hint=error.hint,
         ) from None
     report.checks.extend(verdict.checks)
+    # Software mode is accepted (with --allow-software) only once its verifier has judged
+    # the evidence: a provider that could not run leaves the claim not verifiable here.
+    report.software = provider.spec.platform == SOFTWARE_PLATFORM
     measured = verdict.measurement
     if measured is not None and measured != claim["trace"]["runtime"]["measurement"]:
         report.checks.append(
