@@ -6,7 +6,7 @@ stale. The timer (`renew_sessions`) looks at every open session each tick and re
 due ones on the registry's thread pool. When a renewal finds the evidence stale,
 `staleness_policy` decides: `fail_closed` marks the session stale (`GatewaySession.stale`)
 and every later request of it is refused with -32062; `warn_only` lets it go on and
-tries again a tick-interval later, each failed try one more stale entry. The per-request
+tries again a tick later, each failed try one more stale entry. The per-request
 cost is the one check of `stale`.
 """
 
@@ -26,15 +26,15 @@ if TYPE_CHECKING:
     from cmcp_cli.gateway.relay.sessions import GatewaySession, SessionRegistry
 
 RENEW_AT = 0.8  # of validity_seconds: when a session's evidence is attested again
-MIN_TICK_SECONDS = 0.5
+MIN_TICK_SECONDS = 0.25
 MAX_TICK_SECONDS = 30.0
 _LOG = logging.getLogger(__name__)
 
 
 def tick_seconds(config: AttestationConfig) -> float:
-    """How often the timer looks: a tenth of the validity, within [0.5 s, 30 s], so a
-    renewal starts before 90% of the validity has passed."""
-    return min(max(config.validity_seconds / 10, MIN_TICK_SECONDS), MAX_TICK_SECONDS)
+    """How often the timer looks: a twentieth of the validity, within [0.25 s, 30 s], so
+    a renewal starts before 85% of the validity has passed (for validity_seconds >= 5)."""
+    return min(max(config.validity_seconds / 20, MIN_TICK_SECONDS), MAX_TICK_SECONDS)
 
 
 def renewal_time(attested_at: float, config: AttestationConfig) -> float:
