@@ -70,7 +70,8 @@ async def renew_one(registry: SessionRegistry, session: GatewaySession) -> None:
     except ChainEndedError:
         return  # closed meanwhile: its claim carries what the chain recorded
     except AuditStoreError as exc:
-        # Nothing could be recorded, so the session cannot show fresh evidence either.
+        # Nothing could be recorded, so the session cannot show fresh evidence either:
+        # whatever the policy, it is refused (the audit store fails closed for all calls).
         session.stale = f"its re-attestation could not be recorded: {exc.message}"
         return
     if renewal.fresh:
