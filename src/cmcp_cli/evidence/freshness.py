@@ -47,7 +47,7 @@ def renew_evidence(session: EvidenceSession, attestor: Attestor, *, policy: str)
         )
     except AttestationUnavailableError as exc:
         attested, reason = None, f"fresh evidence could not be collected: {exc.message}"
-    except Exception as exc:  # a collector failing otherwise still leaves no fresh evidence
+    except Exception as exc:  # noqa: BLE001 - a collector bug is a stale renewal (fail closed)
         attested, reason = None, f"fresh evidence could not be collected: {exc!r}"
     else:
         reason = _stale_reason(session, attestor, attested)
