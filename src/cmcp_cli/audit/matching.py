@@ -306,7 +306,9 @@ def _expected_claim(
     where = "session_start" if issuer_of(start, end) is start else "session_end.recovered_by"
     # the evidence the claim carries is the newest an attestation entry records, if any
     newest, evidence_at = evidence_record(start, end, replay.state)
-    evidence_digest = issuer_member(newest, {}, "evidence_digest")
+    evidence_digest = newest.get("evidence_digest")
+    if not isinstance(evidence_digest, str):
+        raise SessionRecordError(f"{evidence_at} records no evidence_digest string")
     facts = claim_facts(start, end, replay.state, {})
     if facts.enforcement_mode not in ENFORCEMENT_MODES:
         raise SessionRecordError(

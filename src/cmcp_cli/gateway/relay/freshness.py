@@ -6,8 +6,8 @@ stale. The timer (`renew_sessions`) looks at every open session each tick and re
 due ones on the registry's thread pool. When a renewal finds the evidence stale,
 `staleness_policy` decides: `fail_closed` marks the session stale (`GatewaySession.stale`)
 and every later request of it is refused with -32062; `warn_only` lets it go on and
-tries again a tick later, each failed try one more stale entry. The per-request
-cost is the one check of `stale`.
+tries again a tenth of the validity later, each failed try one more stale entry. The
+per-request cost is the one check of `stale`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,12 @@ def tick_seconds(config: AttestationConfig) -> float:
     """How often the timer looks: a twentieth of the validity, within [0.25 s, 30 s], so
     a renewal starts before 85% of the validity has passed (for validity_seconds >= 5)."""
     return min(max(config.validity_seconds / 20, MIN_TICK_SECONDS), MAX_TICK_SECONDS)
+
+
+def retry_seconds(config: AttestationConfig) -> float:
+    """After a stale renewal under warn_only: a tenth of the validity (at least a tick),
+    so a platform that stays changed adds ten entries per validity period, not one a tick."""
+    return max(config.validity_seconds / 10, tick_seconds(config))
 
 
 def renewal_time(attested_at: float, config: AttestationConfig) -> float:
@@ -82,4 +88,4 @@ async def renew_one(registry: SessionRegistry, session: GatewaySession) -> None:
     if config.staleness_policy == "fail_closed":
         session.stale = reason
     else:
-        session.renew_at = time.monotonic() + tick_seconds(config)
+        session.renew_at = time.monotonic() + retry_seconds(config)
