@@ -6,6 +6,10 @@ claim. `session_end` records what is fixed only when the claim is issued (`iat`,
 `sequence_number`); a session closed by a later process after its own process died
 (`recovered_by`) names that later process as the issuer instead.
 
+An `attestation` entry records a re-attestation of the session's binding; the newest one
+with evidence is the evidence the claim carries (`evidence_record`), and the stale ones
+are counted in it.
+
 `claim_facts` turns those records and the chain's own state into the facts a claim
 states. The gateway builds its claims from it, and a verifier given the log compares a
 claim with what it gives, so a claim and a log that describe different sessions cannot
