@@ -47,6 +47,10 @@ CAUGHT_BY: dict[str, str] = {
     "gateway.catalog.drift_detected": "log: drift",
     "gateway.attestation": "log: issuer",
     "gateway.attestation.binding": "binding",
+    # the newest evidence's pin, the validity and the stale entries: the log's
+    "gateway.attestation.measurement_pin": "log: issuer",
+    "gateway.attestation.validity_seconds": "log: issuer",
+    "gateway.attestation.stale_warnings": "log: issuer",
 }
 # Leaves with a fixed set of values: any other text is malformed, so a flipped character
 # fails `format`; each other valid value is tried as well, and caught by `CAUGHT_BY`.

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from cmcp_cli.attestation import software
 from cmcp_cli.attestation.api import CheckStatus, GatewayFacts
 from cmcp_cli.attestation.manager import ProviderRegistry, load_providers
 from cmcp_cli.attestation.measurement import installation_digest
@@ -39,7 +40,8 @@ from cmcp_cli.catalog.model import load_catalog
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.signing import signed
 from cmcp_cli.errors import ExitCode
-from cmcp_cli.evidence.session import Attestor, EvidenceSession
+from cmcp_cli.evidence.freshness import renew_evidence
+from cmcp_cli.evidence.session import Attestor, EvidenceSession, attest_key
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle
@@ -76,9 +78,25 @@ class Subject:
         return self.recorded.claim
 
 
-def _more_of_the_session(session: EvidenceSession) -> None:
+def _pinned(attestor: Attestor) -> Attestor:
+    """`attestor` as a gateway runs it with `expected_measurement` and `validity_seconds`
+    set: its measurement pinned, so the claim names the pin it matched."""
+    probe = attest_key(
+        attestor,
+        key=ClaimKey.generate(),
+        bundle_hash="sha256:" + "00" * 32,
+        catalog_hash="sha256:" + "00" * 32,
+        gateway_digest=installation_digest(),
+        process_id="probe",
+    )
+    return replace(attestor, pins=(probe.issuer.measurement,), validity_seconds=3600)
+
+
+def _more_of_the_session(session: EvidenceSession, attestor: Attestor) -> None:
     """Messages of other kinds (a listing answered, a prompt whose upstream failed, a
-    sampling request denied) and a drift, so every counter and flag is set."""
+    sampling request denied), a drift, and a re-attestation, so every counter and flag is
+    set and the claim carries evidence an attestation entry records."""
+    assert renew_evidence(session, attestor, policy="fail_closed").fresh
     bundle = compile_bundle(read_bundle(QUICKSTART / "policies"))
     authorizer = authorizer_for(bundle, load_catalog(QUICKSTART / "catalog.json"))
     messages: tuple[tuple[MessageKind, str, dict[str, Any]], ...] = (
@@ -142,8 +160,12 @@ def registry() -> ProviderRegistry:
 @pytest.fixture(scope="module")
 def software_subject(tmp_path_factory: pytest.TempPathFactory) -> Subject:
     key = ClaimKey.generate()
+    attestor = _pinned(Attestor.load(software.SPEC, "0.1.0"))
     recorded = record_session(
-        tmp_path_factory.mktemp("software"), key=key, during=_more_of_the_session
+        tmp_path_factory.mktemp("software"),
+        key=key,
+        attestor=attestor,
+        during=lambda session: _more_of_the_session(session, attestor),
     )
     options = replace(_pins(recorded), allow_software=True)
     return Subject(
@@ -172,6 +194,7 @@ def tpm_subject(tmp_path_factory: pytest.TempPathFactory) -> Subject:
         testing.enroll_attestation_key(tpm.tcti, AK_HANDLE, ca)  # as a privacy CA would
         attestor = Attestor.load(plugin.SPEC, "test", settings)
         attestor.collector.prepare(facts, settings)  # now with the AK certificate in NV
+        attestor = _pinned(attestor)
         key = ClaimKey.generate()
         try:
             # now, not the helper's default of minutes ago: the swtpm's certificates are new
@@ -180,7 +203,7 @@ def tpm_subject(tmp_path_factory: pytest.TempPathFactory) -> Subject:
                 attestor=attestor,
                 key=key,
                 start=datetime.now(UTC),
-                during=_more_of_the_session,
+                during=lambda session: _more_of_the_session(session, attestor),
             )
         finally:
             attestor.collector.close()
@@ -233,6 +256,10 @@ def test_the_genuine_claims_verify_with_every_log_check_passing(
     assert summary["by_kind"]["get_prompt"]["faulted"] == 1 and summary["tools_invoked"]
     assert summary["by_kind"]["create_message"]["denied"] == 1
     assert subject.claim["trace"]["data_class"] == "confidential"
+    # the evidence is the re-attestation's, under the pin it matched
+    attestation = subject.claim["gateway"]["attestation"]
+    assert attestation["measurement_pin"] == subject.claim["trace"]["runtime"]["measurement"]
+    assert attestation["validity_seconds"] == 3600 and attestation["stale_warnings"] == 0
 
 
 def test_a_claim_resignedunchanged_by_its_own_key_still_verifies(

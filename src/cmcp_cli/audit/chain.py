@@ -21,6 +21,7 @@ DEFAULT_KIND = "call_tool"
 # The kinds whose forwarding brings an upstream's data into the session, and so raise the
 # session's data class: tool results, resource contents, prompts, sampling requests.
 DATA_READING_KINDS = frozenset({"call_tool", "read_resource", "get_prompt", "create_message"})
+STALE_STATUS = "stale"  # an attestation entry's status when the evidence went stale
 DECISION_COUNTS = ("allowed", "denied", "redacted", "escalated")
 _COUNTED = {"allow": "allowed", "deny": "denied", "redact": "redacted", "escalate": "escalated"}
 
@@ -97,6 +98,10 @@ class ChainState:
     data_classes: set[str] = field(default_factory=set)  # of forwarded calls
     drift_detected: bool = False
     ended: bool = False
+    # The newest `attestation` entry that carries evidence (its fields), and how many
+    # attestation entries say the session's evidence went stale.
+    attestation: Mapping[str, Any] | None = None
+    stale_attestations: int = 0
 
     @property
     def next_seq(self) -> int:
@@ -124,6 +129,11 @@ class ChainState:
             self.drift_detected = True
         elif kind == EntryType.SESSION_END:
             self.ended = True
+        elif kind == EntryType.ATTESTATION:
+            if "evidence_digest" in fields:
+                self.attestation = fields
+            if fields.get("status") == STALE_STATUS:
+                self.stale_attestations += 1
 
     def _count_decision(self, fields: Mapping[str, Any]) -> None:
         calls = self.calls
@@ -165,6 +175,9 @@ class ChainState:
         self.data_class_order = self.data_class_order or later.data_class_order
         self.drift_detected |= later.drift_detected
         self.ended |= later.ended
+        if later.attestation is not None:
+            self.attestation = later.attestation
+        self.stale_attestations += later.stale_attestations
 
     def audit_chain_json(self) -> dict[str, object]:
         return {"root": self.root or GENESIS_PREV, "tip": self.tip, "length": self.length}

@@ -17,6 +17,7 @@ from cmcp_cli.audit.replay import ProblemKind, SessionReplay
 from cmcp_cli.audit.session_record import (
     SessionRecordError,
     claim_facts,
+    evidence_record,
     issuer_member,
     issuer_of,
 )
@@ -302,8 +303,12 @@ def _expected_claim(
     if start is None:
         raise SessionRecordError(f"it has no session_start of session {replay.session_id}")
     thumbprint = issuer_member(start, end, "key_thumbprint")
-    evidence_digest = issuer_member(start, end, "evidence_digest")
     where = "session_start" if issuer_of(start, end) is start else "session_end.recovered_by"
+    # the evidence the claim carries is the newest an attestation entry records, if any
+    newest, evidence_at = evidence_record(start, end, replay.state)
+    evidence_digest = newest.get("evidence_digest")
+    if not isinstance(evidence_digest, str):
+        raise SessionRecordError(f"{evidence_at} records no evidence_digest string")
     facts = claim_facts(start, end, replay.state, {})
     if facts.enforcement_mode not in ENFORCEMENT_MODES:
         raise SessionRecordError(
@@ -333,7 +338,7 @@ def _expected_claim(
             return None
         return (
             f"gateway.attestation.evidence: the claim states evidence {stated_digest}, the log "
-            f"gives evidence {evidence_digest} ({where}.evidence_digest)"
+            f"gives evidence {evidence_digest} ({evidence_at}.evidence_digest)"
         )
 
     return claim_body(facts, {}), key_check, evidence_check

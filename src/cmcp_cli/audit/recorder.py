@@ -196,17 +196,10 @@ class SessionRecorder:
             {"tool": tool, "expected_hash": expected_hash, "advertised_hash": advertised_hash},
         )
 
-    def attestation(
-        self, *, provider: str, evidence_type: str, evidence_digest: str
-    ) -> SealedEntry:
-        return self._append(
-            EntryType.ATTESTATION,
-            {
-                "provider": provider,
-                "evidence_type": evidence_type,
-                "evidence_digest": evidence_digest,
-            },
-        )
+    def attestation(self, record: Mapping[str, Any]) -> SealedEntry:
+        """A re-attestation of the session's binding (`session_record.attestation_record`
+        gives its members)."""
+        return self._append(EntryType.ATTESTATION, record)
 
     def policy_load(self, *, bundle_hash: str, policy_count: int) -> SealedEntry:
         return self._append(

@@ -6,6 +6,10 @@ claim. `session_end` records what is fixed only when the claim is issued (`iat`,
 `sequence_number`); a session closed by a later process after its own process died
 (`recovered_by`) names that later process as the issuer instead.
 
+An `attestation` entry records a re-attestation of the session's binding; the newest one
+with evidence is the evidence the claim carries (`evidence_record`), and the stale ones
+are counted in it.
+
 `claim_facts` turns those records and the chain's own state into the facts a claim
 states. The gateway builds its claims from it, and a verifier given the log compares a
 claim with what it gives, so a claim and a log that describe different sessions cannot
@@ -18,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cmcp_cli.audit.chain import ChainState
+from cmcp_cli.audit.chain import STALE_STATUS, ChainState
 from cmcp_cli.claim.model import SessionFacts
 
 # The members of an issuer record, in session_start and in a recovery's `recovered_by`.
@@ -70,9 +74,14 @@ class Issuer:
     slsa_level: int = 0
     appraisal_status: str = "none"
     appraisal_verifier: str = "urn:cmcp:appraisal:none"
+    # The `attestation.expected_measurement` value the measurement matched (None when none
+    # is configured), and `attestation.validity_seconds`: recorded (with the claim's
+    # `stale_warnings`) when `validity_seconds` is given.
+    measurement_pin: str | None = None
+    validity_seconds: int | None = None
 
     def record(self) -> dict[str, Any]:
-        return {
+        record: dict[str, Any] = {
             "process": self.process,
             "key_thumbprint": self.key_thumbprint,
             "platform": self.platform,
@@ -89,6 +98,12 @@ class Issuer:
                 "generated_at": self.generated_at,
             },
         }
+        if self.validity_seconds is not None:
+            record["attestation"] |= {
+                "measurement_pin": self.measurement_pin,
+                "validity_seconds": self.validity_seconds,
+            }
+        return record
 
 
 @dataclass(frozen=True)
@@ -140,6 +155,62 @@ def end_record(
     return fields
 
 
+# `status` of an `attestation` entry: fresh evidence for the session's binding was taken
+# and its measurement is the session's and pinned (`fresh`); or it could not be taken,
+# or its measurement changed or left the pinned set (`stale`, with `reason` and the
+# `policy` that decided what followed: `fail_closed` or `warn_only`).
+FRESH = "fresh"
+STALE = STALE_STATUS
+# The members of an attestation entry that carry new evidence; the claim states the
+# newest entry's (`evidence_record`).
+EVIDENCE_FIELDS = (
+    "platform",
+    "measurement",
+    "evidence_digest",
+    "evidence_type",
+    "generated_at",
+    "measurement_pin",
+)
+
+
+def attestation_record(
+    *,
+    status: str,
+    issuer: Issuer | None,
+    reason: str | None = None,
+    policy: str | None = None,
+) -> dict[str, Any]:
+    """The members of an `attestation` entry: a re-attestation of the session's binding.
+    `issuer` is the fresh evidence's issuer record (None when none could be collected)."""
+    fields: dict[str, Any] = {"status": status}
+    if issuer is not None:
+        fields |= {
+            "platform": issuer.platform,
+            "measurement": issuer.measurement,
+            "evidence_digest": issuer.evidence_digest,
+            "evidence_type": issuer.evidence_type,
+            "generated_at": issuer.generated_at,
+            "measurement_pin": issuer.measurement_pin,
+        }
+    if reason is not None:
+        fields["reason"] = reason
+    if policy is not None:
+        fields["policy"] = policy
+    return fields
+
+
+def evidence_record(
+    start: Mapping[str, Any], end: Mapping[str, Any], state: ChainState
+) -> tuple[Mapping[str, Any], str]:
+    """The record of the evidence the claim carries, and what it is: the newest
+    `attestation` entry with evidence of the session's own process, else the issuer's.
+    A recovering process's evidence is newer than any its interrupted process took."""
+    issuer = issuer_of(start, end)
+    if issuer is start and state.attestation is not None:
+        return state.attestation, "attestation entry"
+    return issuer, "session_start" if issuer is start else "session_end.recovered_by"
+
+
 def issuer_of(start: Mapping[str, Any], end: Mapping[str, Any]) -> Mapping[str, Any]:
     """The issuer record of the session's claim: the recovering process's, when one closed
     it, else the session's own."""
@@ -175,6 +246,12 @@ def claim_facts(
     model = _member(start, "model", Mapping, "session_start")
     appraisal = _member(issuer, "appraisal", Mapping, who)
     issued = _member(issuer, "attestation", Mapping, who)
+    # The platform and measurement (`top`), evidence type and time (`sub`) of the newest
+    # evidence: an attestation entry holds all of them, an issuer record nests the latter.
+    top, top_at = evidence_record(start, end, state)
+    sub, sub_at = top, top_at
+    if top is issuer:
+        sub, sub_at = issued, f"{who}.attestation"
     order = _member(start, "data_class_order", list, "session_start")
     recovery = None
     if issuer is not start:
@@ -190,8 +267,8 @@ def claim_facts(
         trust_domain=_member(start, "trust_domain", str, "session_start"),
         model_provider=_member(model, "provider", str, "session_start.model"),
         model_id=_member(model, "model_id", str, "session_start.model"),
-        platform=_member(issuer, "platform", str, who),
-        measurement=_member(issuer, "measurement", str, who),
+        platform=_member(top, "platform", str, top_at),
+        measurement=_member(top, "measurement", str, top_at),
         bundle_hash=_member(start, "bundle_hash", str, "session_start"),
         enforcement_mode=_member(start, "enforcement_mode", str, "session_start"),
         policy_version=_member(start, "policy_version", str, "session_start"),
@@ -203,10 +280,11 @@ def claim_facts(
         attestation={
             "provider": _member(issued, "provider", str, f"{who}.attestation"),
             "provider_version": _member(issued, "provider_version", str, f"{who}.attestation"),
-            "evidence_type": _member(issued, "evidence_type", str, f"{who}.attestation"),
-            "generated_at": _member(issued, "generated_at", str, f"{who}.attestation"),
+            "evidence_type": _member(sub, "evidence_type", str, sub_at),
+            "generated_at": _member(sub, "generated_at", str, sub_at),
             "binding": attestation.get("binding"),
             "evidence": attestation.get("evidence"),
+            **_freshness(issued, sub, f"{who}.attestation", sub_at, state),
         },
         build_digest=_member(issuer, "gateway_digest", str, who),
         slsa_level=_member(issuer, "slsa_level", int, who),
@@ -214,6 +292,30 @@ def claim_facts(
         appraisal_verifier=_member(appraisal, "verifier", str, f"{who}.appraisal"),
         recovery=recovery,
     )
+
+
+def _freshness(
+    issued: Mapping[str, Any],
+    newest: Mapping[str, Any],
+    who: str,
+    newest_at: str,
+    state: ChainState,
+) -> dict[str, Any]:
+    """`measurement_pin`, `validity_seconds` and `stale_warnings` of the claim, when the
+    issuer records `validity_seconds` (a chain that does not states none of them)."""
+    if "validity_seconds" not in issued:
+        return {}
+    pin = newest.get("measurement_pin", _MISSING)
+    if pin is not None:
+        pin = _member(newest, "measurement_pin", str, newest_at)
+    return {
+        "measurement_pin": pin,
+        "validity_seconds": _member(issued, "validity_seconds", int, who),
+        "stale_warnings": state.stale_attestations,
+    }
+
+
+_MISSING = object()
 
 
 def _member(record: Mapping[str, Any], name: str, kind: type, where: str) -> Any:

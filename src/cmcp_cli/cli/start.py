@@ -35,6 +35,8 @@ def _announce(runtime: GatewayRuntime) -> None:
             else ""
         )
     )
+    if runtime.measurement.matched is not None:
+        render.err.print(f"  measurement  {runtime.measurement.matched} (pinned)")
     for reason in runtime.passed_over:
         render.err.print(f"  passed over  {escape(reason)}")
     render.err.print(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,11 @@ class AttestationUnavailableError(CmcpError):
     """No evidence can be collected for a new session: it is not opened (fail closed)."""
 
 
+class MeasurementMismatchError(AttestationUnavailableError):
+    """The evidence states a measurement outside `attestation.expected_measurement`: no
+    session is opened on it, and a gateway whose first evidence states one does not start."""
+
+
 @dataclass(frozen=True)
 class SessionPolicy:
     """What the session runs under, fixed for its whole life."""
@@ -76,6 +82,10 @@ class Attestor:
     version: str
     collector: Collector
     settings: Mapping[str, Any] = field(default_factory=dict)
+    # `attestation.expected_measurement`: evidence stating any other measurement attests
+    # nothing (empty: no pin). `attestation.validity_seconds`, recorded with each issuer.
+    pins: tuple[str, ...] = ()
+    validity_seconds: int | None = None
 
     @classmethod
     def load(
@@ -123,9 +133,12 @@ def attest_key(
     gateway_digest: str,
     process_id: str,
     clock: Clock = utc_now,
+    enforce_pins: bool = True,
 ) -> AttestedKey:
     """Compute the DESIGN §6 binding of `key` and have the provider collect evidence over
-    it. Raises `AttestationUnavailableError` when the provider cannot (fail closed)."""
+    it. Raises `AttestationUnavailableError` when the provider cannot (fail closed), and
+    `MeasurementMismatchError` when the measurement is not pinned, unless `enforce_pins`
+    is False (a re-attestation records such evidence, its pin None, and judges it)."""
     binding = compute_binding(
         key_thumbprint=key.thumbprint,
         bundle_hash=bundle_hash,
@@ -139,6 +152,12 @@ def attest_key(
             f"the {attestor.spec.name} provider could not attest the session: {exc.message}",
             hint=exc.hint,
         ) from exc
+    try:
+        pin = matched_pin(attestor, evidence.measurement)
+    except MeasurementMismatchError:
+        if enforce_pins:
+            raise
+        pin = None
     generated_at = timestamp(clock())
     attestation: dict[str, Any] = {
         "provider": attestor.spec.name,
@@ -160,8 +179,27 @@ def attest_key(
         provider_version=attestor.version,
         evidence_type=evidence.evidence_type,
         generated_at=generated_at,
+        measurement_pin=pin,
+        validity_seconds=attestor.validity_seconds,
     )
     return AttestedKey(key, binding, evidence, attestation, issuer)
+
+
+def matched_pin(attestor: Attestor, measurement: str) -> str | None:
+    """The pin `measurement` matches (None when nothing is pinned), or
+    `MeasurementMismatchError` naming both and how to get the right value."""
+    if not attestor.pins:
+        return None
+    if measurement in attestor.pins:
+        return measurement
+    name = attestor.spec.name
+    command = "software" if name == "software-only" else name
+    raise MeasurementMismatchError(
+        f"the {name} provider states measurement {measurement}, which is not among "
+        f"attestation.expected_measurement ({', '.join(attestor.pins)})",
+        hint=f"run `cmcp measure {command} --config <your cmcp-config.yaml>` on the host you "
+        "trust and pin what it prints; a host measuring otherwise is not that host",
+    )
 
 
 class EvidenceSession:
@@ -179,6 +217,9 @@ class EvidenceSession:
         clock: Clock = utc_now,
     ) -> None:
         self.policy = policy
+        # Held while the evidence the claim carries is replaced (a re-attestation) and while
+        # the claim is built, so a claim states the evidence of the newest attestation entry.
+        self.evidence_lock = threading.Lock()
         self.key = key or ClaimKey.generate()
         self.gateway_digest = gateway_digest or installation_digest()
         self._clock = clock
@@ -212,6 +253,10 @@ class EvidenceSession:
     @property
     def session_id(self) -> str:
         return self.recorder.session_id
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     def decide_call(
         self,
@@ -376,11 +421,13 @@ class EvidenceSession:
         """End the chain and sign the claim. Every fact the claim states is one the chain
         records (`session_record.claim_facts`), so a verifier holding the log can check
         each of them."""
-        issued_at = int(self._clock().timestamp())
-        end = self.recorder.end(
-            end_record(reason=reason, issued_at=issued_at, sequence_number=sequence_number)
-        )
-        facts = claim_facts(self.start_fields, end.fields, self.recorder.state, self.attestation)
+        with self.evidence_lock:
+            issued_at = int(self._clock().timestamp())
+            end = self.recorder.end(
+                end_record(reason=reason, issued_at=issued_at, sequence_number=sequence_number)
+            )
+            state = self.recorder.state
+            facts = claim_facts(self.start_fields, end.fields, state, self.attestation)
         claim = build_claim(facts, self.key)
         return ClosedSession(claim=claim, trace_record=trace_record(claim, self.key))
 

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cmcp_cli.attestation import software
@@ -33,10 +33,18 @@ from cmcp_cli.audit.processes import (
 )
 from cmcp_cli.audit.store import AuditStore
 from cmcp_cli.catalog.model import Catalog
+from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.config import ENV_DEV_MODE, CmcpConfig, Environment, HttpUpstream
 from cmcp_cli.errors import CmcpError, ConfigError
 from cmcp_cli.evidence.recovery import RecoveryReport, recover_sessions
-from cmcp_cli.evidence.session import GATEWAY_PROCESS, Attestor, SessionPolicy
+from cmcp_cli.evidence.session import (
+    GATEWAY_PROCESS,
+    AttestationUnavailableError,
+    Attestor,
+    MeasurementMismatchError,
+    SessionPolicy,
+    attest_key,
+)
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for, tool_resources
 from cmcp_cli.gateway.preflight.attestation import candidates, plugin_of
 from cmcp_cli.gateway.preflight.credentials import token_sources
@@ -95,6 +103,23 @@ class Credentials:
         return Caller(agent=self.agent_for(token), operator=self.is_operator(token))
 
 
+@dataclass(frozen=True)
+class MeasurementCheck:
+    """`attestation.expected_measurement` against the evidence collected at start."""
+
+    pins: tuple[str, ...] = ()
+    measurement: str | None = None  # stated by the first evidence; None when nothing is pinned
+    matched: str | None = None  # the pin it matched
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "pinned": bool(self.pins),
+            "pins": list(self.pins),
+            "measurement": self.measurement,
+            "matched_pin": self.matched,
+        }
+
+
 @dataclass
 class GatewayRuntime:
     config: CmcpConfig
@@ -111,6 +136,7 @@ class GatewayRuntime:
     passed_over: tuple[str, ...] = ()  # providers `auto` tried before its choice, and why
     lock: StoreLock | None = None  # the audit store's, held while this gateway runs
     recovery: RecoveryReport = field(default_factory=RecoveryReport)  # at start
+    measurement: MeasurementCheck = field(default_factory=MeasurementCheck)
 
     @property
     def claims_dir(self) -> Path:
@@ -141,8 +167,13 @@ def build_runtime(
             hint=f"run `cmcp validate-config --config {report.config_path}`",
         )
     choice = choose_attestor(config, env, registry or load_providers())
-    attestor = choice.attestor
+    attestor = replace(
+        choice.attestor,
+        pins=config.attestation.expected_measurement,
+        validity_seconds=config.attestation.validity_seconds,
+    )
     prepare_attestor(attestor, bundle.hash, catalog.hash)
+    measurement = check_measurement(attestor, bundle.hash, catalog.hash)
     authorizer = authorizer_for(bundle, catalog)
     tools = {tool.name: tool for tool in tool_resources(catalog)}
     policy = SessionPolicy(
@@ -187,6 +218,7 @@ def build_runtime(
         passed_over=choice.passed_over,
         lock=lock,
         recovery=recovery,
+        measurement=measurement,
     )
 
 
@@ -279,6 +311,36 @@ def prepare_attestor(attestor: Attestor, bundle_hash: str, catalog_hash: str) ->
             f"attestation provider {attestor.spec.name!r} cannot start: {exc.message}",
             hint=exc.hint,
         ) from exc
+
+
+def check_measurement(attestor: Attestor, bundle_hash: str, catalog_hash: str) -> MeasurementCheck:
+    """With `attestation.expected_measurement` set, collect the first evidence (for a
+    throwaway key's binding, as a session's) and refuse to start unless its measurement is
+    pinned: a gateway that serves is one whose platform measured as the operator pinned."""
+    if not attestor.pins:
+        return MeasurementCheck()
+    try:
+        attested = attest_key(
+            attestor,
+            key=ClaimKey.generate(),
+            bundle_hash=bundle_hash,
+            catalog_hash=catalog_hash,
+            gateway_digest=installation_digest(),
+            process_id=GATEWAY_PROCESS,
+        )
+    except MeasurementMismatchError as exc:
+        attestor.collector.close()
+        raise StartupError(f"the gateway does not serve: {exc.message}", hint=exc.hint) from exc
+    except AttestationUnavailableError as exc:
+        attestor.collector.close()
+        raise StartupError(
+            "attestation.expected_measurement is set, but the first evidence could not be "
+            f"collected to check it: {exc.message}",
+            hint=exc.hint,
+        ) from exc
+    return MeasurementCheck(
+        attestor.pins, attested.issuer.measurement, attested.issuer.measurement_pin
+    )
 
 
 def _version_of(registry: ProviderRegistry, name: str) -> str:

@@ -20,6 +20,7 @@ from hypercorn.config import Config
 from cmcp_cli.config import CmcpConfig
 from cmcp_cli.gateway.downstream.app import GatewayApp
 from cmcp_cli.gateway.preflight.report import check_config
+from cmcp_cli.gateway.relay.freshness import renew_sessions
 from cmcp_cli.gateway.runtime import GatewayRuntime, build_runtime
 
 IDLE_SWEEP_SECONDS = 5.0
@@ -63,15 +64,20 @@ async def serve_gateway(
         # clients' notification streams first, or shutdown would wait out their timeout
         app.sessions.end_streams()
 
-    sweeper = asyncio.create_task(_close_idle_sessions(app))
+    timers = [
+        asyncio.create_task(_close_idle_sessions(app)),
+        asyncio.create_task(renew_sessions(app.sessions)),
+    ]
     if on_ready is not None:
         on_ready(app)
     try:
         await serve(app, hypercorn_config(runtime.config), shutdown_trigger=trigger)  # type: ignore[arg-type]
     finally:
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        for timer in timers:
+            timer.cancel()
+        for timer in timers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer
 
 
 def _signal_trigger() -> Callable[[], Awaitable[None]]:

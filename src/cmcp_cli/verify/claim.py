@@ -147,7 +147,8 @@ def verify_document(
 
     thumbprint = jwk_thumbprint(jwk)
     checks.append(_key_pin(thumbprint, options.trusted_key))
-    checks.append(_freshness(trace["iat"], options))
+    stated = document["gateway"]["attestation"] if gateway_claim else {}
+    checks.append(_freshness(trace["iat"], options, stated))
     checks.append(
         _pin("policy pin", trace["policy"]["bundle_hash"], options.policy_hash, "--policy-hash")
     )
@@ -183,7 +184,10 @@ def _key_pin(thumbprint: str, pinned: str | None) -> Check:
     )
 
 
-def _freshness(iat: int, options: VerifyOptions) -> Check:
+def _freshness(iat: int, options: VerifyOptions, attestation: Mapping[str, Any]) -> Check:
+    """The claim was issued within `max_age_seconds` of the verification time and, when it
+    states its evidence validity, its newest evidence was not yet stale when it was
+    issued: `generated_at + validity_seconds >= iat` (both as the claim states them)."""
     at = options.at or datetime.now(UTC)
     moment = int(at.timestamp())
     issued = datetime.fromtimestamp(iat, UTC).isoformat()
@@ -196,7 +200,37 @@ def _freshness(iat: int, options: VerifyOptions) -> Check:
             f"issued at {issued}, {age} s before the verification time; the maximum age is "
             f"{options.max_age_seconds} s (use --at or --max-age to verify an older claim)",
         )
-    return Check.passed("freshness", f"issued at {issued}, {max(age, 0)} s old")
+    validity = attestation.get("validity_seconds")
+    if validity is None:
+        return Check.passed("freshness", f"issued at {issued}, {max(age, 0)} s old")
+    generated = _instant(attestation["generated_at"])
+    if generated is None:
+        return Check.failed(
+            "freshness", f"generated_at {attestation['generated_at']!r} is not an RFC 3339 time"
+        )
+    stale_at = generated + validity
+    if iat > stale_at:
+        return Check.failed(
+            "freshness",
+            f"issued at {issued}, {iat - stale_at} s after its newest evidence (generated at "
+            f"{attestation['generated_at']}) went stale: validity_seconds is {validity}",
+        )
+    return Check.passed(
+        "freshness",
+        f"issued at {issued}, {max(age, 0)} s old; its newest evidence, generated at "
+        f"{attestation['generated_at']}, was fresh then (validity {validity} s)",
+    )
+
+
+def _instant(text: str) -> int | None:
+    """Unix seconds (rounded down) of an RFC 3339 time, or None."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None
+    return int(moment.timestamp())
 
 
 def _pin(name: str, actual: str, pinned: str | None, flag: str) -> Check:

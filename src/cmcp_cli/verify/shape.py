@@ -128,6 +128,7 @@ def claim_problems(claim: Mapping[str, Any]) -> list[str]:
         problems.append("gateway.attestation.binding is not 64 lowercase hex digits")
     if not isinstance(attestation.get("evidence"), Mapping):
         problems.append("gateway.attestation.evidence is not an object")
+    problems += _freshness_problems(attestation)
     if "recovery" in gateway:  # only in the claim of a session a later process closed
         recovery = _obj(gateway["recovery"])
         if set(recovery) != {"interrupted_process", "process"} or not all(
@@ -138,6 +139,27 @@ def claim_problems(claim: Mapping[str, Any]) -> list[str]:
 
 
 _KIND_KEYS = _SUMMARY_KEYS
+# Stated together, by claims whose gateway records its evidence validity.
+FRESHNESS_KEYS = ("measurement_pin", "validity_seconds", "stale_warnings")
+
+
+def _freshness_problems(attestation: Mapping[str, Any]) -> list[str]:
+    stated = [key for key in FRESHNESS_KEYS if key in attestation]
+    if not stated:
+        return []
+    if len(stated) != len(FRESHNESS_KEYS):
+        return [f"gateway.attestation needs all of {', '.join(FRESHNESS_KEYS)} or none"]
+    problems = []
+    pin = attestation["measurement_pin"]
+    if pin is not None and not (isinstance(pin, str) and _DIGEST.fullmatch(pin)):
+        problems.append("gateway.attestation.measurement_pin is not null or a measurement")
+    validity = attestation["validity_seconds"]
+    if not _is_int(validity) or validity < 1:
+        problems.append("gateway.attestation.validity_seconds is not a positive integer")
+    warnings = attestation["stale_warnings"]
+    if not _is_int(warnings) or warnings < 0:
+        problems.append("gateway.attestation.stale_warnings is not a count")
+    return problems
 
 
 def _by_kind_problems(by_kind: Any) -> list[str]:

@@ -37,6 +37,7 @@ class Code(enum.IntEnum):
     REQUEST_TIMEOUT = -32052
     AUDIT_FAILED = -32060
     ATTESTATION_FAILED = -32061
+    ATTESTATION_STALE = -32062  # the session's evidence went stale under fail_closed
 
 
 class ProtocolError(Exception):

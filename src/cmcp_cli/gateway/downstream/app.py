@@ -95,7 +95,13 @@ class GatewayApp:
         elif path == "/readyz" and method == "GET":
             status = 200 if self.ready else 503
             await asgi.send_json(
-                send, status, {"ready": self.ready, "sessions": len(self.sessions)}
+                send,
+                status,
+                {
+                    "ready": self.ready,
+                    "sessions": len(self.sessions),
+                    "measurement": self.runtime.measurement.to_json(),
+                },
             )
         elif path.startswith("/trace/") and method == "GET":
             await self._trace(scope, send, path)

@@ -23,6 +23,7 @@ from cmcp_cli.gateway.enforcement.messages import Gate, close_gate, fail_gate, o
 from cmcp_cli.gateway.enforcement.redaction import redact_result
 from cmcp_cli.gateway.relay.backchannel import Relay
 from cmcp_cli.gateway.relay.exchange import Flight, Outlet
+from cmcp_cli.gateway.relay.freshness import stale_message
 from cmcp_cli.gateway.relay.input_gates import gate_input_responses, govern_input_required, retried
 from cmcp_cli.gateway.relay.listen import Listener
 from cmcp_cli.gateway.relay.listening import LISTEN, Listening
@@ -116,6 +117,8 @@ class Dispatcher:
             return Reply(
                 error(message.id, Code.SESSION_NOT_FOUND, "the session is closing"), status=404
             )
+        if session.stale is not None:
+            return Reply(error(message.id, Code.ATTESTATION_STALE, stale_message(session.stale)))
         flight = session.exchange.begin(message.id, outlet)
         try:
             return await self._request(message, session, flight)

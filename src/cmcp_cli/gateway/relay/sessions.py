@@ -28,6 +28,7 @@ from cmcp_cli.evidence.session import ClosedSession, EvidenceSession
 from cmcp_cli.gateway.enforcement.approvals import ApprovalDesk
 from cmcp_cli.gateway.enforcement.messages import Gate, fail_gate
 from cmcp_cli.gateway.relay.exchange import Exchange
+from cmcp_cli.gateway.relay.freshness import renewal_time
 from cmcp_cli.gateway.relay.listen import Listener
 from cmcp_cli.gateway.relay.metrics import GatewayMetrics
 from cmcp_cli.gateway.relay.ownership import ClosedSessionOwners
@@ -78,6 +79,10 @@ class GatewaySession:
     # (upstream, input key) -> the open gate of an input request the client was asked
     awaiting_input: dict[tuple[str, str], Gate] = field(default_factory=dict)
     closed: bool = False  # closing or closed: it takes no new request
+    # When its evidence is next attested (monotonic; `relay.freshness`), and why it went
+    # stale under `staleness_policy: fail_closed` (then every request is refused).
+    renew_at: float = float("inf")
+    stale: str | None = None
     exchange: Exchange = field(init=False)
     streaming: bool = False
     _call_ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -143,6 +148,9 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def open_sessions(self) -> list[GatewaySession]:
+        return [session for session in self._sessions.values() if not session.closed]
+
     def open_by_agent(self) -> Counter[str]:
         return Counter(session.agent for session in self._sessions.values())
 
@@ -197,6 +205,7 @@ class SessionRegistry:
             agent=agent,
         )
         session = GatewaySession(session_id, agent, protocol_version, evidence)
+        session.renew_at = renewal_time(time.monotonic(), runtime.config.attestation)
         self._sessions[session_id] = session
         self.metrics.sessions_opened += 1
         return session

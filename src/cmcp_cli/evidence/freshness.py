@@ -1,0 +1,76 @@
+"""Fresh evidence for an open session: the same key and binding, attested again.
+
+Evidence is fresh for `attestation.validity_seconds` after it was generated. A session
+that lives longer has the provider collect evidence over its own binding again and
+records the result as an `attestation` entry: `fresh` when the measurement is still the
+session's and pinned, `stale` (with its reason and the `staleness_policy` that decides
+what follows) when the evidence could not be collected or its measurement changed or
+left the pinned set. The claim carries the newest evidence an entry records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cmcp_cli.audit.session_record import FRESH, STALE, attestation_record
+from cmcp_cli.evidence.session import (
+    AttestationUnavailableError,
+    AttestedKey,
+    Attestor,
+    EvidenceSession,
+    attest_key,
+)
+
+
+@dataclass(frozen=True)
+class Renewal:
+    fresh: bool
+    reason: str | None = None  # why the session's evidence is stale, when it is
+
+
+def renew_evidence(session: EvidenceSession, attestor: Attestor, *, policy: str) -> Renewal:
+    """Attest the session's binding again and record the `attestation` entry (blocking: it
+    waits for the provider and for durability). Raises `ChainEndedError` when the session
+    ended meanwhile; nothing is then recorded."""
+    attested: AttestedKey | None
+    reason: str | None
+    try:
+        attested = attest_key(
+            attestor,
+            key=session.key,
+            bundle_hash=session.policy.bundle_hash,
+            catalog_hash=session.policy.catalog_hash,
+            gateway_digest=session.gateway_digest,
+            process_id=session.issuer.process,
+            clock=session.clock,
+            enforce_pins=False,
+        )
+    except AttestationUnavailableError as exc:
+        attested, reason = None, f"fresh evidence could not be collected: {exc.message}"
+    except Exception as exc:  # noqa: BLE001 - a collector bug is a stale renewal (fail closed)
+        attested, reason = None, f"fresh evidence could not be collected: {exc!r}"
+    else:
+        reason = _stale_reason(session, attestor, attested)
+    record = attestation_record(
+        status=FRESH if reason is None else STALE,
+        issuer=attested.issuer if attested is not None else None,
+        reason=reason,
+        policy=None if reason is None else policy,
+    )
+    with session.evidence_lock:
+        session.recorder.attestation(record)
+        if attested is not None:  # the claim carries the evidence the newest entry records
+            session.evidence = attested.evidence
+            session.attestation = attested.attestation
+    return Renewal(fresh=reason is None, reason=reason)
+
+
+def _stale_reason(
+    session: EvidenceSession, attestor: Attestor, attested: AttestedKey
+) -> str | None:
+    measured, opened = attested.issuer.measurement, session.issuer.measurement
+    if measured != opened:
+        return f"the measurement changed from {opened} to {measured}"
+    if attestor.pins and attested.issuer.measurement_pin is None:
+        return f"the measurement {measured} is not among attestation.expected_measurement"
+    return None
