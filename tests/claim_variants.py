@@ -41,6 +41,7 @@ CAUGHT_BY: dict[str, str] = {
     "gateway.session_id": "audit log",  # the log holds no such session
     "gateway.gateway_version": "log: issuer",
     "gateway.sequence_number": "log: issuance",
+    "gateway.previous_claim": "log: issuance",
     "gateway.audit_chain": "log: chain",
     "gateway.call_summary": "log: counters",
     "gateway.catalog": "log: session",
