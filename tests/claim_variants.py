@@ -99,7 +99,10 @@ _ALPHABETS = ("0123456789abcdef", "ghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTU
 
 def flipped(value: Any) -> Any:
     """The same type, another value: a flag toggled, a number plus one, the last letter or
-    digit of a text moved on by one (so hex stays hex and base64 stays base64)."""
+    digit of a text moved on by one (so hex stays hex and base64 stays base64), a null
+    (the first claim's `previous_claim`) a well-formed digest."""
+    if value is None:
+        return "sha256:" + "0" * 64
     if isinstance(value, bool):
         return not value
     if isinstance(value, int):
