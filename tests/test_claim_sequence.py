@@ -106,5 +106,5 @@ def test_a_claim_entry_without_its_link_makes_no_claim(tmp_path: Path) -> None:
         recorder = SessionRecorder(store, "s-1")
         start = recorder.start(start_record(HEADER, issuer("p-1", key))).fields
         record = {"claim": {"iat": 1_800_000_000, "sequence_number": 1}}
-        with pytest.raises(SessionRecordError, match="the claim entry.claim records no previous"):
+        with pytest.raises(SessionRecordError, match=r"the claim entry\.claim records no previous"):
             recorder.claim(record, lambda entry, state: claim_facts(start, entry.fields, state, {}))
