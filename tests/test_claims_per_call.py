@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.gateway_support import Served, request, start_gateway, write_config
+from tests.gateway_support import INIT, Served, request, start_gateway, write_config
 from tests.support import CliResult, run_cmcp
 
 CALLS = 5
@@ -181,3 +182,45 @@ async def five_calls_plain(served: Served) -> None:
         await session.initialize()
         for city in CITIES:
             await session.call_tool("get_weather", {"city": city})
+
+
+def test_a_killed_gateway_s_recovery_claim_continues_the_sequence(
+    tmp_path: Path, upstream: Served
+) -> None:
+    config = write_config(tmp_path, upstream.url, claims={"per_call": True})
+    gateway = start_gateway(config)
+    restarted: Served | None = None
+    try:
+        status, headers, _ = request(gateway.port, "POST", "/mcp", INIT)
+        assert status == 200
+        session = headers["mcp-session-id"]
+        for number, city in enumerate(CITIES[:2], start=2):
+            call = {
+                "jsonrpc": "2.0",
+                "id": number,
+                "method": "tools/call",
+                "params": {"name": "get_weather", "arguments": {"city": city}},
+            }
+            status, _, body = request(
+                gateway.port, "POST", "/mcp", call, {"mcp-session-id": session}
+            )
+            assert status == 200 and b"Sunny" in body, body
+        folder = claims_dir(gateway)
+        written(folder, f"{session}.2.claim.json")
+        assert gateway.stop(signal.SIGKILL) == -signal.SIGKILL
+
+        restarted = start_gateway(config)  # recovers the session before it serves
+        paths = [folder / f"{session}.{n}.claim.json" for n in (1, 2)]
+        final = folder / f"{session}.claim.json"
+        recovery = json.loads(final.read_text())
+        assert recovery["gateway"]["sequence_number"] == 3
+        assert "recovery" in recovery["gateway"]
+        audit = tmp_path / "audit.db"
+        chained = verify(*paths, final, "--audit-log", str(audit))
+        assert chained.returncode == 0, chained.stdout
+        checks = {c["name"]: c["reason"] for c in chained.json()["checks"]}
+        assert "recovering process's key" in checks["sequence: key"]
+    finally:
+        for served in (restarted, gateway):
+            if served is not None:
+                served.stop()
