@@ -24,7 +24,12 @@ from cmcp_cli.claim.keys import jwk_thumbprint
 from cmcp_cli.claim.model import claim_digest, is_gateway_claim
 from cmcp_cli.errors import ExitCode
 from cmcp_cli.strict_json import read_json_file
-from cmcp_cli.verify.claim import VerifyOptions, VerifyReport, verify_claim_file
+from cmcp_cli.verify.claim import (
+    VerifyOptions,
+    VerifyReport,
+    one_replay_per_log,
+    verify_claim_file,
+)
 
 SEQUENCE_CHECKS = (
     "sequence: claims",
@@ -86,17 +91,18 @@ def verify_sequence(
 
     Raises `UsageError` (exit 2) for a file that cannot be read at all.
     """
-    report = SequenceReport(
-        [
-            (
-                path,
-                verify_claim_file(
-                    path, options, trust_root_files, collateral_files, platform_policy_file
-                ),
-            )
-            for path in paths
-        ]
-    )
+    with one_replay_per_log():
+        report = SequenceReport(
+            [
+                (
+                    path,
+                    verify_claim_file(
+                        path, options, trust_root_files, collateral_files, platform_policy_file
+                    ),
+                )
+                for path in paths
+            ]
+        )
     report.checks.extend(sequence_checks([read_json_file(path, "claim") for path in paths]))
     return report
 
