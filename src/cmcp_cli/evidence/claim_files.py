@@ -10,10 +10,11 @@ closed by a later process's recovery are written the same way, to the same place
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from cmcp_cli.evidence.session import ClosedSession
 
@@ -33,23 +34,34 @@ def write_claim(
 ) -> Path:
     """Write a claim and its TRACE record as the session's latest, and with `numbered`
     under its sequence number first; returns the latest claim's path."""
-    if numbered:
-        sequence = closed.claim["gateway"]["sequence_number"]
-        _write_atomically(claim_path(claims_dir, session_id, sequence=sequence), closed.claim)
-        _write_atomically(
-            claim_path(claims_dir, session_id, record=True, sequence=sequence),
-            closed.trace_record,
-        )
     claim = claim_path(claims_dir, session_id)
-    _write_atomically(claim, closed.claim)
-    _write_atomically(claim_path(claims_dir, session_id, record=True), closed.trace_record)
+    record = claim_path(claims_dir, session_id, record=True)
+    if not numbered:
+        _write_atomically(claim, closed.claim)
+        _write_atomically(record, closed.trace_record)
+        return claim
+    sequence = closed.claim["gateway"]["sequence_number"]
+    for document, numbered_path, latest in (
+        (closed.claim, claim_path(claims_dir, session_id, sequence=sequence), claim),
+        (
+            closed.trace_record,
+            claim_path(claims_dir, session_id, record=True, sequence=sequence),
+            record,
+        ),
+    ):
+        _write_atomically(numbered_path, document)
+        # the latest is the same synced file under a second name: no second write
+        linked = latest.with_suffix(".link")
+        linked.unlink(missing_ok=True)
+        os.link(numbered_path, linked)
+        linked.replace(latest)
     return claim
 
 
 def _write_atomically(path: Path, document: dict[str, Any]) -> None:
     temporary = path.with_suffix(".tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=2, ensure_ascii=False)
+    with temporary.open("wb") as handle:
+        handle.write(orjson.dumps(document, option=orjson.OPT_INDENT_2))
         handle.flush()
         os.fsync(handle.fileno())
     temporary.replace(path)
