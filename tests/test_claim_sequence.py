@@ -3,6 +3,7 @@ of its own entry, however the log is cut into replay segments, and linked in ord
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from cmcp_cli.audit.session_record import (
 from cmcp_cli.audit.store import AuditStore, iter_lines
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.model import build_claim, claim_digest
+from cmcp_cli.evidence.claim_files import write_claim
+from cmcp_cli.evidence.session import ClosedSession
 from cmcp_cli.verify.sequence import sequence_checks
 from tests.test_claim_match import HEADER, evidence_of, failing, issuer
 
@@ -108,3 +111,24 @@ def test_a_claim_entry_without_its_link_makes_no_claim(tmp_path: Path) -> None:
         record = {"claim": {"iat": 1_800_000_000, "sequence_number": 1}}
         with pytest.raises(SessionRecordError, match=r"the claim entry\.claim records no previous"):
             recorder.claim(record, lambda entry, state: claim_facts(start, entry.fields, state, {}))
+
+
+def test_the_latest_file_is_the_highest_sequence_number_written(tmp_path: Path) -> None:
+    claims = session_with_claims(tmp_path / "audit.db", ClaimKey.generate())
+    folder = tmp_path / "claims"
+    folder.mkdir()
+    for claim in (claims[0], claims[2], claims[1]):  # claim 2 finishes writing last
+        write_claim(folder, "s-1", ClosedSession(claim, {"n": 0}), numbered=True)
+    latest = json.loads((folder / "s-1.claim.json").read_text())
+    assert latest == claims[2]
+    assert json.loads((folder / "s-1.2.claim.json").read_text()) == claims[1]
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "s-1.1.claim.json",
+        "s-1.1.record.json",
+        "s-1.2.claim.json",
+        "s-1.2.record.json",
+        "s-1.3.claim.json",
+        "s-1.3.record.json",
+        "s-1.claim.json",
+        "s-1.record.json",
+    ]

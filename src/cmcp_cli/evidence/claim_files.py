@@ -11,6 +11,7 @@ closed by a later process's recovery are written the same way, to the same place
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,9 @@ def claim_path(
 def write_claim(
     claims_dir: Path, session_id: str, closed: ClosedSession, *, numbered: bool = False
 ) -> Path:
-    """Write a claim and its TRACE record as the session's latest, and with `numbered`
-    under its sequence number first; returns the latest claim's path."""
+    """Write a claim and its TRACE record as the session's latest; with `numbered` under
+    its sequence number, and as the latest only when no later claim of the session is
+    there already. Returns the latest claim's path."""
     claim = claim_path(claims_dir, session_id)
     record = claim_path(claims_dir, session_id, record=True)
     if not numbered:
@@ -41,21 +43,39 @@ def write_claim(
         _write_atomically(record, closed.trace_record)
         return claim
     sequence = closed.claim["gateway"]["sequence_number"]
-    for document, numbered_path, latest in (
-        (closed.claim, claim_path(claims_dir, session_id, sequence=sequence), claim),
+    written = (
+        (claim_path(claims_dir, session_id, sequence=sequence), closed.claim, claim),
         (
-            closed.trace_record,
             claim_path(claims_dir, session_id, record=True, sequence=sequence),
+            closed.trace_record,
             record,
         ),
-    ):
+    )
+    for numbered_path, document, _ in written:
         _write_atomically(numbered_path, document)
-        # the latest is the same synced file under a second name: no second write
-        linked = latest.with_suffix(".link")
-        linked.unlink(missing_ok=True)
-        os.link(numbered_path, linked)
-        linked.replace(latest)
+    # Claims of one session may finish writing out of order (one issued per call while the
+    # session closes): the latest names the highest sequence number written.
+    with _LATEST:
+        if _sequence_of(claim) < sequence:
+            for numbered_path, _, latest in written:
+                # the same synced file under a second name: no second write
+                linked = latest.with_suffix(".link")
+                linked.unlink(missing_ok=True)
+                os.link(numbered_path, linked)
+                linked.replace(latest)
     return claim
+
+
+_LATEST = threading.Lock()
+
+
+def _sequence_of(path: Path) -> int:
+    """The sequence number of the claim at `path`; 0 when there is none to read."""
+    try:
+        number = orjson.loads(path.read_bytes())["gateway"]["sequence_number"]
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
+        return 0
+    return number if type(number) is int else 0
 
 
 def _write_atomically(path: Path, document: dict[str, Any]) -> None:
