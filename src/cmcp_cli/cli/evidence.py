@@ -123,7 +123,7 @@ def verify_command(
         else:
             for path, each in sequence.claims:
                 _render_verify(path, each)
-            _render_checks("the claims as one sequence", "linked", sequence.checks)
+            _render_checks("the claims as one sequence", "claim-sequence", sequence.checks)
             _render_verdict(sequence.exit_code, sequence.verdict)
         return int(sequence.exit_code)
     (claim,) = claims
