@@ -80,8 +80,10 @@ def test_each_claim_matches_the_chain_as_of_its_own_entry(
     key = ClaimKey.generate()
     db = tmp_path / "audit.db"
     claims = session_with_claims(db, key)
-    replay = replay_chains(iter_lines(db), segment_lines=segment_lines)["s-1"]
+    replay = replay_chains(iter_lines(db), session_id="s-1", segment_lines=segment_lines)["s-1"]
     assert replay.problems == []
+    # a replay of every session keeps no state per claim entry
+    assert replay_chains(iter_lines(db), segment_lines=segment_lines)["s-1"].issued == {}
     assert sorted(replay.issued) == [3, 6, 9]  # the seq of each claim entry
     lengths = [c["gateway"]["audit_chain"]["length"] for c in claims]
     assert lengths == [4, 7, 10, 11]

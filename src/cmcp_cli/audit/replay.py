@@ -118,7 +118,9 @@ class SessionReplay:
     start: Mapping[str, Any] | None = None  # the session_start entry's fields, once read
     end: Mapping[str, Any] | None = None  # the (first) session_end entry's fields, once read
     decisions_checked: int = 0
-    # the chain's `claim` entries by their seq: claims issued while the session went on
+    # The chain's `claim` entries by their seq (claims issued while the session went on),
+    # each with a copy of the chain's state: kept only when one session is replayed
+    # (`session_id`, as for matching a claim), so replaying a whole log stays bounded.
     issued: dict[int, IssuedClaim] = field(default_factory=dict, repr=False)
     truncated_report: bool = False
     first: FirstEntry | None = None
@@ -273,7 +275,7 @@ def replay_segment(
             _unreadable(sessions, line, where, exc, only)
             continue
         if only is None or entry.session_id == only:
-            _link(_session(sessions, entry.session_id), entry)
+            _link(_session(sessions, entry.session_id), entry, keep_issued=only is not None)
     return sessions
 
 
@@ -284,7 +286,7 @@ def _session(sessions: dict[str, SessionReplay], session_id: str) -> SessionRepl
     return replay
 
 
-def _link(replay: SessionReplay, entry: SealedEntry) -> None:
+def _link(replay: SessionReplay, entry: SealedEntry, *, keep_issued: bool = False) -> None:
     state = replay.state
     seq = entry.seq
     if replay.first is None:  # the seam with earlier segments is checked by `stitch`
@@ -324,7 +326,7 @@ def _link(replay: SessionReplay, entry: SealedEntry) -> None:
     # Counting goes on from what is there, so one bad entry does not hide the rest.
     state.length = seq
     state.apply(entry)
-    if entry.type == EntryType.CLAIM and seq not in replay.issued:
+    if keep_issued and entry.type == EntryType.CLAIM and seq not in replay.issued:
         replay.issued[seq] = IssuedClaim(entry.fields, copy.deepcopy(state))
     _track_answers(replay, entry)
 
