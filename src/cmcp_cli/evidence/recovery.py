@@ -26,7 +26,7 @@ from typing import Any
 from cmcp_cli.attestation.measurement import installation_digest
 from cmcp_cli.audit.processes import gateway_processes
 from cmcp_cli.audit.recorder import Clock, SessionRecorder, utc_now
-from cmcp_cli.audit.replay import SessionReplay, replay_chains
+from cmcp_cli.audit.replay import IssuedClaim, SessionReplay, replay_chains
 from cmcp_cli.audit.session_record import (
     INTERRUPTED,
     SessionRecordError,
@@ -34,6 +34,7 @@ from cmcp_cli.audit.session_record import (
     end_record,
 )
 from cmcp_cli.audit.store import AuditStore, iter_lines, unended_sessions
+from cmcp_cli.claim.canonical import CanonicalizationError
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.model import build_claim, claim_digest, trace_record
 from cmcp_cli.errors import CmcpError
@@ -127,42 +128,46 @@ def recover_sessions(
     return report
 
 
-def _last_issued(replay: SessionReplay) -> int:
-    """The sequence number of the chain's last `claim` entry; 0 when it has none."""
-    numbers = [
-        issued.fields.get("claim", {}).get("sequence_number")
-        for issued in replay.issued.values()
-        if isinstance(issued.fields.get("claim"), Mapping)
-    ]
-    return max((n for n in numbers if type(n) is int), default=0)
+def _last_issued(replay: SessionReplay) -> tuple[int, IssuedClaim | None]:
+    """The sequence number of the chain's last `claim` entry and that entry; 0 and None
+    when it has none."""
+    last: tuple[int, IssuedClaim | None] = (0, None)
+    for issued in replay.issued.values():
+        claim = issued.fields.get("claim")
+        number = claim.get("sequence_number") if isinstance(claim, Mapping) else None
+        if type(number) is int and number > last[0]:
+            last = (number, issued)
+    return last
 
 
-def _claim_file(path: Path) -> Mapping[str, Any] | None:
+def _tip_of(path: Path) -> object:
+    """The `audit_chain.tip` of the claim at `path`; None when there is none to read."""
     try:
         document = read_json_file(path, "claim")
     except CmcpError:
         return None
-    return document if isinstance(document, Mapping) else None
+    gateway = document.get("gateway") if isinstance(document, Mapping) else None
+    chain = gateway.get("audit_chain") if isinstance(gateway, Mapping) else None
+    return chain.get("tip") if isinstance(chain, Mapping) else None
 
 
 def _issued_per_call(path: Path, replay: SessionReplay) -> bool:
     """Whether the claim at `path` is one issued while the session went on: its tip is a
     `claim` entry of the chain, so it says nothing of the session's end."""
-    document = _claim_file(path)
-    gateway = document.get("gateway") if document is not None else None
-    chain = gateway.get("audit_chain") if isinstance(gateway, Mapping) else None
-    tip = chain.get("tip") if isinstance(chain, Mapping) else None
+    tip = _tip_of(path)
     return any(issued.state.tip == tip for issued in replay.issued.values())
 
 
-def _digest_of(path: Path, replay: SessionReplay) -> str | None:
+def _link_to(path: Path, last: IssuedClaim | None) -> str | None:
     """What the recovery claim links to: the digest of the session's last claim issued per
-    call, when its file is there and is a claim over this chain; else None, and the
-    sequence shows the link broken (its process died before writing it)."""
-    document = _claim_file(path)
-    if document is None or not _issued_per_call(path, replay):
+    call, when its file is there and covers the chain up to the last `claim` entry; else
+    None, and the sequence shows the link broken (its process died before writing it)."""
+    if last is None or _tip_of(path) != last.state.tip:
         return None
-    return claim_digest(document)
+    try:
+        return claim_digest(read_json_file(path, "claim"))
+    except (CmcpError, CanonicalizationError):
+        return None
 
 
 def _process_of(replay: SessionReplay) -> str | None:
@@ -212,14 +217,12 @@ def _finish(
         process_id=process_id,
         clock=clock,
     )
-    issued = _last_issued(replay)
+    issued, last = _last_issued(replay)
     ending = end_record(
         reason=INTERRUPTED,
         issued_at=int(clock().timestamp()),
         sequence_number=issued + 1,
-        previous=_digest_of(claim_path(claims_dir, replay.session_id, sequence=issued), replay)
-        if issued
-        else None,
+        previous=_link_to(claim_path(claims_dir, replay.session_id, sequence=issued), last),
         recovered_by=attested.issuer,
     )
     try:  # before anything is appended: a chain whose claim cannot be built stays as it is
