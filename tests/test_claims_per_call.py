@@ -123,6 +123,9 @@ def test_five_calls_yield_five_linked_claims_and_the_last_at_the_end(
     for path in paths:  # each alone, against the log as of its own issuance
         alone = verify(path, "--audit-log", str(audit))
         assert alone.returncode == 0, (path.name, alone.stdout)
+    # a claim's standalone TRACE record too
+    standalone = verify(folder / f"{session}.3.record.json", "--audit-log", str(audit))
+    assert standalone.returncode == 0, standalone.stdout
     chained = verify(*paths, "--audit-log", str(audit))
     assert chained.returncode == 0, chained.stdout
     report = chained.json()
