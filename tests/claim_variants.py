@@ -41,6 +41,7 @@ CAUGHT_BY: dict[str, str] = {
     "gateway.session_id": "audit log",  # the log holds no such session
     "gateway.gateway_version": "log: issuer",
     "gateway.sequence_number": "log: issuance",
+    "gateway.previous_claim": "log: issuance",
     "gateway.audit_chain": "log: chain",
     "gateway.call_summary": "log: counters",
     "gateway.catalog": "log: session",
@@ -102,7 +103,10 @@ _ALPHABETS = ("0123456789abcdef", "ghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTU
 
 def flipped(value: Any) -> Any:
     """The same type, another value: a flag toggled, a number plus one, the last letter or
-    digit of a text moved on by one (so hex stays hex and base64 stays base64)."""
+    digit of a text moved on by one (so hex stays hex and base64 stays base64), a null
+    (the first claim's `previous_claim`) a well-formed digest."""
+    if value is None:
+        return "sha256:" + "0" * 64
     if isinstance(value, bool):
         return not value
     if isinstance(value, int):

@@ -62,6 +62,7 @@ def test_the_trace_record_is_trace_v0_2_for_an_independent_implementation(
         "session_id",
         "gateway_version",
         "sequence_number",
+        "previous_claim",
         "audit_chain",
         "call_summary",
         "catalog",

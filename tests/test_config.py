@@ -229,3 +229,15 @@ def test_dev_mode_values(tmp_path: Path) -> None:
     assert "neither 1 nor 0" in problems[0].message
     with pytest.raises(ConfigError, match="environment"):
         load_config(write(tmp_path, MINIMAL), environ={"CMCP_DEV_MODE": "maybe"})
+
+
+@pytest.mark.parametrize("value", ["1", "'true'", "null", "[true]"])
+def test_claims_per_call_is_true_or_false_and_nothing_else(tmp_path: Path, value: str) -> None:
+    assert not load_config(write(tmp_path, MINIMAL), environ={}).model.claims.per_call
+    on = load_config(write(tmp_path, MINIMAL + "claims:\n  per_call: true\n"), environ={})
+    assert on.model.claims.per_call is True
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, MINIMAL + f"claims:\n  per_call: {value}\n"), environ={})
+    (problem,) = caught.value.problems
+    assert problem.message.startswith("claims.per_call"), problem.message
+    assert problem.line == 4

@@ -36,7 +36,8 @@ def two_agents(tmp_path: Path, upstream: Served) -> tuple[Path, dict[str, str]]:
         "PAYMENTS_TOKEN": PAYMENTS_TOKEN,
         "CMCP_OPERATOR_TOKEN": OPERATOR_TOKEN,
     }
-    return write_config(tmp_path, upstream.url, auth=auth), env
+    # claims per call: each claim is also served by its sequence number, by the same rule
+    return write_config(tmp_path, upstream.url, auth=auth, claims={"per_call": True}), env
 
 
 def open_session(gateway: Served, caller: dict[str, str]) -> str:
@@ -70,7 +71,13 @@ def test_a_claim_and_its_audit_chain_are_read_by_their_agent_and_the_operator_on
         payments = open_session(gateway, AS_PAYMENTS)
         close_session(gateway, AS_PAYMENTS, payments)
 
-        for path in (f"/trace/{risk}", f"/trace/{risk}?format=record", f"/audit/{risk}"):
+        for path in (
+            f"/trace/{risk}",
+            f"/trace/{risk}?format=record",
+            f"/trace/{risk}?sequence=1",
+            f"/trace/{risk}?sequence=1&format=record",
+            f"/audit/{risk}",
+        ):
             assert get(gateway, path, AS_RISK)[0] == 200, path
             assert get(gateway, path, AS_OPERATOR)[0] == 200, path
             assert get(gateway, path, None)[0] == 401, path

@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     PositiveInt,
     SecretStr,
+    StrictBool,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -144,6 +145,9 @@ class ModelIdentity(_Section):
 
 class ClaimsConfig(_Section):
     dir: ConfigPath = Path("claims")
+    # Also sign a claim after each tool call's outcome, over the chain up to it, besides
+    # the session's last claim at its end (docs/configuration.md).
+    per_call: StrictBool = False
     trust_domain: NonEmpty = "cmcp.local"
     model: ModelIdentity = ModelIdentity()
 

@@ -39,6 +39,10 @@ class EntryType(enum.StrEnum):
     FAULT = "fault"
     ATTESTATION = "attestation"
     POLICY_LOAD = "policy_load"
+    # What fixes the issuance of a claim over the chain up to and including this entry,
+    # issued while the session goes on (`claims.per_call`): `claim{iat, sequence_number,
+    # previous}`, as session_end records it for the session's last claim.
+    CLAIM = "claim"
 
 
 class EntryError(ValueError):

@@ -11,9 +11,9 @@ from typing import Any, TypeGuard
 import orjson
 
 from cmcp_cli.attestation.binding import compute_binding
-from cmcp_cli.audit.chain import DECISION_PHASE, DEFAULT_KIND
+from cmcp_cli.audit.chain import DECISION_PHASE, DEFAULT_KIND, ChainState
 from cmcp_cli.audit.entry import EntryError, open_line
-from cmcp_cli.audit.replay import ProblemKind, SessionReplay
+from cmcp_cli.audit.replay import IssuedClaim, ProblemKind, SessionReplay
 from cmcp_cli.audit.session_record import (
     SessionRecordError,
     claim_facts,
@@ -180,7 +180,7 @@ LOG_CHECKS: Mapping[str, tuple[str, ...]] = {
     "log: counters": ("gateway.call_summary", "trace.tool_transcript.call_count"),
     "log: data class": ("trace.data_class",),
     "log: drift": ("gateway.catalog.drift_detected",),
-    "log: issuance": ("trace.iat", "gateway.sequence_number"),
+    "log: issuance": ("trace.iat", "gateway.sequence_number", "gateway.previous_claim"),
 }
 _OTHER_MEMBERS = "log: session"
 _ISSUANCE = "log: issuance"
@@ -195,7 +195,8 @@ _COVERS = {
     "tool_transcript.call_count are counted from the log",
     "log: data class": "data_class is the most sensitive class of the log's forwarded calls",
     "log: drift": "catalog.drift_detected is whether the log records drift",
-    "log: issuance": "iat and sequence_number are what session_end records",
+    "log: issuance": "iat, sequence_number and previous_claim are what the claim's record "
+    "of issuance (session_end, or the claim entry at its tip) records",
 }
 # A standalone TRACE record states less: what its checks cover there.
 _RECORD_COVERS = {
@@ -205,7 +206,7 @@ _RECORD_COVERS = {
     "log: issuer": "the key (by RFC 7638 thumbprint), platform, measurement, gateway build "
     "and appraisal are the issuer's record",
     "log: counters": "tool_transcript.call_count is counted from the log",
-    "log: issuance": "iat is what session_end records",
+    "log: issuance": "iat is what the claim's record of issuance records",
 }
 _SHOWN_CHARS = 120
 _ABSENT = object()
@@ -252,11 +253,13 @@ def match_claim(replay: SessionReplay, document: Mapping[str, Any]) -> ClaimMatc
     claim: `unmatched` names the member.
     """
     gateway_claim = is_gateway_claim(document)
-    end = replay.end
+    issued = _issued_at_tip(replay, document)
+    end = replay.end if issued is None else issued.fields
+    state = replay.state if issued is None else issued.state
     if end is None:  # a chain cut short: all but what session_end fixes is still compared
-        end = {"reason": None, "claim": {"iat": -1, "sequence_number": -1}}
+        end = {"reason": None, "claim": {"iat": -1, "sequence_number": -1, "previous": None}}
     try:
-        expected, key_check, evidence_check = _expected_claim(replay, end)
+        expected, key_check, evidence_check = _expected_claim(replay, end, state)
     except SessionRecordError as exc:
         return ClaimMatch(checks=(), unmatched=f"the log cannot vouch for the claim: {exc}")
     stated = {k: v for k, v in document.items() if k != SIGNATURE}
@@ -267,7 +270,7 @@ def match_claim(replay: SessionReplay, document: Mapping[str, Any]) -> ClaimMatc
         expected, stated = {"trace": expected["trace"]}, {"trace": stated}
     found: list[Mismatch] = []
     _compare(expected, stated, "", special, found)
-    length = replay.state.length
+    length = state.length
     stated_length = _mapping(_mapping(stated.get("gateway")).get("audit_chain")).get("length")
     grouped: dict[str, list[Mismatch]] = {name: [] for name in log_check_names(gateway_claim)}
     for mismatch in found:
@@ -280,7 +283,7 @@ def match_claim(replay: SessionReplay, document: Mapping[str, Any]) -> ClaimMatc
         ):
             located = Mismatch(mismatch.path, mismatch.message, missing_from=length)
         grouped[_check_of(mismatch.path)].append(located)
-    if replay.end is None:
+    if replay.end is None and issued is None:
         grouped[_ISSUANCE] = [
             Mismatch(
                 "session_end",
@@ -294,8 +297,23 @@ def match_claim(replay: SessionReplay, document: Mapping[str, Any]) -> ClaimMatc
     )
 
 
+def _issued_at_tip(replay: SessionReplay, document: Mapping[str, Any]) -> IssuedClaim | None:
+    """The `claim` entry whose chain the claim covers, when its stated tip is one: a claim
+    issued while the session went on is matched with the chain up to that entry; any
+    other claim with the whole chain and its session_end."""
+    gateway = _mapping(document.get("gateway"))
+    if gateway:
+        tip = _mapping(gateway.get("audit_chain")).get("tip")
+    else:  # a standalone TRACE record
+        tip = _mapping(document.get("tool_transcript")).get("hash")
+    for issued in replay.issued.values():
+        if issued.state.tip == tip:
+            return issued
+    return None
+
+
 def _expected_claim(
-    replay: SessionReplay, end: Mapping[str, Any]
+    replay: SessionReplay, end: Mapping[str, Any], state: ChainState
 ) -> tuple[dict[str, Any], Callable[[object], str | None], Callable[[object], str | None]]:
     """The unsigned claim the log determines, and how the claim's key and evidence are
     judged against the digests the log keeps of them."""
@@ -305,11 +323,11 @@ def _expected_claim(
     thumbprint = issuer_member(start, end, "key_thumbprint")
     where = "session_start" if issuer_of(start, end) is start else "session_end.recovered_by"
     # the evidence the claim carries is the newest an attestation entry records, if any
-    newest, evidence_at = evidence_record(start, end, replay.state)
+    newest, evidence_at = evidence_record(start, end, state)
     evidence_digest = newest.get("evidence_digest")
     if not isinstance(evidence_digest, str):
         raise SessionRecordError(f"{evidence_at} records no evidence_digest string")
-    facts = claim_facts(start, end, replay.state, {})
+    facts = claim_facts(start, end, state, {})
     if facts.enforcement_mode not in ENFORCEMENT_MODES:
         raise SessionRecordError(
             f"session_start records enforcement_mode {facts.enforcement_mode!r}, not one of "

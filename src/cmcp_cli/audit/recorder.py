@@ -12,13 +12,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from cmcp_cli.audit.chain import DECISION_PHASE, DEFAULT_KIND, OUTCOME_PHASE, ChainState
 from cmcp_cli.audit.entry import ENTRY_FORMAT, EntryType, SealedEntry, seal, timestamp
 from cmcp_cli.audit.store import AuditStore
 
 Clock = Callable[[], datetime]
+_Built = TypeVar("_Built")
 
 
 class ChainEndedError(Exception):
@@ -80,7 +81,14 @@ class SessionRecorder:
     def session_id(self) -> str:
         return self.state.session_id
 
-    def _append(self, kind: EntryType, fields: Mapping[str, Any]) -> SealedEntry:
+    def _append(
+        self,
+        kind: EntryType,
+        fields: Mapping[str, Any],
+        then: Callable[[SealedEntry, ChainState], None] | None = None,
+    ) -> SealedEntry:
+        """Seal, submit and apply one entry; `then` sees the entry and the state it leaves
+        before any other entry of the session can follow it."""
         with self._lock:
             if self.ended:
                 raise ChainEndedError(self.state.session_id, kind.value)
@@ -101,6 +109,8 @@ class SessionRecorder:
             # fails the store for every later entry.
             self.state.apply(entry)
             self.ended = kind is EntryType.SESSION_END
+            if then is not None:
+                then(entry, self.state)
         deferred = _DEFERRED.get()
         if deferred is None:
             done.result()  # durable before the caller goes on
@@ -205,6 +215,18 @@ class SessionRecorder:
         return self._append(
             EntryType.POLICY_LOAD, {"bundle_hash": bundle_hash, "policy_count": policy_count}
         )
+
+    def claim(
+        self, record: Mapping[str, Any], build: Callable[[SealedEntry, ChainState], _Built]
+    ) -> _Built:
+        """A `claim` entry (`session_record.claim_record` gives its members), and what
+        `build` makes of the chain's state right after it: the claim over the chain up to
+        and including this entry, fixed before any later entry changes that state."""
+        built: list[_Built] = []
+        self._append(
+            EntryType.CLAIM, record, lambda entry, state: built.append(build(entry, state))
+        )
+        return built[0]
 
     def end(self, record: Mapping[str, Any]) -> SealedEntry:
         """The last entry (`session_record.end_record` gives its members)."""

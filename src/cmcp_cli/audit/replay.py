@@ -18,6 +18,7 @@ checks the slices of a large log file in parallel worker processes with the same
 
 from __future__ import annotations
 
+import copy
 import enum
 import itertools
 import multiprocessing
@@ -99,6 +100,15 @@ class Pending(NamedTuple):
     kind: str  # the decision's message kind
 
 
+@dataclass(frozen=True)
+class IssuedClaim:
+    """A `claim` entry of the chain and the chain's state right after it: what the claim
+    it fixes is matched with (`matching.match_claim`)."""
+
+    fields: Mapping[str, Any]
+    state: ChainState
+
+
 @dataclass
 class SessionReplay:
     session_id: str
@@ -108,6 +118,10 @@ class SessionReplay:
     start: Mapping[str, Any] | None = None  # the session_start entry's fields, once read
     end: Mapping[str, Any] | None = None  # the (first) session_end entry's fields, once read
     decisions_checked: int = 0
+    # The chain's `claim` entries by their seq (claims issued while the session went on),
+    # each with a copy of the chain's state: kept only when one session is replayed
+    # (`session_id`, as for matching a claim), so replaying a whole log stays bounded.
+    issued: dict[int, IssuedClaim] = field(default_factory=dict, repr=False)
     truncated_report: bool = False
     first: FirstEntry | None = None
     seen: SeqRanges = field(default_factory=SeqRanges, repr=False)
@@ -261,7 +275,7 @@ def replay_segment(
             _unreadable(sessions, line, where, exc, only)
             continue
         if only is None or entry.session_id == only:
-            _link(_session(sessions, entry.session_id), entry)
+            _link(_session(sessions, entry.session_id), entry, keep_issued=only is not None)
     return sessions
 
 
@@ -272,7 +286,7 @@ def _session(sessions: dict[str, SessionReplay], session_id: str) -> SessionRepl
     return replay
 
 
-def _link(replay: SessionReplay, entry: SealedEntry) -> None:
+def _link(replay: SessionReplay, entry: SealedEntry, *, keep_issued: bool = False) -> None:
     state = replay.state
     seq = entry.seq
     if replay.first is None:  # the seam with earlier segments is checked by `stitch`
@@ -312,6 +326,8 @@ def _link(replay: SessionReplay, entry: SealedEntry) -> None:
     # Counting goes on from what is there, so one bad entry does not hide the rest.
     state.length = seq
     state.apply(entry)
+    if keep_issued and entry.type == EntryType.CLAIM and seq not in replay.issued:
+        replay.issued[seq] = IssuedClaim(entry.fields, copy.deepcopy(state))
     _track_answers(replay, entry)
 
 
@@ -438,6 +454,10 @@ def stitch(sessions: dict[str, SessionReplay], later: SessionReplay) -> None:
     if later.first is not None:
         if earlier.state.root is None:
             earlier.state.root = later.state.root
+        for seq, issued in later.issued.items():  # their state counted from this segment on
+            whole = copy.deepcopy(earlier.state)
+            whole.absorb(issued.state)
+            earlier.issued.setdefault(seq, IssuedClaim(issued.fields, whole))
         earlier.state.absorb(later.state)
 
 

@@ -3,8 +3,11 @@
 `session_start` records the session (its agent, policy, catalog, model) and its issuer:
 the process, key, platform, measurement, evidence digest and gateway build that sign its
 claim. `session_end` records what is fixed only when the claim is issued (`iat`,
-`sequence_number`); a session closed by a later process after its own process died
-(`recovered_by`) names that later process as the issuer instead.
+`sequence_number`, and `previous`, the digest of the session's claim before it); a session
+closed by a later process after its own process died (`recovered_by`) names that later
+process as the issuer instead. With `claims.per_call`, a `claim` entry records the same
+`claim` member for a claim issued while the session goes on, over the chain up to and
+including that entry; session_end's claim continues their sequence.
 
 An `attestation` entry records a re-attestation of the session's binding; the newest one
 with evidence is the evidence the claim carries (`evidence_record`), and the stale ones
@@ -138,17 +141,31 @@ def start_record(header: SessionHeader, issuer: Issuer) -> dict[str, Any]:
     return {**header.record(), **issuer.record()}
 
 
+def issuance(*, issued_at: int, sequence_number: int, previous: str | None) -> dict[str, Any]:
+    """What a claim fixes at issuance, as its record's `claim` member keeps it."""
+    return {"iat": issued_at, "sequence_number": sequence_number, "previous": previous}
+
+
+def claim_record(*, issued_at: int, sequence_number: int, previous: str | None) -> dict[str, Any]:
+    """The members of a `claim` entry: the issuance of a claim issued while the session
+    goes on, over the chain up to and including this entry."""
+    return {
+        "claim": issuance(issued_at=issued_at, sequence_number=sequence_number, previous=previous)
+    }
+
+
 def end_record(
     *,
     reason: str,
     issued_at: int,
     sequence_number: int,
+    previous: str | None = None,
     recovered_by: Issuer | None = None,
 ) -> dict[str, Any]:
     """The members of a session_end entry: why, and what its claim fixes at issuance."""
     fields: dict[str, Any] = {
         "reason": reason,
-        "claim": {"iat": issued_at, "sequence_number": sequence_number},
+        "claim": issuance(issued_at=issued_at, sequence_number=sequence_number, previous=previous),
     }
     if recovered_by is not None:
         fields["recovered_by"] = recovered_by.record()
@@ -233,16 +250,29 @@ def claim_facts(
     state: ChainState,
     attestation: Mapping[str, Any],
 ) -> SessionFacts:
-    """The facts of the claim that a chain with these session_start and session_end
-    records, and this state, determines. `attestation` is the claim's own
-    `gateway.attestation` for the members the log keeps only a digest of (`evidence`) or
-    recomputes (`binding`); every other member comes from the records.
+    """The facts of the claim that a chain with this session_start and this record of
+    issuance (`end`: the session_end, or a `claim` entry, whose `claim` member fixes
+    `iat`, `sequence_number` and `previous`), and its state as of that record, determines.
+    `attestation` is the claim's own `gateway.attestation` for the members the log keeps
+    only a digest of (`evidence`) or recomputes (`binding`); every other member comes from
+    the records.
 
     Raises `SessionRecordError` naming the first member that is missing or mistyped.
     """
     issuer = issuer_of(start, end)
     who = "session_start" if issuer is start else "session_end.recovered_by"
-    claim = _member(end, "claim", Mapping, "session_end")
+    # a claim entry has no reason: session_end always does
+    named = "session_end" if "reason" in end else "the claim entry"
+    claim = _member(end, "claim", Mapping, named)
+    issued_at = _member(claim, "iat", int, f"{named}.claim")
+    sequence_number = _member(claim, "sequence_number", int, f"{named}.claim")
+    if "previous" not in claim:
+        raise SessionRecordError(f"{named}.claim records no previous")
+    previous = claim["previous"]
+    if previous is not None and not isinstance(previous, str):
+        raise SessionRecordError(
+            f"{named}.claim records previous as {_json_type(previous)}, not a string or null"
+        )
     model = _member(start, "model", Mapping, "session_start")
     appraisal = _member(issuer, "appraisal", Mapping, who)
     issued = _member(issuer, "attestation", Mapping, who)
@@ -262,8 +292,8 @@ def claim_facts(
     return SessionFacts(
         session_id=state.session_id,
         gateway_version=_member(issuer, "gateway_version", str, who),
-        sequence_number=_member(claim, "sequence_number", int, "session_end.claim"),
-        issued_at=_member(claim, "iat", int, "session_end.claim"),
+        sequence_number=sequence_number,
+        issued_at=issued_at,
         trust_domain=_member(start, "trust_domain", str, "session_start"),
         model_provider=_member(model, "provider", str, "session_start.model"),
         model_id=_member(model, "model_id", str, "session_start.model"),
@@ -291,6 +321,7 @@ def claim_facts(
         appraisal_status=_member(appraisal, "status", str, f"{who}.appraisal"),
         appraisal_verifier=_member(appraisal, "verifier", str, f"{who}.appraisal"),
         recovery=recovery,
+        previous_claim=previous,
     )
 
 

@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cmcp_cli.claim.canonical import canonical_sha256
 from cmcp_cli.claim.keys import ClaimKey
-from cmcp_cli.claim.signing import signed
+from cmcp_cli.claim.signing import SIGNATURE, signed
 
 CLAIM_VERSION = "1.0"
 EAT_PROFILE = "tag:agentrust-io.com,2026:trace-v0.2"
@@ -53,6 +54,8 @@ class SessionFacts:
     # that was interrupted and the one that issued this claim (`interrupted_process`,
     # `process`); None for a session its own process closed.
     recovery: Mapping[str, str] | None = None
+    # `claim_digest` of the session's claim before this one; None for its first claim.
+    previous_claim: str | None = None
 
 
 def subject(trust_domain: str, session_id: str) -> str:
@@ -92,6 +95,7 @@ def claim_body(facts: SessionFacts, jwk: Mapping[str, str]) -> dict[str, Any]:
             "session_id": facts.session_id,
             "gateway_version": facts.gateway_version,
             "sequence_number": facts.sequence_number,
+            "previous_claim": facts.previous_claim,
             "audit_chain": dict(facts.audit_chain),
             "call_summary": dict(facts.call_summary),
             "catalog": {"hash": facts.catalog_hash, "drift_detected": facts.drift_detected},
@@ -106,6 +110,14 @@ def claim_body(facts: SessionFacts, jwk: Mapping[str, str]) -> dict[str, Any]:
 def build_claim(facts: SessionFacts, key: ClaimKey) -> dict[str, Any]:
     """The signed GatewayClaim of a session."""
     return signed(claim_body(facts, key.public_jwk), key)
+
+
+def claim_digest(claim: Mapping[str, Any]) -> str:
+    """What the next claim of a session links to (`gateway.previous_claim`): the RFC 8785
+    SHA-256 digest of a claim without its signature. The signature is left out so the
+    link can be fixed before the claim is signed; a claim whose signature was changed
+    fails its own signature check instead."""
+    return canonical_sha256({k: v for k, v in claim.items() if k != SIGNATURE})
 
 
 def trace_record(claim: Mapping[str, Any], key: ClaimKey) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cmcp_cli.attestation.api import CheckStatus
+from cmcp_cli.attestation.api import Check, CheckStatus
 from cmcp_cli.audit.report import (
     ReplayReport,
     ReplayRequest,
@@ -29,6 +29,7 @@ from cmcp_cli.verify.claim import (
     resolve_trusted_key,
     verify_claim_file,
 )
+from cmcp_cli.verify.sequence import verify_sequence
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print only the JSON report on stdout.")]
 _STATUS_STYLE = {
@@ -39,7 +40,14 @@ _STATUS_STYLE = {
 
 
 def verify_command(
-    claim: Annotated[Path, typer.Argument(help="A GatewayClaim or a standalone TRACE record.")],
+    claims: Annotated[
+        list[Path],
+        typer.Argument(
+            help="A GatewayClaim or a standalone TRACE record; or several claims of one "
+            "session, in sequence order, to check their links too.",
+            show_default=False,
+        ),
+    ],
     policy_hash: Annotated[
         str | None, typer.Option("--policy-hash", help="Pin the bundle hash.")
     ] = None,
@@ -94,7 +102,8 @@ def verify_command(
     ] = False,
     as_json: JsonFlag = False,
 ) -> int:
-    """Verify a claim offline: every check itemised; exit 0 verified, 1 failed, 3 not attested."""
+    """Verify a claim offline, or a session's claims and their links: every check itemised;
+    exit 0 verified, 1 failed, 3 not attested."""
     options = VerifyOptions(
         policy_hash=policy_hash,
         catalog_hash=catalog_hash,
@@ -106,9 +115,19 @@ def verify_command(
         allow_software=allow_software,
         allow_debug=allow_debug,
     )
-    report = verify_claim_file(
-        claim, options, tuple(trust_root or ()), tuple(collateral or ()), platform_policy
-    )
+    roots, extra = tuple(trust_root or ()), tuple(collateral or ())
+    if len(claims) > 1:
+        sequence = verify_sequence(claims, options, roots, extra, platform_policy)
+        if as_json:
+            render.emit_json(sequence.to_json())
+        else:
+            for path, each in sequence.claims:
+                _render_verify(path, each)
+            _render_checks("the claims as one sequence", "claim-sequence", sequence.checks)
+            _render_verdict(sequence.exit_code, sequence.verdict)
+        return int(sequence.exit_code)
+    (claim,) = claims
+    report = verify_claim_file(claim, options, roots, extra, platform_policy)
     if as_json:
         render.emit_json(report.to_json())
     else:
@@ -129,20 +148,26 @@ def _parse_time(text: str) -> datetime:
 
 
 def _render_verify(claim: Path, report: VerifyReport) -> None:
-    render.err.print(f"[bold]{escape(str(claim))}[/bold] ({report.kind})")
+    _render_checks(str(claim), report.kind, report.checks)
+    _render_verdict(report.exit_code, report.verdict)
+
+
+def _render_checks(title: str, kind: str, checks: list[Check]) -> None:
+    render.err.print(f"[bold]{escape(title)}[/bold] ({kind})")
     table = Table()
     for column in ("check", "result", "reason"):
         table.add_column(column)
-    for check in report.checks:
+    for check in checks:
         style = _STATUS_STYLE[check.status]
         table.add_row(
             escape(check.name), f"[{style}]{check.status.value}[/{style}]", escape(check.reason)
         )
     render.err.print(table)
-    style = {ExitCode.OK: "bold green", ExitCode.FAILED: "bold red"}.get(
-        report.exit_code, "bold yellow"
-    )
-    render.err.print(f"[{style}]{escape(report.verdict)}[/{style}]")
+
+
+def _render_verdict(code: ExitCode, verdict: str) -> None:
+    style = {ExitCode.OK: "bold green", ExitCode.FAILED: "bold red"}.get(code, "bold yellow")
+    render.err.print(f"[{style}]{escape(verdict)}[/{style}]")
 
 
 def replay_audit_command(

@@ -1,35 +1,87 @@
-"""Where a session's claim and its TRACE record are written: `<claims.dir>/<session>.claim.json`
-and `<session>.record.json`, each written to a temporary file, synced and renamed into
+"""Where a session's claims and their TRACE records are written.
+
+`<claims.dir>/<session>.claim.json` and `<session>.record.json` hold the session's latest
+claim (its final one once it ended). With `claims.per_call`, every claim of the session is
+also kept under its sequence number, `<session>.<n>.claim.json` and `<session>.<n>.record.json`,
+the final one included. Each file is written to a temporary file, synced and renamed into
 place, so a reader never sees half a claim. A session closed by its own process and one
-closed by a later process's recovery are written the same way, to the same place."""
+closed by a later process's recovery are written the same way, to the same place.
+"""
 
 from __future__ import annotations
 
-import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from cmcp_cli.evidence.session import ClosedSession
 
 
-def claim_path(claims_dir: Path, session_id: str, *, record: bool = False) -> Path:
+def claim_path(
+    claims_dir: Path, session_id: str, *, record: bool = False, sequence: int | None = None
+) -> Path:
+    """The session's latest claim (or TRACE record), or with `sequence` its claim of that
+    sequence number."""
     suffix = "record" if record else "claim"
-    return claims_dir / f"{session_id}.{suffix}.json"
+    numbered = "" if sequence is None else f".{sequence}"
+    return claims_dir / f"{session_id}{numbered}.{suffix}.json"
 
 
-def write_claim(claims_dir: Path, session_id: str, closed: ClosedSession) -> Path:
-    """Write the claim and the TRACE record of a closed session; returns the claim's path."""
+def write_claim(
+    claims_dir: Path, session_id: str, closed: ClosedSession, *, numbered: bool = False
+) -> Path:
+    """Write a claim and its TRACE record as the session's latest; with `numbered` under
+    its sequence number, and as the latest only when no later claim of the session is
+    there already. Returns the latest claim's path."""
     claim = claim_path(claims_dir, session_id)
-    _write_atomically(claim, closed.claim)
-    _write_atomically(claim_path(claims_dir, session_id, record=True), closed.trace_record)
+    record = claim_path(claims_dir, session_id, record=True)
+    if not numbered:
+        _write_atomically(claim, closed.claim)
+        _write_atomically(record, closed.trace_record)
+        return claim
+    sequence = closed.claim["gateway"]["sequence_number"]
+    written = (
+        (claim_path(claims_dir, session_id, sequence=sequence), closed.claim, claim),
+        (
+            claim_path(claims_dir, session_id, record=True, sequence=sequence),
+            closed.trace_record,
+            record,
+        ),
+    )
+    for numbered_path, document, _ in written:
+        _write_atomically(numbered_path, document)
+    # Claims of one session may finish writing out of order (one issued per call while the
+    # session closes): the latest names the highest sequence number written.
+    with _LATEST:
+        if _sequence_of(claim) < sequence:
+            for numbered_path, _, latest in written:
+                # the same synced file under a second name: no second write
+                linked = latest.with_suffix(".link")
+                linked.unlink(missing_ok=True)
+                os.link(numbered_path, linked)
+                linked.replace(latest)
     return claim
+
+
+_LATEST = threading.Lock()
+
+
+def _sequence_of(path: Path) -> int:
+    """The sequence number of the claim at `path`; 0 when there is none to read."""
+    try:
+        number = orjson.loads(path.read_bytes())["gateway"]["sequence_number"]
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
+        return 0
+    return number if type(number) is int else 0
 
 
 def _write_atomically(path: Path, document: dict[str, Any]) -> None:
     temporary = path.with_suffix(".tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=2, ensure_ascii=False)
+    with temporary.open("wb") as handle:
+        handle.write(orjson.dumps(document, option=orjson.OPT_INDENT_2))
         handle.flush()
         os.fsync(handle.fileno())
     temporary.replace(path)

@@ -8,8 +8,10 @@ session_end whose reason is the interruption and whose `recovered_by` names this
 and its own attested key, which signs the session's claim. The claim says it is a
 recovery claim (`gateway.recovery`) and whose session it closed.
 
-A chain is never finished over a deletion. When its chain is not intact, when a claim
-for it already exists (so it had ended), or when its process stopped cleanly (and so had
+A recovery claim continues the sequence of the claims the session issued per call and
+links to the last of them when its file is there. A chain is never finished over a
+deletion. When its chain is not intact, when a claim for it already exists that is not
+one issued per call (so it had ended), or when its process stopped cleanly (and so had
 closed it), entries were removed: it is left as it is and reported as truncated.
 """
 
@@ -24,7 +26,7 @@ from typing import Any
 from cmcp_cli.attestation.measurement import installation_digest
 from cmcp_cli.audit.processes import gateway_processes
 from cmcp_cli.audit.recorder import Clock, SessionRecorder, utc_now
-from cmcp_cli.audit.replay import SessionReplay, replay_chains
+from cmcp_cli.audit.replay import IssuedClaim, SessionReplay, replay_chains
 from cmcp_cli.audit.session_record import (
     INTERRUPTED,
     SessionRecordError,
@@ -32,10 +34,13 @@ from cmcp_cli.audit.session_record import (
     end_record,
 )
 from cmcp_cli.audit.store import AuditStore, iter_lines, unended_sessions
+from cmcp_cli.claim.canonical import CanonicalizationError
 from cmcp_cli.claim.keys import ClaimKey
-from cmcp_cli.claim.model import build_claim, trace_record
+from cmcp_cli.claim.model import build_claim, claim_digest, trace_record
+from cmcp_cli.errors import CmcpError
 from cmcp_cli.evidence.claim_files import claim_path, write_claim
 from cmcp_cli.evidence.session import GATEWAY_PROCESS, Attestor, ClosedSession, attest_key
+from cmcp_cli.strict_json import read_json_file
 
 _LOG = logging.getLogger(__name__)
 INTERRUPTED_STAGE = "interrupted"  # the stage of the fault of a message in flight at the crash
@@ -123,6 +128,48 @@ def recover_sessions(
     return report
 
 
+def _last_issued(replay: SessionReplay) -> tuple[int, IssuedClaim | None]:
+    """The sequence number of the chain's last `claim` entry and that entry; 0 and None
+    when it has none."""
+    last: tuple[int, IssuedClaim | None] = (0, None)
+    for issued in replay.issued.values():
+        claim = issued.fields.get("claim")
+        number = claim.get("sequence_number") if isinstance(claim, Mapping) else None
+        if type(number) is int and number > last[0]:
+            last = (number, issued)
+    return last
+
+
+def _tip_of(path: Path) -> object:
+    """The `audit_chain.tip` of the claim at `path`; None when there is none to read."""
+    try:
+        document = read_json_file(path, "claim")
+    except CmcpError:
+        return None
+    gateway = document.get("gateway") if isinstance(document, Mapping) else None
+    chain = gateway.get("audit_chain") if isinstance(gateway, Mapping) else None
+    return chain.get("tip") if isinstance(chain, Mapping) else None
+
+
+def _issued_per_call(path: Path, replay: SessionReplay) -> bool:
+    """Whether the claim at `path` is one issued while the session went on: its tip is a
+    `claim` entry of the chain, so it says nothing of the session's end."""
+    tip = _tip_of(path)
+    return any(issued.state.tip == tip for issued in replay.issued.values())
+
+
+def _link_to(path: Path, last: IssuedClaim | None) -> str | None:
+    """What the recovery claim links to: the digest of the session's last claim issued per
+    call, when its file is there and covers the chain up to the last `claim` entry; else
+    None, and the sequence shows the link broken (its process died before writing it)."""
+    if last is None or _tip_of(path) != last.state.tip:
+        return None
+    try:
+        return claim_digest(read_json_file(path, "claim"))
+    except (CmcpError, CanonicalizationError):
+        return None
+
+
 def _process_of(replay: SessionReplay) -> str | None:
     process = replay.start.get("process") if replay.start is not None else None
     return process if isinstance(process, str) else None
@@ -140,8 +187,9 @@ def _why_truncated(
         return "its session_start names no gateway process"
     if not all(isinstance(start.get(name), str) for name in ("bundle_hash", "catalog_hash")):
         return "its session_start records no bundle_hash or catalog_hash"
-    if claim_path(claims_dir, replay.session_id).exists():
-        return f"a claim was issued for it ({claim_path(claims_dir, replay.session_id)})"
+    latest = claim_path(claims_dir, replay.session_id)
+    if latest.exists() and not _issued_per_call(latest, replay):
+        return f"a claim was issued for it ({latest})"
     if process in stopped:
         return f"its gateway process {process} stopped cleanly, after closing its sessions"
     return None
@@ -169,10 +217,12 @@ def _finish(
         process_id=process_id,
         clock=clock,
     )
+    issued, last = _last_issued(replay)
     ending = end_record(
         reason=INTERRUPTED,
         issued_at=int(clock().timestamp()),
-        sequence_number=1,
+        sequence_number=issued + 1,
+        previous=_link_to(claim_path(claims_dir, replay.session_id, sequence=issued), last),
         recovered_by=attested.issuer,
     )
     try:  # before anything is appended: a chain whose claim cannot be built stays as it is

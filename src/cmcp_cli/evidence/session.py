@@ -4,6 +4,9 @@ Opening a session generates the claim-signing key in memory, computes the DESIGN
 binding, has the attestation provider collect evidence over it, and writes the
 `session_start` entry that roots the chain in the bundle, catalog, key and platform.
 Closing it writes `session_end` and signs the GatewayClaim from the chain's own state.
+With claims per call, `issue_claim` records a `claim` entry after a call and fixes the
+claim over the chain up to it; its signing is left to the caller (`PendingClaim.sign`), so
+it can happen off the call's path. Each claim links the one before it (`previous_claim`).
 """
 
 from __future__ import annotations
@@ -19,19 +22,27 @@ from cmcp_cli import __version__
 from cmcp_cli.attestation.api import Collector, Evidence, ProviderError, ProviderSpec
 from cmcp_cli.attestation.binding import compute_binding
 from cmcp_cli.attestation.measurement import installation_digest
-from cmcp_cli.audit.entry import timestamp
+from cmcp_cli.audit.chain import ChainState
+from cmcp_cli.audit.entry import SealedEntry, timestamp
 from cmcp_cli.audit.recorder import Clock, SessionRecorder, utc_now
 from cmcp_cli.audit.session_record import (
     Issuer,
     SessionHeader,
     claim_facts,
+    claim_record,
     end_record,
     start_record,
 )
 from cmcp_cli.audit.store import AuditStore
 from cmcp_cli.claim.canonical import CanonicalizationError, canonical_sha256, sha256_tagged
 from cmcp_cli.claim.keys import ClaimKey
-from cmcp_cli.claim.model import build_claim, trace_record
+from cmcp_cli.claim.model import (
+    SessionFacts,
+    build_claim,
+    claim_body,
+    claim_digest,
+    trace_record,
+)
 from cmcp_cli.errors import CmcpError
 from cmcp_cli.policy.decision import Decision, Effect
 from cmcp_cli.policy.engine import Authorizer
@@ -110,6 +121,23 @@ EscalationHandler = Callable[[Decision, str], tuple[Mapping[str, Any], bool]]
 class ClosedSession:
     claim: dict[str, Any]
     trace_record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PendingClaim:
+    """A claim whose issuance is recorded (its `claim` entry) but which is not signed yet:
+    every member is fixed; signing adds only the signature."""
+
+    facts: SessionFacts
+    key: ClaimKey
+
+    @property
+    def sequence_number(self) -> int:
+        return self.facts.sequence_number
+
+    def sign(self) -> ClosedSession:
+        claim = build_claim(self.facts, self.key)
+        return ClosedSession(claim=claim, trace_record=trace_record(claim, self.key))
 
 
 @dataclass(frozen=True)
@@ -249,6 +277,11 @@ class EvidenceSession:
         )
         self.recorder = SessionRecorder(store, session_id, clock=clock)
         self.start_fields = self.recorder.start(start_record(header, self.issuer)).fields
+        # The claims issued so far and the digest of the last (what the next links to),
+        # changed together so the sequence and its links stay in chain order.
+        self._issuing = threading.Lock()
+        self.claims_issued = 0
+        self._last_claim: str | None = None
 
     @property
     def session_id(self) -> str:
@@ -417,19 +450,48 @@ class EvidenceSession:
             redactions=redactions,
         )
 
-    def close(self, *, reason: str = "closed", sequence_number: int = 1) -> ClosedSession:
-        """End the chain and sign the claim. Every fact the claim states is one the chain
-        records (`session_record.claim_facts`), so a verifier holding the log can check
-        each of them."""
-        with self.evidence_lock:
+    def issue_claim(self) -> PendingClaim:
+        """Record a `claim` entry and fix the claim over the chain up to and including it:
+        the next in the session's sequence, linked to the one before. The entry is durable
+        when the recorder's append is (within `deferred_durability`, once its future is
+        done); serve the claim only after that."""
+        # the claim and its record agree on the newest evidence: no renewal between them
+        with self._issuing, self.evidence_lock:
+            record = claim_record(
+                issued_at=int(self._clock().timestamp()),
+                sequence_number=self.claims_issued + 1,
+                previous=self._last_claim,
+            )
+            facts = self.recorder.claim(record, self._facts)
+            self._issued(facts)
+        return PendingClaim(facts, self.key)
+
+    def close(self, *, reason: str = "closed") -> ClosedSession:
+        """End the chain and sign the session's last claim, which continues the sequence of
+        the claims issued per call. Every fact the claim states is one the chain records
+        (`session_record.claim_facts`), so a verifier holding the log can check each of
+        them."""
+        # the claim and its record agree on the newest evidence: no renewal between them
+        with self._issuing, self.evidence_lock:
             issued_at = int(self._clock().timestamp())
             end = self.recorder.end(
-                end_record(reason=reason, issued_at=issued_at, sequence_number=sequence_number)
+                end_record(
+                    reason=reason,
+                    issued_at=issued_at,
+                    sequence_number=self.claims_issued + 1,
+                    previous=self._last_claim,
+                )
             )
-            state = self.recorder.state
-            facts = claim_facts(self.start_fields, end.fields, state, self.attestation)
-        claim = build_claim(facts, self.key)
-        return ClosedSession(claim=claim, trace_record=trace_record(claim, self.key))
+            facts = self._facts(end, self.recorder.state)
+            self._issued(facts)
+        return PendingClaim(facts, self.key).sign()
+
+    def _facts(self, issued: SealedEntry, state: ChainState) -> SessionFacts:
+        return claim_facts(self.start_fields, issued.fields, state, self.attestation)
+
+    def _issued(self, facts: SessionFacts) -> None:
+        self.claims_issued = facts.sequence_number
+        self._last_claim = claim_digest(claim_body(facts, self.key.public_jwk))
 
 
 UNCLASSIFIED = "unclassified"  # the data class recorded for a call to a tool outside the catalog

@@ -10,8 +10,10 @@ network: this package cannot import a socket.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -405,7 +407,7 @@ def _audit_log(document: Mapping[str, Any], gateway_claim: bool, path: Path | No
     session_id = (
         document["gateway"]["session_id"] if gateway_claim else trace["subject"].rsplit("/", 1)[-1]
     )
-    replay = replay_log(path, session_id=session_id).get(session_id)
+    replay = _replayed(path, session_id)
     names = log_check_names(gateway_claim)
     if replay is None:
         reason = f"{path} holds no entries of session {session_id}"
@@ -423,6 +425,32 @@ def _audit_log(document: Mapping[str, Any], gateway_claim: bool, path: Path | No
         else:
             checks.append(Check.passed(check.name, check.covers))
     return checks
+
+
+@contextlib.contextmanager
+def one_replay_per_log() -> Iterator[None]:
+    """Within this block, each session of a log is replayed once, however many claims are
+    compared with it: for the claims of one sequence, verified together while the log
+    stays as it is."""
+    token = _REPLAYS.set({})
+    try:
+        yield
+    finally:
+        _REPLAYS.reset(token)
+
+
+_REPLAYS: ContextVar[dict[tuple[Path, str], SessionReplay | None] | None] = ContextVar(
+    "cmcp_replays", default=None
+)
+
+
+def _replayed(path: Path, session_id: str) -> SessionReplay | None:
+    replays = _REPLAYS.get()
+    if replays is None:
+        return replay_log(path, session_id=session_id).get(session_id)
+    if (path, session_id) not in replays:
+        replays[path, session_id] = replay_log(path, session_id=session_id).get(session_id)
+    return replays[path, session_id]
 
 
 def _chain_check(replay: SessionReplay) -> Check:

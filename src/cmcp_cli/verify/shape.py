@@ -17,6 +17,8 @@ _DIGEST = re.compile(r"sha(256:[0-9a-f]{64}|384:[0-9a-f]{96})")
 _SPIFFE = re.compile(r"spiffe://[a-z0-9.\-_]+/.+")
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:\S+")
 _HEX32 = re.compile(r"[0-9a-f]{64}")
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+_MISSING = object()
 _ALL_ZEROS = re.compile(r"sha(256|384):0+")
 _SUMMARY_KEYS = ("total", "allowed", "denied", "redacted", "escalated", "faulted")
 
@@ -98,6 +100,9 @@ def claim_problems(claim: Mapping[str, Any]) -> list[str]:
         problems.append("gateway.gateway_version is missing")
     if not _is_int(gateway.get("sequence_number")) or gateway["sequence_number"] < 1:
         problems.append("gateway.sequence_number is not a positive integer")
+    previous = gateway.get("previous_claim", _MISSING)
+    if previous is not None and (not isinstance(previous, str) or not _SHA256.fullmatch(previous)):
+        problems.append("gateway.previous_claim is neither null nor a sha256:<64 hex> digest")
     chain = _obj(gateway.get("audit_chain"))
     if not all(
         isinstance(chain.get(k), str) and _DIGEST.fullmatch(chain[k]) for k in ("root", "tip")

@@ -40,6 +40,7 @@ MCP_PATH = "/mcp"
 KEEPALIVE_SECONDS = 15.0
 _SESSION_PATH = re.compile(r"/sessions/(?P<id>[A-Za-z0-9_-]{1,64})/close")
 _TRACE_PATH = re.compile(r"/trace/(?P<id>[A-Za-z0-9_-]{1,64})")
+_SEQUENCE = re.compile(r"[1-9][0-9]{0,17}")
 
 
 class GatewayApp:
@@ -378,12 +379,22 @@ class GatewayApp:
         await asgi.send_json(send, 200, {"session_id": session_id, "claim": f"/trace/{session_id}"})
 
     async def _trace(self, scope: Scope, send: Send, path: str) -> None:
-        """A session's claim (or, with ?format=record, its TRACE record), for the session's
+        """A session's latest claim (or, with ?format=record, its TRACE record), or with
+        ?sequence=N its claim of that sequence number (`claims.per_call`), for the session's
         own agent and the operator; /trace/latest is the caller's latest (the operator's:
         the gateway's)."""
         missing = "no claim for that session (yet)"
         query = parse_qs(urlsplit("?" + scope.get("query_string", b"").decode("latin-1")).query)
         record = query.get("format") == ["record"]
+        sequence: int | None = None
+        if "sequence" in query:
+            given = query["sequence"]
+            if len(given) != 1 or not _SEQUENCE.fullmatch(given[0]):
+                await asgi.send_json(
+                    send, 400, {"error": "sequence must be one positive integer (?sequence=1)"}
+                )
+                return
+            sequence = int(given[0])
         if path == "/trace/latest":
             session_id = self.sessions.latest_of(self.operator.caller(scope))
         else:
@@ -392,7 +403,8 @@ class GatewayApp:
         # readable refuses (and answers) a request that names no session
         if not await self.operator.readable(scope, send, session_id, missing) or not session_id:
             return
-        claim = self.sessions.claim_path(session_id, record=record)
+        await self.sessions.claims_written(self.sessions.find(session_id))
+        claim = self.sessions.claim_path(session_id, record=record, sequence=sequence)
         if not claim.is_file():
             await asgi.send_json(send, 404, {"error": missing})
             return

@@ -341,6 +341,7 @@ class Dispatcher:
             outcome = {"error": answer.get("error")}
             reply = {"jsonrpc": "2.0", "id": message.id, "error": answer.get("error")}
 
+        pending = None
         async with self.sessions.durably():  # the outcome is durable before the answer
             evidence.outcome(
                 call_id=call_id,
@@ -348,6 +349,10 @@ class Dispatcher:
                 latency_us=(time.perf_counter_ns() - started) // 1000,
                 redactions=redactions,
             )
+            if self.sessions.per_call:  # its claim entry is durable before the answer too
+                pending = evidence.issue_claim()
+        if pending is not None:
+            self.sessions.publish_claim(session, pending)
         return Reply(reply, outcome=verdict.decision.effect.value)
 
     async def _fault(

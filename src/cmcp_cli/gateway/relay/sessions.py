@@ -3,7 +3,8 @@
 A session belongs to the agent that opened it and is never handed to another. Entries
 are sealed on the event loop and their durability awaited there (`durably`), so sessions
 waiting on the same fsync share one group commit without a thread each. What blocks for
-longer (opening a session: key, evidence; closing it: the claim) runs on a thread pool.
+longer (opening a session: key, evidence; closing it: the claim; signing and writing a
+claim issued per call) runs on a thread pool.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import logging
 import secrets
 import time
 from collections import Counter
@@ -24,7 +26,7 @@ from typing import Any, TypeVar
 from cmcp_cli.audit.recorder import ChainEndedError, deferred_durability
 from cmcp_cli.catalog.model import advertised_hash, approved_definition
 from cmcp_cli.evidence.claim_files import claim_path, write_claim
-from cmcp_cli.evidence.session import ClosedSession, EvidenceSession
+from cmcp_cli.evidence.session import ClosedSession, EvidenceSession, PendingClaim
 from cmcp_cli.gateway.enforcement.approvals import ApprovalDesk
 from cmcp_cli.gateway.enforcement.messages import Gate, fail_gate
 from cmcp_cli.gateway.relay.exchange import Exchange
@@ -38,6 +40,7 @@ from cmcp_cli.gateway.upstream.modern_client import open_conversation
 from cmcp_cli.wire.mcp import MODERN_PROTOCOLS
 
 _Result = TypeVar("_Result")
+log = logging.getLogger(__name__)
 
 
 DRAIN_SECONDS = 5.0  # how long a closing session waits for its calls' records
@@ -85,6 +88,9 @@ class GatewaySession:
     stale: str | None = None
     exchange: Exchange = field(init=False)
     streaming: bool = False
+    # The last claim issued per call still being signed and written; each waits for the
+    # one before, so the session's latest claim file is always its latest claim.
+    claim_writes: asyncio.Task[None] | None = None
     _call_ids: itertools.count[int] = field(default_factory=itertools.count)
     _opening: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -116,6 +122,7 @@ class SessionRegistry:
         self._sessions: dict[str, GatewaySession] = {}
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="cmcp-evidence")
         self.latest_claim: Path | None = None
+        self.per_call = runtime.config.claims.per_call
         self._latest_of: dict[str, str] = {}  # agent -> its session whose claim came last
         self._closed_owners = ClosedSessionOwners(runtime.store.path, self.in_thread)
         self._background: set[asyncio.Task[None]] = set()
@@ -392,9 +399,12 @@ class SessionRegistry:
         for (server, key), gate in session.awaiting_input.items():
             why = f"the client never answered input {key!r} of upstream {server!r}"
             await fail_gate(self, session, gate, why, "input")
+        await self.claims_written(session)
         closed = await self.in_thread(session.evidence.close, reason=reason)
         self._closed_owners.remember(session.id, session.agent)
-        self.latest_claim = await self.in_thread(self._write_claim, session.id, closed)
+        self.latest_claim = await self.in_thread(
+            self._write_claim, session.id, closed, numbered=self.per_call
+        )
         self._latest_of[session.agent] = session.id
         self.metrics.sessions_closed += 1
         return closed
@@ -417,11 +427,43 @@ class SessionRegistry:
         await asyncio.gather(*(self.close(s, reason) for s in list(self._sessions.values())))
         self._executor.shutdown(wait=True)
 
-    def claim_path(self, session_id: str, *, record: bool = False) -> Path:
-        return claim_path(self.runtime.claims_dir, session_id, record=record)
+    def publish_claim(self, session: GatewaySession, pending: PendingClaim) -> None:
+        """Sign and write a claim issued per call, off the call's path: its `claim` entry is
+        durable already, so the claim may be served once written (`claims_written`)."""
+        session.claim_writes = asyncio.create_task(
+            self._publish(session, pending, session.claim_writes)
+        )
 
-    def _write_claim(self, session_id: str, closed: ClosedSession) -> Path:
-        return write_claim(self.runtime.claims_dir, session_id, closed)
+    async def _publish(
+        self, session: GatewaySession, pending: PendingClaim, before: asyncio.Task[None] | None
+    ) -> None:
+        if before is not None:
+            await asyncio.wait([before])  # its failure is its own, logged there
+        try:
+            closed = await self.in_thread(pending.sign)
+            path = await self.in_thread(self._write_claim, session.id, closed, numbered=True)
+        except Exception:  # the chain still records its issuance; the next claim goes on
+            log.exception(
+                "claim %d of session %s could not be signed or written",
+                pending.sequence_number,
+                session.id,
+            )
+            return
+        self.latest_claim = path
+        self._latest_of[session.agent] = session.id
+
+    async def claims_written(self, session: GatewaySession | None) -> None:
+        """Wait until every claim the session issued per call so far is written."""
+        if session is not None and session.claim_writes is not None:
+            await asyncio.wait([session.claim_writes])
+
+    def claim_path(
+        self, session_id: str, *, record: bool = False, sequence: int | None = None
+    ) -> Path:
+        return claim_path(self.runtime.claims_dir, session_id, record=record, sequence=sequence)
+
+    def _write_claim(self, session_id: str, closed: ClosedSession, *, numbered: bool) -> Path:
+        return write_claim(self.runtime.claims_dir, session_id, closed, numbered=numbered)
 
 
 def _relayed(notice: dict[str, Any]) -> dict[str, Any]:
