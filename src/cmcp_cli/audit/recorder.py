@@ -208,10 +208,11 @@ class SessionRecorder:
             },
         )
 
-    def policy_load(self, *, bundle_hash: str, policy_count: int) -> SealedEntry:
-        return self._append(
-            EntryType.POLICY_LOAD, {"bundle_hash": bundle_hash, "policy_count": policy_count}
-        )
+    def policy_load(self, record: Mapping[str, Any]) -> SealedEntry:
+        """A bundle the gateway took or refused while this session was open (the members
+        are the reloader's: docs/claim-format.md). It changes nothing this session decides
+        with: a session keeps the bundle its session_start names."""
+        return self._append(EntryType.POLICY_LOAD, record)
 
     def end(self, record: Mapping[str, Any]) -> SealedEntry:
         """The last entry (`session_record.end_record` gives its members)."""

@@ -56,6 +56,7 @@ async def serve_gateway(
     """Serve until `shutdown_trigger` returns (by default SIGINT or SIGTERM)."""
     app = GatewayApp(runtime)
     requested = shutdown_trigger or _signal_trigger()
+    reloading = _reload_tasks(app)
 
     async def trigger() -> None:
         await requested()
@@ -69,9 +70,10 @@ async def serve_gateway(
     try:
         await serve(app, hypercorn_config(runtime.config), shutdown_trigger=trigger)  # type: ignore[arg-type]
     finally:
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        for task in (sweeper, *reloading):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def _signal_trigger() -> Callable[[], Awaitable[None]]:
@@ -84,6 +86,28 @@ def _signal_trigger() -> Callable[[], Awaitable[None]]:
         await stop.wait()
 
     return wait
+
+
+def _reload_tasks(app: GatewayApp) -> list[asyncio.Task[None]]:
+    """The interval check (policy_reload_interval_seconds > 0) and SIGHUP: each looks at
+    the bundle directory once (`PolicyReloader.check`); checks never overlap."""
+    tasks: list[asyncio.Task[None]] = []
+    interval = app.runtime.config.policy_reload_interval_seconds
+    if interval > 0:
+        tasks.append(asyncio.create_task(app.reloader.run(float(interval))))
+    hangup = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
+        loop.add_signal_handler(signal.SIGHUP, hangup.set)
+
+        async def on_hangup() -> None:
+            while True:
+                await hangup.wait()
+                hangup.clear()
+                await app.reloader.check_logged("sighup")
+
+        tasks.append(asyncio.create_task(on_hangup()))
+    return tasks
 
 
 async def _close_idle_sessions(app: GatewayApp) -> None:

@@ -28,6 +28,7 @@ from cmcp_cli.gateway.downstream.streams import (
 from cmcp_cli.gateway.operator.routes import OperatorRoutes
 from cmcp_cli.gateway.relay.dispatch import Dispatcher, Reply
 from cmcp_cli.gateway.relay.exchange import GET_STREAM
+from cmcp_cli.gateway.relay.reload import PolicyReloader
 from cmcp_cli.gateway.relay.sessions import SessionLimitError, SessionRegistry
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.upstream.api import KNOWN_PROTOCOLS
@@ -46,6 +47,7 @@ class GatewayApp:
     def __init__(self, runtime: GatewayRuntime) -> None:
         self.runtime = runtime
         self.sessions = SessionRegistry(runtime)
+        self.reloader = PolicyReloader(self.sessions)
         self.dispatcher = Dispatcher(runtime, self.sessions)
         self.operator = OperatorRoutes(runtime, self.sessions)
         self.rules = TransportRules(runtime.config)
@@ -76,6 +78,7 @@ class GatewayApp:
 
     async def shutdown(self) -> None:
         """Close every open session (writing its claim), then the runtime."""
+        await self.reloader.stop()
         await self.sessions.close_all("gateway shutdown")
         self.runtime.close()
 
@@ -95,7 +98,13 @@ class GatewayApp:
         elif path == "/readyz" and method == "GET":
             status = 200 if self.ready else 503
             await asgi.send_json(
-                send, status, {"ready": self.ready, "sessions": len(self.sessions)}
+                send,
+                status,
+                {
+                    "ready": self.ready,
+                    "sessions": len(self.sessions),
+                    "policy": self.reloader.status(),
+                },
             )
         elif path.startswith("/trace/") and method == "GET":
             await self._trace(scope, send, path)

@@ -31,7 +31,7 @@ from cmcp_cli.gateway.relay.exchange import Exchange
 from cmcp_cli.gateway.relay.listen import Listener
 from cmcp_cli.gateway.relay.metrics import GatewayMetrics
 from cmcp_cli.gateway.relay.ownership import ClosedSessionOwners
-from cmcp_cli.gateway.runtime import Caller, GatewayRuntime
+from cmcp_cli.gateway.runtime import ActivePolicy, Caller, GatewayRuntime
 from cmcp_cli.gateway.upstream.api import UpstreamConversation, UpstreamError
 from cmcp_cli.gateway.upstream.modern_client import open_conversation
 from cmcp_cli.wire.mcp import MODERN_PROTOCOLS
@@ -67,6 +67,7 @@ class GatewaySession:
     agent: str
     protocol_version: str  # as negotiated at initialize
     evidence: EvidenceSession
+    policy: ActivePolicy  # the bundle it was opened under, for its whole life
     last_seen: float = field(default_factory=time.monotonic)
     upstreams: dict[str, UpstreamConversation] = field(default_factory=dict)
     drifted: dict[str, str] = field(default_factory=dict)  # tool -> advertised definition hash
@@ -120,6 +121,8 @@ class SessionRegistry:
         self.metrics = GatewayMetrics()
         # Where messages an upstream sends outside any request go (set by the relay).
         self.on_server_message: ServerMessageHandler | None = None
+        # Run by `open` after session_start, before the session is served.
+        self.on_session_opened: Callable[[GatewaySession], Awaitable[None]] | None = None
         # Run by `close` before session_end: answers what the upstreams still wait for.
         self.on_session_closing: Callable[[GatewaySession], Awaitable[None]] | None = None
 
@@ -142,6 +145,9 @@ class SessionRegistry:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    def open_sessions(self) -> list[GatewaySession]:
+        return [session for session in self._sessions.values() if not session.closed]
 
     def open_by_agent(self) -> Counter[str]:
         return Counter(session.agent for session in self._sessions.values())
@@ -188,15 +194,18 @@ class SessionRegistry:
             )
         session_id = secrets.token_urlsafe(18)
         runtime = self.runtime
+        policy = runtime.active  # taken once: a reload meanwhile does not change it
         evidence = await self.in_thread(
             EvidenceSession,
             store=runtime.store,
             session_id=session_id,
-            policy=runtime.policy,
+            policy=policy.session,
             attestor=runtime.attestor,
             agent=agent,
         )
-        session = GatewaySession(session_id, agent, protocol_version, evidence)
+        session = GatewaySession(session_id, agent, protocol_version, evidence, policy)
+        if self.on_session_opened is not None:
+            await self.on_session_opened(session)
         self._sessions[session_id] = session
         self.metrics.sessions_opened += 1
         return session

@@ -1,0 +1,78 @@
+"""The validate-config checks of policy reload: a reload never runs without a rule that
+says which bundles it may take, and never under settings it cannot honour."""
+
+from __future__ import annotations
+
+from cmcp_cli.config import CmcpConfig
+from cmcp_cli.errors import Problem, UsageError
+from cmcp_cli.gateway.preflight.checks import Locator
+from cmcp_cli.policy.acceptance import BundleRefusedError, compare_versions, load_public_key
+from cmcp_cli.policy.engine import CompiledBundle
+
+_RULE_HINT = (
+    "set policy.reload.accept_hashes (the bundle hashes you allow) or "
+    "policy.reload.signing_keys (Ed25519 public keys whose signed bundles you allow)"
+)
+# Providers that measure the bundle into the platform at start: a bundle taken later would
+# not be in their measurement, so reload is refused with them.
+MEASURING_PROVIDERS = ("tpm",)
+
+
+def check_reload(config: CmcpConfig, bundle: CompiledBundle | None, at: Locator) -> list[Problem]:
+    reload = config.policy.reload
+    problems: list[Problem] = []
+    if config.policy_reload_interval_seconds > 0 and not reload.configured:
+        problems.append(
+            at.error(
+                ("policy_reload_interval_seconds",),
+                "reloading is on, but no rule says which bundles may replace the running one; "
+                "the gateway would take any bundle written to the directory",
+                hint=_RULE_HINT,
+            )
+        )
+    if reload.grace_seconds is not None and not reload.configured:
+        problems.append(
+            at.error(
+                ("policy", "reload", "grace_seconds"),
+                "a grace period without a reload rule does nothing",
+                hint=_RULE_HINT,
+            )
+        )
+    if reload.accept_hashes and reload.signing_keys:
+        problems.append(
+            at.error(
+                ("policy", "reload"),
+                "give accept_hashes or signing_keys, not both: either one alone is the rule",
+                hint="keep the rule you mean and remove the other",
+            )
+        )
+    for index, path in enumerate(reload.signing_keys):
+        try:
+            load_public_key(path)
+        except UsageError as exc:
+            problems.append(
+                at.error(("policy", "reload", "signing_keys", index), exc.message, exc.hint)
+            )
+    if reload.signing_keys and bundle is not None:
+        version = bundle.source.manifest.version
+        try:
+            compare_versions(version, version)
+        except BundleRefusedError as exc:
+            problems.append(
+                at.error(
+                    ("policy_bundle_path",),
+                    f"the running bundle's {exc.message}: a signed bundle must have a higher "
+                    "version, which cannot be decided",
+                    exc.hint,
+                )
+            )
+    if reload.configured and config.attestation.provider in MEASURING_PROVIDERS:
+        problems.append(
+            at.error(
+                ("policy", "reload"),
+                f"the {config.attestation.provider} provider measures the bundle into the "
+                "platform at start; reloading a bundle under it is not supported",
+                hint="remove policy.reload and restart the gateway to change its bundle",
+            )
+        )
+    return problems
