@@ -16,6 +16,9 @@ _RULE_HINT = (
 # Providers that measure the bundle into the platform at start: a bundle taken later would
 # not be in their measurement, so reload is refused with them.
 MEASURING_PROVIDERS = ("tpm",)
+# The agent of the session a policy event is recorded in when no client session is open:
+# no configured agent may have this name (it would read those sessions' claims).
+EVENT_AGENT = "cmcp:gateway"
 
 
 def check_reload(config: CmcpConfig, bundle: CompiledBundle | None, at: Locator) -> list[Problem]:
@@ -64,6 +67,15 @@ def check_reload(config: CmcpConfig, bundle: CompiledBundle | None, at: Locator)
                     f"the running bundle's {exc.message}: a signed bundle must have a higher "
                     "version, which cannot be decided",
                     exc.hint,
+                )
+            )
+    for index, token in enumerate(config.auth.bearer_tokens):
+        if token.agent == EVENT_AGENT:
+            problems.append(
+                at.error(
+                    ("auth", "bearer_tokens", index, "agent"),
+                    f"{EVENT_AGENT!r} is the gateway's own agent for policy events",
+                    hint="choose another agent name",
                 )
             )
     if reload.configured and config.attestation.provider in MEASURING_PROVIDERS:

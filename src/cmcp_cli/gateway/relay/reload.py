@@ -8,9 +8,10 @@ new sessions open under. A bundle that cannot be read, is not allowed or does no
 is refused: the running one stays.
 
 Every bundle taken and every refusal is a `policy_load` entry in the chain of every
-session open at that moment; when none is open it waits (bounded) for the next session
-to open and is written right after that session's `session_start`. A refusal is recorded
-once per bundle hash and reason, not again at every interval while the directory stays.
+session open at that moment; when none is open, in a session of its own (agent
+`EVENT_AGENT`: session_start under the running bundle, the entry, session_end, a claim),
+so that no event depends on a client being connected. A refusal is recorded once per
+bundle hash and reason, not again at every interval while the directory stays.
 """
 
 from __future__ import annotations
@@ -18,15 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from cmcp_cli.audit.entry import timestamp
 from cmcp_cli.audit.recorder import ChainEndedError
-from cmcp_cli.errors import CmcpError
-from cmcp_cli.gateway.relay.sessions import GatewaySession, SessionRegistry
+from cmcp_cli.errors import CmcpError, Problem
+from cmcp_cli.evidence.claim_files import write_claim
+from cmcp_cli.evidence.session import AttestationUnavailableError, EvidenceSession
+from cmcp_cli.gateway.preflight.reload import EVENT_AGENT
+from cmcp_cli.gateway.relay.sessions import SessionRegistry
 from cmcp_cli.gateway.runtime import ActivePolicy, active_policy
 from cmcp_cli.policy.acceptance import Acceptance, BundleRefusedError, accept
 from cmcp_cli.policy.bundle import read_bundle
@@ -35,7 +39,7 @@ from cmcp_cli.policy.engine import compile_bundle
 _LOG = logging.getLogger(__name__)
 
 GRACE_REASON = "policy reloaded"  # session_end reason of a session the grace period ended
-MAX_UNRECORDED = 64  # events kept for the next session while none is open
+EVENT_REASON = "policy event recorded"  # session_end reason of an event's own session
 
 # Why a bundle was refused, as /metrics counts it (the full reason is logged and audited).
 UNREADABLE = "unreadable"
@@ -62,11 +66,9 @@ class PolicyReloader:
         self.runtime = sessions.runtime
         self._lock = asyncio.Lock()
         self._last_refusal: tuple[str | None, str] | None = None
-        self._unrecorded: deque[dict[str, Any]] = deque(maxlen=MAX_UNRECORDED)
         self._timers: set[asyncio.Task[None]] = set()
         self.metrics = sessions.metrics
         self.last: dict[str, Any] | None = None  # the last event, for /readyz
-        sessions.on_session_opened = self._record_unrecorded
 
     @property
     def configured(self) -> bool:
@@ -176,22 +178,29 @@ class PolicyReloader:
     async def _record(self, event: dict[str, Any]) -> None:
         open_sessions = self.sessions.open_sessions()
         if not open_sessions:
-            self._unrecorded.append(event)
+            try:
+                await self.sessions.in_thread(self._record_alone, event)
+            except AttestationUnavailableError as exc:
+                _LOG.error("policy event not audited: %s (%s)", exc.message, event)
             return
         async with self.sessions.durably():
             for session in open_sessions:
                 with contextlib.suppress(ChainEndedError):  # it ended meanwhile
                     session.evidence.recorder.policy_load(event)
 
-    async def _record_unrecorded(self, session: GatewaySession) -> None:
-        """Give the first session opened after events that found no open session."""
-        if not self._unrecorded:
-            return
-        events = list(self._unrecorded)
-        self._unrecorded.clear()
-        async with self.sessions.durably():
-            for event in events:
-                session.evidence.recorder.policy_load(event)
+    def _record_alone(self, event: dict[str, Any]) -> None:
+        """On a worker thread: a session that records `event` and nothing else."""
+        runtime = self.runtime
+        session_id = secrets.token_urlsafe(18)
+        evidence = EvidenceSession(
+            store=runtime.store,
+            session_id=session_id,
+            policy=runtime.active.session,
+            attestor=runtime.attestor,
+            agent=EVENT_AGENT,
+        )
+        evidence.recorder.policy_load(event)
+        write_claim(runtime.claims_dir, session_id, evidence.close(reason=EVENT_REASON))
 
     def _start_grace(self, taken: ActivePolicy) -> None:
         grace = self.runtime.config.policy.reload.grace_seconds
@@ -230,8 +239,13 @@ class PolicyReloader:
 
 
 def _describe(exc: CmcpError) -> str:
-    details = "; ".join(
-        f"{problem.file or ''}{':' + str(problem.line) if problem.line else ''} {problem.message}".strip()
-        for problem in exc.problems[:5]
-    )
+    """The error and its first problems, each at its file and line, on one line."""
+    details = "; ".join(_located(problem) for problem in exc.problems[:5])
     return f"{exc.message}: {details}" if details else exc.message
+
+
+def _located(problem: Problem) -> str:
+    where = problem.file or ""
+    if problem.line:
+        where += f":{problem.line}"
+    return f"{where} {problem.message}".strip()

@@ -121,8 +121,6 @@ class SessionRegistry:
         self.metrics = GatewayMetrics()
         # Where messages an upstream sends outside any request go (set by the relay).
         self.on_server_message: ServerMessageHandler | None = None
-        # Run by `open` after session_start, before the session is served.
-        self.on_session_opened: Callable[[GatewaySession], Awaitable[None]] | None = None
         # Run by `close` before session_end: answers what the upstreams still wait for.
         self.on_session_closing: Callable[[GatewaySession], Awaitable[None]] | None = None
 
@@ -204,8 +202,6 @@ class SessionRegistry:
             agent=agent,
         )
         session = GatewaySession(session_id, agent, protocol_version, evidence, policy)
-        if self.on_session_opened is not None:
-            await self.on_session_opened(session)
         self._sessions[session_id] = session
         self.metrics.sessions_opened += 1
         return session
