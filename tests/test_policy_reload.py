@@ -5,6 +5,7 @@ read back with `cmcp replay-audit`."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from cmcp_cli.audit.entry import open_line
 from cmcp_cli.audit.logfile import read_log_lines
 from tests.gateway_support import Served, start_gateway, write_config
 from tests.reload_support import (
+    WAIT_SECONDS,
     bundle_hash,
     claims,
     metric,
@@ -33,14 +35,14 @@ from tests.support import QUICKSTART, run_cmcp
 
 async def weather(session: ClientSession) -> str:
     """'allow' or 'deny': what the session's bundle decides for get_weather."""
-    denial: dict[str, Any] | None = None
     try:
         await session.call_tool("get_weather", {"city": "Paris"})
     except MCPError as exc:
-        denial = exc.error.data
-    if denial is None:
+        denial = exc.error
+    else:
         return "allow"
-    assert denial["policy_ids"] == ["no-weather"]
+    assert isinstance(denial.data, dict), denial  # a policy's denial, not another error
+    assert denial.data["policy_ids"] == ["no-weather"]
     return "deny"
 
 
@@ -274,3 +276,68 @@ NOT_PINNED = """
 @id("not-pinned")
 forbid (principal, action == Action::"call_tool", resource == Tool::"lookup_customer");
 """
+
+
+def test_the_grace_period_closes_sessions_of_the_old_bundle_with_their_claims(
+    tmp_path: Path, upstream: Served
+) -> None:
+    private, public = write_keys(tmp_path, "operator")
+    bundle = quickstart_copy(tmp_path / "policies")
+    config = write_config(
+        tmp_path,
+        upstream.url,
+        policy_bundle_path=str(bundle),
+        policy={"reload": {"signing_keys": [str(public)], "grace_seconds": 1}},
+    )
+    served = start_gateway(config)
+    try:
+
+        async def scenario() -> tuple[str, list[dict[str, Any]]]:
+            async with (
+                streamable_http_client(served.url) as (read, write),
+                ClientSession(read, write) as old,
+            ):
+                await old.initialize()
+                assert await weather(old) == "allow"
+                sign(rewrite(bundle, version="2"), private)  # another scheme than 1.0.0
+                refused = await asyncio.to_thread(reload_by_signal, served)
+                assert "different numbers of parts" in refused["reason"], refused
+                new_hash = sign(rewrite(bundle, version="1.0.1"), private)
+                assert (await asyncio.to_thread(reload_by_signal, served))["taken"] is True
+                written = await asyncio.to_thread(wait_for_claims, tmp_path, 1)
+                with pytest.raises(MCPError) as closed:  # the gateway closed it
+                    await old.call_tool("get_weather", {"city": "Paris"})
+                assert "session" in closed.value.error.message.lower()
+            return new_hash, written
+
+        new_hash, written = asyncio.run(scenario())
+    finally:
+        served.stop()
+    (claim,) = written
+    assert claim["trace"]["policy"]["bundle_hash"] != new_hash
+    session_id = claim["gateway"]["session_id"]
+    ends = [
+        open_line(line).fields
+        for line in read_log_lines(tmp_path / "audit.db", session_id)
+        if open_line(line).type == "session_end"
+    ]
+    assert [end["reason"] for end in ends] == ["policy reloaded"]
+    verified = run_cmcp(
+        "verify",
+        tmp_path / "claims" / f"{session_id}.claim.json",
+        "--allow-software",
+        "--audit-log",
+        tmp_path / "audit.db",
+        "--json",
+    )
+    assert verified.returncode == 0, verified.stdout
+
+
+def wait_for_claims(folder: Path, count: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        found = claims(folder)
+        if len(found) >= count:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {count} claims in {folder / 'claims'} after {WAIT_SECONDS} s")

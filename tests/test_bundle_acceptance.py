@@ -1,0 +1,122 @@
+"""The reload rules as a library (which bundle may replace the running one) and as
+validate-config sees them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cmcp_cli.config import PolicyReloadConfig
+from cmcp_cli.policy.acceptance import (
+    SIGNATURE_NAME,
+    BundleRefusedError,
+    accept,
+    compare_versions,
+    load_private_key,
+    load_public_key,
+    sign_bundle,
+)
+from cmcp_cli.policy.bundle import read_bundle
+from tests.gateway_support import write_config
+from tests.reload_support import quickstart_copy, rewrite, write_keys
+from tests.support import run_cmcp
+
+
+@pytest.mark.parametrize(
+    ("new", "running", "order"),
+    [("1.0.1", "1.0.0", 1), ("1.10.0", "1.9.0", 1), ("3", "12", -1), ("2.0", "2.0", 0)],
+)
+def test_versions_compare_part_by_part_as_numbers(new: str, running: str, order: int) -> None:
+    assert compare_versions(new, running) == order
+
+
+@pytest.mark.parametrize(
+    ("new", "running", "why"),
+    [
+        ("1.1.0-rc1", "1.0.0", "cannot be ordered"),
+        ("v2", "1", "cannot be ordered"),
+        ("01.0.0", "1.0.0", "cannot be ordered"),
+        ("1.1", "1.0.0", "different numbers of parts"),
+        ("", "1", "cannot be ordered"),
+    ],
+)
+def test_versions_that_cannot_be_ordered_are_refused(new: str, running: str, why: str) -> None:
+    with pytest.raises(BundleRefusedError, match=why):
+        compare_versions(new, running)
+
+
+def test_a_signature_covers_the_bundle_hash_not_the_file_it_names(tmp_path: Path) -> None:
+    private, public = write_keys(tmp_path, "k")
+    bundle = rewrite(tmp_path / "b", version="1.1.0")
+    rule = PolicyReloadConfig(signing_keys=(public,))
+    keys = [load_public_key(public)]
+    sign_bundle(read_bundle(bundle), load_private_key(private))
+    assert accept(rule, read_bundle(bundle), "1.0.0", keys).rule == "signature"
+    # the signature file is hidden, so it is not part of what it signs
+    assert read_bundle(bundle).hash == read_bundle(rewrite(tmp_path / "c", version="1.1.0")).hash
+    # a policy changed after signing: the file still names the old hash, which is refused
+    (bundle / "late.cedar").write_text("permit (principal, action, resource);")
+    with pytest.raises(BundleRefusedError, match="but the directory hashes to"):
+        accept(rule, read_bundle(bundle), "1.0.0", keys)
+    # a file naming the new hash with the old signature does not verify
+    signature = (bundle / SIGNATURE_NAME).read_text()
+    old_hash = signature.split('"bundle_hash":"')[1].split('"')[0]
+    forged = signature.replace(old_hash, read_bundle(bundle).hash)
+    (bundle / SIGNATURE_NAME).write_text(forged)
+    with pytest.raises(BundleRefusedError, match="not by any of"):
+        accept(rule, read_bundle(bundle), "1.0.0", keys)
+
+
+def test_no_rule_refuses_every_bundle(tmp_path: Path) -> None:
+    with pytest.raises(BundleRefusedError, match="no reload rule"):
+        accept(PolicyReloadConfig(), read_bundle(quickstart_copy(tmp_path / "b")), "0.1.0", [])
+
+
+def _errors(config: Path) -> list[str]:
+    checked = run_cmcp("validate-config", "--config", config, "--json", env={"CMCP_DEV_MODE": "1"})
+    return [error["message"] for error in checked.json()["errors"]]
+
+
+def test_validate_config_refuses_reload_settings_that_would_not_hold(tmp_path: Path) -> None:
+    _, public = write_keys(tmp_path, "k")
+    upstream = "http://127.0.0.1:9/mcp"
+    without_rule = write_config(tmp_path, upstream, policy_reload_interval_seconds=5)
+    (message,) = _errors(without_rule)
+    assert "no rule says which bundles" in message
+    grace_only = write_config(tmp_path, upstream, policy={"reload": {"grace_seconds": 5}})
+    assert any("grace period without a reload rule" in m for m in _errors(grace_only))
+    both = write_config(
+        tmp_path,
+        upstream,
+        policy={"reload": {"signing_keys": [str(public)], "accept_hashes": ["sha256:" + "a" * 64]}},
+    )
+    assert any("not both" in m for m in _errors(both))
+    not_a_key = write_config(
+        tmp_path, upstream, policy={"reload": {"signing_keys": [str(tmp_path / "k.pem")]}}
+    )
+    assert any("not a PEM public key" in m for m in _errors(not_a_key))
+    unordered = rewrite(tmp_path / "beta", version="1.0-beta")
+    signed_unordered = write_config(
+        tmp_path,
+        upstream,
+        policy_bundle_path=str(unordered),
+        policy={"reload": {"signing_keys": [str(public)]}},
+    )
+    assert any("cannot be ordered" in m for m in _errors(signed_unordered))
+    tpm = write_config(
+        tmp_path,
+        upstream,
+        attestation={"provider": "tpm"},
+        policy={"reload": {"accept_hashes": ["sha256:" + "a" * 64]}},
+    )
+    assert any("reloading a bundle under it is not supported" in m for m in _errors(tpm))
+    typo = write_config(tmp_path, upstream, policy={"reload": {"accept_hash": []}})
+    assert any("accept_hash" in m for m in _errors(typo))
+    fine = write_config(
+        tmp_path,
+        upstream,
+        policy_reload_interval_seconds=5,
+        policy={"reload": {"signing_keys": [str(public)], "grace_seconds": 30}},
+    )
+    assert _errors(fine) == []
