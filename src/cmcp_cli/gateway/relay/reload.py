@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cmcp_cli.audit.entry import timestamp
@@ -152,7 +154,7 @@ class PolicyReloader:
         try:
             source = read_bundle(config.policy_bundle_path)
         except CmcpError as exc:
-            return Refusal(None, UNREADABLE, _describe(exc))
+            return Refusal(None, UNREADABLE, _describe(exc, config.policy_bundle_path))
         if source.hash == running.hash:
             return None
         try:
@@ -163,14 +165,14 @@ class PolicyReloader:
                 self.runtime.reload_keys,
             )
         except BundleRefusedError as exc:
-            return Refusal(source.hash, NOT_ALLOWED, _describe(exc))
+            return Refusal(source.hash, NOT_ALLOWED, _describe(exc, source.root))
         try:
             compiled = compile_bundle(source)
             policy = active_policy(
                 config, compiled, self.runtime.catalog, generation=running.generation + 1
             )
         except CmcpError as exc:
-            return Refusal(source.hash, INVALID, _describe(exc))
+            return Refusal(source.hash, INVALID, _describe(exc, source.root))
         except ValueError as exc:  # Cedar's own, past what compile_bundle reports
             return Refusal(source.hash, INVALID, f"the bundle does not compile: {exc}")
         return Taken(policy, acceptance)
@@ -238,10 +240,12 @@ class PolicyReloader:
                 await task
 
 
-def _describe(exc: CmcpError) -> str:
-    """The error and its first problems, each at its file and line, on one line."""
+def _describe(exc: CmcpError, root: Path) -> str:
+    """The error and its first problems, each at its file and line, on one line; paths
+    inside the bundle relative to it, since the reason is audited and shown on /readyz."""
     details = "; ".join(_located(problem) for problem in exc.problems[:5])
-    return f"{exc.message}: {details}" if details else exc.message
+    text = f"{exc.message}: {details}" if details else exc.message
+    return text.replace(f"{root}{os.sep}", "").replace(str(root), "the bundle directory")
 
 
 def _located(problem: Problem) -> str:
