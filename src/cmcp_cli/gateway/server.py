@@ -2,7 +2,9 @@
 
 `serve_gateway` is hypercorn's own `serve(app, config, shutdown_trigger=...)`: on the
 trigger, hypercorn stops accepting, runs the ASGI lifespan shutdown, and the app closes
-every open session and writes its claim before the process ends.
+every open session and writes its claim before the process ends. SIGHUP, and the
+reload interval when set, make the gateway look at its bundle directory
+(`PolicyReloader`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ async def serve_gateway(
 
     async def trigger() -> None:
         await requested()
+        for task in reloading:  # no bundle is taken while sessions close
+            task.cancel()
         # hypercorn waits for open responses before the lifespan shutdown: end the
         # clients' notification streams first, or shutdown would wait out their timeout
         app.sessions.end_streams()
