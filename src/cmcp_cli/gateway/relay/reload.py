@@ -241,10 +241,13 @@ class PolicyReloader:
 
 
 def _describe(exc: CmcpError, root: Path) -> str:
-    """The error and its first problems, each at its file and line, on one line; paths
-    inside the bundle relative to it, since the reason is audited and shown on /readyz."""
+    """The error, its first problems (each at its file and line) and its hint, on one
+    line; paths inside the bundle relative to it, since the reason is audited and shown
+    on /readyz."""
     details = "; ".join(_located(problem) for problem in exc.problems[:5])
     text = f"{exc.message}: {details}" if details else exc.message
+    if exc.hint:
+        text += f" (hint: {exc.hint})"
     return text.replace(f"{root}{os.sep}", "").replace(str(root), "the bundle directory")
 
 
