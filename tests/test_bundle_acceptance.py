@@ -18,6 +18,7 @@ from cmcp_cli.policy.acceptance import (
     sign_bundle,
 )
 from cmcp_cli.policy.bundle import read_bundle
+from cmcp_tpm.testing import SoftwareTpm
 from tests.gateway_support import write_config
 from tests.reload_support import quickstart_copy, rewrite, write_keys
 from tests.support import run_cmcp
@@ -120,3 +121,19 @@ def test_validate_config_refuses_reload_settings_that_would_not_hold(tmp_path: P
         policy={"reload": {"signing_keys": [str(public)], "grace_seconds": 30}},
     )
     assert _errors(fine) == []
+
+
+def test_start_refuses_reload_when_auto_chooses_the_tpm(tmp_path: Path) -> None:
+    """The TPM measures the bundle at start; `auto` choosing it with a reload rule set is
+    refused before anything is served (validate-config cannot know auto's choice)."""
+    with SoftwareTpm() as tpm:
+        config = write_config(
+            tmp_path,
+            "http://127.0.0.1:9/mcp",
+            attestation={"provider": "auto", "providers": {"tpm": {"tcti": tpm.tcti}}},
+            policy={"reload": {"accept_hashes": ["sha256:" + "a" * 64]}},
+        )
+        started = run_cmcp("start", "--config", config, env={"CMCP_DEV_MODE": "1"})
+    assert started.returncode != 0
+    assert "`auto` chose the tpm provider" in started.stderr
+    assert "reloading a bundle under it is not supported" in started.stderr
