@@ -108,10 +108,10 @@ def test_validate_config_refuses_reload_settings_that_would_not_hold(tmp_path: P
     tpm = write_config(
         tmp_path,
         upstream,
-        attestation={"provider": "tpm"},
+        attestation={"provider": "tpm", "expected_measurement": "sha256:" + "b" * 64},
         policy={"reload": {"accept_hashes": ["sha256:" + "a" * 64]}},
     )
-    assert any("reloading a bundle under it is not supported" in m for m in _errors(tpm))
+    assert any("expected_measurement would no longer hold" in m for m in _errors(tpm))
     typo = write_config(tmp_path, upstream, policy={"reload": {"accept_hash": []}})
     assert any("accept_hash" in m for m in _errors(typo))
     fine = write_config(
@@ -123,17 +123,24 @@ def test_validate_config_refuses_reload_settings_that_would_not_hold(tmp_path: P
     assert _errors(fine) == []
 
 
-def test_start_refuses_reload_when_auto_chooses_the_tpm(tmp_path: Path) -> None:
-    """The TPM measures the bundle at start; `auto` choosing it with a reload rule set is
-    refused before anything is served (validate-config cannot know auto's choice)."""
+def test_start_refuses_reload_with_a_pinned_measurement_when_auto_chooses_the_tpm(
+    tmp_path: Path,
+) -> None:
+    """The TPM's measurement covers the bundle: `auto` choosing it with a reload rule and a
+    pinned measurement is refused before anything is served (validate-config cannot know
+    auto's choice)."""
     with SoftwareTpm() as tpm:
         config = write_config(
             tmp_path,
             "http://127.0.0.1:9/mcp",
-            attestation={"provider": "auto", "providers": {"tpm": {"tcti": tpm.tcti}}},
+            attestation={
+                "provider": "auto",
+                "providers": {"tpm": {"tcti": tpm.tcti}},
+                "expected_measurement": "sha256:" + "b" * 64,
+            },
             policy={"reload": {"accept_hashes": ["sha256:" + "a" * 64]}},
         )
         started = run_cmcp("start", "--config", config, env={"CMCP_DEV_MODE": "1"})
     assert started.returncode != 0
     assert "`auto` chose the tpm provider" in started.stderr
-    assert "reloading a bundle under it is not supported" in started.stderr
+    assert "expected_measurement would no longer hold" in started.stderr

@@ -42,7 +42,7 @@ from cmcp_cli.evidence.session import GATEWAY_PROCESS, Attestor, SessionPolicy
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for, tool_resources
 from cmcp_cli.gateway.preflight.attestation import candidates, plugin_of
 from cmcp_cli.gateway.preflight.credentials import token_sources
-from cmcp_cli.gateway.preflight.reload import MEASURING_PROVIDERS
+from cmcp_cli.gateway.preflight.reload import MEASURING_PROVIDERS, measured_reload_problem
 from cmcp_cli.gateway.preflight.report import ConfigReport
 from cmcp_cli.gateway.upstream.api import UpstreamChannel
 from cmcp_cli.gateway.upstream.stdio import stdio_upstreams
@@ -192,12 +192,16 @@ def build_runtime(
         )
     choice = choose_attestor(config, env, registry or load_providers())
     attestor = choice.attestor
-    if config.policy.reload.configured and attestor.spec.name in MEASURING_PROVIDERS:
+    if (
+        config.policy.reload.configured
+        and config.attestation.expected_measurement
+        and attestor.spec.name in MEASURING_PROVIDERS
+    ):
         attestor.collector.close()
         raise StartupError(
-            f"`auto` chose the {attestor.spec.name} provider, which measures the bundle into "
-            "the platform at start; reloading a bundle under it is not supported",
-            hint="remove policy.reload, or name a provider that does not measure the bundle",
+            f"`auto` chose the {attestor.spec.name} provider: "
+            + measured_reload_problem(attestor.spec.name),
+            hint="remove policy.reload or attestation.expected_measurement",
         )
     prepare_attestor(attestor, bundle.hash, catalog.hash)
     active = active_policy(config, bundle, catalog)

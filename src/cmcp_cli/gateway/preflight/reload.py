@@ -13,12 +13,20 @@ _RULE_HINT = (
     "set policy.reload.accept_hashes (the bundle hashes you allow) or "
     "policy.reload.signing_keys (Ed25519 public keys whose signed bundles you allow)"
 )
-# Providers that measure the bundle into the platform at start: a bundle taken later would
-# not be in their measurement, so reload is refused with them.
+# Providers whose measurement covers the bundle (the TPM quotes the PCR it extends with
+# each bundle hash): a bundle taken later changes the measurement, which a pinned
+# `expected_measurement` then no longer matches, so the two are refused together.
 MEASURING_PROVIDERS = ("tpm",)
 # The agent of the session a policy event is recorded in when no client session is open:
 # no configured agent may have this name (it would read those sessions' claims).
 EVENT_AGENT = "cmcp:gateway"
+
+
+def measured_reload_problem(provider: str) -> str:
+    return (
+        f"the {provider} provider's measurement covers the policy bundle, so a reloaded "
+        "bundle changes it and attestation.expected_measurement would no longer hold"
+    )
 
 
 def check_reload(config: CmcpConfig, bundle: CompiledBundle | None, at: Locator) -> list[Problem]:
@@ -78,13 +86,17 @@ def check_reload(config: CmcpConfig, bundle: CompiledBundle | None, at: Locator)
                     hint="choose another agent name",
                 )
             )
-    if reload.configured and config.attestation.provider in MEASURING_PROVIDERS:
+    if (
+        reload.configured
+        and config.attestation.expected_measurement
+        and config.attestation.provider in MEASURING_PROVIDERS
+    ):
         problems.append(
             at.error(
                 ("policy", "reload"),
-                f"the {config.attestation.provider} provider measures the bundle into the "
-                "platform at start; reloading a bundle under it is not supported",
-                hint="remove policy.reload and restart the gateway to change its bundle",
+                measured_reload_problem(config.attestation.provider),
+                hint="remove policy.reload (restart to change the bundle), or pin no "
+                "measurement and verify claims with their own evidence's event log",
             )
         )
     return problems

@@ -129,12 +129,14 @@ class GatewayMetrics:
             "# TYPE cmcp_policy_reloads_total counter",
             f"cmcp_policy_reloads_total {self.policy_taken}",
             "# HELP cmcp_policy_reload_refusals_total Bundles a reload refused, by reason "
-            "(unreadable, not_allowed, invalid).",
+            "(unreadable, not_allowed, invalid, attestation).",
             "# TYPE cmcp_policy_reload_refusals_total counter",
         ]
         lines += [
             f'cmcp_policy_reload_refusals_total{{reason="{reason}"}} {self.policy_refused[reason]}'
-            for reason in sorted({"unreadable", "not_allowed", "invalid", *self.policy_refused})
+            for reason in sorted(
+                {"unreadable", "not_allowed", "invalid", "attestation", *self.policy_refused}
+            )
         ]
         lines += [
             "# HELP cmcp_policy_generation Bundles taken since start (0: the starting bundle).",

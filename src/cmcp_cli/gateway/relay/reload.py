@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cmcp_cli.attestation.api import GatewayFacts, ProviderError
+from cmcp_cli.attestation.measurement import installation_digest
 from cmcp_cli.audit.entry import timestamp
 from cmcp_cli.audit.recorder import ChainEndedError
 from cmcp_cli.errors import CmcpError, Problem
@@ -47,6 +49,7 @@ EVENT_REASON = "policy event recorded"  # session_end reason of an event's own s
 UNREADABLE = "unreadable"
 NOT_ALLOWED = "not_allowed"
 INVALID = "invalid"
+ATTESTATION = "attestation"
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,20 @@ class PolicyReloader:
             return Refusal(source.hash, INVALID, _describe(exc, source.root))
         except ValueError as exc:  # Cedar's own, past what compile_bundle reports
             return Refusal(source.hash, INVALID, f"the bundle does not compile: {exc}")
+        # Last, once nothing else can refuse it: a provider that measures the bundle (the
+        # TPM extends its PCR) adds this one to its measurement before any session uses it.
+        attestor = self.runtime.attestor
+        facts = GatewayFacts(
+            bundle_hash=source.hash,
+            catalog_hash=self.runtime.catalog.hash,
+            gateway_digest=installation_digest(),
+        )
+        try:
+            attestor.collector.prepare(facts, attestor.settings)
+        except ProviderError as exc:
+            hint = f" (hint: {exc.hint})" if exc.hint else ""
+            reason = f"the {attestor.spec.name} provider cannot measure it: {exc.message}{hint}"
+            return Refusal(source.hash, ATTESTATION, reason)
         return Taken(policy, acceptance)
 
     async def _record(self, event: dict[str, Any]) -> None:
