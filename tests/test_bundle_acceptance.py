@@ -144,3 +144,20 @@ def test_start_refuses_reload_with_a_pinned_measurement_when_auto_chooses_the_tp
     assert started.returncode != 0
     assert "`auto` chose the tpm provider" in started.stderr
     assert "expected_measurement would no longer hold" in started.stderr
+
+
+def test_sign_bundle_signs_only_a_bundle_that_compiles(tmp_path: Path) -> None:
+    private, public = write_keys(tmp_path, "k")
+    broken = rewrite(tmp_path / "broken", version="1.1.0", extra="permit (principal, action")
+    refused = run_cmcp("sign-bundle", "--bundle-path", broken, "--key", private)
+    assert refused.returncode == 1
+    assert "reload.cedar" in refused.stderr
+    assert not (broken / SIGNATURE_NAME).exists()
+    wrong_key = run_cmcp("sign-bundle", "--bundle-path", broken, "--key", public)
+    assert wrong_key.returncode == 2
+    assert "not an unencrypted PEM private key" in wrong_key.stderr
+    good = rewrite(tmp_path / "good", version="1.1.0")
+    signed = run_cmcp("sign-bundle", "--bundle-path", good, "--key", private)
+    assert signed.returncode == 0, signed.stderr
+    assert signed.stdout.strip() == read_bundle(good).hash  # stdout: the hash alone
+    assert (good / SIGNATURE_NAME).exists()
