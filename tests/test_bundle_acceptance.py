@@ -3,6 +3,7 @@ validate-config sees them."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,18 @@ def test_sign_bundle_signs_only_a_bundle_that_compiles(tmp_path: Path) -> None:
     assert signed.returncode == 0, signed.stderr
     assert signed.stdout.strip() == read_bundle(good).hash  # stdout: the hash alone
     assert (good / SIGNATURE_NAME).exists()
+
+
+def test_a_signature_that_is_a_link_or_a_fifo_is_refused_without_waiting(tmp_path: Path) -> None:
+    private, public = write_keys(tmp_path, "k")
+    bundle = rewrite(tmp_path / "b", version="1.1.0")
+    rule, keys = PolicyReloadConfig(signing_keys=(public,)), [load_public_key(public)]
+    signature = sign_bundle(read_bundle(bundle), load_private_key(private))
+    moved = signature.rename(tmp_path / "elsewhere.json")
+    signature.symlink_to(moved)
+    with pytest.raises(BundleRefusedError, match="cannot read"):
+        accept(rule, read_bundle(bundle), "1.0.0", keys)
+    signature.unlink()
+    os.mkfifo(signature)  # no writer: an open that waits for one would hang here
+    with pytest.raises(BundleRefusedError, match="not a regular file"):
+        accept(rule, read_bundle(bundle), "1.0.0", keys)

@@ -14,7 +14,9 @@ signed is the hash computed from the bytes read, never the hash the file names.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,7 +191,12 @@ def _verify_signature(candidate: BundleSource, keys: Sequence[Ed25519PublicKey])
     """The index of the configured key whose signature the bundle carries."""
     path = candidate.root / SIGNATURE_NAME
     try:
-        with path.open("rb") as handle:
+        # Not following a link, not waiting on a FIFO: whoever can write the directory
+        # must not be able to stall the reload thread.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise BundleRefusedError(f"{path} is not a regular file")
             data = handle.read(MAX_SIGNATURE_BYTES + 1)
     except FileNotFoundError:
         raise BundleRefusedError(
