@@ -3,10 +3,12 @@ validate-config sees them."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from cmcp_cli.config import PolicyReloadConfig
 from cmcp_cli.policy.acceptance import (
@@ -54,7 +56,15 @@ def test_a_signature_covers_the_bundle_hash_not_the_file_it_names(tmp_path: Path
     rule = PolicyReloadConfig(signing_keys=(public,))
     keys = [load_public_key(public)]
     sign_bundle(read_bundle(bundle), load_private_key(private))
-    assert accept(rule, read_bundle(bundle), "1.0.0", keys).rule == "signature"
+    accepted = accept(rule, read_bundle(bundle), "1.0.0", keys)
+    assert accepted.rule == "signature"
+    raw = public.read_bytes()
+    der = serialization.load_pem_public_key(raw).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert accepted.detail == (
+        f"signed by ed25519:{hashlib.sha256(der[-32:]).hexdigest()}, version 1.1.0"
+    )
     # the signature file is hidden, so it is not part of what it signs
     assert read_bundle(bundle).hash == read_bundle(rewrite(tmp_path / "c", version="1.1.0")).hash
     # a policy changed after signing: the file still names the old hash, which is refused

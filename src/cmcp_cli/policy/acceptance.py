@@ -14,6 +14,7 @@ signed is the hash computed from the bytes read, never the hash the file names.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
@@ -70,6 +71,14 @@ def compare_versions(new: str, running: str) -> int:
             hint="keep one version scheme: as many dot-separated parts as the running bundle's",
         )
     return (left > right) - (left < right)
+
+
+def key_id(key: Ed25519PublicKey) -> str:
+    """How a signing key is named in logs and audit entries: `ed25519:` + the SHA-256 of
+    its 32 raw bytes (`openssl pkey -pubin -in KEY.pub.pem -outform DER | tail -c 32 |
+    sha256sum` gives the same hex)."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "ed25519:" + hashlib.sha256(raw).hexdigest()
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
@@ -180,7 +189,7 @@ def accept(
                 "a rollback or a re-release under the same version",
                 hint="give the new bundle a higher manifest.json version and sign it again",
             )
-        return Acceptance("signature", f"signed by key {signer}, version {version}")
+        return Acceptance("signature", f"signed by {key_id(keys[signer])}, version {version}")
     raise BundleRefusedError(
         "no reload rule is configured (policy.reload)",
         hint="set policy.reload.accept_hashes or policy.reload.signing_keys",
