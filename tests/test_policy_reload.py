@@ -203,6 +203,7 @@ def test_refused_bundles_leave_the_running_one_serving(
     asyncio.run(scenario())
     refusals = metric(served, "cmcp_policy_reload_refusals_total")
     assert refusals == {
+        'reason="attestation"': 0.0,
         'reason="invalid"': 1.0,
         'reason="not_allowed"': 5.0,
         'reason="unreadable"': 1.0,
