@@ -68,10 +68,18 @@ class Registry:
         yield  # the recorder waits for each entry's fsync outside deferred durability
 
 
+@dataclass(frozen=True)
+class Policy:
+    """The policy a session was opened under: the quickstart's."""
+
+    authorizer: Authorizer
+
+
 @dataclass
 class Session:
     agent: str
     evidence: EvidenceSession
+    policy: Policy
     calls: int = 0
 
     def next_call_id(self) -> str:
@@ -94,7 +102,8 @@ class Recorded:
 
 async def governed_session(evidence: EvidenceSession) -> dict[str, Any]:
     """One of each kind through the gates, around a tool call."""
-    sessions, session = Registry(), Session("anonymous", evidence)
+    sessions = Registry()
+    session = Session("anonymous", evidence, Policy(sessions.runtime.authorizer))
     answers: dict[str, Any] = {}
     call = evidence.decide_call(
         sessions.runtime.authorizer,

@@ -213,11 +213,32 @@ class LimitsConfig(_Section):
     approval_ttl_seconds: PositiveInt = 900
 
 
+class PolicyReloadConfig(_Section):
+    """Which bundle may replace the running one: one whose hash is pinned here, or one
+    signed (Ed25519, over its hash) by one of `signing_keys` with a higher manifest version.
+    Never both rules at once (validate-config): either alone is the whole rule."""
+
+    accept_hashes: tuple[Sha256Digest, ...] = ()
+    signing_keys: tuple[ConfigPath, ...] = ()  # PEM Ed25519 public keys
+    # Seconds sessions opened under a replaced bundle may still run; None: until they end.
+    grace_seconds: Annotated[int, Field(ge=0)] | None = None
+
+    @field_validator("accept_hashes", "signing_keys", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.accept_hashes or self.signing_keys)
+
+
 class PolicyConfig(_Section):
     deny_response: Literal["jsonrpc-error", "tool-error", "http-403"] = "jsonrpc-error"
     data_class_order: Annotated[tuple[NonEmpty, ...], Field(min_length=1)] = (
         DEFAULT_DATA_CLASS_ORDER
     )
+    reload: PolicyReloadConfig = PolicyReloadConfig()
 
     @field_validator("data_class_order")
     @classmethod

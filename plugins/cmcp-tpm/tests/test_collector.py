@@ -174,8 +174,38 @@ def test_prepare_resets_then_extends_the_bundle_hash(
     expected = pcr.replay("sha256", [bytes.fromhex(BUNDLE_HASH.removeprefix("sha256:"))])
     collector.prepare(FACTS, settings)
     assert read_pcrs(software_tpm.tcti, (23,))[23] == expected
-    collector.prepare(FACTS, settings)  # a restart measures again from reset, not on top
-    assert read_pcrs(software_tpm.tcti, (23,))[23] == expected
+    restarted = TpmCollector()  # a restart measures again from reset, not on top
+    try:
+        restarted.prepare(FACTS, settings)
+        assert read_pcrs(software_tpm.tcti, (23,))[23] == expected
+    finally:
+        restarted.close()
+
+
+def test_prepare_again_extends_the_new_bundle_after_the_first(
+    software_tpm: SoftwareTpm, collector: TpmCollector
+) -> None:
+    """The gateway took another bundle: its hash is extended on top, and the evidence's
+    log names both, so either bundle's session verifies against the same quote."""
+    settings = _settings(software_tpm)
+    second = "sha256:" + hashlib.sha256(b"the next bundle").hexdigest()
+    collector.prepare(FACTS, settings)
+    collector.prepare(GatewayFacts(second, FACTS.catalog_hash, FACTS.gateway_digest), settings)
+    digests = [bytes.fromhex(h.removeprefix("sha256:")) for h in (BUNDLE_HASH, second)]
+    assert read_pcrs(software_tpm.tcti, (23,))[23] == pcr.replay("sha256", digests)
+    binding = bytes(range(32))
+    evidence = collector.collect(binding, settings).evidence
+    assert [event["data"] for event in evidence["event_log"]] == [BUNDLE_HASH, second]
+    verifier = TpmVerifier()
+    for bundle in (BUNDLE_HASH, second):
+        trust = TrustInputs(binding=binding, at=datetime.now(UTC), policy_hash=bundle)
+        checks = {check.name: check for check in verifier.verify(evidence, trust).checks}
+        assert checks["tpm.eventlog.replay"].status.value == "pass"
+        assert checks["tpm.eventlog.policy"].status.value == "pass", checks["tpm.eventlog.policy"]
+    other = "sha256:" + "11" * 32
+    trust = TrustInputs(binding=binding, at=datetime.now(UTC), policy_hash=other)
+    checks = {check.name: check for check in verifier.verify(evidence, trust).checks}
+    assert checks["tpm.eventlog.policy"].status.value == "fail"
 
 
 def test_prepare_can_use_pcr_16(software_tpm: SoftwareTpm, collector: TpmCollector) -> None:

@@ -435,3 +435,19 @@ def test_pem_and_tpmt_public_together_are_refused(
     evidence = make_evidence(ecc_ak, pki) | {"ak_public_pem": pem.decode()}
     verdict = TpmVerifier().verify(evidence, trust(pki))
     assert_fails(verdict, "tpm.evidence.shape", "not both")
+
+
+def test_a_policy_event_must_extend_the_bundle_it_names(
+    ecc_ak: ec.EllipticCurvePrivateKey, pki: Pki
+) -> None:
+    """The data of a policy event is only a label: a log that names the claim's bundle
+    over a digest of another one does not measure the claim's bundle."""
+    evidence = make_evidence(ecc_ak, pki)
+    claimed = evidence["event_log"][0]["data"]
+    evidence["event_log"][0]["data"] = "sha256:" + "22" * 32
+    relabelled = TpmVerifier().verify(evidence, trust(pki, policy_hash="sha256:" + "22" * 32))
+    assert_fails(relabelled, "tpm.eventlog.policy", "event 0", "not the bundle it names")
+    evidence["event_log"][0]["data"] = claimed
+    assert statuses(TpmVerifier().verify(evidence, trust(pki)))["tpm.eventlog.policy"] is (
+        CheckStatus.PASS
+    )

@@ -121,8 +121,11 @@ class Collector(Protocol):
         ...
 
     def prepare(self, facts: GatewayFacts, settings: Mapping[str, Any]) -> None:
-        """Once at gateway start, before serving: measure what must be measured, load keys.
-        Raises `ProviderError` when the gateway must not start."""
+        """At gateway start, before serving: measure what must be measured, load keys.
+        Raises `ProviderError` when the gateway must not start. Called again with the same
+        settings when the gateway takes another policy bundle (`facts.bundle_hash`): a
+        provider that measures the bundle adds the new one to what it measured, without
+        discarding earlier measurements; a `ProviderError` then refuses the bundle."""
         ...
 
     def collect(self, binding: bytes, settings: Mapping[str, Any]) -> Evidence:

@@ -36,6 +36,25 @@ from cmcp_cli.policy.request import (
 )
 
 
+def recheck_with_own_bundle(
+    replay: SessionReplay, lines: Iterable[bytes], bundles: Mapping[str, CompiledBundle]
+) -> None:
+    """Decide the session's recorded requests again with the bundle, of `bundles` (by
+    hash), that its session_start names; none of them being it is reported, as with one."""
+    own = bundles.get(replay.bundle_hash or "")
+    if own is None:
+        given = ", ".join(sorted(bundles)) or "none"
+        recorded = replay.bundle_hash or "no bundle (its session_start is missing)"
+        replay.add(
+            ProblemKind.NOT_REPLAYABLE,
+            None,
+            f"decisions not re-checked: the session recorded {recorded}, "
+            f"and no --bundle given hashes to it (given: {given})",
+        )
+        return
+    recheck_decisions(replay, lines, own)
+
+
 def recheck_decisions(
     replay: SessionReplay, lines: Iterable[bytes], bundle: CompiledBundle
 ) -> None:

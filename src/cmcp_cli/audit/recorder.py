@@ -211,10 +211,11 @@ class SessionRecorder:
         gives its members)."""
         return self._append(EntryType.ATTESTATION, record)
 
-    def policy_load(self, *, bundle_hash: str, policy_count: int) -> SealedEntry:
-        return self._append(
-            EntryType.POLICY_LOAD, {"bundle_hash": bundle_hash, "policy_count": policy_count}
-        )
+    def policy_load(self, record: Mapping[str, Any]) -> SealedEntry:
+        """A bundle the gateway took or refused while this session was open (the members
+        are the reloader's: docs/claim-format.md). It changes nothing this session decides
+        with: a session keeps the bundle its session_start names."""
+        return self._append(EntryType.POLICY_LOAD, record)
 
     def claim(
         self, record: Mapping[str, Any], build: Callable[[SealedEntry, ChainState], _Built]

@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from cmcp_cli.audit.logfile import count_log_lines, is_sqlite, read_log_lines
-from cmcp_cli.audit.matching import compare_with_claim, recheck_decisions
+from cmcp_cli.audit.matching import compare_with_claim, recheck_with_own_bundle
 from cmcp_cli.audit.processes import gateway_processes, live_process
 from cmcp_cli.audit.replay import Progress, SessionReplay, replay_log
 from cmcp_cli.audit.session_record import SessionRecordError, issuer_member
 from cmcp_cli.audit.status import FINE, SessionStatus, StoreProcesses, session_status
 from cmcp_cli.errors import UsageError
 from cmcp_cli.policy.bundle import read_bundle
-from cmcp_cli.policy.engine import compile_bundle
+from cmcp_cli.policy.engine import CompiledBundle, compile_bundle
 from cmcp_cli.strict_json import read_json_file
 
 
@@ -26,7 +26,7 @@ class ReplayRequest:
     session_id: str | None = None
     all_sessions: bool = False
     claim: Path | None = None
-    bundle: Path | None = None
+    bundles: tuple[Path, ...] = ()  # each session is re-decided with its own, by hash
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class ReplayReport:
     log: Path
     sessions: tuple[SessionReplay, ...]
     claim_session: str | None
-    bundle_hash: str | None
+    bundle_hashes: tuple[str, ...]
     statuses: Mapping[str, SessionStatus]  # by session id
 
     @property
@@ -49,7 +49,7 @@ class ReplayReport:
             "log": str(self.log),
             "ok": self.ok,
             "claim_session": self.claim_session,
-            "bundle_hash": self.bundle_hash,
+            "bundle_hashes": list(self.bundle_hashes),
             "sessions": [
                 {
                     **s.to_json(),
@@ -103,21 +103,23 @@ def replay_audit(request: ReplayRequest, progress: Progress | None = None) -> Re
         )
     if claim is not None:
         compare_with_claim(replays[str(only)], claim)
-    bundle_hash = None
-    if request.bundle is not None:
-        bundle = compile_bundle(read_bundle(request.bundle))
-        bundle_hash = bundle.hash
+    bundles = {bundle.hash: bundle for bundle in map(_compiled, request.bundles)}
+    if bundles:
         for replay in replays.values():
-            recheck_decisions(replay, read_log_lines(log, replay.session_id), bundle)
+            recheck_with_own_bundle(replay, read_log_lines(log, replay.session_id), bundles)
     processes = _store_processes(log) if request.expect_sqlite else None
     statuses = {sid: session_status(replay, processes) for sid, replay in replays.items()}
     return ReplayReport(
         log=log,
         sessions=tuple(replays.values()),
         claim_session=str(only) if claim is not None else None,
-        bundle_hash=bundle_hash,
+        bundle_hashes=tuple(bundles),
         statuses=statuses,
     )
+
+
+def _compiled(path: Path) -> CompiledBundle:
+    return compile_bundle(read_bundle(path))
 
 
 def _store_processes(store: Path) -> StoreProcesses:

@@ -13,6 +13,7 @@ from cmcp_cli.cli.bridge import bridge_command
 from cmcp_cli.cli.evidence import replay_audit_command, verify_command
 from cmcp_cli.cli.measure import MEASURE_HELP, measure_app
 from cmcp_cli.cli.plugins import plugins_command
+from cmcp_cli.cli.sign import sign_bundle_command
 from cmcp_cli.cli.start import start_command
 from cmcp_cli.cli.validate import validate_bundle_command, validate_config_command
 from cmcp_cli.errors import CmcpError, ExitCode
@@ -50,6 +51,7 @@ def build_app(*, with_measurers: bool = False) -> typer.Typer:
     app.callback()(_root)
     app.command("start")(start_command)
     app.command("validate-bundle")(validate_bundle_command)
+    app.command("sign-bundle")(sign_bundle_command)
     app.command("validate-config")(validate_config_command)
     app.command("verify")(verify_command)
     app.command("replay-audit")(replay_audit_command)

@@ -179,7 +179,12 @@ def replay_audit_command(
         Path | None, typer.Option("--claim", help="Match the chain with this claim.")
     ] = None,
     bundle: Annotated[
-        Path | None, typer.Option("--bundle", help="Decide every recorded request again.")
+        list[Path] | None,
+        typer.Option(
+            "--bundle",
+            help="Decide every recorded request again; repeat it for sessions under "
+            "different bundles (each is decided with the one its log names).",
+        ),
     ] = None,
     as_json: JsonFlag = False,
 ) -> int:
@@ -198,7 +203,7 @@ def replay_audit_command(
         session_id=session,
         all_sessions=all_sessions,
         claim=claim,
-        bundle=bundle,
+        bundles=tuple(bundle or ()),
     )
     if as_json or not render.err.is_terminal:
         report = replay_audit(request)
@@ -288,5 +293,8 @@ def _render_replay(report: ReplayReport) -> None:
             render.err.print(f"  first bad sequence number: [bold]{replay.first_bad_seq}[/bold]")
     if report.claim_session:
         render.err.print(f"claim matched against session {escape(report.claim_session)}")
-    if report.bundle_hash:
-        render.err.print(f"decisions re-evaluated with bundle {report.bundle_hash}")
+    for bundle_hash in report.bundle_hashes:
+        sessions = sum(1 for s in report.sessions if s.bundle_hash == bundle_hash)
+        render.err.print(
+            f"decisions re-evaluated with bundle {bundle_hash} ({sessions} session(s))"
+        )

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from cmcp_cli.attestation import software
 from cmcp_cli.attestation.api import GatewayFacts, ProviderError
 from cmcp_cli.attestation.manager import (
@@ -35,7 +37,7 @@ from cmcp_cli.audit.store import AuditStore
 from cmcp_cli.catalog.model import Catalog
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.config import ENV_DEV_MODE, CmcpConfig, Environment, HttpUpstream
-from cmcp_cli.errors import CmcpError, ConfigError
+from cmcp_cli.errors import CmcpError, ConfigError, UsageError
 from cmcp_cli.evidence.recovery import RecoveryReport, recover_sessions
 from cmcp_cli.evidence.session import (
     GATEWAY_PROCESS,
@@ -48,10 +50,12 @@ from cmcp_cli.evidence.session import (
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for, tool_resources
 from cmcp_cli.gateway.preflight.attestation import candidates, plugin_of
 from cmcp_cli.gateway.preflight.credentials import token_sources
+from cmcp_cli.gateway.preflight.reload import MEASURING_PROVIDERS, measured_reload_problem
 from cmcp_cli.gateway.preflight.report import ConfigReport
 from cmcp_cli.gateway.upstream.api import UpstreamChannel
 from cmcp_cli.gateway.upstream.stdio import stdio_upstreams
 from cmcp_cli.gateway.upstream.streamable_http import McpUpstream
+from cmcp_cli.policy.acceptance import load_public_key
 from cmcp_cli.policy.engine import Authorizer, CompiledBundle
 from cmcp_cli.policy.request import ToolResource
 from cmcp_cli.wire.http1 import Endpoint
@@ -120,16 +124,55 @@ class MeasurementCheck:
         }
 
 
+@dataclass(frozen=True)
+class ActivePolicy:
+    """A compiled bundle with what sessions opened under it decide and record with. Built
+    once and never changed: a reload builds another and swaps it in whole (`GatewayRuntime
+    .active`), and each session keeps the one it was opened under for its whole life."""
+
+    bundle: CompiledBundle
+    authorizer: Authorizer
+    session: SessionPolicy
+    generation: int = 0  # 0 for the bundle the gateway started with, +1 per bundle taken
+
+    @property
+    def hash(self) -> str:
+        return self.bundle.hash
+
+
+def active_policy(
+    config: CmcpConfig, bundle: CompiledBundle, catalog: Catalog, generation: int = 0
+) -> ActivePolicy:
+    """The policy of `bundle` against the running catalog; `CmcpError` when the bundle
+    cannot decide for that catalog (its schema rejects the catalog's entities)."""
+    return ActivePolicy(
+        bundle=bundle,
+        authorizer=authorizer_for(bundle, catalog),
+        session=SessionPolicy(
+            bundle_hash=bundle.hash,
+            policy_version=bundle.source.manifest.version,
+            catalog_hash=catalog.hash,
+            enforcement_mode=config.attestation.enforcement_mode,
+            data_class_order=config.policy.data_class_order,
+            trust_domain=config.claims.trust_domain,
+            model_provider=config.claims.model.provider,
+            model_id=config.claims.model.model_id,
+            record_inputs=config.audit.record_inputs,
+        ),
+        generation=generation,
+    )
+
+
 @dataclass
 class GatewayRuntime:
     config: CmcpConfig
-    bundle: CompiledBundle
+    # The policy new sessions open under; replaced whole (one assignment on the event
+    # loop) by a reload, never mutated.
+    active: ActivePolicy
     catalog: Catalog
-    authorizer: Authorizer
     tools: Mapping[str, ToolResource]
     store: AuditStore
     attestor: Attestor
-    policy: SessionPolicy
     upstreams: Mapping[str, UpstreamChannel]
     credentials: Credentials
     dev_mode: bool
@@ -137,6 +180,13 @@ class GatewayRuntime:
     lock: StoreLock | None = None  # the audit store's, held while this gateway runs
     recovery: RecoveryReport = field(default_factory=RecoveryReport)  # at start
     measurement: MeasurementCheck = field(default_factory=MeasurementCheck)
+
+    reload_keys: tuple[Ed25519PublicKey, ...] = ()  # policy.reload.signing_keys, loaded
+
+    @property
+    def bundle(self) -> CompiledBundle:
+        """The bundle new sessions open under."""
+        return self.active.bundle
 
     @property
     def claims_dir(self) -> Path:
@@ -172,21 +222,22 @@ def build_runtime(
         pins=config.attestation.expected_measurement,
         validity_seconds=config.attestation.validity_seconds,
     )
+    if (
+        config.policy.reload.configured
+        and config.attestation.expected_measurement
+        and attestor.spec.name in MEASURING_PROVIDERS
+    ):
+        attestor.collector.close()
+        raise StartupError(
+            f"`auto` chose the {attestor.spec.name} provider: "
+            + measured_reload_problem(attestor.spec.name),
+            hint="remove policy.reload or attestation.expected_measurement",
+        )
     prepare_attestor(attestor, bundle.hash, catalog.hash)
     measurement = check_measurement(attestor, bundle.hash, catalog.hash)
-    authorizer = authorizer_for(bundle, catalog)
+    active = active_policy(config, bundle, catalog)
     tools = {tool.name: tool for tool in tool_resources(catalog)}
-    policy = SessionPolicy(
-        bundle_hash=bundle.hash,
-        policy_version=bundle.source.manifest.version,
-        catalog_hash=catalog.hash,
-        enforcement_mode=config.attestation.enforcement_mode,
-        data_class_order=config.policy.data_class_order,
-        trust_domain=config.claims.trust_domain,
-        model_provider=config.claims.model.provider,
-        model_id=config.claims.model.model_id,
-        record_inputs=config.audit.record_inputs,
-    )
+    reload_keys = _reload_keys(config, attestor)
     upstreams: dict[str, UpstreamChannel] = {
         name: McpUpstream(
             name=name,
@@ -205,13 +256,11 @@ def build_runtime(
     store, lock, recovery = open_store(config, attestor)
     return GatewayRuntime(
         config=config,
-        bundle=bundle,
+        active=active,
         catalog=catalog,
-        authorizer=authorizer,
         tools=tools,
         store=store,
         attestor=attestor,
-        policy=policy,
         upstreams=upstreams,
         credentials=_credentials(config, env, environ),
         dev_mode=env.dev_mode,
@@ -219,7 +268,16 @@ def build_runtime(
         lock=lock,
         recovery=recovery,
         measurement=measurement,
+        reload_keys=reload_keys,
     )
+
+
+def _reload_keys(config: CmcpConfig, attestor: Attestor) -> tuple[Ed25519PublicKey, ...]:
+    try:
+        return tuple(load_public_key(path) for path in config.policy.reload.signing_keys)
+    except UsageError as exc:  # validate-config reports it too; the file changed since
+        attestor.collector.close()
+        raise StartupError(exc.message, hint=exc.hint) from exc
 
 
 def open_store(

@@ -2,7 +2,9 @@
 
 `serve_gateway` is hypercorn's own `serve(app, config, shutdown_trigger=...)`: on the
 trigger, hypercorn stops accepting, runs the ASGI lifespan shutdown, and the app closes
-every open session and writes its claim before the process ends.
+every open session and writes its claim before the process ends. SIGHUP, and the
+reload interval when set, make the gateway look at its bundle directory
+(`PolicyReloader`).
 """
 
 from __future__ import annotations
@@ -57,9 +59,12 @@ async def serve_gateway(
     """Serve until `shutdown_trigger` returns (by default SIGINT or SIGTERM)."""
     app = GatewayApp(runtime)
     requested = shutdown_trigger or _signal_trigger()
+    reloading = _reload_tasks(app)
 
     async def trigger() -> None:
         await requested()
+        for task in reloading:  # no bundle is taken while sessions close
+            task.cancel()
         # hypercorn waits for open responses before the lifespan shutdown: end the
         # clients' notification streams first, or shutdown would wait out their timeout
         app.sessions.end_streams()
@@ -73,11 +78,10 @@ async def serve_gateway(
     try:
         await serve(app, hypercorn_config(runtime.config), shutdown_trigger=trigger)  # type: ignore[arg-type]
     finally:
-        for timer in timers:
-            timer.cancel()
-        for timer in timers:
+        for task in (*timers, *reloading):
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await timer
+                await task
 
 
 def _signal_trigger() -> Callable[[], Awaitable[None]]:
@@ -90,6 +94,28 @@ def _signal_trigger() -> Callable[[], Awaitable[None]]:
         await stop.wait()
 
     return wait
+
+
+def _reload_tasks(app: GatewayApp) -> list[asyncio.Task[None]]:
+    """The interval check (policy_reload_interval_seconds > 0) and SIGHUP: each looks at
+    the bundle directory once (`PolicyReloader.check`); checks never overlap."""
+    tasks: list[asyncio.Task[None]] = []
+    interval = app.runtime.config.policy_reload_interval_seconds
+    if interval > 0:
+        tasks.append(asyncio.create_task(app.reloader.run(float(interval))))
+    hangup = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
+        loop.add_signal_handler(signal.SIGHUP, hangup.set)
+
+        async def on_hangup() -> None:
+            while True:
+                await hangup.wait()
+                hangup.clear()
+                await app.reloader.check_logged("sighup")
+
+        tasks.append(asyncio.create_task(on_hangup()))
+    return tasks
 
 
 async def _close_idle_sessions(app: GatewayApp) -> None:

@@ -17,7 +17,7 @@ import base64
 import hashlib
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -114,8 +114,20 @@ class TpmCollector:
             return Detection(False, f"the TPM at {tcti!r} could not be queried: {error}")
 
     def prepare(self, facts: GatewayFacts, settings: Mapping[str, Any]) -> None:
+        """At start: reset the PCR and extend it with the bundle hash, load the AK. Again
+        with the same settings (the gateway took another bundle): extend the PCR with the
+        new hash, never reset it, so that its log names every bundle the gateway ran."""
         parsed = TpmSettings.parse(settings)
         with self._lock:
+            prepared = self._prepared
+            if prepared is not None and prepared.settings == parsed:
+                event = extend_bundle(prepared.esapi, parsed.pcr, facts.bundle_hash)
+                log = (*prepared.event_log, event)
+                measured = pcr_math.replay(
+                    "sha256", [bytes.fromhex(str(logged["digest"])) for logged in log]
+                )
+                self._prepared = replace(prepared, event_log=log, measured_value=measured)
+                return
             self._close_locked()
             esapi = open_tpm(parsed.tcti)
             try:
@@ -195,10 +207,7 @@ def _describe(esapi: ESAPI, tcti: str) -> str:
 
 def measure_bundle(esapi: ESAPI, pcr: int, bundle_hash: str) -> dict[str, str | int]:
     """Reset `pcr`, extend its sha256 bank with the bundle hash; return the event logged."""
-    algorithm, _, hex_digest = bundle_hash.partition(":")
-    if algorithm != "sha256" or len(hex_digest) != 64 or hex_digest.strip("0123456789abcdef"):
-        raise ProviderError(f"the policy bundle hash {bundle_hash!r} is not sha256:<64 hex>")
-    digest = bytes.fromhex(hex_digest)
+    _bundle_digest(bundle_hash)  # checked before the PCR is touched
     handle = ESYS_TR(pcr)
     try:
         esapi.pcr_reset(handle)
@@ -209,6 +218,13 @@ def measure_bundle(esapi: ESAPI, pcr: int, bundle_hash: str) -> dict[str, str | 
             f"reset PCR {allowed}",
             hint=f"set {SECTION}.pcr to one of those PCRs",
         ) from None
+    return extend_bundle(esapi, pcr, bundle_hash)
+
+
+def extend_bundle(esapi: ESAPI, pcr: int, bundle_hash: str) -> dict[str, str | int]:
+    """Extend the sha256 bank of `pcr` with the bundle hash; return the event logged."""
+    digest = _bundle_digest(bundle_hash)
+    handle = ESYS_TR(pcr)
     extend = tss.TPML_DIGEST_VALUES(
         [tss.TPMT_HA(hashAlg=tss.TPM2_ALG.SHA256, digest=tss.TPMU_HA(sha256=digest))]
     )
@@ -224,6 +240,13 @@ def measure_bundle(esapi: ESAPI, pcr: int, bundle_hash: str) -> dict[str, str | 
         "type": _BUNDLE_EVENT,
         "data": bundle_hash,
     }
+
+
+def _bundle_digest(bundle_hash: str) -> bytes:
+    algorithm, _, hex_digest = bundle_hash.partition(":")
+    if algorithm != "sha256" or len(hex_digest) != 64 or hex_digest.strip("0123456789abcdef"):
+        raise ProviderError(f"the policy bundle hash {bundle_hash!r} is not sha256:<64 hex>")
+    return bytes.fromhex(hex_digest)
 
 
 def _resettable_pcrs(esapi: ESAPI) -> list[int]:

@@ -281,15 +281,40 @@ class _Run:
         match = _POLICY_HASH.fullmatch(expected)
         if match is None:
             raise _Fail(f"The claim's policy hash {expected!r} is not sha256:<64 hex>.")
+        # The policy events are the bundles the gateway ran since it reset its PCR, in
+        # order (its first, then one per bundle it took while serving); the replay check
+        # ties them to the quoted value. A session's bundle is one of them: the last when
+        # its evidence was collected before any later bundle was taken, an earlier one
+        # when the gateway took another while the session went on under its own.
         events = [e for e in log if e.type == POLICY_EVENT]
-        if len(events) != 1:
-            raise _Fail(f"The event log has {len(events)} {POLICY_EVENT} events, not one.")
-        event = events[0]
-        if event.data != expected:
-            raise _Fail(f"The logged policy bundle {event.data!r} is not the claim's {expected}.")
-        if event.digest != bytes.fromhex(match.group(1)):
-            raise _Fail(f"The {POLICY_EVENT} event extends {event.digest.hex()}, not {expected}.")
-        return f"The log measures the claim's policy bundle into {event.bank} PCR {event.pcr}."
+        if not events:
+            raise _Fail(f"The event log has 0 {POLICY_EVENT} events, not one or more.")
+        first = events[0]
+        for n, event in enumerate(events):
+            if (event.bank, event.pcr) != (first.bank, first.pcr):
+                raise _Fail(
+                    f"{POLICY_EVENT} event {n} extends {event.bank} PCR {event.pcr}, not "
+                    f"{first.bank} PCR {first.pcr} as the first does."
+                )
+            named = _POLICY_HASH.fullmatch(event.data)
+            if named is None or event.digest != bytes.fromhex(named.group(1)):
+                raise _Fail(
+                    f"{POLICY_EVENT} event {n} extends {event.digest.hex()}, "
+                    f"not the bundle it names ({event.data!r})."
+                )
+        positions = [n for n, event in enumerate(events) if event.data == expected]
+        if not positions:
+            logged = ", ".join(repr(event.data) for event in events)
+            raise _Fail(
+                f"The logged policy bundles ({logged}) do not include the claim's {expected}."
+            )
+        where = f"{first.bank} PCR {first.pcr}"
+        if len(events) == 1:
+            return f"The log measures the claim's policy bundle into {where}."
+        return (
+            f"The log measures the claim's policy bundle into {where} as bundle "
+            f"{positions[-1] + 1} of the {len(events)} the gateway ran since the PCR's reset."
+        )
 
     def ak_certificate(self) -> str:
         blobs, tie = self.d.ak_certificates, self.d.ak_tie

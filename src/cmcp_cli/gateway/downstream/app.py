@@ -28,6 +28,7 @@ from cmcp_cli.gateway.downstream.streams import (
 from cmcp_cli.gateway.operator.routes import OperatorRoutes
 from cmcp_cli.gateway.relay.dispatch import Dispatcher, Reply
 from cmcp_cli.gateway.relay.exchange import GET_STREAM
+from cmcp_cli.gateway.relay.reload import PolicyReloader
 from cmcp_cli.gateway.relay.sessions import SessionLimitError, SessionRegistry
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.upstream.api import KNOWN_PROTOCOLS
@@ -47,6 +48,7 @@ class GatewayApp:
     def __init__(self, runtime: GatewayRuntime) -> None:
         self.runtime = runtime
         self.sessions = SessionRegistry(runtime)
+        self.reloader = PolicyReloader(self.sessions)
         self.dispatcher = Dispatcher(runtime, self.sessions)
         self.operator = OperatorRoutes(runtime, self.sessions)
         self.rules = TransportRules(runtime.config)
@@ -77,6 +79,7 @@ class GatewayApp:
 
     async def shutdown(self) -> None:
         """Close every open session (writing its claim), then the runtime."""
+        await self.reloader.stop()
         await self.sessions.close_all("gateway shutdown")
         self.runtime.close()
 
@@ -102,6 +105,7 @@ class GatewayApp:
                     "ready": self.ready,
                     "sessions": len(self.sessions),
                     "measurement": self.runtime.measurement.to_json(),
+                    "policy": self.reloader.status(),
                 },
             )
         elif path.startswith("/trace/") and method == "GET":

@@ -41,11 +41,16 @@ def server_request_kind(method: str) -> MessageKind | None:
     return SERVER_REQUEST_KINDS.get(method)
 
 
-class GateRuntime(Protocol):
-    """What a gate reads of the gateway runtime."""
+class GatePolicy(Protocol):
+    """The policy a session was opened under."""
 
     @property
     def authorizer(self) -> Authorizer: ...
+
+
+class GateRuntime(Protocol):
+    """What a gate reads of the gateway runtime."""
+
     @property
     def tools(self) -> Mapping[str, ToolResource]: ...
     @property
@@ -61,10 +66,12 @@ class GateRegistry(Protocol):
 
 
 class GateSession(Protocol):
-    """A client session: its agent, its evidence chain, and its call ids."""
+    """A client session: its agent, its evidence chain, its policy and its call ids."""
 
     @property
     def agent(self) -> str: ...
+    @property
+    def policy(self) -> GatePolicy: ...
     @property
     def evidence(self) -> EvidenceSession: ...
     def next_call_id(self) -> str: ...
@@ -112,7 +119,7 @@ async def open_gate(
     call_id = session.next_call_id()
     async with sessions.durably():
         verdict = session.evidence.decide_message(
-            runtime.authorizer,
+            session.policy.authorizer,
             call_id=call_id,
             agent_id=session.agent,
             kind=kind,

@@ -33,6 +33,7 @@ from cmcp_cli.config import (
 from cmcp_cli.errors import CmcpError, ConfigError, Problem, Severity, UsageError
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for
 from cmcp_cli.gateway.preflight import attestation, checks, credentials
+from cmcp_cli.gateway.preflight.reload import check_reload
 from cmcp_cli.model_errors import document_location
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import CompiledBundle, compile_bundle
@@ -131,6 +132,7 @@ def check_config(
         problems.extend(checks.check_tls(checkable.tls, located))
         problems.extend(checks.check_upstreams(checkable, environ, catalog, located))
         problems.extend(checks.check_state_paths(checkable, located))
+        problems.extend(check_reload(checkable, bundle, located))
         if catalog is not None:
             problems.extend(checks.check_data_classes(checkable, catalog, located))
         if on_this_host and checkable.attestation.provider != software.NAME:

@@ -75,7 +75,8 @@ class Dispatcher:
         self.methods = Methods(runtime, sessions, self.relay)
         self.listening = Listening(self.methods)
         self.passthrough = Passthrough(runtime, sessions, self.relay)
-        self._callable: dict[tuple[str, str], frozenset[str]] = {}  # (agent, platform) -> tools
+        # (agent, platform, bundle hash) -> tools
+        self._callable: dict[tuple[str, str, str], frozenset[str]] = {}
 
     async def initialize(self, message: Message, agent: str) -> Reply:
         version = negotiate(message.params.get("protocolVersion"))
@@ -229,7 +230,7 @@ class Dispatcher:
         arguments is therefore not listed (it can still be called, and is decided then);
         one that policy escalates is listed, since an operator may approve it."""
         platform = session.evidence.evidence.platform
-        key = (session.agent, platform)
+        key = (session.agent, platform, session.policy.hash)
         known = self._callable.get(key)
         if known is not None:
             return known
@@ -247,7 +248,7 @@ class Dispatcher:
                 )
             except CmcpError:
                 continue
-            if self.runtime.authorizer.decide(request).effect is not Effect.DENY:
+            if session.policy.authorizer.decide(request).effect is not Effect.DENY:
                 allowed.add(tool.name)
         self._callable[key] = frozenset(allowed)
         return self._callable[key]
@@ -298,7 +299,7 @@ class Dispatcher:
             )
         async with self.sessions.durably():  # the decision is durable before forwarding
             verdict = evidence.decide_call(
-                self.runtime.authorizer,
+                session.policy.authorizer,
                 call_id=call_id,
                 agent_id=session.agent,
                 tool=tool,

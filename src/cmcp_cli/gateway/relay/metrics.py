@@ -78,6 +78,9 @@ class GatewayMetrics:
     sessions_opened: int = 0
     sessions_closed: int = 0
     call_latency: Histogram = field(default_factory=Histogram)
+    policy_taken: int = 0  # bundles a reload made the running one
+    policy_refused: Counter[str] = field(default_factory=Counter)  # by reason category
+    policy_generation: int = 0  # bundles taken since start: 0 is the one it started with
 
     def call(self, outcome: str, seconds: float) -> None:
         self.calls[outcome] += 1
@@ -122,6 +125,23 @@ class GatewayMetrics:
             "# HELP cmcp_approvals_pending Escalated calls waiting for an operator.",
             "# TYPE cmcp_approvals_pending gauge",
             f"cmcp_approvals_pending {pending_approvals}",
+            "# HELP cmcp_policy_reloads_total Bundles a reload took as the running one.",
+            "# TYPE cmcp_policy_reloads_total counter",
+            f"cmcp_policy_reloads_total {self.policy_taken}",
+            "# HELP cmcp_policy_reload_refusals_total Bundles a reload refused, by reason "
+            "(unreadable, not_allowed, invalid, attestation).",
+            "# TYPE cmcp_policy_reload_refusals_total counter",
+        ]
+        lines += [
+            f'cmcp_policy_reload_refusals_total{{reason="{reason}"}} {self.policy_refused[reason]}'
+            for reason in sorted(
+                {"unreadable", "not_allowed", "invalid", "attestation", *self.policy_refused}
+            )
+        ]
+        lines += [
+            "# HELP cmcp_policy_generation Bundles taken since start (0: the starting bundle).",
+            "# TYPE cmcp_policy_generation gauge",
+            f"cmcp_policy_generation {self.policy_generation}",
         ]
         if agents is not None:
             lines += agents.lines()

@@ -34,7 +34,7 @@ from cmcp_cli.gateway.relay.freshness import renewal_time
 from cmcp_cli.gateway.relay.listen import Listener
 from cmcp_cli.gateway.relay.metrics import GatewayMetrics
 from cmcp_cli.gateway.relay.ownership import ClosedSessionOwners
-from cmcp_cli.gateway.runtime import Caller, GatewayRuntime
+from cmcp_cli.gateway.runtime import ActivePolicy, Caller, GatewayRuntime
 from cmcp_cli.gateway.upstream.api import UpstreamConversation, UpstreamError
 from cmcp_cli.gateway.upstream.modern_client import open_conversation
 from cmcp_cli.wire.mcp import MODERN_PROTOCOLS
@@ -71,6 +71,7 @@ class GatewaySession:
     agent: str
     protocol_version: str  # as negotiated at initialize
     evidence: EvidenceSession
+    policy: ActivePolicy  # the bundle it was opened under, for its whole life
     last_seen: float = field(default_factory=time.monotonic)
     upstreams: dict[str, UpstreamConversation] = field(default_factory=dict)
     drifted: dict[str, str] = field(default_factory=dict)  # tool -> advertised definition hash
@@ -203,15 +204,16 @@ class SessionRegistry:
             )
         session_id = secrets.token_urlsafe(18)
         runtime = self.runtime
+        policy = runtime.active  # taken once: a reload meanwhile does not change it
         evidence = await self.in_thread(
             EvidenceSession,
             store=runtime.store,
             session_id=session_id,
-            policy=runtime.policy,
+            policy=policy.session,
             attestor=runtime.attestor,
             agent=agent,
         )
-        session = GatewaySession(session_id, agent, protocol_version, evidence)
+        session = GatewaySession(session_id, agent, protocol_version, evidence, policy)
         session.renew_at = renewal_time(time.monotonic(), runtime.config.attestation)
         self._sessions[session_id] = session
         self.metrics.sessions_opened += 1
