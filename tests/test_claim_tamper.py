@@ -40,8 +40,9 @@ from cmcp_cli.catalog.model import load_catalog
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.signing import signed
 from cmcp_cli.errors import ExitCode
+from cmcp_cli.evidence.attesting import Attestor, attest_key
 from cmcp_cli.evidence.freshness import renew_evidence
-from cmcp_cli.evidence.session import Attestor, EvidenceSession, attest_key
+from cmcp_cli.evidence.session import EvidenceSession
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle

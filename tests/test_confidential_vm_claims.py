@@ -25,7 +25,7 @@ from cmcp_cli.attestation.api import (
     GatewayFacts,
     ProviderSpec,
 )
-from cmcp_cli.evidence.session import Attestor
+from cmcp_cli.evidence.attesting import Attestor
 from cmcp_sev.plugin import EVIDENCE_TYPE as SEV_EVIDENCE_TYPE
 from cmcp_sev.plugin import PLATFORM as SEV_PLATFORM
 from cmcp_sev.plugin import SPEC as SEV_SPEC

@@ -13,8 +13,9 @@ from typing import Any
 from cmcp_cli.attestation import software
 from cmcp_cli.attestation.api import CheckStatus
 from cmcp_cli.attestation.manager import load_providers
+from cmcp_cli.evidence.attesting import Attestor
 from cmcp_cli.evidence.freshness import renew_evidence
-from cmcp_cli.evidence.session import Attestor, EvidenceSession
+from cmcp_cli.evidence.session import EvidenceSession
 from cmcp_cli.verify.claim import VerifyOptions, verify_document
 from tests.sessions import StepClock, record_session
 

@@ -18,7 +18,7 @@ import yaml
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from cmcp_cli.evidence.session import Attestor, MeasurementMismatchError
+from cmcp_cli.evidence.attesting import Attestor, MeasurementMismatchError
 from cmcp_cli.gateway.runtime import StartupError, check_measurement
 from cmcp_sev.plugin import SPEC as SEV_SPEC
 from cmcp_tdx.plugin import SPEC as TDX_SPEC

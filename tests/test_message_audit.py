@@ -27,7 +27,8 @@ from cmcp_cli.catalog.model import load_catalog
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.signing import signed
 from cmcp_cli.config import CmcpConfig
-from cmcp_cli.evidence.session import Attestor, EvidenceSession, SessionPolicy
+from cmcp_cli.evidence.attesting import Attestor
+from cmcp_cli.evidence.session import EvidenceSession, SessionPolicy
 from cmcp_cli.gateway.enforcement.messages import close_gate, fail_gate, open_gate, refusal
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for, tool_resources
 from cmcp_cli.policy.bundle import read_bundle

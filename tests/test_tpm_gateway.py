@@ -29,7 +29,7 @@ from cmcp_cli.attestation.binding import compute_binding
 from cmcp_cli.attestation.measurement import installation_digest
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.signing import signed
-from cmcp_cli.evidence.session import Attestor
+from cmcp_cli.evidence.attesting import Attestor
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle
 from cmcp_tpm import plugin

@@ -13,13 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cmcp_cli.audit.session_record import FRESH, STALE, attestation_record
-from cmcp_cli.evidence.session import (
+from cmcp_cli.evidence.attesting import (
     AttestationUnavailableError,
     AttestedKey,
     Attestor,
-    EvidenceSession,
     attest_key,
 )
+from cmcp_cli.evidence.session import EvidenceSession
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,9 @@ from cmcp_cli.claim.canonical import CanonicalizationError
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.model import build_claim, claim_digest, trace_record
 from cmcp_cli.errors import CmcpError
+from cmcp_cli.evidence.attesting import GATEWAY_PROCESS, Attestor, attest_key
 from cmcp_cli.evidence.claim_files import claim_path, write_claim
-from cmcp_cli.evidence.session import GATEWAY_PROCESS, Attestor, ClosedSession, attest_key
+from cmcp_cli.evidence.session import ClosedSession
 from cmcp_cli.strict_json import read_json_file
 
 _LOG = logging.getLogger(__name__)

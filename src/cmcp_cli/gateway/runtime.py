@@ -38,15 +38,15 @@ from cmcp_cli.catalog.model import Catalog
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.config import ENV_DEV_MODE, CmcpConfig, Environment, HttpUpstream
 from cmcp_cli.errors import CmcpError, ConfigError, UsageError
-from cmcp_cli.evidence.recovery import RecoveryReport, recover_sessions
-from cmcp_cli.evidence.session import (
+from cmcp_cli.evidence.attesting import (
     GATEWAY_PROCESS,
     AttestationUnavailableError,
     Attestor,
     MeasurementMismatchError,
-    SessionPolicy,
     attest_key,
 )
+from cmcp_cli.evidence.recovery import RecoveryReport, recover_sessions
+from cmcp_cli.evidence.session import SessionPolicy
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for, tool_resources
 from cmcp_cli.gateway.preflight.attestation import candidates, plugin_of
 from cmcp_cli.gateway.preflight.credentials import token_sources

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from cmcp_cli.audit.recorder import ChainEndedError
 from cmcp_cli.audit.store import AuditStoreError
-from cmcp_cli.evidence.session import AttestationUnavailableError
+from cmcp_cli.evidence.attesting import AttestationUnavailableError
 from cmcp_cli.gateway.downstream import modern
 from cmcp_cli.gateway.downstream.http_rules import TransportRules
 from cmcp_cli.gateway.downstream.streams import (

@@ -31,8 +31,9 @@ from cmcp_cli.attestation.measurement import installation_digest
 from cmcp_cli.audit.entry import timestamp
 from cmcp_cli.audit.recorder import ChainEndedError
 from cmcp_cli.errors import CmcpError, Problem
+from cmcp_cli.evidence.attesting import AttestationUnavailableError
 from cmcp_cli.evidence.claim_files import write_claim
-from cmcp_cli.evidence.session import AttestationUnavailableError, EvidenceSession
+from cmcp_cli.evidence.session import EvidenceSession
 from cmcp_cli.gateway.preflight.reload import EVENT_AGENT
 from cmcp_cli.gateway.relay.sessions import SessionRegistry
 from cmcp_cli.gateway.runtime import ActivePolicy, active_policy
