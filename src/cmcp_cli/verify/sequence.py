@@ -24,12 +24,8 @@ from cmcp_cli.claim.keys import jwk_thumbprint
 from cmcp_cli.claim.model import claim_digest, is_gateway_claim
 from cmcp_cli.errors import ExitCode
 from cmcp_cli.strict_json import read_json_file
-from cmcp_cli.verify.claim import (
-    VerifyOptions,
-    VerifyReport,
-    one_replay_per_log,
-    verify_claim_file,
-)
+from cmcp_cli.verify.audit_log import one_replay_per_log
+from cmcp_cli.verify.claim import VerifyOptions, VerifyReport, verify_claim_file
 
 SEQUENCE_CHECKS = (
     "sequence: claims",

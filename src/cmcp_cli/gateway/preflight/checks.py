@@ -18,12 +18,12 @@ from cmcp_cli.config import (
     ENV_DEV_MODE,
     ENV_OPERATOR_TOKEN,
     CmcpConfig,
-    ConfigDocument,
     Environment,
     HttpUpstream,
     StdioUpstream,
     TLSConfig,
 )
+from cmcp_cli.config_document import ConfigDocument
 from cmcp_cli.errors import Problem, Severity
 from cmcp_cli.gateway.upstream.spawn import resolve_executable
 

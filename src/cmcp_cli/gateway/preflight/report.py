@@ -23,13 +23,12 @@ from cmcp_cli.catalog.model import Catalog, load_catalog
 from cmcp_cli.config import (
     KNOWN_ENV,
     CmcpConfig,
-    ConfigDocument,
     Environment,
-    read_config_document,
     read_environment,
     validate_data,
     validate_document,
 )
+from cmcp_cli.config_document import ConfigDocument, read_config_document
 from cmcp_cli.errors import CmcpError, ConfigError, Problem, Severity, UsageError
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for
 from cmcp_cli.gateway.preflight import attestation, checks, credentials
