@@ -15,7 +15,7 @@ _RULE_HINT = (
 )
 # Providers whose measurement covers the bundle (the TPM quotes the PCR it extends with
 # each bundle hash): a bundle taken later changes the measurement, which a pinned
-# `expected_measurement` cannot match after it, so the two are refused together.
+# `expected_measurement` cannot match after it, so configuring both is refused.
 MEASURING_PROVIDERS = ("tpm",)
 # The agent of the session a policy event is recorded in when no client session is open:
 # no configured agent may have this name (it would read those sessions' claims).
