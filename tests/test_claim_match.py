@@ -15,7 +15,7 @@ from cmcp_cli.audit.report import claim_key_thumbprint
 from cmcp_cli.audit.session_record import (
     INTERRUPTED,
     Issuer,
-    SessionHeader,
+    SessionPolicy,
     claim_facts,
     end_record,
     start_record,
@@ -25,8 +25,7 @@ from cmcp_cli.claim.canonical import canonical_sha256
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.model import build_claim
 
-HEADER = SessionHeader(
-    agent="agent-a",
+POLICY = SessionPolicy(
     bundle_hash="sha256:" + "b" * 64,
     catalog_hash="sha256:" + "c" * 64,
     enforcement_mode="enforcing",
@@ -42,8 +41,8 @@ DIGEST = "sha256:" + "d" * 64
 def evidence_of(key: ClaimKey) -> dict[str, Any]:
     binding = compute_binding(
         key_thumbprint=key.thumbprint,
-        bundle_hash=HEADER.bundle_hash,
-        catalog_hash=HEADER.catalog_hash,
+        bundle_hash=POLICY.bundle_hash,
+        catalog_hash=POLICY.catalog_hash,
         gateway_digest=DIGEST,
     )
     return {"binding": binding.hex(), "gateway_digest": DIGEST}
@@ -92,7 +91,7 @@ def test_a_recovered_sessions_claim_is_the_recovering_processs(tmp_path: Path) -
     own, recovering = ClaimKey.generate(), ClaimKey.generate()
     replay = recorded(
         tmp_path / "audit.db",
-        start_record(HEADER, issuer("p-1", own)),
+        start_record("agent-a", POLICY, issuer("p-1", own)),
         end_record(
             reason=INTERRUPTED,
             issued_at=1_800_000_000,
@@ -134,7 +133,7 @@ def test_a_recovered_sessions_claim_is_the_recovering_processs(tmp_path: Path) -
 
 def test_records_that_lack_a_member_the_claim_states_match_no_claim(tmp_path: Path) -> None:
     key = ClaimKey.generate()
-    start = start_record(HEADER, issuer("p-1", key))
+    start = start_record("agent-a", POLICY, issuer("p-1", key))
     end = end_record(reason="closed", issued_at=1_800_000_000, sequence_number=1)
     claim = claim_of(recorded(tmp_path / "full.db", start, end), key)
     for record, member in (("session_start", "model"), ("session_start", "key_thumbprint")):
@@ -159,7 +158,7 @@ def test_records_that_lack_a_member_the_claim_states_match_no_claim(tmp_path: Pa
 
 def test_a_chain_without_session_end_vouches_for_nothing_it_would_fix(tmp_path: Path) -> None:
     key = ClaimKey.generate()
-    start = start_record(HEADER, issuer("p-1", key))
+    start = start_record("agent-a", POLICY, issuer("p-1", key))
     end = end_record(reason="closed", issued_at=1_800_000_000, sequence_number=1)
     claim = claim_of(recorded(tmp_path / "full.db", start, end), key)
     replay = recorded(tmp_path / "open.db", start, None)

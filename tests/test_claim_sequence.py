@@ -27,7 +27,7 @@ from cmcp_cli.claim.model import build_claim, claim_digest
 from cmcp_cli.evidence.claim_files import write_claim
 from cmcp_cli.evidence.session import ClosedSession
 from cmcp_cli.verify.sequence import sequence_checks
-from tests.test_claim_match import HEADER, evidence_of, failing, issuer
+from tests.test_claim_match import POLICY, evidence_of, failing, issuer
 
 
 def session_with_claims(db: Path, key: ClaimKey) -> list[dict[str, Any]]:
@@ -37,7 +37,7 @@ def session_with_claims(db: Path, key: ClaimKey) -> list[dict[str, Any]]:
     claims: list[dict[str, Any]] = []
     with AuditStore(db) as store:
         recorder = SessionRecorder(store, "s-1")
-        start = recorder.start(start_record(HEADER, issuer("p-1", key))).fields
+        start = recorder.start(start_record("agent-a", POLICY, issuer("p-1", key))).fields
 
         def signed(entry: SealedEntry, state: ChainState) -> dict[str, Any]:
             return build_claim(claim_facts(start, entry.fields, state, attestation), key)
@@ -109,7 +109,7 @@ def test_a_claim_entry_without_its_link_makes_no_claim(tmp_path: Path) -> None:
     key = ClaimKey.generate()
     with AuditStore(tmp_path / "audit.db") as store:
         recorder = SessionRecorder(store, "s-1")
-        start = recorder.start(start_record(HEADER, issuer("p-1", key))).fields
+        start = recorder.start(start_record("agent-a", POLICY, issuer("p-1", key))).fields
         record = {"claim": {"iat": 1_800_000_000, "sequence_number": 1}}
         with pytest.raises(SessionRecordError, match=r"the claim entry\.claim records no previous"):
             recorder.claim(record, lambda entry, state: claim_facts(start, entry.fields, state, {}))

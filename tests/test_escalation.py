@@ -19,11 +19,12 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from cmcp_cli.attestation import software
+from cmcp_cli.audit.session_record import SessionPolicy
 from cmcp_cli.audit.store import AuditStore, iter_lines
 from cmcp_cli.catalog.model import load_catalog
 from cmcp_cli.claim.canonical import canonical_sha256
 from cmcp_cli.evidence.attesting import Attestor
-from cmcp_cli.evidence.session import EvidenceSession, SessionPolicy
+from cmcp_cli.evidence.session import EvidenceSession
 from cmcp_cli.gateway.enforcement.wiring import tool_resources
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle

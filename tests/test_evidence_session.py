@@ -9,10 +9,11 @@ import pytest
 
 from cmcp_cli.attestation import software
 from cmcp_cli.audit.entry import open_line
+from cmcp_cli.audit.session_record import SessionPolicy
 from cmcp_cli.audit.store import AuditStore, iter_lines
 from cmcp_cli.catalog.model import load_catalog
 from cmcp_cli.evidence.attesting import Attestor
-from cmcp_cli.evidence.session import EvidenceSession, SessionPolicy
+from cmcp_cli.evidence.session import EvidenceSession
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for, tool_resources
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle

@@ -22,13 +22,14 @@ from cmcp_cli.audit.entry import seal
 from cmcp_cli.audit.logfile import export_jsonl
 from cmcp_cli.audit.matching import compare_with_claim, recheck_decisions
 from cmcp_cli.audit.replay import ProblemKind, SessionReplay, replay_chains
+from cmcp_cli.audit.session_record import SessionPolicy
 from cmcp_cli.audit.store import AuditStore
 from cmcp_cli.catalog.model import load_catalog
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.signing import signed
 from cmcp_cli.config import CmcpConfig
 from cmcp_cli.evidence.attesting import Attestor
-from cmcp_cli.evidence.session import EvidenceSession, SessionPolicy
+from cmcp_cli.evidence.session import EvidenceSession
 from cmcp_cli.gateway.enforcement.messages import close_gate, fail_gate, open_gate, refusal
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for, tool_resources
 from cmcp_cli.policy.bundle import read_bundle

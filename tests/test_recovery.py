@@ -22,13 +22,14 @@ from cmcp_cli.audit.processes import (
     record_stop,
 )
 from cmcp_cli.audit.report import ReplayRequest, replay_audit
+from cmcp_cli.audit.session_record import SessionPolicy
 from cmcp_cli.audit.status import Status
 from cmcp_cli.audit.store import AuditStore, iter_lines
 from cmcp_cli.catalog.model import load_catalog
 from cmcp_cli.evidence.attesting import Attestor
 from cmcp_cli.evidence.claim_files import write_claim
 from cmcp_cli.evidence.recovery import recover_sessions
-from cmcp_cli.evidence.session import ClosedSession, EvidenceSession, SessionPolicy
+from cmcp_cli.evidence.session import ClosedSession, EvidenceSession
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for, tool_resources
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle

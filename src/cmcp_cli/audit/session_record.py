@@ -110,35 +110,34 @@ class Issuer:
 
 
 @dataclass(frozen=True)
-class SessionHeader:
-    """What a session runs under, as its session_start records it."""
+class SessionPolicy:
+    """What the session runs under, fixed for its whole life."""
 
-    agent: str
     bundle_hash: str
+    policy_version: str
     catalog_hash: str
     enforcement_mode: str  # enforcing, advisory or silent
     data_class_order: Sequence[str]
-    policy_version: str
-    trust_domain: str
-    model_provider: str
-    model_id: str
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "agent": self.agent,
-            "bundle_hash": self.bundle_hash,
-            "catalog_hash": self.catalog_hash,
-            "enforcement_mode": self.enforcement_mode,
-            "data_class_order": list(self.data_class_order),
-            "policy_version": self.policy_version,
-            "trust_domain": self.trust_domain,
-            "model": {"provider": self.model_provider, "model_id": self.model_id},
-        }
+    trust_domain: str = "cmcp.local"
+    model_provider: str = "unknown"
+    model_id: str = "unknown"
+    record_inputs: str = "full"  # or "hashes": the Cedar request is then not kept
 
 
-def start_record(header: SessionHeader, issuer: Issuer) -> dict[str, Any]:
-    """The members of a session_start entry (beside the base fields every entry has)."""
-    return {**header.record(), **issuer.record()}
+def start_record(agent: str, policy: SessionPolicy, issuer: Issuer) -> dict[str, Any]:
+    """The members of a session_start entry (beside the base fields every entry has): the
+    session's agent and policy, and its claim's issuer."""
+    return {
+        "agent": agent,
+        "bundle_hash": policy.bundle_hash,
+        "catalog_hash": policy.catalog_hash,
+        "enforcement_mode": policy.enforcement_mode,
+        "data_class_order": list(policy.data_class_order),
+        "policy_version": policy.policy_version,
+        "trust_domain": policy.trust_domain,
+        "model": {"provider": policy.model_provider, "model_id": policy.model_id},
+        **issuer.record(),
+    }
 
 
 def issuance(*, issued_at: int, sequence_number: int, previous: str | None) -> dict[str, Any]:

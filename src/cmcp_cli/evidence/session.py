@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from cmcp_cli.audit.chain import ChainState
 from cmcp_cli.audit.entry import SealedEntry
 from cmcp_cli.audit.recorder import Clock, SessionRecorder, utc_now
 from cmcp_cli.audit.session_record import (
-    SessionHeader,
+    SessionPolicy,
     claim_facts,
     claim_record,
     end_record,
@@ -55,21 +55,6 @@ from cmcp_cli.policy.request import (
     message_target,
     tool_call_request,
 )
-
-
-@dataclass(frozen=True)
-class SessionPolicy:
-    """What the session runs under, fixed for its whole life."""
-
-    bundle_hash: str
-    policy_version: str
-    catalog_hash: str
-    enforcement_mode: str  # enforcing, advisory or silent
-    data_class_order: Sequence[str]
-    trust_domain: str = "cmcp.local"
-    model_provider: str = "unknown"
-    model_id: str = "unknown"
-    record_inputs: str = "full"  # or "hashes": the Cedar request is then not kept
 
 
 @dataclass(frozen=True)
@@ -141,19 +126,8 @@ class EvidenceSession:
         self.evidence: Evidence = attested.evidence
         self.attestation: dict[str, Any] = attested.attestation
         self.issuer = attested.issuer
-        header = SessionHeader(
-            agent=agent,
-            bundle_hash=policy.bundle_hash,
-            catalog_hash=policy.catalog_hash,
-            enforcement_mode=policy.enforcement_mode,
-            data_class_order=policy.data_class_order,
-            policy_version=policy.policy_version,
-            trust_domain=policy.trust_domain,
-            model_provider=policy.model_provider,
-            model_id=policy.model_id,
-        )
         self.recorder = SessionRecorder(store, session_id, clock=clock)
-        self.start_fields = self.recorder.start(start_record(header, self.issuer)).fields
+        self.start_fields = self.recorder.start(start_record(agent, policy, self.issuer)).fields
         # The claims issued so far and the digest of the last (what the next links to),
         # changed together so the sequence and its links stay in chain order.
         self._issuing = threading.Lock()

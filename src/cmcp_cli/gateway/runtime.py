@@ -33,6 +33,7 @@ from cmcp_cli.audit.processes import (
     record_start,
     record_stop,
 )
+from cmcp_cli.audit.session_record import SessionPolicy
 from cmcp_cli.audit.store import AuditStore
 from cmcp_cli.catalog.model import Catalog
 from cmcp_cli.claim.keys import ClaimKey
@@ -46,7 +47,6 @@ from cmcp_cli.evidence.attesting import (
     attest_key,
 )
 from cmcp_cli.evidence.recovery import RecoveryReport, recover_sessions
-from cmcp_cli.evidence.session import SessionPolicy
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for, tool_resources
 from cmcp_cli.gateway.preflight.attestation import candidates, plugin_of
 from cmcp_cli.gateway.preflight.credentials import token_sources
