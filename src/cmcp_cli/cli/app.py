@@ -11,6 +11,7 @@ from cmcp_cli import __version__
 from cmcp_cli.cli import render
 from cmcp_cli.cli.bridge import bridge_command
 from cmcp_cli.cli.evidence import replay_audit_command, verify_command
+from cmcp_cli.cli.init import init_command
 from cmcp_cli.cli.measure import MEASURE_HELP, measure_app
 from cmcp_cli.cli.plugins import plugins_command
 from cmcp_cli.cli.sign import sign_bundle_command
@@ -49,6 +50,7 @@ def build_app(*, with_measurers: bool = False) -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"]},
     )
     app.callback()(_root)
+    app.command("init")(init_command)
     app.command("start")(start_command)
     app.command("validate-bundle")(validate_bundle_command)
     app.command("sign-bundle")(sign_bundle_command)

@@ -105,11 +105,11 @@ def validate_config_command(
     if as_json:
         render.emit_json(report.to_json())
     else:
-        _render_config(report)
+        render_config_report(report)
     return int(ExitCode.OK if report.ok else ExitCode.FAILED)
 
 
-def _render_config(report: ConfigReport) -> None:
+def render_config_report(report: ConfigReport) -> None:
     render.err.print(f"[bold]config {escape(str(report.config_path))}[/bold]")
     summary = Table(show_header=False)
     summary.add_column("setting")

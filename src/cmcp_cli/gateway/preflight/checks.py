@@ -298,10 +298,10 @@ def _check_stdio(
             at.warning(
                 loc,
                 f"runs {executable} without a pinned executable_sha256",
-                hint=f"pin it: executable_sha256: {_file_sha256(executable)}",
+                hint=f"pin it: executable_sha256: {file_sha256(executable)}",
             )
         ]
-    actual = _file_sha256(executable)
+    actual = file_sha256(executable)
     if actual != upstream.executable_sha256:
         return [
             at.error(
@@ -313,7 +313,7 @@ def _check_stdio(
     return []
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
