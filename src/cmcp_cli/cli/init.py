@@ -33,7 +33,7 @@ UpstreamCommand = Annotated[
     typer.Option(
         "--upstream-command",
         help="The command that starts a stdio server, quoted as one argument "
-        "(split like a shell: \"python server.py --root /srv\").",
+        '(split like a shell: "python server.py --root /srv").',
     ),
 ]
 Name = Annotated[str, typer.Option("--name", help="The upstream's name in config and catalog.")]
@@ -49,7 +49,7 @@ _DECISION_STYLE = {"allow": "green", "redact": "yellow", "escalate": "yellow", "
 
 
 def init_command(
-    folder: Folder = Path("."),
+    folder: Folder = Path(),
     upstream_url: UpstreamUrl = None,
     upstream_command: UpstreamCommand = None,
     name: Name = DEFAULT_NAME,

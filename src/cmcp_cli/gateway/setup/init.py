@@ -138,7 +138,7 @@ def init_folder(
     data_class = checked_data_class(request.data_class)
     listen = checked_listen(request.listen)
     target = upstream_target(request, cwd)
-    folder = Path(os.path.abspath(cwd / request.folder.expanduser()))
+    folder = (cwd / request.folder.expanduser()).absolute()
     kept = _check_folder(folder, request.force)
 
     token = secrets.token_urlsafe(OPERATOR_TOKEN_BYTES)
@@ -293,4 +293,3 @@ def _rows(entries: Sequence[CatalogEntry], report: ConfigReport) -> tuple[ToolRo
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
-

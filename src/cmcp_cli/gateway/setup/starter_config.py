@@ -37,7 +37,10 @@ UpstreamTarget = HttpTarget | StdioTarget
 _HEADER = """\
 # cMCP gateway in front of the MCP server "{name}", written by `cmcp init`.
 # Relative paths are relative to this file; every key is in docs/configuration.md.
-# Check this folder at any time with: cmcp validate-config --config cmcp-config.yaml
+# Check it with:  cmcp validate-config --config cmcp-config.yaml
+# Serve it with:  cmcp start --config cmcp-config.yaml
+#   (with CMCP_DEV_MODE=1 in front on a host without SEV-SNP, TDX or TPM: a development
+#   gateway whose claims are not hardware-attested)
 
 attestation:
   provider: auto            # SEV-SNP, then TDX, then TPM; software only with CMCP_DEV_MODE=1
@@ -45,7 +48,7 @@ attestation:
 
 policy_bundle_path: ./policies  # read-only tools run, the others wait for an operator
 catalog_path: ./catalog.json    # the tools approved at init, each pinned by its definition hash
-listen_addr: {listen}    # loopback: only programs on this machine reach the gateway
+{listen_line}# loopback: only programs on this machine reach the gateway
 
 upstreams:
   {name}:
@@ -76,6 +79,8 @@ _FOOTER = """
 auth:
   # The operator approves held calls at /approvals. Its token is in ./operator-token,
   # readable by you alone; this file holds only its SHA-256 digest.
+  # Agents need no token in dev mode on loopback; otherwise give each one a token:
+  # CMCP_BEARER_TOKEN, or bearer_tokens here (docs/configuration.md).
   operator_token_sha256: {operator_digest}
 
 audit:
@@ -106,7 +111,7 @@ def yaml_string(value: str) -> str:
 def config_text(*, name: str, listen: str, target: UpstreamTarget, operator_digest: str) -> str:
     """The config file. `name` and `listen` are validated identifiers; everything taken
     from the upstream's address or command is written with `yaml_string`."""
-    text = _HEADER.format(name=name, listen=listen)
+    text = _HEADER.format(name=name, listen_line=f"listen_addr: {listen}".ljust(32))
     if isinstance(target, HttpTarget):
         text += _HTTP.format(url=yaml_string(target.url))
     else:

@@ -1,14 +1,16 @@
 """The starter policy bundle `cmcp init` writes: the first policy a new user reads.
 
 Its rules name the catalog groups that `catalog.pinning.groups_for` gives a tool from its
-annotations, so that every tool approved at init is either allowed or held for an
-operator, and none is left without a rule by accident.
+annotations (`{read_only}` and `{read_write}` below), so that every tool approved at init
+is either allowed or held for an operator, and none is left without a rule by accident.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+
+from cmcp_cli.catalog.pinning import READ_ONLY, READ_WRITE
 
 BUNDLE_VERSION = "1.0.0"
 BUNDLE_AUTHOR = "cmcp init"
@@ -20,19 +22,21 @@ TOOLS_CEDAR_TEMPLATE = """\
 //
 // Before Cedar is asked, the gateway refuses every call to a tool that is not in
 // catalog.json, or whose definition no longer matches the one pinned there: unknown tools
-// are denied whatever this file says. Cedar then denies every call no permit allows.
+// are denied whatever this file says. A tool the server adds later stays refused until
+// you approve it in catalog.json (`cmcp catalog pin` adds it there for review). Cedar
+// then denies every call no permit allows.
 //
 // catalog.json puts each tool in one group, from the annotations its server gave it at
-// `cmcp init`: "read-only" when it declared readOnlyHint, "read-write" otherwise. That
+// `cmcp init`: "{read_only}" when it declared readOnlyHint, "{read_write}" otherwise. That
 // hint is the server's own word: read the tool's description, and move a tool to
-// "read-write" in catalog.json (its "groups") when you do not trust it.
+// "{read_write}" in catalog.json (its "groups") when you do not trust it.
 
 // Read-only tools run.
 @id("read-only-tools")
 permit (
   principal,
   action == Action::"call_tool",
-  resource in Tools::"read-only"
+  resource in Tools::"{read_only}"
 );
 
 // Every other tool is held for an operator's approval: the agent gets error -32041 with
@@ -48,7 +52,7 @@ permit (
 permit (
   principal,
   action == Action::"call_tool",
-  resource in Tools::"read-write"
+  resource in Tools::"{read_write}"
 );
 
 @id("read-write-tools-need-approval")
@@ -56,7 +60,7 @@ permit (
 forbid (
   principal,
   action == Action::"call_tool",
-  resource in Tools::"read-write"
+  resource in Tools::"{read_write}"
 );
 """
 
@@ -111,6 +115,15 @@ def bundle_files(*, server: str, listen: str, authored_at: datetime) -> dict[str
     escaping in a Cedar comment or string."""
     return {
         "manifest.json": manifest(authored_at),
-        "tools.cedar": TOOLS_CEDAR_TEMPLATE.replace("{listen}", listen),
-        "messages.cedar": MESSAGES_CEDAR_TEMPLATE.replace("{server}", server),
+        "tools.cedar": _fill(
+            TOOLS_CEDAR_TEMPLATE, listen=listen, read_only=READ_ONLY, read_write=READ_WRITE
+        ),
+        "messages.cedar": _fill(MESSAGES_CEDAR_TEMPLATE, server=server),
     }
+
+
+def _fill(template: str, **values: str) -> str:
+    """`template` with each `{key}` replaced (Cedar's own braces are left alone)."""
+    for key, value in values.items():
+        template = template.replace("{" + key + "}", value)
+    return template

@@ -104,7 +104,7 @@ def upstream_target(request: InitRequest, cwd: Path) -> UpstreamTarget:
             hint="give the path of the server's executable, or a program on PATH",
         )
     # absolute, not resolved: a virtualenv's python finds its environment from its own path
-    executable = Path(os.path.abspath(cwd / executable))
+    executable = (cwd / executable).absolute()
     if not os.access(executable, os.X_OK):
         raise UsageError(
             f"--upstream-command: {executable} is not executable",

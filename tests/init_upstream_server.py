@@ -1,0 +1,72 @@
+"""A small MCP server on the official SDK (`mcp` 2.x) for `cmcp init` tests: one tool
+annotated read-only (`read_note`) and one that writes (`write_note`, no annotations).
+
+    python tests/init_upstream_server.py            # stdio
+    python tests/init_upstream_server.py --http PORT   # streamable HTTP on loopback
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp.server import Server, ServerRequestContext
+from mcp.server.stdio import stdio_server
+
+NOTE = "the note says hello"
+TOOLS = [
+    types.Tool(
+        name="read_note",
+        description="Read the note.",
+        input_schema={"type": "object", "properties": {}},
+        annotations=types.ToolAnnotations(read_only_hint=True),
+    ),
+    types.Tool(
+        name="write_note",
+        description="Replace the note.",
+        input_schema={"type": "object", "properties": {"text": {"type": "string"}}},
+    ),
+]
+
+
+def build_server() -> Server[Any]:
+    note = {"text": NOTE}
+
+    async def list_tools(
+        _: ServerRequestContext[Any], __: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=TOOLS)
+
+    async def call_tool(
+        _: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        if params.name == "write_note":
+            note["text"] = str((params.arguments or {}).get("text", ""))
+            answer = f"note replaced: {note['text']}"
+        else:
+            answer = note["text"]
+        return types.CallToolResult(content=[types.TextContent(type="text", text=answer)])
+
+    return Server("cmcp-init-test", version="1", on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+async def serve_stdio() -> None:
+    server = build_server()
+    async with stdio_server() as (read, write):
+        await server.run(read, write, server.create_initialization_options())
+
+
+def serve_http(port: int) -> None:
+    import uvicorn
+
+    app = build_server().streamable_http_app(host="127.0.0.1")
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--http"]:
+        serve_http(int(sys.argv[2]))
+    else:
+        anyio.run(serve_stdio)
