@@ -327,7 +327,7 @@ def test_the_starter_bundle_decides_as_its_comments_say(tmp_path: Path) -> None:
         session_max_sensitivity="internal",
         platform="software-only",
     )
-    messages = {
+    messages: dict[MessageKind, tuple[str, dict[str, Any]]] = {
         MessageKind.LIST_TOOLS: ("notes", {}),
         MessageKind.READ_RESOURCE: ("file:///a", {"uri": "file:///a"}),
         MessageKind.GET_PROMPT: ("p", {"name": "p"}),
@@ -342,3 +342,14 @@ def test_the_starter_bundle_decides_as_its_comments_say(tmp_path: Path) -> None:
     assert {kind: d.effect for kind, d in effects.items()} == {
         kind: Effect.ALLOW if kind is MessageKind.LIST_TOOLS else Effect.DENY for kind in messages
     }
+
+
+def test_init_with_a_command_that_is_no_mcp_server_writes_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "gateway"
+    result = run_cmcp("init", folder, "--upstream-command", "true")  # exits at once
+    assert result.returncode == 2
+    assert "could not list the tools of 1 upstream; nothing was written" in result.stderr
+    assert "its process exited with code 0" in result.stderr
+    assert "starts and speaks MCP on stdout" in result.stderr
+    assert "Traceback" not in result.stderr and "never retrieved" not in result.stderr
+    assert not folder.exists()

@@ -206,6 +206,10 @@ class StdioSession:
             raise
         finally:
             self._pending.pop(request_id, None)
+            if flight.answer.done() and not flight.answer.cancelled():
+                # a child that exits while the request is written fails it twice: the
+                # write's error is raised, and this one is the same failure
+                flight.answer.exception()
 
     async def respond(self, request_id: RequestId, answer: Mapping[str, Any]) -> None:
         """Answer a request the child sent: `answer` is {"result": ...} or {"error": ...}."""
