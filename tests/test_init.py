@@ -20,6 +20,7 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from cmcp_cli.catalog.model import load_catalog
 from cmcp_cli.gateway.setup.init import planned_files
 from cmcp_cli.gateway.setup.starter_policy import bundle_files
 from cmcp_cli.policy.bundle import read_bundle
@@ -34,7 +35,8 @@ from cmcp_cli.policy.request import (
     tool_call_request,
 )
 from tests.gateway_support import Served, free_port, request, start_gateway, start_process
-from tests.support import REPO, CliResult, run_cmcp
+from tests.support import QUICKSTART, REPO, CliResult, run_cmcp
+from tests.test_gateway_compat import start_upstream_v1
 
 SERVER = REPO / "tests" / "init_upstream_server.py"
 NOTE = "the note says hello"
@@ -353,3 +355,22 @@ def test_init_with_a_command_that_is_no_mcp_server_writes_nothing(tmp_path: Path
     assert "starts and speaks MCP on stdout" in result.stderr
     assert "Traceback" not in result.stderr and "never retrieved" not in result.stderr
     assert not folder.exists()
+
+
+def test_init_pins_an_sdk_1x_server_as_the_gateway_compares_it(tmp_path: Path) -> None:
+    """The 1.x SDK server advertises the quickstart's definitions: init pins each with the
+    hash the quickstart catalog computes, and none declares readOnlyHint, so each is held."""
+    upstream = start_upstream_v1(tmp_path)
+    try:
+        result = init(tmp_path / "gateway", "--upstream-url", upstream.url, "--name", "demo")
+    finally:
+        upstream.stop()
+    assert result.returncode == 0, result.stderr
+    written = load_catalog(tmp_path / "gateway" / "catalog.json")
+    quickstart = load_catalog(QUICKSTART / "catalog.json")
+    assert {name: tool.definition_hash for name, tool in written.tools.items()} == {
+        name: tool.definition_hash for name, tool in quickstart.tools.items()
+    }
+    assert {(t["name"], t["groups"][0], t["decision"]) for t in result.json()["tools"]} == {
+        (name, "read-write", "escalate") for name in quickstart.tools
+    }

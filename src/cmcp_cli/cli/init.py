@@ -81,8 +81,9 @@ def _render(result: InitResult) -> None:
     target = result.target
     where = target.url if isinstance(target, HttpTarget) else " ".join(target.command)
     render.err.print(
-        f"[bold]upstream[/bold] {escape(result.name)} -> {escape(where)} "
-        f"(MCP {escape(result.protocol_version)})"
+        f"upstream [bold]{escape(result.name)}[/bold]: {escape(where)} "
+        f"(MCP {escape(result.protocol_version)})",
+        soft_wrap=True,
     )
     tools = Table(title=f"{len(result.tools)} tools approved into the catalog")
     for column in ("tool", "groups", "data class", "starter policy"):

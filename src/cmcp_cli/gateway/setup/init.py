@@ -26,7 +26,7 @@ import yaml
 
 from cmcp_cli.catalog.model import CatalogEntry
 from cmcp_cli.catalog.pinning import approved_entry, write_catalog
-from cmcp_cli.config import CmcpConfig, validate_data
+from cmcp_cli.config import CmcpConfig, HttpUpstream, validate_data
 from cmcp_cli.errors import CatalogError, CmcpError, UsageError
 from cmcp_cli.gateway.preflight.report import ConfigReport, check_config
 from cmcp_cli.gateway.setup import starter_policy
@@ -196,16 +196,7 @@ def _check_folder(folder: Path, force: bool) -> tuple[Path, ...]:
         raise UsageError(f"{folder} exists and is not a folder", hint="choose another DIR")
     planned = planned_files()
     present = [path for path in planned if _exists(folder / path)]
-    bundle_dir = folder / BUNDLE_DIR
-    others: list[Path] = []
-    if bundle_dir.is_dir():
-        others = sorted(
-            path.relative_to(folder)
-            for path in bundle_dir.rglob("*")
-            if not any(part.startswith(".") for part in path.relative_to(bundle_dir).parts)
-            and not path.is_dir()
-            and path.relative_to(folder) not in planned
-        )
+    others = sorted(set(_bundle_files(folder / BUNDLE_DIR, folder)) - set(planned))
     if (present or others) and not force:
         named = [path.as_posix() for path in (*present, *others)]
         raise UsageError(
@@ -214,6 +205,18 @@ def _check_folder(folder: Path, force: bool) -> tuple[Path, ...]:
             + (" (other files in policies/ stay, and are part of the bundle)" if others else ""),
         )
     return tuple(others)
+
+
+def _bundle_files(bundle_dir: Path, folder: Path) -> list[Path]:
+    """What a bundle read from `bundle_dir` would take in: every entry that is not a
+    folder, outside hidden names (symbolic links not followed), relative to `folder`."""
+    found = []
+    for root, folders, names in os.walk(bundle_dir):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found += [
+            (Path(root) / name).relative_to(folder) for name in names if not name.startswith(".")
+        ]
+    return found
 
 
 def _exists(path: Path) -> bool:
@@ -226,7 +229,7 @@ def _parsed(
     """The config init is about to write, read as `cmcp start` will read it."""
     config = validate_data(yaml.safe_load(text), config_path, environ)
     (upstream,) = config.upstreams.values()
-    written = upstream.url if isinstance(target, HttpTarget) else upstream.command  # type: ignore[union-attr]
+    written = upstream.url if isinstance(upstream, HttpUpstream) else upstream.command
     wanted = target.url if isinstance(target, HttpTarget) else target.command
     if written != wanted:  # the quoting of starter_config failed: never write such a file
         raise AssertionError(f"the config names {written!r}, not {wanted!r}")

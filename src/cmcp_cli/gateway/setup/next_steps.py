@@ -71,8 +71,9 @@ def next_steps(config_path: Path, token_path: Path, listen: str, cwd: Path) -> N
 
 def preview_decisions(report: ConfigReport) -> dict[str, Decision]:
     """What the bundle decides for a call of each catalog tool without arguments, by an
-    agent without a token (dev mode's), as the gateway would ask Cedar. Empty when the
-    bundle or the catalog did not load (the report says why)."""
+    agent without a token (dev mode's) on the software platform, asked of Cedar as the
+    gateway asks it. Empty when the bundle or the catalog did not load (the report says
+    why)."""
     if report.bundle is None or report.catalog is None:
         return {}
     try:
