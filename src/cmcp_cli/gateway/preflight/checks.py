@@ -352,3 +352,20 @@ def check_data_classes(config: CmcpConfig, catalog: Catalog, at: Locator) -> lis
         for tool in catalog.tools.values()
         if tool.data_class not in known
     ]
+
+
+def check_pending(config: CmcpConfig, catalog: Catalog) -> list[Problem]:
+    """Each tool pending review: the gateway serves without it, which is worth a warning
+    (a reviewer has work to do), never an error."""
+    order = ", ".join(config.policy.data_class_order)
+    return [
+        Problem(
+            f"tool {tool.name!r} (upstream {tool.server!r}) is pending review: the gateway "
+            "does not list it and refuses calls to it",
+            file=str(catalog.path),
+            hint=f"to approve it, set its data_class (one of {order}) and groups in "
+            f"{catalog.path}; or remove the entry",
+            severity=Severity.WARNING,
+        )
+        for tool in catalog.pending.values()
+    ]
