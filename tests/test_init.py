@@ -118,6 +118,9 @@ def test_init_then_start_serves_the_upstream_with_no_hand_edits(
         "validate-bundle", "--bundle-path", folder / "policies", "--expected-hash", bundle_hash
     )
     assert pinned.returncode == 0, pinned.stderr
+    # the catalog is what the upstream advertises: no drift
+    diff = run_cmcp("catalog", "diff", "--config", folder / "cmcp-config.yaml")
+    assert diff.returncode == 0, diff.stderr
 
     gateway = start_gateway(folder / "cmcp-config.yaml")
     try:
