@@ -2,7 +2,9 @@
 annotated read-only (`read_note`) and one that writes (`write_note`, no annotations).
 
     python tests/init_upstream_server.py            # stdio
-    python tests/init_upstream_server.py --http PORT   # streamable HTTP on loopback
+    python tests/init_upstream_server.py --http PORT [--require HEADER=VALUE]   # HTTP
+
+With `--require`, every HTTP request without that header and value is answered 401.
 """
 
 from __future__ import annotations
@@ -58,15 +60,28 @@ async def serve_stdio() -> None:
         await server.run(read, write, server.create_initialization_options())
 
 
-def serve_http(port: int) -> None:
+def serve_http(port: int, required: tuple[bytes, bytes] | None) -> None:
     import uvicorn
 
     app = build_server().streamable_http_app(host="127.0.0.1")
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+    async def guarded(scope: Any, receive: Any, send: Any) -> None:
+        headers = dict(scope.get("headers", ())) if scope["type"] == "http" else {}
+        if required is None or scope["type"] != "http" or headers.get(required[0]) == required[1]:
+            await app(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 401, "headers": []})
+        await send({"type": "http.response.body", "body": b"credential required"})
+
+    uvicorn.run(guarded, host="127.0.0.1", port=port, log_level="warning")
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--http"]:
-        serve_http(int(sys.argv[2]))
+        required = None
+        if sys.argv[3:4] == ["--require"]:
+            header, _, value = sys.argv[4].partition("=")
+            required = (header.lower().encode(), value.encode())
+        serve_http(int(sys.argv[2]), required)
     else:
         anyio.run(serve_stdio)

@@ -377,3 +377,51 @@ def test_init_pins_an_sdk_1x_server_as_the_gateway_compares_it(tmp_path: Path) -
     assert {(t["name"], t["groups"][0], t["decision"]) for t in result.json()["tools"]} == {
         (name, "read-write", "escalate") for name in quickstart.tools
     }
+
+
+def test_init_sends_an_upstream_credential_named_by_its_variable(tmp_path: Path) -> None:
+    """A server that refuses requests without its credential: init without it writes
+    nothing; with --header-from-env it lists the tools, and only the variable's name is
+    written anywhere."""
+    secret = "Bearer init-test-" + "s" * 24
+    port = free_port()
+    command = [sys.executable, str(SERVER), "--http", str(port), "--require", f"X-Key={secret}"]
+    upstream = start_process(command, port, tmp_path / "guarded.log")
+    try:
+        url = upstream.url
+        refused = init(tmp_path / "without", "--upstream-url", url)
+        unset = init(tmp_path / "unset", "--upstream-url", url, "--header-from-env", "X-Key=KEY")
+        folder = tmp_path / "gateway"
+        result = init(folder, "--upstream-url", url, "--header-from-env", "X-Key=KEY", KEY=secret)
+    finally:
+        upstream.stop()
+    assert refused.returncode == 2 and "nothing was written" in refused.json()["message"]
+    assert "401" in json.dumps(refused.json()["problems"])
+    assert unset.returncode == 2
+    assert "KEY is not set" in unset.json()["problems"][0]["hint"]
+    assert not (tmp_path / "without").exists() and not (tmp_path / "unset").exists()
+    assert result.returncode == 0, result.stderr
+    report = result.json()
+    assert report["upstream"]["headers_from_env"] == {"X-Key": "KEY"}
+    assert [tool["name"] for tool in report["tools"]] == ["read_note", "write_note"]
+    config = yaml.safe_load((folder / "cmcp-config.yaml").read_text())
+    assert config["upstreams"]["upstream"]["headers_from_env"] == {"X-Key": "KEY"}
+    assert not any("init-test-" in path.read_text() for path in folder.rglob("*") if path.is_file())
+
+
+def test_header_from_env_is_checked_before_anything_is_contacted(tmp_path: Path) -> None:
+    url = "http://127.0.0.1:1/mcp"
+    for args, message in (
+        (("--upstream-url", url, "--header-from-env", "X-Key"), "is not HEADER=VARIABLE"),
+        (("--upstream-url", url, "--header-from-env", "X Key=K"), "is not HEADER=VARIABLE"),
+        (("--upstream-url", url, "--header-from-env", "X-Key=1K"), "is not HEADER=VARIABLE"),
+        (
+            ("--upstream-url", url, "--header-from-env", "A=K", "--header-from-env", "a=L"),
+            "names the header 'a' twice",
+        ),
+        (("--upstream-command", "true", "--header-from-env", "A=K"), "is for --upstream-url"),
+    ):
+        result = run_cmcp("init", tmp_path, *args, "--json")
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.json()["message"]
+    assert list(tmp_path.iterdir()) == []

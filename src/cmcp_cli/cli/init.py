@@ -22,7 +22,10 @@ from cmcp_cli.gateway.setup.target import (
 )
 
 Folder = Annotated[
-    Path, typer.Argument(help="The folder to write into (created if missing).", show_default=True)
+    Path,
+    typer.Argument(
+        metavar="DIR", help="The folder to write into (created if missing).", show_default=True
+    ),
 ]
 UpstreamUrl = Annotated[
     str | None,
@@ -34,6 +37,14 @@ UpstreamCommand = Annotated[
         "--upstream-command",
         help="The command that starts a stdio server, quoted as one argument "
         '(split like a shell: "python server.py --root /srv").',
+    ),
+]
+HeaderFromEnv = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--header-from-env",
+        help="HEADER=VARIABLE: a header the HTTP upstream needs (its credential), its value "
+        "read from the environment variable; repeat for several.",
     ),
 ]
 Name = Annotated[str, typer.Option("--name", help="The upstream's name in config and catalog.")]
@@ -52,6 +63,7 @@ def init_command(
     folder: Folder = Path(),
     upstream_url: UpstreamUrl = None,
     upstream_command: UpstreamCommand = None,
+    header_from_env: HeaderFromEnv = None,
     name: Name = DEFAULT_NAME,
     data_class: DataClass = DEFAULT_DATA_CLASS,
     listen: Listen = DEFAULT_LISTEN,
@@ -59,7 +71,7 @@ def init_command(
     as_json: JsonFlag = False,
 ) -> int:
     """Write a config, a starter policy bundle and a catalog approving every tool of one
-    upstream into FOLDER, check them as validate-config does, and print the next command."""
+    upstream into DIR, check them as validate-config does, and print the next command."""
     request = InitRequest(
         folder=folder,
         upstream_url=upstream_url,
@@ -67,6 +79,7 @@ def init_command(
         name=name,
         data_class=data_class,
         listen=listen,
+        headers_from_env=tuple(header_from_env or ()),
         force=force,
     )
     result = init_folder(request)

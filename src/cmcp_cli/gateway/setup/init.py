@@ -97,7 +97,11 @@ class InitResult:
     def to_json(self) -> dict[str, object]:
         upstream: dict[str, object] = {"name": self.name}
         if isinstance(self.target, HttpTarget):
-            upstream |= {"transport": "streamable-http", "url": self.target.url}
+            upstream |= {
+                "transport": "streamable-http",
+                "url": self.target.url,
+                "headers_from_env": dict(self.target.headers_from_env),
+            }
         else:
             upstream |= {
                 "transport": "stdio",
@@ -229,8 +233,14 @@ def _parsed(
     """The config init is about to write, read as `cmcp start` will read it."""
     config = validate_data(yaml.safe_load(text), config_path, environ)
     (upstream,) = config.upstreams.values()
-    written = upstream.url if isinstance(upstream, HttpUpstream) else upstream.command
-    wanted = target.url if isinstance(target, HttpTarget) else target.command
+    written = (
+        (upstream.url, tuple(upstream.headers_from_env.items()))
+        if isinstance(upstream, HttpUpstream)
+        else upstream.command
+    )
+    wanted = (
+        (target.url, target.headers_from_env) if isinstance(target, HttpTarget) else target.command
+    )
     if written != wanted:  # the quoting of starter_config failed: never write such a file
         raise AssertionError(f"the config names {written!r}, not {wanted!r}")
     return config

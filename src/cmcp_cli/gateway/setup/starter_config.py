@@ -16,9 +16,11 @@ STATE_DIR = ".state"
 
 @dataclass(frozen=True)
 class HttpTarget:
-    """An upstream reached over streamable HTTP."""
+    """An upstream reached over streamable HTTP, with the headers whose values the
+    gateway reads from the environment (header, variable)."""
 
     url: str
+    headers_from_env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,17 @@ upstreams:
 _HTTP = """\
     transport: streamable-http
     url: {url}
+"""
+
+_NO_HEADERS = """\
     # Credentials for the server go in headers_from_env (header -> environment variable),
-    # never in this file, e.g.: headers_from_env: {{Authorization: MY_SERVER_AUTH}}
+    # never in this file, e.g.: headers_from_env: {Authorization: MY_SERVER_AUTH}
+"""
+
+_HEADERS = """\
+    # Sent with every request; each value is read from the environment variable named,
+    # which must be set wherever the gateway (or cmcp validate-config) runs.
+    headers_from_env: {{{headers}}}
 """
 
 _STDIO = """\
@@ -114,6 +125,11 @@ def config_text(*, name: str, listen: str, target: UpstreamTarget, operator_dige
     text = _HEADER.format(name=name, listen_line=f"listen_addr: {listen}".ljust(32))
     if isinstance(target, HttpTarget):
         text += _HTTP.format(url=yaml_string(target.url))
+        if target.headers_from_env:
+            pairs = (f"{yaml_string(h)}: {yaml_string(v)}" for h, v in target.headers_from_env)
+            text += _HEADERS.format(headers=", ".join(pairs))
+        else:
+            text += _NO_HEADERS
     else:
         text += _STDIO.format(
             command=", ".join(yaml_string(part) for part in target.command),

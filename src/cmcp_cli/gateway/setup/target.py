@@ -18,6 +18,8 @@ from cmcp_cli.gateway.upstream.spawn import resolve_executable
 # An upstream name is a YAML key, a catalog `server` and a Cedar `Server::"..."` id: kept to
 # characters that need quoting in none of them.
 UPSTREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 DEFAULT_NAME = "upstream"
 DEFAULT_LISTEN = "127.0.0.1:8443"
 DEFAULT_DATA_CLASS = "internal"
@@ -33,6 +35,8 @@ class InitRequest:
     name: str = DEFAULT_NAME
     data_class: str = DEFAULT_DATA_CLASS
     listen: str = DEFAULT_LISTEN
+    # HEADER=VARIABLE: a header sent to an HTTP upstream, its value read from the environment
+    headers_from_env: tuple[str, ...] = ()
     force: bool = False
 
 
@@ -89,7 +93,12 @@ def upstream_target(request: InitRequest, cwd: Path) -> UpstreamTarget:
                 f"--upstream-url {url!r} is not an http:// or https:// URL",
                 hint="give the server's MCP endpoint, such as http://127.0.0.1:8000/mcp",
             ) from None
-        return HttpTarget(url)
+        return HttpTarget(url, _headers_from_env(request.headers_from_env))
+    if request.headers_from_env:
+        raise UsageError(
+            "--header-from-env is for --upstream-url: a stdio server gets no HTTP headers",
+            hint="give a stdio server what it needs in its command, or under env in the config",
+        )
     assert request.upstream_command is not None  # noqa: S101 - exactly one is set, above
     try:
         command = shlex.split(request.upstream_command)
@@ -115,3 +124,20 @@ def upstream_target(request: InitRequest, cwd: Path) -> UpstreamTarget:
         cwd=cwd,
         executable_sha256=file_sha256(executable),
     )
+
+
+def _headers_from_env(pairs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """`HEADER=VARIABLE` pairs, checked: the config names the variable, never its value."""
+    headers: dict[str, str] = {}
+    for pair in pairs:
+        header, _, variable = pair.partition("=")
+        if _HEADER_NAME.fullmatch(header) is None or _ENV_NAME.fullmatch(variable) is None:
+            raise UsageError(
+                f"--header-from-env {pair!r} is not HEADER=VARIABLE",
+                hint="for example --header-from-env Authorization=MY_SERVER_AUTH, with "
+                "MY_SERVER_AUTH holding the header's whole value ('Bearer ...')",
+            )
+        if header.lower() in (name.lower() for name in headers):
+            raise UsageError(f"--header-from-env names the header {header!r} twice")
+        headers[header] = variable
+    return tuple(headers.items())
