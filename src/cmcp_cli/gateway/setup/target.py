@@ -9,7 +9,9 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from cmcp_cli.config import DEFAULT_DATA_CLASS_ORDER, HttpUpstream, parse_listen_addr
+from pydantic import TypeAdapter, ValidationError
+
+from cmcp_cli.config import DEFAULT_DATA_CLASS_ORDER, EnvName, HttpUpstream, parse_listen_addr
 from cmcp_cli.errors import UsageError
 from cmcp_cli.gateway.preflight.checks import file_sha256
 from cmcp_cli.gateway.setup.starter_config import HttpTarget, StdioTarget, UpstreamTarget
@@ -19,7 +21,7 @@ from cmcp_cli.gateway.upstream.spawn import resolve_executable
 # characters that need quoting in none of them.
 UPSTREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_VARIABLE = TypeAdapter(EnvName)  # as the config checks a headers_from_env variable
 DEFAULT_NAME = "upstream"
 DEFAULT_LISTEN = "127.0.0.1:8443"
 DEFAULT_DATA_CLASS = "internal"
@@ -131,7 +133,7 @@ def _headers_from_env(pairs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     headers: dict[str, str] = {}
     for pair in pairs:
         header, _, variable = pair.partition("=")
-        if _HEADER_NAME.fullmatch(header) is None or _ENV_NAME.fullmatch(variable) is None:
+        if _HEADER_NAME.fullmatch(header) is None or not _is_variable(variable):
             raise UsageError(
                 f"--header-from-env {pair!r} is not HEADER=VARIABLE",
                 hint="for example --header-from-env Authorization=MY_SERVER_AUTH, with "
@@ -141,3 +143,11 @@ def _headers_from_env(pairs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
             raise UsageError(f"--header-from-env names the header {header!r} twice")
         headers[header] = variable
     return tuple(headers.items())
+
+
+def _is_variable(name: str) -> bool:
+    try:
+        _VARIABLE.validate_python(name)
+    except ValidationError:
+        return False
+    return True
