@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -425,3 +426,26 @@ def test_header_from_env_is_checked_before_anything_is_contacted(tmp_path: Path)
         assert result.returncode == 2, (args, result.stderr)
         assert message in result.json()["message"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_init_in_the_current_folder_writes_a_folder_that_can_move(tmp_path: Path) -> None:
+    """DIR defaults to the current folder; a stdio server started from there gets `cwd: .`,
+    so the folder keeps working when moved as a whole (the interpreter stays absolute)."""
+    here = tmp_path / "project"
+    here.mkdir()
+    shutil.copy(SERVER, here / SERVER.name)
+    venv_bin = Path(sys.executable).parent
+    path = f"{venv_bin}{os.pathsep}{os.environ['PATH']}"
+    command = f"python {SERVER.name}"
+    result = run_cmcp("init", "--upstream-command", command, "--json", cwd=here, env={"PATH": path})
+    assert result.returncode == 0, result.stderr
+    report = result.json()
+    assert report["next"]["command"] == "CMCP_DEV_MODE=1 cmcp start --config cmcp-config.yaml"
+    config = yaml.safe_load((here / "cmcp-config.yaml").read_text())
+    assert config["upstreams"]["upstream"]["cwd"] == "."
+    assert config["upstreams"]["upstream"]["command"] == [str(venv_bin / "python"), SERVER.name]
+
+    moved = tmp_path / "moved"
+    here.rename(moved)
+    diff = run_cmcp("catalog", "diff", "--config", moved / "cmcp-config.yaml", cwd=tmp_path)
+    assert diff.returncode == 0, diff.stderr

@@ -148,7 +148,9 @@ def init_folder(
     token = secrets.token_urlsafe(OPERATOR_TOKEN_BYTES)
     digest = "sha256:" + hashlib.sha256(token.encode()).hexdigest()
     config_path = folder / CONFIG_FILE
-    text = config_text(name=name, listen=listen, target=target, operator_digest=digest)
+    text = config_text(
+        folder=folder, name=name, listen=listen, target=target, operator_digest=digest
+    )
     config = _parsed(text, config_path, environ, target)
     try:
         listed = asyncio.run(list_configured_tools(config, base=folder, environ=environ))[name]
@@ -236,10 +238,12 @@ def _parsed(
     written = (
         (upstream.url, tuple(upstream.headers_from_env.items()))
         if isinstance(upstream, HttpUpstream)
-        else upstream.command
+        else (upstream.command, upstream.cwd)
     )
     wanted = (
-        (target.url, target.headers_from_env) if isinstance(target, HttpTarget) else target.command
+        (target.url, target.headers_from_env)
+        if isinstance(target, HttpTarget)
+        else (target.command, target.cwd)
     )
     if written != wanted:  # the quoting of starter_config failed: never write such a file
         raise AssertionError(f"the config names {written!r}, not {wanted!r}")

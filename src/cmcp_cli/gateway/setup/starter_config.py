@@ -119,9 +119,12 @@ def yaml_string(value: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def config_text(*, name: str, listen: str, target: UpstreamTarget, operator_digest: str) -> str:
-    """The config file. `name` and `listen` are validated identifiers; everything taken
-    from the upstream's address or command is written with `yaml_string`."""
+def config_text(
+    *, folder: Path, name: str, listen: str, target: UpstreamTarget, operator_digest: str
+) -> str:
+    """The config file, to be written in `folder`. `name` and `listen` are validated
+    identifiers; everything taken from the upstream's address or command is written with
+    `yaml_string`."""
     text = _HEADER.format(name=name, listen_line=f"listen_addr: {listen}".ljust(32))
     if isinstance(target, HttpTarget):
         text += _HTTP.format(url=yaml_string(target.url))
@@ -133,7 +136,13 @@ def config_text(*, name: str, listen: str, target: UpstreamTarget, operator_dige
     else:
         text += _STDIO.format(
             command=", ".join(yaml_string(part) for part in target.command),
-            cwd=yaml_string(str(target.cwd)),
+            cwd=yaml_string(_relative_to(target.cwd, folder)),
             executable_sha256=target.executable_sha256,
         )
     return text + _FOOTER.format(operator_digest=operator_digest, state=STATE_DIR)
+
+
+def _relative_to(path: Path, folder: Path) -> str:
+    """`path` as the config names it: relative to the config's folder when it is in it (the
+    folder can then move as a whole), else absolute."""
+    return path.relative_to(folder).as_posix() if path.is_relative_to(folder) else str(path)
