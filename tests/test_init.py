@@ -105,6 +105,7 @@ def test_init_then_start_serves_the_upstream_with_no_hand_edits(
         f"CMCP_DEV_MODE=1 cmcp start --config {folder / 'cmcp-config.yaml'}"
     )
     token_file = folder / "operator-token"
+    assert f'-H "Authorization: Bearer $(cat {token_file})"' in report["next"]["approve"]
     assert token_file.stat().st_mode & 0o777 == 0o600
     token = token_file.read_text().strip()
     config = yaml.safe_load((folder / "cmcp-config.yaml").read_text())
@@ -211,9 +212,13 @@ def test_init_refuses_a_folder_holding_its_files_unless_forced(
         "policies",
     ]
 
-    forced = init(folder, "--upstream-url", sdk_upstream.url, "--force")
+    operator = "o" * 40  # the gateway prefers it to the token file: the hint says so
+    forced = init(
+        folder, "--upstream-url", sdk_upstream.url, "--force", CMCP_OPERATOR_TOKEN=operator
+    )
     assert forced.returncode == 0, forced.stderr
     report = forced.json()
+    assert '-H "Authorization: Bearer $CMCP_OPERATOR_TOKEN"' in report["next"]["approve"]
     assert report["kept"] == ["policies/extra.cedar"]  # never deleted; part of the bundle
     assert (folder / "policies" / "extra.cedar").read_text() == extra
     assert "transport: streamable-http" in (folder / "cmcp-config.yaml").read_text()

@@ -179,7 +179,7 @@ def init_folder(
         tools=_rows(entries, report),
         report=report,
         operator_token_path=folder / OPERATOR_TOKEN_FILE,
-        next=next_steps(config_path, folder / OPERATOR_TOKEN_FILE, listen, cwd),
+        next=next_steps(config_path, folder / OPERATOR_TOKEN_FILE, listen, cwd, environ),
     )
 
 

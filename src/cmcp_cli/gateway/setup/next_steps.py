@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from cmcp_cli.attestation import software
 from cmcp_cli.attestation.inventory import inventory
-from cmcp_cli.config import ENV_BEARER_TOKEN, ENV_DEV_MODE
+from cmcp_cli.config import ENV_BEARER_TOKEN, ENV_DEV_MODE, ENV_OPERATOR_TOKEN
 from cmcp_cli.errors import CmcpError
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for
 from cmcp_cli.gateway.preflight.attestation import candidates
@@ -35,19 +36,25 @@ class NextSteps:
         }
 
 
-def next_steps(config_path: Path, token_path: Path, listen: str, cwd: Path) -> NextSteps:
+def next_steps(
+    config_path: Path, token_path: Path, listen: str, cwd: Path, environ: Mapping[str, str]
+) -> NextSteps:
     """The command that serves `config_path` here. `attestation.provider: auto` serves on
     the first SEV-SNP, TDX or TPM it finds, and without one only in dev mode: so when none
-    is found here, the command sets CMCP_DEV_MODE=1."""
+    is found here, the command sets CMCP_DEV_MODE=1. The operator's token is the one in
+    `token_path`, unless CMCP_OPERATOR_TOKEN is set: the gateway prefers that one."""
     shown = _relative(config_path, cwd)
     found = [
         row.name for row in inventory().providers if row.name in candidates("auto") and row.detected
     ]
     start = f"cmcp start --config {shlex.quote(shown)}"
-    token_file = shlex.quote(_relative(token_path, cwd))
+    if environ.get(ENV_OPERATOR_TOKEN):
+        token = f"${ENV_OPERATOR_TOKEN}"
+    else:
+        token = f"$(cat {shlex.quote(_relative(token_path, cwd))})"
     approve = (
         f"curl -X POST http://{listen}/approvals/<approval_id> "
-        f'-H "Authorization: Bearer $(cat {token_file})" '
+        f'-H "Authorization: Bearer {token}" '
         "-H 'Content-Type: application/json' -d '{\"decision\": \"approve\"}'"
     )
     if found:
