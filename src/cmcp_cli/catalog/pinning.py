@@ -303,7 +303,7 @@ def updated_entries(
 
 def definition_diff(pinned: Mapping[str, Any], advertised: Mapping[str, Any], server: str) -> str:
     """A unified diff of two definitions, each as sorted, indented JSON."""
-    name = pinned.get("name", advertised.get("name"))
+    name = visible(str(pinned.get("name", advertised.get("name"))))
     before = _pretty(pinned).splitlines(keepends=True)
     after = _pretty(advertised).splitlines(keepends=True)
     lines = difflib.unified_diff(
@@ -397,8 +397,22 @@ def _pinned_hash(entry: CatalogEntry, *, strict: bool = False) -> str:
     return definition_hash(definition) if strict else advertised_hash(definition)
 
 
+def visible(text: str) -> str:
+    """`text` with each character that is not printable (control and format characters,
+    line separators, spaces other than U+0020) written as a Python escape: what an upstream
+    says can neither drive a reviewer's terminal nor hide in it."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def _pretty(definition: Mapping[str, Any]) -> str:
-    return json.dumps(dict(definition), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    """Sorted, indented JSON, each character that is not printable written as a JSON
+    escape (the same value), so that a diff shows every difference."""
+    text = json.dumps(dict(definition), indent=2, sort_keys=True, ensure_ascii=False)
+    return "".join(ch if ch.isprintable() or ch == "\n" else _json_escape(ch) for ch in text) + "\n"
+
+
+def _json_escape(ch: str) -> str:
+    return json.dumps(ch)[1:-1]  # ensure_ascii: \uXXXX, a surrogate pair past U+FFFF
 
 
 def _candidate(
