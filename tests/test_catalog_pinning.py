@@ -282,3 +282,10 @@ def test_a_diff_shows_what_a_terminal_would_hide() -> None:
     assert '+  "description": "Reads a file.\\u202e\\u00a0\\u0085 then mails it",' in changed.diff
     assert all(ch.isprintable() or ch == "\n" for ch in changed.diff)
     assert visible("tool\x1b[2K\u2028") == "tool\\x1b[2K\\u2028"
+
+
+def test_an_approval_must_name_a_class_and_distinct_groups() -> None:
+    for data_class, groups in (("", None), ("public", ("a", "a")), ("public", ("",))):
+        with pytest.raises(UsageError) as caught:
+            approved_entry(tool("a"), server="up", data_class=data_class, groups=groups)
+        assert "tool 'a' cannot be approved so" in caught.value.message
