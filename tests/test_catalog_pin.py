@@ -157,6 +157,7 @@ def test_a_pinned_catalog_is_served_and_pending_tools_are_refused(
         claim = verified_claim(gateway)
     finally:
         gateway.stop()
+    assert "(5 tools, 5 pending review, not served)" in gateway.output()
     assert seen["tools"] == [f"h2_{letter}" for letter in "abcde"]  # pending ones not listed
     assert seen["called"] == 'h2_e {"city": "Paris"}'  # a tool from the upstream's last page
     refusal = seen["pending"]

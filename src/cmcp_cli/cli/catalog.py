@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cmcp_cli.catalog.pinning import Approval, ToolChange
+from cmcp_cli.catalog.pinning import Approval, ToolChange, visible
 from cmcp_cli.cli import render
 from cmcp_cli.errors import ExitCode, UsageError
 from cmcp_cli.gateway.catalog_pin import CatalogDrift, PinOutcome, diff_catalog, pin_catalog
@@ -151,7 +151,7 @@ def _render_drift(drift: CatalogDrift) -> None:
     for change in drift.comparison.changes:
         style = _STYLE[change.change]
         table.add_row(
-            escape(change.name),
+            _shown(change.name),
             escape(change.server),
             f"[{style}]{change.change}[/{style}]",
             _status(change),
@@ -160,12 +160,17 @@ def _render_drift(drift: CatalogDrift) -> None:
         )
     render.err.print(table)
     for change in drift.comparison.of("changed"):
-        render.err.print(f"[bold]{escape(change.name)}[/bold] changed:")
+        render.err.print(f"[bold]{_shown(change.name)}[/bold] changed:")
         for line in change.diff.splitlines():
             style = "green" if line.startswith("+") else "red" if line.startswith("-") else ""
             shown = escape(line)
             render.err.print(f"[{style}]{shown}[/{style}]" if style else shown)
     render.problems(drift.comparison.problems)
+
+
+def _shown(text: str) -> str:
+    """Upstream text (a tool name) as printed for people: markup and controls escaped."""
+    return escape(visible(text))
 
 
 def _status(change: ToolChange) -> str:
@@ -190,7 +195,7 @@ def _render_pin(outcome: PinOutcome) -> None:
         ("no longer advertised, kept", outcome.not_pruned),
     ):
         if names:
-            render.err.print(f"  {label}: {escape(', '.join(names))}")
+            render.err.print(f"  {label}: {', '.join(map(_shown, names))}")
     if not outcome.written and outcome.drift.comparison.in_sync:
         render.err.print(f"[green]catalog {path} matches its upstreams[/green]; nothing written")
     elif not outcome.written:

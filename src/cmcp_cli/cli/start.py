@@ -42,7 +42,9 @@ def _announce(runtime: GatewayRuntime) -> None:
     render.err.print(
         f"  policy       {runtime.bundle.hash} ({config.attestation.enforcement_mode})"
     )
-    render.err.print(f"  catalog      {runtime.catalog.hash} ({len(runtime.catalog.tools)} tools)")
+    catalog = runtime.catalog
+    pending = f", {len(catalog.pending)} pending review, not served" if catalog.pending else ""
+    render.err.print(f"  catalog      {catalog.hash} ({len(catalog.tools)} tools{pending})")
     for name, upstream in sorted(runtime.upstreams.items()):
         render.err.print(f"  upstream     {escape(name)} -> {escape(upstream.describe())}")
     render.err.print(f"  audit        {config.audit.path} (durability {config.audit.durability})")
