@@ -4,11 +4,13 @@ annotated read-only (`read_note`) and one that writes (`write_note`, no annotati
     python tests/init_upstream_server.py            # stdio
     python tests/init_upstream_server.py --http PORT [--require HEADER=VALUE]   # HTTP
 
-With `--require`, every HTTP request without that header and value is answered 401.
+With `--require`, every HTTP request without that header and value is answered 401. With
+INIT_TEST_EXTRA_TOOL set, it also advertises a tool of that name (no annotations).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -35,11 +37,15 @@ TOOLS = [
 
 def build_server() -> Server[Any]:
     note = {"text": NOTE}
+    tools = list(TOOLS)
+    extra = os.environ.get("INIT_TEST_EXTRA_TOOL")
+    if extra:
+        tools.append(types.Tool(name=extra, input_schema={"type": "object"}))
 
     async def list_tools(
         _: ServerRequestContext[Any], __: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=TOOLS)
+        return types.ListToolsResult(tools=tools)
 
     async def call_tool(
         _: ServerRequestContext[Any], params: types.CallToolRequestParams

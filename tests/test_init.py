@@ -454,3 +454,24 @@ def test_init_in_the_current_folder_writes_a_folder_that_can_move(tmp_path: Path
     here.rename(moved)
     diff = run_cmcp("catalog", "diff", "--config", moved / "cmcp-config.yaml", cwd=tmp_path)
     assert diff.returncode == 0, diff.stderr
+
+
+def test_init_shows_what_an_upstream_says_with_control_characters_escaped(
+    tmp_path: Path,
+) -> None:
+    """A tool name is the upstream's word: one carrying a terminal escape sequence is
+    shown escaped, and pinned exactly."""
+    name = "paint\x1b[2J\x1b[31mred"
+    port = free_port()
+    environment = {**os.environ, "INIT_TEST_EXTRA_TOOL": name}
+    command = [sys.executable, str(SERVER), "--http", str(port)]
+    upstream = start_process(command, port, tmp_path / "odd.log", environment)
+    try:
+        folder = tmp_path / "gateway"
+        result = run_cmcp("init", folder, "--upstream-url", upstream.url)
+    finally:
+        upstream.stop()
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stderr
+    assert "paint\\x1b[2J\\x1b[31mred" in result.stderr
+    assert name in load_catalog(folder / "catalog.json").tools

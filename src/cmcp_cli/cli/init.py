@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from cmcp_cli.catalog.pinning import visible
 from cmcp_cli.cli import render
 from cmcp_cli.cli.validate import JsonFlag, render_config_report
 from cmcp_cli.errors import ExitCode
@@ -95,7 +96,7 @@ def _render(result: InitResult) -> None:
     where = target.url if isinstance(target, HttpTarget) else " ".join(target.command)
     render.err.print(
         f"upstream [bold]{escape(result.name)}[/bold]: {escape(where)} "
-        f"(MCP {escape(result.protocol_version)})",
+        f"(MCP {escape(visible(result.protocol_version))})",
         soft_wrap=True,
     )
     tools = Table(title=f"{len(result.tools)} tools approved into the catalog")
@@ -105,7 +106,7 @@ def _render(result: InitResult) -> None:
         style = _DECISION_STYLE.get(tool.decision, "red")
         shown = "held for approval" if tool.decision == "escalate" else tool.decision
         tools.add_row(
-            escape(tool.name),
+            escape(visible(tool.name)),  # the upstream's word: nothing in it reaches the terminal
             escape(", ".join(tool.groups)),
             escape(tool.data_class),
             f"[{style}]{escape(shown)}[/{style}]",
