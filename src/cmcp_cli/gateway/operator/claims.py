@@ -89,18 +89,23 @@ class ClaimRoutes:
         if claim.is_file():
             await asgi.send_bytes(send, 200, claim.read_bytes(), content_type="application/json")
         elif session is not None:
-            await asgi.send_json(send, 409, still_open(session_id, sequence))
+            answer = still_open(session_id, sequence, per_call=self.sessions.per_call)
+            await asgi.send_json(send, 409, answer)
         else:
             await asgi.send_json(send, 404, {"error": missing})
 
 
-def still_open(session_id: str, sequence: int | None) -> dict[str, object]:
+def still_open(session_id: str, sequence: int | None, *, per_call: bool) -> dict[str, object]:
     """What a caller is told about an open session whose claim it asked for."""
     which = f"claim {sequence}" if sequence is not None else "claim"
+    more = (
+        "each tool call issues the next claim (claims.per_call)"
+        if per_call
+        else "or run the gateway with claims.per_call: true for a claim after every tool call"
+    )
     return {
         "error": f"session {session_id!r} is still open and has no {which} yet: close it "
-        f"(POST /sessions/{session_id}/close), then GET /trace/{session_id}; or run the "
-        "gateway with claims.per_call: true for a claim after every tool call",
+        f"(POST /sessions/{session_id}/close), then GET /trace/{session_id}; {more}",
         "session_id": session_id,
         "open": True,
         "close": f"POST /sessions/{session_id}/close",
