@@ -35,6 +35,7 @@ from cmcp_cli.gateway.relay.exchange import GET_STREAM
 from cmcp_cli.gateway.relay.ownership import SessionIdUnavailableError
 from cmcp_cli.gateway.relay.reload import PolicyReloader
 from cmcp_cli.gateway.relay.sessions import SessionLimitError, SessionRegistry
+from cmcp_cli.gateway.relay.stateless import StatelessSessions
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.upstream.api import KNOWN_PROTOCOLS
 from cmcp_cli.wire import asgi
@@ -59,6 +60,7 @@ class GatewayApp:
     def __init__(self, runtime: GatewayRuntime) -> None:
         self.runtime = runtime
         self.sessions = SessionRegistry(runtime)
+        self.stateless = StatelessSessions(self.sessions)
         self.reloader = PolicyReloader(self.sessions)
         self.dispatcher = Dispatcher(runtime, self.sessions)
         self.operator = OperatorRoutes(runtime, self.sessions)
@@ -357,7 +359,7 @@ class GatewayApp:
         plain = version is None
         modern.check_removed(message, plain=plain)
         try:
-            session = await self.sessions.stateless(
+            session = await self.stateless.session(
                 agent, requested, version or PLAIN_PROTOCOL, create=plain
             )
         except SessionLimitError as exc:

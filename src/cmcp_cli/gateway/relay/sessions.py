@@ -33,7 +33,7 @@ from cmcp_cli.gateway.relay.exchange import Exchange
 from cmcp_cli.gateway.relay.freshness import renewal_time
 from cmcp_cli.gateway.relay.listen import Listener
 from cmcp_cli.gateway.relay.metrics import GatewayMetrics
-from cmcp_cli.gateway.relay.ownership import ClosedSessionOwners, SessionIdUnavailableError
+from cmcp_cli.gateway.relay.ownership import ClosedSessionOwners
 from cmcp_cli.gateway.runtime import ActivePolicy, Caller, GatewayRuntime
 from cmcp_cli.gateway.upstream.api import UpstreamConversation, UpstreamError
 from cmcp_cli.gateway.upstream.modern_client import open_conversation
@@ -128,10 +128,6 @@ class SessionRegistry:
         self._closed_owners = ClosedSessionOwners(runtime.store.path, self.in_thread)
         self._background: set[asyncio.Task[None]] = set()
         self.approvals = ApprovalDesk(runtime.config.limits.approval_ttl_seconds)
-        self._default_sessions: dict[str, str] = {}  # agent -> its stateless session's id
-        self._opening_default = asyncio.Lock()
-        # session id -> the opening of a session under an id its client chose
-        self._opening_named: dict[str, asyncio.Task[GatewaySession]] = {}
         self.metrics = GatewayMetrics()
         # Where messages an upstream sends outside any request go (set by the relay).
         self.on_server_message: ServerMessageHandler | None = None
@@ -229,68 +225,14 @@ class SessionRegistry:
         self.metrics.sessions_opened += 1
         return session
 
-    async def stateless(
-        self, agent: str, requested: str | None, protocol_version: str, *, create: bool = False
-    ) -> GatewaySession | None:
-        """The session of a client without Mcp-Session-Id: the one it names, else the
-        agent's default session, opened on first use and again after it was closed. A
-        named session that is not an open one of this agent is None, or with `create`
-        opened under that name when the name was never used (`named`)."""
-        if requested is not None:
-            session = self.get(requested, agent)
-            return (
-                session
-                if session is not None or not create
-                else await self.named(agent, requested, protocol_version)
-            )
-        known = self._default_sessions.get(agent)
-        session = self.get(known, agent) if known else None
-        if session is not None:
-            return session
-        async with self._opening_default:
-            known = self._default_sessions.get(agent)
-            session = self.get(known, agent) if known else None
-            if session is None:
-                session = await self.open(agent, protocol_version)
-                self._default_sessions[agent] = session.id
-            return session
-
-    async def named(self, agent: str, session_id: str, protocol_version: str) -> GatewaySession:
-        """The agent's open session `session_id`, or a new one opened under that id when no
-        session ever had it (in this process or, by the audit store and the claims
-        directory, an earlier one). `SessionIdUnavailableError` otherwise: `ended` when it
-        was the agent's own; for another agent's id nothing more is said. Requests naming
-        the same new id wait for one opening."""
-        while True:
-            session = self.get(session_id, agent)
-            if session is not None:
-                return session
-            opening = self._opening_named.get(session_id)
-            if opening is None:
-                break
-            await asyncio.wait([opening])
-        task = asyncio.create_task(self._open_named(agent, session_id, protocol_version))
-        self._opening_named[session_id] = task
-        try:
-            return await asyncio.shield(task)
-        finally:
-            if task.done():
-                self._opening_named.pop(session_id, None)
-            else:  # its requester left: the opening goes on, and is forgotten when done
-                task.add_done_callback(lambda _: self._opening_named.pop(session_id, None))
-
-    async def _open_named(
-        self, agent: str, session_id: str, protocol_version: str
-    ) -> GatewaySession:
-        used = (
+    async def used(self, session_id: str) -> bool:
+        """Whether a session ever had that id: open or closing here, recorded in the audit
+        store (by any process), or with a claim file in claims.dir."""
+        return (
             session_id in self._sessions
             or await self._closed_owners.used(session_id)
             or await self.in_thread(self.claim_path(session_id).exists)
         )
-        if used:
-            owner = await self.owner(session_id)
-            raise SessionIdUnavailableError(session_id, ended=owner == agent)
-        return await self.open(agent, protocol_version, session_id=session_id)
 
     async def upstream(self, session: GatewaySession, name: str) -> UpstreamConversation:
         """The session's own upstream session, opened (and its tools pinned) on first use."""
