@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -351,11 +352,26 @@ def test_a_session_id_is_its_agents_alone(two_agents: Served) -> None:
     status, _, body = request(port, "GET", "/trace/latest", None, AS_BOB)
     assert status == 404
     assert json.loads(body)["error"].startswith("no session of yours yet")
+    # two agents naming one new id at once: exactly one gets it; one agent's concurrent
+    # first calls share the one session they open
+    callers = [AS_ALICE, AS_BOB, AS_ALICE, AS_ALICE, AS_BOB]
+    with ThreadPoolExecutor(len(callers)) as pool:
+        raced = list(pool.map(lambda who: plain_call(port, "raced", who)[0], callers))
+    alice, bob = [raced[0], *raced[2:4]], [raced[1], raced[4]]
+    assert (alice, bob) in (([200] * 3, [409] * 2), ([409] * 3, [200] * 2)), raced
+    winner = AS_ALICE if alice[0] == 200 else AS_BOB
+    decided = call_decisions(audit(port, "raced", winner))
+    assert len(decided) == len(alice if winner is AS_ALICE else bob)
     # without a token, the missing header is named
     status, _, answer = plain_call(port, "s2", None)
     assert (status, answer["error"]["message"]) == (
         401,
         "the Authorization header is missing: send Authorization: Bearer <token>",
+    )
+    status, _, answer = plain_call(port, "s2", {"authorization": "Bearer " + "x" * 40})
+    assert (status, answer["error"]["message"]) == (
+        401,
+        "the bearer token is not valid: send one of the gateway's agent tokens",
     )
 
 

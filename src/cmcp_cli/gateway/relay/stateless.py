@@ -9,6 +9,7 @@ under that id for the calling agent, when no session ever had the id.
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from cmcp_cli.gateway.relay.ownership import SessionIdUnavailableError
 from cmcp_cli.gateway.relay.sessions import GatewaySession, SessionRegistry
@@ -59,13 +60,15 @@ class StatelessSessions:
             await asyncio.wait([opening])
         task = asyncio.create_task(self._open_named(agent, session_id, protocol_version))
         self._opening_named[session_id] = task
-        try:
-            return await asyncio.shield(task)
-        finally:
-            if task.done():
-                self._opening_named.pop(session_id, None)
-            else:  # its requester left: the opening goes on, and is forgotten when done
-                task.add_done_callback(lambda _: self._opening_named.pop(session_id, None))
+        task.add_done_callback(functools.partial(self._opened, session_id))
+        # A requester that leaves does not cancel the opening: others may wait on it.
+        return await asyncio.shield(task)
+
+    def _opened(self, session_id: str, task: asyncio.Task[GatewaySession]) -> None:
+        if self._opening_named.get(session_id) is task:
+            del self._opening_named[session_id]
+        if not task.cancelled():
+            task.exception()  # its requester may have left: nobody else is to be told
 
     async def _open_named(
         self, agent: str, session_id: str, protocol_version: str
