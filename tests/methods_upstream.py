@@ -235,13 +235,45 @@ def legacy_only(app: Any) -> Any:
     return serve
 
 
+def recording(app: Any) -> Any:
+    """The app, logging the body of every POST it receives, as received (a `received`
+    event), so tests can see exactly what reached the upstream."""
+
+    async def serve(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        event("received", body=body.decode("utf-8", "replace"))
+        delivered = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal delivered
+            if delivered:
+                return dict(await receive())
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await app(scope, replay, send)
+
+    return serve
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--legacy-only", action="store_true", help="serve 2025-11-25 only")
+    parser.add_argument("--record", action="store_true", help="log every POST body received")
     args = parser.parse_args(argv)
     app = build_server().streamable_http_app(host="127.0.0.1")
     served = legacy_only(app) if args.legacy_only else app
+    served = recording(served) if args.record else served
     uvicorn.run(served, host="127.0.0.1", port=args.port, log_level="warning")
 
 

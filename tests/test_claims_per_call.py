@@ -98,7 +98,14 @@ def test_five_calls_yield_five_linked_claims_and_the_last_at_the_end(
     assert status == 200 and "signature" in json.loads(record)
     for query in ("sequence=0", "sequence=x", "sequence=1&sequence=2"):
         assert seen[query][0] == 400, query
-    assert seen["unissued"][0] == 404
+    # not issued yet, and the session is open: it may come, and the answer says how
+    status, _, body = seen["unissued"]
+    assert status == 409
+    assert json.loads(body)["error"] == (
+        f"session {session!r} is still open and has no claim 99 yet: close it "
+        f"(POST /sessions/{session}/close), then GET /trace/{session}; each tool call "
+        "issues the next claim (claims.per_call)"
+    )
 
     folder = claims_dir(per_call)
     paths = [folder / f"{session}.{n}.claim.json" for n in range(1, CALLS + 2)]

@@ -116,7 +116,9 @@ def test_bad_input_gets_clear_errors_and_nothing_500s(gateway: Served) -> None:
         ("a batch", b"[" + json.dumps(ping).encode() + b"]", session, 400, "batches"),
         ("not an object", b"42", session, 400, "JSON object"),
         ("no jsonrpc", {"id": 3, "method": "ping"}, session, 400, '"2.0"'),
-        ("no session", ping, {}, 400, "Mcp-Session-Id"),
+        ("no session", ping, {"mcp-protocol-version": "2025-06-18"}, 400,
+         "Mcp-Session-Id is missing"),
+        ("a plain ping", ping, {}, 404, "not served to a plain JSON-RPC call"),
         ("unknown session", ping, {"mcp-session-id": "nope"}, 404, "unknown"),
         ("bad version", ping, {**session, "mcp-protocol-version": "1999-01-01"}, 400, "1999"),
         ("too deep", b'{"jsonrpc":"2.0","id":4,"method":"ping","params":'

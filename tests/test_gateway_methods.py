@@ -41,14 +41,17 @@ PERMIT_ALL = "permit(principal, action, resource);\n"
 
 
 def start_stack(
-    folder: Path, *, legacy_only: bool = False, policy: str = PERMIT_ALL
+    folder: Path, *, legacy_only: bool = False, policy: str = PERMIT_ALL, record: bool = False
 ) -> tuple[Served, Served]:
     """The methods upstream, and a gateway in front of it that permits every call (or
-    decides by `policy`), with a catalog pinned to what the upstream lists."""
+    decides by `policy`), with a catalog pinned to what the upstream lists. `record`: the
+    upstream logs every body it receives (`received` events)."""
     port = free_port()
     command = [sys.executable, str(UPSTREAM), "--port", str(port)]
     if legacy_only:
         command.append("--legacy-only")
+    if record:
+        command.append("--record")
     upstream = start_process(command, port, folder / "upstream.log")
     try:
         listed = asyncio.run(_listed_tools(upstream.url))

@@ -163,6 +163,18 @@ def session_ids(path: Path) -> list[str]:
     return [str(row[0]) for row in rows]
 
 
+def has_session(path: Path, session_id: str) -> bool:
+    """Whether the store holds any entry of the session, intact or not."""
+    connection = open_readonly(path)
+    try:
+        row = connection.execute(
+            "SELECT 1 FROM audit_entries WHERE session_id = ? LIMIT 1", (session_id,)
+        ).fetchone()
+    finally:
+        connection.close()
+    return row is not None
+
+
 def iter_lines(path: Path, session_id: str | None = None) -> Iterator[bytes]:
     """Stored lines in insertion order, of one session or all."""
     connection = open_readonly(path)

@@ -125,7 +125,10 @@ def param_mismatch(schema: object, arguments: object, headers: list[tuple[str, s
                 return f"the {header} header is sent but the argument {argument!r} is not"
             continue
         if raw is None:
-            return f"the {header} header is missing for the argument {argument!r}"
+            return (
+                f"the {header} header is missing for the argument {argument!r}: send it "
+                "with the argument's value"
+            )
         decoded = decode_value(raw[0])
         if decoded is None or not _matches(node.get("type"), value, rendered, decoded):
             return f"the {header} header does not match the argument {argument!r}"

@@ -5,19 +5,22 @@ message and gets a JSON answer, or an event stream when the upstream sends somet
 before it (see `streams`); GET opens the session's own stream, or resumes a lost one with
 Last-Event-ID; DELETE ends the session, and its claim is written. The stateless
 2026-07-28 revision is served on the same URL (see `modern`): a request says which
-revision it speaks.
+revision it speaks. A plain JSON-RPC request (no `initialize` before it, no
+Mcp-Session-Id, no protocol version in a header or in `_meta`) is a one-shot call: served
+as the stateless revision serves a request, in the session `params._cmcp.session_id`
+names (opened under that id on first use, for its agent only) or else in the agent's
+default session, and answered as plain JSON-RPC with the session in `Cmcp-Session-Id`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
-from urllib.parse import parse_qs, urlsplit
 
 from cmcp_cli.audit.recorder import ChainEndedError
 from cmcp_cli.audit.store import AuditStoreError
 from cmcp_cli.evidence.attesting import AttestationUnavailableError
-from cmcp_cli.gateway.downstream import modern
+from cmcp_cli.gateway.downstream import gateway_params, modern
+from cmcp_cli.gateway.downstream.gateway_params import GatewayParams
 from cmcp_cli.gateway.downstream.http_rules import TransportRules
 from cmcp_cli.gateway.downstream.streams import (
     ResponseStream,
@@ -25,11 +28,14 @@ from cmcp_cli.gateway.downstream.streams import (
     message_event,
     serve_events,
 )
+from cmcp_cli.gateway.operator.claims import ClaimRoutes
 from cmcp_cli.gateway.operator.routes import OperatorRoutes
 from cmcp_cli.gateway.relay.dispatch import Dispatcher, Reply
 from cmcp_cli.gateway.relay.exchange import GET_STREAM
+from cmcp_cli.gateway.relay.ownership import SessionIdUnavailableError
 from cmcp_cli.gateway.relay.reload import PolicyReloader
 from cmcp_cli.gateway.relay.sessions import SessionLimitError, SessionRegistry
+from cmcp_cli.gateway.relay.stateless import StatelessSessions
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.upstream.api import KNOWN_PROTOCOLS
 from cmcp_cli.wire import asgi
@@ -39,18 +45,26 @@ from cmcp_cli.wire.mcp import MODERN_PROTOCOLS, SESSION_KEY
 
 MCP_PATH = "/mcp"
 KEEPALIVE_SECONDS = 15.0
-_SESSION_PATH = re.compile(r"/sessions/(?P<id>[A-Za-z0-9_-]{1,64})/close")
-_TRACE_PATH = re.compile(r"/trace/(?P<id>[A-Za-z0-9_-]{1,64})")
-_SEQUENCE = re.compile(r"[1-9][0-9]{0,17}")
+# The one-shot call of a plain JSON-RPC request is served as this revision serves one.
+PLAIN_PROTOCOL = MODERN_PROTOCOLS[0]
+_PLAIN_SESSION = "params._cmcp.session_id"
+_SESSION_MISSING = (
+    "Mcp-Session-Id is missing. Either initialize first and send the Mcp-Session-Id it "
+    "answers with; or speak 2026-07-28 (the protocol version in params._meta and the "
+    "MCP-Protocol-Version header); or send a plain JSON-RPC call, without the "
+    "MCP-Protocol-Version header, naming its session in params._cmcp.session_id"
+)
 
 
 class GatewayApp:
     def __init__(self, runtime: GatewayRuntime) -> None:
         self.runtime = runtime
         self.sessions = SessionRegistry(runtime)
+        self.stateless = StatelessSessions(self.sessions)
         self.reloader = PolicyReloader(self.sessions)
         self.dispatcher = Dispatcher(runtime, self.sessions)
         self.operator = OperatorRoutes(runtime, self.sessions)
+        self.claims = ClaimRoutes(runtime, self.sessions, self.operator)
         self.rules = TransportRules(runtime.config)
         self.ready = False
 
@@ -108,20 +122,23 @@ class GatewayApp:
                     "policy": self.reloader.status(),
                 },
             )
-        elif path.startswith("/trace/") and method == "GET":
-            await self._trace(scope, send, path)
-        elif (match := _SESSION_PATH.fullmatch(path)) and method == "POST":
-            await self._close_session(scope, send, match.group("id"))
-        elif not await self.operator.route(scope, receive, send):
+        elif not await self.claims.route(scope, send) and not await self.operator.route(
+            scope, receive, send
+        ):
             await asgi.send_json(send, 404, {"error": f"no route {method} {path}"})
 
     async def _mcp(self, scope: Scope, receive: Receive, send: Send, method: str) -> None:
         agent = self._agent(scope)
         if agent is None:
+            text = (
+                "the Authorization header is missing: send Authorization: Bearer <token>"
+                if asgi.header(scope, b"authorization") is None
+                else "the bearer token is not valid: send one of the gateway's agent tokens"
+            )
             await asgi.send_json(
                 send,
                 401,
-                error(None, Code.INVALID_REQUEST, "a valid bearer token is required"),
+                error(None, Code.INVALID_REQUEST, text),
                 headers={"www-authenticate": 'Bearer realm="cmcp"'},
             )
             return
@@ -146,12 +163,14 @@ class GatewayApp:
         session_id = asgi.header(scope, b"mcp-session-id")
         session = self.sessions.get(session_id, agent) if session_id else None
         if session is None:
+            text = (
+                "unknown or closed session: initialize again"
+                if session_id
+                else "Mcp-Session-Id is missing: a stream is a session's; send the "
+                "Mcp-Session-Id that initialize answered with"
+            )
             await asgi.send_json(
-                send,
-                404 if session_id else 400,
-                error(
-                    None, Code.SESSION_NOT_FOUND, "a stream needs an open session's Mcp-Session-Id"
-                ),
+                send, 404 if session_id else 400, error(None, Code.SESSION_NOT_FOUND, text)
             )
             return
         replay: list[bytes] = []
@@ -267,9 +286,22 @@ class GatewayApp:
     async def _answer(
         self, scope: Scope, message: Message, agent: str, stream: ResponseStream
     ) -> Reply:
+        message, own = gateway_params.take(scope, message)
         if modern.is_modern(scope, message):
-            return await self._answer_modern(scope, message, agent, stream)
+            _no_plain_session(message, own, f"params._meta[{SESSION_KEY!r}]")
+            if message.is_notification or message.method is None:
+                return Reply(None, status=202)
+            return await self._stateless(
+                scope,
+                message,
+                agent,
+                stream,
+                own,
+                version=modern.check_envelope(scope, message),
+                requested=modern.requested_session(message),
+            )
         if message.method == "initialize":
+            _no_plain_session(message, own, "the Mcp-Session-Id initialize answers with")
             if message.id is None:
                 raise ProtocolError(Code.INVALID_REQUEST, "initialize is a request: it needs an id")
             try:
@@ -280,22 +312,24 @@ class GatewayApp:
                 ) from exc
         # Any revision of the session era is taken, as SDK servers take it: the session is
         # served by the revision it negotiated, whatever a later request's header names.
-        version = asgi.header(scope, b"mcp-protocol-version")
-        if version is not None and version not in KNOWN_PROTOCOLS:
+        named = asgi.header(scope, b"mcp-protocol-version")
+        if named is not None and named not in KNOWN_PROTOCOLS:
             raise ProtocolError(
                 Code.INVALID_REQUEST,
-                f"MCP-Protocol-Version {version!r} is not supported "
+                f"MCP-Protocol-Version {named!r} is not supported "
                 f"(supported: {', '.join((*KNOWN_PROTOCOLS, *MODERN_PROTOCOLS))})",
                 request_id=message.id,
             )
         session_id = asgi.header(scope, b"mcp-session-id")
-        if session_id is None:
-            raise ProtocolError(
-                Code.INVALID_REQUEST,
-                "Mcp-Session-Id is missing: initialize first (or speak 2026-07-28, "
-                "with the protocol version in params._meta)",
-                request_id=message.id,
+        if session_id is None and named is None:
+            if message.is_notification or message.method is None:
+                return Reply(None, status=202)
+            return await self._stateless(
+                scope, message, agent, stream, own, version=None, requested=own.session_id
             )
+        if session_id is None:
+            raise ProtocolError(Code.INVALID_REQUEST, _SESSION_MISSING, request_id=message.id)
+        _no_plain_session(message, own, "its Mcp-Session-Id")
         session = self.sessions.get(session_id, agent)
         if session is None:
             raise ProtocolError(
@@ -305,25 +339,35 @@ class GatewayApp:
                 http_status=404,
             )
         stream.exchange = session.exchange
-        return await self.dispatcher.handle(message, session, stream)
+        return await self.dispatcher.handle(message, session, stream, workflow_id=own.workflow_id)
 
-    async def _answer_modern(
-        self, scope: Scope, message: Message, agent: str, stream: ResponseStream
+    async def _stateless(
+        self,
+        scope: Scope,
+        message: Message,
+        agent: str,
+        stream: ResponseStream,
+        own: GatewayParams,
+        *,
+        version: str | None,
+        requested: str | None,
     ) -> Reply:
-        """A 2026-07-28 request: self-describing, answered in the session it names or in
-        its agent's default session; protocol errors carry that revision's HTTP statuses."""
-        if message.is_notification or message.method is None:
-            return Reply(None, status=202)
-        version = modern.check_envelope(scope, message)
-        modern.check_removed(message)
+        """A request without a session of the session era, answered in the session it names
+        or in its agent's default session: a 2026-07-28 one (`version`), with that
+        revision's results and HTTP statuses; or a plain JSON-RPC one-shot call (`version`
+        None), whose named session is opened on first use, answered as plain JSON-RPC."""
+        plain = version is None
+        modern.check_removed(message, plain=plain)
         try:
-            session = await self.sessions.stateless(
-                agent, modern.requested_session(message), version
+            session = await self.stateless.session(
+                agent, requested, version or PLAIN_PROTOCOL, create=plain
             )
         except SessionLimitError as exc:
             raise ProtocolError(
                 Code.INVALID_REQUEST, str(exc), request_id=message.id, http_status=503
             ) from exc
+        except SessionIdUnavailableError as exc:
+            raise _unavailable(message, exc) from exc
         if session is None:
             raise ProtocolError(
                 Code.SESSION_NOT_FOUND,
@@ -334,19 +378,20 @@ class GatewayApp:
             )
         if message.method == "server/discover":
             return await self.dispatcher.discover(message, session)
-        modern.check_params(scope, message, self.runtime.catalog)
+        if not plain:
+            modern.check_params(scope, message, self.runtime.catalog)
         stream.exchange = session.exchange
         stream.cancels = message.id
         stream.headers["cmcp-session-id"] = session.id
-        reply = await self.dispatcher.handle(message, session, stream)
-        if reply.listener is not None:
+        reply = await self.dispatcher.handle(message, session, stream, workflow_id=own.workflow_id)
+        if reply.listener is not None or plain:
             return dataclasses.replace(reply, stateless_session=session.id)
         answer = reply.message
         status = reply.status
         if answer is not None and isinstance(answer.get("result"), dict):
             answer = {
                 **answer,
-                "result": modern.complete(message.method, answer["result"], session.id),
+                "result": modern.complete(message.method or "", answer["result"], session.id),
             }
         elif answer is not None and isinstance(answer.get("error"), dict):
             code = answer["error"].get("code")
@@ -361,7 +406,11 @@ class GatewayApp:
 
     async def _delete(self, scope: Scope, send: Send, agent: str) -> None:
         session_id = asgi.header(scope, b"mcp-session-id")
-        session = self.sessions.get(session_id, agent) if session_id else None
+        if session_id is None:
+            text = "Mcp-Session-Id is missing: DELETE ends the session that header names"
+            await asgi.send_json(send, 400, error(None, Code.SESSION_NOT_FOUND, text))
+            return
+        session = self.sessions.get(session_id, agent)
         if session is None:
             await asgi.send_json(
                 send, 404, error(None, Code.SESSION_NOT_FOUND, "unknown or closed session")
@@ -370,49 +419,37 @@ class GatewayApp:
         await self.sessions.close(session, "closed by client")
         await asgi.send_bytes(send, 200, b"")
 
-    async def _close_session(self, scope: Scope, send: Send, session_id: str) -> None:
-        token = asgi.bearer_token(scope)
-        agent = self._agent(scope)
-        session = self.sessions.get(session_id, agent) if agent else None
-        if session is None and self.runtime.credentials.is_operator(token):
-            session = self.sessions.find(session_id)
-        if session is None:
-            await asgi.send_json(send, 404, {"error": "unknown or closed session"})
-            return
-        await self.sessions.close(session, "closed on request")
-        await asgi.send_json(send, 200, {"session_id": session_id, "claim": f"/trace/{session_id}"})
-
-    async def _trace(self, scope: Scope, send: Send, path: str) -> None:
-        """A session's latest claim (or, with ?format=record, its TRACE record), or with
-        ?sequence=N its claim of that sequence number (`claims.per_call`), for the session's
-        own agent and the operator; /trace/latest is the caller's latest (the operator's:
-        the gateway's)."""
-        missing = "no claim for that session (yet)"
-        query = parse_qs(urlsplit("?" + scope.get("query_string", b"").decode("latin-1")).query)
-        record = query.get("format") == ["record"]
-        sequence: int | None = None
-        if "sequence" in query:
-            given = query["sequence"]
-            if len(given) != 1 or not _SEQUENCE.fullmatch(given[0]):
-                await asgi.send_json(
-                    send, 400, {"error": "sequence must be one positive integer (?sequence=1)"}
-                )
-                return
-            sequence = int(given[0])
-        if path == "/trace/latest":
-            session_id = self.sessions.latest_of(self.operator.caller(scope))
-        else:
-            match = _TRACE_PATH.fullmatch(path)
-            session_id = match.group("id") if match else None
-        # readable refuses (and answers) a request that names no session
-        if not await self.operator.readable(scope, send, session_id, missing) or not session_id:
-            return
-        await self.sessions.claims_written(self.sessions.find(session_id))
-        claim = self.sessions.claim_path(session_id, record=record, sequence=sequence)
-        if not claim.is_file():
-            await asgi.send_json(send, 404, {"error": missing})
-            return
-        await asgi.send_bytes(send, 200, claim.read_bytes(), content_type="application/json")
-
     def _agent(self, scope: Scope) -> str | None:
         return self.runtime.credentials.agent_for(asgi.bearer_token(scope))
+
+
+def _no_plain_session(message: Message, own: GatewayParams, instead: str) -> None:
+    """Refuse `params._cmcp.session_id` on a request that names its session otherwise."""
+    if own.session_id is not None:
+        raise ProtocolError(
+            Code.INVALID_PARAMS,
+            f"{_PLAIN_SESSION} names the session of a plain JSON-RPC call only; this "
+            f"request's session is {instead}",
+            request_id=message.id,
+        )
+
+
+def _unavailable(message: Message, refused: SessionIdUnavailableError) -> ProtocolError:
+    """The refusal of a session id a plain call may not open: its agent learns where the
+    claim of its own ended session is; another agent only that the id is not available."""
+    session_id = refused.session_id
+    if refused.ended:
+        return ProtocolError(
+            Code.SESSION_NOT_FOUND,
+            f"session {session_id!r} has ended: its claim is at GET /trace/{session_id}; "
+            f"pick a new {_PLAIN_SESSION} for new calls",
+            request_id=message.id,
+            http_status=404,
+            data={"session_id": session_id, "claim": f"/trace/{session_id}"},
+        )
+    return ProtocolError(
+        Code.INVALID_PARAMS,
+        f"session id {session_id!r} is not available to this agent: pick another {_PLAIN_SESSION}",
+        request_id=message.id,
+        http_status=409,
+    )

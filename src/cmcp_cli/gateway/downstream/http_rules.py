@@ -39,6 +39,7 @@ SINGLETON_HEADERS = frozenset(
         b"mcp-protocol-version",
         b"mcp-session-id",
         b"last-event-id",
+        b"cmcp-workflow-id",
     }
 )
 # Verdicts on header values are remembered (bounded): the same few values arrive on every
@@ -120,7 +121,13 @@ class TransportRules:
             name = repeated.decode("latin-1")
             return _refusal(400, code, f"the {name} header appears more than once: send it once")
         host = _single(scope, b"host")
-        if host is None or not self._host_allowed(host):
+        if host is None:
+            return _refusal(
+                421,
+                Code.INVALID_REQUEST,
+                "the Host header is missing: send the gateway's listen address in it",
+            )
+        if not self._host_allowed(host):
             return _refusal(
                 421,
                 Code.INVALID_REQUEST,

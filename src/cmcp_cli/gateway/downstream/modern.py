@@ -10,7 +10,6 @@ one names it with `_meta["_cmcp.session_id"]`; every answer says which session i
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +24,7 @@ from cmcp_cli.wire.mcp import (
     NAME_BEARING,
     PROTOCOL_VERSION_KEY,
     RELAYED_ENVELOPE,
+    SESSION_ID,
     SESSION_KEY,
 )
 from cmcp_cli.wire.mcp_params import decode_value, param_mismatch
@@ -46,7 +46,6 @@ REMOVED = frozenset(
 CACHEABLE = frozenset(
     {"tools/list", "resources/list", "resources/templates/list", "resources/read", "prompts/list"}
 )
-_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def is_modern(scope: Scope, message: Message) -> bool:
@@ -64,40 +63,35 @@ def is_modern(scope: Scope, message: Message) -> bool:
 
 
 def check_envelope(scope: Scope, message: Message) -> str:
-    """The request's protocol version, once its envelope and headers are consistent."""
+    """The request's protocol version, once its envelope and headers are consistent. What
+    is missing is named as missing, with what to send."""
     meta = message.params.get("_meta")
+    needed = f"{PROTOCOL_VERSION_KEY!r} and {CLIENT_CAPABILITIES_KEY!r}"
     if not isinstance(meta, Mapping):
         raise _refused(
             message,
             Code.INVALID_PARAMS,
-            f"params._meta must be an object carrying {PROTOCOL_VERSION_KEY!r} and "
-            f"{CLIENT_CAPABILITIES_KEY!r} (2026-07-28 requests are self-describing)",
+            f"params._meta {'must be an object' if '_meta' in message.params else 'is missing'}"
+            f": a 2026-07-28 request carries {needed} in it (the capabilities may be {{}})",
         )
     missing = [key for key in (PROTOCOL_VERSION_KEY, CLIENT_CAPABILITIES_KEY) if key not in meta]
     if missing:
         raise _refused(
-            message, Code.INVALID_PARAMS, f"params._meta is missing {', '.join(missing)}"
+            message,
+            Code.INVALID_PARAMS,
+            f"params._meta is missing {' and '.join(map(repr, missing))}: a 2026-07-28 "
+            f"request carries {needed} (the capabilities may be {{}})",
         )
     version = meta[PROTOCOL_VERSION_KEY]
-    if asgi.header(scope, b"mcp-protocol-version") != version:
-        raise _refused(
-            message,
-            Code.HEADER_MISMATCH,
-            "the MCP-Protocol-Version header does not match params._meta's protocol version",
-        )
-    if asgi.header(scope, b"mcp-method") != message.method:
-        raise _refused(
-            message, Code.HEADER_MISMATCH, "the Mcp-Method header does not match the body's method"
-        )
+    _check_header(
+        scope, message, b"mcp-protocol-version", version, "params._meta's protocol version"
+    )
+    _check_header(scope, message, b"mcp-method", message.method, "the body's method")
     name_key = NAME_BEARING.get(message.method or "")
     if name_key is not None:
         named = message.params.get(name_key)
-        if named is not None and decode_value(asgi.header(scope, b"mcp-name")) != named:
-            raise _refused(
-                message,
-                Code.HEADER_MISMATCH,
-                f"the Mcp-Name header does not match the body's {name_key!r}",
-            )
+        if named is not None:
+            _check_header(scope, message, b"mcp-name", named, f"the body's {name_key!r}")
     if not isinstance(version, str):
         raise _refused(message, Code.INVALID_PARAMS, "the protocol version must be a string")
     if version not in MODERN_PROTOCOLS:
@@ -111,14 +105,40 @@ def check_envelope(scope: Scope, message: Message) -> str:
     return version
 
 
-def check_removed(message: Message) -> None:
-    """Refuse a method this revision removed, as a method not found (HTTP 404)."""
+_HEADER_NAMES = {
+    b"mcp-protocol-version": "MCP-Protocol-Version",
+    b"mcp-method": "Mcp-Method",
+    b"mcp-name": "Mcp-Name",
+}
+
+
+def _check_header(scope: Scope, message: Message, name: bytes, body: object, what: str) -> None:
+    """Refuse a routing header that is missing, or that disagrees with the body."""
+    sent = asgi.header(scope, name)
+    header = _HEADER_NAMES[name]
+    if sent is None:
+        value = body if isinstance(body, str) else "..."
+        raise _refused(
+            message,
+            Code.HEADER_MISMATCH,
+            f"the {header} header is missing: a 2026-07-28 request repeats {what} in it "
+            f"({header}: {value})",
+        )
+    decoded = decode_value(sent) if name == b"mcp-name" else sent
+    if decoded != body:
+        raise _refused(message, Code.HEADER_MISMATCH, f"the {header} header does not match {what}")
+
+
+def check_removed(message: Message, *, plain: bool = False) -> None:
+    """Refuse a method this revision removed, as a method not found (HTTP 404); `plain`: to
+    a plain JSON-RPC call (served as this revision is)."""
     if message.method in REMOVED:
+        served = "served to a plain JSON-RPC call" if plain else "a 2026-07-28 method"
         raise _refused(
             message,
             Code.METHOD_NOT_FOUND,
-            f"{message.method} is not a 2026-07-28 method (it belongs to sessions of "
-            "2025-11-25 and earlier)",
+            f"{message.method} is not {served} (it belongs to sessions of 2025-11-25 and "
+            "earlier: initialize one to use it)",
         )
 
 
@@ -146,7 +166,7 @@ def requested_session(message: Message) -> str | None:
     value = meta.get(SESSION_KEY) if isinstance(meta, Mapping) else None
     if value is None:
         return None
-    if not isinstance(value, str) or not _SESSION_ID.fullmatch(value):
+    if not isinstance(value, str) or not SESSION_ID.fullmatch(value):
         raise _refused(message, Code.INVALID_PARAMS, f"_meta[{SESSION_KEY!r}] is not a session id")
     return value
 

@@ -59,7 +59,8 @@ class ResponseStream:
         self._receive = receive
         self._send = send
         self.exchange: Exchange | None = None  # the session's, once the request has one
-        # 2026-07-28: a client cancels a request by closing its response stream.
+        # Without a session-era session (2026-07-28, plain calls), a client cancels a
+        # request by closing its response stream.
         self.cancels: RequestId | None = None
         self.headers: dict[str, str] = {}  # sent with a stream's start
         self.channel: Channel | None = None

@@ -105,10 +105,16 @@ class Dispatcher:
         return Reply(result(message.id, answer))
 
     async def handle(
-        self, message: Message, session: GatewaySession, outlet: Outlet | None = None
+        self,
+        message: Message,
+        session: GatewaySession,
+        outlet: Outlet | None = None,
+        *,
+        workflow_id: str = "",
     ) -> Reply:
         """Answer one message of the session; a request's messages from upstream go to
-        `outlet` (its response) while it is in flight."""
+        `outlet` (its response) while it is in flight. `workflow_id` is the workflow the
+        request says it belongs to (`context.workflow_id` of a tool call)."""
         if message.method is None:
             await self.relay.answered(message, session)
             return Reply(None, status=202)
@@ -123,7 +129,7 @@ class Dispatcher:
             return Reply(error(message.id, Code.ATTESTATION_STALE, stale_message(session.stale)))
         flight = session.exchange.begin(message.id, outlet)
         try:
-            return await self._request(message, session, flight)
+            return await self._request(message, session, flight, workflow_id)
         except asyncio.CancelledError:
             task = flight.task
             if flight.cancel_reason is not None and task is not None and task.uncancel() == 0:
@@ -143,7 +149,9 @@ class Dispatcher:
                 await self.relay.settle(session, flight)
             session.exchange.end(flight)
 
-    async def _request(self, message: Message, session: GatewaySession, flight: Flight) -> Reply:
+    async def _request(
+        self, message: Message, session: GatewaySession, flight: Flight, workflow_id: str
+    ) -> Reply:
         method = message.method or ""
         self.sessions.metrics.requests[method if method in COUNTED_METHODS else "other"] += 1
         if method == "ping":
@@ -155,7 +163,7 @@ class Dispatcher:
             call_id = flight.call_id = session.next_call_id()
             try:
                 async with asyncio.timeout(self.runtime.config.limits.request_timeout_seconds):
-                    reply = await self.call_tool(message, session, flight)
+                    reply = await self.call_tool(message, session, flight, workflow_id)
             except TimeoutError:
                 reply = await self._timed_out(message, session, call_id)
             self.sessions.metrics.call(reply.outcome or "fault", time.perf_counter() - started)
@@ -254,7 +262,9 @@ class Dispatcher:
         self._callable[key] = frozenset(allowed)
         return self._callable[key]
 
-    async def call_tool(self, message: Message, session: GatewaySession, flight: Flight) -> Reply:
+    async def call_tool(
+        self, message: Message, session: GatewaySession, flight: Flight, workflow_id: str = ""
+    ) -> Reply:
         params = message.params
         call_id = flight.call_id or session.next_call_id()
         name = params.get("name")
@@ -305,6 +315,7 @@ class Dispatcher:
                 agent_id=session.agent,
                 tool=tool,
                 arguments=arguments,
+                workflow_id=workflow_id,
                 escalation=self._escalation(session, call_id, name),
             )
         if not verdict.forwarded:

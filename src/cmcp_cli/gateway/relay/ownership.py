@@ -2,7 +2,9 @@
 
 A session's `session_start` entry names its agent, so a session closed before a restart,
 or by crash recovery, is still its agent's. Answers are kept for the sessions read or
-closed most recently; older ones are read from the audit store again.
+closed most recently; older ones are read from the audit store again. A session id the
+store holds anything of is used for good: no new session may take it (its chain and its
+claim files are that session's).
 """
 
 from __future__ import annotations
@@ -12,11 +14,21 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from cmcp_cli.audit.store import session_start
+from cmcp_cli.audit.store import has_session, session_start
 
 KEPT = 4096  # sessions whose agent is remembered
 
 InThread = Callable[..., Awaitable[Any]]
+
+
+class SessionIdUnavailableError(Exception):
+    """A session id a client asked to open a session under, which it cannot have: a session
+    of its own that ended (`ended`), or one that is, or was, someone else's."""
+
+    def __init__(self, session_id: str, *, ended: bool) -> None:
+        super().__init__(session_id)
+        self.session_id = session_id
+        self.ended = ended
 
 
 class ClosedSessionOwners:
@@ -41,6 +53,13 @@ class ClosedSessionOwners:
                 return None
         self.remember(session_id, agent)
         return agent
+
+    async def used(self, session_id: str) -> bool:
+        """Whether a session of that id was ever recorded, by this process or an earlier
+        one (an entry of it in the store, intact or edited)."""
+        if session_id in self._agents:
+            return True
+        return bool(await self._in_thread(has_session, self._store, session_id))
 
 
 def recorded_agent(store: Path, session_id: str) -> str | None:

@@ -123,14 +123,12 @@ class SessionRegistry:
         self.runtime = runtime
         self._sessions: dict[str, GatewaySession] = {}
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="cmcp-evidence")
-        self.latest_claim: Path | None = None
         self.per_call = runtime.config.claims.per_call
-        self._latest_of: dict[str, str] = {}  # agent -> its session whose claim came last
+        # agent -> its session opened or claimed last; None: the gateway's (for the operator)
+        self._latest_of: dict[str | None, str] = {}
         self._closed_owners = ClosedSessionOwners(runtime.store.path, self.in_thread)
         self._background: set[asyncio.Task[None]] = set()
         self.approvals = ApprovalDesk(runtime.config.limits.approval_ttl_seconds)
-        self._default_sessions: dict[str, str] = {}  # agent -> its stateless session's id
-        self._opening_default = asyncio.Lock()
         self.metrics = GatewayMetrics()
         # Where messages an upstream sends outside any request go (set by the relay).
         self.on_server_message: ServerMessageHandler | None = None
@@ -192,18 +190,25 @@ class SessionRegistry:
         return caller.agent is not None and await self.owner(session_id) == caller.agent
 
     def latest_of(self, caller: Caller) -> str | None:
-        """The session whose claim was written last: of the caller's own sessions for an
-        agent, of all sessions for the operator."""
+        """The session opened or claimed last (an open one may have no claim yet): of the
+        caller's own sessions for an agent, of all sessions for the operator."""
         if caller.operator:
-            return self.latest_claim.name.split(".")[0] if self.latest_claim else None
+            return self._latest_of.get(None)
         return self._latest_of.get(caller.agent) if caller.agent is not None else None
 
-    async def open(self, agent: str, protocol_version: str) -> GatewaySession:
+    def _latest(self, session: GatewaySession) -> None:
+        self._latest_of[session.agent] = self._latest_of[None] = session.id
+
+    async def open(
+        self, agent: str, protocol_version: str, *, session_id: str | None = None
+    ) -> GatewaySession:
+        """A new session of `agent`, under a fresh random id or under `session_id` (which
+        the caller made sure is unused)."""
         if len(self._sessions) >= self.runtime.config.limits.max_sessions:
             raise SessionLimitError(
                 f"{len(self._sessions)} sessions are open (limits.max_sessions)"
             )
-        session_id = secrets.token_urlsafe(18)
+        session_id = session_id or secrets.token_urlsafe(18)
         runtime = self.runtime
         policy = runtime.active  # taken once: a reload meanwhile does not change it
         evidence = await self.in_thread(
@@ -217,28 +222,18 @@ class SessionRegistry:
         session = GatewaySession(session_id, agent, protocol_version, evidence, policy)
         session.renew_at = renewal_time(time.monotonic(), runtime.config.attestation)
         self._sessions[session_id] = session
+        self._latest(session)
         self.metrics.sessions_opened += 1
         return session
 
-    async def stateless(
-        self, agent: str, requested: str | None, protocol_version: str
-    ) -> GatewaySession | None:
-        """The session of a client without Mcp-Session-Id: the one it names (None when that
-        is not an open session of this agent), else the agent's default session, opened on
-        first use and again after it was closed."""
-        if requested is not None:
-            return self.get(requested, agent)
-        known = self._default_sessions.get(agent)
-        session = self.get(known, agent) if known else None
-        if session is not None:
-            return session
-        async with self._opening_default:
-            known = self._default_sessions.get(agent)
-            session = self.get(known, agent) if known else None
-            if session is None:
-                session = await self.open(agent, protocol_version)
-                self._default_sessions[agent] = session.id
-            return session
+    async def used(self, session_id: str) -> bool:
+        """Whether a session ever had that id: open or closing here, recorded in the audit
+        store (by any process), or with a claim file in claims.dir."""
+        return (
+            session_id in self._sessions
+            or await self._closed_owners.used(session_id)
+            or await self.in_thread(self.claim_path(session_id).exists)
+        )
 
     async def upstream(self, session: GatewaySession, name: str) -> UpstreamConversation:
         """The session's own upstream session, opened (and its tools pinned) on first use."""
@@ -393,10 +388,8 @@ class SessionRegistry:
         await self.claims_written(session)
         closed = await self.in_thread(session.evidence.close, reason=reason)
         self._closed_owners.remember(session.id, session.agent)
-        self.latest_claim = await self.in_thread(
-            self._write_claim, session.id, closed, numbered=self.per_call
-        )
-        self._latest_of[session.agent] = session.id
+        await self.in_thread(self._write_claim, session.id, closed, numbered=self.per_call)
+        self._latest(session)
         self.metrics.sessions_closed += 1
         return closed
 
@@ -432,7 +425,7 @@ class SessionRegistry:
             await asyncio.wait([before])  # its failure is its own, logged there
         try:
             closed = await self.in_thread(pending.sign)
-            path = await self.in_thread(self._write_claim, session.id, closed, numbered=True)
+            await self.in_thread(self._write_claim, session.id, closed, numbered=True)
         except Exception:  # the chain still records its issuance; the next claim goes on
             log.exception(
                 "claim %d of session %s could not be signed or written",
@@ -440,8 +433,7 @@ class SessionRegistry:
                 session.id,
             )
             return
-        self.latest_claim = path
-        self._latest_of[session.agent] = session.id
+        self._latest(session)
 
     async def claims_written(self, session: GatewaySession | None) -> None:
         """Wait until every claim the session issued per call so far is written."""
