@@ -198,9 +198,7 @@ def main() -> int:
     )
     gateway = None
     try:
-        gateway = start(
-            [str(CMCP), "start", "--config", CONFIG], GATEWAY_PORT, "the gateway"
-        )
+        gateway = start([str(CMCP), "start", "--config", CONFIG], GATEWAY_PORT, "the gateway")
 
         step(
             "4. an agent (official MCP SDK client) calls three tools and reads a resource "
