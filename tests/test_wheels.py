@@ -110,12 +110,12 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Release:
     for plugin in PLUGINS:
         shutil.copytree(plugin, sources / plugin.name, ignore=_IGNORED)
     dist = base / "dist"
+    projects = [sources / "cmcp-gateway", *(sources / p.name for p in PLUGINS)]
     offline = ("--no-index", "--find-links", WHEELHOUSE)
     # The build backend (setuptools, wheel) comes from the wheelhouse too, into pip's
     # isolated build environment.
     _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", *offline, "-w", dist]
-        + [sources / "cmcp-gateway", *(sources / p.name for p in PLUGINS)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", *offline, "-w", dist, *projects],
         cwd=base,
         timeout=240,
     )
@@ -129,8 +129,19 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Release:
     venv = base / "venv"
     _run([sys.executable, "-m", "venv", venv], cwd=base)
     _run(
-        [venv / "bin" / "python", "-m", "pip", "install", *offline, "--find-links", dist]
-        + ["-c", REPO / "constraints.txt", *sorted(wheels), "mcp"],
+        [
+            venv / "bin" / "python",
+            "-m",
+            "pip",
+            "install",
+            *offline,
+            "--find-links",
+            dist,
+            "-c",
+            REPO / "constraints.txt",
+            *sorted(wheels),
+            "mcp",
+        ],
         cwd=base,
         timeout=240,
     )

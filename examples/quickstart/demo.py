@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import http.client
 import os
-import shutil
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,7 +29,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import yaml
-
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
