@@ -173,6 +173,7 @@ def main() -> int:
     require_free(GATEWAY_PORT, "listen_addr")
     require_free(UPSTREAM_PORT, "upstreams.demo.url")
     shutil.rmtree(STATE, ignore_errors=True)
+    note(f"The commands below run in {HERE}, with cmcp = {CMCP}.")
     step("1. validate the quickstart configuration")
     run("validate-config", "--config", CONFIG)
     note(
