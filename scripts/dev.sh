@@ -128,8 +128,8 @@ sys.exit(pathlib.Path(cmcp_cli.__file__).resolve().parents[1] != pathlib.Path("s
         fi
         names+=" $(basename "$plugin")"
     done
-    # The distribution was called `cmcp` before it was published (that PyPI name belongs to
-    # another project): an editable `cmcp` of a checkout would shadow cmcp-gateway's script.
+    # A venv may hold a checkout installed editable under the name `cmcp` (a PyPI name this
+    # project does not own): its console script would shadow cmcp-gateway's, so it goes.
     if "$PY" -c 'import importlib.metadata as m, sys; sys.exit(0 if "editable" in (m.distribution("cmcp").read_text("direct_url.json") or "") else 1)' >/dev/null 2>&1; then
         say "removing the editable install named cmcp (this project is cmcp-gateway)"
         "$PY" -m pip uninstall --disable-pip-version-check -q -y cmcp

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from tests.support import CMCP, QUICKSTART
+from tests.gateway_support import quickstart_on_free_ports
+from tests.support import CMCP
 
 HASH = r"sha256:[0-9a-f]{64}"
 CLAIM = r"\.state/claims/[A-Za-z0-9_-]+\.claim\.json"
@@ -48,23 +47,10 @@ NOISE = re.compile(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def demo_output(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The demo's output, run once from a private copy of the quickstart on free ports."""
-    quickstart = tmp_path_factory.mktemp("demo") / "quickstart"
-    shutil.copytree(QUICKSTART, quickstart, ignore=shutil.ignore_patterns(".state", "__pycache__"))
-    config = quickstart / "cmcp-config.yaml"
-    text = config.read_text()
-    for old in ("127.0.0.1:8443", "127.0.0.1:8765"):
-        assert old in text
-        text = text.replace(old, f"127.0.0.1:{_free_port()}")
-    config.write_text(text)
+    quickstart = quickstart_on_free_ports(tmp_path_factory.mktemp("demo") / "quickstart")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CMCP_")}
     completed = subprocess.run(
         [sys.executable, "demo.py"],

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tomllib
@@ -24,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.support import QUICKSTART, REPO
+from tests.gateway_support import quickstart_on_free_ports
+from tests.support import REPO
 
 pytestmark = pytest.mark.wheels
 
@@ -236,22 +237,9 @@ def test_the_gateway_digest_of_the_wheel_is_the_installed_one(release: Release) 
     assert installed == of_wheel
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_the_quickstart_demo_runs_on_the_installed_wheels(release: Release) -> None:
-    quickstart = release.scratch / "quickstart"
-    shutil.copytree(QUICKSTART, quickstart, ignore=_IGNORED)
-    config = quickstart / "cmcp-config.yaml"
-    text = config.read_text()
-    gateway, upstream = _free_port(), _free_port()
-    for old, new in (("127.0.0.1:8443", gateway), ("127.0.0.1:8765", upstream)):
-        assert old in text
-        text = text.replace(old, f"127.0.0.1:{new}")
-    config.write_text(text)
+    quickstart = quickstart_on_free_ports(release.scratch / "quickstart")
+    listen = yaml.safe_load((quickstart / "cmcp-config.yaml").read_text())["listen_addr"]
     completed = subprocess.run(
         [str(release.python), "demo.py"],
         capture_output=True,
@@ -263,6 +251,6 @@ def test_the_quickstart_demo_runs_on_the_installed_wheels(release: Release) -> N
     )
     assert completed.returncode == 0, completed.stderr
     assert "quickstart OK" in completed.stderr
-    assert f"cMCP gateway on http://127.0.0.1:{gateway}/mcp" in completed.stderr
+    assert f"cMCP gateway on http://{listen}/mcp" in completed.stderr
     assert f"$ {release.cmcp} start --config cmcp-config.yaml" in completed.stderr
     assert "VERIFIED (software mode accepted with --allow-software)" in completed.stderr
