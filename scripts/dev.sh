@@ -101,11 +101,24 @@ setup_main() {
     fi
     local stamp_file="$VENV/.cmcp-setup" stamp
     stamp="$(stamp_of main "collectors=$with_collectors")"
-    # cmcp_cli must import from this tree: a venv made for another checkout is reinstalled
-    if fresh "$stamp_file" "$stamp" && "$PY" -c '
-import pathlib, sys, cmcp_cli, mcp
-sys.exit(pathlib.Path(cmcp_cli.__file__).resolve().parents[1] != pathlib.Path("src").resolve())
-' >/dev/null 2>&1; then
+    # The venv works when cmcp_cli imports from this tree (a venv made for another checkout
+    # is reinstalled), the MCP SDK imports, and cmcp-gateway and every plugin are installed.
+    local plugin_names
+    plugin_names="$(plugin_dirs | xargs -r -n1 basename | tr '\n' ' ')"
+    # shellcheck disable=SC2086  # one argument per plugin name
+    if fresh "$stamp_file" "$stamp" && "$PY" - cmcp-gateway $plugin_names >/dev/null 2>&1 <<'PY'; then
+import importlib.metadata
+import pathlib
+import sys
+
+import cmcp_cli
+import mcp  # noqa: F401
+
+for name in sys.argv[1:]:
+    importlib.metadata.distribution(name)
+here = pathlib.Path("src").resolve()
+sys.exit(pathlib.Path(cmcp_cli.__file__).resolve().parents[1] != here)
+PY
         say "$VENV is up to date (scripts/dev.sh setup reinstalls when pyproject.toml or constraints change)"
         return 0
     fi
