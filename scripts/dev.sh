@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine:
-#   scripts/dev.sh demo   set up, then run the quickstart end to end
+#   scripts/dev.sh demo   set up .venv, then run the quickstart end to end
 #   scripts/dev.sh test   set up, then run every check CI runs (lint, types, layering, tests)
-#   scripts/dev.sh setup  only create .venv with cmcp and every plugin under plugins/, editable,
-#                         .venv-mcp1 with the MCP SDK 1.x for the compatibility tests, and
-#                         .conformance/ with Node.js and the MCP conformance suite
+#   scripts/dev.sh setup  only set up: .venv with cmcp-gateway and every plugin under plugins/,
+#                         editable; .wheelhouse/ with the wheels of their runtime dependencies
+#                         (the wheel install test installs from it, offline); .venv-mcp1 with
+#                         the MCP SDK 1.x for the compatibility tests; and .conformance/ with
+#                         Node.js and the MCP conformance suite
 #   scripts/dev.sh conformance  set up, then run only the MCP conformance test (docs/conformance.md)
+# Each part records a stamp of what it installed from (pyproject.toml files, constraints*.txt,
+# the plugin list) and is skipped while the stamp matches and its venv still works.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -62,6 +66,131 @@ ensure_system_tools() {
     return 1
 }
 
+# The plugins under plugins/ that are Python projects.
+plugin_dirs() {
+    local plugin
+    for plugin in plugins/*/; do
+        [ -f "$plugin/pyproject.toml" ] && echo "${plugin%/}"
+    done
+    return 0
+}
+
+# A stamp of everything an installation is made from: the project files, the pins, the plugin
+# list and whatever else the caller names (an install with or without the TPM collector).
+stamp_of() {
+    {
+        printf '%s\n' "$@"
+        python3 -V
+        plugin_dirs
+        cat pyproject.toml plugins/*/pyproject.toml constraints*.txt
+    } | sha256sum | cut -d' ' -f1
+}
+
+# fresh STAMP_FILE STAMP: the recorded stamp is STAMP (the install it names can be skipped).
+fresh() {
+    [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]
+}
+
+# The main venv: cmcp-gateway and every plugin, editable, with the test tools.
+setup_main() {
+    local with_collectors="$1"
+    if ! "$PY" -c 'import sys' >/dev/null 2>&1; then
+        say "creating $VENV"
+        rm -rf "$VENV"
+        python3 -m venv "$VENV"
+    fi
+    local stamp_file="$VENV/.cmcp-setup" stamp
+    stamp="$(stamp_of main "collectors=$with_collectors")"
+    # The venv works when cmcp_cli imports from this tree (a venv made for another checkout
+    # is reinstalled), the MCP SDK imports, and cmcp-gateway and every plugin are installed.
+    local plugin_names
+    plugin_names="$(plugin_dirs | xargs -r -n1 basename | tr '\n' ' ')"
+    # shellcheck disable=SC2086  # one argument per plugin name
+    if fresh "$stamp_file" "$stamp" && "$PY" - cmcp-gateway $plugin_names >/dev/null 2>&1 <<'PY'; then
+import importlib.metadata
+import pathlib
+import sys
+
+import cmcp_cli
+import mcp  # noqa: F401
+
+for name in sys.argv[1:]:
+    importlib.metadata.distribution(name)
+here = pathlib.Path("src").resolve()
+sys.exit(pathlib.Path(cmcp_cli.__file__).resolve().parents[1] != here)
+PY
+        say "$VENV is up to date (scripts/dev.sh setup reinstalls when pyproject.toml or constraints change)"
+        return 0
+    fi
+    rm -f "$stamp_file"
+    local editable=(-e ".[test]") plugin names="cmcp-gateway"
+    for plugin in $(plugin_dirs); do
+        # a plugin's `collector` extra holds what only the TEE host needs (tpm2-pytss);
+        # its `measure` extra what `cmcp measure` needs (sev-snp-measure)
+        local extras=()
+        if [ "$with_collectors" -eq 1 ] && grep -q '^collector *=' "$plugin/pyproject.toml"; then
+            extras+=(collector)
+        fi
+        if grep -q '^measure *=' "$plugin/pyproject.toml"; then
+            extras+=(measure)
+        fi
+        if [ "${#extras[@]}" -gt 0 ]; then
+            editable+=(-e "$plugin[$(IFS=,; echo "${extras[*]}")]")
+        else
+            editable+=(-e "$plugin")
+        fi
+        names+=" $(basename "$plugin")"
+    done
+    # A venv may hold a checkout installed editable under the name `cmcp` (a PyPI name this
+    # project does not own): its console script would shadow cmcp-gateway's, so it goes.
+    if "$PY" -c 'import importlib.metadata as m, sys; sys.exit(0 if "editable" in (m.distribution("cmcp").read_text("direct_url.json") or "") else 1)' >/dev/null 2>&1; then
+        say "removing the editable install named cmcp (this project is cmcp-gateway)"
+        "$PY" -m pip uninstall --disable-pip-version-check -q -y cmcp
+    fi
+    # tpm2-pytss has no wheel on PyPI: pip compiles it once (about a minute) and keeps the
+    # wheel in its own cache (~/.cache/pip), so later set-ups on this machine reuse it.
+    say "installing into $VENV (editable): $names"
+    "$PY" -m pip install --disable-pip-version-check -q -c constraints.txt "${editable[@]}"
+    echo "$stamp" >"$stamp_file"
+}
+
+# .wheelhouse/: wheels of everything a release install needs besides our own wheels, so that
+# tests/test_wheels.py installs cmcp-gateway and the plugins into a fresh venv with no index:
+# the runtime dependencies (pinned by constraints.txt), the MCP SDK the demo's agent and
+# server use, and the build backend. The plugins' `collector` extra (tpm2-pytss, compiled
+# against libtss2) and `measure` extra are left out: the wheel test runs neither.
+WHEELHOUSE=.wheelhouse
+
+setup_wheelhouse() {
+    local stamp_file="$WHEELHOUSE/.cmcp-setup" stamp
+    stamp="$(stamp_of wheelhouse)"
+    fresh "$stamp_file" "$stamp" && return 0
+    local requirements
+    requirements="$("$PY" - <<'PY'
+import re
+import tomllib
+from pathlib import Path
+
+projects = [Path("pyproject.toml"), *sorted(Path("plugins").glob("*/pyproject.toml"))]
+tables = [tomllib.loads(project.read_text()) for project in projects]
+own = {table["project"]["name"] for table in tables}
+needed = [r for table in tables for r in table["project"].get("dependencies", [])]
+needed += tables[0]["build-system"]["requires"]
+for requirement in dict.fromkeys([*needed, "mcp"]):
+    if re.match(r"[A-Za-z0-9._-]+", requirement).group() not in own:
+        print(requirement)
+PY
+)"
+    say "filling $WHEELHOUSE with the wheels of the runtime dependencies (pip's cache is reused)"
+    rm -rf "$WHEELHOUSE"
+    mkdir -p "$WHEELHOUSE"
+    local wanted=()
+    mapfile -t wanted <<<"$requirements"
+    "$PY" -m pip wheel --disable-pip-version-check -q -c constraints.txt -w "$WHEELHOUSE" \
+        "${wanted[@]}"
+    echo "$stamp" >"$stamp_file"
+}
+
 setup() {
     ensure_python
     local with_collectors=1
@@ -74,36 +203,8 @@ setup() {
         fi
         say "no system packages and not root: plugins installed without their collectors"
     fi
-    if ! "$PY" -c 'import sys' >/dev/null 2>&1; then
-        say "creating $VENV"
-        rm -rf "$VENV"
-        python3 -m venv "$VENV"
-    fi
-    local editable=(-e ".[test]")
-    local plugin names="cmcp"
-    for plugin in plugins/*/; do
-        if [ -f "$plugin/pyproject.toml" ]; then
-            # a plugin's `collector` extra holds what only the TEE host needs (tpm2-pytss);
-            # its `measure` extra what `cmcp measure` needs (sev-snp-measure)
-            local extras=()
-            if [ "$with_collectors" -eq 1 ] && grep -q '^collector *=' "$plugin/pyproject.toml"; then
-                extras+=(collector)
-            fi
-            if grep -q '^measure *=' "$plugin/pyproject.toml"; then
-                extras+=(measure)
-            fi
-            if [ "${#extras[@]}" -gt 0 ]; then
-                editable+=(-e "${plugin%/}[$(IFS=,; echo "${extras[*]}")]")
-            else
-                editable+=(-e "$plugin")
-            fi
-            names+=" $(basename "$plugin")"
-        fi
-    done
-    # tpm2-pytss has no wheel on PyPI: pip compiles it once (about a minute) and keeps the
-    # wheel in its own cache (~/.cache/pip), so later set-ups on this machine reuse it.
-    say "installing into $VENV (editable): $names"
-    "$PY" -m pip install --disable-pip-version-check -q -c constraints.txt "${editable[@]}"
+    setup_main "$with_collectors"
+    setup_wheelhouse
     setup_mcp1
     if [ "${CMCP_SETUP_FOR:-}" = test ] || command -v npm >/dev/null 2>&1 || as_root; then
         setup_conformance
@@ -118,9 +219,16 @@ setup_mcp1() {
         rm -rf "$VENV_MCP1"
         python3 -m venv "$VENV_MCP1"
     fi
+    local stamp_file="$VENV_MCP1/.cmcp-setup" stamp
+    stamp="$(stamp_of mcp1)"
+    if fresh "$stamp_file" "$stamp" && "$VENV_MCP1/bin/python" -c 'import mcp' >/dev/null 2>&1; then
+        return 0
+    fi
+    rm -f "$stamp_file"
     say "installing the MCP SDK 1.x into $VENV_MCP1 (compatibility tests)"
     "$VENV_MCP1/bin/python" -m pip install --disable-pip-version-check -q \
         -c constraints-mcp1.txt mcp
+    echo "$stamp" >"$stamp_file"
 }
 
 # The official MCP conformance suite (npm) runs on Node.js >= 22. Both come from the npm
@@ -220,8 +328,13 @@ run_conformance() {
     exec "$VENV/bin/pytest" -m conformance tests/test_conformance.py "$@"
 }
 
+# The demo needs only .venv: no system packages are installed for it, and the TPM collector
+# is built only where its library already is.
 run_demo() {
-    setup
+    ensure_python
+    local with_collectors=0
+    system_tools_present && with_collectors=1
+    setup_main "$with_collectors"
     exec "$PY" examples/quickstart/demo.py "$@"
 }
 

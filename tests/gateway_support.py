@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,6 +39,19 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def quickstart_on_free_ports(target: Path) -> Path:
+    """A copy of examples/quickstart at `target` whose config names free ports for the
+    gateway and the demo upstream (the demo reads both from it)."""
+    shutil.copytree(QUICKSTART, target, ignore=shutil.ignore_patterns(".state", "__pycache__"))
+    config = target / "cmcp-config.yaml"
+    text = config.read_text()
+    for default in ("127.0.0.1:8443", "127.0.0.1:8765"):
+        assert default in text, f"{config} no longer names {default}"
+        text = text.replace(default, f"127.0.0.1:{free_port()}")
+    config.write_text(text)
+    return target
 
 
 @dataclass

@@ -40,11 +40,11 @@ def test_software_measurement_is_the_gateway_digest_of_this_installation() -> No
 
 
 def test_software_measurement_of_a_wheel_matches_the_installed_code(tmp_path: Path) -> None:
-    wheel = tmp_path / "cmcp-0.0.0-py3-none-any.whl"
+    wheel = tmp_path / "cmcp_gateway-0.0.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
         for name, data in source_files().items():
             archive.writestr(f"cmcp_cli/{name}", data)
-        archive.writestr("cmcp-0.0.0.dist-info/METADATA", "Name: cmcp\n")
+        archive.writestr("cmcp_gateway-0.0.0.dist-info/METADATA", "Name: cmcp-gateway\n")
     result = run_cmcp("measure", "software", "--installation", wheel, "--json")
     assert result.returncode == 0, result.stderr
     report = result.json()

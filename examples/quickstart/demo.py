@@ -10,6 +10,7 @@
 
 Every step runs the real `cmcp` console script or the real SDK over loopback HTTP; a
 failure stops the demo with a non-zero exit code. State goes to examples/quickstart/.state/.
+The ports are the ones cmcp-config.yaml names (`listen_addr` and the demo upstream's `url`).
 """
 
 from __future__ import annotations
@@ -17,34 +18,75 @@ from __future__ import annotations
 import asyncio
 import http.client
 import os
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import yaml
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 HERE = Path(__file__).resolve().parent
 STATE = HERE / ".state"
 CMCP = Path(sys.executable).with_name("cmcp")
-GATEWAY_PORT, UPSTREAM_PORT = 8443, 8765  # as cmcp-config.yaml says
+CONFIG = "cmcp-config.yaml"
 console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 150)
 ENV = {**os.environ, "CMCP_DEV_MODE": "1"}
+
+
+def ports() -> tuple[int, int]:
+    """The gateway's and the demo upstream's ports, as cmcp-config.yaml says."""
+    config = yaml.safe_load((HERE / CONFIG).read_text())
+    gateway = urlsplit(f"//{config['listen_addr']}").port
+    upstream = urlsplit(config["upstreams"]["demo"]["url"]).port
+    if gateway is None or upstream is None:
+        raise SystemExit(f"{CONFIG} names no port in listen_addr or upstreams.demo.url")
+    return gateway, upstream
+
+
+GATEWAY_PORT, UPSTREAM_PORT = ports()
 
 
 def step(title: str) -> None:
     console.rule(f"[bold]{title}")
 
 
+def show_command(command: list[str]) -> None:
+    """A command on one line, never folded, so that it can be copied and run."""
+    console.print(Text("$ " + shlex.join(command), style="dim"), soft_wrap=True)
+
+
+def note(text: str) -> None:
+    console.print(Text(text, style="cyan"), soft_wrap=True)
+
+
+def require_free(port: int, setting: str) -> None:
+    """Stop before starting anything when another program holds a port the demo needs."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            console.print(
+                f"[bold red]port {port} on 127.0.0.1 is in use by another program; stop it, "
+                f"or change {setting} in {CONFIG} to a free port[/bold red]",
+                soft_wrap=True,
+            )
+            raise SystemExit(1) from None
+
+
 def run(*args: str) -> str:
     """Run the cmcp console script, show its output, stop the demo if it fails."""
-    console.print(f"[dim]$ cmcp {' '.join(args)}[/dim]")
+    show_command(["cmcp", *args])
     completed = subprocess.run(  # noqa: S603 - our own console script
         [str(CMCP), *args], capture_output=True, text=True, env=ENV, check=False, cwd=HERE
     )
@@ -58,7 +100,7 @@ def run(*args: str) -> str:
 
 
 def start(command: list[str], port: int, what: str) -> subprocess.Popen[bytes]:
-    console.print(f"[dim]$ {' '.join(command)}[/dim]")
+    show_command(command)
     process = subprocess.Popen(command, env=ENV, cwd=HERE)  # noqa: S603 - ours
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -128,14 +170,25 @@ async def agent() -> list[tuple[str, str, str, str]]:
 
 
 def main() -> int:
+    require_free(GATEWAY_PORT, "listen_addr")
+    require_free(UPSTREAM_PORT, "upstreams.demo.url")
     shutil.rmtree(STATE, ignore_errors=True)
+    note(f"The commands below run in {HERE}, with cmcp = {CMCP}.")
     step("1. validate the quickstart configuration")
-    run("validate-config", "--config", "cmcp-config.yaml")
+    run("validate-config", "--config", CONFIG)
+    note(
+        "The warning above is expected here: the demo makes no call that needs an operator's "
+        "approval. A gateway that escalates calls needs CMCP_OPERATOR_TOKEN (docs/gateway.md)."
+    )
 
     step("2. hash the policy bundle, then pin it")
     bundle_hash = run("validate-bundle", "--bundle-path", "policies")
     console.print(f"bundle hash on stdout: [bold]{bundle_hash}[/bold]")
     run("validate-bundle", "--bundle-path", "policies", "--expected-hash", bundle_hash)
+    note(
+        "The create_message warning is the quickstart bundle's choice: no upstream may use the "
+        "agent's model. policies/messages.cedar shows the permit that would allow it."
+    )
 
     step("3. start the demo MCP server and the gateway in front of it")
     upstream = start(
@@ -145,9 +198,7 @@ def main() -> int:
     )
     gateway = None
     try:
-        gateway = start(
-            [str(CMCP), "start", "--config", "cmcp-config.yaml"], GATEWAY_PORT, "the gateway"
-        )
+        gateway = start([str(CMCP), "start", "--config", CONFIG], GATEWAY_PORT, "the gateway")
 
         step(
             "4. an agent (official MCP SDK client) calls three tools and reads a resource "
@@ -171,7 +222,7 @@ def main() -> int:
         )
         return 1
     claim = str(claims[0].relative_to(HERE))
-    console.print(f"the session's claim: {claim}")
+    console.print(f"the session's claim: {claim}", soft_wrap=True)
 
     step("5. verify the claim offline and replay the audit chain")
     run(

@@ -30,7 +30,7 @@ def installation_digest(root: Path = _PACKAGE_ROOT) -> str:
 
 
 def wheel_digest(wheel: Path) -> str:
-    """The same digest from a cmcp wheel, before it is installed."""
+    """The same digest from a cmcp-gateway wheel, before it is installed."""
     with zipfile.ZipFile(wheel) as archive:
         files = {
             PurePosixPath(name).relative_to(_PACKAGE).as_posix(): archive.read(name)

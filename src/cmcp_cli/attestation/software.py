@@ -123,7 +123,7 @@ class SoftwareMeasurer:
     options: Sequence[MeasureOption] = (
         MeasureOption(
             "installation",
-            "The cmcp_cli package directory or a cmcp wheel to measure "
+            "The cmcp_cli package directory or a cmcp-gateway wheel to measure "
             "(default: this installation).",
             metavar="PATH",
         ),
@@ -149,17 +149,17 @@ def _digest_of(path: Path) -> str:
         if not (path / "__init__.py").is_file() or not (path / "gateway").is_dir():
             raise ProviderError(
                 f"{path} is not a cmcp_cli package directory",
-                hint="pass the cmcp_cli directory inside site-packages, or a cmcp wheel",
+                hint="pass the cmcp_cli directory inside site-packages, or a cmcp-gateway wheel",
             )
         return installation_digest(path.resolve())
     if path.is_file() and zipfile.is_zipfile(path):
         try:
             return wheel_digest(path)
         except ValueError as exc:
-            raise ProviderError(f"{path}: {exc}", hint="pass a cmcp wheel") from None
+            raise ProviderError(f"{path}: {exc}", hint="pass a cmcp-gateway wheel") from None
     raise ProviderError(
         f"--installation {path}: neither a directory nor a wheel",
-        hint="pass the cmcp_cli directory inside site-packages, or a cmcp wheel",
+        hint="pass the cmcp_cli directory inside site-packages, or a cmcp-gateway wheel",
     )
 
 
@@ -177,7 +177,7 @@ SPEC = ProviderSpec(
 class SoftwarePlugin:
     """Registered by the plugin manager itself, like any entry point would be."""
 
-    distribution = "cmcp"
+    distribution = "cmcp-gateway"
     version = __version__
 
     @hookimpl

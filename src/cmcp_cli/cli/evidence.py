@@ -264,7 +264,7 @@ def _render_replay(report: ReplayReport) -> None:
         verdict = (
             "[green]clean[/green]" if not replay.problems else "[bold red]discrepancies[/bold red]"
         )
-        render.err.print(
+        render.line(
             f"session [bold]{escape(replay.session_id)}[/bold]: {verdict}; {state.length} entries, "
             f"tip {state.tip}, {state.calls.total} calls, "
             f"{replay.decisions_checked} decisions re-checked; {status.status.value}: "
@@ -272,7 +272,7 @@ def _render_replay(report: ReplayReport) -> None:
         )
         thumbprint = claim_key_thumbprint(replay)
         if thumbprint is not None:
-            render.err.print(
+            render.line(
                 f"  claim-signing key {escape(thumbprint)} "
                 f"(pin it: cmcp verify --trusted-key {escape(thumbprint)})"
             )

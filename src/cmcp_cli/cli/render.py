@@ -31,17 +31,23 @@ def emit_line(text: str) -> None:
     sys.stdout.flush()
 
 
+def line(markup: str) -> None:
+    """One line of text for people, never folded: hints and messages carry commands, paths
+    and digests that must stay copyable (the terminal wraps long lines visually only)."""
+    err.print(markup, soft_wrap=True)
+
+
 def problems(items: Iterable[Problem]) -> None:
     for problem in items:
         style = "red" if problem.severity is Severity.ERROR else "yellow"
         where = f"{escape(problem.location)}: " if problem.location else ""
-        err.print(f"  [{style}]{problem.severity.value}[/{style}] {where}{escape(problem.message)}")
+        line(f"  [{style}]{problem.severity.value}[/{style}] {where}{escape(problem.message)}")
         if problem.hint:
-            err.print(f"      [dim]hint:[/dim] {escape(problem.hint)}")
+            line(f"      [dim]hint:[/dim] {escape(problem.hint)}")
 
 
 def error(exc: CmcpError) -> None:
-    err.print(f"[bold red]error:[/bold red] {escape(exc.message)}")
+    line(f"[bold red]error:[/bold red] {escape(exc.message)}")
     problems(exc.problems)
     if exc.hint:
-        err.print(f"  [dim]hint:[/dim] {escape(exc.hint)}")
+        line(f"  [dim]hint:[/dim] {escape(exc.hint)}")

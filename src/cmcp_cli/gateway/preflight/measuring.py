@@ -22,6 +22,7 @@ from cmcp_cli.attestation.api import (
 from cmcp_cli.attestation.manager import ProviderRegistry, ProviderUnavailableError, load_part
 from cmcp_cli.attestation.measurement import installation_digest
 from cmcp_cli.errors import ConfigError, UsageError
+from cmcp_cli.gateway.preflight.attestation import plugin_of
 from cmcp_cli.gateway.preflight.report import check_config
 
 _MEASUREMENT = re.compile(r"sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}")
@@ -38,7 +39,7 @@ def load_measurer(registry: ProviderRegistry, name: str) -> Measurer:
         known = ", ".join(measurers(registry)) or "none"
         raise UsageError(
             f"no installed provider named {name!r} can measure (installed: {known})",
-            hint=f"install its plugin (pip install cmcp-{name}) or pick one of: {known}",
+            hint=f"install its plugin (pip install {plugin_of(name)}) or pick one of: {known}",
         )
     try:
         return load_part(registered, registered.spec.load_measurer, "measure")
