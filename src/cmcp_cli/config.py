@@ -41,7 +41,11 @@ ENV_OPERATOR_TOKEN = "CMCP_OPERATOR_TOKEN"  # noqa: S105
 ENV_OPAQUE_URL = "OPAQUE_ATTESTATION_URL"
 KNOWN_ENV = (ENV_DEV_MODE, ENV_BEARER_TOKEN, ENV_OPERATOR_TOKEN)
 
+# How the catalog at catalog_path came to be: the operator's own file ("explicit"), or
+# written at the first start from every tool the upstreams advertised ("first-contact").
+CatalogPinning = Literal["explicit", "first-contact"]
 DEFAULT_DATA_CLASS_ORDER = ("public", "internal", "confidential", "restricted", "secret")
+DEFAULT_FIRST_CONTACT_DATA_CLASS = "internal"
 _DIGEST = re.compile(r"(sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96})")
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -294,6 +298,10 @@ class CmcpConfig(_Section):
     attestation: AttestationConfig = AttestationConfig()
     policy_bundle_path: ConfigPath
     catalog_path: ConfigPath
+    catalog_pinning: CatalogPinning = "explicit"
+    # The data class every tool gets when the catalog is pinned at first contact (only
+    # with catalog_pinning: first-contact; one of policy.data_class_order).
+    first_contact_data_class: NonEmpty | None = None
     listen_addr: ListenAddress = ListenAddress(host="127.0.0.1", port=8443)
     # Host names (NAME or NAME:PORT) clients may use besides the listen address.
     allowed_hosts: tuple[str, ...] = ()
@@ -306,6 +314,11 @@ class CmcpConfig(_Section):
     auth: AuthConfig = AuthConfig()
     tls: TLSConfig = TLSConfig()
     limits: LimitsConfig = LimitsConfig()
+
+    @property
+    def pinned_data_class(self) -> str:
+        """The data class a tool pinned at first contact gets."""
+        return self.first_contact_data_class or DEFAULT_FIRST_CONTACT_DATA_CLASS
 
     @field_validator("listen_addr", mode="before")
     @classmethod

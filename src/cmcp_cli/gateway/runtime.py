@@ -152,6 +152,7 @@ def active_policy(
             bundle_hash=bundle.hash,
             policy_version=bundle.source.manifest.version,
             catalog_hash=catalog.hash,
+            catalog_pinning=config.catalog_pinning,
             enforcement_mode=config.attestation.enforcement_mode,
             data_class_order=config.policy.data_class_order,
             trust_domain=config.claims.trust_domain,
