@@ -213,9 +213,9 @@ def build_runtime(
     config, env, bundle, catalog = report.config, report.env, report.bundle, report.catalog
     if not report.ok or config is None or env is None or bundle is None or catalog is None:
         raise ConfigError(
-            f"{report.config_path} has problems; the gateway does not start",
+            f"{report.source} has problems; the gateway does not start",
             problems=report.errors,
-            hint=f"run `cmcp validate-config --config {report.config_path}`",
+            hint=f"run `{report.check_command}`",
         )
     choice = choose_attestor(config, env, registry or load_providers())
     attestor = replace(
@@ -252,7 +252,7 @@ def build_runtime(
         for name, upstream in config.upstreams.items()
         if isinstance(upstream, HttpUpstream)
     }
-    upstreams.update(stdio_upstreams(config, base=report.config_path.parent, environ=environ))
+    upstreams.update(stdio_upstreams(config, base=report.base_dir, environ=environ))
     config.claims.dir.mkdir(parents=True, exist_ok=True)
     store, lock, recovery = open_store(config, attestor)
     return GatewayRuntime(
