@@ -120,7 +120,10 @@ def test_catalog_hash_covers_routing_and_classification(tmp_path: Path) -> None:
             lambda t: t["definition"].update(input_schema={}),
             "tools[0].definition.input_schema: unknown key",
         ),
-        (lambda t: t.pop("data_class"), "tools[0].data_class: required key is missing"),
+        (
+            lambda t: t.pop("data_class"),
+            "tools[0]: tool 'get_weather' has groups but no data_class",
+        ),
         (lambda t: t.update(name=" padded"), "leading or trailing white space"),
         (lambda t: t.update(groups=["a", "a"]), "lists a group more than once"),
         (

@@ -2,16 +2,21 @@
 
 A tool's approved definition is what its upstream must advertise in `tools/list`, in
 MCP's own field names. Its hash is `sha256:` + hex SHA-256 of the RFC 8785 bytes of
-`{"name": <name>, <definition fields>}`; the catalog hash covers, per tool, its routing,
-classification and definition hash (see docs/configuration.md), so a verifier can pin
-the whole catalog with one string.
+`{"name": <name>, <definition fields>}`; the catalog hash covers, per approved tool, its
+routing, classification and definition hash (see docs/configuration.md), so a verifier can
+pin the whole catalog with one string.
+
+An entry without `data_class` is pending review: it was pinned from an upstream (`cmcp
+catalog pin`) and no reviewer has classified it yet. Pending tools are kept apart
+(`Catalog.pending`): they are neither in `Catalog.tools` nor in the catalog hash, so the
+gateway never lists, decides or forwards them.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,13 +46,19 @@ class ToolDefinition(BaseModel):
 
 
 class CatalogEntry(BaseModel):
+    """One tool of a catalog file; approved once it has a `data_class`, pending before."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: NonEmpty
     server: NonEmpty
     groups: tuple[NonEmpty, ...] = ()
-    data_class: NonEmpty
+    data_class: NonEmpty | None = None
     definition: ToolDefinition
     definition_hash: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.data_class is None
 
     @field_validator("name")
     @classmethod
@@ -89,11 +100,23 @@ class CatalogTool:
     definition_hash: str
 
 
+@dataclass(frozen=True, slots=True)
+class PendingTool:
+    """A catalog entry no reviewer has approved yet: never listed, decided or forwarded."""
+
+    name: str
+    server: str
+    definition: Mapping[str, Any]
+    definition_hash: str
+
+
 @dataclass(frozen=True)
 class Catalog:
     path: Path
-    tools: Mapping[str, CatalogTool]
-    hash: str
+    tools: Mapping[str, CatalogTool]  # the approved tools: the only ones the gateway serves
+    hash: str  # covers `tools` only
+    pending: Mapping[str, PendingTool] = field(default_factory=dict)
+    entries: tuple[CatalogEntry, ...] = ()  # the file's entries, in its order
 
     @property
     def servers(self) -> frozenset[str]:
@@ -147,6 +170,33 @@ def catalog_hash(tools: Mapping[str, CatalogTool]) -> str:
 
 def load_catalog(path: Path) -> Catalog:
     """Read and check a catalog file; `CatalogError` lists every problem found."""
+    document = read_catalog_document(path)
+    where = str(path)
+    problems: list[Problem] = []
+    tools: dict[str, CatalogTool] = {}
+    pending: dict[str, PendingTool] = {}
+    seen: set[str] = set()
+    for index, entry in enumerate(document.tools):
+        checked = _checked_tool(entry, index, where, seen, problems)
+        seen.add(entry.name)
+        if isinstance(checked, CatalogTool):
+            tools[checked.name] = checked
+        elif isinstance(checked, PendingTool):
+            pending[checked.name] = checked
+    if problems:
+        raise CatalogError(f"catalog {path} is invalid", problems=problems)
+    return Catalog(
+        path=path,
+        tools=tools,
+        hash=catalog_hash(tools),
+        pending=pending,
+        entries=document.tools,
+    )
+
+
+def read_catalog_document(path: Path) -> CatalogDocument:
+    """A catalog file's entries as written, checked for shape only (`load_catalog` checks
+    them against each other and their hashes)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -168,24 +218,16 @@ def load_catalog(path: Path) -> Catalog:
             f"catalog {path} is invalid",
             problems=problems_from_validation(exc, CatalogDocument, file=where),
         ) from None
-    problems: list[Problem] = []
-    tools: dict[str, CatalogTool] = {}
-    for index, entry in enumerate(document.tools):
-        tool = _checked_tool(entry, index, where, tools, problems)
-        if tool is not None:
-            tools[tool.name] = tool
-    if problems:
-        raise CatalogError(f"catalog {path} is invalid", problems=problems)
-    return Catalog(path=path, tools=tools, hash=catalog_hash(tools))
+    return document
 
 
 def _checked_tool(
     entry: CatalogEntry,
     index: int,
     where: str,
-    seen: Mapping[str, CatalogTool],
+    seen: Collection[str],
     problems: list[Problem],
-) -> CatalogTool | None:
+) -> CatalogTool | PendingTool | None:
     at = format_location(("tools", index))
     if entry.name in seen:
         problems.append(
@@ -214,6 +256,19 @@ def _checked_tool(
             )
         )
         return None
+    if entry.data_class is None:
+        if entry.groups:
+            problems.append(
+                Problem(
+                    f"{at}: tool {entry.name!r} has groups but no data_class: it is neither "
+                    "approved nor plainly pending review",
+                    file=where,
+                    hint="set its data_class to approve it (one of policy.data_class_order), "
+                    "or remove its groups to leave it pending review",
+                )
+            )
+            return None
+        return PendingTool(entry.name, entry.server, definition, digest)
     return CatalogTool(
         name=entry.name,
         server=entry.server,

@@ -37,7 +37,7 @@ from cmcp_cli.audit.session_record import SessionPolicy
 from cmcp_cli.audit.store import AuditStore
 from cmcp_cli.catalog.model import Catalog
 from cmcp_cli.claim.keys import ClaimKey
-from cmcp_cli.config import ENV_DEV_MODE, CmcpConfig, Environment, HttpUpstream
+from cmcp_cli.config import ENV_DEV_MODE, CmcpConfig, Environment
 from cmcp_cli.errors import CmcpError, ConfigError, UsageError
 from cmcp_cli.evidence.attesting import (
     GATEWAY_PROCESS,
@@ -53,12 +53,10 @@ from cmcp_cli.gateway.preflight.credentials import token_sources
 from cmcp_cli.gateway.preflight.reload import MEASURING_PROVIDERS, measured_reload_problem
 from cmcp_cli.gateway.preflight.report import ConfigReport
 from cmcp_cli.gateway.upstream.api import UpstreamChannel
-from cmcp_cli.gateway.upstream.stdio import stdio_upstreams
-from cmcp_cli.gateway.upstream.streamable_http import McpUpstream
+from cmcp_cli.gateway.upstream.listing import upstream_channels
 from cmcp_cli.policy.acceptance import load_public_key
 from cmcp_cli.policy.engine import Authorizer, CompiledBundle
 from cmcp_cli.policy.request import ToolResource
-from cmcp_cli.wire.http1 import Endpoint
 
 ANONYMOUS_AGENT = "anonymous"
 
@@ -239,20 +237,7 @@ def build_runtime(
     active = active_policy(config, bundle, catalog)
     tools = {tool.name: tool for tool in tool_resources(catalog)}
     reload_keys = _reload_keys(config, attestor)
-    upstreams: dict[str, UpstreamChannel] = {
-        name: McpUpstream(
-            name=name,
-            endpoint=Endpoint.parse(upstream.url),
-            headers=_upstream_headers(upstream, environ),
-            timeout_seconds=float(
-                min(upstream.timeout_seconds, config.limits.upstream_timeout_seconds)
-            ),
-            max_response_bytes=config.max_response_size_bytes,
-        )
-        for name, upstream in config.upstreams.items()
-        if isinstance(upstream, HttpUpstream)
-    }
-    upstreams.update(stdio_upstreams(config, base=report.base_dir, environ=environ))
+    upstreams = upstream_channels(config, base=report.base_dir, environ=environ)
     config.claims.dir.mkdir(parents=True, exist_ok=True)
     store, lock, recovery = open_store(config, attestor)
     return GatewayRuntime(
@@ -405,16 +390,6 @@ def check_measurement(attestor: Attestor, bundle_hash: str, catalog_hash: str) -
 def _version_of(registry: ProviderRegistry, name: str) -> str:
     registered = registry.providers.get(name)
     return registered.version if registered is not None else "builtin"
-
-
-def _upstream_headers(upstream: HttpUpstream, environ: Mapping[str, str]) -> list[tuple[str, str]]:
-    headers = [(name.lower(), value) for name, value in upstream.headers.items()]
-    headers += [
-        (name.lower(), environ[variable])
-        for name, variable in upstream.headers_from_env.items()
-        if variable in environ  # a missing one was reported by validate-config
-    ]
-    return headers
 
 
 def _credentials(config: CmcpConfig, env: Environment, environ: Mapping[str, str]) -> Credentials:
