@@ -438,7 +438,9 @@ def validate_document(document: ConfigDocument, environ: Mapping[str, str]) -> C
         problems = problems_from_validation(
             exc, CmcpConfig, file=None, line_of=document.line_of, file_of=document.where
         )
-        what = f"config file {document.path}" if document.path else "the config from the environment"
+        what = (
+            f"config file {document.path}" if document.path else "the config from the environment"
+        )
         raise ConfigError(f"{what} is invalid", problems=problems) from None
 
 

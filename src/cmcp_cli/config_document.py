@@ -13,7 +13,6 @@ import yaml
 
 from cmcp_cli.errors import ConfigError, Problem, UsageError
 
-
 ENVIRONMENT = "environment"  # what problems of a document built from the environment name
 
 
