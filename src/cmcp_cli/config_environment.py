@@ -32,12 +32,13 @@ from cmcp_cli.config import (
     ENV_STATE_DIR,
     ENV_TRUST_DOMAIN,
     ENV_UPSTREAM_AUTHORIZATION_ENV,
+    ENV_UPSTREAM_NAME,
     ENV_UPSTREAM_URL,
 )
 from cmcp_cli.config_document import ENVIRONMENT, ConfigDocument
 from cmcp_cli.errors import ConfigError, Problem
 
-UPSTREAM_NAME = "upstream"  # the one upstream of an environment start
+DEFAULT_UPSTREAM_NAME = "upstream"  # the one upstream's name, which catalog tools route to
 DEFAULT_LISTEN_ADDR = "127.0.0.1:8443"
 DEFAULT_STATE_DIR = "cmcp-state"
 REQUIRED = (ENV_POLICY_PATH, ENV_UPSTREAM_URL)
@@ -130,7 +131,8 @@ def environment_document(environ: Mapping[str, str], cwd: Path) -> ConfigDocumen
     if hosts is not None:
         names = [name.strip() for name in hosts.split(",") if name.strip()]
         put("allowed_hosts", names, ENV_ALLOWED_HOSTS)
-    upstream = f"upstreams.{UPSTREAM_NAME}"
+    name = _value(environ, ENV_UPSTREAM_NAME)
+    upstream = f"upstreams.{name or DEFAULT_UPSTREAM_NAME}"
     url = environ[ENV_UPSTREAM_URL].strip()
     put(upstream, {"transport": "streamable-http", "url": url}, ENV_UPSTREAM_URL)
     credential = _value(environ, ENV_UPSTREAM_AUTHORIZATION_ENV)
@@ -151,17 +153,23 @@ def environment_document(environ: Mapping[str, str], cwd: Path) -> ConfigDocumen
     return ConfigDocument(path=None, data=data, node=None, base_dir=cwd, variables=variables)
 
 
-HIDDEN = "<not shown>"
+HIDDEN = "hidden"
+
+
+def shown_url(url: str) -> str:
+    """`url` as it may be printed: each query value (which may be a key) hidden."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    query = urlencode([(key, HIDDEN) for key, _ in parse_qsl(parts.query, True)])
+    return urlunsplit(parts._replace(query=query))
 
 
 def shown_data(document: ConfigDocument) -> dict[str, Any]:
-    """The document as it may be printed: each upstream URL's query values (which may be
-    keys) hidden; nothing else in it is secret."""
+    """The document as it may be printed: upstream URLs `shown_url`; nothing else in it
+    is secret."""
     data = copy.deepcopy(document.data)
     for upstream in (data.get("upstreams") or {}).values():
-        url = upstream.get("url") if isinstance(upstream, dict) else None
-        if isinstance(url, str) and urlsplit(url).query:
-            parts = urlsplit(url)
-            query = urlencode([(key, HIDDEN) for key, _ in parse_qsl(parts.query, True)], safe="<>")
-            upstream["url"] = urlunsplit(parts._replace(query=query))
+        if isinstance(upstream, dict) and isinstance(upstream.get("url"), str):
+            upstream["url"] = shown_url(upstream["url"])
     return data

@@ -11,8 +11,14 @@ import yaml
 from rich.markup import escape
 
 from cmcp_cli.cli import render
+from cmcp_cli.config import HttpUpstream
 from cmcp_cli.config_document import ConfigDocument
-from cmcp_cli.config_environment import secret_variables, shown_data, start_variables
+from cmcp_cli.config_environment import (
+    secret_variables,
+    shown_data,
+    shown_url,
+    start_variables,
+)
 from cmcp_cli.errors import ExitCode
 from cmcp_cli.gateway.preflight.first_contact import FirstContact
 from cmcp_cli.gateway.runtime import GatewayRuntime
@@ -84,7 +90,13 @@ def _announce(runtime: GatewayRuntime) -> None:
         f"pinning {config.catalog_pinning})"
     )
     for name, upstream in sorted(runtime.upstreams.items()):
-        render.err.print(f"  upstream     {escape(name)} -> {escape(upstream.describe())}")
+        configured = config.upstreams.get(name)
+        where = (
+            shown_url(configured.url)
+            if isinstance(configured, HttpUpstream)
+            else upstream.describe()
+        )
+        render.err.print(f"  upstream     {escape(name)} -> {escape(where)}")
     render.err.print(f"  audit        {config.audit.path} (durability {config.audit.durability})")
     render.err.print(f"  claims       {config.claims.dir}")
     for recovered in runtime.recovery.recovered:

@@ -119,7 +119,9 @@ def validate_config_command(
 
 
 def _render_config(report: ConfigReport) -> None:
-    render.err.print(f"[bold]config {escape(report.source)}[/bold]")
+    render.err.print(
+        f"[bold]config {escape(str(report.config_path or 'from the environment'))}[/bold]"
+    )
     summary = Table(show_header=False)
     summary.add_column("setting")
     summary.add_column("value", overflow="fold")

@@ -213,7 +213,7 @@ def build_runtime(
         raise ConfigError(
             f"{report.source} has problems; the gateway does not start",
             problems=report.errors,
-            hint=f"run `{report.check_command}`",
+            hint=report.check_hint,
         )
     choice = choose_attestor(config, env, registry or load_providers())
     attestor = replace(

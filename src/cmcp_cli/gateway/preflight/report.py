@@ -74,11 +74,11 @@ class ConfigReport:
         return str(self.config_path) if self.config_path is not None else "the environment"
 
     @property
-    def check_command(self) -> str:
-        """The command that reports this config's problems."""
+    def check_hint(self) -> str:
+        """How to see every problem of this config."""
         if self.config_path is None:
-            return "cmcp validate-config (with the same environment)"
-        return f"cmcp validate-config --config {self.config_path}"
+            return "run `cmcp validate-config` with the same environment"
+        return f"run `cmcp validate-config --config {self.config_path}`"
 
     def to_json(self) -> dict[str, object]:
         config = self.config
