@@ -15,7 +15,7 @@ from cmcp_cli.gateway.preflight import first_contact
 from cmcp_cli.gateway.preflight.first_contact import pin_at_first_contact
 from cmcp_cli.gateway.preflight.report import check_config
 from tests.gateway_support import Served, free_port, start_upstream, write_config
-from tests.support import QUICKSTART, run_cmcp
+from tests.support import QUICKSTART, BundleFactory, run_cmcp
 
 NO_ENV: dict[str, str] = {}
 
@@ -112,27 +112,50 @@ def test_the_first_start_pins_every_tool_with_the_configured_class_and_keeps_a_p
     assert [p.name for p in catalog.parent.iterdir()] == ["catalog.json"]  # nothing left over
 
 
+# A schema whose tools need an attribute the catalog does not give them.
+STRICT_SCHEMA = """
+entity Agent;
+entity Tools;
+entity Tool in [Tools] { server: String, data_class: String, owner: String };
+action call_tool appliesTo { principal: [Agent], resource: [Tool] };
+"""
+
+
 def test_the_first_start_refuses_what_it_cannot_pin_and_writes_nothing(
-    tmp_path: Path, upstream: Served
+    tmp_path: Path, upstream: Served, make_bundle: BundleFactory
 ) -> None:
     other = start_upstream(tmp_path)
+    strict = make_bundle(
+        {
+            "tools.cedar": 'permit (principal, action, resource in Tools::"read-write");\n',
+            "schema.cedarschema": STRICT_SCHEMA,
+        }
+    )
     try:
-        cases = {
+        cases: dict[str, tuple[dict[str, str], str, dict[str, Any]]] = {
             "twice": (
                 {"a": upstream.url, "b": other.url},
                 "the tool 'get_weather' is advertised by upstreams 'a' and 'b'; a call is "
                 "routed by its name alone",
+                {},
             ),
             "down": (
                 {"demo": f"http://127.0.0.1:{free_port()}/mcp"},
                 "the catalog cannot be pinned at first contact: could not list the tools of "
                 "1 upstream",
+                {},
+            ),
+            "unfit": (
+                {"demo": upstream.url},
+                "the tools pinned at first contact do not fit the policy bundle: the catalog's "
+                "tools do not fit the bundle schema",
+                {"policy_bundle_path": str(strict)},
             ),
         }
-        for name, (upstreams, message) in cases.items():
+        for name, (upstreams, message, more) in cases.items():
             folder = tmp_path / name
             folder.mkdir()
-            config = first_contact_config(folder, upstreams)
+            config = first_contact_config(folder, upstreams, **more)
             assert run_cmcp("validate-config", "--config", config).returncode == 0
             result = run_cmcp("start", "--config", config, env={"CMCP_DEV_MODE": "1"})
             assert result.returncode == 1, result.stderr

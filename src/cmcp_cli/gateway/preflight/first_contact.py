@@ -17,11 +17,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cmcp_cli.catalog.model import CatalogEntry
+from cmcp_cli.catalog.model import CatalogEntry, load_catalog
 from cmcp_cli.catalog.pinning import approved_entry, write_catalog
 from cmcp_cli.errors import CatalogError, CmcpError
+from cmcp_cli.gateway.enforcement.wiring import authorizer_for
 from cmcp_cli.gateway.preflight.report import ConfigReport
 from cmcp_cli.gateway.upstream.listing import ListingError, list_configured_tools
+from cmcp_cli.policy.engine import CompiledBundle
 
 
 @dataclass(frozen=True)
@@ -99,14 +101,16 @@ def pin_at_first_contact(report: ConfigReport, environ: Mapping[str, str]) -> Fi
             "(catalog_pinning: explicit)",
         )
     path = config.catalog_path
-    _write_new(path, entries)
+    _write_new(path, entries, report.bundle)
     return FirstContact(path=path, data_class=data_class, servers=servers)
 
 
-def _write_new(path: Path, entries: list[CatalogEntry]) -> None:
-    """Write the catalog at `path` only if no file is there: it is written whole beside it
-    and then linked into place, which fails when `path` exists. A catalog pinned by
-    another process in the meantime is kept; this one is discarded."""
+def _write_new(path: Path, entries: list[CatalogEntry], bundle: CompiledBundle | None) -> None:
+    """Write the catalog at `path` only if no file is there and `bundle` can decide for
+    it: it is written whole beside it, loaded and checked against the bundle as the start
+    will check it, and then linked into place, which fails when `path` exists. A catalog
+    pinned by another process in the meantime is kept; this one is discarded. A catalog
+    the bundle cannot decide for is not written: the start would refuse it."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -117,6 +121,19 @@ def _write_new(path: Path, entries: list[CatalogEntry]) -> None:
     staged = path.with_name(f".{path.name}.first-contact-{os.getpid()}")
     write_catalog(staged, entries)
     try:
+        catalog = load_catalog(staged)
+        if bundle is not None:
+            try:
+                authorizer_for(bundle, catalog)
+            except CmcpError as exc:
+                raise FirstContactError(
+                    f"the tools pinned at first contact do not fit the policy bundle: "
+                    f"{exc.message}",
+                    problems=exc.problems,
+                    hint="pinned tools are in group read-only or read-write; make the "
+                    "bundle's schema accept them, or write the catalog yourself "
+                    "(catalog_pinning: explicit)",
+                ) from exc
         os.link(staged, path)
     except FileExistsError:
         pass  # pinned first by another process: that catalog is the pin
