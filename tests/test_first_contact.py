@@ -14,6 +14,7 @@ from cmcp_cli.catalog.model import load_catalog
 from cmcp_cli.gateway.preflight import first_contact
 from cmcp_cli.gateway.preflight.first_contact import pin_at_first_contact
 from cmcp_cli.gateway.preflight.report import check_config
+from cmcp_cli.gateway.upstream.listing import list_configured_tools
 from tests.gateway_support import Served, free_port, start_upstream, write_config
 from tests.support import QUICKSTART, BundleFactory, run_cmcp
 
@@ -99,10 +100,9 @@ def test_the_first_start_pins_every_tool_with_the_configured_class_and_keeps_a_p
     # another process pins in the moment between the check and the write: its file stays
     catalog.unlink()
     report = check_config(config, NO_ENV)
-    listed = first_contact.list_configured_tools
 
     async def listed_while_another_pins(*args: Any, **kwargs: Any) -> Any:
-        found = await listed(*args, **kwargs)
+        found = await list_configured_tools(*args, **kwargs)
         catalog.write_text('{"catalog_version": 1, "tools": []}\n')
         return found
 
