@@ -100,14 +100,16 @@ def environment_document(environ: Mapping[str, str], cwd: Path) -> ConfigDocumen
     data: dict[str, Any] = {}
     variables: dict[str, str] = {}
 
-    def put(key: str, value: Any, variable: str | None) -> None:
-        section, _, leaf = key.rpartition(".")
+    def put(key: str | tuple[str, ...], value: Any, variable: str | None) -> None:
+        """Set the setting at `key` (dotted, or the keys themselves when one may hold a
+        dot) and remember the variable that set it."""
+        *sections, leaf = key.split(".") if isinstance(key, str) else key
         target = data
-        for part in section.split(".") if section else ():
+        for part in sections:
             target = target.setdefault(part, {})
         target[leaf] = value
         if variable is not None:
-            variables[key] = variable
+            variables[key if isinstance(key, str) else ".".join(key)] = variable
 
     def path(value: str) -> str:
         return str(cwd / Path(value).expanduser())
@@ -132,13 +134,14 @@ def environment_document(environ: Mapping[str, str], cwd: Path) -> ConfigDocumen
         names = [name.strip() for name in hosts.split(",") if name.strip()]
         put("allowed_hosts", names, ENV_ALLOWED_HOSTS)
     name = _value(environ, ENV_UPSTREAM_NAME)
-    upstream = f"upstreams.{name or DEFAULT_UPSTREAM_NAME}"
+    upstream = ("upstreams", name or DEFAULT_UPSTREAM_NAME)
     url = environ[ENV_UPSTREAM_URL].strip()
-    put(upstream, {"transport": "streamable-http", "url": url}, ENV_UPSTREAM_URL)
+    put(upstream, {"transport": "streamable-http", "url": url}, name and ENV_UPSTREAM_NAME)
+    put((*upstream, "url"), url, ENV_UPSTREAM_URL)
     credential = _value(environ, ENV_UPSTREAM_AUTHORIZATION_ENV)
     if credential is not None:
         put(
-            f"{upstream}.headers_from_env",
+            (*upstream, "headers_from_env"),
             {"Authorization": credential},
             ENV_UPSTREAM_AUTHORIZATION_ENV,
         )
