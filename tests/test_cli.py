@@ -214,3 +214,12 @@ def test_validate_config_and_start_without_any_config_exit_2(tmp_path: Path) -> 
     as_json = run_cmcp("validate-config", "--config", tmp_path / "nope.yaml", "--json")
     assert as_json.returncode == 2
     assert json.loads(as_json.stdout)["error"] == "UsageError"
+
+
+def test_validate_config_names_the_file_it_found_here_when_it_is_not_yaml(tmp_path: Path) -> None:
+    (tmp_path / "cmcp-config.yaml").write_text("listen_addr: [unclosed\n")
+    result = run_cmcp("validate-config", "--json", cwd=tmp_path)
+    assert result.returncode == 1
+    report = result.json()
+    assert report["config"] == str(tmp_path / "cmcp-config.yaml")
+    assert [e["file"] for e in report["errors"]] == [str(tmp_path / "cmcp-config.yaml")]

@@ -28,11 +28,6 @@ class ConfigDocument:
     base_dir: Path  # relative paths resolve here: the file's folder, or the working directory
     variables: Mapping[str, str] = field(default_factory=dict)  # dotted key -> variable
 
-    @property
-    def name(self) -> str:
-        """The document as messages name it."""
-        return str(self.path) if self.path is not None else "the environment"
-
     def line_of(self, loc: tuple[str | int, ...]) -> int | None:
         return _line_of(self.node, loc)
 

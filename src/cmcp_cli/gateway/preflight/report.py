@@ -29,6 +29,7 @@ from cmcp_cli.config import (
     validate_document,
 )
 from cmcp_cli.config_document import ENVIRONMENT, ConfigDocument, read_config_document
+from cmcp_cli.config_environment import environment_document
 from cmcp_cli.errors import CmcpError, ConfigError, Problem, Severity, UsageError
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for
 from cmcp_cli.gateway.preflight import attestation, checks, credentials
@@ -36,7 +37,7 @@ from cmcp_cli.gateway.preflight.reload import check_reload
 from cmcp_cli.gateway.preflight.source import (
     first_contact_note,
     ignored_start_variables,
-    start_document,
+    start_source,
 )
 from cmcp_cli.model_errors import document_location
 from cmcp_cli.policy.bundle import read_bundle
@@ -112,10 +113,13 @@ def check_start_config(
     else cmcp-config.yaml in `cwd`, else the one the environment describes."""
     environ = os.environ if environ is None else environ
     cwd = Path.cwd() if cwd is None else cwd
+    source = start_source(config, environ, cwd)
+    if source is not None:
+        return check_config(source, environ, registry)
     try:
-        document = start_document(config, environ, cwd)
+        document = environment_document(environ, cwd)
     except ConfigError as exc:
-        return ConfigReport(config_path=config, problems=exc.problems, base_dir=cwd)
+        return ConfigReport(config_path=None, problems=exc.problems, base_dir=cwd)
     return check_config(document, environ, registry)
 
 

@@ -21,12 +21,11 @@ from cmcp_cli.errors import Problem, Severity, UsageError
 DEFAULT_CONFIG = Path("cmcp-config.yaml")
 
 
-def start_document(config: Path | None, environ: Mapping[str, str], cwd: Path) -> ConfigDocument:
-    """The config document to serve; `UsageError` when there is none, or two.
-    Raises `ConfigError` for a file that is not YAML or an environment that lacks a
-    required variable."""
+def start_source(config: Path | None, environ: Mapping[str, str], cwd: Path) -> Path | None:
+    """The config file to serve, or None for the config the environment describes;
+    `UsageError` when there is no config, or two."""
     if config is not None:
-        return read_config_document(config)
+        return config
     found = cwd / DEFAULT_CONFIG
     variables = start_variables(environ)
     if found.exists() and variables:
@@ -37,15 +36,24 @@ def start_document(config: Path | None, environ: Mapping[str, str], cwd: Path) -
             f"not read), or unset the variables, or start from another directory to use them",
         )
     if found.exists():
-        return read_config_document(found)
+        return found
     if variables:
-        return environment_document(environ, cwd)
+        return None
     raise UsageError(
         f"no config: there is no {DEFAULT_CONFIG} in {cwd}, no --config was given and the "
         "environment start is not configured",
         hint=f"pass --config PATH, or set {ENV_POLICY_PATH} and {ENV_UPSTREAM_URL} to start "
         "from the environment (docs/configuration.md)",
     )
+
+
+def start_document(config: Path | None, environ: Mapping[str, str], cwd: Path) -> ConfigDocument:
+    """The config document to serve (`start_source`). Raises `ConfigError` for a file that
+    is not YAML or an environment that lacks a required variable."""
+    source = start_source(config, environ, cwd)
+    if source is None:
+        return environment_document(environ, cwd)
+    return read_config_document(source)
 
 
 def ignored_start_variables(path: Path, environ: Mapping[str, str]) -> list[Problem]:
