@@ -59,7 +59,8 @@ def pin_at_first_contact(report: ConfigReport, environ: Mapping[str, str]) -> Fi
     """Write the catalog from every upstream's tools when `needs_first_contact`; None when
     nothing is to be pinned (a config with errors is left to refuse its start).
     `FirstContactError` when an upstream cannot be listed, advertises a tool that cannot
-    be pinned, or a tool name is advertised twice, or no upstream advertises any tool."""
+    be pinned, a tool name is advertised twice, no upstream advertises any tool, or the
+    checked bundle cannot decide for the tools pinned."""
     config = report.config
     if config is None or not needs_first_contact(report):
         return None
