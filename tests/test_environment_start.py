@@ -229,10 +229,14 @@ UNSAFE: dict[str, tuple[dict[str, str | None], int, tuple[str, ...]]] = {
         1,
         ("environment: CEDAR_POLICY_PATH is not set", "hint: set it to the policy bundle"),
     ),
-    "only a listen address": (
+    "only the variables that shape it": (
         {"CEDAR_POLICY_PATH": None, "UPSTREAM_MCP_URL": None},
-        1,
-        ("CEDAR_POLICY_PATH is not set", "UPSTREAM_MCP_URL is not set"),
+        2,
+        (
+            "no config: there is no cmcp-config.yaml in",
+            "CMCP_UPSTREAM_AUTHORIZATION_ENV, CMCP_LISTEN_ADDR are set, but the environment "
+            "start needs CEDAR_POLICY_PATH and UPSTREAM_MCP_URL",
+        ),
     ),
     "an upstream URL that is not http": (
         {"UPSTREAM_MCP_URL": "ftp://127.0.0.1/mcp"},
@@ -319,7 +323,9 @@ def test_a_config_file_and_the_environment_start_together(
     bundle: Path, upstream: Served, folder: Path
 ) -> None:
     """Found in the working directory, the file is as much a config as the variables:
-    refused. Named with --config, it is served and the variables are said to be ignored."""
+    refused. Named with --config, it is served and the variables are said to be ignored;
+    so it is, found here, when only variables that shape an environment start are set
+    (as an image may set them by default)."""
     env = environment(bundle, upstream, free_port())
     (folder / "cmcp-config.yaml").write_text(
         (QUICKSTART / "cmcp-config.yaml")
@@ -343,3 +349,11 @@ def test_a_config_file_and_the_environment_start_together(
         "CEDAR_POLICY_PATH, UPSTREAM_MCP_URL, CMCP_UPSTREAM_AUTHORIZATION_ENV, CMCP_LISTEN_ADDR "
         "are set but not read: the config file cmcp-config.yaml is served"
     )
+    shaping = {"CMCP_STATE_DIR": "/var/lib/cmcp", "CMCP_LISTEN_ADDR": "127.0.0.1:9"}
+    found = run_cmcp("validate-config", "--json", env=shaping, cwd=folder)
+    assert found.returncode == 0, found.stdout
+    report = found.json()
+    assert report["config"] == str(folder / "cmcp-config.yaml")
+    assert report["listen_addr"] == "127.0.0.1:8443"  # the file's, not the variable's
+    (warning,) = [w for w in report["warnings"] if "not read" in w["message"]]
+    assert warning["message"].startswith("CMCP_LISTEN_ADDR, CMCP_STATE_DIR are set but not read")
