@@ -123,6 +123,17 @@ class Catalog:
         return frozenset(tool.server for tool in self.tools.values())
 
 
+def unapproved_reason(catalog: Catalog, name: str) -> str:
+    """Why a call to `name`, which is not an approved tool, is refused: what an agent and
+    the audit log are told, naming the fix when the tool is pending review."""
+    if name in catalog.pending:
+        return (
+            f"{name!r} is pending review in the catalog {catalog.path}: set its data_class "
+            "and groups to approve it, then restart the gateway"
+        )
+    return f"{name!r} is not in the approved catalog"
+
+
 def approved_definition(name: str, fields: Mapping[str, Any]) -> dict[str, Any]:
     """The object whose hash pins a tool: its name and the definition fields that are set.
 

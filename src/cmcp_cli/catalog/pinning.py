@@ -67,12 +67,9 @@ def pending_entry(tool: Mapping[str, Any], *, server: str) -> CatalogEntry:
     try:
         fields = ToolDefinition.model_validate({k: v for k, v in definition.items() if k != "name"})
     except ValidationError as exc:
-        reasons = "; ".join(
-            f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()
-        )
         raise CatalogError(
             f"tool {name!r} of upstream {server!r} has a definition that cannot be pinned: "
-            f"{reasons}",
+            f"{_reasons(exc)}",
             hint="fix the tool's definition in the upstream server",
         ) from None
     entry = CatalogEntry(
@@ -111,11 +108,15 @@ def approved_entry(
 def approve(
     entry: CatalogEntry, *, data_class: str, groups: Sequence[str] | None = None
 ) -> CatalogEntry:
-    """`entry` approved with `data_class` and `groups` (by default `groups_for` it)."""
+    """`entry` approved with `data_class` and `groups` (by default `groups_for` it);
+    `UsageError` for an empty data class, or groups that are empty or repeated."""
     chosen = tuple(groups) if groups is not None else groups_for(_definition_of(entry))
-    return CatalogEntry.model_validate(
-        {**entry.model_dump(), "data_class": data_class, "groups": chosen}
-    )
+    try:
+        return CatalogEntry.model_validate(
+            {**entry.model_dump(), "data_class": data_class, "groups": chosen}
+        )
+    except ValidationError as exc:
+        raise UsageError(f"tool {entry.name!r} cannot be approved so: {_reasons(exc)}") from None
 
 
 @dataclass(frozen=True)
@@ -303,7 +304,7 @@ def updated_entries(
 
 def definition_diff(pinned: Mapping[str, Any], advertised: Mapping[str, Any], server: str) -> str:
     """A unified diff of two definitions, each as sorted, indented JSON."""
-    name = pinned.get("name", advertised.get("name"))
+    name = visible(str(pinned.get("name", advertised.get("name"))))
     before = _pretty(pinned).splitlines(keepends=True)
     after = _pretty(advertised).splitlines(keepends=True)
     lines = difflib.unified_diff(
@@ -397,8 +398,26 @@ def _pinned_hash(entry: CatalogEntry, *, strict: bool = False) -> str:
     return definition_hash(definition) if strict else advertised_hash(definition)
 
 
+def visible(text: str) -> str:
+    """`text` with each character that is not printable (control and format characters,
+    line separators, spaces other than U+0020) written as a Python escape: what an upstream
+    says can neither drive a reviewer's terminal nor hide in it."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def _pretty(definition: Mapping[str, Any]) -> str:
-    return json.dumps(dict(definition), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    """Sorted, indented JSON, each character that is not printable written as a JSON
+    escape (the same value), so that a diff shows every difference."""
+    text = json.dumps(dict(definition), indent=2, sort_keys=True, ensure_ascii=False)
+    return "".join(ch if ch.isprintable() or ch == "\n" else _json_escape(ch) for ch in text) + "\n"
+
+
+def _json_escape(ch: str) -> str:
+    return json.dumps(ch)[1:-1]  # ensure_ascii: \uXXXX, a surrogate pair past U+FFFF
+
+
+def _reasons(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
 
 
 def _candidate(

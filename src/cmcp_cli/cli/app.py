@@ -10,6 +10,7 @@ import typer
 from cmcp_cli import __version__
 from cmcp_cli.cli import render
 from cmcp_cli.cli.bridge import bridge_command
+from cmcp_cli.cli.catalog import catalog_app
 from cmcp_cli.cli.evidence import replay_audit_command, verify_command
 from cmcp_cli.cli.measure import MEASURE_HELP, measure_app
 from cmcp_cli.cli.plugins import plugins_command
@@ -53,6 +54,7 @@ def build_app(*, with_measurers: bool = False) -> typer.Typer:
     app.command("validate-bundle")(validate_bundle_command)
     app.command("sign-bundle")(sign_bundle_command)
     app.command("validate-config")(validate_config_command)
+    app.add_typer(catalog_app())
     app.command("verify")(verify_command)
     app.command("replay-audit")(replay_audit_command)
     if with_measurers:

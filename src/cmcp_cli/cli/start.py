@@ -85,8 +85,10 @@ def _announce(runtime: GatewayRuntime) -> None:
     render.err.print(
         f"  policy       {runtime.bundle.hash} ({config.attestation.enforcement_mode})"
     )
+    catalog = runtime.catalog
+    pending = f", {len(catalog.pending)} pending review, not served" if catalog.pending else ""
     render.err.print(
-        f"  catalog      {runtime.catalog.hash} ({len(runtime.catalog.tools)} tools, "
+        f"  catalog      {catalog.hash} ({len(catalog.tools)} tools{pending}, "
         f"pinning {config.catalog_pinning})"
     )
     for name, upstream in sorted(runtime.upstreams.items()):

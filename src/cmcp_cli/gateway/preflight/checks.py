@@ -354,6 +354,23 @@ def check_data_classes(config: CmcpConfig, catalog: Catalog, at: Locator) -> lis
     ]
 
 
+def check_pending(config: CmcpConfig, catalog: Catalog) -> list[Problem]:
+    """Each tool pending review: the gateway serves without it, which is worth a warning
+    (a reviewer has work to do), never an error."""
+    order = ", ".join(config.policy.data_class_order)
+    return [
+        Problem(
+            f"tool {tool.name!r} (upstream {tool.server!r}) is pending review: the gateway "
+            "does not list it and refuses calls to it",
+            file=str(catalog.path),
+            hint=f"to approve it, set its data_class (one of {order}) and groups in "
+            f"{catalog.path}; or remove the entry",
+            severity=Severity.WARNING,
+        )
+        for tool in catalog.pending.values()
+    ]
+
+
 def check_catalog_pinning(config: CmcpConfig, at: Locator) -> list[Problem]:
     """`first_contact_data_class` belongs to first-contact pinning, and names a class of
     the order (its default too: a custom order may lack `internal`)."""

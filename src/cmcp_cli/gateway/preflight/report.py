@@ -97,6 +97,7 @@ class ConfigReport:
             "catalog_pinning": config.catalog_pinning if config else None,
             "catalog_hash": self.catalog.hash if self.catalog else None,
             "tool_count": len(self.catalog.tools) if self.catalog else None,
+            "pending_tool_count": len(self.catalog.pending) if self.catalog else None,
             "upstreams": sorted(config.upstreams) if config else None,
             "notes": list(self.notes),
         }
@@ -188,6 +189,7 @@ def check_config(
         problems.extend(check_reload(checkable, bundle, located))
         if catalog is not None:
             problems.extend(checks.check_data_classes(checkable, catalog, located))
+            problems.extend(checks.check_pending(checkable, catalog))
         if on_this_host and checkable.attestation.provider != software.NAME:
             found, noted = attestation.check_attestation(
                 checkable, registry or load_providers(), located

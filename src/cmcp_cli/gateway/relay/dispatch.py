@@ -17,6 +17,7 @@ from typing import Any
 from cmcp_cli import __version__
 from cmcp_cli.audit.recorder import ChainEndedError
 from cmcp_cli.audit.store import AuditStoreError
+from cmcp_cli.catalog.model import unapproved_reason
 from cmcp_cli.errors import CmcpError
 from cmcp_cli.evidence.session import EscalationHandler
 from cmcp_cli.gateway.enforcement.messages import Gate, close_gate, fail_gate, open_gate
@@ -281,7 +282,7 @@ class Dispatcher:
                 call_id,
                 name=name,
                 arguments=arguments,
-                reason=f"{name!r} is not in the approved catalog",
+                reason=unapproved_reason(self.runtime.catalog, name),
             )
         try:
             await self.sessions.upstream(session, tool.server)

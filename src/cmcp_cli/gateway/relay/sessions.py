@@ -36,6 +36,7 @@ from cmcp_cli.gateway.relay.metrics import GatewayMetrics
 from cmcp_cli.gateway.relay.ownership import ClosedSessionOwners
 from cmcp_cli.gateway.runtime import ActivePolicy, Caller, GatewayRuntime
 from cmcp_cli.gateway.upstream.api import UpstreamConversation, UpstreamError
+from cmcp_cli.gateway.upstream.listing import list_tools
 from cmcp_cli.gateway.upstream.modern_client import open_conversation
 from cmcp_cli.wire.mcp import MODERN_PROTOCOLS
 
@@ -314,26 +315,14 @@ class SessionRegistry:
     async def pin_tools(
         self, session: GatewaySession, name: str, upstream: UpstreamConversation
     ) -> None:
-        """Compare the upstream's advertised tools with the catalog; record each drift."""
-        answer = await upstream.request("tools/list", {})
-        tools = (
-            answer.get("result", {}).get("tools")
-            if isinstance(answer.get("result"), dict)
-            else None
-        )
-        if not isinstance(tools, list):
-            raise UpstreamError(name, f"tools/list failed: {answer.get('error')}")
+        """Compare the upstream's advertised tools (every page) with the catalog; record
+        each drift."""
+        tools = await list_tools(upstream, name)
         session.advertised -= {
             tool for tool, pinned in self.runtime.catalog.tools.items() if pinned.server == name
         }
-        session.tool_order[name] = [
-            tool["name"]
-            for tool in tools
-            if isinstance(tool, dict) and isinstance(tool.get("name"), str)
-        ]
+        session.tool_order[name] = [tool["name"] for tool in tools]
         for tool in tools:
-            if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
-                continue
             pinned = self.runtime.catalog.tools.get(tool["name"])
             if pinned is None or pinned.server != name:
                 continue  # not approved: never listed, and denied when called

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cmcp_cli.catalog.pinning import visible
 from cmcp_cli.config import CmcpConfig, HttpUpstream
 from cmcp_cli.errors import Problem, UsageError
 from cmcp_cli.gateway.upstream.api import UpstreamChannel, UpstreamConversation, UpstreamError
@@ -192,4 +193,4 @@ def _listing_problem(
             check += f", and that {', '.join(variables)} hold the credential it accepts"
     else:
         check = f"that `{channel.describe()}` starts and speaks MCP on stdout"
-    return Problem(f"{failure}", hint=f"check upstreams.{name}: {check}")
+    return Problem(visible(str(failure)), hint=f"check upstreams.{name}: {check}")
