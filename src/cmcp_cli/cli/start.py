@@ -88,8 +88,8 @@ def _announce(runtime: GatewayRuntime) -> None:
     catalog = runtime.catalog
     pending = f", {len(catalog.pending)} pending review, not served" if catalog.pending else ""
     render.err.print(
-        f"  catalog      {catalog.hash} ({len(catalog.tools)} tools{pending}, "
-        f"pinning {config.catalog_pinning})"
+        f"  catalog      {catalog.hash} ({len(catalog.tools)} tools{pending}), "
+        f"pinning {config.catalog_pinning}"
     )
     for name, upstream in sorted(runtime.upstreams.items()):
         configured = config.upstreams.get(name)
