@@ -131,6 +131,7 @@ def test_the_environment_alone_serves_pins_at_first_contact_and_checks_later_sta
     assert "Authorization: UPSTREAM_AUTH" in said
     assert "secrets read from CMCP_BEARER_TOKEN, CMCP_OPERATOR_TOKEN, UPSTREAM_AUTH" in said
     assert "catalog pinned at first contact: 5 tools (5 from upstream)" in said
+    assert "(5 tools), pinning first-contact" in said
     for secret in SECRETS:
         assert secret not in output
     # the catalog it pinned: every tool approved as advertised
