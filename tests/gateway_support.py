@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from cmcp_cli.config import ENV_START
 from tests.support import CMCP, QUICKSTART
 
 STARTUP_SECONDS = 30.0
@@ -141,7 +142,9 @@ def start_gateway(config: Path, env: Mapping[str, str] | None = None) -> Served:
 def start_from_environment(folder: Path, env: Mapping[str, str], port: int) -> Served:
     """`cmcp start` with no config file, in `folder`, configured by `env` alone (no CMCP_*
     variable of this process leaks in) and listening on `port` (`CMCP_LISTEN_ADDR`)."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("CMCP_")}
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith("CMCP_") and k not in ENV_START
+    }
     environment.update(env)
     log = folder.parent / f"{folder.name}-gateway-{port}.log"
     return start_process([str(CMCP), "start"], port, log, environment, cwd=folder)
