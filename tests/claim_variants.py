@@ -45,6 +45,7 @@ CAUGHT_BY: dict[str, str] = {
     "gateway.audit_chain": "log: chain",
     "gateway.call_summary": "log: counters",
     "gateway.catalog": "log: session",
+    "gateway.catalog.pinning": "log: session",
     "gateway.catalog.drift_detected": "log: drift",
     "gateway.attestation": "log: issuer",
     "gateway.attestation.binding": "binding",
@@ -60,6 +61,7 @@ ENUMERATED: dict[str, tuple[str, ...]] = {
     "trace.eat_profile": (),
     "trace.policy.enforcement_mode": ("enforce", "advisory", "silent"),
     "trace.appraisal.status": ("affirming", "warning", "contraindicated", "none"),
+    "gateway.catalog.pinning": ("explicit", "first-contact"),
 }
 
 

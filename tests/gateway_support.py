@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from cmcp_cli.config import ENV_START
 from tests.support import CMCP, QUICKSTART
 
 STARTUP_SECONDS = 30.0
@@ -79,12 +80,20 @@ class Served:
 
 
 def start_process(
-    command: list[str], port: int, log: Path, env: Mapping[str, str] | None = None
+    command: list[str],
+    port: int,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Served:
     """Start a server and wait, bounded, until it answers HTTP on `port`."""
     with log.open("wb") as handle:  # the child keeps its own descriptor
         process = subprocess.Popen(
-            command, stdout=handle, stderr=subprocess.STDOUT, env=dict(env or os.environ)
+            command,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=dict(env or os.environ),
+            cwd=cwd,
         )
     served = Served(process, port, log)
     deadline = time.monotonic() + STARTUP_SECONDS
@@ -142,6 +151,17 @@ def start_gateway(config: Path, env: Mapping[str, str] | None = None) -> Served:
     environment.update({"CMCP_DEV_MODE": "1", **(env or {})})
     command = [str(CMCP), "start", "--config", str(config)]
     return start_process(command, port, config.parent / f"gateway-{port}.log", environment)
+
+
+def start_from_environment(folder: Path, env: Mapping[str, str], port: int) -> Served:
+    """`cmcp start` with no config file, in `folder`, configured by `env` alone (no CMCP_*
+    variable of this process leaks in) and listening on `port` (`CMCP_LISTEN_ADDR`)."""
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith("CMCP_") and k not in ENV_START
+    }
+    environment.update(env)
+    log = folder.parent / f"{folder.name}-gateway-{port}.log"
+    return start_process([str(CMCP), "start"], port, log, environment, cwd=folder)
 
 
 def request(

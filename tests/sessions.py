@@ -64,6 +64,7 @@ def record_session(
     attestor: Attestor | None = None,
     key: ClaimKey | None = None,
     during: Callable[[EvidenceSession], None] | None = None,
+    catalog_pinning: str = "explicit",
 ) -> RecordedSession:
     """Record a session of `calls` (and `faults`); `during` adds more entries after
     them, before the session closes."""
@@ -81,6 +82,7 @@ def record_session(
         data_class_order=("public", "internal", "confidential", "restricted", "secret"),
         model_provider="anthropic",
         model_id="claude-test",
+        catalog_pinning=catalog_pinning,
     )
     with AuditStore(db) as store:
         session = EvidenceSession(

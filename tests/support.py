@@ -14,6 +14,8 @@ from typing import Any
 
 import rfc8785
 
+from cmcp_cli.config import ENV_START
+
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO / "examples" / "quickstart"
 MANIFEST = {"version": "1.0.0", "authored_at": "2026-11-21T09:00:00Z", "author": "tests"}
@@ -35,7 +37,10 @@ def run_cmcp(
 ) -> CliResult:
     """Run the installed `cmcp` console script, as a user would."""
     assert CMCP.exists(), f"{CMCP} is missing: install the project (scripts/dev.sh setup)"
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("CMCP_")}
+    # none of cMCP's variables leaks in from the environment the tests run in
+    base_env = {
+        k: v for k, v in os.environ.items() if not k.startswith("CMCP_") and k not in ENV_START
+    }
     base_env.update(env or {})
     completed = subprocess.run(
         [str(CMCP), *map(str, args)],

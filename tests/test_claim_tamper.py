@@ -167,6 +167,7 @@ def software_subject(tmp_path_factory: pytest.TempPathFactory) -> Subject:
         key=key,
         attestor=attestor,
         during=lambda session: _more_of_the_session(session, attestor),
+        catalog_pinning="first-contact",  # the TPM session's is explicit: both are swapped
     )
     options = replace(_pins(recorded), allow_software=True)
     return Subject(
@@ -257,6 +258,8 @@ def test_the_genuine_claims_verify_with_every_log_check_passing(
     assert summary["by_kind"]["get_prompt"]["faulted"] == 1 and summary["tools_invoked"]
     assert summary["by_kind"]["create_message"]["denied"] == 1
     assert subject.claim["trace"]["data_class"] == "confidential"
+    pinning = "first-contact" if subject.software else "explicit"
+    assert subject.claim["gateway"]["catalog"]["pinning"] == pinning
     # the evidence is the re-attestation's, under the pin it matched
     attestation = subject.claim["gateway"]["attestation"]
     assert attestation["measurement_pin"] == subject.claim["trace"]["runtime"]["measurement"]
@@ -415,6 +418,39 @@ def test_the_reported_forgery_fails_verify_and_replay_audit_naming_each_check(
         ("log: issuer", "trace.cnf.jwk"),
     ):
         assert any(m.startswith(f"{prefix}: {member}:") for m in messages), (member, messages)
+
+
+def test_a_first_contact_catalog_passed_off_as_explicit_fails_verify_and_replay_audit(
+    software_subject: Subject, tmp_path: Path
+) -> None:
+    """An insider re-signs the claim with the session's own key, stating that the catalog
+    was the operator's own file: only the log knows it was pinned at first contact."""
+    subject = software_subject
+    genuine = run_cmcp("verify", subject.recorded.claim_path, *subject.trust_args, "--json")
+    assert genuine.returncode == 0, genuine.stdout
+    assert genuine.json()["catalog_pinning"] == "first-contact"
+    human = run_cmcp("verify", subject.recorded.claim_path, *subject.trust_args)
+    assert "catalog pinning first-contact: the catalog is whatever the upstreams" in human.stderr
+    claim = copy.deepcopy(subject.claim)
+    claim.pop("signature")
+    claim["gateway"]["catalog"]["pinning"] = "explicit"
+    forged = tmp_path / "explicit.claim.json"
+    forged.write_text(json.dumps(signed(claim, subject.key)))
+    result = run_cmcp("verify", forged, *subject.trust_args, "--json")
+    assert result.returncode == 1, result.stdout
+    failures = {c["name"]: c["reason"] for c in result.json()["checks"] if c["status"] == "fail"}
+    assert set(failures) == {"log: session"}
+    assert (
+        'gateway.catalog.pinning: the claim states "explicit", the log gives "first-contact"'
+        in failures["log: session"]
+    )
+    replayed = run_cmcp("replay-audit", "--db", subject.recorded.db, "--claim", forged, "--json")
+    assert replayed.returncode == 1, replayed.stdout
+    (session,) = replayed.json()["sessions"]
+    assert [p["message"] for p in session["problems"]] == [
+        'log: session: gateway.catalog.pinning: the claim states "explicit", the log gives '
+        '"first-contact"'
+    ]
 
 
 def test_an_insiders_change_to_a_tpm_claim_fails_verify_through_the_cli(

@@ -204,10 +204,22 @@ def test_validate_config_reports_everything_and_exits_1(quickstart: Path) -> Non
     assert [e["line"] for e in report["errors"]] == [5, 8, 9]
 
 
-def test_validate_config_without_a_file_exits_2(tmp_path: Path) -> None:
-    result = run_cmcp("validate-config", cwd=tmp_path)
-    assert result.returncode == 2
-    assert "config file cmcp-config.yaml does not exist" in result.stderr
+def test_validate_config_and_start_without_any_config_exit_2(tmp_path: Path) -> None:
+    for command in ("validate-config", "start"):
+        result = run_cmcp(command, cwd=tmp_path)
+        assert result.returncode == 2, command
+        said = " ".join(result.stderr.split())  # as one line, however the terminal wrapped it
+        assert f"no config: there is no cmcp-config.yaml in {tmp_path}" in said
+        assert "set CEDAR_POLICY_PATH and UPSTREAM_MCP_URL to start from the environment" in said
     as_json = run_cmcp("validate-config", "--config", tmp_path / "nope.yaml", "--json")
     assert as_json.returncode == 2
     assert json.loads(as_json.stdout)["error"] == "UsageError"
+
+
+def test_validate_config_names_the_file_it_found_here_when_it_is_not_yaml(tmp_path: Path) -> None:
+    (tmp_path / "cmcp-config.yaml").write_text("listen_addr: [unclosed\n")
+    result = run_cmcp("validate-config", "--json", cwd=tmp_path)
+    assert result.returncode == 1
+    report = result.json()
+    assert report["config"] == str(tmp_path / "cmcp-config.yaml")
+    assert [e["file"] for e in report["errors"]] == [str(tmp_path / "cmcp-config.yaml")]

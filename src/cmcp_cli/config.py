@@ -39,9 +39,39 @@ ENV_DEV_MODE = "CMCP_DEV_MODE"
 ENV_BEARER_TOKEN = "CMCP_BEARER_TOKEN"  # noqa: S105 - the variable's name, not a secret
 ENV_OPERATOR_TOKEN = "CMCP_OPERATOR_TOKEN"  # noqa: S105
 ENV_OPAQUE_URL = "OPAQUE_ATTESTATION_URL"
-KNOWN_ENV = (ENV_DEV_MODE, ENV_BEARER_TOKEN, ENV_OPERATOR_TOKEN)
+# The start from the environment (config_environment): with no config file, these build
+# the config a file would hold.
+ENV_POLICY_PATH = "CEDAR_POLICY_PATH"
+ENV_UPSTREAM_URL = "UPSTREAM_MCP_URL"
+ENV_UPSTREAM_NAME = "CMCP_UPSTREAM_NAME"
+ENV_UPSTREAM_AUTHORIZATION_ENV = "CMCP_UPSTREAM_AUTHORIZATION_ENV"
+ENV_LISTEN_ADDR = "CMCP_LISTEN_ADDR"
+ENV_ALLOWED_HOSTS = "CMCP_ALLOWED_HOSTS"
+ENV_CATALOG_PATH = "CMCP_CATALOG_PATH"
+ENV_FIRST_CONTACT_DATA_CLASS = "CMCP_FIRST_CONTACT_DATA_CLASS"
+ENV_STATE_DIR = "CMCP_STATE_DIR"
+ENV_ATTESTATION_PROVIDER = "CMCP_ATTESTATION_PROVIDER"
+ENV_TRUST_DOMAIN = "CMCP_TRUST_DOMAIN"
+ENV_START = (
+    ENV_POLICY_PATH,
+    ENV_UPSTREAM_URL,
+    ENV_UPSTREAM_NAME,
+    ENV_UPSTREAM_AUTHORIZATION_ENV,
+    ENV_LISTEN_ADDR,
+    ENV_ALLOWED_HOSTS,
+    ENV_CATALOG_PATH,
+    ENV_FIRST_CONTACT_DATA_CLASS,
+    ENV_STATE_DIR,
+    ENV_ATTESTATION_PROVIDER,
+    ENV_TRUST_DOMAIN,
+)
+KNOWN_ENV = (ENV_DEV_MODE, ENV_BEARER_TOKEN, ENV_OPERATOR_TOKEN, *ENV_START)
 
+# How the catalog at catalog_path came to be: the operator's own file ("explicit"), or
+# written at the first start from every tool the upstreams advertised ("first-contact").
+CatalogPinning = Literal["explicit", "first-contact"]
 DEFAULT_DATA_CLASS_ORDER = ("public", "internal", "confidential", "restricted", "secret")
+DEFAULT_FIRST_CONTACT_DATA_CLASS = "internal"
 _DIGEST = re.compile(r"(sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96})")
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -294,6 +324,10 @@ class CmcpConfig(_Section):
     attestation: AttestationConfig = AttestationConfig()
     policy_bundle_path: ConfigPath
     catalog_path: ConfigPath
+    catalog_pinning: CatalogPinning = "explicit"
+    # The data class every tool gets when the catalog is pinned at first contact (only
+    # with catalog_pinning: first-contact; one of policy.data_class_order).
+    first_contact_data_class: NonEmpty | None = None
     listen_addr: ListenAddress = ListenAddress(host="127.0.0.1", port=8443)
     # Host names (NAME or NAME:PORT) clients may use besides the listen address.
     allowed_hosts: tuple[str, ...] = ()
@@ -306,6 +340,11 @@ class CmcpConfig(_Section):
     auth: AuthConfig = AuthConfig()
     tls: TLSConfig = TLSConfig()
     limits: LimitsConfig = LimitsConfig()
+
+    @property
+    def pinned_data_class(self) -> str:
+        """The data class a tool pinned at first contact gets."""
+        return self.first_contact_data_class or DEFAULT_FIRST_CONTACT_DATA_CLASS
 
     @field_validator("listen_addr", mode="before")
     @classmethod
@@ -384,21 +423,27 @@ def apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict[
     return merged
 
 
-def validate_data(data: Mapping[str, Any], path: Path, environ: Mapping[str, str]) -> CmcpConfig:
-    """Validate config data read from `path`; raises pydantic's `ValidationError`."""
+def validate_data(
+    data: Mapping[str, Any], base_dir: Path, environ: Mapping[str, str]
+) -> CmcpConfig:
+    """Validate config data whose relative paths are relative to `base_dir`; raises
+    pydantic's `ValidationError`."""
     merged = apply_environment(dict(data), environ)
-    return CmcpConfig.model_validate(merged, context={"base_dir": path.parent})
+    return CmcpConfig.model_validate(merged, context={"base_dir": base_dir})
 
 
 def validate_document(document: ConfigDocument, environ: Mapping[str, str]) -> CmcpConfig:
-    """Validate the document; `ConfigError` lists every schema problem at its line."""
+    """Validate the document; `ConfigError` lists every schema problem where it is."""
     try:
-        return validate_data(document.data, document.path, environ)
+        return validate_data(document.data, document.base_dir, environ)
     except ValidationError as exc:
         problems = problems_from_validation(
-            exc, CmcpConfig, file=str(document.path), line_of=document.line_of
+            exc, CmcpConfig, file=None, line_of=document.line_of, file_of=document.where
         )
-        raise ConfigError(f"config file {document.path} is invalid", problems=problems) from None
+        what = (
+            f"config file {document.path}" if document.path else "the config from the environment"
+        )
+        raise ConfigError(f"{what} is invalid", problems=problems) from None
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:

@@ -4,7 +4,8 @@ every problem found later can be reported at its line."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +13,34 @@ import yaml
 
 from cmcp_cli.errors import ConfigError, Problem, UsageError
 
+ENVIRONMENT = "environment"  # what problems of a document built from the environment name
+
 
 @dataclass(frozen=True)
 class ConfigDocument:
-    """The parsed YAML before validation, kept to locate problems by line."""
+    """The config data before validation: parsed from a file, with its YAML nodes kept to
+    locate problems by line, or built from the environment (`path` None), with the
+    variable that set each key kept to name it instead."""
 
-    path: Path
+    path: Path | None
     data: dict[str, Any]
     node: yaml.Node | None
+    base_dir: Path  # relative paths resolve here: the file's folder, or the working directory
+    variables: Mapping[str, str] = field(default_factory=dict)  # dotted key -> variable
 
     def line_of(self, loc: tuple[str | int, ...]) -> int | None:
         return _line_of(self.node, loc)
+
+    def where(self, loc: tuple[str | int, ...]) -> str:
+        """What a problem at `loc` names as its file: the file, or the variable that set
+        the setting (the environment, when a default filled it)."""
+        if self.path is not None:
+            return str(self.path)
+        dotted = ".".join(str(part) for part in loc)
+        keys = [key for key in self.variables if dotted == key or dotted.startswith(key + ".")]
+        if not keys:
+            return ENVIRONMENT
+        return f"{ENVIRONMENT} ({self.variables[max(keys, key=len)]})"
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -67,7 +85,7 @@ def read_config_document(path: Path) -> ConfigDocument:
             f"config file {path} must be a mapping of keys to values",
             problems=[Problem("top level is not a mapping", file=str(path), line=1)],
         )
-    return ConfigDocument(path=path, data=data, node=node)
+    return ConfigDocument(path=path, data=data, node=node, base_dir=path.parent)
 
 
 def _yaml_message(exc: yaml.YAMLError) -> str:

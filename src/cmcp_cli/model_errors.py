@@ -32,7 +32,10 @@ def problems_from_validation(
     *,
     file: str | None,
     line_of: LineLookup | None = None,
+    file_of: Callable[[tuple[str | int, ...]], str] | None = None,
 ) -> list[Problem]:
+    """One located problem per validation error; `file_of` names the file of each problem
+    by its location, where `file` names one for all."""
     problems: list[Problem] = []
     for item in error.errors(include_url=False):
         raw_loc = tuple(item["loc"])
@@ -52,7 +55,8 @@ def problems_from_validation(
         else:
             message = f"{format_location(loc)}: {_strip_value_prefix(item['msg'])}"
         line = line_of(loc) if line_of is not None else None
-        problems.append(Problem(message, file=file, line=line, hint=hint))
+        where = file_of(loc) if file_of is not None else file
+        problems.append(Problem(message, file=where, line=line, hint=hint))
     return problems
 
 

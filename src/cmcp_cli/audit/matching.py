@@ -186,6 +186,7 @@ LOG_CHECKS: Mapping[str, tuple[str, ...]] = {
         "trace.model",
         "trace.policy",
         "gateway.catalog.hash",
+        "gateway.catalog.pinning",
     ),
     "log: issuer": (
         "trace.cnf",
@@ -206,8 +207,8 @@ _ISSUANCE = "log: issuance"
 _TRACE_RECORD_CHECKS = tuple(name for name in LOG_CHECKS if name != "log: drift")
 _COVERS = {
     "log: chain": "audit_chain root, tip and length and tool_transcript.hash are the log's",
-    "log: session": "session id, subject, model, policy and catalog hash are what "
-    "session_start records",
+    "log: session": "session id, subject, model, policy, catalog hash and catalog pinning "
+    "are what session_start records",
     "log: issuer": "the key (by RFC 7638 thumbprint), platform, measurement, evidence (by "
     "digest), binding, gateway build, appraisal and attestation are the issuer's record",
     "log: counters": "call_summary (tools_invoked and by_kind too) and "

@@ -46,6 +46,7 @@ SESSION_FIELDS = (
     "agent",
     "bundle_hash",
     "catalog_hash",
+    "catalog_pinning",
     "enforcement_mode",
     "data_class_order",
     "policy_version",
@@ -122,6 +123,9 @@ class SessionPolicy:
     model_provider: str = "unknown"
     model_id: str = "unknown"
     record_inputs: str = "full"  # or "hashes": the Cedar request is then not kept
+    # How the catalog came to be: "explicit" (a catalog file the operator provided) or
+    # "first-contact" (written from what the upstreams advertised at the first start).
+    catalog_pinning: str = "explicit"
 
 
 def start_record(agent: str, policy: SessionPolicy, issuer: Issuer) -> dict[str, Any]:
@@ -131,6 +135,7 @@ def start_record(agent: str, policy: SessionPolicy, issuer: Issuer) -> dict[str,
         "agent": agent,
         "bundle_hash": policy.bundle_hash,
         "catalog_hash": policy.catalog_hash,
+        "catalog_pinning": policy.catalog_pinning,
         "enforcement_mode": policy.enforcement_mode,
         "data_class_order": list(policy.data_class_order),
         "policy_version": policy.policy_version,
@@ -305,6 +310,7 @@ def claim_facts(
         audit_chain=state.audit_chain_json(),
         call_summary=state.calls.to_json(),
         catalog_hash=_member(start, "catalog_hash", str, "session_start"),
+        catalog_pinning=_member(start, "catalog_pinning", str, "session_start"),
         drift_detected=state.drift_detected,
         attestation={
             "provider": _member(issued, "provider", str, f"{who}.attestation"),

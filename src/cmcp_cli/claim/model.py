@@ -9,17 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 from cmcp_cli.claim.canonical import canonical_sha256
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.signing import SIGNATURE, signed
+from cmcp_cli.config import CatalogPinning
 
 CLAIM_VERSION = "1.0"
 EAT_PROFILE = "tag:agentrust-io.com,2026:trace-v0.2"
 SOFTWARE_PLATFORM = "software-only"
 NO_APPRAISAL_VERIFIER = "urn:cmcp:appraisal:none"
 ENFORCEMENT_MODES = {"enforcing": "enforce", "advisory": "advisory", "silent": "silent"}
+CATALOG_PINNING: tuple[str, ...] = get_args(CatalogPinning)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,9 @@ class SessionFacts:
     audit_chain: Mapping[str, Any]  # root, tip, length
     call_summary: Mapping[str, Any]
     catalog_hash: str
+    # one of CATALOG_PINNING: whether the catalog was the
+    # operator's own or written from what the upstreams advertised at the first start
+    catalog_pinning: str
     drift_detected: bool
     attestation: Mapping[
         str, Any
@@ -98,7 +103,11 @@ def claim_body(facts: SessionFacts, jwk: Mapping[str, str]) -> dict[str, Any]:
             "previous_claim": facts.previous_claim,
             "audit_chain": dict(facts.audit_chain),
             "call_summary": dict(facts.call_summary),
-            "catalog": {"hash": facts.catalog_hash, "drift_detected": facts.drift_detected},
+            "catalog": {
+                "hash": facts.catalog_hash,
+                "drift_detected": facts.drift_detected,
+                "pinning": facts.catalog_pinning,
+            },
             "attestation": dict(facts.attestation),
         },
     }

@@ -24,6 +24,7 @@ from cmcp_cli.cli import render
 from cmcp_cli.errors import ExitCode, UsageError
 from cmcp_cli.verify.claim import (
     DEFAULT_MAX_AGE_SECONDS,
+    PINNING_MEANING,
     VerifyOptions,
     VerifyReport,
     resolve_trusted_key,
@@ -149,6 +150,12 @@ def _parse_time(text: str) -> datetime:
 
 def _render_verify(claim: Path, report: VerifyReport) -> None:
     _render_checks(str(claim), report.kind, report.checks)
+    if report.catalog_pinning is not None:
+        style = "yellow" if report.catalog_pinning == "first-contact" else "dim"
+        meaning = PINNING_MEANING[report.catalog_pinning]
+        render.err.print(
+            f"catalog pinning [{style}]{report.catalog_pinning}[/{style}]: {escape(meaning)}"
+        )
     _render_verdict(report.exit_code, report.verdict)
 
 

@@ -2,25 +2,68 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 from rich.markup import escape
 
 from cmcp_cli.cli import render
+from cmcp_cli.config import HttpUpstream
+from cmcp_cli.config_document import ConfigDocument
+from cmcp_cli.config_environment import (
+    secret_variables,
+    shown_data,
+    shown_url,
+    start_variables,
+)
 from cmcp_cli.errors import ExitCode
+from cmcp_cli.gateway.preflight.first_contact import FirstContact
 from cmcp_cli.gateway.runtime import GatewayRuntime
-from cmcp_cli.gateway.server import run_gateway
+from cmcp_cli.gateway.server import StartHooks, run_gateway
 
-ConfigFile = Annotated[Path, typer.Option("--config", "-c", help="The config file.")]
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="The config file. Default: cmcp-config.yaml here, else the config the "
+        "environment describes (CEDAR_POLICY_PATH, UPSTREAM_MCP_URL; docs/configuration.md).",
+        show_default=False,
+    ),
+]
 
 
-def start_command(config: ConfigFile = Path("cmcp-config.yaml")) -> int:
+def start_command(config: ConfigFile = None) -> int:
     """Serve MCP on listen_addr: every tool call decided, enforced, audited and claimed."""
-    run_gateway(config, announce=_announce)
+    hooks = StartHooks(document=_show_document, pinned=_show_pinned, announce=_announce)
+    run_gateway(config, hooks=hooks)
     render.err.print("gateway stopped; every open session was closed and its claim written")
     return int(ExitCode.OK)
+
+
+def _show_document(document: ConfigDocument) -> None:
+    """A config built from the environment, as the file it stands for would read."""
+    if document.path is not None:
+        return
+    variables = start_variables(os.environ)
+    render.err.print(f"[bold]config from the environment[/bold] ({escape(', '.join(variables))})")
+    text = yaml.safe_dump(shown_data(document), sort_keys=False, allow_unicode=True)
+    render.err.print(escape(text.rstrip()), highlight=False, soft_wrap=True)
+    secrets = secret_variables(os.environ)
+    if secrets:
+        render.err.print(f"secrets read from {escape(', '.join(secrets))} (values not shown)")
+
+
+def _show_pinned(pinned: FirstContact) -> None:
+    counts = ", ".join(f"{count} from {escape(name)}" for name, count in pinned.servers.items())
+    render.err.print(
+        f"[yellow]catalog pinned at first contact[/yellow]: {pinned.tools} tools ({counts}) "
+        f"approved as data class {escape(pinned.data_class)} and written to "
+        f"{escape(str(pinned.path))} (trust on first use: review it)"
+    )
 
 
 def _announce(runtime: GatewayRuntime) -> None:
@@ -44,9 +87,18 @@ def _announce(runtime: GatewayRuntime) -> None:
     )
     catalog = runtime.catalog
     pending = f", {len(catalog.pending)} pending review, not served" if catalog.pending else ""
-    render.err.print(f"  catalog      {catalog.hash} ({len(catalog.tools)} tools{pending})")
+    render.err.print(
+        f"  catalog      {catalog.hash} ({len(catalog.tools)} tools{pending}), "
+        f"pinning {config.catalog_pinning}"
+    )
     for name, upstream in sorted(runtime.upstreams.items()):
-        render.err.print(f"  upstream     {escape(name)} -> {escape(upstream.describe())}")
+        configured = config.upstreams.get(name)
+        where = (
+            shown_url(configured.url)
+            if isinstance(configured, HttpUpstream)
+            else upstream.describe()
+        )
+        render.err.print(f"  upstream     {escape(name)} -> {escape(where)}")
     render.err.print(f"  audit        {config.audit.path} (durability {config.audit.durability})")
     render.err.print(f"  claims       {config.claims.dir}")
     for recovered in runtime.recovery.recovered:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from cmcp_cli.cli import render
 from cmcp_cli.errors import ExitCode
-from cmcp_cli.gateway.preflight.report import ConfigReport, check_config
+from cmcp_cli.gateway.preflight.report import ConfigReport, check_start_config
 from cmcp_cli.policy.report import BundleReport, validate_bundle
 
 JsonFlag = Annotated[
@@ -31,7 +31,16 @@ Baseline = Annotated[
     Path | None,
     typer.Option("--baseline", help="An earlier --json report: explain a mismatch file by file."),
 ]
-ConfigFile = Annotated[Path, typer.Option("--config", "-c", help="The config file.")]
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="The config file. Default: cmcp-config.yaml here, else the config the "
+        "environment describes (CEDAR_POLICY_PATH, UPSTREAM_MCP_URL; docs/configuration.md).",
+        show_default=False,
+    ),
+]
 
 
 def validate_bundle_command(
@@ -97,11 +106,11 @@ def _render_bundle(report: BundleReport) -> None:
 
 
 def validate_config_command(
-    config: ConfigFile = Path("cmcp-config.yaml"),
+    config: ConfigFile = None,
     as_json: JsonFlag = False,
 ) -> int:
     """Check a config and everything it references; report every problem at once."""
-    report = check_config(config)
+    report = check_start_config(config)
     if as_json:
         render.emit_json(report.to_json())
     else:
@@ -110,7 +119,9 @@ def validate_config_command(
 
 
 def render_config_report(report: ConfigReport) -> None:
-    render.err.print(f"[bold]config {escape(str(report.config_path))}[/bold]")
+    render.err.print(
+        f"[bold]config {escape(str(report.config_path or 'from the environment'))}[/bold]"
+    )
     summary = Table(show_header=False)
     summary.add_column("setting")
     summary.add_column("value", overflow="fold")

@@ -150,6 +150,7 @@ def active_policy(
             bundle_hash=bundle.hash,
             policy_version=bundle.source.manifest.version,
             catalog_hash=catalog.hash,
+            catalog_pinning=config.catalog_pinning,
             enforcement_mode=config.attestation.enforcement_mode,
             data_class_order=config.policy.data_class_order,
             trust_domain=config.claims.trust_domain,
@@ -210,9 +211,9 @@ def build_runtime(
     config, env, bundle, catalog = report.config, report.env, report.bundle, report.catalog
     if not report.ok or config is None or env is None or bundle is None or catalog is None:
         raise ConfigError(
-            f"{report.config_path} has problems; the gateway does not start",
+            f"{report.source} has problems; the gateway does not start",
             problems=report.errors,
-            hint=f"run `cmcp validate-config --config {report.config_path}`",
+            hint=report.check_hint,
         )
     choice = choose_attestor(config, env, registry or load_providers())
     attestor = replace(
@@ -236,7 +237,7 @@ def build_runtime(
     active = active_policy(config, bundle, catalog)
     tools = {tool.name: tool for tool in tool_resources(catalog)}
     reload_keys = _reload_keys(config, attestor)
-    upstreams = upstream_channels(config, base=report.config_path.parent, environ=environ)
+    upstreams = upstream_channels(config, base=report.base_dir, environ=environ)
     config.claims.dir.mkdir(parents=True, exist_ok=True)
     store, lock, recovery = open_store(config, attestor)
     return GatewayRuntime(

@@ -11,17 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from cmcp_cli.config import CmcpConfig
+from cmcp_cli.config_document import ConfigDocument
 from cmcp_cli.gateway.downstream.app import GatewayApp
+from cmcp_cli.gateway.preflight.first_contact import FirstContact, pin_at_first_contact
 from cmcp_cli.gateway.preflight.report import check_config
+from cmcp_cli.gateway.preflight.source import start_document
 from cmcp_cli.gateway.relay.freshness import renew_sessions
 from cmcp_cli.gateway.runtime import GatewayRuntime, build_runtime
 
@@ -124,13 +129,39 @@ async def _close_idle_sessions(app: GatewayApp) -> None:
         await app.sessions.close_idle()
 
 
+@dataclass(frozen=True)
+class StartHooks:
+    """What the caller is told while the gateway starts, each before what follows it."""
+
+    # the config document about to be checked (one built from the environment, say)
+    document: Callable[[ConfigDocument], None] | None = None
+    pinned: Callable[[FirstContact], None] | None = None  # a catalog pinned at first contact
+    announce: Callable[[GatewayRuntime], None] | None = None  # the runtime about to serve
+
+
 def run_gateway(
-    config_path: Path,
+    config: Path | None,
     *,
-    announce: Callable[[GatewayRuntime], None] | None = None,
+    hooks: StartHooks | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> None:
-    """Check the config, build the runtime and serve until SIGINT or SIGTERM."""
-    runtime = build_runtime(check_config(config_path))
+    """Check the config `start_document` chooses (the file given, cmcp-config.yaml here,
+    or the environment), pin its catalog at first contact when configured so, build the
+    runtime and serve until SIGINT or SIGTERM."""
+    hooks = hooks or StartHooks()
+    environ = os.environ if environ is None else environ
+    document = start_document(config, environ, Path.cwd() if cwd is None else cwd)
+    if hooks.document is not None:
+        hooks.document(document)
+    report = check_config(document, environ)
+    pinned = pin_at_first_contact(report, environ)
+    if pinned is not None:
+        if hooks.pinned is not None:
+            hooks.pinned(pinned)
+        report = check_config(document, environ)  # the written catalog, checked as any other
+    runtime = build_runtime(report, environ)
+    announce = hooks.announce
 
     async def main() -> None:
         if announce is not None:

@@ -67,6 +67,8 @@ class VerifyReport:
     hardware_attested: bool = False
     software: bool = False
     allow_software: bool = False
+    # What a well-formed GatewayClaim states of its catalog's pinning (CATALOG_PINNING).
+    catalog_pinning: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -102,6 +104,7 @@ class VerifyReport:
             "exit_code": int(self.exit_code),
             "hardware_attested": self.hardware_attested,
             "software_mode": self.software,
+            "catalog_pinning": self.catalog_pinning,
             "checks": [c.to_json() for c in self.checks],
         }
 
@@ -153,9 +156,8 @@ def verify_document(
     )
     if gateway_claim:
         gateway = document["gateway"]
-        checks.append(
-            _pin("catalog pin", gateway["catalog"]["hash"], options.catalog_hash, "--catalog-hash")
-        )
+        report.catalog_pinning = gateway["catalog"]["pinning"]
+        checks.append(_catalog_pin(gateway["catalog"], options.catalog_hash))
         checks.append(_consistency(trace, gateway))
         checks.append(_recovery(gateway))
         _attestation(document, thumbprint, options, registry, report)
@@ -238,6 +240,21 @@ def _pin(name: str, actual: str, pinned: str | None, flag: str) -> Check:
     if pinned == actual:
         return Check.passed(name, f"{actual} is the pinned value")
     return Check.failed(name, f"the claim states {actual}, the pinned value is {pinned}")
+
+
+# What each catalog pinning means for an auditor (docs/verifying.md).
+PINNING_MEANING = {
+    "explicit": "the catalog is a file the operator provided",
+    "first-contact": "the catalog is whatever the upstreams advertised at the gateway's "
+    "first start (trust on first use), not one a reviewer approved",
+}
+
+
+def _catalog_pin(catalog: Mapping[str, Any], pinned: str | None) -> Check:
+    check = _pin("catalog pin", catalog["hash"], pinned, "--catalog-hash")
+    pinning = catalog["pinning"]
+    reason = f"{check.reason}; pinning {pinning}: {PINNING_MEANING[pinning]}"
+    return replace(check, reason=reason)
 
 
 def _consistency(trace: Mapping[str, Any], gateway: Mapping[str, Any]) -> Check:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cmcp_cli.claim.canonical import CanonicalizationError, canonical_bytes
-from cmcp_cli.claim.model import CLAIM_VERSION, EAT_PROFILE
+from cmcp_cli.claim.model import CATALOG_PINNING, CLAIM_VERSION, EAT_PROFILE
 from cmcp_cli.policy.request import MessageKind
 
 _DIGEST = re.compile(r"sha(256:[0-9a-f]{64}|384:[0-9a-f]{96})")
@@ -123,6 +123,8 @@ def claim_problems(claim: Mapping[str, Any]) -> list[str]:
         catalog.get("drift_detected"), bool
     ):
         problems.append("gateway.catalog needs hash and drift_detected")
+    if catalog.get("pinning") not in CATALOG_PINNING:
+        problems.append(f"gateway.catalog.pinning is not {' or '.join(CATALOG_PINNING)}")
     attestation = _obj(gateway.get("attestation"))
     for key in ("provider", "provider_version", "evidence_type", "generated_at"):
         if not isinstance(attestation.get(key), str):

@@ -49,7 +49,7 @@ class Locator:
         prefix = ".".join(str(p) for p in loc)
         return Problem(
             f"{prefix}: {message}" if prefix else message,
-            file=str(self.document.path),
+            file=self.document.where(loc),
             line=self.document.line_of(loc),
             hint=hint,
             severity=severity,
@@ -256,7 +256,7 @@ def check_upstreams(
     config: CmcpConfig, environ: Mapping[str, str], catalog: Catalog | None, at: Locator
 ) -> list[Problem]:
     problems: list[Problem] = []
-    base = at.document.path.parent
+    base = at.document.base_dir
     for name, upstream in config.upstreams.items():
         loc: tuple[str | int, ...] = ("upstreams", name)
         if isinstance(upstream, HttpUpstream):
@@ -368,4 +368,32 @@ def check_pending(config: CmcpConfig, catalog: Catalog) -> list[Problem]:
             severity=Severity.WARNING,
         )
         for tool in catalog.pending.values()
+    ]
+
+
+def check_catalog_pinning(config: CmcpConfig, at: Locator) -> list[Problem]:
+    """`first_contact_data_class` belongs to first-contact pinning, and names a class of
+    the order (its default too: a custom order may lack `internal`)."""
+    known = config.policy.data_class_order
+    if config.catalog_pinning == "explicit":
+        if config.first_contact_data_class is None:
+            return []
+        return [
+            at.error(
+                ("first_contact_data_class",),
+                "is set, but catalog_pinning is explicit: no tool is approved at first contact",
+                hint="remove it, or set catalog_pinning: first-contact",
+            )
+        ]
+    if config.pinned_data_class in known:
+        return []
+    stated = config.first_contact_data_class is not None
+    return [
+        at.error(
+            ("first_contact_data_class",) if stated else ("catalog_pinning",),
+            f"tools pinned at first contact would get data class {config.pinned_data_class!r}"
+            f"{'' if stated else ' (the default)'}, which is not in the order "
+            f"({' < '.join(known)})",
+            hint="set first_contact_data_class to one of policy.data_class_order",
+        )
     ]

@@ -28,11 +28,17 @@ from cmcp_cli.config import (
     validate_data,
     validate_document,
 )
-from cmcp_cli.config_document import ConfigDocument, read_config_document
+from cmcp_cli.config_document import ENVIRONMENT, ConfigDocument, read_config_document
+from cmcp_cli.config_environment import environment_document
 from cmcp_cli.errors import CmcpError, ConfigError, Problem, Severity, UsageError
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for
 from cmcp_cli.gateway.preflight import attestation, checks, credentials
 from cmcp_cli.gateway.preflight.reload import check_reload
+from cmcp_cli.gateway.preflight.source import (
+    first_contact_note,
+    ignored_start_variables,
+    start_source,
+)
 from cmcp_cli.model_errors import document_location
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import CompiledBundle, compile_bundle
@@ -42,8 +48,9 @@ _Loaded = TypeVar("_Loaded")
 
 @dataclass(frozen=True)
 class ConfigReport:
-    config_path: Path
+    config_path: Path | None  # the file; None for a config built from the environment
     problems: tuple[Problem, ...]
+    base_dir: Path  # where the config's relative paths resolve
     config: CmcpConfig | None = None
     env: Environment | None = None
     bundle: CompiledBundle | None = None
@@ -62,10 +69,22 @@ class ConfigReport:
     def ok(self) -> bool:
         return not self.errors
 
+    @property
+    def source(self) -> str:
+        """The config as messages name it."""
+        return str(self.config_path) if self.config_path is not None else "the environment"
+
+    @property
+    def check_hint(self) -> str:
+        """How to see every problem of this config."""
+        if self.config_path is None:
+            return "run `cmcp validate-config` with the same environment"
+        return f"run `cmcp validate-config --config {self.config_path}`"
+
     def to_json(self) -> dict[str, object]:
         config = self.config
         return {
-            "config": str(self.config_path),
+            "config": str(self.config_path) if self.config_path is not None else ENVIRONMENT,
             "ok": self.ok,
             "errors": [p.to_json() for p in self.errors],
             "warnings": [p.to_json() for p in self.warnings],
@@ -75,6 +94,7 @@ class ConfigReport:
             "dev_mode": self.env.dev_mode if self.env else None,
             "bundle_hash": self.bundle.hash if self.bundle else None,
             "policy_count": len(self.bundle.policies) if self.bundle else None,
+            "catalog_pinning": config.catalog_pinning if config else None,
             "catalog_hash": self.catalog.hash if self.catalog else None,
             "tool_count": len(self.catalog.tools) if self.catalog else None,
             "pending_tool_count": len(self.catalog.pending) if self.catalog else None,
@@ -83,27 +103,55 @@ class ConfigReport:
         }
 
 
+def check_start_config(
+    config: Path | None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    cwd: Path | None = None,
+    registry: ProviderRegistry | None = None,
+) -> ConfigReport:
+    """Check the config `cmcp start` serves (`source.start_document`): the file given,
+    else cmcp-config.yaml in `cwd`, else the one the environment describes."""
+    environ = os.environ if environ is None else environ
+    cwd = Path.cwd() if cwd is None else cwd
+    source = start_source(config, environ, cwd)
+    if source is not None:
+        return check_config(source, environ, registry)
+    try:
+        document = environment_document(environ, cwd)
+    except ConfigError as exc:
+        return ConfigReport(config_path=None, problems=exc.problems, base_dir=cwd)
+    return check_config(document, environ, registry)
+
+
 def check_config(
-    path: Path,
+    source: Path | ConfigDocument,
     environ: Mapping[str, str] | None = None,
     registry: ProviderRegistry | None = None,
     *,
     on_this_host: bool = True,
 ) -> ConfigReport:
-    """Load the config and everything it references, and report every problem found.
+    """Load the config (a file, or a document already read or built) and everything it
+    references, and report every problem found.
     `registry`: the installed providers (by default, loaded when the config needs them).
     `on_this_host=False` leaves out whether its attestation provider can run here: for a
     config whose gateway runs elsewhere (`cmcp measure --config`)."""
     environ = os.environ if environ is None else environ
-    try:
-        document = read_config_document(path)
-    except ConfigError as exc:
-        return ConfigReport(config_path=path, problems=exc.problems)
+    if isinstance(source, ConfigDocument):
+        document = source
+    else:
+        try:
+            document = read_config_document(source)
+        except ConfigError as exc:
+            return ConfigReport(config_path=source, problems=exc.problems, base_dir=source.parent)
+    path = document.path
     problems: list[Problem] = []
     notes: list[str] = []
     env, env_problems = read_environment(environ)
     problems.extend(env_problems)
     problems.extend(_unknown_env_warnings(env))
+    if path is not None:
+        problems.extend(ignored_start_variables(path, environ))
     config: CmcpConfig | None = None
     checkable: CmcpConfig | None = None
     try:
@@ -117,7 +165,12 @@ def check_config(
     bundle = _load_referenced(
         document, "policy_bundle_path", bundle_path, _compile_bundle_at, problems
     )
-    catalog = _load_referenced(document, "catalog_path", catalog_path, load_catalog, problems)
+    pinning = checkable.catalog_pinning if checkable is not None else "explicit"
+    if pinning == "first-contact" and catalog_path is not None and not catalog_path.exists():
+        catalog = None
+        notes.append(first_contact_note(catalog_path))
+    else:
+        catalog = _load_referenced(document, "catalog_path", catalog_path, load_catalog, problems)
     if bundle is not None and catalog is not None:
         try:
             authorizer_for(bundle, catalog)
@@ -132,6 +185,7 @@ def check_config(
         problems.extend(checks.check_tls(checkable.tls, located))
         problems.extend(checks.check_upstreams(checkable, environ, catalog, located))
         problems.extend(checks.check_state_paths(checkable, located))
+        problems.extend(checks.check_catalog_pinning(checkable, located))
         problems.extend(check_reload(checkable, bundle, located))
         if catalog is not None:
             problems.extend(checks.check_data_classes(checkable, catalog, located))
@@ -145,6 +199,7 @@ def check_config(
     return ConfigReport(
         config_path=path,
         problems=tuple(problems),
+        base_dir=document.base_dir,
         notes=tuple(notes),
         config=config,
         env=env,
@@ -165,7 +220,7 @@ def _without_invalid_keys(
     data = copy.deepcopy(document.data)
     for _ in range(_REPAIR_ROUNDS):
         try:
-            return validate_data(data, document.path, environ)
+            return validate_data(data, document.base_dir, environ)
         except ValidationError as exc:
             for error in exc.errors(include_url=False):
                 loc = document_location(CmcpConfig, tuple(error["loc"]))
@@ -193,8 +248,7 @@ def _raw_path(document: ConfigDocument, key: str) -> Path | None:
     value = document.data.get(key)
     if not isinstance(value, str) or not value:
         return None
-    candidate = Path(value).expanduser()
-    return candidate if candidate.is_absolute() else document.path.parent / candidate
+    return document.base_dir / Path(value).expanduser()
 
 
 def _load_referenced(
@@ -223,7 +277,7 @@ def _compile_bundle_at(path: Path) -> CompiledBundle:
 def _at_key(document: ConfigDocument, key: str, exc: CmcpError) -> Problem:
     return Problem(
         f"{key}: {exc.message}",
-        file=str(document.path),
+        file=document.where((key,)),
         line=document.line_of((key,)),
         hint=exc.hint,
     )
