@@ -233,7 +233,7 @@ def _parsed(
     text: str, config_path: Path, environ: Mapping[str, str], target: UpstreamTarget
 ) -> CmcpConfig:
     """The config init is about to write, read as `cmcp start` will read it."""
-    config = validate_data(yaml.safe_load(text), config_path, environ)
+    config = validate_data(yaml.safe_load(text), config_path.parent, environ)
     (upstream,) = config.upstreams.values()
     written = (
         (upstream.url, tuple(upstream.headers_from_env.items()))
