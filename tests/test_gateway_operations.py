@@ -308,12 +308,33 @@ def test_approvals_expire_and_are_bound_to_their_session() -> None:
     desk.decide(held.id, approve=True)
     assert desk.consume("s2", "sha256:1") is None  # another session
     assert desk.consume("s1", "sha256:2") is None  # another request
+    assert desk.consume("s1", "sha256:1", "other-workflow") is None  # another workflow
     now[0] += 61
     assert desk.consume("s1", "sha256:1") is None  # expired
     assert desk.listing()[0].status is ApprovalStatus.EXPIRED
     with pytest.raises(ApprovalError) as late:
         desk.decide(held.id, approve=True)
     assert late.value.status == 409
+
+
+def test_an_approval_runs_its_call_only_under_the_workflow_it_was_held_in() -> None:
+    desk = ApprovalDesk(60)
+    held = desk.hold(
+        session_id="s1", agent="a", call_id="s1/0", tool="t", request_sha256="sha256:1",
+        reasons=("why",), policy_ids=("p",), workflow_id="nightly-report",
+    )  # fmt: skip
+    elsewhere = desk.hold(
+        session_id="s1", agent="a", call_id="s1/1", tool="t", request_sha256="sha256:1",
+        reasons=("why",), policy_ids=("p",), workflow_id="ad-hoc",
+    )  # fmt: skip
+    assert elsewhere.id != held.id  # the operator sees each workflow's call on its own
+    assert held.to_json()["workflow_id"] == "nightly-report"
+    desk.decide(held.id, approve=True)
+    assert desk.consume("s1", "sha256:1", "ad-hoc") is None
+    assert desk.consume("s1", "sha256:1") is None
+    used = desk.consume("s1", "sha256:1", "nightly-report")
+    assert used is not None and used.id == held.id
+    assert desk.consume("s1", "sha256:1", "nightly-report") is None  # single use
 
 
 def test_a_tool_that_changes_after_first_use_is_caught_and_announced(tmp_path: Path) -> None:

@@ -241,6 +241,48 @@ def test_a_policy_on_the_workflow_id_decides_plain_calls(
     check_claim(claim, quickstart, quickstart / ".state" / "audit.db", quickstart / "policies")
 
 
+HELD_WEATHER = """
+@id("weather-held")
+@escalate("weather waits for an operator")
+forbid (principal, action == Action::"call_tool", resource == Tool::"get_weather");
+"""
+OPERATOR_TOKEN = "o" * 40
+
+
+def test_an_approval_runs_the_call_only_in_the_workflow_it_was_held_in(
+    quickstart: Path, upstream: Served
+) -> None:
+    (quickstart / "policies" / "held.cedar").write_text(HELD_WEATHER)
+    config = quickstart / "cmcp-config.yaml"
+    text = config.read_text().replace("127.0.0.1:8443", f"127.0.0.1:{free_port()}")
+    config.write_text(text.replace("http://127.0.0.1:8765/mcp", upstream.url))
+    gateway = start_gateway(config, {"CMCP_OPERATOR_TOKEN": OPERATOR_TOKEN})
+    as_operator = {"authorization": f"Bearer {OPERATOR_TOKEN}"}
+    in_other_workflow = CURL_BODY.replace('"demo-agent"', '"other-workflow"')
+    try:
+        status, _, held = curl(gateway.port)
+        assert (status, held["error"]["code"]) == (200, -32041), held
+        approval = held["error"]["data"]["approval_id"]
+        status, _, body = request(
+            gateway.port, "POST", f"/approvals/{approval}", {"decision": "approve"}, as_operator
+        )
+        assert status == 200, body
+        assert json.loads(body)["workflow_id"] == "demo-agent"
+        # the approved call, claimed for another workflow: held again, the approval unused
+        status, _, again = curl(gateway.port, in_other_workflow)
+        assert again["error"]["code"] == -32041
+        assert again["error"]["data"]["approval_id"] != approval
+        status, _, ran = curl(gateway.port)
+        assert ran["result"]["content"][0]["text"] == "Sunny, 21 C in Paris"
+        assert call_decisions(audit(gateway.port, "s1", as_operator)) == [
+            ("get_weather", "escalate", "demo-agent"),
+            ("get_weather", "escalate", "other-workflow"),
+            ("get_weather", "escalate", "demo-agent"),
+        ]
+    finally:
+        gateway.stop()
+
+
 def workflow_meta(workflow_id: str) -> RequestParamsMeta:
     """A call's `_meta` naming its workflow (an open map: any key is carried)."""
     return cast("RequestParamsMeta", {"_cmcp.workflow_id": workflow_id})

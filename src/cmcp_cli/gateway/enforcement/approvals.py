@@ -2,8 +2,10 @@
 
 A call whose decision is `escalate` is held: the agent is told an approval id, and the
 call does not run. An operator approves or rejects that id. The agent then repeats the
-call; it runs only if it is the same session and the same request (`request_sha256`, the
-JCS digest of tool name and arguments), the approval is still within its lifetime, and it
+call; it runs only if it is the same session, the same request (`request_sha256`, the
+JCS digest of tool name and arguments) and the same workflow id (which the policy also
+decides on, so an approval given under one workflow never runs a call under another), the
+approval is still within its lifetime, and it
 has not been used. Any other request, even one differing in a single argument, is held
 again. Approvals live in memory: a restarted gateway has none, so nothing approved before
 a restart can run after it.
@@ -50,6 +52,7 @@ class Approval:
     expires_at: float  # wall clock
     status: ApprovalStatus = ApprovalStatus.PENDING
     note: str = ""
+    workflow_id: str = ""  # the held call's `context.workflow_id`; "" for none
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,6 +63,7 @@ class Approval:
             "call_id": self.call_id,
             "tool": self.tool,
             "request_sha256": self.request_sha256,
+            "workflow_id": self.workflow_id,
             "reasons": list(self.reasons),
             "policy_ids": list(self.policy_ids),
             "created_at": int(self.created_at),
@@ -88,6 +92,7 @@ class ApprovalDesk:
         request_sha256: str,
         reasons: tuple[str, ...],
         policy_ids: tuple[str, ...],
+        workflow_id: str = "",
     ) -> Approval:
         """A pending approval for a held call; an identical request already waiting in the
         same session gets the same approval, so a retrying agent does not pile them up."""
@@ -99,6 +104,7 @@ class ApprovalDesk:
                     approval.status is ApprovalStatus.PENDING
                     and approval.session_id == session_id
                     and approval.request_sha256 == request_sha256
+                    and approval.workflow_id == workflow_id
                 ):
                     return approval
             approval = Approval(
@@ -112,6 +118,7 @@ class ApprovalDesk:
                 policy_ids=policy_ids,
                 created_at=now,
                 expires_at=now + self.ttl_seconds,
+                workflow_id=workflow_id,
             )
             self._approvals[approval.id] = approval
             return approval
@@ -132,8 +139,11 @@ class ApprovalDesk:
             approval.note = note
             return approval
 
-    def consume(self, session_id: str, request_sha256: str) -> Approval | None:
-        """Use the approval granted for exactly this request in this session, once."""
+    def consume(
+        self, session_id: str, request_sha256: str, workflow_id: str = ""
+    ) -> Approval | None:
+        """Use the approval granted for exactly this request, in this session and under
+        this workflow id, once."""
         with self._lock:
             self._expire(self._clock())
             for approval in self._approvals.values():
@@ -141,6 +151,7 @@ class ApprovalDesk:
                     approval.status is ApprovalStatus.APPROVED
                     and approval.session_id == session_id
                     and approval.request_sha256 == request_sha256
+                    and approval.workflow_id == workflow_id
                 ):
                     approval.status = ApprovalStatus.USED
                     return approval

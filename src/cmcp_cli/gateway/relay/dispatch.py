@@ -316,7 +316,7 @@ class Dispatcher:
                 tool=tool,
                 arguments=arguments,
                 workflow_id=workflow_id,
-                escalation=self._escalation(session, call_id, name),
+                escalation=self._escalation(session, call_id, name, workflow_id),
             )
         if not verdict.forwarded:
             return self._denied(message, call_id, verdict.decision, approval=verdict.approval)
@@ -436,13 +436,15 @@ class Dispatcher:
             )
         return self._denied(message, call_id, decision, code)
 
-    def _escalation(self, session: GatewaySession, call_id: str, tool: str) -> EscalationHandler:
-        """Run an escalated call only on an operator's approval of this exact request;
-        otherwise hold it under a (new or still pending) approval id."""
+    def _escalation(
+        self, session: GatewaySession, call_id: str, tool: str, workflow_id: str
+    ) -> EscalationHandler:
+        """Run an escalated call only on an operator's approval of this exact request
+        under this workflow id; otherwise hold it under a (new or still pending) approval id."""
         desk = self.sessions.approvals
 
         def escalation(decision: Decision, request_sha256: str) -> tuple[dict[str, Any], bool]:
-            approved = desk.consume(session.id, request_sha256)
+            approved = desk.consume(session.id, request_sha256, workflow_id)
             if approved is not None:
                 return {"approval_id": approved.id, "status": "approved"}, True
             held = desk.hold(
@@ -453,6 +455,7 @@ class Dispatcher:
                 request_sha256=request_sha256,
                 reasons=decision.escalation_reasons,
                 policy_ids=decision.policy_ids,
+                workflow_id=workflow_id,
             )
             expires_at = int(held.expires_at)
             return {"approval_id": held.id, "status": "pending", "expires_at": expires_at}, False
