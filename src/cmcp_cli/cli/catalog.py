@@ -12,7 +12,7 @@ from rich.table import Table
 from cmcp_cli.catalog.pinning import Approval, ToolChange, visible
 from cmcp_cli.cli import render
 from cmcp_cli.errors import ExitCode, UsageError
-from cmcp_cli.gateway.catalog_pin import CatalogDrift, PinOutcome, diff_catalog, pin_catalog
+from cmcp_cli.gateway.setup.catalog import CatalogDrift, PinOutcome, diff_catalog, pin_catalog
 
 CATALOG_HELP = (
     "Pin the tools the configured upstreams advertise into the catalog, or show how they "

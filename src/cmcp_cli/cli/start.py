@@ -20,7 +20,7 @@ from cmcp_cli.config_environment import (
     start_variables,
 )
 from cmcp_cli.errors import ExitCode
-from cmcp_cli.gateway.preflight.first_contact import FirstContact
+from cmcp_cli.gateway.setup.first_contact import FirstContact
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.server import StartHooks, run_gateway
 

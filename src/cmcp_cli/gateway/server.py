@@ -24,7 +24,7 @@ from hypercorn.config import Config
 from cmcp_cli.config import CmcpConfig
 from cmcp_cli.config_document import ConfigDocument
 from cmcp_cli.gateway.downstream.app import GatewayApp
-from cmcp_cli.gateway.preflight.first_contact import FirstContact, pin_at_first_contact
+from cmcp_cli.gateway.setup.first_contact import FirstContact, pin_at_first_contact
 from cmcp_cli.gateway.preflight.report import check_config
 from cmcp_cli.gateway.preflight.source import start_document
 from cmcp_cli.gateway.relay.freshness import renew_sessions
