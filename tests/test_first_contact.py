@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from cmcp_cli.catalog.model import load_catalog
+from cmcp_cli.gateway.preflight.report import check_config
 from cmcp_cli.gateway.setup import first_contact
 from cmcp_cli.gateway.setup.first_contact import pin_at_first_contact
-from cmcp_cli.gateway.preflight.report import check_config
 from cmcp_cli.gateway.upstream.listing import list_configured_tools
 from tests.gateway_support import Served, free_port, start_upstream, write_config
 from tests.support import QUICKSTART, BundleFactory, run_cmcp

@@ -20,9 +20,9 @@ from cmcp_cli.config_environment import (
     start_variables,
 )
 from cmcp_cli.errors import ExitCode
-from cmcp_cli.gateway.setup.first_contact import FirstContact
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.server import StartHooks, run_gateway
+from cmcp_cli.gateway.setup.first_contact import FirstContact
 
 ConfigFile = Annotated[
     Path | None,

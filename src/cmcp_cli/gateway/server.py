@@ -24,11 +24,11 @@ from hypercorn.config import Config
 from cmcp_cli.config import CmcpConfig
 from cmcp_cli.config_document import ConfigDocument
 from cmcp_cli.gateway.downstream.app import GatewayApp
-from cmcp_cli.gateway.setup.first_contact import FirstContact, pin_at_first_contact
 from cmcp_cli.gateway.preflight.report import check_config
 from cmcp_cli.gateway.preflight.source import start_document
 from cmcp_cli.gateway.relay.freshness import renew_sessions
 from cmcp_cli.gateway.runtime import GatewayRuntime, build_runtime
+from cmcp_cli.gateway.setup.first_contact import FirstContact, pin_at_first_contact
 
 IDLE_SWEEP_SECONDS = 5.0
 
