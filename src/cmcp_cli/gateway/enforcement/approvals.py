@@ -21,6 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cmcp_cli.evidence.session import EscalationHandler
+from cmcp_cli.policy.decision import Decision
+
 
 class ApprovalStatus(enum.StrEnum):
     PENDING = "pending"
@@ -122,6 +125,31 @@ class ApprovalDesk:
             )
             self._approvals[approval.id] = approval
             return approval
+
+    def escalation(
+        self, *, session_id: str, agent: str, call_id: str, tool: str, workflow_id: str
+    ) -> EscalationHandler:
+        """What an escalated call does: run on an operator's approval of this exact request
+        under this workflow id, else wait under a (new or still pending) approval id."""
+
+        def escalate(decision: Decision, request_sha256: str) -> tuple[dict[str, Any], bool]:
+            approved = self.consume(session_id, request_sha256, workflow_id)
+            if approved is not None:
+                return {"approval_id": approved.id, "status": "approved"}, True
+            held = self.hold(
+                session_id=session_id,
+                agent=agent,
+                call_id=call_id,
+                tool=tool,
+                request_sha256=request_sha256,
+                reasons=decision.escalation_reasons,
+                policy_ids=decision.policy_ids,
+                workflow_id=workflow_id,
+            )
+            expires_at = int(held.expires_at)
+            return {"approval_id": held.id, "status": "pending", "expires_at": expires_at}, False
+
+        return escalate
 
     def decide(self, approval_id: str, *, approve: bool, note: str = "") -> Approval:
         """The operator's decision on a pending approval; anything else is refused."""

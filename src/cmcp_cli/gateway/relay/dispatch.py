@@ -19,7 +19,6 @@ from cmcp_cli.audit.recorder import ChainEndedError
 from cmcp_cli.audit.store import AuditStoreError
 from cmcp_cli.catalog.model import unapproved_reason
 from cmcp_cli.errors import CmcpError
-from cmcp_cli.evidence.session import EscalationHandler
 from cmcp_cli.gateway.enforcement.messages import Gate, close_gate, fail_gate, open_gate
 from cmcp_cli.gateway.enforcement.redaction import redact_result
 from cmcp_cli.gateway.relay.backchannel import Relay
@@ -316,7 +315,13 @@ class Dispatcher:
                 tool=tool,
                 arguments=arguments,
                 workflow_id=workflow_id,
-                escalation=self._escalation(session, call_id, name, workflow_id),
+                escalation=self.sessions.approvals.escalation(
+                    session_id=session.id,
+                    agent=session.agent,
+                    call_id=call_id,
+                    tool=name,
+                    workflow_id=workflow_id,
+                ),
             )
         if not verdict.forwarded:
             return self._denied(message, call_id, verdict.decision, approval=verdict.approval)
@@ -435,32 +440,6 @@ class Dispatcher:
                 call_id=call_id, tool_name=name, arguments=arguments, reason=reason
             )
         return self._denied(message, call_id, decision, code)
-
-    def _escalation(
-        self, session: GatewaySession, call_id: str, tool: str, workflow_id: str
-    ) -> EscalationHandler:
-        """Run an escalated call only on an operator's approval of this exact request
-        under this workflow id; otherwise hold it under a (new or still pending) approval id."""
-        desk = self.sessions.approvals
-
-        def escalation(decision: Decision, request_sha256: str) -> tuple[dict[str, Any], bool]:
-            approved = desk.consume(session.id, request_sha256, workflow_id)
-            if approved is not None:
-                return {"approval_id": approved.id, "status": "approved"}, True
-            held = desk.hold(
-                session_id=session.id,
-                agent=session.agent,
-                call_id=call_id,
-                tool=tool,
-                request_sha256=request_sha256,
-                reasons=decision.escalation_reasons,
-                policy_ids=decision.policy_ids,
-                workflow_id=workflow_id,
-            )
-            expires_at = int(held.expires_at)
-            return {"approval_id": held.id, "status": "pending", "expires_at": expires_at}, False
-
-        return escalation
 
     def _denied(
         self,

@@ -66,7 +66,7 @@ class PinOutcome:
     updated: tuple[str, ...] = ()
     pruned: tuple[str, ...] = ()
     not_updated: tuple[str, ...] = ()  # changed upstream, definition kept (no --update)
-    not_pruned: tuple[str, ...] = ()  # no longer advertised, entry kept (no --prune)
+    not_pruned: tuple[str, ...] = ()  # advertised by no upstream, entry kept (no --prune)
     pending: tuple[str, ...] = ()  # every tool of the catalog still pending review
     next_steps: tuple[str, ...] = ()  # what a reviewer must do now, for people
 
