@@ -11,6 +11,7 @@ from rich.table import Table
 
 from cmcp_cli.catalog.pinning import Approval, ToolChange, visible
 from cmcp_cli.cli import render
+from cmcp_cli.cli.options import JsonFlag
 from cmcp_cli.errors import ExitCode, UsageError
 from cmcp_cli.gateway.setup.catalog import CatalogDrift, PinOutcome, diff_catalog, pin_catalog
 
@@ -37,9 +38,6 @@ DIFF_HELP = (
     "upstream that cannot be listed)."
 )
 ConfigFile = Annotated[Path, typer.Option("--config", "-c", help="The config file.")]
-JsonFlag = Annotated[
-    bool, typer.Option("--json", help="Print a JSON report on stdout (and nothing else).")
-]
 Servers = Annotated[
     list[str] | None,
     typer.Option("--server", help="Only this upstream (repeat for several); default: all."),

@@ -21,6 +21,7 @@ from cmcp_cli.audit.report import (
 )
 from cmcp_cli.audit.status import Status
 from cmcp_cli.cli import render
+from cmcp_cli.cli.options import JsonFlag
 from cmcp_cli.errors import ExitCode, UsageError
 from cmcp_cli.verify.claim import (
     DEFAULT_MAX_AGE_SECONDS,
@@ -32,7 +33,6 @@ from cmcp_cli.verify.claim import (
 )
 from cmcp_cli.verify.sequence import verify_sequence
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print only the JSON report on stdout.")]
 _STATUS_STYLE = {
     CheckStatus.PASS: "green",
     CheckStatus.FAIL: "bold red",

@@ -11,7 +11,8 @@ from rich.table import Table
 
 from cmcp_cli.catalog.pinning import visible
 from cmcp_cli.cli import render
-from cmcp_cli.cli.validate import JsonFlag, render_config_report
+from cmcp_cli.cli.options import JsonFlag
+from cmcp_cli.cli.validate import render_config_report
 from cmcp_cli.errors import ExitCode
 from cmcp_cli.gateway.setup.init import InitResult, init_folder
 from cmcp_cli.gateway.setup.starter_config import HttpTarget

@@ -20,6 +20,7 @@ from cmcp_cli.attestation.api import MeasureOption
 from cmcp_cli.attestation.manager import ProviderRegistry, load_providers
 from cmcp_cli.attestation.software import NAME as SOFTWARE
 from cmcp_cli.cli import render
+from cmcp_cli.cli.options import JsonFlag
 from cmcp_cli.errors import ExitCode, UsageError
 from cmcp_cli.gateway.preflight import measuring
 
@@ -38,7 +39,6 @@ MEASURE_HELP = (
     "Precompute the measurement a host will report: the exact string for "
     "attestation.expected_measurement. One subcommand per installed provider."
 )
-JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON report on stdout.")]
 
 
 def measure_app(registry: ProviderRegistry | None = None) -> typer.Typer:
@@ -95,7 +95,7 @@ def _command(registry: ProviderRegistry, name: str) -> Callable[..., int]:
             "config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigOption
         ),
         inspect.Parameter(
-            "as_json", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=JsonOption
+            "as_json", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=JsonFlag
         ),
     ]
     run.__signature__ = inspect.Signature(parameters, return_annotation=int)  # type: ignore[attr-defined]

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
 from rich.markup import escape
 from rich.table import Table
 
 from cmcp_cli.attestation.inventory import ProviderInventory, ProviderRow, ProviderState, inventory
 from cmcp_cli.cli import render
+from cmcp_cli.cli.options import JsonFlag
 from cmcp_cli.errors import ExitCode
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print a JSON report on stdout.")]
 
 
 def plugins_command(as_json: JsonFlag = False) -> int:

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from cmcp_cli.cli import render
-from cmcp_cli.cli.validate import BundlePath, JsonFlag
+from cmcp_cli.cli.options import JsonFlag
+from cmcp_cli.cli.validate import BundlePath
 from cmcp_cli.errors import ExitCode
 from cmcp_cli.policy.acceptance import sign_bundle_at
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Annotated
 
-import typer
 import yaml
 from rich.markup import escape
 
 from cmcp_cli.cli import render
+from cmcp_cli.cli.options import ConfigSource
 from cmcp_cli.config import HttpUpstream
 from cmcp_cli.config_document import ConfigDocument
 from cmcp_cli.config_environment import (
@@ -24,19 +22,8 @@ from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.server import StartHooks, run_gateway
 from cmcp_cli.gateway.setup.first_contact import FirstContact
 
-ConfigFile = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="The config file. Default: cmcp-config.yaml here, else the config the "
-        "environment describes (CEDAR_POLICY_PATH, UPSTREAM_MCP_URL; docs/configuration.md).",
-        show_default=False,
-    ),
-]
 
-
-def start_command(config: ConfigFile = None) -> int:
+def start_command(config: ConfigSource = None) -> int:
     """Serve MCP on listen_addr: every tool call decided, enforced, audited and claimed."""
     hooks = StartHooks(document=_show_document, pinned=_show_pinned, announce=_announce)
     run_gateway(config, hooks=hooks)

@@ -10,13 +10,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from cmcp_cli.cli import render
+from cmcp_cli.cli.options import ConfigSource, JsonFlag
 from cmcp_cli.errors import ExitCode
 from cmcp_cli.gateway.preflight.report import ConfigReport, check_start_config
 from cmcp_cli.policy.report import BundleReport, validate_bundle
 
-JsonFlag = Annotated[
-    bool, typer.Option("--json", help="Print a JSON report on stdout (and nothing else).")
-]
 BundlePath = Annotated[
     Path,
     typer.Option(
@@ -30,16 +28,6 @@ ExpectedHash = Annotated[
 Baseline = Annotated[
     Path | None,
     typer.Option("--baseline", help="An earlier --json report: explain a mismatch file by file."),
-]
-ConfigFile = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="The config file. Default: cmcp-config.yaml here, else the config the "
-        "environment describes (CEDAR_POLICY_PATH, UPSTREAM_MCP_URL; docs/configuration.md).",
-        show_default=False,
-    ),
 ]
 
 
@@ -106,7 +94,7 @@ def _render_bundle(report: BundleReport) -> None:
 
 
 def validate_config_command(
-    config: ConfigFile = None,
+    config: ConfigSource = None,
     as_json: JsonFlag = False,
 ) -> int:
     """Check a config and everything it references; report every problem at once."""
