@@ -112,6 +112,26 @@ def test_distinct_tokens_from_every_source_are_accepted(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_an_operator_token_the_gateway_does_not_take_is_named(tmp_path: Path) -> None:
+    """The gateway takes the first operator source (CMCP_OPERATOR_TOKEN, then the file's):
+    a different token in the file would silently not work, so validate-config says so."""
+    config = write_config(tmp_path, {"operator_token_sha256": digest(OTHER)})
+    result = run_cmcp(
+        "validate-config", "--config", config, "--json", env={"CMCP_OPERATOR_TOKEN": "o" * 40}
+    )
+    assert result.returncode == 0, result.stdout  # a warning: the gateway still starts
+    (warning,) = [w for w in result.json()["warnings"] if "operator_token_sha256" in w["message"]]
+    assert warning["message"] == (
+        "auth.operator_token_sha256: the operator token of auth.operator_token_sha256 is not "
+        "accepted: the gateway takes the operator's token from CMCP_OPERATOR_TOKEN"
+    )
+    assert warning["line"] is not None
+    same = run_cmcp(
+        "validate-config", "--config", config, "--json", env={"CMCP_OPERATOR_TOKEN": OTHER}
+    )
+    assert not [w for w in same.json()["warnings"] if "operator" in w["message"]]
+
+
 def test_start_refuses_an_operator_token_that_is_also_an_agents(tmp_path: Path) -> None:
     auth, env, _ = CASES["operator digest = agent token_env"]
     config = write_config(tmp_path, auth)

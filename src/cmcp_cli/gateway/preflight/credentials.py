@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cmcp_cli.config import ENV_BEARER_TOKEN, ENV_OPERATOR_TOKEN, CmcpConfig, Environment
-from cmcp_cli.errors import Problem
+from cmcp_cli.errors import Problem, Severity
 from cmcp_cli.gateway.preflight.checks import Locator
 
 _OWN_TOKEN_HINT = "give each agent, and the operator, a token of its own"  # noqa: S105 - a hint
@@ -93,6 +93,30 @@ def check_token_reuse(sources: Sequence[TokenSource], at: Locator) -> list[Probl
                 problems.append(Problem(message, hint=_OWN_TOKEN_HINT))
             else:
                 problems.append(at.error(located.loc, message, _OWN_TOKEN_HINT))
+    return problems
+
+
+def check_operator_sources(sources: Sequence[TokenSource], at: Locator) -> list[Problem]:
+    """A warning for each operator token the gateway will not accept: it takes the first
+    operator source of `token_sources` only, so a different token set elsewhere does not
+    do what its setting says."""
+    operators = [source for source in sources if source.agent is None]
+    if not operators:
+        return []
+    used = operators[0]
+    problems: list[Problem] = []
+    for ignored in operators[1:]:
+        if ignored.digest == used.digest:
+            continue
+        message = (
+            f"the operator token of {ignored.where} is not accepted: the gateway takes the "
+            f"operator's token from {used.where}"
+        )
+        hint = f"remove one of the two, or give both the same token; {used.where} comes first"
+        if ignored.loc is None:
+            problems.append(Problem(message, hint=hint, severity=Severity.WARNING))
+        else:
+            problems.append(at.warning(ignored.loc, message, hint))
     return problems
 
 

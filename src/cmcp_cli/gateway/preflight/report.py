@@ -181,6 +181,7 @@ def check_config(
         problems.extend(checks.check_auth(checkable, env, environ, located))
         sources = credentials.token_sources(checkable, env, environ)
         problems.extend(credentials.check_token_reuse(sources, located))
+        problems.extend(credentials.check_operator_sources(sources, located))
         problems.extend(checks.check_hosts(checkable, located))
         problems.extend(checks.check_tls(checkable.tls, located))
         problems.extend(checks.check_upstreams(checkable, environ, catalog, located))
