@@ -25,7 +25,9 @@ from cmcp_cli.catalog.pinning import (
     visible,
     write_catalog,
 )
-from cmcp_cli.errors import CatalogError, UsageError
+from cmcp_cli.config import load_config
+from cmcp_cli.errors import CatalogError, Severity, UsageError
+from cmcp_cli.gateway.preflight.checks import check_pending
 from cmcp_cli.gateway.upstream.api import UpstreamError
 from cmcp_cli.gateway.upstream.listing import list_tools
 from tests.support import QUICKSTART
@@ -202,6 +204,22 @@ def test_a_pending_entry_is_kept_apart_and_explained(tmp_path: Path) -> None:
     assert f"pending review in the catalog {catalog.path}" in reason
     assert "set its data_class and groups to approve it" in reason
     assert unapproved_reason(catalog, "other") == "'other' is not in the approved catalog"
+
+
+def test_a_pending_entry_of_an_upstream_not_configured_is_named(tmp_path: Path) -> None:
+    catalog = load_catalog(
+        catalog_file(tmp_path, [PENDING, {**PENDING, "name": "astray", "server": "gone"}])
+    )
+    config = load_config(QUICKSTART / "cmcp-config.yaml", {}).model  # upstreams: demo
+    warnings = {p.message: p for p in check_pending(config, catalog)}
+    assert set(warnings) == {
+        "tool 'waiting' (upstream 'demo') is pending review: the gateway does not list it "
+        "and refuses calls to it",
+        "tool 'astray' (upstream 'gone') is pending review: the gateway does not list it "
+        "and refuses calls to it; upstream 'gone' is not configured either (no entry under "
+        "upstreams)",
+    }
+    assert all(p.severity is Severity.WARNING for p in warnings.values())
 
 
 @pytest.mark.parametrize(

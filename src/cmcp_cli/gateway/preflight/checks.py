@@ -356,12 +356,19 @@ def check_data_classes(config: CmcpConfig, catalog: Catalog, at: Locator) -> lis
 
 def check_pending(config: CmcpConfig, catalog: Catalog) -> list[Problem]:
     """Each tool pending review: the gateway serves without it, which is worth a warning
-    (a reviewer has work to do), never an error."""
+    (a reviewer has work to do), never an error. One whose upstream is not configured
+    could not be served even once approved: the warning says so."""
     order = ", ".join(config.policy.data_class_order)
     return [
         Problem(
             f"tool {tool.name!r} (upstream {tool.server!r}) is pending review: the gateway "
-            "does not list it and refuses calls to it",
+            "does not list it and refuses calls to it"
+            + (
+                ""
+                if tool.server in config.upstreams
+                else f"; upstream {tool.server!r} is not configured either (no entry under "
+                "upstreams)"
+            ),
             file=str(catalog.path),
             hint=f"to approve it, set its data_class (one of {order}) and groups in "
             f"{catalog.path}; or remove the entry",
