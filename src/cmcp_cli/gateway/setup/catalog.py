@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 from cmcp_cli.catalog.model import CatalogEntry, load_catalog
 from cmcp_cli.catalog.pinning import Approval, Comparison, compare, updated_entries, write_catalog
 from cmcp_cli.config import CmcpConfig, load_config
 from cmcp_cli.errors import CmcpError, UsageError
 from cmcp_cli.gateway.upstream.listing import ServerTools, list_configured_tools
+
+_Loaded = TypeVar("_Loaded")
 
 
 class UnusableInputError(UsageError):
@@ -219,29 +222,27 @@ def _compared(
 
 def _config(path: Path, environ: Mapping[str, str]) -> CmcpConfig:
     """The config model, without reading what it references: its catalog may not exist."""
-    try:
-        return load_config(path, environ).model
-    except UsageError:
-        raise
-    except CmcpError as exc:
-        raise UnusableInputError(
-            exc.message,
-            problems=exc.problems,
-            hint=exc.hint or f"run `cmcp validate-config --config {path}`",
-        ) from exc
+    return _usable(
+        lambda: load_config(path, environ).model, f"run `cmcp validate-config --config {path}`"
+    )
 
 
 def _entries(path: Path) -> tuple[CatalogEntry, ...]:
+    return _usable(
+        lambda: load_catalog(path).entries,
+        "fix the catalog first: pinning updates a catalog that is valid",
+    )
+
+
+def _usable(load: Callable[[], _Loaded], hint: str) -> _Loaded:
+    """What `load` reads; a file that is there but wrong is unusable input (exit 2), with
+    its own hint or `hint`. A missing or unreadable file keeps its own error."""
     try:
-        return load_catalog(path).entries
+        return load()
     except UsageError:
         raise
     except CmcpError as exc:
-        raise UnusableInputError(
-            exc.message,
-            problems=exc.problems,
-            hint="fix the catalog first: pinning updates a catalog that is valid",
-        ) from exc
+        raise UnusableInputError(exc.message, problems=exc.problems, hint=exc.hint or hint) from exc
 
 
 def _read(path: Path) -> bytes:
