@@ -146,9 +146,6 @@ class SessionReplay:
         else:
             self.truncated_report = True
 
-    def add_claim_mismatch(self, message: str) -> None:
-        self.add(ProblemKind.CLAIM_MISMATCH, None, message)
-
     def to_json(self) -> dict[str, object]:
         return {
             "session_id": self.session_id,
