@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cmcp_cli.attestation.api import CheckStatus, Verifier
+from cmcp_cli.attestation.api import CheckStatus
 from cmcp_cli.attestation.manager import load_providers
 from cmcp_cli.claim.keys import ClaimKey, jwk_thumbprint
 from cmcp_cli.claim.model import EAT_PROFILE
@@ -265,16 +265,13 @@ def test_a_verifier_that_cannot_load_leaves_the_claim_not_verifiable(
     registry = load_providers(plugins=[])
     software = registry.providers["software-only"]
 
-    def missing() -> Verifier:
-        raise ImportError("No module named 'vendor_sdk'")
-
     registry.providers["software-only"] = replace(
-        software, spec=replace(software.spec, load_verifier=missing)
+        software, spec=replace(software.spec, verifier="vendor_sdk.verifier:Verifier")
     )
     report = verify_document(recorded.claim, VerifyOptions(allow_software=True), registry)
     (evidence,) = [c for c in report.checks if c.name == "evidence"]
     assert evidence.status is CheckStatus.SKIP
-    assert "verifier cannot load here (ImportError: No module named 'vendor_sdk')" in (
+    assert "verifier cannot load here (ModuleNotFoundError: No module named 'vendor_sdk')" in (
         evidence.reason
     )
     assert report.exit_code is ExitCode.NOT_VERIFIABLE

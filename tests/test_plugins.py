@@ -11,14 +11,15 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from importlib.metadata import EntryPoint, distributions
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from cmcp_cli.attestation import software
+from cmcp_cli.attestation import api, software
 from cmcp_cli.attestation.api import ProviderSpec
 from cmcp_cli.attestation.manager import ENTRY_POINT_GROUP, load_providers
 from cmcp_cli.config import CmcpConfig, Environment
@@ -31,19 +32,22 @@ from tests.gateway_support import write_config
 from tests.support import REPO, run_cmcp
 
 PLUGIN_SOURCE = """
-from cmcp_cli.attestation.api import Detection, Evidence, EvidenceVerdict, Check, ProviderSpec
+from cmcp_cli.attestation import api
+from cmcp_cli.attestation.api import Detection, EvidenceVerdict, Check, ProviderSpec
 from cmcp_cli.attestation.hookspecs import hookimpl
 
-class Collector:
+class Collector(api.Collector):
     def detect(self, settings): return Detection(False, "no {name} device here")
+    def prepare(self, facts, settings): pass
     def collect(self, binding, settings): raise RuntimeError("no device")
+    def close(self): pass
 
-class Verifier:
+class Verifier(api.Verifier):
     def verify(self, evidence, trust):
         return EvidenceVerdict((Check.failed("evidence.shape", "fake"),), hardware_attested=False)
 
 SPEC = ProviderSpec(name="{name}", platform="tpm2", evidence_types=({types},),
-                    load_collector=Collector, load_verifier=Verifier)
+                    collector=__name__ + ":Collector", verifier=__name__ + ":Verifier")
 
 class Plugin:
     @hookimpl
@@ -54,32 +58,31 @@ plugin = Plugin()
 """
 
 
-# A provider whose collector (and measurer) loader raises what `{raises}` raises.
+# A provider whose collector (and measurer) module raises what `{raises}` raises when it
+# is imported.
 LOADER_SOURCE = """
 from cmcp_cli.attestation.api import ProviderError, ProviderSpec
 from cmcp_cli.attestation.hookspecs import hookimpl
 
-def load_collector():
+if __name__.endswith("_parts"):
     {raises}
-
-def load_verifier():
-    raise AssertionError("never loaded here")
 
 class Plugin:
     @hookimpl
     def cmcp_attestation_providers(self):
+        parts = __name__ + "_parts"
         return [ProviderSpec(name="{name}", platform="tpm2", evidence_types=("{name}-v1",),
-                             load_collector=load_collector, load_verifier=load_verifier,
-                             load_measurer=load_collector)]
+                             collector=parts + ":Collector", verifier=parts + ":Verifier",
+                             measurer=parts + ":Measurer")]
 
 plugin = Plugin()
 """
-# provider name (the config admits a fixed set) -> (module, distribution, loader body)
+# provider name -> (module, distribution, what importing its parts raises)
 LOADERS = {
     # an import that fails, as the plugin wrote it
-    "gpu-cc": ("nolibplug", "cmcp-nolib", "import cmcp_nolib_vendor_sdk"),
+    "nolib-tee": ("nolibplug", "cmcp-nolib", "import cmcp_nolib_vendor_sdk"),
     # the plugin says so, with its own hint
-    "opaque": (
+    "says-tee": (
         "saysplug",
         "cmcp-says",
         "raise ProviderError('the vendor SDK is missing', hint='pip install cmcp-says[sdk]')",
@@ -206,16 +209,18 @@ def test_a_collector_that_cannot_load_is_unavailable_whichever_plugin_ships_it(
     site: Path, tmp_path: Path
 ) -> None:
     for name, (module, dist, raises) in LOADERS.items():
-        install(site, dist, "1.0", module, LOADER_SOURCE.format(name=name, raises=raises))
+        source = LOADER_SOURCE.format(name=name, raises=raises)
+        install(site, dist, "1.0", module, source)
+        (site / f"{module}_parts.py").write_text(textwrap.dedent(source))
     try:
         env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
         listed = run_cmcp("plugins", "--json", env=env)
         assert listed.returncode == 0, listed.stderr
         rows = {row["name"]: row for row in listed.json()["providers"]}
-        assert rows["gpu-cc"]["state"] == rows["opaque"]["state"] == "unavailable"
-        assert "No module named 'cmcp_nolib_vendor_sdk'" in rows["gpu-cc"]["detail"]
-        assert "cmcp-nolib 1.0" in rows["gpu-cc"]["hint"]
-        assert (rows["opaque"]["detail"], rows["opaque"]["hint"]) == (
+        assert rows["nolib-tee"]["state"] == rows["says-tee"]["state"] == "unavailable"
+        assert "No module named 'cmcp_nolib_vendor_sdk'" in rows["nolib-tee"]["detail"]
+        assert "cmcp-nolib 1.0" in rows["nolib-tee"]["hint"]
+        assert (rows["says-tee"]["detail"], rows["says-tee"]["hint"]) == (
             "the vendor SDK is missing",
             "pip install cmcp-says[sdk]",
         )
@@ -223,7 +228,14 @@ def test_a_collector_that_cannot_load_is_unavailable_whichever_plugin_ships_it(
         assert "RuntimeError: a bug in the loader" in rows["buggy"]["detail"]
 
         registry = load_providers(site_entry_points(site))
-        for name, hint in (("gpu-cc", "cmcp-nolib 1.0"), ("opaque", "pip install cmcp-says[sdk]")):
+        # each as the provider a config names (the config admits a fixed set of names)
+        as_named = {"sev-snp": "nolib-tee", "tdx": "says-tee", "opaque": "buggy"}
+        for name, plugin in as_named.items():
+            found = registry.providers[plugin]
+            registry.providers[name] = dataclasses.replace(
+                found, spec=dataclasses.replace(found.spec, name=name)
+            )
+        for name, hint in (("sev-snp", "cmcp-nolib 1.0"), ("tdx", "pip install cmcp-says[sdk]")):
             config = write_config(
                 tmp_path, "http://127.0.0.1:9/mcp", attestation={"provider": name}
             )
@@ -238,15 +250,15 @@ def test_a_collector_that_cannot_load_is_unavailable_whichever_plugin_ships_it(
                 measure_options(registry, name)
             assert hint in (unusable.value.hint or "")
         # the bug, as the provider a config names: its traceback is kept
-        buggy = registry.providers["buggy"]
-        registry.providers["opaque"] = dataclasses.replace(
-            buggy, spec=dataclasses.replace(buggy.spec, name="opaque")
+        config = write_config(
+            tmp_path, "http://127.0.0.1:9/mcp", attestation={"provider": "opaque"}
         )
         with pytest.raises(RuntimeError, match="a bug in the loader"):
             check_config(config, {"CMCP_DEV_MODE": "1"}, registry)
     finally:
         for module, _, _ in LOADERS.values():
             sys.modules.pop(module, None)
+            sys.modules.pop(f"{module}_parts", None)
 
 
 def site_without_plugins(tmp_path: Path) -> Path:
@@ -288,3 +300,28 @@ class TestSoftwareProviderContract(ProviderContract):
     @pytest.fixture
     def provider_spec(self) -> ProviderSpec:
         return software.SPEC
+
+
+class _HalfCollector(api.Collector):
+    """Subclasses the Protocol but leaves `collect` and `close` out."""
+
+    def detect(self, settings: Mapping[str, Any]) -> api.Detection:  # noqa: ARG002
+        return api.Detection(False, "never asked")
+
+    def prepare(self, facts: api.GatewayFacts, settings: Mapping[str, Any]) -> None:  # noqa: ARG002
+        return None
+
+
+def test_a_part_reference_must_name_a_class_of_its_protocol() -> None:
+    with pytest.raises(ValueError, match="not a `module:Class` reference"):
+        dataclasses.replace(software.SPEC, collector="cmcp_cli.attestation.software")
+    wrong = dataclasses.replace(software.SPEC, collector=software.SPEC.verifier)
+    with pytest.raises(
+        TypeError, match="SoftwareVerifier is not a class that subclasses Collector"
+    ):
+        wrong.load_collector()
+    half = dataclasses.replace(software.SPEC, collector=f"{__name__}:_HalfCollector")
+    with pytest.raises(TypeError, match="abstract"):
+        half.load_collector()  # a part missing a method is refused when made, not when called
+    with pytest.raises(TypeError, match="use load_collector"):
+        software.SPEC.load_device_collector()

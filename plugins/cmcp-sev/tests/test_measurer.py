@@ -122,6 +122,6 @@ def test_a_missing_package_names_the_install(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_the_measurer_is_declared() -> None:
-    assert plugin.SPEC.load_measurer is not None
+    assert plugin.SPEC.measurer is not None
     names = [option.name for option in plugin.SPEC.load_measurer().options]
     assert names[:2] == ["ovmf", "vcpus"] and "vcpu-type" in names and "append" in names

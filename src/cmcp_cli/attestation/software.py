@@ -17,16 +17,19 @@ from cmcp_cli import __version__
 from cmcp_cli.attestation.api import (
     Check,
     CheckStatus,
+    Collector,
     Detection,
     Evidence,
     EvidenceVerdict,
     GatewayFacts,
     MeasureInputs,
     MeasureOption,
+    Measurer,
     MeasureResult,
     ProviderError,
     ProviderSpec,
     TrustInputs,
+    Verifier,
 )
 from cmcp_cli.attestation.hookspecs import hookimpl
 from cmcp_cli.attestation.measurement import installation_digest, wheel_digest
@@ -39,7 +42,7 @@ _MEMBERS = frozenset({"binding", "gateway_digest"})
 _SHAPE, _BINDING, _DIGEST = "evidence.shape", "evidence.binding", "evidence.gateway_digest"
 
 
-class SoftwareCollector:
+class SoftwareCollector(Collector):
     """Reads no settings (the software provider has none) and holds no device."""
 
     def __init__(self) -> None:
@@ -65,7 +68,7 @@ class SoftwareCollector:
         )
 
 
-class SoftwareVerifier:
+class SoftwareVerifier(Verifier):
     """Checks what software evidence states (the binding, the gateway digest) against the
     claim; every check is reported, those whose input is malformed skipped naming the shape
     check that failed."""
@@ -115,7 +118,7 @@ def _gateway_digest(stated: str, claimed: str | None) -> Check:
     return Check.passed(name, "the evidence states the claim's gateway digest")
 
 
-class SoftwareMeasurer:
+class SoftwareMeasurer(Measurer):
     """The software-mode measurement is the gateway digest of the installed cmcp_cli code.
     The policy bundle and catalog are not part of it: they are pinned on their own
     (`--policy-hash`, `--catalog-hash`) and bound to the key by the binding."""
@@ -167,9 +170,9 @@ SPEC = ProviderSpec(
     name=NAME,
     platform=PLATFORM,
     evidence_types=(EVIDENCE_TYPE,),
-    load_collector=SoftwareCollector,
-    load_verifier=SoftwareVerifier,
-    load_measurer=SoftwareMeasurer,
+    collector=f"{__name__}:SoftwareCollector",
+    verifier=f"{__name__}:SoftwareVerifier",
+    measurer=f"{__name__}:SoftwareMeasurer",
     description="no TEE; for development with CMCP_DEV_MODE=1",
 )
 

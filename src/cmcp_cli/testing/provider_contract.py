@@ -121,7 +121,7 @@ class ProviderContract:
         assert callable(getattr(collector, "detect", None))
         assert callable(getattr(collector, "collect", None))
         assert callable(getattr(verifier, "verify", None))
-        if provider_spec.load_measurer is not None:
+        if provider_spec.measurer is not None:
             assert callable(getattr(provider_spec.load_measurer(), "measure", None))
 
     def test_detection_is_an_answer_not_an_exception(

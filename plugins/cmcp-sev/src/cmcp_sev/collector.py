@@ -25,7 +25,7 @@ from typing import Any, Final, Protocol
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from cmcp_cli.attestation.api import Detection, Evidence, GatewayFacts, ProviderError
+from cmcp_cli.attestation.api import Collector, Detection, Evidence, GatewayFacts, ProviderError
 from cmcp_sev import roots
 from cmcp_sev import structures as snp
 from cmcp_sev.evidence import encode
@@ -142,7 +142,7 @@ class ConfigfsTsm:
         return int(text)
 
 
-class SevCollector:
+class SevCollector(Collector):
     """The Collector of the sev-snp provider (see the module docstring). `entries` replaces
     configfs's mkdir/rmdir, for tests that run the flow in a plain directory."""
 

@@ -16,7 +16,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Final
 
-from cmcp_cli.attestation.api import MeasureInputs, MeasureOption, MeasureResult, ProviderError
+from cmcp_cli.attestation.api import (
+    MeasureInputs,
+    MeasureOption,
+    Measurer,
+    MeasureResult,
+    ProviderError,
+)
 
 PACKAGE: Final = "sev-snp-measure"
 INSTALL_HINT: Final = "pip install 'cmcp-sev[measure]' (it pins sev-snp-measure==0.0.13)"
@@ -78,7 +84,7 @@ def _integer(name: str, value: str, base: int) -> int:
         raise ProviderError(f"--{name} {value!r} is not {kind}") from None
 
 
-class SevMeasurer:
+class SevMeasurer(Measurer):
     """The Measurer of the sev-snp provider (see the module docstring)."""
 
     @property

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cmcp_cli.attestation.api import Collector, Measurer, ProviderSpec, Verifier
+from cmcp_cli.attestation.api import ProviderSpec
 from cmcp_cli.attestation.hookspecs import hookimpl
 
 NAME = "sev-snp"
@@ -22,31 +22,13 @@ PLATFORM_POLICY_KEYS = (
 )  # fmt: skip
 
 
-def _collector() -> Collector:
-    from cmcp_sev.collector import SevCollector  # noqa: PLC0415 - loaded on demand
-
-    return SevCollector()
-
-
-def _verifier() -> Verifier:
-    from cmcp_sev.verifier import SevVerifier  # noqa: PLC0415 - loaded on demand
-
-    return SevVerifier()
-
-
-def _measurer() -> Measurer:
-    from cmcp_sev.measurer import SevMeasurer  # noqa: PLC0415 - loaded on demand
-
-    return SevMeasurer()
-
-
 SPEC = ProviderSpec(
     name=NAME,
     platform=PLATFORM,
     evidence_types=(EVIDENCE_TYPE,),
-    load_collector=_collector,
-    load_verifier=_verifier,
-    load_measurer=_measurer,
+    collector="cmcp_sev.collector:SevCollector",
+    verifier="cmcp_sev.verifier:SevVerifier",
+    measurer="cmcp_sev.measurer:SevMeasurer",
     description="AMD SEV-SNP attestation report signed by the chip's VCEK (or a VLEK)",
     platform_policy_keys=PLATFORM_POLICY_KEYS,
 )

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from cmcp_cli.attestation.api import Check, EvidenceVerdict, TrustInputs
+from cmcp_cli.attestation.api import Check, EvidenceVerdict, TrustInputs, Verifier
 from cmcp_cli.attestation.toolkit import CheckFailed as _Fail
 from cmcp_cli.attestation.toolkit import CheckSkipped as _Skip
 from cmcp_cli.attestation.toolkit import (
@@ -479,7 +479,7 @@ def _signing_key_name(value: int) -> str:
         return "reserved"
 
 
-class SevVerifier:
+class SevVerifier(Verifier):
     """Judges `sev-snp-report-v1` evidence offline (stdlib and `cryptography` only)."""
 
     def verify(self, evidence: Mapping[str, Any], trust: TrustInputs) -> EvidenceVerdict:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from cmcp_cli.attestation.api import Detection, Evidence, GatewayFacts, ProviderError
+from cmcp_cli.attestation.api import Collector, Detection, Evidence, GatewayFacts, ProviderError
 from cmcp_tdx import qgs
 from cmcp_tdx import quote as tdx
 from cmcp_tdx.guest_device import Ioctl, get_tdreport, kernel_ioctl
@@ -119,7 +119,7 @@ def _trim(blob: bytes, report_data: bytes, source: str) -> bytes:
     return blob[: len(blob) - parsed.trailing]
 
 
-class TdxCollector:
+class TdxCollector(Collector):
     """The Collector of the tdx provider (see the module docstring). `mkdir`/`rmdir` and
     `ioctl` are the kernel's unless a test injects stand-ins."""
 

@@ -14,7 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from cmcp_cli.attestation.api import MeasureInputs, MeasureOption, MeasureResult, ProviderError
+from cmcp_cli.attestation.api import (
+    MeasureInputs,
+    MeasureOption,
+    Measurer,
+    MeasureResult,
+    ProviderError,
+)
 from cmcp_tdx import ccel, tdvf
 from cmcp_tdx.measurement import measurement_string
 
@@ -131,7 +137,7 @@ def _rtmrs(inputs: MeasureInputs) -> tuple[list[bytes], str, int | None]:
     return [_hex(value or "", name) for name, value in given.items()], "--rtmr0..3", None
 
 
-class TdxMeasurer:
+class TdxMeasurer(Measurer):
     """The Measurer of the tdx provider (see the module docstring)."""
 
     @property

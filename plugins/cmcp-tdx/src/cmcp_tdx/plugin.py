@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cmcp_cli.attestation.api import Collector, Measurer, ProviderSpec, Verifier
+from cmcp_cli.attestation.api import ProviderSpec
 from cmcp_cli.attestation.hookspecs import hookimpl
 
 NAME = "tdx"
@@ -18,31 +18,13 @@ EVIDENCE_TYPE = "tdx-quote-v1"
 PLATFORM_POLICY_KEYS = ("accepted_tcb_statuses", "require_collateral")
 
 
-def _collector() -> Collector:
-    from cmcp_tdx.collector import TdxCollector  # noqa: PLC0415 - loaded on demand
-
-    return TdxCollector()
-
-
-def _verifier() -> Verifier:
-    from cmcp_tdx.verifier import TdxVerifier  # noqa: PLC0415 - loaded on demand
-
-    return TdxVerifier()
-
-
-def _measurer() -> Measurer:
-    from cmcp_tdx.measurer import TdxMeasurer  # noqa: PLC0415 - loaded on demand
-
-    return TdxMeasurer()
-
-
 SPEC = ProviderSpec(
     name=NAME,
     platform=PLATFORM,
     evidence_types=(EVIDENCE_TYPE,),
-    load_collector=_collector,
-    load_verifier=_verifier,
-    load_measurer=_measurer,
+    collector="cmcp_tdx.collector:TdxCollector",
+    verifier="cmcp_tdx.verifier:TdxVerifier",
+    measurer="cmcp_tdx.measurer:TdxMeasurer",
     description="Intel TDX DCAP quote (v4/v5) with the PCK chain to the Intel SGX Root CA",
     platform_policy_keys=PLATFORM_POLICY_KEYS,
 )

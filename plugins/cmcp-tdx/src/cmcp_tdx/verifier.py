@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from cryptography import x509
 
-from cmcp_cli.attestation.api import Check, EvidenceVerdict, TrustInputs
+from cmcp_cli.attestation.api import Check, EvidenceVerdict, TrustInputs, Verifier
 from cmcp_cli.attestation.toolkit import CheckFailed as _Fail
 from cmcp_cli.attestation.toolkit import CheckSkipped as _Skip
 from cmcp_cli.attestation.toolkit import (
@@ -324,7 +324,7 @@ def auditor_collateral(trust: TrustInputs) -> Mapping[str, Any] | None:
     return found[0] if found else None
 
 
-class TdxVerifier:
+class TdxVerifier(Verifier):
     """Judges `tdx-quote-v1` evidence offline (stdlib and `cryptography` only). Collateral
     given here (the auditor's own, from Intel's PCS) takes precedence over the evidence's."""
 

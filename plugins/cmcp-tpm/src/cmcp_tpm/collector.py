@@ -7,8 +7,9 @@ NV. Per session `collect` asks the TPM for a quote over the PCR selection with t
 binding as qualifyingData and returns it with everything a verifier needs offline.
 
 ESAPI contexts are not thread-safe, so every TPM command runs under one lock. tpm2-pytss
-(which needs libtss2) comes through `tpm_access`: this module imports only where it is
-usable, and the plugin's loader reports the provider unavailable where it is not.
+(which needs libtss2) comes through `tpm_access`; where it is not usable, making a
+collector raises `ProviderError` with the install hint, so the host reports the provider
+unavailable.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from typing import Any, Final
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from cmcp_cli.attestation.api import Detection, Evidence, GatewayFacts, ProviderError
+from cmcp_cli.attestation.api import Collector, Detection, Evidence, GatewayFacts, ProviderError
 from cmcp_tpm import pcr as pcr_math
+from cmcp_tpm import tpm_access
 from cmcp_tpm.plugin import EVIDENCE_TYPE, PLATFORM
 from cmcp_tpm.settings import (
     PERSISTENT_FIRST,
@@ -83,10 +85,11 @@ class _Prepared:
     measured_value: bytes  # what `settings.pcr` holds after the extends in `event_log`
 
 
-class TpmCollector:
+class TpmCollector(Collector):
     """Collector for provider `tpm`; one instance per gateway process."""
 
     def __init__(self) -> None:
+        tpm_access.require_tss()  # where tpm2-pytss is unusable, no collector is made
         self._lock = threading.Lock()
         self._prepared: _Prepared | None = None
 

@@ -32,6 +32,7 @@ from cmcp_cli.attestation.api import (
     GatewayFacts,
     MeasureInputs,
     MeasureOption,
+    Measurer,
     MeasureResult,
     ProviderError,
 )
@@ -108,7 +109,7 @@ class _Settings:
     files: tuple[str, ...]
 
 
-class TpmMeasurer:
+class TpmMeasurer(Measurer):
     """The Measurer of the tpm provider (see the module docstring)."""
 
     @property

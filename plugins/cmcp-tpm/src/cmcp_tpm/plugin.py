@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cmcp_cli.attestation.api import Collector, Measurer, ProviderSpec, Verifier
+from cmcp_cli.attestation.api import ProviderSpec
 from cmcp_cli.attestation.hookspecs import hookimpl
 
 NAME = "tpm"
@@ -18,34 +18,13 @@ PLATFORM = "tpm2"
 EVIDENCE_TYPE = "tpm2-quote-v1"
 
 
-def _collector() -> Collector:
-    from cmcp_tpm import tpm_access  # noqa: PLC0415 - loaded on demand
-
-    tpm_access.require_tss()
-    from cmcp_tpm.collector import TpmCollector  # noqa: PLC0415 - needs tpm2-pytss
-
-    return TpmCollector()
-
-
-def _verifier() -> Verifier:
-    from cmcp_tpm.verifier import TpmVerifier  # noqa: PLC0415 - loaded on demand
-
-    return TpmVerifier()
-
-
-def _measurer() -> Measurer:
-    from cmcp_tpm.measurer import TpmMeasurer  # noqa: PLC0415 - loaded on demand
-
-    return TpmMeasurer()
-
-
 SPEC = ProviderSpec(
     name=NAME,
     platform=PLATFORM,
     evidence_types=(EVIDENCE_TYPE,),
-    load_collector=_collector,
-    load_verifier=_verifier,
-    load_measurer=_measurer,
+    collector="cmcp_tpm.collector:TpmCollector",
+    verifier="cmcp_tpm.verifier:TpmVerifier",
+    measurer="cmcp_tpm.measurer:TpmMeasurer",
     description="TPM 2.0 quote over the PCR holding the policy bundle hash",
 )
 

@@ -21,7 +21,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cmcp_cli.attestation.api import Check, CheckStatus, EvidenceVerdict, TrustInputs
+from cmcp_cli.attestation.api import Check, CheckStatus, EvidenceVerdict, TrustInputs, Verifier
 from cmcp_cli.attestation.toolkit import CheckFailed as _Fail
 from cmcp_cli.attestation.toolkit import CheckSkipped as _Skip
 from cmcp_cli.attestation.toolkit import NamedCheck, hardware_verdict, run_checks
@@ -349,7 +349,7 @@ def _pcr_list(pcrs: list[tuple[str, int]]) -> str:
     return " ".join(f"{bank}:{','.join(indices)}" for bank, indices in banks.items()) or "none"
 
 
-class TpmVerifier:
+class TpmVerifier(Verifier):
     """Judges `tpm2-quote-v1` evidence offline (stdlib and `cryptography` only)."""
 
     def verify(self, evidence: Mapping[str, Any], trust: TrustInputs) -> EvidenceVerdict:

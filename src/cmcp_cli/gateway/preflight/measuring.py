@@ -30,12 +30,12 @@ _MEASUREMENT = re.compile(r"sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}")
 
 def measurers(registry: ProviderRegistry) -> list[str]:
     """The installed providers that can precompute a measurement, by name."""
-    return sorted(n for n, p in registry.providers.items() if p.spec.load_measurer is not None)
+    return sorted(n for n, p in registry.providers.items() if p.spec.measurer is not None)
 
 
 def load_measurer(registry: ProviderRegistry, name: str) -> Measurer:
     registered = registry.providers.get(name)
-    if registered is None or registered.spec.load_measurer is None:
+    if registered is None or registered.spec.measurer is None:
         known = ", ".join(measurers(registry)) or "none"
         raise UsageError(
             f"no installed provider named {name!r} can measure (installed: {known})",
