@@ -8,7 +8,7 @@ and judged by `cmcp verify` (each device by a device provider only, checks named
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ from cmcp_cli.evidence.attesting import Attestor, DeviceAttestor
 from cmcp_cli.evidence.freshness import renew_evidence
 from cmcp_cli.evidence.session import EvidenceSession
 from cmcp_cli.gateway.preflight.devices import DeviceStartupError, choose_devices
+from cmcp_cli.testing.provider_contract import ProviderContract
 from cmcp_cli.verify.claim import VerifyOptions, VerifyReport, verify_document
 from tests.claim_variants import fix_binding, resigned, variants
 from tests.device_support import install_device_plugin, on_path, registry_with, spec
@@ -381,3 +382,17 @@ def _entries_of(recorded: RecordedSession, kind: str) -> list[dict[str, Any]]:
 def test_the_device_provider_is_a_device_spec(registry: ProviderRegistry) -> None:
     gpu: ProviderSpec = spec(registry, "testgpu")
     assert gpu.scope.value == "device" and spec(registry, "testtee").scope.value == "platform"
+
+
+class TestTheTestGpuPassesTheProviderContract(ProviderContract):
+    """The contract suite on a device provider: its collector is a `DeviceCollector`, its
+    platform names its devices (the claim's runtime.platform stays the CPU's), and every
+    single-leaf change of a device's evidence fails."""
+
+    @pytest.fixture
+    def provider_spec(self, registry: ProviderRegistry) -> ProviderSpec:
+        return spec(registry, "testgpu")
+
+    @pytest.fixture
+    def provider_settings(self) -> Mapping[str, Any]:
+        return {"devices": 2}
