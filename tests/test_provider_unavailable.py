@@ -51,7 +51,8 @@ def test_auto_passes_over_it_and_says_why(
     config = write_config(tmp_path, upstream.url)
     checked = run_cmcp("validate-config", "--config", config, "--json", env=without_tss)
     assert checked.returncode == 0, checked.stdout
-    (note,) = checked.json()["notes"]
+    # the device providers installed here have notes of their own
+    (note,) = [n for n in checked.json()["notes"] if not n.startswith("devices: ")]
     assert note.startswith("auto passes over tpm, unavailable here")
     assert MISSING in note and INSTALL in note
     gateway = start_gateway(config, without_tss)
