@@ -217,6 +217,13 @@ def nvml(**changes: Any) -> dict[str, Any]:
     return {**said, **changes}
 
 
+def nvml_of(report: bytes, **changes: Any) -> dict[str, Any]:
+    """What NVML says about the GPU that made `report`: the versions it signed."""
+    data = opaque.parse(spdm.parse(report).opaque)
+    signed = {"driver_version": data.driver_version, "vbios_version": data.vbios_version}
+    return nvml(**{**signed, **changes})
+
+
 def evidence(
     report: bytes,
     chain: Sequence[x509.Certificate],
@@ -228,7 +235,7 @@ def evidence(
     doc: dict[str, Any] = {
         "report": encode(report),
         "certificates": [encode(c.public_bytes(Encoding.DER)) for c in chain],
-        "nvml": dict(nvml_said if nvml_said is not None else nvml()),
+        "nvml": dict(nvml_said if nvml_said is not None else nvml_of(report)),
     }
     if rims:
         doc["rims"] = {kind: encode(xml) for kind, xml in rims.items()}
