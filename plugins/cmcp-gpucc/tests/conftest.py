@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
-
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from cryptography import x509

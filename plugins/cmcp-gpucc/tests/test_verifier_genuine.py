@@ -48,8 +48,13 @@ def trust(binding: bytes = bytes(32), **changes: object) -> TrustInputs:
     return TrustInputs(**values)  # type: ignore[arg-type]
 
 
+def evidence(report: bytes, chain: tuple[x509.Certificate, ...]) -> dict[str, object]:
+    """The evidence the collector writes for this report: NVML agreeing with what it signed."""
+    return synthetic.evidence(report, chain, nvml_said=synthetic.nvml_of(report))
+
+
 def verify(report: bytes, chain: tuple[x509.Certificate, ...], binding: bytes = bytes(32)):  # type: ignore[no-untyped-def]
-    return GpuVerifier().verify(synthetic.evidence(report, chain), trust(binding))
+    return GpuVerifier().verify(evidence(report, chain), trust(binding))
 
 
 @pytest.mark.parametrize("name", sorted(FACTS))
@@ -168,10 +173,10 @@ def test_one_flipped_nonce_byte_of_the_blackwell_report_fails_the_signature(
 
 def test_the_chain_is_judged_at_the_claim_time(genuine: Load) -> None:
     report, chain = genuine("nvlgv-hopper")
-    evidence = synthetic.evidence(report, chain)
-    before = GpuVerifier().verify(evidence, trust(at=datetime(2020, 10, 16, tzinfo=UTC)))
+    doc = evidence(report, chain)
+    before = GpuVerifier().verify(doc, trust(at=datetime(2020, 10, 16, tzinfo=UTC)))
     assert_fails(before, "gpu.chain", "not valid until", "2020-10-16")
-    later = GpuVerifier().verify(evidence, trust(at=datetime(2090, 1, 1, tzinfo=UTC)))
+    later = GpuVerifier().verify(doc, trust(at=datetime(2090, 1, 1, tzinfo=UTC)))
     assert statuses(later)["gpu.chain"] is CheckStatus.PASS
 
 
@@ -202,7 +207,7 @@ def test_only_the_auditors_roots_are_trusted_when_given(
 ) -> None:
     report, chain = genuine("blackwell")
     verdict = GpuVerifier().verify(
-        synthetic.evidence(report, chain), trust(trust_roots=(device_pki.root_pem(),))
+        evidence(report, chain), trust(trust_roots=(device_pki.root_pem(),))
     )
     assert_fails(verdict, "gpu.chain", "not a pinned root", "given with --trust-root")
 
@@ -210,16 +215,15 @@ def test_only_the_auditors_roots_are_trusted_when_given(
 def test_nvml_versions_must_agree_with_the_signed_ones(genuine: Load) -> None:
     report, chain = genuine("hopper-570")
     for member, said in (("driver_version", "570.124.04"), ("vbios_version", "96.00.5e.00.04")):
-        evidence = synthetic.evidence(
-            report, chain, nvml_said=synthetic.nvml_of(report, **{member: said})
-        )
-        verdict = GpuVerifier().verify(evidence, trust(spdm.parse(report).requester_nonce))
+        said_by_nvml = synthetic.nvml_of(report, **{member: said})
+        doc = synthetic.evidence(report, chain, nvml_said=said_by_nvml)
+        verdict = GpuVerifier().verify(doc, trust(spdm.parse(report).requester_nonce))
         assert_fails(verdict, "gpu.versions", repr(said), "is not the signed")
 
 
 def test_the_evidence_must_carry_the_chain_as_der(genuine: Load) -> None:
     report, chain = genuine("hopper-570")
-    evidence = synthetic.evidence(report, chain)
-    evidence["certificates"][1] = encode(chain[1].public_bytes(Encoding.PEM))
-    verdict = GpuVerifier().verify(evidence, trust())
+    doc = evidence(report, chain)
+    doc["certificates"][1] = encode(chain[1].public_bytes(Encoding.PEM))  # type: ignore[index]
+    verdict = GpuVerifier().verify(doc, trust())
     assert_fails(verdict, "gpu.format", "not DER X.509")

@@ -109,13 +109,19 @@ class DevicePki:
 
     @classmethod
     def create(
-        cls, chip: str = "GH100", *, leaf_not_after: datetime = NOT_AFTER, fwid: bytes | None = None
+        cls,
+        chip: str = "GH100",
+        *,
+        leaf_not_after: datetime = NOT_AFTER,
+        fwid: bytes | None = None,
+        curve: ec.EllipticCurve | None = None,
     ) -> DevicePki:
+        """The chain for `chip`; `curve` gives the leaf another key than P-384 (NVIDIA's)."""
         root = issue("cMCP Test Device Identity CA", None, ca=True)
         identity = issue(f"NVIDIA {chip} Identity", root, ca=True)
         provisioner = issue(f"NVIDIA {chip} Provisioner ICA 1", identity, ca=True)
         brom = issue(f"{chip} A01 GSP BROM", provisioner, ca=True)
-        key = ec.generate_private_key(ec.SECP384R1())
+        key = ec.generate_private_key(curve or ec.SECP384R1())
         fwid = fwid or hashlib.sha384(b"test GSP firmware").digest()
         leaf = _leaf(brom, key, chip, fwid, leaf_not_after)
         return cls(chip, root, identity, provisioner, brom, leaf, key, fwid)
@@ -235,7 +241,7 @@ def evidence(
     doc: dict[str, Any] = {
         "report": encode(report),
         "certificates": [encode(c.public_bytes(Encoding.DER)) for c in chain],
-        "nvml": dict(nvml_said if nvml_said is not None else nvml_of(report)),
+        "nvml": dict(nvml_said if nvml_said is not None else nvml()),
     }
     if rims:
         doc["rims"] = {kind: encode(xml) for kind, xml in rims.items()}
