@@ -208,7 +208,7 @@ class _Run:
             raise _Skip(f"The report is not authenticated (see {SIGNATURE}).")
         if data.fwid is None:
             raise _Skip(
-                "The report states no FWID (opaque field 20; older drivers do not), so it is "
+                "The report states no FWID (opaque field 20; older drivers omit it), so it is "
                 "not compared with the device certificate's."
             )
         try:
