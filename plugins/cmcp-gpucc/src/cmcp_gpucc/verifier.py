@@ -109,7 +109,7 @@ class _Run:
         )  # fmt: skip
         return run_checks(steps)
 
-    def roots(self) -> roots.TrustSet:
+    def anchors(self) -> roots.TrustSet:
         if self.trust_set is None:
             try:
                 self.trust_set = roots.trust_set(self.trust.trust_roots)
@@ -165,7 +165,7 @@ class _Run:
     def chain_check(self) -> str:
         if not self.certs:
             raise _Skip(f"The evidence has no usable device chain (see {FORMAT}).")
-        trust = self.roots()
+        trust = self.anchors()
         try:
             self.chain = chain.verify_chain(self.certs, trust, self.trust.at)
         except chain.ChainError as error:
