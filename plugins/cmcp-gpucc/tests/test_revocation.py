@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
@@ -224,3 +225,32 @@ def test_a_tampered_response_fails_its_signature(pki: RimPki) -> None:
     response[-5] ^= 0x01  # inside the signature
     with pytest.raises(RevocationError, match="cannot be relied on"):
         check(pki, replaced(pki, 0, bytes(response)))
+
+
+def der(tag: int, content: bytes) -> bytes:
+    size = len(content)
+    length = bytes([size]) if size < 0x80 else bytes([0x82]) + size.to_bytes(2, "big")
+    return bytes([tag]) + length + content
+
+
+def test_a_sha1_signature_is_refused(pki: RimPki) -> None:
+    """cryptography will not sign an OCSP response with SHA-1, so the response is assembled
+    here: the tbsResponseData of a good one, signed by the issuer's key with ECDSA-SHA1."""
+    good = ocsp.load_der_ocsp_response(pki.responses()[0])
+    tbs = good.tbs_response_bytes
+    signature = pki.l3.key.sign(tbs, ec.ECDSA(hashes.SHA1()))  # noqa: S303 - the weak case
+    ecdsa_with_sha1 = der(0x30, der(0x06, bytes.fromhex("2a8648ce3d0401")))
+    basic = der(0x30, tbs + ecdsa_with_sha1 + der(0x03, b"\x00" + signature))
+    id_pkix_ocsp_basic = der(0x06, bytes.fromhex("2b0601050507300101"))
+    response_bytes = der(0xA0, der(0x30, id_pkix_ocsp_basic + der(0x04, basic)))
+    weak = der(0x30, der(0x0A, b"\x00") + response_bytes)
+    loaded = ocsp.load_der_ocsp_response(weak)
+    assert isinstance(loaded.signature_hash_algorithm, hashes.SHA1)
+    # The same bytes signed with SHA-384 pass: only the hash is refused.
+    strong = pki.l3.key.sign(tbs, ec.ECDSA(hashes.SHA384()))
+    ecdsa_with_sha384 = der(0x30, der(0x06, bytes.fromhex("2a8648ce3d040303")))
+    basic = der(0x30, tbs + ecdsa_with_sha384 + der(0x03, b"\x00" + strong))
+    response_bytes = der(0xA0, der(0x30, id_pkix_ocsp_basic + der(0x04, basic)))
+    assert check(pki, replaced(pki, 0, der(0x30, der(0x0A, b"\x00") + response_bytes)))
+    with pytest.raises(RevocationError, match="cannot be relied on"):
+        check(pki, replaced(pki, 0, weak))
