@@ -206,3 +206,15 @@ def test_the_measurer_is_declared() -> None:
     assert plugin.SPEC.measurer == "cmcp_gpucc.measurer:GpuMeasurer"
     names = [option.name for option in plugin.SPEC.load_measurer().options]
     assert names == ["rim", "at", "trust-root"]
+
+
+def test_rims_that_both_claim_an_index_are_refused(tmp_path: Path) -> None:
+    pki = RimPki.create()
+    driver, vbios = tmp_path / "driver.xml", tmp_path / "vbios.xml"
+    driver.write_bytes(pki.sign(rim_document({7: [b"\x07" * 48]}, version="590.12")))
+    vbios.write_bytes(pki.sign(rim_document({7: [b"\x07" * 48]}, version="96.00.A5.00.01")))
+    root = tmp_path / "root.pem"
+    root.write_bytes(pki.root.cert.public_bytes(Encoding.PEM))
+    result = measure("--rim", driver, "--rim", vbios, "--at", AT.isoformat(), "--trust-root", root)
+    assert result.returncode == 2
+    assert "RIM indices 7 are active in both" in " ".join(result.stderr.split())

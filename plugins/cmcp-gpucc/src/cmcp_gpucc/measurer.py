@@ -115,6 +115,13 @@ def _pair(rims: Sequence[tuple[str, Rim]]) -> tuple[tuple[str, Rim], tuple[str, 
             f"{vbios[1].product}: they describe different GPUs",
             hint="give the two RIMs of one GPU model",
         )
+    both = sorted({m.index for m in driver[1].active} & {m.index for m in vbios[1].active})
+    if both:
+        raise ProviderError(
+            f"RIM indices {', '.join(map(str, both))} are active in both the driver and the "
+            "VBIOS RIM, so the verifier refuses this pair as ambiguous",
+            hint="give the driver and VBIOS RIMs NVIDIA publishes for one GPU",
+        )
     return driver, vbios
 
 
