@@ -29,8 +29,7 @@ from cmcp_cli.attestation.api import (
     ProviderError,
 )
 from cmcp_gpucc.rim import MAX_RIM_BYTES, Rim, RimError, rim_set_measurement, verify_rim
-from cmcp_gpucc.rim_chain import describe
-from cmcp_gpucc.roots import RootError, trust_set
+from cmcp_gpucc.roots import RootError, common_name, trust_set
 
 OPTIONS: Final = (
     MeasureOption(
@@ -132,8 +131,8 @@ def _details(path: str, rim: Rim) -> dict[str, Any]:
         "product": rim.product,
         "version": rim.version,
         "tag_id": rim.tag_id,
-        "signer": describe(chain[0]).strip('"'),
-        "signed_under": describe(chain[-1]).strip('"'),
+        "signer": common_name(chain[0]),
+        "signed_under": common_name(chain[-1]),
         "valid_from": max(cert.not_valid_before_utc for cert in chain).isoformat(),
         "valid_until": min(cert.not_valid_after_utc for cert in chain).isoformat(),
         "active": {str(m.index): [value.hex() for value in m.alternatives] for m in rim.active},

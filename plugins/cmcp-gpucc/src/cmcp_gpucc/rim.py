@@ -263,6 +263,8 @@ def _embedded_chain(root: etree._Element) -> tuple[etree._Element, list[x509.Cer
 
 
 def signature_config(at: datetime) -> SignatureConfiguration:
+    """What signxml must find: an X.509 signature enveloped in the root element, one
+    reference, ECDSA-SHA384 over SHA-384 digests, certificates judged at `at`."""
     return SignatureConfiguration(
         require_x509=True,
         location="./",  # enveloped directly in the root element
