@@ -162,6 +162,26 @@ class Appraiser:
         except revocation.RevocationError as error:
             raise _Fail(str(error)) from None
 
+    def pinned(self) -> str:
+        pins = self.state.wanted.rim_measurements
+        if pins is None:
+            raise _Skip(
+                f"No rim_measurements in the auditor's platform policy ({policy.TABLE} of "
+                "--platform-policy): any driver and VBIOS RIM pair NVIDIA signed is accepted."
+            )
+        measured = self.measurement()
+        if measured is None:
+            missing = [_names(kind) for kind in KINDS if kind not in self.rims]
+            raise _Skip(f"No verified RIM pair to compare (see {', '.join(missing)}).")
+        if measured not in pins:
+            driver, vbios = self.rims["driver"], self.rims["vbios"]
+            raise _Fail(
+                f"The RIM pair (driver {driver.version}, VBIOS {vbios.version}) measures "
+                f"{measured}, which is not among the platform policy's {len(pins)} "
+                "rim_measurements."
+            )
+        return f"The RIM pair measures {measured}, one of the platform policy's rim_measurements."
+
     def measurement(self) -> str | None:
         """The pinnable digest of the RIM pair (`cmcp measure gpu-cc`), once both verified."""
         if "driver" in self.rims and "vbios" in self.rims:
