@@ -212,7 +212,7 @@ def gather_staples(
     chains: Mapping[int, tuple[bytes, ...]],
     reports: Mapping[int, bytes],
     *,
-    client_factory: Callable[[], httpx.Client] = make_client,
+    client_factory: Callable[[], httpx.Client] | None = None,
 ) -> dict[int, Staples]:
     """What each GPU's evidence staples, by NVML index (see the module docstring).
     `reports` holds a report of each GPU, for naming its RIMs when `rim_url` is set."""
@@ -222,7 +222,7 @@ def gather_staples(
         raise ProviderError(f"{SECTION}.ocsp lists more than {MAX_OCSP} responses")
     stapled = tuple(load_ocsp(path) for path in settings.ocsp)
     online = settings.rim_url is not None or settings.ocsp_url is not None
-    with client_factory() if online else nullcontext() as client:
+    with (client_factory or make_client)() if online else nullcontext() as client:
         fetched: dict[tuple[int, str], RimFile] = {}
         if settings.rim_url is not None and client is not None:
             fetched = _fetch_rims(client, settings.rim_url, facts, files, reports)
