@@ -4,6 +4,7 @@ changed in a way that keeps its type, the check that catches each, and re-signin
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,8 @@ CAUGHT_BY: dict[str, str] = {
     "gateway.catalog.drift_detected": "log: drift",
     "gateway.attestation": "log: issuer",
     "gateway.attestation.binding": "binding",
+    # each device item, its evidence by digest: the log's record of the devices
+    "gateway.attestation.devices": "log: issuer",
     # the newest evidence's pin, the validity and the stale entries: the log's
     "gateway.attestation.measurement_pin": "log: issuer",
     "gateway.attestation.validity_seconds": "log: issuer",
@@ -66,18 +69,27 @@ ENUMERATED: dict[str, tuple[str, ...]] = {
 
 
 def addition_caught_by(path: str) -> str:
-    """`by_kind` names only message kinds, each with exactly its counts: anything added
-    there fails `format`."""
-    return "format" if path.startswith("gateway.call_summary.by_kind.") else caught_by(path)
+    """`by_kind` names only message kinds, each with exactly its counts, and a device item
+    has exactly its members: anything added there fails `format`."""
+    if path.startswith("gateway.call_summary.by_kind."):
+        return "format"
+    if re.fullmatch(rf"gateway\.attestation\.devices\.\d+\.{ADDED}", path):
+        return "format"
+    return caught_by(path)
 
 
 def removal_caught_by(path: str) -> str:
     """Removing a member the claim's shape requires fails `format`; only the provider's
-    evidence members, `by_kind` and its kinds may be absent from a well-formed claim."""
+    evidence members (the platform's and each device's), the devices list as a whole,
+    `by_kind` and its kinds may be absent from a well-formed claim."""
     by_kind = "gateway.call_summary.by_kind"
-    optional = path.startswith("gateway.attestation.evidence.") or by_kind in (
-        path,
-        path.rpartition(".")[0],
+    devices = "gateway.attestation.devices"
+    device_evidence = re.fullmatch(rf"{re.escape(devices)}\.\d+\.evidence\..+", path)
+    optional = (
+        path.startswith("gateway.attestation.evidence.")
+        or path == devices
+        or device_evidence is not None
+        or by_kind in (path, path.rpartition(".")[0])
     )
     return caught_by(path) if optional else "format"
 

@@ -108,8 +108,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+DEVICE_PROVIDER = "gpu-cc"  # the device provider cMCP documents
+
+
 class AttestationConfig(_Section):
-    provider: Literal["auto", "tpm", "sev-snp", "tdx", "gpu-cc", "opaque", "software-only"] = "auto"
+    # The CPU platform's provider. Devices beside it (confidential GPUs) are attested by
+    # every installed device provider that detects one, never instead of it.
+    provider: Literal["auto", "tpm", "sev-snp", "tdx", "opaque", "software-only"] = "auto"
+    # Refuse to start unless a device provider (gpu-cc) is installed, detects its devices
+    # and prepares them: every session's claim then carries their evidence.
+    gpu_required: bool = False
     enforcement_mode: Literal["enforcing", "advisory", "silent"] = "enforcing"
     validity_seconds: PositiveInt = 86_400
     staleness_policy: Literal["fail_closed", "warn_only"] = "fail_closed"
@@ -117,6 +125,17 @@ class AttestationConfig(_Section):
     # Settings of one provider plugin each (`tpm: {tcti: ..., pcr: 23}`, `opaque: {url: ...}`),
     # validated by that plugin, which the host does not know in advance.
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("provider", mode="before")
+    @classmethod
+    def _not_a_device(cls, value: Any) -> Any:
+        if value == DEVICE_PROVIDER:
+            raise ValueError(
+                "gpu-cc attests GPUs beside the CPU platform, not instead of it: set "
+                "attestation.provider to the CPU's provider (auto, sev-snp, tdx, tpm) and "
+                "attestation.gpu_required: true to require the GPUs"
+            )
+        return value
 
     @field_validator("expected_measurement", mode="before")
     @classmethod

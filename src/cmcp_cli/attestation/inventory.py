@@ -1,17 +1,20 @@
-"""What `cmcp plugins` reports: each provider, where it comes from, whether it can run
-here (detected, not detected, or unavailable: its collector cannot load, with the hint
-that fixes it), and every plugin that failed to load."""
+"""What `cmcp plugins` reports: each provider, where it comes from, its scope (the CPU
+platform, or devices beside it), whether it can run here (detected, not detected, or
+unavailable: its collector cannot load, with the hint that fixes it), and every plugin
+that failed to load."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
 
+from cmcp_cli.attestation.api import Detection, ProviderScope
 from cmcp_cli.attestation.manager import (
     LoadFailure,
     ProviderUnavailableError,
     RegisteredProvider,
     load_collector,
+    load_part,
     load_providers,
 )
 
@@ -33,6 +36,7 @@ class ProviderRow:
     state: ProviderState
     detail: str
     hint: str | None = None
+    scope: ProviderScope = ProviderScope.PLATFORM
 
     @property
     def detected(self) -> bool:
@@ -45,6 +49,7 @@ class ProviderRow:
             "version": self.version,
             "platform": self.platform,
             "evidence_types": list(self.evidence_types),
+            "scope": self.scope.value,
             "state": self.state.value,
             "detected": self.detected,
             "detail": self.detail,
@@ -81,6 +86,7 @@ def inventory() -> ProviderInventory:
                 state=state,
                 detail=detail,
                 hint=hint,
+                scope=spec.scope,
             )
         )
     return ProviderInventory(tuple(rows), tuple(failures))
@@ -90,13 +96,17 @@ def _probe(provider: RegisteredProvider) -> tuple[ProviderState, str, str | None
     """Load the collector and ask it whether its hardware is here (with its defaults). A
     plugin's own bug is reported in its row: one broken plugin does not hide the others."""
     try:
-        collector = load_collector(provider)
+        if provider.spec.scope is ProviderScope.DEVICE:
+            device = load_part(provider, provider.spec.load_device_collector, "attest devices")
+            detect = device.detect
+        else:
+            detect = load_collector(provider).detect
     except ProviderUnavailableError as exc:
         return ProviderState.UNAVAILABLE, exc.reason, exc.hint
     except Exception as exc:  # noqa: BLE001 - a plugin's own bug is reported, not raised
         return ProviderState.FAILED, f"its collector failed to load: {_named(exc)}", _bug(provider)
     try:
-        detection = collector.detect({})  # leaves nothing open: only `prepare` takes the device
+        detection: Detection = detect({})  # leaves nothing open: only `prepare` takes one
     except Exception as exc:  # noqa: BLE001 - a plugin's own bug is reported, not raised
         return ProviderState.FAILED, f"detect failed: {_named(exc)}", _bug(provider)
     if detection.present:

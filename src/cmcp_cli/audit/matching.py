@@ -8,20 +8,20 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeGuard
 
-import orjson
-
 from cmcp_cli.attestation.binding import compute_binding
 from cmcp_cli.audit.chain import DECISION_PHASE, DEFAULT_KIND, ChainState
+from cmcp_cli.audit.claim_values import ABSENT, devices_mismatch, digest, same, show
 from cmcp_cli.audit.entry import EntryError, open_line
 from cmcp_cli.audit.replay import IssuedClaim, ProblemKind, SessionReplay
 from cmcp_cli.audit.session_record import (
     SessionRecordError,
     claim_facts,
+    device_records,
     evidence_record,
     issuer_member,
     issuer_of,
 )
-from cmcp_cli.claim.canonical import CanonicalizationError, canonical_bytes, canonical_sha256
+from cmcp_cli.claim.canonical import canonical_bytes
 from cmcp_cli.claim.keys import jwk_thumbprint
 from cmcp_cli.claim.model import ENFORCEMENT_MODES, claim_body, is_gateway_claim
 from cmcp_cli.claim.signing import SIGNATURE
@@ -210,7 +210,8 @@ _COVERS = {
     "log: session": "session id, subject, model, policy, catalog hash and catalog pinning "
     "are what session_start records",
     "log: issuer": "the key (by RFC 7638 thumbprint), platform, measurement, evidence (by "
-    "digest), binding, gateway build, appraisal and attestation are the issuer's record",
+    "digest), devices (each evidence by digest), binding, gateway build, appraisal and "
+    "attestation are the issuer's record",
     "log: counters": "call_summary (tools_invoked and by_kind too) and "
     "tool_transcript.call_count are counted from the log",
     "log: data class": "data_class is the most sensitive class of the log's forwarded calls",
@@ -228,8 +229,6 @@ _RECORD_COVERS = {
     "log: counters": "tool_transcript.call_count is counted from the log",
     "log: issuance": "iat is what the claim's record of issuance records",
 }
-_SHOWN_CHARS = 120
-_ABSENT = object()
 
 
 @dataclass(frozen=True)
@@ -279,13 +278,14 @@ def match_claim(replay: SessionReplay, document: Mapping[str, Any]) -> ClaimMatc
     if end is None:  # a chain cut short: all but what session_end fixes is still compared
         end = {"reason": None, "claim": {"iat": -1, "sequence_number": -1, "previous": None}}
     try:
-        expected, key_check, evidence_check = _expected_claim(replay, end, state)
+        expected, key_check, evidence_check, devices_check = _expected_claim(replay, end, state)
     except SessionRecordError as exc:
         return ClaimMatch(checks=(), unmatched=f"the log cannot vouch for the claim: {exc}")
     stated = {k: v for k, v in document.items() if k != SIGNATURE}
     special: dict[str, Callable[[object], str | None]] = {"trace.cnf.jwk": key_check}
     if gateway_claim:
         special["gateway.attestation.evidence"] = evidence_check
+        special["gateway.attestation.devices"] = devices_check
     else:  # a TRACE record is the claim's `trace`, signed on its own
         expected, stated = {"trace": expected["trace"]}, {"trace": stated}
     found: list[Mismatch] = []
@@ -332,11 +332,14 @@ def _issued_at_tip(replay: SessionReplay, document: Mapping[str, Any]) -> Issued
     return None
 
 
+_Judge = Callable[[object], str | None]
+
+
 def _expected_claim(
     replay: SessionReplay, end: Mapping[str, Any], state: ChainState
-) -> tuple[dict[str, Any], Callable[[object], str | None], Callable[[object], str | None]]:
-    """The unsigned claim the log determines, and how the claim's key and evidence are
-    judged against the digests the log keeps of them."""
+) -> tuple[dict[str, Any], _Judge, _Judge, _Judge]:
+    """The unsigned claim the log determines, and how the claim's key, evidence and
+    devices are judged against the digests the log keeps of them."""
     start = replay.start
     if start is None:
         raise SessionRecordError(f"it has no session_start of session {replay.session_id}")
@@ -371,7 +374,7 @@ def _expected_claim(
         )
 
     def evidence_check(stated: object) -> str | None:
-        stated_digest = _digest(stated)
+        stated_digest = digest(stated)
         if stated_digest == evidence_digest:
             return None
         return (
@@ -379,7 +382,12 @@ def _expected_claim(
             f"gives evidence {evidence_digest} ({evidence_at}.evidence_digest)"
         )
 
-    return claim_body(facts, {}), key_check, evidence_check
+    devices = device_records(newest, evidence_at)
+
+    def devices_check(stated: object) -> str | None:
+        return devices_mismatch(devices, stated, f"{evidence_at}.devices")
+
+    return claim_body(facts, {}), key_check, evidence_check, devices_check
 
 
 def _compare(
@@ -398,27 +406,16 @@ def _compare(
     if isinstance(expected, Mapping) and isinstance(stated, Mapping):
         for name in [*expected, *(k for k in stated if k not in expected)]:
             member = f"{path}.{name}" if path else str(name)
-            _compare(expected.get(name, _ABSENT), stated.get(name, _ABSENT), member, special, found)
+            _compare(expected.get(name, ABSENT), stated.get(name, ABSENT), member, special, found)
         return
-    if not _same(expected, stated):
-        if stated is _ABSENT:
-            message = f"{path}: the claim states nothing, the log gives {_show(expected)}"
-        elif expected is _ABSENT:
-            message = f"{path}: the claim states {_show(stated)}, which the log does not determine"
+    if not same(expected, stated):
+        if stated is ABSENT:
+            message = f"{path}: the claim states nothing, the log gives {show(expected)}"
+        elif expected is ABSENT:
+            message = f"{path}: the claim states {show(stated)}, which the log does not determine"
         else:
-            message = f"{path}: the claim states {_show(stated)}, the log gives {_show(expected)}"
+            message = f"{path}: the claim states {show(stated)}, the log gives {show(expected)}"
         found.append(Mismatch(path, message))
-
-
-def _same(expected: object, stated: object) -> bool:
-    """JSON equality: 1, 1.0 and true are three values."""
-    if isinstance(expected, Mapping) and isinstance(stated, Mapping):
-        return expected.keys() == stated.keys() and all(
-            _same(expected[k], stated[k]) for k in expected
-        )
-    if isinstance(expected, list | tuple) and isinstance(stated, list | tuple):
-        return len(expected) == len(stated) and all(map(_same, expected, stated))
-    return type(expected) is type(stated) and expected == stated
 
 
 def _check_of(path: str) -> str:
@@ -439,26 +436,7 @@ def _thumbprint(jwk: object) -> str:
         and all(isinstance(value, str) for value in jwk.values())
     ):
         return f"key {jwk_thumbprint(jwk)}"
-    return f"{_show(jwk)}, not a public JWK of kty, crv and x"
-
-
-def _digest(evidence: object) -> str:
-    if not isinstance(evidence, Mapping):
-        return f"{_show(evidence)}, not an object"
-    try:
-        return canonical_sha256(dict(evidence))
-    except CanonicalizationError:
-        return "without a canonical form"
-
-
-def _show(value: object) -> str:
-    if value is _ABSENT:
-        return "nothing"
-    try:
-        text = orjson.dumps(value).decode()
-    except TypeError:
-        text = repr(value)
-    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 1] + "…"
+    return f"{show(jwk)}, not a public JWK of kty, crv and x"
 
 
 def _is_int(value: object) -> TypeGuard[int]:

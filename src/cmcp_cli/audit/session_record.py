@@ -11,7 +11,10 @@ including that entry; session_end's claim continues their sequence.
 
 An `attestation` entry records a re-attestation of the session's binding; the newest one
 with evidence is the evidence the claim carries (`evidence_record`), and the stale ones
-are counted in it.
+are counted in it. Devices attested beside the platform (`devices`: provider, version,
+evidence type, device and evidence digest of each) are recorded with the evidence they
+were collected with, in the issuer record and in each attestation entry, so the claim's
+`gateway.attestation.devices` is determined by the same record as its CPU evidence.
 
 `claim_facts` turns those records and the chain's own state into the facts a claim
 states. The gateway builds its claims from it, and a verifier given the log compares a
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cmcp_cli.audit.chain import STALE_STATUS, ChainState
-from cmcp_cli.claim.model import SessionFacts
+from cmcp_cli.claim.model import SessionFacts, device_item
 
 # The members of an issuer record, in session_start and in a recovery's `recovered_by`.
 ISSUER_FIELDS = (
@@ -40,6 +43,7 @@ ISSUER_FIELDS = (
     "slsa_level",
     "appraisal",
     "attestation",
+    "devices",
 )
 # The members of session_start that describe the session itself.
 SESSION_FIELDS = (
@@ -58,6 +62,36 @@ INTERRUPTED = "interrupted"  # session_end.reason of a session closed by recover
 
 class SessionRecordError(ValueError):
     """A session's records lack a member its claim states, or have it with the wrong type."""
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """One device attested beside the platform, as the log keeps it: its evidence by digest."""
+
+    provider: str
+    provider_version: str
+    evidence_type: str
+    device: str
+    evidence_digest: str
+
+    def record(self) -> dict[str, str]:
+        return {
+            "provider": self.provider,
+            "provider_version": self.provider_version,
+            "evidence_type": self.evidence_type,
+            "device": self.device,
+            "evidence_digest": self.evidence_digest,
+        }
+
+
+# The members of each item of a record's `devices`, all strings.
+DEVICE_RECORD_FIELDS = (
+    "provider",
+    "provider_version",
+    "evidence_type",
+    "device",
+    "evidence_digest",
+)
 
 
 @dataclass(frozen=True)
@@ -83,6 +117,7 @@ class Issuer:
     # `stale_warnings`) when `validity_seconds` is given.
     measurement_pin: str | None = None
     validity_seconds: int | None = None
+    devices: tuple[DeviceRecord, ...] = ()  # attested beside the platform, over its binding
 
     def record(self) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -107,6 +142,8 @@ class Issuer:
                 "measurement_pin": self.measurement_pin,
                 "validity_seconds": self.validity_seconds,
             }
+        if self.devices:
+            record["devices"] = [device.record() for device in self.devices]
         return record
 
 
@@ -191,6 +228,7 @@ EVIDENCE_FIELDS = (
     "evidence_type",
     "generated_at",
     "measurement_pin",
+    "devices",
 )
 
 
@@ -213,6 +251,8 @@ def attestation_record(
             "generated_at": issuer.generated_at,
             "measurement_pin": issuer.measurement_pin,
         }
+        if issuer.devices:
+            fields["devices"] = [device.record() for device in issuer.devices]
     if reason is not None:
         fields["reason"] = reason
     if policy is not None:
@@ -258,8 +298,8 @@ def claim_facts(
     issuance (`end`: the session_end, or a `claim` entry, whose `claim` member fixes
     `iat`, `sequence_number` and `previous`), and its state as of that record, determines.
     `attestation` is the claim's own `gateway.attestation` for the members the log keeps
-    only a digest of (`evidence`) or recomputes (`binding`); every other member comes from
-    the records.
+    only a digest of (`evidence`, and each device's) or recomputes (`binding`); every other
+    member comes from the records.
 
     Raises `SessionRecordError` naming the first member that is missing or mistyped.
     """
@@ -319,6 +359,7 @@ def claim_facts(
             "generated_at": _member(sub, "generated_at", str, sub_at),
             "binding": attestation.get("binding"),
             "evidence": attestation.get("evidence"),
+            **_devices(top, top_at, attestation.get("devices")),
             **_freshness(issued, sub, f"{who}.attestation", sub_at, state),
         },
         build_digest=_member(issuer, "gateway_digest", str, who),
@@ -352,6 +393,46 @@ def _freshness(
 
 
 _MISSING = object()
+
+
+def device_records(record: Mapping[str, Any], where: str) -> list[Mapping[str, Any]]:
+    """The `devices` a record of evidence (an issuer record or an attestation entry)
+    keeps, each with `DEVICE_RECORD_FIELDS` as strings; empty when it records none."""
+    if "devices" not in record:
+        return []
+    devices = _member(record, "devices", list, where)
+    if not devices:
+        raise SessionRecordError(f"{where} records an empty devices list")
+    for index, device in enumerate(devices):
+        at = f"{where}.devices[{index}]"
+        if not isinstance(device, Mapping):
+            raise SessionRecordError(f"{at} is {_json_type(device)}, not an object")
+        for name in DEVICE_RECORD_FIELDS:
+            _member(device, name, str, at)
+    return list(devices)
+
+
+def _devices(newest: Mapping[str, Any], where: str, stated: object) -> dict[str, Any]:
+    """`devices` of the claim: the newest evidence record's, each with the evidence the
+    claim carries for it (`stated`, the claim's own list; the log keeps only digests)."""
+    records = device_records(newest, where)
+    if not records:
+        return {}
+    carried = stated if isinstance(stated, list) else []
+    items = []
+    for index, record in enumerate(records):
+        item = carried[index] if index < len(carried) else None
+        evidence = item.get("evidence") if isinstance(item, Mapping) else None
+        items.append(
+            device_item(
+                provider=record["provider"],
+                provider_version=record["provider_version"],
+                evidence_type=record["evidence_type"],
+                device=record["device"],
+                evidence=evidence,
+            )
+        )
+    return {"devices": items}
 
 
 def _member(record: Mapping[str, Any], name: str, kind: type, where: str) -> Any:

@@ -22,6 +22,23 @@ SOFTWARE_PLATFORM = "software-only"
 NO_APPRAISAL_VERIFIER = "urn:cmcp:appraisal:none"
 ENFORCEMENT_MODES = {"enforcing": "enforce", "advisory": "advisory", "silent": "silent"}
 CATALOG_PINNING: tuple[str, ...] = get_args(CatalogPinning)
+# The members of each item of `gateway.attestation.devices`: the evidence of one device
+# (a confidential GPU) beside the CPU platform, collected by a device provider over the
+# CPU evidence's `binding`. The list is absent when no device was attested.
+DEVICE_MEMBERS = ("provider", "provider_version", "evidence_type", "device", "evidence")
+
+
+def device_item(
+    *, provider: str, provider_version: str, evidence_type: str, device: str, evidence: Any
+) -> dict[str, Any]:
+    """One item of `gateway.attestation.devices`, with exactly `DEVICE_MEMBERS`."""
+    return {
+        "provider": provider,
+        "provider_version": provider_version,
+        "evidence_type": evidence_type,
+        "device": device,
+        "evidence": evidence,
+    }
 
 
 @dataclass(frozen=True)
@@ -48,9 +65,9 @@ class SessionFacts:
     # operator's own or written from what the upstreams advertised at the first start
     catalog_pinning: str
     drift_detected: bool
-    attestation: Mapping[
-        str, Any
-    ]  # provider, provider_version, evidence_type, generated_at, binding, evidence
+    # provider, provider_version, evidence_type, generated_at, binding, evidence, and
+    # `devices` (items of DEVICE_MEMBERS) when devices were attested beside the platform
+    attestation: Mapping[str, Any]
     build_digest: str  # the gateway software digest, also the binding's "gateway" member
     slsa_level: int = 0
     appraisal_status: str = "none"

@@ -69,6 +69,10 @@ def _announce(runtime: GatewayRuntime) -> None:
         render.err.print(f"  measurement  {runtime.measurement.matched} (pinned)")
     for reason in runtime.passed_over:
         render.err.print(f"  passed over  {escape(reason)}")
+    for device in runtime.attestor.devices:
+        render.err.print(f"  devices      {escape(device.spec.name)}, attested in every session")
+    for reason in runtime.devices_left_out:
+        render.err.print(f"  not attested {escape(reason)}")
     render.err.print(
         f"  policy       {runtime.bundle.hash} ({config.attestation.enforcement_mode})"
     )

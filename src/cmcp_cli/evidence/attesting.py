@@ -4,6 +4,10 @@ The DESIGN §6 binding ties a key to a session's policy and catalog and to this 
 the provider collects evidence over it, and `attest_key` returns what signs a claim and
 what attests it, with the issuer record its chain keeps. A session's key is attested when
 it opens and again when its evidence is renewed; a recovering process attests its own.
+
+Devices beside the CPU platform (confidential GPUs) are attested over the same binding by
+the device providers the gateway started with (`Attestor.devices`): every one of them, every
+time. A device that cannot be attested attests nothing, so the key is not attested either.
 """
 
 from __future__ import annotations
@@ -14,13 +18,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cmcp_cli import __version__
-from cmcp_cli.attestation.api import Collector, Evidence, ProviderError, ProviderSpec
+from cmcp_cli.attestation.api import (
+    Collector,
+    DeviceCollector,
+    DeviceEvidence,
+    Evidence,
+    ProviderError,
+    ProviderSpec,
+)
 from cmcp_cli.attestation.binding import compute_binding
 from cmcp_cli.audit.entry import timestamp
 from cmcp_cli.audit.recorder import Clock, utc_now
-from cmcp_cli.audit.session_record import Issuer
-from cmcp_cli.claim.canonical import canonical_sha256
+from cmcp_cli.audit.session_record import DeviceRecord, Issuer
+from cmcp_cli.claim.canonical import CanonicalizationError, canonical_sha256
 from cmcp_cli.claim.keys import ClaimKey
+from cmcp_cli.claim.model import device_item
 from cmcp_cli.errors import CmcpError
 
 # A random id of this gateway process, recorded in every session it opens, so that a
@@ -32,15 +44,38 @@ class AttestationUnavailableError(CmcpError):
     """No evidence can be collected for a new session: it is not opened (fail closed)."""
 
 
+class DeviceAttestationError(AttestationUnavailableError):
+    """A device the gateway attests beside its platform could not be attested: no session
+    opens, and an open one whose re-attestation finds it so takes no further request."""
+
+
 class MeasurementMismatchError(AttestationUnavailableError):
     """The evidence states a measurement outside `attestation.expected_measurement`: no
     session is opened on it, and a gateway whose first evidence states one does not start."""
 
 
 @dataclass(frozen=True)
+class DeviceAttestor:
+    """A device provider the gateway started with (detected and prepared): its one
+    collector instance, origin and settings (`attestation.providers.<name>`)."""
+
+    spec: ProviderSpec
+    version: str
+    collector: DeviceCollector
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(
+        cls, spec: ProviderSpec, version: str, settings: Mapping[str, Any] | None = None
+    ) -> DeviceAttestor:
+        return cls(spec, version, spec.load_device_collector(), dict(settings or {}))
+
+
+@dataclass(frozen=True)
 class Attestor:
     """The provider that collects this host's evidence: its one collector instance (which
-    holds the device for the gateway's life), origin and settings."""
+    holds the device for the gateway's life), origin and settings; and the device
+    providers that attest devices beside it over the same binding."""
 
     spec: ProviderSpec
     version: str
@@ -50,12 +85,21 @@ class Attestor:
     # nothing (empty: no pin). `attestation.validity_seconds`, recorded with each issuer.
     pins: tuple[str, ...] = ()
     validity_seconds: int | None = None
+    devices: tuple[DeviceAttestor, ...] = ()
 
     @classmethod
     def load(
         cls, spec: ProviderSpec, version: str, settings: Mapping[str, Any] | None = None
     ) -> Attestor:
         return cls(spec, version, spec.load_collector(), dict(settings or {}))
+
+    def close(self) -> None:
+        """Release the platform's collector and every device provider's."""
+        try:
+            self.collector.close()
+        finally:
+            for device in self.devices:
+                device.collector.close()
 
 
 @dataclass(frozen=True)
@@ -66,7 +110,7 @@ class AttestedKey:
     key: ClaimKey
     binding: bytes
     evidence: Evidence
-    attestation: dict[str, Any]  # the claim's gateway.attestation
+    attestation: dict[str, Any]  # the claim's gateway.attestation (with `devices`, if any)
     issuer: Issuer  # as session_start (or a recovery's session_end) records it
 
 
@@ -82,9 +126,11 @@ def attest_key(
     enforce_pins: bool = True,
 ) -> AttestedKey:
     """Compute the DESIGN §6 binding of `key` and have the provider collect evidence over
-    it. Raises `AttestationUnavailableError` when the provider cannot (fail closed), and
-    `MeasurementMismatchError` when the measurement is not pinned, unless `enforce_pins`
-    is False (a re-attestation records such evidence, its pin None, and judges it)."""
+    it, and every device provider over the same binding. Raises
+    `AttestationUnavailableError` when the provider cannot (fail closed),
+    `DeviceAttestationError` when a device provider cannot, and `MeasurementMismatchError`
+    when the measurement is not pinned, unless `enforce_pins` is False (a re-attestation
+    records such evidence, its pin None, and judges it)."""
     binding = compute_binding(
         key_thumbprint=key.thumbprint,
         bundle_hash=bundle_hash,
@@ -98,6 +144,9 @@ def attest_key(
             f"the {attestor.spec.name} provider could not attest the session: {exc.message}",
             hint=exc.hint,
         ) from exc
+    devices = tuple(
+        (device, item) for device in attestor.devices for item in _collect_devices(device, binding)
+    )
     try:
         pin = matched_pin(attestor, evidence.measurement)
     except MeasurementMismatchError:
@@ -113,6 +162,17 @@ def attest_key(
         "binding": binding.hex(),
         "evidence": dict(evidence.evidence),
     }
+    if devices:
+        attestation["devices"] = [
+            device_item(
+                provider=device.spec.name,
+                provider_version=device.version,
+                evidence_type=item.evidence_type,
+                device=item.device,
+                evidence=dict(item.evidence),
+            )
+            for device, item in devices
+        ]
     issuer = Issuer(
         process=process_id,
         key_thumbprint=key.thumbprint,
@@ -127,8 +187,51 @@ def attest_key(
         generated_at=generated_at,
         measurement_pin=pin,
         validity_seconds=attestor.validity_seconds,
+        devices=tuple(
+            DeviceRecord(
+                provider=device.spec.name,
+                provider_version=device.version,
+                evidence_type=item.evidence_type,
+                device=item.device,
+                evidence_digest=canonical_sha256(dict(item.evidence)),
+            )
+            for device, item in devices
+        ),
     )
     return AttestedKey(key, binding, evidence, attestation, issuer)
+
+
+def _collect_devices(device: DeviceAttestor, binding: bytes) -> tuple[DeviceEvidence, ...]:
+    """The device provider's evidence over `binding`: at least one item, each of an
+    evidence type it declares and with a canonical JSON form; else
+    `DeviceAttestationError`, since a claim cannot carry what it cannot state."""
+    name = device.spec.name
+    try:
+        items = device.collector.collect(binding, device.settings)
+    except ProviderError as exc:
+        raise DeviceAttestationError(
+            f"the {name} provider could not attest the session's devices: {exc.message}",
+            hint=exc.hint,
+        ) from exc
+    problem = None
+    if not items:
+        problem = "it returned no device evidence, though it was prepared with devices"
+    for item in items:
+        if item.evidence_type not in device.spec.evidence_types:
+            problem = f"it returned evidence type {item.evidence_type!r}, which it does not declare"
+        else:
+            try:
+                canonical_sha256(dict(item.evidence))
+            except (CanonicalizationError, TypeError, ValueError) as exc:
+                problem = f"the evidence of {item.device} has no canonical JSON form ({exc})"
+        if problem is not None:
+            break
+    if problem is not None:
+        raise DeviceAttestationError(
+            f"the {name} provider could not attest the session's devices: {problem}",
+            hint=f"a bug in the {name} plugin {device.version}: report it to its maintainers",
+        )
+    return tuple(items)
 
 
 def matched_pin(attestor: Attestor, measurement: str) -> str | None:

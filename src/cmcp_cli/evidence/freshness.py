@@ -6,17 +6,23 @@ records the result as an `attestation` entry: `fresh` when the measurement is st
 session's and pinned, `stale` (with its reason and the `staleness_policy` that decides
 what follows) when the evidence could not be collected or its measurement changed or
 left the pinned set. The claim carries the newest evidence an entry records.
+
+Devices attested at the session's start must be attested again, the same ones: a device
+that cannot be, or a changed set of devices, makes the evidence stale and the session
+fail closed whatever `staleness_policy` says, since the session's GPU work would go on
+on devices nothing attests any more.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cmcp_cli.audit.session_record import FRESH, STALE, attestation_record
+from cmcp_cli.audit.session_record import FRESH, STALE, Issuer, attestation_record
 from cmcp_cli.evidence.attesting import (
     AttestationUnavailableError,
     AttestedKey,
     Attestor,
+    DeviceAttestationError,
     attest_key,
 )
 from cmcp_cli.evidence.session import EvidenceSession
@@ -26,6 +32,12 @@ from cmcp_cli.evidence.session import EvidenceSession
 class Renewal:
     fresh: bool
     reason: str | None = None  # why the session's evidence is stale, when it is
+    # A device attested at the start is not attested now: the session fails closed under
+    # every staleness policy.
+    device_lost: bool = False
+
+
+FAIL_CLOSED = "fail_closed"
 
 
 def renew_evidence(session: EvidenceSession, attestor: Attestor, *, policy: str) -> Renewal:
@@ -34,6 +46,7 @@ def renew_evidence(session: EvidenceSession, attestor: Attestor, *, policy: str)
     ended meanwhile; nothing is then recorded."""
     attested: AttestedKey | None
     reason: str | None
+    device_lost = False
     try:
         attested = attest_key(
             attestor,
@@ -45,24 +58,39 @@ def renew_evidence(session: EvidenceSession, attestor: Attestor, *, policy: str)
             clock=session.clock,
             enforce_pins=False,
         )
+    except DeviceAttestationError as exc:
+        attested, reason = None, f"fresh evidence could not be collected: {exc.message}"
+        device_lost = bool(session.issuer.devices)
     except AttestationUnavailableError as exc:
         attested, reason = None, f"fresh evidence could not be collected: {exc.message}"
     except Exception as exc:  # noqa: BLE001 - a collector bug is a stale renewal (fail closed)
         attested, reason = None, f"fresh evidence could not be collected: {exc!r}"
     else:
-        reason = _stale_reason(session, attestor, attested)
+        reason = _devices_changed(session.issuer, attested.issuer)
+        device_lost = reason is not None
+        reason = reason or _stale_reason(session, attestor, attested)
     record = attestation_record(
         status=FRESH if reason is None else STALE,
         issuer=attested.issuer if attested is not None else None,
         reason=reason,
-        policy=None if reason is None else policy,
+        policy=None if reason is None else FAIL_CLOSED if device_lost else policy,
     )
     with session.evidence_lock:
         session.recorder.attestation(record)
         if attested is not None:  # the claim carries the evidence the newest entry records
             session.evidence = attested.evidence
             session.attestation = attested.attestation
-    return Renewal(fresh=reason is None, reason=reason)
+    return Renewal(fresh=reason is None, reason=reason, device_lost=device_lost)
+
+
+def _devices_changed(opened: Issuer, now: Issuer) -> str | None:
+    """Why the devices attested now are not the ones attested when the session opened."""
+    before = [(d.provider, d.device) for d in opened.devices]
+    after = [(d.provider, d.device) for d in now.devices]
+    if before == after:
+        return None
+    shown = [", ".join(f"{p} {d}" for p, d in found) or "none" for found in (before, after)]
+    return f"the attested devices changed from {shown[0]} to {shown[1]}"
 
 
 def _stale_reason(

@@ -2,8 +2,9 @@
 
 `build_runtime` refuses to build from a config with errors, chooses the attestation
 provider (SEV-SNP, TDX, TPM in that order when `auto`, passing over one that cannot load
-here; software only with CMCP_DEV_MODE=1, never as a silent fallback), opens the audit
-store and prepares the upstream clients.
+here; software only with CMCP_DEV_MODE=1, never as a silent fallback) and the device
+providers that attest devices beside it (`preflight.devices`), opens the audit store and
+prepares the upstream clients.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from cmcp_cli.evidence.recovery import RecoveryReport, recover_sessions
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for, tool_resources
 from cmcp_cli.gateway.preflight.attestation import candidates, plugin_of
 from cmcp_cli.gateway.preflight.credentials import token_sources
+from cmcp_cli.gateway.preflight.devices import DeviceStartupError, choose_devices
 from cmcp_cli.gateway.preflight.reload import MEASURING_PROVIDERS, measured_reload_problem
 from cmcp_cli.gateway.preflight.report import ConfigReport
 from cmcp_cli.gateway.upstream.api import UpstreamChannel
@@ -176,6 +178,7 @@ class GatewayRuntime:
     credentials: Credentials
     dev_mode: bool
     passed_over: tuple[str, ...] = ()  # providers `auto` tried before its choice, and why
+    devices_left_out: tuple[str, ...] = ()  # device providers not attesting here, and why
     lock: StoreLock | None = None  # the audit store's, held while this gateway runs
     recovery: RecoveryReport = field(default_factory=RecoveryReport)  # at start
     measurement: MeasurementCheck = field(default_factory=MeasurementCheck)
@@ -196,7 +199,7 @@ class GatewayRuntime:
         for upstream in self.upstreams.values():
             upstream.close()
         self.store.close()
-        self.attestor.collector.close()
+        self.attestor.close()
         if self.lock is not None and self.lock.held:
             record_stop(self.store.path, self.lock.holder.process)
             self.lock.release()
@@ -215,7 +218,8 @@ def build_runtime(
             problems=report.errors,
             hint=report.check_hint,
         )
-    choice = choose_attestor(config, env, registry or load_providers())
+    registry = registry or load_providers()
+    choice = choose_attestor(config, env, registry)
     attestor = replace(
         choice.attestor,
         pins=config.attestation.expected_measurement,
@@ -226,13 +230,15 @@ def build_runtime(
         and config.attestation.expected_measurement
         and attestor.spec.name in MEASURING_PROVIDERS
     ):
-        attestor.collector.close()
+        attestor.close()
         raise StartupError(
             f"`auto` chose the {attestor.spec.name} provider: "
             + measured_reload_problem(attestor.spec.name),
             hint="remove policy.reload or attestation.expected_measurement",
         )
     prepare_attestor(attestor, bundle.hash, catalog.hash)
+    facts = GatewayFacts(bundle.hash, catalog.hash, installation_digest())
+    attestor, left_out = _with_devices(config, registry, attestor, facts)
     measurement = check_measurement(attestor, bundle.hash, catalog.hash)
     active = active_policy(config, bundle, catalog)
     tools = {tool.name: tool for tool in tool_resources(catalog)}
@@ -251,6 +257,7 @@ def build_runtime(
         credentials=_credentials(config, env, environ),
         dev_mode=env.dev_mode,
         passed_over=choice.passed_over,
+        devices_left_out=left_out,
         lock=lock,
         recovery=recovery,
         measurement=measurement,
@@ -258,11 +265,26 @@ def build_runtime(
     )
 
 
+def _with_devices(
+    config: CmcpConfig, registry: ProviderRegistry, attestor: Attestor, facts: GatewayFacts
+) -> tuple[Attestor, tuple[str, ...]]:
+    """`attestor` with the device providers prepared beside it, and those left out."""
+    try:
+        choice = choose_devices(config, registry, facts)
+    except DeviceStartupError as exc:
+        attestor.close()
+        raise StartupError(exc.message, hint=exc.hint) from exc
+    except BaseException:
+        attestor.close()
+        raise
+    return replace(attestor, devices=choice.attestors), choice.left_out
+
+
 def _reload_keys(config: CmcpConfig, attestor: Attestor) -> tuple[Ed25519PublicKey, ...]:
     try:
         return tuple(load_public_key(path) for path in config.policy.reload.signing_keys)
     except UsageError as exc:  # validate-config reports it too; the file changed since
-        attestor.collector.close()
+        attestor.close()
         raise StartupError(exc.message, hint=exc.hint) from exc
 
 
@@ -275,7 +297,7 @@ def open_store(
     try:
         lock = lock_store(path, GATEWAY_PROCESS)
     except StoreInUseError:
-        attestor.collector.close()
+        attestor.close()
         raise
     store: AuditStore | None = None
     try:
@@ -286,7 +308,7 @@ def open_store(
         if store is not None:
             store.close()
         lock.release()
-        attestor.collector.close()
+        attestor.close()
         raise
     return store, lock, recovery
 
@@ -350,7 +372,7 @@ def prepare_attestor(attestor: Attestor, bundle_hash: str, catalog_hash: str) ->
     try:
         attestor.collector.prepare(facts, attestor.settings)
     except ProviderError as exc:
-        attestor.collector.close()
+        attestor.close()
         raise StartupError(
             f"attestation provider {attestor.spec.name!r} cannot start: {exc.message}",
             hint=exc.hint,
@@ -373,10 +395,10 @@ def check_measurement(attestor: Attestor, bundle_hash: str, catalog_hash: str) -
             process_id=GATEWAY_PROCESS,
         )
     except MeasurementMismatchError as exc:
-        attestor.collector.close()
+        attestor.close()
         raise StartupError(f"the gateway does not serve: {exc.message}", hint=exc.hint) from exc
     except AttestationUnavailableError as exc:
-        attestor.collector.close()
+        attestor.close()
         raise StartupError(
             "attestation.expected_measurement is set, but the first evidence could not be "
             f"collected to check it: {exc.message}",

@@ -173,4 +173,4 @@ def run_gateway(
     finally:
         # idempotent: the lifespan shutdown closed both already, unless serving failed
         runtime.store.close()
-        runtime.attestor.collector.close()
+        runtime.attestor.close()

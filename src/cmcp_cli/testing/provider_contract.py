@@ -12,7 +12,9 @@ In a plugin's tests:
 The suite checks the declaration, lazy loading, that detection and verification never
 raise on bad input, that a verifier fails closed (garbage, a wrong binding), and, where
 the collector detects its hardware here (with the `provider_settings` fixture's config),
-that its own evidence verifies.
+that its own evidence verifies. A device provider (`ProviderScope.DEVICE`) passes the same
+suite with its `DeviceCollector`: each device's evidence is judged on its own, and its
+`platform` names its devices rather than a TRACE `runtime.platform`, which stays the CPU's.
 
 Then it tampers: the `pinned_evidence` fixture is evidence with everything an auditor pins
 to verify it (roots, policy hash, collateral), on which the verifier's verdict is
@@ -29,16 +31,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from cmcp_cli.attestation.api import (
     CheckStatus,
+    Collector,
     Detection,
-    Evidence,
+    DeviceCollector,
     EvidenceVerdict,
     GatewayFacts,
+    ProviderScope,
     ProviderSpec,
     TrustInputs,
 )
@@ -94,6 +98,22 @@ class PinnedEvidence:
     independent_lists: frozenset[tuple[str | int, ...]] = frozenset()
 
 
+@dataclass(frozen=True)
+class Collected:
+    """One evidence item a collector returned: the platform's, or one device's."""
+
+    evidence_type: str
+    evidence: Mapping[str, Any]
+    platform: str | None  # the platform's evidence states it; a device's does not
+    measurement: str | None
+
+
+def _collector(spec: ProviderSpec) -> Collector | DeviceCollector:
+    if spec.scope is ProviderScope.DEVICE:
+        return spec.load_device_collector()
+    return spec.load_collector()
+
+
 class ProviderContract:
     @pytest.fixture
     def provider_spec(self) -> ProviderSpec:
@@ -107,16 +127,20 @@ class ProviderContract:
 
     def test_declaration(self, provider_spec: ProviderSpec) -> None:
         assert _NAME.fullmatch(provider_spec.name), "a provider name is lowercase, digits and -"
-        assert provider_spec.platform in TRACE_PLATFORMS, (
-            "platform must be a TRACE runtime.platform"
-        )
+        if provider_spec.scope is ProviderScope.PLATFORM:
+            assert provider_spec.platform in TRACE_PLATFORMS, (
+                "platform must be a TRACE runtime.platform"
+            )
+        else:  # its devices' kind: the claim's runtime.platform stays the CPU's
+            assert _NAME.fullmatch(provider_spec.platform), "a device platform is a lowercase name"
+            assert provider_spec.platform != SOFTWARE_PLATFORM
         types = provider_spec.evidence_types
         assert types, "a provider verifies at least one evidence type"
         assert len(set(types)) == len(types)
         assert all(isinstance(t, str) and t for t in types)
 
     def test_parts_load_on_demand(self, provider_spec: ProviderSpec) -> None:
-        collector = provider_spec.load_collector()
+        collector = _collector(provider_spec)
         verifier = provider_spec.load_verifier()
         assert callable(getattr(collector, "detect", None))
         assert callable(getattr(collector, "collect", None))
@@ -127,7 +151,7 @@ class ProviderContract:
     def test_detection_is_an_answer_not_an_exception(
         self, provider_spec: ProviderSpec, provider_settings: Mapping[str, Any]
     ) -> None:
-        detection = provider_spec.load_collector().detect(provider_settings)
+        detection = _collector(provider_spec).detect(provider_settings)
         assert isinstance(detection, Detection)
         assert detection.detail, "say why the hardware is or is not here"
 
@@ -142,45 +166,64 @@ class ProviderContract:
 
     def _collect(
         self, provider_spec: ProviderSpec, settings: Mapping[str, Any], binding: bytes
-    ) -> Evidence:
-        collector = provider_spec.load_collector()
+    ) -> tuple[Collected, ...]:
+        collector = _collector(provider_spec)
         if not collector.detect(settings).present:
             pytest.skip("the provider's hardware is not present on this machine")
         try:
             collector.prepare(FACTS, settings)
-            return collector.collect(binding, settings)
+            if provider_spec.scope is ProviderScope.DEVICE:
+                devices = cast(DeviceCollector, collector)
+                return tuple(
+                    Collected(item.evidence_type, item.evidence, None, None)
+                    for item in devices.collect(binding, settings)
+                )
+            evidence = cast(Collector, collector).collect(binding, settings)
+            return (
+                Collected(
+                    evidence.evidence_type,
+                    evidence.evidence,
+                    evidence.platform,
+                    evidence.measurement,
+                ),
+            )
         finally:
             collector.close()
 
     def test_collected_evidence_is_hashable_json(
         self, provider_spec: ProviderSpec, provider_settings: Mapping[str, Any]
     ) -> None:
-        evidence = self._collect(provider_spec, provider_settings, bytes(range(32)))
-        assert evidence.evidence_type in provider_spec.evidence_types
-        assert evidence.platform == provider_spec.platform
-        assert _DIGEST.fullmatch(evidence.measurement)
-        canonical_bytes(dict(evidence.evidence))  # no floats, nothing unserialisable
+        collected = self._collect(provider_spec, provider_settings, bytes(range(32)))
+        assert collected, "a collector that detects its hardware returns its evidence"
+        for evidence in collected:
+            assert evidence.evidence_type in provider_spec.evidence_types
+            if provider_spec.scope is ProviderScope.PLATFORM:
+                assert evidence.platform == provider_spec.platform
+                assert evidence.measurement is not None
+                assert _DIGEST.fullmatch(evidence.measurement)
+            canonical_bytes(dict(evidence.evidence))  # no floats, nothing unserialisable
 
     def test_own_evidence_verifies_and_a_wrong_binding_fails(
         self, provider_spec: ProviderSpec, provider_settings: Mapping[str, Any]
     ) -> None:
         binding = bytes(range(32))
-        evidence = self._collect(provider_spec, provider_settings, binding)
         verifier = provider_spec.load_verifier()
-        good = verifier.verify(evidence.evidence, _trust(binding, FACTS.bundle_hash))
-        assert not good.failed, [c for c in good.checks if c.status is CheckStatus.FAIL]
-        wrong = verifier.verify(evidence.evidence, _trust(bytes(32)))
-        assert wrong.failed and not wrong.hardware_attested
+        for evidence in self._collect(provider_spec, provider_settings, binding):
+            good = verifier.verify(evidence.evidence, _trust(binding, FACTS.bundle_hash))
+            assert not good.failed, [c for c in good.checks if c.status is CheckStatus.FAIL]
+            wrong = verifier.verify(evidence.evidence, _trust(bytes(32)))
+            assert wrong.failed and not wrong.hardware_attested
 
     @pytest.fixture
     def pinned_evidence(
         self, provider_spec: ProviderSpec, provider_settings: Mapping[str, Any]
     ) -> PinnedEvidence:
-        """The collector's own evidence with the contract's pins (skips where the hardware is
-        not here); override with evidence and the auditor's pins that verify it everywhere."""
+        """The collector's own evidence (a device provider's first device's) with the
+        contract's pins (skips where the hardware is not here); override with evidence and
+        the auditor's pins that verify it everywhere."""
         binding = bytes(range(32))
-        evidence = self._collect(provider_spec, provider_settings, binding)
-        return PinnedEvidence(evidence.evidence, _trust(binding, FACTS.bundle_hash))
+        first = self._collect(provider_spec, provider_settings, binding)[0]
+        return PinnedEvidence(first.evidence, _trust(binding, FACTS.bundle_hash))
 
     def test_pinned_evidence_verifies(
         self, provider_spec: ProviderSpec, pinned_evidence: PinnedEvidence

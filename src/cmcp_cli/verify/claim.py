@@ -2,8 +2,9 @@
 
 Each check is reported by name with pass, fail or skip and its reason. Nothing in a claim
 is trusted before its signature verifies; after that, every pin the auditor gave is
-compared, the binding is recomputed from the claim, the evidence is judged by the one
-provider registered for its type, and an audit log, when given, must be an intact chain
+compared, the binding is recomputed from the claim, the evidence (the CPU platform's and
+each device's) is judged by the one provider registered for its type (`verify.evidence`),
+and an audit log, when given, must be an intact chain
 that determines every member of the claim it can (`audit.matching.match_claim`). No
 network: this package cannot import a socket.
 """
@@ -17,12 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cmcp_cli.attestation.api import Check, CheckStatus, ProviderError, TrustInputs
-from cmcp_cli.attestation.binding import binding_from_claim
+from cmcp_cli.attestation.api import Check, CheckStatus
 from cmcp_cli.attestation.manager import (
     ProviderRegistry,
-    ProviderUnavailableError,
-    load_part,
     load_providers,
 )
 from cmcp_cli.attestation.software import PLATFORM as SOFTWARE_PLATFORM
@@ -33,6 +31,7 @@ from cmcp_cli.errors import ExitCode, UsageError
 from cmcp_cli.strict_json import read_json_file
 from cmcp_cli.verify import shape
 from cmcp_cli.verify.audit_log import audit_log_checks
+from cmcp_cli.verify.evidence import judge_evidence
 from cmcp_cli.verify.platform_policy import (
     PlatformPolicy,
     check_platform_policy,
@@ -69,6 +68,8 @@ class VerifyReport:
     allow_software: bool = False
     # What a well-formed GatewayClaim states of its catalog's pinning (CATALOG_PINNING).
     catalog_pinning: str | None = None
+    # Devices (`devices[i]`) whose evidence no verifier here could judge.
+    unjudged_devices: tuple[str, ...] = ()
 
     @property
     def failed(self) -> bool:
@@ -78,6 +79,8 @@ class VerifyReport:
     def exit_code(self) -> ExitCode:
         if self.failed:
             return ExitCode.FAILED
+        if self.unjudged_devices:
+            return ExitCode.NOT_VERIFIABLE
         if self.hardware_attested or (self.software and self.allow_software):
             return ExitCode.OK
         return ExitCode.NOT_VERIFIABLE
@@ -87,6 +90,11 @@ class VerifyReport:
         if self.failed:
             first = next(c for c in self.checks if c.status is CheckStatus.FAIL)
             return f"NOT VERIFIED: {first.name} failed ({first.reason})"
+        if self.unjudged_devices:
+            return (
+                "VALID, NOT VERIFIABLE HERE: the evidence of "
+                f"{', '.join(self.unjudged_devices)} could not be judged on this machine"
+            )
         if self.hardware_attested:
             return "VERIFIED: signature, pins, binding and hardware evidence all check out"
         if self.software and self.allow_software:
@@ -160,7 +168,11 @@ def verify_document(
         checks.append(_catalog_pin(gateway["catalog"], options.catalog_hash))
         checks.append(_consistency(trace, gateway))
         checks.append(_recovery(gateway))
-        _attestation(document, thumbprint, options, registry, report)
+        judged = judge_evidence(document, thumbprint, options, registry)
+        checks.extend(judged.checks)
+        report.hardware_attested = judged.hardware_attested
+        report.software = judged.software
+        report.unjudged_devices = tuple(judged.unjudged_devices)
     else:
         checks.append(Check.skipped("catalog pin", "a TRACE record does not carry the catalog"))
         checks.append(Check.skipped("recovery", "a TRACE record does not say who closed it"))
@@ -316,90 +328,6 @@ def by_kind_issues(summary: Mapping[str, Any]) -> list[str]:
     if sum(counts["faulted"] for counts in by_kind.values()) > summary["faulted"]:
         issues.append("call_summary.by_kind counts more faults than call_summary.faulted")
     return issues
-
-
-def _attestation(
-    claim: Mapping[str, Any],
-    thumbprint: str,
-    options: VerifyOptions,
-    registry: ProviderRegistry,
-    report: VerifyReport,
-) -> None:
-    attestation = claim["gateway"]["attestation"]
-    binding = binding_from_claim(claim, thumbprint)
-    if attestation["binding"] == binding.hex():
-        report.checks.append(
-            Check.passed("binding", "key thumbprint, bundle, catalog and gateway digest match it")
-        )
-    else:
-        report.checks.append(
-            Check.failed(
-                "binding",
-                "gateway.attestation.binding is not the binding of this claim's key, policy, "
-                "catalog and gateway digest",
-            )
-        )
-    evidence_type = attestation["evidence_type"]
-    provider = registry.for_evidence_type(evidence_type)
-    if provider is None:
-        conflict = registry.refused_evidence_type(evidence_type)
-        reason = (
-            f"providers conflict: {conflict.error} ({conflict.distribution})"
-            if conflict
-            else f"no installed plugin verifies evidence type {evidence_type!r}; "
-            f"install the cmcp plugin for provider {attestation['provider']!r}"
-        )
-        report.checks.append(Check.skipped("evidence", reason))
-        return
-    if claim["trace"]["runtime"]["platform"] != provider.spec.platform:
-        report.checks.append(
-            Check.failed(
-                "evidence",
-                f"runtime.platform is {claim['trace']['runtime']['platform']!r} but "
-                f"{evidence_type!r} evidence is {provider.spec.platform!r}",
-            )
-        )
-        return
-    trust = TrustInputs(
-        binding=binding,
-        at=datetime.fromtimestamp(claim["trace"]["iat"], UTC),
-        expected_measurements=options.expected_measurements,
-        trust_roots=options.trust_roots,
-        allow_debug=options.allow_debug,
-        policy_hash=claim["trace"]["policy"]["bundle_hash"],
-        gateway_digest=claim["trace"]["build_provenance"]["digest"],
-        collateral=options.collateral,
-        platform_policy=options.platform_policy.get(provider.spec.name, {}),
-    )
-    try:
-        verifier = load_part(provider, provider.spec.load_verifier, "verify evidence")
-    except ProviderUnavailableError as exc:
-        report.checks.append(
-            Check.skipped(
-                "evidence",
-                f"the {exc.provider} verifier cannot load here ({exc.reason}); {exc.hint}",
-            )
-        )
-        return
-    try:
-        verdict = verifier.verify(attestation["evidence"], trust)
-    except ProviderError as error:
-        raise UsageError(
-            f"the platform policy is unusable: {error.message}",
-            hint=error.hint,
-        ) from None
-    report.checks.extend(verdict.checks)
-    # Software mode is accepted (with --allow-software) only once its verifier has judged
-    # the evidence: a provider that could not run leaves the claim not verifiable here.
-    report.software = provider.spec.platform == SOFTWARE_PLATFORM
-    measured = verdict.measurement
-    if measured is not None and measured != claim["trace"]["runtime"]["measurement"]:
-        report.checks.append(
-            Check.failed(
-                "evidence.measurement", "the evidence measures another runtime.measurement"
-            )
-        )
-    report.hardware_attested = verdict.hardware_attested and not verdict.failed
 
 
 def _measurement(measurement: str, expected: tuple[str, ...]) -> Check:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cmcp_cli.claim.canonical import CanonicalizationError, canonical_bytes
-from cmcp_cli.claim.model import CATALOG_PINNING, CLAIM_VERSION, EAT_PROFILE
+from cmcp_cli.claim.model import CATALOG_PINNING, CLAIM_VERSION, DEVICE_MEMBERS, EAT_PROFILE
 from cmcp_cli.policy.request import MessageKind
 
 _DIGEST = re.compile(r"sha(256:[0-9a-f]{64}|384:[0-9a-f]{96})")
@@ -135,6 +135,8 @@ def claim_problems(claim: Mapping[str, Any]) -> list[str]:
         problems.append("gateway.attestation.binding is not 64 lowercase hex digits")
     if not isinstance(attestation.get("evidence"), Mapping):
         problems.append("gateway.attestation.evidence is not an object")
+    if "devices" in attestation:  # only in the claim of a gateway that attested devices
+        problems += _device_problems(attestation["devices"])
     problems += _freshness_problems(attestation)
     if "recovery" in gateway:  # only in the claim of a session a later process closed
         recovery = _obj(gateway["recovery"])
@@ -142,6 +144,25 @@ def claim_problems(claim: Mapping[str, Any]) -> list[str]:
             isinstance(value, str) and value for value in recovery.values()
         ):
             problems.append("gateway.recovery needs exactly interrupted_process and process")
+    return problems
+
+
+def _device_problems(devices: Any) -> list[str]:
+    """`gateway.attestation.devices`: a non-empty list of items of exactly DEVICE_MEMBERS,
+    each a string but the evidence, an object."""
+    where = "gateway.attestation.devices"
+    if not isinstance(devices, list) or not devices:
+        return [f"{where} is not a non-empty list (it is absent when no device is attested)"]
+    problems = []
+    named = [member for member in DEVICE_MEMBERS if member != "evidence"]
+    for index, item in enumerate(devices):
+        at = f"{where}[{index}]"
+        if not isinstance(item, Mapping) or set(item) != set(DEVICE_MEMBERS):
+            problems.append(f"{at} needs exactly {', '.join(DEVICE_MEMBERS)}")
+        elif not all(isinstance(item[k], str) and item[k] for k in named):
+            problems.append(f"{at} needs {', '.join(named)} as non-empty strings")
+        elif not isinstance(item["evidence"], Mapping):
+            problems.append(f"{at}.evidence is not an object")
     return problems
 
 

@@ -47,13 +47,17 @@ class ChainError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class DeviceChain:
-    certs: tuple[x509.Certificate, ...]
+    certs: tuple[x509.Certificate, ...]  # leaf first, ending with the pinned root
     anchor: Anchor
-    chip: str  # "GH100"
+
+
+@dataclass(frozen=True, slots=True)
+class Chip:
+    name: str  # "GH100"
     architecture: str  # "Hopper"
 
     def describe(self) -> str:
-        return f"NVIDIA {self.architecture} ({self.chip})"
+        return f"NVIDIA {self.architecture} ({self.name})"
 
 
 def describe(cert: x509.Certificate) -> str:
@@ -134,8 +138,9 @@ def _link_problem(cert: x509.Certificate, issuer: x509.Certificate, label: str) 
     return None
 
 
-def chip_of(certs: Sequence[x509.Certificate]) -> tuple[str, str]:
-    """The chip and architecture the chain names, every certificate agreeing."""
+def chip_of(certs: Sequence[x509.Certificate]) -> Chip:
+    """The chip and architecture a verified chain names, every certificate agreeing: the
+    identity CA the pinned root issued names it, the others must name the same chip."""
     identity = describe(certs[3])
     match = _IDENTITY.fullmatch(identity)
     if match is None:
@@ -154,7 +159,7 @@ def chip_of(certs: Sequence[x509.Certificate]) -> tuple[str, str]:
         parts = name.split(":")
         if len(parts) != 3 or parts[0] != "NVIDIA" or parts[1] != chip:
             raise ChainError(f"the leaf's device name {name!r} is not NVIDIA:{chip}:<id>.")
-    return chip, architecture
+    return Chip(chip, architecture)
 
 
 def _san_names(leaf: x509.Certificate) -> Iterator[str]:
@@ -205,8 +210,7 @@ def verify_chain(certs: Sequence[x509.Certificate], trust: TrustSet, at: datetim
         ):
             if problem is not None:
                 raise ChainError(problem[0].upper() + problem[1:])
-    chip, architecture = chip_of(certs)
-    return DeviceChain(tuple(certs), anchor, chip, architecture)
+    return DeviceChain(tuple(certs), anchor)
 
 
 def _single(data: bytes) -> tuple[int, bytes]:

@@ -68,7 +68,9 @@ class TrustSet:
 
 
 def _vendored_anchor(name: str) -> Anchor:
-    certs = x509.load_pem_x509_certificates(files("cmcp_gpucc").joinpath("roots", name).read_bytes())
+    certs = x509.load_pem_x509_certificates(
+        files("cmcp_gpucc").joinpath("roots", name).read_bytes()
+    )
     if len(certs) != 1 or fingerprint(certs[0]) != PINNED[name]:
         raise RootError(
             f"the vendored {name} is not NVIDIA's root with the pinned fingerprint "

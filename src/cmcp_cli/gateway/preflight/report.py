@@ -32,7 +32,7 @@ from cmcp_cli.config_document import ENVIRONMENT, ConfigDocument, read_config_do
 from cmcp_cli.config_environment import environment_document
 from cmcp_cli.errors import CmcpError, ConfigError, Problem, Severity, UsageError
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for
-from cmcp_cli.gateway.preflight import attestation, checks, credentials
+from cmcp_cli.gateway.preflight import attestation, checks, credentials, devices
 from cmcp_cli.gateway.preflight.reload import check_reload
 from cmcp_cli.gateway.preflight.source import (
     first_contact_note,
@@ -90,6 +90,7 @@ class ConfigReport:
             "warnings": [p.to_json() for p in self.warnings],
             "listen_addr": str(config.listen_addr) if config else None,
             "attestation_provider": config.attestation.provider if config else None,
+            "gpu_required": config.attestation.gpu_required if config else None,
             "enforcement_mode": config.attestation.enforcement_mode if config else None,
             "dev_mode": self.env.dev_mode if self.env else None,
             "bundle_hash": self.bundle.hash if self.bundle else None,
@@ -191,12 +192,22 @@ def check_config(
         if catalog is not None:
             problems.extend(checks.check_data_classes(checkable, catalog, located))
             problems.extend(checks.check_pending(checkable, catalog))
-        if on_this_host and checkable.attestation.provider != software.NAME:
-            found, noted = attestation.check_attestation(
-                checkable, registry or load_providers(), located
-            )
-            problems.extend(found)
+        if on_this_host:
+            registry = registry or load_providers()
+            if checkable.attestation.provider != software.NAME:
+                found, noted = attestation.check_attestation(checkable, registry, located)
+                problems.extend(found)
+                notes.extend(noted)
+            noted, refusal = devices.survey_devices(checkable, registry)
             notes.extend(noted)
+            if refusal is not None:
+                problems.append(
+                    located.error(
+                        devices.GPU_REQUIRED,
+                        f"is true, but no device can be attested here: {refusal}",
+                        hint=devices.INSTALL_HINT,
+                    )
+                )
     return ConfigReport(
         config_path=path,
         problems=tuple(problems),

@@ -6,8 +6,9 @@ stale. The timer (`renew_sessions`) looks at every open session each tick and re
 due ones on the registry's thread pool. When a renewal finds the evidence stale,
 `staleness_policy` decides: `fail_closed` marks the session stale (`GatewaySession.stale`)
 and every later request of it is refused with -32062; `warn_only` lets it go on and
-tries again a tenth of the validity later, each failed try one more stale entry. The
-per-request cost is the one check of `stale`.
+tries again a tenth of the validity later, each failed try one more stale entry. A
+device attested at the start that is not attested again fails the session closed under
+either policy. The per-request cost is the one check of `stale`.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ async def renew_one(registry: SessionRegistry, session: GatewaySession) -> None:
         return
     reason = renewal.reason or "stale evidence"
     _LOG.warning("session %s: %s (%s)", session.id, reason, config.staleness_policy)
-    if config.staleness_policy == "fail_closed":
+    if config.staleness_policy == "fail_closed" or renewal.device_lost:
         session.stale = reason
     else:
         session.renew_at = time.monotonic() + retry_seconds(config)

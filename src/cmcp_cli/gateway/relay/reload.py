@@ -187,12 +187,15 @@ class PolicyReloader:
             catalog_hash=self.runtime.catalog.hash,
             gateway_digest=installation_digest(),
         )
-        try:
-            attestor.collector.prepare(facts, attestor.settings)
-        except ProviderError as exc:
-            hint = f" (hint: {exc.hint})" if exc.hint else ""
-            reason = f"the {attestor.spec.name} provider cannot measure it: {exc.message}{hint}"
-            return Refusal(source.hash, ATTESTATION, reason)
+        parts = [(attestor.spec.name, attestor.collector.prepare, attestor.settings)]
+        parts += [(d.spec.name, d.collector.prepare, d.settings) for d in attestor.devices]
+        for name, prepare, settings in parts:
+            try:
+                prepare(facts, settings)
+            except ProviderError as exc:
+                hint = f" (hint: {exc.hint})" if exc.hint else ""
+                reason = f"the {name} provider cannot measure it: {exc.message}{hint}"
+                return Refusal(source.hash, ATTESTATION, reason)
         return Taken(policy, acceptance)
 
     async def _record(self, event: dict[str, Any]) -> None:
