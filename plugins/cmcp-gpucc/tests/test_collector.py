@@ -13,6 +13,7 @@ import base64
 import importlib.util
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,16 +22,18 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from cmcp_cli.attestation.api import DeviceCollector, GatewayFacts, ProviderError
+from cmcp_cli.attestation.api import DeviceCollector, GatewayFacts, ProviderError, TrustInputs
 from cmcp_gpucc import plugin
 from cmcp_gpucc.collector import GpuCollector
 from cmcp_gpucc.evidence import decode
 from cmcp_gpucc.nvml_access import INSTALL_HINT
 from cmcp_gpucc.rim_signing import RimPki, rim_document
+from cmcp_gpucc.verifier import GpuVerifier
 
 DOUBLE = Path(__file__).resolve().parent / "nvml_double" / "pynvml.py"
 FACTS = GatewayFacts("sha256:" + "b0" * 32, "sha256:" + "ca" * 32, "sha256:" + "9a" * 32)
 BINDING = bytes.fromhex("5a" * 32)
+AT = datetime(2026, 12, 1, tzinfo=UTC)
 DRIVER_RIM = "nvat-rim-NV_GPU_DRIVER_GH100_535.86.09_measurement_mismatch.xml"
 VBIOS_RIM = "nvat-rim-NV_GPU_VBIOS_1010_0200_882_96005E0001_measurement_mismatch.xml"
 CONTRACT = {"report", "certificates", "nvml", "rims", "ocsp"}
@@ -164,6 +167,23 @@ def test_evidence_is_the_contract_shape_with_the_gpus_genuine_report_and_chain(
     # the binding went to the GPU as the SPDM requester nonce (the double replays its
     # recorded report anyway; the verifier's gpu.nonce catches that)
     assert nonces(tmp_path) == [BINDING.hex()]
+
+
+def test_the_verifier_takes_what_the_collector_writes_and_judges_the_binding(
+    collector: GpuCollector, vectors: Path
+) -> None:
+    """The double replays NVIDIA's report: over its recorded nonce every check of the GPU's
+    own evidence passes; over any other binding exactly the nonce fails."""
+    recorded = bytes.fromhex((vectors / "nvat-hopper-535.86.09-attestation-report.hex").read_text())
+    signed_checks = ("format", "signature", "chain", "nonce", "architecture", "versions")
+    collector.prepare(FACTS, {})
+    for binding, nonce in ((recorded[4:36], "pass"), (BINDING, "fail")):
+        (item,) = collector.collect(binding, {})
+        verdict = GpuVerifier().verify(item.evidence, TrustInputs(binding=binding, at=AT))
+        statuses = {check.name: check.status.value for check in verdict.checks}
+        expected = {f"gpu.{name}": "pass" for name in signed_checks} | {"gpu.nonce": nonce}
+        assert {name: statuses[name] for name in expected} == expected
+        assert not verdict.hardware_attested  # nothing stapled: no RIM, no revocation
 
 
 def test_every_listed_gpu_gives_one_item_over_the_same_binding(

@@ -94,14 +94,14 @@ def rim_ids(report: bytes, chain: Sequence[x509.Certificate]) -> dict[str, str]:
     """NVIDIA's RIM ids of the driver and VBIOS the report states (see the docstring)."""
     try:
         data = opaque.parse(spdm.parse(report).opaque)
-        chip, architecture = chip_of(chain)
+        chip = chip_of(chain)
     except (spdm.SpdmError, opaque.OpaqueError, ChainError, IndexError) as error:
         raise ProviderError(
             f"the GPU's report or chain does not say which RIMs describe it: {error}",
             hint=f"staple the RIMs in {SECTION}.rims instead",
         ) from None
-    if architecture == "Hopper":
-        driver = f"NV_GPU_DRIVER_{chip}_{data.driver_version}"
+    if chip.architecture == "Hopper":
+        driver = f"NV_GPU_DRIVER_{chip.name}_{data.driver_version}"
     else:
         named = data.fields.get(CHIP_INFO, b"").rstrip(b"\0")
         board = named.decode("ascii").upper() if named.isascii() and named.isalnum() else "GB100"

@@ -75,7 +75,7 @@ class GpuFacts:
         """The chip the device chain names ("GH100"): here only to choose among RIMs of one
         version; the verifier judges the chain and derives the architecture itself."""
         try:
-            return chip_of(self.certs)[0]
+            return chip_of(self.certs).name
         except (ChainError, ValueError, IndexError):
             return None
 
