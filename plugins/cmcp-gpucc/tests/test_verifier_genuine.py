@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from cmcp_cli.attestation.api import CheckStatus, TrustInputs
+from cmcp_cli.attestation.api import CheckStatus, EvidenceVerdict, TrustInputs
 from cmcp_cli.testing.verdicts import assert_fails, reason, statuses
 from cmcp_gpucc import opaque, roots, spdm, synthetic
 from cmcp_gpucc.evidence import encode
@@ -43,17 +44,19 @@ VALID = ("nvlgv-hopper", "blackwell", "hopper-590", "hopper-535", "hopper-570")
 ARCHITECTURE = {"GH100": "NVIDIA Hopper (GH100)", "GB100": "NVIDIA Blackwell (GB100)"}
 
 
-def trust(binding: bytes = bytes(32), **changes: object) -> TrustInputs:
-    values: dict[str, object] = {"binding": binding, "at": AT, **changes}
-    return TrustInputs(**values)  # type: ignore[arg-type]
+def trust(binding: bytes = bytes(32), **changes: Any) -> TrustInputs:
+    values: dict[str, Any] = {"binding": binding, "at": AT, **changes}
+    return TrustInputs(**values)
 
 
-def evidence(report: bytes, chain: tuple[x509.Certificate, ...]) -> dict[str, object]:
+def evidence(report: bytes, chain: tuple[x509.Certificate, ...]) -> dict[str, Any]:
     """The evidence the collector writes for this report: NVML agreeing with what it signed."""
     return synthetic.evidence(report, chain, nvml_said=synthetic.nvml_of(report))
 
 
-def verify(report: bytes, chain: tuple[x509.Certificate, ...], binding: bytes = bytes(32)):  # type: ignore[no-untyped-def]
+def verify(
+    report: bytes, chain: tuple[x509.Certificate, ...], binding: bytes = bytes(32)
+) -> EvidenceVerdict:
     return GpuVerifier().verify(evidence(report, chain), trust(binding))
 
 
@@ -224,6 +227,6 @@ def test_nvml_versions_must_agree_with_the_signed_ones(genuine: Load) -> None:
 def test_the_evidence_must_carry_the_chain_as_der(genuine: Load) -> None:
     report, chain = genuine("hopper-570")
     doc = evidence(report, chain)
-    doc["certificates"][1] = encode(chain[1].public_bytes(Encoding.PEM))  # type: ignore[index]
+    doc["certificates"][1] = encode(chain[1].public_bytes(Encoding.PEM))
     verdict = GpuVerifier().verify(doc, trust())
     assert_fails(verdict, "gpu.format", "not DER X.509")

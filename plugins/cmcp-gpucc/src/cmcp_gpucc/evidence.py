@@ -2,14 +2,16 @@
 
     {"report": base64 (SPDM GET_MEASUREMENTS request || response, as NVML returns it),
      "certificates": [base64 DER, ...] (the device chain, leaf first, as NVML returns it),
-     "nvml": {"index": int, "name": str, "uuid": str, "driver_version": str,
-              "vbios_version": str, "cc_mode": "on" | "devtools" | "off"},
+     "nvml": {"driver_version": str, "vbios_version": str,
+              "cc_mode": "on" | "devtools" | "off"},
      "rims": {"driver": base64 XML, "vbios": base64 XML} (optional: stapled by the operator),
      "ocsp": [base64 DER OCSPResponse, ...] (optional: stapled responses)}
 
-`nvml` is what NVML said: unsigned, so the verifier holds each statement it can against the
-signed report (the versions, `gpu.versions`) and judges the mode (`gpu.debug`); the index,
-name and UUID are the host's description of the device. Base64 is standard and padded,
+`nvml` is what NVML said: unsigned, so it holds only what the verifier judges: the versions,
+which must be the ones the GPU signed (`gpu.versions`), and the CC mode (`gpu.debug`). What
+nothing signed can confirm (NVML's index, name and UUID of the GPU) is not evidence: it
+belongs in the claim's `device` description, and is refused here as an unknown member, so
+every byte of the evidence counts in its verdict. Base64 is standard and padded,
 canonically (one encoding per byte string, since the evidence is hashed into the claim).
 Unknown members are refused, and so is an optional member that is present but empty. What
 decodes is kept even when other members do not, so every check whose input is sound runs.
@@ -25,7 +27,7 @@ from typing import Any, Final
 from cmcp_cli.attestation.toolkit import canonical_base64
 
 MEMBERS: Final = frozenset({"report", "certificates", "nvml", "rims", "ocsp"})
-NVML_MEMBERS: Final = ("index", "name", "uuid", "driver_version", "vbios_version", "cc_mode")
+NVML_MEMBERS: Final = ("driver_version", "vbios_version", "cc_mode")
 RIM_KINDS: Final = ("driver", "vbios")
 CC_MODES: Final = ("on", "devtools", "off")
 MAX_REPORT: Final = 16 << 10
@@ -39,9 +41,6 @@ MAX_TEXT: Final = 256
 
 @dataclass(frozen=True, slots=True)
 class Nvml:
-    index: int
-    name: str
-    uuid: str
     driver_version: str
     vbios_version: str
     cc_mode: str
@@ -101,15 +100,12 @@ def _nvml(value: Any, problems: list[str]) -> Nvml | None:
     if missing:
         problems.append(f"nvml lacks {', '.join(missing)}")
         return None
-    index = value["index"]
-    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 1024:
-        problems.append("nvml.index must be an NVML device index (an integer from 0)")
-    texts = {key: _text(value[key], key, problems) for key in NVML_MEMBERS[1:]}
+    texts = {key: _text(value[key], key, problems) for key in NVML_MEMBERS}
     if value["cc_mode"] not in CC_MODES:
         problems.append(f"nvml.cc_mode must be one of {', '.join(CC_MODES)}")
     if len(problems) != before:
         return None
-    return Nvml(index, *(str(texts[key]) for key in NVML_MEMBERS[1:]))
+    return Nvml(*(str(texts[key]) for key in NVML_MEMBERS))
 
 
 def decode(evidence: Any) -> DecodedEvidence:

@@ -213,9 +213,6 @@ def report(pki: DevicePki, nonce: bytes, fields: ReportFields | None = None) -> 
 def nvml(**changes: Any) -> dict[str, Any]:
     """What NVML says about the synthetic GPU, with `changes`."""
     said: dict[str, Any] = {
-        "index": 0,
-        "name": "NVIDIA H100 80GB HBM3",
-        "uuid": "GPU-00000000-1111-2222-3333-444444444444",
         "driver_version": DRIVER,
         "vbios_version": VBIOS_TEXT,
         "cc_mode": "on",
