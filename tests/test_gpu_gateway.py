@@ -113,7 +113,10 @@ def test_a_session_claim_carries_the_genuine_gpu_report_and_only_its_nonce_fails
     assert claim["trace"]["runtime"]["platform"] == "software-only"  # the CPU's, not the GPU's
     (device,) = attestation["devices"]
     assert device["provider"] == "gpu-cc" and device["evidence_type"] == "nvidia-gpu-cc-v1"
-    assert device["device"] == "GPU 0 (NVIDIA H100 80GB HBM3)"
+    assert (
+        device["device"]
+        == "GPU 0 (NVIDIA H100 80GB HBM3, GPU-0d7e1a3c-5b39-4d2e-9c41-53a3e1f0c535)"
+    )
     evidence = device["evidence"]
     genuine = bytes.fromhex((vectors / REPORT).read_text())
     assert base64.b64decode(evidence["report"]) == genuine

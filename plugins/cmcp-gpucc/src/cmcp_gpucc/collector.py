@@ -241,10 +241,9 @@ def _collect_one(prepared: _Prepared, gpu: GpuIdentity, binding: bytes) -> Devic
     evidence: dict[str, Any] = {
         "report": encode(report),
         "certificates": [encode(cert) for cert in chain],
+        # What NVML says that the verifier holds against the signed report; the index, name
+        # and UUID, which nothing signed confirms, describe the device instead.
         "nvml": {
-            "index": gpu.index,
-            "name": gpu.name,
-            "uuid": gpu.uuid,
             "driver_version": driver,
             "vbios_version": gpu.vbios_version,
             "cc_mode": prepared.cc_mode,
@@ -255,7 +254,8 @@ def _collect_one(prepared: _Prepared, gpu: GpuIdentity, binding: bytes) -> Devic
         evidence["rims"] = {kind: encode(xml) for kind, xml in sorted(staples.rims.items())}
     if staples.ocsp:
         evidence["ocsp"] = [encode(response) for response in staples.ocsp]
-    return DeviceEvidence(device=label, evidence_type=EVIDENCE_TYPE, evidence=evidence)
+    device = f"GPU {gpu.index} ({gpu.name}, {gpu.uuid})"
+    return DeviceEvidence(device=device, evidence_type=EVIDENCE_TYPE, evidence=evidence)
 
 
 def _cc_hint() -> str:
