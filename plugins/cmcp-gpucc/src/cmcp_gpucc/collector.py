@@ -155,8 +155,9 @@ def _survey(nvml: Nvml, settings: GpuSettings) -> tuple[str | None, str]:
         return "the GPUs are not capable of confidential computing (NVML CC capabilities)", ""
     if not state.enabled:
         return (
-            "confidential computing is off on the GPUs (nvidia-smi conf-compute -gcc says "
-            "OFF; the host sets it with nvidia-smi conf-compute -scc on before the VM starts)",
+            "confidential computing is off on the GPUs (nvidia-smi conf-compute -f: CC status "
+            "OFF); the host turns it on before the VM starts (NVIDIA's nvidia_gpu_tools.py "
+            "--set-cc-mode=on)",
             "",
         )
     if not nvml.gpus_ready():

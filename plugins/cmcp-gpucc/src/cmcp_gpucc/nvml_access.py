@@ -79,7 +79,7 @@ class CcState:
 
     @property
     def mode(self) -> str:
-        """The CC mode as nvidia-smi names it (`nvidia-smi conf-compute -scc`)."""
+        """The CC mode as NVIDIA's tools name it: on, devtools, off."""
         if not self.enabled:
             return "off"
         return "devtools" if self.devtools else "on"
