@@ -8,7 +8,8 @@ and judged by `cmcp verify` (each device by a device provider only, checks named
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,16 +23,23 @@ from cmcp_cli.attestation.api import CheckStatus, GatewayFacts, ProviderSpec
 from cmcp_cli.attestation.manager import ProviderRegistry, load_providers
 from cmcp_cli.audit.entry import open_line
 from cmcp_cli.audit.matching import match_claim
+from cmcp_cli.audit.processes import lock_store, record_start
 from cmcp_cli.audit.replay import replay_log
-from cmcp_cli.audit.store import iter_lines
+from cmcp_cli.audit.session_record import SessionPolicy
+from cmcp_cli.audit.store import AuditStore, iter_lines
+from cmcp_cli.catalog.model import load_catalog
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.signing import signed
 from cmcp_cli.config import CmcpConfig
 from cmcp_cli.errors import ExitCode
 from cmcp_cli.evidence.attesting import Attestor, DeviceAttestor
 from cmcp_cli.evidence.freshness import renew_evidence
+from cmcp_cli.evidence.recovery import recover_sessions
 from cmcp_cli.evidence.session import EvidenceSession
 from cmcp_cli.gateway.preflight.devices import DeviceStartupError, choose_devices
+from cmcp_cli.policy.bundle import read_bundle
+from cmcp_cli.policy.engine import compile_bundle
+from cmcp_cli.testing.provider_contract import ProviderContract
 from cmcp_cli.verify.claim import VerifyOptions, VerifyReport, verify_document
 from tests.claim_variants import fix_binding, resigned, variants
 from tests.device_support import install_device_plugin, on_path, registry_with, spec
@@ -378,6 +386,60 @@ def _entries_of(recorded: RecordedSession, kind: str) -> list[dict[str, Any]]:
     return [dict(f) for f in fields if f["type"] == kind]
 
 
-def test_the_device_provider_is_a_device_spec(registry: ProviderRegistry) -> None:
-    gpu: ProviderSpec = spec(registry, "testgpu")
-    assert gpu.scope.value == "device" and spec(registry, "testtee").scope.value == "platform"
+class TestTheTestGpuPassesTheProviderContract(ProviderContract):
+    """The contract suite on a device provider: its collector is a `DeviceCollector`, its
+    platform names its devices (the claim's runtime.platform stays the CPU's), and every
+    single-leaf change of a device's evidence fails."""
+
+    @pytest.fixture
+    def provider_spec(self, registry: ProviderRegistry) -> ProviderSpec:
+        return spec(registry, "testgpu")
+
+    @pytest.fixture
+    def provider_settings(self) -> Mapping[str, Any]:
+        return {"devices": 2}
+
+
+def test_a_recovery_claim_carries_the_recovering_process_devices(
+    tmp_path: Path, registry: ProviderRegistry
+) -> None:
+    """A session its process left open is closed by the next process, whose own key and
+    devices attest the recovery claim; the claim and the log agree on them."""
+    attestor = _attestor(registry, "tee", 1)
+    bundle = compile_bundle(read_bundle(QUICKSTART / "policies"))
+    catalog = load_catalog(QUICKSTART / "catalog.json")
+    policy = SessionPolicy(
+        bundle_hash=bundle.hash,
+        policy_version="1.0.0",
+        catalog_hash=catalog.hash,
+        enforcement_mode="enforcing",
+        data_class_order=("public", "internal"),
+    )
+    db, claims = tmp_path / "audit.db", tmp_path / "claims"
+    claims.mkdir()
+    with AuditStore(db) as store:
+        EvidenceSession(
+            store=store, session_id="left", policy=policy, attestor=attestor, process_id="old"
+        )
+    lock = lock_store(db, "new")
+    try:
+        record_start(db, lock.holder)
+        with AuditStore(db) as store:
+            report = recover_sessions(store, attestor=attestor, claims_dir=claims, process_id="new")
+    finally:
+        lock.release()
+    (recovered,) = report.recovered
+    claim = json.loads(recovered.claim.read_text())
+    assert claim["gateway"]["recovery"] == {"interrupted_process": "old", "process": "new"}
+    (device,) = claim["gateway"]["attestation"]["devices"]
+    assert device["evidence"]["nonce"] == claim["gateway"]["attestation"]["binding"]
+    (end,) = [
+        open_line(line).fields
+        for line in iter_lines(db)
+        if open_line(line).fields["type"] == "session_end"
+    ]
+    assert end["recovered_by"]["devices"][0]["device"] == "GPU 0 (Test GPU)"
+    options = VerifyOptions(audit_log=db, at=datetime.fromtimestamp(claim["trace"]["iat"], UTC))
+    verified = verify_document(claim, options, registry)
+    assert verified.exit_code is ExitCode.OK and verified.hardware_attested, verified.to_json()
+    assert _statuses(verified)["devices[0].testgpu.nonce"] is CheckStatus.PASS

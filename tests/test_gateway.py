@@ -270,8 +270,8 @@ def test_the_attestation_provider_is_never_a_silent_fallback() -> None:
         choose_attestor(config_with("auto"), Environment(dev_mode=False), bare)
     for reason in ("sev-snp: no plugin installed (pip install cmcp-sev)", "tdx: no plugin"):
         assert reason in uninstalled.value.message
-    with pytest.raises(StartupError, match="cmcp-gpucc"):
-        choose_attestor(config_with("gpu-cc"), Environment(dev_mode=True), registry)
+    with pytest.raises(StartupError, match="cmcp-opaque"):
+        choose_attestor(config_with("opaque"), Environment(dev_mode=True), bare)
     with pytest.raises(StartupError, match="proves nothing"):
         choose_attestor(config_with("software-only"), Environment(dev_mode=False), registry)
     for provider in ("auto", "software-only"):
