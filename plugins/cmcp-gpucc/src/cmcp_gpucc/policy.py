@@ -1,0 +1,104 @@
+"""The auditor's GPU requirements: the `[gpu-cc]` table of `cmcp verify --platform-policy`.
+
+    allow_unchecked_revocation = true      # no stapled OCSP may still be hardware-attested
+    minimum_driver_version = "550.54.15"   # the signed driver version must be at least this
+    minimum_vbios_version = "96.00.9F.00.01"
+    allow_debug = true                     # accept a GPU in CC DevTools mode
+    rim_measurements = ["sha384:…"]        # accept only these RIM pairs (`cmcp measure gpu-cc`)
+
+Driver versions compare as dot-separated decimal numbers (535.86.9 < 535.104.5), VBIOS
+versions as their five hex bytes in the order NVIDIA prints them. An unusable value is a
+`ProviderError` that names the key: it is the auditor's input, not the evidence.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from cmcp_cli.attestation.api import ProviderError
+from cmcp_cli.attestation.toolkit import settings_section
+from cmcp_gpucc.plugin import NAME, PLATFORM_POLICY_KEYS
+
+TABLE: Final = f"[{NAME}]"
+_DRIVER: Final = re.compile(r"\d{1,5}(?:\.\d{1,5}){0,3}")
+_VBIOS: Final = re.compile(r"[0-9A-Fa-f]{2}(?:\.[0-9A-Fa-f]{2}){4}")
+_MEASUREMENT: Final = re.compile(r"sha384:[0-9a-f]{96}")
+
+
+def driver_key(version: str) -> tuple[int, ...] | None:
+    """A driver version as numbers, or None when it is not dotted decimal numbers."""
+    if _DRIVER.fullmatch(version) is None:
+        return None
+    return tuple(int(part) for part in version.split("."))
+
+
+def vbios_key(version: str) -> tuple[int, ...] | None:
+    """A VBIOS version ("96.00.9F.00.01") as its five bytes, or None when malformed."""
+    if _VBIOS.fullmatch(version) is None:
+        return None
+    return tuple(int(part, 16) for part in version.split("."))
+
+
+def at_least(version: tuple[int, ...], minimum: tuple[int, ...]) -> bool:
+    width = max(len(version), len(minimum))
+    pad = (0,) * width
+    return (version + pad)[:width] >= (minimum + pad)[:width]
+
+
+@dataclass(frozen=True, slots=True)
+class Requirements:
+    """The validated `[gpu-cc]` table; defaults where the auditor set nothing."""
+
+    allow_unchecked_revocation: bool = False
+    minimum_driver_version: str | None = None
+    minimum_vbios_version: str | None = None
+    allow_debug: bool = False
+    rim_measurements: tuple[str, ...] | None = None  # None: any RIM pair NVIDIA signed
+
+    @classmethod
+    def parse(cls, table: Mapping[str, Any]) -> Requirements:
+        """`ProviderError` names the first unusable key."""
+        table = settings_section(
+            table,
+            section=f"the platform policy's {TABLE} table",
+            accepted=PLATFORM_POLICY_KEYS,
+            provider="gpu-cc",
+        )
+        flags = {}
+        for key in ("allow_unchecked_revocation", "allow_debug"):
+            value = table.get(key, False)
+            if not isinstance(value, bool):
+                raise ProviderError(f"{TABLE} {key} must be true or false, got {value!r}")
+            flags[key] = value
+        driver = table.get("minimum_driver_version")
+        if driver is not None and (not isinstance(driver, str) or driver_key(driver) is None):
+            raise ProviderError(
+                f"{TABLE} minimum_driver_version must be a driver version such as "
+                f'"550.54.15", got {driver!r}'
+            )
+        vbios = table.get("minimum_vbios_version")
+        if vbios is not None and (not isinstance(vbios, str) or vbios_key(vbios) is None):
+            raise ProviderError(
+                f"{TABLE} minimum_vbios_version must be a VBIOS version such as "
+                f'"96.00.9F.00.01" (five hex bytes), got {vbios!r}'
+            )
+        pins = table.get("rim_measurements")
+        if pins is not None and (
+            not isinstance(pins, list)
+            or not pins
+            or not all(isinstance(p, str) and _MEASUREMENT.fullmatch(p) for p in pins)
+        ):
+            raise ProviderError(
+                f"{TABLE} rim_measurements must be a non-empty list of sha384:<96 hex> "
+                f"strings as `cmcp measure gpu-cc` prints them, got {pins!r}"
+            )
+        return cls(
+            allow_unchecked_revocation=flags["allow_unchecked_revocation"],
+            minimum_driver_version=driver,
+            minimum_vbios_version=vbios,
+            allow_debug=flags["allow_debug"],
+            rim_measurements=None if pins is None else tuple(pins),
+        )

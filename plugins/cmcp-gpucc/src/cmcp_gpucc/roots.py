@@ -1,0 +1,122 @@
+"""NVIDIA's roots of trust for GPU confidential computing, vendored and pinned by fingerprint.
+
+Two roots, each with one role: the NVIDIA Device Identity CA, which every GPU's device
+certificate chain ends at, and the NVIDIA CoRIM signing Root CA, which every RIM signer's
+chain ends at. The SHA-256 of each DER is pinned here; a vendored file that does not match
+is refused, so editing the package data cannot add a root.
+
+An auditor who passes `--trust-root` (TrustInputs.trust_roots) replaces both: the
+self-signed certificates of those PEM files are then the only anchors, for the device chain
+and the RIM chains alike, and reasons name such a root as the one given with --trust-root.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+DEVICE_ROOT_FILE: Final = "nvidia-device-identity-ca.pem"
+RIM_ROOT_FILE: Final = "nvidia-corim-signing-root-ca.pem"
+# SHA-256 of the DER of each vendored root (attestation-vectors MANIFEST.md lists the same).
+PINNED: Final = {
+    DEVICE_ROOT_FILE: "102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48",
+    RIM_ROOT_FILE: "12977b5115acb0381179279fffeb5a8c4d264971ebb32298023a465fa41df5d1",
+}
+
+
+class RootError(Exception):
+    """The vendored roots or the auditor's trust roots are unusable."""
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+
+
+def common_name(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    value = names[0].value if names else cert.subject.rfc4514_string()
+    return value if isinstance(value, str) else value.decode(errors="replace")
+
+
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    cert: x509.Certificate
+    fingerprint: str
+    vendored: bool  # shipped with the plugin; False for every root given with --trust-root
+
+    def describe(self) -> str:
+        whose = "the vendored NVIDIA root" if self.vendored else "the root given with --trust-root,"
+        return f"{whose} {common_name(self.cert)} (sha256 {self.fingerprint})"
+
+
+@dataclass(frozen=True, slots=True)
+class TrustSet:
+    device: tuple[Anchor, ...]  # where a GPU's device chain may end
+    rim: tuple[Anchor, ...]  # where a RIM signer's chain may end
+    source: str  # how the anchors were chosen, for reasons
+
+    def describe(self, anchors: tuple[Anchor, ...]) -> str:
+        listed = ", ".join(f"{common_name(a.cert)} ({a.fingerprint[:16]}…)" for a in anchors)
+        return f"{self.source}: {listed}"
+
+
+def _vendored_anchor(name: str) -> Anchor:
+    certs = x509.load_pem_x509_certificates(
+        files("cmcp_gpucc").joinpath("roots", name).read_bytes()
+    )
+    if len(certs) != 1 or fingerprint(certs[0]) != PINNED[name]:
+        raise RootError(
+            f"the vendored {name} is not NVIDIA's root with the pinned fingerprint "
+            f"{PINNED[name]}: the cmcp-gpucc installation is damaged"
+        )
+    return Anchor(certs[0], PINNED[name], vendored=True)
+
+
+@functools.cache
+def vendored() -> TrustSet:
+    return TrustSet(
+        device=(_vendored_anchor(DEVICE_ROOT_FILE),),
+        rim=(_vendored_anchor(RIM_ROOT_FILE),),
+        source="the vendored NVIDIA roots",
+    )
+
+
+def self_signed(cert: x509.Certificate) -> bool:
+    if cert.subject != cert.issuer:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except Exception:  # noqa: BLE001 - any failure means not self-signed
+        return False
+    return True
+
+
+def trust_set(trust_roots: Sequence[bytes]) -> TrustSet:
+    """The roots to judge by: the vendored ones, or exactly the auditor's when given."""
+    if not trust_roots:
+        return vendored()
+    anchors: list[Anchor] = []
+    for position, pem in enumerate(trust_roots, 1):
+        try:
+            certs = x509.load_pem_x509_certificates(pem)
+        except ValueError as error:
+            raise RootError(
+                f"trust root {position} is not PEM certificate data ({str(error).rstrip('.')})"
+            ) from None
+        anchors.extend(
+            Anchor(cert, fingerprint(cert), vendored=False) for cert in certs if self_signed(cert)
+        )
+    if not anchors:
+        raise RootError(
+            "the --trust-root files hold no self-signed certificate: give NVIDIA's Device "
+            "Identity CA and CoRIM signing Root CA (or the test roots that signed the evidence)"
+        )
+    given = tuple(anchors)
+    return TrustSet(device=given, rim=given, source="the roots given with --trust-root")

@@ -1,0 +1,183 @@
+"""The gpu-cc provider end to end: `cmcp start` in development mode (software CPU) as a real
+subprocess whose `pynvml` is the NVML test double (plugins/cmcp-gpucc/tests/nvml_double),
+serving NVIDIA's genuine Hopper report (driver 535.86.09) and device chain from ../shared; an
+official MCP SDK client session; the claim carrying that report beside the CPU's evidence;
+and `cmcp verify` judging it.
+
+A real GPU signs a fresh report over the session's binding; the double replays a recorded
+one, so among the device's hardware checks exactly `gpu.nonce` fails. With the genuine RIMs
+of that driver and VBIOS stapled, what MANIFEST.md says of them holds at any claim time:
+the driver RIM fails its XML-DSig (NVIDIA's measurement-mismatch sample was edited after
+signing), the VBIOS RIM's signer expired on 2025-12-12, so the measurements are not
+appraised (skip), and with no OCSP response stapled revocation is "not checked" (skip).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.gateway_support import Served, start_gateway, write_config
+from tests.support import REPO, run_cmcp
+
+DOUBLE = REPO / "plugins" / "cmcp-gpucc" / "tests" / "nvml_double"
+VECTORS = REPO.parent / "shared" / "attestation-vectors" / "nvidia-gpucc"
+REPORT = "nvat-hopper-535.86.09-attestation-report.hex"
+DRIVER_RIM = "nvat-rim-NV_GPU_DRIVER_GH100_535.86.09_measurement_mismatch.xml"
+VBIOS_RIM = "nvat-rim-NV_GPU_VBIOS_1010_0200_882_96005E0001_measurement_mismatch.xml"
+# The device checks that judge the GPU's own signed evidence, and what each must say.
+HARDWARE = {
+    "format": "pass",
+    "signature": "pass",
+    "chain": "pass",
+    "nonce": "fail",  # the double replays a report made for NVIDIA's nonce, not the binding
+    "architecture": "pass",
+    "versions": "pass",
+    "debug": "pass",
+}
+STAPLED_RIMS = {
+    "rim.driver": "fail",  # reference digest mismatch: edited after NVIDIA signed it
+    "rim.vbios": "fail",  # its HCC RIM L4 Signer expired 2025-12-12
+    "measurements": "skip",  # no verified RIM to compare with
+    "revocation": "skip",  # no OCSP response stapled: not checked
+    "fwid": "skip",  # a 535 driver's report states no FWID
+}
+
+
+@pytest.fixture(scope="module")
+def vectors() -> Path:
+    if not VECTORS.is_dir():
+        pytest.skip(f"the shared attestation vectors are not at {VECTORS}")
+    return VECTORS
+
+
+def nvml_env(folder: Path, vectors: Path, state: str = "ok") -> dict[str, str]:
+    """The environment of a `cmcp` whose `pynvml` is the double."""
+    inherited = os.environ.get("PYTHONPATH", "")
+    return {
+        "PYTHONPATH": os.pathsep.join(p for p in (str(DOUBLE), inherited) if p),
+        "NVML_DOUBLE_VECTORS": str(vectors),
+        "NVML_DOUBLE_STATE": state,
+        "NVML_DOUBLE_GPUS": "hopper-535",
+        "NVML_DOUBLE_NONCE_LOG": str(folder / "nonces.log"),
+    }
+
+
+def gpu_config(folder: Path, upstream: Served, **gpu: Any) -> Path:
+    attestation = {"gpu_required": True, "providers": {"gpu-cc": gpu}}
+    return write_config(folder, upstream.url, attestation=attestation)
+
+
+async def one_call(url: str) -> str:
+    async with (
+        streamable_http_client(url) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        result = await session.call_tool("get_weather", {"city": "Paris"})
+        return str(result.content[0].text)  # type: ignore[union-attr]
+
+
+def device_checks(report: dict[str, Any]) -> dict[str, str]:
+    prefix = "devices[0].gpu."
+    return {
+        check["name"].removeprefix(prefix): check["status"]
+        for check in report["checks"]
+        if check["name"].startswith(prefix)
+    }
+
+
+def test_a_session_claim_carries_the_genuine_gpu_report_and_only_its_nonce_fails(
+    tmp_path: Path, upstream: Served, vectors: Path
+) -> None:
+    env = nvml_env(tmp_path, vectors)
+    rims = [str(vectors / DRIVER_RIM), str(vectors / VBIOS_RIM)]
+    gateway = start_gateway(gpu_config(tmp_path, upstream, rims=rims), env=env)
+    try:
+        assert "Paris" in asyncio.run(one_call(gateway.url))
+    finally:
+        assert gateway.stop() == 0, gateway.output()
+    assert "devices      gpu-cc, attested in every session" in gateway.output()
+
+    (claim_path,) = sorted((tmp_path / "claims").glob("*.claim.json"))
+    claim = json.loads(claim_path.read_text())
+    attestation = claim["gateway"]["attestation"]
+    assert claim["trace"]["runtime"]["platform"] == "software-only"  # the CPU's, not the GPU's
+    (device,) = attestation["devices"]
+    assert device["provider"] == "gpu-cc" and device["evidence_type"] == "nvidia-gpu-cc-v1"
+    assert (
+        device["device"]
+        == "GPU 0 (NVIDIA H100 80GB HBM3, GPU-0d7e1a3c-5b39-4d2e-9c41-53a3e1f0c535)"
+    )
+    evidence = device["evidence"]
+    genuine = bytes.fromhex((vectors / REPORT).read_text())
+    assert base64.b64decode(evidence["report"]) == genuine
+    assert len(evidence["certificates"]) == 5
+    assert evidence["nvml"]["driver_version"] == "535.86.09"
+    assert evidence["rims"] == {
+        "driver": base64.b64encode((vectors / DRIVER_RIM).read_bytes()).decode(),
+        "vbios": base64.b64encode((vectors / VBIOS_RIM).read_bytes()).decode(),
+    }
+    # the gateway asked the GPU for a report over this session's binding
+    asked = (tmp_path / "nonces.log").read_text().split()
+    assert attestation["binding"] in asked
+    assert genuine[4:36].hex() != attestation["binding"]
+
+    verified = run_cmcp(
+        "verify", claim_path, "--allow-software", "--audit-log", tmp_path / "audit.db", "--json"
+    )
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    report = verified.json()
+    assert report["hardware_attested"] is False
+    checks = device_checks(report)
+    assert {name: checks[name] for name in HARDWARE} == HARDWARE
+    assert {name: checks[name] for name in STAPLED_RIMS} == STAPLED_RIMS
+    reasons = {c["name"]: c["reason"] for c in report["checks"]}
+    assert "is not the session binding" in reasons["devices[0].gpu.nonce"]
+    assert "NVIDIA Hopper (GH100)" in reasons["devices[0].gpu.architecture"]
+    assert "expired at 2025-12-12" in reasons["devices[0].gpu.rim.vbios"]
+    assert "reference digest does not match" in reasons["devices[0].gpu.rim.driver"]
+    failed = {c["name"] for c in report["checks"] if c["status"] == "fail"}
+    assert failed == {f"devices[0].gpu.{name}" for name in ("nonce", "rim.driver", "rim.vbios")}
+    statuses = {c["name"]: c["status"] for c in report["checks"]}
+    assert statuses["binding"] == "pass" and statuses["audit log"] == "pass"
+
+
+def test_gpu_required_with_cc_off_refuses_the_start_with_the_reason(
+    tmp_path: Path, upstream: Served, vectors: Path
+) -> None:
+    env = {"CMCP_DEV_MODE": "1", **nvml_env(tmp_path, vectors, state="cc-off")}
+    started = run_cmcp("start", "--config", gpu_config(tmp_path, upstream), env=env)
+    assert started.returncode != 0
+    text = " ".join(started.stderr.split())
+    assert "attestation.gpu_required: is true, but no device can be attested here" in text, text
+    assert "gpu-cc: not detected, confidential computing is off on the GPUs" in text, text
+    assert not (tmp_path / "nonces.log").exists()  # no report was asked for
+    checked = run_cmcp(
+        "validate-config", "--config", tmp_path / "cmcp-config.yaml", "--json", env=env
+    )
+    (error,) = checked.json()["errors"]
+    assert "confidential computing is off on the GPUs" in error["message"]
+
+
+def test_a_detected_gpu_whose_rims_do_not_fit_refuses_the_start(
+    tmp_path: Path, upstream: Served, vectors: Path
+) -> None:
+    env = {"CMCP_DEV_MODE": "1", **nvml_env(tmp_path, vectors)}
+    wrong = [str(vectors / "nvat-rim-NV_GPU_DRIVER_GH100_550.144.03.xml"), str(vectors / VBIOS_RIM)]
+    config = write_config(
+        tmp_path, upstream.url, attestation={"providers": {"gpu-cc": {"rims": wrong}}}
+    )
+    started = run_cmcp("start", "--config", config, env=env)
+    assert started.returncode != 0
+    text = " ".join(started.stderr.split())
+    assert "the gpu-cc device provider detected GPU 0 (NVIDIA H100 80GB HBM3)" in text, text
+    assert "has no driver RIM for GPU 0 (NVIDIA H100 80GB HBM3), whose driver version is " in text
