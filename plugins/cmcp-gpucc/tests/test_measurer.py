@@ -83,6 +83,8 @@ def test_the_genuine_rims_measure_to_the_documented_digest(vectors: Path) -> Non
         (vectors / DRIVER).read_bytes(), (vectors / VBIOS).read_bytes()
     )
     assert result.stdout.strip() == expected
+    assert "pin it in the auditor's [gpu-cc] platform policy" in result.stderr
+    assert "expected_measurement" not in result.stderr  # that pins the CPU platform
     swapped = measure("--rim", vectors / VBIOS, "--rim", vectors / DRIVER, "--at", BOTH_VALID)
     assert swapped.stdout.strip() == expected
 

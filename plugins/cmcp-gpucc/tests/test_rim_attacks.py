@@ -150,6 +150,15 @@ def test_a_reference_to_part_of_the_document_is_refused(pki: RimPki) -> None:
         verify_rim(etree.tostring(signed), [pki.root.cert], AT)
 
 
+def test_a_signature_without_its_reference_is_refused(pki: RimPki, document: bytes) -> None:
+    """With no reference, nothing of the manifest would be digested."""
+    tree = signed_tree(pki, document)
+    signed_info = tree.find(f"{{{DSIG}}}Signature/{{{DSIG}}}SignedInfo")
+    signed_info.remove(signed_info.find(f"{{{DSIG}}}Reference"))
+    with pytest.raises(RimError, match="exactly one reference to the whole document"):
+        verify_rim(text(tree), [pki.root.cert], AT)
+
+
 def test_two_signatures_are_refused(pki: RimPki, document: bytes) -> None:
     tree = signed_tree(pki, document)
     tree.append(etree.fromstring(etree.tostring(tree.find(f"{{{DSIG}}}Signature"))))

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from cmcp_cli.attestation.api import MeasureOption
+from cmcp_cli.attestation.api import MeasureOption, ProviderScope
 from cmcp_cli.attestation.manager import ProviderRegistry, load_providers
 from cmcp_cli.attestation.software import NAME as SOFTWARE
 from cmcp_cli.cli import render
@@ -65,6 +65,12 @@ def _command(registry: ProviderRegistry, name: str) -> Callable[..., int]:
     except Exception as exc:  # noqa: BLE001 - a plugin's broken measurer is reported on use
         options, problem = (), f"{type(exc).__name__}: {exc}"
     by_parameter = {option.name.replace("-", "_"): option.name for option in options}
+    # A device provider's measurement is not the platform's: the auditor pins it in the
+    # provider's own platform policy table.
+    if registry.providers[name].spec.scope is ProviderScope.DEVICE:
+        where = f"pin it in the auditor's [{name}] platform policy (cmcp verify --platform-policy)"
+    else:
+        where = "paste it into attestation.expected_measurement"
 
     def run(*, config: Path | None = None, as_json: bool = False, **given: Any) -> int:
         if problem is not None:
@@ -83,10 +89,7 @@ def _command(registry: ProviderRegistry, name: str) -> Callable[..., int]:
             render.emit_json({**report, "details": dict(result.details)})
         else:
             render.emit_line(result.measurement)
-            render.err.print(
-                f"[dim]{escape(name)} measurement: paste it into "
-                "attestation.expected_measurement[/dim]"
-            )
+            render.err.print(f"[dim]{escape(name)} measurement: {escape(where)}[/dim]")
         return int(ExitCode.OK)
 
     parameters = [_parameter(option) for option in options]

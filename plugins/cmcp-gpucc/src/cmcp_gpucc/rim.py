@@ -118,7 +118,9 @@ def _parser() -> etree.XMLParser:
 
 
 def _document(xml: bytes) -> etree._Element:
-    if not isinstance(xml, bytes) or not xml:
+    if not isinstance(xml, bytes):
+        raise RimError(f"The RIM must be the bytes of an XML document, not {type(xml).__name__}.")
+    if not xml:
         raise RimError("The RIM is empty: give the XML document NVIDIA publishes.")
     if len(xml) > MAX_RIM_BYTES:
         raise RimError(f"The RIM is {len(xml)} bytes, more than the {MAX_RIM_BYTES} accepted.")
