@@ -193,7 +193,7 @@ def _fetch_rims(
             continue
         ids = rim_ids(reports[gpu.gpu.index], gpu.certs)
         for kind in missing:
-            source = base_url + ids[kind]
+            source = base_url.rstrip("/") + "/" + ids[kind]
             found = load_rim(source, fetch_rim(client, base_url, ids[kind]))
             if choose_rim(gpu, kind, [found]) is None:
                 raise ProviderError(
