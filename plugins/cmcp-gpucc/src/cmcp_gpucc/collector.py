@@ -261,8 +261,8 @@ def _collect_one(prepared: _Prepared, gpu: GpuIdentity, binding: bytes) -> Devic
 
 def _cc_hint() -> str:
     return (
-        "run the gateway in a confidential VM with an H100/H200/Blackwell GPU in CC mode "
-        "(docs/gpu-cc.md, Running the gateway with GPUs), or leave attestation.gpu_required off"
+        "run the gateway in a confidential VM whose H100, H200 or Blackwell GPUs are in CC "
+        "mode and ready (docs/gpu-cc.md, Running the gateway with GPUs)"
     )
 
 

@@ -23,8 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cmcp_cli.attestation.api import ProviderError
 
 INSTALL_HINT: Final = (
-    "install the collector's dependencies: pip install cmcp-gpucc[collector] (nvidia-ml-py, "
-    "httpx)"
+    "install the collector's dependencies: pip install cmcp-gpucc[collector] (nvidia-ml-py, httpx)"
 )
 NONCE_SIZE: Final = 32  # the SPDM requester nonce NVML takes (NVML_CC_GPU_CEC_NONCE_SIZE)
 # NVML return codes (nvml.h), by what they mean to an operator.
