@@ -28,7 +28,7 @@ NVAT_NONCE = "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb"
 ALL_CHECKS = (
     "gpu.format", "gpu.signature", "gpu.chain", "gpu.nonce", "gpu.architecture", "gpu.fwid",
     "gpu.versions", "gpu.versions.minimum", "gpu.rim.driver", "gpu.rim.vbios",
-    "gpu.measurements", "gpu.revocation", "gpu.debug",
+    "gpu.measurements", "gpu.rims.pinned", "gpu.revocation", "gpu.debug",
 )  # fmt: skip
 # name: (requester nonce, opaque bytes, driver, VBIOS, signed bytes, total bytes, chip,
 #        leaf serial start, leaf serial end), as MANIFEST.md states them.

@@ -217,6 +217,8 @@ def test_minimum_versions_from_the_platform_policy(device_pki: DevicePki, rim_pk
         {"minimum_driver_version": "r550"},
         {"minimum_vbios_version": "96.00.9F"},
         {"require_ocsp": True},
+        {"rim_measurements": []},
+        {"rim_measurements": ["sha256:" + "0" * 64]},
     ],
 )
 def test_an_unusable_platform_policy_is_refused_naming_the_key(
@@ -304,3 +306,26 @@ def test_bytes_after_the_signature_are_refused(device_pki: DevicePki) -> None:
     )
     assert_fails(verdict, "gpu.format", "more than its lengths account for")
     assert_fails(verdict, "gpu.signature", "does not verify")
+
+
+def test_the_platform_policy_may_pin_the_rim_pair(device_pki: DevicePki, rim_pki: RimPki) -> None:
+    doc = evidence(device_pki, rim_pki)
+    measured = GpuVerifier().verify(doc, trust(device_pki, rim_pki)).measurement
+    assert measured is not None
+    pinned = GpuVerifier().verify(
+        doc, trust(device_pki, rim_pki, platform_policy={"rim_measurements": [measured]})
+    )
+    assert pinned.hardware_attested
+    assert measured in reason(pinned, "gpu.rims.pinned")
+    other = "sha384:" + "0" * 96
+    verdict = GpuVerifier().verify(
+        doc, trust(device_pki, rim_pki, platform_policy={"rim_measurements": [other]})
+    )
+    assert_fails(verdict, "gpu.rims.pinned", "driver 550.90.07", "not among")
+    unverified = evidence(device_pki, rim_pki)
+    del unverified["rims"]
+    verdict = GpuVerifier().verify(
+        unverified, trust(device_pki, rim_pki, platform_policy={"rim_measurements": [measured]})
+    )
+    assert statuses(verdict)["gpu.rims.pinned"] is CheckStatus.SKIP
+    assert "gpu.rim.driver" in reason(verdict, "gpu.rims.pinned")

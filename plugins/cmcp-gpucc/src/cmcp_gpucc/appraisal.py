@@ -35,13 +35,13 @@ class VerificationState(Protocol):
     chain: certificates.DeviceChain | None
     chip: certificates.Chip | None
 
-    def roots(self) -> roots.TrustSet: ...
+    def anchors(self) -> roots.TrustSet: ...
 
     def report(self) -> tuple[spdm.Exchange, opaque.OpaqueData]: ...
 
 
-def _names(check: str) -> str:
-    return f"gpu.rim.{check}"
+def _check_name(kind: str) -> str:
+    return f"gpu.rim.{kind}"
 
 
 class Appraiser:
@@ -57,7 +57,7 @@ class Appraiser:
                 f"No {label} RIM is stapled, so the measurements cannot be appraised: give the "
                 f"gateway NVIDIA's {label} RIM for this GPU (attestation.providers.gpu-cc rims)."
             )
-        trust = self.state.roots()
+        trust = self.state.anchors()
         try:
             verified = rim.verify_rim(xml, [a.cert for a in trust.rim], self.state.trust.at)
         except rim.RimError as error:
@@ -101,7 +101,7 @@ class Appraiser:
 
     def measurements(self) -> str:
         exchange, data = self.state.report()
-        missing = [_names(kind) for kind in KINDS if kind not in self.rims]
+        missing = [_check_name(kind) for kind in KINDS if kind not in self.rims]
         if missing:
             raise _Skip(f"No verified RIM to compare with (see {', '.join(missing)}).")
         driver, vbios = self.rims["driver"], self.rims["vbios"]
@@ -155,12 +155,32 @@ class Appraiser:
         # NVIDIA's OCSP service does not cover the leaf, which the GPU's firmware makes.
         chains: list[tuple[x509.Certificate, ...]] = [state.chain.certs[1:]]
         chains.extend(document.signer_chain for document in self.rims.values())
-        trust = state.roots()
+        trust = state.anchors()
         anchors = [a.cert for a in (*trust.device, *trust.rim)]
         try:
             return revocation.check_stapled_ocsp(state.d.ocsp, chains, anchors, state.trust.at)
         except revocation.RevocationError as error:
             raise _Fail(str(error)) from None
+
+    def pinned(self) -> str:
+        pins = self.state.wanted.rim_measurements
+        if pins is None:
+            raise _Skip(
+                f"No rim_measurements in the auditor's platform policy ({policy.TABLE} of "
+                "--platform-policy): any driver and VBIOS RIM pair NVIDIA signed is accepted."
+            )
+        measured = self.measurement()
+        if measured is None:
+            missing = [_check_name(kind) for kind in KINDS if kind not in self.rims]
+            raise _Skip(f"No verified RIM pair to compare (see {', '.join(missing)}).")
+        if measured not in pins:
+            driver, vbios = self.rims["driver"], self.rims["vbios"]
+            raise _Fail(
+                f"The RIM pair (driver {driver.version}, VBIOS {vbios.version}) measures "
+                f"{measured}, which is not among the platform policy's {len(pins)} "
+                "rim_measurements."
+            )
+        return f"The RIM pair measures {measured}, one of the platform policy's rim_measurements."
 
     def measurement(self) -> str | None:
         """The pinnable digest of the RIM pair (`cmcp measure gpu-cc`), once both verified."""

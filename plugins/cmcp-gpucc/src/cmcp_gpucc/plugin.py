@@ -21,6 +21,7 @@ PLATFORM_POLICY_KEYS = (
     "minimum_driver_version",
     "minimum_vbios_version",
     "allow_debug",
+    "rim_measurements",
 )
 
 

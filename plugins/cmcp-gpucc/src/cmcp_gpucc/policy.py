@@ -4,6 +4,7 @@
     minimum_driver_version = "550.54.15"   # the signed driver version must be at least this
     minimum_vbios_version = "96.00.9F.00.01"
     allow_debug = true                     # accept a GPU in CC DevTools mode
+    rim_measurements = ["sha384:…"]        # accept only these RIM pairs (`cmcp measure gpu-cc`)
 
 Driver versions compare as dot-separated decimal numbers (535.86.9 < 535.104.5), VBIOS
 versions as their five hex bytes in the order NVIDIA prints them. An unusable value is a
@@ -24,6 +25,7 @@ from cmcp_gpucc.plugin import NAME, PLATFORM_POLICY_KEYS
 TABLE: Final = f"[{NAME}]"
 _DRIVER: Final = re.compile(r"\d{1,5}(?:\.\d{1,5}){0,3}")
 _VBIOS: Final = re.compile(r"[0-9A-Fa-f]{2}(?:\.[0-9A-Fa-f]{2}){4}")
+_MEASUREMENT: Final = re.compile(r"sha384:[0-9a-f]{96}")
 
 
 def driver_key(version: str) -> tuple[int, ...] | None:
@@ -54,6 +56,7 @@ class Requirements:
     minimum_driver_version: str | None = None
     minimum_vbios_version: str | None = None
     allow_debug: bool = False
+    rim_measurements: tuple[str, ...] | None = None  # None: any RIM pair NVIDIA signed
 
     @classmethod
     def parse(cls, table: Mapping[str, Any]) -> Requirements:
@@ -82,9 +85,20 @@ class Requirements:
                 f"{TABLE} minimum_vbios_version must be a VBIOS version such as "
                 f'"96.00.9F.00.01" (five hex bytes), got {vbios!r}'
             )
+        pins = table.get("rim_measurements")
+        if pins is not None and (
+            not isinstance(pins, list)
+            or not pins
+            or not all(isinstance(p, str) and _MEASUREMENT.fullmatch(p) for p in pins)
+        ):
+            raise ProviderError(
+                f"{TABLE} rim_measurements must be a non-empty list of sha384:<96 hex> "
+                f"strings as `cmcp measure gpu-cc` prints them, got {pins!r}"
+            )
         return cls(
             allow_unchecked_revocation=flags["allow_unchecked_revocation"],
             minimum_driver_version=driver,
             minimum_vbios_version=vbios,
             allow_debug=flags["allow_debug"],
+            rim_measurements=None if pins is None else tuple(pins),
         )

@@ -262,7 +262,9 @@ def _embedded_chain(root: etree._Element) -> tuple[etree._Element, list[x509.Cer
     return signature, certs
 
 
-def _signature_config(at: datetime) -> SignatureConfiguration:
+def signature_config(at: datetime) -> SignatureConfiguration:
+    """What signxml must find: an X.509 signature enveloped in the root element, one
+    reference, ECDSA-SHA384 over SHA-384 digests, certificates judged at `at`."""
     return SignatureConfiguration(
         require_x509=True,
         location="./",  # enveloped directly in the root element
@@ -285,7 +287,7 @@ def verify_rim(xml: bytes, roots: Sequence[x509.Certificate], at: datetime) -> R
     signer = describe(chain[0])
     try:
         result = XMLVerifier().verify(
-            xml, x509_cert=chain[0], expect_config=_signature_config(at), parser=_parser()
+            xml, x509_cert=chain[0], expect_config=signature_config(at), parser=_parser()
         )
     except InvalidDigest:
         raise RimError(

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from cmcp_cli.attestation.toolkit import validity_problem
+from cmcp_gpucc.roots import common_name
 
 # NVIDIA's RIM chains have four certificates (L4 signer, L3, CA, root); the walk is bounded
 # so a crafted chain cannot make it loop or run long.
@@ -36,15 +37,11 @@ class ChainError(ValueError):
 
 
 def describe(cert: x509.Certificate) -> str:
-    """A certificate for people: its common name, or the whole subject without one."""
+    """A certificate for people: its common name in quotes."""
     try:
-        names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        return f'"{common_name(cert)}"'
     except ValueError:
         return "(a certificate with an unreadable subject)"
-    if not names:
-        return cert.subject.rfc4514_string() or "(a certificate with an empty subject)"
-    value = names[0].value
-    return f'"{value if isinstance(value, str) else value.decode(errors="replace")}"'
 
 
 def _der(cert: x509.Certificate) -> bytes:

@@ -11,7 +11,8 @@ the one the device certificate was made for (`gpu.fwid`); what NVML said about t
 VBIOS is what the GPU signed (`gpu.versions`) and meets the auditor's minimums
 (`gpu.versions.minimum`); the stapled driver and VBIOS RIMs are NVIDIA's, signed at the
 claim's time, for these versions (`gpu.rim.driver`, `gpu.rim.vbios`); every active RIM index
-i matches measurement block i+1 (`gpu.measurements`); no certificate involved was revoked,
+i matches measurement block i+1 (`gpu.measurements`); the RIM pair is one the auditor pinned
+(`gpu.rims.pinned`, when the platform policy pins any); no certificate involved was revoked,
 by stapled OCSP (`gpu.revocation`); and the GPU is in CC mode, not DevTools (`gpu.debug`).
 
 Each step is a named `Check`; one whose input an earlier failure made meaningless is skipped
@@ -49,12 +50,13 @@ MINIMUM: Final = "gpu.versions.minimum"
 RIM_DRIVER: Final = "gpu.rim.driver"
 RIM_VBIOS: Final = "gpu.rim.vbios"
 MEASUREMENTS: Final = "gpu.measurements"
+PINNED: Final = "gpu.rims.pinned"
 REVOCATION: Final = "gpu.revocation"
 DEBUG: Final = "gpu.debug"
 
 # hardware_attested needs each of these to pass (REVOCATION may skip when the auditor's
-# policy allows it) and no check to fail. FWID and MINIMUM skip when there is nothing to
-# compare; when they run they must not fail.
+# policy allows it) and no check to fail. FWID, MINIMUM and PINNED skip when there is
+# nothing to compare; when they run they must not fail.
 HARDWARE_CHECKS: Final = (
     FORMAT, SIGNATURE, CHAIN, NONCE, ARCHITECTURE, VERSIONS, RIM_DRIVER, RIM_VBIOS,
     MEASUREMENTS, REVOCATION, DEBUG,
@@ -102,11 +104,12 @@ class _Run:
             (NONCE, self.nonce), (ARCHITECTURE, self.architecture), (FWID, self.fwid),
             (VERSIONS, self.versions), (MINIMUM, self.minimum),
             (RIM_DRIVER, a.rim_driver), (RIM_VBIOS, a.rim_vbios),
-            (MEASUREMENTS, a.measurements), (REVOCATION, a.revocation), (DEBUG, self.debug),
+            (MEASUREMENTS, a.measurements), (PINNED, a.pinned), (REVOCATION, a.revocation),
+            (DEBUG, self.debug),
         )  # fmt: skip
         return run_checks(steps)
 
-    def roots(self) -> roots.TrustSet:
+    def anchors(self) -> roots.TrustSet:
         if self.trust_set is None:
             try:
                 self.trust_set = roots.trust_set(self.trust.trust_roots)
@@ -162,7 +165,7 @@ class _Run:
     def chain_check(self) -> str:
         if not self.certs:
             raise _Skip(f"The evidence has no usable device chain (see {FORMAT}).")
-        trust = self.roots()
+        trust = self.anchors()
         try:
             self.chain = chain.verify_chain(self.certs, trust, self.trust.at)
         except chain.ChainError as error:
@@ -205,7 +208,7 @@ class _Run:
             raise _Skip(f"The report is not authenticated (see {SIGNATURE}).")
         if data.fwid is None:
             raise _Skip(
-                "The report states no FWID (opaque field 20; older drivers do not), so it is "
+                "The report states no FWID (opaque field 20; older drivers omit it), so it is "
                 "not compared with the device certificate's."
             )
         try:
