@@ -102,7 +102,7 @@ def test_gpu_required_without_a_detected_gpu_refuses_to_start(
     checked = run_cmcp("validate-config", "--config", config, "--json", env=env)
     assert checked.returncode != 0
     (error,) = checked.json()["errors"]
-    assert error["message"].startswith("attestation.gpu_required: is true, but no device")
+    assert error["message"].startswith("attestation.gpu_required: true, but no device")
 
 
 def test_an_undetected_gpu_is_said_in_the_start_log_when_not_required(

@@ -204,7 +204,7 @@ def check_config(
                 problems.append(
                     located.error(
                         devices.GPU_REQUIRED,
-                        f"is true, but no device can be attested here: {refusal}",
+                        f"true, but no device can be attested here: {refusal}",
                         hint=devices.INSTALL_HINT,
                     )
                 )
