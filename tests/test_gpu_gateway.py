@@ -209,7 +209,7 @@ def test_gpu_required_with_cc_off_refuses_the_start_with_the_reason(
     started = run_cmcp("start", "--config", gpu_config(tmp_path, upstream), env=env)
     assert started.returncode != 0
     text = " ".join(started.stderr.split())
-    assert "attestation.gpu_required: is true, but no device can be attested here" in text, text
+    assert "attestation.gpu_required" in text and "no device can be attested here" in text, text
     assert "gpu-cc: not detected, confidential computing is off on the GPUs" in text, text
     assert not (tmp_path / "nonces.log").exists()  # no report was asked for
     checked = run_cmcp(
