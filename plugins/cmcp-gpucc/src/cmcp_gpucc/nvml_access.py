@@ -155,7 +155,7 @@ class Nvml:
             raise ValueError(f"the SPDM nonce is {NONCE_SIZE} bytes, not {len(nonce)}")
         handle = self._call("nvmlDeviceGetHandleByIndex", index)
         report = self._call("nvmlDeviceGetConfComputeGpuAttestationReport", handle, nonce)
-        return _sized(report.attestationReport, int(report.attestationReportSize), "report")
+        return _sized(report.attestationReport, int(report.attestationReportSize), "a report")
 
     def certificate_chain(self, index: int) -> tuple[bytes, ...]:
         """The GPU's attestation certificate chain as DER, leaf first as NVML gives it."""
@@ -164,7 +164,7 @@ class Nvml:
         pem = _sized(
             certificate.attestationCertChain,
             int(certificate.attestationCertChainSize),
-            "attestation certificate chain",
+            "an attestation certificate chain",
         )
         try:
             chain = x509.load_pem_x509_certificates(pem)
@@ -182,5 +182,5 @@ def _sized(array: Any, size: int, what: str) -> bytes:
     fit it (a driver bug must not turn into a silently truncated report)."""
     capacity = len(array)
     if not 0 < size <= capacity:
-        raise NvmlError(f"NVML returned a {what} of {size} bytes (room for {capacity})", None)
+        raise NvmlError(f"NVML returned {what} of {size} bytes (room for {capacity})", None)
     return bytes(array[:size])
