@@ -11,7 +11,8 @@ the driver RIM fails its XML-DSig (NVIDIA's measurement-mismatch sample was edit
 signing), the VBIOS RIM's signer expired on 2025-12-12, so the measurements are not
 appraised (skip), and with no OCSP response stapled revocation is "not checked" (skip).
 RIMs made from the report's own blocks under a test CoRIM root pass every RIM check, the
-appraisal included, and leave the nonce the only failure.
+appraisal included, and leave the nonce the only failure. `gpu_required` refuses a start the
+double's GPU cannot serve, and `cmcp plugins` and `validate-config` say the same before.
 """
 
 from __future__ import annotations
@@ -232,3 +233,26 @@ def test_a_detected_gpu_whose_rims_do_not_fit_refuses_the_start(
     text = " ".join(started.stderr.split())
     assert "the gpu-cc device provider detected GPU 0 (NVIDIA H100 80GB HBM3)" in text, text
     assert "has no driver RIM for GPU 0 (NVIDIA H100 80GB HBM3), whose driver version is " in text
+
+
+def test_plugins_and_validate_config_say_which_gpus_the_gateway_will_attest(
+    tmp_path: Path, upstream: Served, vectors: Path
+) -> None:
+    env = nvml_env(tmp_path, vectors)
+    listed = run_cmcp("plugins", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    (row,) = [p for p in listed.json()["providers"] if p["name"] == "gpu-cc"]
+    assert row["scope"] == "device" and row["state"] == "detected"
+    assert row["detail"] == "GPU 0 (NVIDIA H100 80GB HBM3): CC mode on, driver 535.86.09"
+    checked = run_cmcp(
+        "validate-config", "--config", gpu_config(tmp_path, upstream), "--json", env=env
+    )
+    assert checked.returncode == 0, checked.stdout
+    assert any(
+        note.startswith("devices: gpu-cc detected GPU 0 (NVIDIA H100 80GB HBM3)")
+        for note in checked.json()["notes"]
+    )
+    unready = run_cmcp("plugins", "--json", env=nvml_env(tmp_path, vectors, state="not-ready"))
+    (row,) = [p for p in unready.json()["providers"] if p["name"] == "gpu-cc"]
+    assert row["state"] == "not-detected"
+    assert "do not accept work yet (CC ready state off)" in row["detail"]
