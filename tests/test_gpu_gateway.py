@@ -10,6 +10,9 @@ of that driver and VBIOS stapled, what MANIFEST.md says of them holds at any cla
 the driver RIM fails its XML-DSig (NVIDIA's measurement-mismatch sample was edited after
 signing), the VBIOS RIM's signer expired on 2025-12-12, so the measurements are not
 appraised (skip), and with no OCSP response stapled revocation is "not checked" (skip).
+RIMs made from the report's own blocks under a test CoRIM root pass every RIM check, the
+appraisal included, and leave the nonce the only failure. `gpu_required` refuses a start the
+double's GPU cannot serve, and `cmcp plugins` and `validate-config` say the same before.
 """
 
 from __future__ import annotations
@@ -18,13 +21,17 @@ import asyncio
 import base64
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from cmcp_gpucc import spdm
+from cmcp_gpucc.rim_signing import RimPki, issue, rim_from_blocks
 from tests.gateway_support import Served, start_gateway, write_config
 from tests.support import REPO, run_cmcp
 
@@ -151,6 +158,51 @@ def test_a_session_claim_carries_the_genuine_gpu_report_and_only_its_nonce_fails
     assert statuses["binding"] == "pass" and statuses["audit log"] == "pass"
 
 
+def test_rims_that_describe_the_gpu_appraise_its_measurements_through_the_gateway(
+    tmp_path: Path, upstream: Served, vectors: Path
+) -> None:
+    """No public RIM pair appraises a public report clean (MANIFEST.md), so the RIMs here
+    are made from the genuine report's own blocks and signed under a test CoRIM root, which
+    the auditor trusts beside NVIDIA's device root."""
+    blocks = spdm.parse(bytes.fromhex((vectors / REPORT).read_text())).digests()
+    until = datetime(2100, 1, 1, tzinfo=UTC)
+    root = issue("cMCP Test CoRIM signing Root CA", None, ca=True, not_after=until)
+    ca = issue("cMCP Test Reference Value GH100 CA", root, ca=True, not_after=until)
+    l3 = issue("cMCP Test Reference Value L3 GH100", ca, ca=True, path_length=0, not_after=until)
+    pki = RimPki(root, ca, l3, issue("cMCP Test RIM L4 Signer", l3, ca=False, not_after=until))
+    driver, vbios = tmp_path / "driver.xml", tmp_path / "vbios.xml"
+    driver.write_bytes(pki.sign(rim_from_blocks(blocks, [7, *range(21, 41)], version="535.86.09")))
+    vbios.write_bytes(
+        pki.sign(rim_from_blocks(blocks, [*range(7), *range(8, 13)], version="96.00.5E.00.01"))
+    )
+    env = nvml_env(tmp_path, vectors)
+    config = gpu_config(tmp_path, upstream, rims=[str(vbios), str(driver)])
+    gateway = start_gateway(config, env=env)
+    try:
+        asyncio.run(one_call(gateway.url))
+    finally:
+        assert gateway.stop() == 0, gateway.output()
+    (claim_path,) = sorted((tmp_path / "claims").glob("*.claim.json"))
+    roots = tmp_path / "roots.pem"
+    roots.write_bytes(
+        (vectors / "nvidia-device-identity-ca.pem").read_bytes()
+        + pki.root.cert.public_bytes(Encoding.PEM)
+    )
+    policy = tmp_path / "platform-policy.toml"
+    policy.write_text("[gpu-cc]\nallow_unchecked_revocation = true\n")
+    verified = run_cmcp(
+        "verify", claim_path, "--allow-software", "--trust-root", roots,
+        "--platform-policy", policy, "--json",
+    )  # fmt: skip
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    checks = device_checks(verified.json())
+    assert {name: checks[name] for name in HARDWARE} == HARDWARE
+    assert checks["rim.driver"] == checks["rim.vbios"] == checks["measurements"] == "pass"
+    assert checks["revocation"] == "skip"  # allowed by the policy, and still said
+    failed = {c["name"] for c in verified.json()["checks"] if c["status"] == "fail"}
+    assert failed == {"devices[0].gpu.nonce"}  # the replayed report is all that is wrong
+
+
 def test_gpu_required_with_cc_off_refuses_the_start_with_the_reason(
     tmp_path: Path, upstream: Served, vectors: Path
 ) -> None:
@@ -158,7 +210,7 @@ def test_gpu_required_with_cc_off_refuses_the_start_with_the_reason(
     started = run_cmcp("start", "--config", gpu_config(tmp_path, upstream), env=env)
     assert started.returncode != 0
     text = " ".join(started.stderr.split())
-    assert "attestation.gpu_required: is true, but no device can be attested here" in text, text
+    assert "attestation.gpu_required" in text and "no device can be attested here" in text, text
     assert "gpu-cc: not detected, confidential computing is off on the GPUs" in text, text
     assert not (tmp_path / "nonces.log").exists()  # no report was asked for
     checked = run_cmcp(
@@ -181,3 +233,26 @@ def test_a_detected_gpu_whose_rims_do_not_fit_refuses_the_start(
     text = " ".join(started.stderr.split())
     assert "the gpu-cc device provider detected GPU 0 (NVIDIA H100 80GB HBM3)" in text, text
     assert "has no driver RIM for GPU 0 (NVIDIA H100 80GB HBM3), whose driver version is " in text
+
+
+def test_plugins_and_validate_config_say_which_gpus_the_gateway_will_attest(
+    tmp_path: Path, upstream: Served, vectors: Path
+) -> None:
+    env = nvml_env(tmp_path, vectors)
+    listed = run_cmcp("plugins", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    (row,) = [p for p in listed.json()["providers"] if p["name"] == "gpu-cc"]
+    assert row["scope"] == "device" and row["state"] == "detected"
+    assert row["detail"] == "GPU 0 (NVIDIA H100 80GB HBM3): CC mode on, driver 535.86.09"
+    checked = run_cmcp(
+        "validate-config", "--config", gpu_config(tmp_path, upstream), "--json", env=env
+    )
+    assert checked.returncode == 0, checked.stdout
+    assert any(
+        note.startswith("devices: gpu-cc detected GPU 0 (NVIDIA H100 80GB HBM3)")
+        for note in checked.json()["notes"]
+    )
+    unready = run_cmcp("plugins", "--json", env=nvml_env(tmp_path, vectors, state="not-ready"))
+    (row,) = [p for p in unready.json()["providers"] if p["name"] == "gpu-cc"]
+    assert row["state"] == "not-detected"
+    assert "do not accept work yet (CC ready state off)" in row["detail"]

@@ -324,3 +324,40 @@ def test_ocsp_responses_are_stapled_to_every_gpu_and_garbage_is_refused(
     garbage.write_bytes(b"not DER")
     with pytest.raises(ProviderError, match="is not a DER OCSP response"):
         collector.prepare(FACTS, {"ocsp": [str(garbage)]})
+
+
+def test_what_nvml_cannot_have_returned_is_refused_not_truncated_or_guessed(
+    collector: GpuCollector, nvml: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collector.prepare(FACTS, {})
+    genuine_report = nvml.nvmlDeviceGetConfComputeGpuAttestationReport
+    genuine_chain = nvml.nvmlDeviceGetConfComputeGpuCertificate
+
+    def oversized(device: Any, nonce: bytes) -> Any:
+        made = genuine_report(device, nonce)
+        made.attestationReportSize = nvml.NVML_CC_GPU_ATTESTATION_REPORT_SIZE + 1
+        return made
+
+    monkeypatch.setattr(nvml, "nvmlDeviceGetConfComputeGpuAttestationReport", oversized)
+    with pytest.raises(ProviderError, match=r"a report of 8193 bytes \(room for 8192\)"):
+        collector.collect(BINDING, {})
+    monkeypatch.setattr(nvml, "nvmlDeviceGetConfComputeGpuAttestationReport", genuine_report)
+
+    def chain_of(data: bytes) -> Any:
+        def made(device: Any) -> Any:
+            certificate = genuine_chain(device)
+            certificate.attestationCertChainSize = len(data)
+            certificate.attestationCertChain[: len(data)] = list(data)
+            return certificate
+
+        return made
+
+    for data, problem in (
+        (b"", "an attestation certificate chain of 0 bytes"),
+        (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "not PEM certificates"),
+        (b"\x30\x82\x01\x00", "not PEM certificates"),  # DER where NVML gives PEM
+    ):
+        monkeypatch.setattr(nvml, "nvmlDeviceGetConfComputeGpuCertificate", chain_of(data))
+        with pytest.raises(ProviderError) as refused:
+            collector.collect(BINDING, {})
+        assert problem in refused.value.message

@@ -69,7 +69,8 @@ def test_a_rim_is_the_base64_xml_of_the_services_json_answer(vectors: Path) -> N
         return rim_answer(xml)
 
     assert fetch_rim(client(service), RIM_URL, "NV_GPU_DRIVER_GH100_535.86.09") == xml
-    assert asked == [RIM_URL + "NV_GPU_DRIVER_GH100_535.86.09"]
+    assert fetch_rim(client(service), RIM_URL.rstrip("/"), "NV_GPU_VBIOS_1") == xml
+    assert asked == [RIM_URL + "NV_GPU_DRIVER_GH100_535.86.09", RIM_URL + "NV_GPU_VBIOS_1"]
 
 
 @pytest.mark.parametrize(

@@ -7,12 +7,12 @@ responses). Per session `collect` asks each GPU for an SPDM GET_MEASUREMENTS rep
 over the session's binding (the requester nonce) and its attestation certificate chain, and
 writes them with what NVML says about the GPU.
 
-The collector does not compare the report's requester nonce with the binding. The host it
-runs on is the operator's, whom the auditor does not trust, so such a check would prove
-nothing to anyone: the verifier judges the nonce (`gpu.nonce`) from the signed report, and a
-report over another nonce (a replay) fails there. The collector refuses only what cannot be
-evidence at all: a report or chain of a size NVML cannot have returned, or a chain that is
-not certificates.
+The collector does not compare the report's requester nonce with the binding. The verifier
+judges it from the signed report (`gpu.nonce`) without trusting anything the collector did,
+and a report made for another nonce (a replay) fails there; a check here would add nothing
+an auditor can rely on. The collector refuses only what cannot be evidence at all: a report
+that is not an SPDM 1.1 GET_MEASUREMENTS exchange, a chain that is not certificates, a size
+NVML cannot have returned.
 
 `detect` answers why a GPU cannot attest: no NVML binding (making the collector fails with
 the install hint), no NVML library or driver, no GPU, confidential computing unsupported,
@@ -261,8 +261,8 @@ def _collect_one(prepared: _Prepared, gpu: GpuIdentity, binding: bytes) -> Devic
 
 def _cc_hint() -> str:
     return (
-        "run the gateway in a confidential VM with an H100/H200/Blackwell GPU in CC mode "
-        "(docs/gpu-cc.md, Running the gateway with GPUs), or leave attestation.gpu_required off"
+        "run the gateway in a confidential VM whose H100, H200 or Blackwell GPUs are in CC "
+        "mode and ready (docs/gpu-cc.md, Running the gateway with GPUs)"
     )
 
 

@@ -1,6 +1,6 @@
 """Fetching RIMs and OCSP responses once, at gateway start, with httpx.
 
-`rim_url` is a RIM service speaking NVIDIA's protocol (`GET <rim_url><RIM id>` answers JSON
+`rim_url` is a RIM service speaking NVIDIA's protocol (`GET <rim_url>/<RIM id>` answers JSON
 whose `rim` member is the base64 of the SWID XML), such as
 `https://rim.attestation.nvidia.com/v1/rim/`. The RIM ids are NVIDIA's:
 
@@ -57,26 +57,36 @@ def make_client() -> httpx.Client:
     return httpx.Client(timeout=TIMEOUT, follow_redirects=False)
 
 
-def _read(client: httpx.Client, request: httpx.Request, limit: int, what: str) -> bytes:
+def _read(
+    client: httpx.Client, request: httpx.Request, limit: int, what: str
+) -> bytes:  # fmt: skip
+    """The body of a 200 answer to `request`, read up to `limit` bytes."""
     try:
-        with client.stream(request.method, request.url, headers=request.headers,
-                           content=request.content) as response:  # fmt: skip
-            if response.status_code != httpx.codes.OK:
-                raise ProviderError(
-                    f"{what}: {request.url} answered HTTP {response.status_code}",
-                    hint="check the URL, or staple the file instead (docs/gpu-cc.md)",
-                )
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > limit:
-                    raise ProviderError(f"{what}: {request.url} sent more than {limit} bytes")
-            return bytes(body)
+        response = client.send(request, stream=True)
     except httpx.HTTPError as error:
         raise ProviderError(
             f"{what}: {request.url} could not be reached ({type(error).__name__}: {error})",
             hint="check the network and the URL, or staple the file instead (docs/gpu-cc.md)",
         ) from None
+    try:
+        if response.status_code != httpx.codes.OK:
+            raise ProviderError(
+                f"{what}: {request.url} answered HTTP {response.status_code}",
+                hint="check the URL, or staple the file instead (docs/gpu-cc.md)",
+            )
+        body = bytearray()
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > limit:
+                raise ProviderError(f"{what}: {request.url} sent more than {limit} bytes")
+        return bytes(body)
+    except httpx.HTTPError as error:
+        raise ProviderError(
+            f"{what}: reading the answer of {request.url} failed ({type(error).__name__}: {error})",
+            hint="check the network and the URL, or staple the file instead (docs/gpu-cc.md)",
+        ) from None
+    finally:
+        response.close()
 
 
 def _ascii(fields: Mapping[int, bytes], kind: int, what: str) -> str:
@@ -116,7 +126,8 @@ def rim_ids(report: bytes, chain: Sequence[x509.Certificate]) -> dict[str, str]:
 def fetch_rim(client: httpx.Client, base_url: str, rim_id: str) -> bytes:
     """The SWID XML of `rim_id` from a RIM service."""
     what = f"{SECTION}.rim_url, RIM {rim_id}"
-    answer = _read(client, httpx.Request("GET", base_url + rim_id), _MAX_RIM_ANSWER, what)
+    url = base_url.rstrip("/") + "/" + rim_id
+    answer = _read(client, client.build_request("GET", url), _MAX_RIM_ANSWER, what)
     try:
         document = json.loads(answer)
         xml = base64.b64decode(document["rim"], validate=True)
@@ -137,17 +148,13 @@ def fetch_ocsp(
     request = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA384()).build()
     subject = cert.subject.rfc4514_string()
     what = f"{SECTION}.ocsp_url, status of {subject}"
-    der = _read(
-        client,
-        httpx.Request(
-            "POST",
-            url,
-            content=request.public_bytes(Encoding.DER),
-            headers={"content-type": "application/ocsp-request"},
-        ),
-        MAX_OCSP_RESPONSE,
-        what,
+    asked = client.build_request(
+        "POST",
+        url,
+        content=request.public_bytes(Encoding.DER),
+        headers={"content-type": "application/ocsp-request"},
     )
+    der = _read(client, asked, MAX_OCSP_RESPONSE, what)
     try:
         response = ocsp.load_der_ocsp_response(der)
     except ValueError as error:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cmcp_cli.attestation.api import ProviderError
 
 INSTALL_HINT: Final = (
-    "install the collector's NVML binding: pip install cmcp-gpucc[collector] (nvidia-ml-py)"
+    "install the collector's dependencies: pip install cmcp-gpucc[collector] (nvidia-ml-py, httpx)"
 )
 NONCE_SIZE: Final = 32  # the SPDM requester nonce NVML takes (NVML_CC_GPU_CEC_NONCE_SIZE)
 # NVML return codes (nvml.h), by what they mean to an operator.
@@ -155,7 +155,7 @@ class Nvml:
             raise ValueError(f"the SPDM nonce is {NONCE_SIZE} bytes, not {len(nonce)}")
         handle = self._call("nvmlDeviceGetHandleByIndex", index)
         report = self._call("nvmlDeviceGetConfComputeGpuAttestationReport", handle, nonce)
-        return _sized(report.attestationReport, int(report.attestationReportSize), "report")
+        return _sized(report.attestationReport, int(report.attestationReportSize), "a report")
 
     def certificate_chain(self, index: int) -> tuple[bytes, ...]:
         """The GPU's attestation certificate chain as DER, leaf first as NVML gives it."""
@@ -164,7 +164,7 @@ class Nvml:
         pem = _sized(
             certificate.attestationCertChain,
             int(certificate.attestationCertChainSize),
-            "attestation certificate chain",
+            "an attestation certificate chain",
         )
         try:
             chain = x509.load_pem_x509_certificates(pem)
@@ -182,5 +182,5 @@ def _sized(array: Any, size: int, what: str) -> bytes:
     fit it (a driver bug must not turn into a silently truncated report)."""
     capacity = len(array)
     if not 0 < size <= capacity:
-        raise NvmlError(f"NVML returned a {what} of {size} bytes (room for {capacity})", None)
+        raise NvmlError(f"NVML returned {what} of {size} bytes (room for {capacity})", None)
     return bytes(array[:size])

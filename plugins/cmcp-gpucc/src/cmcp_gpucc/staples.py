@@ -29,13 +29,12 @@ from cryptography.x509 import ocsp
 
 from cmcp_cli.attestation.api import ProviderError
 from cmcp_gpucc.certificates import ChainError, chip_of
-from cmcp_gpucc.evidence import MAX_OCSP, MAX_OCSP_RESPONSE, MAX_RIM
+from cmcp_gpucc.evidence import MAX_OCSP, MAX_OCSP_RESPONSE, MAX_RIM, RIM_KINDS
 from cmcp_gpucc.fetching import fetch_rim, fetch_statuses, make_client, rim_ids
 from cmcp_gpucc.nvml_access import GpuIdentity
 from cmcp_gpucc.rim import Rim, RimError, parse_rim
 from cmcp_gpucc.settings import SECTION, GpuSettings
 
-KINDS: Final = ("driver", "vbios")
 LABELS: Final = {"driver": "driver", "vbios": "VBIOS"}
 
 
@@ -159,7 +158,7 @@ def rims_for(
     chosen: dict[int, dict[str, bytes]] = {}
     used: set[str] = set()
     for gpu in facts:
-        for kind in KINDS:
+        for kind in RIM_KINDS:
             found = choose_rim(gpu, kind, rims) or fetched.get((gpu.gpu.index, kind))
             if found is None:
                 raise ProviderError(
@@ -188,12 +187,12 @@ def _fetch_rims(
     """The RIMs the files do not give, from the RIM service, by GPU index and kind."""
     fetched: dict[tuple[int, str], RimFile] = {}
     for gpu in facts:
-        missing = [kind for kind in KINDS if choose_rim(gpu, kind, files) is None]
+        missing = [kind for kind in RIM_KINDS if choose_rim(gpu, kind, files) is None]
         if not missing:
             continue
         ids = rim_ids(reports[gpu.gpu.index], gpu.certs)
         for kind in missing:
-            source = base_url + ids[kind]
+            source = base_url.rstrip("/") + "/" + ids[kind]
             found = load_rim(source, fetch_rim(client, base_url, ids[kind]))
             if choose_rim(gpu, kind, [found]) is None:
                 raise ProviderError(

@@ -21,7 +21,9 @@ Environment:
   devtools mode), `not-ready` (CC on, GPUs not accepting work), `truncated-report` (the
   report NVML returns is cut short, as a faulty driver might).
 * `NVML_DOUBLE_GPUS`: comma-separated vector names, one GPU each (default `hopper-535`):
-  `hopper-535`, `hopper-570`, `hopper-550` (nvlgv's sample), `blackwell`.
+  `hopper-535`, `hopper-570`, `hopper-550` (nvlgv's sample), `blackwell`. NVML's driver
+  version is the system's, so it is the first GPU's: the others' reports then state
+  another driver than NVML does, as no real machine would.
 * `NVML_DOUBLE_VECTORS`: the vectors folder, when not at the repository's `../shared`.
 * `NVML_DOUBLE_NONCE_LOG`: a file to which each requested nonce is appended as a hex line.
 """
