@@ -14,18 +14,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cmcp_cli import __version__
-from cmcp_cli.attestation.api import Collector, Evidence, ProviderError, ProviderSpec
+from cmcp_cli.attestation.api import Appraisal, Collector, Evidence, ProviderError, ProviderSpec
 from cmcp_cli.attestation.binding import compute_binding
 from cmcp_cli.audit.entry import timestamp
 from cmcp_cli.audit.recorder import Clock, utc_now
 from cmcp_cli.audit.session_record import Issuer
 from cmcp_cli.claim.canonical import canonical_sha256
 from cmcp_cli.claim.keys import ClaimKey
+from cmcp_cli.claim.model import NO_APPRAISAL_VERIFIER
 from cmcp_cli.errors import CmcpError
 
 # A random id of this gateway process, recorded in every session it opens, so that a
 # later process recovering a session can say whose session it closed.
 GATEWAY_PROCESS = secrets.token_hex(16)
+NO_APPRAISAL = Appraisal("none", NO_APPRAISAL_VERIFIER)
 
 
 class AttestationUnavailableError(CmcpError):
@@ -105,6 +107,7 @@ def attest_key(
             raise
         pin = None
     generated_at = timestamp(clock())
+    appraisal = evidence.appraisal
     attestation: dict[str, Any] = {
         "provider": attestor.spec.name,
         "provider_version": attestor.version,
@@ -127,6 +130,10 @@ def attest_key(
         generated_at=generated_at,
         measurement_pin=pin,
         validity_seconds=attestor.validity_seconds,
+        # The claim's trace.appraisal: the appraisal the evidence states (an OPAQUE
+        # token's, by its issuer), else none.
+        appraisal_status=NO_APPRAISAL.status if appraisal is None else appraisal.status,
+        appraisal_verifier=NO_APPRAISAL.verifier if appraisal is None else appraisal.verifier,
     )
     return AttestedKey(key, binding, evidence, attestation, issuer)
 

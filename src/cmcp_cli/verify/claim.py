@@ -32,6 +32,7 @@ from cmcp_cli.claim.signing import check_signature
 from cmcp_cli.errors import ExitCode, UsageError
 from cmcp_cli.strict_json import read_json_file
 from cmcp_cli.verify import shape
+from cmcp_cli.verify.appraisal import appraisal_check
 from cmcp_cli.verify.audit_log import audit_log_checks
 from cmcp_cli.verify.platform_policy import (
     PlatformPolicy,
@@ -389,6 +390,7 @@ def _attestation(
             hint=error.hint,
         ) from None
     report.checks.extend(verdict.checks)
+    report.checks.append(appraisal_check(claim["trace"]["appraisal"], verdict))
     # Software mode is accepted (with --allow-software) only once its verifier has judged
     # the evidence: a provider that could not run leaves the claim not verifiable here.
     report.software = provider.spec.platform == SOFTWARE_PLATFORM
