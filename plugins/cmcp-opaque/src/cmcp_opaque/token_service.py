@@ -17,6 +17,7 @@ the body, on the plain-HTTP control port, changes how it answers from then on:
 - malformed: 200 with a body that is not a JWS
 - unknown-shape: a JWS signed by the right key without the nonce claim
 - wrong-key: a good token signed by another key under the same kid
+- other-nonce: a token signed by the right key for another nonce than the request's
 - redirect-other-host: 307 to the same service under another host name (localhost)
 - redirect-same-host: 307 to another path of the same origin (then a good token)
 - redirect-loop: 307 to itself, forever
@@ -43,7 +44,7 @@ from cmcp_opaque.testing import TestCa, TokenIssuer
 
 MODES: Final = (
     "succeed", "json", "refuse", "timeout", "error", "malformed", "unknown-shape",
-    "wrong-key", "redirect-other-host", "redirect-same-host", "redirect-loop",
+    "wrong-key", "other-nonce", "redirect-other-host", "redirect-same-host", "redirect-loop",
 )  # fmt: skip
 STALL_SECONDS: Final = 5.0
 MAX_BODY: Final = 64 * 1024
@@ -114,6 +115,8 @@ class Service:
             token = self.issuer.sign(self.issuer.payload(binding, nonce=None))
         elif mode == "wrong-key":
             token = self.impostor.token(binding)
+        elif mode == "other-nonce":
+            token = self.issuer.token(bytes(byte ^ 0xFF for byte in binding))
         else:
             token = self.issuer.token(binding)
         if mode == "json":
