@@ -23,7 +23,8 @@ from mcp.client.streamable_http import streamable_http_client
 
 from cmcp_opaque.testing import AUDIENCE, MEASUREMENTS
 from cmcp_opaque.token_service import RunningService
-from cmcp_opaque.verifier import HARDWARE, MEASUREMENTS as MEASUREMENTS_CHECK
+from cmcp_opaque.verifier import HARDWARE
+from cmcp_opaque.verifier import MEASUREMENTS as MEASUREMENTS_CHECK
 from tests.gateway_support import INIT, Served, request, start_gateway, write_config
 from tests.support import run_cmcp
 

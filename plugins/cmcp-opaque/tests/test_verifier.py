@@ -18,7 +18,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from joserfc import jws
 from joserfc.jwk import RSAKey
 
-from cmcp_cli.attestation.api import Appraisal, CheckStatus, EvidenceVerdict, ProviderError, TrustInputs
+from cmcp_cli.attestation.api import (
+    Appraisal,
+    CheckStatus,
+    EvidenceVerdict,
+    ProviderError,
+    TrustInputs,
+)
 from cmcp_cli.testing.verdicts import assert_fails, reason, statuses
 from cmcp_opaque import verifier as v
 from cmcp_opaque.testing import AUDIENCE, MEASUREMENTS, TokenIssuer
@@ -125,9 +131,7 @@ def test_a_narrowed_allow_list_refuses_other_algorithms(
     )
 
 
-def test_a_symmetric_or_private_key_cannot_be_pinned(
-    issuer: TokenIssuer, tmp_path: Path
-) -> None:
+def test_a_symmetric_or_private_key_cannot_be_pinned(issuer: TokenIssuer, tmp_path: Path) -> None:
     secret = tmp_path / "oct.json"
     secret.write_text(json.dumps({"kty": "oct", "k": b64url(b"s" * 32), "kid": issuer.kid}))
     with pytest.raises(ProviderError, match="private or symmetric"):
@@ -319,7 +323,9 @@ def test_refused_header_members(issuer: TokenIssuer, jwks_path: Path) -> None:
     assert_fails(judge(token, policy(issuer, jwks_path)), v.FORMAT, "crit")
     header = b64url(json.dumps({"alg": "ES256"}).encode())
     _, payload, signature = good(issuer).split(".")
-    assert_fails(judge(f"{header}.{payload}.{signature}", policy(issuer, jwks_path)), v.FORMAT, "kid")
+    assert_fails(
+        judge(f"{header}.{payload}.{signature}", policy(issuer, jwks_path)), v.FORMAT, "kid"
+    )
 
 
 def test_a_jws_json_serialization_is_refused(issuer: TokenIssuer, jwks_path: Path) -> None:

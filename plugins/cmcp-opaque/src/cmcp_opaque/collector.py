@@ -26,7 +26,7 @@ from cmcp_cli.attestation.api import (
 )
 from cmcp_opaque.fetch import FetchError, request_token, tls_context
 from cmcp_opaque.plugin import EVIDENCE_TYPE, PLATFORM
-from cmcp_opaque.settings import ENV_URL, SECTION, OpaqueSettings
+from cmcp_opaque.settings import SECTION, OpaqueSettings
 from cmcp_opaque.token import (
     TokenError,
     appraisal_status,
@@ -69,22 +69,27 @@ class OpaqueCollector(Collector):
         parsed = OpaqueSettings.parse(settings)
         if len(binding) != 32:
             raise ProviderError(f"the binding is {len(binding)} bytes, not 32")
-        body = {**parsed.request_fields, parsed.nonce_field: encode_nonce(binding, parsed.nonce_encoding)}
+        body = {
+            **parsed.request_fields,
+            parsed.nonce_field: encode_nonce(binding, parsed.nonce_encoding),
+        }
         hint = _HINT.format(url=parsed.url)
         try:
             text = request_token(parsed, body)
         except FetchError as error:
             raise ProviderError(f"no OPAQUE token: {error}", hint=hint) from None
+        refused = f"the OPAQUE token from {parsed.url} is refused"
         try:
             token = parse_token(text)
-            if nonce_of(token, parsed.claim_names, parsed.nonce_encoding) != binding:
-                raise TokenError("its nonce is not the binding the gateway asked for")
+            nonce = nonce_of(token, parsed.claim_names, parsed.nonce_encoding)
             status = appraisal_status(token, parsed.claim_names, parsed.status_values)
             measurement = measurement_digest(measurements_of(token, parsed.claim_names))
         except TokenError as error:
+            raise ProviderError(f"{refused}: {error}", hint=hint) from None
+        if nonce != binding:
             raise ProviderError(
-                f"the OPAQUE token from {parsed.url} is refused: {error}", hint=hint
-            ) from None
+                f"{refused}: its nonce is not the binding the gateway asked for", hint=hint
+            )
         if token.payload["exp"] <= time.time():
             raise ProviderError(
                 f"the OPAQUE token from {parsed.url} expired at {token.payload['exp']} (Unix "
@@ -101,6 +106,3 @@ class OpaqueCollector(Collector):
 
     def close(self) -> None:
         """Nothing is held between collections."""
-
-
-__all__ = ["ENV_URL", "OpaqueCollector"]

@@ -90,7 +90,7 @@ def _redirect_target(url: str, status: int, headers: httpx.Headers) -> str:
         )
     if not location:
         raise FetchError(f"{url} answered {status} without a Location")
-    target = urljoin(url, location)
+    target: str = urljoin(url, str(location))
     problem = https_url_problem(target)
     if problem is not None:
         raise FetchError(f"{url} redirected to a URL that {problem}; refused")

@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     PublicFormat,
@@ -64,9 +65,9 @@ class Requirements:
     issuer: str | None = None
     audience: str | None = None
     algorithms: tuple[str, ...] = ALGORITHMS
-    claim_names: ClaimNames = ClaimNames()
+    claim_names: ClaimNames = field(default_factory=ClaimNames)
     nonce_encoding: str = "base64url"
-    status_values: Mapping[str, str] | None = None
+    status_values: Mapping[str, str] = field(default_factory=lambda: status_values(None, ""))
     measurements: Mapping[str, tuple[str, ...]] | None = None
     urls: tuple[str, ...] = ()
 
@@ -127,7 +128,9 @@ def _measurements(value: Any) -> Mapping[str, tuple[str, ...]] | None:
             f"{TABLE} measurements must be a table of measurement names to accepted values",
             hint='for example { platform = ["sha256:..."] }',
         )
-    return {str(name): _strings(accepted, f"measurements.{name}") for name, accepted in value.items()}
+    return {
+        str(name): _strings(accepted, f"measurements.{name}") for name, accepted in value.items()
+    }
 
 
 def _keys(value: Any) -> tuple[PinnedKey, ...]:
@@ -154,19 +157,25 @@ def _key_file(path: Path) -> list[PinnedKey]:
     if not blocks:
         raise ProviderError(
             f"{TABLE} keys: {path} is neither JWKS/JWK JSON nor PEM",
-            hint="a JWKS ({\"keys\": [...]}), one JWK, or PEM PUBLIC KEY/CERTIFICATE blocks",
+            hint='a JWKS ({"keys": [...]}), one JWK, or PEM PUBLIC KEY/CERTIFICATE blocks',
         )
     return [_pem_key(path, match.group(0)) for match in _PEM_BLOCK.finditer(data)]
 
 
 def _pem_key(path: Path, block: bytes) -> PinnedKey:
+    certificate = block.startswith(b"-----BEGIN CERTIFICATE-----")
+    if not certificate and not block.startswith(b"-----BEGIN PUBLIC KEY-----"):
+        raise ProviderError(
+            f"{TABLE} keys: {path} holds a PEM block that is neither a PUBLIC KEY nor a "
+            "CERTIFICATE",
+            hint="pin public keys only",
+        )
+    public: PublicKeyTypes
     try:
-        if block.startswith(b"-----BEGIN CERTIFICATE-----"):
+        if certificate:
             public = x509.load_pem_x509_certificate(block).public_key()
-        elif block.startswith(b"-----BEGIN PUBLIC KEY-----"):
-            public = load_pem_public_key(block)
         else:
-            raise ValueError("only PUBLIC KEY and CERTIFICATE blocks are pinned")
+            public = load_pem_public_key(block)
     except ValueError as error:
         raise ProviderError(f"{TABLE} keys: {path} holds an unusable PEM block: {error}") from None
     if isinstance(public, ec.EllipticCurvePublicKey):
@@ -191,7 +200,9 @@ def _jwks(path: Path, data: bytes) -> list[PinnedKey]:
         document = json.loads(data)
     except ValueError:
         raise ProviderError(f"{TABLE} keys: {path} is not JSON") from None
-    entries = document.get("keys") if isinstance(document, dict) and "keys" in document else [document]
+    entries = (
+        document.get("keys") if isinstance(document, dict) and "keys" in document else [document]
+    )
     if not isinstance(entries, list) or not entries:
         raise ProviderError(f"{TABLE} keys: {path} holds no keys")
     return [_jwk(path, entry, index) for index, entry in enumerate(entries)]

@@ -110,7 +110,10 @@ class _Run:
     def _signed(self) -> Token:
         token = self._token()
         if not self.signed:
-            raise _Skip(f"Nothing in the token is trusted: its signature was not verified (see {SIGNATURE}).")
+            raise _Skip(
+                "Nothing in the token is trusted: its signature was not verified "
+                f"(see {SIGNATURE})."
+            )
         return token
 
     def url(self) -> str:
@@ -121,7 +124,9 @@ class _Run:
         if not self.wanted.urls:
             return f"The gateway asked {url} (the auditor pins no urls)."
         if url not in self.wanted.urls:
-            raise _Fail(f"The gateway asked {url}, not a pinned URL ({', '.join(self.wanted.urls)}).")
+            raise _Fail(
+                f"The gateway asked {url}, not a pinned URL ({', '.join(self.wanted.urls)})."
+            )
         return f"The gateway asked {url}, a pinned URL."
 
     def algorithm(self) -> str:
@@ -151,7 +156,9 @@ class _Run:
             )
         key = matching[0]
         if key.alg is not None and key.alg != token.alg:
-            raise _Fail(f"The pinned key {key.source} is for {key.alg}, the token uses {token.alg}.")
+            raise _Fail(
+                f"The pinned key {key.source} is for {key.alg}, the token uses {token.alg}."
+            )
         self.key = key
         return f"The kid selects the pinned key {key.source}."
 
@@ -180,7 +187,9 @@ class _Run:
                 f"{token.issuer})."
             )
         if token.issuer != self.wanted.issuer:
-            raise _Fail(f"The token was issued by {token.issuer}, not the pinned {self.wanted.issuer}.")
+            raise _Fail(
+                f"The token was issued by {token.issuer}, not the pinned {self.wanted.issuer}."
+            )
         return f"Issued by the pinned issuer {token.issuer}."
 
     def audience(self) -> str:
@@ -201,15 +210,18 @@ class _Run:
     def time(self) -> str:
         token = self._signed()
         at = as_utc(self.trust.at)
-        moment = int(at.timestamp())
+        moment, when = int(at.timestamp()), at.isoformat()
         payload = token.payload
         if payload["iat"] > moment:
-            raise _Fail(f"The token was issued at {_moment(payload['iat'])}, after the claim's time {at.isoformat()}.")
+            issued = _moment(payload["iat"])
+            raise _Fail(f"The token was issued at {issued}, after the claim's time {when}.")
         if "nbf" in payload and payload["nbf"] > moment:
-            raise _Fail(f"The token is not valid before {_moment(payload['nbf'])} (judged at {at.isoformat()}).")
+            start = _moment(payload["nbf"])
+            raise _Fail(f"The token is not valid before {start} (judged at {when}).")
+        expiry = _moment(payload["exp"])
         if moment >= payload["exp"]:
-            raise _Fail(f"The token expired at {_moment(payload['exp'])} (judged at {at.isoformat()}, the claim's time).")
-        return f"Valid at the claim's time {at.isoformat()} (expires {_moment(payload['exp'])})."
+            raise _Fail(f"The token expired at {expiry} (judged at {when}, the claim's time).")
+        return f"Valid at the claim's time {when} (expires {expiry})."
 
     def nonce(self) -> str:
         token, binding = self._signed(), self.trust.binding
@@ -226,9 +238,10 @@ class _Run:
 
     def status_check(self) -> str:
         token = self._signed()
-        values = self.wanted.status_values or {}
         try:
-            self.status = appraisal_status(token, self.wanted.claim_names, values)
+            self.status = appraisal_status(
+                token, self.wanted.claim_names, self.wanted.status_values
+            )
         except TokenError as error:
             raise _Fail(f"The token is refused: {error}.") from None
         return f"The token's appraisal by {token.issuer} is {self.status}."
