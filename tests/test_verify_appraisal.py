@@ -21,6 +21,8 @@ from cmcp_cli.claim.model import NO_APPRAISAL_VERIFIER
 from cmcp_cli.claim.signing import signed
 from cmcp_cli.errors import ExitCode
 from cmcp_cli.evidence.attesting import Attestor
+from cmcp_cli.evidence.freshness import renew_evidence
+from cmcp_cli.evidence.session import EvidenceSession
 from cmcp_cli.verify.appraisal import appraisal_check
 from cmcp_cli.verify.claim import VerifyOptions, VerifyReport, verify_document
 from cmcp_opaque import plugin
@@ -116,6 +118,36 @@ def test_an_opaque_claim_states_its_tokens_appraisal_and_no_other(
     unpinned = judged(claim, VerifyOptions())
     assert status_of(unpinned, "appraisal") is CheckStatus.FAIL
     assert unpinned.exit_code is ExitCode.FAILED
+
+
+def test_renewed_evidence_brings_its_own_appraisal(
+    tmp_path: Path, service: RunningService
+) -> None:
+    settings = {"url": service.url(), "ca_file": str(service.ca_file), "timeout": 2}
+    attestor = Attestor.load(plugin.SPEC, "test", settings)
+    renewals = []
+
+    def renew(session: EvidenceSession) -> None:
+        service.set_mode("warning")
+        try:
+            renewals.append(renew_evidence(session, attestor, policy="warn_only"))
+        finally:
+            service.set_mode("succeed")
+
+    start = datetime.now(UTC) + timedelta(seconds=2)
+    recorded = record_session(tmp_path, attestor=attestor, start=start, during=renew)
+    (renewal,) = renewals
+    assert not renewal.fresh and renewal.reason is not None
+    assert f"from affirming by {service.issuer} to warning by" in renewal.reason
+    # the claim carries the newest token, and states that token's appraisal
+    claim = recorded.claim
+    assert claim["trace"]["appraisal"] == {"status": "warning", "verifier": service.issuer}
+    pins = {"keys": str(service.jwks_file), "issuer": service.issuer, "audience": AUDIENCE}
+    options = VerifyOptions(platform_policy={"opaque": pins}, audit_log=recorded.db)
+    report = judged(claim, options)
+    assert status_of(report, "appraisal") is CheckStatus.PASS, report.checks
+    assert status_of(report, "log: issuer") is CheckStatus.PASS, report.checks
+    assert report.exit_code is ExitCode.NOT_VERIFIABLE, report.checks
 
 
 def test_a_software_claim_cannot_be_given_an_appraisal(tmp_path: Path) -> None:

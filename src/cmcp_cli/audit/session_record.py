@@ -191,6 +191,7 @@ EVIDENCE_FIELDS = (
     "evidence_type",
     "generated_at",
     "measurement_pin",
+    "appraisal",
 )
 
 
@@ -212,6 +213,7 @@ def attestation_record(
             "evidence_type": issuer.evidence_type,
             "generated_at": issuer.generated_at,
             "measurement_pin": issuer.measurement_pin,
+            "appraisal": {"status": issuer.appraisal_status, "verifier": issuer.appraisal_verifier},
         }
     if reason is not None:
         fields["reason"] = reason
@@ -283,6 +285,10 @@ def claim_facts(
     # The platform and measurement (`top`), evidence type and time (`sub`) of the newest
     # evidence: an attestation entry holds all of them, an issuer record nests the latter.
     top, top_at = evidence_record(start, end, state)
+    appraisal_at = f"{who}.appraisal"
+    # The appraisal the newest evidence states (an attestation entry records its own).
+    if top is not issuer and "appraisal" in top:
+        appraisal, appraisal_at = _member(top, "appraisal", Mapping, top_at), f"{top_at}.appraisal"
     sub, sub_at = top, top_at
     if top is issuer:
         sub, sub_at = issued, f"{who}.attestation"
@@ -323,8 +329,8 @@ def claim_facts(
         },
         build_digest=_member(issuer, "gateway_digest", str, who),
         slsa_level=_member(issuer, "slsa_level", int, who),
-        appraisal_status=_member(appraisal, "status", str, f"{who}.appraisal"),
-        appraisal_verifier=_member(appraisal, "verifier", str, f"{who}.appraisal"),
+        appraisal_status=_member(appraisal, "status", str, appraisal_at),
+        appraisal_verifier=_member(appraisal, "verifier", str, appraisal_at),
         recovery=recovery,
         previous_claim=previous,
     )

@@ -10,7 +10,7 @@ is appended to `requests.jsonl` (path, Host header, body). `POST /mode` with a m
 the body, on the plain-HTTP control port, changes how it answers from then on:
 
 - succeed: a good token for the request's nonce (`application/jwt`); `json`: the same
-  token as {"token": ...}
+  token as {"token": ...}; `warning`: a good token whose status is warning
 - refuse: the HTTPS listener is closed, so connections are refused
 - timeout: no answer for `STALL_SECONDS`
 - error: HTTP 500
@@ -42,7 +42,7 @@ from typing import Any, Final
 from cmcp_opaque.testing import TestCa, TokenIssuer
 
 MODES: Final = (
-    "succeed", "json", "refuse", "timeout", "error", "malformed", "unknown-shape",
+    "succeed", "json", "warning", "refuse", "timeout", "error", "malformed", "unknown-shape",
     "wrong-key", "other-nonce", "redirect-other-host", "redirect-same-host", "redirect-loop",
 )  # fmt: skip
 STALL_SECONDS: Final = 5.0
@@ -114,6 +114,8 @@ class Service:
             token = self.issuer.sign(self.issuer.payload(binding, nonce=None))
         elif mode == "wrong-key":
             token = self.impostor.token(binding)
+        elif mode == "warning":
+            token = self.issuer.token(binding, status="warning")
         elif mode == "other-nonce":
             token = self.issuer.token(bytes(byte ^ 0xFF for byte in binding))
         else:
