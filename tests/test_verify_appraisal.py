@@ -120,9 +120,7 @@ def test_an_opaque_claim_states_its_tokens_appraisal_and_no_other(
     assert unpinned.exit_code is ExitCode.FAILED
 
 
-def test_renewed_evidence_brings_its_own_appraisal(
-    tmp_path: Path, service: RunningService
-) -> None:
+def test_renewed_evidence_brings_its_own_appraisal(tmp_path: Path, service: RunningService) -> None:
     settings = {"url": service.url(), "ca_file": str(service.ca_file), "timeout": 2}
     attestor = Attestor.load(plugin.SPEC, "test", settings)
     renewals = []

@@ -9,6 +9,7 @@ message says what happened, for the "not attested" reason.
 
 from __future__ import annotations
 
+import json
 import ssl
 from collections.abc import Mapping
 from typing import Any, Final
@@ -116,8 +117,8 @@ def _token_from(
             raise FetchError(f"{url} answered {media} that is not ASCII text") from None
     if media == "application/json":
         try:
-            document = httpx.Response(200, content=content).json()
-        except ValueError:
+            document = json.loads(content)
+        except (ValueError, RecursionError):
             raise FetchError(f"{url} answered application/json that is not JSON") from None
         token = document.get(token_field) if isinstance(document, dict) else None
         if not isinstance(token, str):
