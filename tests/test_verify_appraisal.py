@@ -114,6 +114,11 @@ def test_an_opaque_claim_states_its_tokens_appraisal_and_no_other(
         assert status_of(report, "appraisal") is CheckStatus.FAIL, forged
         assert report.exit_code is ExitCode.FAILED
 
+    # its standalone TRACE record carries no token: the appraisal cannot be confirmed there
+    record = judged(recorded.record, VerifyOptions(allow_software=True))
+    assert status_of(record, "appraisal") is CheckStatus.SKIP
+    assert record.exit_code is ExitCode.NOT_VERIFIABLE
+
     # without pinned keys the token's appraisal is confirmed by nobody: the claim fails
     unpinned = judged(claim, VerifyOptions())
     assert status_of(unpinned, "appraisal") is CheckStatus.FAIL
@@ -158,3 +163,11 @@ def test_a_software_claim_cannot_be_given_an_appraisal(tmp_path: Path) -> None:
     report = judged(forged, options)
     assert status_of(report, "appraisal") is CheckStatus.FAIL
     assert report.exit_code is ExitCode.FAILED
+    record = record_session(tmp_path / "record", key=key).record
+    assert judged(record, options).exit_code is ExitCode.OK
+    forged_record = copy.deepcopy(record)
+    del forged_record["signature"]
+    forged_record["appraisal"] = {"status": "affirming", "verifier": ISSUER}
+    report = judged(signed(forged_record, key), options)
+    assert status_of(report, "appraisal") is CheckStatus.SKIP
+    assert report.exit_code is ExitCode.NOT_VERIFIABLE

@@ -95,6 +95,10 @@ def test_a_timeout(mode: RunningService) -> None:
     assert "timed out" in refusal(mode, "timeout")
 
 
+def test_a_slow_drip_answer_is_bounded(mode: RunningService) -> None:
+    assert "did not finish its answer within 1.0 s" in refusal(mode, "drip")
+
+
 def test_a_server_error(mode: RunningService) -> None:
     assert "answered HTTP 500" in refusal(mode, "error")
 

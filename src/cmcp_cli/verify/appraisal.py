@@ -19,6 +19,19 @@ from cmcp_cli.claim.model import NO_APPRAISAL_VERIFIER
 NAME: Final = "appraisal"
 
 
+def record_appraisal_check(stated: Mapping[str, Any]) -> Check:
+    """For a standalone TRACE record, which carries no evidence: an appraisal it states
+    cannot be confirmed here, so it is skipped and the record is not verifiable here."""
+    status, verifier = stated["status"], stated["verifier"]
+    if (status, verifier) == ("none", NO_APPRAISAL_VERIFIER):
+        return Check.passed(NAME, "the record states no appraisal")
+    return Check.skipped(
+        NAME,
+        f"the record states appraisal {status!r} by {verifier}, which only the evidence of "
+        "its GatewayClaim can confirm: verify the claim",
+    )
+
+
 def appraisal_check(stated: Mapping[str, Any], verdict: EvidenceVerdict) -> Check:
     """`stated` is the claim's well-formed `trace.appraisal`; `verdict` its evidence's."""
     status, verifier = stated["status"], stated["verifier"]

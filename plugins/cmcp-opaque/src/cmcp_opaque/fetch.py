@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urljoin, urlsplit
@@ -65,6 +66,9 @@ def _post(
     client: httpx.Client, url: str, body: Mapping[str, Any]
 ) -> tuple[int, httpx.Headers, bytes]:
     headers = {"accept": "application/jwt, application/json"}
+    limit = client.timeout.read or 0.0
+    # httpx bounds each read; this bounds the whole answer, which a slow drip never ends
+    deadline = time.monotonic() + limit
     try:
         with client.stream("POST", url, json=dict(body), headers=headers) as response:
             content = b""
@@ -72,11 +76,11 @@ def _post(
                 content += chunk
                 if len(content) > MAX_RESPONSE_BYTES:
                     raise FetchError(f"{url} answered with more than {MAX_RESPONSE_BYTES} bytes")
+                if time.monotonic() > deadline:
+                    raise FetchError(f"{url} did not finish its answer within {limit} s")
             return response.status_code, response.headers, content
     except httpx.TimeoutException:
-        raise FetchError(
-            f"{url} did not answer within {client.timeout.read} s (timed out)"
-        ) from None
+        raise FetchError(f"{url} did not answer within {limit} s (timed out)") from None
     except httpx.ConnectError as error:
         raise FetchError(f"cannot connect to {url}: {error}") from None
     except httpx.HTTPError as error:

@@ -54,7 +54,7 @@ def https_url_problem(url: Any) -> str | None:
 class OpaqueSettings:
     url: str
     ca_file: Path | None = None  # a PEM bundle trusted instead of the system's CAs
-    timeout: float = DEFAULT_TIMEOUT  # seconds, for connecting and for each read
+    timeout: float = DEFAULT_TIMEOUT  # seconds, for connecting and for each answer
     nonce_field: str = "nonce"
     nonce_encoding: str = "base64url"
     request_fields: Mapping[str, Any] = field(default_factory=dict)

@@ -13,6 +13,7 @@ the body, on the plain-HTTP control port, changes how it answers from then on:
   token as {"token": ...}; `warning`: a good token whose status is warning
 - refuse: the HTTPS listener is closed, so connections are refused
 - timeout: no answer for `STALL_SECONDS`
+- drip: an answer whose body comes a byte every 0.2 s, for `STALL_SECONDS`
 - error: HTTP 500
 - malformed: 200 with a body that is not a JWS
 - unknown-shape: a JWS signed by the right key without the nonce claim
@@ -42,7 +43,7 @@ from typing import Any, Final
 from cmcp_opaque.testing import TestCa, TokenIssuer
 
 MODES: Final = (
-    "succeed", "json", "warning", "refuse", "timeout", "error", "malformed", "unknown-shape",
+    "succeed", "json", "warning", "refuse", "timeout", "drip", "error", "malformed", "unknown-shape",
     "wrong-key", "other-nonce", "redirect-other-host", "redirect-same-host", "redirect-loop",
 )  # fmt: skip
 STALL_SECONDS: Final = 5.0
@@ -137,6 +138,9 @@ class Service:
                 service.record(self.path, self.headers.get("host", ""), body)
                 if service.mode == "timeout":
                     time.sleep(STALL_SECONDS)
+                if service.mode == "drip":
+                    self.drip()
+                    return
                 status, headers, content = service.answer(self.path, body)
                 self.send_response(status)
                 for name, value in headers.items():
@@ -144,6 +148,20 @@ class Service:
                 self.send_header("content-length", str(len(content)))
                 self.end_headers()
                 self.wfile.write(content)
+
+            def drip(self) -> None:
+                count = int(STALL_SECONDS / 0.2)
+                self.send_response(200)
+                self.send_header("content-type", "application/jwt")
+                self.send_header("content-length", str(count))
+                self.end_headers()
+                try:
+                    for _ in range(count):
+                        self.wfile.write(b"e")
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                except OSError:
+                    return  # the client gave up, as it should
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 """Quiet: requests.jsonl records them."""
