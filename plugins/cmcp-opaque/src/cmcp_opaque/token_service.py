@@ -44,7 +44,8 @@ from cmcp_opaque.testing import TestCa, TokenIssuer
 
 MODES: Final = (
     "succeed", "json", "warning", "refuse", "timeout", "drip", "error", "malformed",
-    "unknown-shape", "wrong-key", "other-nonce", "redirect-other-host", "redirect-same-host", "redirect-loop",
+    "unknown-shape", "wrong-key", "other-nonce", "redirect-other-host", "redirect-same-host",
+    "redirect-loop",
 )  # fmt: skip
 STALL_SECONDS: Final = 5.0
 MAX_BODY: Final = 64 * 1024
