@@ -219,6 +219,20 @@ def test_environment_overrides(tmp_path: Path) -> None:
         "url": "https://opaque.example/attest",
     }
     assert loaded.env.unknown == ("CMCP_DEVMODE",)
+    assert loaded.model.attestation.provider == "opaque"  # the URL chooses OPAQUE
+
+
+def test_the_opaque_url_conflicts_with_another_named_provider(tmp_path: Path) -> None:
+    environ = {"OPAQUE_ATTESTATION_URL": "https://opaque.example/attest"}
+    named = write(tmp_path, MINIMAL + "attestation:\n  provider: opaque\n")
+    assert load_config(named, environ=environ).model.attestation.provider == "opaque"
+    other = write(tmp_path, MINIMAL + "attestation:\n  provider: tpm\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(other, environ=environ)
+    (problem,) = refused.value.problems
+    assert "OPAQUE_ATTESTATION_URL selects the opaque provider" in problem.message
+    assert "'tpm'" in problem.message
+    assert load_config(other, environ={}).model.attestation.provider == "tpm"
 
 
 def test_dev_mode_values(tmp_path: Path) -> None:

@@ -213,6 +213,7 @@ def test_the_image_builds_and_runs_cmcp(stages: list[Stage]) -> None:
         "tpm": "cmcp-tpm",
         "sev-snp": "cmcp-sev",
         "tdx": "cmcp-tdx",
+        "opaque": "cmcp-opaque",
     }
 
 

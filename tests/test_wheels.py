@@ -33,7 +33,12 @@ pytestmark = pytest.mark.wheels
 WHEELHOUSE = REPO / ".wheelhouse"
 PLUGINS = sorted(p.parent for p in (REPO / "plugins").glob("*/pyproject.toml"))
 # provider name -> the distribution that ships it
-PROVIDERS = {"tpm": "cmcp-tpm", "sev-snp": "cmcp-sev", "tdx": "cmcp-tdx"}
+PROVIDERS = {
+    "tpm": "cmcp-tpm",
+    "sev-snp": "cmcp-sev",
+    "tdx": "cmcp-tdx",
+    "opaque": "cmcp-opaque",
+}
 _IGNORED = shutil.ignore_patterns(
     "__pycache__", "*.pyc", "*.egg-info", "build", "dist", ".state", ".mypy_cache"
 )
@@ -172,6 +177,7 @@ def test_each_wheel_carries_its_package_data_entry_point_and_dependency(
         "cmcp-sev": ["cmcp_sev/roots/milan.pem", "cmcp_sev/roots/genoa.pem"],
         "cmcp-tdx": ["cmcp_tdx/data/intel-sgx-root-ca.pem"],
         "cmcp-tpm": [],
+        "cmcp-opaque": [],
     }
     for provider, distribution in PROVIDERS.items():
         wheel = release.wheels[distribution]

@@ -39,6 +39,7 @@ ENV_DEV_MODE = "CMCP_DEV_MODE"
 ENV_BEARER_TOKEN = "CMCP_BEARER_TOKEN"  # noqa: S105 - the variable's name, not a secret
 ENV_OPERATOR_TOKEN = "CMCP_OPERATOR_TOKEN"  # noqa: S105
 ENV_OPAQUE_URL = "OPAQUE_ATTESTATION_URL"
+OPAQUE_FROM_ENV = "opaque_url_from_environment"  # validation context: the variable is set
 # The start from the environment (config_environment): with no config file, these build
 # the config a file would hold.
 ENV_POLICY_PATH = "CEDAR_POLICY_PATH"
@@ -136,6 +137,15 @@ class AttestationConfig(_Section):
                 "attestation.gpu_required: true to require the GPUs"
             )
         return value
+
+    @model_validator(mode="after")
+    def _opaque_from_environment(self, info: ValidationInfo) -> AttestationConfig:
+        if (info.context or {}).get(OPAQUE_FROM_ENV) and self.provider != "opaque":
+            raise ValueError(
+                f"{ENV_OPAQUE_URL} selects the opaque provider, but attestation.provider is "
+                f"{self.provider!r}: unset {ENV_OPAQUE_URL} or set provider to opaque"
+            )
+        return self
 
     @field_validator("expected_measurement", mode="before")
     @classmethod
@@ -438,6 +448,10 @@ def apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict[
     providers = dict(attestation.get("providers") or {})
     providers["opaque"] = {**dict(providers.get("opaque") or {}), "url": url}
     attestation["providers"] = providers
+    # The URL is the operator's explicit choice of OPAQUE (never made by `auto`); a config
+    # naming another provider conflicts with it and is refused by AttestationConfig.
+    if attestation.get("provider", "auto") == "auto":
+        attestation["provider"] = "opaque"
     merged["attestation"] = attestation
     return merged
 
@@ -448,7 +462,8 @@ def validate_data(
     """Validate config data whose relative paths are relative to `base_dir`; raises
     pydantic's `ValidationError`."""
     merged = apply_environment(dict(data), environ)
-    return CmcpConfig.model_validate(merged, context={"base_dir": base_dir})
+    context = {"base_dir": base_dir, OPAQUE_FROM_ENV: bool(environ.get(ENV_OPAQUE_URL))}
+    return CmcpConfig.model_validate(merged, context=context)
 
 
 def validate_document(document: ConfigDocument, environ: Mapping[str, str]) -> CmcpConfig:

@@ -229,6 +229,7 @@ EVIDENCE_FIELDS = (
     "generated_at",
     "measurement_pin",
     "devices",
+    "appraisal",
 )
 
 
@@ -250,6 +251,7 @@ def attestation_record(
             "evidence_type": issuer.evidence_type,
             "generated_at": issuer.generated_at,
             "measurement_pin": issuer.measurement_pin,
+            "appraisal": {"status": issuer.appraisal_status, "verifier": issuer.appraisal_verifier},
         }
         if issuer.devices:
             fields["devices"] = [device.record() for device in issuer.devices]
@@ -323,6 +325,10 @@ def claim_facts(
     # The platform and measurement (`top`), evidence type and time (`sub`) of the newest
     # evidence: an attestation entry holds all of them, an issuer record nests the latter.
     top, top_at = evidence_record(start, end, state)
+    appraisal_at = f"{who}.appraisal"
+    # The appraisal the newest evidence states (an attestation entry records its own).
+    if top is not issuer and "appraisal" in top:
+        appraisal, appraisal_at = _member(top, "appraisal", Mapping, top_at), f"{top_at}.appraisal"
     sub, sub_at = top, top_at
     if top is issuer:
         sub, sub_at = issued, f"{who}.attestation"
@@ -364,8 +370,8 @@ def claim_facts(
         },
         build_digest=_member(issuer, "gateway_digest", str, who),
         slsa_level=_member(issuer, "slsa_level", int, who),
-        appraisal_status=_member(appraisal, "status", str, f"{who}.appraisal"),
-        appraisal_verifier=_member(appraisal, "verifier", str, f"{who}.appraisal"),
+        appraisal_status=_member(appraisal, "status", str, appraisal_at),
+        appraisal_verifier=_member(appraisal, "verifier", str, appraisal_at),
         recovery=recovery,
         previous_claim=previous,
     )

@@ -19,6 +19,7 @@ from typing import Any
 
 from cmcp_cli import __version__
 from cmcp_cli.attestation.api import (
+    Appraisal,
     Collector,
     DeviceCollector,
     DeviceEvidence,
@@ -32,12 +33,13 @@ from cmcp_cli.audit.recorder import Clock, utc_now
 from cmcp_cli.audit.session_record import DeviceRecord, Issuer
 from cmcp_cli.claim.canonical import CanonicalizationError, canonical_sha256
 from cmcp_cli.claim.keys import ClaimKey
-from cmcp_cli.claim.model import device_item
+from cmcp_cli.claim.model import NO_APPRAISAL_VERIFIER, device_item
 from cmcp_cli.errors import CmcpError
 
 # A random id of this gateway process, recorded in every session it opens, so that a
 # later process recovering a session can say whose session it closed.
 GATEWAY_PROCESS = secrets.token_hex(16)
+NO_APPRAISAL = Appraisal("none", NO_APPRAISAL_VERIFIER)
 
 
 class AttestationUnavailableError(CmcpError):
@@ -154,6 +156,7 @@ def attest_key(
             raise
         pin = None
     generated_at = timestamp(clock())
+    appraisal = evidence.appraisal
     attestation: dict[str, Any] = {
         "provider": attestor.spec.name,
         "provider_version": attestor.version,
@@ -197,6 +200,10 @@ def attest_key(
             )
             for device, item in devices
         ),
+        # The claim's trace.appraisal: the appraisal the evidence states (an OPAQUE
+        # token's, by its issuer), else none.
+        appraisal_status=NO_APPRAISAL.status if appraisal is None else appraisal.status,
+        appraisal_verifier=NO_APPRAISAL.verifier if appraisal is None else appraisal.verifier,
     )
     return AttestedKey(key, binding, evidence, attestation, issuer)
 

@@ -99,6 +99,10 @@ def _stale_reason(
     measured, opened = attested.issuer.measurement, session.issuer.measurement
     if measured != opened:
         return f"the measurement changed from {opened} to {measured}"
+    now = (attested.issuer.appraisal_status, attested.issuer.appraisal_verifier)
+    before = (session.issuer.appraisal_status, session.issuer.appraisal_verifier)
+    if now != before:
+        return f"the appraisal changed from {before[0]} by {before[1]} to {now[0]} by {now[1]}"
     if attestor.pins and attested.issuer.measurement_pin is None:
         return f"the measurement {measured} is not among attestation.expected_measurement"
     return None

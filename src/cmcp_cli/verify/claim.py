@@ -30,6 +30,7 @@ from cmcp_cli.claim.signing import check_signature
 from cmcp_cli.errors import ExitCode, UsageError
 from cmcp_cli.strict_json import read_json_file
 from cmcp_cli.verify import shape
+from cmcp_cli.verify.appraisal import record_appraisal_check
 from cmcp_cli.verify.audit_log import audit_log_checks
 from cmcp_cli.verify.evidence import judge_evidence
 from cmcp_cli.verify.platform_policy import (
@@ -179,7 +180,13 @@ def verify_document(
         checks.append(
             Check.skipped("attestation", "a standalone TRACE record carries no evidence to judge")
         )
-        report.software = trace["runtime"]["platform"] == SOFTWARE_PLATFORM
+        appraisal = record_appraisal_check(trace["appraisal"])
+        checks.append(appraisal)
+        # an appraisal that cannot be confirmed here leaves the record not verifiable here
+        report.software = (
+            trace["runtime"]["platform"] == SOFTWARE_PLATFORM
+            and appraisal.status is CheckStatus.PASS
+        )
     checks.append(_measurement(trace["runtime"]["measurement"], options.expected_measurements))
     checks.extend(audit_log_checks(document, gateway_claim, options.audit_log))
     return report

@@ -33,7 +33,8 @@ from cmcp_cli.attestation.software import PLATFORM as SOFTWARE_PLATFORM
 from cmcp_cli.errors import UsageError
 
 if TYPE_CHECKING:
-    from cmcp_cli.verify.claim import VerifyOptions
+    from cmcp_cli.verify.appraisal import appraisal_check
+from cmcp_cli.verify.claim import VerifyOptions
 
 
 @dataclass
@@ -165,6 +166,7 @@ def _judge_cpu(
         result.checks.append(verdict)
         return False
     result.checks.extend(verdict.checks)
+    result.checks.append(appraisal_check(claim["trace"]["appraisal"], verdict))
     # Software mode is accepted (with --allow-software) only once its verifier has judged
     # the evidence: a provider that could not run leaves the claim not verifiable here.
     result.software = provider.spec.platform == SOFTWARE_PLATFORM
