@@ -38,6 +38,7 @@ PROVIDERS = {
     "sev-snp": "cmcp-sev",
     "tdx": "cmcp-tdx",
     "opaque": "cmcp-opaque",
+    "gpu-cc": "cmcp-gpucc",
 }
 _IGNORED = shutil.ignore_patterns(
     "__pycache__", "*.pyc", "*.egg-info", "build", "dist", ".state", ".mypy_cache"
@@ -178,6 +179,10 @@ def test_each_wheel_carries_its_package_data_entry_point_and_dependency(
         "cmcp-tdx": ["cmcp_tdx/data/intel-sgx-root-ca.pem"],
         "cmcp-tpm": [],
         "cmcp-opaque": [],
+        "cmcp-gpucc": [
+            "cmcp_gpucc/roots/nvidia-device-identity-ca.pem",
+            "cmcp_gpucc/roots/nvidia-corim-signing-root-ca.pem",
+        ],
     }
     for provider, distribution in PROVIDERS.items():
         wheel = release.wheels[distribution]

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Final
+from typing import Final, NoReturn
 
 from cryptography import x509
 
 from cmcp_cli.attestation.api import ProviderError
 from cmcp_tpm.settings import NV_INDEX_FIRST, SECTION
+
+INSTALL: Final = "install cmcp-tpm[collector] (needs libtss2)"
+_TSS_NAMES: Final = frozenset({"ESAPI", "ESYS_TR", "TPM2B_PUBLIC", "TPMT_PUBLIC", "TSS2_Exception"})
 
 TSS_PROBLEM: str | None
 try:
@@ -23,10 +26,18 @@ try:
 except ImportError as error:  # the package, or the libtss2 it links, is missing
     tss = None
     TSS_PROBLEM = str(error)
+
+    def __getattr__(name: str) -> NoReturn:
+        """Importing a tpm2-pytss name from here (as the collector module does) raises the
+        install hint, so the host reports the provider unavailable and says what to do;
+        the rest of this module stays importable for the test harness."""
+        if name in _TSS_NAMES:
+            require_tss()
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 else:
     TSS_PROBLEM = None
 
-INSTALL: Final = "install cmcp-tpm[collector] (needs libtss2)"
 _NV_OWNERREAD: Final = 0x00020000
 _NV_AUTHREAD: Final = 0x00040000
 _NV_WRITTEN: Final = 0x20000000
