@@ -31,10 +31,10 @@ from cmcp_cli.attestation.manager import (
 )
 from cmcp_cli.attestation.software import PLATFORM as SOFTWARE_PLATFORM
 from cmcp_cli.errors import UsageError
+from cmcp_cli.verify.appraisal import appraisal_check
 
 if TYPE_CHECKING:
-    from cmcp_cli.verify.appraisal import appraisal_check
-from cmcp_cli.verify.claim import VerifyOptions
+    from cmcp_cli.verify.claim import VerifyOptions
 
 
 @dataclass
