@@ -36,7 +36,7 @@ from cmcp_cli.attestation.api import (
     ProviderSpec,
     TrustInputs,
 )
-from cmcp_cli.attestation.hookspecs import hookimpl
+from cmcp_cli.attestation.hookspecs import provide
 from cmcp_cli.attestation.toolkit import (
     CheckFailed,
     CheckSkipped,
@@ -192,9 +192,7 @@ TEE_SPEC = ProviderSpec(
 
 
 class Plugin:
-    @hookimpl
-    def cmcp_attestation_providers(self) -> list[ProviderSpec]:
-        return [GPU_SPEC, TEE_SPEC]
+    cmcp_attestation_providers = staticmethod(provide(GPU_SPEC, TEE_SPEC))
 
 
 plugin = Plugin()
