@@ -1,6 +1,8 @@
 """What every provider plugin does the same way: run its named checks in order, read
-canonical base64 members of evidence, refuse a settings section it does not know, and judge
-a certificate's validity period at the claim's time.
+an evidence object and its canonical base64 members, refuse a settings section or a
+platform-policy table it does not know, take a measurer's options, read the auditor's PEM
+trust roots, name and fingerprint a certificate, and judge its validity period at the
+claim's time.
 
 A verifier's check returns its reason for passing, or raises `CheckSkipped` (its input is
 missing, or an earlier check refused it) or `CheckFailed` (the evidence does not hold),
@@ -10,13 +12,23 @@ each with the reason an auditor reads.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterable, Mapping
+import hashlib
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.utils import CryptographyDeprecationWarning
 
-from cmcp_cli.attestation.api import Check, CheckStatus, EvidenceVerdict, ProviderError
+from cmcp_cli.attestation.api import (
+    Check,
+    CheckStatus,
+    EvidenceVerdict,
+    MeasureOption,
+    ProviderError,
+)
 
 NamedCheck = tuple[str, Callable[[], str]]
 
@@ -82,6 +94,29 @@ def canonical_base64(value: Any, member: str, *, limit: int | None = None) -> by
     return raw
 
 
+def evidence_object(
+    evidence: Any, members: Iterable[str], problems: list[str]
+) -> Mapping[str, Any] | None:
+    """The evidence as a JSON object, or None (with the problem added to `problems`) when
+    it is not one; a member outside `members` is a problem too."""
+    if not isinstance(evidence, Mapping):
+        problems.append(f"the evidence is a {type(evidence).__name__}, not a JSON object")
+        return None
+    known = frozenset(members)
+    unknown = sorted(str(key) for key in evidence if key not in known)
+    if unknown:
+        problems.append(f"unknown member(s) {', '.join(unknown)}")
+    return evidence
+
+
+def base64_list(value: Any, member: str, *, limit: int, most: int) -> list[bytes]:
+    """A list of 1 to `most` canonical base64 members of at most `limit` bytes each;
+    `ValueError` says what is wrong with it."""
+    if not isinstance(value, list) or not 0 < len(value) <= most:
+        raise ValueError(f"{member} must be a list of 1 to {most} base64 strings")
+    return [canonical_base64(item, f"{member}[{n}]", limit=limit) for n, item in enumerate(value)]
+
+
 def settings_section(
     settings: Any, *, section: str, accepted: Iterable[str], provider: str
 ) -> Mapping[str, Any]:
@@ -102,6 +137,82 @@ def settings_section(
             hint=f"the {provider} provider accepts {', '.join(names)}; remove or correct the rest",
         )
     return settings
+
+
+def platform_policy_table(
+    table: Any, *, name: str, accepted: Iterable[str], provider: str
+) -> Mapping[str, Any]:
+    """The auditor's platform-policy table `name` (such as `[tdx]`), checked to hold only
+    the keys the provider accepts; `ProviderError` names the problem and the fix."""
+    return settings_section(
+        table, section=f"the platform policy's {name} table", accepted=accepted, provider=provider
+    )
+
+
+def policy_flag(table: Mapping[str, Any], name: str, key: str) -> bool:
+    """A true/false key of the platform-policy table `name`, false when absent."""
+    value = table.get(key, False)
+    if not isinstance(value, bool):
+        raise ProviderError(f"{name} {key} must be true or false, got {value!r}")
+    return value
+
+
+def measure_values(
+    values: Mapping[str, tuple[str, ...]], options: Iterable[MeasureOption]
+) -> dict[str, tuple[str, ...]]:
+    """A measurer's option values, refused (`ProviderError`) when one is not among its
+    `options`."""
+    given = dict(values)
+    unknown = sorted(set(given) - {option.name for option in options})
+    if unknown:
+        raise ProviderError(f"unknown option(s) {', '.join('--' + n for n in unknown)}")
+    return given
+
+
+def pem_certificates(blob: bytes) -> list[x509.Certificate]:
+    """The certificates of PEM data (`ValueError` when it holds none). Vendors issue
+    certificates that cryptography warns about (AMD's VCEKs have serial number 0); what
+    such a warning names plays no part in these checks, so it is silenced here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        return x509.load_pem_x509_certificates(blob)
+
+
+def trust_root_certificates(trust_roots: Sequence[bytes]) -> list[x509.Certificate]:
+    """Every certificate of the auditor's PEM trust roots (each item may hold several);
+    `ValueError` names the item that is not PEM certificate data."""
+    certs: list[x509.Certificate] = []
+    for position, pem in enumerate(trust_roots, 1):
+        try:
+            certs.extend(pem_certificates(pem))
+        except ValueError as error:
+            raise ValueError(
+                f"trust root {position} is not PEM certificate data ({str(error).rstrip('.')})"
+            ) from None
+    return certs
+
+
+def certificate_fingerprint(cert: x509.Certificate) -> str:
+    """The SHA-256 of the certificate's DER, in hex: what a vendored root is pinned by."""
+    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+
+
+def common_name(cert: x509.Certificate) -> str:
+    """The certificate's subject common name, or its whole subject when it has none."""
+    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    value = names[0].value if names else cert.subject.rfc4514_string()
+    return value if isinstance(value, str) else value.decode(errors="replace")
+
+
+def self_signed(cert: x509.Certificate) -> bool:
+    """Whether the certificate names itself as its issuer and its own key signed it."""
+    if cert.subject != cert.issuer:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except Exception:  # noqa: BLE001 - any failure means not self-signed
+        return False
+    return True
 
 
 def as_utc(moment: datetime) -> datetime:

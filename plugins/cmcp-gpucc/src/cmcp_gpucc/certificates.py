@@ -26,8 +26,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cmcp_cli.attestation.toolkit import validity_problem
-from cmcp_gpucc.roots import Anchor, TrustSet, common_name, fingerprint
+from cmcp_cli.attestation.toolkit import common_name, validity_problem
+from cmcp_gpucc.roots import Anchor, TrustSet, fingerprint
 
 CHAIN_LENGTH: Final = 5
 ROLES: Final = ("the leaf", "the BROM certificate", "the provisioner ICA", "the identity CA")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from cmcp_cli.attestation.api import ProviderError
-from cmcp_cli.attestation.toolkit import settings_section
+from cmcp_cli.attestation.toolkit import platform_policy_table, policy_flag
 from cmcp_gpucc.plugin import NAME, PLATFORM_POLICY_KEYS
 
 TABLE: Final = f"[{NAME}]"
@@ -61,18 +61,13 @@ class Requirements:
     @classmethod
     def parse(cls, table: Mapping[str, Any]) -> Requirements:
         """`ProviderError` names the first unusable key."""
-        table = settings_section(
-            table,
-            section=f"the platform policy's {TABLE} table",
-            accepted=PLATFORM_POLICY_KEYS,
-            provider="gpu-cc",
+        table = platform_policy_table(
+            table, name=TABLE, accepted=PLATFORM_POLICY_KEYS, provider="gpu-cc"
         )
-        flags = {}
-        for key in ("allow_unchecked_revocation", "allow_debug"):
-            value = table.get(key, False)
-            if not isinstance(value, bool):
-                raise ProviderError(f"{TABLE} {key} must be true or false, got {value!r}")
-            flags[key] = value
+        flags = {
+            key: policy_flag(table, TABLE, key)
+            for key in ("allow_unchecked_revocation", "allow_debug")
+        }
         driver = table.get("minimum_driver_version")
         if driver is not None and (not isinstance(driver, str) or driver_key(driver) is None):
             raise ProviderError(

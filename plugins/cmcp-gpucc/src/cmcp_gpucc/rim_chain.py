@@ -23,8 +23,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from cmcp_cli.attestation.toolkit import validity_problem
-from cmcp_gpucc.roots import common_name
+from cmcp_cli.attestation.toolkit import common_name, validity_problem
 
 # NVIDIA's RIM chains have four certificates (L4 signer, L3, CA, root); the walk is bounded
 # so a crafted chain cannot make it loop or run long.

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import SignatureAlgorithmOID
 
-from cmcp_sev.roots import common_name
+from cmcp_cli.attestation.toolkit import common_name
 from cmcp_sev.structures import Product
 
 _AMD: Final = "1.3.6.1.4.1.3704.1"
