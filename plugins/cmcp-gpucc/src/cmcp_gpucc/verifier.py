@@ -38,6 +38,7 @@ from cmcp_gpucc import certificates as chain
 from cmcp_gpucc import opaque, policy, roots, spdm
 from cmcp_gpucc.appraisal import Appraiser
 from cmcp_gpucc.evidence import decode
+from cmcp_gpucc.x509_rules import describe
 
 FORMAT: Final = "gpu.format"
 SIGNATURE: Final = "gpu.signature"
@@ -153,12 +154,12 @@ class _Run:
             raise _Fail(
                 f"The report's ECDSA P-384 signature over its first {len(signed)} bytes (request "
                 f"and response without the signature) does not verify with the key of "
-                f"{chain.describe(self.certs[0])}: the report was altered or signed by another "
+                f"{describe(self.certs[0])}: the report was altered or signed by another "
                 "GPU."
             ) from None
         self.signed = True
         return (
-            f"{chain.describe(self.certs[0])} signed the request and response "
+            f"{describe(self.certs[0])} signed the request and response "
             f"({len(signed)} bytes, ECDSA P-384 with SHA-384)."
         )
 
@@ -171,7 +172,7 @@ class _Run:
         except chain.ChainError as error:
             raise _Fail(sentence(error)) from None
         return (
-            f"{chain.describe(self.certs[0])} chains through {len(self.certs) - 2} "
+            f"{describe(self.certs[0])} chains through {len(self.certs) - 2} "
             f"intermediates to {self.chain.anchor.describe()}; every certificate is valid at "
             f"{self.trust.at.isoformat()}."
         )
@@ -198,7 +199,7 @@ class _Run:
             raise _Fail(sentence(error)) from None
         return (
             f"{self.chip.describe()}: the identity CA the root issued, "
-            f"{chain.describe(self.chain.certs[3])}, and every certificate below it name the "
+            f"{describe(self.chain.certs[3])}, and every certificate below it name the "
             "chip (the model, such as H100 or H200, is not in the signed evidence)."
         )
 
