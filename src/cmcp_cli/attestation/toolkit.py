@@ -16,6 +16,7 @@ import hashlib
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -155,6 +156,34 @@ def policy_flag(table: Mapping[str, Any], name: str, key: str) -> bool:
     if not isinstance(value, bool):
         raise ProviderError(f"{name} {key} must be true or false, got {value!r}")
     return value
+
+
+def policy_path(value: str, base: Path | None) -> Path:
+    """A file the auditor's platform policy names: a relative path is taken from the folder
+    of the policy file (`TrustInputs.platform_policy_dir`), never from where the verifier
+    happens to run; from the working directory only when no file gave the policy."""
+    path = Path(value)
+    return path if path.is_absolute() or base is None else base / path
+
+
+def read_policy_file(
+    value: str, base: Path | None, what: str, *, limit: int = 1 << 20
+) -> tuple[Path, bytes]:
+    """The path (`policy_path`) and content of a file the platform policy names as `what`
+    (such as `[gpu-cc] trust_roots`); `ProviderError` when it cannot be read or is larger
+    than `limit` bytes."""
+    path = policy_path(value, base)
+    try:
+        with path.open("rb") as stream:
+            data = stream.read(limit + 1)
+    except OSError as error:
+        raise ProviderError(
+            f"{what}: cannot read {path}: {error.strerror or error}",
+            hint="a relative path is taken from the folder of the platform-policy file",
+        ) from None
+    if len(data) > limit:
+        raise ProviderError(f"{what}: {path} is larger than {limit} bytes")
+    return path, data
 
 
 def measure_values(

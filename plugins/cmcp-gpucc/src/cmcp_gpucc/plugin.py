@@ -20,6 +20,7 @@ PLATFORM_POLICY_KEYS = (
     "minimum_vbios_version",
     "allow_debug",
     "rim_measurements",
+    "trust_roots",
 )
 
 

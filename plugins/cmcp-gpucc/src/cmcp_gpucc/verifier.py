@@ -111,9 +111,15 @@ class _Run:
         return run_checks(steps)
 
     def anchors(self) -> roots.TrustSet:
+        """The roots the platform policy's `trust_roots` names, else those of the trust
+        inputs (a direct caller's `--trust-root`), else the vendored NVIDIA roots."""
         if self.trust_set is None:
             try:
-                self.trust_set = roots.trust_set(self.trust.trust_roots)
+                if self.wanted.trust_roots is not None:
+                    given = roots.trust_set(self.wanted.trust_roots, f"{policy.TABLE} trust_roots")
+                else:
+                    given = roots.trust_set(self.trust.trust_roots)
+                self.trust_set = given
             except roots.RootError as error:
                 raise _Fail(f"The trust roots are unusable: {str(error).rstrip('.')}.") from None
         return self.trust_set
@@ -299,7 +305,8 @@ class GpuVerifier(Verifier):
     """Judges `nvidia-gpu-cc-v1` evidence offline (`cryptography` and `signxml` only)."""
 
     def verify(self, evidence: Mapping[str, Any], trust: TrustInputs) -> EvidenceVerdict:
-        wanted = policy.Requirements.parse(trust.platform_policy)  # ProviderError if unusable
+        # ProviderError if unusable
+        wanted = policy.Requirements.parse(trust.platform_policy, trust.platform_policy_dir)
         run = _Run(evidence, trust, wanted)
         checks = run.checks()
         may_skip = (REVOCATION,) if wanted.allow_unchecked_revocation else ()

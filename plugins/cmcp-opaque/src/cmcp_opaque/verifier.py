@@ -290,7 +290,8 @@ class OpaqueVerifier(Verifier):
     """Judges `opaque-token-v1` evidence offline against the auditor's pinned keys."""
 
     def verify(self, evidence: Mapping[str, Any], trust: TrustInputs) -> EvidenceVerdict:
-        wanted = Requirements.parse(trust.platform_policy)  # ProviderError if unusable
+        # ProviderError if unusable
+        wanted = Requirements.parse(trust.platform_policy, trust.platform_policy_dir)
         run = _Run(evidence, trust, wanted)
         checks = run.checks()
         return EvidenceVerdict(
