@@ -183,16 +183,19 @@ def test_rims_that_describe_the_gpu_appraise_its_measurements_through_the_gatewa
     finally:
         assert gateway.stop() == 0, gateway.output()
     (claim_path,) = sorted((tmp_path / "claims").glob("*.claim.json"))
-    roots = tmp_path / "roots.pem"
-    roots.write_bytes(
+    # the GPU's roots are the [gpu-cc] table's (--trust-root is the CPU's), named relative
+    # to the policy file's folder while verify runs from another
+    auditor = tmp_path / "auditor"
+    auditor.mkdir()
+    (auditor / "roots.pem").write_bytes(
         (vectors / "nvidia-device-identity-ca.pem").read_bytes()
         + pki.root.cert.public_bytes(Encoding.PEM)
     )
-    policy = tmp_path / "platform-policy.toml"
-    policy.write_text("[gpu-cc]\nallow_unchecked_revocation = true\n")
+    policy = auditor / "platform-policy.toml"
+    policy.write_text('[gpu-cc]\nallow_unchecked_revocation = true\ntrust_roots = ["roots.pem"]\n')
     verified = run_cmcp(
-        "verify", claim_path, "--allow-software", "--trust-root", roots,
-        "--platform-policy", policy, "--json",
+        "verify", claim_path, "--allow-software", "--platform-policy", policy, "--json",
+        cwd=tmp_path,
     )  # fmt: skip
     assert verified.returncode == 1, verified.stdout + verified.stderr
     checks = device_checks(verified.json())
