@@ -391,7 +391,7 @@ def test_the_trust_inputs_roots_do_not_override_the_policys(
 @pytest.mark.parametrize(
     ("names", "message"),
     [
-        (["roots/device.pem"], "cannot read"),  # relative to the policy, not the cwd
+        (["roots/device.pem"], "cannot be read"),  # relative to the policy, not the cwd
         ([], "non-empty list of PEM file paths"),
         ("../roots/device.pem", "non-empty list of PEM file paths"),
     ],

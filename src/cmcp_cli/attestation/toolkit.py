@@ -173,17 +173,23 @@ def read_policy_file(
     (such as `[gpu-cc] trust_roots`); `ProviderError` when it cannot be read or is larger
     than `limit` bytes."""
     path = policy_path(value, base)
+    hint = "a relative path is taken from the folder of the platform-policy file"
+    return path, read_bounded(path, limit, what, hint=hint)
+
+
+def read_bounded(path: Path, limit: int, what: str, *, hint: str) -> bytes:
+    """The content of a file the operator or auditor names as `what`; `ProviderError` (with
+    `hint`) when it cannot be read, or is larger than `limit` bytes."""
     try:
         with path.open("rb") as stream:
             data = stream.read(limit + 1)
     except OSError as error:
         raise ProviderError(
-            f"{what}: cannot read {path}: {error.strerror or error}",
-            hint="a relative path is taken from the folder of the platform-policy file",
+            f"{what}: {path} cannot be read ({error.strerror or error})", hint=hint
         ) from None
     if len(data) > limit:
         raise ProviderError(f"{what}: {path} is larger than {limit} bytes")
-    return path, data
+    return data
 
 
 def measure_values(
