@@ -27,12 +27,10 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 
 from cmcp_gpucc import spdm
 from cmcp_gpucc.rim_signing import RimPki, issue, rim_from_blocks
-from tests.gateway_support import Served, start_gateway, write_config
+from tests.gateway_support import Served, start_gateway, weather_session, write_config
 from tests.support import REPO, run_cmcp
 
 DOUBLE = REPO / "plugins" / "cmcp-gpucc" / "tests" / "nvml_double"
@@ -83,16 +81,6 @@ def gpu_config(folder: Path, upstream: Served, **gpu: Any) -> Path:
     return write_config(folder, upstream.url, attestation=attestation)
 
 
-async def one_call(url: str) -> str:
-    async with (
-        streamable_http_client(url) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
-        result = await session.call_tool("get_weather", {"city": "Paris"})
-        return str(result.content[0].text)  # type: ignore[union-attr]
-
-
 def device_checks(report: dict[str, Any]) -> dict[str, str]:
     prefix = "devices[0].gpu."
     return {
@@ -109,7 +97,7 @@ def test_a_session_claim_carries_the_genuine_gpu_report_and_only_its_nonce_fails
     rims = [str(vectors / DRIVER_RIM), str(vectors / VBIOS_RIM)]
     gateway = start_gateway(gpu_config(tmp_path, upstream, rims=rims), env=env)
     try:
-        assert "Paris" in asyncio.run(one_call(gateway.url))
+        assert "Paris" in asyncio.run(weather_session(gateway.url))
     finally:
         assert gateway.stop() == 0, gateway.output()
     assert "devices      gpu-cc, attested in every session" in gateway.output()
@@ -179,7 +167,7 @@ def test_rims_that_describe_the_gpu_appraise_its_measurements_through_the_gatewa
     config = gpu_config(tmp_path, upstream, rims=[str(vbios), str(driver)])
     gateway = start_gateway(config, env=env)
     try:
-        asyncio.run(one_call(gateway.url))
+        asyncio.run(weather_session(gateway.url))
     finally:
         assert gateway.stop() == 0, gateway.output()
     (claim_path,) = sorted((tmp_path / "claims").glob("*.claim.json"))
