@@ -28,13 +28,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from cmcp_cli.testing.vectors import shared_vectors
 from cmcp_gpucc import spdm
 from cmcp_gpucc.rim_signing import RimPki, issue, rim_from_blocks
 from tests.gateway_support import Served, start_gateway, weather_session, write_config
 from tests.support import REPO, run_cmcp
 
 DOUBLE = REPO / "plugins" / "cmcp-gpucc" / "tests" / "nvml_double"
-VECTORS = REPO.parent / "shared" / "attestation-vectors" / "nvidia-gpucc"
 REPORT = "nvat-hopper-535.86.09-attestation-report.hex"
 DRIVER_RIM = "nvat-rim-NV_GPU_DRIVER_GH100_535.86.09_measurement_mismatch.xml"
 VBIOS_RIM = "nvat-rim-NV_GPU_VBIOS_1010_0200_882_96005E0001_measurement_mismatch.xml"
@@ -59,9 +59,7 @@ STAPLED_RIMS = {
 
 @pytest.fixture(scope="module")
 def vectors() -> Path:
-    if not VECTORS.is_dir():
-        pytest.skip(f"the shared attestation vectors are not at {VECTORS}")
-    return VECTORS
+    return shared_vectors(REPO, "nvidia-gpucc")
 
 
 def nvml_env(folder: Path, vectors: Path, state: str = "ok") -> dict[str, str]:

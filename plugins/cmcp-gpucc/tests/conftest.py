@@ -16,19 +16,18 @@ from types import ModuleType
 import pytest
 from cryptography import x509
 
+from cmcp_cli.testing.vectors import shared_vectors
 from cmcp_gpucc.collector import GpuCollector
 from cmcp_gpucc.rim_signing import RimPki
 from cmcp_gpucc.synthetic import DevicePki
 
-VECTORS = Path(__file__).resolve().parents[4] / "shared" / "attestation-vectors" / "nvidia-gpucc"
+REPOSITORY = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="session")
 def vectors() -> Path:
     """The genuine NVIDIA GPU CC vectors (MANIFEST.md one level up states what each must do)."""
-    if not VECTORS.is_dir():
-        pytest.skip(f"the shared attestation vectors are not at {VECTORS}")
-    return VECTORS
+    return shared_vectors(REPOSITORY, "nvidia-gpucc")
 
 
 Genuine = tuple[bytes, tuple[x509.Certificate, ...]]  # a report and its device chain
