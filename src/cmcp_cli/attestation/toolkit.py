@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.utils import CryptographyDeprecationWarning
 
@@ -237,6 +239,18 @@ def common_name(cert: x509.Certificate) -> str:
     names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     value = names[0].value if names else cert.subject.rfc4514_string()
     return value if isinstance(value, str) else value.decode(errors="replace")
+
+
+def p384_key_problem(cert: x509.Certificate, label: str, signs: str) -> str | None:
+    """Why `cert` (named `label`) does not hold the ECDSA P-384 key that signs `signs`, or
+    None when it does."""
+    try:
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as error:
+        return f"{label} has an unusable public key ({str(error).rstrip('.')})."
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
+        return f"{label} does not hold an ECDSA P-384 key, the key type that signs {signs}."
+    return None
 
 
 def self_signed(cert: x509.Certificate) -> bool:

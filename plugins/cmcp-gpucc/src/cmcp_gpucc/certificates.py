@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cmcp_cli.attestation.toolkit import validity_problem
+from cmcp_cli.attestation.toolkit import p384_key_problem, validity_problem
 from cmcp_gpucc import x509_rules
 from cmcp_gpucc.roots import Anchor, TrustSet, fingerprint
 from cmcp_gpucc.x509_rules import describe
@@ -63,7 +63,7 @@ class Chip:
 
 
 def leaf_key_problem(cert: x509.Certificate) -> str | None:
-    return x509_rules.p384_key_problem(cert, "the leaf", "NVIDIA's SPDM reports")
+    return p384_key_problem(cert, "the leaf", "NVIDIA's SPDM reports")
 
 
 def leaf_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:

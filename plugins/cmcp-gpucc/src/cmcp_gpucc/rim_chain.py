@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from cmcp_cli.attestation.toolkit import validity_problem
+from cmcp_cli.attestation.toolkit import p384_key_problem, validity_problem
 from cmcp_gpucc import x509_rules
 
 # NVIDIA's RIM chains have four certificates (L4 signer, L3, CA, root); the walk is bounded
@@ -48,9 +48,7 @@ def signer_problem(leaf: x509.Certificate) -> str | None:
     """Why `leaf` may not sign a RIM (NVIDIA signs with ECDSA P-384 end-entity keys), or
     None when it may."""
     label = f"The RIM signer {describe(leaf)}"
-    return x509_rules.p384_key_problem(leaf, label, "NVIDIA's RIMs") or x509_rules.signer_problem(
-        leaf, label
-    )
+    return p384_key_problem(leaf, label, "NVIDIA's RIMs") or x509_rules.signer_problem(leaf, label)
 
 
 def _issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:

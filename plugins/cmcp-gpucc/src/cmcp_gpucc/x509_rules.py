@@ -1,14 +1,13 @@
 """What a certificate may do in a chain this plugin walks (a GPU's device chain, a RIM's
 signer chain): an issuer must be a CA within its path length whose keyUsage (when stated)
 allows keyCertSign; a signer must not be a CA, its keyUsage (when stated) must allow
-digitalSignature, and its key must be ECDSA P-384, the key type NVIDIA signs with. Each rule
-returns the problem as a sentence naming the certificate by `label`, or None."""
+digitalSignature, and its key must be ECDSA P-384 (`toolkit.p384_key_problem`), the key
+type NVIDIA signs with. Each rule returns the problem as a sentence naming the certificate
+by `label`, or None."""
 
 from __future__ import annotations
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from cmcp_cli.attestation.toolkit import common_name
 
@@ -33,17 +32,6 @@ def key_usage(cert: x509.Certificate) -> x509.KeyUsage | None:
         return cert.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
         return None
-
-
-def p384_key_problem(cert: x509.Certificate, label: str, signs: str) -> str | None:
-    """Why `cert` does not hold the ECDSA P-384 key that signs `signs`, or None."""
-    try:
-        key = cert.public_key()
-    except (ValueError, UnsupportedAlgorithm) as error:
-        return f"{label} has an unusable public key ({str(error).rstrip('.')})."
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
-        return f"{label} does not hold an ECDSA P-384 key, the key type that signs {signs}."
-    return None
 
 
 def signer_problem(cert: x509.Certificate, label: str) -> str | None:
