@@ -253,6 +253,18 @@ def p384_key_problem(cert: x509.Certificate, label: str, signs: str) -> str | No
     return None
 
 
+def key_usage(
+    *, digital_signature: bool = False, key_cert_sign: bool = False, crl_sign: bool = False
+) -> x509.KeyUsage:
+    """A keyUsage allowing exactly the usages named true (for the test PKIs plugins build):
+    signing data, signing certificates, signing CRLs."""
+    return x509.KeyUsage(
+        digital_signature=digital_signature, content_commitment=False, key_encipherment=False,
+        data_encipherment=False, key_agreement=False, key_cert_sign=key_cert_sign,
+        crl_sign=crl_sign, encipher_only=False, decipher_only=False,
+    )  # fmt: skip
+
+
 def self_signed(cert: x509.Certificate) -> bool:
     """Whether the certificate names itself as its issuer and its own key signed it."""
     if cert.subject != cert.issuer:
