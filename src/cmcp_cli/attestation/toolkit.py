@@ -59,6 +59,22 @@ def run_checks(steps: Iterable[NamedCheck]) -> tuple[Check, ...]:
     return tuple(results)
 
 
+def require_binding(stated: bytes, binding: bytes, *, what: str, made: str) -> str:
+    """The passing reason when the evidence's `stated` value (`what`, such as "The quote's
+    extraData") is the session binding; else `CheckFailed` saying that `made` (such as "it
+    was made") for another session or claim."""
+    if stated != binding:
+        raise CheckFailed(
+            f"{what} {_prefix(stated)} is not the session binding {_prefix(binding)}: {made} "
+            "for another session or claim."
+        )
+    return f"{what} is the session binding."
+
+
+def _prefix(data: bytes) -> str:
+    return data[:8].hex() + ("…" if len(data) > 8 else "")
+
+
 def hardware_verdict(
     checks: tuple[Check, ...],
     required: Iterable[str],

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cmcp_cli.attestation.api import Check, EvidenceVerdict, TrustInputs, Verifier
 from cmcp_cli.attestation.toolkit import CheckFailed as _Fail
 from cmcp_cli.attestation.toolkit import CheckSkipped as _Skip
-from cmcp_cli.attestation.toolkit import NamedCheck, hardware_verdict, run_checks
+from cmcp_cli.attestation.toolkit import NamedCheck, hardware_verdict, require_binding, run_checks
 from cmcp_gpucc import certificates as chain
 from cmcp_gpucc import opaque, policy, roots, spdm
 from cmcp_gpucc.appraisal import Appraiser
@@ -188,13 +188,12 @@ class _Run:
         binding = self.trust.binding
         if len(binding) != spdm.NONCE_SIZE:
             raise _Fail(f"The binding is {len(binding)} bytes, not a 32-byte SHA-256.")
-        if exchange.requester_nonce != binding:
-            raise _Fail(
-                f"The SPDM requester nonce {exchange.requester_nonce.hex()[:16]}… is not the "
-                f"session binding {binding.hex()[:16]}…: the report was made for another "
-                "session or claim."
-            )
-        return "The SPDM requester nonce is the session binding."
+        return require_binding(
+            exchange.requester_nonce,
+            binding,
+            what="The SPDM requester nonce",
+            made="the report was made",
+        )
 
     def architecture(self) -> str:
         if self.chain is None:
