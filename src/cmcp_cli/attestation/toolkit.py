@@ -1,8 +1,10 @@
-"""What every provider plugin does the same way: run its named checks in order, read
-an evidence object and its canonical base64 members, refuse a settings section or a
-platform-policy table it does not know, take a measurer's options, read the auditor's PEM
-trust roots, name and fingerprint a certificate, and judge its validity period at the
-claim's time.
+"""What every provider plugin does the same way: run its named checks in order and judge
+the binding the evidence states; read an evidence object and its canonical base64 members;
+refuse a settings section or a platform-policy table it does not know, and read the files a
+platform policy names from the policy file's folder; take a measurer's options; read the
+auditor's PEM trust roots; name, fingerprint and judge a certificate (self-signed, its
+ECDSA P-384 key, its validity period at the claim's time); and give its test PKI's
+certificates a keyUsage.
 
 A verifier's check returns its reason for passing, or raises `CheckSkipped` (its input is
 missing, or an earlier check refused it) or `CheckFailed` (the evidence does not hold),
