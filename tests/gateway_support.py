@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
 
 from cmcp_cli.config import ENV_START
 from tests.support import CMCP, QUICKSTART
@@ -182,3 +184,15 @@ def request(
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         connection.close()
+
+
+async def weather_session(url: str) -> str:
+    """One session of the official MCP SDK client through the gateway at `url`: it asks
+    the quickstart's get_weather for Paris and returns the answer's text."""
+    async with (
+        streamable_http_client(url) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        weather = await session.call_tool("get_weather", {"city": "Paris"})
+        return weather.content[0].text  # type: ignore[union-attr]

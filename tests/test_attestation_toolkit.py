@@ -1,15 +1,25 @@
-"""The pieces every provider plugin shares: named checks, base64 members, settings."""
+"""The pieces every provider plugin shares: named checks, base64 members, settings, the
+evidence object, the binding check, platform-policy files, and the one-line hook."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pluggy
 import pytest
 
+from cmcp_cli.attestation import software
 from cmcp_cli.attestation.api import CheckStatus, ProviderError
+from cmcp_cli.attestation.hookspecs import PROJECT, ProviderHooks, provide
 from cmcp_cli.attestation.toolkit import (
     CheckFailed,
     CheckSkipped,
+    base64_list,
     canonical_base64,
+    evidence_object,
     hardware_verdict,
+    read_policy_file,
+    require_binding,
     run_checks,
     settings_section,
 )
@@ -88,3 +98,51 @@ def test_hardware_attested_needs_every_required_check_passed_and_none_failed() -
     assert hardware_verdict(partial, ("a", "b"), None, may_skip=("b",)).hardware_attested
     extra_failure = run_checks([("a", lambda: "holds"), ("c", failed)])
     assert not hardware_verdict(extra_failure, ("a",), None).hardware_attested
+
+
+def test_provide_is_the_hook_implementation_of_its_specs() -> None:
+    manager = pluggy.PluginManager(PROJECT)
+    manager.add_hookspecs(ProviderHooks)
+
+    class Plugin:
+        cmcp_attestation_providers = staticmethod(provide(software.SPEC))
+
+    manager.register(Plugin())
+    assert manager.hook.cmcp_attestation_providers() == [[software.SPEC]]
+    with pytest.raises(TypeError, match="ProviderSpec"):
+        provide()
+
+
+def test_the_evidence_object_and_its_members() -> None:
+    problems: list[str] = []
+    assert evidence_object(["x"], ("a",), problems) is None
+    assert problems == ["the evidence is a list, not a JSON object"]
+    problems.clear()
+    assert evidence_object({"a": 1, "z": 2}, ("a",), problems) == {"a": 1, "z": 2}
+    assert problems == ["unknown member(s) z"]
+    assert base64_list(["AAE=", "Ag=="], "chain", limit=4, most=2) == [b"\0\1", b"\2"]
+    for value, problem in (([], "1 to 2"), (["AA=="] * 3, "1 to 2"), (["AAAAAAA="], "more than 4")):
+        with pytest.raises(ValueError, match=problem):
+            base64_list(value, "chain", limit=4, most=2)
+
+
+def test_require_binding() -> None:
+    binding = bytes(range(32))
+    assert require_binding(binding, binding, what="The nonce", made="it was made") == (
+        "The nonce is the session binding."
+    )
+    with pytest.raises(CheckFailed, match=r"is not the session binding .*another session"):
+        require_binding(bytes(32), binding, what="The nonce", made="it was made")
+
+
+def test_a_policy_file_is_read_beside_the_policy(tmp_path: Path) -> None:
+    (tmp_path / "root.pem").write_bytes(b"pem")
+    path, data = read_policy_file("root.pem", tmp_path, "[x] roots")
+    assert (path, data) == (tmp_path / "root.pem", b"pem")
+    absolute, _ = read_policy_file(str(tmp_path / "root.pem"), Path("/nowhere"), "[x] roots")
+    assert absolute == tmp_path / "root.pem"
+    with pytest.raises(ProviderError, match="cannot be read") as missing:
+        read_policy_file("root.pem", tmp_path / "elsewhere", "[x] roots")
+    assert "folder of the platform-policy file" in (missing.value.hint or "")
+    with pytest.raises(ProviderError, match="larger than 2 bytes"):
+        read_policy_file("root.pem", tmp_path, "[x] roots", limit=2)

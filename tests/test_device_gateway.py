@@ -12,11 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 
 from tests.device_support import install_device_plugin, subprocess_env
-from tests.gateway_support import Served, start_gateway, write_config
+from tests.gateway_support import Served, start_gateway, weather_session, write_config
 from tests.support import QUICKSTART, run_cmcp
 
 
@@ -30,15 +28,6 @@ def _config(folder: Path, upstream: Served, devices: int, *, required: bool) -> 
     return write_config(folder, upstream.url, attestation=attestation)
 
 
-async def _one_call(url: str) -> Any:
-    async with (
-        streamable_http_client(url) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
-        return await session.call_tool("get_weather", {"city": "Paris"})
-
-
 def _checks(report: dict[str, Any]) -> dict[str, str]:
     return {check["name"]: check["status"] for check in report["checks"]}
 
@@ -49,10 +38,10 @@ def test_a_session_carries_each_gpus_evidence_through_verify_and_replay_audit(
     env = subprocess_env(site)
     gateway = start_gateway(_config(tmp_path, upstream, 2, required=True), env=env)
     try:
-        result = asyncio.run(_one_call(gateway.url))
+        result = asyncio.run(weather_session(gateway.url))
     finally:
         assert gateway.stop() == 0, gateway.output()
-    assert "Paris" in result.content[0].text
+    assert "Paris" in result
     assert "devices      testgpu, attested in every session" in gateway.output()
     (claim_path,) = sorted((tmp_path / "claims").glob("*.claim.json"))
     claim = json.loads(claim_path.read_text())
@@ -114,7 +103,7 @@ def test_an_undetected_gpu_is_said_in_the_start_log_when_not_required(
     assert any("testgpu: not detected" in note for note in checked.json()["notes"])
     gateway = start_gateway(config, env=env)
     try:
-        asyncio.run(_one_call(gateway.url))
+        asyncio.run(weather_session(gateway.url))
     finally:
         assert gateway.stop() == 0, gateway.output()
     assert "not attested testgpu: not detected, no test GPU here" in gateway.output()

@@ -27,16 +27,14 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 
+from cmcp_cli.testing.vectors import shared_vectors
 from cmcp_gpucc import spdm
 from cmcp_gpucc.rim_signing import RimPki, issue, rim_from_blocks
-from tests.gateway_support import Served, start_gateway, write_config
+from tests.gateway_support import Served, start_gateway, weather_session, write_config
 from tests.support import REPO, run_cmcp
 
 DOUBLE = REPO / "plugins" / "cmcp-gpucc" / "tests" / "nvml_double"
-VECTORS = REPO.parent / "shared" / "attestation-vectors" / "nvidia-gpucc"
 REPORT = "nvat-hopper-535.86.09-attestation-report.hex"
 DRIVER_RIM = "nvat-rim-NV_GPU_DRIVER_GH100_535.86.09_measurement_mismatch.xml"
 VBIOS_RIM = "nvat-rim-NV_GPU_VBIOS_1010_0200_882_96005E0001_measurement_mismatch.xml"
@@ -61,9 +59,7 @@ STAPLED_RIMS = {
 
 @pytest.fixture(scope="module")
 def vectors() -> Path:
-    if not VECTORS.is_dir():
-        pytest.skip(f"the shared attestation vectors are not at {VECTORS}")
-    return VECTORS
+    return shared_vectors(REPO, "nvidia-gpucc")
 
 
 def nvml_env(folder: Path, vectors: Path, state: str = "ok") -> dict[str, str]:
@@ -83,16 +79,6 @@ def gpu_config(folder: Path, upstream: Served, **gpu: Any) -> Path:
     return write_config(folder, upstream.url, attestation=attestation)
 
 
-async def one_call(url: str) -> str:
-    async with (
-        streamable_http_client(url) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
-        result = await session.call_tool("get_weather", {"city": "Paris"})
-        return str(result.content[0].text)  # type: ignore[union-attr]
-
-
 def device_checks(report: dict[str, Any]) -> dict[str, str]:
     prefix = "devices[0].gpu."
     return {
@@ -109,7 +95,7 @@ def test_a_session_claim_carries_the_genuine_gpu_report_and_only_its_nonce_fails
     rims = [str(vectors / DRIVER_RIM), str(vectors / VBIOS_RIM)]
     gateway = start_gateway(gpu_config(tmp_path, upstream, rims=rims), env=env)
     try:
-        assert "Paris" in asyncio.run(one_call(gateway.url))
+        assert "Paris" in asyncio.run(weather_session(gateway.url))
     finally:
         assert gateway.stop() == 0, gateway.output()
     assert "devices      gpu-cc, attested in every session" in gateway.output()
@@ -179,20 +165,23 @@ def test_rims_that_describe_the_gpu_appraise_its_measurements_through_the_gatewa
     config = gpu_config(tmp_path, upstream, rims=[str(vbios), str(driver)])
     gateway = start_gateway(config, env=env)
     try:
-        asyncio.run(one_call(gateway.url))
+        asyncio.run(weather_session(gateway.url))
     finally:
         assert gateway.stop() == 0, gateway.output()
     (claim_path,) = sorted((tmp_path / "claims").glob("*.claim.json"))
-    roots = tmp_path / "roots.pem"
-    roots.write_bytes(
+    # the GPU's roots are the [gpu-cc] table's (--trust-root is the CPU's), named relative
+    # to the policy file's folder while verify runs from another
+    auditor = tmp_path / "auditor"
+    auditor.mkdir()
+    (auditor / "roots.pem").write_bytes(
         (vectors / "nvidia-device-identity-ca.pem").read_bytes()
         + pki.root.cert.public_bytes(Encoding.PEM)
     )
-    policy = tmp_path / "platform-policy.toml"
-    policy.write_text("[gpu-cc]\nallow_unchecked_revocation = true\n")
+    policy = auditor / "platform-policy.toml"
+    policy.write_text('[gpu-cc]\nallow_unchecked_revocation = true\ntrust_roots = ["roots.pem"]\n')
     verified = run_cmcp(
-        "verify", claim_path, "--allow-software", "--trust-root", roots,
-        "--platform-policy", policy, "--json",
+        "verify", claim_path, "--allow-software", "--platform-policy", policy, "--json",
+        cwd=tmp_path,
     )  # fmt: skip
     assert verified.returncode == 1, verified.stdout + verified.stderr
     checks = device_checks(verified.json())

@@ -15,14 +15,12 @@ from typing import Any
 
 import pytest
 import yaml
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 
 from cmcp_cli.evidence.attesting import Attestor, MeasurementMismatchError
 from cmcp_cli.gateway.runtime import StartupError, check_measurement
 from cmcp_sev.plugin import SPEC as SEV_SPEC
 from cmcp_tdx.plugin import SPEC as TDX_SPEC
-from tests.gateway_support import Served, request, start_gateway, write_config
+from tests.gateway_support import Served, request, start_gateway, weather_session, write_config
 from tests.sessions import record_session
 from tests.support import run_cmcp
 from tests.test_confidential_vm_claims import RecordedEvidence, milan_evidence, tdx_evidence
@@ -39,16 +37,6 @@ def _listening(port: int) -> bool:
     with socket.socket() as probe:
         probe.settimeout(1)
         return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
-async def _one_call(url: str) -> str:
-    async with (
-        streamable_http_client(url) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
-        weather = await session.call_tool("get_weather", {"city": "Paris"})
-        return weather.content[0].text  # type: ignore[union-attr]
 
 
 def _software(pins: list[str]) -> dict[str, Any]:
@@ -84,7 +72,7 @@ def test_the_measured_pin_serves_and_its_claim_names_the_pin(
             "measurement": measurement,
             "matched_pin": measurement,
         }
-        assert "Paris" in asyncio.run(_one_call(gateway.url))
+        assert "Paris" in asyncio.run(weather_session(gateway.url))
     finally:
         assert gateway.stop() == 0, gateway.output()
     (claim_path,) = sorted((tmp_path / "claims").glob("*.claim.json"))
@@ -112,7 +100,7 @@ def test_without_a_pin_readyz_says_so_and_the_claim_names_none(
     try:
         status, _, body = request(gateway.port, "GET", "/readyz")
         assert status == 200 and json.loads(body)["measurement"]["pinned"] is False
-        asyncio.run(_one_call(gateway.url))
+        asyncio.run(weather_session(gateway.url))
     finally:
         assert gateway.stop() == 0, gateway.output()
     (claim_path,) = sorted((tmp_path / "claims").glob("*.claim.json"))

@@ -18,14 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 
 from cmcp_opaque.testing import AUDIENCE, MEASUREMENTS
 from cmcp_opaque.token_service import RunningService
 from cmcp_opaque.verifier import HARDWARE
 from cmcp_opaque.verifier import MEASUREMENTS as MEASUREMENTS_CHECK
-from tests.gateway_support import INIT, Served, request, start_gateway, write_config
+from tests.gateway_support import (
+    INIT,
+    Served,
+    request,
+    start_gateway,
+    weather_session,
+    write_config,
+)
 from tests.support import run_cmcp
 
 OPAQUE_CHECKS = (
@@ -69,16 +74,6 @@ def platform_policy(folder: Path, service: RunningService) -> Path:
     return path
 
 
-async def agent_session(url: str) -> str:
-    async with (
-        streamable_http_client(url) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
-        weather = await session.call_tool("get_weather", {"city": "Paris"})
-        return weather.content[0].text  # type: ignore[union-attr]
-
-
 def refused_session(gateway: Served) -> str:
     """A raw initialize that the gateway must refuse; the reason it gives."""
     status, _, body = request(gateway.port, "POST", "/mcp", INIT)
@@ -109,12 +104,12 @@ def test_nothing_the_opaque_provider_attests_ever_verifies(
     }
     gateway = start_gateway(write_config(tmp_path, upstream.url, attestation=attestation))
     try:
-        assert "Paris" in asyncio.run(agent_session(gateway.url))
+        assert "Paris" in asyncio.run(weather_session(gateway.url))
         for mode, reason in FAILURES.items():
             service.set_mode(mode)
             assert reason in refused_session(gateway), mode
         service.set_mode("wrong-key")  # the gateway holds no keys: this session opens
-        assert "Paris" in asyncio.run(agent_session(gateway.url))
+        assert "Paris" in asyncio.run(weather_session(gateway.url))
     finally:
         service.set_mode("succeed")
         assert gateway.stop() == 0, gateway.output()
@@ -156,7 +151,7 @@ def test_the_environment_url_selects_the_provider(
     config = write_config(tmp_path, upstream.url, attestation=attestation)
     gateway = start_gateway(config, env={"OPAQUE_ATTESTATION_URL": service.url()})
     try:
-        assert "Paris" in asyncio.run(agent_session(gateway.url))
+        assert "Paris" in asyncio.run(weather_session(gateway.url))
     finally:
         assert gateway.stop() == 0, gateway.output()
     (path,) = sorted((tmp_path / "claims").glob("*.claim.json"))

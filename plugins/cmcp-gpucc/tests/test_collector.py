@@ -10,9 +10,7 @@ real module of a `cmcp start` subprocess.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -30,37 +28,12 @@ from cmcp_gpucc.nvml_access import INSTALL_HINT
 from cmcp_gpucc.rim_signing import RimPki, rim_document
 from cmcp_gpucc.verifier import GpuVerifier
 
-DOUBLE = Path(__file__).resolve().parent / "nvml_double" / "pynvml.py"
 FACTS = GatewayFacts("sha256:" + "b0" * 32, "sha256:" + "ca" * 32, "sha256:" + "9a" * 32)
 BINDING = bytes.fromhex("5a" * 32)
 AT = datetime(2026, 12, 1, tzinfo=UTC)
 DRIVER_RIM = "nvat-rim-NV_GPU_DRIVER_GH100_535.86.09_measurement_mismatch.xml"
 VBIOS_RIM = "nvat-rim-NV_GPU_VBIOS_1010_0200_882_96005E0001_measurement_mismatch.xml"
 CONTRACT = {"report", "certificates", "nvml", "rims", "ocsp"}
-
-
-@pytest.fixture
-def nvml(monkeypatch: pytest.MonkeyPatch, vectors: Path, tmp_path: Path) -> Iterator[ModuleType]:
-    """The double as `pynvml`, serving one Hopper GPU (driver 535.86.09) until a test sets
-    NVML_DOUBLE_*; afterwards every nvmlInit must have been matched by nvmlShutdown."""
-    spec = importlib.util.spec_from_file_location("pynvml", DOUBLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "pynvml", module)
-    spec.loader.exec_module(module)
-    monkeypatch.setenv("NVML_DOUBLE_VECTORS", str(vectors))
-    monkeypatch.setenv("NVML_DOUBLE_NONCE_LOG", str(tmp_path / "nonces.log"))
-    for name in ("NVML_DOUBLE_STATE", "NVML_DOUBLE_GPUS"):
-        monkeypatch.delenv(name, raising=False)
-    yield module
-    assert module._initialized == 0, "the collector left NVML initialized"
-
-
-@pytest.fixture
-def collector(nvml: ModuleType) -> Iterator[GpuCollector]:
-    made = GpuCollector()
-    yield made
-    made.close()
 
 
 def nonces(tmp_path: Path) -> list[str]:

@@ -7,10 +7,8 @@ the GPUs are the NVML double serving the genuine vectors."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import itertools
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -139,24 +137,6 @@ def test_an_ocsp_answer_must_be_a_successful_status_of_that_certificate(
         fetch_ocsp(client(lambda _: httpx.Response(200, content=b"{}")), OCSP_URL, *chain[1:3])
 
 
-@pytest.fixture
-def gpus(monkeypatch: pytest.MonkeyPatch, vectors: Path, tmp_path: Path) -> Iterator[GpuCollector]:
-    """A collector over the NVML double (one Hopper GPU, driver 535.86.09)."""
-    double = Path(__file__).resolve().parent / "nvml_double" / "pynvml.py"
-    spec = importlib.util.spec_from_file_location("pynvml", double)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "pynvml", module)
-    spec.loader.exec_module(module)
-    monkeypatch.setenv("NVML_DOUBLE_VECTORS", str(vectors))
-    for name in ("NVML_DOUBLE_STATE", "NVML_DOUBLE_GPUS", "NVML_DOUBLE_NONCE_LOG"):
-        monkeypatch.delenv(name, raising=False)
-    made = GpuCollector()
-    yield made
-    made.close()
-    assert module._initialized == 0
-
-
 FACTS = GatewayFacts("sha256:" + "b0" * 32, "sha256:" + "ca" * 32, "sha256:" + "9a" * 32)
 BINDING = bytes(32)
 
@@ -170,7 +150,7 @@ def serve(monkeypatch: pytest.MonkeyPatch, handler: Handler) -> None:
 
 
 def test_rims_the_files_lack_are_fetched_once_by_nvidias_ids(
-    gpus: GpuCollector, monkeypatch: pytest.MonkeyPatch, vectors: Path
+    collector: GpuCollector, monkeypatch: pytest.MonkeyPatch, vectors: Path
 ) -> None:
     served = {
         HOPPER_IDS["driver"]: (vectors / DRIVER_RIM).read_bytes(),
@@ -184,40 +164,40 @@ def test_rims_the_files_lack_are_fetched_once_by_nvidias_ids(
 
     serve(monkeypatch, service)
     settings = {"rim_url": RIM_URL}
-    gpus.prepare(FACTS, settings)
-    (item,) = gpus.collect(BINDING, settings)
+    collector.prepare(FACTS, settings)
+    (item,) = collector.collect(BINDING, settings)
     assert item.evidence["rims"] == {kind: b64(xml) for kind, xml in
                                      zip(("driver", "vbios"), served.values(), strict=True)}  # fmt: skip
     assert asked == [RIM_URL + HOPPER_IDS["driver"], RIM_URL + HOPPER_IDS["vbios"]]
     for _ in range(3):
-        gpus.collect(BINDING, settings)
+        collector.collect(BINDING, settings)
     assert len(asked) == 2  # once, at start
-    gpus.close()
+    collector.close()
     asked.clear()
     with_file = {"rim_url": RIM_URL, "rims": [str(vectors / DRIVER_RIM)]}
-    gpus.prepare(FACTS, with_file)
+    collector.prepare(FACTS, with_file)
     assert asked == [RIM_URL + HOPPER_IDS["vbios"]]  # the file gives the driver RIM
 
 
 def test_a_service_answering_another_rim_refuses_the_start(
-    gpus: GpuCollector, monkeypatch: pytest.MonkeyPatch, vectors: Path
+    collector: GpuCollector, monkeypatch: pytest.MonkeyPatch, vectors: Path
 ) -> None:
     genuine = (vectors / "nvat-rim-NV_GPU_DRIVER_GH100_550.144.03.xml").read_bytes()
     serve(monkeypatch, lambda _: rim_answer(genuine))
     with pytest.raises(ProviderError) as refused:
-        gpus.prepare(FACTS, {"rim_url": RIM_URL})
+        collector.prepare(FACTS, {"rim_url": RIM_URL})
     assert "is GH100 GPU RIM 550.144.03, not the driver RIM of GPU 0" in refused.value.message
 
 
 def test_device_certificate_statuses_are_fetched_for_all_but_the_leaf_and_root(
-    gpus: GpuCollector, monkeypatch: pytest.MonkeyPatch, vectors: Path, responder: Issued
+    collector: GpuCollector, monkeypatch: pytest.MonkeyPatch, vectors: Path, responder: Issued
 ) -> None:
     _, chain = report_and_chain(vectors, "nvat-hopper-535.86.09")
     asked: list[int] = []
     serve(monkeypatch, ocsp_service(chain, responder, asked))
     settings = {"ocsp_url": OCSP_URL}
-    gpus.prepare(FACTS, settings)
-    (item,) = gpus.collect(BINDING, settings)
+    collector.prepare(FACTS, settings)
+    (item,) = collector.collect(BINDING, settings)
     # the GSP FMC leaf is made by the GPU firmware (NVIDIA's responder does not know it) and
     # the root is pinned: the BROM certificate, the provisioner ICA and the identity CA
     assert asked == [cert.serial_number for cert in chain[1:4]]
@@ -227,12 +207,12 @@ def test_device_certificate_statuses_are_fetched_for_all_but_the_leaf_and_root(
 
 
 def test_statuses_of_a_rim_signer_need_the_rim_to_verify_now(
-    gpus: GpuCollector, monkeypatch: pytest.MonkeyPatch, vectors: Path, responder: Issued
+    collector: GpuCollector, monkeypatch: pytest.MonkeyPatch, vectors: Path, responder: Issued
 ) -> None:
     _, chain = report_and_chain(vectors, "nvat-hopper-535.86.09")
     serve(monkeypatch, ocsp_service(chain, responder, []))
     settings = {"ocsp_url": OCSP_URL, "rims": [str(vectors / n) for n in (DRIVER_RIM, VBIOS_RIM)]}
     with pytest.raises(ProviderError) as refused:
-        gpus.prepare(FACTS, settings)
+        collector.prepare(FACTS, settings)
     assert "the driver RIM's signers cannot be asked about" in refused.value.message
     assert "reference digest does not match" in refused.value.message

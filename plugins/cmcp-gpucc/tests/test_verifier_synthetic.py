@@ -3,12 +3,14 @@ chain shaped like NVIDIA's, RIMs that match it and OCSP responses for every cert
 signed by `cmcp_gpucc.rim_signing`. It is hardware-attested, and only so: without OCSP only
 when the auditor's policy allows unchecked revocation; a flipped byte in any signed region
 fails the signature (and the check that reads it); every other negative fails the check
-that names it."""
+that names it. Roots named by the policy's `[gpu-cc] trust_roots` (relative to its folder)
+replace the vendored ones for both chains."""
 
 from __future__ import annotations
 
 import dataclasses
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -329,3 +331,76 @@ def test_the_platform_policy_may_pin_the_rim_pair(device_pki: DevicePki, rim_pki
     )
     assert statuses(verdict)["gpu.rims.pinned"] is CheckStatus.SKIP
     assert "gpu.rim.driver" in reason(verdict, "gpu.rims.pinned")
+
+
+# -- [gpu-cc] trust_roots: the auditor's roots, named in the platform policy ----------
+
+
+def _policy_trust(folder: Path, *names: str) -> TrustInputs:
+    return TrustInputs(
+        BINDING, AT, platform_policy={"trust_roots": list(names)}, platform_policy_dir=folder
+    )
+
+
+@pytest.fixture
+def auditor(tmp_path: Path, device_pki: DevicePki, rim_pki: RimPki) -> Path:
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    (roots / "device.pem").write_bytes(device_pki.root_pem())
+    (roots / "corim.pem").write_bytes(rim_pki.root.cert.public_bytes(Encoding.PEM))
+    policies = tmp_path / "policies"  # where the platform-policy file stands
+    policies.mkdir()
+    return policies
+
+
+def test_roots_named_relative_to_the_policy_folder_anchor_both_chains(
+    auditor: Path, device_pki: DevicePki, rim_pki: RimPki
+) -> None:
+    trust = _policy_trust(auditor, "../roots/device.pem", "../roots/corim.pem")
+    verdict = GpuVerifier().verify(evidence(device_pki, rim_pki), trust)
+    status = statuses(verdict)
+    assert all(status[name] is CheckStatus.PASS for name in HARDWARE_CHECKS), verdict.checks
+    assert verdict.hardware_attested
+    assert "[gpu-cc] trust_roots" in reason(verdict, "gpu.chain")
+
+
+def test_a_wrong_device_root_fails_the_device_chain(
+    auditor: Path, device_pki: DevicePki, rim_pki: RimPki
+) -> None:
+    trust = _policy_trust(auditor, "../roots/corim.pem")  # the CoRIM root alone: not the GPU's
+    verdict = GpuVerifier().verify(evidence(device_pki, rim_pki), trust)
+    assert_fails(verdict, "gpu.chain", "not a pinned root", "[gpu-cc] trust_roots")
+    assert not verdict.hardware_attested
+
+
+def test_the_trust_inputs_roots_do_not_override_the_policys(
+    auditor: Path, device_pki: DevicePki, rim_pki: RimPki
+) -> None:
+    right = (device_pki.root_pem(), rim_pki.root.cert.public_bytes(Encoding.PEM))
+    trust = TrustInputs(
+        BINDING,
+        AT,
+        trust_roots=right,
+        platform_policy={"trust_roots": ["../roots/corim.pem"]},
+        platform_policy_dir=auditor,
+    )
+    verdict = GpuVerifier().verify(evidence(device_pki, rim_pki), trust)
+    assert statuses(verdict)["gpu.chain"] is CheckStatus.FAIL
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["roots/device.pem"], "cannot be read"),  # relative to the policy, not the cwd
+        ([], "non-empty list of PEM file paths"),
+        ("../roots/device.pem", "non-empty list of PEM file paths"),
+    ],
+)
+def test_unusable_trust_roots_are_the_auditors_error(
+    auditor: Path, device_pki: DevicePki, rim_pki: RimPki, names: object, message: str
+) -> None:
+    trust = TrustInputs(
+        BINDING, AT, platform_policy={"trust_roots": names}, platform_policy_dir=auditor
+    )
+    with pytest.raises(ProviderError, match=message):
+        GpuVerifier().verify(evidence(device_pki, rim_pki), trust)

@@ -349,3 +349,24 @@ def test_the_evidence_members(issuer: TokenIssuer, jwks_path: Path) -> None:
     trust = TrustInputs(binding=BINDING, at=AT, platform_policy=policy(issuer, jwks_path))
     for evidence in ({"token": good(issuer)}, {"token": good(issuer), "url": URL, "x": 1}):
         assert_fails(OpaqueVerifier().verify(evidence, trust), v.FORMAT, "exactly {token, url}")
+
+
+def test_a_relative_key_file_is_read_beside_the_platform_policy(
+    issuer: TokenIssuer,
+    jwks_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cwd = tmp_path_factory.mktemp("cwd")
+    # the working directory holds another service's key under the same kid
+    (cwd / jwks_path.name).write_text(json.dumps(TokenIssuer.create().jwks()))
+    monkeypatch.chdir(cwd)
+    pins = policy(issuer, jwks_path, keys=[jwks_path.name])
+    trust = TrustInputs(
+        binding=BINDING, at=AT, platform_policy=pins, platform_policy_dir=jwks_path.parent
+    )
+    verdict = OpaqueVerifier().verify({"token": good(issuer), "url": URL}, trust)
+    assert statuses(verdict)[v.SIGNATURE] is CheckStatus.PASS, verdict.checks
+    elsewhere = TrustInputs(binding=BINDING, at=AT, platform_policy=pins, platform_policy_dir=cwd)
+    wrong = OpaqueVerifier().verify({"token": good(issuer), "url": URL}, elsewhere)
+    assert statuses(wrong)[v.SIGNATURE] is CheckStatus.FAIL, wrong.checks

@@ -8,18 +8,17 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from cmcp_cli.testing.vectors import shared_vectors
 from cmcp_sev.structures import Product
 from cmcp_sev.synthetic import AmdPki
 
-VECTORS = Path(__file__).resolve().parents[4] / "shared" / "attestation-vectors" / "sev-snp"
+REPOSITORY = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="session")
 def vectors() -> Path:
     """The genuine SEV-SNP vectors (MANIFEST.md there states what each must do)."""
-    if not VECTORS.is_dir():
-        pytest.skip(f"the shared attestation vectors are not at {VECTORS}")
-    return VECTORS
+    return shared_vectors(REPOSITORY, "sev-snp")
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -105,8 +106,10 @@ class TrustInputs:
     binding: bytes  # recomputed from the claim
     at: datetime  # evidence is judged at the claim's time, not the wall clock
     expected_measurements: tuple[str, ...] = ()
-    # PEM data of the roots the auditor gave (`--trust-root`). A plugin's vendored roots are
-    # its own, used only when none is given; reasons name which of the two a chain ended at.
+    # PEM data of the roots the auditor gave (`--trust-root`), for the CPU platform's
+    # verifier only: a device provider names its roots in its own platform-policy table. A
+    # plugin's vendored roots are its own, used only when none is given; reasons name which
+    # of the two a chain ended at.
     trust_roots: tuple[bytes, ...] = ()
     allow_debug: bool = False
     policy_hash: str | None = None  # the claim's bundle hash, for evidence that measures it
@@ -118,6 +121,9 @@ class TrustInputs:
     # The auditor's requirements for this provider's platform (its table of
     # `cmcp verify --platform-policy`), using only the keys its `ProviderSpec` declares.
     platform_policy: Mapping[str, Any] = field(default_factory=dict)
+    # The folder of the platform-policy file: a relative path in `platform_policy` names a
+    # file there (`toolkit.policy_path`), wherever the verifier runs. None: no file.
+    platform_policy_dir: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from cmcp_cli.attestation.api import (
     TrustInputs,
     Verifier,
 )
-from cmcp_cli.attestation.hookspecs import hookimpl
+from cmcp_cli.attestation.hookspecs import provide
 from cmcp_cli.attestation.measurement import installation_digest, wheel_digest
 from cmcp_cli.claim.canonical import is_sha256_tagged
 
@@ -183,6 +183,4 @@ class SoftwarePlugin:
     distribution = "cmcp-gateway"
     version = __version__
 
-    @hookimpl
-    def cmcp_attestation_providers(self) -> Sequence[ProviderSpec]:
-        return [SPEC]
+    cmcp_attestation_providers = staticmethod(provide(SPEC))

@@ -1,6 +1,10 @@
-"""What every provider plugin does the same way: run its named checks in order, read
-canonical base64 members of evidence, refuse a settings section it does not know, and judge
-a certificate's validity period at the claim's time.
+"""What every provider plugin does the same way: run its named checks in order and judge
+the binding the evidence states; read an evidence object and its canonical base64 members;
+refuse a settings section or a platform-policy table it does not know, and read the files a
+platform policy names from the policy file's folder; take a measurer's options; read the
+auditor's PEM trust roots; name, fingerprint and judge a certificate (self-signed, its
+ECDSA P-384 key, its validity period at the claim's time); and give its test PKI's
+certificates a keyUsage.
 
 A verifier's check returns its reason for passing, or raises `CheckSkipped` (its input is
 missing, or an earlier check refused it) or `CheckFailed` (the evidence does not hold),
@@ -10,13 +14,26 @@ each with the reason an auditor reads.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterable, Mapping
+import hashlib
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.utils import CryptographyDeprecationWarning
 
-from cmcp_cli.attestation.api import Check, CheckStatus, EvidenceVerdict, ProviderError
+from cmcp_cli.attestation.api import (
+    Check,
+    CheckStatus,
+    EvidenceVerdict,
+    MeasureOption,
+    ProviderError,
+)
 
 NamedCheck = tuple[str, Callable[[], str]]
 
@@ -42,6 +59,22 @@ def run_checks(steps: Iterable[NamedCheck]) -> tuple[Check, ...]:
         except Exception as error:  # noqa: BLE001 - a verifier bug must fail closed, not crash
             results.append(Check.failed(name, f"The check could not complete: {error!r}."))
     return tuple(results)
+
+
+def require_binding(stated: bytes, binding: bytes, *, what: str, made: str) -> str:
+    """The passing reason when the evidence's `stated` value (`what`, such as "The quote's
+    extraData") is the session binding; else `CheckFailed` saying that `made` (such as "it
+    was made") for another session or claim."""
+    if stated != binding:
+        raise CheckFailed(
+            f"{what} {_prefix(stated)} is not the session binding {_prefix(binding)}: {made} "
+            "for another session or claim."
+        )
+    return f"{what} is the session binding."
+
+
+def _prefix(data: bytes) -> str:
+    return data[:8].hex() + ("…" if len(data) > 8 else "")
 
 
 def hardware_verdict(
@@ -82,6 +115,29 @@ def canonical_base64(value: Any, member: str, *, limit: int | None = None) -> by
     return raw
 
 
+def evidence_object(
+    evidence: Any, members: Iterable[str], problems: list[str]
+) -> Mapping[str, Any] | None:
+    """The evidence as a JSON object, or None (with the problem added to `problems`) when
+    it is not one; a member outside `members` is a problem too."""
+    if not isinstance(evidence, Mapping):
+        problems.append(f"the evidence is a {type(evidence).__name__}, not a JSON object")
+        return None
+    known = frozenset(members)
+    unknown = sorted(str(key) for key in evidence if key not in known)
+    if unknown:
+        problems.append(f"unknown member(s) {', '.join(unknown)}")
+    return evidence
+
+
+def base64_list(value: Any, member: str, *, limit: int, most: int) -> list[bytes]:
+    """A list of 1 to `most` canonical base64 members of at most `limit` bytes each;
+    `ValueError` says what is wrong with it."""
+    if not isinstance(value, list) or not 0 < len(value) <= most:
+        raise ValueError(f"{member} must be a list of 1 to {most} base64 strings")
+    return [canonical_base64(item, f"{member}[{n}]", limit=limit) for n, item in enumerate(value)]
+
+
 def settings_section(
     settings: Any, *, section: str, accepted: Iterable[str], provider: str
 ) -> Mapping[str, Any]:
@@ -102,6 +158,140 @@ def settings_section(
             hint=f"the {provider} provider accepts {', '.join(names)}; remove or correct the rest",
         )
     return settings
+
+
+def platform_policy_table(
+    table: Any, *, name: str, accepted: Iterable[str], provider: str
+) -> Mapping[str, Any]:
+    """The auditor's platform-policy table `name` (such as `[tdx]`), checked to hold only
+    the keys the provider accepts; `ProviderError` names the problem and the fix."""
+    return settings_section(
+        table, section=f"the platform policy's {name} table", accepted=accepted, provider=provider
+    )
+
+
+def policy_flag(table: Mapping[str, Any], name: str, key: str) -> bool:
+    """A true/false key of the platform-policy table `name`, false when absent."""
+    value = table.get(key, False)
+    if not isinstance(value, bool):
+        raise ProviderError(f"{name} {key} must be true or false, got {value!r}")
+    return value
+
+
+def policy_path(value: str, base: Path | None) -> Path:
+    """A file the auditor's platform policy names: a relative path is taken from the folder
+    of the policy file (`TrustInputs.platform_policy_dir`), never from where the verifier
+    happens to run; from the working directory only when no file gave the policy."""
+    path = Path(value)
+    return path if path.is_absolute() or base is None else base / path
+
+
+def read_policy_file(
+    value: str, base: Path | None, what: str, *, limit: int = 1 << 20
+) -> tuple[Path, bytes]:
+    """The path (`policy_path`) and content of a file the platform policy names as `what`
+    (such as `[gpu-cc] trust_roots`); `ProviderError` when it cannot be read or is larger
+    than `limit` bytes."""
+    path = policy_path(value, base)
+    hint = "a relative path is taken from the folder of the platform-policy file"
+    return path, read_bounded(path, limit, what, hint=hint)
+
+
+def read_bounded(path: Path, limit: int, what: str, *, hint: str) -> bytes:
+    """The content of a file the operator or auditor names as `what`; `ProviderError` (with
+    `hint`) when it cannot be read, or is larger than `limit` bytes."""
+    try:
+        with path.open("rb") as stream:
+            data = stream.read(limit + 1)
+    except OSError as error:
+        raise ProviderError(
+            f"{what}: {path} cannot be read ({error.strerror or error})", hint=hint
+        ) from None
+    if len(data) > limit:
+        raise ProviderError(f"{what}: {path} is larger than {limit} bytes")
+    return data
+
+
+def measure_values(
+    values: Mapping[str, tuple[str, ...]], options: Iterable[MeasureOption]
+) -> dict[str, tuple[str, ...]]:
+    """A measurer's option values, refused (`ProviderError`) when one is not among its
+    `options`."""
+    given = dict(values)
+    unknown = sorted(set(given) - {option.name for option in options})
+    if unknown:
+        raise ProviderError(f"unknown option(s) {', '.join('--' + n for n in unknown)}")
+    return given
+
+
+def pem_certificates(blob: bytes) -> list[x509.Certificate]:
+    """The certificates of PEM data (`ValueError` when it holds none). Vendors issue
+    certificates that cryptography warns about (AMD's VCEKs have serial number 0); what
+    such a warning names plays no part in these checks, so it is silenced here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        return x509.load_pem_x509_certificates(blob)
+
+
+def trust_root_certificates(trust_roots: Sequence[bytes]) -> list[x509.Certificate]:
+    """Every certificate of the auditor's PEM trust roots (each item may hold several);
+    `ValueError` names the item that is not PEM certificate data."""
+    certs: list[x509.Certificate] = []
+    for position, pem in enumerate(trust_roots, 1):
+        try:
+            certs.extend(pem_certificates(pem))
+        except ValueError as error:
+            raise ValueError(
+                f"trust root {position} is not PEM certificate data ({str(error).rstrip('.')})"
+            ) from None
+    return certs
+
+
+def certificate_fingerprint(cert: x509.Certificate) -> str:
+    """The SHA-256 of the certificate's DER, in hex: what a vendored root is pinned by."""
+    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+
+
+def common_name(cert: x509.Certificate) -> str:
+    """The certificate's subject common name, or its whole subject when it has none."""
+    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    value = names[0].value if names else cert.subject.rfc4514_string()
+    return value if isinstance(value, str) else value.decode(errors="replace")
+
+
+def p384_key_problem(cert: x509.Certificate, label: str, signs: str) -> str | None:
+    """Why `cert` (named `label`) does not hold the ECDSA P-384 key that signs `signs`, or
+    None when it does."""
+    try:
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as error:
+        return f"{label} has an unusable public key ({str(error).rstrip('.')})."
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
+        return f"{label} does not hold an ECDSA P-384 key, the key type that signs {signs}."
+    return None
+
+
+def key_usage(
+    *, digital_signature: bool = False, key_cert_sign: bool = False, crl_sign: bool = False
+) -> x509.KeyUsage:
+    """A keyUsage allowing exactly the usages named true (for the test PKIs plugins build):
+    signing data, signing certificates, signing CRLs."""
+    return x509.KeyUsage(
+        digital_signature=digital_signature, content_commitment=False, key_encipherment=False,
+        data_encipherment=False, key_agreement=False, key_cert_sign=key_cert_sign,
+        crl_sign=crl_sign, encipher_only=False, decipher_only=False,
+    )  # fmt: skip
+
+
+def self_signed(cert: x509.Certificate) -> bool:
+    """Whether the certificate names itself as its issuer and its own key signed it."""
+    if cert.subject != cert.issuer:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except Exception:  # noqa: BLE001 - any failure means not self-signed
+        return False
+    return True
 
 
 def as_utc(moment: datetime) -> datetime:

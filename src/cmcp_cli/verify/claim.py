@@ -54,6 +54,7 @@ class VerifyOptions:
     collateral: tuple[bytes, ...] = ()
     allow_debug: bool = False
     platform_policy: PlatformPolicy = field(default_factory=dict)  # provider name -> table
+    platform_policy_dir: Path | None = None  # where its relative paths are taken from
     audit_log: Path | None = None
     at: datetime | None = None
     max_age_seconds: int = DEFAULT_MAX_AGE_SECONDS
@@ -367,7 +368,11 @@ def verify_claim_file(
         collateral=options.collateral + collateral,
     )
     if platform_policy_file is not None:
-        options = replace(options, platform_policy=read_platform_policy(platform_policy_file))
+        options = replace(
+            options,
+            platform_policy=read_platform_policy(platform_policy_file),
+            platform_policy_dir=platform_policy_file.absolute().parent,
+        )
     return verify_document(document, options, load_providers())
 
 

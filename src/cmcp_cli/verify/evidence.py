@@ -119,7 +119,11 @@ def _verdict(
         return Check.skipped(
             name, f"the {exc.provider} verifier cannot load here ({exc.reason}); {exc.hint}"
         )
-    trust = replace(trust, platform_policy=options.platform_policy.get(provider.spec.name, {}))
+    trust = replace(
+        trust,
+        platform_policy=options.platform_policy.get(provider.spec.name, {}),
+        platform_policy_dir=options.platform_policy_dir,
+    )
     try:
         return verifier.verify(evidence, trust)
     except ProviderError as error:
@@ -192,7 +196,9 @@ def _judge_device(
 ) -> bool:
     """Judge one device's evidence, its checks named `devices[<index>].<check>`, over the
     claim's binding; whether it is hardware-attested. The auditor's expected measurements
-    are the CPU platform's and are not given to a device verifier."""
+    are the CPU platform's and are not given to a device verifier, nor are its
+    `--trust-root` roots: a device provider names its own in its platform-policy table, so
+    an auditor's CPU root never stands in for a device vendor's."""
     prefix = f"devices[{index}]."
     name = f"{prefix}evidence"
     evidence_type = item["evidence_type"]
@@ -216,7 +222,7 @@ def _judge_device(
     if problem is not None:
         result.checks.append(Check.failed(name, problem))
         return False
-    device_trust = replace(trust, expected_measurements=())
+    device_trust = replace(trust, expected_measurements=(), trust_roots=())
     verdict = _verdict(provider, item["evidence"], device_trust, options, name)
     if isinstance(verdict, Check):
         result.checks.append(verdict)

@@ -19,7 +19,7 @@ from cryptography import x509
 from cmcp_cli.attestation.api import TrustInputs
 from cmcp_cli.attestation.toolkit import CheckFailed as _Fail
 from cmcp_cli.attestation.toolkit import CheckSkipped as _Skip
-from cmcp_gpucc import certificates, opaque, policy, revocation, rim, roots, spdm
+from cmcp_gpucc import certificates, opaque, policy, revocation, rim, roots, spdm, x509_rules
 from cmcp_gpucc.evidence import DecodedEvidence
 
 NVDEC0_INDEX: Final = 35  # the RIM index NVIDIA skips when NVDEC0 is disabled
@@ -86,10 +86,10 @@ class Appraiser:
                 f"{verified.describe()} is for {verified.product}, not the GPU's {chip.name}."
             )
         self.rims[kind] = verified
-        signer = certificates.describe(verified.signer_chain[0])
+        signer = x509_rules.describe(verified.signer_chain[0])
         return (
             f"{verified.describe()} for {chip.name}, signed by {signer} under "
-            f"{certificates.describe(verified.signer_chain[-1])}, valid at "
+            f"{x509_rules.describe(verified.signer_chain[-1])}, valid at "
             f"{self.state.trust.at.isoformat()}; its version is the one the GPU signed."
         )
 

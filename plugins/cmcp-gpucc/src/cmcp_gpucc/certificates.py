@@ -26,8 +26,10 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cmcp_cli.attestation.toolkit import validity_problem
-from cmcp_gpucc.roots import Anchor, TrustSet, common_name, fingerprint
+from cmcp_cli.attestation.toolkit import p384_key_problem, validity_problem
+from cmcp_gpucc import x509_rules
+from cmcp_gpucc.roots import Anchor, TrustSet, fingerprint
+from cmcp_gpucc.x509_rules import describe
 
 CHAIN_LENGTH: Final = 5
 ROLES: Final = ("the leaf", "the BROM certificate", "the provisioner ICA", "the identity CA")
@@ -60,21 +62,8 @@ class Chip:
         return f"NVIDIA {self.architecture} ({self.name})"
 
 
-def describe(cert: x509.Certificate) -> str:
-    try:
-        return common_name(cert)
-    except ValueError:
-        return "(unreadable subject)"
-
-
 def leaf_key_problem(cert: x509.Certificate) -> str | None:
-    try:
-        key = cert.public_key()
-    except (ValueError, UnsupportedAlgorithm) as error:
-        return f"the leaf has an unusable public key: {str(error).rstrip('.')}."
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
-        return "the leaf does not hold an ECDSA P-384 key, which signs NVIDIA's SPDM reports."
-    return None
+    return p384_key_problem(cert, "the leaf", "NVIDIA's SPDM reports")
 
 
 def leaf_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
@@ -82,20 +71,6 @@ def leaf_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
         raise ChainError(leaf_key_problem(cert) or "the leaf has no P-384 key.")
     return key
-
-
-def _constraints(cert: x509.Certificate) -> x509.BasicConstraints | None:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return None
-
-
-def _usage(cert: x509.Certificate) -> x509.KeyUsage | None:
-    try:
-        return cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return None
 
 
 def _unknown_critical(cert: x509.Certificate, label: str) -> str | None:
@@ -106,23 +81,7 @@ def _unknown_critical(cert: x509.Certificate, label: str) -> str | None:
 
 
 def _leaf_problem(leaf: x509.Certificate) -> str | None:
-    constraints, usage = _constraints(leaf), _usage(leaf)
-    if constraints is not None and constraints.ca:
-        return "the leaf is a CA certificate, not a device key."
-    if usage is not None and not usage.digital_signature:
-        return "the leaf's keyUsage does not allow digitalSignature."
-    return leaf_key_problem(leaf)
-
-
-def _issuer_problem(issuer: x509.Certificate, label: str, below: int) -> str | None:
-    constraints, usage = _constraints(issuer), _usage(issuer)
-    if constraints is None or not constraints.ca:
-        return f"{label} is not a CA certificate, so it may not issue the one before it."
-    if usage is not None and not usage.key_cert_sign:
-        return f"{label} has a keyUsage without keyCertSign."
-    if constraints.path_length is not None and below > constraints.path_length:
-        return f"{label} allows {constraints.path_length} CA(s) below it; the chain has {below}."
-    return None
+    return x509_rules.signer_problem(leaf, "the leaf") or leaf_key_problem(leaf)
 
 
 def _link_problem(cert: x509.Certificate, issuer: x509.Certificate, label: str) -> str | None:
@@ -191,7 +150,7 @@ def verify_chain(certs: Sequence[x509.Certificate], trust: TrustSet, at: datetim
         cert, issuer = certs[position], certs[position + 1]
         issuer_label = f"{labels[position + 1]} ({describe(issuer)})"
         for problem in (
-            _issuer_problem(issuer, issuer_label, position),
+            x509_rules.issuer_problem(issuer, issuer_label, position),
             _link_problem(cert, issuer, f"{labels[position]} ({describe(cert)})"),
         ):
             if problem is not None:

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from cmcp_cli.attestation.toolkit import canonical_base64
+from cmcp_cli.attestation.toolkit import base64_list, canonical_base64, evidence_object
 
 MEMBERS: Final = frozenset({"report", "certificates", "nvml", "rims", "ocsp"})
 NVML_MEMBERS: Final = ("driver_version", "vbios_version", "cc_mode")
@@ -69,11 +69,11 @@ def _blob(value: Any, member: str, limit: int, problems: list[str]) -> bytes | N
 
 
 def _blobs(value: Any, member: str, limit: int, most: int, problems: list[str]) -> list[bytes]:
-    if not isinstance(value, list) or not 0 < len(value) <= most:
-        problems.append(f"{member} must be a list of 1 to {most} base64 strings")
+    try:
+        return base64_list(value, member, limit=limit, most=most)
+    except ValueError as error:
+        problems.append(str(error))
         return []
-    decoded = [_blob(item, f"{member}[{n}]", limit, problems) for n, item in enumerate(value)]
-    return [item for item in decoded if item is not None] if None not in decoded else []
 
 
 def _text(value: Any, member: str, problems: list[str]) -> str | None:
@@ -110,12 +110,9 @@ def _nvml(value: Any, problems: list[str]) -> Nvml | None:
 
 def decode(evidence: Any) -> DecodedEvidence:
     d = DecodedEvidence()
-    if not isinstance(evidence, Mapping):
-        d.problems.append(f"the evidence is a {type(evidence).__name__}, not a JSON object")
+    evidence = evidence_object(evidence, MEMBERS, d.problems)
+    if evidence is None:
         return d
-    unknown = sorted(str(key) for key in evidence if key not in MEMBERS)
-    if unknown:
-        d.problems.append(f"unknown member(s) {', '.join(unknown)}")
     d.report = _blob(evidence.get("report"), "report", MAX_REPORT, d.problems)
     if "certificates" in evidence:
         chain = _blobs(evidence["certificates"], "certificates", MAX_CERT, MAX_CHAIN, d.problems)

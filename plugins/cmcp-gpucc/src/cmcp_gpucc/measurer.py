@@ -28,8 +28,9 @@ from cmcp_cli.attestation.api import (
     MeasureResult,
     ProviderError,
 )
+from cmcp_cli.attestation.toolkit import common_name, measure_values
 from cmcp_gpucc.rim import MAX_RIM_BYTES, Rim, RimError, rim_set_measurement, verify_rim
-from cmcp_gpucc.roots import RootError, common_name, trust_set
+from cmcp_gpucc.roots import RootError, trust_set
 
 OPTIONS: Final = (
     MeasureOption(
@@ -147,10 +148,7 @@ class GpuMeasurer(Measurer):
         return OPTIONS
 
     def measure(self, inputs: MeasureInputs) -> MeasureResult:
-        values = dict(inputs.values)
-        unknown = sorted(set(values) - {option.name for option in OPTIONS})
-        if unknown:
-            raise ProviderError(f"unknown option(s) {', '.join('--' + n for n in unknown)}")
+        values = measure_values(inputs.values, OPTIONS)
         paths = values.get("rim", ())
         if len(paths) != 2:
             raise ProviderError(

@@ -7,10 +7,8 @@ used, so listing plugins never loads NVML. GPUs are attested beside the CPU plat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from cmcp_cli.attestation.api import ProviderScope, ProviderSpec
-from cmcp_cli.attestation.hookspecs import hookimpl
+from cmcp_cli.attestation.hookspecs import provide
 
 NAME = "gpu-cc"
 PLATFORM = "nvidia-gpu-cc"
@@ -22,6 +20,7 @@ PLATFORM_POLICY_KEYS = (
     "minimum_vbios_version",
     "allow_debug",
     "rim_measurements",
+    "trust_roots",
 )
 
 
@@ -40,7 +39,4 @@ SPEC = ProviderSpec(
     scope=ProviderScope.DEVICE,
 )
 
-
-@hookimpl
-def cmcp_attestation_providers() -> Sequence[ProviderSpec]:
-    return [SPEC]
+cmcp_attestation_providers = provide(SPEC)

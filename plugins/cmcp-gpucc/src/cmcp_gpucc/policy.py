@@ -5,6 +5,11 @@
     minimum_vbios_version = "96.00.9F.00.01"
     allow_debug = true                     # accept a GPU in CC DevTools mode
     rim_measurements = ["sha384:…"]        # accept only these RIM pairs (`cmcp measure gpu-cc`)
+    trust_roots = ["nvidia-device-identity-ca.pem", "nvidia-corim-root.pem"]
+
+`trust_roots` names PEM files whose self-signed certificates replace the vendored NVIDIA
+roots, for the device chain and the RIM chains alike; a relative path is taken from the
+folder of the platform-policy file. Absent, the vendored roots are the anchors.
 
 Driver versions compare as dot-separated decimal numbers (535.86.9 < 535.104.5), VBIOS
 versions as their five hex bytes in the order NVIDIA prints them. An unusable value is a
@@ -16,10 +21,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from cmcp_cli.attestation.api import ProviderError
-from cmcp_cli.attestation.toolkit import settings_section
+from cmcp_cli.attestation.toolkit import platform_policy_table, policy_flag, read_policy_file
 from cmcp_gpucc.plugin import NAME, PLATFORM_POLICY_KEYS
 
 TABLE: Final = f"[{NAME}]"
@@ -57,22 +63,19 @@ class Requirements:
     minimum_vbios_version: str | None = None
     allow_debug: bool = False
     rim_measurements: tuple[str, ...] | None = None  # None: any RIM pair NVIDIA signed
+    trust_roots: tuple[bytes, ...] | None = None  # PEM data of the roots named; None: vendored
 
     @classmethod
-    def parse(cls, table: Mapping[str, Any]) -> Requirements:
-        """`ProviderError` names the first unusable key."""
-        table = settings_section(
-            table,
-            section=f"the platform policy's {TABLE} table",
-            accepted=PLATFORM_POLICY_KEYS,
-            provider="gpu-cc",
+    def parse(cls, table: Mapping[str, Any], folder: Path | None = None) -> Requirements:
+        """`ProviderError` names the first unusable key; the files `trust_roots` names are
+        read from `folder` (the platform-policy file's) when relative."""
+        table = platform_policy_table(
+            table, name=TABLE, accepted=PLATFORM_POLICY_KEYS, provider="gpu-cc"
         )
-        flags = {}
-        for key in ("allow_unchecked_revocation", "allow_debug"):
-            value = table.get(key, False)
-            if not isinstance(value, bool):
-                raise ProviderError(f"{TABLE} {key} must be true or false, got {value!r}")
-            flags[key] = value
+        flags = {
+            key: policy_flag(table, TABLE, key)
+            for key in ("allow_unchecked_revocation", "allow_debug")
+        }
         driver = table.get("minimum_driver_version")
         if driver is not None and (not isinstance(driver, str) or driver_key(driver) is None):
             raise ProviderError(
@@ -101,4 +104,17 @@ class Requirements:
             minimum_vbios_version=vbios,
             allow_debug=flags["allow_debug"],
             rim_measurements=None if pins is None else tuple(pins),
+            trust_roots=_trust_roots(table["trust_roots"], folder)
+            if "trust_roots" in table
+            else None,
         )
+
+
+def _trust_roots(value: Any, folder: Path | None) -> tuple[bytes, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ProviderError(
+            f"{TABLE} trust_roots must be a non-empty list of PEM file paths, got {value!r}",
+            hint="name the NVIDIA Device Identity CA and CoRIM signing Root CA files, or leave "
+            "trust_roots out for the vendored roots",
+        )
+    return tuple(read_policy_file(name, folder, f"{TABLE} trust_roots")[1] for name in value)

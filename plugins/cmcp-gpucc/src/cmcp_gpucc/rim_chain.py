@@ -20,11 +20,10 @@ from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from cmcp_cli.attestation.toolkit import validity_problem
-from cmcp_gpucc.roots import common_name
+from cmcp_cli.attestation.toolkit import p384_key_problem, validity_problem
+from cmcp_gpucc import x509_rules
 
 # NVIDIA's RIM chains have four certificates (L4 signer, L3, CA, root); the walk is bounded
 # so a crafted chain cannot make it loop or run long.
@@ -38,66 +37,18 @@ class ChainError(ValueError):
 
 def describe(cert: x509.Certificate) -> str:
     """A certificate for people: its common name in quotes."""
-    try:
-        return f'"{common_name(cert)}"'
-    except ValueError:
-        return "(a certificate with an unreadable subject)"
+    return f'"{x509_rules.describe(cert)}"'
 
 
 def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(Encoding.DER)
 
 
-def _basic_constraints(cert: x509.Certificate) -> x509.BasicConstraints | None:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return None
-
-
-def _key_usage(cert: x509.Certificate) -> x509.KeyUsage | None:
-    try:
-        return cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return None
-
-
 def signer_problem(leaf: x509.Certificate) -> str | None:
     """Why `leaf` may not sign a RIM (NVIDIA signs with ECDSA P-384 end-entity keys), or
     None when it may."""
     label = f"The RIM signer {describe(leaf)}"
-    try:
-        key = leaf.public_key()
-    except (ValueError, UnsupportedAlgorithm) as error:
-        return f"{label} has an unusable public key ({str(error).rstrip('.')})."
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
-        return f"{label} does not hold an ECDSA P-384 key, the key type NVIDIA signs RIMs with."
-    constraints = _basic_constraints(leaf)
-    if constraints is not None and constraints.ca:
-        return f"{label} is a CA certificate, not a signing certificate."
-    usage = _key_usage(leaf)
-    if usage is not None and not usage.digital_signature:
-        return f"{label} has a keyUsage without digitalSignature: it may not sign."
-    return None
-
-
-def _issuer_problem(issuer: x509.Certificate, below: int) -> str | None:
-    """Why `issuer` may not issue a certificate that has `below` CA certificates under it
-    down to the signer, or None when it may."""
-    constraints = _basic_constraints(issuer)
-    if constraints is None or not constraints.ca:
-        return f"{describe(issuer)} is not a CA certificate, so it may not issue certificates."
-    if constraints.path_length is not None and below > constraints.path_length:
-        return (
-            f"{describe(issuer)} allows {constraints.path_length} CA certificate(s) below it, "
-            f"and the chain has {below}."
-        )
-    usage = _key_usage(issuer)
-    if usage is not None and not usage.key_cert_sign:
-        return (
-            f"{describe(issuer)} has a keyUsage without keyCertSign: it may not sign certificates."
-        )
-    return None
+    return p384_key_problem(leaf, label, "NVIDIA's RIMs") or x509_rules.signer_problem(leaf, label)
 
 
 def _issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
@@ -156,7 +107,7 @@ def walk(
                 f"{describe(current)} is issued by {current.issuer.rfc4514_string()}, {why}: "
                 "the RIM signer does not chain to the pinned NVIDIA CoRIM signing root."
             )
-        problem = _issuer_problem(issuer, below=len(path) - 1)
+        problem = x509_rules.issuer_problem(issuer, describe(issuer), below=len(path) - 1)
         if problem is not None:
             raise ChainError(problem)
         path.append(issuer)

@@ -27,6 +27,7 @@ from lxml import etree  # type: ignore[import-untyped]  # lxml ships no type inf
 from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureMethod
 from signxml.signer import XMLSigner
 
+from cmcp_cli.attestation.toolkit import key_usage
 from cmcp_gpucc.rim import SHA384_NS, SWID
 
 NOT_BEFORE: Final = datetime(2024, 1, 1, tzinfo=UTC)
@@ -81,18 +82,7 @@ def issue(
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=not ca,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=ca,
-                crl_sign=ca,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
+            key_usage(digital_signature=not ca, key_cert_sign=ca, crl_sign=ca), critical=True
         )
     )
     if ocsp_signing:

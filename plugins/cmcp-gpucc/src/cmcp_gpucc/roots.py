@@ -5,22 +5,30 @@ certificate chain ends at, and the NVIDIA CoRIM signing Root CA, which every RIM
 chain ends at. The SHA-256 of each DER is pinned here; a vendored file that does not match
 is refused, so editing the package data cannot add a root.
 
-An auditor who passes `--trust-root` (TrustInputs.trust_roots) replaces both: the
-self-signed certificates of those PEM files are then the only anchors, for the device chain
-and the RIM chains alike, and reasons name such a root as the one given with --trust-root.
+An auditor who names roots replaces both: the self-signed certificates of those PEM files
+are then the only anchors, for the device chain and the RIM chains alike, and reasons name
+such a root by where it was given. `cmcp verify` takes them from the `[gpu-cc] trust_roots`
+of its platform policy (its `--trust-root` roots are the CPU platform's); `cmcp measure
+gpu-cc` and a direct caller of the verifier (TrustInputs.trust_roots) from `--trust-root`.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Final
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+
+from cmcp_cli.attestation.toolkit import (
+    certificate_fingerprint,
+    common_name,
+    pem_certificates,
+    self_signed,
+    trust_root_certificates,
+)
 
 DEVICE_ROOT_FILE: Final = "nvidia-device-identity-ca.pem"
 RIM_ROOT_FILE: Final = "nvidia-corim-signing-root-ca.pem"
@@ -31,28 +39,25 @@ PINNED: Final = {
 }
 
 
+fingerprint = certificate_fingerprint  # what each root is pinned by
+
+
 class RootError(Exception):
     """The vendored roots or the auditor's trust roots are unusable."""
-
-
-def fingerprint(cert: x509.Certificate) -> str:
-    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
-
-
-def common_name(cert: x509.Certificate) -> str:
-    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    value = names[0].value if names else cert.subject.rfc4514_string()
-    return value if isinstance(value, str) else value.decode(errors="replace")
 
 
 @dataclass(frozen=True, slots=True)
 class Anchor:
     cert: x509.Certificate
     fingerprint: str
-    vendored: bool  # shipped with the plugin; False for every root given with --trust-root
+    given_with: str | None  # where the auditor gave it ("--trust-root"); None: vendored
 
     def describe(self) -> str:
-        whose = "the vendored NVIDIA root" if self.vendored else "the root given with --trust-root,"
+        whose = (
+            "the vendored NVIDIA root"
+            if self.given_with is None
+            else f"the root given with {self.given_with},"
+        )
         return f"{whose} {common_name(self.cert)} (sha256 {self.fingerprint})"
 
 
@@ -68,15 +73,13 @@ class TrustSet:
 
 
 def _vendored_anchor(name: str) -> Anchor:
-    certs = x509.load_pem_x509_certificates(
-        files("cmcp_gpucc").joinpath("roots", name).read_bytes()
-    )
+    certs = pem_certificates(files("cmcp_gpucc").joinpath("roots", name).read_bytes())
     if len(certs) != 1 or fingerprint(certs[0]) != PINNED[name]:
         raise RootError(
             f"the vendored {name} is not NVIDIA's root with the pinned fingerprint "
             f"{PINNED[name]}: the cmcp-gpucc installation is damaged"
         )
-    return Anchor(certs[0], PINNED[name], vendored=True)
+    return Anchor(certs[0], PINNED[name], given_with=None)
 
 
 @functools.cache
@@ -88,35 +91,20 @@ def vendored() -> TrustSet:
     )
 
 
-def self_signed(cert: x509.Certificate) -> bool:
-    if cert.subject != cert.issuer:
-        return False
-    try:
-        cert.verify_directly_issued_by(cert)
-    except Exception:  # noqa: BLE001 - any failure means not self-signed
-        return False
-    return True
-
-
-def trust_set(trust_roots: Sequence[bytes]) -> TrustSet:
-    """The roots to judge by: the vendored ones, or exactly the auditor's when given."""
+def trust_set(trust_roots: Sequence[bytes], given_with: str = "--trust-root") -> TrustSet:
+    """The roots to judge by: the vendored ones, or exactly the auditor's when given (with
+    `given_with`, which reasons name)."""
     if not trust_roots:
         return vendored()
-    anchors: list[Anchor] = []
-    for position, pem in enumerate(trust_roots, 1):
-        try:
-            certs = x509.load_pem_x509_certificates(pem)
-        except ValueError as error:
-            raise RootError(
-                f"trust root {position} is not PEM certificate data ({str(error).rstrip('.')})"
-            ) from None
-        anchors.extend(
-            Anchor(cert, fingerprint(cert), vendored=False) for cert in certs if self_signed(cert)
-        )
+    try:
+        certs = trust_root_certificates(trust_roots)
+    except ValueError as error:
+        raise RootError(str(error)) from None
+    anchors = [Anchor(cert, fingerprint(cert), given_with) for cert in certs if self_signed(cert)]
     if not anchors:
         raise RootError(
-            "the --trust-root files hold no self-signed certificate: give NVIDIA's Device "
+            f"the {given_with} files hold no self-signed certificate: give NVIDIA's Device "
             "Identity CA and CoRIM signing Root CA (or the test roots that signed the evidence)"
         )
     given = tuple(anchors)
-    return TrustSet(device=given, rim=given, source="the roots given with --trust-root")
+    return TrustSet(device=given, rim=given, source=f"the roots given with {given_with}")

@@ -27,6 +27,7 @@ import httpx
 from cryptography import x509
 from cryptography.x509 import ocsp
 
+from cmcp_cli.attestation import toolkit
 from cmcp_cli.attestation.api import ProviderError
 from cmcp_gpucc.certificates import ChainError, chip_of
 from cmcp_gpucc.evidence import MAX_OCSP, MAX_OCSP_RESPONSE, MAX_RIM, RIM_KINDS
@@ -83,17 +84,8 @@ class GpuFacts:
 
 
 def read_bounded(path: Path, limit: int, setting: str) -> bytes:
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(limit + 1)
-    except OSError as error:
-        raise ProviderError(
-            f"{SECTION}.{setting}: {path} cannot be read ({error.strerror})",
-            hint=f"check the path and its permissions, or remove it from {setting}",
-        ) from None
-    if len(data) > limit:
-        raise ProviderError(f"{SECTION}.{setting}: {path} is larger than {limit} bytes")
-    return data
+    hint = f"check the path and its permissions, or remove it from {setting}"
+    return toolkit.read_bounded(path, limit, f"{SECTION}.{setting}", hint=hint)
 
 
 def load_rim(source: str, xml: bytes) -> RimFile:

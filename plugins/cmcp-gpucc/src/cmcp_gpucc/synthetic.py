@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
+from cmcp_cli.attestation.toolkit import key_usage
 from cmcp_gpucc import opaque, spdm
 from cmcp_gpucc.evidence import encode
 from cmcp_gpucc.rim_signing import NOT_AFTER, NOT_BEFORE, Issued, issue
@@ -64,11 +65,7 @@ def _leaf(
     not_after: datetime,
 ) -> x509.Certificate:
     san = x509.OtherName(_NVIDIA_SAN, _der(0x0C, f"NVIDIA:{chip}:0123456789ABCDEF".encode()))
-    usage = x509.KeyUsage(
-        digital_signature=True, content_commitment=False, key_encipherment=False,
-        data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-        encipher_only=False, decipher_only=False,
-    )  # fmt: skip
+    usage = key_usage(digital_signature=True)
     return (
         x509.CertificateBuilder()
         .subject_name(

@@ -33,11 +33,12 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cmcp_cli.attestation.api import Check, EvidenceVerdict, TrustInputs, Verifier
 from cmcp_cli.attestation.toolkit import CheckFailed as _Fail
 from cmcp_cli.attestation.toolkit import CheckSkipped as _Skip
-from cmcp_cli.attestation.toolkit import NamedCheck, hardware_verdict, run_checks
+from cmcp_cli.attestation.toolkit import NamedCheck, hardware_verdict, require_binding, run_checks
 from cmcp_gpucc import certificates as chain
 from cmcp_gpucc import opaque, policy, roots, spdm
 from cmcp_gpucc.appraisal import Appraiser
 from cmcp_gpucc.evidence import decode
+from cmcp_gpucc.x509_rules import describe
 
 FORMAT: Final = "gpu.format"
 SIGNATURE: Final = "gpu.signature"
@@ -110,9 +111,15 @@ class _Run:
         return run_checks(steps)
 
     def anchors(self) -> roots.TrustSet:
+        """The roots the platform policy's `trust_roots` names, else those of the trust
+        inputs (a direct caller's `--trust-root`), else the vendored NVIDIA roots."""
         if self.trust_set is None:
             try:
-                self.trust_set = roots.trust_set(self.trust.trust_roots)
+                if self.wanted.trust_roots is not None:
+                    given = roots.trust_set(self.wanted.trust_roots, f"{policy.TABLE} trust_roots")
+                else:
+                    given = roots.trust_set(self.trust.trust_roots)
+                self.trust_set = given
             except roots.RootError as error:
                 raise _Fail(f"The trust roots are unusable: {str(error).rstrip('.')}.") from None
         return self.trust_set
@@ -153,12 +160,12 @@ class _Run:
             raise _Fail(
                 f"The report's ECDSA P-384 signature over its first {len(signed)} bytes (request "
                 f"and response without the signature) does not verify with the key of "
-                f"{chain.describe(self.certs[0])}: the report was altered or signed by another "
+                f"{describe(self.certs[0])}: the report was altered or signed by another "
                 "GPU."
             ) from None
         self.signed = True
         return (
-            f"{chain.describe(self.certs[0])} signed the request and response "
+            f"{describe(self.certs[0])} signed the request and response "
             f"({len(signed)} bytes, ECDSA P-384 with SHA-384)."
         )
 
@@ -171,7 +178,7 @@ class _Run:
         except chain.ChainError as error:
             raise _Fail(sentence(error)) from None
         return (
-            f"{chain.describe(self.certs[0])} chains through {len(self.certs) - 2} "
+            f"{describe(self.certs[0])} chains through {len(self.certs) - 2} "
             f"intermediates to {self.chain.anchor.describe()}; every certificate is valid at "
             f"{self.trust.at.isoformat()}."
         )
@@ -181,13 +188,12 @@ class _Run:
         binding = self.trust.binding
         if len(binding) != spdm.NONCE_SIZE:
             raise _Fail(f"The binding is {len(binding)} bytes, not a 32-byte SHA-256.")
-        if exchange.requester_nonce != binding:
-            raise _Fail(
-                f"The SPDM requester nonce {exchange.requester_nonce.hex()[:16]}… is not the "
-                f"session binding {binding.hex()[:16]}…: the report was made for another "
-                "session or claim."
-            )
-        return "The SPDM requester nonce is the session binding."
+        return require_binding(
+            exchange.requester_nonce,
+            binding,
+            what="The SPDM requester nonce",
+            made="the report was made",
+        )
 
     def architecture(self) -> str:
         if self.chain is None:
@@ -198,7 +204,7 @@ class _Run:
             raise _Fail(sentence(error)) from None
         return (
             f"{self.chip.describe()}: the identity CA the root issued, "
-            f"{chain.describe(self.chain.certs[3])}, and every certificate below it name the "
+            f"{describe(self.chain.certs[3])}, and every certificate below it name the "
             "chip (the model, such as H100 or H200, is not in the signed evidence)."
         )
 
@@ -298,7 +304,8 @@ class GpuVerifier(Verifier):
     """Judges `nvidia-gpu-cc-v1` evidence offline (`cryptography` and `signxml` only)."""
 
     def verify(self, evidence: Mapping[str, Any], trust: TrustInputs) -> EvidenceVerdict:
-        wanted = policy.Requirements.parse(trust.platform_policy)  # ProviderError if unusable
+        # ProviderError if unusable
+        wanted = policy.Requirements.parse(trust.platform_policy, trust.platform_policy_dir)
         run = _Run(evidence, trust, wanted)
         checks = run.checks()
         may_skip = (REVOCATION,) if wanted.allow_unchecked_revocation else ()

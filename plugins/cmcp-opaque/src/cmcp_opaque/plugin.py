@@ -7,10 +7,8 @@ provider is never in `attestation.provider: auto`; it is chosen by name, or by
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from cmcp_cli.attestation.api import ProviderSpec
-from cmcp_cli.attestation.hookspecs import hookimpl
+from cmcp_cli.attestation.hookspecs import provide
 
 NAME = "opaque"
 # An OPAQUE token is a third party's appraisal, not hardware evidence this verifier
@@ -35,7 +33,4 @@ SPEC = ProviderSpec(
     platform_policy_keys=PLATFORM_POLICY_KEYS,
 )
 
-
-@hookimpl
-def cmcp_attestation_providers() -> Sequence[ProviderSpec]:
-    return [SPEC]
+cmcp_attestation_providers = provide(SPEC)

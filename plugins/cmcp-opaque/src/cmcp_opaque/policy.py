@@ -13,8 +13,9 @@ must state. Nothing here comes from the evidence.
     urls = ["https://attest.opaque.example/v1/token"]  # optional: the URLs the gateway may ask
 
 A PEM key has no `kid`: its kid is its RFC 7638 thumbprint. A JWK without `kid` likewise.
-Relative paths are taken from the working directory of `cmcp verify`. An unusable value is a
-`ProviderError` naming the key: the auditor's input, not the evidence.
+A relative path in `keys` is taken from the folder of the platform-policy file, wherever
+`cmcp verify` runs. An unusable value is a `ProviderError` naming the key: the auditor's
+input, not the evidence.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import JWKRegistry, Key
 
 from cmcp_cli.attestation.api import ProviderError
+from cmcp_cli.attestation.toolkit import read_policy_file
 from cmcp_opaque.token import ClaimNames, nonce_encoding, status_values
 
 TABLE: Final = "[opaque]"
@@ -72,8 +74,10 @@ class Requirements:
     urls: tuple[str, ...] = ()
 
     @classmethod
-    def parse(cls, policy: Mapping[str, Any]) -> Requirements:
-        keys = _keys(policy["keys"]) if "keys" in policy else ()
+    def parse(cls, policy: Mapping[str, Any], folder: Path | None = None) -> Requirements:
+        """The validated table; a relative key file is read from `folder` (the
+        platform-policy file's)."""
+        keys = _keys(policy["keys"], folder) if "keys" in policy else ()
         return cls(
             keys=keys,
             issuer=_text(policy, "issuer"),
@@ -133,24 +137,14 @@ def _measurements(value: Any) -> Mapping[str, tuple[str, ...]] | None:
     }
 
 
-def _keys(value: Any) -> tuple[PinnedKey, ...]:
+def _keys(value: Any, folder: Path | None) -> tuple[PinnedKey, ...]:
     keys: list[PinnedKey] = []
     for path in _strings(value, "keys"):
-        keys.extend(_key_file(Path(path)))
+        keys.extend(_key_file(*read_policy_file(path, folder, f"{TABLE} keys", limit=MAX_KEY_FILE)))
     return tuple(keys)
 
 
-def _key_file(path: Path) -> list[PinnedKey]:
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_KEY_FILE + 1)
-    except OSError as error:
-        raise ProviderError(
-            f"{TABLE} keys: cannot read {path}: {error.strerror or error}",
-            hint="give the JWKS or PEM file of the OPAQUE token service's signing keys",
-        ) from None
-    if len(data) > MAX_KEY_FILE:
-        raise ProviderError(f"{TABLE} keys: {path} is larger than {MAX_KEY_FILE} bytes")
+def _key_file(path: Path, data: bytes) -> list[PinnedKey]:
     if data.lstrip().startswith(b"{"):
         return _jwks(path, data)
     blocks = _PEM_BLOCK.findall(data)

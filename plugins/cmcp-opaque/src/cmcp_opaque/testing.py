@@ -26,6 +26,7 @@ from cryptography.x509.oid import NameOID
 from joserfc import jws
 from joserfc.jwk import ECKey
 
+from cmcp_cli.attestation.toolkit import key_usage
 from cmcp_opaque.token import encode_nonce
 
 ISSUER = "https://opaque-test.invalid/attest"
@@ -106,17 +107,7 @@ class TestCa:
             .not_valid_after(now + timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
+                key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True),
                 critical=True,
             )
             .add_extension(

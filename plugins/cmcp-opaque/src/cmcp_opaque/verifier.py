@@ -31,7 +31,7 @@ from cmcp_cli.attestation.api import (
 )
 from cmcp_cli.attestation.toolkit import CheckFailed as _Fail
 from cmcp_cli.attestation.toolkit import CheckSkipped as _Skip
-from cmcp_cli.attestation.toolkit import NamedCheck, as_utc, run_checks
+from cmcp_cli.attestation.toolkit import NamedCheck, as_utc, require_binding, run_checks
 from cmcp_opaque.policy import PinnedKey, Requirements
 from cmcp_opaque.settings import https_url_problem
 from cmcp_opaque.token import (
@@ -229,12 +229,7 @@ class _Run:
             stated = nonce_of(token, self.wanted.claim_names, self.wanted.nonce_encoding)
         except TokenError as error:
             raise _Fail(f"The token is refused: {error}.") from None
-        if stated != binding:
-            raise _Fail(
-                f"The token's nonce {stated[:8].hex()}… is not the session binding "
-                f"{binding[:8].hex()}…: it was issued for another session or claim."
-            )
-        return "The token's nonce is the session binding."
+        return require_binding(stated, binding, what="The token's nonce", made="it was issued")
 
     def status_check(self) -> str:
         token = self._signed()
@@ -290,7 +285,8 @@ class OpaqueVerifier(Verifier):
     """Judges `opaque-token-v1` evidence offline against the auditor's pinned keys."""
 
     def verify(self, evidence: Mapping[str, Any], trust: TrustInputs) -> EvidenceVerdict:
-        wanted = Requirements.parse(trust.platform_policy)  # ProviderError if unusable
+        # ProviderError if unusable
+        wanted = Requirements.parse(trust.platform_policy, trust.platform_policy_dir)
         run = _Run(evidence, trust, wanted)
         checks = run.checks()
         return EvidenceVerdict(

@@ -21,7 +21,12 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from cmcp_cli.attestation.api import ProviderError
-from cmcp_cli.attestation.toolkit import CheckFailed, CheckSkipped, settings_section
+from cmcp_cli.attestation.toolkit import (
+    CheckFailed,
+    CheckSkipped,
+    platform_policy_table,
+    policy_flag,
+)
 from cmcp_sev import structures as snp
 from cmcp_sev.plugin import PLATFORM_POLICY_KEYS
 
@@ -48,15 +53,10 @@ class Requirements:
     @classmethod
     def parse(cls, table: Mapping[str, Any]) -> Requirements:
         """`ProviderError` names the first unusable key."""
-        table = settings_section(
-            table,
-            section=f"the platform policy's {TABLE} table",
-            accepted=PLATFORM_POLICY_KEYS,
-            provider="SEV-SNP",
+        table = platform_policy_table(
+            table, name=TABLE, accepted=PLATFORM_POLICY_KEYS, provider="SEV-SNP"
         )
-        require_crl = table.get("require_crl", False)
-        if not isinstance(require_crl, bool):
-            raise ProviderError(f"{TABLE} require_crl must be true or false, got {require_crl!r}")
+        require_crl = policy_flag(table, TABLE, "require_crl")
         firmware = table.get("minimum_firmware")
         abi = table.get("minimum_abi")
         return cls(

@@ -15,10 +15,10 @@ from typing import Final
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import SignatureAlgorithmOID
 
-from cmcp_sev.roots import common_name
+from cmcp_cli.attestation.toolkit import common_name, p384_key_problem
 from cmcp_sev.structures import Product
 
 _AMD: Final = "1.3.6.1.4.1.3704.1"
@@ -170,12 +170,8 @@ def signed_by_problem(
 
 
 def leaf_key_problem(cert: x509.Certificate, label: str) -> str | None:
-    try:
-        key = cert.public_key()
-    except (ValueError, UnsupportedAlgorithm) as error:
-        return f"{label} has an unusable public key: {str(error).rstrip('.')}."
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
-        return f"{label} does not hold an ECDSA P-384 key, which signs SEV-SNP reports."
+    if (problem := p384_key_problem(cert, label, "SEV-SNP reports")) is not None:
+        return problem
     try:
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:

@@ -15,11 +15,10 @@ even when other members do not, so the verifier runs every check whose inputs ar
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from cmcp_cli.attestation.toolkit import canonical_base64
+from cmcp_cli.attestation.toolkit import base64_list, canonical_base64, evidence_object
 from cmcp_sev.structures import Product
 
 MEMBERS: Final = frozenset({"report", "signing_key", "vcek", "vlek", "cert_chain", "product"})
@@ -55,12 +54,9 @@ def encode(data: bytes) -> str:
 
 def decode(evidence: Any) -> DecodedEvidence:
     d = DecodedEvidence()
-    if not isinstance(evidence, Mapping):
-        d.problems.append(f"the evidence is a {type(evidence).__name__}, not a JSON object")
+    evidence = evidence_object(evidence, MEMBERS, d.problems)
+    if evidence is None:
         return d
-    unknown = sorted(str(key) for key in evidence if key not in MEMBERS)
-    if unknown:
-        d.problems.append(f"unknown member(s) {', '.join(unknown)}")
     try:
         d.report = blob(evidence.get("report"), "report")
     except ShapeError as error:
@@ -81,14 +77,12 @@ def decode(evidence: Any) -> DecodedEvidence:
         except ShapeError as error:
             d.problems.append(str(error))
     if "cert_chain" in evidence:
-        chain = evidence["cert_chain"]
-        if not isinstance(chain, list) or not 0 < len(chain) <= MAX_CHAIN:
-            d.problems.append(f"cert_chain must be a list of 1 to {MAX_CHAIN} certificates")
-        else:
-            try:
-                d.cert_chain = [blob(item, f"cert_chain[{n}]") for n, item in enumerate(chain)]
-            except ShapeError as error:
-                d.problems.append(str(error))
+        try:
+            d.cert_chain = base64_list(
+                evidence["cert_chain"], "cert_chain", limit=MAX_BLOB, most=MAX_CHAIN
+            )
+        except ValueError as error:
+            d.problems.append(str(error))
     if "product" in evidence:
         product = evidence["product"]
         known = {p.value: p for p in Product}

@@ -23,6 +23,7 @@ from cmcp_cli.attestation.api import (
     MeasureResult,
     ProviderError,
 )
+from cmcp_cli.attestation.toolkit import measure_values
 
 PACKAGE: Final = "sev-snp-measure"
 INSTALL_HINT: Final = "pip install 'cmcp-sev[measure]' (it pins sev-snp-measure==0.0.13)"
@@ -92,10 +93,7 @@ class SevMeasurer(Measurer):
         return OPTIONS
 
     def measure(self, inputs: MeasureInputs) -> MeasureResult:
-        values = dict(inputs.values)
-        unknown = sorted(set(values) - {option.name for option in OPTIONS})
-        if unknown:
-            raise ProviderError(f"unknown option(s) {', '.join('--' + n for n in unknown)}")
+        values = measure_values(inputs.values, OPTIONS)
         ovmf_arg, vcpus_arg = _one(values, "ovmf"), _one(values, "vcpus")
         if ovmf_arg is None or vcpus_arg is None:
             raise ProviderError("--ovmf and --vcpus are required")

@@ -7,10 +7,8 @@ sev-snp-measure.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from cmcp_cli.attestation.api import ProviderSpec
-from cmcp_cli.attestation.hookspecs import hookimpl
+from cmcp_cli.attestation.hookspecs import provide
 
 NAME = "sev-snp"
 PLATFORM = "amd-sev-snp"  # the TRACE runtime.platform value (DESIGN §5)
@@ -33,7 +31,4 @@ SPEC = ProviderSpec(
     platform_policy_keys=PLATFORM_POLICY_KEYS,
 )
 
-
-@hookimpl
-def cmcp_attestation_providers() -> Sequence[ProviderSpec]:
-    return [SPEC]
+cmcp_attestation_providers = provide(SPEC)

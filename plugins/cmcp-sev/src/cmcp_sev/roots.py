@@ -16,7 +16,6 @@ an ASVK) are used as intermediates, never as roots.
 from __future__ import annotations
 
 import functools
-import hashlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,9 +23,15 @@ from importlib.resources import files
 from typing import Final
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.utils import CryptographyDeprecationWarning
 
+from cmcp_cli.attestation.toolkit import (
+    certificate_fingerprint,
+    common_name,
+    pem_certificates,
+    self_signed,
+    trust_root_certificates,
+)
 from cmcp_sev.structures import Product
 
 # SHA-256 of the DER of each vendored certificate.
@@ -43,12 +48,12 @@ PINNED_ASKS: Final = {
 VENDORED_FILES: Final = {product: f"{product.value.lower()}.pem" for product in Product}
 
 
+fingerprint = certificate_fingerprint  # what each certificate is pinned by
+load_pem = pem_certificates
+
+
 class RootError(Exception):
     """The vendored roots or the auditor's trust roots are unusable."""
-
-
-def fingerprint(cert: x509.Certificate) -> str:
-    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
 
 
 def load_der(blob: bytes) -> x509.Certificate:
@@ -57,12 +62,6 @@ def load_der(blob: bytes) -> x509.Certificate:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CryptographyDeprecationWarning)
         return x509.load_der_x509_certificate(blob)
-
-
-def load_pem(blob: bytes) -> list[x509.Certificate]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-        return x509.load_pem_x509_certificates(blob)
 
 
 def vendored_bytes(product: Product) -> bytes:
@@ -91,12 +90,6 @@ class TrustSet:
         return ", ".join(f"{common_name(a.cert)} ({a.fingerprint[:16]}…)" for a in self.anchors)
 
 
-def common_name(cert: x509.Certificate) -> str:
-    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    value = names[0].value if names else cert.subject.rfc4514_string()
-    return value if isinstance(value, str) else value.decode(errors="replace")
-
-
 @functools.cache
 def vendored() -> TrustSet:
     """The vendored ASK and ARK of each product, each checked against its pinned fingerprint."""
@@ -115,16 +108,6 @@ def vendored() -> TrustSet:
     return TrustSet(tuple(anchors), tuple(asks), "the vendored AMD roots")
 
 
-def _self_signed(cert: x509.Certificate) -> bool:
-    if cert.subject != cert.issuer:
-        return False
-    try:
-        cert.verify_directly_issued_by(cert)
-    except Exception:  # noqa: BLE001 - any failure means not self-signed
-        return False
-    return True
-
-
 def trust_set(trust_roots: Sequence[bytes]) -> TrustSet:
     """The roots to judge by: the vendored ones, or exactly the auditor's when given."""
     if not trust_roots:
@@ -132,19 +115,16 @@ def trust_set(trust_roots: Sequence[bytes]) -> TrustSet:
     anchors: list[Anchor] = []
     intermediates: list[x509.Certificate] = list(vendored().intermediates)
     pinned = {fp: product for product, fp in PINNED_ARKS.items()}
-    for position, pem in enumerate(trust_roots, 1):
-        try:
-            certs = load_pem(pem)
-        except ValueError as error:
-            raise RootError(
-                f"trust root {position} is not PEM certificate data ({str(error).rstrip('.')})"
-            ) from None
-        for cert in certs:
-            if _self_signed(cert):
-                fp = fingerprint(cert)
-                anchors.append(Anchor(cert, fp, pinned.get(fp), vendored=False))
-            else:
-                intermediates.append(cert)
+    try:
+        certs = trust_root_certificates(trust_roots)
+    except ValueError as error:
+        raise RootError(str(error)) from None
+    for cert in certs:
+        if self_signed(cert):
+            fp = fingerprint(cert)
+            anchors.append(Anchor(cert, fp, pinned.get(fp), vendored=False))
+        else:
+            intermediates.append(cert)
     if not anchors:
         raise RootError(
             "the --trust-root files hold no self-signed certificate: give AMD's ARK "

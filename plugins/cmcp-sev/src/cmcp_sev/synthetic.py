@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
+from cmcp_cli.attestation.toolkit import key_usage
 from cmcp_sev import certificates as certs
 from cmcp_sev import structures as snp
 from cmcp_sev.evidence import encode
@@ -186,11 +187,7 @@ def _ca(
     signer: rsa.RSAPrivateKey,
     path_length: int | None,
 ) -> x509.Certificate:
-    usage = x509.KeyUsage(
-        digital_signature=False, content_commitment=False, key_encipherment=False,
-        data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-        encipher_only=False, decipher_only=False,
-    )  # fmt: skip
+    usage = key_usage(key_cert_sign=True, crl_sign=True)
     return (
         x509.CertificateBuilder()
         .subject_name(subject)

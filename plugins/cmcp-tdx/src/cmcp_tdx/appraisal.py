@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from cmcp_cli.attestation.api import ProviderError
-from cmcp_cli.attestation.toolkit import settings_section
+from cmcp_cli.attestation.toolkit import platform_policy_table, policy_flag
 from cmcp_tdx.collateral import ACCEPTED, STATUSES
 from cmcp_tdx.plugin import PLATFORM_POLICY_KEYS
 
@@ -30,17 +30,10 @@ class Requirements:
     @classmethod
     def parse(cls, table: Mapping[str, Any]) -> Requirements:
         """`ProviderError` names the first unusable key."""
-        table = settings_section(
-            table,
-            section=f"the platform policy's {TABLE} table",
-            accepted=PLATFORM_POLICY_KEYS,
-            provider="TDX",
+        table = platform_policy_table(
+            table, name=TABLE, accepted=PLATFORM_POLICY_KEYS, provider="TDX"
         )
-        required = table.get("require_collateral", False)
-        if not isinstance(required, bool):
-            raise ProviderError(
-                f"{TABLE} require_collateral must be true or false, got {required!r}"
-            )
+        required = policy_flag(table, TABLE, "require_collateral")
         accepted = table.get("accepted_tcb_statuses")
         return cls(
             accepted_tcb_statuses=ACCEPTED if accepted is None else _statuses(accepted),

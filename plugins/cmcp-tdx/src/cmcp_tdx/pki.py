@@ -11,7 +11,6 @@ certificates keep the Web PKI CA policy.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,7 +31,7 @@ from cryptography.x509.verification import (
 )
 
 from cmcp_cli.attestation import toolkit
-from cmcp_cli.attestation.toolkit import as_utc
+from cmcp_cli.attestation.toolkit import as_utc, certificate_fingerprint, trust_root_certificates
 from cmcp_tdx import der
 
 # SHA-256 of the DER of the Intel SGX Root CA (CN=Intel SGX Root CA, valid to 2049-12-31).
@@ -49,12 +48,11 @@ PCK_CA_CNS: Final = frozenset({"Intel SGX PCK Platform CA", "Intel SGX PCK Proce
 _MAX_CHAIN: Final = 4
 
 
+fingerprint = certificate_fingerprint  # what the root is pinned by
+
+
 class PkiError(ValueError):
     """A certificate, chain or signature does not hold; the message says why."""
-
-
-def fingerprint(cert: x509.Certificate) -> str:
-    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
 
 
 def vendored_root() -> x509.Certificate:
@@ -74,12 +72,10 @@ def pinned_roots(trust_roots: Sequence[bytes]) -> tuple[list[x509.Certificate], 
     when given (they replace the vendored root), else the vendored Intel SGX Root CA."""
     if not trust_roots:
         return [vendored_root()], "the vendored Intel SGX Root CA"
-    roots: list[x509.Certificate] = []
-    for position, pem in enumerate(trust_roots, 1):
-        try:
-            roots.extend(x509.load_pem_x509_certificates(pem))
-        except ValueError as error:
-            raise PkiError(f"trust root {position} is not PEM certificate data ({error})") from None
+    try:
+        roots = trust_root_certificates(trust_roots)
+    except ValueError as error:
+        raise PkiError(str(error)) from None
     return roots, "the roots given with --trust-root"
 
 

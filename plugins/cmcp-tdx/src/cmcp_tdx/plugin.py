@@ -6,10 +6,8 @@ used, so listing plugins never touches a TDX device.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from cmcp_cli.attestation.api import ProviderSpec
-from cmcp_cli.attestation.hookspecs import hookimpl
+from cmcp_cli.attestation.hookspecs import provide
 
 NAME = "tdx"
 PLATFORM = "intel-tdx"  # the TRACE runtime.platform of a TDX trust domain
@@ -29,7 +27,4 @@ SPEC = ProviderSpec(
     platform_policy_keys=PLATFORM_POLICY_KEYS,
 )
 
-
-@hookimpl
-def cmcp_attestation_providers() -> Sequence[ProviderSpec]:
-    return [SPEC]
+cmcp_attestation_providers = provide(SPEC)

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from cmcp_cli.attestation.api import CheckStatus, TrustInputs
-from cmcp_cli.attestation.toolkit import validity_problem
+from cmcp_cli.attestation.toolkit import trust_root_certificates, validity_problem
 from cmcp_tpm import structures as tpm
 
 _MAX_CHAIN = 8
@@ -97,13 +97,11 @@ def load_der(blobs: Sequence[bytes], role: str) -> tuple[list[x509.Certificate],
 
 def load_roots(trust_roots: Sequence[bytes]) -> tuple[list[x509.Certificate], str | None]:
     """Every certificate of the pinned PEM data (each item may hold several)."""
-    roots: list[x509.Certificate] = []
-    for position, pem in enumerate(trust_roots, 1):
-        try:
-            roots.extend(x509.load_pem_x509_certificates(pem))
-        except ValueError as error:
-            return [], f"Trust root {position} is not PEM certificate data ({error}); fix it."
-    return roots, None
+    try:
+        return trust_root_certificates(trust_roots), None
+    except ValueError as error:
+        reason = str(error)
+        return [], f"{reason[:1].upper()}{reason[1:]}; fix it."
 
 
 def spki(key: object) -> bytes | None:

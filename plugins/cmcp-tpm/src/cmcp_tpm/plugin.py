@@ -8,10 +8,8 @@ install hint, and the host reports the provider as unavailable.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from cmcp_cli.attestation.api import ProviderSpec
-from cmcp_cli.attestation.hookspecs import hookimpl
+from cmcp_cli.attestation.hookspecs import provide
 
 NAME = "tpm"
 PLATFORM = "tpm2"
@@ -28,7 +26,4 @@ SPEC = ProviderSpec(
     description="TPM 2.0 quote over the PCR holding the policy bundle hash",
 )
 
-
-@hookimpl
-def cmcp_attestation_providers() -> Sequence[ProviderSpec]:
-    return [SPEC]
+cmcp_attestation_providers = provide(SPEC)

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
+from cmcp_cli.attestation.toolkit import key_usage
 from cmcp_tpm.settings import AK_CERT_NV_INDEX, NV_INDEX_FIRST, RSA_EK_CERT_NV_INDEX
 from cmcp_tpm.tpm_access import defined_handles, der_certificate, nv_buffer_max, read_nv
 
@@ -342,25 +343,11 @@ class TestCa:
 
 
 def _key_usage(*, certificate_signing: bool) -> x509.KeyUsage:
-    usages = dict.fromkeys(
-        (
-            "digital_signature",
-            "content_commitment",
-            "key_encipherment",
-            "data_encipherment",
-            "key_agreement",
-            "key_cert_sign",
-            "crl_sign",
-            "encipher_only",
-            "decipher_only",
-        ),
-        False,
+    return key_usage(
+        digital_signature=not certificate_signing,
+        key_cert_sign=certificate_signing,
+        crl_sign=certificate_signing,
     )
-    if certificate_signing:
-        usages.update(key_cert_sign=True, crl_sign=True)
-    else:
-        usages.update(digital_signature=True)
-    return x509.KeyUsage(**usages)
 
 
 def enroll_attestation_key(

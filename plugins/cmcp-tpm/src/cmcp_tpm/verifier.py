@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cmcp_cli.attestation.api import Check, CheckStatus, EvidenceVerdict, TrustInputs, Verifier
 from cmcp_cli.attestation.toolkit import CheckFailed as _Fail
 from cmcp_cli.attestation.toolkit import CheckSkipped as _Skip
-from cmcp_cli.attestation.toolkit import NamedCheck, hardware_verdict, run_checks
+from cmcp_cli.attestation.toolkit import NamedCheck, hardware_verdict, require_binding, run_checks
 from cmcp_tpm import certificates, pcr
 from cmcp_tpm import structures as tpm
 from cmcp_tpm.evidence import decode
@@ -135,12 +135,7 @@ class _Run:
 
     def extra_data(self) -> str:
         actual, expected = self._quote().extra_data, self.trust.binding
-        if actual != expected:
-            raise _Fail(
-                f"The quote's extraData {_prefix(actual)} is not the session binding "
-                f"{_prefix(expected)}: it was made for another session or claim."
-            )
-        return "The quote's extraData is the session binding."
+        return require_binding(actual, expected, what="The quote's extraData", made="it was made")
 
     def ak_public(self) -> str:
         if self.d.ak_public is not None:
