@@ -296,9 +296,10 @@ def verify_rim(xml: bytes, roots: Sequence[x509.Certificate], at: datetime) -> R
             "The RIM's reference digest does not match its content: the manifest was changed "
             f"after {signer} signed it."
         ) from None
-    except InvalidSignature as error:
+    except InvalidSignature:
         raise RimError(
-            f"The RIM's XML signature does not verify with the key of {signer} ({error})."
+            f"The RIM's XML signature does not verify with the key of {signer}: its SignedInfo "
+            "was not signed by that key."
         ) from None
     except (SignXMLException, ValueError, TypeError, KeyError) as error:
         raise RimError(f"The RIM's XML signature cannot be checked: {error}") from None
