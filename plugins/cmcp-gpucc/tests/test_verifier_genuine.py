@@ -146,6 +146,10 @@ def test_the_invalid_signature_report_fails_the_signature_alone(genuine: Load) -
     assert statuses(verdict)["gpu.chain"] is CheckStatus.PASS
     # The FWID of an unauthenticated report says nothing: skipped, naming the failure.
     assert "gpu.signature" in reason(verdict, "gpu.fwid")
+    # Nor does its nonce or versions, though they hold: never a pass on unsigned content.
+    for name in ("gpu.nonce", "gpu.versions"):
+        assert statuses(verdict)[name] is CheckStatus.SKIP
+        assert "the report is not authenticated (see gpu.signature)" in reason(verdict, name)
 
 
 @pytest.mark.parametrize("chain_of", ["nvlgv-hopper", "hopper-590", "hopper-535", "hopper-570"])

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from cmcp_cli.attestation.api import Check, EvidenceVerdict, TrustInputs, Verifier
+from cmcp_cli.attestation.api import Check, CheckStatus, EvidenceVerdict, TrustInputs, Verifier
 from cmcp_cli.attestation.toolkit import CheckFailed as _Fail
 from cmcp_cli.attestation.toolkit import CheckSkipped as _Skip
 from cmcp_cli.attestation.toolkit import NamedCheck, hardware_verdict, require_binding, run_checks
@@ -62,6 +62,10 @@ HARDWARE_CHECKS: Final = (
     FORMAT, SIGNATURE, CHAIN, NONCE, ARCHITECTURE, VERSIONS, RIM_DRIVER, RIM_VBIOS,
     MEASUREMENTS, REVOCATION, DEBUG,
 )  # fmt: skip
+
+
+# The checks that read what the report states: they count only once it is authenticated.
+READS_REPORT: Final = frozenset({NONCE, VERSIONS, MINIMUM, RIM_DRIVER, RIM_VBIOS, MEASUREMENTS})
 
 
 def sentence(text: object) -> str:
@@ -108,7 +112,18 @@ class _Run:
             (MEASUREMENTS, a.measurements), (PINNED, a.pinned), (REVOCATION, a.revocation),
             (DEBUG, self.debug),
         )  # fmt: skip
-        return run_checks(steps)
+        return tuple(self._unauthenticated(check) for check in run_checks(steps))
+
+    def _unauthenticated(self, check: Check) -> Check:
+        """A check of what the report states proves nothing when its signature did not
+        verify: a pass becomes a skip saying so (a failure still shows what is wrong)."""
+        if self.signed or check.name not in READS_REPORT or check.status is not CheckStatus.PASS:
+            return check
+        return Check.skipped(
+            check.name,
+            f"{check.reason.rstrip('.')}, but the report is not authenticated (see "
+            f"{SIGNATURE}), so that proves nothing.",
+        )
 
     def anchors(self) -> roots.TrustSet:
         """The roots the platform policy's `trust_roots` names, else those of the trust
