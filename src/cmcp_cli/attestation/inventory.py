@@ -14,7 +14,7 @@ from cmcp_cli.attestation.manager import (
     ProviderUnavailableError,
     RegisteredProvider,
     load_collector,
-    load_part,
+    load_device_collector,
     load_providers,
 )
 
@@ -97,8 +97,7 @@ def _probe(provider: RegisteredProvider) -> tuple[ProviderState, str, str | None
     plugin's own bug is reported in its row: one broken plugin does not hide the others."""
     try:
         if provider.spec.scope is ProviderScope.DEVICE:
-            device = load_part(provider, provider.spec.load_device_collector, "attest devices")
-            detect = device.detect
+            detect = load_device_collector(provider).detect
         else:
             detect = load_collector(provider).detect
     except ProviderUnavailableError as exc:

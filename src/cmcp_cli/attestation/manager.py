@@ -18,7 +18,7 @@ from typing import TypeVar
 import pluggy
 
 from cmcp_cli.attestation import software
-from cmcp_cli.attestation.api import Collector, ProviderError, ProviderSpec
+from cmcp_cli.attestation.api import Collector, DeviceCollector, ProviderError, ProviderSpec
 from cmcp_cli.attestation.hookspecs import PROJECT, ProviderHooks
 
 ENTRY_POINT_GROUP = "cmcp"
@@ -79,6 +79,11 @@ def load_collector(provider: RegisteredProvider) -> Collector:
     plugin said so (`ProviderError`) or an import failed. Any other exception is a bug in
     the plugin and propagates as it is."""
     return load_part(provider, provider.spec.load_collector, "collect evidence")
+
+
+def load_device_collector(provider: RegisteredProvider) -> DeviceCollector:
+    """A device provider's collector, unavailable or a bug as `load_collector` says."""
+    return load_part(provider, provider.spec.load_device_collector, "attest devices")
 
 
 def load_part(provider: RegisteredProvider, loader: Callable[[], _Part], purpose: str) -> _Part:

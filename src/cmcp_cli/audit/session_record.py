@@ -24,6 +24,7 @@ both check out.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -75,23 +76,11 @@ class DeviceRecord:
     evidence_digest: str
 
     def record(self) -> dict[str, str]:
-        return {
-            "provider": self.provider,
-            "provider_version": self.provider_version,
-            "evidence_type": self.evidence_type,
-            "device": self.device,
-            "evidence_digest": self.evidence_digest,
-        }
+        return dataclasses.asdict(self)
 
 
 # The members of each item of a record's `devices`, all strings.
-DEVICE_RECORD_FIELDS = (
-    "provider",
-    "provider_version",
-    "evidence_type",
-    "device",
-    "evidence_digest",
-)
+DEVICE_RECORD_FIELDS = tuple(member.name for member in dataclasses.fields(DeviceRecord))
 
 
 @dataclass(frozen=True)

@@ -236,8 +236,8 @@ def build_runtime(
             + measured_reload_problem(attestor.spec.name),
             hint="remove policy.reload or attestation.expected_measurement",
         )
-    prepare_attestor(attestor, bundle.hash, catalog.hash)
     facts = GatewayFacts(bundle.hash, catalog.hash, installation_digest())
+    prepare_attestor(attestor, facts)
     attestor, left_out = _with_devices(config, registry, attestor, facts)
     measurement = check_measurement(attestor, bundle.hash, catalog.hash)
     active = active_policy(config, bundle, catalog)
@@ -364,11 +364,8 @@ def choose_attestor(
     return AttestorChoice(software_attestor, tuple(reasons))
 
 
-def prepare_attestor(attestor: Attestor, bundle_hash: str, catalog_hash: str) -> None:
+def prepare_attestor(attestor: Attestor, facts: GatewayFacts) -> None:
     """Let the provider measure the gateway's policy into its platform before serving."""
-    facts = GatewayFacts(
-        bundle_hash=bundle_hash, catalog_hash=catalog_hash, gateway_digest=installation_digest()
-    )
     try:
         attestor.collector.prepare(facts, attestor.settings)
     except ProviderError as exc:

@@ -21,7 +21,7 @@ from cmcp_cli.attestation.manager import (
     ProviderRegistry,
     ProviderUnavailableError,
     RegisteredProvider,
-    load_part,
+    load_device_collector,
 )
 from cmcp_cli.config import DEVICE_PROVIDER, CmcpConfig
 from cmcp_cli.errors import CmcpError
@@ -46,11 +46,6 @@ def device_providers(registry: ProviderRegistry) -> tuple[RegisteredProvider, ..
         for _, provider in sorted(registry.providers.items())
         if provider.spec.scope is Scope.DEVICE
     )
-
-
-def load_device_collector(provider: RegisteredProvider) -> DeviceCollector:
-    """The device provider's collector; `ProviderUnavailableError` when it cannot load here."""
-    return load_part(provider, provider.spec.load_device_collector, "attest devices")
 
 
 @dataclass(frozen=True)
