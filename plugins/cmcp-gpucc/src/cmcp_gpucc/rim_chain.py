@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from cmcp_cli.attestation.toolkit import p384_key_problem, validity_problem
+from cmcp_cli.attestation.toolkit import p384_key_problem, self_signed, validity_problem
 from cmcp_gpucc import x509_rules
 
 # NVIDIA's RIM chains have four certificates (L4 signer, L3, CA, root); the walk is bounded
@@ -61,10 +61,6 @@ def _issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-def _self_signed(cert: x509.Certificate) -> bool:
-    return _issued(cert, cert)
-
-
 def walk(
     embedded: Sequence[x509.Certificate], roots: Sequence[x509.Certificate], at: datetime
 ) -> tuple[x509.Certificate, ...]:
@@ -87,7 +83,7 @@ def walk(
         problem = validity_problem(current, describe(current), at)
         if problem is not None:
             raise ChainError(problem)
-        if current is not leaf and _self_signed(current):
+        if current is not leaf and self_signed(current):
             raise ChainError(
                 f"The RIM signer chain ends at {describe(current)}, a self-signed certificate "
                 "that is not a pinned CoRIM signing root."
