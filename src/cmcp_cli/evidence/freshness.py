@@ -32,9 +32,10 @@ from cmcp_cli.evidence.session import EvidenceSession
 class Renewal:
     fresh: bool
     reason: str | None = None  # why the session's evidence is stale, when it is
-    # A device attested at the start is not attested now: the session fails closed under
-    # every staleness policy.
-    device_lost: bool = False
+    # The staleness policy that decides what follows stale evidence, as the attestation
+    # entry records it: the configured one, or `fail_closed` when a device attested at the
+    # start is not attested now, whatever the configured one says.
+    policy: str | None = None
 
 
 FAIL_CLOSED = "fail_closed"
@@ -69,18 +70,19 @@ def renew_evidence(session: EvidenceSession, attestor: Attestor, *, policy: str)
         reason = _devices_changed(session.issuer, attested.issuer)
         device_lost = reason is not None
         reason = reason or _stale_reason(session, attestor, attested)
+    decided = None if reason is None else FAIL_CLOSED if device_lost else policy
     record = attestation_record(
         status=FRESH if reason is None else STALE,
         issuer=attested.issuer if attested is not None else None,
         reason=reason,
-        policy=None if reason is None else FAIL_CLOSED if device_lost else policy,
+        policy=decided,
     )
     with session.evidence_lock:
         session.recorder.attestation(record)
         if attested is not None:  # the claim carries the evidence the newest entry records
             session.evidence = attested.evidence
             session.attestation = attested.attestation
-    return Renewal(fresh=reason is None, reason=reason, device_lost=device_lost)
+    return Renewal(fresh=reason is None, reason=reason, policy=decided)
 
 
 def _devices_changed(opened: Issuer, now: Issuer) -> str | None:

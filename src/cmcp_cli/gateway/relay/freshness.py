@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from cmcp_cli.audit.recorder import ChainEndedError
 from cmcp_cli.audit.store import AuditStoreError
 from cmcp_cli.config import AttestationConfig
-from cmcp_cli.evidence.freshness import renew_evidence
+from cmcp_cli.evidence.freshness import FAIL_CLOSED, renew_evidence
 
 if TYPE_CHECKING:
     from cmcp_cli.gateway.relay.sessions import GatewaySession, SessionRegistry
@@ -85,8 +85,8 @@ async def renew_one(registry: SessionRegistry, session: GatewaySession) -> None:
         session.renew_at = renewal_time(started, config)
         return
     reason = renewal.reason or "stale evidence"
-    _LOG.warning("session %s: %s (%s)", session.id, reason, config.staleness_policy)
-    if config.staleness_policy == "fail_closed" or renewal.device_lost:
+    _LOG.warning("session %s: %s (%s)", session.id, reason, renewal.policy)
+    if renewal.policy == FAIL_CLOSED:
         session.stale = reason
     else:
         session.renew_at = time.monotonic() + retry_seconds(config)
