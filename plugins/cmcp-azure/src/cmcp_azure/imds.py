@@ -55,7 +55,7 @@ _TDX_HINT: Final = "the host makes TD quotes only for an Azure TDX confidential 
 @dataclass(frozen=True, slots=True)
 class SnpCertificates:
     vcek: bytes  # DER
-    chain: tuple[bytes, ...]  # DER: the ASK, then the ARK
+    chain: tuple[bytes, ...]  # DER, in the order THIM serves them (AMD's: ASK, then ARK)
     tcbm: str  # the TCB the VCEK was issued for, as THIM states it (hex)
 
 
