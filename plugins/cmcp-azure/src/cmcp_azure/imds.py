@@ -46,10 +46,14 @@ _REACH_HINT: Final = (
     "no proxy is used for it"
 )
 _SNP_HINT: Final = (
-    "THIM serves certificates only to an Azure SEV-SNP confidential VM; elsewhere, give "
-    "the VCEK and its chain as files (settings vcek and cert_chain)"
+    "THIM serves certificates only to an Azure SEV-SNP confidential VM (DCasv5/ECasv5); "
+    "check that this is one and that imds_url is Azure's, or give the VCEK and its chain as "
+    "files (settings vcek and cert_chain)"
 )
-_TDX_HINT: Final = "the host makes TD quotes only for an Azure TDX confidential VM"
+_TDX_HINT: Final = (
+    "the host makes TD quotes only for an Azure TDX confidential VM (DCesv5/ECesv5): check "
+    "that this is one and that imds_url is Azure's"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +79,7 @@ def _url(base_url: str, path: str) -> str:
             f"the IMDS URL {base_url!r} has a query or fragment",
             hint=f"set imds_url to the base alone, such as {DEFAULT_URL}",
         )
-    return str(base_url).rstrip("/") + path
+    return base_url.rstrip("/") + path
 
 
 def _exchange(request: httpx.Request, *, timeout: float, hint: str) -> bytes:
@@ -84,9 +88,10 @@ def _exchange(request: httpx.Request, *, timeout: float, hint: str) -> bytes:
     url = str(request.url)
     deadline = time.monotonic() + timeout
     # trust_env=False: no proxy, netrc or CA bundle from the environment sees the request
-    with httpx.Client(timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False) as c:
+    client = httpx.Client(timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False)
+    with client:
         try:
-            response = c.send(request, stream=True)
+            response = client.send(request, stream=True)
         except httpx.TimeoutException:
             raise ProviderError(
                 f"{url} did not answer within {timeout} s", hint=_REACH_HINT
