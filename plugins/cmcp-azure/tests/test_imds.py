@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cmcp_azure import hcl, imds
@@ -196,3 +197,17 @@ def test_base64url_is_taken_with_or_without_padding(text: str, expected: bytes) 
 def test_anything_else_is_not_base64url(text: str) -> None:
     with pytest.raises(ValueError, match=r"base64url|padding"):
         imds.base64url_decode(text)
+
+
+def test_the_double_refuses_what_the_real_service_refuses(
+    double: RunningImds, td_report: bytes
+) -> None:
+    with httpx.Client(trust_env=False, timeout=TIMEOUT) as client:
+        bare = client.get(double.url + imds.THIM_PATH)
+        assert bare.status_code == 400 and "metadata header" in bare.text
+        headers = {"Metadata": "true"}
+        standard = base64.b64encode(td_report[:-2] + b"\xff\xff").decode()  # '/' and '+'
+        bad = client.post(
+            double.url + imds.TD_QUOTE_PATH, headers=headers, json={"report": standard}
+        )
+        assert bad.status_code == 400 and "not a base64url TDREPORT" in bad.text

@@ -66,6 +66,8 @@ AZURE_TRAILING: Final = 70  # zero bytes after the genuine Azure TD quote's sign
 # The double decodes and encodes base64url with the standard library, not with the client's
 # functions, so that a mistake in the client's encoding is not mirrored here and cancelled out.
 def _base64url(text: str) -> bytes:
+    if "+" in text or "/" in text:  # `altchars` would let standard base64 through
+        raise ValueError("standard base64, not base64url")
     return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
 
 
