@@ -105,7 +105,7 @@ SNP_FAILURES = [
     ("missing", ("without a 'vcekCert' string",)),
     ("malformed-pem", ("vcekCert", "not PEM certificate data")),
     ("short-chain", ("certificateChain", "holds 1 certificate(s), not 2")),
-    ("bad-tcbm", ("tcbm", "is not 16 hex digits")),
+    ("bad-tcbm", ("tcbm", "is not hex")),
 ]
 
 

@@ -39,7 +39,10 @@ THIM_PATH: Final = "/metadata/THIM/amd/certification"
 TD_QUOTE_PATH: Final = "/acc/tdquote"
 # A VCEK and its chain are a few kilobytes, a TD quote about 5 KB (base64url: a third more).
 MAX_ANSWER: Final = 128 * 1024
-TCBM_DIGITS: Final = 16  # the 8-byte TCB_VERSION, as hex
+# THIM's tcbm names the TCB the VCEK is for (AMD's TCB_VERSION is 8 bytes); it is only
+# reported, never relied on (the VCEK's own extensions state its TCB), so its length is
+# bounded rather than fixed.
+MAX_TCBM_DIGITS: Final = 64
 _HEADERS: Final = {"Metadata": "true", "Accept": "application/json"}
 _REACH_HINT: Final = (
     "check imds_url (Azure's is http://169.254.169.254) and that this VM reaches it; "
@@ -183,9 +186,10 @@ def fetch_snp_certificates(base_url: str, *, timeout: float) -> SnpCertificates:
     (vcek,) = _certificates(document["vcekCert"], 1, "vcekCert", url)
     chain = _certificates(document["certificateChain"], 2, "certificateChain", url)
     tcbm = document["tcbm"]
-    if len(tcbm) != TCBM_DIGITS or not all(c in "0123456789abcdefABCDEF" for c in tcbm):
+    if len(tcbm) > MAX_TCBM_DIGITS or not all(c in "0123456789abcdefABCDEF" for c in tcbm):
         raise ProviderError(
-            f"the tcbm {url} answered, {tcbm[:40]!r}, is not {TCBM_DIGITS} hex digits",
+            f"the tcbm {url} answered, {tcbm[:40]!r}, is not hex (at most {MAX_TCBM_DIGITS} "
+            "digits)",
             hint=_SNP_HINT,
         )
     return SnpCertificates(vcek=vcek, chain=tuple(chain), tcbm=tcbm)

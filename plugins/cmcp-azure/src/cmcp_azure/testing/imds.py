@@ -25,7 +25,7 @@ on the control port, changes how it answers from then on:
 - stall: no answer for `STALL_SECONDS`; drip: a 200 whose body comes a byte every 0.2 s
 - malformed-json: 200 with a body that is not JSON; missing: 200 with `{}`
 - malformed-pem: the VCEK is not PEM, the quote not base64url
-- short-chain: the chain holds only the ASK; bad-tcbm: tcbm is not 16 hex digits
+- short-chain: the chain holds only the ASK; bad-tcbm: tcbm is not hex
 - other-report: the quote is of another TDREPORT (its REPORTDATA changed)
 """
 
