@@ -27,6 +27,7 @@ from typing import Any, Final
 from cmcp_azure import hcl
 from cmcp_cli.attestation.toolkit import base64_list, canonical_base64, evidence_object
 from cmcp_tpm import pcr
+from cmcp_tpm import structures as tpm
 
 SNP_MEMBERS: Final = frozenset({"hcl_report", "vcek", "cert_chain", "tpm_quote"})
 TDX_MEMBERS: Final = frozenset({"hcl_report", "td_quote", "tpm_quote", "collateral"})
@@ -159,3 +160,27 @@ def quote_member(attest: bytes, signature: bytes, pcrs: Mapping[int, bytes]) -> 
         "signature": encode(signature),
         "pcrs": {BANK: {str(index): value.hex() for index, value in sorted(pcrs.items())}},
     }
+
+
+def tpm_quote_of_json(document: Any) -> dict[str, Any]:
+    """The `tpm_quote` member of a quote in the JSON form Azure attesters write
+    (confidential-containers trustee, kinvolk's az-cvm-vtpm): `{"signature": hex of the raw
+    RSASSA-PKCS1v1.5/SHA-256 signature, "message": hex TPMS_ATTEST, "pcrs": [24 hex SHA-256
+    values, PCR 0 first]}`. A vTPM returns that signature as TPMT_SIGNATURE {RSASSA,
+    SHA-256, sig}, so wrapping it re-encodes it losslessly. `ValueError` when the document
+    is not of that form."""
+    if not isinstance(document, Mapping) or set(document) != {"signature", "message", "pcrs"}:
+        raise ValueError("a quote document has exactly the members signature, message and pcrs")
+    values = document["pcrs"]
+    if not isinstance(values, list) or len(values) != pcr.PCR_COUNT:
+        raise ValueError(f"pcrs must be a list of {pcr.PCR_COUNT} hex values")
+    try:
+        attest = bytes.fromhex(document["message"])
+        signature = bytes.fromhex(document["signature"])
+        pcrs = {index: bytes.fromhex(value) for index, value in enumerate(values)}
+    except (TypeError, ValueError):
+        raise ValueError("signature, message and pcrs must be hex strings") from None
+    if any(len(value) != pcr.DIGEST_SIZES[BANK] for value in pcrs.values()):
+        raise ValueError("every PCR value must be 32 bytes (SHA-256)")
+    wrapped = tpm.build_signature(tpm.ALG_RSASSA, tpm.ALG_SHA256, signature)
+    return quote_member(attest, wrapped, pcrs)
