@@ -263,3 +263,35 @@ def test_a_td_quote_of_another_td_report_fails_the_body(tdx_set: AzureSet) -> No
     assert_fails(verdict, "azure.td_quote.body", "differs from the HCL report's TDREPORT in mrtd")
     failed = sorted(n for n, s in statuses(verdict).items() if s is FAIL)
     assert failed == ["azure.td_quote.body"]
+
+
+def test_non_zero_padding_after_the_td_quote_is_refused(tdx_set: AzureSet) -> None:
+    size = len(base64.b64decode(tdx_set.evidence["td_quote"]))
+    verdict = tdx(tdx_set.with_bytes("td_quote", flip(size - 1)), tdx_set.trust)
+    assert_fails(verdict, "azure.td_quote.body", "70 bytes after the TD quote's declared end")
+    assert statuses(verdict)["tdx.quote.signature"] is PASS  # nothing signs them
+
+
+# ------------------------------------------------------------------ the evidence's shape
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (lambda e: {**e, "extra": 1}, "unknown member(s) extra"),
+        (lambda e: {k: v for k, v in e.items() if k != "tpm_quote"}, "missing member tpm_quote"),
+        (lambda e: {**e, "vcek": e["vcek"].rstrip("=")}, "vcek is not"),
+        (lambda e: {**e, "tpm_quote": {**e["tpm_quote"], "x": 1}}, "tpm_quote.x"),
+        (
+            lambda e: {**e, "tpm_quote": {**e["tpm_quote"], "pcrs": {"sha1": {}}}},
+            "one member sha256",
+        ),
+        (lambda e: {**e, "cert_chain": []}, "cert_chain must be a list of 1 to 2"),
+    ],
+    ids=["unknown", "no quote", "padding", "quote member", "bank", "empty chain"],
+)
+def test_malformed_evidence_fails_its_shape(
+    milan_set: AzureSet, change: Any, fragment: str
+) -> None:
+    verdict = snp(change(milan_set.evidence), milan_set.trust)
+    assert_fails(verdict, "azure.evidence.shape", fragment)

@@ -41,9 +41,17 @@ def _td_quote_body(links: Links, decoded: DecodedEvidence) -> str:
     if decoded.td_quote is None:
         raise _Skip(f"The evidence carries no usable td_quote (see {SHAPE}).")
     try:
-        quoted = tdx.parse_quote(decoded.td_quote).body
+        parsed = tdx.parse_quote(decoded.td_quote)
     except tdx.QuoteFormatError:
         raise _Skip(f"The TD quote is unusable (see {tdx_verifier.HEADER}).") from None
+    # The host pads the quote with zero bytes; anything else after its declared end is
+    # data no signature covers, carried in evidence that is hashed into the claim.
+    if parsed.trailing and any(decoded.td_quote[-parsed.trailing :]):
+        raise _Fail(
+            f"The {parsed.trailing} bytes after the TD quote's declared end are not all zero: "
+            "they are covered by no signature."
+        )
+    quoted = parsed.body
     try:
         stated = tdreport.body_of(report.hardware_report)
     except tdreport.TdReportFormatError as error:
@@ -58,7 +66,8 @@ def _td_quote_body(links: Links, decoded: DecodedEvidence) -> str:
             f"The TD quote's body differs from the HCL report's TDREPORT in {', '.join(differ)}: "
             "the quote was made of another TD report."
         )
-    return "The TD quote's body is the TDREPORT's, field by field (REPORTDATA included)."
+    padding = f"; its {parsed.trailing} bytes of padding are zero" if parsed.trailing else ""
+    return f"The TD quote's body is the TDREPORT's, field by field (REPORTDATA included){padding}."
 
 
 class AzureTdxVerifier(Verifier):
