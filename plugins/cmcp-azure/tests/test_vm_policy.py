@@ -141,3 +141,18 @@ def test_the_hardware_keys_reach_the_hardware_verifiers(
         tdx_set.evidence, tdx_set.trusting(platform_policy=required)
     )
     assert_fails(verdict, "tdx.tcb.status", "requires it")
+
+
+def test_the_hardware_keys_are_named_in_the_azure_table(
+    milan_set: AzureSet, tdx_set: AzureSet
+) -> None:
+    verdict = AzureSnpVerifier().verify(milan_set.evidence, milan_set.trust)
+    assert "([azure-sev-snp] minimum_tcb" in reason(verdict, "sev.tcb.minimum")
+    with pytest.raises(ProviderError, match=r"\[azure-sev-snp\] minimum_guest_svn must be"):
+        AzureSnpVerifier().verify(
+            milan_set.evidence, milan_set.trusting(platform_policy={"minimum_guest_svn": "6"})
+        )
+    with pytest.raises(ProviderError, match=r"\[azure-tdx\] accepted_tcb_statuses must be"):
+        AzureTdxVerifier().verify(
+            tdx_set.evidence, tdx_set.trusting(platform_policy={"accepted_tcb_statuses": []})
+        )

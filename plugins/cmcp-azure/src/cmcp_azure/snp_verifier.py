@@ -52,5 +52,6 @@ class AzureSnpVerifier(Verifier):
             report,
             dataclasses.replace(trust, platform_policy=hardware_policy),
             report_data=expected_report_data(links.report),
+            policy_table=f"[{SNP_NAME}]",
         )
         return combine(azure, hardware, sev.CHECKS)

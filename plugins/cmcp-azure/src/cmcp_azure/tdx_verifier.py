@@ -96,5 +96,6 @@ class AzureTdxVerifier(Verifier):
             quote,
             dataclasses.replace(trust, platform_policy=hardware_policy),
             report_data=expected_report_data(links.report),
+            policy_table=f"[{TDX_NAME}]",
         )
         return combine(azure, hardware, tdx_verifier.CHECKS)

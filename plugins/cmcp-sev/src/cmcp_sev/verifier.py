@@ -502,10 +502,15 @@ class SevVerifier(Verifier):
         trust: TrustInputs,
         *,
         report_data: ExpectedReportData | None = None,
+        policy_table: str = appraisal.TABLE,
     ) -> EvidenceVerdict:
         """`report_data`: what REPORT_DATA must hold instead of the session binding followed
-        by 32 zero bytes, for a report whose guest could not choose it (a paravisor's)."""
-        wanted = appraisal.Requirements.parse(trust.platform_policy)  # ProviderError if unusable
+        by 32 zero bytes, for a report whose guest could not choose it (a paravisor's);
+        `policy_table`: the platform-policy table `trust.platform_policy` comes from, which
+        reasons and errors name (another provider's, when it judges this report)."""
+        wanted = appraisal.Requirements.parse(  # ProviderError if unusable
+            trust.platform_policy, name=policy_table
+        )
         run = _Run(evidence, trust, wanted, report_data)
         # a VLEK carries no chip id: its check is skipped, and attestation rests on the rest
         may_skip = (CHIP_ID,) if run.d.signing_key == "vlek" else ()

@@ -345,15 +345,20 @@ class TdxVerifier(Verifier):
         trust: TrustInputs,
         *,
         report_data: ExpectedReportData | None = None,
+        policy_table: str = appraisal.TABLE,
     ) -> EvidenceVerdict:
         """`report_data`: what REPORTDATA must hold instead of the session binding followed
-        by 32 zero bytes, for a TD whose guest could not choose it (a paravisor's)."""
+        by 32 zero bytes, for a TD whose guest could not choose it (a paravisor's);
+        `policy_table`: the platform-policy table `trust.platform_policy` comes from, which
+        errors name (another provider's, when it judges this quote)."""
         problem = None
         try:
             given = self.collateral if self.collateral is not None else auditor_collateral(trust)
         except AmbiguousCollateralError as error:
             given, problem = None, str(error)
-        wanted = appraisal.Requirements.parse(trust.platform_policy)  # ProviderError if unusable
+        wanted = appraisal.Requirements.parse(  # ProviderError if unusable
+            trust.platform_policy, name=policy_table
+        )
         run = _Run(
             evidence, trust, given, wanted, collateral_problem=problem,
             expected_report_data=report_data,
