@@ -34,7 +34,7 @@ LINKS_PROVEN = (
     "azure.vm_configuration",
 )  # fmt: skip
 SEV_PROVEN = (
-    "sev.report.version", "sev.product", "sev.vcek.chain", "sev.ark.pinned",
+    "azure.snp.vmpl", "sev.report.version", "sev.product", "sev.vcek.chain", "sev.ark.pinned",
     "sev.report.signature", "sev.vcek.tcb", "sev.vcek.chip_id", "sev.report_data",
     "sev.policy.debug",
 )  # fmt: skip

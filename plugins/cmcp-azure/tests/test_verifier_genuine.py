@@ -30,7 +30,7 @@ AZURE_PASSING = (
     "azure.runtime_data.hash", "azure.vm_configuration",
 )  # fmt: skip
 SEV_PASSING = (
-    "sev.evidence.shape", "sev.report.version", "sev.product", "sev.vcek.chain",
+    "azure.snp.vmpl", "sev.evidence.shape", "sev.report.version", "sev.product", "sev.vcek.chain",
     "sev.ark.pinned", "sev.report.signature", "sev.vcek.tcb", "sev.vcek.chip_id",
     "sev.report_data", "sev.policy.debug",
 )  # fmt: skip
@@ -295,3 +295,10 @@ def test_malformed_evidence_fails_its_shape(
 ) -> None:
     verdict = snp(change(milan_set.evidence), milan_set.trust)
     assert_fails(verdict, "azure.evidence.shape", fragment)
+
+
+def test_a_flipped_vmpl_fails_the_vmpl_and_the_signature(milan_set: AzureSet) -> None:
+    vmpl = hcl.HARDWARE_OFFSET + 0x30
+    verdict = snp(milan_set.with_bytes("hcl_report", flip(vmpl)), milan_set.trust)
+    assert_fails(verdict, "azure.snp.vmpl", "VMPL 1, not 0")
+    assert_fails(verdict, "sev.report.signature")

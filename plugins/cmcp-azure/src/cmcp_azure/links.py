@@ -81,6 +81,7 @@ class Links:
         self.runtime: rd.RuntimeData | None = None
         self.attest: tpm.Attest | None = None
         self.pcrs_quoted = False
+        self.hcl_error = ""
         if decoded.hcl_report is not None:
             try:
                 report = hcl.parse(decoded.hcl_report)
@@ -88,7 +89,7 @@ class Links:
                 self.hcl_error = _clause(error)
             else:
                 if report.report_type is report_type:
-                    self.report, self.hcl_error = report, ""
+                    self.report = report
                 else:
                     self.hcl_error = (
                         f"it holds a {report.report_type.name} report, not the "

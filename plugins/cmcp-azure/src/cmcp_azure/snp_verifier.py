@@ -6,15 +6,16 @@ HCLAkPub signed the quote; HCLAkPub is in the runtime data; the runtime data's S
 the SNP report's REPORT_DATA (`cmcp_azure.links`); and then cmcp-sev's verifier judges the
 SNP report with that REPORT_DATA expected in place of the binding: the VCEK signed it, the
 VCEK chains to a pinned AMD root at the claim's time, TCB, chip id, debug policy and the
-auditor's minimums. The measurement is the report's MEASUREMENT: the paravisor's launch
-digest (the guest OS is measured into the vTPM's PCRs, which `pcrs` pins).
+auditor's minimums. Besides, the report must be the paravisor's: requested at VMPL 0. The
+measurement is the report's MEASUREMENT: the paravisor's launch digest (the guest OS is
+measured into the vTPM's PCRs, which `pcrs` pins).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from cmcp_azure.evidence import decode_snp, encode
 from cmcp_azure.hcl import ReportType
@@ -23,9 +24,30 @@ from cmcp_azure.plugin import SNP_NAME
 from cmcp_azure.verdict import combine
 from cmcp_azure.vm_policy import VmPolicy
 from cmcp_cli.attestation.api import EvidenceVerdict, TrustInputs, Verifier
-from cmcp_cli.attestation.toolkit import run_checks
+from cmcp_cli.attestation.toolkit import CheckFailed as _Fail
+from cmcp_cli.attestation.toolkit import CheckSkipped as _Skip
+from cmcp_cli.attestation.toolkit import NamedCheck, run_checks
+from cmcp_sev import structures as snp
 from cmcp_sev import verifier as sev
 from cmcp_sev.plugin import PLATFORM_POLICY_KEYS as SEV_POLICY_KEYS
+
+VMPL: Final = "azure.snp.vmpl"
+
+
+def _vmpl(links: Links) -> str:
+    # The guest OS runs at a VMPL above the paravisor's 0 and can ask the firmware for a
+    # report of its own, over runtime data of its own making (its own "HCLAkPub"): only a
+    # VMPL 0 report is the paravisor's.
+    try:
+        report = snp.parse_report(links.hcl_report().hardware_report)
+    except snp.ReportFormatError:
+        raise _Skip(f"The SNP report is unusable (see {sev.VERSION}).") from None
+    if report.vmpl != 0:
+        raise _Fail(
+            f"The SNP report was requested at VMPL {report.vmpl}, not 0: by software beside "
+            "the paravisor (such as the guest OS), whose runtime data and key prove nothing."
+        )
+    return "The SNP report was requested at VMPL 0, the paravisor's."
 
 
 class AzureSnpVerifier(Verifier):
@@ -37,7 +59,8 @@ class AzureSnpVerifier(Verifier):
         )
         decoded = decode_snp(evidence)
         links = Links(decoded, trust, policy, ReportType.SNP)
-        azure = run_checks(links.checks())
+        steps: tuple[NamedCheck, ...] = (*links.checks(), (VMPL, lambda: _vmpl(links)))
+        azure = run_checks(steps)
         if links.report is None:
             return combine(azure, None, sev.CHECKS)
         report: dict[str, Any] = {
