@@ -156,3 +156,11 @@ def test_the_hardware_keys_are_named_in_the_azure_table(
         AzureTdxVerifier().verify(
             tdx_set.evidence, tdx_set.trusting(platform_policy={"accepted_tcb_statuses": []})
         )
+
+
+def test_the_reason_says_what_the_paravisor_stated() -> None:
+    said = VmPolicy().judge(configuration(console_enabled=None))
+    assert "console-enabled not stated" in said
+    assert "serial console is enabled" not in said
+    said = VmPolicy().judge(configuration(console_enabled=True))
+    assert "serial console is enabled, which the policy allows" in said

@@ -80,7 +80,7 @@ class VmPolicy:
         console = (
             " The serial console is enabled, which the policy allows (allow_console defaults "
             "to true because Azure's images enable it; set it to false to refuse)."
-            if configuration.console_enabled is not False and self.allow_console
+            if configuration.console_enabled is True
             else ""
         )
         return f"The runtime data's vm-configuration says {said}.{console}"
