@@ -170,13 +170,17 @@ def test_the_pcrs_to_pin_are_the_ones_the_reports_ak_quoted() -> None:
     listed = quote_document()["pcrs"]
     result = measure(AzureSnpMeasurer(), hcl_report=SNP_REPORT, tpm_quote=SNP_QUOTE)
     assert result.measurement == "sha384:" + MILAN_MEASUREMENT  # the quote changes nothing
-    assert result.details["pcrs"] == {str(n): listed[n] for n in range(8)}
+    # by default the boot chain and secure boot policy: not PCR 6, which differs per VM
+    assert result.details["pcrs"] == {"4": listed[4], "7": listed[7]}
+    assert quote_document(TDX_QUOTE)["pcrs"][6] != listed[6]  # two VMs, two PCR 6 values
     assert result.details["pcr_source"] == f"--tpm-quote {SNP_QUOTE}"
     table = tomllib.loads(result.notes[-1])  # the note pastes into the platform policy
     assert table == {"azure-sev-snp": {"pcrs": result.details["pcrs"]}}
-    chosen = measure(AzureTdxMeasurer(), hcl_report=TDX_REPORT, tpm_quote=TDX_QUOTE, pin_pcrs="4,7")
-    assert chosen.details["pcrs"] == {"4": quote_document(TDX_QUOTE)["pcrs"][4],
-                                      "7": quote_document(TDX_QUOTE)["pcrs"][7]}  # fmt: skip
+    tdx = quote_document(TDX_QUOTE)["pcrs"]
+    chosen = measure(
+        AzureTdxMeasurer(), hcl_report=TDX_REPORT, tpm_quote=TDX_QUOTE, pin_pcrs="1-3,23"
+    )
+    assert chosen.details["pcrs"] == {str(n): tdx[n] for n in (1, 2, 3, 23)}
     assert tomllib.loads(chosen.notes[-1])["azure-tdx"]["pcrs"] == chosen.details["pcrs"]
 
 
@@ -251,7 +255,7 @@ def test_a_malformed_quote_is_refused(tmp_path: Path, change: Any, expected: str
 
 def test_a_tpm2_tools_pcr_file_gives_unsigned_values() -> None:
     pcr_file = VTPM / "pcrs.bin"  # `tpm2_quote -o` on an Azure vTPM, PCRs 0-7
-    result = measure(AzureSnpMeasurer(), hcl_report=SNP_REPORT, pcr_file=pcr_file)
+    result = measure(AzureSnpMeasurer(), hcl_report=SNP_REPORT, pcr_file=pcr_file, pin_pcrs="0-7")
     pinned = [bytes.fromhex(result.details["pcrs"][str(n)]) for n in range(8)]
     quoted = tpm.parse_attest((VTPM / "quote.msg").read_bytes())  # that quote's own digest
     assert hashlib.sha256(b"".join(pinned)).digest() == quoted.pcr_digest
@@ -290,7 +294,7 @@ def test_cmcp_measure_prints_the_measurement_alone_and_says_what_it_covers() -> 
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"sha384:{MILAN_MEASUREMENT}\n"
     assert "does not cover: the guest OS" in done.stderr
-    assert '[azure-sev-snp]\npcrs = { "0" = "f3a7e99a' in done.stderr
+    assert '[azure-sev-snp]\npcrs = { "4" = "1d3b1cb1' in done.stderr
     as_json = _cmcp("measure", "azure-tdx", "--hcl-report", TDX_REPORT, "--json")
     assert as_json.returncode == 0, as_json.stderr
     report = json.loads(as_json.stdout)

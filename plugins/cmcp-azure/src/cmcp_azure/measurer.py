@@ -44,11 +44,14 @@ from cmcp_sev.structures import ReportFormatError, parse_report
 from cmcp_tdx.measurement import measurement_string
 from cmcp_tpm import pcr
 from cmcp_tpm import structures as tpm
-from cmcp_tpm.settings import BOOT_PCRS
 
 MAX_QUOTE: Final = 64 << 10
 MAX_PCR_FILE: Final = 64 << 10
 QUOTED: Final = (("sha256", tuple(range(pcr.PCR_COUNT))),)  # what the collector quotes
+# The boot chain (4) and the secure boot policy (7). PCR 0 holds the firmware volume, which
+# Azure updates under running fleets, and PCR 6 differs from VM to VM (Azure measures the
+# VM's identity into it): pinning either would refuse every other VM of the image.
+DEFAULT_PIN: Final = (4, 7)
 NV_READ: Final = f"tpm2_nvread -C o {hcl.NV_INDEX:#010x} -o hcl-report.bin"
 PCR_READ: Final = "tpm2_pcrread sha256:0-23 -o pcrs.bin"
 COVERS: Final = (
@@ -82,8 +85,8 @@ OPTIONS: tuple[MeasureOption, ...] = (
     ),
     MeasureOption(
         "pin-pcrs",
-        "The PCRs to print for the `pcrs` key, e.g. 4,7 (default 0-7: firmware, boot "
-        "loader, secure boot policy).",
+        "The PCRs to print for the `pcrs` key, e.g. 1-5,7 (default 4,7: the boot chain and "
+        "the secure boot policy).",
         "PCRS",
     ),
 )
@@ -272,7 +275,7 @@ def _pcrs(
             )
         return None
     try:
-        selection = BOOT_PCRS if selection_text is None else pcr.parse_selection(selection_text)
+        selection = DEFAULT_PIN if selection_text is None else pcr.parse_selection(selection_text)
     except ValueError as error:
         raise ProviderError(
             f"--pin-pcrs {selection_text}: {error}", hint="give PCR indices and ranges, e.g. 4,7"
