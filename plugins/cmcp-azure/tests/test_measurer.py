@@ -104,6 +104,11 @@ def test_the_user_data_report_of_another_milan_vm_measures_its_own_paravisor(
     assert result.measurement != "sha384:" + MILAN_MEASUREMENT
     assert result.details["snp_report"]["guest_svn"] == 12
     assert result.details["runtime_data_sha256"].startswith("cf7cc073")
+    # its quote (48-byte nonce) is signed by this report's HCLAkPub, not the first set's
+    quote = written(tmp_path, "quote.json", json.dumps(evidence["tpm_quote"]).encode())
+    pinned = measure(AzureSnpMeasurer(), hcl_report=tmp_path / "hcl.bin", tpm_quote=quote)
+    assert pinned.details["pcrs"]["4"] == evidence["tpm_quote"]["pcrs"][4]
+    assert "another VM" in refused(AzureSnpMeasurer(), hcl_report=SNP_REPORT, tpm_quote=quote)
 
 
 def test_tdx_measurement_is_the_one_of_the_dcap_quote_made_from_the_report() -> None:
@@ -119,6 +124,21 @@ def test_tdx_measurement_is_the_one_of_the_dcap_quote_made_from_the_report() -> 
     assert result.details["runtime_data_sha256"] == (
         "9734504f161d104c74e3165c15f779b06a9bb40dfa71937817d7eee68e593839"
     )
+
+
+def test_a_report_that_allows_debugging_is_measured_with_the_warning(tmp_path: Path) -> None:
+    genuine = measure(AzureSnpMeasurer(), hcl_report=SNP_REPORT)
+    assert not any("allows debugging" in note for note in genuine.notes)
+    snp = bytearray(SNP_REPORT.read_bytes())
+    snp[SNP_HARDWARE + 0x08 + 2] |= 0x08  # guest policy bit 19, DEBUG
+    result = measure(AzureSnpMeasurer(), hcl_report=written(tmp_path, "snp.bin", snp))
+    assert result.details["snp_report"]["debug"] is True
+    assert any("fails sev.policy.debug" in note for note in result.notes)
+    tdx = bytearray(TDX_REPORT.read_bytes())
+    tdx[SNP_HARDWARE + 512] |= 0x01  # TDINFO ATTRIBUTES bit 0, DEBUG
+    result = measure(AzureTdxMeasurer(), hcl_report=written(tmp_path, "tdx.bin", tdx))
+    assert result.details["td_report"]["debug"] is True
+    assert any("fails tdx.td.debug" in note for note in result.notes)
 
 
 def test_a_report_of_the_other_hardware_is_refused_naming_its_provider() -> None:

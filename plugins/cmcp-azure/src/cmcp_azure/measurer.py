@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -103,6 +104,23 @@ def _read(name: str, path: str, limit: int, hint: str) -> bytes:
     return read_bounded(Path(path), limit, f"--{name}", hint=hint)
 
 
+@dataclass(frozen=True, slots=True)
+class _Hardware:
+    """What the hardware report inside the HCL report says, for the operator."""
+
+    measurement: str  # as the provider's collector and verifier state it
+    covers: str
+    fields: dict[str, Any]
+    debug: str | None  # why claims of this VM fail, when its report allows debugging
+
+
+def _debug_note(check: str) -> str:
+    return (
+        f"this report allows debugging the VM: `cmcp verify` fails {check} on its claims "
+        "(unless --allow-debug), so it is no known-good VM to measure"
+    )
+
+
 class _AzureMeasurer(Measurer):
     provider: str
     report_type: hcl.ReportType
@@ -117,14 +135,14 @@ class _AzureMeasurer(Measurer):
         if path is None:
             raise ProviderError("--hcl-report is required", hint=f"read it on the VM: {NV_READ}")
         report, runtime = self._report(path)
-        measurement, covers, hardware = self._hardware(path, report)
+        hardware = self._hardware(path, report)
         configuration = runtime.vm_configuration
         details: dict[str, Any] = {
             "hcl_report": path,
             "hcl_version": report.version,
-            "covers": covers,
+            "covers": hardware.covers,
             "not_covered": NOT_COVERED,
-            **hardware,
+            **hardware.fields,
             "runtime_data_sha256": report.runtime_data_digest.hex(),
             "vm_configuration": {
                 "secure_boot": configuration.secure_boot,
@@ -134,10 +152,12 @@ class _AzureMeasurer(Measurer):
             },
         }
         notes = [
-            f"covers: {covers}",
+            f"covers: {hardware.covers}",
             f"does not cover: {NOT_COVERED}",
             _configuration_note(configuration),
         ]
+        if hardware.debug is not None:
+            notes.append(hardware.debug)
         pinned = _pcrs(values, runtime)
         if pinned is not None:
             selected, source = pinned
@@ -146,7 +166,7 @@ class _AzureMeasurer(Measurer):
             details["pcr_source"] = source
             notes.append(f"PCRs from {source}; to pin them, in the auditor's platform policy:")
             notes.append(f"[{self.provider}]\npcrs = {_toml_table(table)}")
-        return MeasureResult(measurement, details, notes=tuple(notes))
+        return MeasureResult(hardware.measurement, details, notes=tuple(notes))
 
     def _report(self, path: str) -> tuple[hcl.HclReport, runtime_data.RuntimeData]:
         data = _read("hcl-report", path, hcl.MAX_SIZE, f"read it on the VM: {NV_READ}")
@@ -181,8 +201,7 @@ class _AzureMeasurer(Measurer):
         return report, runtime
 
     @abstractmethod
-    def _hardware(self, path: str, report: hcl.HclReport) -> tuple[str, str, dict[str, Any]]:
-        """The measurement string of the hardware report, what it covers, and its fields."""
+    def _hardware(self, path: str, report: hcl.HclReport) -> _Hardware: ...
 
 
 class AzureSnpMeasurer(_AzureMeasurer):
@@ -191,7 +210,7 @@ class AzureSnpMeasurer(_AzureMeasurer):
     provider = SNP_NAME
     report_type = hcl.ReportType.SNP
 
-    def _hardware(self, path: str, report: hcl.HclReport) -> tuple[str, str, dict[str, Any]]:
+    def _hardware(self, path: str, report: hcl.HclReport) -> _Hardware:
         try:
             snp = parse_report(report.hardware_report)
         except ReportFormatError as error:
@@ -199,7 +218,7 @@ class AzureSnpMeasurer(_AzureMeasurer):
                 f"--hcl-report {path}: its SNP report is unusable: {error}",
                 hint=f"read the report again on the VM: {NV_READ}",
             ) from None
-        return "sha384:" + snp.measurement.hex(), COVERS + " (the SNP report's MEASUREMENT)", {
+        fields = {
             "snp_report": {
                 "version": snp.version, "vmpl": snp.vmpl, "guest_svn": snp.guest_svn,
                 "policy": f"{snp.policy:#x}", "debug": snp.debug,
@@ -209,6 +228,12 @@ class AzureSnpMeasurer(_AzureMeasurer):
                 "reported_tcb": snp.reported_tcb.raw.hex(), "chip_id": snp.chip_id.hex(),
             },
         }  # fmt: skip
+        return _Hardware(
+            measurement="sha384:" + snp.measurement.hex(),
+            covers=f"{COVERS} (the SNP report's MEASUREMENT)",
+            fields=fields,
+            debug=_debug_note("sev.policy.debug") if snp.debug else None,
+        )
 
 
 class AzureTdxMeasurer(_AzureMeasurer):
@@ -217,7 +242,7 @@ class AzureTdxMeasurer(_AzureMeasurer):
     provider = TDX_NAME
     report_type = hcl.ReportType.TDX
 
-    def _hardware(self, path: str, report: hcl.HclReport) -> tuple[str, str, dict[str, Any]]:
+    def _hardware(self, path: str, report: hcl.HclReport) -> _Hardware:
         try:
             body = tdreport.body_of(report.hardware_report)
         except tdreport.TdReportFormatError as error:
@@ -227,7 +252,7 @@ class AzureTdxMeasurer(_AzureMeasurer):
             ) from None
         zero = "" if any(b"".join(body.rtmrs)) else " (all zero here)"
         covers = f"{COVERS} (the TD report's MRTD and RTMR0..3{zero}, which its DCAP quote repeats)"
-        return measurement_string(body.mrtd, body.rtmrs), covers, {
+        fields = {
             "td_report": {
                 "mrtd": body.mrtd.hex(),
                 **{f"rtmr{n}": value.hex() for n, value in enumerate(body.rtmrs)},
@@ -237,6 +262,12 @@ class AzureTdxMeasurer(_AzureMeasurer):
                 "mrseam": body.mrseam.hex(), "tee_tcb_svn": body.tee_tcb_svn.hex(),
             },
         }  # fmt: skip
+        return _Hardware(
+            measurement=measurement_string(body.mrtd, body.rtmrs),
+            covers=covers,
+            fields=fields,
+            debug=_debug_note("tdx.td.debug") if body.debug else None,
+        )
 
 
 def _configuration_note(configuration: runtime_data.VmConfiguration) -> str:
