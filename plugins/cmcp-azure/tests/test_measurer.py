@@ -166,6 +166,10 @@ def test_an_altered_report_is_refused(tmp_path: Path) -> None:
     assert "not all zero" in message
     truncated = written(tmp_path, "t.bin", bytes(raw[:1000]))
     assert "shorter than" in refused(AzureSnpMeasurer(), hcl_report=truncated)
+    vmpl = bytearray(raw)
+    vmpl[SNP_HARDWARE + 0x30] = 2  # VMPL: a report the guest OS asked for
+    message = refused(AzureSnpMeasurer(), hcl_report=written(tmp_path, "l.bin", vmpl))
+    assert "requested at VMPL 2, not 0" in message
     version = bytearray(raw)
     version[SNP_HARDWARE] = 9  # the SNP report's own version
     message = refused(AzureSnpMeasurer(), hcl_report=written(tmp_path, "v.bin", version))

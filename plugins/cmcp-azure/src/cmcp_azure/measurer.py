@@ -53,6 +53,7 @@ QUOTED: Final = (("sha256", tuple(range(pcr.PCR_COUNT))),)  # what the collector
 # Azure updates under running fleets, and PCR 6 differs from VM to VM (Azure measures the
 # VM's identity into it): pinning either would refuse every other VM of the image.
 DEFAULT_PIN: Final = (4, 7)
+PARAVISOR_VMPL: Final = 0  # the paravisor requests its reports at the most privileged level
 NV_READ: Final = f"tpm2_nvread -C o {hcl.NV_INDEX:#010x} -o hcl-report.bin"
 PCR_READ: Final = "tpm2_pcrread sha256:0-23 -o pcrs.bin"
 COVERS: Final = (
@@ -218,6 +219,13 @@ class AzureSnpMeasurer(_AzureMeasurer):
                 f"--hcl-report {path}: its SNP report is unusable: {error}",
                 hint=f"read the report again on the VM: {NV_READ}",
             ) from None
+        if snp.vmpl != PARAVISOR_VMPL:
+            raise ProviderError(
+                f"--hcl-report {path}: its SNP report was requested at VMPL {snp.vmpl}, not "
+                f"{PARAVISOR_VMPL} where the paravisor runs: the guest OS made it, over runtime "
+                "data of its own, and the verifier refuses such reports (azure.snp.vmpl)",
+                hint=f"read the paravisor's report on the VM: {NV_READ}",
+            )
         fields = {
             "snp_report": {
                 "version": snp.version, "vmpl": snp.vmpl, "guest_svn": snp.guest_svn,
