@@ -350,8 +350,8 @@ def _quoted_pcrs(path: str, runtime: runtime_data.RuntimeData) -> dict[int, byte
     listed = document["pcrs"]
     if not isinstance(listed, list) or len(listed) != pcr.PCR_COUNT:
         raise ProviderError(f"--tpm-quote {path}: pcrs is not a list of 24 values", hint=hint)
-    message, signature = (_hex(path, document, name) for name in ("message", "signature"))
-    quoted = [_hex(path, {"pcrs": value}, "pcrs") for value in listed]
+    message, signature = (_hex(path, name, document[name]) for name in ("message", "signature"))
+    quoted = [_hex(path, "pcrs", value) for value in listed]
     try:
         attest = tpm.parse_attest(message)
     except tpm.TpmFormatError as error:
@@ -382,8 +382,7 @@ def _quoted_pcrs(path: str, runtime: runtime_data.RuntimeData) -> dict[int, byte
     return dict(enumerate(quoted))
 
 
-def _hex(path: str, document: Mapping[str, object], member: str) -> bytes:
-    value = document[member]
+def _hex(path: str, member: str, value: object) -> bytes:
     try:
         if isinstance(value, str):
             return bytes.fromhex(value)
