@@ -61,8 +61,9 @@ COVERS: Final = (
     "when Azure updates the paravisor"
 )
 NOT_COVERED: Final = (
-    "the guest OS: its boot (firmware, boot loader, kernel, secure boot policy) is measured "
-    "into the vTPM's PCRs, which the auditor pins with the `pcrs` platform-policy key"
+    "the guest OS: the boot loader and kernel the firmware loads, and the secure boot policy, "
+    "are measured into the vTPM's PCRs, which the auditor pins with the `pcrs` "
+    "platform-policy key"
 )
 
 OPTIONS: tuple[MeasureOption, ...] = (
