@@ -50,8 +50,8 @@ MAX_QUOTE: Final = 64 << 10
 MAX_PCR_FILE: Final = 64 << 10
 QUOTED: Final = (("sha256", tuple(range(pcr.PCR_COUNT))),)  # what the collector quotes
 # The boot chain (4) and the secure boot policy (7). PCR 0 holds the firmware volume, which
-# Azure updates under running fleets, and PCR 6 differs from VM to VM (Azure measures the
-# VM's identity into it): pinning either would refuse every other VM of the image.
+# Azure updates, and PCR 6 differs from VM to VM: pinning either would refuse VMs of the
+# same image.
 DEFAULT_PIN: Final = (4, 7)
 PARAVISOR_VMPL: Final = 0  # the paravisor requests its reports at the most privileged level
 NV_READ: Final = f"tpm2_nvread -C o {hcl.NV_INDEX:#010x} -o hcl-report.bin"
