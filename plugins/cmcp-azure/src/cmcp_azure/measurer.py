@@ -57,7 +57,7 @@ PARAVISOR_VMPL: Final = 0  # the paravisor requests its reports at the most priv
 NV_READ: Final = f"tpm2_nvread -C o {hcl.NV_INDEX:#010x} -o hcl-report.bin"
 PCR_READ: Final = "tpm2_pcrread sha256:0-23 -o pcrs.bin"
 COVERS: Final = (
-    "the paravisor (HCL) and the firmware it launches, as Microsoft builds them: it changes "
+    "the paravisor (HCL) and the firmware it launches, as Microsoft builds them; it changes "
     "when Azure updates the paravisor"
 )
 NOT_COVERED: Final = (
@@ -239,7 +239,7 @@ class AzureSnpMeasurer(_AzureMeasurer):
         }  # fmt: skip
         return _Hardware(
             measurement="sha384:" + snp.measurement.hex(),
-            covers=f"{COVERS} (the SNP report's MEASUREMENT)",
+            covers=f"the SNP report's MEASUREMENT: {COVERS}",
             fields=fields,
             debug=_debug_note("sev.policy.debug") if snp.debug else None,
         )
@@ -260,7 +260,7 @@ class AzureTdxMeasurer(_AzureMeasurer):
                 hint=f"read the report again on the VM: {NV_READ}",
             ) from None
         zero = "" if any(b"".join(body.rtmrs)) else " (all zero here)"
-        covers = f"{COVERS} (the TD report's MRTD and RTMR0..3{zero}, which its DCAP quote repeats)"
+        covers = f"the TD report's MRTD and RTMR0..3{zero}, which its DCAP quote repeats: {COVERS}"
         fields = {
             "td_report": {
                 "mrtd": body.mrtd.hex(),
