@@ -4,11 +4,13 @@ requirement failing the VM configuration or PCRs that do not meet it."""
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
 import pytest
 
+from cmcp_azure import hcl
 from cmcp_azure.runtime_data import VmConfiguration
 from cmcp_azure.snp_verifier import AzureSnpVerifier
 from cmcp_azure.tdx_verifier import AzureTdxVerifier
@@ -17,6 +19,7 @@ from cmcp_azure.vm_policy import VmPolicy
 from cmcp_cli.attestation.api import CheckStatus, ProviderError
 from cmcp_cli.attestation.toolkit import CheckFailed
 from cmcp_cli.testing.verdicts import assert_fails, reason, statuses
+from cmcp_sev import structures as snp
 from cmcp_sev.plugin import PLATFORM_POLICY_KEYS as SEV_KEYS
 
 TABLE = "[azure-sev-snp]"
@@ -141,6 +144,26 @@ def test_the_hardware_keys_reach_the_hardware_verifiers(
         tdx_set.evidence, tdx_set.trusting(platform_policy=required)
     )
     assert_fails(verdict, "tdx.tcb.status", "requires it")
+
+
+def test_the_paravisor_signer_can_be_pinned_by_its_id_key_digest(milan_set: AzureSet) -> None:
+    # An Azure launch measurement changes with every paravisor build; the ID key that signs
+    # the builds' ID blocks does not, so an auditor may pin that instead.
+    raw = base64.b64decode(milan_set.evidence["hcl_report"])
+    report = snp.parse_report(hcl.parse(raw).hardware_report)
+    assert report.id_key_digest.hex().startswith("03562158")
+    pinned = {"id_key_digests": [report.id_key_digest.hex()]}
+    verdict = AzureSnpVerifier().verify(
+        milan_set.evidence, milan_set.trusting(platform_policy=pinned)
+    )
+    assert "ID_KEY_DIGEST 03562158" in reason(verdict, "sev.policy.guest")
+    assert verdict.hardware_attested
+    other = {"id_key_digests": ["5a" * 48]}
+    verdict = AzureSnpVerifier().verify(
+        milan_set.evidence, milan_set.trusting(platform_policy=other)
+    )
+    assert_fails(verdict, "sev.policy.guest", "is not one of the 1 pinned")
+    assert not verdict.hardware_attested
 
 
 def test_the_hardware_keys_are_named_in_the_azure_table(

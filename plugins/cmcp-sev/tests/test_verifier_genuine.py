@@ -296,6 +296,13 @@ def test_guest_requirements_missed_fail_each_named(vectors: Path) -> None:
     )
 
 
+def test_an_id_key_digest_pin_fails_a_launch_without_that_id_block(vectors: Path) -> None:
+    # this report's launch had no ID block: its ID_KEY_DIGEST is zero, which no pin matches
+    verdict = judge(vectors, id_key_digests=["5a" * 48])
+    assert_fails(verdict, GUEST_POLICY, "ID_KEY_DIGEST 0000000000000000… is not one of the 1")
+    assert not verdict.hardware_attested
+
+
 @pytest.mark.parametrize(
     ("policy", "message"),
     [
@@ -309,6 +316,9 @@ def test_guest_requirements_missed_fail_each_named(vectors: Path) -> None:
         ({"minimum_guest_svn": -1}, "from 0 to"),
         ({"forbidden_policy_flags": ["SMTP"]}, "not a guest policy flag"),
         ({"forbidden_policy_flags": "SMT"}, "list of names"),
+        ({"id_key_digests": "ab" * 48}, "list of SHA-384 digests"),
+        ({"id_key_digests": ["AB" * 48]}, "96 lowercase hex"),
+        ({"id_key_digests": ["00" * 48]}, "all-zero digest"),
         ({"minimum_tbc": {}}, "minimum_tbc"),
     ],
 )

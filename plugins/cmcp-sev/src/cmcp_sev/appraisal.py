@@ -7,6 +7,7 @@
     minimum_guest_svn = 2
     forbidden_policy_flags = ["MIGRATE_MA", "SMT"]
     require_crl = true                 # without AMD's CRL, sev.ask.revocation fails
+    id_key_digests = ["<96 hex>", ...] # the ID_KEY_DIGEST must be one of these
 
 The TCB minimum applies to REPORTED_TCB, the TCB the VCEK is derived from (firmware older
 than it cannot derive that key, so no older firmware can have signed the report), and to
@@ -46,6 +47,9 @@ class Requirements:
     minimum_abi: tuple[int, int] | None = None
     minimum_guest_svn: int | None = None
     forbidden_policy_flags: tuple[str, ...] = ()
+    # The digests of the keys whose signed ID block the firmware checked at launch: pinning
+    # one accepts every launch digest that key's owner signs (a paravisor vendor's builds).
+    id_key_digests: tuple[bytes, ...] = ()
     require_crl: bool = False
     table: str = TABLE  # the platform-policy table the auditor wrote them in
 
@@ -73,6 +77,7 @@ class Requirements:
                 else None
             ),
             forbidden_policy_flags=_flags(name, table.get("forbidden_policy_flags", [])),
+            id_key_digests=_digests(name, table.get("id_key_digests", [])),
             require_crl=require_crl,
             table=name,
         )
@@ -122,6 +127,25 @@ def _flags(name: str, value: object) -> tuple[str, ...]:
             hint=f"the flags are {', '.join(FLAG_NAMES)}",
         )
     return tuple(value)
+
+
+def _digests(table: str, value: object) -> tuple[bytes, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and re.fullmatch(r"[0-9a-f]{96}", v) for v in value
+    ):
+        raise ProviderError(
+            f"{table} id_key_digests must be a list of SHA-384 digests, 96 lowercase hex "
+            f"digits each, got {value!r}",
+            hint="copy ID_KEY_DIGEST from `cmcp measure` --json, or from a report you trust",
+        )
+    digests = tuple(bytes.fromhex(v) for v in value)
+    if any(not any(d) for d in digests):
+        raise ProviderError(
+            f"{table} id_key_digests holds the all-zero digest, which a report carries when "
+            "no ID block was checked at launch: it would pin nothing",
+            hint="pin the digest of the key that signs your ID blocks",
+        )
+    return digests
 
 
 def _sentence(clauses: list[str]) -> str:
@@ -192,12 +216,13 @@ def check_guest(report: snp.Report, wanted: Requirements) -> str:
         wanted.minimum_abi is None
         and wanted.minimum_guest_svn is None
         and not wanted.forbidden_policy_flags
+        and not wanted.id_key_digests
     ):
         raise CheckSkipped(
             _NOT_SET.format(
                 table=wanted.table,
                 what="guest requirement",
-                keys="minimum_abi, minimum_guest_svn, forbidden_policy_flags",
+                keys="minimum_abi, minimum_guest_svn, forbidden_policy_flags, id_key_digests",
             )
             + ": only the debug bit of the guest policy was judged."
         )
@@ -225,6 +250,15 @@ def check_guest(report: snp.Report, wanted: Requirements) -> str:
             problems.append(f"the guest policy sets the forbidden {', '.join(present)}")
         else:
             met.append(f"none of {', '.join(wanted.forbidden_policy_flags)} is set")
+    if wanted.id_key_digests:
+        if report.id_key_digest in wanted.id_key_digests:
+            met.append(f"ID_KEY_DIGEST {report.id_key_digest[:8].hex()}… is pinned")
+        else:
+            problems.append(
+                f"ID_KEY_DIGEST {report.id_key_digest[:8].hex()}… is not one of the "
+                f"{len(wanted.id_key_digests)} pinned (the launch's ID block was signed by "
+                "another key, or none was checked)"
+            )
     if problems:
         raise CheckFailed(f"The guest does not meet the auditor's policy: {'; '.join(problems)}.")
     return _sentence(met)

@@ -16,7 +16,7 @@ EVIDENCE_TYPE = "sev-snp-report-v1"
 # The keys of the auditor's `[sev-snp]` platform policy (cmcp_sev.appraisal judges them).
 PLATFORM_POLICY_KEYS = (
     "minimum_tcb", "minimum_firmware", "minimum_abi", "minimum_guest_svn",
-    "forbidden_policy_flags", "require_crl",
+    "forbidden_policy_flags", "require_crl", "id_key_digests",
 )  # fmt: skip
 
 
