@@ -40,11 +40,7 @@ def _fields(**changes: Any) -> ReportFields:
 def _vcek(
     pki: AmdPki, key: ec.EllipticCurvePrivateKey, fields: ReportFields, **changes: Any
 ) -> x509.Certificate:
-    parts = snp.Tcb(fields.tcb).decode(pki.product)
-    hwid = fields.chip_id[:8] if pki.product is snp.Product.TURIN else fields.chip_id
-    values = amd_extension_values(parts, hwid, pki.product.value)
-    values.update(changes.pop("extensions", {}))
-    return pki.leaf(key, values, **changes)
+    return pki.vcek(key, fields, **changes)
 
 
 def _trust(pki: AmdPki, **changes: Any) -> TrustInputs:

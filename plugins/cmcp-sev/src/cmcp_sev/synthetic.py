@@ -8,6 +8,7 @@ Nothing here is used by the collector or the verifier.
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -150,6 +151,22 @@ class AmdPki:
                 x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value), critical=False
             )
         return builder.sign(self.ask_key, hashes.SHA384(), rsa_padding=PSS)
+
+    def vcek(
+        self,
+        key: ec.EllipticCurvePrivateKey,
+        fields: ReportFields,
+        *,
+        extensions: Mapping[str, bytes] | None = None,
+        not_after: datetime = NOT_AFTER,
+    ) -> x509.Certificate:
+        """The VCEK of the chip and TCB that `fields` state, with AMD's extensions (Turin's
+        hwID is the chip id's first 8 bytes); `extensions` replaces any of them by OID."""
+        parts = snp.Tcb(fields.tcb).decode(self.product)
+        hwid = fields.chip_id[:8] if self.product is snp.Product.TURIN else fields.chip_id
+        values = amd_extension_values(parts, hwid, self.product.value)
+        values.update(extensions or {})
+        return self.leaf(key, values, not_after=not_after)
 
     def root_pem(self) -> bytes:
         return self.ark.public_bytes(Encoding.PEM)
