@@ -267,7 +267,7 @@ def _selected(bitmap: bytes) -> list[int]:
     return [i for i in range(len(bitmap) * 8) if bitmap[i // 8] >> (i % 8) & 1]
 
 
-def _ak_template(algorithm: AkAlgorithm) -> TPM2B_PUBLIC:
+def ak_template(algorithm: AkAlgorithm) -> TPM2B_PUBLIC:
     """The AK's TPM2B_PUBLIC: restricted signing, empty auth, the scheme fixed in the key."""
     attributes = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign"
     # A restricted signing key has no symmetric algorithm (`null`).
@@ -290,7 +290,7 @@ def _create_or_load_ak(esapi: ESAPI, settings: TpmSettings) -> tuple[ESYS_TR, by
             "the endorsement hierarchy needs an empty authorization value for the gateway",
         ):
             transient, _, _, _, _ = esapi.create_primary(
-                None, _ak_template(settings.ak_algorithm), ESYS_TR.ENDORSEMENT
+                None, ak_template(settings.ak_algorithm), ESYS_TR.ENDORSEMENT
             )
         try:
             with tpm_errors(
