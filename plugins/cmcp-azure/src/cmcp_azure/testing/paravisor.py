@@ -188,7 +188,7 @@ def _serve(paravisor: Paravisor, swtpm_port: int) -> tuple[_Forwarder, _Forwarde
                             return
                         self.request.sendall(response)
                 except (tpm_wire.WireError, OSError) as error:
-                    print(f"paravisor: {error}", file=sys.stderr, flush=True)
+                    sys.stderr.write(f"paravisor: {error}\n")
 
     class Control(socketserver.BaseRequestHandler):
         def handle(self) -> None:
