@@ -17,6 +17,7 @@ import base64
 import hashlib
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,28 @@ def require_binding(stated: bytes, binding: bytes, *, what: str, made: str) -> s
             "for another session or claim."
         )
     return f"{what} is the session binding."
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedReportData:
+    """What a hardware report's 64-byte REPORT_DATA must hold when its guest could not put
+    the session binding there itself (a paravisor puts the hash of its own document, which
+    then carries the binding's link), and what that value means, for the reasons an
+    auditor reads."""
+
+    value: bytes
+    meaning: str  # such as "the SHA-256 of the runtime data followed by 32 zero bytes"
+
+
+def require_report_data(actual: bytes, expected: ExpectedReportData, *, field: str) -> str:
+    """The passing reason when the report's `field` (such as "REPORT_DATA") holds the
+    expected value; else `CheckFailed` naming both."""
+    if actual != expected.value:
+        raise CheckFailed(
+            f"{field} {_prefix(actual)} is not {expected.meaning} ({_prefix(expected.value)}): "
+            "the report was made for other data."
+        )
+    return f"{field} is {expected.meaning}."
 
 
 def _prefix(data: bytes) -> str:

@@ -34,9 +34,7 @@ TABLE: Final = "[sev-snp]"
 TCB_COMPONENTS: Final = ("bootloader", "tee", "snp", "microcode", "fmc")
 FLAG_NAMES: Final = tuple(snp.POLICY_FLAG_NAMES.values())
 _VERSION = re.compile(r"(\d{1,3})\.(\d{1,3})(?:\.(\d{1,3}))?")
-_NOT_SET: Final = (
-    "No {what} in the auditor's platform policy ([sev-snp] {keys} of --platform-policy)"
-)
+_NOT_SET: Final = "No {what} in the auditor's platform policy ({table} {keys} of --platform-policy)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,71 +47,78 @@ class Requirements:
     minimum_guest_svn: int | None = None
     forbidden_policy_flags: tuple[str, ...] = ()
     require_crl: bool = False
+    table: str = TABLE  # the platform-policy table the auditor wrote them in
 
     @classmethod
-    def parse(cls, table: Mapping[str, Any]) -> Requirements:
-        """`ProviderError` names the first unusable key."""
+    def parse(cls, table: Mapping[str, Any], *, name: str = TABLE) -> Requirements:
+        """`ProviderError` names the first unusable key of the table `name` (another
+        provider's table, such as "[azure-sev-snp]", when it holds these keys too)."""
         table = platform_policy_table(
-            table, name=TABLE, accepted=PLATFORM_POLICY_KEYS, provider="SEV-SNP"
+            table, name=name, accepted=PLATFORM_POLICY_KEYS, provider="SEV-SNP"
         )
-        require_crl = policy_flag(table, TABLE, "require_crl")
+        require_crl = policy_flag(table, name, "require_crl")
         firmware = table.get("minimum_firmware")
         abi = table.get("minimum_abi")
         return cls(
-            minimum_tcb=_tcb(table["minimum_tcb"]) if "minimum_tcb" in table else None,
-            minimum_firmware=None if firmware is None else _version("minimum_firmware", firmware),
-            minimum_abi=None if abi is None else _version("minimum_abi", abi, build=False)[:2],
+            minimum_tcb=_tcb(name, table["minimum_tcb"]) if "minimum_tcb" in table else None,
+            minimum_firmware=(
+                None if firmware is None else _version(name, "minimum_firmware", firmware)
+            ),
+            minimum_abi=(
+                None if abi is None else _version(name, "minimum_abi", abi, build=False)[:2]
+            ),
             minimum_guest_svn=(
-                _integer("minimum_guest_svn", table["minimum_guest_svn"], 0xFFFF_FFFF)
+                _integer(name, "minimum_guest_svn", table["minimum_guest_svn"], 0xFFFF_FFFF)
                 if "minimum_guest_svn" in table
                 else None
             ),
-            forbidden_policy_flags=_flags(table.get("forbidden_policy_flags", [])),
+            forbidden_policy_flags=_flags(name, table.get("forbidden_policy_flags", [])),
             require_crl=require_crl,
+            table=name,
         )
 
 
-def _integer(key: str, value: object, largest: int) -> int:
+def _integer(name: str, key: str, value: object, largest: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= largest:
-        raise ProviderError(f"{TABLE} {key} must be an integer from 0 to {largest}, got {value!r}")
+        raise ProviderError(f"{name} {key} must be an integer from 0 to {largest}, got {value!r}")
     return value
 
 
-def _tcb(value: object) -> Mapping[str, int]:
+def _tcb(name: str, value: object) -> Mapping[str, int]:
     if not isinstance(value, Mapping) or not value:
         raise ProviderError(
-            f"{TABLE} minimum_tcb must be a table of security patch levels, got {value!r}",
+            f"{name} minimum_tcb must be a table of security patch levels, got {value!r}",
             hint="for example minimum_tcb = { bootloader = 3, tee = 0, snp = 8, microcode = 115 }",
         )
     unknown = sorted(set(value) - set(TCB_COMPONENTS))
     if unknown:
         raise ProviderError(
-            f"{TABLE} minimum_tcb names {', '.join(unknown)}, not a TCB component",
+            f"{name} minimum_tcb names {', '.join(unknown)}, not a TCB component",
             hint=f"the components are {', '.join(TCB_COMPONENTS)} (fmc on Turin only)",
         )
-    return {name: _integer(f"minimum_tcb.{name}", level, 0xFF) for name, level in value.items()}
+    return {
+        part: _integer(name, f"minimum_tcb.{part}", level, 0xFF) for part, level in value.items()
+    }
 
 
-def _version(key: str, value: object, *, build: bool = True) -> tuple[int, int, int]:
+def _version(name: str, key: str, value: object, *, build: bool = True) -> tuple[int, int, int]:
     match = _VERSION.fullmatch(value) if isinstance(value, str) else None
     if match is None or (match[3] is not None and not build):
         shape = '"major.minor" or "major.minor.build"' if build else '"major.minor"'
-        raise ProviderError(f"{TABLE} {key} must be a string {shape}, got {value!r}")
+        raise ProviderError(f"{name} {key} must be a string {shape}, got {value!r}")
     major, minor, patch = (int(part) if part else 0 for part in match.groups())
     if max(major, minor, patch) > 0xFF:
-        raise ProviderError(f"{TABLE} {key} {value!r} has a part above 255")
+        raise ProviderError(f"{name} {key} {value!r} has a part above 255")
     return major, minor, patch
 
 
-def _flags(value: object) -> tuple[str, ...]:
+def _flags(name: str, value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ProviderError(
-            f"{TABLE} forbidden_policy_flags must be a list of names, got {value!r}"
-        )
+        raise ProviderError(f"{name} forbidden_policy_flags must be a list of names, got {value!r}")
     unknown = [item for item in value if item not in FLAG_NAMES]
     if unknown:
         raise ProviderError(
-            f"{TABLE} forbidden_policy_flags names {', '.join(unknown)}, not a guest policy flag",
+            f"{name} forbidden_policy_flags names {', '.join(unknown)}, not a guest policy flag",
             hint=f"the flags are {', '.join(FLAG_NAMES)}",
         )
     return tuple(value)
@@ -136,7 +141,11 @@ def check_platform(report: snp.Report, product: snp.Product, wanted: Requirement
     """`sev.tcb.minimum`: the platform's TCB and firmware are at least the auditor's minimum."""
     if wanted.minimum_tcb is None and wanted.minimum_firmware is None:
         raise CheckSkipped(
-            _NOT_SET.format(what="minimum TCB or firmware", keys="minimum_tcb, minimum_firmware")
+            _NOT_SET.format(
+                table=wanted.table,
+                what="minimum TCB or firmware",
+                keys="minimum_tcb, minimum_firmware",
+            )
             + ": the platform's patch level was not appraised."
         )
     met: list[str] = []
@@ -186,6 +195,7 @@ def check_guest(report: snp.Report, wanted: Requirements) -> str:
     ):
         raise CheckSkipped(
             _NOT_SET.format(
+                table=wanted.table,
                 what="guest requirement",
                 keys="minimum_abi, minimum_guest_svn, forbidden_policy_flags",
             )

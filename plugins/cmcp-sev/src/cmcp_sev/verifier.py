@@ -29,8 +29,9 @@ from cmcp_cli.attestation.api import Check, EvidenceVerdict, TrustInputs, Verifi
 from cmcp_cli.attestation.toolkit import CheckFailed as _Fail
 from cmcp_cli.attestation.toolkit import CheckSkipped as _Skip
 from cmcp_cli.attestation.toolkit import (
-    NamedCheck,
+    ExpectedReportData,
     hardware_verdict,
+    require_report_data,
     run_checks,
     validity_problem,
 )
@@ -54,6 +55,11 @@ DEBUG: Final = "sev.policy.debug"
 TCB_MINIMUM: Final = "sev.tcb.minimum"
 GUEST_POLICY: Final = "sev.policy.guest"
 
+# Every check, in the order run.
+CHECKS: Final = (
+    SHAPE, VERSION, PRODUCT, CHAIN, PINNED, REVOCATION, SIGNATURE, TCB, CHIP_ID, REPORT_DATA,
+    DEBUG, TCB_MINIMUM, GUEST_POLICY,
+)  # fmt: skip
 # hardware_attested needs each of these to pass (CHIP_ID may skip for a VLEK), none to fail.
 HARDWARE_CHECKS: Final = (
     SHAPE, VERSION, PRODUCT, CHAIN, PINNED, SIGNATURE, TCB, CHIP_ID, REPORT_DATA, DEBUG,
@@ -84,8 +90,15 @@ class _Run:
     """One verification: decoded evidence, parsed structures, and the checks in order. Each
     check returns its reason for passing, or raises `_Skip` / `_Fail` with the reason."""
 
-    def __init__(self, evidence: Any, trust: TrustInputs, wanted: appraisal.Requirements) -> None:
+    def __init__(
+        self,
+        evidence: Any,
+        trust: TrustInputs,
+        wanted: appraisal.Requirements,
+        expected_report_data: ExpectedReportData | None = None,
+    ) -> None:
         self.trust, self.wanted = trust, wanted
+        self.expected_report_data = expected_report_data
         self.d = decode(evidence)
         self.report: snp.Report | None = None
         self.report_error = ""
@@ -115,15 +128,12 @@ class _Run:
         self.leaf_name = (self.d.signing_key or "vcek").upper()
 
     def checks(self) -> tuple[Check, ...]:
-        steps: tuple[NamedCheck, ...] = (
-            (SHAPE, self.shape), (VERSION, self.version), (PRODUCT, self.product_check),
-            (CHAIN, self.chain), (PINNED, self.pinned), (REVOCATION, self.revocation),
-            (SIGNATURE, self.signature),
-            (TCB, self.tcb), (CHIP_ID, self.chip_id), (REPORT_DATA, self.report_data),
-            (DEBUG, self.debug), (TCB_MINIMUM, self.tcb_minimum),
-            (GUEST_POLICY, self.guest_policy),
+        steps = (
+            self.shape, self.version, self.product_check, self.chain, self.pinned,
+            self.revocation, self.signature, self.tcb, self.chip_id, self.report_data,
+            self.debug, self.tcb_minimum, self.guest_policy,
         )  # fmt: skip
-        return run_checks(steps)
+        return run_checks(zip(CHECKS, steps, strict=True))
 
     def _report(self) -> snp.Report:
         if self.report is None:
@@ -437,6 +447,10 @@ class _Run:
 
     def report_data(self) -> str:
         report, binding = self._report(), self.trust.binding
+        if self.expected_report_data is not None:
+            return require_report_data(
+                report.report_data, self.expected_report_data, field="REPORT_DATA"
+            )
         if len(binding) != 32:
             raise _Fail(f"The binding is {len(binding)} bytes, not a 32-byte SHA-256.")
         expected = binding + bytes(32)
@@ -482,9 +496,22 @@ def _signing_key_name(value: int) -> str:
 class SevVerifier(Verifier):
     """Judges `sev-snp-report-v1` evidence offline (stdlib and `cryptography` only)."""
 
-    def verify(self, evidence: Mapping[str, Any], trust: TrustInputs) -> EvidenceVerdict:
-        wanted = appraisal.Requirements.parse(trust.platform_policy)  # ProviderError if unusable
-        run = _Run(evidence, trust, wanted)
+    def verify(
+        self,
+        evidence: Mapping[str, Any],
+        trust: TrustInputs,
+        *,
+        report_data: ExpectedReportData | None = None,
+        policy_table: str = appraisal.TABLE,
+    ) -> EvidenceVerdict:
+        """`report_data`: what REPORT_DATA must hold instead of the session binding followed
+        by 32 zero bytes, for a report whose guest could not choose it (a paravisor's);
+        `policy_table`: the platform-policy table `trust.platform_policy` comes from, which
+        reasons and errors name (another provider's, when it judges this report)."""
+        wanted = appraisal.Requirements.parse(  # ProviderError if unusable
+            trust.platform_policy, name=policy_table
+        )
+        run = _Run(evidence, trust, wanted, report_data)
         # a VLEK carries no chip id: its check is skipped, and attestation rests on the rest
         may_skip = (CHIP_ID,) if run.d.signing_key == "vlek" else ()
         return hardware_verdict(run.checks(), HARDWARE_CHECKS, run.measurement(), may_skip=may_skip)

@@ -28,35 +28,35 @@ class Requirements:
     require_collateral: bool = False
 
     @classmethod
-    def parse(cls, table: Mapping[str, Any]) -> Requirements:
-        """`ProviderError` names the first unusable key."""
+    def parse(cls, table: Mapping[str, Any], *, name: str = TABLE) -> Requirements:
+        """`ProviderError` names the first unusable key of the table `name` (another
+        provider's table, such as "[azure-tdx]", when it holds these keys too)."""
         table = platform_policy_table(
-            table, name=TABLE, accepted=PLATFORM_POLICY_KEYS, provider="TDX"
+            table, name=name, accepted=PLATFORM_POLICY_KEYS, provider="TDX"
         )
-        required = policy_flag(table, TABLE, "require_collateral")
+        required = policy_flag(table, name, "require_collateral")
         accepted = table.get("accepted_tcb_statuses")
         return cls(
-            accepted_tcb_statuses=ACCEPTED if accepted is None else _statuses(accepted),
+            accepted_tcb_statuses=ACCEPTED if accepted is None else _statuses(name, accepted),
             require_collateral=required,
         )
 
 
-def _statuses(value: object) -> frozenset[str]:
+def _statuses(name: str, value: object) -> frozenset[str]:
     if not isinstance(value, list) or not value or not all(isinstance(s, str) for s in value):
         raise ProviderError(
-            f"{TABLE} accepted_tcb_statuses must be a non-empty list of TCB statuses, "
-            f"got {value!r}",
+            f"{name} accepted_tcb_statuses must be a non-empty list of TCB statuses, got {value!r}",
             hint=f"the statuses are {', '.join(STATUSES)}",
         )
     unknown = [status for status in value if status not in STATUSES]
     if unknown:
         raise ProviderError(
-            f"{TABLE} accepted_tcb_statuses names {', '.join(unknown)}, not an Intel TCB status",
+            f"{name} accepted_tcb_statuses names {', '.join(unknown)}, not an Intel TCB status",
             hint=f"the statuses are {', '.join(STATUSES)}",
         )
     if NEVER_ACCEPTED in value:
         raise ProviderError(
-            f"{TABLE} accepted_tcb_statuses may not include {NEVER_ACCEPTED}: a revoked "
+            f"{name} accepted_tcb_statuses may not include {NEVER_ACCEPTED}: a revoked "
             "platform's keys may be in an attacker's hands",
             hint=f"remove {NEVER_ACCEPTED}",
         )

@@ -25,10 +25,11 @@ from cmcp_cli.attestation.api import Check, EvidenceVerdict, TrustInputs, Verifi
 from cmcp_cli.attestation.toolkit import CheckFailed as _Fail
 from cmcp_cli.attestation.toolkit import CheckSkipped as _Skip
 from cmcp_cli.attestation.toolkit import (
-    NamedCheck,
+    ExpectedReportData,
     as_utc,
     canonical_base64,
     hardware_verdict,
+    require_report_data,
     run_checks,
 )
 from cmcp_tdx import appraisal, ccel, collateral, pki
@@ -47,6 +48,11 @@ DEBUG: Final = "tdx.td.debug"
 RTMR_REPLAY: Final = "tdx.rtmr.replay"
 TCB_STATUS: Final = "tdx.tcb.status"
 
+# Every check, in the order run.
+CHECKS: Final = (
+    SHAPE, HEADER, PCK_CHAIN, ROOT_PINNED, QE_SIGNATURE, QE_BINDING, QUOTE_SIGNATURE,
+    REPORT_DATA, DEBUG, RTMR_REPLAY, TCB_STATUS,
+)  # fmt: skip
 # hardware_attested needs each of these to pass, and no check to fail.
 HARDWARE_CHECKS: Final = (
     HEADER, PCK_CHAIN, ROOT_PINNED, QE_SIGNATURE, QE_BINDING, QUOTE_SIGNATURE, REPORT_DATA,
@@ -66,8 +72,10 @@ class _Run:
         wanted: appraisal.Requirements,
         *,
         collateral_problem: str | None,
+        expected_report_data: ExpectedReportData | None = None,
     ) -> None:
         self.trust, self.wanted = trust, wanted
+        self.expected_report_data = expected_report_data
         self.collateral_problem = collateral_problem
         self.problems: list[str] = []
         self.raw: bytes | None = None
@@ -106,14 +114,12 @@ class _Run:
                 self.collateral, self.collateral_source = evidence["collateral"], "the evidence"
 
     def checks(self) -> tuple[Check, ...]:
-        steps: tuple[NamedCheck, ...] = (
-            (SHAPE, self.shape), (HEADER, self.header), (PCK_CHAIN, self.pck_chain),
-            (ROOT_PINNED, self.root_pinned), (QE_SIGNATURE, self.qe_signature),
-            (QE_BINDING, self.qe_binding), (QUOTE_SIGNATURE, self.quote_signature),
-            (REPORT_DATA, self.report_data), (DEBUG, self.debug),
-            (RTMR_REPLAY, self.rtmr_replay), (TCB_STATUS, self.tcb_status),
+        steps = (
+            self.shape, self.header, self.pck_chain, self.root_pinned, self.qe_signature,
+            self.qe_binding, self.quote_signature, self.report_data, self.debug,
+            self.rtmr_replay, self.tcb_status,
         )  # fmt: skip
-        return run_checks(steps)
+        return run_checks(zip(CHECKS, steps, strict=True))
 
     def shape(self) -> str:
         if self.problems:
@@ -222,6 +228,8 @@ class _Run:
 
     def report_data(self) -> str:
         actual = self._quote().body.report_data
+        if self.expected_report_data is not None:
+            return require_report_data(actual, self.expected_report_data, field="REPORTDATA")
         expected = self.trust.binding + bytes(64 - len(self.trust.binding))
         if len(self.trust.binding) != 32 or actual != expected:
             raise _Fail(
@@ -331,12 +339,28 @@ class TdxVerifier(Verifier):
     def __init__(self, collateral: Mapping[str, Any] | None = None) -> None:
         self.collateral = collateral
 
-    def verify(self, evidence: Mapping[str, Any], trust: TrustInputs) -> EvidenceVerdict:
+    def verify(
+        self,
+        evidence: Mapping[str, Any],
+        trust: TrustInputs,
+        *,
+        report_data: ExpectedReportData | None = None,
+        policy_table: str = appraisal.TABLE,
+    ) -> EvidenceVerdict:
+        """`report_data`: what REPORTDATA must hold instead of the session binding followed
+        by 32 zero bytes, for a TD whose guest could not choose it (a paravisor's);
+        `policy_table`: the platform-policy table `trust.platform_policy` comes from, which
+        errors name (another provider's, when it judges this quote)."""
         problem = None
         try:
             given = self.collateral if self.collateral is not None else auditor_collateral(trust)
         except AmbiguousCollateralError as error:
             given, problem = None, str(error)
-        wanted = appraisal.Requirements.parse(trust.platform_policy)  # ProviderError if unusable
-        run = _Run(evidence, trust, given, wanted, collateral_problem=problem)
+        wanted = appraisal.Requirements.parse(  # ProviderError if unusable
+            trust.platform_policy, name=policy_table
+        )
+        run = _Run(
+            evidence, trust, given, wanted, collateral_problem=problem,
+            expected_report_data=report_data,
+        )  # fmt: skip
         return hardware_verdict(run.checks(), HARDWARE_CHECKS, run.measurement())
