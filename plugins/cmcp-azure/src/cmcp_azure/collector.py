@@ -25,7 +25,6 @@ reports the provider unavailable.
 
 from __future__ import annotations
 
-import base64
 import secrets
 import threading
 import time
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 from cmcp_azure import hcl, imds, runtime_data, vcek, vtpm
+from cmcp_azure.evidence import encode, quote_member
 from cmcp_azure.plugin import (
     SNP_EVIDENCE_TYPE,
     SNP_NAME,
@@ -158,11 +158,7 @@ class _AzureCollector(Collector):
             read = self._fresh_report(prepared, expected)
             quote = vtpm.quote(prepared.esapi, prepared.ak, binding)
         evidence, measurement = self._hardware_evidence(prepared, read)
-        evidence["tpm_quote"] = {
-            "attest": _b64(quote.attest),
-            "signature": _b64(quote.signature),
-            "pcrs": {"sha256": {str(i): quote.pcrs[i].hex() for i in vtpm.QUOTED_PCRS}},
-        }
+        evidence["tpm_quote"] = quote_member(quote.attest, quote.signature, quote.pcrs)
         return Evidence(
             evidence_type=self.evidence_type,
             evidence=evidence,
@@ -347,9 +343,9 @@ class AzureSnpCollector(_AzureCollector):
         vcek.check(certificates, read.report, restart=True)
         report = snp.parse_report(read.report.hardware_report)  # vcek.check parsed it
         evidence: dict[str, Any] = {
-            "hcl_report": _b64(read.raw),
-            "vcek": _b64(certificates.vcek),
-            "cert_chain": [_b64(der) for der in certificates.chain],
+            "hcl_report": encode(read.raw),
+            "vcek": encode(certificates.vcek),
+            "cert_chain": [encode(der) for der in certificates.chain],
         }
         return evidence, "sha384:" + report.measurement.hex()
 
@@ -369,7 +365,7 @@ class AzureTdxCollector(_AzureCollector):
     def _hardware_evidence(self, prepared: _Prepared, read: _Read) -> tuple[dict[str, Any], str]:
         raw = self._td_quote(prepared.settings, read)
         body = tdx.parse_quote(raw).body
-        evidence = {"hcl_report": _b64(read.raw), "td_quote": _b64(raw)}
+        evidence = {"hcl_report": encode(read.raw), "td_quote": encode(raw)}
         return evidence, measurement_string(body.mrtd, body.rtmrs)
 
     @staticmethod
@@ -381,7 +377,3 @@ class AzureTdxCollector(_AzureCollector):
             url, read.report.hardware_report, timeout=settings.timeout_seconds
         )
         return trimmed_quote(blob, read.report.report_data, f"the quote service at {url}")
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()

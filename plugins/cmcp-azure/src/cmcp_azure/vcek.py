@@ -9,7 +9,6 @@ out by the auditor. Whether that ARK is AMD's is the verifier's to judge against
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +17,8 @@ from typing import Final
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from cmcp_azure import hcl
+from cmcp_azure import hcl, links
+from cmcp_azure.evidence import encode
 from cmcp_azure.settings import AzureSettings
 from cmcp_cli.attestation.api import CheckStatus, ProviderError, TrustInputs
 from cmcp_cli.attestation.toolkit import self_signed
@@ -28,9 +28,9 @@ from cmcp_sev import structures as snp
 from cmcp_sev import verifier as sev
 
 MAX_FILE: Final = 64 << 10
-# The cmcp-sev checks a VCEK and chain must pass for the report the collector read. The
-# binding is the runtime data's digest, so `sev.report_data` proves the report is the one
-# whose runtime data was read with it. Debug and minimums are the auditor's to judge.
+# The cmcp-sev checks a VCEK and chain must pass for the report the collector read, with
+# REPORT_DATA judged as the Azure verifier judges it (the runtime data's digest). Debug and
+# minimums are the auditor's to judge.
 REQUIRED: Final = (
     sev.SHAPE, sev.VERSION, sev.PRODUCT, sev.CHAIN, sev.PINNED, sev.SIGNATURE, sev.TCB,
     sev.CHIP_ID, sev.REPORT_DATA,
@@ -103,18 +103,21 @@ def check(certificates: Certificates, report: hcl.HclReport, *, restart: bool = 
     `restart`: they were fetched at start for an earlier report."""
     ark = roots.load_der(certificates.chain[-1])
     evidence = {
-        "report": _b64(report.hardware_report),
+        "report": encode(report.hardware_report),
         "signing_key": "vcek",
-        "vcek": _b64(certificates.vcek),
-        "cert_chain": [_b64(der) for der in certificates.chain],
+        "vcek": encode(certificates.vcek),
+        "cert_chain": [encode(der) for der in certificates.chain],
     }
     trust = TrustInputs(
-        binding=report.runtime_data_digest,
+        binding=bytes(32),  # unused: REPORT_DATA is judged against the runtime data
         at=datetime.now(UTC),
         trust_roots=(ark.public_bytes(Encoding.PEM),),
         allow_debug=True,
     )
-    checks = {c.name: c for c in sev.SevVerifier().verify(evidence, trust).checks}
+    verdict = sev.SevVerifier().verify(
+        evidence, trust, report_data=links.expected_report_data(report)
+    )
+    checks = {c.name: c for c in verdict.checks}
     failed = [checks[name] for name in REQUIRED if checks[name].status is not CheckStatus.PASS]
     if failed:
         reasons = "; ".join(f"{c.name}: {c.reason}" for c in failed)
@@ -138,7 +141,3 @@ def _where(report: hcl.HclReport, ark: x509.Certificate) -> str:
         return sev.vcek_url(product, parsed) if product is not None else sev.KDS
     except snp.ReportFormatError:
         return sev.KDS
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()

@@ -21,6 +21,7 @@ from typing import Final
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cmcp_azure import hcl
+from cmcp_azure.links import QUOTED_PCRS
 from cmcp_cli.attestation.api import ProviderError
 from cmcp_tpm import structures
 from cmcp_tpm.collector import quote_pcrs
@@ -35,7 +36,6 @@ from cmcp_tpm.tpm_access import (
     tss,
 )
 
-QUOTED_PCRS: Final = tuple(range(24))
 HCL_WHERE: Final = f"NV index 0x{hcl.NV_INDEX:08X} (the HCL report)"
 USER_DATA_WHERE: Final = f"NV index 0x{hcl.USER_DATA_NV_INDEX:08X} (the user data)"
 # What an AK created in the vTPM for quoting with an empty password has (TPMA_OBJECT).
