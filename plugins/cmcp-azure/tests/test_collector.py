@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tpm2_pytss import ESAPI, ESYS_TR
 
 from cmcp_azure import hcl, runtime_data
 from cmcp_azure.collector import AzureSnpCollector, AzureTdxCollector
@@ -36,7 +35,7 @@ from cmcp_tpm import structures as tpm
 from cmcp_tpm.collector import ak_template
 from cmcp_tpm.settings import PERSISTENT_FIRST
 from cmcp_tpm.testing import SoftwareTpm
-from cmcp_tpm.tpm_access import defined_handles
+from cmcp_tpm.tpm_access import ESAPI, ESYS_TR, defined_handles
 
 FACTS = GatewayFacts("sha256:" + "11" * 32, "sha256:" + "22" * 32, "sha256:" + "33" * 32)
 BINDING = bytes(range(32))
