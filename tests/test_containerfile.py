@@ -214,6 +214,8 @@ def test_the_image_builds_and_runs_cmcp(stages: list[Stage]) -> None:
         "sev-snp": "cmcp-sev",
         "tdx": "cmcp-tdx",
         "opaque": "cmcp-opaque",
+        "azure-sev-snp": "cmcp-azure",
+        "azure-tdx": "cmcp-azure",
     }
 
 

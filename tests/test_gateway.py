@@ -268,8 +268,15 @@ def test_the_attestation_provider_is_never_a_silent_fallback() -> None:
     bare = load_providers(plugins=())  # a host with none of the plugins installed
     with pytest.raises(StartupError) as uninstalled:
         choose_attestor(config_with("auto"), Environment(dev_mode=False), bare)
-    for reason in ("sev-snp: no plugin installed (pip install cmcp-sev)", "tdx: no plugin"):
-        assert reason in uninstalled.value.message
+    # each provider `auto` tries, in its order, with the wheel to install
+    tried = uninstalled.value.message.partition("can run here (")[2][:-1].split("; ")
+    assert tried == [
+        "sev-snp: no plugin installed (pip install cmcp-sev)",
+        "tdx: no plugin installed (pip install cmcp-tdx)",
+        "azure-sev-snp: no plugin installed (pip install cmcp-azure)",
+        "azure-tdx: no plugin installed (pip install cmcp-azure)",
+        "tpm: no plugin installed (pip install cmcp-tpm)",
+    ]
     with pytest.raises(StartupError, match="cmcp-opaque"):
         choose_attestor(config_with("opaque"), Environment(dev_mode=True), bare)
     with pytest.raises(StartupError, match="proves nothing"):

@@ -39,6 +39,17 @@ PROVIDERS = {
     "tdx": "cmcp-tdx",
     "opaque": "cmcp-opaque",
     "gpu-cc": "cmcp-gpucc",
+    "azure-sev-snp": "cmcp-azure",
+    "azure-tdx": "cmcp-azure",
+}
+# distribution -> the name of its `cmcp` entry point (one plugin may declare several providers)
+ENTRY_POINTS = {
+    "cmcp-tpm": "tpm",
+    "cmcp-sev": "sev-snp",
+    "cmcp-tdx": "tdx",
+    "cmcp-opaque": "opaque",
+    "cmcp-gpucc": "gpu-cc",
+    "cmcp-azure": "azure",
 }
 _IGNORED = shutil.ignore_patterns(
     "__pycache__", "*.pyc", "*.egg-info", "build", "dist", ".state", ".mypy_cache"
@@ -183,15 +194,17 @@ def test_each_wheel_carries_its_package_data_entry_point_and_dependency(
             "cmcp_gpucc/roots/nvidia-device-identity-ca.pem",
             "cmcp_gpucc/roots/nvidia-corim-signing-root-ca.pem",
         ],
+        "cmcp-azure": [],
     }
-    for provider, distribution in PROVIDERS.items():
+    assert set(ENTRY_POINTS) == set(PROVIDERS.values())
+    for distribution, entry_point in ENTRY_POINTS.items():
         wheel = release.wheels[distribution]
         package = distribution.replace("-", "_")
         with zipfile.ZipFile(wheel) as archive:
             names = set(archive.namelist())
         assert {f"{package}/py.typed", f"{package}/plugin.py", *data[distribution]} <= names
         entry_points = _wheel_text(wheel, ".dist-info/entry_points.txt")
-        assert f"[cmcp]\n{provider} = {package}.plugin" in entry_points, entry_points
+        assert f"[cmcp]\n{entry_point} = {package}.plugin" in entry_points, entry_points
         requires = [
             line.removeprefix("Requires-Dist: ")
             for line in _wheel_text(wheel, ".dist-info/METADATA").splitlines()
@@ -206,9 +219,9 @@ def test_the_venv_runs_the_installed_wheels_not_the_source_tree(release: Release
     probe = release.run(
         release.python,
         "-c",
-        "import json, sys, sysconfig, cmcp_cli, cmcp_tpm, cmcp_sev, cmcp_tdx\n"
+        "import json, sys, sysconfig, cmcp_cli, cmcp_tpm, cmcp_sev, cmcp_tdx, cmcp_azure\n"
         "print(json.dumps({'purelib': sysconfig.get_paths()['purelib'], 'path': sys.path,"
-        " 'files': [m.__file__ for m in (cmcp_cli, cmcp_tpm, cmcp_sev, cmcp_tdx)]}))",
+        " 'files': [m.__file__ for m in (cmcp_cli, cmcp_tpm, cmcp_sev, cmcp_tdx, cmcp_azure)]}))",
     )
     found = json.loads(probe)
     site = Path(found["purelib"])
@@ -246,6 +259,22 @@ def test_the_gateway_digest_of_the_wheel_is_the_installed_one(release: Release) 
     )
     assert installed.startswith("sha256:")
     assert installed == of_wheel
+
+
+def test_an_azure_measurement_needs_no_collector_extra(release: Release) -> None:
+    """An operator measures on any machine: the Azure measurer runs from the wheels without
+    tpm2-pytss, on the paravisor's report of a genuine Azure SEV-SNP VM."""
+    report = (
+        REPO.parent
+        / "shared"
+        / "attestation-vectors"
+        / "azure-cvm"
+        / "trustee-milan-hcl-report.bin"
+    )
+    if not report.is_file():
+        pytest.skip(f"the shared attestation vectors are not at {report.parent}")
+    measured = release.run(release.cmcp, "measure", "azure-sev-snp", "--hcl-report", report)
+    assert measured == "sha384:" + report.read_bytes()[32 + 0x90 : 32 + 0xC0].hex() + "\n"
 
 
 def test_the_quickstart_demo_runs_on_the_installed_wheels(release: Release) -> None:

@@ -133,8 +133,8 @@ class AttestationConfig(_Section):
         if value == DEVICE_PROVIDER:
             raise ValueError(
                 "gpu-cc attests GPUs beside the CPU platform, not instead of it: set "
-                "attestation.provider to the CPU's provider (auto, sev-snp, tdx, tpm) and "
-                "attestation.gpu_required: true to require the GPUs"
+                "attestation.provider to the CPU's provider (auto, sev-snp, tdx, azure-sev-snp, "
+                "azure-tdx, tpm) and attestation.gpu_required: true to require the GPUs"
             )
         return value
 

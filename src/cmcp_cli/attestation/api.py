@@ -223,6 +223,9 @@ class MeasureOption:
 class MeasureResult:
     measurement: str  # exactly the string for `attestation.expected_measurement`
     details: Mapping[str, Any] = field(default_factory=dict)  # JSON, shown by `--json`
+    # What the operator must read beside the measurement (what it covers, what else to pin),
+    # shown on stderr without `--json`; `details` carries the same as fields.
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,8 @@ def _command(registry: ProviderRegistry, name: str) -> Callable[..., int]:
         else:
             render.emit_line(result.measurement)
             render.err.print(f"[dim]{escape(name)} measurement: {escape(where)}[/dim]")
+            for note in result.notes:
+                render.line(escape(note))
         return int(ExitCode.OK)
 
     parameters = [_parameter(option) for option in options]

@@ -1,10 +1,10 @@
 """Everything a running gateway holds, built once from a checked config.
 
 `build_runtime` refuses to build from a config with errors, chooses the attestation
-provider (SEV-SNP, TDX, TPM in that order when `auto`, passing over one that cannot load
-here; software only with CMCP_DEV_MODE=1, never as a silent fallback) and the device
-providers that attest devices beside it (`preflight.devices`), opens the audit store and
-prepares the upstream clients.
+provider (with `auto`, the first found in `preflight.attestation.AUTO_ORDER`: SEV-SNP, TDX,
+Azure SEV-SNP, Azure TDX, TPM; passing over one that cannot load here; software only with
+CMCP_DEV_MODE=1, never as a silent fallback) and the device providers that attest devices
+beside it (`preflight.devices`), opens the audit store and prepares the upstream clients.
 """
 
 from __future__ import annotations

@@ -14,7 +14,11 @@ from cmcp_cli.config import CmcpConfig
 from cmcp_cli.errors import Problem
 from cmcp_cli.gateway.preflight.checks import Locator
 
-AUTO_ORDER = ("sev-snp", "tdx", "tpm")
+# Hardware reports first. Bare-metal SEV-SNP and TDX guests have their own device and no
+# paravisor; an Azure confidential VM has neither device, and its vTPM carries the
+# paravisor's SNP or TD report: so the Azure providers follow the bare-metal ones and come
+# before plain tpm, which would take that vTPM's quote without the hardware root.
+AUTO_ORDER = ("sev-snp", "tdx", "azure-sev-snp", "azure-tdx", "tpm")
 _PROVIDER = ("attestation", "provider")
 
 
@@ -24,7 +28,10 @@ def candidates(wanted: str) -> tuple[str, ...]:
 
 
 def plugin_of(provider: str) -> str:
-    """The wheel that ships a provider: sev-snp -> cmcp-sev, gpu-cc -> cmcp-gpucc."""
+    """The wheel that ships a provider: sev-snp -> cmcp-sev, gpu-cc -> cmcp-gpucc, and
+    azure-sev-snp and azure-tdx -> cmcp-azure."""
+    if provider.startswith("azure-"):
+        return "cmcp-azure"
     return "cmcp-" + provider.removesuffix("-snp").replace("-", "")
 
 

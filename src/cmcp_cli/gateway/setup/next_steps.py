@@ -40,13 +40,12 @@ def next_steps(
     config_path: Path, token_path: Path, listen: str, cwd: Path, environ: Mapping[str, str]
 ) -> NextSteps:
     """The command that serves `config_path` here. `attestation.provider: auto` serves on
-    the first SEV-SNP, TDX or TPM it finds, and without one only in dev mode: so when none
+    the first provider it finds in its order, and without one only in dev mode: so when none
     is found here, the command sets CMCP_DEV_MODE=1. The operator's token is the one in
     `token_path`, unless CMCP_OPERATOR_TOKEN is set: the gateway prefers that one."""
     shown = _relative(config_path, cwd)
-    found = [
-        row.name for row in inventory().providers if row.name in candidates("auto") and row.detected
-    ]
+    detected = {row.name for row in inventory().providers if row.detected}
+    found = [name for name in candidates("auto") if name in detected]  # the one auto takes first
     start = f"cmcp start --config {shlex.quote(shown)}"
     if environ.get(ENV_OPERATOR_TOKEN):
         token = f"${ENV_OPERATOR_TOKEN}"
@@ -69,9 +68,9 @@ def next_steps(
     return NextSteps(
         command=f"{ENV_DEV_MODE}=1 {start}",
         dev_mode=True,
-        note=f"no SEV-SNP, TDX or TPM here (cmcp plugins says why), so {ENV_DEV_MODE}=1 runs "
-        "a development gateway: software attestation, claims that prove nothing about the "
-        "host, agents without a token on loopback",
+        note=f"no SEV-SNP, TDX, Azure CVM or TPM here (cmcp plugins says why), so "
+        f"{ENV_DEV_MODE}=1 runs a development gateway: software attestation, claims that "
+        "prove nothing about the host, agents without a token on loopback",
         approve=approve,
     )
 

@@ -41,11 +41,11 @@ _HEADER = """\
 # Relative paths are relative to this file; every key is in docs/configuration.md.
 # Check it with:  cmcp validate-config --config cmcp-config.yaml
 # Serve it with:  cmcp start --config cmcp-config.yaml
-#   (with CMCP_DEV_MODE=1 in front on a host without SEV-SNP, TDX or TPM: a development
-#   gateway whose claims are not hardware-attested)
+#   (with CMCP_DEV_MODE=1 in front on a host without SEV-SNP, TDX, Azure CVM or TPM: a
+#   development gateway whose claims are not hardware-attested)
 
 attestation:
-  provider: auto            # SEV-SNP, then TDX, then TPM; software only with CMCP_DEV_MODE=1
+  provider: auto            # SEV-SNP, TDX, Azure CVM, then TPM; software only with CMCP_DEV_MODE=1
   enforcement_mode: enforcing
 
 policy_bundle_path: ./policies  # read-only tools run, the others wait for an operator

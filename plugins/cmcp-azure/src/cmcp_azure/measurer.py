@@ -1,0 +1,407 @@
+"""`cmcp measure azure-sev-snp` and `cmcp measure azure-tdx`: the measurement an Azure
+CVM's claims will carry, read from an HCL report taken on a known-good VM.
+
+On Azure the hardware report measures Microsoft's paravisor (HCL) and its firmware, which
+Microsoft builds and launches: no operator holds the image that digest is computed over, so
+nothing here recomputes it. The measurer reads the report the paravisor wrote on a VM of
+the image and size to be pinned (`tpm2_nvread -C o 0x01400001 -o hcl-report.bin`) and
+states its measurement as the verifier does:
+
+    azure-sev-snp  sha384:<MEASUREMENT of the SNP report>, the paravisor's launch digest
+    azure-tdx      cmcp_tdx.measurement.measurement_string(MRTD, RTMR0..3) of the TD
+                   report, which the DCAP quote's TD body must repeat
+
+Neither covers the guest OS: the paravisor measures the boot into the vTPM's PCRs, which
+the auditor pins with the `pcrs` platform-policy key. Given a vTPM quote (or the PCR
+values file tpm2-tools writes) from the same VM, the measurer prints those values ready
+to paste. The gateway's binding travels in the quote and the report's user data, so
+`--config` changes nothing here.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+
+from cmcp_azure import hcl, runtime_data, tdreport
+from cmcp_azure.plugin import SNP_NAME, TDX_NAME
+from cmcp_cli.attestation.api import (
+    MeasureInputs,
+    MeasureOption,
+    Measurer,
+    MeasureResult,
+    ProviderError,
+)
+from cmcp_cli.attestation.toolkit import measure_values, read_bounded
+from cmcp_sev.structures import ReportFormatError, parse_report
+from cmcp_tdx.measurement import measurement_string
+from cmcp_tpm import pcr
+from cmcp_tpm import structures as tpm
+
+MAX_QUOTE: Final = 64 << 10
+MAX_PCR_FILE: Final = 64 << 10
+QUOTED: Final = (("sha256", tuple(range(pcr.PCR_COUNT))),)  # what the collector quotes
+# The boot chain (4) and the secure boot policy (7). PCR 0 holds the firmware volume, which
+# Azure updates under running fleets, and PCR 6 differs from VM to VM (Azure measures the
+# VM's identity into it): pinning either would refuse every other VM of the image.
+DEFAULT_PIN: Final = (4, 7)
+PARAVISOR_VMPL: Final = 0  # the paravisor requests its reports at the most privileged level
+NV_READ: Final = f"tpm2_nvread -C o {hcl.NV_INDEX:#010x} -o hcl-report.bin"
+PCR_READ: Final = "tpm2_pcrread sha256:0-23 -o pcrs.bin"
+COVERS: Final = (
+    "the paravisor (HCL) and the firmware it launches, as Microsoft builds them: it changes "
+    "when Azure updates the paravisor"
+)
+NOT_COVERED: Final = (
+    "the guest OS: its boot (firmware, boot loader, kernel, secure boot policy) is measured "
+    "into the vTPM's PCRs, which the auditor pins with the `pcrs` platform-policy key"
+)
+
+OPTIONS: tuple[MeasureOption, ...] = (
+    MeasureOption(
+        "hcl-report",
+        f"The HCL report of a known-good VM of the image and size to pin ({NV_READ}).",
+        "PATH",
+        required=True,
+    ),
+    MeasureOption(
+        "tpm-quote",
+        "A vTPM quote over sha256:0-23 from the same VM, as az-cvm-vtpm and trustee write it "
+        "(JSON {message, signature, pcrs}, hex): checked against the report's HCLAkPub, its "
+        "PCR values are printed to pin.",
+        "PATH",
+    ),
+    MeasureOption(
+        "pcr-file",
+        f"Instead of --tpm-quote: the PCR values file of the same VM ({PCR_READ}, or "
+        "`tpm2_quote -o`); nothing signs it.",
+        "PATH",
+    ),
+    MeasureOption(
+        "pin-pcrs",
+        "The PCRs to print for the `pcrs` key, e.g. 1-5,7 (default 4,7: the boot chain and "
+        "the secure boot policy).",
+        "PCRS",
+    ),
+)
+
+
+def _one(values: Mapping[str, tuple[str, ...]], name: str) -> str | None:
+    given = values.get(name, ())
+    if len(given) > 1:
+        raise ProviderError(f"--{name} is given {len(given)} times", hint=f"give --{name} once")
+    return given[0] if given else None
+
+
+def _read(name: str, path: str, limit: int, hint: str) -> bytes:
+    return read_bounded(Path(path), limit, f"--{name}", hint=hint)
+
+
+@dataclass(frozen=True, slots=True)
+class _Hardware:
+    """What the hardware report inside the HCL report says, for the operator."""
+
+    measurement: str  # as the provider's collector and verifier state it
+    covers: str
+    fields: dict[str, Any]
+    debug: str | None  # why claims of this VM fail, when its report allows debugging
+
+
+def _debug_note(check: str) -> str:
+    return (
+        f"this report allows debugging the VM: `cmcp verify` fails {check} on its claims "
+        "(unless --allow-debug), so it is no known-good VM to measure"
+    )
+
+
+class _AzureMeasurer(Measurer):
+    provider: str
+    report_type: hcl.ReportType
+
+    @property
+    def options(self) -> Sequence[MeasureOption]:
+        return OPTIONS
+
+    def measure(self, inputs: MeasureInputs) -> MeasureResult:
+        values = measure_values(inputs.values, OPTIONS)
+        path = _one(values, "hcl-report")
+        if path is None:
+            raise ProviderError("--hcl-report is required", hint=f"read it on the VM: {NV_READ}")
+        report, runtime = self._report(path)
+        hardware = self._hardware(path, report)
+        configuration = runtime.vm_configuration
+        details: dict[str, Any] = {
+            "hcl_report": path,
+            "hcl_version": report.version,
+            "covers": hardware.covers,
+            "not_covered": NOT_COVERED,
+            **hardware.fields,
+            "runtime_data_sha256": report.runtime_data_digest.hex(),
+            "vm_configuration": {
+                "secure_boot": configuration.secure_boot,
+                "tpm_enabled": configuration.tpm_enabled,
+                "console_enabled": configuration.console_enabled,
+                "vm_unique_id": configuration.vm_unique_id,
+            },
+        }
+        notes = [
+            f"covers: {hardware.covers}",
+            f"does not cover: {NOT_COVERED}",
+            _configuration_note(configuration),
+        ]
+        if hardware.debug is not None:
+            notes.append(hardware.debug)
+        pinned = _pcrs(values, runtime)
+        if pinned is not None:
+            selected, source = pinned
+            table = {str(index): value.hex() for index, value in selected.items()}
+            details["pcrs"] = table
+            details["pcr_source"] = source
+            notes.append(f"PCRs from {source}; to pin them, in the auditor's platform policy:")
+            notes.append(f"[{self.provider}]\npcrs = {_toml_table(table)}")
+        return MeasureResult(hardware.measurement, details, notes=tuple(notes))
+
+    def _report(self, path: str) -> tuple[hcl.HclReport, runtime_data.RuntimeData]:
+        data = _read("hcl-report", path, hcl.MAX_SIZE, f"read it on the VM: {NV_READ}")
+        try:
+            report = hcl.parse(data)
+        except hcl.HclFormatError as error:
+            raise ProviderError(
+                f"--hcl-report {path} is not an HCL report: {error}",
+                hint=f"give the whole NV index as the VM reads it: {NV_READ}",
+            ) from None
+        if report.report_type is not self.report_type:
+            other = SNP_NAME if report.report_type is hcl.ReportType.SNP else TDX_NAME
+            raise ProviderError(
+                f"--hcl-report {path} holds a {report.report_type.name} report, not "
+                f"{self.report_type.name}: it comes from an {other} VM",
+                hint=f"measure it with `cmcp measure {other}`",
+            )
+        if report.report_data != report.expected_report_data:
+            raise ProviderError(
+                f"--hcl-report {path}: REPORT_DATA is not the SHA-256 of its runtime data, so "
+                "the paravisor did not write these bytes together (the file was altered or "
+                "assembled from two reports)",
+                hint=f"read the report again on the VM: {NV_READ}",
+            )
+        try:
+            runtime = runtime_data.parse(report.runtime_data)
+        except runtime_data.RuntimeDataError as error:
+            raise ProviderError(
+                f"--hcl-report {path}: its runtime data is unusable: {error}",
+                hint=f"read the report again on the VM: {NV_READ}",
+            ) from None
+        return report, runtime
+
+    @abstractmethod
+    def _hardware(self, path: str, report: hcl.HclReport) -> _Hardware: ...
+
+
+class AzureSnpMeasurer(_AzureMeasurer):
+    """The Measurer of the azure-sev-snp provider (see the module docstring)."""
+
+    provider = SNP_NAME
+    report_type = hcl.ReportType.SNP
+
+    def _hardware(self, path: str, report: hcl.HclReport) -> _Hardware:
+        try:
+            snp = parse_report(report.hardware_report)
+        except ReportFormatError as error:
+            raise ProviderError(
+                f"--hcl-report {path}: its SNP report is unusable: {error}",
+                hint=f"read the report again on the VM: {NV_READ}",
+            ) from None
+        if snp.vmpl != PARAVISOR_VMPL:
+            raise ProviderError(
+                f"--hcl-report {path}: its SNP report was requested at VMPL {snp.vmpl}, not "
+                f"{PARAVISOR_VMPL} where the paravisor runs: the guest OS made it, over runtime "
+                "data of its own, and the verifier refuses such reports (azure.snp.vmpl)",
+                hint=f"read the paravisor's report on the VM: {NV_READ}",
+            )
+        fields = {
+            "snp_report": {
+                "version": snp.version, "vmpl": snp.vmpl, "guest_svn": snp.guest_svn,
+                "policy": f"{snp.policy:#x}", "debug": snp.debug,
+                "family_id": snp.family_id.hex(), "image_id": snp.image_id.hex(),
+                "host_data": snp.host_data.hex(), "id_key_digest": snp.id_key_digest.hex(),
+                "author_key_digest": snp.author_key_digest.hex(),
+                "reported_tcb": snp.reported_tcb.raw.hex(), "chip_id": snp.chip_id.hex(),
+            },
+        }  # fmt: skip
+        return _Hardware(
+            measurement="sha384:" + snp.measurement.hex(),
+            covers=f"{COVERS} (the SNP report's MEASUREMENT)",
+            fields=fields,
+            debug=_debug_note("sev.policy.debug") if snp.debug else None,
+        )
+
+
+class AzureTdxMeasurer(_AzureMeasurer):
+    """The Measurer of the azure-tdx provider (see the module docstring)."""
+
+    provider = TDX_NAME
+    report_type = hcl.ReportType.TDX
+
+    def _hardware(self, path: str, report: hcl.HclReport) -> _Hardware:
+        try:
+            body = tdreport.body_of(report.hardware_report)
+        except tdreport.TdReportFormatError as error:
+            raise ProviderError(
+                f"--hcl-report {path}: its TD report is unusable: {error}",
+                hint=f"read the report again on the VM: {NV_READ}",
+            ) from None
+        zero = "" if any(b"".join(body.rtmrs)) else " (all zero here)"
+        covers = f"{COVERS} (the TD report's MRTD and RTMR0..3{zero}, which its DCAP quote repeats)"
+        fields = {
+            "td_report": {
+                "mrtd": body.mrtd.hex(),
+                **{f"rtmr{n}": value.hex() for n, value in enumerate(body.rtmrs)},
+                "td_attributes": body.td_attributes.hex(), "debug": body.debug,
+                "xfam": body.xfam.hex(), "mrconfigid": body.mrconfigid.hex(),
+                "mrowner": body.mrowner.hex(), "mrownerconfig": body.mrownerconfig.hex(),
+                "mrseam": body.mrseam.hex(), "tee_tcb_svn": body.tee_tcb_svn.hex(),
+            },
+        }  # fmt: skip
+        return _Hardware(
+            measurement=measurement_string(body.mrtd, body.rtmrs),
+            covers=covers,
+            fields=fields,
+            debug=_debug_note("tdx.td.debug") if body.debug else None,
+        )
+
+
+def _configuration_note(configuration: runtime_data.VmConfiguration) -> str:
+    def said(value: bool | None) -> str:
+        return "not stated" if value is None else str(value).lower()
+
+    return (
+        f"this VM's vm-configuration: secure-boot {said(configuration.secure_boot)}, "
+        f"tpm-enabled {said(configuration.tpm_enabled)}, console-enabled "
+        f"{said(configuration.console_enabled)} (the platform-policy keys "
+        "require_secure_boot, require_tpm_enabled and allow_console judge these)"
+    )
+
+
+def _toml_table(table: Mapping[str, str]) -> str:
+    return "{ " + ", ".join(f'"{key}" = "{value}"' for key, value in table.items()) + " }"
+
+
+# ---------------------------------------------------------------- the PCRs to pin
+
+
+def _pcrs(
+    values: Mapping[str, tuple[str, ...]], runtime: runtime_data.RuntimeData
+) -> tuple[dict[int, bytes], str] | None:
+    quote_path, file_path = _one(values, "tpm-quote"), _one(values, "pcr-file")
+    selection_text = _one(values, "pin-pcrs")
+    if quote_path is not None and file_path is not None:
+        raise ProviderError(
+            "--tpm-quote and --pcr-file both give the PCR values", hint="give one of them"
+        )
+    if quote_path is None and file_path is None:
+        if selection_text is not None:
+            raise ProviderError(
+                "--pin-pcrs selects among PCR values, and none are given",
+                hint="add --tpm-quote or --pcr-file from the same VM",
+            )
+        return None
+    try:
+        selection = DEFAULT_PIN if selection_text is None else pcr.parse_selection(selection_text)
+    except ValueError as error:
+        raise ProviderError(
+            f"--pin-pcrs {selection_text}: {error}", hint="give PCR indices and ranges, e.g. 4,7"
+        ) from None
+    if quote_path is not None:
+        quoted, source = _quoted_pcrs(quote_path, runtime), f"--tpm-quote {quote_path}"
+    else:
+        quoted, source = _file_pcrs(file_path or ""), f"--pcr-file {file_path} (unsigned)"
+    missing = [index for index in selection if index not in quoted]
+    if missing:
+        raise ProviderError(
+            f"{source} has no sha256 value for PCR {', '.join(map(str, missing))}",
+            hint=f"read all 24 on the VM: {PCR_READ}",
+        )
+    return {index: quoted[index] for index in selection}, source
+
+
+def _quoted_pcrs(path: str, runtime: runtime_data.RuntimeData) -> dict[int, bytes]:
+    """The 24 PCR values of a quote JSON, refused unless the quote is over exactly them and
+    HCLAkPub of the report signed it: values that no quote by this VM's key covers are not
+    that VM's boot."""
+    hint = "give the quote JSON of the same VM, {message, signature, pcrs} in hex"
+    data = _read("tpm-quote", path, MAX_QUOTE, hint)
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ProviderError(f"--tpm-quote {path} is not JSON ({error})", hint=hint) from None
+    if not isinstance(document, dict) or set(document) != {"message", "signature", "pcrs"}:
+        raise ProviderError(
+            f"--tpm-quote {path} is not an object of exactly message, signature and pcrs",
+            hint=hint,
+        )
+    listed = document["pcrs"]
+    if not isinstance(listed, list) or len(listed) != pcr.PCR_COUNT:
+        raise ProviderError(f"--tpm-quote {path}: pcrs is not a list of 24 values", hint=hint)
+    message, signature = (_hex(path, document, name) for name in ("message", "signature"))
+    quoted = [_hex(path, {"pcrs": value}, "pcrs") for value in listed]
+    try:
+        attest = tpm.parse_attest(message)
+    except tpm.TpmFormatError as error:
+        raise ProviderError(
+            f"--tpm-quote {path}: message is unusable: {error}", hint=hint
+        ) from None
+    if any(len(value) != pcr.DIGEST_SIZES["sha256"] for value in quoted):
+        raise ProviderError(f"--tpm-quote {path}: a PCR value is not 32 bytes", hint=hint)
+    if attest.magic != tpm.TPM_GENERATED_VALUE or attest.pcr_selection != QUOTED:
+        raise ProviderError(
+            f"--tpm-quote {path} is not a TPM quote over sha256 PCRs 0-23",
+            hint="quote with the collector's selection: tpm2_quote -l sha256:0-23",
+        )
+    if pcr.composite("sha256", quoted) != attest.pcr_digest:
+        raise ProviderError(
+            f"--tpm-quote {path}: its pcrs are not the values the quote signed (their "
+            "SHA-256 is not its pcrDigest)",
+            hint=hint,
+        )
+    try:
+        runtime.ak_public.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
+    except InvalidSignature:
+        raise ProviderError(
+            f"--tpm-quote {path} is not signed by the HCLAkPub of --hcl-report: it comes "
+            "from another VM",
+            hint="take the report and the quote on the same VM",
+        ) from None
+    return dict(enumerate(quoted))
+
+
+def _hex(path: str, document: Mapping[str, object], member: str) -> bytes:
+    value = document[member]
+    try:
+        if isinstance(value, str):
+            return bytes.fromhex(value)
+    except ValueError:
+        pass
+    raise ProviderError(
+        f"--tpm-quote {path}: {member} holds something that is not a hex string",
+        hint="give the quote JSON as az-cvm-vtpm writes it: every value in hex",
+    )
+
+
+def _file_pcrs(path: str) -> dict[int, bytes]:
+    data = _read("pcr-file", path, MAX_PCR_FILE, f"write it on the VM: {PCR_READ}")
+    try:
+        banks = tpm.parse_pcr_file(data)
+    except tpm.TpmFormatError as error:
+        raise ProviderError(
+            f"--pcr-file {path} is not a tpm2-tools PCR values file: {error}",
+            hint=f"write it on the VM: {PCR_READ}",
+        ) from None
+    return dict(banks.get("sha256", {}))
