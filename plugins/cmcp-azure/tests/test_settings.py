@@ -35,6 +35,12 @@ def test_the_defaults_are_an_azure_cvms() -> None:
         assert parsed.vcek is None and parsed.cert_chain == ()
 
 
+def test_null_certificate_files_are_unset() -> None:
+    """As docs/configuration.md writes the defaults."""
+    parsed = AzureSettings.parse(SNP, {"vcek": None, "cert_chain": None})
+    assert parsed == AzureSettings.parse(SNP, {})
+
+
 def test_every_setting_is_read() -> None:
     parsed = AzureSettings.parse(
         SNP,
@@ -101,6 +107,7 @@ def test_each_unusable_value_is_refused_by_name(
 def test_the_vcek_and_its_chain_are_given_together_as_absolute_paths() -> None:
     refused(SNP, {"vcek": "/v.pem"}, "vcek is set but", "cert_chain is not")
     refused(SNP, {"cert_chain": "/c.pem"}, "cert_chain is set but", "vcek is not")
+    refused(SNP, {"vcek": "/v.pem", "cert_chain": None}, "vcek is set but")
     refused(SNP, {"vcek": "v.pem", "cert_chain": "/c.pem"}, "vcek must be an absolute file path")
     refused(SNP, {"vcek": "/v.pem", "cert_chain": []}, "cert_chain is an empty list")
     refused(SNP, {"vcek": "/v.pem", "cert_chain": ["/a.pem", 3]}, "cert_chain must be an absolute")

@@ -71,7 +71,7 @@ class AzureSettings:
         """Validate the provider's config section; `ProviderError` names the first problem."""
         where = section(provider)
         if provider == TDX_NAME and isinstance(settings, Mapping):
-            misplaced = sorted(key for key in SNP_ONLY_SETTINGS if key in settings)
+            misplaced = sorted(k for k in SNP_ONLY_SETTINGS if settings.get(k) is not None)
             if misplaced:
                 raise ProviderError(
                     f"{where}: {', '.join(misplaced)} is for SEV-SNP only; a TDX CVM's TD "
@@ -102,8 +102,10 @@ class AzureSettings:
             values["timeout_seconds"] = _timeout(
                 parsed.name("timeout_seconds"), settings["timeout_seconds"]
             )
-        if "vcek" in settings or "cert_chain" in settings:
-            values.update(_certificate_files(parsed, settings))
+        # null stands for unset, as the configuration reference writes the defaults
+        files = {k: settings[k] for k in SNP_ONLY_SETTINGS if settings.get(k) is not None}
+        if files:
+            values.update(_certificate_files(parsed, files))
         return cls(provider, **values)
 
 
