@@ -30,7 +30,7 @@ from cmcp_cli.attestation.api import (
     ProviderError,
     TrustInputs,
 )
-from cmcp_cli.testing.verdicts import statuses
+from cmcp_cli.testing.verdicts import assert_fails, statuses
 from cmcp_tpm import structures as tpm
 from cmcp_tpm.collector import ak_template
 from cmcp_tpm.settings import PERSISTENT_FIRST
@@ -134,6 +134,7 @@ def test_snp_evidence_carries_the_binding_as_user_data_and_verifies(
     assert sorted(evidence.evidence) == ["cert_chain", "hcl_report", "tpm_quote", "vcek"]
     # the vTPM had no user-data index: the collector defined it, and the report carries it
     assert runtime_of(evidence).user_data == BINDING + bytes(32)
+    assert base64.b64decode(evidence.evidence["hcl_report"]) == snp.reports()[-1]
     verdict = verify_snp(evidence, snp.folder / "ark.pem")
     assert verdict.hardware_attested and not verdict.failed, verdict.checks
     assert statuses(verdict)["azure.user_data"] is CheckStatus.PASS
@@ -258,7 +259,12 @@ def test_collect_refuses_changed_settings_and_a_binding_of_another_size(
 def test_a_paravisor_that_ignores_user_data_refuses_it_but_binds_by_quote(
     tmp_path: Path,
 ) -> None:
-    paravisor = RunningParavisor.start(tmp_path, "snp", ignore_user_data=True)
+    # this paravisor also says the VM boots without secure boot: the runtime data shipped
+    # is the paravisor's, judged by the auditor's vm-configuration policy
+    configuration = {"console-enabled": False, "secure-boot": False, "tpm-enabled": True}
+    paravisor = RunningParavisor.start(
+        tmp_path, "snp", ignore_user_data=True, vm_configuration=configuration
+    )
     try:
         settings = files(paravisor, timeout_seconds=0.3)
         refusal(
@@ -267,11 +273,15 @@ def test_a_paravisor_that_ignores_user_data_refuses_it_but_binds_by_quote(
             "user_data = false",
         )
         evidence = collect(AzureSnpCollector(), {**settings, "user_data": False})
-        verdict = verify_snp(evidence, paravisor.folder / "ark.pem")
-        assert verdict.hardware_attested, verdict.checks
-        assert statuses(verdict)["azure.user_data"] is CheckStatus.SKIP
     finally:
         paravisor.stop()
+    assert runtime_of(evidence).vm_configuration.secure_boot is False
+    verdict = verify_snp(evidence, paravisor.folder / "ark.pem")
+    assert statuses(verdict)["azure.user_data"] is CheckStatus.SKIP
+    assert statuses(verdict)["azure.quote.nonce"] is CheckStatus.PASS
+    assert_fails(verdict, "azure.vm_configuration", "secure")
+    failed = [name for name, status in statuses(verdict).items() if status is CheckStatus.FAIL]
+    assert failed == ["azure.vm_configuration"]
 
 
 def test_tdx_evidence_has_the_td_quote_of_its_tdreport_and_verifies(

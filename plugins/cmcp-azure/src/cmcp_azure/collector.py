@@ -282,7 +282,7 @@ class _AzureCollector(Collector):
             reads += 1
             if read.runtime.ak_public.public_numbers() != attested.ak_public.public_numbers():
                 raise ProviderError(
-                    "the paravisor's report now attests another AK than at start",
+                    "the paravisor's report attests another AK than the one it attested at start",
                     hint="restart the gateway so that it checks the vTPM's key again",
                 )
             if read.runtime.user_data == expected:
