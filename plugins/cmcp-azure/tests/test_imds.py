@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cmcp_azure import hcl, imds
@@ -83,7 +84,10 @@ def test_the_td_quote_is_of_the_report_sent(
     assert (last["method"], last["path"], last["metadata"]) == ("POST", imds.TD_QUOTE_PATH, "true")
     sent = base64.urlsafe_b64encode(td_report).decode().rstrip("=")
     assert last["body"] == {"report": sent}
-    report_data = tdx.parse_quote(quote).body.report_data
+    parsed = tdx.parse_quote(quote)
+    if mode == "padded":  # its base64url needed padding, and unsigned zeros follow it
+        assert len(quote) % 3 and parsed.trailing >= 70 and not any(quote[-parsed.trailing :])
+    report_data = parsed.body.report_data
     trust = TrustInputs(
         binding=report_data[:32], at=AT, trust_roots=(double.intel_root.read_bytes(),)
     )
@@ -101,7 +105,7 @@ SNP_FAILURES = [
     ("missing", ("without a 'vcekCert' string",)),
     ("malformed-pem", ("vcekCert", "not PEM certificate data")),
     ("short-chain", ("certificateChain", "holds 1 certificate(s), not 2")),
-    ("bad-tcbm", ("tcbm", "is not 16 hex digits")),
+    ("bad-tcbm", ("tcbm", "is not hex")),
 ]
 
 
@@ -193,3 +197,17 @@ def test_base64url_is_taken_with_or_without_padding(text: str, expected: bytes) 
 def test_anything_else_is_not_base64url(text: str) -> None:
     with pytest.raises(ValueError, match=r"base64url|padding"):
         imds.base64url_decode(text)
+
+
+def test_the_double_refuses_what_the_real_service_refuses(
+    double: RunningImds, td_report: bytes
+) -> None:
+    with httpx.Client(trust_env=False, timeout=TIMEOUT) as client:
+        bare = client.get(double.url + imds.THIM_PATH)
+        assert bare.status_code == 400 and "metadata header" in bare.text
+        headers = {"Metadata": "true"}
+        standard = base64.b64encode(td_report[:-2] + b"\xff\xff").decode()  # '/' and '+'
+        bad = client.post(
+            double.url + imds.TD_QUOTE_PATH, headers=headers, json={"report": standard}
+        )
+        assert bad.status_code == 400 and "not a base64url TDREPORT" in bad.text

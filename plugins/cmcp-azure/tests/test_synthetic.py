@@ -6,19 +6,28 @@ under the test root, with the runtime data's hash standing for the binding."""
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from cmcp_azure import hcl, runtime_data, tdreport
-from cmcp_azure.testing.synthetic import SnpAuthority, report_data_for, snp_set, tdx_set
+from cmcp_azure.testing.synthetic import (
+    SnpAuthority,
+    ak_quote,
+    report_data_for,
+    snp_set,
+    tdx_set,
+)
 from cmcp_cli.attestation.api import CheckStatus, TrustInputs
 from cmcp_cli.testing.verdicts import assert_fails, statuses
 from cmcp_sev.synthetic import AT, evidence
 from cmcp_sev.verifier import SevVerifier
 from cmcp_tdx.quote import parse_quote
 from cmcp_tdx.verifier import TdxVerifier
+from cmcp_tpm import structures as tpm
 
 USER_DATA = bytes(range(32)) + bytes(32)
 CONFIGURATION = {"console-enabled": True, "secure-boot": False, "tpm-enabled": True}
@@ -80,3 +89,19 @@ def test_the_td_quote_repeats_the_tdreport_and_passes_the_tdx_verifier(
     verdict = TdxVerifier().verify(doc, _trust(report, made.root_pem))
     assert verdict.hardware_attested and not verdict.failed, verdict.checks
     assert statuses(verdict)["tdx.tcb.status"] is CheckStatus.SKIP
+
+
+def test_the_ak_quote_is_over_pcrs_0_to_23_for_the_binding() -> None:
+    ak = rsa.generate_private_key(65537, 2048)
+    binding = bytes(range(32))
+    made = ak_quote(ak, binding)
+    attest = tpm.parse_attest(made.attest)
+    assert (attest.magic, attest.type) == (0xFF544347, 0x8018)
+    assert attest.extra_data == binding
+    assert attest.pcr_selection == (("sha256", tuple(range(24))),)
+    assert attest.pcr_digest == hashlib.sha256(b"".join(made.pcrs)).digest()
+    signature = tpm.parse_signature(made.signature)
+    assert (signature.scheme, signature.hash_alg) == (tpm.ALG_RSASSA, tpm.ALG_SHA256)
+    ak.public_key().verify(signature.value, made.attest, padding.PKCS1v15(), hashes.SHA256())
+    with pytest.raises(ValueError, match="24 PCR values"):
+        ak_quote(ak, binding, made.pcrs[:23])

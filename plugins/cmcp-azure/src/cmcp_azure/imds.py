@@ -39,23 +39,30 @@ THIM_PATH: Final = "/metadata/THIM/amd/certification"
 TD_QUOTE_PATH: Final = "/acc/tdquote"
 # A VCEK and its chain are a few kilobytes, a TD quote about 5 KB (base64url: a third more).
 MAX_ANSWER: Final = 128 * 1024
-TCBM_DIGITS: Final = 16  # the 8-byte TCB_VERSION, as hex
+# THIM's tcbm names the TCB the VCEK is for (AMD's TCB_VERSION is 8 bytes); it is only
+# reported, never relied on (the VCEK's own extensions state its TCB), so its length is
+# bounded rather than fixed.
+MAX_TCBM_DIGITS: Final = 64
 _HEADERS: Final = {"Metadata": "true", "Accept": "application/json"}
 _REACH_HINT: Final = (
     "check imds_url (Azure's is http://169.254.169.254) and that this VM reaches it; "
     "no proxy is used for it"
 )
 _SNP_HINT: Final = (
-    "THIM serves certificates only to an Azure SEV-SNP confidential VM; elsewhere, give "
-    "the VCEK and its chain as files (settings vcek and cert_chain)"
+    "THIM serves certificates only to an Azure SEV-SNP confidential VM (DCasv5/ECasv5); "
+    "check that this is one and that imds_url is Azure's, or give the VCEK and its chain as "
+    "files (settings vcek and cert_chain)"
 )
-_TDX_HINT: Final = "the host makes TD quotes only for an Azure TDX confidential VM"
+_TDX_HINT: Final = (
+    "the host makes TD quotes only for an Azure TDX confidential VM (DCesv5/ECesv5): check "
+    "that this is one and that imds_url is Azure's"
+)
 
 
 @dataclass(frozen=True, slots=True)
 class SnpCertificates:
     vcek: bytes  # DER
-    chain: tuple[bytes, ...]  # DER: the ASK, then the ARK
+    chain: tuple[bytes, ...]  # DER, in the order THIM serves them (AMD's: ASK, then ARK)
     tcbm: str  # the TCB the VCEK was issued for, as THIM states it (hex)
 
 
@@ -75,7 +82,7 @@ def _url(base_url: str, path: str) -> str:
             f"the IMDS URL {base_url!r} has a query or fragment",
             hint=f"set imds_url to the base alone, such as {DEFAULT_URL}",
         )
-    return str(base_url).rstrip("/") + path
+    return base_url.rstrip("/") + path
 
 
 def _exchange(request: httpx.Request, *, timeout: float, hint: str) -> bytes:
@@ -84,9 +91,10 @@ def _exchange(request: httpx.Request, *, timeout: float, hint: str) -> bytes:
     url = str(request.url)
     deadline = time.monotonic() + timeout
     # trust_env=False: no proxy, netrc or CA bundle from the environment sees the request
-    with httpx.Client(timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False) as c:
+    client = httpx.Client(timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False)
+    with client:
         try:
-            response = c.send(request, stream=True)
+            response = client.send(request, stream=True)
         except httpx.TimeoutException:
             raise ProviderError(
                 f"{url} did not answer within {timeout} s", hint=_REACH_HINT
@@ -178,9 +186,10 @@ def fetch_snp_certificates(base_url: str, *, timeout: float) -> SnpCertificates:
     (vcek,) = _certificates(document["vcekCert"], 1, "vcekCert", url)
     chain = _certificates(document["certificateChain"], 2, "certificateChain", url)
     tcbm = document["tcbm"]
-    if len(tcbm) != TCBM_DIGITS or not all(c in "0123456789abcdefABCDEF" for c in tcbm):
+    if len(tcbm) > MAX_TCBM_DIGITS or not all(c in "0123456789abcdefABCDEF" for c in tcbm):
         raise ProviderError(
-            f"the tcbm {url} answered, {tcbm[:40]!r}, is not {TCBM_DIGITS} hex digits",
+            f"the tcbm {url} answered, {tcbm[:40]!r}, is not hex (at most {MAX_TCBM_DIGITS} "
+            "digits)",
             hint=_SNP_HINT,
         )
     return SnpCertificates(vcek=vcek, chain=tuple(chain), tcbm=tcbm)

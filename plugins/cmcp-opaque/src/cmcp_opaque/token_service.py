@@ -31,8 +31,6 @@ import base64
 import http.client
 import json
 import ssl
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Final
 
+from cmcp_cli.testing.service import ServiceProcess, write_ready
 from cmcp_opaque.testing import TestCa, TokenIssuer
 
 MODES: Final = (
@@ -49,7 +48,6 @@ MODES: Final = (
 )  # fmt: skip
 STALL_SECONDS: Final = 5.0
 MAX_BODY: Final = 64 * 1024
-STARTUP_SECONDS: Final = 30.0
 
 
 class Service:
@@ -200,9 +198,7 @@ class Service:
             "issuer": self.issuer.issuer,
             "kid": self.issuer.kid,
         }
-        partial = self.folder / "service.json.partial"
-        partial.write_text(json.dumps(ready))
-        partial.replace(self.folder / "service.json")
+        write_ready(self.folder, "service.json", ready)
         self.control.serve_forever()
 
 
@@ -210,7 +206,7 @@ class Service:
 class RunningService:
     """The service as a test runs it: a subprocess, and what it wrote into its folder."""
 
-    process: subprocess.Popen[bytes]
+    process: ServiceProcess
     folder: Path
     port: int
     control: int
@@ -219,23 +215,10 @@ class RunningService:
 
     @classmethod
     def start(cls, folder: Path, mode: str = "succeed") -> RunningService:
-        command = [sys.executable, "-m", "cmcp_opaque.token_service", "--dir", str(folder)]
-        with (folder / "service.log").open("wb") as log:
-            # this interpreter and this module: no input from outside the test
-            process = subprocess.Popen(  # noqa: S603
-                [*command, "--mode", mode], stdout=log, stderr=log
-            )
-        ready = folder / "service.json"
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while not ready.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                process.wait(timeout=10)
-                output = (folder / "service.log").read_text(errors="replace")
-                raise RuntimeError(f"the token service did not start:\n{output}")
-            time.sleep(0.05)
-        facts = json.loads(ready.read_text())
-        return cls(process, folder, facts["port"], facts["control"], facts["issuer"], facts["kid"])
+        arguments = ["--dir", str(folder), "--mode", mode]
+        running = ServiceProcess.start("cmcp_opaque.token_service", arguments, folder)
+        facts = running.facts
+        return cls(running, folder, facts["port"], facts["control"], facts["issuer"], facts["kid"])
 
     def url(self, path: str = "/token") -> str:
         return f"https://127.0.0.1:{self.port}{path}"
@@ -265,12 +248,7 @@ class RunningService:
         return [json.loads(line) for line in log.read_text().splitlines()]
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        self.process.stop()
 
 
 def main() -> None:

@@ -17,20 +17,22 @@ and so is a TD quote request that does not carry a TDREPORT. Each request is app
 it writes `DIR/imds.json` = {"port", "control"}. `POST /mode` with a mode name as the body,
 on the control port, changes how it answers from then on:
 
-- succeed; padded: the same, the quote in padded base64url
+- succeed; padded: the quote followed by zero bytes (as Azure's genuine one is), in
+  base64url with its padding
 - not-found: 404; error: 500; redirect: 307 to the same request on this service
 - oversize: 200 announcing a body larger than any answer; oversize-unannounced: the same
   body without a length, ended by closing the connection
 - stall: no answer for `STALL_SECONDS`; drip: a 200 whose body comes a byte every 0.2 s
 - malformed-json: 200 with a body that is not JSON; missing: 200 with `{}`
 - malformed-pem: the VCEK is not PEM, the quote not base64url
-- short-chain: the chain holds only the ASK; bad-tcbm: tcbm is not 16 hex digits
+- short-chain: the chain holds only the ASK; bad-tcbm: tcbm is not hex
 - other-report: the quote is of another TDREPORT (its REPORTDATA changed)
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import json
 import threading
@@ -58,6 +60,15 @@ DRIP_BYTES: Final = 25
 MAX_REQUEST: Final = 64 * 1024
 DEFAULT_TCBM: Final = "DB18000000000004"
 READY: Final = "imds.json"
+AZURE_TRAILING: Final = 70  # zero bytes after the genuine Azure TD quote's signature data
+
+
+# The double decodes and encodes base64url with the standard library, not with the client's
+# functions, so that a mistake in the client's encoding is not mirrored here and cancelled out.
+def _base64url(text: str) -> bytes:
+    if "+" in text or "/" in text:  # `altchars` would let standard base64 through
+        raise ValueError("standard base64, not base64url")
+    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
 
 
 def _pem(path: Path) -> bytes:
@@ -108,7 +119,7 @@ class Service:
     def quote(self, mode: str, body: Any) -> tuple[int, Any]:
         text = body.get("report") if isinstance(body, dict) else None
         try:
-            report = imds.base64url_decode(text) if isinstance(text, str) else b""
+            report = _base64url(text) if isinstance(text, str) else b""
             tdreport.body_of(report)
         except (ValueError, tdreport.TdReportFormatError):
             return 400, {"error": "Bad request. The report is not a base64url TDREPORT"}
@@ -117,8 +128,10 @@ class Service:
         quote = td_quote(self.intel, report)
         if mode == "malformed-pem":
             return 200, {"quote": "this is not base64url!"}
-        encoded = imds.base64url_encode(quote)
-        return 200, {"quote": encoded + "=" * (-len(encoded) % 4) if mode == "padded" else encoded}
+        if mode == "padded":  # as the genuine Azure quote: zero bytes after it, which pad
+            quote += bytes(AZURE_TRAILING if (len(quote) + AZURE_TRAILING) % 3 else 71)
+        encoded = base64.urlsafe_b64encode(quote).decode()
+        return 200, {"quote": encoded if mode == "padded" else encoded.rstrip("=")}
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         service = self

@@ -5,7 +5,10 @@ attestation key, user data and vm-configuration of the test's choosing:
   zeros) is signed by a test VCEK, with its ASK and ARK (`cmcp_sev.synthetic.AmdPki`);
 - TDX: an HCL report whose TDREPORT states that REPORTDATA (with a zero MAC: no CPU made
   it), and the DCAP quote of that TDREPORT's body under a test Intel-like root
-  (`cmcp_tdx.synthetic.IntelPki`), as Azure's IMDS makes it.
+  (`cmcp_tdx.synthetic.IntelPki`), as Azure's IMDS makes it;
+
+and the vTPM AK's quote of SHA-256 PCRs 0..23 over a binding (`ak_quote`), as the raw
+TPM structures (TPMS_ATTEST, TPMT_SIGNATURE) the evidence carries.
 
 cmcp-sev's and cmcp-tdx's verifiers pass the hardware report of such a set with the test
 root given as a trust root and the runtime data's SHA-256 standing for the binding.
@@ -15,7 +18,7 @@ Nothing here is used by the collector or the verifiers.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
@@ -29,6 +32,9 @@ from cmcp_azure.hcl import ReportType
 from cmcp_sev.structures import Product
 from cmcp_sev.synthetic import AmdPki, ReportFields, report_body, sign_report
 from cmcp_tdx.synthetic import IntelPki, td_body
+from cmcp_tpm import pcr
+from cmcp_tpm import structures as tpm
+from cmcp_tpm.synthetic import sign_quote
 
 # The launch digest and policy of a paravisor the test VCEK's reports state: VMPL 0 (the
 # paravisor's), debug off, SMT allowed.
@@ -36,6 +42,7 @@ MEASUREMENT: Final = hashlib.sha384(b"test paravisor").digest()
 SNP_FIELDS: Final = ReportFields(version=2, policy=0x3001F, measurement=MEASUREMENT)
 SNP_HCL_VERSION: Final = 1  # the versions of the genuine sets
 TDX_HCL_VERSION: Final = 2
+QUOTED_PCRS: Final = tuple(range(24))
 
 
 def report_data_for(runtime: bytes) -> bytes:
@@ -163,3 +170,29 @@ def tdx_set(
     report = tdx_hcl_report(runtime, size=size)
     quote = td_quote(intel, hcl.parse(report).hardware_report)
     return TdxSet(report, runtime, quote, intel.root_pem(), intel)
+
+
+@dataclass(frozen=True)
+class AkQuote:
+    attest: bytes  # TPMS_ATTEST
+    signature: bytes  # TPMT_SIGNATURE: RSASSA-PKCS1-v1_5, SHA-256
+    pcrs: tuple[bytes, ...]  # the SHA-256 PCRs 0..23 quoted
+
+
+def ak_quote(ak: rsa.RSAPrivateKey, binding: bytes, pcrs: Sequence[bytes] | None = None) -> AkQuote:
+    """The quote the vTPM's AK (a restricted RSASSA signing key under the owner hierarchy)
+    makes of SHA-256 PCRs 0..23 with `binding` as qualifying data."""
+    values = (
+        tuple(pcrs)
+        if pcrs is not None
+        else tuple(hashlib.sha256(b"boot %d" % index).digest() for index in QUOTED_PCRS)
+    )
+    if len(values) != len(QUOTED_PCRS):
+        raise ValueError(f"give {len(QUOTED_PCRS)} PCR values, not {len(values)}")
+    public = tpm.build_public(ak.public_key(), scheme=tpm.ALG_RSASSA)
+    name = tpm.object_name(tpm.ALG_SHA256, public)
+    signer = tpm.qualified_name(tpm.ALG_SHA256, tpm.HIERARCHY_HANDLES["owner"], name)
+    digest = pcr.composite("sha256", values)
+    attest = tpm.build_attest(signer, binding, (("sha256", QUOTED_PCRS),), digest)
+    signature = sign_quote(ak, tpm.ALG_RSASSA, tpm.ALG_SHA256, attest)
+    return AkQuote(attest, signature, values)
