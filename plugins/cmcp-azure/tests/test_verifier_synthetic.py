@@ -1,5 +1,5 @@
 """Sets no genuine vector gives, signed by test roots (`cmcp_azure.testing.synthetic`):
-the guest OS's own SNP report over runtime data of its making, and a set whose paravisor
+the guest OS's own SNP report over runtime data of its making, and sets whose paravisor
 carried a 32-byte session binding as user data, as the collector writes it."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from cmcp_azure.evidence import encode, quote_member
 from cmcp_azure.snp_verifier import AzureSnpVerifier
-from cmcp_azure.testing.synthetic import SNP_FIELDS, SnpAuthority, snp_set
+from cmcp_azure.tdx_verifier import AzureTdxVerifier
+from cmcp_azure.testing.synthetic import SNP_FIELDS, SnpAuthority, snp_set, tdx_set
 from cmcp_cli.attestation.api import CheckStatus, EvidenceVerdict, TrustInputs
 from cmcp_cli.testing.verdicts import assert_fails, statuses
 from cmcp_tpm import pcr
@@ -69,3 +70,24 @@ def test_a_report_the_guest_os_asked_for_is_not_the_paravisors(ak: rsa.RSAPrivat
         name for name, status in statuses(verdict).items() if status is CheckStatus.FAIL
     )
     assert failed == ["azure.snp.vmpl"]
+
+
+def test_a_tdx_set_with_the_binding_as_user_data_passes_with_the_test_root(
+    ak: rsa.RSAPrivateKey,
+) -> None:
+    made = tdx_set(ak.public_key(), user_data=BINDING + bytes(32), size=2600)
+    evidence = {
+        "hcl_report": encode(made.hcl_report),
+        "td_quote": encode(made.td_quote),
+        "tpm_quote": quote(ak, BINDING),
+    }
+    trust = TrustInputs(binding=BINDING, at=datetime.now(UTC), trust_roots=(made.root_pem,))
+    verdict = AzureTdxVerifier().verify(evidence, trust)
+    assert verdict.hardware_attested and not verdict.failed, verdict.checks
+    assert statuses(verdict)["azure.user_data"] is CheckStatus.PASS
+    assert statuses(verdict)["azure.td_quote.body"] is CheckStatus.PASS
+    assert statuses(verdict)["tdx.tcb.status"] is CheckStatus.SKIP  # no collateral
+    # the same set judged for another session fails both bindings
+    other = AzureTdxVerifier().verify(evidence, dataclasses.replace(trust, binding=bytes(32)))
+    failed = sorted(name for name, status in statuses(other).items() if status is CheckStatus.FAIL)
+    assert failed == ["azure.quote.nonce", "azure.user_data"]
