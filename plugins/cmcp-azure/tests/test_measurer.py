@@ -149,7 +149,7 @@ def test_a_report_of_the_other_hardware_is_refused_naming_its_provider() -> None
 def test_an_altered_report_is_refused(tmp_path: Path) -> None:
     raw = bytearray(SNP_REPORT.read_bytes())
     runtime = bytearray(raw)
-    runtime[1300] ^= 0x01  # inside the runtime data: its hash is no longer REPORT_DATA
+    runtime[1300] ^= 0x01  # inside the runtime data: its hash then differs from REPORT_DATA
     message = refused(AzureSnpMeasurer(), hcl_report=written(tmp_path, "r.bin", bytes(runtime)))
     assert "REPORT_DATA is not the SHA-256 of its runtime data" in message
     report_data = bytearray(raw)

@@ -50,19 +50,20 @@ MAX_QUOTE: Final = 64 << 10
 MAX_PCR_FILE: Final = 64 << 10
 QUOTED: Final = (("sha256", tuple(range(pcr.PCR_COUNT))),)  # what the collector quotes
 # The boot chain (4) and the secure boot policy (7). PCR 0 holds the firmware volume, which
-# Azure updates under running fleets, and PCR 6 differs from VM to VM (Azure measures the
-# VM's identity into it): pinning either would refuse every other VM of the image.
+# Azure updates, and PCR 6 differs from VM to VM: pinning either would refuse VMs of the
+# same image.
 DEFAULT_PIN: Final = (4, 7)
 PARAVISOR_VMPL: Final = 0  # the paravisor requests its reports at the most privileged level
 NV_READ: Final = f"tpm2_nvread -C o {hcl.NV_INDEX:#010x} -o hcl-report.bin"
 PCR_READ: Final = "tpm2_pcrread sha256:0-23 -o pcrs.bin"
 COVERS: Final = (
-    "the paravisor (HCL) and the firmware it launches, as Microsoft builds them: it changes "
+    "the paravisor (HCL) and the firmware it launches, as Microsoft builds them; it changes "
     "when Azure updates the paravisor"
 )
 NOT_COVERED: Final = (
-    "the guest OS: its boot (firmware, boot loader, kernel, secure boot policy) is measured "
-    "into the vTPM's PCRs, which the auditor pins with the `pcrs` platform-policy key"
+    "the guest OS: the boot loader and kernel the firmware loads, and the secure boot policy, "
+    "are measured into the vTPM's PCRs, which the auditor pins with the `pcrs` "
+    "platform-policy key"
 )
 
 OPTIONS: tuple[MeasureOption, ...] = (
@@ -238,7 +239,7 @@ class AzureSnpMeasurer(_AzureMeasurer):
         }  # fmt: skip
         return _Hardware(
             measurement="sha384:" + snp.measurement.hex(),
-            covers=f"{COVERS} (the SNP report's MEASUREMENT)",
+            covers=f"the SNP report's MEASUREMENT: {COVERS}",
             fields=fields,
             debug=_debug_note("sev.policy.debug") if snp.debug else None,
         )
@@ -259,7 +260,7 @@ class AzureTdxMeasurer(_AzureMeasurer):
                 hint=f"read the report again on the VM: {NV_READ}",
             ) from None
         zero = "" if any(b"".join(body.rtmrs)) else " (all zero here)"
-        covers = f"{COVERS} (the TD report's MRTD and RTMR0..3{zero}, which its DCAP quote repeats)"
+        covers = f"the TD report's MRTD and RTMR0..3{zero}, which its DCAP quote repeats: {COVERS}"
         fields = {
             "td_report": {
                 "mrtd": body.mrtd.hex(),
@@ -350,8 +351,8 @@ def _quoted_pcrs(path: str, runtime: runtime_data.RuntimeData) -> dict[int, byte
     listed = document["pcrs"]
     if not isinstance(listed, list) or len(listed) != pcr.PCR_COUNT:
         raise ProviderError(f"--tpm-quote {path}: pcrs is not a list of 24 values", hint=hint)
-    message, signature = (_hex(path, document, name) for name in ("message", "signature"))
-    quoted = [_hex(path, {"pcrs": value}, "pcrs") for value in listed]
+    message, signature = (_hex(path, name, document[name]) for name in ("message", "signature"))
+    quoted = [_hex(path, "pcrs", value) for value in listed]
     try:
         attest = tpm.parse_attest(message)
     except tpm.TpmFormatError as error:
@@ -382,8 +383,7 @@ def _quoted_pcrs(path: str, runtime: runtime_data.RuntimeData) -> dict[int, byte
     return dict(enumerate(quoted))
 
 
-def _hex(path: str, document: Mapping[str, object], member: str) -> bytes:
-    value = document[member]
+def _hex(path: str, member: str, value: object) -> bytes:
     try:
         if isinstance(value, str):
             return bytes.fromhex(value)
