@@ -44,14 +44,14 @@ from cmcp_azure.plugin import (
     TDX_SPEC,
 )
 from cmcp_azure.settings import AzureSettings
+from cmcp_azure.vtpm import ESAPI, ESYS_TR
 from cmcp_cli.attestation.api import Collector, Detection, Evidence, GatewayFacts, ProviderError
 from cmcp_sev import structures as snp
 from cmcp_tdx import quote as tdx
 from cmcp_tdx.collector import trimmed_quote
 from cmcp_tdx.measurement import measurement_string
-from cmcp_tpm import tpm_access
 from cmcp_tpm.collector import device_path
-from cmcp_tpm.tpm_access import ESAPI, ESYS_TR, open_tpm
+from cmcp_tpm.tpm_access import open_tpm
 
 BINDING_SIZE: Final = 32
 _FIRST_WAIT_SECONDS: Final = 0.05
@@ -86,7 +86,7 @@ class _AzureCollector(Collector):
     hardware: ClassVar[str]  # for messages: "SEV-SNP" or "TDX"
 
     def __init__(self) -> None:
-        tpm_access.require_tss()  # where tpm2-pytss is unusable, no collector is made
+        # where tpm2-pytss is unusable, importing `vtpm` raised the install hint
         self._lock = threading.Lock()
         self._prepared: _Prepared | None = None
 

@@ -24,17 +24,31 @@ from cmcp_azure import hcl
 from cmcp_azure.links import QUOTED_PCRS
 from cmcp_cli.attestation.api import ProviderError
 from cmcp_tpm import structures
-from cmcp_tpm.collector import quote_pcrs
 from cmcp_tpm.settings import NV_INDEX_FIRST, PERSISTENT_FIRST
-from cmcp_tpm.tpm_access import (
-    ESAPI,
-    ESYS_TR,
-    defined_handles,
-    nv_buffer_max,
-    read_nv,
-    tpm_errors,
-    tss,
-)
+from cmcp_tpm.tpm_access import defined_handles, nv_buffer_max, read_nv, tpm_errors
+
+INSTALL: Final = "install cmcp-azure[collector] (needs libtss2; Debian: libtss2-dev)"
+try:
+    from cmcp_tpm.collector import quote_pcrs
+    from cmcp_tpm.tpm_access import ESAPI, ESYS_TR, tss
+except ProviderError as error:  # tpm2-pytss, or the libtss2 it links, is missing
+    raise ProviderError(error.message, hint=INSTALL) from None
+
+# The collector takes the tpm2-pytss names from here, so that it imports them with the
+# hint above.
+__all__ = [
+    "ESAPI",
+    "ESYS_TR",
+    "HCL_WHERE",
+    "INSTALL",
+    "USER_DATA_WHERE",
+    "Quote",
+    "hcl_report_defined",
+    "load_ak",
+    "quote",
+    "read_hcl_report",
+    "write_user_data",
+]
 
 HCL_WHERE: Final = f"NV index 0x{hcl.NV_INDEX:08X} (the HCL report)"
 USER_DATA_WHERE: Final = f"NV index 0x{hcl.USER_DATA_NV_INDEX:08X} (the user data)"
