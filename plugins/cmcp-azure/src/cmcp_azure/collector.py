@@ -18,8 +18,8 @@ paravisor refreshes it when the index is written; bounded by `timeout_seconds`),
 the SHA-256 PCRs 0..23 with the AK and the binding as qualifying data. For TDX the report's
 TDREPORT then goes to the quote service.
 
-tpm2-pytss (which needs libtss2) comes through `cmcp_tpm.tpm_access`; where it is not
-usable, making a collector raises `ProviderError` with the install hint, so the host
+tpm2-pytss (which needs libtss2) comes through `cmcp_azure.vtpm`; where it is not usable,
+importing this module raises `ProviderError` with cmcp-azure's install hint, so the host
 reports the provider unavailable.
 """
 
@@ -86,7 +86,6 @@ class _AzureCollector(Collector):
     hardware: ClassVar[str]  # for messages: "SEV-SNP" or "TDX"
 
     def __init__(self) -> None:
-        # where tpm2-pytss is unusable, importing `vtpm` raised the install hint
         self._lock = threading.Lock()
         self._prepared: _Prepared | None = None
 
