@@ -165,7 +165,11 @@ def test_without_user_data_the_quote_alone_binds_and_stale_user_data_is_refused(
 
 
 def test_the_vcek_and_chain_come_from_imds_once(snp: RunningParavisor, imds: RunningImds) -> None:
+    def thim() -> list[dict[str, Any]]:
+        return [r for r in imds.requests() if r["path"] == "/metadata/THIM/amd/certification"]
+
     settings = {"tcti": snp.tcti, "imds_url": imds.url}
+    before = len(thim())
     collector = AzureSnpCollector()
     collector.prepare(FACTS, settings)
     try:
@@ -173,11 +177,27 @@ def test_the_vcek_and_chain_come_from_imds_once(snp: RunningParavisor, imds: Run
         second = collector.collect(bytes(reversed(BINDING)), settings)
     finally:
         collector.close()
-    thim = [r for r in imds.requests() if r["path"] == "/metadata/THIM/amd/certification"]
-    assert len(thim) == 1 and thim[0]["metadata"] == "true"
+    asked = thim()[before:]
+    assert len(asked) == 1 and asked[0]["metadata"] == "true"
     assert first.evidence["vcek"] == second.evidence["vcek"]
     assert verify_snp(first, snp.folder / "ark.pem").hardware_attested
     assert verify_snp(second, snp.folder / "ark.pem", bytes(reversed(BINDING))).hardware_attested
+
+
+def test_an_unanswered_certificate_request_refuses_the_start_naming_amd_kds(
+    snp: RunningParavisor, imds: RunningImds
+) -> None:
+    imds.set_mode("not-found")
+    try:
+        refusal(
+            lambda: AzureSnpCollector().prepare(FACTS, {"tcti": snp.tcti, "imds_url": imds.url}),
+            imds.url,
+            "404",
+            "vcek and cert_chain",
+            "AMD KDS serves this VM's VCEK at https://kdsintf.amd.com",
+        )
+    finally:
+        imds.set_mode("succeed")
 
 
 def test_a_vcek_that_does_not_sign_the_report_refuses_the_start(

@@ -323,7 +323,14 @@ class AzureSnpCollector(_AzureCollector):
             certificates = vcek.from_files(settings)
         else:
             url = settings.imds_url
-            fetched = imds.fetch_snp_certificates(url, timeout=settings.timeout_seconds)
+            try:
+                fetched = imds.fetch_snp_certificates(url, timeout=settings.timeout_seconds)
+            except ProviderError as error:
+                raise ProviderError(
+                    error.message,
+                    hint=f"{error.hint}; AMD KDS serves this VM's VCEK at "
+                    f"{vcek.kds_url(read.report)}",
+                ) from None
             where = f"the instance metadata service at {url}"
             certificates = vcek.Certificates(
                 vcek=fetched.vcek,

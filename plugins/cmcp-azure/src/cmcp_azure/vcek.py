@@ -127,17 +127,20 @@ def check(certificates: Certificates, report: hcl.HclReport, *, restart: bool = 
             hint=(
                 "restart the gateway so that it gets the VCEK for the report's chip and TCB again"
                 if restart
-                else f"give the VCEK for this chip and TCB ({_where(report, ark)}) and AMD's "
+                else f"give the VCEK for this chip and TCB ({kds_url(report, ark)}) and AMD's "
                 "ASK and ARK for the processor as vcek and cert_chain"
             ),
         )
 
 
-def _where(report: hcl.HclReport, ark: x509.Certificate) -> str:
-    """Where AMD KDS serves the VCEK for this report, when its product is known."""
+def kds_url(report: hcl.HclReport, ark: x509.Certificate | None = None) -> str:
+    """Where AMD KDS serves the VCEK for this report: its chip and TCB, when the report or
+    the ARK names the product (a v2 report does not)."""
     try:
         parsed = snp.parse_report(report.hardware_report)
-        product = parsed.cpuid_product or certs.product_of(certs.describe(ark))
+        product = parsed.cpuid_product
+        if product is None and ark is not None:
+            product = certs.product_of(certs.describe(ark))
         return sev.vcek_url(product, parsed) if product is not None else sev.KDS
     except snp.ReportFormatError:
         return sev.KDS
