@@ -91,3 +91,15 @@ def test_a_gateway_for_another_host_is_still_measured_here(
     measured = run_cmcp("measure", "tpm", "--config", config, "--json", env=without_tss)
     assert measured.returncode == 0, measured.stderr
     assert measured.json()["measurement"].startswith("sha256:")
+
+
+def test_the_azure_providers_name_their_own_install(without_tss: dict[str, str]) -> None:
+    """They read the vTPM through tpm2-pytss too, installed by cmcp-azure's own extra."""
+    result = run_cmcp("plugins", "--json", env=without_tss)
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in result.json()["providers"]}
+    for name in ("azure-sev-snp", "azure-tdx"):
+        row = rows[name]
+        assert (row["state"], row["detected"]) == ("unavailable", False), row
+        assert row["hint"] == "install cmcp-azure[collector] (needs libtss2; Debian: libtss2-dev)"
+        assert MISSING in str(row["detail"])

@@ -115,7 +115,9 @@ DEVICE_PROVIDER = "gpu-cc"  # the device provider cMCP documents
 class AttestationConfig(_Section):
     # The CPU platform's provider. Devices beside it (confidential GPUs) are attested by
     # every installed device provider that detects one, never instead of it.
-    provider: Literal["auto", "tpm", "sev-snp", "tdx", "opaque", "software-only"] = "auto"
+    provider: Literal[
+        "auto", "tpm", "sev-snp", "tdx", "azure-sev-snp", "azure-tdx", "opaque", "software-only"
+    ] = "auto"
     # Refuse to start unless a device provider (gpu-cc) is installed, detects its devices
     # and prepares them: every session's claim then carries their evidence.
     gpu_required: bool = False

@@ -136,6 +136,10 @@ def test_a_report_that_allows_debugging_is_measured_with_the_warning(tmp_path: P
     assert any("fails sev.policy.debug" in note for note in result.notes)
     tdx = bytearray(TDX_REPORT.read_bytes())
     tdx[SNP_HARDWARE + 512] |= 0x01  # TDINFO ATTRIBUTES bit 0, DEBUG
+    # and TEE_INFO_HASH over the changed TDINFO, as the TDX module would write it
+    tdx[SNP_HARDWARE + 80 : SNP_HARDWARE + 128] = hashlib.sha384(
+        tdx[SNP_HARDWARE + 512 : SNP_HARDWARE + 1024]
+    ).digest()
     result = measure(AzureTdxMeasurer(), hcl_report=written(tmp_path, "tdx.bin", tdx))
     assert result.details["td_report"]["debug"] is True
     assert any("fails tdx.td.debug" in note for note in result.notes)

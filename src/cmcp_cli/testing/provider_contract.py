@@ -79,10 +79,13 @@ FACTS = GatewayFacts(
 SOFTWARE_PLATFORM = "software-only"
 
 
-def _trust(binding: bytes, policy_hash: str | None = None) -> TrustInputs:
+def _trust(
+    binding: bytes, policy_hash: str | None = None, trust_roots: tuple[bytes, ...] = ()
+) -> TrustInputs:
     return TrustInputs(
         binding=binding,
         at=datetime.now(UTC),
+        trust_roots=trust_roots,
         policy_hash=policy_hash,
         gateway_digest=FACTS.gateway_digest if policy_hash is not None else None,
     )
@@ -124,6 +127,12 @@ class ProviderContract:
         """The provider's config section for the collector tests (override to point it at
         a test device, such as a software TPM)."""
         return {}
+
+    @pytest.fixture
+    def collected_trust_roots(self) -> tuple[bytes, ...]:
+        """The PEM roots the collector's own evidence verifies to (override for a test
+        device whose evidence chains to a test root rather than the vendor's)."""
+        return ()
 
     def test_declaration(self, provider_spec: ProviderSpec) -> None:
         assert _NAME.fullmatch(provider_spec.name), "a provider name is lowercase, digits and -"
@@ -204,26 +213,34 @@ class ProviderContract:
             canonical_bytes(dict(evidence.evidence))  # no floats, nothing unserialisable
 
     def test_own_evidence_verifies_and_a_wrong_binding_fails(
-        self, provider_spec: ProviderSpec, provider_settings: Mapping[str, Any]
+        self,
+        provider_spec: ProviderSpec,
+        provider_settings: Mapping[str, Any],
+        collected_trust_roots: tuple[bytes, ...],
     ) -> None:
         binding = bytes(range(32))
         verifier = provider_spec.load_verifier()
+        roots = collected_trust_roots
         for evidence in self._collect(provider_spec, provider_settings, binding):
-            good = verifier.verify(evidence.evidence, _trust(binding, FACTS.bundle_hash))
+            good = verifier.verify(evidence.evidence, _trust(binding, FACTS.bundle_hash, roots))
             assert not good.failed, [c for c in good.checks if c.status is CheckStatus.FAIL]
-            wrong = verifier.verify(evidence.evidence, _trust(bytes(32)))
+            wrong = verifier.verify(evidence.evidence, _trust(bytes(32), None, roots))
             assert wrong.failed and not wrong.hardware_attested
 
     @pytest.fixture
     def pinned_evidence(
-        self, provider_spec: ProviderSpec, provider_settings: Mapping[str, Any]
+        self,
+        provider_spec: ProviderSpec,
+        provider_settings: Mapping[str, Any],
+        collected_trust_roots: tuple[bytes, ...],
     ) -> PinnedEvidence:
         """The collector's own evidence (a device provider's first device's) with the
         contract's pins (skips where the hardware is not here); override with evidence and
         the auditor's pins that verify it everywhere."""
         binding = bytes(range(32))
         first = self._collect(provider_spec, provider_settings, binding)[0]
-        return PinnedEvidence(first.evidence, _trust(binding, FACTS.bundle_hash))
+        trust = _trust(binding, FACTS.bundle_hash, collected_trust_roots)
+        return PinnedEvidence(first.evidence, trust)
 
     def test_pinned_evidence_verifies(
         self, provider_spec: ProviderSpec, pinned_evidence: PinnedEvidence

@@ -12,11 +12,15 @@ from it must repeat.
 The MAC is keyed by the CPU and checkable only on that CPU: a TDREPORT proves nothing by
 itself. What it proves here comes from the quote the host's Quoting Enclave made of it:
 that quote is signed to Intel's root, so its TD body must equal the body below field by
-field, and its REPORTDATA is then the runtime data's hash.
+field, and its REPORTDATA is then the runtime data's hash. The bytes the quote does not
+repeat are signed by nothing offline, so `body_of` accepts them only as the TDX module
+writes them: reserved fields zero, and TEE_TCB_INFO_HASH and TEE_INFO_HASH the SHA-384 of
+TEE_TCB_INFO and TDINFO. CPUSVN and the MAC stay unchecked: nothing offline can judge them.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Final
 
 from cmcp_tdx.quote import TdBody
@@ -26,6 +30,11 @@ TYPE_TDX: Final = 0x81
 _MR: Final = 48
 _TCB_INFO: Final = 256
 _TD_INFO: Final = 512
+_TCB_INFO_SIZE: Final = 239
+# Reserved fields of REPORTMACSTRUCT, and the bytes between TEE_TCB_INFO and TDINFO.
+_RESERVED: Final = ((4, 16), (192, 224), (_TCB_INFO + _TCB_INFO_SIZE, _TD_INFO))
+_TCB_INFO_HASH: Final = slice(32, 80)
+_TD_INFO_HASH: Final = slice(80, 128)
 
 
 class TdReportFormatError(ValueError):
@@ -38,7 +47,14 @@ def body_of(report: bytes) -> TdBody:
         raise TdReportFormatError(f"a TDREPORT is {SIZE} bytes, not {len(report)}")
     if report[0] != TYPE_TDX:
         raise TdReportFormatError(f"REPORTTYPE.TYPE is {report[0]:#x}, not {TYPE_TDX:#x} (TDX)")
-    tcb, td = report[_TCB_INFO : _TCB_INFO + 239], report[_TD_INFO:]
+    for start, end in _RESERVED:
+        if any(report[start:end]):
+            raise TdReportFormatError(f"its reserved bytes [{start}:{end}] are not zero")
+    tcb, td = report[_TCB_INFO : _TCB_INFO + _TCB_INFO_SIZE], report[_TD_INFO:]
+    if hashlib.sha384(tcb).digest() != report[_TCB_INFO_HASH]:
+        raise TdReportFormatError("TEE_TCB_INFO_HASH is not the SHA-384 of its TEE_TCB_INFO")
+    if hashlib.sha384(td).digest() != report[_TD_INFO_HASH]:
+        raise TdReportFormatError("TEE_INFO_HASH is not the SHA-384 of its TDINFO")
 
     def mr(n: int) -> bytes:  # the n-th 48-byte register of TDINFO after XFAM
         return td[16 + n * _MR : 16 + (n + 1) * _MR]
@@ -52,7 +68,8 @@ def body_of(report: bytes) -> TdBody:
 
 
 def build(body: TdBody) -> bytes:
-    """A TDREPORT stating `body`, with a zero MAC (no CPU made it): for test doubles."""
+    """A TDREPORT stating `body`, with its two hashes and a zero MAC (no CPU made it): for
+    test doubles."""
     report = bytearray(SIZE)
     report[0] = TYPE_TDX
     report[128:192] = body.report_data
@@ -63,4 +80,6 @@ def build(body: TdBody) -> bytes:
         + body.mrownerconfig + b"".join(body.rtmrs)
     )  # fmt: skip
     report[_TD_INFO : _TD_INFO + len(td)] = td
+    report[_TCB_INFO_HASH] = hashlib.sha384(report[_TCB_INFO : _TCB_INFO + _TCB_INFO_SIZE]).digest()
+    report[_TD_INFO_HASH] = hashlib.sha384(report[_TD_INFO:]).digest()
     return bytes(report)

@@ -100,7 +100,7 @@ class ConfigfsTsm:
             self.rmdir(entry)
 
 
-def _trim(blob: bytes, report_data: bytes, source: str) -> bytes:
+def trimmed_quote(blob: bytes, report_data: bytes, source: str) -> bytes:
     """The quote without any bytes after its declared end, checked to carry our data."""
     if len(blob) > MAX_OUTBLOB:
         raise ProviderError(f"the quote from {source} is larger than {MAX_OUTBLOB} bytes")
@@ -204,7 +204,7 @@ class TdxCollector(Collector):
         report_data = bytes(64)
         with self._lock:
             blob = self._device_quote(parsed, report_data)
-        _trim(blob, report_data, f"the QGS at {parsed.qgs}")
+        trimmed_quote(blob, report_data, f"the QGS at {parsed.qgs}")
 
     def _no_configfs(self, settings: TdxSettings) -> ProviderError:
         return ProviderError(
@@ -238,7 +238,7 @@ class TdxCollector(Collector):
             else:
                 blob = self._device_quote(parsed, report_data)
                 source = f"the QGS at {parsed.qgs}"
-        raw = _trim(blob, report_data, source)
+        raw = trimmed_quote(blob, report_data, source)
         parsed_quote = tdx.parse_quote(raw)
         evidence: dict[str, Any] = {"quote": base64.b64encode(raw).decode()}
         log = self._ccel(parsed)

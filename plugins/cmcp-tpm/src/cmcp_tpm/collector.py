@@ -98,7 +98,7 @@ class TpmCollector(Collector):
             tcti = TpmSettings.parse(settings).tcti
         except ProviderError as error:
             return Detection(False, f"{error.message} ({error.hint})")
-        device = _device_path(tcti)
+        device = device_path(tcti)
         if device is not None and not device.exists():
             return Detection(False, f"no TPM device at {device} ({SECTION}.tcti = {tcti!r})")
         try:
@@ -186,7 +186,7 @@ class TpmCollector(Collector):
             prepared.esapi.close()
 
 
-def _device_path(tcti: str) -> Path | None:
+def device_path(tcti: str) -> Path | None:
     """The character device a `device:` TCTI opens (tpm2-tss defaults to /dev/tpm0)."""
     name, _, config = tcti.partition(":")
     return Path(config or "/dev/tpm0") if name == "device" else None
@@ -267,7 +267,7 @@ def _selected(bitmap: bytes) -> list[int]:
     return [i for i in range(len(bitmap) * 8) if bitmap[i // 8] >> (i % 8) & 1]
 
 
-def _ak_template(algorithm: AkAlgorithm) -> TPM2B_PUBLIC:
+def ak_template(algorithm: AkAlgorithm) -> TPM2B_PUBLIC:
     """The AK's TPM2B_PUBLIC: restricted signing, empty auth, the scheme fixed in the key."""
     attributes = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign"
     # A restricted signing key has no symmetric algorithm (`null`).
@@ -290,7 +290,7 @@ def _create_or_load_ak(esapi: ESAPI, settings: TpmSettings) -> tuple[ESYS_TR, by
             "the endorsement hierarchy needs an empty authorization value for the gateway",
         ):
             transient, _, _, _, _ = esapi.create_primary(
-                None, _ak_template(settings.ak_algorithm), ESYS_TR.ENDORSEMENT
+                None, ak_template(settings.ak_algorithm), ESYS_TR.ENDORSEMENT
             )
         try:
             with tpm_errors(
@@ -362,14 +362,21 @@ def _check_certifies(certificate: bytes, ak_spki: bytes, settings: TpmSettings) 
 
 
 def _quote(prepared: _Prepared, binding: bytes) -> tuple[bytes, bytes, dict[int, bytes], bytes]:
-    """A quote and the PCR values it covers, read until they agree with its pcrDigest (a PCR
-    extended between the quote and the read would otherwise yield unverifiable evidence)."""
-    esapi, indices = prepared.esapi, prepared.settings.pcrs
+    return quote_pcrs(prepared.esapi, prepared.ak, prepared.settings.pcrs, binding)
+
+
+def quote_pcrs(
+    esapi: ESAPI, ak: ESYS_TR, indices: tuple[int, ...], qualifying_data: bytes
+) -> tuple[bytes, bytes, dict[int, bytes], bytes]:
+    """A quote of the sha256 PCRs `indices` by the AK with the key's own signing scheme: the
+    TPMS_ATTEST, the marshaled TPMT_SIGNATURE, the PCR values it covers and its pcrDigest.
+    The PCRs are read until they agree with the quote's pcrDigest (a PCR extended between
+    the quote and the read would otherwise yield unverifiable evidence)."""
     selection = tss.TPML_PCR_SELECTION.parse("sha256:" + ",".join(map(str, indices)))
     for _ in range(_QUOTE_ATTEMPTS):
         with tpm_errors("quoting the PCRs with the AK", "check the TPM's health"):
-            attest, signature = esapi.quote(prepared.ak, selection, binding)
-            values = _read_pcrs(esapi, indices)
+            attest, signature = esapi.quote(ak, selection, qualifying_data)
+            values = read_pcrs(esapi, indices)
         attest_bytes = bytes(attest)
         digest = bytes(tss.TPMS_ATTEST.unmarshal(attest_bytes)[0].attested.quote.pcrDigest)
         expected = pcr_math.composite(_digest_hash(digest), (values[i] for i in indices))
@@ -381,7 +388,7 @@ def _quote(prepared: _Prepared, binding: bytes) -> tuple[bytes, bytes, dict[int,
     )
 
 
-def _read_pcrs(esapi: ESAPI, indices: tuple[int, ...]) -> dict[int, bytes]:
+def read_pcrs(esapi: ESAPI, indices: tuple[int, ...]) -> dict[int, bytes]:
     """The sha256 values of `indices`; the TPM returns at most 8 per PCR_Read."""
     values: dict[int, bytes] = {}
     remaining = list(indices)

@@ -117,9 +117,14 @@ def _name(key: str) -> str:
 
 
 def _parse_tcti(value: object) -> str:
+    return tcti_setting(_name("tcti"), value)
+
+
+def tcti_setting(name: str, value: object) -> str:
+    """The TCTI string of the setting `name` (its full config path), checked."""
     if not isinstance(value, str) or not value.strip() or value != value.strip():
         raise ProviderError(
-            f"{_name('tcti')} must be a TCTI string such as {DEFAULT_TCTI!r}, got {value!r}",
+            f"{name} must be a TCTI string such as {DEFAULT_TCTI!r}, got {value!r}",
             hint='use "device:/dev/tpmrm0" for the kernel resource manager, '
             '"swtpm:host=127.0.0.1,port=2321" for a software TPM',
         )
@@ -163,6 +168,14 @@ def _parse_pcrs(value: object) -> tuple[int, ...]:
 
 
 def _handle(key: str, value: object, *, first: int, last: int, kind: str, example: str) -> int:
+    return handle_setting(_name(key), value, first=first, last=last, kind=kind, example=example)
+
+
+def handle_setting(
+    name: str, value: object, *, first: int, last: int, kind: str, example: str
+) -> int:
+    """A TPM handle from `first` to `last`, given as an integer or a "0x..." string, of the
+    setting `name` (its full config path)."""
     number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
@@ -173,7 +186,7 @@ def _handle(key: str, value: object, *, first: int, last: int, kind: str, exampl
             number = None
     if number is None or not first <= number <= last:
         raise ProviderError(
-            f"{_name(key)}: {value!r} is not a {kind} (0x{first:08X} to 0x{last:08X})",
+            f"{name}: {value!r} is not a {kind} (0x{first:08X} to 0x{last:08X})",
             hint=f'give it as an integer or a hex string such as "{example}"',
         )
     return number

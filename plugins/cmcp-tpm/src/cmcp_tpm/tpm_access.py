@@ -82,9 +82,10 @@ def tpm_errors(action: str, hint: str) -> Iterator[None]:
         raise ProviderError(f"{action} ({error})", hint=hint) from None
 
 
-def open_tpm(tcti: str) -> ESAPI:
+def open_tpm(tcti: str, *, setting: str = f"{SECTION}.tcti") -> ESAPI:
+    """An ESAPI context on `tcti`, the value of the config setting `setting`."""
     with tpm_errors(
-        f"cannot open the TPM at {SECTION}.tcti = {tcti!r}",
+        f"cannot open the TPM at {setting} = {tcti!r}",
         "check that the TPM (or swtpm) is running and reachable and that this user may open "
         "it (for /dev/tpmrm0: a member of group tss)",
     ):
