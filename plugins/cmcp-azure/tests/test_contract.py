@@ -1,12 +1,11 @@
 """The shared provider contract for both Azure providers: declaration, lazy loading,
 detection as an answer, the verifier failing closed on garbage, and every single-leaf
 change of a genuine set failing (the Milan set that carries its nonce as user data, and
-the TDX set). Collecting needs an Azure CVM's vTPM: those contract tests skip here with
-the reason."""
+the TDX set). Collecting needs an Azure CVM's vTPM: on another host those contract tests
+skip with the reason, and test_contract_collector.py runs them on the paravisor double."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,24 +19,6 @@ from cmcp_cli.testing.provider_contract import PinnedEvidence, ProviderContract
 
 # The vTPM device of this machine, which is not an Azure CVM's.
 HOST_TPM = {"tcti": "device:/dev/tpmrm0"}
-# The contract tests that load the collector or the measurer, which other parts of the
-# plugin provide: without them in the tree these cannot run (the verifier's can).
-_NEEDS_OTHER_PARTS = frozenset(
-    {
-        "test_parts_load_on_demand", "test_detection_is_an_answer_not_an_exception",
-        "test_collected_evidence_is_hashable_json",
-        "test_own_evidence_verifies_and_a_wrong_binding_fails",
-    }
-)  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _other_parts(request: pytest.FixtureRequest) -> None:
-    if request.node.originalname not in _NEEDS_OTHER_PARTS:
-        return
-    for module in ("cmcp_azure.collector", "cmcp_azure.measurer"):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not in this tree")
 
 
 class TestAzureSnpProviderContract(ProviderContract):
