@@ -147,6 +147,10 @@ PY
         say "removing the editable install named cmcp (this project is cmcp-gateway)"
         "$PY" -m pip uninstall --disable-pip-version-check -q -y cmcp
     fi
+    # The pip that `python3 -m venv` bundles may be too old to resolve the plugins' own
+    # dependencies on each other (pip 23.2 finds no cmcp-sev for cmcp-azure when cmcp-sev is
+    # named with an extra): set-up uses the pinned pip.
+    "$PY" -m pip install --disable-pip-version-check -q -c constraints.txt --upgrade pip
     # tpm2-pytss has no wheel on PyPI: pip compiles it once (about a minute) and keeps the
     # wheel in its own cache (~/.cache/pip), so later set-ups on this machine reuse it.
     say "installing into $VENV (editable): $names"
