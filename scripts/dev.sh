@@ -365,7 +365,7 @@ run_tests() {
     local started=$SECONDS checks_pid
     run_checks >"$work/checks.log" 2>&1 &
     checks_pid=$!
-    # shellcheck disable=SC2064  # the values are fixed now
+    # shellcheck disable=SC2064  # expanded here: the trap outlives these locals
     trap "kill $checks_pid 2>/dev/null; rm -rf '$work'" EXIT
     say "lint, format, types and import layering run beside pytest; their output follows it"
     say "pytest"
@@ -375,7 +375,7 @@ run_tests() {
         | tee "$work/pytest.log" || rc=$?
     local pytest_seconds=$((SECONDS - started))
     wait "$checks_pid" 2>/dev/null || true
-    # shellcheck disable=SC2064
+    # shellcheck disable=SC2064  # as above
     trap "rm -rf '$work'" EXIT
     say "lint, format, types and import layering (ran beside pytest)"
     cat "$work/checks.log"
