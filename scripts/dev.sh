@@ -147,6 +147,10 @@ PY
         say "removing the editable install named cmcp (this project is cmcp-gateway)"
         "$PY" -m pip uninstall --disable-pip-version-check -q -y cmcp
     fi
+    # The pip that `python3 -m venv` bundles may be too old to resolve the plugins' own
+    # dependencies on each other (pip 23.2 finds no cmcp-sev for cmcp-azure when cmcp-sev is
+    # named with an extra): set-up uses the pinned pip.
+    "$PY" -m pip install --disable-pip-version-check -q -c constraints.txt --upgrade pip
     # tpm2-pytss has no wheel on PyPI: pip compiles it once (about a minute) and keeps the
     # wheel in its own cache (~/.cache/pip), so later set-ups on this machine reuse it.
     say "installing into $VENV (editable): $names"
@@ -291,33 +295,126 @@ setup_conformance() {
     npm_pin suite-2026-07-28 @modelcontextprotocol/conformance "$SUITE_2026_07_28"
 }
 
-run_tests() {
-    CMCP_SETUP_FOR=test setup
+# step NAME COMMAND...: run one check, record "NAME<TAB>exit status<TAB>seconds" in $STEPS.
+# The command runs as a child, which the TERM trap of run_checks stops.
+step() {
+    local name="$1" rc=0 started=$SECONDS
+    shift
+    say "$name"
+    "$@" &
+    STEP_CHILD=$!
+    wait "$STEP_CHILD" || rc=$?
+    printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - started))" >>"$STEPS"
+    return 0
+}
+
+# The checks that read the sources (lint, format, types, layering), one after the other;
+# each runs even when one before it failed, so one run names every problem.
+run_checks() {
+    STEP_CHILD=""
+    trap 'kill "$STEP_CHILD" 2>/dev/null; exit 143' TERM
     local bin="$VENV/bin"
-    say "ruff check";    "$bin/ruff" check .
-    say "ruff format";   "$bin/ruff" format --check .
+    step "ruff check" "$bin/ruff" check .
+    step "ruff format" "$bin/ruff" format --check .
     # Plugin wheels are type-checked with the host; each plugin's tests on their own, since
     # test modules of different plugins share names (conftest, test_contract).
     local extra=() dir
     for dir in plugins/*/src; do
         [ -d "$dir" ] && extra+=("$dir")
     done
-    say "mypy --strict"; "$bin/mypy" src tests benchmarks examples "${extra[@]}"
+    step "mypy --strict" "$bin/mypy" src tests benchmarks examples "${extra[@]}"
     for dir in plugins/*/tests; do
         if [ -d "$dir" ]; then
-            say "mypy --strict ($dir)"; "$bin/mypy" "$dir"
+            step "mypy --strict ($dir)" "$bin/mypy" "$dir"
         fi
     done
     # tests/compat runs on the MCP SDK 1.x, so it is checked against that venv's packages.
-    say "mypy --strict (tests/compat, against the MCP SDK 1.x)"
-    "$bin/mypy" --python-executable "$VENV_MCP1/bin/python" tests/compat/*.py
-    say "import layering"; "$bin/lint-imports"
+    step "mypy --strict (tests/compat, against the MCP SDK 1.x)" \
+        "$bin/mypy" --python-executable "$VENV_MCP1/bin/python" tests/compat/*.py
+    step "import layering" "$bin/lint-imports"
+}
+
+# The counts of pytest's closing line ("3 failed, 1815 passed, 10 skipped in 512.00s"),
+# read from its output in $1: "PASSED FAILED SKIPPED", errors counted as failures; nothing
+# when the output has no closing line.
+pytest_counts() {
+    local line count word passed=0 failed=0 skipped=0
+    line="$(sed 's/\x1b\[[0-9;]*m//g' "$1" \
+        | grep -E '^(=+ )?[0-9]+ [a-z]+.* in [0-9.]+s( \(.*\))?( =+)?$' | tail -n 1)" || return 0
+    while read -r count word; do
+        case "$word" in
+            passed) passed="$count" ;;
+            failed | error | errors) failed=$((failed + count)) ;;
+            skipped) skipped="$count" ;;
+        esac
+    done < <(grep -oE '[0-9]+ [a-z]+' <<<"$line")
+    echo "$passed $failed $skipped"
+}
+
+# pytest runs in worker processes, one per core, each taking whole test files (a module's
+# fixtures, the gateways and swtpms it starts, stay in one worker); the checks run beside it.
+# Most tests wait on the processes they start, so the cores are shared with little loss.
+# pytest's output streams as it runs; the checks' output is kept and printed whole after it,
+# then a summary of both. `scripts/dev.sh test -n 0 ...` runs pytest in one process.
+run_tests() {
+    CMCP_SETUP_FOR=test setup
+    local work
+    work="$(mktemp -d)"
+    STEPS="$work/steps"
+    : >"$STEPS"
+    local started=$SECONDS checks_pid
+    run_checks >"$work/checks.log" 2>&1 &
+    checks_pid=$!
+    # shellcheck disable=SC2064  # expanded here: the trap outlives these locals
+    trap "kill $checks_pid 2>/dev/null; rm -rf '$work'" EXIT
+    say "lint, format, types and import layering run beside pytest; their output follows it"
     say "pytest"
-    local rc=0
-    "$bin/pytest" "$@" || rc=$?
+    local color=() rc=0
+    [ -t 1 ] && color=(--color=yes)
+    "$VENV/bin/pytest" -n auto --dist loadfile "${color[@]}" "$@" 2>&1 \
+        | tee "$work/pytest.log" || rc=$?
+    local pytest_seconds=$((SECONDS - started))
+    wait "$checks_pid" 2>/dev/null || true
+    # shellcheck disable=SC2064  # as above
+    trap "rm -rf '$work'" EXIT
+    say "lint, format, types and import layering (ran beside pytest)"
+    cat "$work/checks.log"
+
+    say "summary"
+    local name status seconds failed_checks=0 checks=0 checks_seconds=0
+    while IFS=$'\t' read -r name status seconds; do
+        checks=$((checks + 1))
+        checks_seconds=$((checks_seconds + seconds))
+        if [ "$status" -eq 0 ]; then
+            printf '  %-56s %4d s  passed\n' "$name" "$seconds"
+        else
+            printf '  %-56s %4d s  FAILED (exit %s)\n' "$name" "$seconds" "$status"
+            failed_checks=$((failed_checks + 1))
+        fi
+    done <"$STEPS"
+    if [ "$checks" -eq 0 ]; then
+        echo "  the checks did not run (see their output above)"
+        failed_checks=1
+    fi
+    printf '  checks: %d of %d passed in %d s\n' \
+        "$((checks - failed_checks))" "$checks" "$checks_seconds"
+    local counts
+    counts="$(pytest_counts "$work/pytest.log")"
+    printf '  pytest: exit %d after %d s\n' "$rc" "$pytest_seconds"
     if [ "$rc" -eq 5 ]; then
         echo "error: pytest collected no tests; that is a failure, not a pass" >&2
-        exit 1
+        rc=1
+    elif [ -z "$counts" ]; then
+        echo "error: pytest printed no closing line (exit $rc)" >&2
+        [ "$rc" -eq 0 ] && rc=1
+    fi
+    if [ -n "$counts" ]; then
+        local passed failed skipped
+        read -r passed failed skipped <<<"$counts"
+        printf 'pytest: %d passed, %d failed, %d skipped\n' "$passed" "$failed" "$skipped"
+    fi
+    if [ "$failed_checks" -ne 0 ] && [ "$rc" -eq 0 ]; then
+        rc=1
     fi
     return "$rc"
 }

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from tests.conformance.suite import TABLE_PROPERTY
 from tests.gateway_support import Served, start_gateway, start_upstream, write_config
 from tests.matrix_rig import Matrix, running_matrix
 from tests.relay_rig import Rig, running_rig
@@ -99,3 +100,19 @@ def matrix(matrix_stack: Matrix) -> Matrix:
     a test that failed)."""
     matrix_stack.seen_claims = set(matrix_stack.claims.glob("*.claim.json"))
     return matrix_stack
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The conformance suites' side-by-side tables, each recorded by its test."""
+    tables = [
+        str(value)
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name == TABLE_PROPERTY
+    ]
+    if tables:
+        terminalreporter.write_sep("=", "MCP conformance, directly and through the gateway")
+        for table in tables:
+            terminalreporter.write_line(table)

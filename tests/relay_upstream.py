@@ -75,8 +75,9 @@ def build_server(state: Path) -> MCPServer:
         background.add(asyncio.create_task(later()))
         return "asked"
 
-    @server.tool(description="Sleeps; records a cancellation.")
+    @server.tool(description="Sleeps; records its start and a cancellation.")
     async def slow(seconds: float, tag: str) -> str:
+        (state / f"started-{tag}").write_text("started")
         try:
             await asyncio.sleep(seconds)
         except asyncio.CancelledError:

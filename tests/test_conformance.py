@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +111,7 @@ def test_every_scenario_passing_directly_passes_through_the_gateway(
     work: Path,
     upstream: Served,
     gateway: Served,
-    capsys: pytest.CaptureFixture[str],
+    record_property: Callable[[str, object], None],
 ) -> None:
     installed = suite.locate(edition)
     label, revision = edition.label, edition.revision
@@ -144,13 +144,10 @@ def test_every_scenario_passing_directly_passes_through_the_gateway(
         "degraded": weaker,
     }
     (REPORT / f"{label}.json").write_text(json.dumps(report, indent=2) + "\n")
-    with capsys.disabled():
-        sys.stdout.write(
-            f"\n{suite.table(f'{revision} (suite {installed.version})', direct, through)}\n"
-        )
-        for name, checks in weaker.items():
-            sys.stdout.write(f"  degraded {name}: {' | '.join(checks)}\n")
-        sys.stdout.write(f"(report: {REPORT / f'{label}.json'})\n")
+    shown = [suite.table(f"{revision} (suite {installed.version})", direct, through)]
+    shown += [f"  degraded {name}: {' | '.join(checks)}" for name, checks in weaker.items()]
+    shown.append(f"(report: {REPORT / f'{label}.json'})")
+    record_property(suite.TABLE_PROPERTY, "\n".join(shown))
 
     failing_directly = [name for name, verdict in direct.items() if not verdict.passed]
     if failing_directly:

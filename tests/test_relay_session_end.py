@@ -27,6 +27,14 @@ from tests.relay_rig import (
 from tests.support import run_cmcp
 
 
+async def until_started(state: Path, tags: list[str]) -> None:
+    """Wait, bounded, until the upstream has begun the `slow` call of every tag."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not all((state / f"started-{tag}").exists() for tag in tags):
+        assert time.monotonic() < deadline, f"not every call of {tags} reached the upstream"
+        await asyncio.sleep(0.05)
+
+
 def test_a_session_closed_while_the_client_owes_an_answer_ends_cleanly(
     relay: tuple[Served, Path],
 ) -> None:
@@ -69,7 +77,7 @@ def test_a_session_closed_while_the_client_owes_an_answer_ends_cleanly(
 def test_sessions_closed_with_calls_in_flight_leave_claims_that_verify(
     relay: tuple[Served, Path],
 ) -> None:
-    gateway, _ = relay
+    gateway, state = relay
     audit = gateway.log.parent / "audit.db"
     sessions = 20
 
@@ -92,7 +100,7 @@ def test_sessions_closed_with_calls_in_flight_leave_claims_that_verify(
                 return events[-1][1] if events else dict(answer.json())
 
             calls = [asyncio.create_task(call(h, n)) for n, h in enumerate(opened)]
-            await asyncio.sleep(1.5)  # every call is upstream by now
+            await until_started(state, [f"load-{n}" for n in range(sessions)])
             closed = await asyncio.gather(*(client.delete(gateway.url, headers=h) for h in opened))
             assert [c.status_code for c in closed] == [200] * sessions
             answers = await asyncio.wait_for(asyncio.gather(*calls), WAIT_SECONDS)
@@ -171,7 +179,7 @@ def test_stopping_the_gateway_with_calls_in_flight_answers_them_and_ends_each_ch
                 return events[-1][1] if events else dict(answer.json())
 
             calls = [asyncio.create_task(call(h, n)) for n, h in enumerate(opened)]
-            await asyncio.sleep(1.5)
+            await until_started(rig.state, [f"stop-{n}" for n in range(len(opened))])
             started = time.monotonic()
             await asyncio.to_thread(gateway.stop)
             assert time.monotonic() - started < 10  # no wait for the calls' own end

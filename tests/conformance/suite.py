@@ -47,6 +47,9 @@ SUITE_SECONDS = 600  # one whole `--suite all` run; a hung scenario ends it, not
 SCENARIO_DIR = re.compile(r"^server-(?P<name>.+)-\d{4}-\d{2}-\d{2}T[\d-]+Z$")
 RUNNING = re.compile(r"^=== Running scenario: (?P<name>\S+) ===$", re.MULTILINE)
 SETUP_HINT = "run `scripts/dev.sh setup` (it installs Node.js and the suite into .conformance/)"
+# The test records each edition's side-by-side table under this name; tests/conftest.py
+# prints them after the run, also from a pytest-xdist worker, whose output is not shown.
+TABLE_PROPERTY = "conformance-table"
 
 
 @dataclass(frozen=True)
