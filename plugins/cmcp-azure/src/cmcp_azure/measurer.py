@@ -27,11 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
-
-from cmcp_azure import hcl, runtime_data, tdreport
+from cmcp_azure import hcl, links, runtime_data, tdreport
+from cmcp_azure.evidence import quote_of_json
 from cmcp_azure.plugin import SNP_NAME, TDX_NAME
 from cmcp_cli.attestation.api import (
     MeasureInputs,
@@ -40,7 +37,7 @@ from cmcp_cli.attestation.api import (
     MeasureResult,
     ProviderError,
 )
-from cmcp_cli.attestation.toolkit import measure_values, read_bounded
+from cmcp_cli.attestation.toolkit import CheckFailed, measure_values, read_bounded
 from cmcp_sev.structures import ReportFormatError, parse_report
 from cmcp_tdx.measurement import measurement_string
 from cmcp_tpm import pcr
@@ -48,7 +45,6 @@ from cmcp_tpm import structures as tpm
 
 MAX_QUOTE: Final = 64 << 10
 MAX_PCR_FILE: Final = 64 << 10
-QUOTED: Final = (("sha256", tuple(range(pcr.PCR_COUNT))),)  # what the collector quotes
 # The boot chain (4) and the secure boot policy (7). PCR 0 holds the firmware volume, which
 # Azure updates, and PCR 6 differs from VM to VM: pinning either would refuse VMs of the
 # same image.
@@ -336,63 +332,31 @@ def _pcrs(
 def _quoted_pcrs(path: str, runtime: runtime_data.RuntimeData) -> dict[int, bytes]:
     """The 24 PCR values of a quote JSON, refused unless the quote is over exactly them and
     HCLAkPub of the report signed it: values that no quote by this VM's key covers are not
-    that VM's boot."""
+    that VM's boot. The checks are the verifier's (`cmcp_azure.links`)."""
     hint = "give the quote JSON of the same VM, {message, signature, pcrs} in hex"
     data = _read("tpm-quote", path, MAX_QUOTE, hint)
     try:
-        document = json.loads(data)
+        attest_bytes, signature, quoted = quote_of_json(json.loads(data))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ProviderError(f"--tpm-quote {path} is not JSON ({error})", hint=hint) from None
-    if not isinstance(document, dict) or set(document) != {"message", "signature", "pcrs"}:
-        raise ProviderError(
-            f"--tpm-quote {path} is not an object of exactly message, signature and pcrs",
-            hint=hint,
-        )
-    listed = document["pcrs"]
-    if not isinstance(listed, list) or len(listed) != pcr.PCR_COUNT:
-        raise ProviderError(f"--tpm-quote {path}: pcrs is not a list of 24 values", hint=hint)
-    message, signature = (_hex(path, name, document[name]) for name in ("message", "signature"))
-    quoted = [_hex(path, "pcrs", value) for value in listed]
+    except ValueError as error:
+        raise ProviderError(f"--tpm-quote {path}: {error}", hint=hint) from None
     try:
-        attest = tpm.parse_attest(message)
-    except tpm.TpmFormatError as error:
-        raise ProviderError(
-            f"--tpm-quote {path}: message is unusable: {error}", hint=hint
-        ) from None
-    if any(len(value) != pcr.DIGEST_SIZES["sha256"] for value in quoted):
-        raise ProviderError(f"--tpm-quote {path}: a PCR value is not 32 bytes", hint=hint)
-    if attest.magic != tpm.TPM_GENERATED_VALUE or attest.pcr_selection != QUOTED:
-        raise ProviderError(
-            f"--tpm-quote {path} is not a TPM quote over sha256 PCRs 0-23",
-            hint="quote with the collector's selection: tpm2_quote -l sha256:0-23",
-        )
-    if pcr.composite("sha256", quoted) != attest.pcr_digest:
-        raise ProviderError(
-            f"--tpm-quote {path}: its pcrs are not the values the quote signed (their "
-            "SHA-256 is not its pcrDigest)",
-            hint=hint,
-        )
+        attest = links.quote_attest(attest_bytes)
+    except CheckFailed as failure:
+        hint = "quote with the collector's selection on the VM: tpm2_quote -l sha256:0-23"
+        raise ProviderError(f"--tpm-quote {path}: {failure}", hint=hint) from None
     try:
-        runtime.ak_public.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
-    except InvalidSignature:
-        raise ProviderError(
-            f"--tpm-quote {path} is not signed by the HCLAkPub of --hcl-report: it comes "
-            "from another VM",
-            hint="take the report and the quote on the same VM",
-        ) from None
-    return dict(enumerate(quoted))
-
-
-def _hex(path: str, member: str, value: object) -> bytes:
+        links.verify_quote_signature(runtime.ak_public, attest_bytes, signature)
+    except CheckFailed as failure:
+        hint = "take the report and the quote on the same VM"
+        raise ProviderError(f"--tpm-quote {path}: {failure}", hint=hint) from None
     try:
-        if isinstance(value, str):
-            return bytes.fromhex(value)
-    except ValueError:
-        pass
-    raise ProviderError(
-        f"--tpm-quote {path}: {member} holds something that is not a hex string",
-        hint="give the quote JSON as az-cvm-vtpm writes it: every value in hex",
-    )
+        links.verify_quote_pcrs(attest, quoted)
+    except CheckFailed as failure:
+        hint = "give the pcrs the quote was taken over, as the VM read them"
+        raise ProviderError(f"--tpm-quote {path}: {failure}", hint=hint) from None
+    return quoted
 
 
 def _file_pcrs(path: str) -> dict[int, bytes]:
