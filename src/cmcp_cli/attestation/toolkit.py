@@ -79,7 +79,12 @@ class ExpectedReportData:
     """What a hardware report's 64-byte REPORT_DATA must hold when its guest could not put
     the session binding there itself (a paravisor puts the hash of its own document, which
     then carries the binding's link), and what that value means, for the reasons an
-    auditor reads."""
+    auditor reads.
+
+    A hardware verifier (`SevVerifier`, `TdxVerifier`) takes it as the keyword
+    `report_data` instead of the session binding followed by 32 zero bytes, with
+    `policy_table`: the platform-policy table `trust.platform_policy` comes from, which its
+    reasons and errors name (another provider's, when that provider judges the report)."""
 
     value: bytes
     meaning: str  # such as "the SHA-256 of the runtime data followed by 32 zero bytes"
