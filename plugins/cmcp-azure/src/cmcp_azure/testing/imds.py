@@ -261,6 +261,12 @@ class RunningImds:
     def stop(self) -> None:
         self.service.stop()
 
+    def __enter__(self) -> RunningImds:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])

@@ -309,8 +309,24 @@ class RunningParavisor:
         lines = log.read_text().splitlines() if log.exists() else []
         return [bytes.fromhex(json.loads(line)["hcl_report"]) for line in lines]
 
+    def snp_settings(self, **extra: Any) -> dict[str, Any]:
+        """An SNP collector's settings for this vTPM and the VCEK and chain files the SNP
+        double wrote (no IMDS needed), with `extra` on top."""
+        return {
+            "tcti": self.tcti,
+            "vcek": str(self.folder / "vcek.pem"),
+            "cert_chain": str(self.folder / "cert_chain.pem"),
+            **extra,
+        }
+
     def stop(self) -> None:
         self.service.stop()
+
+    def __enter__(self) -> RunningParavisor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 if __name__ == "__main__":
