@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from cmcp_cli.attestation.api import Collector, Detection, Evidence, GatewayFacts, ProviderError
+from cmcp_cli.attestation.prepared import PreparedState
 from cmcp_tpm import pcr as pcr_math
 from cmcp_tpm import tpm_access
 from cmcp_tpm.plugin import EVIDENCE_TYPE, PLATFORM
@@ -90,8 +90,9 @@ class TpmCollector(Collector):
 
     def __init__(self) -> None:
         tpm_access.require_tss()  # where tpm2-pytss is unusable, no collector is made
-        self._lock = threading.Lock()
-        self._prepared: _Prepared | None = None
+        self._state: PreparedState[_Prepared] = PreparedState(
+            "TpmCollector", lambda prepared: prepared.esapi.close()
+        )
 
     def detect(self, settings: Mapping[str, Any]) -> Detection:
         try:
@@ -102,8 +103,8 @@ class TpmCollector(Collector):
         if device is not None and not device.exists():
             return Detection(False, f"no TPM device at {device} ({SECTION}.tcti = {tcti!r})")
         try:
-            with self._lock:
-                prepared = self._prepared
+            with self._state.lock:
+                prepared = self._state.current
                 if prepared is not None and prepared.settings.tcti == tcti:
                     return Detection(True, _describe(prepared.esapi, tcti))
                 esapi = open_tpm(tcti)
@@ -121,17 +122,18 @@ class TpmCollector(Collector):
         with the same settings (the gateway took another bundle): extend the PCR with the
         new hash, never reset it, so that its log names every bundle the gateway ran."""
         parsed = TpmSettings.parse(settings)
-        with self._lock:
-            prepared = self._prepared
+        with self._state.lock:
+            prepared = self._state.current
             if prepared is not None and prepared.settings == parsed:
                 event = extend_bundle(prepared.esapi, parsed.pcr, facts.bundle_hash)
                 log = (*prepared.event_log, event)
                 measured = pcr_math.replay(
                     "sha256", [bytes.fromhex(str(logged["digest"])) for logged in log]
                 )
-                self._prepared = replace(prepared, event_log=log, measured_value=measured)
+                # the same TPM session and AK: updated, not released
+                self._state.current = replace(prepared, event_log=log, measured_value=measured)
                 return
-            self._close_locked()
+            self._state.replace_locked(None)
             esapi = open_tpm(parsed.tcti)
             try:
                 event = measure_bundle(esapi, parsed.pcr, facts.bundle_hash)
@@ -144,23 +146,29 @@ class TpmCollector(Collector):
                 esapi.close()
                 raise
             measured = pcr_math.replay("sha256", [bytes.fromhex(str(event["digest"]))])
-            self._prepared = _Prepared(
-                parsed, esapi, ak, ak_public, ak_certificates, ek_certificates, (event,), measured
+            self._state.replace_locked(
+                _Prepared(
+                    parsed,
+                    esapi,
+                    ak,
+                    ak_public,
+                    ak_certificates,
+                    ek_certificates,
+                    (event,),
+                    measured,
+                )
             )
 
     def collect(self, binding: bytes, settings: Mapping[str, Any]) -> Evidence:
         parsed = TpmSettings.parse(settings)
         if not 1 <= len(binding) <= 64:  # TPM2B_DATA holds at most one SHA-512 digest
             raise ValueError(f"a TPM quote binds 1 to 64 bytes, not {len(binding)}")
-        with self._lock:
-            prepared = self._prepared
-            if prepared is None:
-                raise RuntimeError("TpmCollector.collect without prepare (or after close)")
-            if parsed != prepared.settings:
-                raise ProviderError(
-                    f"{SECTION} changed after the gateway measured the policy bundle",
-                    hint="restart the gateway so that it measures and loads the AK again",
-                )
+        with self._state.lock:
+            prepared = self._state.for_collect_locked(
+                parsed,
+                f"{SECTION} changed after the gateway measured the policy bundle",
+                hint="restart the gateway so that it measures and loads the AK again",
+            )
             attest, signature, values, pcr_digest = _quote(prepared, binding)
         if values[parsed.pcr] != prepared.measured_value:
             raise ProviderError(
@@ -177,13 +185,7 @@ class TpmCollector(Collector):
         )
 
     def close(self) -> None:
-        with self._lock:
-            self._close_locked()
-
-    def _close_locked(self) -> None:
-        prepared, self._prepared = self._prepared, None
-        if prepared is not None:
-            prepared.esapi.close()
+        self._state.close()
 
 
 def device_path(tcti: str) -> Path | None:
