@@ -279,6 +279,11 @@ def test_a_malformed_quote_is_refused(tmp_path: Path, change: Any, expected: str
     assert expected in refused(AzureSnpMeasurer(), hcl_report=SNP_REPORT, tpm_quote=quote)
     not_json = written(tmp_path, "n.json", b"\xff{")
     assert "is not JSON" in refused(AzureSnpMeasurer(), hcl_report=SNP_REPORT, tpm_quote=not_json)
+    for text in (b"[" * 1100, b'{"pcrs": [], "pcrs": []}'):  # too deep; two meanings
+        unclear = written(tmp_path, "u.json", text)
+        assert "is not JSON" in refused(
+            AzureSnpMeasurer(), hcl_report=SNP_REPORT, tpm_quote=unclear
+        )
 
 
 def test_a_tpm2_tools_pcr_file_gives_unsigned_values() -> None:

@@ -178,6 +178,23 @@ def test_edited_runtime_data_is_not_the_reports(name: str, request: pytest.Fixtu
     assert_fails(verdict, hardware, "SHA-256 of the HCL runtime data")
 
 
+@pytest.mark.parametrize(
+    ("document", "why"),
+    [
+        (b"[" * 1100, "nested too deeply"),  # deeper than the JSON parser recurses
+        (b'{"keys": [], "keys": []}', "duplicate key 'keys'"),
+        (b'{"keys": NaN}', "NaN is not JSON"),
+        (b"\xff{}", "not UTF-8"),
+    ],
+)
+def test_runtime_data_that_is_not_one_json_document_fails_its_check(
+    milan_set: AzureSet, document: bytes, why: str
+) -> None:
+    verdict = snp(with_runtime(milan_set, document), milan_set.trust)
+    assert_fails(verdict, "azure.runtime_data", why)
+    assert "could not complete" not in reason(verdict, "azure.runtime_data")
+
+
 def _swapped(azure_set: AzureSet, key: rsa.RSAPrivateKey) -> bytes:
     runtime = json.loads(hcl_of(azure_set).runtime_data)
     runtime["keys"][0] = runtime_data.jwk_of(key.public_key(), runtime_data.AK_KID)

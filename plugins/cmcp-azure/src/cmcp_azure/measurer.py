@@ -20,7 +20,6 @@ to paste. The gateway's binding travels in the quote and the report's user data,
 
 from __future__ import annotations
 
-import json
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from cmcp_cli.attestation.api import (
     ProviderError,
 )
 from cmcp_cli.attestation.toolkit import CheckFailed, measure_values, read_bounded
+from cmcp_cli.strict_json import StrictJSONError, loads_strict
 from cmcp_sev.structures import ReportFormatError, parse_report
 from cmcp_tdx.measurement import measurement_string
 from cmcp_tpm import pcr
@@ -336,8 +336,8 @@ def _quoted_pcrs(path: str, runtime: runtime_data.RuntimeData) -> dict[int, byte
     hint = "give the quote JSON of the same VM, {message, signature, pcrs} in hex"
     data = _read("tpm-quote", path, MAX_QUOTE, hint)
     try:
-        attest_bytes, signature, quoted = quote_of_json(json.loads(data))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        attest_bytes, signature, quoted = quote_of_json(loads_strict(data))
+    except StrictJSONError as error:
         raise ProviderError(f"--tpm-quote {path} is not JSON ({error})", hint=hint) from None
     except ValueError as error:
         raise ProviderError(f"--tpm-quote {path}: {error}", hint=hint) from None

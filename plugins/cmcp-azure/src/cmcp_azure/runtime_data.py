@@ -25,6 +25,8 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from cmcp_cli.strict_json import StrictJSONError, loads_strict
+
 AK_KID: Final = "HCLAkPub"
 EK_KID: Final = "HCLEkPub"
 USER_DATA_SIZE: Final = 64
@@ -53,15 +55,6 @@ class RuntimeData:
     ak_public: rsa.RSAPublicKey  # HCLAkPub
     vm_configuration: VmConfiguration
     user_data: bytes  # 64 bytes
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    members: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in members:
-            raise RuntimeDataError(f"member {name!r} appears twice")
-        members[name] = value
-    return members
 
 
 def _base64url_integer(jwk: Mapping[str, Any], member: str) -> int:
@@ -121,11 +114,9 @@ def parse(data: bytes) -> RuntimeData:
     if len(data) > MAX_SIZE:
         raise RuntimeDataError(f"it is {len(data)} bytes, more than the {MAX_SIZE} accepted")
     try:
-        document = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_members)
-    except UnicodeDecodeError:
-        raise RuntimeDataError("it is not UTF-8") from None
-    except json.JSONDecodeError as error:
-        raise RuntimeDataError(f"it is not JSON ({error.msg} at byte {error.pos})") from None
+        document = loads_strict(data)
+    except StrictJSONError as error:
+        raise RuntimeDataError(f"it is not one unambiguous JSON document ({error})") from None
     if not isinstance(document, dict):
         raise RuntimeDataError("it is not a JSON object")
     keys = document.get("keys")
