@@ -67,7 +67,10 @@ def _load(path: Path, setting: str, *, single: bool = False) -> list[bytes]:
             hint="check the path and that the gateway's user may read it",
         ) from None
     if len(data) > MAX_FILE:
-        raise ProviderError(f"{setting}: {path} is larger than {MAX_FILE} bytes")
+        raise ProviderError(
+            f"{setting}: {path} is larger than {MAX_FILE} bytes, more than certificates take",
+            hint="give the VCEK, ASK and ARK certificates as AMD KDS serves them (DER or PEM)",
+        )
     try:
         certs = (
             roots.load_pem(data) if data.lstrip().startswith(b"-----") else [roots.load_der(data)]
