@@ -257,9 +257,9 @@ class Links:
                 "The paravisor carried no user data: the binding reaches the report through "
                 "the AK quote only."
             )
-        if len(binding) > rd.USER_DATA_SIZE:
+        if len(binding) > hcl.USER_DATA_SIZE:
             raise _Fail(f"The binding is {len(binding)} bytes, longer than the user data.")
-        expected = binding + bytes(rd.USER_DATA_SIZE - len(binding))
+        expected = binding + bytes(hcl.USER_DATA_SIZE - len(binding))
         if runtime.user_data != expected:
             raise _Fail(
                 f"The runtime data's user-data {_prefix(runtime.user_data)} is not the session "

@@ -25,11 +25,11 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from cmcp_azure.hcl import USER_DATA_SIZE  # the paravisor copies NV 0x01400002 whole
 from cmcp_cli.strict_json import StrictJSONError, loads_strict
 
 AK_KID: Final = "HCLAkPub"
 EK_KID: Final = "HCLEkPub"
-USER_DATA_SIZE: Final = 64
 MIN_RSA_BITS: Final = 2048
 MAX_SIZE: Final = 8192
 
