@@ -195,6 +195,14 @@ def test_runtime_data_that_is_not_one_json_document_fails_its_check(
     assert "could not complete" not in reason(verdict, "azure.runtime_data")
 
 
+def test_user_data_padded_with_whitespace_is_refused(milan_set: AzureSet) -> None:
+    # as long as 64 bytes of hex, but 42 bytes once the spaces bytes.fromhex skips are gone
+    document = json.loads(hcl_of(milan_set).runtime_data)
+    document["user-data"] = "00" * 42 + " " * 44
+    verdict = snp(with_runtime(milan_set, json.dumps(document).encode()), milan_set.trust)
+    assert_fails(verdict, "azure.runtime_data", "user-data is not 64 bytes of hex")
+
+
 def _swapped(azure_set: AzureSet, key: rsa.RSAPrivateKey) -> bytes:
     runtime = json.loads(hcl_of(azure_set).runtime_data)
     runtime["keys"][0] = runtime_data.jwk_of(key.public_key(), runtime_data.AK_KID)

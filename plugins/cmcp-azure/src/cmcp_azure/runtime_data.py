@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -31,6 +32,7 @@ from cmcp_cli.strict_json import StrictJSONError, loads_strict
 AK_KID: Final = "HCLAkPub"
 EK_KID: Final = "HCLEkPub"
 MIN_RSA_BITS: Final = 2048
+_USER_DATA: Final = re.compile(f"[0-9a-fA-F]{{{2 * USER_DATA_SIZE}}}")
 MAX_SIZE: Final = 8192
 
 
@@ -140,12 +142,11 @@ def parse(data: bytes) -> RuntimeData:
     if unique_id is not None and not isinstance(unique_id, str):
         raise RuntimeDataError("vm-configuration vmUniqueId is not a string")
     user_data = document.get("user-data")
-    if not isinstance(user_data, str) or len(user_data) != 2 * USER_DATA_SIZE:
+    # a full match, not bytes.fromhex alone: that skips whitespace, and fewer bytes would
+    # decode from the same length of text
+    if not isinstance(user_data, str) or not _USER_DATA.fullmatch(user_data):
         raise RuntimeDataError(f"user-data is not {USER_DATA_SIZE} bytes of hex")
-    try:
-        user_bytes = bytes.fromhex(user_data)
-    except ValueError:
-        raise RuntimeDataError("user-data is not hex") from None
+    user_bytes = bytes.fromhex(user_data)
     return RuntimeData(
         keys=by_kid,
         ak_public=ak_public,
