@@ -16,7 +16,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,6 +73,18 @@ def require_binding(stated: bytes, binding: bytes, *, what: str, made: str) -> s
             "for another session or claim."
         )
     return f"{what} is the session binding."
+
+
+@contextmanager
+def refused_as(
+    errors: type[Exception] | tuple[type[Exception], ...], message: str, *, hint: str
+) -> Iterator[None]:
+    """Within the block, an exception of `errors` (a parser's, on input a provider was given)
+    becomes `ProviderError(f"{message}: {error}", hint=hint)`."""
+    try:
+        yield
+    except errors as error:
+        raise ProviderError(f"{message}: {error}", hint=hint) from None
 
 
 @dataclass(frozen=True, slots=True)

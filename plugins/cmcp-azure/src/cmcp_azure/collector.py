@@ -46,6 +46,7 @@ from cmcp_azure.settings import AzureSettings
 from cmcp_azure.vtpm import ESAPI, ESYS_TR
 from cmcp_cli.attestation.api import Collector, Detection, Evidence, GatewayFacts, ProviderError
 from cmcp_cli.attestation.prepared import PreparedState
+from cmcp_cli.attestation.toolkit import refused_as
 from cmcp_sev import structures as snp
 from cmcp_tdx import quote as tdx
 from cmcp_tdx.collector import trimmed_quote
@@ -186,27 +187,24 @@ class _AzureCollector(Collector):
                 "DCesv5/ECesv5 for TDX), or use provider tpm for a plain vTPM",
             )
         raw = vtpm.read_hcl_report(esapi)
-        try:
+        with refused_as(
+            hcl.HclFormatError,
+            f"{vtpm.HCL_WHERE} does not hold an HCL report",
+            hint="this vTPM is not an Azure paravisor's; use provider tpm",
+        ):
             report = hcl.parse(raw)
-        except hcl.HclFormatError as error:
-            raise ProviderError(
-                f"{vtpm.HCL_WHERE} does not hold an HCL report: {error}",
-                hint="this vTPM is not an Azure paravisor's; use provider tpm",
-            ) from None
         if report.report_type is not self.report_type:
-            other = SNP_NAME if report.report_type is hcl.ReportType.SNP else TDX_NAME
             raise ProviderError(
                 f"an Azure CVM of other hardware: its HCL report holds a "
                 f"{report.report_type.name} report, not {self.report_type.name}",
-                hint=f"use provider {other} (or auto) on this VM",
+                hint=f"use provider {report.report_type.provider} (or auto) on this VM",
             )
-        try:
+        with refused_as(
+            runtime_data.RuntimeDataError,
+            "the runtime data of the paravisor's HCL report is unusable",
+            hint="no verifier would accept this report; report the VM size and image",
+        ):
             runtime = runtime_data.parse(report.runtime_data)
-        except runtime_data.RuntimeDataError as error:
-            raise ProviderError(
-                f"the runtime data of the paravisor's HCL report is unusable: {error}",
-                hint="no verifier would accept this report; report the VM size and image",
-            ) from None
         return _Read(raw, report, runtime)
 
     def _describe(self, read: _Read) -> str:

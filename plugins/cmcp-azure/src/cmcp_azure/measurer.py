@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -36,7 +37,7 @@ from cmcp_cli.attestation.api import (
     MeasureResult,
     ProviderError,
 )
-from cmcp_cli.attestation.toolkit import CheckFailed, measure_values, read_bounded
+from cmcp_cli.attestation.toolkit import CheckFailed, measure_values, read_bounded, refused_as
 from cmcp_cli.strict_json import StrictJSONError, loads_strict
 from cmcp_sev.structures import ReportFormatError, parse_report
 from cmcp_tdx.measurement import measurement_string
@@ -100,6 +101,14 @@ def _one(values: Mapping[str, tuple[str, ...]], name: str) -> str | None:
 
 def _read(name: str, path: str, limit: int, hint: str) -> bytes:
     return read_bounded(Path(path), limit, f"--{name}", hint=hint)
+
+
+def _unusable(path: str, part: str, errors: type[Exception]) -> AbstractContextManager[None]:
+    """A part of --hcl-report that does not parse: the file is not as the VM read it."""
+    return refused_as(
+        errors, f"--hcl-report {path}: its {part} is unusable",
+        hint=f"read the report again on the VM: {NV_READ}",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,15 +177,13 @@ class _AzureMeasurer(Measurer):
 
     def _report(self, path: str) -> tuple[hcl.HclReport, runtime_data.RuntimeData]:
         data = _read("hcl-report", path, hcl.MAX_SIZE, f"read it on the VM: {NV_READ}")
-        try:
+        whole = f"give the whole NV index as the VM reads it: {NV_READ}"
+        with refused_as(
+            hcl.HclFormatError, f"--hcl-report {path} is not an HCL report", hint=whole
+        ):
             report = hcl.parse(data)
-        except hcl.HclFormatError as error:
-            raise ProviderError(
-                f"--hcl-report {path} is not an HCL report: {error}",
-                hint=f"give the whole NV index as the VM reads it: {NV_READ}",
-            ) from None
         if report.report_type is not self.report_type:
-            other = SNP_NAME if report.report_type is hcl.ReportType.SNP else TDX_NAME
+            other = report.report_type.provider
             raise ProviderError(
                 f"--hcl-report {path} holds a {report.report_type.name} report, not "
                 f"{self.report_type.name}: it comes from an {other} VM",
@@ -189,13 +196,8 @@ class _AzureMeasurer(Measurer):
                 "assembled from two reports)",
                 hint=f"read the report again on the VM: {NV_READ}",
             )
-        try:
+        with _unusable(path, "runtime data", runtime_data.RuntimeDataError):
             runtime = runtime_data.parse(report.runtime_data)
-        except runtime_data.RuntimeDataError as error:
-            raise ProviderError(
-                f"--hcl-report {path}: its runtime data is unusable: {error}",
-                hint=f"read the report again on the VM: {NV_READ}",
-            ) from None
         return report, runtime
 
     @abstractmethod
@@ -209,13 +211,8 @@ class AzureSnpMeasurer(_AzureMeasurer):
     report_type = hcl.ReportType.SNP
 
     def _hardware(self, path: str, report: hcl.HclReport) -> _Hardware:
-        try:
+        with _unusable(path, "SNP report", ReportFormatError):
             snp = parse_report(report.hardware_report)
-        except ReportFormatError as error:
-            raise ProviderError(
-                f"--hcl-report {path}: its SNP report is unusable: {error}",
-                hint=f"read the report again on the VM: {NV_READ}",
-            ) from None
         if snp.vmpl != PARAVISOR_VMPL:
             raise ProviderError(
                 f"--hcl-report {path}: its SNP report was requested at VMPL {snp.vmpl}, not "
@@ -248,13 +245,8 @@ class AzureTdxMeasurer(_AzureMeasurer):
     report_type = hcl.ReportType.TDX
 
     def _hardware(self, path: str, report: hcl.HclReport) -> _Hardware:
-        try:
+        with _unusable(path, "TD report", tdreport.TdReportFormatError):
             body = tdreport.body_of(report.hardware_report)
-        except tdreport.TdReportFormatError as error:
-            raise ProviderError(
-                f"--hcl-report {path}: its TD report is unusable: {error}",
-                hint=f"read the report again on the VM: {NV_READ}",
-            ) from None
         zero = "" if any(b"".join(body.rtmrs)) else " (all zero here)"
         covers = f"the TD report's MRTD and RTMR0..3{zero}, which its DCAP quote repeats: {COVERS}"
         fields = {
@@ -335,37 +327,28 @@ def _quoted_pcrs(path: str, runtime: runtime_data.RuntimeData) -> dict[int, byte
     that VM's boot. The checks are the verifier's (`cmcp_azure.links`)."""
     hint = "give the quote JSON of the same VM, {message, signature, pcrs} in hex"
     data = _read("tpm-quote", path, MAX_QUOTE, hint)
-    try:
-        attest_bytes, signature, quoted = quote_of_json(loads_strict(data))
-    except StrictJSONError as error:
-        raise ProviderError(f"--tpm-quote {path} is not JSON ({error})", hint=hint) from None
-    except ValueError as error:
-        raise ProviderError(f"--tpm-quote {path}: {error}", hint=hint) from None
-    try:
+    with refused_as(StrictJSONError, f"--tpm-quote {path} is not JSON", hint=hint):
+        document = loads_strict(data)
+    with refused_as(ValueError, f"--tpm-quote {path}", hint=hint):
+        attest_bytes, signature, quoted = quote_of_json(document)
+    selection = "quote with the collector's selection on the VM: tpm2_quote -l sha256:0-23"
+    with refused_as(CheckFailed, f"--tpm-quote {path}", hint=selection):
         attest = links.quote_attest(attest_bytes)
-    except CheckFailed as failure:
-        hint = "quote with the collector's selection on the VM: tpm2_quote -l sha256:0-23"
-        raise ProviderError(f"--tpm-quote {path}: {failure}", hint=hint) from None
-    try:
+    same_vm = "take the report and the quote on the same VM"
+    with refused_as(CheckFailed, f"--tpm-quote {path}", hint=same_vm):
         links.verify_quote_signature(runtime.ak_public, attest_bytes, signature)
-    except CheckFailed as failure:
-        hint = "take the report and the quote on the same VM"
-        raise ProviderError(f"--tpm-quote {path}: {failure}", hint=hint) from None
-    try:
+    unchanged = "give the pcrs the quote was taken over, as the VM read them"
+    with refused_as(CheckFailed, f"--tpm-quote {path}", hint=unchanged):
         links.verify_quote_pcrs(attest, quoted)
-    except CheckFailed as failure:
-        hint = "give the pcrs the quote was taken over, as the VM read them"
-        raise ProviderError(f"--tpm-quote {path}: {failure}", hint=hint) from None
     return quoted
 
 
 def _file_pcrs(path: str) -> dict[int, bytes]:
     data = _read("pcr-file", path, MAX_PCR_FILE, f"write it on the VM: {PCR_READ}")
-    try:
+    with refused_as(
+        tpm.TpmFormatError,
+        f"--pcr-file {path} is not a tpm2-tools PCR values file",
+        hint=f"write it on the VM: {PCR_READ}",
+    ):
         banks = tpm.parse_pcr_file(data)
-    except tpm.TpmFormatError as error:
-        raise ProviderError(
-            f"--pcr-file {path} is not a tpm2-tools PCR values file: {error}",
-            hint=f"write it on the VM: {PCR_READ}",
-        ) from None
     return dict(banks.get("sha256", {}))
