@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Self
 
 STARTUP_SECONDS: Final = 30.0
 STOP_SECONDS: Final = 10.0
@@ -112,6 +112,27 @@ def _end(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=STOP_SECONDS)
+
+
+@dataclass
+class RunningDouble:
+    """A double's process as a test holds it (subclasses add what it serves); a context
+    manager that stops it."""
+
+    service: ServiceProcess
+
+    @property
+    def folder(self) -> Path:
+        return self.service.folder
+
+    def stop(self) -> None:
+        self.service.stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 class RequestLog:

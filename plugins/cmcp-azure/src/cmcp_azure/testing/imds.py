@@ -36,7 +36,6 @@ import base64
 import json
 import threading
 import time
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Final
@@ -48,6 +47,7 @@ from cmcp_azure import imds, tdreport
 from cmcp_azure.testing.synthetic import td_quote
 from cmcp_cli.testing.service import (
     RequestLog,
+    RunningDouble,
     ServiceProcess,
     drip,
     mode_control,
@@ -222,11 +222,8 @@ _FAILURES: Final[dict[str, tuple[int, Any]]] = {
 }
 
 
-@dataclass
-class RunningImds:
+class RunningImds(RunningDouble):
     """The double as a test runs it: its process, and what it wrote into its folder."""
-
-    service: ServiceProcess
 
     @classmethod
     def start(
@@ -250,22 +247,13 @@ class RunningImds:
 
     @property
     def intel_root(self) -> Path:
-        return self.service.folder / "intel-root.pem"
+        return self.folder / "intel-root.pem"
 
     def set_mode(self, mode: str) -> None:
         self.service.set_mode(mode)
 
     def requests(self) -> list[dict[str, Any]]:
         return self.service.requests()
-
-    def stop(self) -> None:
-        self.service.stop()
-
-    def __enter__(self) -> RunningImds:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 def main() -> None:
