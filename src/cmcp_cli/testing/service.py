@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -173,6 +174,17 @@ def mode_control(modes: Collection[str], apply: Callable[[str], None]) -> Thread
             self.end_headers()
 
     return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+
+def recv_exactly(connection: socket.socket, size: int) -> bytes:
+    """`size` bytes from a stream socket; `ConnectionError` when it ends before them."""
+    data = b""
+    while len(data) < size:
+        chunk = connection.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError(f"the peer closed after {len(data)} of {size} bytes")
+        data += chunk
+    return data
 
 
 def drip(handler: BaseHTTPRequestHandler, content_type: str, count: int, every: float) -> None:
