@@ -211,11 +211,15 @@ def platform_policy_table(
     )
 
 
-def policy_flag(table: Mapping[str, Any], name: str, key: str) -> bool:
-    """A true/false key of the platform-policy table `name`, false when absent."""
-    value = table.get(key, False)
+def policy_flag(table: Mapping[str, Any], name: str, key: str, *, default: bool = False) -> bool:
+    """A true/false key of the platform-policy table `name`, `default` when absent."""
+    value = table.get(key, default)
     if not isinstance(value, bool):
-        raise ProviderError(f"{name} {key} must be true or false, got {value!r}")
+        raise ProviderError(
+            f"{name} {key} must be true or false, got {value!r}",
+            hint=f"write {key} = true or {key} = false (or leave it out for "
+            f"{str(default).lower()})",
+        )
     return value
 
 
