@@ -176,6 +176,16 @@ def mode_control(modes: Collection[str], apply: Callable[[str], None]) -> Thread
     return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 
 
+def json_body(handler: BaseHTTPRequestHandler, limit: int) -> Any:
+    """The request's JSON body, read up to `limit` bytes; None when it is not JSON (the
+    double answers that as the service would)."""
+    length = min(int(handler.headers.get("content-length") or 0), limit)
+    try:
+        return json.loads(handler.rfile.read(length) or b"null")
+    except ValueError:
+        return None
+
+
 def recv_exactly(connection: socket.socket, size: int) -> bytes:
     """`size` bytes from a stream socket; `ConnectionError` when it ends before them."""
     data = b""

@@ -41,6 +41,7 @@ from cmcp_cli.testing.service import (
     RequestLog,
     ServiceProcess,
     drip,
+    json_body,
     mode_control,
     quiet,
     write_ready,
@@ -136,11 +137,7 @@ class Service:
             log_message = quiet
 
             def do_POST(self) -> None:
-                length = min(int(self.headers.get("content-length") or 0), MAX_BODY)
-                try:
-                    body = json.loads(self.rfile.read(length) or b"null")
-                except ValueError:
-                    body = None
+                body = json_body(self, MAX_BODY)
                 service.record(self.path, self.headers.get("host", ""), body)
                 if service.mode == "timeout":
                     time.sleep(STALL_SECONDS)

@@ -50,6 +50,7 @@ from cmcp_cli.testing.service import (
     RunningDouble,
     ServiceProcess,
     drip,
+    json_body,
     mode_control,
     quiet,
     write_ready,
@@ -147,12 +148,7 @@ class Service:
                 self.answer(None)
 
             def do_POST(self) -> None:
-                length = min(int(self.headers.get("content-length") or 0), MAX_REQUEST)
-                try:
-                    body = json.loads(self.rfile.read(length) or b"null")
-                except ValueError:
-                    body = None
-                self.answer(body)
+                self.answer(json_body(self, MAX_REQUEST))
 
             def answer(self, body: Any) -> None:
                 mode, metadata = service.mode, self.headers.get("metadata")
