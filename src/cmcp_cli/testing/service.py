@@ -26,6 +26,7 @@ from typing import Any, Final, Self
 
 STARTUP_SECONDS: Final = 30.0
 STOP_SECONDS: Final = 10.0
+CONTROL_SECONDS: Final = 10.0  # for an answer of the control port
 REQUESTS: Final = "requests.jsonl"
 MAX_MODE: Final = 64
 
@@ -73,7 +74,7 @@ class ServiceProcess:
     def set_mode(self, mode: str, *, control: str = "control") -> None:
         """Switch the double's mode through its control port (the fact named `control`)."""
         port = self.facts[control]
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=STOP_SECONDS)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=CONTROL_SECONDS)
         try:
             connection.request("POST", "/mode", body=mode.encode())
             status = connection.getresponse().status
