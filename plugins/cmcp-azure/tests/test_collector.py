@@ -35,7 +35,7 @@ from cmcp_tpm import structures as tpm
 from cmcp_tpm.collector import ak_template
 from cmcp_tpm.settings import PERSISTENT_FIRST
 from cmcp_tpm.testing import SoftwareTpm
-from cmcp_tpm.tpm_access import ESAPI, ESYS_TR, defined_handles
+from cmcp_tpm.tpm_access import ESAPI, ESYS_TR, TPM2B_PUBLIC, TPMT_PUBLIC, defined_handles
 
 FACTS = GatewayFacts("sha256:" + "11" * 32, "sha256:" + "22" * 32, "sha256:" + "33" * 32)
 BINDING = bytes(range(32))
@@ -213,6 +213,30 @@ def test_a_key_other_than_hclakpub_is_refused(snp: RunningParavisor) -> None:
     )
     settings = snp.snp_settings(ak_handle="0x81000005")
     refusal(lambda: AzureSnpCollector().prepare(FACTS, settings), "no key is persisted")
+
+
+def test_a_key_that_is_not_a_restricted_signing_key_is_refused(snp: RunningParavisor) -> None:
+    # a signing key that can also sign what the TPM did not make: never an AK
+    handle = 0x81000006
+    esapi = ESAPI(snp.tcti)
+    try:
+        if handle not in defined_handles(esapi, PERSISTENT_FIRST):
+            attributes = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign"
+            public = TPMT_PUBLIC.parse(
+                "rsa2048:rsassa-sha256:null", objectAttributes=attributes, nameAlg="sha256"
+            )
+            key, _, _, _, _ = esapi.create_primary(
+                None, TPM2B_PUBLIC(publicArea=public), ESYS_TR.OWNER
+            )
+            esapi.evict_control(ESYS_TR.OWNER, key, handle)
+            esapi.flush_context(key)
+    finally:
+        esapi.close()
+    settings = snp.snp_settings(ak_handle=f"0x{handle:08X}")
+    refusal(
+        lambda: AzureSnpCollector().prepare(FACTS, settings),
+        "cannot be the AK: its attributes are not the paravisor's AK's (restricted not set)",
+    )
 
 
 def test_sessions_collected_at_once_each_carry_their_own_binding(

@@ -35,6 +35,7 @@ from cmcp_tpm.settings import (
     AkAlgorithm,
     TpmSettings,
 )
+from cmcp_tpm.structures import signing_key_problems
 from cmcp_tpm.tpm_access import (
     ESAPI,
     ESYS_TR,
@@ -54,15 +55,6 @@ _SIGNING_SCHEMES: Final = frozenset({0x0014, 0x0016, 0x0018})  # RSASSA, RSAPSS,
 _ALG_RSA: Final = 0x0001
 _ALG_ECC: Final = 0x0023
 _ECC_CURVES: Final = frozenset({0x0003, 0x0004})  # NIST P-256, P-384
-# TPMA_OBJECT bits an AK must have, and the one it must not.
-_AK_ATTRIBUTES: Final = {
-    "fixedTPM": 0x00000002,
-    "fixedParent": 0x00000010,
-    "sensitiveDataOrigin": 0x00000020,
-    "restricted": 0x00010000,
-    "sign": 0x00040000,
-}
-_DECRYPT: Final = 0x00020000
 _QUOTE_ATTEMPTS: Final = 3
 _BUNDLE_EVENT: Final = "cmcp-policy-bundle"
 _AK_FIX: Final = (
@@ -320,12 +312,9 @@ def _ak_problem(
     public: TPMT_PUBLIC, marshaled: bytes, name: bytes, qualified_name: bytes
 ) -> str | None:
     """Why this key is not an AK the verifier accepts, or None."""
-    attributes = int(public.objectAttributes)
-    missing = [flag for flag, bit in _AK_ATTRIBUTES.items() if not attributes & bit]
-    if missing:
-        return f"it lacks the attribute(s) {', '.join(missing)} of a restricted signing key"
-    if attributes & _DECRYPT:
-        return "it can decrypt, and an attestation key must only sign"
+    problems = signing_key_problems(int(public.objectAttributes))
+    if problems:
+        return f"it is not a restricted signing key ({', '.join(problems)})"
     hash_name = _HASH_OF_ALGORITHM.get(int(public.nameAlg))
     if hash_name is None:
         return f"its name algorithm 0x{int(public.nameAlg):04X} is not SHA-256 or SHA-384"
