@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -17,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from cmcp_cli.config import ENV_START
-from tests.support import CMCP, QUICKSTART
+from tests.support import CMCP, QUICKSTART, run_cmcp
 
 STARTUP_SECONDS = 30.0
 # A raw JSON-RPC initialize, for tests that speak HTTP to the gateway without an SDK.
@@ -196,3 +199,42 @@ async def weather_session(url: str) -> str:
         await session.initialize()
         weather = await session.call_tool("get_weather", {"city": "Paris"})
         return weather.content[0].text  # type: ignore[union-attr]
+
+
+async def agent_calls(url: str) -> tuple[str, dict[str, Any]]:
+    """An agent's session through the gateway at `url`: the quickstart's get_weather for
+    Paris (allowed: its text) and delete_records (denied: the JSON-RPC error)."""
+    async with (
+        streamable_http_client(url) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        weather = await session.call_tool("get_weather", {"city": "Paris"})
+        with pytest.raises(MCPError) as denied:
+            await session.call_tool("delete_records", {"table": "users"})
+        return weather.content[0].text, denied.value.error.model_dump()  # type: ignore[union-attr]
+
+
+def session_claim(folder: Path, upstream: Served, attestation: dict[str, Any]) -> tuple[Path, Path]:
+    """Start the gateway with `attestation`, run `agent_calls` through it, stop it: its
+    config and the one claim it wrote."""
+    config = write_config(folder, upstream.url, attestation=attestation)
+    gateway = start_gateway(config)
+    try:
+        allowed, denied = asyncio.run(agent_calls(gateway.url))
+    finally:
+        assert gateway.stop() == 0, gateway.output()
+    assert "Paris" in allowed and denied["code"] == -32040
+    (claim,) = sorted((folder / "claims").glob("*.claim.json"))
+    return config, claim
+
+
+def verify(claim: Path, *args: str | Path) -> tuple[int, dict[str, Any]]:
+    """`cmcp verify CLAIM ARGS --json`: its exit code and report."""
+    result = run_cmcp("verify", claim, *args, "--json")
+    return result.returncode, result.json()
+
+
+def statuses(report: dict[str, Any]) -> dict[str, str]:
+    """Each check of a `cmcp verify --json` report, by name: its status."""
+    return {check["name"]: check["status"] for check in report["checks"]}

@@ -19,6 +19,7 @@ from cmcp_cli.attestation.toolkit import (
     evidence_object,
     hardware_verdict,
     read_policy_file,
+    refused_as,
     require_binding,
     run_checks,
     settings_section,
@@ -146,3 +147,11 @@ def test_a_policy_file_is_read_beside_the_policy(tmp_path: Path) -> None:
     assert "folder of the platform-policy file" in (missing.value.hint or "")
     with pytest.raises(ProviderError, match="larger than 2 bytes"):
         read_policy_file("root.pem", tmp_path, "[x] roots", limit=2)
+
+
+def test_refused_as_turns_only_the_named_errors_into_a_provider_error() -> None:
+    with pytest.raises(ProviderError) as refused, refused_as(ValueError, "--x f.bin", hint="fix"):
+        raise ValueError("bad byte")
+    assert (refused.value.message, refused.value.hint) == ("--x f.bin: bad byte", "fix")
+    with pytest.raises(KeyError), refused_as(ValueError, "--x f.bin", hint="fix"):
+        raise KeyError("other")

@@ -21,6 +21,7 @@ from cmcp_azure import plugin
 from cmcp_azure.snp_verifier import AzureSnpVerifier
 from cmcp_azure.tdx_verifier import AzureTdxVerifier
 from cmcp_azure.testing import vectors
+from cmcp_azure.testing.checks import EVIDENCE_LINKS, SNP_HARDWARE, TDX_HARDWARE
 from cmcp_azure.testing.vectors import AzureSet
 from cmcp_cli.attestation.api import Evidence, ProviderSpec
 from tests.test_confidential_vm_claims import VECTORS, claim_with, verify
@@ -28,21 +29,6 @@ from tests.test_confidential_vm_claims import VECTORS, claim_with, verify
 AZURE = VECTORS / "azure-cvm"
 # The claim's time: inside the validity of every certificate of the three sets.
 ISSUED = datetime(2026, 12, 1, 12, tzinfo=UTC)
-LINKS_PROVEN = (
-    "azure.evidence.shape", "azure.hcl.format", "azure.runtime_data", "azure.quote.format",
-    "azure.quote.signature", "azure.quote.pcrs", "azure.runtime_data.hash",
-    "azure.vm_configuration",
-)  # fmt: skip
-SEV_PROVEN = (
-    "azure.snp.vmpl", "sev.report.version", "sev.product", "sev.vcek.chain", "sev.ark.pinned",
-    "sev.report.signature", "sev.vcek.tcb", "sev.vcek.chip_id", "sev.report_data",
-    "sev.policy.debug",
-)  # fmt: skip
-TDX_PROVEN = (
-    "azure.td_quote.body", "tdx.quote.header", "tdx.pck.chain", "tdx.root.pinned",
-    "tdx.qe.signature", "tdx.qe.binding", "tdx.quote.signature", "tdx.report_data",
-    "tdx.td.debug",
-)  # fmt: skip
 
 
 def _evidence(spec: ProviderSpec, azure_set: AzureSet) -> Evidence:
@@ -91,7 +77,7 @@ def test_a_genuine_azure_snp_set_fails_only_on_the_quotes_nonce(
     # the quote's extraData is trustee's "challenge", not this session's binding
     assert _failed(checks) == ["azure.quote.nonce"], checks
     assert "not the session binding" in checks["azure.quote.nonce"][1]
-    _assert_proven(checks, LINKS_PROVEN + SEV_PROVEN)
+    _assert_proven(checks, EVIDENCE_LINKS + SNP_HARDWARE)
     assert checks["azure.user_data"][0] == "skip"  # this paravisor carried no user data
 
 
@@ -103,7 +89,7 @@ def test_a_genuine_azure_snp_set_with_user_data_fails_on_both_bindings(
     # the quote's extraData and the report's user data both carry trustee's nonce
     assert _failed(checks) == ["azure.quote.nonce", "azure.user_data"], checks
     assert "another session" in checks["azure.user_data"][1]
-    _assert_proven(checks, LINKS_PROVEN + SEV_PROVEN)
+    _assert_proven(checks, EVIDENCE_LINKS + SNP_HARDWARE)
 
 
 def test_a_genuine_azure_tdx_set_fails_only_on_the_quotes_nonce(
@@ -112,7 +98,7 @@ def test_a_genuine_azure_tdx_set_fails_only_on_the_quotes_nonce(
     code, checks = _verify_claim(tmp_path, plugin.TDX_SPEC, vectors.tdx_set(azure_vectors))
     assert code == 1, checks
     assert _failed(checks) == ["azure.quote.nonce"], checks
-    _assert_proven(checks, LINKS_PROVEN + TDX_PROVEN)
+    _assert_proven(checks, EVIDENCE_LINKS + TDX_HARDWARE)
     assert "not appraised" in checks["tdx.tcb.status"][1]  # no collateral for its FMSPC
 
 

@@ -7,7 +7,6 @@ the vTPM quote and as the report's user data.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,56 +14,24 @@ from typing import Any
 
 import pytest
 
+from cmcp_azure.testing.checks import BINDING_LINKS, EVIDENCE_LINKS, SNP_HARDWARE, TDX_HARDWARE
 from cmcp_azure.testing.imds import RunningImds
 from cmcp_azure.testing.paravisor import RunningParavisor
-from tests.gateway_support import Served, start_gateway, write_config
-from tests.test_tpm_gateway import agent_calls, statuses, verify
-
-AZURE_LINKS = (
-    "azure.evidence.shape", "azure.hcl.format", "azure.runtime_data", "azure.quote.format",
-    "azure.quote.signature", "azure.quote.nonce", "azure.quote.pcrs",
-    "azure.runtime_data.hash", "azure.user_data", "azure.vm_configuration",
-)  # fmt: skip
-SEV_CHECKS = (
-    "azure.snp.vmpl", "sev.report.version", "sev.product", "sev.vcek.chain", "sev.ark.pinned",
-    "sev.report.signature", "sev.vcek.tcb", "sev.vcek.chip_id", "sev.report_data",
-    "sev.policy.debug",
-)  # fmt: skip
-TDX_CHECKS = (
-    "azure.td_quote.body", "tdx.quote.header", "tdx.pck.chain", "tdx.root.pinned",
-    "tdx.qe.signature", "tdx.qe.binding", "tdx.quote.signature", "tdx.report_data",
-    "tdx.td.debug",
-)  # fmt: skip
+from tests.gateway_support import Served, session_claim, statuses, verify
 
 
 @pytest.fixture(scope="module")
 def snp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningParavisor]:
-    paravisor = RunningParavisor.start(tmp_path_factory.mktemp("snp"), "snp")
-    try:
+    with RunningParavisor.start(tmp_path_factory.mktemp("snp"), "snp") as paravisor:
         yield paravisor
-    finally:
-        paravisor.stop()
-
-
-def _session_claim(folder: Path, upstream: Served, attestation: dict[str, Any]) -> Path:
-    """Start the gateway, run an agent's session through it, stop it; the claim's path."""
-    config = write_config(folder, upstream.url, attestation=attestation)
-    gateway = start_gateway(config)
-    try:
-        allowed, denied = asyncio.run(agent_calls(gateway.url))
-    finally:
-        assert gateway.stop() == 0, gateway.output()
-    assert "Paris" in allowed and denied["code"] == -32040
-    (claim,) = sorted((folder / "claims").glob("*.claim.json"))
-    return claim
 
 
 def _assert_attested(report: dict[str, Any], hardware: tuple[str, ...]) -> None:
     assert report["hardware_attested"] is True, report
     found = statuses(report)
-    assert {name: found[name] for name in (*AZURE_LINKS, *hardware)} == dict.fromkeys(
-        (*AZURE_LINKS, *hardware), "pass"
-    ), found
+    assert {
+        name: found[name] for name in (*EVIDENCE_LINKS, *BINDING_LINKS, *hardware)
+    } == dict.fromkeys((*EVIDENCE_LINKS, *BINDING_LINKS, *hardware), "pass"), found
     assert found["azure.pcrs.pinned"] == "skip"  # no PCRs pinned by this auditor
 
 
@@ -72,14 +39,10 @@ def _assert_attested(report: dict[str, Any], hardware: tuple[str, ...]) -> None:
 def test_a_gateway_on_an_azure_snp_cvm_is_verified_as_hardware_attested(
     tmp_path: Path, upstream: Served, snp: RunningParavisor, provider: str
 ) -> None:
-    settings = {
-        "tcti": snp.tcti,
-        "vcek": str(snp.folder / "vcek.pem"),
-        "cert_chain": str(snp.folder / "cert_chain.pem"),
-    }
+    settings = snp.snp_settings()
     # auto tries sev-snp and tdx first, whose devices are absent here, then finds it
     attestation = {"provider": provider, "providers": {"azure-sev-snp": settings}}
-    claim_path = _session_claim(tmp_path, upstream, attestation)
+    _, claim_path = session_claim(tmp_path, upstream, attestation)
     claim = json.loads(claim_path.read_text())
     assert claim["trace"]["runtime"]["platform"] == "amd-sev-snp"
     assert claim["gateway"]["attestation"]["provider"] == "azure-sev-snp"
@@ -94,7 +57,7 @@ def test_a_gateway_on_an_azure_snp_cvm_is_verified_as_hardware_attested(
         measurement,
     )
     assert code == 0, report
-    _assert_attested(report, SEV_CHECKS)
+    _assert_attested(report, SNP_HARDWARE)
 
     # AMD's vendored roots did not issue the test ASK: the chain is not pinned
     code, report = verify(claim_path)
@@ -108,22 +71,18 @@ def test_a_gateway_on_an_azure_tdx_cvm_is_verified_as_hardware_attested(
     paravisor_dir, imds_dir = tmp_path / "paravisor", tmp_path / "imds"
     paravisor_dir.mkdir()
     imds_dir.mkdir()
-    paravisor = RunningParavisor.start(paravisor_dir, "tdx")
-    try:
-        imds = RunningImds.start(imds_dir)
-        try:
-            settings = {"tcti": paravisor.tcti, "imds_url": imds.url}
-            attestation = {"provider": "azure-tdx", "providers": {"azure-tdx": settings}}
-            claim_path = _session_claim(tmp_path, upstream, attestation)
-            quotes = [r for r in imds.requests() if r["path"] == "/acc/tdquote"]
-        finally:
-            imds.stop()
-    finally:
-        paravisor.stop()
+    with (
+        RunningParavisor.start(paravisor_dir, "tdx") as paravisor,
+        RunningImds.start(imds_dir) as imds,
+    ):
+        settings = {"tcti": paravisor.tcti, "imds_url": imds.url}
+        attestation = {"provider": "azure-tdx", "providers": {"azure-tdx": settings}}
+        _, claim_path = session_claim(tmp_path, upstream, attestation)
+        quotes = [r for r in imds.requests() if r["path"] == "/acc/tdquote"]
     claim = json.loads(claim_path.read_text())
     assert claim["trace"]["runtime"]["platform"] == "intel-tdx"
     assert claim["gateway"]["attestation"]["evidence_type"] == "azure-tdx-hcl-v1"
     assert len(quotes) >= 2  # one at start, one per session at least
     code, report = verify(claim_path, "--trust-root", imds.intel_root)
     assert code == 0, report
-    _assert_attested(report, TDX_CHECKS)
+    _assert_attested(report, TDX_HARDWARE)

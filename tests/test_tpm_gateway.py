@@ -9,7 +9,6 @@ AK certificate in NV), so the claim verifies as fully hardware-attested.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from collections.abc import Callable, Iterator
@@ -20,9 +19,6 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
 
 from cmcp_cli.attestation.api import GatewayFacts
 from cmcp_cli.attestation.binding import compute_binding
@@ -35,7 +31,7 @@ from cmcp_cli.policy.engine import compile_bundle
 from cmcp_tpm import plugin
 from cmcp_tpm.collector import TpmCollector
 from cmcp_tpm.testing import SoftwareTpm, TestCa, enroll_attestation_key
-from tests.gateway_support import Served, start_gateway, write_config
+from tests.gateway_support import Served, session_claim, statuses, verify
 from tests.sessions import record_session
 from tests.support import QUICKSTART, run_cmcp
 
@@ -84,39 +80,11 @@ def enrolled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnrolledTpm]:
         yield EnrolledTpm(tpm, settings, (ak_root, ek_roots))
 
 
-async def agent_calls(url: str) -> tuple[str, dict[str, Any]]:
-    async with (
-        streamable_http_client(url) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
-        weather = await session.call_tool("get_weather", {"city": "Paris"})
-        with pytest.raises(MCPError) as denied:
-            await session.call_tool("delete_records", {"table": "users"})
-        return weather.content[0].text, denied.value.error.model_dump()  # type: ignore[union-attr]
-
-
-def verify(claim: Path, *args: str | Path) -> tuple[int, dict[str, Any]]:
-    result = run_cmcp("verify", claim, *args, "--json")
-    return result.returncode, result.json()
-
-
-def statuses(report: dict[str, Any]) -> dict[str, str]:
-    return {check["name"]: check["status"] for check in report["checks"]}
-
-
 def test_a_gateway_on_a_tpm_is_verified_as_hardware_attested(
     tmp_path: Path, upstream: Served, enrolled: EnrolledTpm
 ) -> None:
     attestation = {"provider": "tpm", "providers": {"tpm": enrolled.settings}}
-    config = write_config(tmp_path, upstream.url, attestation=attestation)
-    gateway = start_gateway(config)
-    try:
-        allowed, denied = asyncio.run(agent_calls(gateway.url))
-    finally:
-        assert gateway.stop() == 0, gateway.output()
-    assert "Paris" in allowed and denied["code"] == -32040
-    (claim_path,) = sorted((tmp_path / "claims").glob("*.claim.json"))
+    config, claim_path = session_claim(tmp_path, upstream, attestation)
     claim = json.loads(claim_path.read_text())
     assert claim["trace"]["runtime"]["platform"] == "tpm2"
     assert claim["gateway"]["attestation"]["evidence_type"] == "tpm2-quote-v1"

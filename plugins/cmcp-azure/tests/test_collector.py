@@ -35,7 +35,7 @@ from cmcp_tpm import structures as tpm
 from cmcp_tpm.collector import ak_template
 from cmcp_tpm.settings import PERSISTENT_FIRST
 from cmcp_tpm.testing import SoftwareTpm
-from cmcp_tpm.tpm_access import ESAPI, ESYS_TR, defined_handles
+from cmcp_tpm.tpm_access import ESAPI, ESYS_TR, TPM2B_PUBLIC, TPMT_PUBLIC, defined_handles
 
 FACTS = GatewayFacts("sha256:" + "11" * 32, "sha256:" + "22" * 32, "sha256:" + "33" * 32)
 BINDING = bytes(range(32))
@@ -45,44 +45,25 @@ OTHER_HANDLE = 0x81000004
 @pytest.fixture(scope="module")
 def snp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningParavisor]:
     """An SNP paravisor whose vTPM has no user-data index: the collector defines it."""
-    paravisor = RunningParavisor.start(tmp_path_factory.mktemp("snp"), "snp", user_data_index=False)
-    try:
+    with RunningParavisor.start(
+        tmp_path_factory.mktemp("snp"), "snp", user_data_index=False
+    ) as paravisor:
         yield paravisor
-    finally:
-        paravisor.stop()
 
 
 @pytest.fixture(scope="module")
 def imds(tmp_path_factory: pytest.TempPathFactory, snp: RunningParavisor) -> Iterator[RunningImds]:
     """IMDS answering with the SNP paravisor's VCEK and chain, and TD quotes."""
-    service = RunningImds.start(
-        tmp_path_factory.mktemp("imds"),
-        vcek=snp.folder / "vcek.pem",
-        cert_chain=snp.folder / "cert_chain.pem",
-    )
-    try:
+    folder = tmp_path_factory.mktemp("imds")
+    vcek, chain = snp.folder / "vcek.pem", snp.folder / "cert_chain.pem"
+    with RunningImds.start(folder, vcek=vcek, cert_chain=chain) as service:
         yield service
-    finally:
-        service.stop()
 
 
 @pytest.fixture(scope="module")
 def tdx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningParavisor]:
-    paravisor = RunningParavisor.start(tmp_path_factory.mktemp("tdx"), "tdx")
-    try:
+    with RunningParavisor.start(tmp_path_factory.mktemp("tdx"), "tdx") as paravisor:
         yield paravisor
-    finally:
-        paravisor.stop()
-
-
-def files(paravisor: RunningParavisor, **settings: Any) -> dict[str, Any]:
-    folder = paravisor.folder
-    return {
-        "tcti": paravisor.tcti,
-        "vcek": str(folder / "vcek.pem"),
-        "cert_chain": str(folder / "cert_chain.pem"),
-        **settings,
-    }
 
 
 def collect(collector: AzureSnpCollector | AzureTdxCollector, settings: dict[str, Any]) -> Evidence:
@@ -125,7 +106,7 @@ def test_snp_evidence_carries_the_binding_as_user_data_and_verifies(
     snp: RunningParavisor,
 ) -> None:
     collector = AzureSnpCollector()
-    settings = files(snp)
+    settings = snp.snp_settings()
     detection = collector.detect(settings)
     assert detection.present and "Azure SEV-SNP CVM" in detection.detail, detection
     evidence = collect(collector, settings)
@@ -148,8 +129,8 @@ def test_snp_evidence_carries_the_binding_as_user_data_and_verifies(
 def test_without_user_data_the_quote_alone_binds_and_stale_user_data_is_refused(
     snp: RunningParavisor,
 ) -> None:
-    collect(AzureSnpCollector(), files(snp))  # leaves its binding in NV 0x01400002
-    settings = files(snp, user_data=False)
+    collect(AzureSnpCollector(), snp.snp_settings())  # leaves its binding in NV 0x01400002
+    settings = snp.snp_settings(user_data=False)
     refusal(
         lambda: AzureSnpCollector().prepare(FACTS, settings),
         "holds data that the paravisor puts in every report",
@@ -204,14 +185,14 @@ def test_a_vcek_that_does_not_sign_the_report_refuses_the_start(
     snp: RunningParavisor, tmp_path: Path
 ) -> None:
     other = SnpAuthority.create().write(tmp_path)
-    settings = files(snp, vcek=str(other.vcek), cert_chain=str(other.chain))
+    settings = snp.snp_settings(vcek=str(other.vcek), cert_chain=str(other.chain))
     refusal(
         lambda: AzureSnpCollector().prepare(FACTS, settings),
         "do not verify the paravisor's SNP report",
         "sev.report.signature",
     )
     # the right VCEK under another chain: the chain does not hold
-    settings = files(snp, cert_chain=str(other.chain))
+    settings = snp.snp_settings(cert_chain=str(other.chain))
     refusal(lambda: AzureSnpCollector().prepare(FACTS, settings), "sev.vcek.chain")
 
 
@@ -224,20 +205,44 @@ def test_a_key_other_than_hclakpub_is_refused(snp: RunningParavisor) -> None:
             esapi.flush_context(key)
     finally:
         esapi.close()
-    settings = files(snp, ak_handle=f"0x{OTHER_HANDLE:08X}")
+    settings = snp.snp_settings(ak_handle=f"0x{OTHER_HANDLE:08X}")
     refusal(
         lambda: AzureSnpCollector().prepare(FACTS, settings),
         "0x81000004 is not the vTPM's attestation key",
         "HCLAkPub",
     )
-    settings = files(snp, ak_handle="0x81000005")
+    settings = snp.snp_settings(ak_handle="0x81000005")
     refusal(lambda: AzureSnpCollector().prepare(FACTS, settings), "no key is persisted")
+
+
+def test_a_key_that_is_not_a_restricted_signing_key_is_refused(snp: RunningParavisor) -> None:
+    # a signing key that can also sign what the TPM did not make: never an AK
+    handle = 0x81000006
+    esapi = ESAPI(snp.tcti)
+    try:
+        if handle not in defined_handles(esapi, PERSISTENT_FIRST):
+            attributes = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign"
+            public = TPMT_PUBLIC.parse(
+                "rsa2048:rsassa-sha256:null", objectAttributes=attributes, nameAlg="sha256"
+            )
+            key, _, _, _, _ = esapi.create_primary(
+                None, TPM2B_PUBLIC(publicArea=public), ESYS_TR.OWNER
+            )
+            esapi.evict_control(ESYS_TR.OWNER, key, handle)
+            esapi.flush_context(key)
+    finally:
+        esapi.close()
+    settings = snp.snp_settings(ak_handle=f"0x{handle:08X}")
+    refusal(
+        lambda: AzureSnpCollector().prepare(FACTS, settings),
+        "cannot be the AK: its attributes are not the paravisor's AK's (restricted not set)",
+    )
 
 
 def test_sessions_collected_at_once_each_carry_their_own_binding(
     snp: RunningParavisor,
 ) -> None:
-    settings = files(snp)
+    settings = snp.snp_settings()
     collector = AzureSnpCollector()
     collector.prepare(FACTS, settings)
     bindings = [bytes([n]) * 32 for n in range(1, 5)]
@@ -265,11 +270,11 @@ def test_collect_refuses_changed_settings_and_a_binding_of_another_size(
     snp: RunningParavisor,
 ) -> None:
     collector = AzureSnpCollector()
-    collector.prepare(FACTS, files(snp))
+    collector.prepare(FACTS, snp.snp_settings())
     try:
-        refusal(lambda: collector.collect(BINDING[:16], files(snp)), "16 bytes, not 32")
+        refusal(lambda: collector.collect(BINDING[:16], snp.snp_settings()), "16 bytes, not 32")
         refusal(
-            lambda: collector.collect(BINDING, files(snp, timeout_seconds=3)),
+            lambda: collector.collect(BINDING, snp.snp_settings(timeout_seconds=3)),
             "changed after the gateway started",
         )
     finally:
@@ -282,19 +287,16 @@ def test_a_paravisor_that_ignores_user_data_refuses_it_but_binds_by_quote(
     # this paravisor also says the VM boots without secure boot: the runtime data shipped
     # is the paravisor's, judged by the auditor's vm-configuration policy
     configuration = {"console-enabled": False, "secure-boot": False, "tpm-enabled": True}
-    paravisor = RunningParavisor.start(
+    with RunningParavisor.start(
         tmp_path, "snp", ignore_user_data=True, vm_configuration=configuration
-    )
-    try:
-        settings = files(paravisor, timeout_seconds=0.3)
+    ) as paravisor:
+        settings = paravisor.snp_settings(timeout_seconds=0.3)
         refusal(
             lambda: AzureSnpCollector().prepare(FACTS, settings),
             "did not carry the user data written to NV index 0x01400002",
             "user_data = false",
         )
         evidence = collect(AzureSnpCollector(), {**settings, "user_data": False})
-    finally:
-        paravisor.stop()
     assert runtime_of(evidence).vm_configuration.secure_boot is False
     verdict = verify_snp(evidence, paravisor.folder / "ark.pem")
     assert statuses(verdict)["azure.user_data"] is CheckStatus.SKIP

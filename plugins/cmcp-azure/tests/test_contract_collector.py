@@ -24,24 +24,17 @@ BINDING = bytes(range(32))
 
 @pytest.fixture(scope="module")
 def snp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningParavisor]:
-    paravisor = RunningParavisor.start(tmp_path_factory.mktemp("snp"), "snp")
-    try:
+    with RunningParavisor.start(tmp_path_factory.mktemp("snp"), "snp") as paravisor:
         yield paravisor
-    finally:
-        paravisor.stop()
 
 
 @pytest.fixture(scope="module")
 def tdx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningParavisor, RunningImds]]:
-    paravisor = RunningParavisor.start(tmp_path_factory.mktemp("tdx"), "tdx")
-    try:
-        imds = RunningImds.start(tmp_path_factory.mktemp("imds"))
-        try:
-            yield paravisor, imds
-        finally:
-            imds.stop()
-    finally:
-        paravisor.stop()
+    with (
+        RunningParavisor.start(tmp_path_factory.mktemp("tdx"), "tdx") as paravisor,
+        RunningImds.start(tmp_path_factory.mktemp("imds")) as imds,
+    ):
+        yield paravisor, imds
 
 
 def _pinned(
@@ -66,11 +59,7 @@ class TestAzureSnpCollectorContract(ProviderContract):
 
     @pytest.fixture
     def provider_settings(self, snp: RunningParavisor) -> Mapping[str, Any]:
-        return {
-            "tcti": snp.tcti,
-            "vcek": str(snp.folder / "vcek.pem"),
-            "cert_chain": str(snp.folder / "cert_chain.pem"),
-        }
+        return snp.snp_settings()
 
     @pytest.fixture
     def collected_trust_roots(self, snp: RunningParavisor) -> tuple[bytes, ...]:

@@ -214,7 +214,7 @@ def test_the_pcrs_to_pin_are_the_ones_the_reports_ak_quoted() -> None:
 
 def test_a_quote_from_another_vm_is_refused() -> None:
     message = refused(AzureSnpMeasurer(), hcl_report=SNP_REPORT, tpm_quote=TDX_QUOTE)
-    assert "not signed by the HCLAkPub of --hcl-report" in message
+    assert "does not verify with HCLAkPub from the runtime data" in message
 
 
 def test_a_quote_re_signed_by_another_key_is_refused(tmp_path: Path) -> None:
@@ -223,7 +223,7 @@ def test_a_quote_re_signed_by_another_key_is_refused(tmp_path: Path) -> None:
     message = bytes.fromhex(document["message"])
     document["signature"] = other.sign(message, padding.PKCS1v15(), hashes.SHA256()).hex()
     quote = written(tmp_path, "q.json", json.dumps(document).encode())
-    assert "not signed by the HCLAkPub" in refused(
+    assert "does not verify with HCLAkPub" in refused(
         AzureSnpMeasurer(), hcl_report=SNP_REPORT, tpm_quote=quote
     )
 
@@ -233,7 +233,7 @@ def test_pcr_values_the_quote_did_not_sign_are_refused(tmp_path: Path) -> None:
     document["pcrs"][7] = "00" * 32
     quote = written(tmp_path, "q.json", json.dumps(document).encode())
     message = refused(AzureSnpMeasurer(), hcl_report=SNP_REPORT, tpm_quote=quote)
-    assert "not the values the quote signed" in message
+    assert "not the quoted pcrDigest" in message
 
 
 def test_a_tampered_quote_message_is_refused(tmp_path: Path) -> None:
@@ -242,7 +242,7 @@ def test_a_tampered_quote_message_is_refused(tmp_path: Path) -> None:
     message[message.index(b"challenge")] ^= 0x01  # extraData: the nonce it was taken for
     document["message"] = message.hex()
     quote = written(tmp_path, "q.json", json.dumps(document).encode())
-    assert "not signed by the HCLAkPub" in refused(
+    assert "does not verify with HCLAkPub" in refused(
         AzureSnpMeasurer(), hcl_report=SNP_REPORT, tpm_quote=quote
     )
 
@@ -257,19 +257,19 @@ def test_a_quote_over_other_pcrs_is_refused(tmp_path: Path) -> None:
     document["message"] = seven.hex()
     quote = written(tmp_path, "q.json", json.dumps(document).encode())
     message = refused(AzureSnpMeasurer(), hcl_report=SNP_REPORT, tpm_quote=quote)
-    assert "not a TPM quote over sha256 PCRs 0-23" in message
+    assert "not SHA-256 PCRs 0-23" in message
 
 
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (lambda d: d.update(extra=1), "exactly message, signature and pcrs"),
-        (lambda d: d.pop("signature"), "exactly message, signature and pcrs"),
-        (lambda d: d.update(pcrs=d["pcrs"][:23]), "list of 24 values"),
-        (lambda d: d.update(message="zz"), "message holds something that is not a hex string"),
-        (lambda d: d.update(signature=7), "signature holds something that is not a hex"),
-        (lambda d: d["pcrs"].__setitem__(3, "00"), "a PCR value is not 32 bytes"),
-        (lambda d: d.update(message="ff544347"), "message is unusable"),
+        (lambda d: d.update(extra=1), "exactly the members signature, message and pcrs"),
+        (lambda d: d.pop("signature"), "exactly the members signature, message and pcrs"),
+        (lambda d: d.update(pcrs=d["pcrs"][:23]), "list of 24 hex values"),
+        (lambda d: d.update(message="zz"), "must be hex strings"),
+        (lambda d: d.update(signature=7), "must be hex strings"),
+        (lambda d: d["pcrs"].__setitem__(3, "00"), "every PCR value must be 32 bytes"),
+        (lambda d: d.update(message="ff544347"), "TPMS_ATTEST is refused"),
     ],
 )
 def test_a_malformed_quote_is_refused(tmp_path: Path, change: Any, expected: str) -> None:
@@ -279,6 +279,11 @@ def test_a_malformed_quote_is_refused(tmp_path: Path, change: Any, expected: str
     assert expected in refused(AzureSnpMeasurer(), hcl_report=SNP_REPORT, tpm_quote=quote)
     not_json = written(tmp_path, "n.json", b"\xff{")
     assert "is not JSON" in refused(AzureSnpMeasurer(), hcl_report=SNP_REPORT, tpm_quote=not_json)
+    for text in (b"[" * 1100, b'{"pcrs": [], "pcrs": []}'):  # too deep; two meanings
+        unclear = written(tmp_path, "u.json", text)
+        assert "is not JSON" in refused(
+            AzureSnpMeasurer(), hcl_report=SNP_REPORT, tpm_quote=unclear
+        )
 
 
 def test_a_tpm2_tools_pcr_file_gives_unsigned_values() -> None:

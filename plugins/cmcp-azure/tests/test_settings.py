@@ -18,6 +18,7 @@ TDX = "azure-tdx"
 def refused(provider: str, settings: Any, *fragments: str) -> None:
     with pytest.raises(ProviderError) as caught:
         AzureSettings.parse(provider, settings)
+    assert caught.value.hint, caught.value.message  # every refusal names its fix
     text = f"{caught.value.message} ({caught.value.hint})"
     for fragment in fragments:
         assert fragment in text, text
@@ -48,7 +49,6 @@ def test_every_setting_is_read() -> None:
             "tcti": "swtpm:host=127.0.0.1,port=2321",
             "ak_handle": "0x81000004",
             "user_data": False,
-            "imds_url": "http://127.0.0.1:8080/",
             "timeout_seconds": 2.5,
             "vcek": "/etc/cmcp/vcek.der",
             "cert_chain": ["/etc/cmcp/ask.der", "/etc/cmcp/ark.der"],
@@ -57,10 +57,14 @@ def test_every_setting_is_read() -> None:
     assert parsed.tcti == "swtpm:host=127.0.0.1,port=2321"
     assert parsed.ak_handle == 0x81000004
     assert parsed.user_data is False
-    assert parsed.imds_url == "http://127.0.0.1:8080"  # endpoint paths append to it
     assert parsed.timeout_seconds == 2.5
     assert parsed.vcek == Path("/etc/cmcp/vcek.der")
     assert parsed.cert_chain == (Path("/etc/cmcp/ask.der"), Path("/etc/cmcp/ark.der"))
+    fetched = AzureSettings.parse(SNP, {"imds_url": "http://127.0.0.1:8080/"})
+    assert fetched.imds_url == "http://127.0.0.1:8080"  # endpoint paths append to it
+    assert AzureSettings.parse(TDX, {"imds_url": "http://127.0.0.1:8080"}).imds_url == (
+        "http://127.0.0.1:8080"
+    )
     one_file = AzureSettings.parse(SNP, {"vcek": "/v.pem", "cert_chain": "/chain.pem"})
     assert one_file.cert_chain == (Path("/chain.pem"),)
     assert AzureSettings.parse(SNP, {"ak_handle": 0x81000003}).ak_handle == 0x81000003
@@ -111,3 +115,8 @@ def test_the_vcek_and_its_chain_are_given_together_as_absolute_paths() -> None:
     refused(SNP, {"vcek": "v.pem", "cert_chain": "/c.pem"}, "vcek must be an absolute file path")
     refused(SNP, {"vcek": "/v.pem", "cert_chain": []}, "cert_chain is an empty list")
     refused(SNP, {"vcek": "/v.pem", "cert_chain": ["/a.pem", 3]}, "cert_chain must be an absolute")
+
+
+def test_an_imds_url_the_certificate_files_make_unused_is_refused() -> None:
+    files = {"vcek": "/v.pem", "cert_chain": "/c.pem"}
+    refused(SNP, {**files, "imds_url": "http://127.0.0.1:8080"}, "would not be used")

@@ -18,27 +18,14 @@ from cmcp_azure import hcl, runtime_data, tdreport
 from cmcp_azure.evidence import encode
 from cmcp_azure.snp_verifier import AzureSnpVerifier
 from cmcp_azure.tdx_verifier import AzureTdxVerifier
+from cmcp_azure.testing.checks import EVIDENCE_LINKS, SNP_HARDWARE, TDX_HARDWARE
 from cmcp_azure.testing.vectors import AzureSet
 from cmcp_cli.attestation.api import CheckStatus, EvidenceVerdict, TrustInputs
 from cmcp_cli.testing.verdicts import assert_fails, reason, statuses
 from cmcp_tpm import structures as tpm
 
 PASS, SKIP, FAIL = CheckStatus.PASS, CheckStatus.SKIP, CheckStatus.FAIL
-AZURE_PASSING = (
-    "azure.evidence.shape", "azure.hcl.format", "azure.runtime_data", "azure.quote.format",
-    "azure.quote.signature", "azure.quote.nonce", "azure.quote.pcrs",
-    "azure.runtime_data.hash", "azure.vm_configuration",
-)  # fmt: skip
-SEV_PASSING = (
-    "azure.snp.vmpl", "sev.evidence.shape", "sev.report.version", "sev.product", "sev.vcek.chain",
-    "sev.ark.pinned", "sev.report.signature", "sev.vcek.tcb", "sev.vcek.chip_id",
-    "sev.report_data", "sev.policy.debug",
-)  # fmt: skip
-TDX_PASSING = (
-    "azure.td_quote.body", "tdx.evidence.shape", "tdx.quote.header", "tdx.pck.chain",
-    "tdx.root.pinned", "tdx.qe.signature", "tdx.qe.binding", "tdx.quote.signature",
-    "tdx.report_data", "tdx.td.debug",
-)  # fmt: skip
+AZURE_PASSING = (*EVIDENCE_LINKS, "azure.quote.nonce")
 
 
 def snp(evidence: Any, trust: TrustInputs) -> EvidenceVerdict:
@@ -80,7 +67,7 @@ def assert_passing(verdict: EvidenceVerdict, names: tuple[str, ...]) -> None:
 def test_the_milan_set_is_hardware_attested_through_the_quote(milan_set: AzureSet) -> None:
     verdict = snp(milan_set.evidence, milan_set.trust)
     assert verdict.hardware_attested and not verdict.failed, verdict.checks
-    assert_passing(verdict, AZURE_PASSING + SEV_PASSING)
+    assert_passing(verdict, AZURE_PASSING + SNP_HARDWARE)
     assert statuses(verdict)["azure.user_data"] is SKIP
     assert "through the AK quote only" in reason(verdict, "azure.user_data")
     assert statuses(verdict)["azure.pcrs.pinned"] is SKIP
@@ -95,7 +82,7 @@ def test_the_milan_set_is_hardware_attested_through_the_quote(milan_set: AzureSe
 def test_the_user_data_set_binds_in_the_report_itself(userdata_set: AzureSet) -> None:
     verdict = snp(userdata_set.evidence, userdata_set.trust)
     assert verdict.hardware_attested and not verdict.failed, verdict.checks
-    assert_passing(verdict, (*AZURE_PASSING, "azure.user_data", *SEV_PASSING))
+    assert_passing(verdict, (*AZURE_PASSING, "azure.user_data", *SNP_HARDWARE))
     # no cert_chain in trustee's evidence: the vendored Milan ASK completes the chain
     assert "vendored" in reason(verdict, "sev.ark.pinned")
 
@@ -103,7 +90,7 @@ def test_the_user_data_set_binds_in_the_report_itself(userdata_set: AzureSet) ->
 def test_the_tdx_set_is_hardware_attested_without_tcb_collateral(tdx_set: AzureSet) -> None:
     verdict = tdx(tdx_set.evidence, tdx_set.trust)
     assert verdict.hardware_attested and not verdict.failed, verdict.checks
-    assert_passing(verdict, AZURE_PASSING + TDX_PASSING)
+    assert_passing(verdict, AZURE_PASSING + TDX_HARDWARE)
     assert statuses(verdict)["azure.user_data"] is SKIP
     assert statuses(verdict)["tdx.tcb.status"] is SKIP
     assert "not appraised" in reason(verdict, "tdx.tcb.status")
@@ -189,6 +176,31 @@ def test_edited_runtime_data_is_not_the_reports(name: str, request: pytest.Fixtu
     assert_fails(verdict, "azure.runtime_data.hash", "not the SHA-256 of the runtime data")
     hardware = "sev.report_data" if name == "milan_set" else "tdx.report_data"
     assert_fails(verdict, hardware, "SHA-256 of the HCL runtime data")
+
+
+@pytest.mark.parametrize(
+    ("document", "why"),
+    [
+        (b"[" * 1100, "nested too deeply"),  # deeper than the JSON parser recurses
+        (b'{"keys": [], "keys": []}', "duplicate key 'keys'"),
+        (b'{"keys": NaN}', "NaN is not JSON"),
+        (b"\xff{}", "not UTF-8"),
+    ],
+)
+def test_runtime_data_that_is_not_one_json_document_fails_its_check(
+    milan_set: AzureSet, document: bytes, why: str
+) -> None:
+    verdict = snp(with_runtime(milan_set, document), milan_set.trust)
+    assert_fails(verdict, "azure.runtime_data", why)
+    assert "could not complete" not in reason(verdict, "azure.runtime_data")
+
+
+def test_user_data_padded_with_whitespace_is_refused(milan_set: AzureSet) -> None:
+    # as long as 64 bytes of hex, but 42 bytes once the spaces bytes.fromhex skips are gone
+    document = json.loads(hcl_of(milan_set).runtime_data)
+    document["user-data"] = "00" * 42 + " " * 44
+    verdict = snp(with_runtime(milan_set, json.dumps(document).encode()), milan_set.trust)
+    assert_fails(verdict, "azure.runtime_data", "user-data is not 64 bytes of hex")
 
 
 def _swapped(azure_set: AzureSet, key: rsa.RSAPrivateKey) -> bytes:

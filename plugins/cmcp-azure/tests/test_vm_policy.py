@@ -67,6 +67,7 @@ def test_a_wrong_key_is_refused_naming_it(table: dict[str, Any], fragment: str) 
         parse(table)
     assert fragment in str(caught.value)
     assert TABLE in str(caught.value)
+    assert caught.value.hint, caught.value.message  # every refusal names its fix
 
 
 @pytest.mark.parametrize(

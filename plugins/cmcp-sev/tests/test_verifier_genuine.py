@@ -319,11 +319,13 @@ def test_an_id_key_digest_pin_fails_a_launch_without_that_id_block(vectors: Path
         ({"id_key_digests": "ab" * 48}, "list of SHA-384 digests"),
         ({"id_key_digests": ["AB" * 48]}, "96 lowercase hex"),
         ({"id_key_digests": ["00" * 48]}, "all-zero digest"),
+        ({"id_key_digests": []}, "id_key_digests is empty"),
         ({"minimum_tbc": {}}, "minimum_tbc"),
     ],
 )
 def test_unusable_values_are_refused_naming_the_key(
     vectors: Path, policy: dict[str, Any], message: str
 ) -> None:
-    with pytest.raises(ProviderError, match=message):
+    with pytest.raises(ProviderError, match=message) as refused:
         judge(vectors, **policy)
+    assert refused.value.hint, refused.value.message  # every refusal names its fix

@@ -260,7 +260,7 @@ def test_an_rsa_ak_signs_with_rsassa(software_tpm: SoftwareTpm, collector: TpmCo
     ("owner", "restricted", "problem"),
     [
         (True, True, "not a primary key of the endorsement hierarchy"),
-        (False, False, "lacks the attribute(s) restricted"),
+        (False, False, "not a restricted signing key (restricted not set)"),
     ],
 )
 def test_a_wrong_key_at_the_ak_handle_is_refused(

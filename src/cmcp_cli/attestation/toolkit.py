@@ -16,7 +16,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,12 +75,29 @@ def require_binding(stated: bytes, binding: bytes, *, what: str, made: str) -> s
     return f"{what} is the session binding."
 
 
+@contextmanager
+def refused_as(
+    errors: type[Exception] | tuple[type[Exception], ...], message: str, *, hint: str
+) -> Iterator[None]:
+    """Within the block, an exception of `errors` (a parser's, on input a provider was given)
+    becomes `ProviderError(f"{message}: {error}", hint=hint)`."""
+    try:
+        yield
+    except errors as error:
+        raise ProviderError(f"{message}: {error}", hint=hint) from None
+
+
 @dataclass(frozen=True, slots=True)
 class ExpectedReportData:
     """What a hardware report's 64-byte REPORT_DATA must hold when its guest could not put
     the session binding there itself (a paravisor puts the hash of its own document, which
     then carries the binding's link), and what that value means, for the reasons an
-    auditor reads."""
+    auditor reads.
+
+    A hardware verifier (`SevVerifier`, `TdxVerifier`) takes it as the keyword
+    `report_data` instead of the session binding followed by 32 zero bytes, with
+    `policy_table`: the platform-policy table `trust.platform_policy` comes from, which its
+    reasons and errors name (another provider's, when that provider judges the report)."""
 
     value: bytes
     meaning: str  # such as "the SHA-256 of the runtime data followed by 32 zero bytes"
@@ -193,11 +211,15 @@ def platform_policy_table(
     )
 
 
-def policy_flag(table: Mapping[str, Any], name: str, key: str) -> bool:
-    """A true/false key of the platform-policy table `name`, false when absent."""
-    value = table.get(key, False)
+def policy_flag(table: Mapping[str, Any], name: str, key: str, *, default: bool = False) -> bool:
+    """A true/false key of the platform-policy table `name`, `default` when absent."""
+    value = table.get(key, default)
     if not isinstance(value, bool):
-        raise ProviderError(f"{name} {key} must be true or false, got {value!r}")
+        raise ProviderError(
+            f"{name} {key} must be true or false, got {value!r}",
+            hint=f"write {key} = true or {key} = false (or leave it out for "
+            f"{str(default).lower()})",
+        )
     return value
 
 

@@ -26,7 +26,6 @@ reports the provider unavailable.
 from __future__ import annotations
 
 import secrets
-import threading
 import time
 from abc import abstractmethod
 from collections.abc import Mapping
@@ -46,6 +45,8 @@ from cmcp_azure.plugin import (
 from cmcp_azure.settings import AzureSettings
 from cmcp_azure.vtpm import ESAPI, ESYS_TR
 from cmcp_cli.attestation.api import Collector, Detection, Evidence, GatewayFacts, ProviderError
+from cmcp_cli.attestation.prepared import PreparedState
+from cmcp_cli.attestation.toolkit import refused_as
 from cmcp_sev import structures as snp
 from cmcp_tdx import quote as tdx
 from cmcp_tdx.collector import trimmed_quote
@@ -86,8 +87,9 @@ class _AzureCollector(Collector):
     hardware: ClassVar[str]  # for messages: "SEV-SNP" or "TDX"
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._prepared: _Prepared | None = None
+        self._state: PreparedState[_Prepared] = PreparedState(
+            type(self).__name__, lambda prepared: prepared.esapi.close()
+        )
 
     # --- the Collector protocol -------------------------------------------------------
 
@@ -103,8 +105,8 @@ class _AzureCollector(Collector):
                 f"not an Azure CVM: no vTPM device at {device} ({parsed.name('tcti')})",
             )
         try:
-            with self._lock:
-                prepared = self._prepared
+            with self._state.lock:
+                prepared = self._state.current
                 if prepared is not None and prepared.settings.tcti == parsed.tcti:
                     return Detection(True, self._describe(self._read_locked(prepared.esapi)))
                 esapi = open_tpm(parsed.tcti, setting=parsed.name("tcti"))
@@ -121,10 +123,10 @@ class _AzureCollector(Collector):
         # Nothing is measured into the platform: the binding carries the policy hash, so
         # another bundle with the same settings needs nothing new.
         parsed = AzureSettings.parse(self.provider, settings)
-        with self._lock:
-            if self._prepared is not None and self._prepared.settings == parsed:
+        with self._state.lock:
+            if self._state.current is not None and self._state.current.settings == parsed:
                 return
-            self._close_locked()
+            self._state.replace_locked(None)
             esapi = open_tpm(parsed.tcti, setting=parsed.name("tcti"))
             try:
                 read = self._read_locked(esapi)
@@ -134,23 +136,18 @@ class _AzureCollector(Collector):
             except BaseException:
                 esapi.close()
                 raise
-            self._prepared = _Prepared(parsed, esapi, ak, read.runtime, certificates)
+            self._state.replace_locked(_Prepared(parsed, esapi, ak, read.runtime, certificates))
 
     def collect(self, binding: bytes, settings: Mapping[str, Any]) -> Evidence:
         parsed = AzureSettings.parse(self.provider, settings)
         if len(binding) != BINDING_SIZE:
             raise ProviderError(f"the binding is {len(binding)} bytes, not {BINDING_SIZE}")
-        with self._lock:
-            prepared = self._prepared
-            if prepared is None:
-                raise RuntimeError(
-                    f"{type(self).__name__}.collect without prepare (or after close)"
-                )
-            if parsed != prepared.settings:
-                raise ProviderError(
-                    f"{parsed.section} changed after the gateway started",
-                    hint="restart the gateway so that it checks the vTPM and its key again",
-                )
+        with self._state.lock:
+            prepared = self._state.for_collect_locked(
+                parsed,
+                f"{parsed.section} changed after the gateway started",
+                hint="restart the gateway so that it checks the vTPM and its key again",
+            )
             expected = self._user_data(parsed, binding)
             if parsed.user_data:
                 vtpm.write_user_data(prepared.esapi, expected)
@@ -166,13 +163,7 @@ class _AzureCollector(Collector):
         )
 
     def close(self) -> None:
-        with self._lock:
-            self._close_locked()
-
-    def _close_locked(self) -> None:
-        prepared, self._prepared = self._prepared, None
-        if prepared is not None:
-            prepared.esapi.close()
+        self._state.close()
 
     # --- what each hardware adds ------------------------------------------------------
 
@@ -196,27 +187,24 @@ class _AzureCollector(Collector):
                 "DCesv5/ECesv5 for TDX), or use provider tpm for a plain vTPM",
             )
         raw = vtpm.read_hcl_report(esapi)
-        try:
+        with refused_as(
+            hcl.HclFormatError,
+            f"{vtpm.HCL_WHERE} does not hold an HCL report",
+            hint="this vTPM is not an Azure paravisor's; use provider tpm",
+        ):
             report = hcl.parse(raw)
-        except hcl.HclFormatError as error:
-            raise ProviderError(
-                f"{vtpm.HCL_WHERE} does not hold an HCL report: {error}",
-                hint="this vTPM is not an Azure paravisor's; use provider tpm",
-            ) from None
         if report.report_type is not self.report_type:
-            other = SNP_NAME if report.report_type is hcl.ReportType.SNP else TDX_NAME
             raise ProviderError(
                 f"an Azure CVM of other hardware: its HCL report holds a "
                 f"{report.report_type.name} report, not {self.report_type.name}",
-                hint=f"use provider {other} (or auto) on this VM",
+                hint=f"use provider {report.report_type.provider} (or auto) on this VM",
             )
-        try:
+        with refused_as(
+            runtime_data.RuntimeDataError,
+            "the runtime data of the paravisor's HCL report is unusable",
+            hint="no verifier would accept this report; report the VM size and image",
+        ):
             runtime = runtime_data.parse(report.runtime_data)
-        except runtime_data.RuntimeDataError as error:
-            raise ProviderError(
-                f"the runtime data of the paravisor's HCL report is unusable: {error}",
-                hint="no verifier would accept this report; report the VM size and image",
-            ) from None
         return _Read(raw, report, runtime)
 
     def _describe(self, read: _Read) -> str:

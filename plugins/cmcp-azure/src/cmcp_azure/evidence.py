@@ -162,13 +162,13 @@ def quote_member(attest: bytes, signature: bytes, pcrs: Mapping[int, bytes]) -> 
     }
 
 
-def tpm_quote_of_json(document: Any) -> dict[str, Any]:
-    """The `tpm_quote` member of a quote in the JSON form Azure attesters write
-    (confidential-containers trustee, kinvolk's az-cvm-vtpm): `{"signature": hex of the raw
-    RSASSA-PKCS1v1.5/SHA-256 signature, "message": hex TPMS_ATTEST, "pcrs": [24 hex SHA-256
-    values, PCR 0 first]}`. A vTPM returns that signature as TPMT_SIGNATURE {RSASSA,
-    SHA-256, sig}, so wrapping it re-encodes it losslessly. `ValueError` when the document
-    is not of that form."""
+def quote_of_json(document: Any) -> tuple[bytes, bytes, dict[int, bytes]]:
+    """The quote in the JSON form Azure attesters write (confidential-containers trustee,
+    kinvolk's az-cvm-vtpm): `{"signature": hex of the raw RSASSA-PKCS1v1.5/SHA-256
+    signature, "message": hex TPMS_ATTEST, "pcrs": [24 hex SHA-256 values, PCR 0 first]}`.
+    A vTPM returns that signature as TPMT_SIGNATURE {RSASSA, SHA-256, sig}, so wrapping it
+    re-encodes it losslessly. Returns TPMS_ATTEST, TPMT_SIGNATURE and the PCR values;
+    `ValueError` when the document is not of that form."""
     if not isinstance(document, Mapping) or set(document) != {"signature", "message", "pcrs"}:
         raise ValueError("a quote document has exactly the members signature, message and pcrs")
     values = document["pcrs"]
@@ -183,4 +183,9 @@ def tpm_quote_of_json(document: Any) -> dict[str, Any]:
     if any(len(value) != pcr.DIGEST_SIZES[BANK] for value in pcrs.values()):
         raise ValueError("every PCR value must be 32 bytes (SHA-256)")
     wrapped = tpm.build_signature(tpm.ALG_RSASSA, tpm.ALG_SHA256, signature)
-    return quote_member(attest, wrapped, pcrs)
+    return attest, wrapped, pcrs
+
+
+def tpm_quote_of_json(document: Any) -> dict[str, Any]:
+    """The `tpm_quote` member of a quote in the attesters' JSON form (`quote_of_json`)."""
+    return quote_member(*quote_of_json(document))

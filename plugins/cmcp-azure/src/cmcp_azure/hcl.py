@@ -26,6 +26,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from cmcp_azure.plugin import SNP_NAME, TDX_NAME
+
 NV_INDEX: Final = 0x01400001  # the HCL report, refreshed by the paravisor when read
 USER_DATA_NV_INDEX: Final = 0x01400002  # up to 64 bytes the next report carries as user-data
 USER_DATA_SIZE: Final = 64
@@ -62,6 +64,11 @@ class ReportType(enum.IntEnum):
     @property
     def hardware_size(self) -> int:
         return HARDWARE_SIZE if self is ReportType.SNP else TDREPORT_SIZE
+
+    @property
+    def provider(self) -> str:
+        """The cMCP provider of an Azure CVM with this hardware."""
+        return SNP_NAME if self is ReportType.SNP else TDX_NAME
 
     @property
     def report_data_offset(self) -> int:

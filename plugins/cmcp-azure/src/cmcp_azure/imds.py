@@ -31,10 +31,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from cmcp_azure import tdreport
+from cmcp_azure.settings import DEFAULT_IMDS_URL
 from cmcp_cli.attestation.api import ProviderError
 from cmcp_tdx.quote import QuoteFormatError, parse_quote
 
-DEFAULT_URL: Final = "http://169.254.169.254"
 THIM_PATH: Final = "/metadata/THIM/amd/certification"
 TD_QUOTE_PATH: Final = "/acc/tdquote"
 # A VCEK and its chain are a few kilobytes, a TD quote about 5 KB (base64url: a third more).
@@ -45,7 +45,7 @@ MAX_ANSWER: Final = 128 * 1024
 MAX_TCBM_DIGITS: Final = 64
 _HEADERS: Final = {"Metadata": "true", "Accept": "application/json"}
 _REACH_HINT: Final = (
-    "check imds_url (Azure's is http://169.254.169.254) and that this VM reaches it; "
+    f"check imds_url (Azure's is {DEFAULT_IMDS_URL}) and that this VM reaches it; "
     "no proxy is used for it"
 )
 _SNP_HINT: Final = (
@@ -75,12 +75,12 @@ def _url(base_url: str, path: str) -> str:
         raise ProviderError(
             f"the IMDS URL {base_url!r} is not an http(s) URL with a host",
             hint="set imds_url to the base of the instance metadata service, such as "
-            f"{DEFAULT_URL}",
+            f"{DEFAULT_IMDS_URL}",
         )
     if base.query or base.fragment:
         raise ProviderError(
             f"the IMDS URL {base_url!r} has a query or fragment",
-            hint=f"set imds_url to the base alone, such as {DEFAULT_URL}",
+            hint=f"set imds_url to the base alone, such as {DEFAULT_IMDS_URL}",
         )
     return base_url.rstrip("/") + path
 

@@ -14,11 +14,13 @@ trusted because the hardware report carries that document's hash, and for no oth
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from cmcp_azure import hcl
 from cmcp_azure import runtime_data as rd
@@ -63,6 +65,62 @@ def _clause(error: object) -> str:
 
 def _prefix(data: bytes) -> str:
     return data[:8].hex() + ("…" if len(data) > 8 else "")
+
+
+def quote_attest(raw: bytes) -> tpm.Attest:
+    """The quote's TPMS_ATTEST, refused (`CheckFailed`) unless a TPM made it over SHA-256
+    PCRs 0-23, the selection every Azure quote is taken over."""
+    try:
+        attest = tpm.parse_attest(raw)
+    except tpm.TpmFormatError as error:
+        raise _Fail(f"The quote's TPMS_ATTEST is refused: {_clause(error)}.") from None
+    if attest.magic != tpm.TPM_GENERATED_VALUE:
+        raise _Fail(
+            f"The quote's magic is 0x{attest.magic:08x}, not 0xff544347: not made by a TPM."
+        )
+    if attest.pcr_selection != ((BANK, QUOTED_PCRS),):
+        raise _Fail(
+            f"The quote selects {attest.pcr_selection}, not SHA-256 PCRs 0-23, the "
+            "selection every Azure quote is taken over."
+        )
+    if len(attest.pcr_digest) != pcr.DIGEST_SIZES[BANK]:
+        raise _Fail(f"The quote's pcrDigest is {len(attest.pcr_digest)} bytes, not SHA-256.")
+    return attest
+
+
+def verify_quote_signature(key: RSAPublicKey, attest: bytes, blob: bytes) -> None:
+    """`CheckFailed` unless `blob`, a TPMT_SIGNATURE, is HCLAkPub's RSASSA-PKCS1v1.5 SHA-256
+    signature of the raw TPMS_ATTEST bytes."""
+    try:
+        signature = tpm.parse_signature(blob)
+    except tpm.TpmFormatError as error:
+        raise _Fail(f"The quote's TPMT_SIGNATURE is refused: {_clause(error)}.") from None
+    if (signature.scheme, signature.hash_alg) != (tpm.ALG_RSASSA, tpm.ALG_SHA256):
+        raise _Fail(
+            f"The signature is scheme 0x{signature.scheme:04x} hash "
+            f"0x{signature.hash_alg:04x}, not RSASSA-PKCS1v1.5 with SHA-256, the only "
+            "signature HCLAkPub makes."
+        )
+    try:
+        key.verify(signature.value, attest, padding.PKCS1v15(), hashes.SHA256())
+    except InvalidSignature:
+        raise _Fail(
+            "The quote's signature does not verify with HCLAkPub from the runtime data: "
+            "the quote was altered, or made by another VM's vTPM."
+        ) from None
+
+
+def verify_quote_pcrs(attest: tpm.Attest, values: Mapping[int, bytes]) -> None:
+    """`CheckFailed` unless the SHA-256 PCR values 0-23 hash to the quote's pcrDigest."""
+    missing = [str(i) for i in QUOTED_PCRS if i not in values]
+    if missing:
+        raise _Fail(f"The PCR values lack {BANK} PCR(s) {', '.join(missing)}, which are quoted.")
+    actual = pcr.composite(BANK, [values[i] for i in QUOTED_PCRS])
+    if actual != attest.pcr_digest:
+        raise _Fail(
+            f"The reported PCR values hash to {actual.hex()}, not the quoted pcrDigest "
+            f"{attest.pcr_digest.hex()}."
+        )
 
 
 class Links:
@@ -150,22 +208,7 @@ class Links:
         raw = self.d.quote.attest
         if raw is None:
             raise _Skip(f"The evidence carries no usable tpm_quote.attest (see {SHAPE}).")
-        try:
-            attest = tpm.parse_attest(raw)
-        except tpm.TpmFormatError as error:
-            raise _Fail(f"The quote's TPMS_ATTEST is refused: {_clause(error)}.") from None
-        if attest.magic != tpm.TPM_GENERATED_VALUE:
-            raise _Fail(
-                f"The quote's magic is 0x{attest.magic:08x}, not 0xff544347: not made by a TPM."
-            )
-        if attest.pcr_selection != ((BANK, QUOTED_PCRS),):
-            raise _Fail(
-                f"The quote selects {attest.pcr_selection}, not SHA-256 PCRs 0-23, the "
-                "selection every Azure quote is taken over."
-            )
-        if len(attest.pcr_digest) != 32:
-            raise _Fail(f"The quote's pcrDigest is {len(attest.pcr_digest)} bytes, not SHA-256.")
-        self.attest = attest
+        self.attest = quote_attest(raw)
         return "A TPM_ST_ATTEST_QUOTE (magic 0xff544347) over SHA-256 PCRs 0-23."
 
     def quote_signature(self) -> str:
@@ -174,24 +217,7 @@ class Links:
         attest, blob = self.d.quote.attest, self.d.quote.signature
         if attest is None or blob is None:
             raise _Skip(f"The quote's attest or signature is unusable (see {SHAPE}).")
-        key = self._runtime().ak_public
-        try:
-            signature = tpm.parse_signature(blob)
-        except tpm.TpmFormatError as error:
-            raise _Fail(f"The quote's TPMT_SIGNATURE is refused: {_clause(error)}.") from None
-        if (signature.scheme, signature.hash_alg) != (tpm.ALG_RSASSA, tpm.ALG_SHA256):
-            raise _Fail(
-                f"The signature is scheme 0x{signature.scheme:04x} hash "
-                f"0x{signature.hash_alg:04x}, not RSASSA-PKCS1v1.5 with SHA-256, the only "
-                "signature HCLAkPub makes."
-            )
-        try:
-            key.verify(signature.value, attest, padding.PKCS1v15(), hashes.SHA256())
-        except InvalidSignature:
-            raise _Fail(
-                "The quote's signature does not verify with HCLAkPub from the runtime data: "
-                "the quote was altered, or made by another VM's vTPM."
-            ) from None
+        verify_quote_signature(self._runtime().ak_public, attest, blob)
         return "HCLAkPub, the key the runtime data names, signed the quote (RSASSA, SHA-256)."
 
     def quote_nonce(self) -> str:
@@ -206,17 +232,7 @@ class Links:
         attest, values = self._attest(), self.d.quote.pcrs
         if values is None:
             raise _Skip(f"The evidence carries no usable tpm_quote.pcrs (see {SHAPE}).")
-        missing = [str(i) for i in QUOTED_PCRS if i not in values]
-        if missing:
-            raise _Fail(
-                f"The PCR values lack {BANK} PCR(s) {', '.join(missing)}, which are quoted."
-            )
-        actual = pcr.composite(BANK, [values[i] for i in QUOTED_PCRS])
-        if actual != attest.pcr_digest:
-            raise _Fail(
-                f"The reported PCR values hash to {actual.hex()}, not the quoted pcrDigest "
-                f"{attest.pcr_digest.hex()}."
-            )
+        verify_quote_pcrs(attest, values)
         self.pcrs_quoted = True
         return "The reported SHA-256 PCRs 0-23 hash to the quoted pcrDigest."
 
@@ -241,9 +257,9 @@ class Links:
                 "The paravisor carried no user data: the binding reaches the report through "
                 "the AK quote only."
             )
-        if len(binding) > rd.USER_DATA_SIZE:
+        if len(binding) > hcl.USER_DATA_SIZE:
             raise _Fail(f"The binding is {len(binding)} bytes, longer than the user data.")
-        expected = binding + bytes(rd.USER_DATA_SIZE - len(binding))
+        expected = binding + bytes(hcl.USER_DATA_SIZE - len(binding))
         if runtime.user_data != expected:
             raise _Fail(
                 f"The runtime data's user-data {_prefix(runtime.user_data)} is not the session "

@@ -20,18 +20,15 @@ to paste. The gateway's binding travels in the quote and the report's user data,
 
 from __future__ import annotations
 
-import json
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
-
-from cmcp_azure import hcl, runtime_data, tdreport
+from cmcp_azure import hcl, links, runtime_data, tdreport
+from cmcp_azure.evidence import quote_of_json
 from cmcp_azure.plugin import SNP_NAME, TDX_NAME
 from cmcp_cli.attestation.api import (
     MeasureInputs,
@@ -40,7 +37,8 @@ from cmcp_cli.attestation.api import (
     MeasureResult,
     ProviderError,
 )
-from cmcp_cli.attestation.toolkit import measure_values, read_bounded
+from cmcp_cli.attestation.toolkit import CheckFailed, measure_values, read_bounded, refused_as
+from cmcp_cli.strict_json import StrictJSONError, loads_strict
 from cmcp_sev.structures import ReportFormatError, parse_report
 from cmcp_tdx.measurement import measurement_string
 from cmcp_tpm import pcr
@@ -48,7 +46,6 @@ from cmcp_tpm import structures as tpm
 
 MAX_QUOTE: Final = 64 << 10
 MAX_PCR_FILE: Final = 64 << 10
-QUOTED: Final = (("sha256", tuple(range(pcr.PCR_COUNT))),)  # what the collector quotes
 # The boot chain (4) and the secure boot policy (7). PCR 0 holds the firmware volume, which
 # Azure updates, and PCR 6 differs from VM to VM: pinning either would refuse VMs of the
 # same image.
@@ -104,6 +101,14 @@ def _one(values: Mapping[str, tuple[str, ...]], name: str) -> str | None:
 
 def _read(name: str, path: str, limit: int, hint: str) -> bytes:
     return read_bounded(Path(path), limit, f"--{name}", hint=hint)
+
+
+def _unusable(path: str, part: str, errors: type[Exception]) -> AbstractContextManager[None]:
+    """A part of --hcl-report that does not parse: the file is not as the VM read it."""
+    return refused_as(
+        errors, f"--hcl-report {path}: its {part} is unusable",
+        hint=f"read the report again on the VM: {NV_READ}",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,15 +177,13 @@ class _AzureMeasurer(Measurer):
 
     def _report(self, path: str) -> tuple[hcl.HclReport, runtime_data.RuntimeData]:
         data = _read("hcl-report", path, hcl.MAX_SIZE, f"read it on the VM: {NV_READ}")
-        try:
+        whole = f"give the whole NV index as the VM reads it: {NV_READ}"
+        with refused_as(
+            hcl.HclFormatError, f"--hcl-report {path} is not an HCL report", hint=whole
+        ):
             report = hcl.parse(data)
-        except hcl.HclFormatError as error:
-            raise ProviderError(
-                f"--hcl-report {path} is not an HCL report: {error}",
-                hint=f"give the whole NV index as the VM reads it: {NV_READ}",
-            ) from None
         if report.report_type is not self.report_type:
-            other = SNP_NAME if report.report_type is hcl.ReportType.SNP else TDX_NAME
+            other = report.report_type.provider
             raise ProviderError(
                 f"--hcl-report {path} holds a {report.report_type.name} report, not "
                 f"{self.report_type.name}: it comes from an {other} VM",
@@ -193,13 +196,8 @@ class _AzureMeasurer(Measurer):
                 "assembled from two reports)",
                 hint=f"read the report again on the VM: {NV_READ}",
             )
-        try:
+        with _unusable(path, "runtime data", runtime_data.RuntimeDataError):
             runtime = runtime_data.parse(report.runtime_data)
-        except runtime_data.RuntimeDataError as error:
-            raise ProviderError(
-                f"--hcl-report {path}: its runtime data is unusable: {error}",
-                hint=f"read the report again on the VM: {NV_READ}",
-            ) from None
         return report, runtime
 
     @abstractmethod
@@ -213,13 +211,8 @@ class AzureSnpMeasurer(_AzureMeasurer):
     report_type = hcl.ReportType.SNP
 
     def _hardware(self, path: str, report: hcl.HclReport) -> _Hardware:
-        try:
+        with _unusable(path, "SNP report", ReportFormatError):
             snp = parse_report(report.hardware_report)
-        except ReportFormatError as error:
-            raise ProviderError(
-                f"--hcl-report {path}: its SNP report is unusable: {error}",
-                hint=f"read the report again on the VM: {NV_READ}",
-            ) from None
         if snp.vmpl != PARAVISOR_VMPL:
             raise ProviderError(
                 f"--hcl-report {path}: its SNP report was requested at VMPL {snp.vmpl}, not "
@@ -252,13 +245,8 @@ class AzureTdxMeasurer(_AzureMeasurer):
     report_type = hcl.ReportType.TDX
 
     def _hardware(self, path: str, report: hcl.HclReport) -> _Hardware:
-        try:
+        with _unusable(path, "TD report", tdreport.TdReportFormatError):
             body = tdreport.body_of(report.hardware_report)
-        except tdreport.TdReportFormatError as error:
-            raise ProviderError(
-                f"--hcl-report {path}: its TD report is unusable: {error}",
-                hint=f"read the report again on the VM: {NV_READ}",
-            ) from None
         zero = "" if any(b"".join(body.rtmrs)) else " (all zero here)"
         covers = f"the TD report's MRTD and RTMR0..3{zero}, which its DCAP quote repeats: {COVERS}"
         fields = {
@@ -336,72 +324,31 @@ def _pcrs(
 def _quoted_pcrs(path: str, runtime: runtime_data.RuntimeData) -> dict[int, bytes]:
     """The 24 PCR values of a quote JSON, refused unless the quote is over exactly them and
     HCLAkPub of the report signed it: values that no quote by this VM's key covers are not
-    that VM's boot."""
+    that VM's boot. The checks are the verifier's (`cmcp_azure.links`)."""
     hint = "give the quote JSON of the same VM, {message, signature, pcrs} in hex"
     data = _read("tpm-quote", path, MAX_QUOTE, hint)
-    try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ProviderError(f"--tpm-quote {path} is not JSON ({error})", hint=hint) from None
-    if not isinstance(document, dict) or set(document) != {"message", "signature", "pcrs"}:
-        raise ProviderError(
-            f"--tpm-quote {path} is not an object of exactly message, signature and pcrs",
-            hint=hint,
-        )
-    listed = document["pcrs"]
-    if not isinstance(listed, list) or len(listed) != pcr.PCR_COUNT:
-        raise ProviderError(f"--tpm-quote {path}: pcrs is not a list of 24 values", hint=hint)
-    message, signature = (_hex(path, name, document[name]) for name in ("message", "signature"))
-    quoted = [_hex(path, "pcrs", value) for value in listed]
-    try:
-        attest = tpm.parse_attest(message)
-    except tpm.TpmFormatError as error:
-        raise ProviderError(
-            f"--tpm-quote {path}: message is unusable: {error}", hint=hint
-        ) from None
-    if any(len(value) != pcr.DIGEST_SIZES["sha256"] for value in quoted):
-        raise ProviderError(f"--tpm-quote {path}: a PCR value is not 32 bytes", hint=hint)
-    if attest.magic != tpm.TPM_GENERATED_VALUE or attest.pcr_selection != QUOTED:
-        raise ProviderError(
-            f"--tpm-quote {path} is not a TPM quote over sha256 PCRs 0-23",
-            hint="quote with the collector's selection: tpm2_quote -l sha256:0-23",
-        )
-    if pcr.composite("sha256", quoted) != attest.pcr_digest:
-        raise ProviderError(
-            f"--tpm-quote {path}: its pcrs are not the values the quote signed (their "
-            "SHA-256 is not its pcrDigest)",
-            hint=hint,
-        )
-    try:
-        runtime.ak_public.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
-    except InvalidSignature:
-        raise ProviderError(
-            f"--tpm-quote {path} is not signed by the HCLAkPub of --hcl-report: it comes "
-            "from another VM",
-            hint="take the report and the quote on the same VM",
-        ) from None
-    return dict(enumerate(quoted))
-
-
-def _hex(path: str, member: str, value: object) -> bytes:
-    try:
-        if isinstance(value, str):
-            return bytes.fromhex(value)
-    except ValueError:
-        pass
-    raise ProviderError(
-        f"--tpm-quote {path}: {member} holds something that is not a hex string",
-        hint="give the quote JSON as az-cvm-vtpm writes it: every value in hex",
-    )
+    with refused_as(StrictJSONError, f"--tpm-quote {path} is not JSON", hint=hint):
+        document = loads_strict(data)
+    with refused_as(ValueError, f"--tpm-quote {path}", hint=hint):
+        attest_bytes, signature, quoted = quote_of_json(document)
+    selection = "quote with the collector's selection on the VM: tpm2_quote -l sha256:0-23"
+    with refused_as(CheckFailed, f"--tpm-quote {path}", hint=selection):
+        attest = links.quote_attest(attest_bytes)
+    same_vm = "take the report and the quote on the same VM"
+    with refused_as(CheckFailed, f"--tpm-quote {path}", hint=same_vm):
+        links.verify_quote_signature(runtime.ak_public, attest_bytes, signature)
+    unchanged = "give the pcrs the quote was taken over, as the VM read them"
+    with refused_as(CheckFailed, f"--tpm-quote {path}", hint=unchanged):
+        links.verify_quote_pcrs(attest, quoted)
+    return quoted
 
 
 def _file_pcrs(path: str) -> dict[int, bytes]:
     data = _read("pcr-file", path, MAX_PCR_FILE, f"write it on the VM: {PCR_READ}")
-    try:
+    with refused_as(
+        tpm.TpmFormatError,
+        f"--pcr-file {path} is not a tpm2-tools PCR values file",
+        hint=f"write it on the VM: {PCR_READ}",
+    ):
         banks = tpm.parse_pcr_file(data)
-    except tpm.TpmFormatError as error:
-        raise ProviderError(
-            f"--pcr-file {path} is not a tpm2-tools PCR values file: {error}",
-            hint=f"write it on the VM: {PCR_READ}",
-        ) from None
     return dict(banks.get("sha256", {}))

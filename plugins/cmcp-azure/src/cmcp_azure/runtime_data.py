@@ -19,16 +19,20 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from cmcp_azure.hcl import USER_DATA_SIZE  # the paravisor copies NV 0x01400002 whole
+from cmcp_cli.strict_json import StrictJSONError, loads_strict
+
 AK_KID: Final = "HCLAkPub"
 EK_KID: Final = "HCLEkPub"
-USER_DATA_SIZE: Final = 64
 MIN_RSA_BITS: Final = 2048
+_USER_DATA: Final = re.compile(f"[0-9a-fA-F]{{{2 * USER_DATA_SIZE}}}")
 MAX_SIZE: Final = 8192
 
 
@@ -53,15 +57,6 @@ class RuntimeData:
     ak_public: rsa.RSAPublicKey  # HCLAkPub
     vm_configuration: VmConfiguration
     user_data: bytes  # 64 bytes
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    members: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in members:
-            raise RuntimeDataError(f"member {name!r} appears twice")
-        members[name] = value
-    return members
 
 
 def _base64url_integer(jwk: Mapping[str, Any], member: str) -> int:
@@ -121,11 +116,9 @@ def parse(data: bytes) -> RuntimeData:
     if len(data) > MAX_SIZE:
         raise RuntimeDataError(f"it is {len(data)} bytes, more than the {MAX_SIZE} accepted")
     try:
-        document = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_members)
-    except UnicodeDecodeError:
-        raise RuntimeDataError("it is not UTF-8") from None
-    except json.JSONDecodeError as error:
-        raise RuntimeDataError(f"it is not JSON ({error.msg} at byte {error.pos})") from None
+        document = loads_strict(data)
+    except StrictJSONError as error:
+        raise RuntimeDataError(f"it is not one unambiguous JSON document ({error})") from None
     if not isinstance(document, dict):
         raise RuntimeDataError("it is not a JSON object")
     keys = document.get("keys")
@@ -149,12 +142,11 @@ def parse(data: bytes) -> RuntimeData:
     if unique_id is not None and not isinstance(unique_id, str):
         raise RuntimeDataError("vm-configuration vmUniqueId is not a string")
     user_data = document.get("user-data")
-    if not isinstance(user_data, str) or len(user_data) != 2 * USER_DATA_SIZE:
+    # a full match, not bytes.fromhex alone: that skips whitespace, and fewer bytes would
+    # decode from the same length of text
+    if not isinstance(user_data, str) or not _USER_DATA.fullmatch(user_data):
         raise RuntimeDataError(f"user-data is not {USER_DATA_SIZE} bytes of hex")
-    try:
-        user_bytes = bytes.fromhex(user_data)
-    except ValueError:
-        raise RuntimeDataError("user-data is not hex") from None
+    user_bytes = bytes.fromhex(user_data)
     return RuntimeData(
         keys=by_kid,
         ak_public=ak_public,

@@ -106,12 +106,23 @@ class AzureSettings:
         files = {k: settings[k] for k in SNP_ONLY_SETTINGS if settings.get(k) is not None}
         if files:
             values.update(_certificate_files(parsed, files))
+            if "imds_url" in values:
+                raise ProviderError(
+                    f"{parsed.name('imds_url')} is set, and so are vcek and cert_chain: an SNP "
+                    "collector asks the instance metadata service only for what those files "
+                    "give, so the URL would not be used",
+                    hint=f"remove {parsed.name('imds_url')}, or remove vcek and cert_chain to "
+                    "fetch the VCEK and its chain from it",
+                )
         return cls(provider, **values)
 
 
 def _flag(name: str, value: object) -> bool:
     if not isinstance(value, bool):
-        raise ProviderError(f"{name} must be true or false, got {value!r}")
+        raise ProviderError(
+            f"{name} must be true or false, got {value!r}",
+            hint=f"write {name.rsplit('.', 1)[-1]}: true or false (YAML booleans, unquoted)",
+        )
     return value
 
 

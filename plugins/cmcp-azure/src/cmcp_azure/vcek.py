@@ -23,7 +23,7 @@ from cmcp_azure.settings import AzureSettings
 from cmcp_cli.attestation.api import CheckStatus, ProviderError, TrustInputs
 from cmcp_cli.attestation.toolkit import self_signed
 from cmcp_sev import certificates as certs
-from cmcp_sev import roots
+from cmcp_sev import kds, roots
 from cmcp_sev import structures as snp
 from cmcp_sev import verifier as sev
 
@@ -67,7 +67,10 @@ def _load(path: Path, setting: str, *, single: bool = False) -> list[bytes]:
             hint="check the path and that the gateway's user may read it",
         ) from None
     if len(data) > MAX_FILE:
-        raise ProviderError(f"{setting}: {path} is larger than {MAX_FILE} bytes")
+        raise ProviderError(
+            f"{setting}: {path} is larger than {MAX_FILE} bytes, more than certificates take",
+            hint="give the VCEK, ASK and ARK certificates as AMD KDS serves them (DER or PEM)",
+        )
     try:
         certs = (
             roots.load_pem(data) if data.lstrip().startswith(b"-----") else [roots.load_der(data)]
@@ -141,6 +144,6 @@ def kds_url(report: hcl.HclReport, ark: x509.Certificate | None = None) -> str:
         product = parsed.cpuid_product
         if product is None and ark is not None:
             product = certs.product_of(certs.describe(ark))
-        return sev.vcek_url(product, parsed) if product is not None else sev.KDS
+        return kds.vcek_url(product, parsed) if product is not None else kds.KDS
     except snp.ReportFormatError:
-        return sev.KDS
+        return kds.KDS

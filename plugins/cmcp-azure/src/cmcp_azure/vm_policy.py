@@ -19,7 +19,7 @@ from typing import Any, Final
 from cmcp_azure.plugin import AZURE_POLICY_KEYS
 from cmcp_azure.runtime_data import VmConfiguration
 from cmcp_cli.attestation.api import ProviderError
-from cmcp_cli.attestation.toolkit import CheckFailed, platform_policy_table
+from cmcp_cli.attestation.toolkit import CheckFailed, platform_policy_table, policy_flag
 from cmcp_tpm import pcr
 
 _INDEX = re.compile(r"0|[1-9][0-9]?")
@@ -44,9 +44,9 @@ class VmPolicy:
             table, name=name, accepted=hardware_keys + AZURE_POLICY_KEYS, provider=name.strip("[]")
         )
         policy = cls(
-            require_secure_boot=_flag(table, name, "require_secure_boot"),
-            require_tpm_enabled=_flag(table, name, "require_tpm_enabled"),
-            allow_console=_flag(table, name, "allow_console"),
+            require_secure_boot=policy_flag(table, name, "require_secure_boot", default=True),
+            require_tpm_enabled=policy_flag(table, name, "require_tpm_enabled", default=True),
+            allow_console=policy_flag(table, name, "allow_console", default=True),
             pcrs=_pcrs(table["pcrs"], name) if "pcrs" in table else {},
         )
         return policy, {key: value for key, value in table.items() if key in hardware_keys}
@@ -88,16 +88,6 @@ class VmPolicy:
 
 def _said(value: bool | None) -> str:
     return "not stated" if value is None else str(value).lower()
-
-
-def _flag(table: Mapping[str, Any], name: str, key: str) -> bool:
-    value = table.get(key, True)
-    if not isinstance(value, bool):
-        raise ProviderError(
-            f"{name} {key} must be true or false, got {value!r}",
-            hint=f"write {key} = true or {key} = false (or leave it out for true)",
-        )
-    return value
 
 
 def _pcrs(value: Any, name: str) -> dict[int, bytes]:

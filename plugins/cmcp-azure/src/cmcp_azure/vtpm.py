@@ -53,14 +53,8 @@ __all__ = [
 HCL_WHERE: Final = f"NV index 0x{hcl.NV_INDEX:08X} (the HCL report)"
 USER_DATA_WHERE: Final = f"NV index 0x{hcl.USER_DATA_NV_INDEX:08X} (the user data)"
 # What an AK created in the vTPM for quoting with an empty password has (TPMA_OBJECT).
-_AK_BITS: Final = {
-    "fixedTPM": structures.FIXED_TPM,
-    "fixedParent": structures.FIXED_PARENT,
-    "sensitiveDataOrigin": structures.SENSITIVE_DATA_ORIGIN,
-    "userWithAuth": structures.USER_WITH_AUTH,
-    "restricted": structures.RESTRICTED,
-    "sign": structures.SIGN,
-}
+# The paravisor's AK is also usable without a policy session (userWithAuth).
+_AK_BITS: Final = {**structures.SIGNING_KEY_ATTRIBUTES, "userWithAuth": structures.USER_WITH_AUTH}
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,11 +150,9 @@ def load_ak(esapi: ESAPI, handle: int, setting: str) -> tuple[ESYS_TR, rsa.RSAPu
 def _ak_problem(area: structures.PublicArea) -> str | None:
     if area.type != structures.ALG_RSA:
         return "it is not an RSA key (the paravisor's AK is RSA-2048)"
-    missing = [name for name, bit in _AK_BITS.items() if not area.attributes & bit]
-    if missing:
-        return f"it lacks the attribute(s) {', '.join(missing)} of the paravisor's AK"
-    if area.attributes & structures.DECRYPT:
-        return "it can decrypt, and an attestation key must only sign"
+    problems = structures.signing_key_problems(area.attributes, _AK_BITS)
+    if problems:
+        return f"its attributes are not the paravisor's AK's ({', '.join(problems)})"
     if area.scheme != structures.ALG_RSASSA or area.scheme_hash != structures.ALG_SHA256:
         return "its signing scheme is not RSASSA with SHA-256"
     return None

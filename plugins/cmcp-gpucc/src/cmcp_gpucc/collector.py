@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -35,6 +34,7 @@ from cmcp_cli.attestation.api import (
     GatewayFacts,
     ProviderError,
 )
+from cmcp_cli.attestation.prepared import PreparedState
 from cmcp_gpucc import spdm
 from cmcp_gpucc.evidence import encode
 from cmcp_gpucc.nvml_access import GpuIdentity, Nvml, NvmlError, load_nvml
@@ -66,8 +66,9 @@ class GpuCollector(DeviceCollector):
 
     def __init__(self) -> None:
         self._module = load_nvml()  # without nvidia-ml-py no collector is made
-        self._lock = threading.Lock()
-        self._prepared: _Prepared | None = None
+        self._state: PreparedState[_Prepared] = PreparedState(
+            "GpuCollector", lambda prepared: _shutdown_quietly(prepared.nvml)
+        )
 
     def detect(self, settings: Mapping[str, Any]) -> Detection:
         try:
@@ -90,36 +91,27 @@ class GpuCollector(DeviceCollector):
     def prepare(self, facts: GatewayFacts, settings: Mapping[str, Any]) -> None:  # noqa: ARG002
         # Nothing is measured into the GPUs: the binding carries the policy hash.
         parsed = GpuSettings.parse(settings)
-        with self._lock:
-            prepared = self._prepared
+        with self._state.lock:
+            prepared = self._state.current
             if prepared is not None and prepared.settings == parsed:
                 return  # another bundle: the same GPUs and staples serve it
-            self._close_locked()
-            self._prepared = _prepare(Nvml(self._module), parsed)
+            self._state.replace_locked(None)
+            self._state.replace_locked(_prepare(Nvml(self._module), parsed))
 
     def collect(self, binding: bytes, settings: Mapping[str, Any]) -> tuple[DeviceEvidence, ...]:
         parsed = GpuSettings.parse(settings)
         if len(binding) != BINDING_SIZE:
             raise ProviderError(f"the binding is {len(binding)} bytes, not {BINDING_SIZE}")
-        with self._lock:
-            prepared = self._prepared
-            if prepared is None:
-                raise RuntimeError("GpuCollector.collect without prepare (or after close)")
-            if parsed != prepared.settings:
-                raise ProviderError(
-                    f"{SECTION} changed after the gateway prepared the GPUs",
-                    hint="restart the gateway so that it finds the GPUs and their RIMs again",
-                )
+        with self._state.lock:
+            prepared = self._state.for_collect_locked(
+                parsed,
+                f"{SECTION} changed after the gateway prepared the GPUs",
+                hint="restart the gateway so that it finds the GPUs and their RIMs again",
+            )
             return tuple(_collect_one(prepared, gpu, binding) for gpu in prepared.gpus)
 
     def close(self) -> None:
-        with self._lock:
-            self._close_locked()
-
-    def _close_locked(self) -> None:
-        prepared, self._prepared = self._prepared, None
-        if prepared is not None:
-            _shutdown_quietly(prepared.nvml)
+        self._state.close()
 
 
 def _init_problem(failure: NvmlError) -> str:

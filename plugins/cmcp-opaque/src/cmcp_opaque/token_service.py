@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import http.client
 import json
 import ssl
 import threading
@@ -38,7 +37,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Final
 
-from cmcp_cli.testing.service import ServiceProcess, write_ready
+from cmcp_cli.testing.service import (
+    RequestLog,
+    ServiceProcess,
+    drip,
+    json_body,
+    mode_control,
+    quiet,
+    write_ready,
+)
 from cmcp_opaque.testing import TestCa, TokenIssuer
 
 MODES: Final = (
@@ -63,7 +70,8 @@ class Service:
         self.lock = threading.Lock()
         self.port = 0
         self.https: ThreadingHTTPServer | None = None
-        self.control = ThreadingHTTPServer(("127.0.0.1", 0), self._control_handler())
+        self.log = RequestLog(folder)
+        self.control = mode_control(MODES, self.set_mode)
 
     def start_https(self) -> None:
         server = ThreadingHTTPServer(("127.0.0.1", self.port), self._token_handler())
@@ -88,9 +96,7 @@ class Service:
             self.mode = mode
 
     def record(self, path: str, host: str, body: Any) -> None:
-        line = json.dumps({"path": path, "host": host, "body": body, "mode": self.mode})
-        with self.lock, (self.folder / "requests.jsonl").open("a") as log:
-            log.write(line + "\n")
+        self.log.record({"path": path, "host": host, "body": body, "mode": self.mode})
 
     def answer(self, path: str, body: Any) -> tuple[int, dict[str, str], bytes]:
         mode = self.mode
@@ -128,17 +134,15 @@ class Service:
         service = self
 
         class Handler(BaseHTTPRequestHandler):
+            log_message = quiet
+
             def do_POST(self) -> None:
-                length = min(int(self.headers.get("content-length") or 0), MAX_BODY)
-                try:
-                    body = json.loads(self.rfile.read(length) or b"null")
-                except ValueError:
-                    body = None
+                body = json_body(self, MAX_BODY)
                 service.record(self.path, self.headers.get("host", ""), body)
                 if service.mode == "timeout":
                     time.sleep(STALL_SECONDS)
                 if service.mode == "drip":
-                    self.drip()
+                    drip(self, "application/jwt", int(STALL_SECONDS / 0.2), every=0.2)
                     return
                 status, headers, content = service.answer(self.path, body)
                 self.send_response(status)
@@ -147,43 +151,6 @@ class Service:
                 self.send_header("content-length", str(len(content)))
                 self.end_headers()
                 self.wfile.write(content)
-
-            def drip(self) -> None:
-                count = int(STALL_SECONDS / 0.2)
-                self.send_response(200)
-                self.send_header("content-type", "application/jwt")
-                self.send_header("content-length", str(count))
-                self.end_headers()
-                try:
-                    for _ in range(count):
-                        self.wfile.write(b"e")
-                        self.wfile.flush()
-                        time.sleep(0.2)
-                except OSError:
-                    return  # the client gave up, as it should
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                """Quiet: requests.jsonl records them."""
-
-        return Handler
-
-    def _control_handler(self) -> type[BaseHTTPRequestHandler]:
-        service = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = min(int(self.headers.get("content-length") or 0), 64)
-                mode = self.rfile.read(length).decode(errors="replace").strip()
-                if mode not in MODES:
-                    self.send_response(400)
-                    self.end_headers()
-                    return
-                service.set_mode(mode)
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                """Quiet."""
 
         return Handler
 
@@ -232,20 +199,10 @@ class RunningService:
         return self.folder / "jwks.json"
 
     def set_mode(self, mode: str) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", self.control, timeout=10)
-        try:
-            connection.request("POST", "/mode", body=mode.encode())
-            status = connection.getresponse().status
-        finally:
-            connection.close()
-        if status != 204:
-            raise ValueError(f"the token service refused mode {mode!r} ({status})")
+        self.process.set_mode(mode)
 
     def requests(self) -> list[dict[str, Any]]:
-        log = self.folder / "requests.jsonl"
-        if not log.exists():
-            return []
-        return [json.loads(line) for line in log.read_text().splitlines()]
+        return self.process.requests()
 
     def stop(self) -> None:
         self.process.stop()

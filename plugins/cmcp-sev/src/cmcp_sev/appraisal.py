@@ -77,7 +77,9 @@ class Requirements:
                 else None
             ),
             forbidden_policy_flags=_flags(name, table.get("forbidden_policy_flags", [])),
-            id_key_digests=_digests(name, table.get("id_key_digests", [])),
+            id_key_digests=(
+                _digests(name, table["id_key_digests"]) if "id_key_digests" in table else ()
+            ),
             require_crl=require_crl,
             table=name,
         )
@@ -85,7 +87,10 @@ class Requirements:
 
 def _integer(name: str, key: str, value: object, largest: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= largest:
-        raise ProviderError(f"{name} {key} must be an integer from 0 to {largest}, got {value!r}")
+        raise ProviderError(
+            f"{name} {key} must be an integer from 0 to {largest}, got {value!r}",
+            hint=f"write {key} = <integer>, unquoted",
+        )
     return value
 
 
@@ -110,16 +115,26 @@ def _version(name: str, key: str, value: object, *, build: bool = True) -> tuple
     match = _VERSION.fullmatch(value) if isinstance(value, str) else None
     if match is None or (match[3] is not None and not build):
         shape = '"major.minor" or "major.minor.build"' if build else '"major.minor"'
-        raise ProviderError(f"{name} {key} must be a string {shape}, got {value!r}")
+        raise ProviderError(
+            f"{name} {key} must be a string {shape}, got {value!r}",
+            hint=f'for example {key} = "1.55"',
+        )
     major, minor, patch = (int(part) if part else 0 for part in match.groups())
     if max(major, minor, patch) > 0xFF:
-        raise ProviderError(f"{name} {key} {value!r} has a part above 255")
+        raise ProviderError(
+            f"{name} {key} {value!r} has a part above 255",
+            hint="each part of an AMD firmware version is one byte (0 to 255)",
+        )
     return major, minor, patch
 
 
 def _flags(name: str, value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ProviderError(f"{name} forbidden_policy_flags must be a list of names, got {value!r}")
+        raise ProviderError(
+            f"{name} forbidden_policy_flags must be a list of names, got {value!r}",
+            hint='for example forbidden_policy_flags = ["SMT"]; the flags are '
+            + ", ".join(FLAG_NAMES),
+        )
     unknown = [item for item in value if item not in FLAG_NAMES]
     if unknown:
         raise ProviderError(
@@ -139,6 +154,12 @@ def _digests(table: str, value: object) -> tuple[bytes, ...]:
             hint="copy ID_KEY_DIGEST from `cmcp measure` --json, or from a report you trust",
         )
     digests = tuple(bytes.fromhex(v) for v in value)
+    if not digests:
+        raise ProviderError(
+            f"{table} id_key_digests is empty: no key would be pinned, and the check would "
+            "judge nothing",
+            hint="list the digest of each key that signs your ID blocks, or remove the key",
+        )
     if any(not any(d) for d in digests):
         raise ProviderError(
             f"{table} id_key_digests holds the all-zero digest, which a report carries when "

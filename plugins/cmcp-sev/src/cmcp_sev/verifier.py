@@ -35,7 +35,7 @@ from cmcp_cli.attestation.toolkit import (
     run_checks,
     validity_problem,
 )
-from cmcp_sev import appraisal, revocation, roots
+from cmcp_sev import appraisal, kds, revocation, roots
 from cmcp_sev import certificates as certs
 from cmcp_sev import structures as snp
 from cmcp_sev.evidence import decode
@@ -64,7 +64,6 @@ CHECKS: Final = (
 HARDWARE_CHECKS: Final = (
     SHAPE, VERSION, PRODUCT, CHAIN, PINNED, SIGNATURE, TCB, CHIP_ID, REPORT_DATA, DEBUG,
 )  # fmt: skip
-KDS: Final = "https://kdsintf.amd.com"
 _SIGNING_KEY_NAMES: Final = {"vcek": snp.SigningKey.VCEK, "vlek": snp.SigningKey.VLEK}
 
 
@@ -74,16 +73,6 @@ def _clause(error: object) -> str:
 
 def _unusable(what: str, check: str) -> str:
     return f"The {what} is unusable (see {check})."
-
-
-def vcek_url(product: snp.Product, report: snp.Report) -> str:
-    """Where AMD's Key Distribution Service serves the VCEK for this chip and reported TCB."""
-    tcb = report.reported_tcb.decode(product)
-    hwid = report.chip_id[:8] if product is snp.Product.TURIN else report.chip_id
-    query = f"blSPL={tcb.bootloader}&teeSPL={tcb.tee}&snpSPL={tcb.snp}&ucodeSPL={tcb.microcode}"
-    if tcb.fmc is not None:
-        query = f"fmcSPL={tcb.fmc}&{query}"
-    return f"{KDS}/vcek/v1/{product.value}/{hwid.hex()}?{query}"
 
 
 class _Run:
@@ -202,23 +191,12 @@ class _Run:
 
     def chain(self) -> str:
         if self.d.leaf is None:
-            report, product = self.report, self.product
             if self.d.signing_key == "vlek":
                 raise _Fail(
                     "No VLEK was supplied: a VLEK-signed report is verifiable only with the "
                     "VLEK certificate the cloud provider installed on the host (extended report)."
                 )
-            where = (
-                f"AMD KDS, {KDS}/vcek/v1/<product>/<chip id hex>?blSPL=..&teeSPL=.."
-                "&snpSPL=..&ucodeSPL=.. (the report's chip id and reported TCB)"
-            )
-            if report is not None and product is not None:
-                try:
-                    url = vcek_url(product, report)
-                except snp.ReportFormatError:
-                    pass  # the TCB is not in the product's layout: keep the general pattern
-                else:
-                    where = f"{url} and its ASK/ARK from {KDS}/vcek/v1/{product.value}/cert_chain"
+            where = kds.vcek_source(self.product, self.report)
             raise _Fail(
                 "No VCEK was supplied, so nothing ties the report to AMD: the host returned no "
                 f"certificate table. Get the VCEK for this chip and TCB from {where}, and add it "
@@ -328,7 +306,7 @@ class _Run:
         unchecked = (
             f"No CRL of {certs.describe(ark)} was supplied: whether AMD revoked "
             f"{certs.describe(intermediate)} was not checked. AMD KDS serves it at "
-            f"{KDS}/{kind}/v1/{self._product().value}/crl; pass it with --collateral"
+            f"{kds.crl_url(kind, self._product())}; pass it with --collateral"
         )
         if crls:
             issuers = "; ".join(sorted({crl.issuer.rfc4514_string() for crl in crls}))
@@ -504,10 +482,7 @@ class SevVerifier(Verifier):
         report_data: ExpectedReportData | None = None,
         policy_table: str = appraisal.TABLE,
     ) -> EvidenceVerdict:
-        """`report_data`: what REPORT_DATA must hold instead of the session binding followed
-        by 32 zero bytes, for a report whose guest could not choose it (a paravisor's);
-        `policy_table`: the platform-policy table `trust.platform_policy` comes from, which
-        reasons and errors name (another provider's, when it judges this report)."""
+        """`report_data` and `policy_table`: see `ExpectedReportData` (REPORT_DATA)."""
         wanted = appraisal.Requirements.parse(  # ProviderError if unusable
             trust.platform_policy, name=policy_table
         )

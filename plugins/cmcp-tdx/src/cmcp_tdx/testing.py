@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from cmcp_cli.testing.service import recv_exactly
+
 
 class FakeTsm:
     """A configfs-tsm stand-in: `mkdir` makes an entry with the kernel's attribute files,
@@ -120,13 +122,13 @@ class FakeQgs:
                     self.problems.append(f"socket error: {error}")
 
     def _exchange(self, connection: socket.socket) -> None:
-        frame = _read_exactly(connection, 4)
+        frame = recv_exactly(connection, 4)
         length = int.from_bytes(frame, "big")
         expected = _QGS_HEADER.size + _QGS_SIZES.size + _TDREPORT_SIZE
         if length != expected:
             self.problems.append(f"frame length {length}, not {expected}")
             return
-        message = _read_exactly(connection, length)
+        message = recv_exactly(connection, length)
         self.requests.append(frame + message)
         major, minor, kind, size, error_code = _QGS_HEADER.unpack_from(message)
         report_size, id_list_size = _QGS_SIZES.unpack_from(message, _QGS_HEADER.size)
@@ -140,16 +142,6 @@ class FakeQgs:
             self._stop.wait(_IO_TIMEOUT)
             return
         connection.sendall(reply)
-
-
-def _read_exactly(connection: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = connection.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError(f"the client closed after {len(data)} of {size} bytes")
-        data += chunk
-    return data
 
 
 class FakeTdxGuest:

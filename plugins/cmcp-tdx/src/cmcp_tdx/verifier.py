@@ -347,10 +347,7 @@ class TdxVerifier(Verifier):
         report_data: ExpectedReportData | None = None,
         policy_table: str = appraisal.TABLE,
     ) -> EvidenceVerdict:
-        """`report_data`: what REPORTDATA must hold instead of the session binding followed
-        by 32 zero bytes, for a TD whose guest could not choose it (a paravisor's);
-        `policy_table`: the platform-policy table `trust.platform_policy` comes from, which
-        errors name (another provider's, when it judges this quote)."""
+        """`report_data` and `policy_table`: see `ExpectedReportData` (REPORTDATA)."""
         problem = None
         try:
             given = self.collateral if self.collateral is not None else auditor_collateral(trust)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from cmcp_cli.attestation.api import Collector, Detection, Evidence, GatewayFacts, ProviderError
+from cmcp_cli.attestation.prepared import PreparedState
 from cmcp_tpm import pcr as pcr_math
 from cmcp_tpm import tpm_access
 from cmcp_tpm.plugin import EVIDENCE_TYPE, PLATFORM
@@ -35,6 +35,7 @@ from cmcp_tpm.settings import (
     AkAlgorithm,
     TpmSettings,
 )
+from cmcp_tpm.structures import signing_key_problems
 from cmcp_tpm.tpm_access import (
     ESAPI,
     ESYS_TR,
@@ -54,15 +55,6 @@ _SIGNING_SCHEMES: Final = frozenset({0x0014, 0x0016, 0x0018})  # RSASSA, RSAPSS,
 _ALG_RSA: Final = 0x0001
 _ALG_ECC: Final = 0x0023
 _ECC_CURVES: Final = frozenset({0x0003, 0x0004})  # NIST P-256, P-384
-# TPMA_OBJECT bits an AK must have, and the one it must not.
-_AK_ATTRIBUTES: Final = {
-    "fixedTPM": 0x00000002,
-    "fixedParent": 0x00000010,
-    "sensitiveDataOrigin": 0x00000020,
-    "restricted": 0x00010000,
-    "sign": 0x00040000,
-}
-_DECRYPT: Final = 0x00020000
 _QUOTE_ATTEMPTS: Final = 3
 _BUNDLE_EVENT: Final = "cmcp-policy-bundle"
 _AK_FIX: Final = (
@@ -90,8 +82,9 @@ class TpmCollector(Collector):
 
     def __init__(self) -> None:
         tpm_access.require_tss()  # where tpm2-pytss is unusable, no collector is made
-        self._lock = threading.Lock()
-        self._prepared: _Prepared | None = None
+        self._state: PreparedState[_Prepared] = PreparedState(
+            "TpmCollector", lambda prepared: prepared.esapi.close()
+        )
 
     def detect(self, settings: Mapping[str, Any]) -> Detection:
         try:
@@ -102,8 +95,8 @@ class TpmCollector(Collector):
         if device is not None and not device.exists():
             return Detection(False, f"no TPM device at {device} ({SECTION}.tcti = {tcti!r})")
         try:
-            with self._lock:
-                prepared = self._prepared
+            with self._state.lock:
+                prepared = self._state.current
                 if prepared is not None and prepared.settings.tcti == tcti:
                     return Detection(True, _describe(prepared.esapi, tcti))
                 esapi = open_tpm(tcti)
@@ -121,17 +114,18 @@ class TpmCollector(Collector):
         with the same settings (the gateway took another bundle): extend the PCR with the
         new hash, never reset it, so that its log names every bundle the gateway ran."""
         parsed = TpmSettings.parse(settings)
-        with self._lock:
-            prepared = self._prepared
+        with self._state.lock:
+            prepared = self._state.current
             if prepared is not None and prepared.settings == parsed:
                 event = extend_bundle(prepared.esapi, parsed.pcr, facts.bundle_hash)
                 log = (*prepared.event_log, event)
                 measured = pcr_math.replay(
                     "sha256", [bytes.fromhex(str(logged["digest"])) for logged in log]
                 )
-                self._prepared = replace(prepared, event_log=log, measured_value=measured)
+                # the same TPM session and AK: updated, not released
+                self._state.current = replace(prepared, event_log=log, measured_value=measured)
                 return
-            self._close_locked()
+            self._state.replace_locked(None)
             esapi = open_tpm(parsed.tcti)
             try:
                 event = measure_bundle(esapi, parsed.pcr, facts.bundle_hash)
@@ -144,23 +138,29 @@ class TpmCollector(Collector):
                 esapi.close()
                 raise
             measured = pcr_math.replay("sha256", [bytes.fromhex(str(event["digest"]))])
-            self._prepared = _Prepared(
-                parsed, esapi, ak, ak_public, ak_certificates, ek_certificates, (event,), measured
+            self._state.replace_locked(
+                _Prepared(
+                    parsed,
+                    esapi,
+                    ak,
+                    ak_public,
+                    ak_certificates,
+                    ek_certificates,
+                    (event,),
+                    measured,
+                )
             )
 
     def collect(self, binding: bytes, settings: Mapping[str, Any]) -> Evidence:
         parsed = TpmSettings.parse(settings)
         if not 1 <= len(binding) <= 64:  # TPM2B_DATA holds at most one SHA-512 digest
             raise ValueError(f"a TPM quote binds 1 to 64 bytes, not {len(binding)}")
-        with self._lock:
-            prepared = self._prepared
-            if prepared is None:
-                raise RuntimeError("TpmCollector.collect without prepare (or after close)")
-            if parsed != prepared.settings:
-                raise ProviderError(
-                    f"{SECTION} changed after the gateway measured the policy bundle",
-                    hint="restart the gateway so that it measures and loads the AK again",
-                )
+        with self._state.lock:
+            prepared = self._state.for_collect_locked(
+                parsed,
+                f"{SECTION} changed after the gateway measured the policy bundle",
+                hint="restart the gateway so that it measures and loads the AK again",
+            )
             attest, signature, values, pcr_digest = _quote(prepared, binding)
         if values[parsed.pcr] != prepared.measured_value:
             raise ProviderError(
@@ -177,13 +177,7 @@ class TpmCollector(Collector):
         )
 
     def close(self) -> None:
-        with self._lock:
-            self._close_locked()
-
-    def _close_locked(self) -> None:
-        prepared, self._prepared = self._prepared, None
-        if prepared is not None:
-            prepared.esapi.close()
+        self._state.close()
 
 
 def device_path(tcti: str) -> Path | None:
@@ -318,12 +312,9 @@ def _ak_problem(
     public: TPMT_PUBLIC, marshaled: bytes, name: bytes, qualified_name: bytes
 ) -> str | None:
     """Why this key is not an AK the verifier accepts, or None."""
-    attributes = int(public.objectAttributes)
-    missing = [flag for flag, bit in _AK_ATTRIBUTES.items() if not attributes & bit]
-    if missing:
-        return f"it lacks the attribute(s) {', '.join(missing)} of a restricted signing key"
-    if attributes & _DECRYPT:
-        return "it can decrypt, and an attestation key must only sign"
+    problems = signing_key_problems(int(public.objectAttributes))
+    if problems:
+        return f"it is not a restricted signing key ({', '.join(problems)})"
     hash_name = _HASH_OF_ALGORITHM.get(int(public.nameAlg))
     if hash_name is None:
         return f"its name algorithm 0x{int(public.nameAlg):04X} is not SHA-256 or SHA-384"

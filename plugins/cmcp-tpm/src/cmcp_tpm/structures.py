@@ -65,6 +65,24 @@ SIGN = 1 << 18
 AK_ATTRIBUTES = (
     FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN | USER_WITH_AUTH | RESTRICTED | SIGN
 )
+# What makes a key a restricted signing key created in and bound to its TPM (an AK), by
+# the names the TPM specification gives the bits.
+SIGNING_KEY_ATTRIBUTES: Mapping[str, int] = {
+    "fixedTPM": FIXED_TPM, "fixedParent": FIXED_PARENT,
+    "sensitiveDataOrigin": SENSITIVE_DATA_ORIGIN, "restricted": RESTRICTED, "sign": SIGN,
+}  # fmt: skip
+
+
+def signing_key_problems(
+    attributes: int, required: Mapping[str, int] = SIGNING_KEY_ATTRIBUTES
+) -> list[str]:
+    """Why TPMA_OBJECT `attributes` are not an AK's: each `required` bit not set, and
+    decrypt set (an AK only signs); empty when they are."""
+    problems = [f"{name} not set" for name, bit in required.items() if not attributes & bit]
+    if attributes & DECRYPT:
+        problems.append("decrypt set")
+    return problems
+
 
 HIERARCHY_HANDLES: Mapping[str, int] = {
     "owner": 0x40000001,

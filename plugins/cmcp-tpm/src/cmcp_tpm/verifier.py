@@ -54,11 +54,6 @@ POLICY_EVENT = "cmcp-policy-bundle"
 _POLICY_HASH = re.compile(r"sha256:([0-9a-f]{64})")
 _SIGNATURE_HASHES = {tpm.ALG_SHA256: hashes.SHA256(), tpm.ALG_SHA384: hashes.SHA384()}
 _SCHEME_NAMES = {tpm.ALG_RSASSA: "RSASSA", tpm.ALG_RSAPSS: "RSAPSS", tpm.ALG_ECDSA: "ECDSA"}
-_ATTRIBUTE_NAMES = {
-    tpm.FIXED_TPM: "fixedTPM", tpm.FIXED_PARENT: "fixedParent",
-    tpm.SENSITIVE_DATA_ORIGIN: "sensitiveDataOrigin", tpm.RESTRICTED: "restricted",
-    tpm.SIGN: "sign",
-}  # fmt: skip
 _COMPOSITE_HASHES = {32: "sha256", 48: "sha384"}
 
 
@@ -169,10 +164,7 @@ class _Run:
 
     def ak_attributes(self) -> str:
         attributes = self._area().attributes
-        missing = [name for bit, name in _ATTRIBUTE_NAMES.items() if not attributes & bit]
-        problems = [f"{', '.join(missing)} not set"] if missing else []
-        if attributes & tpm.DECRYPT:
-            problems.append("decrypt set")
+        problems = tpm.signing_key_problems(attributes)
         if problems:
             raise _Fail(
                 f"The AK (attributes 0x{attributes:08x}) is not a restricted signing key of "

@@ -4,6 +4,8 @@ out). `choose_attestor` walks the same candidates in the same order."""
 
 from __future__ import annotations
 
+from typing import Final
+
 from cmcp_cli.attestation import software
 from cmcp_cli.attestation.manager import (
     ProviderRegistry,
@@ -27,12 +29,17 @@ def candidates(wanted: str) -> tuple[str, ...]:
     return AUTO_ORDER if wanted == "auto" else (wanted,)
 
 
+# The wheel that ships each provider cMCP documents (a plugin may ship several).
+PLUGINS: Final = {
+    "sev-snp": "cmcp-sev", "tdx": "cmcp-tdx", "tpm": "cmcp-tpm", "gpu-cc": "cmcp-gpucc",
+    "opaque": "cmcp-opaque", "azure-sev-snp": "cmcp-azure", "azure-tdx": "cmcp-azure",
+}  # fmt: skip
+
+
 def plugin_of(provider: str) -> str:
-    """The wheel that ships a provider: sev-snp -> cmcp-sev, gpu-cc -> cmcp-gpucc, and
-    azure-sev-snp and azure-tdx -> cmcp-azure."""
-    if provider.startswith("azure-"):
-        return "cmcp-azure"
-    return "cmcp-" + provider.removesuffix("-snp").replace("-", "")
+    """The wheel that ships a provider (`PLUGINS`); for another name, the plugin named
+    after it, which is how cMCP's plugins are named."""
+    return PLUGINS.get(provider, "cmcp-" + provider.replace("-", ""))
 
 
 def check_attestation(

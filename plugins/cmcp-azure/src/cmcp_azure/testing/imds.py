@@ -33,11 +33,9 @@ from __future__ import annotations
 
 import argparse
 import base64
-import http.client
 import json
 import threading
 import time
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Final
@@ -47,7 +45,16 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from cmcp_azure import imds, tdreport
 from cmcp_azure.testing.synthetic import td_quote
-from cmcp_cli.testing.service import ServiceProcess, write_ready
+from cmcp_cli.testing.service import (
+    RequestLog,
+    RunningDouble,
+    ServiceProcess,
+    drip,
+    json_body,
+    mode_control,
+    quiet,
+    write_ready,
+)
 from cmcp_tdx.synthetic import IntelPki
 
 MODES: Final = (
@@ -89,15 +96,13 @@ class Service:
         self.pem = None if certificates is None else tuple(_pem(p) for p in certificates)
         self.intel = IntelPki.create()
         (folder / "intel-root.pem").write_bytes(self.intel.root_pem())
-        self.lock = threading.Lock()
+        self.log = RequestLog(folder)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
-        self.control = ThreadingHTTPServer(("127.0.0.1", 0), self._control_handler())
+        self.control = mode_control(MODES, self.set_mode)
 
-    def record(self, method: str, path: str, metadata: str | None, body: Any) -> None:
-        line = json.dumps({"method": method, "path": path, "metadata": metadata, "body": body})
-        with self.lock, (self.folder / "requests.jsonl").open("a") as log:
-            log.write(line + "\n")
+    def set_mode(self, mode: str) -> None:
+        self.mode = mode
 
     def thim(self, mode: str) -> tuple[int, Any]:
         if self.pem is None:
@@ -137,20 +142,18 @@ class Service:
         service = self
 
         class Handler(BaseHTTPRequestHandler):
+            log_message = quiet
+
             def do_GET(self) -> None:
                 self.answer(None)
 
             def do_POST(self) -> None:
-                length = min(int(self.headers.get("content-length") or 0), MAX_REQUEST)
-                try:
-                    body = json.loads(self.rfile.read(length) or b"null")
-                except ValueError:
-                    body = None
-                self.answer(body)
+                self.answer(json_body(self, MAX_REQUEST))
 
             def answer(self, body: Any) -> None:
                 mode, metadata = service.mode, self.headers.get("metadata")
-                service.record(self.command, self.path, metadata, body)
+                entry = {"method": self.command, "path": self.path, "metadata": metadata}
+                service.log.record({**entry, "body": body})
                 route = (self.command, self.path)
                 if route not in (("GET", imds.THIM_PATH), ("POST", imds.TD_QUOTE_PATH)):
                     return self.send(404, {"error": "Not found"})
@@ -169,7 +172,7 @@ class Service:
                 if mode in ("oversize", "oversize-unannounced"):
                     return self.oversize(announced=mode == "oversize")
                 if mode == "drip":
-                    return self.drip()
+                    return drip(self, "application/json", DRIP_BYTES, every=0.2)
                 if self.command == "GET":
                     return self.send(*service.thim(mode))
                 return self.send(*service.quote(mode, body))
@@ -198,42 +201,6 @@ class Service:
                     return  # the client stopped reading, as it should
                 self.close_connection = True
 
-            def drip(self) -> None:
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(DRIP_BYTES))
-                self.end_headers()
-                try:
-                    for _ in range(DRIP_BYTES):
-                        self.wfile.write(b" ")
-                        self.wfile.flush()
-                        time.sleep(0.2)
-                except OSError:
-                    return  # the client gave up, as it should
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                """Quiet: requests.jsonl records them."""
-
-        return Handler
-
-    def _control_handler(self) -> type[BaseHTTPRequestHandler]:
-        service = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = min(int(self.headers.get("content-length") or 0), 64)
-                mode = self.rfile.read(length).decode(errors="replace").strip()
-                if mode not in MODES:
-                    self.send_response(400)
-                    self.end_headers()
-                    return
-                service.mode = mode
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                """Quiet."""
-
         return Handler
 
     def serve(self) -> None:
@@ -251,11 +218,8 @@ _FAILURES: Final[dict[str, tuple[int, Any]]] = {
 }
 
 
-@dataclass
-class RunningImds:
+class RunningImds(RunningDouble):
     """The double as a test runs it: its process, and what it wrote into its folder."""
-
-    service: ServiceProcess
 
     @classmethod
     def start(
@@ -279,27 +243,13 @@ class RunningImds:
 
     @property
     def intel_root(self) -> Path:
-        return self.service.folder / "intel-root.pem"
+        return self.folder / "intel-root.pem"
 
     def set_mode(self, mode: str) -> None:
-        port = self.service.facts["control"]
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        try:
-            connection.request("POST", "/mode", body=mode.encode())
-            status = connection.getresponse().status
-        finally:
-            connection.close()
-        if status != 204:
-            raise ValueError(f"the IMDS double refused mode {mode!r} ({status})")
+        self.service.set_mode(mode)
 
     def requests(self) -> list[dict[str, Any]]:
-        log = self.service.folder / "requests.jsonl"
-        if not log.exists():
-            return []
-        return [json.loads(line) for line in log.read_text().splitlines()]
-
-    def stop(self) -> None:
-        self.service.stop()
+        return self.service.requests()
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cmcp_azure import hcl, runtime_data
 from cmcp_azure.testing import tpm_wire
 from cmcp_azure.testing.synthetic import SnpAuthority, snp_hcl_report, tdx_hcl_report
-from cmcp_cli.testing.service import ServiceProcess, write_ready
+from cmcp_cli.testing.service import RunningDouble, ServiceProcess, write_ready
 from cmcp_tpm.collector import ak_template
 from cmcp_tpm.testing import LOOPBACK, SoftwareTpm
 from cmcp_tpm.tpm_access import ESAPI, ESYS_TR, nv_buffer_max, tss
@@ -269,11 +269,8 @@ def main() -> None:
             control.server_close()
 
 
-@dataclass
-class RunningParavisor:
+class RunningParavisor(RunningDouble):
     """The double as a test runs it: its process, and what it wrote into its folder."""
-
-    service: ServiceProcess
 
     @classmethod
     def start(
@@ -299,18 +296,21 @@ class RunningParavisor:
     def tcti(self) -> str:
         return str(self.service.facts["tcti"])
 
-    @property
-    def folder(self) -> Path:
-        return self.service.folder
-
     def reports(self) -> list[bytes]:
         """Every HCL report the double wrote, oldest first."""
         log = self.folder / "reports.jsonl"
         lines = log.read_text().splitlines() if log.exists() else []
         return [bytes.fromhex(json.loads(line)["hcl_report"]) for line in lines]
 
-    def stop(self) -> None:
-        self.service.stop()
+    def snp_settings(self, **extra: Any) -> dict[str, Any]:
+        """An SNP collector's settings for this vTPM and the VCEK and chain files the SNP
+        double wrote (no IMDS needed), with `extra` on top."""
+        return {
+            "tcti": self.tcti,
+            "vcek": str(self.folder / "vcek.pem"),
+            "cert_chain": str(self.folder / "cert_chain.pem"),
+            **extra,
+        }
 
 
 if __name__ == "__main__":

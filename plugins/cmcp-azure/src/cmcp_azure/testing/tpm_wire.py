@@ -11,6 +11,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from cmcp_cli.testing.service import recv_exactly
+
 ST_NO_SESSIONS: Final = 0x8001
 ST_SESSIONS: Final = 0x8002
 CC_NV_WRITE: Final = 0x00000137
@@ -38,21 +40,11 @@ def read_message(stream: socket.socket) -> bytes | None:
     first = stream.recv(HEADER.size)
     if not first:
         return None
-    header = first + _read_exactly(stream, HEADER.size - len(first))
+    header = first + recv_exactly(stream, HEADER.size - len(first))
     _, size, _ = HEADER.unpack(header)
     if not HEADER.size <= size <= MAX_MESSAGE:
         raise WireError(f"a TPM message declares {size} bytes")
-    return header + _read_exactly(stream, size - HEADER.size)
-
-
-def _read_exactly(stream: socket.socket, count: int) -> bytes:
-    data = b""
-    while len(data) < count:
-        chunk = stream.recv(count - len(data))
-        if not chunk:
-            raise WireError(f"the stream ended {count - len(data)} bytes before a message did")
-        data += chunk
-    return data
+    return header + recv_exactly(stream, size - HEADER.size)
 
 
 def reads_nv_start(command: bytes, index: int) -> bool:
