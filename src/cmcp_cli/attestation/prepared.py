@@ -1,4 +1,4 @@
-"""What a device collector's `prepare` establishes (an open device, loaded keys) and its
+"""What a collector's `prepare` establishes (an open TPM or GPU handle, loaded keys) and its
 `collect` reads, under the one lock that serialises `detect`, `prepare`, `collect` and
 `close` (a device serves one request at a time). Replacing or closing the state releases
 the previous one exactly once."""
