@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from cmcp_tpm import pcr
 from cmcp_tpm import structures as tpm
+from cmcp_tpm.pcr_file import parse_pcr_file
 
 AZURE = (
     Path(__file__).resolve().parents[4] / "shared" / "attestation-vectors" / "tpm"
@@ -193,13 +194,13 @@ def test_pcr_file_with_two_digest_lists(order: str) -> None:
     values = [hashlib.sha256(bytes([i])).digest() for i in range(9)]
     data = _pcr_file(values, order)
     assert len(data) == 1200  # the size of the swtpm quote's `-o` file
-    assert tpm.parse_pcr_file(data) == {
+    assert parse_pcr_file(data) == {
         "sha256": dict(zip((0, 1, 2, 3, 4, 5, 6, 7, 23), values, strict=True))
     }
     with pytest.raises(tpm.TpmFormatError, match="8 values for 9 selected PCRs"):
-        tpm.parse_pcr_file(_pcr_file(values[:8], order))
+        parse_pcr_file(_pcr_file(values[:8], order))
     with pytest.raises(tpm.TpmFormatError):
-        tpm.parse_pcr_file(data[:-1])
+        parse_pcr_file(data[:-1])
 
 
 def test_azure_quote_matches_the_manifest() -> None:
@@ -215,7 +216,7 @@ def test_azure_quote_matches_the_manifest() -> None:
 
 
 def test_azure_pcr_file_hashes_to_the_quoted_digest() -> None:
-    pcrs = tpm.parse_pcr_file(_azure("pcrs.bin"))
+    pcrs = parse_pcr_file(_azure("pcrs.bin"))
     assert list(pcrs) == ["sha256"] and sorted(pcrs["sha256"]) == list(range(8))
     composite = pcr.composite("sha256", [pcrs["sha256"][i] for i in range(8)])
     assert composite == tpm.parse_attest(_azure("quote.msg")).pcr_digest

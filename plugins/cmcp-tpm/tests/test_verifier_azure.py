@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cmcp_cli.attestation.api import CheckStatus, TrustInputs
 from cmcp_cli.testing.verdicts import assert_fails, reason, statuses
 from cmcp_tpm import structures as tpm
+from cmcp_tpm.pcr_file import parse_pcr_file
 from cmcp_tpm.synthetic import b64
 from cmcp_tpm.verifier import TpmVerifier
 
@@ -41,7 +42,7 @@ def azure_evidence() -> dict[str, Any]:
     """The vector's files as evidence. quote.sig is the bare RSASSA-PKCS1v1.5/SHA-256
     signature that `tpm2_quote -f plain` writes; a TPM returns it as TPMT_SIGNATURE
     {sigAlg RSASSA, hash SHA-256, TPM2B sig}, so wrapping it re-encodes it losslessly."""
-    pcrs = tpm.parse_pcr_file(_azure("pcrs.bin"))
+    pcrs = parse_pcr_file(_azure("pcrs.bin"))
     signature = tpm.build_signature(tpm.ALG_RSASSA, tpm.ALG_SHA256, _azure("quote.sig"))
     return {
         "attest": b64(_azure("quote.msg")),

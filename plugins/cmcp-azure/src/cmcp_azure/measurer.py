@@ -43,6 +43,7 @@ from cmcp_sev.structures import ReportFormatError, parse_report
 from cmcp_tdx.measurement import measurement_string
 from cmcp_tpm import pcr
 from cmcp_tpm import structures as tpm
+from cmcp_tpm.pcr_file import parse_pcr_file
 
 MAX_QUOTE: Final = 64 << 10
 MAX_PCR_FILE: Final = 64 << 10
@@ -350,5 +351,5 @@ def _file_pcrs(path: str) -> dict[int, bytes]:
         f"--pcr-file {path} is not a tpm2-tools PCR values file",
         hint=f"write it on the VM: {PCR_READ}",
     ):
-        banks = tpm.parse_pcr_file(data)
+        banks = parse_pcr_file(data)
     return dict(banks.get("sha256", {}))

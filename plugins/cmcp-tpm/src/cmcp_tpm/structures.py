@@ -2,7 +2,7 @@
 
 Unmarshals TPMS_ATTEST (quote), TPMT_PUBLIC, TPMT_SIGNATURE and TPML_PCR_SELECTION as
 TPM 2.0 Part 2 defines them (big-endian, TPM2B = u16 size + bytes), computes object and
-qualified names, and reads the PCR file that tpm2-tools writes with `tpm2_quote -o`.
+and qualified names.
 Every malformed input raises `TpmFormatError` naming the structure and the problem; no
 other exception escapes a parser. The `build_*` functions marshal the same structures so
 that tests can make software-signed quotes.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from cmcp_tpm.pcr import BANK_ALGORITHMS, BANK_OF_ALGORITHM, DIGEST_SIZES, PCR_COUNT
+from cmcp_tpm.pcr import BANK_ALGORITHMS, BANK_OF_ALGORITHM, PCR_COUNT
 
 TPM_GENERATED_VALUE = 0xFF544347
 TPM_ST_ATTEST_QUOTE = 0x8018
@@ -90,13 +90,9 @@ HIERARCHY_HANDLES: Mapping[str, int] = {
     "platform": 0x4000000C,
 }
 
-# tpm2-tools' PCR file holds C structs: TPML_PCR_SELECTION is u32 count + 16 entries of
-# (u16 hash, u8 sizeofSelect, u8 pcrSelect[4], 1 pad byte); TPML_DIGEST is u32 count +
-# 8 entries of (u16 size, 64-byte buffer).
-_FILE_SELECTIONS = 16
-_FILE_SELECTION_SIZE = 4 + _FILE_SELECTIONS * 8
-_FILE_DIGESTS = 8
-_FILE_DIGEST_LIST_SIZE = 4 + _FILE_DIGESTS * 66
+
+# The most entries a TPML_PCR_SELECTION holds (tpm2-tools' C struct reserves as many).
+MAX_PCR_SELECTIONS = 16
 
 
 class TpmFormatError(ValueError):
@@ -154,14 +150,14 @@ class _Reader:
 PcrSelection = tuple[tuple[str, tuple[int, ...]], ...]  # (bank, ascending indices), in order
 
 
-def _bank_name(alg: int) -> str:
+def bank_name(alg: int) -> str:
     bank = BANK_OF_ALGORITHM.get(alg)
     if bank is None:
         raise TpmFormatError(f"PCR bank algorithm 0x{alg:04x} is not sha1, sha256 or sha384")
     return bank
 
 
-def _bitmap_indices(bitmap: bytes) -> tuple[int, ...]:
+def bitmap_indices(bitmap: bytes) -> tuple[int, ...]:
     indices = tuple(
         8 * byte_index + bit
         for byte_index, byte in enumerate(bitmap)
@@ -175,15 +171,15 @@ def _bitmap_indices(bitmap: bytes) -> tuple[int, ...]:
 
 def _read_selection(reader: _Reader) -> PcrSelection:
     count = reader.u32("TPML_PCR_SELECTION count")
-    if count > _FILE_SELECTIONS:
-        raise TpmFormatError(f"TPML_PCR_SELECTION count {count} exceeds {_FILE_SELECTIONS}")
+    if count > MAX_PCR_SELECTIONS:
+        raise TpmFormatError(f"TPML_PCR_SELECTION count {count} exceeds {MAX_PCR_SELECTIONS}")
     entries = []
     for _ in range(count):
-        bank = _bank_name(reader.u16("pcr selection hash"))
+        bank = bank_name(reader.u16("pcr selection hash"))
         size = reader.u8("sizeofSelect")
         if size > 4:
             raise TpmFormatError(f"sizeofSelect {size} exceeds 4")
-        entries.append((bank, _bitmap_indices(reader.take(size, "pcrSelect"))))
+        entries.append((bank, bitmap_indices(reader.take(size, "pcrSelect"))))
     return tuple(entries)
 
 
@@ -445,65 +441,3 @@ def build_signature(scheme: int, hash_alg: int, value: bytes, *, ecc_size: int =
             struct.pack(">H", ecc_size) + v.to_bytes(ecc_size, "big") for v in (r, s)
         )
     return head + struct.pack(">H", len(value)) + value
-
-
-# --- tpm2-tools PCR file -------------------------------------------------------------
-
-
-def parse_pcr_file(data: bytes) -> dict[str, dict[int, bytes]]:
-    """The PCR values file of `tpm2_quote -o` / `tpm2_pcrread -o`: {bank: {index: value}}.
-
-    Layout (host byte order, C struct sizes): TPML_PCR_SELECTION (132 bytes), u32 number
-    of TPML_DIGEST lists, then that many lists of 532 bytes each (u32 count + 8 slots of
-    u16 size + 64 bytes). The lists' used digests, concatenated, are the selected PCRs in
-    selection order (banks in order, ascending index). The byte order is taken from the
-    first count, which must be 1..16."""
-    if len(data) < _FILE_SELECTION_SIZE + 4:
-        raise TpmFormatError(f"PCR file is {len(data)} bytes, shorter than its header")
-    order = "<" if 0 < int.from_bytes(data[:4], "little") <= _FILE_SELECTIONS else ">"
-    count = struct.unpack_from(order + "I", data)[0]
-    if not 0 < count <= _FILE_SELECTIONS:
-        raise TpmFormatError(f"PCR file selection count {count} is not 1..16")
-    selection = []
-    for entry in range(count):
-        alg, size = struct.unpack_from(order + "HB", data, 4 + 8 * entry)
-        if size > 4:
-            raise TpmFormatError(f"PCR file sizeofSelect {size} exceeds 4")
-        bitmap = data[4 + 8 * entry + 3 : 4 + 8 * entry + 3 + size]
-        selection.append((_bank_name(alg), _bitmap_indices(bitmap)))
-    lists = struct.unpack_from(order + "I", data, _FILE_SELECTION_SIZE)[0]
-    expected = _FILE_SELECTION_SIZE + 4 + lists * _FILE_DIGEST_LIST_SIZE
-    if len(data) != expected:
-        raise TpmFormatError(
-            f"PCR file with {lists} digest lists is {len(data)} bytes, not {expected}"
-        )
-    digests: list[bytes] = []
-    for list_index in range(lists):
-        offset = _FILE_SELECTION_SIZE + 4 + list_index * _FILE_DIGEST_LIST_SIZE
-        used = struct.unpack_from(order + "I", data, offset)[0]
-        if used > _FILE_DIGESTS:
-            raise TpmFormatError(f"PCR file digest list {list_index} counts {used} (at most 8)")
-        for slot in range(used):
-            start = offset + 4 + 66 * slot
-            size = struct.unpack_from(order + "H", data, start)[0]
-            if size > 64:
-                raise TpmFormatError(f"PCR file digest of {size} bytes exceeds 64")
-            digests.append(data[start + 2 : start + 2 + size])
-    return _assign(selection, digests)
-
-
-def _assign(
-    selection: Sequence[tuple[str, tuple[int, ...]]], digests: list[bytes]
-) -> dict[str, dict[int, bytes]]:
-    wanted = sum(len(indices) for _, indices in selection)
-    if len(digests) != wanted:
-        raise TpmFormatError(f"PCR file holds {len(digests)} values for {wanted} selected PCRs")
-    values: dict[str, dict[int, bytes]] = {}
-    remaining = iter(digests)
-    for bank, indices in selection:
-        for index in indices:
-            value = next(remaining)
-            if len(value) != DIGEST_SIZES[bank]:
-                raise TpmFormatError(f"PCR file value of {bank} PCR {index} is {len(value)} bytes")
-            values.setdefault(bank, {})[index] = value
-    return values
