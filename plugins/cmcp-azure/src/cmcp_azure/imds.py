@@ -30,7 +30,7 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from cmcp_azure import tdreport
+from cmcp_azure import settings, tdreport
 from cmcp_azure.settings import DEFAULT_IMDS_URL
 from cmcp_cli.attestation.api import ProviderError
 from cmcp_tdx.quote import QuoteFormatError, parse_quote
@@ -66,23 +66,10 @@ class SnpCertificates:
     tcbm: str  # the TCB the VCEK was issued for, as THIM states it (hex)
 
 
-def _url(base_url: str, path: str) -> str:
-    try:
-        base = httpx.URL(base_url)
-    except (httpx.InvalidURL, TypeError):
-        base = None
-    if base is None or base.scheme not in ("http", "https") or not base.host:
-        raise ProviderError(
-            f"the IMDS URL {base_url!r} is not an http(s) URL with a host",
-            hint="set imds_url to the base of the instance metadata service, such as "
-            f"{DEFAULT_IMDS_URL}",
-        )
-    if base.query or base.fragment:
-        raise ProviderError(
-            f"the IMDS URL {base_url!r} has a query or fragment",
-            hint=f"set imds_url to the base alone, such as {DEFAULT_IMDS_URL}",
-        )
-    return base_url.rstrip("/") + path
+def _url(base: str, path: str) -> str:
+    """`path` under the service's base URL, which is refused as the imds_url setting is
+    (callers of this module may pass one that no settings validated)."""
+    return settings.base_url("imds_url", base) + path
 
 
 def _exchange(request: httpx.Request, *, timeout: float, hint: str) -> bytes:

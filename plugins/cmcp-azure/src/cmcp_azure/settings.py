@@ -97,7 +97,7 @@ class AzureSettings:
         if "user_data" in settings:
             values["user_data"] = _flag(parsed.name("user_data"), settings["user_data"])
         if "imds_url" in settings:
-            values["imds_url"] = _base_url(parsed.name("imds_url"), settings["imds_url"])
+            values["imds_url"] = base_url(parsed.name("imds_url"), settings["imds_url"])
         if "timeout_seconds" in settings:
             values["timeout_seconds"] = _timeout(
                 parsed.name("timeout_seconds"), settings["timeout_seconds"]
@@ -126,7 +126,7 @@ def _flag(name: str, value: object) -> bool:
     return value
 
 
-def _base_url(name: str, value: object) -> str:
+def base_url(name: str, value: object) -> str:
     """An http(s) origin, optionally with a path, without query, fragment or credentials;
     returned without a trailing slash so that endpoint paths append to it."""
     hint = (
