@@ -337,7 +337,7 @@ def test_two_logs_for_one_pcr(tmp_path: Path) -> None:
         ({"bundle_hash": "sha384:" + "00" * 48}, "not sha256:<64 hex digits>"),
         ({"bank": "sha1"}, "--bank sha1"),
         ({"bank": "sha384"}, "sha256 bank only"),
-        ({"pcr": ["16", "23"]}, "--pcr was given 2 times"),
+        ({"pcr": ["16", "23"]}, "--pcr is given 2 times"),
         ({"file": ["8=/nonexistent"]}, "PCR 8 is not in the quoted selection"),
         ({"file": ["23=/etc/hostname"]}, "PCR 23 is the gateway's --pcr"),
         ({"file": ["/etc/hostname"]}, "not PCR=PATH"),

@@ -269,6 +269,15 @@ def measure_values(
     return given
 
 
+def measure_value(values: Mapping[str, tuple[str, ...]], name: str) -> str | None:
+    """The one value of a measurer's option `--name`, None when not given; `ProviderError`
+    when it is given more than once (which of them was meant is not guessed)."""
+    given = values.get(name, ())
+    if len(given) > 1:
+        raise ProviderError(f"--{name} is given {len(given)} times", hint=f"give --{name} once")
+    return given[0] if given else None
+
+
 def pem_certificates(blob: bytes) -> list[x509.Certificate]:
     """The certificates of PEM data (`ValueError` when it holds none). Vendors issue
     certificates that cryptography warns about (AMD's VCEKs have serial number 0); what

@@ -37,7 +37,13 @@ from cmcp_cli.attestation.api import (
     MeasureResult,
     ProviderError,
 )
-from cmcp_cli.attestation.toolkit import CheckFailed, measure_values, read_bounded, refused_as
+from cmcp_cli.attestation.toolkit import (
+    CheckFailed,
+    measure_value,
+    measure_values,
+    read_bounded,
+    refused_as,
+)
 from cmcp_cli.strict_json import StrictJSONError, loads_strict
 from cmcp_sev.structures import ReportFormatError, parse_report
 from cmcp_tdx.measurement import measurement_string
@@ -93,13 +99,6 @@ OPTIONS: tuple[MeasureOption, ...] = (
 )
 
 
-def _one(values: Mapping[str, tuple[str, ...]], name: str) -> str | None:
-    given = values.get(name, ())
-    if len(given) > 1:
-        raise ProviderError(f"--{name} is given {len(given)} times", hint=f"give --{name} once")
-    return given[0] if given else None
-
-
 def _read(name: str, path: str, limit: int, hint: str) -> bytes:
     return read_bounded(Path(path), limit, f"--{name}", hint=hint)
 
@@ -139,7 +138,7 @@ class _AzureMeasurer(Measurer):
 
     def measure(self, inputs: MeasureInputs) -> MeasureResult:
         values = measure_values(inputs.values, OPTIONS)
-        path = _one(values, "hcl-report")
+        path = measure_value(values, "hcl-report")
         if path is None:
             raise ProviderError("--hcl-report is required", hint=f"read it on the VM: {NV_READ}")
         report, runtime = self._report(path)
@@ -290,8 +289,8 @@ def _toml_table(table: Mapping[str, str]) -> str:
 def _pcrs(
     values: Mapping[str, tuple[str, ...]], runtime: runtime_data.RuntimeData
 ) -> tuple[dict[int, bytes], str] | None:
-    quote_path, file_path = _one(values, "tpm-quote"), _one(values, "pcr-file")
-    selection_text = _one(values, "pin-pcrs")
+    quote_path, file_path = measure_value(values, "tpm-quote"), measure_value(values, "pcr-file")
+    selection_text = measure_value(values, "pin-pcrs")
     if quote_path is not None and file_path is not None:
         raise ProviderError(
             "--tpm-quote and --pcr-file both give the PCR values", hint="give one of them"

@@ -16,7 +16,7 @@ index with its alternatives, and each signer chain's validity.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -28,7 +28,7 @@ from cmcp_cli.attestation.api import (
     MeasureResult,
     ProviderError,
 )
-from cmcp_cli.attestation.toolkit import common_name, measure_values
+from cmcp_cli.attestation.toolkit import common_name, measure_value, measure_values
 from cmcp_gpucc.rim import MAX_RIM_BYTES, Rim, RimError, rim_set_measurement, verify_rim
 from cmcp_gpucc.roots import RootError, trust_set
 
@@ -59,13 +59,6 @@ HINT: Final = (
     "give the RIMs NVIDIA publishes for this driver and VBIOS (https://rim.attestation.nvidia.com"
     "/v1/rim/<RIM id>), unedited"
 )
-
-
-def _one(values: Mapping[str, tuple[str, ...]], name: str) -> str | None:
-    given = values.get(name, ())
-    if len(given) > 1:
-        raise ProviderError(f"--{name} is given {len(given)} times; give it once")
-    return given[0] if given else None
 
 
 def _read(name: str, value: str, limit: int) -> bytes:
@@ -156,7 +149,7 @@ class GpuMeasurer(Measurer):
                 "VBIOS RIM",
                 hint="cmcp measure gpu-cc --rim DRIVER.xml --rim VBIOS.xml",
             )
-        at = _moment(_one(values, "at"))
+        at = _moment(measure_value(values, "at"))
         pems = [_read("trust-root", value, 1 << 20) for value in values.get("trust-root", ())]
         try:
             trust = trust_set(pems)

@@ -23,7 +23,7 @@ from cmcp_cli.attestation.api import (
     MeasureResult,
     ProviderError,
 )
-from cmcp_cli.attestation.toolkit import measure_values
+from cmcp_cli.attestation.toolkit import measure_value, measure_values
 
 PACKAGE: Final = "sev-snp-measure"
 INSTALL_HINT: Final = "pip install 'cmcp-sev[measure]' (it pins sev-snp-measure==0.0.13)"
@@ -63,13 +63,6 @@ def _module(name: str) -> Any:
         ) from None
 
 
-def _one(values: dict[str, tuple[str, ...]], name: str) -> str | None:
-    given = values.get(name, ())
-    if len(given) > 1:
-        raise ProviderError(f"--{name} is given {len(given)} times; give it once")
-    return given[0] if given else None
-
-
 def _file(name: str, value: str) -> str:
     path = Path(value)
     if not path.is_file():
@@ -94,19 +87,19 @@ class SevMeasurer(Measurer):
 
     def measure(self, inputs: MeasureInputs) -> MeasureResult:
         values = measure_values(inputs.values, OPTIONS)
-        ovmf_arg, vcpus_arg = _one(values, "ovmf"), _one(values, "vcpus")
+        ovmf_arg, vcpus_arg = measure_value(values, "ovmf"), measure_value(values, "vcpus")
         if ovmf_arg is None or vcpus_arg is None:
             raise ProviderError("--ovmf and --vcpus are required")
         ovmf_path = _file("ovmf", ovmf_arg)
         vcpus = _integer("vcpus", vcpus_arg, 10)
         if not 1 <= vcpus <= MAX_VCPUS:
             raise ProviderError(f"--vcpus {vcpus} is not between 1 and {MAX_VCPUS}")
-        vmm_name = (_one(values, "vmm-type") or "qemu").lower()
+        vmm_name = (measure_value(values, "vmm-type") or "qemu").lower()
         if vmm_name not in VMM_TYPES:
             raise ProviderError(f"--vmm-type {vmm_name!r} is not one of {', '.join(VMM_TYPES)}")
-        features_arg = _one(values, "guest-features") or "0x1"
+        features_arg = measure_value(values, "guest-features") or "0x1"
         features = _integer("guest-features", features_arg, 16)
-        kernel, initrd, append = (_one(values, n) for n in ("kernel", "initrd", "append"))
+        kernel, initrd, append = (measure_value(values, n) for n in ("kernel", "initrd", "append"))
         if (initrd is not None or append is not None) and kernel is None:
             raise ProviderError("--initrd and --append describe a direct boot: give --kernel too")
 
@@ -151,7 +144,7 @@ class SevMeasurer(Measurer):
 
     @staticmethod
     def _vcpu_sig(values: dict[str, tuple[str, ...]], vmm: str, signatures: Any) -> int:
-        vcpu_type, vcpu_sig = _one(values, "vcpu-type"), _one(values, "vcpu-sig")
+        vcpu_type, vcpu_sig = measure_value(values, "vcpu-type"), measure_value(values, "vcpu-sig")
         if vcpu_type is not None and vcpu_sig is not None:
             raise ProviderError("give --vcpu-type or --vcpu-sig, not both")
         if vcpu_sig is not None:

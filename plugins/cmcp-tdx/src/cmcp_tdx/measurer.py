@@ -21,6 +21,7 @@ from cmcp_cli.attestation.api import (
     MeasureResult,
     ProviderError,
 )
+from cmcp_cli.attestation.toolkit import measure_value
 from cmcp_tdx import ccel, tdvf
 from cmcp_tdx.measurement import measurement_string
 
@@ -59,13 +60,6 @@ OPTIONS: tuple[MeasureOption, ...] = (
 )
 
 
-def _one(inputs: MeasureInputs, name: str) -> str | None:
-    values = inputs.values.get(name, ())
-    if len(values) > 1:
-        raise ProviderError(f"--{name} is given {len(values)} times", hint=f"give --{name} once")
-    return values[0] if values else None
-
-
 def _hex(value: str, name: str) -> bytes:
     if not _HEX48.fullmatch(value):
         raise ProviderError(
@@ -89,9 +83,9 @@ def _read(path_text: str, name: str, limit: int) -> bytes:
 
 def _mrtd(inputs: MeasureInputs) -> tuple[bytes, str]:
     firmware, given, order = (
-        _one(inputs, "firmware"),
-        _one(inputs, "mrtd"),
-        _one(inputs, "page-order"),
+        measure_value(inputs.values, "firmware"),
+        measure_value(inputs.values, "mrtd"),
+        measure_value(inputs.values, "page-order"),
     )
     if firmware is not None and given is not None:
         raise ProviderError("--firmware and --mrtd both give MRTD", hint="give one of them")
@@ -115,8 +109,8 @@ def _mrtd(inputs: MeasureInputs) -> tuple[bytes, str]:
 
 
 def _rtmrs(inputs: MeasureInputs) -> tuple[list[bytes], str, int | None]:
-    log_path = _one(inputs, "event-log")
-    given = {name: _one(inputs, name) for name in RTMR_OPTIONS}
+    log_path = measure_value(inputs.values, "event-log")
+    given = {name: measure_value(inputs.values, name) for name in RTMR_OPTIONS}
     named = [f"--{name}" for name, value in given.items() if value is not None]
     if log_path is not None:
         if named:

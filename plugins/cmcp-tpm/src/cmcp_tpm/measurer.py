@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from cmcp_cli.attestation.api import (
     MeasureResult,
     ProviderError,
 )
+from cmcp_cli.attestation.toolkit import measure_value
 from cmcp_tpm import eventlog, pcr
 from cmcp_tpm.settings import BOOT_PCRS, DEFAULT_PCR, RESETTABLE_PCRS, SECTION, TpmSettings
 
@@ -153,8 +154,8 @@ def _settings(inputs: MeasureInputs) -> _Settings:
     another gateway."""
     values = inputs.values
     configured = TpmSettings.parse(inputs.settings) if inputs.facts is not None else None
-    gateway_pcr = _gateway_pcr(_single(values, "pcr"), configured)
-    selection_text = _single(values, "pcrs")
+    gateway_pcr = _gateway_pcr(measure_value(values, "pcr"), configured)
+    selection_text = measure_value(values, "pcrs")
     if selection_text is None:
         selection = configured.pcrs if configured else (*BOOT_PCRS, gateway_pcr)
         selection_text = _selection_text(selection)
@@ -178,10 +179,10 @@ def _settings(inputs: MeasureInputs) -> _Settings:
             hint=f"add {gateway_pcr} to --pcrs (the gateway's `pcrs` setting must include "
             "its `pcr`)",
         )
-    bank = _single(values, "bank") or "sha256"
+    bank = measure_value(values, "bank") or "sha256"
     if bank not in BANKS:
         raise ProviderError(f"--bank {bank}: not a quoted bank", hint="use sha256 or sha384")
-    bundle_hash = _bundle_hash(_single(values, "bundle-hash"), inputs.facts)
+    bundle_hash = _bundle_hash(measure_value(values, "bundle-hash"), inputs.facts)
     if bundle_hash is not None and bank != BUNDLE_BANK:
         raise ProviderError(
             f"the gateway extends the policy bundle hash into the {BUNDLE_BANK} bank only, "
@@ -235,13 +236,6 @@ def _bundle_hash(text: str | None, facts: GatewayFacts | None) -> str | None:
 
 def _selection_text(selection: Sequence[int]) -> str:
     return ",".join(map(str, selection))
-
-
-def _single(values: Mapping[str, tuple[str, ...]], name: str) -> str | None:
-    given = values.get(name, ())
-    if len(given) > 1:
-        raise ProviderError(f"--{name} was given {len(given)} times", hint="give it once")
-    return given[0] if given else None
 
 
 def _unmeasured(bank: str, index: int) -> _Pcr:
