@@ -11,6 +11,7 @@ from typing import Any
 
 from cmcp_cli.attestation.binding import compute_binding
 from cmcp_cli.claim.keys import ClaimKey, jwk_thumbprint
+from cmcp_cli.claim.model import sign_claim
 from cmcp_cli.claim.signing import signed
 
 ADDED = "added_member"  # the name of a member a change adds to an object
@@ -38,6 +39,7 @@ CAUGHT_BY: dict[str, str] = {
     "trace.cnf.jwk.kty": "format",
     "trace.cnf.jwk.crv": "format",
     "trace.cnf.jwk.x": "signature",  # the claim then fails to verify with the key it names
+    "trace.signature": "signature",  # the record's own signature
     "gateway": "log: session",
     "gateway.session_id": "audit log",  # the log holds no such session
     "gateway.gateway_version": "log: issuer",
@@ -250,7 +252,8 @@ def resigned(
         cnf["jwk"] = dict(key.public_jwk)
     if not variant.path.startswith(_BINDINGS):
         fix_binding(changed, software)
-    return signed(changed, key)
+    # a changed record signature is kept as the variant made it: only the envelope is signed
+    return signed(changed, key) if variant.path == "trace.signature" else sign_claim(changed, key)
 
 
 def fix_binding(claim: dict[str, Any], software: bool) -> None:

@@ -19,8 +19,7 @@ from hypothesis import strategies as st
 from cmcp_cli.attestation.api import CheckStatus
 from cmcp_cli.attestation.manager import load_providers
 from cmcp_cli.claim.keys import ClaimKey, jwk_thumbprint
-from cmcp_cli.claim.model import EAT_PROFILE
-from cmcp_cli.claim.signing import signed
+from cmcp_cli.claim.model import EAT_PROFILE, sign_claim
 from cmcp_cli.errors import ExitCode
 from cmcp_cli.verify.claim import VerifyOptions, verify_document
 from tests.sessions import RecordedSession, record_session
@@ -133,7 +132,7 @@ def test_a_resigned_claim_fails_the_key_pin_and_the_binding(recorded: RecordedSe
     for counts in (summary, summary["by_kind"]["call_tool"]):
         counts["denied"] = 0
         counts["allowed"] = 3
-    forged = signed(forged, forger)
+    forged = sign_claim(forged, forger)
     report = verify(forged, trusted_key=recorded.key_thumbprint)
     assert failed(report) == ["key pin", "binding", "evidence.binding"]
     key_pin = next(c for c in report.checks if c.name == "key pin")
@@ -147,7 +146,7 @@ def test_a_resigned_claim_with_another_policy_fails_the_policy_pin(
     forged = copy.deepcopy(recorded.claim)
     forged["trace"]["cnf"]["jwk"] = forger.public_jwk
     forged["trace"]["policy"]["bundle_hash"] = "sha256:" + "e" * 64
-    forged = signed(forged, forger)
+    forged = sign_claim(forged, forger)
     report = verify(forged, policy_hash=recorded.claim["trace"]["policy"]["bundle_hash"])
     assert "policy pin" in failed(report)
 

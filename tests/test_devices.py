@@ -29,7 +29,7 @@ from cmcp_cli.audit.session_record import SessionPolicy
 from cmcp_cli.audit.store import AuditStore, iter_lines
 from cmcp_cli.catalog.model import load_catalog
 from cmcp_cli.claim.keys import ClaimKey
-from cmcp_cli.claim.signing import signed
+from cmcp_cli.claim.model import sign_claim
 from cmcp_cli.config import CmcpConfig
 from cmcp_cli.errors import ExitCode
 from cmcp_cli.evidence.attesting import Attestor, DeviceAttestor
@@ -218,7 +218,7 @@ def _forged(recorded: RecordedSession, change: Any) -> dict[str, Any]:
     change(claim["gateway"]["attestation"])
     claim["trace"]["cnf"]["jwk"] = dict(forger.public_jwk)
     fix_binding(claim, software=False)
-    return signed(claim, forger)
+    return sign_claim(claim, forger)
 
 
 def test_a_platform_providers_evidence_among_the_devices_fails(

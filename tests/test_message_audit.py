@@ -26,7 +26,7 @@ from cmcp_cli.audit.session_record import SessionPolicy
 from cmcp_cli.audit.store import AuditStore
 from cmcp_cli.catalog.model import load_catalog
 from cmcp_cli.claim.keys import ClaimKey
-from cmcp_cli.claim.signing import signed
+from cmcp_cli.claim.model import sign_claim
 from cmcp_cli.config import CmcpConfig
 from cmcp_cli.evidence.attesting import Attestor
 from cmcp_cli.evidence.session import EvidenceSession
@@ -322,7 +322,7 @@ def test_by_kind_that_does_not_add_up_fails_verification(recorded: Recorded) -> 
     claim = copy.deepcopy(recorded.claim)
     del claim["signature"]
     claim["gateway"]["call_summary"]["by_kind"]["create_message"]["denied"] = 0  # hide it
-    failures = verify_claim(signed(claim, recorded.key))
+    failures = verify_claim(sign_claim(claim, recorded.key))
     assert any("by_kind.create_message decisions do not add up" in f for f in failures)
     assert any("by_kind denied counts do not add up" in f for f in failures)
 
@@ -332,14 +332,14 @@ def test_by_kind_that_adds_up_but_disagrees_with_the_log_fails(recorded: Recorde
     del claim["signature"]
     by_kind = claim["gateway"]["call_summary"]["by_kind"]
     by_kind["sampling"] = by_kind.pop("create_message")  # still adds up, under no kind
-    failures = verify_claim(signed(claim, recorded.key), recorded.db)
+    failures = verify_claim(sign_claim(claim, recorded.key), recorded.db)
     assert any("'sampling', which is not a message kind" in f for f in failures)
 
     swapped = copy.deepcopy(recorded.claim)  # well-formed, adds up, but not what happened
     del swapped["signature"]
     by_kind = swapped["gateway"]["call_summary"]["by_kind"]
     by_kind["list_roots"], by_kind["create_message"] = counts(1, denied=1), counts(1, allowed=1)
-    failures = verify_claim(signed(swapped, recorded.key), recorded.db)
+    failures = verify_claim(sign_claim(swapped, recorded.key), recorded.db)
     assert len(failures) == 1
     assert failures[0].startswith("log: counters: gateway.call_summary.by_kind.create_message.")
     assert (
@@ -358,7 +358,7 @@ def test_a_claim_without_by_kind_is_read_but_matches_no_log(
     older = copy.deepcopy(recorded.claim)
     del older["signature"]
     del older["gateway"]["call_summary"]["by_kind"]
-    failures = verify_claim(signed(older, recorded.key), recorded.db)
+    failures = verify_claim(sign_claim(older, recorded.key), recorded.db)
     assert len(failures) == 1 and failures[0].startswith(
         "log: counters: gateway.call_summary.by_kind: the claim states nothing"
     )
@@ -390,6 +390,6 @@ def test_a_claim_without_by_kind_is_read_but_matches_no_log(
         claim = evidence.close().claim
     del claim["signature"]
     del claim["gateway"]["call_summary"]["by_kind"]
-    assert verify_claim(signed(claim, key)) == []
-    (failure,) = verify_claim(signed(claim, key), db)
+    assert verify_claim(sign_claim(claim, key)) == []
+    (failure,) = verify_claim(sign_claim(claim, key), db)
     assert failure.startswith("log: counters: gateway.call_summary.by_kind: the claim states")

@@ -24,7 +24,7 @@ from cmcp_cli.attestation.api import GatewayFacts
 from cmcp_cli.attestation.binding import compute_binding
 from cmcp_cli.attestation.measurement import installation_digest
 from cmcp_cli.claim.keys import ClaimKey
-from cmcp_cli.claim.signing import signed
+from cmcp_cli.claim.model import sign_claim
 from cmcp_cli.evidence.attesting import Attestor
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle
@@ -132,7 +132,7 @@ def test_a_gateway_on_a_tpm_is_verified_as_hardware_attested(
         gateway_digest=forged["trace"]["build_provenance"]["digest"],
     ).hex()
     forged_path = tmp_path / "forged.claim.json"
-    forged_path.write_text(json.dumps(signed(forged, forger)))
+    forged_path.write_text(json.dumps(sign_claim(forged, forger)))
     code, report = verify(forged_path, *enrolled.trust_args())
     assert code == 1
     assert statuses(report)["binding"] == "pass"
@@ -216,7 +216,7 @@ def _resign(session: KnownKeySession, evidence: dict[str, Any], folder: Path) ->
     claim = json.loads(json.dumps(session.claim))
     claim["gateway"]["attestation"]["evidence"] = evidence
     path = folder / "tampered.claim.json"
-    path.write_text(json.dumps(signed(claim, session.key)))
+    path.write_text(json.dumps(sign_claim(claim, session.key)))
     return path
 
 

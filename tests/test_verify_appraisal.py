@@ -17,7 +17,7 @@ import pytest
 from cmcp_cli.attestation.api import Appraisal, CheckStatus, EvidenceVerdict
 from cmcp_cli.attestation.manager import load_providers
 from cmcp_cli.claim.keys import ClaimKey
-from cmcp_cli.claim.model import NO_APPRAISAL_VERIFIER
+from cmcp_cli.claim.model import NO_APPRAISAL_VERIFIER, sign_claim
 from cmcp_cli.claim.signing import signed
 from cmcp_cli.errors import ExitCode
 from cmcp_cli.evidence.attesting import Attestor
@@ -83,7 +83,7 @@ def insider(claim: dict[str, Any], key: ClaimKey, appraisal: dict[str, str]) -> 
     changed = copy.deepcopy(claim)
     del changed["signature"]
     changed["trace"]["appraisal"] = appraisal
-    return signed(changed, key)
+    return sign_claim(changed, key)
 
 
 def test_an_opaque_claim_states_its_tokens_appraisal_and_no_other(

@@ -9,7 +9,7 @@ import pytest
 
 from cmcp_cli.audit.matching import LOG_CHECKS
 from cmcp_cli.claim.keys import ClaimKey
-from cmcp_cli.claim.signing import signed
+from cmcp_cli.claim.model import sign_claim
 from tests.sessions import RecordedSession, record_session
 from tests.support import run_cmcp
 
@@ -180,7 +180,7 @@ def test_missing_plugin_exits_3(recorded: RecordedSession, tmp_path: Path) -> No
     claim["gateway"]["attestation"]["evidence_type"] = "example-tee-report-v1"
     claim["trace"]["runtime"]["platform"] = "amd-sev-snp"
     path = tmp_path / "hardware.json"
-    path.write_text(json.dumps(signed(claim, key)))
+    path.write_text(json.dumps(sign_claim(claim, key)))
     result = run_cmcp("verify", path, "--json")
     assert result.returncode == 3, result.stdout
     evidence = next(c for c in result.json()["checks"] if c["name"] == "evidence")
@@ -207,7 +207,7 @@ def test_the_auditor_pins_the_key_the_log_records(
     forged = json.loads(recorded.claim_path.read_text())
     forged["trace"]["cnf"]["jwk"] = forger.public_jwk
     path = tmp_path / "forged.json"
-    path.write_text(json.dumps(signed(forged, forger)))
+    path.write_text(json.dumps(sign_claim(forged, forger)))
     result = run_cmcp("verify", path, "--allow-software", "--trusted-key", thumbprint, "--json")
     assert result.returncode == 1
     statuses = {c["name"]: c["status"] for c in result.json()["checks"]}

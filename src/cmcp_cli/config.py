@@ -32,6 +32,8 @@ from pydantic import (
 )
 
 from cmcp_cli.config_document import ConfigDocument, read_config_document
+from cmcp_cli.config_trace import TraceConfig
+from cmcp_cli.config_types import ConfigPath, NonEmpty, Section
 from cmcp_cli.errors import ConfigError, Problem
 from cmcp_cli.model_errors import problems_from_validation
 
@@ -79,15 +81,6 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DNS_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
 
 
-def _resolve_path(value: Path, info: ValidationInfo) -> Path:
-    base = (info.context or {}).get("base_dir")
-    value = value.expanduser()
-    return value if value.is_absolute() or base is None else Path(base) / value
-
-
-ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
-
-
 def _sha256_digest(value: str) -> str:
     if _SHA256.fullmatch(value) is None:
         raise ValueError("must be 'sha256:' followed by 64 lowercase hex digits")
@@ -102,17 +95,12 @@ def _env_name(value: str) -> str:
 
 Sha256Digest = Annotated[str, AfterValidator(_sha256_digest)]
 EnvName = Annotated[str, AfterValidator(_env_name)]
-NonEmpty = Annotated[str, Field(min_length=1)]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 DEVICE_PROVIDER = "gpu-cc"  # the device provider cMCP documents
 
 
-class AttestationConfig(_Section):
+class AttestationConfig(Section):
     # The CPU platform's provider. Devices beside it (confidential GPUs) are attested by
     # every installed device provider that detects one, never instead of it.
     provider: Literal[
@@ -166,7 +154,7 @@ class AttestationConfig(_Section):
         return value
 
 
-class HttpUpstream(_Section):
+class HttpUpstream(Section):
     transport: Literal["streamable-http"]
     url: NonEmpty
     headers: dict[str, str] = Field(default_factory=dict)
@@ -181,7 +169,7 @@ class HttpUpstream(_Section):
         return value
 
 
-class StdioUpstream(_Section):
+class StdioUpstream(Section):
     transport: Literal["stdio"]
     command: Annotated[tuple[NonEmpty, ...], Field(min_length=1)]
     executable_sha256: Sha256Digest | None = None
@@ -192,19 +180,19 @@ class StdioUpstream(_Section):
 Upstream = Annotated[HttpUpstream | StdioUpstream, Field(discriminator="transport")]
 
 
-class AuditConfig(_Section):
+class AuditConfig(Section):
     store: Literal["sqlite"] = "sqlite"
     path: ConfigPath = Path("cmcp-audit.db")
     durability: Literal["fsync", "os"] = "fsync"
     record_inputs: Literal["full", "hashes"] = "full"
 
 
-class ModelIdentity(_Section):
+class ModelIdentity(Section):
     provider: NonEmpty = "unknown"
     model_id: NonEmpty = "unknown"
 
 
-class ClaimsConfig(_Section):
+class ClaimsConfig(Section):
     dir: ConfigPath = Path("claims")
     # Also sign a claim after each tool call's outcome, over the chain up to it, besides
     # the session's last claim at its end (docs/configuration.md).
@@ -222,7 +210,7 @@ class ClaimsConfig(_Section):
         return value
 
 
-class BearerToken(_Section):
+class BearerToken(Section):
     agent: NonEmpty
     token_sha256: Sha256Digest | None = None
     token_env: EnvName | None = None
@@ -234,7 +222,7 @@ class BearerToken(_Section):
         return self
 
 
-class AuthConfig(_Section):
+class AuthConfig(Section):
     bearer_tokens: tuple[BearerToken, ...] = ()
     # the agent that CMCP_BEARER_TOKEN authenticates
     env_token_agent: NonEmpty = "default"  # noqa: S105 - an agent id, not a secret
@@ -242,7 +230,7 @@ class AuthConfig(_Section):
     operator_token_env: EnvName | None = None
 
 
-class TLSConfig(_Section):
+class TLSConfig(Section):
     cert_file: ConfigPath | None = None
     key_file: ConfigPath | None = None
     client_ca_file: ConfigPath | None = None  # enables mTLS; agents are the clients' SPIFFE IDs
@@ -263,7 +251,7 @@ class TLSConfig(_Section):
 MAX_JSON_DEPTH = 200
 
 
-class LimitsConfig(_Section):
+class LimitsConfig(Section):
     max_request_body_bytes: PositiveInt = 1024 * 1024
     # Below orjson's 254 levels, so that whatever is parsed can be forwarded and answered.
     max_json_depth: Annotated[int, Field(ge=1, le=MAX_JSON_DEPTH)] = 64
@@ -274,7 +262,7 @@ class LimitsConfig(_Section):
     approval_ttl_seconds: PositiveInt = 900
 
 
-class PolicyReloadConfig(_Section):
+class PolicyReloadConfig(Section):
     """Which bundle may replace the running one: one whose hash is pinned here, or one
     signed (Ed25519, over its hash) by one of `signing_keys` with a higher manifest version.
     Never both rules at once (validate-config): either alone is the whole rule."""
@@ -294,7 +282,7 @@ class PolicyReloadConfig(_Section):
         return bool(self.accept_hashes or self.signing_keys)
 
 
-class PolicyConfig(_Section):
+class PolicyConfig(Section):
     deny_response: Literal["jsonrpc-error", "tool-error", "http-403"] = "jsonrpc-error"
     data_class_order: Annotated[tuple[NonEmpty, ...], Field(min_length=1)] = (
         DEFAULT_DATA_CLASS_ORDER
@@ -351,7 +339,7 @@ def parse_listen_addr(value: str) -> ListenAddress:
     return ListenAddress(host=host, port=port)
 
 
-class CmcpConfig(_Section):
+class CmcpConfig(Section):
     attestation: AttestationConfig = AttestationConfig()
     policy_bundle_path: ConfigPath
     catalog_path: ConfigPath
@@ -371,6 +359,7 @@ class CmcpConfig(_Section):
     auth: AuthConfig = AuthConfig()
     tls: TLSConfig = TLSConfig()
     limits: LimitsConfig = LimitsConfig()
+    trace: TraceConfig = TraceConfig()
 
     @property
     def pinned_data_class(self) -> str:

@@ -23,7 +23,7 @@ from cmcp_cli.audit.session_record import (
 )
 from cmcp_cli.claim.canonical import canonical_bytes
 from cmcp_cli.claim.keys import jwk_thumbprint
-from cmcp_cli.claim.model import ENFORCEMENT_MODES, claim_body, is_gateway_claim
+from cmcp_cli.claim.model import ENFORCEMENT_MODES, claim_body, is_gateway_claim, unsigned
 from cmcp_cli.claim.signing import SIGNATURE
 from cmcp_cli.errors import CmcpError, PolicyRequestError
 from cmcp_cli.policy.engine import Authorizer, CompiledBundle
@@ -281,7 +281,12 @@ def match_claim(replay: SessionReplay, document: Mapping[str, Any]) -> ClaimMatc
         expected, key_check, evidence_check, devices_check = _expected_claim(replay, end, state)
     except SessionRecordError as exc:
         return ClaimMatch(checks=(), unmatched=f"the log cannot vouch for the claim: {exc}")
-    stated = {k: v for k, v in document.items() if k != SIGNATURE}
+    # the signatures are not compared: the envelope's, and its record's embedded one
+    stated = (
+        unsigned(document)
+        if gateway_claim
+        else {k: v for k, v in document.items() if k != SIGNATURE}
+    )
     special: dict[str, Callable[[object], str | None]] = {"trace.cnf.jwk": key_check}
     if gateway_claim:
         special["gateway.attestation.evidence"] = evidence_check

@@ -45,8 +45,10 @@ ISSUER_FIELDS = (
     "appraisal",
     "attestation",
     "devices",
+    "anchor_url",
 )
-# The members of session_start that describe the session itself.
+# The members of session_start that describe the session itself (`challenge` only when
+# the session was opened with a verifier's challenge).
 SESSION_FIELDS = (
     "agent",
     "bundle_hash",
@@ -57,6 +59,7 @@ SESSION_FIELDS = (
     "policy_version",
     "trust_domain",
     "model",
+    "challenge",
 )
 INTERRUPTED = "interrupted"  # session_end.reason of a session closed by recovery
 
@@ -101,12 +104,28 @@ class Issuer:
     slsa_level: int = 0
     appraisal_status: str = "none"
     appraisal_verifier: str = "urn:cmcp:appraisal:none"
+    # With the runtime's own appraisal: its policy's URI and when it was made.
+    appraisal_policy_ref: str | None = None
+    appraisal_timestamp: int | None = None
     # The `attestation.expected_measurement` value the measurement matched (None when none
     # is configured), and `attestation.validity_seconds`: recorded (with the claim's
     # `stale_warnings`) when `validity_seconds` is given.
     measurement_pin: str | None = None
     validity_seconds: int | None = None
     devices: tuple[DeviceRecord, ...] = ()  # attested beside the platform, over its binding
+    anchor_url: str | None = None  # `trace.anchor.url` of the issuing process, if any
+
+    def appraisal(self) -> dict[str, Any]:
+        """The record's `appraisal`: the claim's `trace.appraisal`."""
+        appraisal: dict[str, Any] = {
+            "status": self.appraisal_status,
+            "verifier": self.appraisal_verifier,
+        }
+        if self.appraisal_policy_ref is not None:
+            appraisal["policy_ref"] = self.appraisal_policy_ref
+        if self.appraisal_timestamp is not None:
+            appraisal["timestamp"] = self.appraisal_timestamp
+        return appraisal
 
     def record(self) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -118,7 +137,7 @@ class Issuer:
             "gateway_version": self.gateway_version,
             "gateway_digest": self.gateway_digest,
             "slsa_level": self.slsa_level,
-            "appraisal": {"status": self.appraisal_status, "verifier": self.appraisal_verifier},
+            "appraisal": self.appraisal(),
             "attestation": {
                 "provider": self.provider,
                 "provider_version": self.provider_version,
@@ -133,6 +152,8 @@ class Issuer:
             }
         if self.devices:
             record["devices"] = [device.record() for device in self.devices]
+        if self.anchor_url is not None:
+            record["anchor_url"] = self.anchor_url
         return record
 
 
@@ -154,9 +175,13 @@ class SessionPolicy:
     catalog_pinning: str = "explicit"
 
 
-def start_record(agent: str, policy: SessionPolicy, issuer: Issuer) -> dict[str, Any]:
+def start_record(
+    agent: str, policy: SessionPolicy, issuer: Issuer, challenge: str | None = None
+) -> dict[str, Any]:
     """The members of a session_start entry (beside the base fields every entry has): the
-    session's agent and policy, and its claim's issuer."""
+    session's agent and policy, the verifier's challenge it was opened with, and its
+    claim's issuer."""
+    opened = {} if challenge is None else {"challenge": challenge}
     return {
         "agent": agent,
         "bundle_hash": policy.bundle_hash,
@@ -167,6 +192,7 @@ def start_record(agent: str, policy: SessionPolicy, issuer: Issuer) -> dict[str,
         "policy_version": policy.policy_version,
         "trust_domain": policy.trust_domain,
         "model": {"provider": policy.model_provider, "model_id": policy.model_id},
+        **opened,
         **issuer.record(),
     }
 
@@ -240,7 +266,7 @@ def attestation_record(
             "evidence_type": issuer.evidence_type,
             "generated_at": issuer.generated_at,
             "measurement_pin": issuer.measurement_pin,
-            "appraisal": {"status": issuer.appraisal_status, "verifier": issuer.appraisal_verifier},
+            "appraisal": issuer.appraisal(),
         }
         if issuer.devices:
             fields["devices"] = [device.record() for device in issuer.devices]
@@ -361,8 +387,12 @@ def claim_facts(
         slsa_level=_member(issuer, "slsa_level", int, who),
         appraisal_status=_member(appraisal, "status", str, appraisal_at),
         appraisal_verifier=_member(appraisal, "verifier", str, appraisal_at),
+        appraisal_policy_ref=_optional(appraisal, "policy_ref", str, appraisal_at),
+        appraisal_timestamp=_optional(appraisal, "timestamp", int, appraisal_at),
         recovery=recovery,
         previous_claim=previous,
+        nonce=_optional(start, "challenge", str, "session_start"),
+        anchor_url=_optional(issuer, "anchor_url", str, who),
     )
 
 
@@ -428,6 +458,11 @@ def _devices(newest: Mapping[str, Any], where: str, stated: object) -> dict[str,
             )
         )
     return {"devices": items}
+
+
+def _optional(record: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
+    """A member a record keeps only when it has a value: None when absent."""
+    return _member(record, name, kind, where) if name in record else None
 
 
 def _member(record: Mapping[str, Any], name: str, kind: type, where: str) -> Any:

@@ -1,8 +1,9 @@
 """The GatewayClaim (DESIGN §5) and the standalone TRACE v0.2 Trust Record.
 
 `build_claim` turns plain facts about a closed session into the signed envelope; the
-`trace` object inside it is a complete TRACE v0.2 record, and `trace_record` exports that
-same record on its own with an embedded signature by the same key.
+`trace` object inside it is a complete TRACE v0.2 record with its own embedded signature
+by the same key (TRACE §3.2.2), so `trace_record` exports it as it is, and the record a
+transparency log anchors is the claim's `trace` byte for byte (claim.anchor).
 """
 
 from __future__ import annotations
@@ -11,12 +12,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, get_args
 
+from cmcp_cli.claim.anchor import transparency_uri
 from cmcp_cli.claim.canonical import canonical_sha256
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.signing import SIGNATURE, signed
 from cmcp_cli.config import CatalogPinning
 
-CLAIM_VERSION = "1.0"
+# 1.1: the claim's `trace` carries its own embedded signature (required); 1.0 claims, made
+# before records were signed on their own, have none and verify as they always did.
+CLAIM_VERSION = "1.1"
+RECORD_UNSIGNED_VERSION = "1.0"
+CLAIM_VERSIONS = (RECORD_UNSIGNED_VERSION, CLAIM_VERSION)
 EAT_PROFILE = "tag:agentrust-io.com,2026:trace-v0.2"
 SOFTWARE_PLATFORM = "software-only"
 NO_APPRAISAL_VERIFIER = "urn:cmcp:appraisal:none"
@@ -78,6 +84,16 @@ class SessionFacts:
     recovery: Mapping[str, str] | None = None
     # `claim_digest` of the session's claim before this one; None for its first claim.
     previous_claim: str | None = None
+    # The verifier's challenge the session was opened with (`trace.runtime.nonce`, and the
+    # binding's `nonce`); None when none was given.
+    nonce: str | None = None
+    # The appraisal policy's absolute URI and when the appraisal was made (Unix seconds):
+    # set with the runtime's own appraisal of its evidence, None otherwise.
+    appraisal_policy_ref: str | None = None
+    appraisal_timestamp: int | None = None
+    # The transparency service the issuer anchors its claims in (`trace.anchor.url`): the
+    # record's `transparency` URI is made from it before signing. None: not anchored.
+    anchor_url: str | None = None
 
 
 def subject(trust_domain: str, session_id: str) -> str:
@@ -85,12 +101,24 @@ def subject(trust_domain: str, session_id: str) -> str:
 
 
 def trace_body(facts: SessionFacts, jwk: Mapping[str, str]) -> dict[str, Any]:
-    return {
+    """The claim's TRACE record without its embedded signature."""
+    runtime = {"platform": facts.platform, "measurement": facts.measurement}
+    if facts.nonce is not None:
+        runtime["nonce"] = facts.nonce
+    appraisal: dict[str, Any] = {
+        "status": facts.appraisal_status,
+        "verifier": facts.appraisal_verifier,
+    }
+    if facts.appraisal_policy_ref is not None:
+        appraisal["policy_ref"] = facts.appraisal_policy_ref
+    if facts.appraisal_timestamp is not None:
+        appraisal["timestamp"] = facts.appraisal_timestamp
+    body: dict[str, Any] = {
         "eat_profile": EAT_PROFILE,
         "iat": facts.issued_at,
         "subject": subject(facts.trust_domain, facts.session_id),
         "model": {"provider": facts.model_provider, "model_id": facts.model_id},
-        "runtime": {"platform": facts.platform, "measurement": facts.measurement},
+        "runtime": runtime,
         "policy": {
             "bundle_hash": facts.bundle_hash,
             "enforcement_mode": ENFORCEMENT_MODES[facts.enforcement_mode],
@@ -102,14 +130,17 @@ def trace_body(facts: SessionFacts, jwk: Mapping[str, str]) -> dict[str, Any]:
             "call_count": facts.call_summary["total"],
         },
         "build_provenance": {"slsa_level": facts.slsa_level, "digest": facts.build_digest},
-        "appraisal": {"status": facts.appraisal_status, "verifier": facts.appraisal_verifier},
+        "appraisal": appraisal,
         "cnf": {"jwk": dict(jwk)},
     }
+    if facts.anchor_url is not None:
+        body["transparency"] = transparency_uri(facts.anchor_url, body)
+    return body
 
 
 def claim_body(facts: SessionFacts, jwk: Mapping[str, str]) -> dict[str, Any]:
-    """The GatewayClaim of a session without its signature: what the gateway signs, and
-    what a verifier holding the session's log expects a claim to state."""
+    """The GatewayClaim of a session without its signatures (the envelope's and its
+    record's): what a verifier holding the session's log expects a claim to state."""
     claim: dict[str, Any] = {
         "cmcp_version": CLAIM_VERSION,
         "trace": trace_body(facts, jwk),
@@ -135,20 +166,40 @@ def claim_body(facts: SessionFacts, jwk: Mapping[str, str]) -> dict[str, Any]:
 
 def build_claim(facts: SessionFacts, key: ClaimKey) -> dict[str, Any]:
     """The signed GatewayClaim of a session."""
-    return signed(claim_body(facts, key.public_jwk), key)
+    return sign_claim(claim_body(facts, key.public_jwk), key)
+
+
+def sign_claim(claim: Mapping[str, Any], key: ClaimKey) -> dict[str, Any]:
+    """`claim` signed by `key`: its `trace` on its own first (TRACE's embedded form), then
+    the whole envelope. Signatures it held already are replaced."""
+    body = unsigned(claim)
+    if isinstance(body.get("trace"), Mapping):
+        body["trace"] = signed(body["trace"], key)
+    return signed(body, key)
+
+
+def unsigned(claim: Mapping[str, Any]) -> dict[str, Any]:
+    """A GatewayClaim without its signatures: the envelope's, and its record's embedded
+    one (claims made before records were signed on their own have none)."""
+    body = {k: v for k, v in claim.items() if k != SIGNATURE}
+    trace = body.get("trace")
+    if isinstance(trace, Mapping):
+        body["trace"] = {k: v for k, v in trace.items() if k != SIGNATURE}
+    return body
 
 
 def claim_digest(claim: Mapping[str, Any]) -> str:
     """What the next claim of a session links to (`gateway.previous_claim`): the RFC 8785
-    SHA-256 digest of a claim without its signature. The signature is left out so the
-    link can be fixed before the claim is signed; a claim whose signature was changed
-    fails its own signature check instead."""
-    return canonical_sha256({k: v for k, v in claim.items() if k != SIGNATURE})
+    SHA-256 digest of a claim without its signatures (`unsigned`). The signatures are left
+    out so the link can be fixed before the claim is signed; a claim whose signature was
+    changed fails its own signature check instead."""
+    return canonical_sha256(unsigned(claim))
 
 
 def trace_record(claim: Mapping[str, Any], key: ClaimKey) -> dict[str, Any]:
     """The claim's `trace` as a standalone TRACE Trust Record with its embedded signature."""
-    return signed(claim["trace"], key)
+    trace = claim["trace"]
+    return dict(trace) if SIGNATURE in trace else signed(trace, key)
 
 
 def is_gateway_claim(document: Mapping[str, Any]) -> bool:

@@ -149,12 +149,22 @@ def verify_document(
 
     jwk = trace["cnf"]["jwk"]
     signature_problem = check_signature(document, jwk)
+    # A claim's record carries its own signature (TRACE's embedded form) since records are
+    # anchored as they are; claims made before then have none, and verify as they did.
+    record_signed = gateway_claim and "signature" in trace
+    if signature_problem is None and record_signed:
+        record_problem = check_signature(trace, jwk)
+        signature_problem = record_problem and f"trace.signature: {record_problem}"
     if signature_problem:
         checks.append(Check.failed("signature", signature_problem))
         checks.append(Check.skipped("remaining checks", "nothing in an unsigned claim is trusted"))
         return report
+    signed_what = "the claim and its TRACE record" if record_signed else "the document"
     checks.append(
-        Check.passed("signature", "Ed25519 over the RFC 8785 form, by the key in trace.cnf.jwk")
+        Check.passed(
+            "signature",
+            f"Ed25519 over the RFC 8785 form of {signed_what}, by the key in trace.cnf.jwk",
+        )
     )
 
     thumbprint = jwk_thumbprint(jwk)

@@ -10,12 +10,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from cmcp_cli.claim.canonical import CanonicalizationError, canonical_bytes
-from cmcp_cli.claim.model import CATALOG_PINNING, CLAIM_VERSION, DEVICE_MEMBERS, EAT_PROFILE
+from cmcp_cli.claim.challenge import challenge_problem
+from cmcp_cli.claim.model import (
+    CATALOG_PINNING,
+    CLAIM_VERSION,
+    CLAIM_VERSIONS,
+    DEVICE_MEMBERS,
+    EAT_PROFILE,
+    RECORD_UNSIGNED_VERSION,
+)
 from cmcp_cli.policy.request import MessageKind
 
 _DIGEST = re.compile(r"sha(256:[0-9a-f]{64}|384:[0-9a-f]{96})")
 _SPIFFE = re.compile(r"spiffe://[a-z0-9.\-_]+/.+")
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:\S+")
+_HTTPS = re.compile(r"https://[^/?#\s]+\S*")
 _HEX32 = re.compile(r"[0-9a-f]{64}")
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _MISSING = object()
@@ -79,17 +88,47 @@ def trace_problems(trace: Any) -> list[str]:
         problems.append("appraisal.status is not an EAR status")
     if not isinstance(appraisal.get("verifier"), str) or not _URI.fullmatch(appraisal["verifier"]):
         problems.append("appraisal.verifier is not an absolute URI")
+    problems += _optional_problems(trace, runtime, appraisal)
     jwk = _obj(_obj(trace.get("cnf")).get("jwk"))
     if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519" or not isinstance(jwk.get("x"), str):
         problems.append("cnf.jwk is not an OKP Ed25519 public key")
     return problems
 
 
+def _optional_problems(
+    trace: Mapping[str, Any], runtime: Mapping[str, Any], appraisal: Mapping[str, Any]
+) -> list[str]:
+    """The members a record carries only with a challenge, an appraisal, an anchor or its
+    own signature: each must be well formed when present."""
+    problems = []
+    if "nonce" in runtime and challenge_problem(runtime["nonce"]):
+        problems.append(f"runtime.nonce is not a challenge: {challenge_problem(runtime['nonce'])}")
+    if "policy_ref" in appraisal and not (
+        isinstance(appraisal["policy_ref"], str) and _URI.fullmatch(appraisal["policy_ref"])
+    ):
+        problems.append("appraisal.policy_ref is not an absolute URI")
+    if "timestamp" in appraisal and not _is_int(appraisal["timestamp"]):
+        problems.append("appraisal.timestamp is not integer Unix seconds")
+    if "transparency" in trace and not (
+        isinstance(trace["transparency"], str) and _HTTPS.fullmatch(trace["transparency"])
+    ):
+        problems.append("transparency is not an https URI")
+    if "signature" in trace and not isinstance(trace["signature"], str):
+        problems.append("signature is not a string")
+    return problems
+
+
 def claim_problems(claim: Mapping[str, Any]) -> list[str]:
     """What keeps `claim` from being a GatewayClaim; includes its trace's problems."""
     problems: list[str] = []
-    if claim.get("cmcp_version") != CLAIM_VERSION:
-        problems.append(f"cmcp_version is {claim.get('cmcp_version')!r}, not {CLAIM_VERSION!r}")
+    version = claim.get("cmcp_version")
+    if version not in CLAIM_VERSIONS:
+        problems.append(f"cmcp_version is {version!r}, not one of {', '.join(CLAIM_VERSIONS)}")
+    record_signed = "signature" in _obj(claim.get("trace"))
+    if version == CLAIM_VERSION and not record_signed:
+        problems.append(f"trace.signature is missing: a {CLAIM_VERSION} claim's record is signed")
+    if version == RECORD_UNSIGNED_VERSION and record_signed:
+        problems.append(f"trace.signature is in a {version} claim, whose record is not signed")
     problems += [f"trace.{p}" for p in trace_problems(claim.get("trace"))]
     gateway = _obj(claim.get("gateway"))
     if not gateway:
