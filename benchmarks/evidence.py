@@ -9,6 +9,8 @@ append     durable audit appends: 1, 4 and 16 concurrent sessions with group com
            with fsync and with durability "os"
 verify     verifying the claim of a 10,000-call session against the independent TRACE
            verifier (agentrust-trace) on its record; target: under 50 ms
+sign       issuing one claim (its record signed on its own, then the envelope; and with a
+           transparency URI made from the record) against signing the envelope alone
 
   .venv/bin/python benchmarks/evidence.py [--entries 1000000] [--only replay] [--json]
 """
@@ -38,6 +40,10 @@ from cmcp_cli.audit.matching import recheck_decisions
 from cmcp_cli.audit.recorder import SessionRecorder
 from cmcp_cli.audit.replay import replay_chains, replay_log
 from cmcp_cli.audit.store import AuditStore
+from cmcp_cli.claim.anchor import transparency_uri
+from cmcp_cli.claim.keys import ClaimKey
+from cmcp_cli.claim.model import sign_claim, unsigned
+from cmcp_cli.claim.signing import signed
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle
 from cmcp_cli.policy.request import CedarRequest, ToolResource
@@ -284,11 +290,45 @@ def bench_verify(calls: int = 10_000, repeats: int = 15) -> dict[str, Any]:
     }
 
 
+def bench_sign(repeats: int = 2_000) -> dict[str, Any]:
+    """What signing a claim costs (off the call's path: at session end, or after each call
+    with `claims.per_call`): its record on its own, then the envelope; and with the record's
+    transparency URI made first; against signing the envelope alone."""
+    with tempfile.TemporaryDirectory() as folder:
+        recorded = record_session(Path(folder), calls=DEFAULT_CALLS)
+    key = ClaimKey.generate()
+    body = unsigned(recorded.claim)
+
+    def anchored() -> dict[str, Any]:
+        claim = {**body, "trace": dict(body["trace"])}
+        claim["trace"]["transparency"] = transparency_uri("https://ts.example", claim["trace"])
+        return sign_claim(claim, key)
+
+    def median_us(work: Callable[[], object]) -> float:
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            work()
+            times.append((time.perf_counter() - started) * 1e6)
+        return round(statistics.median(times), 1)
+
+    envelope = median_us(lambda: signed(body, key))
+    claim = median_us(lambda: sign_claim(body, key))
+    with_anchor = median_us(anchored)
+    return {
+        "envelope_only_us_median": envelope,
+        "claim_us_median": claim,
+        "claim_with_transparency_us_median": with_anchor,
+        "claim_over_envelope": round(claim / envelope, 2),
+    }
+
+
 BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "replay": lambda args: bench_replay(args.entries),
     "decisions": lambda _: bench_decisions(),
     "append": lambda _: bench_append(),
     "verify": lambda _: bench_verify(),
+    "sign": lambda _: bench_sign(),
 }
 
 
