@@ -88,6 +88,9 @@ class Attestor:
     pins: tuple[str, ...] = ()
     validity_seconds: int | None = None
     devices: tuple[DeviceAttestor, ...] = ()
+    # `trace.anchor.url`: each issuer names it, so every record it signs states its
+    # `transparency` URI there (fixed before signing: the record is anchored as signed).
+    anchor_url: str | None = None
 
     @classmethod
     def load(
@@ -190,6 +193,7 @@ def attest_key(
         generated_at=generated_at,
         measurement_pin=pin,
         validity_seconds=attestor.validity_seconds,
+        anchor_url=attestor.anchor_url,
         devices=tuple(
             DeviceRecord(
                 provider=device.spec.name,
