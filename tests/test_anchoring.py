@@ -46,8 +46,10 @@ def check_stored(claim_file: Path, receipt: dict[str, Any], double: RunningTrans
     claim = json.loads(claim_file.read_text())
     record = claim["trace"]
     assert receipt["anchor_id"] == anchor_id(record)
-    assert receipt["transparency"] == record["transparency"] == f"{double.url}/entries/" + (
-        anchor_id(record)
+    assert (
+        receipt["transparency"]
+        == record["transparency"]
+        == f"{double.url}/entries/" + (anchor_id(record))
     )
     log_key = (double.folder / "log-key.pem").read_bytes()
     result = verify_receipt(

@@ -22,8 +22,6 @@ runtime exists.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +32,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from cmcp_cli.claim.anchor import AnchorProfileError, anchor_id, anchor_leaf_bytes
-from cmcp_cli.claim.keys import ClaimKey
+from cmcp_cli.claim.keys import ClaimKey, b64url_decode, b64url_encode
 
 PENDING_VERSION = "cmcp-anchor-pending-1"
 PENDING_SUFFIX = ".anchor.json"
@@ -58,7 +56,7 @@ class PendingAnchor:
         return {
             "v": PENDING_VERSION,
             "record": self.record,
-            "statement": None if self.statement is None else _b64url(self.statement),
+            "statement": None if self.statement is None else b64url_encode(self.statement),
             "queued_at": self.queued_at,
             "attempts": self.attempts,
             "last_error": self.last_error,
@@ -142,8 +140,8 @@ def read_pending(claims_dir: Path, name: str) -> PendingAnchor | str | None:
     ):
         return f"{path} has a member of the wrong type"
     try:
-        raw = None if statement is None else _unb64url(statement)
-    except (binascii.Error, ValueError):
+        raw = None if statement is None else b64url_decode(statement)
+    except ValueError:
         return f"{path}: its statement is not base64url"
     return PendingAnchor(name, record, raw, queued_at, attempts, last_error)
 
@@ -228,11 +226,3 @@ def _mtime(path: Path) -> float:
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64url(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
