@@ -35,7 +35,6 @@ from tests.anchoring_support import (
 )
 from tests.gateway_support import Served, start_gateway, write_config
 
-
 TRACE_TESTS = Path(sys.executable).parent / "trace-tests"
 
 
@@ -77,9 +76,9 @@ def check_stored(claim_file: Path, receipt: dict[str, Any], double: RunningTrans
     # the conformance suite's TR-ANC-001 (the URI) and TR-ANC-002 (inclusion) on the record
     record_file = claim_file.parent / claim_file.name.replace(".claim.json", ".record.json")
     assert json.loads(record_file.read_text()) == record
-    suite = subprocess.run(  # noqa: S603 - the suite's console script, our own files
-        [str(TRACE_TESTS), "verify", "--record", str(record_file), "--level", "2"]
-        + ["--expected-nonce", "A" * 22, "--receipt", str(stored)],
+    command = [str(TRACE_TESTS), "verify", "--record", str(record_file), "--level", "2"]
+    suite = subprocess.run(
+        [*command, "--expected-nonce", "A" * 22, "--receipt", str(stored)],
         capture_output=True,
         text=True,
         timeout=60,
