@@ -34,6 +34,7 @@ from tests.anchoring_support import (
     until,
 )
 from tests.gateway_support import Served, start_gateway, write_config
+from tests.support import run_cmcp
 
 TRACE_TESTS = Path(sys.executable).parent / "trace-tests"
 
@@ -46,7 +47,8 @@ def double(tmp_path: Path) -> Iterator[RunningTransparency]:
 
 def check_stored(claim_file: Path, receipt: dict[str, Any], double: RunningTransparency) -> None:
     """The receipt stands for the claim's record: by scitt-cose under the double's log key,
-    by every check of `claim.receipt.check_receipt`, and by the conformance suite."""
+    by every check of `claim.receipt.check_receipt` and of `cmcp verify --receipt
+    --log-key` (exit 0), and by the conformance suite's TR-ANC checks."""
     claim = json.loads(claim_file.read_text())
     record = claim["trace"]
     assert receipt["anchor_id"] == anchor_id(record)
@@ -73,6 +75,24 @@ def check_stored(claim_file: Path, receipt: dict[str, Any], double: RunningTrans
         ("receipt.inclusion", True),
         ("receipt.log_signature", True),
     ], findings
+    verified = run_cmcp(
+        "verify",
+        claim_file,
+        "--allow-software",
+        "--receipt",
+        stored,
+        "--log-key",
+        double.folder / "log-key.pem",
+        "--json",
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    checks = {c["name"]: c["status"] for c in verified.json()["checks"]}
+    assert {n: s for n, s in checks.items() if n.startswith("receipt")} == {
+        "receipt.shape": "pass",
+        "receipt.record": "pass",
+        "receipt.inclusion": "pass",
+        "receipt.log_signature": "pass",
+    }, checks
     # the conformance suite's TR-ANC-001 (the URI) and TR-ANC-002 (inclusion) on the record
     record_file = claim_file.parent / claim_file.name.replace(".claim.json", ".record.json")
     assert json.loads(record_file.read_text()) == record

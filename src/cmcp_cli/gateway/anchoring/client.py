@@ -28,7 +28,7 @@ import httpx
 import orjson
 
 from cmcp_cli.claim.keys import b64url_decode
-from cmcp_cli.claim.receipt import ReceiptError, receipt_document
+from cmcp_cli.claim.receipt import ReceiptError, receipt_document, receipt_time
 from cmcp_cli.config_trace import AnchorConfig
 from cmcp_cli.evidence.anchor_queue import PendingAnchor
 
@@ -216,7 +216,7 @@ def _issued_at(cose: bytes) -> str:
         protected = cbor2.loads(cbor2.loads(cose).value[0])
         iat = protected.get(_CWT_CLAIMS, {}).get(_IAT)
         if type(iat) is int and 0 <= iat < 2**53:
-            moment = datetime.fromtimestamp(iat, UTC)
+            return receipt_time(iat)
     except (ValueError, TypeError, LookupError, AttributeError, OverflowError, OSError):
         pass  # receipt_document names what is wrong with it
     except cbor2.CBORDecodeError:
