@@ -251,29 +251,45 @@ def test_records_pending_at_a_sigkill_are_anchored_after_restart(
 ) -> None:
     """SIGKILL with per-call claims pending (the service down) and the session open: the
     next process recovers the session (its final claim queued too) and, the service up,
-    anchors every record, each receipt verifying."""
+    anchors every record, each receipt verifying; a damaged pending file stays counted."""
     double.service.set_mode("down")
     config = anchored_config(tmp_path, upstream, double)
     claims = tmp_path / "claims"
     gateway = start_gateway(config)
     try:
         asyncio.run(_calls_left_open(gateway.url))
-        until("two pending anchors", lambda: len(list(claims.glob("*.anchor.json"))) == 2 or None)
+        # each record is queued before its claim is written: wait for both
+        until("two claims pending", lambda: _two_pending(claims))
     finally:
         gateway.stop(signal.SIGKILL)
     (session,) = sessions_in(claims)
+    damaged = claims / "damaged.anchor.json"
+    damaged.write_text("{")  # a pending file that cannot be read: counted, never dropped
     double.service.set_mode("up")
     restarted = start_gateway(config)
     try:
         receipts = {n: receipt_of(restarted, session, n) for n in (1, 2)}
         final = receipt_of(restarted, session)  # the recovery's claim
-        until("nothing pending", lambda: anchoring(restarted)["pending"] == 0 or None)
+        detail = until("only the damaged file", lambda: _only_damaged(restarted))
+        assert detail["last_error"] is None and session not in json.dumps(detail), detail
+        assert metric(restarted, "cmcp_anchor_pending") == 1
+        assert damaged.read_text() == "{"
     finally:
         assert restarted.stop() == 0, restarted.output()
     for sequence, receipt in receipts.items():
         check_stored(claims / f"{session}.{sequence}.claim.json", receipt, double)
     check_stored(claims / f"{session}.claim.json", final, double)
     assert final["anchor_id"] not in {r["anchor_id"] for r in receipts.values()}
+
+
+def _two_pending(claims: Path) -> bool | None:
+    queued, written = claims.glob("*.anchor.json"), claims.glob("*.*.record.json")
+    return (len(list(queued)), len(list(written))) == (2, 2) or None
+
+
+def _only_damaged(gateway: Served) -> dict[str, Any] | None:
+    detail = anchoring(gateway)
+    return detail if (detail["pending"], detail["unreadable"]) == (1, 1) else None
 
 
 async def _calls_left_open(url: str) -> None:
