@@ -152,6 +152,8 @@ def test_a_receipt_of_another_media_type_is_refused(
         ("https://elsewhere.example/operations/1", b"{}", "not under"),
         ("{url}/operations/../../x", b"{}", "malformed operation id"),
         ("{url}/operations/op1", b'{"status": "succeeded", "entryID": "../x"}', "entryID"),
+        ("{url}/operations/op1", b'{"status": "succeeded", "entryID": ".."}', "entryID"),
+        ("{url}/operations/..", b"{}", "malformed operation id"),
         ("{url}/operations/op1", b'{"status": "failed", "error": {"t": 1}}', "failed the reg"),
         ("{url}/operations/op1", b'{"status": "lost"}', "status is 'lost'"),
         ("{url}/operations/op1", b"[]", "answered 200"),
