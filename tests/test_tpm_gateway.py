@@ -29,13 +29,11 @@ from cmcp_cli.evidence.attesting import Attestor
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle
 from cmcp_tpm import plugin
-from cmcp_tpm.collector import TpmCollector
-from cmcp_tpm.testing import SoftwareTpm, TestCa, enroll_attestation_key
 from tests.gateway_support import Served, session_claim, statuses, verify
 from tests.sessions import record_session
 from tests.support import QUICKSTART, run_cmcp
+from tests.tpm_support import EnrolledTpm, enrolled_tpm
 
-AK_HANDLE = 0x81010002
 TPM_CHECKS = (
     "tpm.evidence.shape",
     "tpm.attest.magic",
@@ -53,31 +51,10 @@ TPM_CHECKS = (
 )
 
 
-@dataclass(frozen=True)
-class EnrolledTpm:
-    tpm: SoftwareTpm
-    settings: dict[str, Any]
-    roots: tuple[Path, ...]  # the AK privacy CA's root and the EK's local CA
-
-    def trust_args(self) -> list[str | Path]:
-        return [arg for root in self.roots for arg in ("--trust-root", root)]
-
-
 @pytest.fixture(scope="module")
 def enrolled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnrolledTpm]:
-    folder = tmp_path_factory.mktemp("tpm")
-    with SoftwareTpm() as tpm:
-        settings = {"tcti": tpm.tcti, "ak_handle": AK_HANDLE}
-        collector = TpmCollector()  # creates and persists the AK, as a first gateway start does
-        bundle_hash = "sha256:" + "00" * 32
-        collector.prepare(GatewayFacts(bundle_hash, bundle_hash, bundle_hash), settings)
-        collector.close()
-        ca = TestCa.create()
-        enroll_attestation_key(tpm.tcti, AK_HANDLE, ca)
-        ak_root, ek_roots = folder / "ak-ca.pem", folder / "ek-ca.pem"
-        ak_root.write_bytes(ca.root_pem)
-        ek_roots.write_bytes(tpm.ek_ca_pem)
-        yield EnrolledTpm(tpm, settings, (ak_root, ek_roots))
+    with enrolled_tpm(tmp_path_factory.mktemp("tpm")) as tpm:
+        yield tpm
 
 
 def test_a_gateway_on_a_tpm_is_verified_as_hardware_attested(
