@@ -65,6 +65,7 @@ def record_session(
     key: ClaimKey | None = None,
     during: Callable[[EvidenceSession], None] | None = None,
     catalog_pinning: str = "explicit",
+    challenge: str | None = None,
 ) -> RecordedSession:
     """Record a session of `calls` (and `faults`); `during` adds more entries after
     them, before the session closes."""
@@ -92,6 +93,7 @@ def record_session(
             attestor=attestor or Attestor.load(software.SPEC, "0.1.0"),
             key=key,
             clock=clock,
+            challenge=challenge,
         )
         recorder = session.recorder
         for index, (tool, arguments) in enumerate(calls):

@@ -3,8 +3,8 @@ TPM (swtpm), an agent's calls through the gateway, the claim, `cmcp measure tpm`
 `cmcp verify --trust-root ...` through the real CLI; then every way to forge or tamper
 with that evidence, each failing the check that names it.
 
-The AK is enrolled as a privacy CA would (credential activation against the EK, then an
-AK certificate in NV), so the claim verifies as fully hardware-attested.
+The AK is enrolled as a privacy CA would (`tests.tpm_support`), so the claim verifies as
+fully hardware-attested.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
-"""A software TPM (swtpm) enrolled as a privacy CA would enroll a real one, for gateway
-tests: the AK created and persisted as a first gateway start does, certified by a test CA
-after credential activation against the EK, so its quotes verify as hardware-attested
-under the two roots an auditor would pin (the AK's CA and the EK's maker)."""
+"""A software TPM (swtpm) as a gateway's TPM, its attestation key enrolled as a privacy CA
+would enroll it (credential activation against the EK, then an AK certificate in NV), so
+that claims over it verify as fully hardware-attested with its two roots."""
 
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ AK_HANDLE = 0x81010002
 @dataclass(frozen=True)
 class EnrolledTpm:
     tpm: SoftwareTpm
-    settings: dict[str, Any]  # the tpm provider's settings (`attestation.providers.tpm`)
+    settings: dict[str, Any]
     roots: tuple[Path, ...]  # the AK privacy CA's root and the EK's local CA
 
     def trust_args(self) -> list[str | Path]:
@@ -30,7 +29,7 @@ class EnrolledTpm:
 
 @contextmanager
 def enrolled_tpm(folder: Path) -> Iterator[EnrolledTpm]:
-    """A fresh swtpm with an enrolled AK until the block ends; its roots written to `folder`."""
+    """A running swtpm with an enrolled AK, its roots written into `folder`."""
     with SoftwareTpm() as tpm:
         settings = {"tcti": tpm.tcti, "ak_handle": AK_HANDLE}
         collector = TpmCollector()  # creates and persists the AK, as a first gateway start does

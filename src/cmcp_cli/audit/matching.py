@@ -185,6 +185,7 @@ LOG_CHECKS: Mapping[str, tuple[str, ...]] = {
         "trace.subject",
         "trace.model",
         "trace.policy",
+        "trace.runtime.nonce",
         "gateway.catalog.hash",
         "gateway.catalog.pinning",
     ),
@@ -207,8 +208,8 @@ _ISSUANCE = "log: issuance"
 _TRACE_RECORD_CHECKS = tuple(name for name in LOG_CHECKS if name != "log: drift")
 _COVERS = {
     "log: chain": "audit_chain root, tip and length and tool_transcript.hash are the log's",
-    "log: session": "session id, subject, model, policy, catalog hash and catalog pinning "
-    "are what session_start records",
+    "log: session": "session id, subject, model, policy, challenge (runtime.nonce), catalog "
+    "hash and catalog pinning are what session_start records",
     "log: issuer": "the key (by RFC 7638 thumbprint), platform, measurement, evidence (by "
     "digest), devices (each evidence by digest), binding, gateway build, appraisal and "
     "attestation are the issuer's record",
@@ -223,7 +224,8 @@ _COVERS = {
 _RECORD_COVERS = {
     **_COVERS,
     "log: chain": "tool_transcript.hash is the log's tip",
-    "log: session": "subject, model and policy are what session_start records",
+    "log: session": "subject, model, policy and challenge (runtime.nonce) are what "
+    "session_start records",
     "log: issuer": "the key (by RFC 7638 thumbprint), platform, measurement, gateway build "
     "and appraisal are the issuer's record",
     "log: counters": "tool_transcript.call_count is counted from the log",
@@ -265,7 +267,7 @@ def match_claim(replay: SessionReplay, document: Mapping[str, Any]) -> ClaimMatc
     its session's log determines (`session_record.claim_facts`, in the one claim shape of
     `claim_body`). The key is compared by its RFC 7638 thumbprint and the evidence by its
     digest, since the log keeps only those; the binding is recomputed from the log's key,
-    bundle, catalog and gateway digest; the signature is not compared. A member the claim
+    bundle, catalog, gateway digest and challenge; the signature is not compared. A member the claim
     lacks, or has beyond what the log determines, is a mismatch too.
 
     A log that lacks a record the claim states, or has it with the wrong type, matches no
@@ -366,6 +368,7 @@ def _expected_claim(
         bundle_hash=facts.bundle_hash,
         catalog_hash=facts.catalog_hash,
         gateway_digest=facts.build_digest,
+        nonce=facts.nonce,
     )
     facts = replace(facts, attestation={**facts.attestation, "binding": binding.hex()})
 

@@ -1,5 +1,6 @@
 """The options of `cmcp bridge`, checked before anything is sent: a URL the bridge can use
-without leaking credentials, a timeout, and where the bearer token comes from."""
+without leaking credentials, a timeout, where the bearer token comes from, and the
+verifier's challenge to open sessions with."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from cmcp_cli.claim.challenge import challenge_problem
 from cmcp_cli.config import ENV_BEARER_TOKEN, LimitsConfig
 from cmcp_cli.errors import UsageError
 from cmcp_cli.wire.http1 import Endpoint
@@ -26,6 +28,7 @@ class BridgeOptions:
     token: str | None = field(default=None, repr=False)
     token_env: str = ENV_BEARER_TOKEN
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    challenge: str | None = None  # sent as Cmcp-Challenge with every message
 
 
 def bridge_options(
@@ -34,11 +37,15 @@ def bridge_options(
     token_env: str | None,
     timeout_seconds: float,
     environ: Mapping[str, str],
+    challenge: str | None = None,
 ) -> BridgeOptions:
     """Checked options; `UsageError` names what cannot be used (never the token itself)."""
     endpoint = _endpoint(url)
     if not (math.isfinite(timeout_seconds) and timeout_seconds > 0):
         raise UsageError(f"--timeout must be a positive number of seconds, not {timeout_seconds}")
+    problem = None if challenge is None else challenge_problem(challenge)
+    if problem is not None:
+        raise UsageError(f"--challenge {challenge!r} is refused: {problem}")
     name = ENV_BEARER_TOKEN if token_env is None else token_env
     if _ENV_NAME.fullmatch(name) is None:
         raise UsageError(f"--token-env {name!r} is not an environment variable name")
@@ -58,7 +65,7 @@ def bridge_options(
             "and the bearer token would cross the network in clear text",
             hint="use the gateway's https:// URL (off loopback the gateway serves TLS)",
         )
-    return BridgeOptions(url, token, name, float(timeout_seconds))
+    return BridgeOptions(url, token, name, float(timeout_seconds), challenge)
 
 
 def _endpoint(url: str) -> Endpoint:

@@ -11,6 +11,11 @@ Only JSON-RPC reaches stdout: every request gets exactly one response line, fail
 included (the gateway unreachable, slow, refusing the token, no longer knowing the
 session); failures of notifications are reported on stderr. The bearer token is read from
 the environment and never written anywhere.
+
+With `--challenge`, every message carries it as the `Cmcp-Challenge` header: the request
+that opens a session (initialize, or the first request of a stateless client) binds it,
+and the gateway takes the same value on every later one. A client that gives a challenge
+in `_meta` itself needs no option: its messages are relayed as they are.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ def serve_stdio(
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     diagnose: Diagnose,
     environ: Mapping[str, str] | None = None,
+    challenge: str | None = None,
 ) -> None:
     """Relay this process's stdin and stdout to the gateway at `url` until stdin ends or
     SIGTERM/SIGINT arrives, then end the session; diagnostics go to `diagnose`.
@@ -75,6 +81,7 @@ def serve_stdio(
         token_env=token_env,
         timeout_seconds=timeout_seconds,
         environ=os.environ if environ is None else environ,
+        challenge=challenge,
     )
     sys.stdout.flush()
     out_fd = os.dup(1)
@@ -224,6 +231,8 @@ class _Bridge:
     ) -> _Failure | None:
         try:
             headers = self._headers(session=not initialize)
+            if self.options.challenge is not None:
+                headers.append(("cmcp-challenge", self.options.challenge))
             timeout = self.options.timeout_seconds
             response = await self.pool.request(
                 "POST", headers, body, timeout=timeout, max_body=MAX_MESSAGE_BYTES

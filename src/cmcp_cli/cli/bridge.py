@@ -30,13 +30,32 @@ Timeout = Annotated[
     float,
     typer.Option("--timeout", metavar="SECONDS", help="How long to wait for each answer."),
 ]
+Challenge = Annotated[
+    str | None,
+    typer.Option(
+        "--challenge",
+        metavar="CHALLENGE",
+        help="A verifier's challenge (16 to 64 random bytes, base64url without padding) that "
+        "the sessions this bridge opens are bound to; check it with `cmcp verify "
+        "--expected-nonce`.",
+    ),
+]
 
 
 def bridge_command(
-    url: Url, token_env: TokenEnv = None, timeout: Timeout = DEFAULT_TIMEOUT_SECONDS
+    url: Url,
+    token_env: TokenEnv = None,
+    timeout: Timeout = DEFAULT_TIMEOUT_SECONDS,
+    challenge: Challenge = None,
 ) -> int:
     """Serve MCP on stdin/stdout, every message relayed to a running gateway."""
-    serve_stdio(url, token_env=token_env, timeout_seconds=timeout, diagnose=_diagnose)
+    serve_stdio(
+        url,
+        token_env=token_env,
+        timeout_seconds=timeout,
+        diagnose=_diagnose,
+        challenge=challenge,
+    )
     return int(ExitCode.OK)
 
 

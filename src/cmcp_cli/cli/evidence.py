@@ -20,6 +20,7 @@ from cmcp_cli.audit.report import (
     replay_audit,
 )
 from cmcp_cli.audit.status import Status
+from cmcp_cli.claim.challenge import challenge_problem
 from cmcp_cli.cli import render
 from cmcp_cli.cli.options import JsonFlag
 from cmcp_cli.errors import ExitCode, UsageError
@@ -101,6 +102,15 @@ def verify_command(
     allow_software: Annotated[
         bool, typer.Option("--allow-software", help="Accept a software-mode claim (exit 0, not 3).")
     ] = False,
+    expected_nonce: Annotated[
+        str | None,
+        typer.Option(
+            "--expected-nonce",
+            metavar="CHALLENGE",
+            help="The challenge you gave the gateway when the session opened: the claim's "
+            "runtime.nonce must be it.",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> int:
     """Verify a claim offline, or a session's claims and their links: every check itemised;
@@ -115,6 +125,7 @@ def verify_command(
         max_age_seconds=max_age,
         allow_software=allow_software,
         allow_debug=allow_debug,
+        expected_nonce=_expected_nonce(expected_nonce) if expected_nonce is not None else None,
     )
     roots, extra = tuple(trust_root or ()), tuple(collateral or ())
     if len(claims) > 1:
@@ -134,6 +145,17 @@ def verify_command(
     else:
         _render_verify(claim, report)
     return int(report.exit_code)
+
+
+def _expected_nonce(value: str) -> str:
+    """The auditor's challenge, when it is one the gateway could have taken."""
+    problem = challenge_problem(value)
+    if problem is not None:
+        raise UsageError(
+            f"--expected-nonce {value!r} is not a challenge: {problem}",
+            hint="give the exact value you sent as Cmcp-Challenge (or in _meta)",
+        )
+    return value
 
 
 def _parse_time(text: str) -> datetime:

@@ -126,9 +126,11 @@ def attest_key(
     process_id: str,
     clock: Clock = utc_now,
     enforce_pins: bool = True,
+    nonce: str | None = None,
 ) -> AttestedKey:
-    """Compute the DESIGN §6 binding of `key` and have the provider collect evidence over
-    it, and every device provider over the same binding. Raises
+    """Compute the DESIGN §6 binding of `key` (with `nonce`, the verifier's challenge the
+    session was opened with, when it was: binding version 2) and have the provider collect
+    evidence over it, and every device provider over the same binding. Raises
     `AttestationUnavailableError` when the provider cannot (fail closed),
     `DeviceAttestationError` when a device provider cannot, and `MeasurementMismatchError`
     when the measurement is not pinned, unless `enforce_pins` is False (a re-attestation
@@ -138,6 +140,7 @@ def attest_key(
         bundle_hash=bundle_hash,
         catalog_hash=catalog_hash,
         gateway_digest=gateway_digest,
+        nonce=nonce,
     )
     try:
         evidence = attestor.collector.collect(binding, attestor.settings)

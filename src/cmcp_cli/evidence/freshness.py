@@ -1,7 +1,8 @@
 """Fresh evidence for an open session: the same key and binding, attested again.
 
 Evidence is fresh for `attestation.validity_seconds` after it was generated. A session
-that lives longer has the provider collect evidence over its own binding again and
+that lives longer has the provider collect evidence over its own binding again (the
+challenge it was opened with included, so the binding is the one its claims state) and
 records the result as an `attestation` entry: `fresh` when the measurement is still the
 session's and pinned, `stale` (with its reason and the `staleness_policy` that decides
 what follows) when the evidence could not be collected or its measurement changed or
@@ -58,6 +59,7 @@ def renew_evidence(session: EvidenceSession, attestor: Attestor, *, policy: str)
             process_id=session.issuer.process,
             clock=session.clock,
             enforce_pins=False,
+            nonce=session.challenge,
         )
     except DeviceAttestationError as exc:
         attested, reason = None, f"fresh evidence could not be collected: {exc.message}"

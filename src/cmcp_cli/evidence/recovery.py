@@ -6,7 +6,9 @@ such chain and, when nothing says entries were removed, finishes it: a fault for
 forwarded message that has neither outcome nor fault (its outcome is unknown), then a
 session_end whose reason is the interruption and whose `recovered_by` names this process
 and its own attested key, which signs the session's claim. The claim says it is a
-recovery claim (`gateway.recovery`) and whose session it closed.
+recovery claim (`gateway.recovery`) and whose session it closed. A session opened with a
+verifier's challenge is recovered with it: the new key's binding includes the challenge
+session_start records, and the claim states it, as the session's own claims did.
 
 A recovery claim continues the sequence of the claims the session issued per call and
 links to the last of them when its file is there. A chain is never finished over a
@@ -35,6 +37,7 @@ from cmcp_cli.audit.session_record import (
 )
 from cmcp_cli.audit.store import AuditStore, iter_lines, unended_sessions
 from cmcp_cli.claim.canonical import CanonicalizationError
+from cmcp_cli.claim.challenge import challenge_problem
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.model import build_claim, claim_digest, trace_record
 from cmcp_cli.errors import CmcpError
@@ -188,6 +191,9 @@ def _why_truncated(
         return "its session_start names no gateway process"
     if not all(isinstance(start.get(name), str) for name in ("bundle_hash", "catalog_hash")):
         return "its session_start records no bundle_hash or catalog_hash"
+    problem = challenge_problem(start["challenge"]) if "challenge" in start else None
+    if problem is not None:
+        return f"its session_start records a challenge that is not one ({problem})"
     latest = claim_path(claims_dir, replay.session_id)
     if latest.exists() and not _issued_per_call(latest, replay):
         return f"a claim was issued for it ({latest})"
@@ -217,6 +223,7 @@ def _finish(
         gateway_digest=gateway_digest,
         process_id=process_id,
         clock=clock,
+        nonce=start.get("challenge"),  # the session's, so its last claim is bound to it too
     )
     issued, last = _last_issued(replay)
     ending = end_record(

@@ -2,7 +2,10 @@
 
 Opening a session generates the claim-signing key in memory, computes the DESIGN §6
 binding, has the attestation provider collect evidence over it, and writes the
-`session_start` entry that roots the chain in the bundle, catalog, key and platform.
+`session_start` entry that roots the chain in the bundle, catalog, key and platform. A
+session opened with a verifier's challenge binds it (binding version 2) at its opening and
+at every re-attestation, keeps it in `session_start`, and every claim states it as
+`trace.runtime.nonce`.
 Closing it writes `session_end` and signs the GatewayClaim from the chain's own state.
 With claims per call, `issue_claim` records a `claim` entry after a call and fixes the
 claim over the chain up to it; its signing is left to the caller (`PendingClaim.sign`), so
@@ -31,6 +34,7 @@ from cmcp_cli.audit.session_record import (
 )
 from cmcp_cli.audit.store import AuditStore
 from cmcp_cli.claim.canonical import CanonicalizationError, canonical_sha256, sha256_tagged
+from cmcp_cli.claim.challenge import challenge_problem
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.model import (
     SessionFacts,
@@ -105,8 +109,16 @@ class EvidenceSession:
         key: ClaimKey | None = None,
         gateway_digest: str | None = None,
         clock: Clock = utc_now,
+        challenge: str | None = None,
     ) -> None:
+        problem = None if challenge is None else challenge_problem(challenge)
+        if problem is not None:
+            raise CmcpError(
+                f"the session's challenge cannot be bound: {problem}",
+                hint="refuse the request that gave it before opening a session",
+            )
         self.policy = policy
+        self.challenge = challenge
         # Held while the evidence the claim carries is replaced (a re-attestation) and while
         # the claim is built, so a claim states the evidence of the newest attestation entry.
         self.evidence_lock = threading.Lock()
@@ -121,13 +133,16 @@ class EvidenceSession:
             gateway_digest=self.gateway_digest,
             process_id=process_id,
             clock=clock,
+            nonce=challenge,
         )
         self.binding = attested.binding
         self.evidence: Evidence = attested.evidence
         self.attestation: dict[str, Any] = attested.attestation
         self.issuer = attested.issuer
         self.recorder = SessionRecorder(store, session_id, clock=clock)
-        self.start_fields = self.recorder.start(start_record(agent, policy, self.issuer)).fields
+        self.start_fields = self.recorder.start(
+            start_record(agent, policy, self.issuer, challenge)
+        ).fields
         # The claims issued so far and the digest of the last (what the next links to),
         # changed together so the sequence and its links stay in chain order.
         self._issuing = threading.Lock()

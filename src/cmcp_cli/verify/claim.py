@@ -33,6 +33,7 @@ from cmcp_cli.verify import shape
 from cmcp_cli.verify.appraisal import record_appraisal_check
 from cmcp_cli.verify.audit_log import audit_log_checks
 from cmcp_cli.verify.evidence import judge_evidence
+from cmcp_cli.verify.nonce import nonce_check
 from cmcp_cli.verify.platform_policy import (
     PlatformPolicy,
     check_platform_policy,
@@ -59,6 +60,7 @@ class VerifyOptions:
     at: datetime | None = None
     max_age_seconds: int = DEFAULT_MAX_AGE_SECONDS
     allow_software: bool = False
+    expected_nonce: str | None = None  # the auditor's challenge, `--expected-nonce`
 
 
 @dataclass
@@ -171,6 +173,7 @@ def verify_document(
     checks.append(_key_pin(thumbprint, options.trusted_key))
     stated = document["gateway"]["attestation"] if gateway_claim else {}
     checks.append(_freshness(trace["iat"], options, stated))
+    checks.append(nonce_check(trace["runtime"], options.expected_nonce, evidence=gateway_claim))
     checks.append(
         _pin("policy pin", trace["policy"]["bundle_hash"], options.policy_hash, "--policy-hash")
     )

@@ -57,16 +57,19 @@ def judge_evidence(
     result = EvidenceResult()
     attestation = claim["gateway"]["attestation"]
     binding = binding_from_claim(claim, thumbprint)
+    # a claim stating a nonce is bound by version 2 of the preimage, which includes it
+    members = (
+        "key thumbprint, bundle, catalog, gateway digest and runtime.nonce (binding version 2)"
+        if "nonce" in claim["trace"]["runtime"]
+        else "key thumbprint, bundle, catalog and gateway digest"
+    )
     if attestation["binding"] == binding.hex():
-        result.checks.append(
-            Check.passed("binding", "key thumbprint, bundle, catalog and gateway digest match it")
-        )
+        result.checks.append(Check.passed("binding", f"{members} match it"))
     else:
         result.checks.append(
             Check.failed(
                 "binding",
-                "gateway.attestation.binding is not the binding of this claim's key, policy, "
-                "catalog and gateway digest",
+                f"gateway.attestation.binding is not the binding of this claim's {members}",
             )
         )
     trust = TrustInputs(

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
 
+from cmcp_cli.claim.challenge import CHALLENGE_META_KEY
+
 MODERN_PROTOCOLS = ("2026-07-28",)
 PROTOCOL_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
 CLIENT_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
@@ -40,13 +42,18 @@ CLIENT_ENVELOPE: ContextVar[Mapping[str, Any] | None] = ContextVar(
 
 
 def forwardable_meta(meta: object) -> dict[str, Any] | None:
-    """A client's `_meta` without the envelope keys and the gateway's own: what the
-    upstream, spoken to in a session, may see."""
+    """A client's `_meta` without the envelope keys and the gateway's own (its session,
+    its workflow, the verifier's challenge): what the upstream, spoken to in a session,
+    may see."""
     if not isinstance(meta, Mapping):
         return None
     kept = {
         key: value
         for key, value in meta.items()
-        if not (key.startswith("io.modelcontextprotocol/") or key.startswith("_cmcp."))
+        if not (
+            key.startswith("io.modelcontextprotocol/")
+            or key.startswith("_cmcp.")
+            or key == CHALLENGE_META_KEY
+        )
     }
     return kept or None

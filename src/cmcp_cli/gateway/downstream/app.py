@@ -10,6 +10,8 @@ Mcp-Session-Id, no protocol version in a header or in `_meta`) is a one-shot cal
 as the stateless revision serves a request, in the session `params._cmcp.session_id`
 names (opened under that id on first use, for its agent only) or else in the agent's
 default session, and answered as plain JSON-RPC with the session in `Cmcp-Session-Id`.
+A verifier's challenge (`Cmcp-Challenge`, or `_meta`) is bound by the request that opens
+a session: `initialize`, or the request that opens a stateless or plain call's session.
 """
 
 from __future__ import annotations
@@ -53,6 +55,13 @@ _SESSION_MISSING = (
     "answers with; or speak 2026-07-28 (the protocol version in params._meta and the "
     "MCP-Protocol-Version header); or send a plain JSON-RPC call, without the "
     "MCP-Protocol-Version header, naming its session in params._cmcp.session_id"
+)
+# How a request that gives a challenge its session was not opened with gets one that is.
+_NEW_LEGACY_SESSION = "initialize a new session, giving the challenge with initialize"
+_NEW_PLAIN_SESSION = f"name a new session in {_PLAIN_SESSION} on the call that gives it"
+_NEW_MODERN_SESSION = (
+    "a 2026-07-28 request opens your default session when none is open: end the open one "
+    "with DELETE /mcp and its Mcp-Session-Id, then give the challenge on your next request"
 )
 
 
@@ -305,7 +314,7 @@ class GatewayApp:
             if message.id is None:
                 raise ProtocolError(Code.INVALID_REQUEST, "initialize is a request: it needs an id")
             try:
-                return await self.dispatcher.initialize(message, agent)
+                return await self.dispatcher.initialize(message, agent, challenge=own.challenge)
             except SessionLimitError as exc:
                 raise ProtocolError(
                     Code.INVALID_REQUEST, str(exc), request_id=message.id, http_status=503
@@ -338,6 +347,10 @@ class GatewayApp:
                 request_id=message.id,
                 http_status=404,
             )
+        if own.challenge is not None:
+            gateway_params.bound_challenge(
+                message, own.challenge, session.evidence.challenge, session.id, _NEW_LEGACY_SESSION
+            )
         stream.exchange = session.exchange
         return await self.dispatcher.handle(message, session, stream, workflow_id=own.workflow_id)
 
@@ -360,7 +373,7 @@ class GatewayApp:
         modern.check_removed(message, plain=plain)
         try:
             session = await self.stateless.session(
-                agent, requested, version or PLAIN_PROTOCOL, create=plain
+                agent, requested, version or PLAIN_PROTOCOL, create=plain, challenge=own.challenge
             )
         except SessionLimitError as exc:
             raise ProtocolError(
@@ -375,6 +388,11 @@ class GatewayApp:
                 "leave it out to use your default session",
                 request_id=message.id,
                 http_status=404,
+            )
+        if own.challenge is not None:  # bound already when this request opened the session
+            how = _NEW_PLAIN_SESSION if plain else _NEW_MODERN_SESSION
+            gateway_params.bound_challenge(
+                message, own.challenge, session.evidence.challenge, session.id, how
             )
         if message.method == "server/discover":
             return await self.dispatcher.discover(message, session)

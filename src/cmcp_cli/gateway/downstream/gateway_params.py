@@ -6,8 +6,13 @@ on it or forwarded, so neither the policy's `context.arguments` nor an upstream 
 The workflow id may also come as the `Cmcp-Workflow-Id` header or as
 `params._meta["_cmcp.workflow_id"]`, which official SDK clients can set; sources that
 disagree are refused, as headers that disagree with the body are. It fills Cedar's
-`context.workflow_id` of tool calls. A request that says none of this costs two dict
-lookups and one header scan.
+`context.workflow_id` of tool calls.
+
+A verifier's challenge for the session comes as the `Cmcp-Challenge` header or as
+`params._meta["com.agentrust-io.cmcp/challenge"]` (`claim.challenge`); one that is not a
+challenge, or two that disagree, is refused. It is bound when the request opens its
+session (`bound_challenge` judges it on any other request). A request that says none of
+this costs three dict lookups and one header scan.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cmcp_cli.wire import asgi
+from cmcp_cli.claim.challenge import CHALLENGE_HEADER, CHALLENGE_META_KEY, challenge_problem
 from cmcp_cli.wire.asgi import Scope
 from cmcp_cli.wire.jsonrpc import Code, Message, ProtocolError
 from cmcp_cli.wire.mcp import (
@@ -31,6 +36,9 @@ from cmcp_cli.wire.mcp import (
 )
 
 _HEADER = WORKFLOW_HEADER.lower().encode("latin-1")
+_CHALLENGE_HEADER = CHALLENGE_HEADER.encode("latin-1")
+_CHALLENGE_HEADER_FIELD = "the Cmcp-Challenge header"
+_CHALLENGE_META_FIELD = f"params._meta[{CHALLENGE_META_KEY!r}]"
 _SESSION_FIELD = f"params.{GATEWAY_PARAMS}.session_id"
 _WORKFLOW_FIELD = f"params.{GATEWAY_PARAMS}.workflow_id"
 _META_FIELD = f"params._meta[{WORKFLOW_KEY!r}]"
@@ -38,11 +46,13 @@ _META_FIELD = f"params._meta[{WORKFLOW_KEY!r}]"
 
 @dataclass(frozen=True, slots=True)
 class GatewayParams:
-    """The session a plain call names (None: the agent's default session) and the
-    workflow the request belongs to ("" for none)."""
+    """The session a plain call names (None: the agent's default session), the
+    workflow the request belongs to ("" for none) and the verifier's challenge it gives
+    (None for none)."""
 
     session_id: str | None = None
     workflow_id: str = ""
+    challenge: str | None = None
 
 
 NONE = GatewayParams()
@@ -51,12 +61,14 @@ NONE = GatewayParams()
 def take(scope: Scope, message: Message) -> tuple[Message, GatewayParams]:
     """The request without `params._cmcp`, and what it says to the gateway."""
     params = message.params
-    header = asgi.header(scope, _HEADER)
+    header, challenge_headers = _headers(scope)
     meta = params.get("_meta")
     meta = meta if isinstance(meta, Mapping) else {}
     in_meta = WORKFLOW_KEY in meta
-    if GATEWAY_PARAMS not in params and header is None and not in_meta:
+    challenged = bool(challenge_headers) or CHALLENGE_META_KEY in meta
+    if GATEWAY_PARAMS not in params and header is None and not in_meta and not challenged:
         return message, NONE
+    challenge = _challenge(message, challenge_headers, meta) if challenged else None
     own = params.get(GATEWAY_PARAMS, {})
     if not isinstance(own, Mapping):
         raise _refused(
@@ -107,7 +119,65 @@ def take(scope: Scope, message: Message) -> tuple[Message, GatewayParams]:
     if GATEWAY_PARAMS in params:
         kept: dict[str, Any] = {k: v for k, v in params.items() if k != GATEWAY_PARAMS}
         message = dataclasses.replace(message, params=kept)
-    return message, GatewayParams(session_id=session_id, workflow_id=workflow_id)
+    return message, GatewayParams(
+        session_id=session_id, workflow_id=workflow_id, challenge=challenge
+    )
+
+
+def _headers(scope: Scope) -> tuple[str | None, list[str]]:
+    """The `Cmcp-Workflow-Id` header (its first; None when absent) and every
+    `Cmcp-Challenge` header, found in one scan of the request's headers (names compared
+    lower-case)."""
+    workflow, challenges = None, []
+    for key, value in scope["headers"]:
+        name = key.lower()
+        if name == _HEADER and workflow is None:
+            workflow = str(value.decode("latin-1"))
+        elif name == _CHALLENGE_HEADER:
+            challenges.append(str(value.decode("latin-1")))
+    return workflow, challenges
+
+
+def _challenge(message: Message, headers: list[str], meta: Mapping[str, Any]) -> str:
+    """The challenge the request gives in its header, its `_meta`, or the same in both;
+    refused when any is not a challenge, or when they differ (the header repeated too)."""
+    sources: dict[str, object] = {}
+    for index, header in enumerate(headers):
+        sources[_CHALLENGE_HEADER_FIELD + (f" (#{index + 1})" if index else "")] = header
+    if CHALLENGE_META_KEY in meta:
+        sources[_CHALLENGE_META_FIELD] = meta[CHALLENGE_META_KEY]
+    for field, value in sources.items():
+        problem = challenge_problem(value)
+        if problem is not None:
+            raise _refused(
+                message,
+                f"{field} is refused: {problem}; send the challenge as 16 to 64 random bytes "
+                "in base64url without padding",
+            )
+    if len(set(sources.values())) > 1:
+        raise _refused(
+            message,
+            f"the challenge is given twice, differently ({' and '.join(sources)}): send it "
+            "once, or the same in each",
+        )
+    return str(next(iter(sources.values())))
+
+
+def bound_challenge(
+    message: Message, given: str | None, bound: str | None, session_id: str, how: str
+) -> None:
+    """Refuse a challenge given on a request that does not open its session, unless it is
+    the one the session was opened with (`bound`): evidence collected when the session
+    opened cannot answer a challenge given after it. `how` says how to open a new session
+    with it."""
+    if given is None or given == bound:
+        return
+    opened = "without a challenge" if bound is None else "with another challenge"
+    raise _refused(
+        message,
+        f"a challenge is bound when its session opens: session {session_id} was opened "
+        f"{opened}; open a new session with it ({how})",
+    )
 
 
 def _refused(message: Message, text: str, *, code: Code = Code.INVALID_PARAMS) -> ProtocolError:

@@ -78,9 +78,12 @@ class Dispatcher:
         # (agent, platform, bundle hash) -> tools
         self._callable: dict[tuple[str, str, str], frozenset[str]] = {}
 
-    async def initialize(self, message: Message, agent: str) -> Reply:
+    async def initialize(
+        self, message: Message, agent: str, *, challenge: str | None = None
+    ) -> Reply:
+        """Open a session of `agent` (bound to the verifier's `challenge`, when given)."""
         version = negotiate(message.params.get("protocolVersion"))
-        session = await self.sessions.open(agent, version)
+        session = await self.sessions.open(agent, version, challenge=challenge)
         answer = {
             "protocolVersion": version,
             "capabilities": await self.methods.capabilities(session),

@@ -200,10 +200,15 @@ class SessionRegistry:
         self._latest_of[session.agent] = self._latest_of[None] = session.id
 
     async def open(
-        self, agent: str, protocol_version: str, *, session_id: str | None = None
+        self,
+        agent: str,
+        protocol_version: str,
+        *,
+        session_id: str | None = None,
+        challenge: str | None = None,
     ) -> GatewaySession:
         """A new session of `agent`, under a fresh random id or under `session_id` (which
-        the caller made sure is unused)."""
+        the caller made sure is unused), bound to the verifier's `challenge` when given."""
         if len(self._sessions) >= self.runtime.config.limits.max_sessions:
             raise SessionLimitError(
                 f"{len(self._sessions)} sessions are open (limits.max_sessions)"
@@ -218,6 +223,7 @@ class SessionRegistry:
             policy=policy.session,
             attestor=runtime.attestor,
             agent=agent,
+            challenge=challenge,
         )
         session = GatewaySession(session_id, agent, protocol_version, evidence, policy)
         session.renew_at = renewal_time(time.monotonic(), runtime.config.attestation)
