@@ -43,6 +43,7 @@ ISSUER_FIELDS = (
     "gateway_digest",
     "slsa_level",
     "appraisal",
+    "appraisal_checks",
     "attestation",
     "devices",
     "anchor_url",
@@ -107,6 +108,10 @@ class Issuer:
     # With the runtime's own appraisal: its policy's URI and when it was made.
     appraisal_policy_ref: str | None = None
     appraisal_timestamp: int | None = None
+    # With the runtime's own appraisal: its checks that failed or were skipped, each
+    # {name, status, reason} (why it is not `affirming`), kept beside `appraisal` as
+    # `appraisal_checks`. A claim does not state them; the log says why.
+    appraisal_checks: tuple[Mapping[str, str], ...] | None = None
     # The `attestation.expected_measurement` value the measurement matched (None when none
     # is configured), and `attestation.validity_seconds`: recorded (with the claim's
     # `stale_warnings`) when `validity_seconds` is given.
@@ -127,6 +132,12 @@ class Issuer:
             appraisal["timestamp"] = self.appraisal_timestamp
         return appraisal
 
+    def appraisal_findings(self) -> dict[str, Any]:
+        """`appraisal_checks`, when the runtime appraised its evidence."""
+        if self.appraisal_checks is None:
+            return {}
+        return {"appraisal_checks": [dict(check) for check in self.appraisal_checks]}
+
     def record(self) -> dict[str, Any]:
         record: dict[str, Any] = {
             "process": self.process,
@@ -138,6 +149,7 @@ class Issuer:
             "gateway_digest": self.gateway_digest,
             "slsa_level": self.slsa_level,
             "appraisal": self.appraisal(),
+            **self.appraisal_findings(),
             "attestation": {
                 "provider": self.provider,
                 "provider_version": self.provider_version,
@@ -245,6 +257,7 @@ EVIDENCE_FIELDS = (
     "measurement_pin",
     "devices",
     "appraisal",
+    "appraisal_checks",
 )
 
 
@@ -267,6 +280,7 @@ def attestation_record(
             "generated_at": issuer.generated_at,
             "measurement_pin": issuer.measurement_pin,
             "appraisal": issuer.appraisal(),
+            **issuer.appraisal_findings(),
         }
         if issuer.devices:
             fields["devices"] = [device.record() for device in issuer.devices]

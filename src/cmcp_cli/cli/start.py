@@ -67,6 +67,7 @@ def _announce(runtime: GatewayRuntime) -> None:
     )
     if runtime.measurement.matched is not None:
         render.err.print(f"  measurement  {runtime.measurement.matched} (pinned)")
+    _show_appraisal(runtime)
     for reason in runtime.passed_over:
         render.err.print(f"  passed over  {escape(reason)}")
     for device in runtime.attestor.devices:
@@ -96,3 +97,29 @@ def _announce(runtime: GatewayRuntime) -> None:
         render.err.print(f"[yellow]{escape(recovered.describe())}[/yellow]")
     for truncated in runtime.recovery.truncated:
         render.err.print(f"[bold red]{escape(truncated.describe())}[/bold red]")
+
+
+def _show_appraisal(runtime: GatewayRuntime) -> None:
+    """The gateway's own appraisal: the first one, when evidence was taken at start; else
+    what each collection of evidence will be appraised with."""
+    detail = runtime.attestor.appraisal_detail()
+    if not detail["appraised"]:
+        render.err.print(f"  appraisal    none ({escape(detail['reason'])})")
+        return
+    latest, required = detail["latest"], detail["required_status"]
+    if latest is None:
+        inputs = detail["inputs"]
+        render.err.print(
+            f"  appraisal    of every collection of evidence by the "
+            f"{escape(runtime.attestor.spec.name)} verifier: {len(inputs['trust_roots'])} "
+            f"trust root(s), {len(inputs['collateral'])} collateral, platform policy "
+            f"{escape(str(inputs['platform_policy'] or 'none'))}; required {required}"
+        )
+        return
+    render.err.print(
+        f"  appraisal    {latest['status']} (required {required}), {escape(latest['policy_ref'])}"
+    )
+    for check in latest["not_passed"]:
+        render.err.print(
+            f"    {escape(check['name'])} {check['status']}: {escape(check['reason'])}"
+        )

@@ -8,6 +8,10 @@ it opens and again when its evidence is renewed; a recovering process attests it
 Devices beside the CPU platform (confidential GPUs) are attested over the same binding by
 the device providers the gateway started with (`Attestor.devices`): every one of them, every
 time. A device that cannot be attested attests nothing, so the key is not attested either.
+
+Every collection of hardware evidence is appraised where it is collected (`appraising`),
+and the issuer record carries the appraisal; a session is not opened on evidence whose
+appraisal is below `trace.appraisal.required_status`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 from cmcp_cli import __version__
 from cmcp_cli.attestation.api import (
     Appraisal,
+    CheckStatus,
     Collector,
     DeviceCollector,
     DeviceEvidence,
@@ -28,6 +33,7 @@ from cmcp_cli.attestation.api import (
     ProviderSpec,
 )
 from cmcp_cli.attestation.binding import compute_binding
+from cmcp_cli.attestation.software import PLATFORM as SOFTWARE_PLATFORM
 from cmcp_cli.audit.entry import timestamp
 from cmcp_cli.audit.recorder import Clock, utc_now
 from cmcp_cli.audit.session_record import DeviceRecord, Issuer
@@ -35,6 +41,16 @@ from cmcp_cli.claim.canonical import CanonicalizationError, canonical_sha256
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.model import NO_APPRAISAL_VERIFIER, device_item
 from cmcp_cli.errors import CmcpError
+from cmcp_cli.evidence.appraising import (
+    AppraisalInputs,
+    AppraisalLedger,
+    AppraisalPolicyError,
+    Collected,
+    RuntimeAppraisal,
+    appraise,
+    appraises,
+    below_required,
+)
 
 # A random id of this gateway process, recorded in every session it opens, so that a
 # later process recovering a session can say whose session it closed.
@@ -54,6 +70,11 @@ class DeviceAttestationError(AttestationUnavailableError):
 class MeasurementMismatchError(AttestationUnavailableError):
     """The evidence states a measurement outside `attestation.expected_measurement`: no
     session is opened on it, and a gateway whose first evidence states one does not start."""
+
+
+class AppraisalBelowRequiredError(AttestationUnavailableError):
+    """The appraisal of the evidence is below `trace.appraisal.required_status`: no session
+    is opened on it, and a gateway whose first evidence is appraised so does not start."""
 
 
 @dataclass(frozen=True)
@@ -88,12 +109,32 @@ class Attestor:
     pins: tuple[str, ...] = ()
     validity_seconds: int | None = None
     devices: tuple[DeviceAttestor, ...] = ()
+    # `trace.appraisal`, read: what the appraisal of each collection trusts; and the latest
+    # appraisal made (shared by the copies `replace` makes of this attestor).
+    appraisal: AppraisalInputs = field(default_factory=AppraisalInputs)
+    appraisals: AppraisalLedger = field(default_factory=AppraisalLedger)
 
     @classmethod
     def load(
         cls, spec: ProviderSpec, version: str, settings: Mapping[str, Any] | None = None
     ) -> Attestor:
         return cls(spec, version, spec.load_collector(), dict(settings or {}))
+
+    def appraisal_detail(self) -> dict[str, Any]:
+        """What `/readyz` shows of the gateway's own appraisal: whether it makes one, what
+        it trusts, what it requires and the latest it made (with the checks that did not
+        pass: why it is not `affirming`)."""
+        if self.spec.platform == SOFTWARE_PLATFORM:
+            return {"appraised": False, "reason": "software-only evidence is never appraised"}
+        latest = self.appraisals.latest
+        return {
+            "appraised": True,
+            "required_status": self.appraisal.required_status,
+            "inputs": dict(self.appraisal.sources),
+            "policy_ref": self.appraisal.policy_ref(self.spec.name, self.pins),
+            "made": self.appraisals.made,
+            "latest": None if latest is None else latest.to_json(),
+        }
 
     def close(self) -> None:
         """Release the platform's collector and every device provider's."""
@@ -125,16 +166,18 @@ def attest_key(
     gateway_digest: str,
     process_id: str,
     clock: Clock = utc_now,
-    enforce_pins: bool = True,
+    enforce: bool = True,
     nonce: str | None = None,
 ) -> AttestedKey:
     """Compute the DESIGN §6 binding of `key` (with `nonce`, the verifier's challenge the
     session was opened with, when it was: binding version 2) and have the provider collect
-    evidence over it, and every device provider over the same binding. Raises
-    `AttestationUnavailableError` when the provider cannot (fail closed),
-    `DeviceAttestationError` when a device provider cannot, and `MeasurementMismatchError`
-    when the measurement is not pinned, unless `enforce_pins` is False (a re-attestation
-    records such evidence, its pin None, and judges it)."""
+    evidence over it, and every device provider over the same binding, then appraise it.
+    Raises `AttestationUnavailableError` when the provider cannot (fail closed), or the
+    appraisal's verifier refuses the platform policy; `DeviceAttestationError` when a
+    device provider cannot; `MeasurementMismatchError` when the measurement is not pinned
+    and `AppraisalBelowRequiredError` when the appraisal is below the required status,
+    unless `enforce` is False (a re-attestation records such evidence, its pin None, with
+    its appraisal, and judges it)."""
     binding = compute_binding(
         key_thumbprint=key.thumbprint,
         bundle_hash=bundle_hash,
@@ -155,11 +198,30 @@ def attest_key(
     try:
         pin = matched_pin(attestor, evidence.measurement)
     except MeasurementMismatchError:
-        if enforce_pins:
+        if enforce:
             raise
         pin = None
-    generated_at = timestamp(clock())
+    now = clock()
+    generated_at = timestamp(now)
+    own = None
+    if appraises(attestor.spec, evidence):
+        collected = Collected(
+            spec=attestor.spec,
+            evidence=evidence,
+            devices=[(device.spec, item.evidence) for device, item in devices],
+            binding=binding,
+            generated_at=now,
+            bundle_hash=bundle_hash,
+            gateway_digest=gateway_digest,
+        )
+        try:
+            own = appraise(collected, attestor.appraisal, attestor.pins)
+        except AppraisalPolicyError as exc:
+            raise AttestationUnavailableError(exc.message, hint=exc.hint) from exc
+        attestor.appraisals.note(own)
     appraisal = evidence.appraisal
+    if own is not None:
+        appraisal = Appraisal(own.status, own.verifier)
     attestation: dict[str, Any] = {
         "provider": attestor.spec.name,
         "provider_version": attestor.version,
@@ -204,11 +266,49 @@ def attest_key(
             for device, item in devices
         ),
         # The claim's trace.appraisal: the appraisal the evidence states (an OPAQUE
-        # token's, by its issuer), else none.
+        # token's, by its issuer), else the gateway's own of hardware evidence, else none.
         appraisal_status=NO_APPRAISAL.status if appraisal is None else appraisal.status,
         appraisal_verifier=NO_APPRAISAL.verifier if appraisal is None else appraisal.verifier,
+        appraisal_policy_ref=None if own is None else own.policy_ref,
+        appraisal_timestamp=None if own is None else own.timestamp,
+        appraisal_checks=None if own is None else tuple(own.record()),
     )
+    required = attestor.appraisal.required_status
+    if enforce and below_required(issuer.appraisal_status, required):
+        raise AppraisalBelowRequiredError(
+            f"the {attestor.spec.name} evidence is appraised {issuer.appraisal_status}, below "
+            f"trace.appraisal.required_status {required}{_why(own)}",
+            hint=_below_hint(own, attestor.spec.name),
+        )
     return AttestedKey(key, binding, evidence, attestation, issuer)
+
+
+def _why(own: RuntimeAppraisal | None) -> str:
+    if own is None:
+        return " (the evidence states its appraisal; the gateway makes none of its own)"
+    return ": " + "; ".join(
+        f"{check.name} {check.status.value}ed ({check.reason})" for check in own.not_passed
+    )
+
+
+def _below_hint(own: RuntimeAppraisal | None, provider: str) -> str:
+    """What would raise the appraisal: pin the measurement, give what a skipped check
+    lacked, or fix what failed; else lower the requirement."""
+    steps = []
+    names = {check.name: check.status for check in own.not_passed} if own else {}
+    if names.get("measurement") is CheckStatus.SKIP:
+        steps.append(
+            f"pin the measurement (`cmcp measure {provider} --config <config>`) in "
+            "attestation.expected_measurement"
+        )
+    if any(status is CheckStatus.SKIP for name, status in names.items() if name != "measurement"):
+        steps.append(
+            "give trace.appraisal the trust roots (and collateral) the skipped checks name"
+        )
+    if any(status is CheckStatus.FAIL for status in names.values()):
+        steps.append("fix the host or the inputs the failed checks name")
+    steps.append("or lower trace.appraisal.required_status")
+    return "; ".join(steps)
 
 
 def _collect_devices(device: DeviceAttestor, binding: bytes) -> tuple[DeviceEvidence, ...]:

@@ -11,7 +11,8 @@ left the pinned set. The claim carries the newest evidence an entry records.
 Devices attested at the session's start must be attested again, the same ones: a device
 that cannot be, or a changed set of devices, makes the evidence stale and the session
 fail closed whatever `staleness_policy` says, since the session's GPU work would go on
-on devices nothing attests any more.
+on devices nothing attests any more. So does evidence appraised below
+`trace.appraisal.required_status`: no session is opened on such evidence, nor goes on on it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cmcp_cli.audit.session_record import FRESH, STALE, Issuer, attestation_record
+from cmcp_cli.evidence.appraising import below_required
 from cmcp_cli.evidence.attesting import (
     AttestationUnavailableError,
     AttestedKey,
@@ -35,7 +37,8 @@ class Renewal:
     reason: str | None = None  # why the session's evidence is stale, when it is
     # The staleness policy that decides what follows stale evidence, as the attestation
     # entry records it: the configured one, or `fail_closed` when a device attested at the
-    # start is not attested now, whatever the configured one says.
+    # start is not attested now, or the appraisal is below the required status, whatever
+    # the configured one says.
     policy: str | None = None
 
 
@@ -48,7 +51,7 @@ def renew_evidence(session: EvidenceSession, attestor: Attestor, *, policy: str)
     ended meanwhile; nothing is then recorded."""
     attested: AttestedKey | None
     reason: str | None
-    device_lost = False
+    forced = False  # fail closed whatever the staleness policy says
     try:
         attested = attest_key(
             attestor,
@@ -58,21 +61,21 @@ def renew_evidence(session: EvidenceSession, attestor: Attestor, *, policy: str)
             gateway_digest=session.gateway_digest,
             process_id=session.issuer.process,
             clock=session.clock,
-            enforce_pins=False,
+            enforce=False,
             nonce=session.challenge,
         )
     except DeviceAttestationError as exc:
         attested, reason = None, f"fresh evidence could not be collected: {exc.message}"
-        device_lost = bool(session.issuer.devices)
+        forced = bool(session.issuer.devices)
     except AttestationUnavailableError as exc:
         attested, reason = None, f"fresh evidence could not be collected: {exc.message}"
     except Exception as exc:  # noqa: BLE001 - a collector bug is a stale renewal (fail closed)
         attested, reason = None, f"fresh evidence could not be collected: {exc!r}"
     else:
-        reason = _devices_changed(session.issuer, attested.issuer)
-        device_lost = reason is not None
+        reason = _devices_changed(session.issuer, attested.issuer) or _below(attestor, attested)
+        forced = reason is not None
         reason = reason or _stale_reason(session, attestor, attested)
-    decided = None if reason is None else FAIL_CLOSED if device_lost else policy
+    decided = None if reason is None else FAIL_CLOSED if forced else policy
     record = attestation_record(
         status=FRESH if reason is None else STALE,
         issuer=attested.issuer if attested is not None else None,
@@ -95,6 +98,14 @@ def _devices_changed(opened: Issuer, now: Issuer) -> str | None:
         return None
     shown = [", ".join(f"{p} {d}" for p, d in found) or "none" for found in (before, after)]
     return f"the attested devices changed from {shown[0]} to {shown[1]}"
+
+
+def _below(attestor: Attestor, attested: AttestedKey) -> str | None:
+    """Why the fresh evidence's appraisal does not meet `trace.appraisal.required_status`."""
+    status, required = attested.issuer.appraisal_status, attestor.appraisal.required_status
+    if not below_required(status, required):
+        return None
+    return f"the evidence is appraised {status}, below trace.appraisal.required_status {required}"
 
 
 def _stale_reason(

@@ -40,8 +40,16 @@ from cmcp_cli.catalog.model import Catalog
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.config import ENV_DEV_MODE, CmcpConfig, Environment
 from cmcp_cli.errors import CmcpError, ConfigError, UsageError
+from cmcp_cli.evidence.appraisal_config import SECTION as APPRAISAL_SECTION
+from cmcp_cli.evidence.appraisal_config import (
+    AppraisalSettingError,
+    read_appraisal,
+    software_problem,
+)
+from cmcp_cli.evidence.appraising import AppraisalInputs
 from cmcp_cli.evidence.attesting import (
     GATEWAY_PROCESS,
+    AppraisalBelowRequiredError,
     AttestationUnavailableError,
     Attestor,
     MeasurementMismatchError,
@@ -112,7 +120,7 @@ class MeasurementCheck:
     """`attestation.expected_measurement` against the evidence collected at start."""
 
     pins: tuple[str, ...] = ()
-    measurement: str | None = None  # stated by the first evidence; None when nothing is pinned
+    measurement: str | None = None  # stated by the first evidence; None when none is taken
     matched: str | None = None  # the pin it matched
 
     def to_json(self) -> dict[str, object]:
@@ -224,6 +232,7 @@ def build_runtime(
         choice.attestor,
         pins=config.attestation.expected_measurement,
         validity_seconds=config.attestation.validity_seconds,
+        appraisal=_appraisal_inputs(config, registry, choice.attestor),
     )
     if (
         config.policy.reload.configured
@@ -278,6 +287,22 @@ def _with_devices(
         attestor.close()
         raise
     return replace(attestor, devices=choice.attestors), choice.left_out
+
+
+def _appraisal_inputs(
+    config: CmcpConfig, registry: ProviderRegistry, attestor: Attestor
+) -> AppraisalInputs:
+    """`trace.appraisal`, read; `StartupError` naming the setting that cannot be used."""
+    settings = config.trace.appraisal
+    try:
+        problem = software_problem(settings) if attestor.spec.name == software.NAME else None
+        if problem is not None:
+            raise problem
+        return read_appraisal(settings, registry)
+    except AppraisalSettingError as exc:
+        attestor.close()
+        key = ".".join(str(part) for part in (*APPRAISAL_SECTION, *exc.key))
+        raise StartupError(f"{key}: {exc.message}", hint=exc.hint) from exc
 
 
 def _reload_keys(config: CmcpConfig, attestor: Attestor) -> tuple[Ed25519PublicKey, ...]:
@@ -377,10 +402,21 @@ def prepare_attestor(attestor: Attestor, facts: GatewayFacts) -> None:
 
 
 def check_measurement(attestor: Attestor, bundle_hash: str, catalog_hash: str) -> MeasurementCheck:
-    """With `attestation.expected_measurement` set, collect the first evidence (for a
-    throwaway key's binding, as a session's) and refuse to start unless its measurement is
-    pinned: a gateway that serves is one whose platform measured as the operator pinned."""
-    if not attestor.pins:
+    """With `attestation.expected_measurement` or `trace.appraisal.required_status` set,
+    collect the first evidence (for a throwaway key's binding, as a session's) and refuse
+    to start unless its measurement is pinned and its appraisal meets the required status:
+    a gateway that serves is one whose platform measured, and was appraised, as the
+    operator requires."""
+    required = attestor.appraisal.required_status
+    settings = [
+        name
+        for name, given in (
+            ("attestation.expected_measurement", bool(attestor.pins)),
+            ("trace.appraisal.required_status", required != "any"),
+        )
+        if given
+    ]
+    if not settings:
         return MeasurementCheck()
     try:
         attested = attest_key(
@@ -391,14 +427,14 @@ def check_measurement(attestor: Attestor, bundle_hash: str, catalog_hash: str) -
             gateway_digest=installation_digest(),
             process_id=GATEWAY_PROCESS,
         )
-    except MeasurementMismatchError as exc:
+    except (MeasurementMismatchError, AppraisalBelowRequiredError) as exc:
         attestor.close()
         raise StartupError(f"the gateway does not serve: {exc.message}", hint=exc.hint) from exc
     except AttestationUnavailableError as exc:
         attestor.close()
         raise StartupError(
-            "attestation.expected_measurement is set, but the first evidence could not be "
-            f"collected to check it: {exc.message}",
+            f"{' and '.join(settings)} {'are' if len(settings) > 1 else 'is'} set, but the "
+            f"first evidence could not be collected to check it: {exc.message}",
             hint=exc.hint,
         ) from exc
     return MeasurementCheck(

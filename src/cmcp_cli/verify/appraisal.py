@@ -1,11 +1,17 @@
-"""The `appraisal` check: a claim's `trace.appraisal` is exactly what its evidence states and
-its provider's verifier confirmed.
+"""The `appraisal` check: a claim's `trace.appraisal` is what its evidence allows it to state.
 
-Most evidence states no appraisal (hardware evidence is appraised by `cmcp verify` itself),
-and the claim must then say `none` by `urn:cmcp:appraisal:none`. Evidence that is a third
-party's appraisal (an OPAQUE token) states its status and issuer, confirmed only when the
-verifier checked its signature (`EvidenceVerdict.appraisal`); the claim must state exactly
-that. So an operator who holds the gateway's key still cannot write "affirming" into a claim.
+Evidence that is a third party's appraisal (an OPAQUE token) states its status and issuer,
+confirmed only when the verifier checked its signature (`EvidenceVerdict.appraisal`); the
+claim must state exactly that. Other evidence states no appraisal: over software-mode
+evidence the claim must say `none` by `urn:cmcp:appraisal:none`; over hardware evidence it
+says that too (claims of gateways that did not appraise), or states the gateway's own
+appraisal (`claim.appraisal`): its verifier names `cmcp-gateway` at the claim's
+`gateway.gateway_version`, its status is one an appraisal finds, its `policy_ref` has the
+form the gateway makes and its `timestamp` is when the evidence the claim carries was
+generated. This verifier judges that evidence itself; the stated status is the gateway's
+verdict under its own inputs, which an auditor's may differ from. So an operator who holds
+the gateway's key still cannot write a third party's name or a verdict over software into a
+claim, nor pass one gateway's appraisal off as another version's.
 """
 
 from __future__ import annotations
@@ -14,17 +20,28 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from cmcp_cli.attestation.api import Check, EvidenceVerdict
-from cmcp_cli.claim.model import NO_APPRAISAL_VERIFIER
+from cmcp_cli.claim.appraisal import (
+    RUNTIME_STATUSES,
+    is_policy_ref,
+    runtime_verifier_version,
+    unix_seconds,
+)
+from cmcp_cli.claim.model import NO_APPRAISAL_VERIFIER, SOFTWARE_PLATFORM
 
 NAME: Final = "appraisal"
 
 
-def record_appraisal_check(stated: Mapping[str, Any]) -> Check:
+def record_appraisal_check(stated: Mapping[str, Any], platform: str) -> Check:
     """For a standalone TRACE record, which carries no evidence: an appraisal it states
-    cannot be confirmed here, so it is skipped and the record is not verifiable here."""
+    cannot be confirmed here, so it is skipped and the record is not verifiable here; a
+    gateway's own appraisal of the wrong form, or over `platform` software-only, fails."""
     status, verifier = stated["status"], stated["verifier"]
     if (status, verifier) == ("none", NO_APPRAISAL_VERIFIER):
         return Check.passed(NAME, "the record states no appraisal")
+    if runtime_verifier_version(verifier) is not None:
+        problem = _runtime_problem(stated, hardware=platform != SOFTWARE_PLATFORM)
+        if problem is not None:
+            return Check.failed(NAME, problem)
     return Check.skipped(
         NAME,
         f"the record states appraisal {status!r} by {verifier}, which only the evidence of "
@@ -32,13 +49,18 @@ def record_appraisal_check(stated: Mapping[str, Any]) -> Check:
     )
 
 
-def appraisal_check(stated: Mapping[str, Any], verdict: EvidenceVerdict) -> Check:
-    """`stated` is the claim's well-formed `trace.appraisal`; `verdict` its evidence's."""
+def appraisal_check(
+    stated: Mapping[str, Any], verdict: EvidenceVerdict, claim: Mapping[str, Any]
+) -> Check:
+    """`stated` is the well-formed GatewayClaim `claim`'s `trace.appraisal`; `verdict` its
+    CPU evidence's, by its provider's verifier."""
     status, verifier = stated["status"], stated["verifier"]
     confirmed = verdict.appraisal
     if confirmed is None:
         if (status, verifier) == ("none", NO_APPRAISAL_VERIFIER):
             return Check.passed(NAME, "the claim states no appraisal, and its evidence none")
+        if runtime_verifier_version(verifier) is not None:
+            return _runtime_check(stated, claim)
         return Check.failed(
             NAME,
             f"the claim states appraisal {status!r} by {verifier}, but its evidence states no "
@@ -54,3 +76,52 @@ def appraisal_check(stated: Mapping[str, Any], verdict: EvidenceVerdict) -> Chec
         f"the claim states appraisal {status!r} by {verifier}, but its evidence states "
         f"{confirmed.status!r} by {confirmed.verifier}",
     )
+
+
+def _runtime_check(stated: Mapping[str, Any], claim: Mapping[str, Any]) -> Check:
+    """The gateway's own appraisal, stated by a claim whose evidence states none."""
+    gateway = claim["gateway"]
+    hardware = claim["trace"]["runtime"]["platform"] != SOFTWARE_PLATFORM
+    problem = _runtime_problem(stated, hardware=hardware)
+    version = runtime_verifier_version(stated["verifier"])
+    if problem is None and version != gateway["gateway_version"]:
+        problem = (
+            f"the appraisal names cmcp-gateway {version}, but the claim was issued by "
+            f"gateway version {gateway['gateway_version']}"
+        )
+    generated_at = gateway["attestation"]["generated_at"]
+    if problem is None and stated["timestamp"] != unix_seconds(generated_at):
+        problem = (
+            f"appraisal.timestamp {stated['timestamp']} is not when the evidence the claim "
+            f"carries was generated ({generated_at})"
+        )
+    if problem is not None:
+        return Check.failed(NAME, problem)
+    return Check.passed(
+        NAME,
+        f"{stated['status']!r}: the gateway's own appraisal of its hardware evidence when it "
+        f"collected it (cmcp-gateway {version}, {stated['policy_ref']}); this verifier "
+        "judged that evidence itself with the auditor's inputs",
+    )
+
+
+def _runtime_problem(stated: Mapping[str, Any], *, hardware: bool) -> str | None:
+    """What is wrong with the form of a stated runtime appraisal, or None."""
+    if not hardware:
+        return (
+            f"the claim states the gateway's own appraisal ({stated['status']!r} by "
+            f"{stated['verifier']}) over software-only evidence, which is never appraised"
+        )
+    if stated["status"] not in RUNTIME_STATUSES:
+        return (
+            f"the gateway's own appraisal states {stated['status']!r}, which an appraisal "
+            f"does not find (one of {', '.join(RUNTIME_STATUSES)})"
+        )
+    if not is_policy_ref(stated.get("policy_ref")):
+        return (
+            f"the gateway's own appraisal names policy {stated.get('policy_ref')!r}, not "
+            "urn:cmcp:appraisal-policy:sha256:<64 hex>"
+        )
+    if "timestamp" not in stated:
+        return "the gateway's own appraisal states no timestamp"
+    return None

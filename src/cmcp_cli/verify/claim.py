@@ -23,7 +23,13 @@ from cmcp_cli.attestation.manager import (
     ProviderRegistry,
     load_providers,
 )
+from cmcp_cli.attestation.platform_policy import (
+    PlatformPolicy,
+    check_platform_policy,
+    read_platform_policy,
+)
 from cmcp_cli.attestation.software import PLATFORM as SOFTWARE_PLATFORM
+from cmcp_cli.claim.appraisal import unix_seconds
 from cmcp_cli.claim.keys import jwk_thumbprint
 from cmcp_cli.claim.model import is_gateway_claim
 from cmcp_cli.claim.signing import check_signature
@@ -34,11 +40,6 @@ from cmcp_cli.verify.appraisal import record_appraisal_check
 from cmcp_cli.verify.audit_log import audit_log_checks
 from cmcp_cli.verify.evidence import judge_evidence
 from cmcp_cli.verify.nonce import nonce_check
-from cmcp_cli.verify.platform_policy import (
-    PlatformPolicy,
-    check_platform_policy,
-    read_platform_policy,
-)
 
 DEFAULT_MAX_AGE_SECONDS = 86_400  # TRACE v0.2 §3.2.2 default maximum record age
 FUTURE_SKEW_SECONDS = 300
@@ -194,7 +195,7 @@ def verify_document(
         checks.append(
             Check.skipped("attestation", "a standalone TRACE record carries no evidence to judge")
         )
-        appraisal = record_appraisal_check(trace["appraisal"])
+        appraisal = record_appraisal_check(trace["appraisal"], trace["runtime"]["platform"])
         checks.append(appraisal)
         # an appraisal that cannot be confirmed here leaves the record not verifiable here
         report.software = (
@@ -237,7 +238,7 @@ def _freshness(iat: int, options: VerifyOptions, attestation: Mapping[str, Any])
     validity = attestation.get("validity_seconds")
     if validity is None:
         return Check.passed("freshness", f"issued at {issued}, {max(age, 0)} s old")
-    generated = _instant(attestation["generated_at"])
+    generated = unix_seconds(attestation["generated_at"])
     if generated is None:
         return Check.failed(
             "freshness", f"generated_at {attestation['generated_at']!r} is not an RFC 3339 time"
@@ -254,17 +255,6 @@ def _freshness(iat: int, options: VerifyOptions, attestation: Mapping[str, Any])
         f"issued at {issued}, {max(age, 0)} s old; its newest evidence, generated at "
         f"{attestation['generated_at']}, was fresh then (validity {validity} s)",
     )
-
-
-def _instant(text: str) -> int | None:
-    """Unix seconds (rounded down) of an RFC 3339 time, or None."""
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        return None
-    return int(moment.timestamp())
 
 
 def _pin(name: str, actual: str, pinned: str | None, flag: str) -> Check:

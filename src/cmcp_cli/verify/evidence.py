@@ -11,7 +11,7 @@ hardware-attested only when the CPU evidence and every device's is.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ from cmcp_cli.attestation.manager import (
     RegisteredProvider,
     load_part,
 )
+from cmcp_cli.attestation.platform_policy import verifier_trust
 from cmcp_cli.attestation.software import PLATFORM as SOFTWARE_PLATFORM
 from cmcp_cli.errors import UsageError
 from cmcp_cli.verify.appraisal import appraisal_check
@@ -122,10 +123,8 @@ def _verdict(
         return Check.skipped(
             name, f"the {exc.provider} verifier cannot load here ({exc.reason}); {exc.hint}"
         )
-    trust = replace(
-        trust,
-        platform_policy=options.platform_policy.get(provider.spec.name, {}),
-        platform_policy_dir=options.platform_policy_dir,
+    trust = verifier_trust(
+        provider.spec, trust, options.platform_policy, options.platform_policy_dir
     )
     try:
         return verifier.verify(evidence, trust)
@@ -173,7 +172,7 @@ def _judge_cpu(
         result.checks.append(verdict)
         return False
     result.checks.extend(verdict.checks)
-    result.checks.append(appraisal_check(claim["trace"]["appraisal"], verdict))
+    result.checks.append(appraisal_check(claim["trace"]["appraisal"], verdict, claim))
     # Software mode is accepted (with --allow-software) only once its verifier has judged
     # the evidence: a provider that could not run leaves the claim not verifiable here.
     result.software = provider.spec.platform == SOFTWARE_PLATFORM
@@ -198,10 +197,9 @@ def _judge_device(
     result: EvidenceResult,
 ) -> bool:
     """Judge one device's evidence, its checks named `devices[<index>].<check>`, over the
-    claim's binding; whether it is hardware-attested. The auditor's expected measurements
-    are the CPU platform's and are not given to a device verifier, nor are its
-    `--trust-root` roots: a device provider names its own in its platform-policy table, so
-    an auditor's CPU root never stands in for a device vendor's."""
+    claim's binding; whether it is hardware-attested. Its verifier is given what
+    `verifier_trust` gives a device provider's: not the auditor's CPU measurements and
+    `--trust-root` roots."""
     prefix = f"devices[{index}]."
     name = f"{prefix}evidence"
     evidence_type = item["evidence_type"]
@@ -225,8 +223,7 @@ def _judge_device(
     if problem is not None:
         result.checks.append(Check.failed(name, problem))
         return False
-    device_trust = replace(trust, expected_measurements=(), trust_roots=())
-    verdict = _verdict(provider, item["evidence"], device_trust, options, name)
+    verdict = _verdict(provider, item["evidence"], trust, options, name)
     if isinstance(verdict, Check):
         result.checks.append(verdict)
         result.unjudged_devices.append(f"devices[{index}]")

@@ -128,6 +128,7 @@ class GatewayApp:
                     "ready": self.ready,
                     "sessions": len(self.sessions),
                     "measurement": self.runtime.measurement.to_json(),
+                    "appraisal": self.runtime.attestor.appraisal_detail(),
                     "policy": self.reloader.status(),
                 },
             )

@@ -33,6 +33,7 @@ from cmcp_cli.config_environment import environment_document
 from cmcp_cli.errors import CmcpError, ConfigError, Problem, Severity, UsageError
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for
 from cmcp_cli.gateway.preflight import attestation, checks, credentials, devices
+from cmcp_cli.gateway.preflight.appraisal import check_appraisal
 from cmcp_cli.gateway.preflight.reload import check_reload
 from cmcp_cli.gateway.preflight.source import (
     first_contact_note,
@@ -194,6 +195,7 @@ def check_config(
             problems.extend(checks.check_pending(checkable, catalog))
         if on_this_host:
             registry = registry or load_providers()
+            problems.extend(check_appraisal(checkable, registry, located))
             if checkable.attestation.provider != software.NAME:
                 found, noted = attestation.check_attestation(checkable, registry, located)
                 problems.extend(found)

@@ -1,5 +1,6 @@
-"""The auditor's platform policy, `cmcp verify --platform-policy FILE`: requirements on the
-hardware evidence beyond what every verifier checks, one TOML table per provider:
+"""A platform policy: requirements on the hardware evidence beyond what every verifier
+checks, one TOML table per provider. An auditor gives one to `cmcp verify --platform-policy
+FILE`; the gateway appraising its own evidence takes one from `trace.appraisal.platform_policy`:
 
     [sev-snp]
     minimum_tcb = { bootloader = 3, tee = 0, snp = 8, microcode = 115 }
@@ -10,16 +11,19 @@ hardware evidence beyond what every verifier checks, one TOML table per provider
 The host judges the shape: every table names an installed provider, and uses only the keys
 that provider's `ProviderSpec.platform_policy_keys` declares. The provider's verifier judges
 the values. An unknown table or key is refused rather than ignored, so a misspelt
-requirement can never silently fall away.
+requirement can never silently fall away. Each verifier is given its own provider's table
+only (`verifier_trust`).
 """
 
 from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cmcp_cli.attestation.api import ProviderScope, ProviderSpec, TrustInputs
 from cmcp_cli.attestation.manager import ProviderRegistry
 from cmcp_cli.errors import UsageError
 
@@ -83,3 +87,21 @@ def check_platform_policy(policy: PlatformPolicy, registry: ProviderRegistry) ->
             f"{name!r} provider does not take",
             hint=f"its keys are {', '.join(accepted)}",
         )
+
+
+def verifier_trust(
+    spec: ProviderSpec,
+    trust: TrustInputs,
+    policy: PlatformPolicy,
+    policy_dir: Path | None,
+) -> TrustInputs:
+    """What the verifier of `spec` is given: `trust` with that provider's own table of the
+    platform policy. A device provider's verifier gets neither the expected measurements nor
+    the trust roots: those are the CPU platform's, and a device provider names its own roots
+    in its table, so a CPU vendor's root never stands in for a device vendor's."""
+    given = replace(
+        trust, platform_policy=policy.get(spec.name, {}), platform_policy_dir=policy_dir
+    )
+    if spec.scope is ProviderScope.DEVICE:
+        given = replace(given, expected_measurements=(), trust_roots=())
+    return given
