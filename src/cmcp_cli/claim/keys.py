@@ -10,7 +10,13 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+from scitt_cose import build_signed_statement
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "k"})
@@ -49,6 +55,24 @@ class ClaimKey:
 
     def sign(self, data: bytes) -> bytes:
         return self._private.sign(data)
+
+    def signed_statement(
+        self, payload: bytes, *, issuer: str, subject: str, content_type: str
+    ) -> bytes:
+        """A SCITT Signed Statement (RFC 9943: COSE_Sign1, EdDSA) over `payload`, its kid
+        the key's RFC 7638 thumbprint. The library takes the key as PEM: that copy exists
+        only in this call's memory, as the key itself does."""
+        pem = self._private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        statement: bytes = build_signed_statement(
+            payload,
+            alg="EdDSA",
+            private_key_pem=pem,
+            issuer=issuer,
+            subject=subject,
+            content_type=content_type,
+            kid=self.thumbprint.encode("ascii"),
+        )
+        return statement
 
     def __repr__(self) -> str:  # never the private key
         return f"ClaimKey(thumbprint={self.thumbprint!r})"

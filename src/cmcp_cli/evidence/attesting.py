@@ -113,6 +113,9 @@ class Attestor:
     # appraisal made (shared by the copies `replace` makes of this attestor).
     appraisal: AppraisalInputs = field(default_factory=AppraisalInputs)
     appraisals: AppraisalLedger = field(default_factory=AppraisalLedger)
+    # `trace.anchor.url`: each issuer names it, so every record it signs states its
+    # `transparency` URI there (fixed before signing: the record is anchored as signed).
+    anchor_url: str | None = None
 
     @classmethod
     def load(
@@ -255,6 +258,7 @@ def attest_key(
         generated_at=generated_at,
         measurement_pin=pin,
         validity_seconds=attestor.validity_seconds,
+        anchor_url=attestor.anchor_url,
         devices=tuple(
             DeviceRecord(
                 provider=device.spec.name,

@@ -6,17 +6,23 @@ also kept under its sequence number, `<session>.<n>.claim.json` and `<session>.<
 the final one included. Each file is written to a temporary file, synced and renamed into
 place, so a reader never sees half a claim. A session closed by its own process and one
 closed by a later process's recovery are written the same way, to the same place.
+
+A record that states a `transparency` URI is queued for anchoring under the claim's own
+name before the claim's files are written (`evidence.anchor_queue`), so no claim is on
+disk whose record is neither anchored nor queued.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from cmcp_cli.evidence.anchor_queue import PendingAnchor, anchor_name, queue_record
 from cmcp_cli.evidence.session import ClosedSession
 
 
@@ -31,18 +37,37 @@ def claim_path(
 
 
 def write_claim(
-    claims_dir: Path, session_id: str, closed: ClosedSession, *, numbered: bool = False
+    claims_dir: Path,
+    session_id: str,
+    closed: ClosedSession,
+    *,
+    numbered: bool = False,
+    queued: Callable[[PendingAnchor], None] | None = None,
 ) -> Path:
     """Write a claim and its TRACE record as the session's latest; with `numbered` under
     its sequence number, and as the latest only when no later claim of the session is
-    there already. Returns the latest claim's path."""
+    there already. A record to anchor is queued first, and `queued` told of it. Returns
+    the latest claim's path."""
     claim = claim_path(claims_dir, session_id)
     record = claim_path(claims_dir, session_id, record=True)
+    sequence = closed.claim["gateway"]["sequence_number"]
+    name = anchor_name(session_id, sequence if numbered else None)
+    entry = queue_record(claims_dir, name, closed.trace_record, closed.key)
     if not numbered:
         _write_atomically(claim, closed.claim)
         _write_atomically(record, closed.trace_record)
-        return claim
-    sequence = closed.claim["gateway"]["sequence_number"]
+    else:
+        _write_numbered(claims_dir, session_id, closed, sequence)
+    if entry is not None and queued is not None:
+        queued(entry)
+    return claim
+
+
+def _write_numbered(
+    claims_dir: Path, session_id: str, closed: ClosedSession, sequence: int
+) -> None:
+    claim = claim_path(claims_dir, session_id)
+    record = claim_path(claims_dir, session_id, record=True)
     written = (
         (claim_path(claims_dir, session_id, sequence=sequence), closed.claim, claim),
         (
@@ -63,7 +88,6 @@ def write_claim(
                 linked.unlink(missing_ok=True)
                 os.link(numbered_path, linked)
                 linked.replace(latest)
-    return claim
 
 
 _LATEST = threading.Lock()

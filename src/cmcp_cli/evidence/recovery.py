@@ -250,6 +250,6 @@ def _finish(
     end = recorder.end(ending)
     facts = claim_facts(start, end.fields, recorder.state, attested.attestation)
     claim = build_claim(facts, key)
-    closed = ClosedSession(claim=claim, trace_record=trace_record(claim, key))
+    closed = ClosedSession(claim=claim, trace_record=trace_record(claim, key), key=key)
     path = write_claim(claims_dir, replay.session_id, closed)
     return RecoveredSession(replay.session_id, interrupted, path, len(in_flight))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cmcp_cli.attestation.api import Evidence
@@ -77,6 +77,9 @@ EscalationHandler = Callable[[Decision, str], tuple[Mapping[str, Any], bool]]
 class ClosedSession:
     claim: dict[str, Any]
     trace_record: dict[str, Any]
+    # The key that signed both, kept in memory only: it signs the record's SCRAPI
+    # statement when the record is queued for anchoring (evidence.anchor_queue).
+    key: ClaimKey | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ class PendingClaim:
 
     def sign(self) -> ClosedSession:
         claim = build_claim(self.facts, self.key)
-        return ClosedSession(claim=claim, trace_record=trace_record(claim, self.key))
+        return ClosedSession(claim=claim, trace_record=trace_record(claim, self.key), key=self.key)
 
 
 class EvidenceSession:

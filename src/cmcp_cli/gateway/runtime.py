@@ -57,6 +57,7 @@ from cmcp_cli.evidence.attesting import (
 )
 from cmcp_cli.evidence.recovery import RecoveryReport, recover_sessions
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for, tool_resources
+from cmcp_cli.gateway.preflight.anchoring import log_key_problem
 from cmcp_cli.gateway.preflight.attestation import candidates, plugin_of
 from cmcp_cli.gateway.preflight.credentials import token_sources
 from cmcp_cli.gateway.preflight.devices import DeviceStartupError, choose_devices
@@ -192,6 +193,7 @@ class GatewayRuntime:
     measurement: MeasurementCheck = field(default_factory=MeasurementCheck)
 
     reload_keys: tuple[Ed25519PublicKey, ...] = ()  # policy.reload.signing_keys, loaded
+    anchor_log_key: bytes | None = None  # trace.anchor.log_key's PEM, read at start
 
     @property
     def bundle(self) -> CompiledBundle:
@@ -233,6 +235,7 @@ def build_runtime(
         pins=config.attestation.expected_measurement,
         validity_seconds=config.attestation.validity_seconds,
         appraisal=_appraisal_inputs(config, registry, choice.attestor),
+        anchor_url=None if config.trace.anchor is None else config.trace.anchor.url,
     )
     if (
         config.policy.reload.configured
@@ -252,6 +255,7 @@ def build_runtime(
     active = active_policy(config, bundle, catalog)
     tools = {tool.name: tool for tool in tool_resources(catalog)}
     reload_keys = _reload_keys(config, attestor)
+    anchor_log_key = _anchor_log_key(config, attestor)
     upstreams = upstream_channels(config, base=report.base_dir, environ=environ)
     config.claims.dir.mkdir(parents=True, exist_ok=True)
     store, lock, recovery = open_store(config, attestor)
@@ -271,6 +275,7 @@ def build_runtime(
         recovery=recovery,
         measurement=measurement,
         reload_keys=reload_keys,
+        anchor_log_key=anchor_log_key,
     )
 
 
@@ -311,6 +316,25 @@ def _reload_keys(config: CmcpConfig, attestor: Attestor) -> tuple[Ed25519PublicK
     except UsageError as exc:  # validate-config reports it too; the file changed since
         attestor.close()
         raise StartupError(exc.message, hint=exc.hint) from exc
+
+
+def _anchor_log_key(config: CmcpConfig, attestor: Attestor) -> bytes | None:
+    """The log key receipts must verify under, as read once at start (the file is checked
+    by validate-config too, but may have changed since)."""
+    anchor = config.trace.anchor
+    if anchor is None:
+        return None
+    problem = log_key_problem(anchor.log_key)
+    if problem is None:
+        try:
+            return anchor.log_key.read_bytes()
+        except OSError as exc:
+            problem = f"cannot read {anchor.log_key}: {exc.strerror or exc}"
+    attestor.close()
+    raise StartupError(
+        f"trace.anchor.log_key: {problem}",
+        hint="set it to the transparency service's public key (PEM), or remove trace.anchor",
+    )
 
 
 def open_store(

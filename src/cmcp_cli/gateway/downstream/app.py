@@ -92,6 +92,8 @@ class GatewayApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self.sessions.anchors is not None:
+                    self.sessions.anchors.start()
                 self.ready = True
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -104,6 +106,8 @@ class GatewayApp:
         """Close every open session (writing its claim), then the runtime."""
         await self.reloader.stop()
         await self.sessions.close_all("gateway shutdown")
+        if self.sessions.anchors is not None:  # what is pending stays queued on disk
+            await self.sessions.anchors.stop()
         self.runtime.close()
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -121,17 +125,16 @@ class GatewayApp:
             await asgi.send_json(send, 200, {"status": "ok"})
         elif path == "/readyz" and method == "GET":
             status = 200 if self.ready else 503
-            await asgi.send_json(
-                send,
-                status,
-                {
-                    "ready": self.ready,
-                    "sessions": len(self.sessions),
-                    "measurement": self.runtime.measurement.to_json(),
-                    "appraisal": self.runtime.attestor.appraisal_detail(),
-                    "policy": self.reloader.status(),
-                },
-            )
+            detail = {
+                "ready": self.ready,
+                "sessions": len(self.sessions),
+                "measurement": self.runtime.measurement.to_json(),
+                "appraisal": self.runtime.attestor.appraisal_detail(),
+                "policy": self.reloader.status(),
+            }
+            if self.sessions.anchors is not None:  # pending anchors do not stop serving
+                detail["anchoring"] = self.sessions.anchors.status().to_json()
+            await asgi.send_json(send, status, detail)
         elif not await self.claims.route(scope, send) and not await self.operator.route(
             scope, receive, send
         ):

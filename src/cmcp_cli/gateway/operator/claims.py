@@ -4,7 +4,9 @@
 `?sequence=N`: its claim of that number, with `claims.per_call`); `GET /trace/latest`
 the caller's session opened or claimed last (the operator's: the gateway's). A session
 still open has no claim until it closes (or, with `claims.per_call`, until its first
-call): that is answered 409 with what to do. `POST /sessions/{id}/close` ends a session
+call): that is answered 409 with what to do. With `trace.anchor`, `?receipt` (with
+`&sequence=N` too) serves the claim's receipt, or 409 `{"pending": true, ...}` while its
+record waits to be anchored (404 when anchoring is off). `POST /sessions/{id}/close` ends a session
 and writes its claim. All of it for the session's own agent and the operator only
 (`OperatorRoutes.readable`); to anyone else a session is as absent as an unknown one.
 """
@@ -12,8 +14,10 @@ and writes its claim. All of it for the session's own agent and the operator onl
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from cmcp_cli.evidence.anchor_queue import PendingAnchor, find_receipt
 from cmcp_cli.gateway.operator.routes import OperatorRoutes
 from cmcp_cli.gateway.relay.sessions import SessionRegistry
 from cmcp_cli.gateway.runtime import GatewayRuntime
@@ -59,7 +63,10 @@ class ClaimRoutes:
         await asgi.send_json(send, 200, {"session_id": session_id, "claim": f"/trace/{session_id}"})
 
     async def _trace(self, scope: Scope, send: Send, path: str) -> None:
-        query = parse_qs(urlsplit("?" + scope.get("query_string", b"").decode("latin-1")).query)
+        query = parse_qs(
+            urlsplit("?" + scope.get("query_string", b"").decode("latin-1")).query,
+            keep_blank_values=True,
+        )
         record = query.get("format") == ["record"]
         sequence: int | None = None
         if "sequence" in query:
@@ -86,13 +93,39 @@ class ClaimRoutes:
         session = self.sessions.find(session_id)
         await self.sessions.claims_written(session)
         claim = self.sessions.claim_path(session_id, record=record, sequence=sequence)
-        if claim.is_file():
+        if "receipt" in query and claim.is_file():
+            await self._receipt(send, self.sessions.claim_path(session_id, sequence=sequence))
+        elif claim.is_file():
             await asgi.send_bytes(send, 200, claim.read_bytes(), content_type="application/json")
         elif session is not None:
             answer = still_open(session_id, sequence, per_call=self.sessions.per_call)
             await asgi.send_json(send, 409, answer)
         else:
             await asgi.send_json(send, 404, {"error": missing})
+
+    async def _receipt(self, send: Send, claim_file: Path) -> None:
+        """The receipt of the record `claim_file` holds (a claim or a standalone record)."""
+        if self.sessions.anchors is None:
+            await asgi.send_json(
+                send, 404, {"error": "anchoring is off (trace.anchor is not set): no receipts"}
+            )
+            return
+        found = find_receipt(self.runtime.claims_dir, claim_file)
+        if isinstance(found, bytes):
+            await asgi.send_bytes(send, 200, found, content_type="application/json")
+        elif isinstance(found, PendingAnchor):
+            await asgi.send_json(
+                send,
+                409,
+                {
+                    "pending": True,
+                    "queued_at": found.queued_at,
+                    "attempts": found.attempts,
+                    "last_error": found.last_error,
+                },
+            )
+        else:
+            await asgi.send_json(send, 404, {"error": found})
 
 
 def still_open(session_id: str, sequence: int | None, *, per_call: bool) -> dict[str, object]:

@@ -70,8 +70,12 @@ class OperatorRoutes:
             if approval.status is ApprovalStatus.PENDING
         )
         load = AgentLoad(self.sessions.open_by_agent(), pending) if caller.operator else None
+        anchors = self.sessions.anchors
         body = self.sessions.metrics.render(
-            open_sessions=len(self.sessions), pending_approvals=pending.total(), agents=load
+            open_sessions=len(self.sessions),
+            pending_approvals=pending.total(),
+            agents=load,
+            anchoring=() if anchors is None else anchors.status().metric_lines(),
         )
         await asgi.send_bytes(send, 200, body, content_type=CONTENT_TYPE)
 

@@ -33,6 +33,7 @@ from cmcp_cli.config_environment import environment_document
 from cmcp_cli.errors import CmcpError, ConfigError, Problem, Severity, UsageError
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for
 from cmcp_cli.gateway.preflight import attestation, checks, credentials, devices
+from cmcp_cli.gateway.preflight.anchoring import check_anchor
 from cmcp_cli.gateway.preflight.appraisal import check_appraisal
 from cmcp_cli.gateway.preflight.reload import check_reload
 from cmcp_cli.gateway.preflight.source import (
@@ -186,6 +187,7 @@ def check_config(
         problems.extend(credentials.check_operator_sources(sources, located))
         problems.extend(checks.check_hosts(checkable, located))
         problems.extend(checks.check_tls(checkable.tls, located))
+        problems.extend(check_anchor(checkable, located))
         problems.extend(checks.check_upstreams(checkable, environ, catalog, located))
         problems.extend(checks.check_state_paths(checkable, located))
         problems.extend(checks.check_catalog_pinning(checkable, located))

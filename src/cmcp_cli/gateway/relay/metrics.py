@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 # Seconds: the gateway's own overhead is sub-millisecond; upstream tools take up to minutes.
@@ -87,9 +87,15 @@ class GatewayMetrics:
         self.call_latency.observe(seconds)
 
     def render(
-        self, *, open_sessions: int, pending_approvals: int, agents: AgentLoad | None = None
+        self,
+        *,
+        open_sessions: int,
+        pending_approvals: int,
+        agents: AgentLoad | None = None,
+        anchoring: Sequence[str] = (),
     ) -> bytes:
-        """The aggregate view; with `agents` (the operator's view), per-agent gauges too."""
+        """The aggregate view; with `agents` (the operator's view), per-agent gauges too;
+        `anchoring`: the anchoring's own lines, when it is on."""
         lines = [
             "# HELP cmcp_tool_calls_total Tool calls by decision (fault: the upstream failed).",
             "# TYPE cmcp_tool_calls_total counter",
@@ -142,6 +148,7 @@ class GatewayMetrics:
             "# HELP cmcp_policy_generation Bundles taken since start (0: the starting bundle).",
             "# TYPE cmcp_policy_generation gauge",
             f"cmcp_policy_generation {self.policy_generation}",
+            *anchoring,
         ]
         if agents is not None:
             lines += agents.lines()

@@ -223,7 +223,12 @@ class PolicyReloader:
             agent=EVENT_AGENT,
         )
         evidence.recorder.policy_load(event)
-        write_claim(runtime.claims_dir, session_id, evidence.close(reason=EVENT_REASON))
+        write_claim(
+            runtime.claims_dir,
+            session_id,
+            evidence.close(reason=EVENT_REASON),
+            queued=self.sessions.anchor_intake,
+        )
 
     def _start_grace(self, taken: ActivePolicy) -> None:
         grace = self.runtime.config.policy.reload.grace_seconds

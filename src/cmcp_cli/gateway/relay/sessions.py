@@ -25,8 +25,10 @@ from typing import Any, TypeVar
 
 from cmcp_cli.audit.recorder import ChainEndedError, deferred_durability
 from cmcp_cli.catalog.model import advertised_hash, approved_definition
+from cmcp_cli.evidence.anchor_queue import PendingAnchor
 from cmcp_cli.evidence.claim_files import claim_path, write_claim
 from cmcp_cli.evidence.session import ClosedSession, EvidenceSession, PendingClaim
+from cmcp_cli.gateway.anchoring.worker import AnchorWorker
 from cmcp_cli.gateway.enforcement.approvals import ApprovalDesk
 from cmcp_cli.gateway.enforcement.messages import Gate, fail_gate
 from cmcp_cli.gateway.relay.exchange import Exchange
@@ -130,6 +132,8 @@ class SessionRegistry:
         self._background: set[asyncio.Task[None]] = set()
         self.approvals = ApprovalDesk(runtime.config.limits.approval_ttl_seconds)
         self.metrics = GatewayMetrics()
+        # With trace.anchor: anchors each claim's record after its files are written.
+        self.anchors = anchor_worker(runtime)
         # Where messages an upstream sends outside any request go (set by the relay).
         self.on_server_message: ServerMessageHandler | None = None
         # Run by `close` before session_end: answers what the upstreams still wait for.
@@ -451,8 +455,26 @@ class SessionRegistry:
     ) -> Path:
         return claim_path(self.runtime.claims_dir, session_id, record=record, sequence=sequence)
 
+    @property
+    def anchor_intake(self) -> Callable[[PendingAnchor], None] | None:
+        """What a written claim's queued record is handed to (None: anchoring is off)."""
+        return None if self.anchors is None else self.anchors.queued
+
     def _write_claim(self, session_id: str, closed: ClosedSession, *, numbered: bool) -> Path:
-        return write_claim(self.runtime.claims_dir, session_id, closed, numbered=numbered)
+        return write_claim(
+            self.runtime.claims_dir,
+            session_id,
+            closed,
+            numbered=numbered,
+            queued=self.anchor_intake,
+        )
+
+
+def anchor_worker(runtime: GatewayRuntime) -> AnchorWorker | None:
+    anchor, log_key = runtime.config.trace.anchor, runtime.anchor_log_key
+    if anchor is None or log_key is None:
+        return None
+    return AnchorWorker(anchor, runtime.claims_dir, log_key)
 
 
 def _relayed(notice: dict[str, Any]) -> dict[str, Any]:

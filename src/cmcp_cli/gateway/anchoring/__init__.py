@@ -1,0 +1,1 @@
+"""Anchoring every claim's TRACE record in a transparency service (docs/anchoring.md)."""

@@ -1,0 +1,266 @@
+"""Anchoring one TRACE record in a transparency service, over either protocol.
+
+`scrapi` (RFC 9943 SCRAPI): `POST <url>/entries` with the record's SCITT Signed Statement
+(`application/cose`) answers `201` with the RFC 9942 COSE receipt, or `202` with a
+`Location: <url>/operations/<id>` polled until it names the entry, whose receipt `GET
+<url>/entries/<id>` returns. `registry-anchor-v1`: `POST <url>/records` with the signed
+record answers `201` with the registry entry, the inclusion proof and the COSE receipt.
+Either way the receipt must verify under the pinned log key for this record's leaf
+(`claim.receipt.receipt_document`), and a registry's entry and proof must be the ones
+that receipt proves: a registry vouches for its root only by the key.
+
+The client follows no redirect, takes no proxy or netrc from the environment, verifies
+TLS against `ca_file` (or the system roots), and reads at most 1 MiB of any answer within
+`timeout_seconds` per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import cbor2
+import httpx
+import orjson
+
+from cmcp_cli.claim.keys import b64url_decode
+from cmcp_cli.claim.receipt import ReceiptError, receipt_document
+from cmcp_cli.config_trace import AnchorConfig
+from cmcp_cli.evidence.anchor_queue import PendingAnchor
+
+ANSWER_LIMIT = 1 << 20  # bytes of any answer read; more is refused
+COSE = "application/cose"
+_OPERATION_ID = re.compile(r"[A-Za-z0-9._~-]{1,200}")
+_POLL_FIRST, _POLL_MOST = 0.1, 1.0  # seconds between polls of a running operation
+_CWT_CLAIMS, _IAT = 15, 6
+
+
+class AnchorFailure(Exception):  # noqa: N818 - a failed attempt, retried
+    """The service could not be reached, or answered with anything but a receipt."""
+
+
+class ReceiptRejected(Exception):  # noqa: N818 - a refused answer, retried
+    """The service answered with a receipt that does not prove this record anchored."""
+
+
+@dataclass(frozen=True)
+class AnchorTarget:
+    url: str
+    protocol: str
+    log_key_pem: bytes
+    timeout: float
+    producer: str  # `cmcp-gateway/<version>`, the receipt document's producer
+
+
+def http_client(anchor: AnchorConfig) -> httpx.AsyncClient:
+    """The one client anchoring uses (`ssl.SSLError`/`OSError` on an unusable ca_file)."""
+    context = ssl.create_default_context(
+        cafile=None if anchor.ca_file is None else str(anchor.ca_file)
+    )
+    return httpx.AsyncClient(
+        verify=context,
+        trust_env=False,
+        follow_redirects=False,
+        timeout=httpx.Timeout(float(anchor.timeout_seconds)),
+        headers={"Accept-Encoding": "identity", "User-Agent": "cmcp-gateway"},
+    )
+
+
+async def anchor_record(
+    client: httpx.AsyncClient, target: AnchorTarget, entry: PendingAnchor
+) -> dict[str, Any]:
+    """Submit `entry`'s record and return its receipt document: `AnchorFailure` when the
+    service gives no receipt, `ReceiptRejected` when the one it gives proves nothing."""
+    stated = entry.record.get("transparency")
+    if not isinstance(stated, str) or not stated.startswith(f"{target.url}/entries/"):
+        raise AnchorFailure(
+            f"the record names {stated!r}, not an entry of {target.url} (trace.anchor.url "
+            "changed since it was signed): anchor it there, or set trace.anchor.url back"
+        )
+    if target.protocol == "scrapi":
+        return await _scrapi(client, target, entry)
+    return await _registry(client, target, entry)
+
+
+async def _scrapi(
+    client: httpx.AsyncClient, target: AnchorTarget, entry: PendingAnchor
+) -> dict[str, Any]:
+    if entry.statement is None:
+        raise AnchorFailure(
+            "the record was queued without a SCRAPI statement (no claim key signed one), "
+            "so only trace.anchor.protocol registry-anchor-v1 can anchor it"
+        )
+    url = f"{target.url}/entries"
+    status, headers, body = await _request(
+        client, target, "POST", url, content=entry.statement, content_type=COSE
+    )
+    if status == 202:
+        entry_id = await _operation(client, target, headers.get("location"))
+        status, headers, body = await _request(
+            client, target, "GET", f"{target.url}/entries/{entry_id}"
+        )
+    if status not in (200, 201):
+        raise AnchorFailure(_unexpected("POST /entries", status, body))
+    if headers.get("content-type", "").split(";")[0].strip().lower() != COSE:
+        raise AnchorFailure(f"the receipt came as {headers.get('content-type')!r}, not {COSE}")
+    return _document(target, entry, body, batch_id=None)
+
+
+async def _operation(client: httpx.AsyncClient, target: AnchorTarget, location: str | None) -> str:
+    """Poll the registration's operation (bounded by the timeout) to its entry id."""
+    prefix = f"{target.url}/operations/"
+    if location is None or not location.startswith(prefix):
+        raise AnchorFailure(f"202 with Location {location!r}, not under {prefix}")
+    if not _OPERATION_ID.fullmatch(location.removeprefix(prefix)):
+        raise AnchorFailure(f"202 with a malformed operation id in {location!r}")
+    pause = _POLL_FIRST
+    deadline = asyncio.get_running_loop().time() + target.timeout
+    while True:
+        status, _, body = await _request(client, target, "GET", location)
+        answer = _json(body) if status == 200 else None
+        if answer is None:
+            raise AnchorFailure(_unexpected(f"GET {location}", status, body))
+        state = answer.get("status")
+        if state == "succeeded":
+            entry_id = answer.get("entryID")
+            if not isinstance(entry_id, str) or not _OPERATION_ID.fullmatch(entry_id):
+                raise AnchorFailure(f"the operation succeeded with entryID {entry_id!r}")
+            return entry_id
+        if state == "failed":
+            error = orjson.dumps(answer.get("error")).decode()[:300]
+            raise AnchorFailure(f"the service failed the registration: {error}")
+        if state != "running":
+            raise AnchorFailure(f"the operation's status is {state!r}")
+        if asyncio.get_running_loop().time() + pause > deadline:
+            raise AnchorFailure(
+                f"the registration was still running after {target.timeout:g} s "
+                "(trace.anchor.timeout_seconds)"
+            )
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, _POLL_MOST)
+
+
+async def _registry(
+    client: httpx.AsyncClient, target: AnchorTarget, entry: PendingAnchor
+) -> dict[str, Any]:
+    status, _, body = await _request(
+        client,
+        target,
+        "POST",
+        f"{target.url}/records",
+        content=orjson.dumps(entry.record),
+        content_type="application/json",
+    )
+    if status not in (200, 201):
+        raise AnchorFailure(_unexpected("POST /records", status, body))
+    answer = _json(body)
+    if answer is None:
+        raise AnchorFailure("the registry's answer is not a JSON object")
+    registry_entry, proof, receipt = answer.get("entry"), answer.get("proof"), answer.get("receipt")
+    if not isinstance(registry_entry, dict) or not isinstance(proof, dict):
+        raise AnchorFailure("the registry's answer has no entry and proof objects")
+    if not isinstance(receipt, str):
+        raise AnchorFailure("the registry's answer carries no COSE receipt (receipt)")
+    try:
+        cose = b64url_decode(receipt)
+    except ValueError as exc:
+        raise ReceiptRejected(f"receipt is not base64url: {exc}") from None
+    batch_id = registry_entry.get("batch_id")
+    document = _document(
+        target, entry, cose, batch_id=batch_id if isinstance(batch_id, str) else None
+    )
+    stated = {
+        "merkle_root": registry_entry.get("merkle_root"),
+        "leaf_count": registry_entry.get("leaf_count"),
+        "leaf_index": proof.get("leaf_index"),
+        "audit_path": proof.get("audit_path"),
+    }
+    differing = sorted(name for name, value in stated.items() if document[name] != value)
+    if differing:
+        raise ReceiptRejected(
+            f"the registry's entry and proof disagree with its COSE receipt on "
+            f"{', '.join(differing)}"
+        )
+    return document
+
+
+def _document(
+    target: AnchorTarget, entry: PendingAnchor, cose: bytes, *, batch_id: str | None
+) -> dict[str, Any]:
+    try:
+        return receipt_document(
+            protocol=target.protocol,
+            record=entry.record,
+            cose_receipt=cose,
+            log_key_pem=target.log_key_pem,
+            ts=_issued_at(cose),
+            producer=target.producer,
+            batch_id=batch_id,
+        )
+    except ReceiptError as exc:
+        raise ReceiptRejected(
+            f"the receipt does not verify under trace.anchor.log_key: {exc}"
+        ) from None
+    except (ValueError, TypeError, LookupError, cbor2.CBORDecodeError) as exc:
+        raise ReceiptRejected(f"the receipt is malformed: {exc}") from None
+
+
+def _issued_at(cose: bytes) -> str:
+    """The receipt's `iat` (RFC 3339 UTC), or now when it states none."""
+    moment = datetime.now(UTC)
+    try:
+        protected = cbor2.loads(cbor2.loads(cose).value[0])
+        iat = protected.get(_CWT_CLAIMS, {}).get(_IAT)
+        if type(iat) is int and 0 <= iat < 2**53:
+            moment = datetime.fromtimestamp(iat, UTC)
+    except (ValueError, TypeError, LookupError, AttributeError, OverflowError, OSError):
+        pass  # receipt_document names what is wrong with it
+    except cbor2.CBORDecodeError:
+        pass
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def _request(
+    client: httpx.AsyncClient,
+    target: AnchorTarget,
+    method: str,
+    url: str,
+    *,
+    content: bytes | None = None,
+    content_type: str | None = None,
+) -> tuple[int, httpx.Headers, bytes]:
+    """One request, its answer read whole but capped, all within the timeout."""
+    headers = {"Content-Type": content_type} if content_type is not None else {}
+    try:
+        async with asyncio.timeout(target.timeout):
+            async with client.stream(method, url, content=content, headers=headers) as answer:
+                body = bytearray()
+                async for chunk in answer.aiter_raw():
+                    body += chunk
+                    if len(body) > ANSWER_LIMIT:
+                        raise AnchorFailure(f"{method} {url}: the answer is over 1 MiB")
+                return answer.status_code, answer.headers, bytes(body)
+    except TimeoutError:
+        raise AnchorFailure(
+            f"{method} {url}: no answer within {target.timeout:g} s (trace.anchor.timeout_seconds)"
+        ) from None
+    except httpx.HTTPError as exc:
+        raise AnchorFailure(f"{method} {url}: {type(exc).__name__}: {exc}") from None
+
+
+def _json(body: bytes) -> dict[str, Any] | None:
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+def _unexpected(request: str, status: int, body: bytes) -> str:
+    said = body[:200].decode("utf-8", "replace")
+    said = "".join(c if c.isprintable() else "?" for c in said)
+    return f"{request} answered {status}: {said}" if said else f"{request} answered {status}"

@@ -1,0 +1,268 @@
+"""Anchoring (`trace.anchor`) end to end: `cmcp start` as a real process, the official MCP
+SDK as the agent, the transparency double as a real HTTPS service speaking SCRAPI and
+registry-anchor-v1, and each stored receipt checked by scitt-cose and `cmcp verify`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from scitt_cose import verify_receipt
+
+from cmcp_cli.claim.anchor import anchor_id, anchor_leaf_bytes
+from cmcp_cli.claim.keys import b64url_decode
+from cmcp_cli.claim.receipt import check_receipt
+from cmcp_cli.evidence.anchor_queue import receipt_path
+from cmcp_cli.testing.transparency import RunningTransparency
+from tests.anchoring_support import (
+    anchored_config,
+    anchoring,
+    calls,
+    get_json,
+    metric,
+    receipt_of,
+    sessions_in,
+    until,
+)
+from tests.gateway_support import Served, start_gateway, write_config
+
+
+@pytest.fixture
+def double(tmp_path: Path) -> Iterator[RunningTransparency]:
+    with RunningTransparency.start(tmp_path / "ts") as running:
+        yield running
+
+
+def check_stored(claim_file: Path, receipt: dict[str, Any], double: RunningTransparency) -> None:
+    """The receipt stands for the claim's record: by scitt-cose under the double's log key,
+    and by every check of `claim.receipt.check_receipt`."""
+    claim = json.loads(claim_file.read_text())
+    record = claim["trace"]
+    assert receipt["anchor_id"] == anchor_id(record)
+    assert (
+        receipt["transparency"]
+        == record["transparency"]
+        == f"{double.url}/entries/" + (anchor_id(record))
+    )
+    log_key = (double.folder / "log-key.pem").read_bytes()
+    result = verify_receipt(
+        b64url_decode(receipt["cose_receipt"]),
+        leaf_entry_hex=anchor_leaf_bytes(record).hex(),
+        log_public_key_pem=log_key,
+    )
+    assert result.ok, result.errors
+    assert f"sha256:{result.root}" == receipt["merkle_root"]
+    stored = claim_file.parent / claim_file.name.replace(".claim.json", ".receipt.json")
+    assert json.loads(stored.read_text()) == receipt
+    assert stored.read_bytes().count(b"\n") == 1  # one line of JSON
+    findings = check_receipt(record, json.loads(stored.read_text()), log_key)
+    assert [(f.name, f.ok) for f in findings] == [
+        ("receipt.shape", True),
+        ("receipt.record", True),
+        ("receipt.inclusion", True),
+        ("receipt.log_signature", True),
+    ], findings
+
+
+@pytest.mark.parametrize("protocol", ["scrapi", "registry-anchor-v1"])
+def test_each_claim_is_anchored_and_its_receipt_served_and_verified(
+    tmp_path: Path, upstream: Served, double: RunningTransparency, protocol: str
+) -> None:
+    config = anchored_config(tmp_path, upstream, double, protocol=protocol)
+    gateway = start_gateway(config)
+    claims = tmp_path / "claims"
+    try:
+        asyncio.run(calls(gateway.url, ("Paris", "Oslo")))
+        (session,) = sessions_in(claims)
+        # two per-call claims and the final one, each its own record and receipt
+        receipts = {n: receipt_of(gateway, session, n) for n in (1, 2, 3)}
+        assert receipt_of(gateway, session) == receipts[3]  # the latest is claim 3
+        assert len({r["anchor_id"] for r in receipts.values()}) == 3
+        assert {r["protocol"] for r in receipts.values()} == {protocol}
+        assert anchoring(gateway)["pending"] == 0
+        assert metric(gateway, "cmcp_anchor_submitted_total") == 3
+        assert metric(gateway, "cmcp_anchor_pending") == 0
+        assert not list(claims.glob("*.anchor.json"))
+    finally:
+        assert gateway.stop() == 0, gateway.output()
+    for sequence, receipt in receipts.items():
+        check_stored(claims / f"{session}.{sequence}.claim.json", receipt, double)
+    posted = [r for r in double.service.requests() if r["method"] == "POST"]
+    wanted = "/entries" if protocol == "scrapi" else "/records"
+    assert {r["path"] for r in posted} == {wanted}
+
+
+def test_an_async_registration_is_polled_to_its_receipt(
+    tmp_path: Path, upstream: Served, double: RunningTransparency
+) -> None:
+    double.service.set_mode("async")
+    gateway = start_gateway(anchored_config(tmp_path, upstream, double, per_call=False))
+    try:
+        asyncio.run(calls(gateway.url, ("Lima",)))
+        (session,) = sessions_in(tmp_path / "claims")
+        receipt = receipt_of(gateway, session)
+    finally:
+        assert gateway.stop() == 0, gateway.output()
+    check_stored(tmp_path / "claims" / f"{session}.claim.json", receipt, double)
+    paths = [r["path"] for r in double.service.requests()]
+    assert any(p.startswith("/operations/") for p in paths), paths
+
+
+def test_a_service_down_or_slow_leaves_calls_as_fast_and_anchors_once_up(
+    tmp_path: Path, upstream: Served, double: RunningTransparency
+) -> None:
+    """Each call's claim is queued while the service answers 503, then while it answers
+    only after the client's timeout (3 s): calls take no longer than with it up; the
+    records stay pending with their error, retried with backoff; once up, all anchor."""
+    gateway = start_gateway(anchored_config(tmp_path, upstream, double, timeout=3))
+    claims = tmp_path / "claims"
+    try:
+        up = asyncio.run(calls(gateway.url, ("Paris", "Oslo", "Rome")))
+        until("the first session anchored", lambda: anchoring(gateway)["pending"] == 0 or None)
+        before = set(sessions_in(claims))
+        double.service.set_mode("down")
+        down = asyncio.run(calls(gateway.url, ("Paris", "Oslo", "Rome")))
+        (down_session,) = set(sessions_in(claims)) - before
+        double.service.set_mode("slow")
+        slow = asyncio.run(calls(gateway.url, ("Paris", "Oslo", "Rome")))
+        # an attempt in slow mode waits 3 s for its answer: a call that waited on one
+        # would take that long; none does, nor is slower than with the service up by
+        # more than scheduling noise
+        assert max(down + slow) < 1.5, (up, down, slow)
+        assert max(down + slow) < max(up) + 1.0, (up, down, slow)
+        detail = until("pending anchors", lambda: _pending_with_errors(gateway))
+        assert detail["pending"] >= 4 and detail["oldest"], detail
+        assert metric(gateway, "cmcp_anchor_failures_total") >= 2
+        assert metric(gateway, "cmcp_anchor_pending") >= 4
+        pending = until("a retried record", lambda: _attempted(gateway, down_session))
+        assert pending["last_error"], pending
+        double.service.set_mode("up")
+        until("every record anchored", lambda: anchoring(gateway)["pending"] == 0 or None)
+        assert not list(claims.glob("*.anchor.json"))
+        anchored = metric(gateway, "cmcp_anchor_submitted_total")
+        assert anchored == len(list(claims.glob("*.*.claim.json"))) == 12
+    finally:
+        assert gateway.stop() == 0, gateway.output()
+    final = receipt_path(claims, f"{down_session}.1")
+    check_stored(claims / f"{down_session}.1.claim.json", json.loads(final.read_text()), double)
+
+
+def _pending_with_errors(gateway: Served) -> dict[str, Any] | None:
+    detail = anchoring(gateway)
+    return detail if detail["pending"] >= 4 and detail["last_error"] else None
+
+
+def _attempted(gateway: Served, session: str) -> dict[str, Any] | None:
+    """The 409 body of the session's first claim's receipt once it was attempted twice."""
+    status, body = get_json(gateway, f"/trace/{session}?receipt&sequence=1")
+    assert status == 409 and body["pending"] is True, (status, body)
+    return dict(body) if body["attempts"] >= 2 else None
+
+
+@pytest.mark.parametrize("mode", ["wrong-key", "tamper", "other-leaf"])
+def test_a_receipt_that_does_not_prove_the_record_is_refused_and_kept_pending(
+    tmp_path: Path, upstream: Served, double: RunningTransparency, mode: str
+) -> None:
+    double.service.set_mode(mode)
+    gateway = start_gateway(anchored_config(tmp_path, upstream, double, per_call=False))
+    claims = tmp_path / "claims"
+    try:
+        asyncio.run(calls(gateway.url, ("Kyiv",)))
+        (session,) = sessions_in(claims)
+        until("a refused receipt", lambda: metric(gateway, "cmcp_anchor_rejected_total") or None)
+        status, body = get_json(gateway, f"/trace/{session}?receipt")
+        assert status == 409 and body["pending"] is True, body
+        assert body["attempts"] >= 1 and "receipt refused" in body["last_error"], body
+        assert "receipt refused" in anchoring(gateway)["last_error"]
+        assert not (claims / f"{session}.receipt.json").exists()
+        assert (claims / f"{session}.anchor.json").exists()
+        double.service.set_mode("up")
+        receipt = receipt_of(gateway, session)
+    finally:
+        assert gateway.stop() == 0, gateway.output()
+    check_stored(claims / f"{session}.claim.json", receipt, double)
+
+
+def test_a_registry_entry_that_disagrees_with_its_receipt_is_refused(
+    tmp_path: Path, upstream: Served, double: RunningTransparency
+) -> None:
+    double.service.set_mode("disagree")
+    config = anchored_config(
+        tmp_path, upstream, double, protocol="registry-anchor-v1", per_call=False
+    )
+    gateway = start_gateway(config)
+    try:
+        asyncio.run(calls(gateway.url, ("Oslo",)))
+        (session,) = sessions_in(tmp_path / "claims")
+        until("a refused entry", lambda: metric(gateway, "cmcp_anchor_rejected_total") or None)
+        status, body = get_json(gateway, f"/trace/{session}?receipt")
+        assert status == 409 and "disagree with its COSE receipt" in body["last_error"], body
+    finally:
+        assert gateway.stop() == 0, gateway.output()
+
+
+def test_records_pending_at_a_sigkill_are_anchored_after_restart(
+    tmp_path: Path, upstream: Served, double: RunningTransparency
+) -> None:
+    """SIGKILL with per-call claims pending (the service down) and the session open: the
+    next process recovers the session (its final claim queued too) and, the service up,
+    anchors every record, each receipt verifying."""
+    double.service.set_mode("down")
+    config = anchored_config(tmp_path, upstream, double)
+    claims = tmp_path / "claims"
+    gateway = start_gateway(config)
+    try:
+        asyncio.run(_calls_left_open(gateway.url))
+        until("two pending anchors", lambda: len(list(claims.glob("*.anchor.json"))) == 2 or None)
+    finally:
+        gateway.stop(signal.SIGKILL)
+    (session,) = sessions_in(claims)
+    double.service.set_mode("up")
+    restarted = start_gateway(config)
+    try:
+        receipts = {n: receipt_of(restarted, session, n) for n in (1, 2)}
+        final = receipt_of(restarted, session)  # the recovery's claim
+        until("nothing pending", lambda: anchoring(restarted)["pending"] == 0 or None)
+    finally:
+        assert restarted.stop() == 0, restarted.output()
+    for sequence, receipt in receipts.items():
+        check_stored(claims / f"{session}.{sequence}.claim.json", receipt, double)
+    check_stored(claims / f"{session}.claim.json", final, double)
+    assert final["anchor_id"] not in {r["anchor_id"] for r in receipts.values()}
+
+
+async def _calls_left_open(url: str) -> None:
+    """Two calls in a session that is never closed (the process is killed under it)."""
+    async with (
+        streamable_http_client(url, terminate_on_close=False) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        for city in ("Paris", "Oslo"):
+            await session.call_tool("get_weather", {"city": city})
+
+
+def test_without_anchoring_nothing_is_queued_and_receipt_is_404(
+    tmp_path: Path, upstream: Served
+) -> None:
+    gateway = start_gateway(write_config(tmp_path, upstream.url, claims={"per_call": True}))
+    claims = tmp_path / "claims"
+    try:
+        asyncio.run(calls(gateway.url, ("Rome",)))
+        (session,) = sessions_in(claims)
+        status, body = get_json(gateway, f"/trace/{session}?receipt&sequence=1")
+        assert status == 404 and "anchoring is off" in body["error"], body
+        status, detail = get_json(gateway, "/readyz")
+        assert "anchoring" not in detail
+    finally:
+        assert gateway.stop() == 0, gateway.output()
+    claim = json.loads((claims / f"{session}.1.claim.json").read_text())
+    assert "transparency" not in claim["trace"]
+    assert not list(claims.glob("*.anchor.json")) and not list(claims.glob("*.receipt.json"))

@@ -1,0 +1,80 @@
+"""Anchored claims for the transparency tests: a recorded session's claim whose record
+states `transparency` at a double's URL, signed again by the session's own key, and the
+two submissions of contract C (a SCITT Signed Statement, the signed record), made here
+with scitt-cose and httpx directly rather than by the gateway's client."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from scitt_cose import build_signed_statement
+
+from cmcp_cli.claim.anchor import anchor_leaf_bytes, transparency_uri
+from cmcp_cli.claim.keys import ClaimKey
+from cmcp_cli.claim.model import sign_claim
+from tests.sessions import RecordedSession, record_session
+
+TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class AnchoredClaim:
+    claim: dict[str, Any]
+    key: ClaimKey
+    private_pem: bytes  # the claim key's, to sign a SCITT Signed Statement with
+    session: RecordedSession
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return dict(self.claim["trace"])
+
+
+def anchored_claim(folder: Path, url: str, *, session_id: str = "sess-1") -> AnchoredClaim:
+    """A recorded session's claim whose record states `transparency` at `url`, signed."""
+    private = Ed25519PrivateKey.generate()
+    key = ClaimKey(private)
+    session = record_session(folder, session_id=session_id, key=key)
+    claim = json.loads(json.dumps(session.claim))
+    claim["trace"].pop("signature")
+    claim["trace"]["transparency"] = transparency_uri(url, claim["trace"])
+    pem = private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    return AnchoredClaim(sign_claim(claim, key), key, pem, session)
+
+
+def statement(
+    record: Mapping[str, Any],
+    private_pem: bytes,
+    *,
+    kid: str,
+    payload: bytes | None = None,
+    issuer: str | None = None,
+    content_type: str = "application/json",
+) -> bytes:
+    """The SCITT Signed Statement of contract C for `record`, each part replaceable."""
+    domain = str(record["subject"]).removeprefix("spiffe://").split("/", 1)[0]
+    return bytes(
+        build_signed_statement(
+            anchor_leaf_bytes(record) if payload is None else payload,
+            alg="EdDSA",
+            private_key_pem=private_pem,
+            issuer=issuer or f"spiffe://{domain}/cmcp/gateway",
+            subject=str(record["subject"]),
+            content_type=content_type,
+            kid=kid.encode("ascii"),
+        )
+    )
+
+
+def client(ca_file: Path | None, *, timeout: float = TIMEOUT) -> httpx.Client:
+    """An HTTPS client trusting only `ca_file` (None: the system roots), taking nothing
+    from the environment and following no redirect."""
+    verify = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+    return httpx.Client(verify=verify, trust_env=False, follow_redirects=False, timeout=timeout)
