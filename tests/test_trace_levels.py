@@ -28,15 +28,15 @@ from typing import Literal
 import pytest
 
 from cmcp_cli.claim.anchor import anchor_id
+from cmcp_cli.testing.transparency import RunningTransparency
 from tests.gateway_support import Served, start_gateway, statuses, verify, write_config
 from tests.support import run_cmcp
 from tests.tpm_support import EnrolledTpm, enrolled_tpm
 from tests.trace_levels_support import (
     ChallengedSession,
-    Transparency,
+    anchor_settings,
     new_challenge,
     run_challenged_session,
-    start_transparency,
     tpm_gateway_config,
 )
 from tests.trace_suite import SuiteReport, suite_report, suite_verify
@@ -171,9 +171,9 @@ def enrolled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnrolledTpm]:
 
 
 @pytest.fixture(scope="module")
-def transparency(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Transparency]:
-    with start_transparency(tmp_path_factory.mktemp("transparency")) as service:
-        yield service
+def transparency(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningTransparency]:
+    with RunningTransparency.start(tmp_path_factory.mktemp("transparency")) as double:
+        yield double
 
 
 @pytest.fixture(scope="module")
@@ -181,14 +181,14 @@ def tpm_sessions(
     tmp_path_factory: pytest.TempPathFactory,
     upstream: Served,
     enrolled: EnrolledTpm,
-    transparency: Transparency,
+    transparency: RunningTransparency,
 ) -> dict[str, TpmSession]:
     """One challenged session per anchoring protocol, each of its own gateway on the one
     swtpm, anchored in the one double; each gateway stopped once its receipt is stored."""
     sessions = {}
     for protocol in PROTOCOLS:
         folder = tmp_path_factory.mktemp(protocol)
-        anchor = transparency.anchor_settings(protocol)
+        anchor = anchor_settings(transparency, protocol)
         measured = run_cmcp(
             "measure", "tpm", "--config", tpm_gateway_config(folder, upstream, enrolled, anchor)
         )
@@ -202,7 +202,7 @@ def tpm_sessions(
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_tpm_session_states_its_challenge_appraisal_and_anchor(
-    tpm_sessions: dict[str, TpmSession], transparency: Transparency, protocol: str
+    tpm_sessions: dict[str, TpmSession], transparency: RunningTransparency, protocol: str
 ) -> None:
     tpm = tpm_sessions[protocol]
     claim, record = tpm.session.claim_json(), tpm.session.record_json()
@@ -289,7 +289,7 @@ def test_a_record_changed_after_anchoring_fails_its_signature_and_its_inclusion(
 def test_cmcp_verify_accepts_the_tpm_session_with_every_pin(
     tpm_sessions: dict[str, TpmSession],
     enrolled: EnrolledTpm,
-    transparency: Transparency,
+    transparency: RunningTransparency,
     protocol: str,
 ) -> None:
     tpm = tpm_sessions[protocol]
@@ -331,7 +331,7 @@ def test_cmcp_verify_accepts_the_tpm_session_with_every_pin(
 
 
 def test_cmcp_verify_refuses_another_challenge_and_another_sessions_receipt(
-    tpm_sessions: dict[str, TpmSession], enrolled: EnrolledTpm, transparency: Transparency
+    tpm_sessions: dict[str, TpmSession], enrolled: EnrolledTpm, transparency: RunningTransparency
 ) -> None:
     session, other = (tpm_sessions[protocol].session for protocol in PROTOCOLS)
     assert session.receipt is not None and other.receipt is not None

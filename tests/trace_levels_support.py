@@ -9,12 +9,8 @@ import asyncio
 import base64
 import json
 import secrets
-import selectors
-import subprocess
-import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +21,8 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from tests.gateway_support import STARTUP_SECONDS, Served, request, write_config
+from cmcp_cli.testing.transparency import RunningTransparency
+from tests.gateway_support import Served, request, write_config
 from tests.tpm_support import EnrolledTpm
 
 FILES_SECONDS = 30.0
@@ -136,57 +133,13 @@ def tpm_gateway_config(
     return write_config(folder, upstream.url, attestation=attestation, trace=trace)
 
 
-@dataclass
-class Transparency:
-    """The transparency service double (`python -m cmcp_cli.testing.transparency`), a real
-    process serving TLS on loopback: its base URL, its test CA and its log's public key."""
-
-    process: subprocess.Popen[bytes]
-    url: str
-    state: Path
-
-    @property
-    def ca(self) -> Path:
-        return self.state / "ca.pem"
-
-    @property
-    def log_key(self) -> Path:
-        return self.state / "log-key.pem"
-
-    def anchor_settings(self, protocol: str) -> dict[str, Any]:
-        """`trace.anchor` for a gateway anchoring here with `protocol`."""
-        return {
-            "url": self.url,
-            "protocol": protocol,
-            "log_key": str(self.log_key),
-            "ca_file": str(self.ca),
-            "retry_initial_seconds": 1,
-            "retry_max_seconds": 2,
-        }
-
-
-@contextmanager
-def start_transparency(state: Path) -> Iterator[Transparency]:
-    """The double serving until the block ends; it prints its base URL once it serves."""
-    log = state.parent / f"{state.name}.log"
-    with log.open("wb") as errors:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cmcp_cli.testing.transparency", "--state-dir", str(state)],
-            stdout=subprocess.PIPE,
-            stderr=errors,
-        )
-    try:
-        assert process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(process.stdout, selectors.EVENT_READ)
-            ready = selector.select(timeout=STARTUP_SECONDS)
-        line = process.stdout.readline().decode().strip() if ready else ""
-        assert line.startswith("https://127.0.0.1:"), f"no base URL: {line!r}\n{log.read_text()}"
-        yield Transparency(process, line.rstrip("/"), state)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+def anchor_settings(double: RunningTransparency, protocol: str) -> dict[str, Any]:
+    """`trace.anchor` for a gateway anchoring in the transparency double with `protocol`."""
+    return {
+        "url": double.url,
+        "protocol": protocol,
+        "log_key": str(double.log_key),
+        "ca_file": str(double.ca_file),
+        "retry_initial_seconds": 1,
+        "retry_max_seconds": 2,
+    }
