@@ -345,3 +345,26 @@ def test_cmcp_verify_refuses_another_challenge_and_another_sessions_receipt(
     )
     assert code == 1, report
     assert statuses(report)["receipt.record"] == statuses(report)["receipt.inclusion"] == "fail"
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_the_log_vouches_for_an_anchored_claim_and_its_record(
+    tpm_sessions: dict[str, TpmSession], enrolled: EnrolledTpm, form: Form
+) -> None:
+    """The log keeps the anchor URL and the key's thumbprint; from them and the record it
+    determines the record's `transparency` URI, which is the one the claim states."""
+    tpm = tpm_sessions[PROTOCOLS[0]]
+    code, report = verify(
+        path_of(tpm.session, form),
+        "--expected-nonce",
+        tpm.session.nonce,
+        *enrolled.trust_args(),
+        "--audit-log",
+        tpm.audit,
+    )
+    checks = statuses(report)
+    assert not [name for name, status in checks.items() if status == "fail"], report
+    log_checks = {name: status for name, status in checks.items() if name.startswith("log: ")}
+    assert log_checks and set(log_checks.values()) == {"pass"}, log_checks
+    assert checks["receipt"] == "skip"  # it states `transparency`: no --receipt given
+    assert code == (0 if form == "claim" else 3), report

@@ -279,8 +279,12 @@ def match_claim(replay: SessionReplay, document: Mapping[str, Any]) -> ClaimMatc
     state = replay.state if issued is None else issued.state
     if end is None:  # a chain cut short: all but what session_end fixes is still compared
         end = {"reason": None, "claim": {"iat": -1, "sequence_number": -1, "previous": None}}
+    record = _mapping(document.get("trace")) if gateway_claim else document
+    stated_jwk = _mapping(_mapping(record.get("cnf")).get("jwk"))
     try:
-        expected, key_check, evidence_check, devices_check = _expected_claim(replay, end, state)
+        expected, key_check, evidence_check, devices_check = _expected_claim(
+            replay, end, state, stated_jwk
+        )
     except SessionRecordError as exc:
         return ClaimMatch(checks=(), unmatched=f"the log cannot vouch for the claim: {exc}")
     # the signatures are not compared: the envelope's, and its record's embedded one
@@ -343,10 +347,13 @@ _Judge = Callable[[object], str | None]
 
 
 def _expected_claim(
-    replay: SessionReplay, end: Mapping[str, Any], state: ChainState
+    replay: SessionReplay, end: Mapping[str, Any], state: ChainState, stated_jwk: Mapping[str, Any]
 ) -> tuple[dict[str, Any], _Judge, _Judge, _Judge]:
     """The unsigned claim the log determines, and how the claim's key, evidence and
-    devices are judged against the digests the log keeps of them."""
+    devices are judged against the digests the log keeps of them. The log keeps the key's
+    thumbprint only; the record's `transparency` URI is a digest over the record, key
+    included, so the claim's key stands in for it when it is exactly the key the log names
+    (any other key fails the key check, and the URI then with it)."""
     start = replay.start
     if start is None:
         raise SessionRecordError(f"it has no session_start of session {replay.session_id}")
@@ -395,7 +402,8 @@ def _expected_claim(
     def devices_check(stated: object) -> str | None:
         return devices_mismatch(devices, stated, f"{evidence_at}.devices")
 
-    return claim_body(facts, {}), key_check, evidence_check, devices_check
+    jwk = stated_jwk if _thumbprint(stated_jwk) == f"key {thumbprint}" else {}
+    return claim_body(facts, jwk), key_check, evidence_check, devices_check
 
 
 def _compare(
