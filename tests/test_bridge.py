@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
 
+from cmcp_cli.claim.challenge import CHALLENGE_META_KEY
 from tests.gateway_support import Served, free_port, start_gateway, write_config
 from tests.support import CMCP
 
@@ -261,6 +263,10 @@ def test_the_bearer_token_comes_from_the_environment_and_is_never_shown(
         (["--url", "http://gateway.example/mcp"], "clear text"),
         (["--url", "http://agent:s3cret@127.0.0.1:1/mcp"], "carries credentials"),
         (["--url", "http://127.0.0.1:1/mcp", "--timeout", "0"], "--timeout must be"),
+        (
+            ["--url", "http://127.0.0.1:1/mcp", "--challenge", "abcdefgh"],
+            "--challenge 'abcdefgh' is refused: a challenge encodes 6 bytes",
+        ),
     ],
 )
 def test_unusable_arguments_are_refused_before_anything_is_sent(
@@ -332,3 +338,24 @@ def test_a_restarted_gateway_is_reported_and_a_new_session_works(
     totals = sorted(claim["gateway"]["call_summary"]["total"] for claim in claims_in(tmp_path))
     assert totals == [0, 1]  # one claim per session: the first at restart, the second at SIGTERM
     assert "nothing serves MCP at" in wrong_path.answer(1)["error"]["message"]
+
+
+def test_a_stdio_client_opens_its_session_with_the_bridges_challenge(
+    tmp_path: Path, gateway: Served
+) -> None:
+    """`--challenge` is how a stdio client that cannot set `_meta` gives one: every message
+    carries it, so initialize binds it and later messages repeat it; a client's own `_meta`
+    that disagrees is refused by the gateway."""
+    nonce = secrets.token_urlsafe(32)
+    lines: list[dict[str, Any] | str] = [init(), INITIALIZED, call(2, "get_weather", city="Oslo")]
+    bridged = run_bridge(gateway.url, lines, "--challenge", nonce)
+    assert bridged.returncode == 0, bridged.stderr
+    assert bridged.answer(2)["result"]["content"][0]["text"] == "Sunny, 21 C in Oslo"
+    other = init(3)
+    other["params"]["_meta"] = {CHALLENGE_META_KEY: secrets.token_urlsafe(32)}
+    refused = run_bridge(gateway.url, [other], "--challenge", nonce)
+    assert refused.answer(3)["error"]["code"] == -32602
+    assert "the challenge is given twice, differently" in refused.answer(3)["error"]["message"]
+    (claim,) = claims_in(tmp_path)  # the refused initialize opened nothing
+    assert claim["trace"]["runtime"]["nonce"] == nonce
+    assert claim["gateway"]["call_summary"]["allowed"] == 1

@@ -30,6 +30,8 @@ from cmcp_cli.evidence.freshness import renew_evidence
 from cmcp_cli.evidence.recovery import recover_sessions
 from cmcp_cli.evidence.session import EvidenceSession
 from cmcp_cli.verify.claim import VerifyOptions, VerifyReport, verify_document
+from tests.gateway_support import statuses as cli_statuses
+from tests.gateway_support import verify
 from tests.sessions import StepClock, record_session
 
 ATTESTOR = Attestor.load(software.SPEC, "0.1.0")
@@ -261,3 +263,27 @@ def test_a_session_is_never_opened_over_a_malformed_challenge(tmp_path: Path, ba
         )
     assert refused.value.message.startswith("the session's challenge cannot be bound: ")
     assert list(iter_lines(tmp_path / "audit.db", "s")) == []
+
+
+BEFORE_CHALLENGES = Path(__file__).parent / "fixtures" / "claim-1.0"
+
+
+def test_a_claim_made_before_challenges_existed_verifies_unchanged() -> None:
+    claim_path = BEFORE_CHALLENGES / "before-challenges.claim.json"
+    claim = json.loads(claim_path.read_text(encoding="utf-8"))
+    assert claim["cmcp_version"] == "1.0" and "signature" not in claim["trace"]
+    assert claim["gateway"]["attestation"]["binding"] == bound(claim, None)  # version 1
+    at = str(claim["trace"]["iat"] + 1)
+    audit = BEFORE_CHALLENGES / "audit.jsonl"
+    for path in (claim_path, BEFORE_CHALLENGES / "before-challenges.record.json"):
+        code, report = verify(path, "--allow-software", "--at", at, "--audit-log", audit)
+        assert code == 0, report
+        checks = cli_statuses(report)
+        assert checks["signature"] == checks["audit log"] == "pass"
+        assert checks["nonce"] == "skip"
+    code, report = verify(claim_path, "--allow-software", "--at", at)
+    assert cli_statuses(report)["binding"] == "pass" and code == 0
+    code, report = verify(
+        claim_path, "--allow-software", "--at", at, "--expected-nonce", challenge()
+    )
+    assert code == 1 and cli_statuses(report)["nonce"] == "fail"

@@ -12,7 +12,7 @@ import secrets
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx2
 import pytest
@@ -23,6 +23,9 @@ from mcp.client.streamable_http import streamable_http_client
 from cmcp_cli.attestation.binding import compute_binding
 from cmcp_cli.claim.challenge import CHALLENGE_META_KEY
 from cmcp_cli.claim.keys import jwk_thumbprint
+from cmcp_cli.gateway.downstream import gateway_params
+from cmcp_cli.wire.jsonrpc import parse_message
+from cmcp_cli.wire.mcp import forwardable_meta
 from tests.gateway_support import (
     INIT,
     Served,
@@ -114,7 +117,7 @@ def post(
 
 
 def initialize(meta: dict[str, Any] | None = None, request_id: int = 1) -> dict[str, Any]:
-    params = dict(INIT["params"])
+    params = dict(cast("dict[str, Any]", INIT["params"]))
     if meta is not None:
         params["_meta"] = meta
     return {**INIT, "id": request_id, "params": params}
@@ -232,7 +235,7 @@ def test_a_session_opened_without_a_challenge_takes_none_later(gateway: Served) 
 def test_a_2026_07_28_session_binds_the_challenge_of_its_first_request(gateway: Served) -> None:
     nonce = challenge()
 
-    async def session() -> str:
+    async def opened() -> str:
         async with (
             httpx2.AsyncClient(headers={"Cmcp-Challenge": nonce}) as http,
             Client(streamable_http_client(gateway.url, http_client=http)) as client,
@@ -241,7 +244,7 @@ def test_a_2026_07_28_session_binds_the_challenge_of_its_first_request(gateway: 
             assert weather.content[0].text == "Sunny, 21 C in Rome"  # type: ignore[union-attr]
             return str((weather.meta or {})["_cmcp.session_id"])
 
-    session = asyncio.run(session())
+    session = asyncio.run(opened())
     assert session_start(gateway, session)["challenge"] == nonce
     # a later request of the agent's default session with another challenge is refused
     body, headers = modern("tools/call", {"name": "get_weather", "arguments": {"city": "Oslo"}})
@@ -270,7 +273,7 @@ def test_a_2026_07_28_session_binds_the_challenge_of_its_first_request(gateway: 
 
 def test_a_plain_call_opens_its_named_session_with_its_challenge(gateway: Served) -> None:
     nonce, name = challenge(), f"plain-{secrets.token_hex(4)}"
-    call = {
+    call: dict[str, Any] = {
         "jsonrpc": "2.0",
         "id": 1,
         "method": "tools/call",
@@ -350,7 +353,7 @@ def test_a_challenge_that_is_not_one_is_refused_and_opens_nothing(
     assert open_sessions(gateway) == before
 
 
-def test_a_repeated_header_that_disagrees_is_refused(gateway: Served) -> None:
+def test_a_repeated_challenge_header_is_refused(gateway: Served) -> None:
     before = open_sessions(gateway)
     connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
     try:
@@ -369,9 +372,26 @@ def test_a_repeated_header_that_disagrees_is_refused(gateway: Served) -> None:
         refused = json.loads(response.read())
     finally:
         connection.close()
-    assert response.status == 400 and refused["error"]["code"] == -32602
-    assert (
-        "the challenge is given twice, differently (the Cmcp-Challenge header and the "
-        "Cmcp-Challenge header (#2))" in refused["error"]["message"]
+    assert response.status == 400 and refused["error"]["code"] == -32600
+    assert refused["error"]["message"] == (
+        "the cmcp-challenge header appears more than once: send it once"
     )
     assert open_sessions(gateway) == before
+
+
+def test_a_request_without_a_challenge_is_taken_as_before() -> None:
+    """No challenge: `take` hands back the very message and the shared empty parameters,
+    as for any request that says nothing to the gateway (one header scan, no copy)."""
+    message = parse_message(json.dumps(ping(1, {"progressToken": 3})).encode(), max_depth=64)
+    scope = {"headers": [(b"content-type", b"application/json"), (b"mcp-session-id", b"s")]}
+    taken, own = gateway_params.take(scope, message)
+    assert taken is message and own is gateway_params.NONE
+    nonce = challenge()
+    scope["headers"].append((b"Cmcp-Challenge", nonce.encode()))
+    assert gateway_params.take(scope, message)[1].challenge == nonce
+
+
+def test_the_challenge_in_meta_is_never_forwarded_upstream() -> None:
+    meta = {CHALLENGE_META_KEY: challenge(), "progressToken": 3, "_cmcp.workflow_id": "w"}
+    assert forwardable_meta(meta) == {"progressToken": 3}
+    assert forwardable_meta({CHALLENGE_META_KEY: challenge()}) is None

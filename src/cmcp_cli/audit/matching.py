@@ -23,7 +23,13 @@ from cmcp_cli.audit.session_record import (
 )
 from cmcp_cli.claim.canonical import canonical_bytes
 from cmcp_cli.claim.keys import jwk_thumbprint
-from cmcp_cli.claim.model import ENFORCEMENT_MODES, claim_body, is_gateway_claim, unsigned
+from cmcp_cli.claim.model import (
+    CLAIM_VERSIONS,
+    ENFORCEMENT_MODES,
+    claim_body,
+    is_gateway_claim,
+    unsigned,
+)
 from cmcp_cli.claim.signing import SIGNATURE
 from cmcp_cli.errors import CmcpError, PolicyRequestError
 from cmcp_cli.policy.engine import Authorizer, CompiledBundle
@@ -297,6 +303,10 @@ def match_claim(replay: SessionReplay, document: Mapping[str, Any]) -> ClaimMatc
     if gateway_claim:
         special["gateway.attestation.evidence"] = evidence_check
         special["gateway.attestation.devices"] = devices_check
+        # The log does not record the format a claim was written in (1.0: its record not
+        # signed on its own; the shape check ties the version to that): either is matched.
+        if stated.get("cmcp_version") in CLAIM_VERSIONS:
+            expected["cmcp_version"] = stated["cmcp_version"]
     else:  # a TRACE record is the claim's `trace`, signed on its own
         expected, stated = {"trace": expected["trace"]}, {"trace": stated}
     found: list[Mismatch] = []

@@ -61,14 +61,14 @@ NONE = GatewayParams()
 def take(scope: Scope, message: Message) -> tuple[Message, GatewayParams]:
     """The request without `params._cmcp`, and what it says to the gateway."""
     params = message.params
-    header, challenge_headers = _headers(scope)
+    header, challenge_header = _headers(scope)
     meta = params.get("_meta")
     meta = meta if isinstance(meta, Mapping) else {}
     in_meta = WORKFLOW_KEY in meta
-    challenged = bool(challenge_headers) or CHALLENGE_META_KEY in meta
+    challenged = challenge_header is not None or CHALLENGE_META_KEY in meta
     if GATEWAY_PARAMS not in params and header is None and not in_meta and not challenged:
         return message, NONE
-    challenge = _challenge(message, challenge_headers, meta) if challenged else None
+    challenge = _challenge(message, challenge_header, meta) if challenged else None
     own = params.get(GATEWAY_PARAMS, {})
     if not isinstance(own, Mapping):
         raise _refused(
@@ -124,26 +124,26 @@ def take(scope: Scope, message: Message) -> tuple[Message, GatewayParams]:
     )
 
 
-def _headers(scope: Scope) -> tuple[str | None, list[str]]:
-    """The `Cmcp-Workflow-Id` header (its first; None when absent) and every
-    `Cmcp-Challenge` header, found in one scan of the request's headers (names compared
-    lower-case)."""
-    workflow, challenges = None, []
+def _headers(scope: Scope) -> tuple[str | None, str | None]:
+    """The `Cmcp-Workflow-Id` and `Cmcp-Challenge` headers (None for one absent), found
+    in one scan of the request's headers (names compared lower-case). Each appears at most
+    once: the transport rules refused a request repeating either."""
+    workflow = challenge = None
     for key, value in scope["headers"]:
         name = key.lower()
-        if name == _HEADER and workflow is None:
+        if name == _HEADER:
             workflow = str(value.decode("latin-1"))
         elif name == _CHALLENGE_HEADER:
-            challenges.append(str(value.decode("latin-1")))
-    return workflow, challenges
+            challenge = str(value.decode("latin-1"))
+    return workflow, challenge
 
 
-def _challenge(message: Message, headers: list[str], meta: Mapping[str, Any]) -> str:
+def _challenge(message: Message, header: str | None, meta: Mapping[str, Any]) -> str:
     """The challenge the request gives in its header, its `_meta`, or the same in both;
-    refused when any is not a challenge, or when they differ (the header repeated too)."""
+    refused when either is not a challenge, or when they differ."""
     sources: dict[str, object] = {}
-    for index, header in enumerate(headers):
-        sources[_CHALLENGE_HEADER_FIELD + (f" (#{index + 1})" if index else "")] = header
+    if header is not None:
+        sources[_CHALLENGE_HEADER_FIELD] = header
     if CHALLENGE_META_KEY in meta:
         sources[_CHALLENGE_META_FIELD] = meta[CHALLENGE_META_KEY]
     for field, value in sources.items():

@@ -40,6 +40,7 @@ SINGLETON_HEADERS = frozenset(
         b"mcp-session-id",
         b"last-event-id",
         b"cmcp-workflow-id",
+        b"cmcp-challenge",
     }
 )
 # Verdicts on header values are remembered (bounded): the same few values arrive on every
