@@ -35,6 +35,20 @@ NONE = {"status": "none", "verifier": NO_APPRAISAL_VERIFIER}
 ISSUER = "https://opaque.example/attest"
 
 
+# What appraisal_check reads of a claim beside its appraisal: a claim over TPM evidence.
+GENERATED_AT = "2026-12-02T18:00:00.250Z"
+TPM_CLAIM: dict[str, Any] = {
+    "trace": {"runtime": {"platform": "tpm2"}},
+    "gateway": {"gateway_version": "1.4.0", "attestation": {"generated_at": GENERATED_AT}},
+}
+OWN = {
+    "status": "warning",
+    "verifier": "urn:cmcp:runtime-appraisal:cmcp-gateway/1.4.0",
+    "policy_ref": "urn:cmcp:appraisal-policy:sha256:" + "ab" * 32,
+    "timestamp": 1796234400,
+}
+
+
 def verdict(appraisal: Appraisal | None) -> EvidenceVerdict:
     return EvidenceVerdict((), hardware_attested=False, appraisal=appraisal)
 
@@ -59,9 +73,72 @@ def verdict(appraisal: Appraisal | None) -> EvidenceVerdict:
 def test_the_claim_states_exactly_the_confirmed_appraisal(
     stated: dict[str, str], confirmed: Appraisal | None, passes: bool
 ) -> None:
-    check = appraisal_check(stated, verdict(confirmed))
+    check = appraisal_check(stated, verdict(confirmed), TPM_CLAIM)
     assert check.name == "appraisal"
     assert (check.status is CheckStatus.PASS) is passes, check.reason
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize(
+    ("change", "passes", "says"),
+    [
+        ({}, True, "the gateway's own appraisal of its hardware evidence"),
+        ({"status": "affirming"}, True, "'affirming'"),
+        ({"status": "contraindicated"}, True, "'contraindicated'"),
+        ({"status": "none"}, False, "which an appraisal does not find"),
+        (
+            {"verifier": "urn:cmcp:runtime-appraisal:cmcp-gateway/1.3.9"},
+            False,
+            "names cmcp-gateway 1.3.9, but the claim was issued by gateway version 1.4.0",
+        ),
+        (
+            {"verifier": "urn:cmcp:runtime-appraisal:other-gateway/1.4.0"},
+            False,
+            "its evidence states no appraisal",
+        ),
+        (
+            {"verifier": "urn:cmcp:runtime-appraisal:cmcp-gateway/"},
+            False,
+            "its evidence states no appraisal",
+        ),
+        (
+            {"policy_ref": "urn:cmcp:appraisal-policy:sha256:" + "AB" * 32},
+            False,
+            "not urn:cmcp:appraisal-policy:sha256:<64 hex>",
+        ),
+        (
+            {"policy_ref": "urn:cmcp:appraisal-policy:sha256:" + "ab" * 31},
+            False,
+            "not urn:cmcp:appraisal-policy:sha256:<64 hex>",
+        ),
+        ({"policy_ref": "https://policy.example/p"}, False, "not urn:cmcp:appraisal-policy"),
+        ({"policy_ref": _DROP}, False, "names policy None"),
+        ({"timestamp": _DROP}, False, "states no timestamp"),
+        ({"timestamp": 1796234401}, False, "not when the evidence the claim carries"),
+        ({"timestamp": 1796234399}, False, "not when the evidence the claim carries"),
+    ],
+)
+def test_the_gateways_own_appraisal_passes_only_in_its_own_form(
+    change: dict[str, Any], passes: bool, says: str
+) -> None:
+    stated = {**OWN, **change}
+    stated = {name: value for name, value in stated.items() if value is not _DROP}
+    check = appraisal_check(stated, verdict(None), TPM_CLAIM)
+    assert (check.status is CheckStatus.PASS) is passes, check.reason
+    assert says in check.reason
+
+
+def test_the_gateways_own_appraisal_over_software_evidence_fails() -> None:
+    software = copy.deepcopy(TPM_CLAIM)
+    software["trace"]["runtime"]["platform"] = "software-only"
+    check = appraisal_check(OWN, verdict(None), software)
+    assert check.status is CheckStatus.FAIL
+    assert "over software-only evidence, which is never appraised" in check.reason
+    # over a third party's confirmed appraisal the gateway's name is not the one confirmed
+    check = appraisal_check(OWN, verdict(Appraisal("affirming", ISSUER)), TPM_CLAIM)
+    assert check.status is CheckStatus.FAIL
 
 
 @pytest.fixture(scope="module")

@@ -287,11 +287,14 @@ def attest_key(
     return AttestedKey(key, binding, evidence, attestation, issuer)
 
 
+_DONE = {CheckStatus.FAIL: "failed", CheckStatus.SKIP: "skipped", CheckStatus.PASS: "passed"}
+
+
 def _why(own: RuntimeAppraisal | None) -> str:
     if own is None:
         return " (the evidence states its appraisal; the gateway makes none of its own)"
     return ": " + "; ".join(
-        f"{check.name} {check.status.value}ed ({check.reason})" for check in own.not_passed
+        f"{check.name} {_DONE[check.status]} ({check.reason})" for check in own.not_passed
     )
 
 

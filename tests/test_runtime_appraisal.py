@@ -1,0 +1,328 @@
+"""The gateway's own appraisal of its evidence, on a real software TPM (swtpm) enrolled as a
+privacy CA would enrol it, with its test roots: through `cmcp start` (the MCP SDK as client,
+`/readyz`, the audit log, `cmcp verify` and the TRACE conformance suite on the claim) and
+through the library for the verdicts a gateway cannot be made to reach on demand (a wrong
+root, a session or a re-attestation below `trace.appraisal.required_status`).
+
+What a swtpm appraisal proves: that the quote is bound to the session's key and policy, is
+signed by an AK certified to the root given, of a TPM whose EK chains to the root given, and
+that the PCRs replay to the pinned measurement. The roots here are the test's own, so it
+proves the protocol, not that any hardware isolates the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from trace_tests.modules import tr_apr
+
+from cmcp_cli import __version__
+from cmcp_cli.attestation.api import GatewayFacts
+from cmcp_cli.attestation.manager import load_providers
+from cmcp_cli.attestation.measurement import installation_digest
+from cmcp_cli.audit.entry import open_line
+from cmcp_cli.audit.store import iter_lines
+from cmcp_cli.claim.appraisal import policy_document, policy_ref, unix_seconds
+from cmcp_cli.claim.keys import ClaimKey
+from cmcp_cli.config_trace import AppraisalConfig
+from cmcp_cli.evidence.appraisal_config import read_appraisal
+from cmcp_cli.evidence.attesting import AppraisalBelowRequiredError, Attestor, attest_key
+from cmcp_cli.evidence.freshness import renew_evidence
+from cmcp_cli.evidence.session import EvidenceSession
+from cmcp_cli.policy.bundle import read_bundle
+from cmcp_cli.policy.engine import compile_bundle
+from cmcp_tpm import plugin
+from tests.gateway_support import (
+    Served,
+    agent_calls,
+    request,
+    start_gateway,
+    statuses,
+    verify,
+    write_config,
+)
+from tests.sessions import record_session
+from tests.support import QUICKSTART, run_cmcp
+
+testing = pytest.importorskip("cmcp_tpm.testing", reason="the cmcp-tpm plugin is absent")
+
+AK_HANDLE = 0x81010002
+RUNTIME_VERIFIER = f"urn:cmcp:runtime-appraisal:cmcp-gateway/{__version__}"
+REGISTRY = load_providers()
+
+
+@dataclass(frozen=True)
+class Rig:
+    tpm: Any
+    settings: dict[str, Any]
+    roots: tuple[Path, ...]  # the AK privacy CA's root and the EK's local CA
+    other_root: Path  # a CA that certified nothing of this TPM
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    if testing.tss is None:
+        pytest.skip("tpm2-pytss is not installed: the TPM collector cannot run here")
+    folder = tmp_path_factory.mktemp("tpm")
+    with testing.SoftwareTpm() as tpm:
+        settings = {"tcti": tpm.tcti, "ak_handle": AK_HANDLE}
+        collector = plugin.SPEC.load_collector()  # creates and persists the AK
+        zero = "sha256:" + "00" * 32
+        collector.prepare(GatewayFacts(zero, zero, zero), settings)
+        collector.close()
+        ca = testing.TestCa.create()
+        testing.enroll_attestation_key(tpm.tcti, AK_HANDLE, ca)
+        ak_root, ek_root, other = folder / "ak-ca.pem", folder / "ek-ca.pem", folder / "other.pem"
+        ak_root.write_bytes(ca.root_pem)
+        ek_root.write_bytes(tpm.ek_ca_pem)
+        other.write_bytes(testing.TestCa.create("another CA").root_pem)
+        yield Rig(tpm, settings, (ak_root, ek_root), other)
+
+
+def _config(folder: Path, upstream: Served, rig: Rig, **trace: Any) -> Path:
+    attestation = {"provider": "tpm", "providers": {"tpm": rig.settings}}
+    return write_config(folder, upstream.url, attestation=attestation, trace=trace)
+
+
+def _measure(config: Path) -> str:
+    measured = run_cmcp("measure", "tpm", "--config", config)
+    assert measured.returncode == 0, measured.stderr
+    return measured.stdout.strip()
+
+
+def _pin(config: Path, measurement: str) -> None:
+    data = yaml.safe_load(config.read_text())
+    data["attestation"]["expected_measurement"] = [measurement]
+    config.write_text(yaml.safe_dump(data))
+
+
+def _entries(db: Path, kind: str) -> list[dict[str, Any]]:
+    found = [open_line(line).fields for line in iter_lines(db)]
+    return [dict(fields) for fields in found if fields["type"] == kind]
+
+
+def _served_session(config: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """Start the gateway, run an agent's session through it, read /readyz: the claim, the
+    readiness answer and the gateway's output."""
+    gateway = start_gateway(config)
+    try:
+        allowed, _ = asyncio.run(agent_calls(gateway.url))
+        status, _, body = request(gateway.port, "GET", "/readyz")
+    finally:
+        assert gateway.stop() == 0, gateway.output()
+    assert "Paris" in allowed and status == 200
+    (claim_path,) = sorted((config.parent / "claims").glob("*.claim.json"))
+    return json.loads(claim_path.read_text()), json.loads(body), gateway.output()
+
+
+def _trace_tests_apr(claim: dict[str, Any]) -> dict[str, str]:
+    """The TR-APR findings of the TRACE conformance suite at Level 1 on the claim's record,
+    by code: status."""
+    findings = tr_apr.check(claim["trace"], 1)
+    found = {finding.code: finding.status.value for finding in findings}
+    assert set(found) == {f"TR-APR-00{n}" for n in range(1, 6)}, findings
+    return found
+
+
+def test_a_pinned_tpm_with_its_roots_is_appraised_affirming(
+    tmp_path: Path, upstream: Served, rig: Rig
+) -> None:
+    roots = [str(root) for root in rig.roots]
+    config = _config(
+        tmp_path, upstream, rig, appraisal={"trust_roots": roots, "required_status": "affirming"}
+    )
+    measurement = _measure(config)
+    _pin(config, measurement)
+    claim, ready, output = _served_session(config)
+
+    appraisal = claim["trace"]["appraisal"]
+    assert appraisal["status"] == "affirming"
+    assert appraisal["verifier"] == RUNTIME_VERIFIER
+    assert appraisal["timestamp"] == unix_seconds(claim["gateway"]["attestation"]["generated_at"])
+    expected_ref = policy_ref(
+        policy_document(
+            provider="tpm",
+            expected_measurements=[measurement],
+            trust_roots=[root.read_bytes() for root in reversed(rig.roots)],
+            collateral=[],
+            platform_policy={},
+            allow_debug=False,
+        )
+    )
+    assert appraisal["policy_ref"] == expected_ref
+    (start,) = _entries(tmp_path / "audit.db", "session_start")
+    assert start["appraisal"] == appraisal
+    assert start["appraisal_checks"] == []  # every check passed
+
+    detail = ready["appraisal"]
+    assert detail["appraised"] is True and detail["required_status"] == "affirming"
+    assert detail["policy_ref"] == expected_ref
+    assert detail["latest"]["status"] == "affirming" and detail["latest"]["not_passed"] == []
+    assert detail["made"] >= 2  # the first evidence at start, then the session's
+    assert "appraisal affirming (required affirming)" in " ".join(output.split())
+
+    claim_path = next((tmp_path / "claims").glob("*.claim.json"))
+    trust = [arg for root in rig.roots for arg in ("--trust-root", str(root))]
+    code, report = verify(
+        claim_path,
+        *trust,
+        "--expected-measurement",
+        measurement,
+        "--audit-log",
+        tmp_path / "audit.db",
+    )
+    assert code == 0, report
+    assert statuses(report)["appraisal"] == "pass"
+    assert statuses(report)["log: issuer"] == "pass"
+    # the conformance suite's appraisal checks, Level 1's affirming requirement included
+    assert set(_trace_tests_apr(claim).values()) == {"pass"}
+
+
+def test_without_a_pin_the_appraisal_is_a_warning_naming_the_skipped_check(
+    tmp_path: Path, upstream: Served, rig: Rig
+) -> None:
+    roots = [str(root) for root in rig.roots]
+    config = _config(tmp_path, upstream, rig, appraisal={"trust_roots": roots})
+    claim, ready, output = _served_session(config)
+    assert claim["trace"]["appraisal"]["status"] == "warning"
+    (start,) = _entries(tmp_path / "audit.db", "session_start")
+    (skipped,) = start["appraisal_checks"]
+    assert skipped["name"] == "measurement" and skipped["status"] == "skip"
+    assert "attestation.expected_measurement pins nothing" in skipped["reason"]
+    latest = ready["appraisal"]["latest"]
+    assert latest["status"] == "warning" and latest["not_passed"] == [skipped]
+    assert "of every collection of evidence by the tpm verifier: 2 trust root(s)" in " ".join(
+        output.split()
+    )
+    claim_path = next((tmp_path / "claims").glob("*.claim.json"))
+    trust = [arg for root in rig.roots for arg in ("--trust-root", str(root))]
+    code, report = verify(claim_path, *trust)
+    assert code == 0, report
+    assert statuses(report)["appraisal"] == "pass"
+    assert _trace_tests_apr(claim)["TR-APR-005"] == "fail"  # Level 1 wants affirming
+
+
+def test_required_affirming_without_a_pin_does_not_start(
+    tmp_path: Path, upstream: Served, rig: Rig
+) -> None:
+    roots = [str(root) for root in rig.roots]
+    config = _config(
+        tmp_path, upstream, rig, appraisal={"trust_roots": roots, "required_status": "affirming"}
+    )
+    started = run_cmcp("start", "--config", config)
+    assert started.returncode != 0
+    text = " ".join(started.stderr.split())
+    assert "appraised warning, below trace.appraisal.required_status affirming" in text, text
+    assert "measurement skipped (attestation.expected_measurement pins nothing" in text, text
+    assert "cmcp measure tpm" in text, text
+    assert not list((tmp_path / "claims").glob("*.claim.json"))
+
+
+# ---------------------------------------------------------------- through the library
+
+
+def _attestor(
+    rig: Rig, *, roots: tuple[Path, ...], pins: tuple[str, ...] = (), **more: Any
+) -> Attestor:
+    inputs = read_appraisal(AppraisalConfig(trust_roots=roots, **more), REGISTRY)
+    attestor = Attestor.load(plugin.SPEC, "test", rig.settings)
+    bundle = compile_bundle(read_bundle(QUICKSTART / "policies"))
+    attestor.collector.prepare(
+        GatewayFacts(bundle.hash, "sha256:" + "00" * 32, installation_digest()), rig.settings
+    )
+    return replace(attestor, pins=pins, appraisal=inputs)
+
+
+def _measurement(rig: Rig) -> str:
+    attestor = _attestor(rig, roots=rig.roots)
+    try:
+        return attest_key(
+            attestor,
+            key=ClaimKey.generate(),
+            bundle_hash="sha256:" + "11" * 32,
+            catalog_hash="sha256:" + "22" * 32,
+            gateway_digest=installation_digest(),
+            process_id="probe",
+        ).issuer.measurement
+    finally:
+        attestor.close()
+
+
+def test_a_wrong_root_is_contraindicated(tmp_path: Path, rig: Rig) -> None:
+    pins = (_measurement(rig),)
+    attestor = _attestor(rig, roots=(rig.other_root, rig.roots[1]), pins=pins)
+    try:
+        recorded = record_session(tmp_path, attestor=attestor, start=datetime.now(UTC))
+    finally:
+        attestor.close()
+    assert recorded.claim["trace"]["appraisal"]["status"] == "contraindicated"
+    (start,) = _entries(recorded.db, "session_start")
+    failed = {check["name"]: check for check in start["appraisal_checks"]}
+    assert failed["tpm.ak.certificate"]["status"] == "fail", failed
+    # the claim is honest about it; an auditor with the right roots still judges the quote
+    trust = [arg for root in rig.roots for arg in ("--trust-root", str(root))]
+    code, report = verify(recorded.claim_path, *trust, "--audit-log", recorded.db)
+    assert statuses(report)["appraisal"] == "pass" and code == 0, report
+    # and one given the wrong root fails the chain the gateway failed
+    code, report = verify(recorded.claim_path, "--trust-root", str(rig.other_root))
+    assert code == 1 and statuses(report)["tpm.ak.certificate"] == "fail"
+
+
+def test_a_session_below_the_required_status_is_not_opened(tmp_path: Path, rig: Rig) -> None:
+    attestor = _attestor(rig, roots=rig.roots, required_status="affirming")
+    try:
+        with pytest.raises(AppraisalBelowRequiredError) as refused:
+            record_session(tmp_path, attestor=attestor, start=datetime.now(UTC))
+    finally:
+        attestor.close()
+    assert "appraised warning, below trace.appraisal.required_status affirming" in (
+        refused.value.message
+    )
+    assert "measurement skipped" in refused.value.message
+    assert (
+        refused.value.hint is not None and "attestation.expected_measurement" in refused.value.hint
+    )
+    assert _entries(tmp_path / "audit.db", "session_start") == []
+
+
+def test_a_re_attestation_below_the_required_status_fails_closed(tmp_path: Path, rig: Rig) -> None:
+    pins = (_measurement(rig),)
+    attestor = _attestor(rig, roots=rig.roots, pins=pins, required_status="warning")
+    wrong = replace(
+        attestor,
+        appraisal=read_appraisal(
+            AppraisalConfig(trust_roots=(rig.other_root, rig.roots[1]), required_status="warning"),
+            REGISTRY,
+        ),
+    )
+    renewals = []
+
+    def renew(session: EvidenceSession) -> None:
+        renewals.append(renew_evidence(session, wrong, policy="warn_only"))
+
+    try:
+        recorded = record_session(
+            tmp_path, attestor=attestor, start=datetime.now(UTC), during=renew
+        )
+    finally:
+        attestor.close()
+    (renewal,) = renewals
+    assert not renewal.fresh and renewal.policy == "fail_closed"  # whatever warn_only says
+    assert renewal.reason == (
+        "the evidence is appraised contraindicated, below trace.appraisal.required_status warning"
+    )
+    (entry,) = _entries(recorded.db, "attestation")
+    assert entry["appraisal"]["status"] == "contraindicated"
+    assert "tpm.ak.certificate" in {check["name"] for check in entry["appraisal_checks"]}
+    # the claim carries the newest evidence and states its appraisal, as the log does
+    assert recorded.claim["trace"]["appraisal"] == entry["appraisal"]
+    (start,) = _entries(recorded.db, "session_start")
+    assert start["appraisal"]["status"] == "affirming"
