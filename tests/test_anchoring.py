@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,8 @@ from tests.anchoring_support import (
 )
 from tests.gateway_support import Served, start_gateway, write_config
 
+TRACE_TESTS = Path(sys.executable).parent / "trace-tests"
+
 
 @pytest.fixture
 def double(tmp_path: Path) -> Iterator[RunningTransparency]:
@@ -42,7 +46,7 @@ def double(tmp_path: Path) -> Iterator[RunningTransparency]:
 
 def check_stored(claim_file: Path, receipt: dict[str, Any], double: RunningTransparency) -> None:
     """The receipt stands for the claim's record: by scitt-cose under the double's log key,
-    and by every check of `claim.receipt.check_receipt`."""
+    by every check of `claim.receipt.check_receipt`, and by the conformance suite."""
     claim = json.loads(claim_file.read_text())
     record = claim["trace"]
     assert receipt["anchor_id"] == anchor_id(record)
@@ -69,6 +73,20 @@ def check_stored(claim_file: Path, receipt: dict[str, Any], double: RunningTrans
         ("receipt.inclusion", True),
         ("receipt.log_signature", True),
     ], findings
+    # the conformance suite's TR-ANC-001 (the URI) and TR-ANC-002 (inclusion) on the record
+    record_file = claim_file.parent / claim_file.name.replace(".claim.json", ".record.json")
+    assert json.loads(record_file.read_text()) == record
+    command = [str(TRACE_TESTS), "verify", "--record", str(record_file), "--level", "2"]
+    suite = subprocess.run(
+        [*command, "--expected-nonce", "A" * 22, "--receipt", str(stored)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    anchor_lines = [line.split() for line in suite.stdout.splitlines() if "TR-ANC" in line]
+    assert [line[:2] for line in anchor_lines] == [["TR-ANC", "PASS"]] * 2, suite.stdout
+    assert "inclusion proven" in suite.stdout, suite.stdout
 
 
 @pytest.mark.parametrize("protocol", ["scrapi", "registry-anchor-v1"])

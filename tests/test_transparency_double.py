@@ -25,7 +25,13 @@ from cmcp_cli.claim.model import sign_claim
 from cmcp_cli.claim.receipt import ReceiptError, inclusion_holds, receipt_document
 from cmcp_cli.testing.transparency import MODES, RunningTransparency
 from cmcp_cli.testing.transparency_log import DECOY_LEAF
-from tests.transparency_support import AnchoredClaim, anchored_claim, client, statement
+from tests.transparency_support import (
+    AnchoredClaim,
+    anchored_claim,
+    client,
+    sibling_record,
+    statement,
+)
 
 COSE = {"content-type": "application/cose"}
 JSON_TYPE = {"content-type": "application/json"}
@@ -53,13 +59,7 @@ def anchored(
 
 
 def another(anchored: AnchoredClaim, double: RunningTransparency, tag: str) -> dict[str, Any]:
-    """Another record of the same key, anchored at the double: `data_class` changed."""
-    claim = json.loads(json.dumps(anchored.claim))
-    record = claim["trace"]
-    del record["signature"], record["transparency"]
-    record["data_class"] = tag
-    record["transparency"] = f"{double.url}/entries/{anchor_id(record)}"
-    return dict(sign_claim(claim, anchored.key)["trace"])
+    return sibling_record(anchored, double.url, tag)
 
 
 def leaf(record: dict[str, Any]) -> str:

@@ -49,6 +49,16 @@ def anchored_claim(folder: Path, url: str, *, session_id: str = "sess-1") -> Anc
     return AnchoredClaim(sign_claim(claim, key), key, pem, session)
 
 
+def sibling_record(anchored: AnchoredClaim, url: str, data_class: str) -> dict[str, Any]:
+    """Another record of the same key anchored at `url`: its `data_class` changed."""
+    claim = json.loads(json.dumps(anchored.claim))
+    record = claim["trace"]
+    del record["signature"], record["transparency"]
+    record["data_class"] = data_class
+    record["transparency"] = transparency_uri(url, record)
+    return dict(sign_claim(claim, anchored.key)["trace"])
+
+
 def statement(
     record: Mapping[str, Any],
     private_pem: bytes,

@@ -23,9 +23,14 @@ import binascii
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import cbor2
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from scitt_cose import merkle
 from scitt_cose import verify_receipt as verify_cose_receipt
 
@@ -37,6 +42,7 @@ _HASH = re.compile(r"sha256:[0-9a-f]{64}")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 _COSE_SIGN1_TAG = 18
 _VDP, _INCLUSION = 396, -1
+_LOG_CURVES = ("secp256r1", "secp384r1")
 _STRINGS = ("v", "protocol", "transparency", "anchor_id", "ts", "producer", "batch_id")
 
 
@@ -59,6 +65,23 @@ class _Proof:
     leaf_count: int
     audit_path: tuple[str, ...]  # hex, leaf to root
     root: str  # hex
+    iat: int | None  # the log's signed issue time, when it states one
+
+
+def receipt_time(iat: int) -> str:
+    """A receipt's `iat` as the document's `ts` (registry-anchor-v1 §4: ISO-8601 UTC, Z)."""
+    return datetime.fromtimestamp(iat, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _instant(ts: object) -> int | None:
+    """Unix seconds of an ISO-8601 UTC time with the `Z` suffix; None for anything else."""
+    if not isinstance(ts, str) or not ts.endswith("Z"):
+        return None
+    try:
+        moment = datetime.fromisoformat(ts.removesuffix("Z") + "+00:00")
+    except ValueError:
+        return None
+    return int(moment.timestamp()) if moment.timestamp() == int(moment.timestamp()) else None
 
 
 def b64url(data: bytes) -> str:
@@ -84,7 +107,8 @@ def _verified_proof(record: Mapping[str, Any], cose: bytes, log_key_pem: bytes) 
     for blob in cbor2.loads(cose).value[1][_VDP][_INCLUSION]:
         size, index, path = cbor2.loads(blob)
         if (size, index) == (result.tree_size, result.leaf_index):
-            return _Proof(index, size, tuple(bytes(p).hex() for p in path), result.root)
+            path_hex = tuple(bytes(p).hex() for p in path)
+            return _Proof(index, size, path_hex, result.root, result.iat)
     raise ReceiptError("the verified inclusion proof is not in the receipt")  # pragma: no cover
 
 
@@ -132,6 +156,8 @@ def receipt_shape_problems(receipt: object) -> list[str]:
         value = receipt.get(name)
         if type(value) is not int or value < 0:
             problems.append(f"{name} is not a non-negative integer")
+    if isinstance(receipt.get("ts"), str) and _instant(receipt["ts"]) is None:
+        problems.append("ts is not an ISO-8601 UTC time in whole seconds with the Z suffix")
     root, path = receipt.get("merkle_root"), receipt.get("audit_path")
     if not isinstance(root, str) or not _HASH.fullmatch(root):
         problems.append("merkle_root is not sha256:<64 hex>")
@@ -253,4 +279,36 @@ def _log_signature(
             f"{proof.leaf_index} of {proof.leaf_count} under root {proof.root[:16]}…, not what "
             "the receipt's entry states",
         )
-    return ReceiptFinding(name, True, f"the log key signs root {root[:16]}… of {count} leaves")
+    if proof.iat is not None and _instant(receipt["ts"]) != proof.iat:
+        return ReceiptFinding(
+            name,
+            False,
+            f"ts is {receipt['ts']}, the log signed its receipt at {receipt_time(proof.iat)}",
+        )
+    when = (
+        f"at {receipt['ts']}"
+        if proof.iat is not None
+        else f"at a time it does not sign (ts {receipt['ts']} is the gateway's)"
+    )
+    return ReceiptFinding(
+        name,
+        True,
+        f"the log key signs root {root[:16]}… of {count} leaves {when}; producer "
+        f"{receipt['producer']}, batch {receipt['batch_id']} and protocol "
+        f"{receipt['protocol']} are the gateway's description, not signed by the log",
+    )
+
+
+def log_key_problem(pem: bytes) -> str | None:
+    """None when `pem` is a public key a receipt can be signed with (Ed25519, P-256 or
+    P-384, the COSE algorithms scitt-cose verifies: EdDSA, ES256, ES384); else why not."""
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        return f"not a PEM public key ({exc})"
+    if isinstance(key, Ed25519PublicKey):
+        return None
+    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name in _LOG_CURVES:
+        return None
+    kind = key.curve.name if isinstance(key, ec.EllipticCurvePublicKey) else type(key).__name__
+    return f"a {kind} key; a log key is Ed25519, P-256 or P-384"

@@ -32,6 +32,7 @@ from cmcp_cli.verify.claim import (
     resolve_trusted_key,
     verify_claim_file,
 )
+from cmcp_cli.verify.receipt import read_receipt
 from cmcp_cli.verify.sequence import verify_sequence
 
 _STATUS_STYLE = {
@@ -111,10 +112,35 @@ def verify_command(
             "runtime.nonce must be it.",
         ),
     ] = None,
+    receipt: Annotated[
+        Path | None,
+        typer.Option(
+            "--receipt",
+            help="The transparency receipt of the claim's record (<claim>.receipt.json): "
+            "check that the log anchored exactly this record.",
+        ),
+    ] = None,
+    log_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--log-key",
+            help="The transparency log's public key, PEM (Ed25519, P-256 or P-384): proves "
+            "the receipt's root is the log's. Without it an anchored claim exits 3.",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> int:
     """Verify a claim offline, or a session's claims and their links: every check itemised;
     exit 0 verified, 1 failed, 3 not attested."""
+    if log_key is not None and receipt is None:
+        raise UsageError(
+            "--log-key checks a receipt's signature", hint="give the receipt with --receipt FILE"
+        )
+    if receipt is not None and len(claims) > 1:
+        raise UsageError(
+            "--receipt proves one record: give one claim with it",
+            hint="verify each claim of the sequence with its own receipt",
+        )
     options = VerifyOptions(
         policy_hash=policy_hash,
         catalog_hash=catalog_hash,
@@ -126,6 +152,7 @@ def verify_command(
         allow_software=allow_software,
         allow_debug=allow_debug,
         expected_nonce=_expected_nonce(expected_nonce) if expected_nonce is not None else None,
+        receipt=read_receipt(receipt, log_key) if receipt is not None else None,
     )
     roots, extra = tuple(trust_root or ()), tuple(collateral or ())
     if len(claims) > 1:

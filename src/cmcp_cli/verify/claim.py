@@ -40,6 +40,7 @@ from cmcp_cli.verify.appraisal import record_appraisal_check
 from cmcp_cli.verify.audit_log import audit_log_checks
 from cmcp_cli.verify.evidence import judge_evidence
 from cmcp_cli.verify.nonce import nonce_check
+from cmcp_cli.verify.receipt import LOG_SIGNATURE, ReceiptInput, receipt_checks
 
 DEFAULT_MAX_AGE_SECONDS = 86_400  # TRACE v0.2 §3.2.2 default maximum record age
 FUTURE_SKEW_SECONDS = 300
@@ -62,6 +63,7 @@ class VerifyOptions:
     max_age_seconds: int = DEFAULT_MAX_AGE_SECONDS
     allow_software: bool = False
     expected_nonce: str | None = None  # the auditor's challenge, `--expected-nonce`
+    receipt: ReceiptInput | None = None  # --receipt, with --log-key's key
 
 
 @dataclass
@@ -75,6 +77,8 @@ class VerifyReport:
     catalog_pinning: str | None = None
     # Devices (`devices[i]`) whose evidence no verifier here could judge.
     unjudged_devices: tuple[str, ...] = ()
+    # A receipt was given, and no log key to prove its root is the log's.
+    unproven_anchor: bool = False
 
     @property
     def failed(self) -> bool:
@@ -84,7 +88,7 @@ class VerifyReport:
     def exit_code(self) -> ExitCode:
         if self.failed:
             return ExitCode.FAILED
-        if self.unjudged_devices:
+        if self.unjudged_devices or self.unproven_anchor:
             return ExitCode.NOT_VERIFIABLE
         if self.hardware_attested or (self.software and self.allow_software):
             return ExitCode.OK
@@ -99,6 +103,11 @@ class VerifyReport:
             return (
                 "VALID, NOT VERIFIABLE HERE: the evidence of "
                 f"{', '.join(self.unjudged_devices)} could not be judged on this machine"
+            )
+        if self.unproven_anchor:
+            return (
+                "VALID, NOT VERIFIABLE HERE: nothing proves the receipt's root is the "
+                "transparency log's (give the log's key with --log-key)"
             )
         if self.hardware_attested:
             return "VERIFIED: signature, pins, binding and hardware evidence all check out"
@@ -204,6 +213,11 @@ def verify_document(
         )
     checks.append(_measurement(trace["runtime"]["measurement"], options.expected_measurements))
     checks.extend(audit_log_checks(document, gateway_claim, options.audit_log))
+    anchoring = receipt_checks(trace, options.receipt)
+    checks.extend(anchoring)
+    report.unproven_anchor = any(
+        c.name == LOG_SIGNATURE and c.status is CheckStatus.SKIP for c in anchoring
+    )
     return report
 
 

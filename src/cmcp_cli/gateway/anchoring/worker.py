@@ -136,7 +136,7 @@ class AnchorWorker:
         return AnchorStatus(
             pending=len(entries) + len(self._unreadable),
             oldest=min((e.queued_at for e in entries), default=None),
-            last_error=self._last_error,
+            last_error=self._last_error if entries or self._unreadable else None,
             submitted=self._submitted,
             failures=self._failures,
             rejected=self._rejected,
@@ -193,6 +193,11 @@ class AnchorWorker:
         except AnchorFailure as exc:
             self._failures += 1
             await self._failed(entry, str(exc))
+            return
+        except Exception as exc:  # a fault of ours: the record stays queued, the task goes on
+            log.exception("anchoring %s failed unexpectedly", name)
+            self._failures += 1
+            await self._failed(entry, f"unexpected {type(exc).__name__}: {exc}")
             return
         try:
             await asyncio.to_thread(store_receipt, self.claims_dir, name, document)
