@@ -91,6 +91,10 @@ def test_a_software_session_states_its_challenge(software: ChallengedSession) ->
     assert record["runtime"]["platform"] == "software-only"
     assert record["runtime"]["nonce"] == software.nonce
     assert record["appraisal"] == {"status": "none", "verifier": "urn:cmcp:appraisal:none"}
+    code, report = verify(software.claim, "--expected-nonce", software.nonce)
+    assert code == 3 and statuses(report)["nonce"] == "pass", report  # valid, not hardware
+    code, report = verify(software.claim, "--expected-nonce", new_challenge())
+    assert code == 1 and statuses(report)["nonce"] == "fail", report
 
 
 @pytest.mark.parametrize("form", FORMS)
