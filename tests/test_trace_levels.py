@@ -65,8 +65,10 @@ SOFTWARE_APPRAISAL = {
     "TR-APR-003": SKIP,
     "TR-APR-004": SKIP,
 }
-# TR-RTE-003 checks the optional `runtime.rim_uri`, which cMCP does not state.
 PROVENANCE = {"TR-SCA-001": PASS, "TR-SCA-002": PASS}
+# From Level 1, besides the platform, the nonce and the appraisal: the measurement's form,
+# and TR-RTE-003, the optional `runtime.rim_uri`, which cMCP does not state.
+RUNTIME = {"TR-RTE-002": PASS, "TR-RTE-003": SKIP, **PROVENANCE}
 
 
 def level_0(form: Form, appraisal: dict[str, str]) -> dict[str, str]:
@@ -75,6 +77,10 @@ def level_0(form: Form, appraisal: dict[str, str]) -> dict[str, str]:
 
 def path_of(session: ChallengedSession, form: Form) -> Path:
     return session.claim if form == "claim" else session.record
+
+
+def _failed(report: SuiteReport, level: int) -> set[str]:
+    return {code for code, status in report.findings(level).items() if status == FAIL}
 
 
 @pytest.fixture(scope="module")
@@ -108,10 +114,8 @@ def test_a_software_session_passes_level_0_and_fails_level_1_on_the_platform_alo
         **level_0(form, SOFTWARE_APPRAISAL),
         "TR-APR-005": FAIL,  # appraisal `none`: Level 1 requires `affirming`
         "TR-RTE-001": FAIL,  # `software-only` is a development platform
-        "TR-RTE-002": PASS,
-        "TR-RTE-003": SKIP,
         "TR-RTE-004": PASS,  # the challenge it was opened with
-        **PROVENANCE,
+        **RUNTIME,
     }
     assert report.passed(0) and not report.passed(1) and not report.passed(2)
     assert report.highest_level == 0
@@ -131,8 +135,7 @@ def test_the_suite_holds_a_software_session_to_its_own_challenge(
     """The nonce the suite passes is the session's: another verifier's challenge fails it."""
     path = path_of(software, form)
     report = suite_report(path, tmp_path / "report.json", max_level=1, nonce=new_challenge())
-    failed = {code for code, status in report.findings(1).items() if status == FAIL}
-    assert failed == {"TR-APR-005", "TR-RTE-001", "TR-RTE-004"}
+    assert _failed(report, 1) == {"TR-APR-005", "TR-RTE-001", "TR-RTE-004"}
     assert "does not match" in report.messages(1)["TR-RTE-004"]
 
 
@@ -140,14 +143,7 @@ def test_the_suite_holds_a_software_session_to_its_own_challenge(
 
 PROTOCOLS = ("scrapi", "registry-anchor-v1")
 HARDWARE_APPRAISAL = dict.fromkeys(("TR-APR-001", "TR-APR-002", "TR-APR-003", "TR-APR-004"), PASS)
-LEVEL_1_RUNTIME = {
-    "TR-APR-005": PASS,
-    "TR-RTE-001": PASS,
-    "TR-RTE-002": PASS,
-    "TR-RTE-003": SKIP,
-    "TR-RTE-004": PASS,
-    **PROVENANCE,
-}
+LEVEL_1_RUNTIME = {"TR-APR-005": PASS, "TR-RTE-001": PASS, "TR-RTE-004": PASS, **RUNTIME}
 LEVEL_2_ANCHOR = {"TR-TXN-001": PASS, "TR-TXN-002": PASS, "TR-ANC-001": PASS, "TR-ANC-002": PASS}
 
 
@@ -222,6 +218,10 @@ def test_a_tpm_session_states_its_challenge_appraisal_and_anchor(
     assert appraisal["policy_ref"].startswith("urn:cmcp:appraisal-policy:sha256:")
     assert type(appraisal["timestamp"]) is int
     assert record["transparency"] == f"{transparency.url}/entries/{anchor_id(record)}"
+    assert tpm.session.receipt is not None
+    receipt = json.loads(tpm.session.receipt.read_text())
+    assert receipt["protocol"] == protocol
+    assert receipt["transparency"] == record["transparency"]
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -242,10 +242,6 @@ def test_a_tpm_session_passes_levels_1_and_2(
 
     assert suite_verify(path, level=1, nonce=session.nonce)[0] == 0
     assert suite_verify(path, level=2, nonce=session.nonce, receipt=session.receipt)[0] == 0
-
-
-def _failed(report: SuiteReport, level: int) -> set[str]:
-    return {code for code, status in report.findings(level).items() if status == FAIL}
 
 
 @pytest.mark.parametrize("form", FORMS)
