@@ -9,6 +9,7 @@ import asyncio
 import http.client
 import json
 import secrets
+import signal
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -395,3 +396,43 @@ def test_the_challenge_in_meta_is_never_forwarded_upstream() -> None:
     meta = {CHALLENGE_META_KEY: challenge(), "progressToken": 3, "_cmcp.workflow_id": "w"}
     assert forwardable_meta(meta) == {"progressToken": 3}
     assert forwardable_meta({CHALLENGE_META_KEY: challenge()}) is None
+
+
+def test_a_gateway_killed_with_a_challenged_session_recovers_it_with_the_challenge(
+    tmp_path: Path, upstream: Served
+) -> None:
+    nonce = challenge()
+    config = write_config(tmp_path, upstream.url)
+    first = start_gateway(config)
+    try:
+        status, headers, _ = post(first, initialize(), {"cmcp-challenge": nonce})
+        assert status == 200
+        session = headers["mcp-session-id"]
+        call = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "get_weather", "arguments": {"city": "Oslo"}},
+        }
+        sent = {"mcp-session-id": session, "mcp-protocol-version": "2025-06-18"}
+        assert "result" in post(first, call, sent)[2]
+    finally:
+        first.stop(signal.SIGKILL)
+    second = start_gateway(config)  # recovers the session before it serves
+    try:
+        claim = claim_of(second, session)
+    finally:
+        assert second.stop() == 0, second.output()
+    assert (
+        claim["gateway"]["recovery"]["interrupted_process"]
+        != claim["gateway"]["recovery"]["process"]
+    )
+    assert claim["trace"]["runtime"]["nonce"] == nonce
+    # the recovering process's own key, bound with the session's challenge
+    assert claim["gateway"]["attestation"]["binding"] == binding(claim, nonce)
+    path = tmp_path / "claims" / f"{session}.claim.json"
+    code, report = verify(
+        path, "--allow-software", "--audit-log", tmp_path / "audit.db", "--expected-nonce", nonce
+    )
+    assert code == 0, report
+    assert statuses(report)["recovery"] == statuses(report)["nonce"] == "pass"

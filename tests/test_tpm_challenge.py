@@ -10,6 +10,8 @@ import asyncio
 import base64
 import json
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +36,8 @@ from tests.gateway_support import Served, start_gateway, statuses, verify, write
 from tests.sessions import record_session
 from tests.support import QUICKSTART
 from tests.tpm_support import EnrolledTpm, enrolled_tpm
+
+TRACE_TESTS = str(Path(sys.executable).with_name("trace-tests"))
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +101,30 @@ def test_a_tpm_quote_answers_the_auditors_challenge(
     code, report = verify(path, *enrolled.trust_args(), *audit, "--expected-nonce", other)
     assert code == 1 and statuses(report)["nonce"] == "fail"
     assert statuses(report)["tpm.attest.extra_data"] == "pass"  # the evidence is sound
+
+    # the TRACE conformance suite's own comparison (TR-RTE-004), on claim and record
+    record = path.with_name(path.name.replace(".claim.", ".record."))
+    for document in (path, record):
+        assert suite_nonce_line(document, nonce) == (
+            "TR-RTE  PASS        runtime.nonce matches the verifier challenge"
+        )
+        assert suite_nonce_line(document, other) == (
+            "TR-RTE  FAIL        TR-RTE-004: runtime.nonce does not match the verifier challenge"
+        )
+
+
+def suite_nonce_line(document: Path, nonce: str) -> str:
+    """The runtime.nonce line of `trace-tests verify --level 1 --expected-nonce`."""
+    command = [TRACE_TESTS, "verify", "--record", str(document), "--level", "1"]
+    completed = subprocess.run(
+        [*command, "--expected-nonce", nonce],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    (line,) = [row.strip() for row in completed.stdout.splitlines() if "runtime.nonce" in row]
+    return line
 
 
 def test_a_claim_moved_to_another_challenge_fails_on_the_quote(
