@@ -83,7 +83,10 @@ def addition_caught_by(path: str) -> str:
 def removal_caught_by(path: str) -> str:
     """Removing a member the claim's shape requires fails `format`; only the provider's
     evidence members (the platform's and each device's), the devices list as a whole,
-    `by_kind` and its kinds may be absent from a well-formed claim."""
+    `by_kind` and its kinds may be absent from a well-formed claim, and the members only
+    the gateway's own appraisal states, which its form requires (`appraisal`)."""
+    if path in ("trace.appraisal.policy_ref", "trace.appraisal.timestamp"):
+        return "appraisal"
     by_kind = "gateway.call_summary.by_kind"
     devices = "gateway.attestation.devices"
     device_evidence = re.fullmatch(rf"{re.escape(devices)}\.\d+\.evidence\..+", path)

@@ -13,6 +13,7 @@ proves the protocol, not that any hardware isolates the gateway.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -25,20 +26,23 @@ import yaml
 from trace_tests.modules import tr_apr
 
 from cmcp_cli import __version__
-from cmcp_cli.attestation.api import GatewayFacts
+from cmcp_cli.attestation.api import CheckStatus, GatewayFacts
 from cmcp_cli.attestation.manager import load_providers
 from cmcp_cli.attestation.measurement import installation_digest
 from cmcp_cli.audit.entry import open_line
 from cmcp_cli.audit.store import iter_lines
 from cmcp_cli.claim.appraisal import policy_document, policy_ref, unix_seconds
 from cmcp_cli.claim.keys import ClaimKey
+from cmcp_cli.claim.model import sign_claim
 from cmcp_cli.config_trace import AppraisalConfig
+from cmcp_cli.errors import ExitCode
 from cmcp_cli.evidence.appraisal_config import read_appraisal
 from cmcp_cli.evidence.attesting import AppraisalBelowRequiredError, Attestor, attest_key
 from cmcp_cli.evidence.freshness import renew_evidence
 from cmcp_cli.evidence.session import EvidenceSession
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle
+from cmcp_cli.verify.claim import VerifyOptions, verify_document
 from cmcp_tpm import plugin
 from tests.gateway_support import (
     Served,
@@ -326,3 +330,46 @@ def test_a_re_attestation_below_the_required_status_fails_closed(tmp_path: Path,
     assert recorded.claim["trace"]["appraisal"] == entry["appraisal"]
     (start,) = _entries(recorded.db, "session_start")
     assert start["appraisal"]["status"] == "affirming"
+
+
+def _insider(claim: dict[str, Any], key: ClaimKey, **appraisal: Any) -> dict[str, Any]:
+    """The claim with its appraisal changed and re-signed by the session's own key."""
+    changed = copy.deepcopy(claim)
+    changed["trace"]["appraisal"] = {**changed["trace"]["appraisal"], **appraisal}
+    return sign_claim(changed, key)
+
+
+def test_an_insider_cannot_restate_the_gateways_appraisal(tmp_path: Path, rig: Rig) -> None:
+    key = ClaimKey.generate()
+    attestor = _attestor(rig, roots=rig.roots)
+    try:
+        recorded = record_session(tmp_path, attestor=attestor, key=key, start=datetime.now(UTC))
+    finally:
+        attestor.close()
+    options = VerifyOptions(trust_roots=tuple(root.read_bytes() for root in rig.roots))
+    genuine = verify_document(recorded.claim, options, REGISTRY)
+    assert {c.name: c.status for c in genuine.checks}["appraisal"] is CheckStatus.PASS
+    assert genuine.exit_code is ExitCode.OK, genuine.checks
+    ref = recorded.claim["trace"]["appraisal"]["policy_ref"]
+    for forged in (
+        {"verifier": "urn:cmcp:runtime-appraisal:cmcp-gateway/9.9.9"},
+        {"verifier": "https://verifier.example/appraisal"},
+        {"policy_ref": ref[:-1]},
+        {"policy_ref": ref.upper()},
+        {"timestamp": recorded.claim["trace"]["appraisal"]["timestamp"] - 60},
+        {"status": "none"},
+    ):
+        report = verify_document(_insider(recorded.claim, key, **forged), options, REGISTRY)
+        checks = {c.name: c.status for c in report.checks}
+        assert checks["signature"] is CheckStatus.PASS
+        assert checks["appraisal"] is CheckStatus.FAIL, forged
+        assert report.exit_code is ExitCode.FAILED
+
+    # the gateway's own appraisal written over a software-mode claim
+    software_claim = record_session(tmp_path / "software", key=key).claim
+    stated = recorded.claim["trace"]["appraisal"]
+    report = verify_document(
+        _insider(software_claim, key, **stated), VerifyOptions(allow_software=True), REGISTRY
+    )
+    assert {c.name: c.status for c in report.checks}["appraisal"] is CheckStatus.FAIL
+    assert report.exit_code is ExitCode.FAILED

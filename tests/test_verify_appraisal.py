@@ -23,7 +23,7 @@ from cmcp_cli.errors import ExitCode
 from cmcp_cli.evidence.attesting import Attestor
 from cmcp_cli.evidence.freshness import renew_evidence
 from cmcp_cli.evidence.session import EvidenceSession
-from cmcp_cli.verify.appraisal import appraisal_check
+from cmcp_cli.verify.appraisal import appraisal_check, record_appraisal_check
 from cmcp_cli.verify.claim import VerifyOptions, VerifyReport, verify_document
 from cmcp_opaque import plugin
 from cmcp_opaque.testing import AUDIENCE
@@ -139,6 +139,24 @@ def test_the_gateways_own_appraisal_over_software_evidence_fails() -> None:
     # over a third party's confirmed appraisal the gateway's name is not the one confirmed
     check = appraisal_check(OWN, verdict(Appraisal("affirming", ISSUER)), TPM_CLAIM)
     assert check.status is CheckStatus.FAIL
+
+
+@pytest.mark.parametrize(
+    ("platform", "change", "status", "says"),
+    [
+        ("tpm2", {}, CheckStatus.SKIP, "only the evidence of its GatewayClaim can confirm"),
+        ("software-only", {}, CheckStatus.FAIL, "over software-only evidence"),
+        ("tpm2", {"status": "none"}, CheckStatus.FAIL, "which an appraisal does not find"),
+        ("tpm2", {"policy_ref": "urn:x:y"}, CheckStatus.FAIL, "not urn:cmcp:appraisal-policy"),
+        ("tpm2", {"timestamp": _DROP}, CheckStatus.FAIL, "states no timestamp"),
+    ],
+)
+def test_a_standalone_record_states_the_gateways_own_appraisal_only_in_its_form(
+    platform: str, change: dict[str, Any], status: CheckStatus, says: str
+) -> None:
+    stated = {name: value for name, value in {**OWN, **change}.items() if value is not _DROP}
+    check = record_appraisal_check(stated, platform)
+    assert check.status is status and says in check.reason, check.reason
 
 
 @pytest.fixture(scope="module")
