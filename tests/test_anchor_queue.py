@@ -196,9 +196,11 @@ def test_validate_config_checks_the_log_key_and_ca_file(quickstart: Path) -> Non
     refused = {
         b"not a key": "is not a PEM public key",
         _pem_public(rsa.generate_private_key(public_exponent=65537, key_size=2048)): (
-            "not an Ed25519, P-256 or P-384 key"
+            "a log key is Ed25519, P-256 or P-384"
         ),
-        _pem_public(ec.generate_private_key(ec.SECP521R1())): "not an Ed25519, P-256 or P-384",
+        _pem_public(
+            ec.generate_private_key(ec.SECP521R1())
+        ): "a secp521r1 key; a log key is Ed25519",
     }
     for content, problem in refused.items():
         (quickstart / "log.pem").write_bytes(content)

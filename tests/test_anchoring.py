@@ -34,6 +34,7 @@ from tests.anchoring_support import (
     until,
 )
 from tests.gateway_support import Served, start_gateway, write_config
+from tests.support import run_cmcp
 
 TRACE_TESTS = Path(sys.executable).parent / "trace-tests"
 
@@ -46,7 +47,8 @@ def double(tmp_path: Path) -> Iterator[RunningTransparency]:
 
 def check_stored(claim_file: Path, receipt: dict[str, Any], double: RunningTransparency) -> None:
     """The receipt stands for the claim's record: by scitt-cose under the double's log key,
-    by every check of `claim.receipt.check_receipt`, and by the conformance suite."""
+    by every check of `claim.receipt.check_receipt` and of `cmcp verify --receipt
+    --log-key` (exit 0), and by the conformance suite's TR-ANC checks."""
     claim = json.loads(claim_file.read_text())
     record = claim["trace"]
     assert receipt["anchor_id"] == anchor_id(record)
@@ -73,6 +75,24 @@ def check_stored(claim_file: Path, receipt: dict[str, Any], double: RunningTrans
         ("receipt.inclusion", True),
         ("receipt.log_signature", True),
     ], findings
+    verified = run_cmcp(
+        "verify",
+        claim_file,
+        "--allow-software",
+        "--receipt",
+        stored,
+        "--log-key",
+        double.folder / "log-key.pem",
+        "--json",
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    checks = {c["name"]: c["status"] for c in verified.json()["checks"]}
+    assert {n: s for n, s in checks.items() if n.startswith("receipt")} == {
+        "receipt.shape": "pass",
+        "receipt.record": "pass",
+        "receipt.inclusion": "pass",
+        "receipt.log_signature": "pass",
+    }, checks
     # the conformance suite's TR-ANC-001 (the URI) and TR-ANC-002 (inclusion) on the record
     record_file = claim_file.parent / claim_file.name.replace(".claim.json", ".record.json")
     assert json.loads(record_file.read_text()) == record
@@ -231,29 +251,45 @@ def test_records_pending_at_a_sigkill_are_anchored_after_restart(
 ) -> None:
     """SIGKILL with per-call claims pending (the service down) and the session open: the
     next process recovers the session (its final claim queued too) and, the service up,
-    anchors every record, each receipt verifying."""
+    anchors every record, each receipt verifying; a damaged pending file stays counted."""
     double.service.set_mode("down")
     config = anchored_config(tmp_path, upstream, double)
     claims = tmp_path / "claims"
     gateway = start_gateway(config)
     try:
         asyncio.run(_calls_left_open(gateway.url))
-        until("two pending anchors", lambda: len(list(claims.glob("*.anchor.json"))) == 2 or None)
+        # each record is queued before its claim is written: wait for both
+        until("two claims pending", lambda: _two_pending(claims))
     finally:
         gateway.stop(signal.SIGKILL)
     (session,) = sessions_in(claims)
+    damaged = claims / "damaged.anchor.json"
+    damaged.write_text("{")  # a pending file that cannot be read: counted, never dropped
     double.service.set_mode("up")
     restarted = start_gateway(config)
     try:
         receipts = {n: receipt_of(restarted, session, n) for n in (1, 2)}
         final = receipt_of(restarted, session)  # the recovery's claim
-        until("nothing pending", lambda: anchoring(restarted)["pending"] == 0 or None)
+        detail = until("only the damaged file", lambda: _only_damaged(restarted))
+        assert detail["last_error"] is None and session not in json.dumps(detail), detail
+        assert metric(restarted, "cmcp_anchor_pending") == 1
+        assert damaged.read_text() == "{"
     finally:
         assert restarted.stop() == 0, restarted.output()
     for sequence, receipt in receipts.items():
         check_stored(claims / f"{session}.{sequence}.claim.json", receipt, double)
     check_stored(claims / f"{session}.claim.json", final, double)
     assert final["anchor_id"] not in {r["anchor_id"] for r in receipts.values()}
+
+
+def _two_pending(claims: Path) -> bool | None:
+    queued, written = claims.glob("*.anchor.json"), claims.glob("*.*.record.json")
+    return (len(list(queued)), len(list(written))) == (2, 2) or None
+
+
+def _only_damaged(gateway: Served) -> dict[str, Any] | None:
+    detail = anchoring(gateway)
+    return detail if (detail["pending"], detail["unreadable"]) == (1, 1) else None
 
 
 async def _calls_left_open(url: str) -> None:

@@ -28,13 +28,14 @@ import httpx
 import orjson
 
 from cmcp_cli.claim.keys import b64url_decode
-from cmcp_cli.claim.receipt import ReceiptError, receipt_document
+from cmcp_cli.claim.receipt import ReceiptError, receipt_document, receipt_time
 from cmcp_cli.config_trace import AnchorConfig
 from cmcp_cli.evidence.anchor_queue import PendingAnchor
 
 ANSWER_LIMIT = 1 << 20  # bytes of any answer read; more is refused
 COSE = "application/cose"
-_OPERATION_ID = re.compile(r"[A-Za-z0-9._~-]{1,200}")
+# an operation or entry id: one path segment, never `.` or `..`
+_OPERATION_ID = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9._~-]{1,200}")
 _POLL_FIRST, _POLL_MOST = 0.1, 1.0  # seconds between polls of a running operation
 _CWT_CLAIMS, _IAT = 15, 6
 
@@ -94,17 +95,18 @@ async def _scrapi(
             "the record was queued without a SCRAPI statement (no claim key signed one), "
             "so only trace.anchor.protocol registry-anchor-v1 can anchor it"
         )
-    url = f"{target.url}/entries"
+    asked = "POST /entries"
     status, headers, body = await _request(
-        client, target, "POST", url, content=entry.statement, content_type=COSE
+        client, target, "POST", f"{target.url}/entries", content=entry.statement, content_type=COSE
     )
     if status == 202:
         entry_id = await _operation(client, target, headers.get("location"))
+        asked = f"GET /entries/{entry_id}"
         status, headers, body = await _request(
             client, target, "GET", f"{target.url}/entries/{entry_id}"
         )
     if status not in (200, 201):
-        raise AnchorFailure(_unexpected("POST /entries", status, body))
+        raise AnchorFailure(_unexpected(asked, status, body))
     if headers.get("content-type", "").split(";")[0].strip().lower() != COSE:
         raise AnchorFailure(f"the receipt came as {headers.get('content-type')!r}, not {COSE}")
     return _document(target, entry, body, batch_id=None)
@@ -216,7 +218,7 @@ def _issued_at(cose: bytes) -> str:
         protected = cbor2.loads(cbor2.loads(cose).value[0])
         iat = protected.get(_CWT_CLAIMS, {}).get(_IAT)
         if type(iat) is int and 0 <= iat < 2**53:
-            moment = datetime.fromtimestamp(iat, UTC)
+            return receipt_time(iat)
     except (ValueError, TypeError, LookupError, AttributeError, OverflowError, OSError):
         pass  # receipt_document names what is wrong with it
     except cbor2.CBORDecodeError:

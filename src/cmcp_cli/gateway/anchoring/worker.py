@@ -48,7 +48,8 @@ _JITTER = random.SystemRandom()
 
 @dataclass(frozen=True)
 class AnchorStatus:
-    """What /readyz and /metrics say of anchoring."""
+    """What /readyz and /metrics say of anchoring. /readyz answers anyone, so nothing
+    here names a session (the log does)."""
 
     pending: int
     oldest: str | None  # when the oldest pending record was queued
@@ -56,7 +57,7 @@ class AnchorStatus:
     submitted: int
     failures: int
     rejected: int
-    unreadable: tuple[str, ...]
+    unreadable: int  # pending files that cannot be read (each named in the log)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,7 +67,7 @@ class AnchorStatus:
             "anchored": self.submitted,
             "failures": self.failures,
             "rejected": self.rejected,
-            "unreadable": list(self.unreadable),
+            "unreadable": self.unreadable,
         }
 
     def metric_lines(self) -> list[str]:
@@ -140,7 +141,7 @@ class AnchorWorker:
             submitted=self._submitted,
             failures=self._failures,
             rejected=self._rejected,
-            unreadable=tuple(sorted(self._unreadable.values())),
+            unreadable=len(self._unreadable),
         )
 
     def _add(self, entry: PendingAnchor) -> None:
@@ -210,7 +211,7 @@ class AnchorWorker:
         log.info("anchored %s at %s", name, document["transparency"])
 
     async def _failed(self, entry: PendingAnchor, error: str) -> None:
-        self._last_error = f"{entry.name}: {error}"
+        self._last_error = error
         log.warning("anchoring %s failed (attempt %d): %s", entry.name, entry.attempts + 1, error)
         with contextlib.suppress(OSError):  # the count on disk is for the operator only
             await asyncio.to_thread(note_attempt, self.claims_dir, entry, error)

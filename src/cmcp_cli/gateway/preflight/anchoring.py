@@ -6,9 +6,8 @@ import ssl
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from cmcp_cli.claim.receipt import log_key_problem as receipt_key_problem
 from cmcp_cli.config import CmcpConfig
 from cmcp_cli.errors import Problem
 from cmcp_cli.gateway.preflight.checks import Locator
@@ -17,24 +16,16 @@ _LOG_KEY_HINT = (
     "set trace.anchor.log_key to the transparency service's public key as PEM (Ed25519, "
     "P-256 or P-384), as the service publishes it"
 )
-_CURVES = (ec.SECP256R1, ec.SECP384R1)
 
 
 def log_key_problem(path: Path) -> str | None:
-    """Why `path` is not a log key receipts can verify under; None when it is one."""
+    """Why the file at `path` is not a log key receipts can verify under; None when it is."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         return f"cannot read {path}: {exc.strerror or exc}"
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError):
-        return f"{path} is not a PEM public key"
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        return None
-    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, _CURVES):
-        return None
-    return f"{path} is a {type(key).__name__}, not an Ed25519, P-256 or P-384 key"
+    problem = receipt_key_problem(data)
+    return None if problem is None else f"{path} is {problem}"
 
 
 def ca_file_problem(path: Path) -> str | None:
