@@ -273,8 +273,8 @@ def match_claim(replay: SessionReplay, document: Mapping[str, Any]) -> ClaimMatc
     its session's log determines (`session_record.claim_facts`, in the one claim shape of
     `claim_body`). The key is compared by its RFC 7638 thumbprint and the evidence by its
     digest, since the log keeps only those; the binding is recomputed from the log's key,
-    bundle, catalog, gateway digest and challenge; the signature is not compared. A member the claim
-    lacks, or has beyond what the log determines, is a mismatch too.
+    bundle, catalog, gateway digest and challenge; the signature is not compared. A member
+    the claim lacks, or has beyond what the log determines, is a mismatch too.
 
     A log that lacks a record the claim states, or has it with the wrong type, matches no
     claim: `unmatched` names the member.
