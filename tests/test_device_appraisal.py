@@ -23,6 +23,7 @@ from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.evidence.appraising import AppraisalInputs
 from cmcp_cli.evidence.attesting import AttestationUnavailableError, Attestor, DeviceAttestor
 from cmcp_cli.verify.claim import VerifyOptions, verify_document
+from tests.device_plugin.cmcp_testgpu import TEE_MEASUREMENT
 from tests.device_support import install_device_plugin, on_path, registry_with, spec
 from tests.sessions import RecordedSession, record_session
 
@@ -35,11 +36,9 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProviderRegis
 
 
 def _attestor(registry: ProviderRegistry, inputs: AppraisalInputs, **gpu: Any) -> Attestor:
-    import cmcp_testgpu  # the test site's module, importable while `registry` lasts
-
     cpu = Attestor.load(spec(registry, "testtee"), "1.0.0", {"devices": 1})
     device = DeviceAttestor.load(spec(registry, "testgpu"), "1.0.0", {"devices": 2, **gpu})
-    return replace(cpu, devices=(device,), pins=(cmcp_testgpu.TEE_MEASUREMENT,), appraisal=inputs)
+    return replace(cpu, devices=(device,), pins=(TEE_MEASUREMENT,), appraisal=inputs)
 
 
 def _recorded(folder: Path, attestor: Attestor) -> RecordedSession:

@@ -178,7 +178,7 @@ def appraise(
     evidence = collected.evidence
     checks: list[Check] = []
     verdict = _verdict(collected.spec, evidence.evidence, trust, inputs, "evidence")
-    attested = isinstance(verdict, EvidenceVerdict)
+    attested = False
     if isinstance(verdict, EvidenceVerdict):
         checks.extend(verdict.checks)
         attested = verdict.hardware_attested and not verdict.failed

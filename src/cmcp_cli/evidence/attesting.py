@@ -314,8 +314,8 @@ def _below_hint(own: RuntimeAppraisal | None, provider: str) -> str:
         )
     if any(status is CheckStatus.FAIL for status in names.values()):
         steps.append("fix the host or the inputs the failed checks name")
-    steps.append("or lower trace.appraisal.required_status")
-    return "; ".join(steps)
+    lower = "lower trace.appraisal.required_status"
+    return "; ".join(steps) + f"; or {lower}" if steps else lower
 
 
 def _collect_devices(device: DeviceAttestor, binding: bytes) -> tuple[DeviceEvidence, ...]:

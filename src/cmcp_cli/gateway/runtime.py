@@ -299,15 +299,15 @@ def _appraisal_inputs(
 ) -> AppraisalInputs:
     """`trace.appraisal`, read; `StartupError` naming the setting that cannot be used."""
     settings = config.trace.appraisal
-    try:
-        problem = software_problem(settings) if attestor.spec.name == software.NAME else None
-        if problem is not None:
-            raise problem
-        return read_appraisal(settings, registry)
-    except AppraisalSettingError as exc:
-        attestor.close()
-        key = ".".join(str(part) for part in (*APPRAISAL_SECTION, *exc.key))
-        raise StartupError(f"{key}: {exc.message}", hint=exc.hint) from exc
+    problem = software_problem(settings) if attestor.spec.name == software.NAME else None
+    if problem is None:
+        try:
+            return read_appraisal(settings, registry)
+        except AppraisalSettingError as exc:
+            problem = exc
+    attestor.close()
+    key = ".".join(str(part) for part in (*APPRAISAL_SECTION, *problem.key))
+    raise StartupError(f"{key}: {problem.message}", hint=problem.hint)
 
 
 def _reload_keys(config: CmcpConfig, attestor: Attestor) -> tuple[Ed25519PublicKey, ...]:
