@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,76 +14,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from scitt_cose import verify_receipt
 
-from cmcp_cli.claim.anchor import anchor_leaf_bytes
-from cmcp_cli.claim.keys import jwk_thumbprint
 from cmcp_cli.claim.model import sign_claim
-from cmcp_cli.claim.receipt import receipt_document, receipt_time
 from cmcp_cli.testing.transparency import RunningTransparency
 from tests.support import CliResult, run_cmcp
-from tests.transparency_support import (
-    AnchoredClaim,
-    anchored_claim,
-    client,
-    sibling_record,
-    statement,
-)
+from tests.transparency_support import Anchored, anchor, client
 
 COSE = {"content-type": "application/cose"}
 RECEIPT_CHECKS = ("receipt.shape", "receipt.record", "receipt.inclusion", "receipt.log_signature")
-PRODUCER = "cmcp-gateway/0.1.0"
-
-
-@dataclass(frozen=True)
-class Anchored:
-    """A claim anchored at the double, its files, and its receipt document."""
-
-    claim: AnchoredClaim
-    claim_path: Path
-    record_path: Path
-    receipt: dict[str, Any]
-    receipt_path: Path
-    log_key: Path
-
-
-def submit(double: RunningTransparency, anchored: AnchoredClaim, record: dict[str, Any]) -> bytes:
-    body = statement(record, anchored.private_pem, kid=jwk_thumbprint(record["cnf"]["jwk"]))
-    with client(double.ca_file) as http:
-        answer = http.post(f"{double.url}/entries", content=body, headers=COSE)
-    assert answer.status_code == 201, answer.text
-    return answer.content
-
-
-def document_for(
-    double: RunningTransparency, record: dict[str, Any], cose: bytes
-) -> dict[str, Any]:
-    """The receipt document as the gateway builds it (contract C)."""
-    key = double.log_key.read_bytes()
-    iat = verify_receipt(cose, leaf_entry_hex=_leaf(record), log_public_key_pem=key).iat
-    return receipt_document(
-        protocol="scrapi", record=record, cose_receipt=cose, log_key_pem=key,
-        ts=receipt_time(iat), producer=PRODUCER,
-    )  # fmt: skip
-
-
-def _leaf(record: dict[str, Any]) -> str:
-    return anchor_leaf_bytes(record).hex()
-
-
-def anchor(double: RunningTransparency, folder: Path, session_id: str) -> Anchored:
-    folder.mkdir(parents=True, exist_ok=True)
-    claim = anchored_claim(folder, double.url, session_id=session_id)
-    # records before it, so its proof has a path to check
-    for tag in ("internal", "confidential"):
-        submit(double, claim, sibling_record(claim, double.url, f"{session_id}-{tag}"))
-    record = claim.record
-    receipt = document_for(double, record, submit(double, claim, record))
-    assert receipt["leaf_count"] >= 3 and receipt["audit_path"]
-    paths = [folder / f"{session_id}.anchored-{n}.json" for n in ("claim", "trace", "receipt")]
-    for path, document in zip(paths, (claim.claim, record, receipt), strict=True):
-        path.write_text(json.dumps(document))
-    return Anchored(claim, paths[0], paths[1], receipt, paths[2], double.log_key)
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +148,20 @@ def test_a_receipt_for_another_claim_fails(
 
 
 def _flip(text: str) -> str:
-    return text[:-1] + ("A" if text[-1] != "A" else "B")
+    """One character in the middle changed: other bytes."""
+    middle = len(text) // 2
+    return text[:middle] + ("A" if text[middle] != "A" else "B") + text[middle + 1 :]
+
+
+def _respell(text: str) -> str:
+    """The same bytes spelled with other trailing bits, or (when a length leaves none)
+    with padding: lenient base64url decoders read both as the same bytes."""
+    if len(text) % 4 == 0:
+        return text + "="
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    spare = 4 if len(text) % 4 == 2 else 2  # the unused low bits of the last character
+    value = alphabet.index(text[-1])
+    return text[:-1] + alphabet[value ^ (1 << (spare - 1))]
 
 
 def _hash_flip(text: str) -> str:
@@ -236,6 +186,8 @@ TAMPERED: list[tuple[str, Any, str]] = [
     ("producer", 7, "receipt.shape"),
     ("batch_id", None, "receipt.shape"),
     ("cose_receipt", _flip, "receipt.log_signature"),
+    ("cose_receipt", _respell, "receipt.log_signature"),
+    ("cose_receipt", lambda t: t + "==", "receipt.log_signature"),
     ("cose_receipt", "not base64url!", "receipt.log_signature"),
     (
         "cose_receipt",

@@ -18,8 +18,6 @@ members, the two proof members, and `cose_receipt` (unpadded base64url).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,11 +33,11 @@ from scitt_cose import merkle
 from scitt_cose import verify_receipt as verify_cose_receipt
 
 from cmcp_cli.claim.anchor import AnchorProfileError, anchor_id, anchor_leaf_bytes
+from cmcp_cli.claim.keys import JWKError, b64url_decode, b64url_encode
 
 RECEIPT_VERSION = "cmcp-receipt-1"
 PROTOCOLS = ("scrapi", "registry-anchor-v1")
 _HASH = re.compile(r"sha256:[0-9a-f]{64}")
-_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 _COSE_SIGN1_TAG = 18
 _VDP, _INCLUSION = 396, -1
 _LOG_CURVES = ("secp256r1", "secp384r1")
@@ -85,16 +83,16 @@ def _instant(ts: object) -> int | None:
 
 
 def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return b64url_encode(data)
 
 
 def _unb64url(text: str) -> bytes:
-    if not _BASE64URL.fullmatch(text):
-        raise ReceiptError("cose_receipt is not unpadded base64url")
+    """The bytes of canonical unpadded base64url: another spelling of the same bytes (set
+    trailing bits, padding) is refused, so one receipt has one document."""
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise ReceiptError(f"cose_receipt is not base64url: {exc}") from None
+        return b64url_decode(text)
+    except JWKError as exc:
+        raise ReceiptError(f"cose_receipt is {exc}") from None
 
 
 def _verified_proof(record: Mapping[str, Any], cose: bytes, log_key_pem: bytes) -> _Proof:

@@ -30,7 +30,6 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -41,6 +40,7 @@ from scitt_cose import build_receipt, merkle, parse_signed_statement
 
 from cmcp_cli.claim.anchor import AnchorProfileError, anchor_id, anchor_leaf_bytes
 from cmcp_cli.claim.keys import JWKError, jwk_thumbprint, public_key_from_jwk
+from cmcp_cli.claim.receipt import receipt_time
 from cmcp_cli.claim.signing import check_signature
 
 ENTRIES: Final = "entries.jsonl"
@@ -201,44 +201,65 @@ class TransparencyLog:
             leaves = list(self._leaves)
             index = self._index[identifier]
             subject = self._subjects[index]
-        issued_at = int(time.time())
-        signed_leaves, signed_index = leaves, index
-        if mode == "other-leaf":  # a genuine receipt, but for a leaf that is no record's
-            signed_leaves = [*leaves, DECOY_LEAF.hex()]
-            signed_index = len(leaves)
-        cose = build_receipt(
-            leaf_entry_hex=signed_leaves[signed_index],
-            leaf_index=signed_index,
-            tree_entries_hex=signed_leaves,
-            alg="EdDSA",
-            log_private_key_pem=self._wrong_key if mode == "wrong-key" else self._log_key,
-            iss=self.base_url,
-            sub=subject,
-            kid=self._kid,
-            iat=issued_at,
+        signer = LogSigner(
+            self._wrong_key if mode == "wrong-key" else self._log_key,
+            self._kid,
+            self.base_url,
+            self.producer,
         )
-        if mode == "tamper":
-            cose = _flip_signature_byte(cose)
-        stated_leaves, stated_index = signed_leaves, signed_index
-        if mode == "disagree":  # an entry and proof that hold on their own, in a tree the
-            stated_leaves = [*leaves, DECOY_LEAF.hex()]  # log did not sign
-        registry = {
-            "entry": {
-                "ts": datetime.fromtimestamp(issued_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "merkle_root": f"sha256:{merkle.merkle_root(stated_leaves)}",
-                "leaf_count": len(stated_leaves),
-                "producer": self.producer,
-                "batch_id": f"tree-{len(stated_leaves)}",
-            },
-            "proof": {
-                "leaf_index": stated_index,
-                "audit_path": [
-                    f"sha256:{node}" for node in merkle.inclusion_proof(stated_leaves, stated_index)
-                ],
-            },
-            "receipt": _b64url(cose),
-        }
-        return Issued(cose, registry)
+        return issue_over(leaves, index, signer, subject=subject, mode=mode)
+
+
+@dataclass(frozen=True)
+class LogSigner:
+    """Who signs the log's receipts, and the names its answers carry."""
+
+    private_key_pem: bytes
+    kid: bytes
+    issuer: str  # the base URL: each receipt's `iss`
+    producer: str  # each registry entry's `producer`
+
+
+def issue_over(
+    leaves: list[str], index: int, signer: LogSigner, *, subject: str, mode: str = "up"
+) -> Issued:
+    """The receipt and registry-anchor-v1 document of leaf `index` of the RFC 9162 tree over
+    the leaf entries `leaves` (hex), both made with scitt-cose's Merkle functions: what the
+    double answers for a record, and what the suite's anchor vectors hold it to."""
+    issued_at = int(time.time())
+    signed_leaves, signed_index = leaves, index
+    if mode == "other-leaf":  # a genuine receipt, but for a leaf that is no record's
+        signed_leaves = [*leaves, DECOY_LEAF.hex()]
+        signed_index = len(leaves)
+    cose = build_receipt(
+        leaf_entry_hex=signed_leaves[signed_index],
+        leaf_index=signed_index,
+        tree_entries_hex=signed_leaves,
+        alg="EdDSA",
+        log_private_key_pem=signer.private_key_pem,
+        iss=signer.issuer,
+        sub=subject,
+        kid=signer.kid,
+        iat=issued_at,
+    )
+    if mode == "tamper":
+        cose = _flip_signature_byte(cose)
+    stated_leaves, stated_index = signed_leaves, signed_index
+    if mode == "disagree":  # an entry and proof that hold on their own, in a tree the log
+        stated_leaves = [*leaves, DECOY_LEAF.hex()]  # did not sign
+    path = merkle.inclusion_proof(stated_leaves, stated_index)
+    registry = {
+        "entry": {
+            "ts": receipt_time(issued_at),
+            "merkle_root": f"sha256:{merkle.merkle_root(stated_leaves)}",
+            "leaf_count": len(stated_leaves),
+            "producer": signer.producer,
+            "batch_id": f"tree-{len(stated_leaves)}",
+        },
+        "proof": {"leaf_index": stated_index, "audit_path": [f"sha256:{n}" for n in path]},
+        "receipt": _b64url(cose),
+    }
+    return Issued(cose, registry)
 
 
 def anchor_leaf_bytes_or_refuse(record: Mapping[str, Any]) -> bytes:
