@@ -30,7 +30,8 @@ from cmcp_cli.attestation.api import CheckStatus, GatewayFacts
 from cmcp_cli.attestation.manager import load_providers
 from cmcp_cli.attestation.measurement import installation_digest
 from cmcp_cli.audit.entry import open_line
-from cmcp_cli.audit.store import iter_lines
+from cmcp_cli.audit.session_record import SessionPolicy
+from cmcp_cli.audit.store import AuditStore, iter_lines
 from cmcp_cli.claim.appraisal import policy_document, policy_ref, unix_seconds
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.model import sign_claim
@@ -39,6 +40,7 @@ from cmcp_cli.errors import ExitCode
 from cmcp_cli.evidence.appraisal_config import read_appraisal
 from cmcp_cli.evidence.attesting import AppraisalBelowRequiredError, Attestor, attest_key
 from cmcp_cli.evidence.freshness import renew_evidence
+from cmcp_cli.evidence.recovery import recover_sessions
 from cmcp_cli.evidence.session import EvidenceSession
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle
@@ -373,3 +375,40 @@ def test_an_insider_cannot_restate_the_gateways_appraisal(tmp_path: Path, rig: R
     )
     assert {c.name: c.status for c in report.checks}["appraisal"] is CheckStatus.FAIL
     assert report.exit_code is ExitCode.FAILED
+
+
+def test_a_recovering_process_appraises_its_own_evidence(tmp_path: Path, rig: Rig) -> None:
+    """A session its process left open is closed by the next, whose own quote is appraised:
+    the recovery claim states that appraisal, as `session_end.recovered_by` records it."""
+    pins = (_measurement(rig),)
+    attestor = _attestor(rig, roots=rig.roots, pins=pins)
+    db, claims = tmp_path / "audit.db", tmp_path / "claims"
+    claims.mkdir()
+    bundle = compile_bundle(read_bundle(QUICKSTART / "policies"))
+    policy = SessionPolicy(
+        bundle_hash=bundle.hash,
+        policy_version="1.0.0",
+        catalog_hash="sha256:" + "22" * 32,
+        enforcement_mode="enforcing",
+        data_class_order=("public", "internal"),
+    )
+    try:
+        with AuditStore(db) as store:
+            EvidenceSession(
+                store=store, session_id="left-open", policy=policy, attestor=attestor,
+                process_id="gone",
+            )  # fmt: skip
+            report = recover_sessions(store, attestor=attestor, claims_dir=claims)
+    finally:
+        attestor.close()
+    (recovered,) = report.recovered
+    claim = json.loads(recovered.claim.read_text())
+    (end,) = _entries(db, "session_end")
+    assert claim["gateway"]["recovery"]["interrupted_process"] == "gone"
+    assert claim["trace"]["appraisal"] == end["recovered_by"]["appraisal"]
+    assert claim["trace"]["appraisal"]["status"] == "affirming"
+    assert end["recovered_by"]["appraisal_checks"] == []
+    trust = [arg for root in rig.roots for arg in ("--trust-root", str(root))]
+    code, checked = verify(recovered.claim, *trust, "--audit-log", db)
+    assert code == 0, checked
+    assert statuses(checked)["appraisal"] == "pass" and statuses(checked)["log: issuer"] == "pass"
