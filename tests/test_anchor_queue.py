@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import cbor2
@@ -12,6 +13,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from scitt_cose import parse_signed_statement
 
+from cmcp_cli.attestation import software
+from cmcp_cli.audit.matching import match_claim
+from cmcp_cli.audit.replay import replay_log
 from cmcp_cli.claim.anchor import anchor_leaf_bytes, transparency_uri
 from cmcp_cli.claim.keys import ClaimKey, public_key_from_jwk
 from cmcp_cli.claim.model import sign_claim
@@ -27,6 +31,7 @@ from cmcp_cli.evidence.anchor_queue import (
     receipt_path,
     store_receipt,
 )
+from cmcp_cli.evidence.attesting import Attestor
 from cmcp_cli.evidence.claim_files import claim_path, write_claim
 from cmcp_cli.evidence.session import ClosedSession
 from cmcp_cli.gateway.anchoring.worker import backoff
@@ -207,3 +212,28 @@ def test_validate_config_checks_the_log_key_and_ca_file(quickstart: Path) -> Non
         assert any("log_key" in m and problem in m for m in errors()), errors()
     (quickstart / "ca.pem").write_text("not a certificate")
     assert any(m.startswith("trace.anchor.ca_file:") and "no usable PEM" in m for m in errors())
+
+
+def test_an_anchored_claim_matches_its_log_and_an_edited_transparency_does_not(
+    tmp_path: Path,
+) -> None:
+    """The log keeps the issuer's anchor_url and the key's thumbprint: the claim's
+    `transparency` is recomputed over the record with the claim's own key, so it matches;
+    a claim stating another URI (signed again by the same key) does not."""
+    attestor = replace(Attestor.load(software.SPEC, "0.1.0"), anchor_url=URL)
+    key = ClaimKey.generate()
+    session = record_session(tmp_path, session_id="anchored", attestor=attestor, key=key)
+    claim = session.claim
+    assert claim["trace"]["transparency"] == transparency_uri(URL, claim["trace"])
+    replay = replay_log(session.db)["anchored"]
+    for document in (claim, session.record):
+        match = match_claim(replay, document)
+        assert not [c.mismatches for c in match.checks if c.mismatches], match
+    edited = json.loads(json.dumps(claim))
+    edited["trace"].pop("signature")
+    edited["trace"]["transparency"] = f"{URL}/entries/{'0' * 64}"
+    edited = sign_claim(edited, key)
+    for document in (edited, edited["trace"]):
+        found = [m.message for c in match_claim(replay, document).checks for m in c.mismatches]
+        assert any(m.startswith("trace.transparency") for m in found), found
+        assert any("0" * 64 in m for m in found), found

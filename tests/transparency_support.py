@@ -87,7 +87,7 @@ def statement(
     )
 
 
-def client(ca_file: Path | None, *, timeout: float = TIMEOUT) -> httpx.Client:
+def client(ca_file: Path | None, *, timeout: float | httpx.Timeout = TIMEOUT) -> httpx.Client:
     """An HTTPS client trusting only `ca_file` (None: the system roots), taking nothing
     from the environment and following no redirect."""
     verify = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True

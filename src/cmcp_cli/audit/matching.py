@@ -23,13 +23,7 @@ from cmcp_cli.audit.session_record import (
 )
 from cmcp_cli.claim.canonical import canonical_bytes
 from cmcp_cli.claim.keys import jwk_thumbprint
-from cmcp_cli.claim.model import (
-    CLAIM_VERSIONS,
-    ENFORCEMENT_MODES,
-    claim_body,
-    is_gateway_claim,
-    unsigned,
-)
+from cmcp_cli.claim.model import ENFORCEMENT_MODES, claim_body, is_gateway_claim, unsigned
 from cmcp_cli.claim.signing import SIGNATURE
 from cmcp_cli.errors import CmcpError, PolicyRequestError
 from cmcp_cli.policy.engine import Authorizer, CompiledBundle
@@ -191,7 +185,6 @@ LOG_CHECKS: Mapping[str, tuple[str, ...]] = {
         "trace.subject",
         "trace.model",
         "trace.policy",
-        "trace.runtime.nonce",
         "gateway.catalog.hash",
         "gateway.catalog.pinning",
     ),
@@ -214,8 +207,8 @@ _ISSUANCE = "log: issuance"
 _TRACE_RECORD_CHECKS = tuple(name for name in LOG_CHECKS if name != "log: drift")
 _COVERS = {
     "log: chain": "audit_chain root, tip and length and tool_transcript.hash are the log's",
-    "log: session": "session id, subject, model, policy, challenge (runtime.nonce), catalog "
-    "hash and catalog pinning are what session_start records",
+    "log: session": "session id, subject, model, policy, catalog hash and catalog pinning "
+    "are what session_start records",
     "log: issuer": "the key (by RFC 7638 thumbprint), platform, measurement, evidence (by "
     "digest), devices (each evidence by digest), binding, gateway build, appraisal and "
     "attestation are the issuer's record",
@@ -230,8 +223,7 @@ _COVERS = {
 _RECORD_COVERS = {
     **_COVERS,
     "log: chain": "tool_transcript.hash is the log's tip",
-    "log: session": "subject, model, policy and challenge (runtime.nonce) are what "
-    "session_start records",
+    "log: session": "subject, model and policy are what session_start records",
     "log: issuer": "the key (by RFC 7638 thumbprint), platform, measurement, gateway build "
     "and appraisal are the issuer's record",
     "log: counters": "tool_transcript.call_count is counted from the log",
@@ -273,8 +265,8 @@ def match_claim(replay: SessionReplay, document: Mapping[str, Any]) -> ClaimMatc
     its session's log determines (`session_record.claim_facts`, in the one claim shape of
     `claim_body`). The key is compared by its RFC 7638 thumbprint and the evidence by its
     digest, since the log keeps only those; the binding is recomputed from the log's key,
-    bundle, catalog, gateway digest and challenge; the signature is not compared. A member
-    the claim lacks, or has beyond what the log determines, is a mismatch too.
+    bundle, catalog and gateway digest; the signature is not compared. A member the claim
+    lacks, or has beyond what the log determines, is a mismatch too.
 
     A log that lacks a record the claim states, or has it with the wrong type, matches no
     claim: `unmatched` names the member.
@@ -286,7 +278,7 @@ def match_claim(replay: SessionReplay, document: Mapping[str, Any]) -> ClaimMatc
     if end is None:  # a chain cut short: all but what session_end fixes is still compared
         end = {"reason": None, "claim": {"iat": -1, "sequence_number": -1, "previous": None}}
     record = _mapping(document.get("trace")) if gateway_claim else document
-    stated_jwk = _mapping(_mapping(record.get("cnf")).get("jwk"))
+    stated_jwk = _mapping(record.get("cnf")).get("jwk")
     try:
         expected, key_check, evidence_check, devices_check = _expected_claim(
             replay, end, state, stated_jwk
@@ -303,10 +295,6 @@ def match_claim(replay: SessionReplay, document: Mapping[str, Any]) -> ClaimMatc
     if gateway_claim:
         special["gateway.attestation.evidence"] = evidence_check
         special["gateway.attestation.devices"] = devices_check
-        # The log does not record the format a claim was written in (1.0: its record not
-        # signed on its own; the shape check ties the version to that): either is matched.
-        if stated.get("cmcp_version") in CLAIM_VERSIONS:
-            expected["cmcp_version"] = stated["cmcp_version"]
     else:  # a TRACE record is the claim's `trace`, signed on its own
         expected, stated = {"trace": expected["trace"]}, {"trace": stated}
     found: list[Mismatch] = []
@@ -357,13 +345,13 @@ _Judge = Callable[[object], str | None]
 
 
 def _expected_claim(
-    replay: SessionReplay, end: Mapping[str, Any], state: ChainState, stated_jwk: Mapping[str, Any]
+    replay: SessionReplay, end: Mapping[str, Any], state: ChainState, stated_jwk: object
 ) -> tuple[dict[str, Any], _Judge, _Judge, _Judge]:
     """The unsigned claim the log determines, and how the claim's key, evidence and
-    devices are judged against the digests the log keeps of them. The log keeps the key's
-    thumbprint only; the record's `transparency` URI is a digest over the record, key
-    included, so the claim's key stands in for it when it is exactly the key the log names
-    (any other key fails the key check, and the URI then with it)."""
+    devices are judged against the digests the log keeps of them. The log keeps only the
+    key's thumbprint: the claim's own key (`stated_jwk`) stands in for it when it is that
+    key, so that what is made over the whole record (its `transparency` URI) is made
+    over the same record."""
     start = replay.start
     if start is None:
         raise SessionRecordError(f"it has no session_start of session {replay.session_id}")
@@ -385,7 +373,6 @@ def _expected_claim(
         bundle_hash=facts.bundle_hash,
         catalog_hash=facts.catalog_hash,
         gateway_digest=facts.build_digest,
-        nonce=facts.nonce,
     )
     facts = replace(facts, attestation={**facts.attestation, "binding": binding.hex()})
 
@@ -412,7 +399,7 @@ def _expected_claim(
     def devices_check(stated: object) -> str | None:
         return devices_mismatch(devices, stated, f"{evidence_at}.devices")
 
-    jwk = stated_jwk if _thumbprint(stated_jwk) == f"key {thumbprint}" else {}
+    jwk = dict(_mapping(stated_jwk)) if key_check(stated_jwk) is None else {}
     return claim_body(facts, jwk), key_check, evidence_check, devices_check
 
 

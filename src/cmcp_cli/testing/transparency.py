@@ -69,7 +69,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from cmcp_cli import __version__
-from cmcp_cli.claim.keys import b64url_encode, jwk_thumbprint
+from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.testing.service import (
     RequestLog,
     RunningDouble,
@@ -161,16 +161,13 @@ def log_keys(folder: Path) -> LogKeys:
     key: Ed25519PrivateKey = _private_key(
         folder / "log-signing-key.pem", Ed25519PrivateKey.generate
     )
-    public = key.public_key()
     (folder / "log-key.pem").write_bytes(
-        public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     )
-    raw = public.public_bytes(Encoding.Raw, PublicFormat.Raw)
-    kid = jwk_thumbprint({"kty": "OKP", "crv": "Ed25519", "x": b64url_encode(raw)})
     wrong = Ed25519PrivateKey.generate()
     return LogKeys(
         key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()),
-        kid.encode("ascii"),
+        ClaimKey(key).thumbprint.encode("ascii"),
         wrong.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()),
     )
 
