@@ -23,7 +23,13 @@ from cmcp_cli.audit.session_record import (
 )
 from cmcp_cli.claim.canonical import canonical_bytes
 from cmcp_cli.claim.keys import jwk_thumbprint
-from cmcp_cli.claim.model import ENFORCEMENT_MODES, claim_body, is_gateway_claim, unsigned
+from cmcp_cli.claim.model import (
+    CLAIM_VERSIONS,
+    ENFORCEMENT_MODES,
+    claim_body,
+    is_gateway_claim,
+    unsigned,
+)
 from cmcp_cli.claim.signing import SIGNATURE
 from cmcp_cli.errors import CmcpError, PolicyRequestError
 from cmcp_cli.policy.engine import Authorizer, CompiledBundle
@@ -185,6 +191,7 @@ LOG_CHECKS: Mapping[str, tuple[str, ...]] = {
         "trace.subject",
         "trace.model",
         "trace.policy",
+        "trace.runtime.nonce",
         "gateway.catalog.hash",
         "gateway.catalog.pinning",
     ),
@@ -207,8 +214,8 @@ _ISSUANCE = "log: issuance"
 _TRACE_RECORD_CHECKS = tuple(name for name in LOG_CHECKS if name != "log: drift")
 _COVERS = {
     "log: chain": "audit_chain root, tip and length and tool_transcript.hash are the log's",
-    "log: session": "session id, subject, model, policy, catalog hash and catalog pinning "
-    "are what session_start records",
+    "log: session": "session id, subject, model, policy, challenge (runtime.nonce), catalog "
+    "hash and catalog pinning are what session_start records",
     "log: issuer": "the key (by RFC 7638 thumbprint), platform, measurement, evidence (by "
     "digest), devices (each evidence by digest), binding, gateway build, appraisal and "
     "attestation are the issuer's record",
@@ -223,7 +230,8 @@ _COVERS = {
 _RECORD_COVERS = {
     **_COVERS,
     "log: chain": "tool_transcript.hash is the log's tip",
-    "log: session": "subject, model and policy are what session_start records",
+    "log: session": "subject, model, policy and challenge (runtime.nonce) are what "
+    "session_start records",
     "log: issuer": "the key (by RFC 7638 thumbprint), platform, measurement, gateway build "
     "and appraisal are the issuer's record",
     "log: counters": "tool_transcript.call_count is counted from the log",
@@ -265,8 +273,8 @@ def match_claim(replay: SessionReplay, document: Mapping[str, Any]) -> ClaimMatc
     its session's log determines (`session_record.claim_facts`, in the one claim shape of
     `claim_body`). The key is compared by its RFC 7638 thumbprint and the evidence by its
     digest, since the log keeps only those; the binding is recomputed from the log's key,
-    bundle, catalog and gateway digest; the signature is not compared. A member the claim
-    lacks, or has beyond what the log determines, is a mismatch too.
+    bundle, catalog, gateway digest and challenge; the signature is not compared. A member
+    the claim lacks, or has beyond what the log determines, is a mismatch too.
 
     A log that lacks a record the claim states, or has it with the wrong type, matches no
     claim: `unmatched` names the member.
@@ -295,6 +303,10 @@ def match_claim(replay: SessionReplay, document: Mapping[str, Any]) -> ClaimMatc
     if gateway_claim:
         special["gateway.attestation.evidence"] = evidence_check
         special["gateway.attestation.devices"] = devices_check
+        # The log does not record the format a claim was written in (1.0: its record not
+        # signed on its own; the shape check ties the version to that): either is matched.
+        if stated.get("cmcp_version") in CLAIM_VERSIONS:
+            expected["cmcp_version"] = stated["cmcp_version"]
     else:  # a TRACE record is the claim's `trace`, signed on its own
         expected, stated = {"trace": expected["trace"]}, {"trace": stated}
     found: list[Mismatch] = []
@@ -373,6 +385,7 @@ def _expected_claim(
         bundle_hash=facts.bundle_hash,
         catalog_hash=facts.catalog_hash,
         gateway_digest=facts.build_digest,
+        nonce=facts.nonce,
     )
     facts = replace(facts, attestation={**facts.attestation, "binding": binding.hex()})
 
