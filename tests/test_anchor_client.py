@@ -357,3 +357,19 @@ def test_an_entry_answering_anything_but_a_receipt_is_a_failed_attempt(
     failure = attempt(tmp_path, hostile, double)
     assert problem in failure, failure
     assert len(ENTRY_GETS) == 2  # the 302, then the answer: never followed elsewhere
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "problem"),
+    [
+        ("Wed, 21 Oct 2015 07:28:00 GMT", "answered 404: gone"),  # a date: the backoff's pause
+        ("\u00b2", "answered 404: gone"),  # a digit to str.isdigit, not to HTTP
+        ("-1", "answered 404: gone"),
+        ("9" * 5000, "still pending (302)"),  # past any timeout, and past int()'s limit
+    ],
+)
+def test_a_malformed_retry_after_is_a_named_outcome_never_an_exception(
+    tmp_path: Path, hostile: str, double: RunningTransparency, retry_after: str, problem: str
+) -> None:
+    _draft09("/entries/e1", (302, {"retry-after": retry_after}, b""), (404, {}, b"gone"))
+    assert problem in attempt(tmp_path, hostile, double, timeout=3)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -152,10 +151,12 @@ async def _poll_entry(
 ) -> tuple[int, httpx.Headers, bytes]:
     """`GET` the registration's entry until it answers anything but pending (`302`, or
     `202`), all within the timeout; the answer that ended it."""
+    clock = asyncio.get_running_loop().time
     pause = _POLL_FIRST
-    deadline = time.monotonic() + target.timeout
+    deadline = clock() + target.timeout
+    status = 302
     while True:
-        left = deadline - time.monotonic()
+        left = deadline - clock()
         if left <= 0:
             break
         status, headers, body = await _request(
@@ -164,21 +165,23 @@ async def _poll_entry(
         if status not in _PENDING:
             return status, headers, body
         wait = max(pause, _retry_after(headers.get("retry-after")))
-        if time.monotonic() + wait > deadline:
+        if clock() + wait > deadline:
             break
         await asyncio.sleep(wait)
         pause = min(pause * 2, _POLL_MOST)
     raise AnchorFailure(
-        f"the registration at {location} was still pending (302) after {target.timeout:g} s "
+        f"the registration at {location} was still pending ({status}) after {target.timeout:g} s "
         "(trace.anchor.timeout_seconds): it is retried later"
     )
 
 
 def _retry_after(value: str | None) -> float:
-    """A `Retry-After` in seconds (RFC 9110 delay-seconds); 0 when absent or a date."""
-    if value is None or not value.strip().isdigit():
+    """A `Retry-After` in seconds (RFC 9110 delay-seconds, capped at a day); 0 when absent
+    or a date."""
+    text = (value or "").strip()
+    if not (text.isascii() and text.isdigit()):
         return 0.0
-    return float(min(int(value.strip()), 86400))
+    return 86400.0 if len(text) > 5 else float(min(int(text), 86400))
 
 
 async def _operation(client: httpx.AsyncClient, target: AnchorTarget, location: str | None) -> str:
