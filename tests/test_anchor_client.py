@@ -1,22 +1,27 @@
 """The anchoring client against a hostile service: a real HTTPS server on 127.0.0.1 (the
 double's test certificate) answering what no honest transparency service would. Each
-answer is a failed attempt, named, never a receipt; nothing is followed elsewhere."""
+answer is a failed attempt, named, never a receipt; nothing is followed elsewhere. And
+the client through SCRAPI draft-09's flow (303, 302 while pending, 200) against the
+double, end to end."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from cmcp_cli.claim.anchor import transparency_uri
+from cmcp_cli.claim.anchor import anchor_id, transparency_uri
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.model import sign_claim
+from cmcp_cli.claim.receipt import check_receipt
 from cmcp_cli.config_trace import AnchorConfig
 from cmcp_cli.evidence.anchor_queue import PendingAnchor, queue_record
 from cmcp_cli.gateway.anchoring.client import (
@@ -27,12 +32,16 @@ from cmcp_cli.gateway.anchoring.client import (
     http_client,
 )
 from cmcp_cli.testing.service import quiet
-from cmcp_cli.testing.transparency import RunningTransparency
+from cmcp_cli.testing.transparency import DRAFT09_PENDING_POLLS, RunningTransparency
 from tests.sessions import record_session
 
 # what the hostile server answers, by the test's name for it
 ANSWERS: dict[str, tuple[int, dict[str, str], bytes]] = {}
 OPERATIONS: dict[str, bytes] = {}
+# what it answers to each GET of an entry, in turn (the last one again and again), and
+# when each was asked for
+ENTRY_ANSWERS: list[tuple[int, dict[str, str], bytes]] = []
+ENTRY_GETS: list[float] = []
 
 
 class Hostile(BaseHTTPRequestHandler):
@@ -41,6 +50,10 @@ class Hostile(BaseHTTPRequestHandler):
         self._answer(ANSWERS["post"])
 
     def do_GET(self) -> None:
+        if self.path.startswith("/entries/"):
+            ENTRY_GETS.append(time.monotonic())
+            self._answer(ENTRY_ANSWERS[min(len(ENTRY_GETS), len(ENTRY_ANSWERS)) - 1])
+            return
         self._answer((200, {"content-type": "application/json"}, OPERATIONS["get"]))
 
     def _answer(self, answer: tuple[int, dict[str, str], bytes]) -> None:
@@ -92,6 +105,7 @@ def attempt(
     *,
     protocol: str = "scrapi",
     ca: bool = True,
+    timeout: int = 5,
 ) -> str:
     """One attempt at `url`: the failure's message (it must fail)."""
     anchor = AnchorConfig(
@@ -99,10 +113,10 @@ def attempt(
         protocol=protocol,  # type: ignore[arg-type]
         log_key=double.folder / "log-key.pem",
         ca_file=double.folder / "ca.pem" if ca else None,
-        timeout_seconds=5,
+        timeout_seconds=timeout,
     )
     target = AnchorTarget(
-        url, protocol, (double.folder / "log-key.pem").read_bytes(), 5.0, "cmcp-gateway/t"
+        url, protocol, (double.folder / "log-key.pem").read_bytes(), timeout, "cmcp-gateway/t"
     )
     entry = entry_for(folder, url)
 
@@ -143,7 +157,9 @@ def test_a_receipt_of_another_media_type_is_refused(
     tmp_path: Path, hostile: str, double: RunningTransparency
 ) -> None:
     ANSWERS["post"] = (201, {"content-type": "application/json"}, b"{}")
-    assert "not application/cose" in attempt(tmp_path, hostile, double)
+    assert "not application/cose or application/scitt-receipt+cose" in attempt(
+        tmp_path, hostile, double
+    )
 
 
 @pytest.mark.parametrize(
@@ -213,3 +229,147 @@ def test_a_record_naming_another_service_is_not_submitted(
             await client.aclose()
 
     asyncio.run(run())
+
+
+# -- SCRAPI draft-09: 303 See Other, then 302 Found while pending, then 200 ----------------
+
+
+@pytest.mark.parametrize("mode", ["draft09", "draft09-relative"])
+def test_a_draft09_registration_is_polled_to_its_receipt(
+    tmp_path: Path, double: RunningTransparency, mode: str
+) -> None:
+    """Against the double: POST answers 303 to the entry (absolute, or relative as
+    scitt-ccf-ledger answers), polled through its 302s to the 200 whose receipt, as
+    `application/scitt-receipt+cose`, is this record's under the pinned log key."""
+    double.set_mode(mode)
+    try:
+        entry = entry_for(tmp_path, double.url)
+        before = len(double.requests())
+        anchor = AnchorConfig(
+            url=double.url, log_key=double.log_key, ca_file=double.ca_file, timeout_seconds=10
+        )
+        log_key = double.log_key.read_bytes()
+        target = AnchorTarget(double.url, "scrapi", log_key, 10.0, "cmcp-gateway/t")
+
+        async def run() -> dict[str, object]:
+            client = http_client(anchor)
+            try:
+                return await anchor_record(client, target, entry)
+            finally:
+                await client.aclose()
+
+        document = asyncio.run(run())
+    finally:
+        double.set_mode("up")
+    assert document["anchor_id"] == anchor_id(entry.record)
+    assert [(f.name, f.ok) for f in check_receipt(entry.record, document, log_key)] == [
+        ("receipt.shape", True),
+        ("receipt.record", True),
+        ("receipt.inclusion", True),
+        ("receipt.log_signature", True),
+    ]
+    asked = [(r["method"], r["path"], r["status"]) for r in double.requests()[before:]]
+    path = f"/entries/{anchor_id(entry.record)}"
+    assert asked == [
+        ("POST", "/entries", 303),
+        *[("GET", path, 302)] * DRAFT09_PENDING_POLLS,
+        ("GET", path, 200),
+    ], asked
+
+
+def _draft09(post_location: str | None, *entry_answers: tuple[int, dict[str, str], bytes]) -> None:
+    ANSWERS["post"] = (303, {} if post_location is None else {"location": post_location}, b"")
+    ENTRY_ANSWERS[:] = list(entry_answers) or [(500, {}, b"")]
+    ENTRY_GETS.clear()
+
+
+@pytest.mark.parametrize(
+    ("location", "problem"),
+    [
+        (None, "303 with Location None"),
+        ("https://elsewhere.example/entries/x", "not under"),
+        ("//elsewhere.example/entries/x", "not under"),
+        ("{host}:1/entries/x", "not under"),
+        ("{url}/operations/x", "not under"),
+        ("/records/x", "not under"),
+        ("{url}/entries/../records/x", "a . or .. segment"),
+        ("/entries/../entries/x", "a . or .. segment"),
+        ("{url}/entries/..", "a . or .. segment"),
+        ("{url}/entries/%2e%2e", "not one entry"),
+        ("{url}/entries/a/b", "not one entry"),
+        ("{url}/entries/", "not one entry"),
+        ("{url}/entries/x?next=https://elsewhere.example", "not one entry"),
+        ("{url}/entries/x#y", "not one entry"),
+    ],
+)
+def test_a_303_anywhere_but_one_entry_of_this_service_is_not_followed(
+    tmp_path: Path, hostile: str, double: RunningTransparency, location: str | None, problem: str
+) -> None:
+    host = hostile.rsplit(":", 1)[0]
+    _draft09(None if location is None else location.format(url=hostile, host=host))
+    assert problem in attempt(tmp_path, hostile, double)
+    assert ENTRY_GETS == []  # nothing was asked of any entry
+
+
+def test_a_302_that_never_ends_fails_within_the_timeout(
+    tmp_path: Path, hostile: str, double: RunningTransparency
+) -> None:
+    _draft09("/entries/e1", (302, {"location": f"{hostile}/entries/e1"}, b""))
+    started = time.monotonic()
+    failure = attempt(tmp_path, hostile, double, timeout=2)
+    took = time.monotonic() - started
+    assert "still pending (302) after 2 s (trace.anchor.timeout_seconds)" in failure, failure
+    assert took < 3.5, took  # the timeout, and one attempt's setup
+    assert 3 <= len(ENTRY_GETS) <= 12, ENTRY_GETS  # polled with backoff, not hammered
+    gaps = [b - a for a, b in itertools.pairwise(ENTRY_GETS)]
+    assert all(gap >= 0.09 for gap in gaps), gaps
+
+
+def test_a_retry_after_is_honoured_and_one_past_the_timeout_ends_the_attempt(
+    tmp_path: Path, hostile: str, double: RunningTransparency
+) -> None:
+    _draft09(f"{hostile}/entries/e1", (302, {"retry-after": "1"}, b""), (404, {}, b"gone"))
+    assert "answered 404: gone" in attempt(tmp_path / "a", hostile, double, timeout=5)
+    assert len(ENTRY_GETS) == 2 and ENTRY_GETS[1] - ENTRY_GETS[0] >= 0.95, ENTRY_GETS
+    _draft09(f"{hostile}/entries/e1", (302, {"retry-after": "60"}, b""))
+    started = time.monotonic()
+    assert "still pending (302)" in attempt(tmp_path / "b", hostile, double, timeout=5)
+    assert time.monotonic() - started < 2 and len(ENTRY_GETS) == 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        ((200, {"content-type": "application/json"}, b"{}"), "came as 'application/json'"),
+        ((200, {}, b"\xd2\x84"), "came as None"),
+        ((307, {"location": "https://elsewhere.example/r"}, b""), "answered 307"),
+        ((404, {}, b"no such entry"), "answered 404: no such entry"),
+    ],
+)
+def test_an_entry_answering_anything_but_a_receipt_is_a_failed_attempt(
+    tmp_path: Path,
+    hostile: str,
+    double: RunningTransparency,
+    answer: tuple[int, dict[str, str], bytes],
+    problem: str,
+) -> None:
+    _draft09("/entries/e1", (302, {}, b""), answer)
+    failure = attempt(tmp_path, hostile, double)
+    assert problem in failure, failure
+    assert len(ENTRY_GETS) == 2  # the 302, then the answer: never followed elsewhere
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "problem"),
+    [
+        ("Wed, 21 Oct 2015 07:28:00 GMT", "answered 404: gone"),  # a date: the backoff's pause
+        ("\u00b2", "answered 404: gone"),  # a digit to str.isdigit, not to HTTP
+        ("-1", "answered 404: gone"),
+        ("9" * 5000, "still pending (302)"),  # past any timeout, and past int()'s limit
+    ],
+)
+def test_a_malformed_retry_after_is_a_named_outcome_never_an_exception(
+    tmp_path: Path, hostile: str, double: RunningTransparency, retry_after: str, problem: str
+) -> None:
+    _draft09("/entries/e1", (302, {"retry-after": retry_after}, b""), (404, {}, b"gone"))
+    assert problem in attempt(tmp_path, hostile, double, timeout=3)

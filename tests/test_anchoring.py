@@ -22,7 +22,7 @@ from cmcp_cli.claim.anchor import anchor_id, anchor_leaf_bytes
 from cmcp_cli.claim.keys import b64url_decode
 from cmcp_cli.claim.receipt import check_receipt
 from cmcp_cli.evidence.anchor_queue import receipt_path
-from cmcp_cli.testing.transparency import RunningTransparency
+from cmcp_cli.testing.transparency import DRAFT09_PENDING_POLLS, RunningTransparency
 from tests.anchoring_support import (
     anchored_config,
     anchoring,
@@ -155,6 +155,30 @@ def test_an_async_registration_is_polled_to_its_receipt(
     check_stored(tmp_path / "claims" / f"{session}.claim.json", receipt, double)
     paths = [r["path"] for r in double.service.requests()]
     assert any(p.startswith("/operations/") for p in paths), paths
+
+
+def test_a_draft09_registration_is_polled_through_its_302s_to_its_receipt(
+    tmp_path: Path, upstream: Served, double: RunningTransparency
+) -> None:
+    """SCRAPI draft-09: the double answers 303 to the entry, 302 while pending, then 200
+    with `application/scitt-receipt+cose`; the gateway stores that receipt and it verifies
+    (`cmcp verify --receipt --log-key`, scitt-cose, the conformance suite)."""
+    double.service.set_mode("draft09")
+    gateway = start_gateway(anchored_config(tmp_path, upstream, double, per_call=False))
+    try:
+        asyncio.run(calls(gateway.url, ("Quito",)))
+        (session,) = sessions_in(tmp_path / "claims")
+        receipt = receipt_of(gateway, session)
+    finally:
+        assert gateway.stop() == 0, gateway.output()
+    check_stored(tmp_path / "claims" / f"{session}.claim.json", receipt, double)
+    entry = f"/entries/{receipt['anchor_id']}"
+    asked = [(r["method"], r["path"], r["status"]) for r in double.service.requests()]
+    assert asked == [
+        ("POST", "/entries", 303),
+        *[("GET", entry, 302)] * DRAFT09_PENDING_POLLS,
+        ("GET", entry, 200),
+    ], asked
 
 
 def test_a_service_down_or_slow_leaves_calls_as_fast_and_anchors_once_up(

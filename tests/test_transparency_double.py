@@ -23,7 +23,7 @@ from cmcp_cli.claim.anchor import anchor_id, anchor_leaf_bytes
 from cmcp_cli.claim.keys import jwk_thumbprint
 from cmcp_cli.claim.model import sign_claim
 from cmcp_cli.claim.receipt import ReceiptError, inclusion_holds, receipt_document
-from cmcp_cli.testing.transparency import MODES, RunningTransparency
+from cmcp_cli.testing.transparency import DRAFT09_PENDING_POLLS, MODES, RunningTransparency
 from cmcp_cli.testing.transparency_log import DECOY_LEAF
 from tests.transparency_support import (
     TIMEOUT,
@@ -320,6 +320,42 @@ def test_async_registration_is_an_operation_to_poll(
     assert failed["status"] == "failed" and "transparency" in failed["error"]["detail"]
 
 
+@pytest.mark.parametrize("mode", ["draft09", "draft09-relative"])
+def test_draft09_registration_is_a_303_to_the_entry_then_302_until_200(
+    service: RunningTransparency, anchored: AnchoredClaim, mode: str
+) -> None:
+    """draft-ietf-scitt-scrapi-09: 303 See Other to the entry, whose GET answers 302 Found
+    (pointing at itself) a bounded number of times, then 200 with the receipt as RFC 9943's
+    `application/scitt-receipt+cose`; RFC 9943's statement media type is accepted too."""
+    record = another(anchored, service, f"{mode}-mode")
+    service.set_mode(mode)
+    body = statement(record, anchored.private_pem, kid=kid(record))
+    with client(service.ca_file) as http:
+        answer = http.post(
+            f"{service.url}/entries",
+            content=body,
+            headers={"content-type": "application/scitt-statement+cose"},
+        )
+        assert answer.status_code == 303, answer.text
+        entry = f"/entries/{anchor_id(record)}"
+        assert answer.headers["location"] == (
+            entry if mode == "draft09-relative" else f"{service.url}{entry}"
+        )
+        assert answer.content == b""
+        polls = [http.get(f"{service.url}{entry}") for _ in range(DRAFT09_PENDING_POLLS + 2)]
+    assert [p.status_code for p in polls] == [302] * DRAFT09_PENDING_POLLS + [200, 200]
+    assert {p.headers["location"] for p in polls} == {f"{service.url}{entry}"}
+    for done in polls[-2:]:
+        assert done.headers["content-type"] == "application/scitt-receipt+cose"
+        result = verify_receipt(
+            done.content, leaf_entry_hex=leaf(record), log_public_key_pem=log_key(service)
+        )
+        assert result.ok, result.errors
+    # a refused registration is refused at once, naming why
+    moved = dict(record, transparency="https://elsewhere.example/entries/x")
+    refusal(register(service, anchored, moved), 400, "transparency")
+
+
 @pytest.mark.parametrize("mode", ["wrong-key", "tamper", "other-leaf"])
 def test_a_bad_receipt_mode_fails_scitt_cose_and_the_core(
     service: RunningTransparency, anchored: AnchoredClaim, mode: str
@@ -387,7 +423,8 @@ def test_disagree_gives_an_entry_and_proof_the_log_did_not_sign(
 
 def test_modes_are_the_documented_ones(service: RunningTransparency) -> None:
     assert set(MODES) == {
-        "up", "async", "down", "error", "slow", "wrong-key", "tamper", "other-leaf", "disagree",
+        "up", "async", "draft09", "draft09-relative", "down", "error", "slow", "wrong-key",
+        "tamper", "other-leaf", "disagree",
     }  # fmt: skip
     with pytest.raises(ValueError, match="refused mode"):
         service.set_mode("sideways")

@@ -12,12 +12,18 @@ public key a verifier pins); a restart on the same DIR keeps them and the log
 record's `transparency` URI names. It prints the base URL (`https://127.0.0.1:<port>`) and
 writes `DIR/transparency.json` = {"url", "port", "control"}.
 
-- SCRAPI: `POST /entries` (`Content-Type: application/cose`, a Signed Statement) → 201 with
-  the COSE receipt (`application/cose`) and `Location: <base>/entries/<anchor id>`; in
-  mode `async`, 202 with `Location: <base>/operations/<id>` and `GET` of that is
-  `{"status": "running"}` at the first poll, then `{"status": "succeeded", "entryID"}` (or
-  `{"status": "failed", "error": {"type", "detail"}}` for a registration refused).
-  `GET /entries/<anchor id>` → the COSE receipt.
+- SCRAPI: `POST /entries` (`Content-Type: application/cose`, or RFC 9943's
+  `application/scitt-statement+cose`, a Signed Statement) → 201 with the COSE receipt
+  (`application/cose`) and `Location: <base>/entries/<anchor id>`; in mode `async`, 202
+  with `Location: <base>/operations/<id>` and `GET` of that is `{"status": "running"}` at
+  the first poll, then `{"status": "succeeded", "entryID"}` (or `{"status": "failed",
+  "error": {"type", "detail"}}` for a registration refused); in modes `draft09` and
+  `draft09-relative` (draft-ietf-scitt-scrapi-09), 303 See Other with `Location:
+  <base>/entries/<anchor id>` (`/entries/<anchor id>` in `draft09-relative`, as
+  scitt-ccf-ledger answers), whose `GET` answers 302 Found (`Location` the same entry) for
+  the first `DRAFT09_PENDING_POLLS` polls after each registration, then 200 with the
+  receipt as `application/scitt-receipt+cose`. `GET /entries/<anchor id>` → the COSE
+  receipt.
 - registry-anchor-v1: `POST /records` (`Content-Type: application/json`, the signed record)
   → 201 `{"entry", "proof", "receipt"}`; `GET /records/<anchor id>` → the same document.
 - A refused registration is 400 (or 409, 415) with `{"type", "detail"}` naming why
@@ -27,6 +33,7 @@ Each request is appended to `DIR/requests.jsonl` (method, path, content type, st
 mode). `POST /mode` on the control port (plain HTTP) switches how it answers:
 
 - up: as above; async: SCRAPI registrations answer 202 and an operation to poll
+- draft09, draft09-relative: SCRAPI registrations answer 303, their entry 302 then 200
 - down: 503 to everything; error: 500 to everything
 - slow: every answer waits `--slow-seconds` first (longer than the client's timeout); a
   registration is made before the wait, as a service that is slow to answer would
@@ -80,12 +87,16 @@ from cmcp_cli.testing.service import (
 from cmcp_cli.testing.transparency_log import RegistrationError, TransparencyLog
 
 MODES: Final = (
-    "up", "async", "down", "error", "slow", "wrong-key", "tamper", "other-leaf", "disagree",
+    "up", "async", "draft09", "draft09-relative", "down", "error", "slow", "wrong-key",
+    "tamper", "other-leaf", "disagree",
 )  # fmt: skip
 READY: Final = "transparency.json"
 MAX_REQUEST: Final = 1024 * 1024
 DEFAULT_SLOW_SECONDS: Final = 5.0
 COSE: Final = "application/cose"
+SCITT_STATEMENT: Final = "application/scitt-statement+cose"  # RFC 9943's media types
+SCITT_RECEIPT: Final = "application/scitt-receipt+cose"
+DRAFT09_PENDING_POLLS: Final = 2  # 302 answers to an entry's polls after its 303
 JSON: Final = "application/json"
 ERROR_TYPE: Final = "urn:ietf:params:scitt:error:"
 _Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -203,6 +214,7 @@ class Service:
         self.log, self.mode, self.slow = log, mode, slow
         self.requests = RequestLog(folder)
         self.operations: dict[str, _Operation] = {}
+        self.pending: dict[str, int] = {}  # entry id -> 302 answers still to give
         self.lock = threading.Lock()
 
     def set_mode(self, mode: str) -> None:
@@ -260,8 +272,10 @@ class Service:
         return Answer.problem(404, "not-found", f"no route {method} {path}")
 
     def register_statement(self, mode: str, content_type: str, body: bytes) -> Answer:
-        if content_type != COSE:
-            return Answer.problem(415, "media-type", f"a Signed Statement is {COSE}")
+        if content_type not in (COSE, SCITT_STATEMENT):
+            return Answer.problem(
+                415, "media-type", f"a Signed Statement is {COSE} or {SCITT_STATEMENT}"
+            )
         try:
             identifier = self.log.register_statement(body)
         except RegistrationError as refused:
@@ -271,6 +285,12 @@ class Service:
         if mode == "async":
             return self.accepted(_Operation(identifier, None))
         location = f"{self.log.base_url}/entries/{identifier}"
+        if mode.startswith("draft09"):
+            with self.lock:
+                self.pending[identifier] = DRAFT09_PENDING_POLLS
+            if mode == "draft09-relative":
+                location = f"/entries/{identifier}"
+            return Answer(303, b"", COSE, {"location": location})
         return Answer(201, self.log.issue(identifier, mode).cose, COSE, {"location": location})
 
     def accepted(self, operation: _Operation) -> Answer:
@@ -313,7 +333,16 @@ class Service:
     def receipt(self, mode: str, identifier: str) -> Answer:
         if not self.log.known(identifier):
             return Answer.problem(404, "not-found", f"no entry {identifier}")
-        return Answer(200, self.log.issue(identifier, mode).cose, COSE)
+        if not mode.startswith("draft09"):
+            return Answer(200, self.log.issue(identifier, mode).cose, COSE)
+        location = {"location": f"{self.log.base_url}/entries/{identifier}"}
+        with self.lock:
+            left = self.pending.get(identifier, 0)
+            if left > 0:
+                self.pending[identifier] = left - 1
+        if left > 0:
+            return Answer(302, b"", COSE, location)
+        return Answer(200, self.log.issue(identifier, mode).cose, SCITT_RECEIPT, location)
 
     def registry(self, mode: str, identifier: str) -> Answer:
         if not self.log.known(identifier):

@@ -1,17 +1,24 @@
 """Anchoring one TRACE record in a transparency service, over either protocol.
 
 `scrapi` (RFC 9943 SCRAPI): `POST <url>/entries` with the record's SCITT Signed Statement
-(`application/cose`) answers `201` with the RFC 9942 COSE receipt, or `202` with a
-`Location: <url>/operations/<id>` polled until it names the entry, whose receipt `GET
-<url>/entries/<id>` returns. `registry-anchor-v1`: `POST <url>/records` with the signed
-record answers `201` with the registry entry, the inclusion proof and the COSE receipt.
+(`application/cose`) answers `201` with the RFC 9942 COSE receipt; or, as SCRAPI
+draft-ietf-scitt-scrapi-09 registers, `303 See Other` with `Location: <url>/entries/<id>`,
+whose `GET` answers `302 Found` while the registration runs and `200` with the receipt once
+done; or, as earlier drafts did, `202` with `Location: <url>/operations/<id>` polled until
+it names the entry, whose receipt `GET <url>/entries/<id>` returns. A receipt comes as
+`application/cose` or `application/scitt-receipt+cose` (RFC 9943's media type).
+`registry-anchor-v1`: `POST <url>/records` with the signed record answers `201` with the
+registry entry, the inclusion proof and the COSE receipt.
 Either way the receipt must verify under the pinned log key for this record's leaf
 (`claim.receipt.receipt_document`), and a registry's entry and proof must be the ones
 that receipt proves: a registry vouches for its root only by the key.
 
-The client follows no redirect, takes no proxy or netrc from the environment, verifies
-TLS against `ca_file` (or the system roots), and reads at most 1 MiB of any answer within
-`timeout_seconds` per request.
+The client follows no redirect by itself: a `303`'s `Location` is read, resolved against
+the request's URL and polled only when it names one entry under `<url>/entries/`; a
+`302`'s is never followed (the checked URL is polled again). It takes no proxy or netrc
+from the environment, verifies TLS against `ca_file` (or the system roots), reads at most
+1 MiB of any answer, and polls a running registration with bounded backoff (at least any
+`Retry-After` asks) within `timeout_seconds` in all.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import cbor2
 import httpx
@@ -34,8 +42,12 @@ from cmcp_cli.evidence.anchor_queue import PendingAnchor
 
 ANSWER_LIMIT = 1 << 20  # bytes of any answer read; more is refused
 COSE = "application/cose"
+SCITT_RECEIPT = "application/scitt-receipt+cose"  # RFC 9943's receipt media type
+RECEIPT_TYPES = (COSE, SCITT_RECEIPT)
+_ACCEPT = f"{SCITT_RECEIPT}, {COSE}"
+_PENDING = (202, 302)  # a registration still running, when its entry is polled
 # an operation or entry id: one path segment, never `.` or `..`
-_OPERATION_ID = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9._~-]{1,200}")
+_SEGMENT = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9._~-]{1,200}")
 _POLL_FIRST, _POLL_MOST = 0.1, 1.0  # seconds between polls of a running operation
 _CWT_CLAIMS, _IAT = 15, 6
 
@@ -96,20 +108,80 @@ async def _scrapi(
             "so only trace.anchor.protocol registry-anchor-v1 can anchor it"
         )
     asked = "POST /entries"
+    posted = f"{target.url}/entries"
     status, headers, body = await _request(
-        client, target, "POST", f"{target.url}/entries", content=entry.statement, content_type=COSE
+        client, target, "POST", posted, content=entry.statement, content_type=COSE, accept=_ACCEPT
     )
-    if status == 202:
+    if status == 303:
+        location = _entry_location(target, posted, headers.get("location"))
+        asked = f"GET {location}"
+        status, headers, body = await _poll_entry(client, target, location)
+    elif status == 202:
         entry_id = await _operation(client, target, headers.get("location"))
         asked = f"GET /entries/{entry_id}"
         status, headers, body = await _request(
-            client, target, "GET", f"{target.url}/entries/{entry_id}"
+            client, target, "GET", f"{target.url}/entries/{entry_id}", accept=_ACCEPT
         )
     if status not in (200, 201):
         raise AnchorFailure(_unexpected(asked, status, body))
-    if headers.get("content-type", "").split(";")[0].strip().lower() != COSE:
-        raise AnchorFailure(f"the receipt came as {headers.get('content-type')!r}, not {COSE}")
+    media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type not in RECEIPT_TYPES:
+        raise AnchorFailure(
+            f"the receipt came as {headers.get('content-type')!r}, not {COSE} or {SCITT_RECEIPT}"
+        )
     return _document(target, entry, body, batch_id=None)
+
+
+def _entry_location(target: AnchorTarget, posted: str, location: str | None) -> str:
+    """A `303`'s `Location` (relative ones resolved against the request's URL) when it
+    names one entry of this service: `<url>/entries/<id>`, the id one path segment."""
+    prefix = f"{target.url}/entries/"
+    resolved = urljoin(posted, location) if location else None
+    if location and {".", ".."} & set(urlsplit(location).path.split("/")):
+        raise AnchorFailure(f"303 with Location {location!r}: a . or .. segment")
+    if resolved is None or not resolved.startswith(prefix):
+        raise AnchorFailure(f"303 with Location {location!r}, not under {prefix}")
+    if not _SEGMENT.fullmatch(resolved.removeprefix(prefix)):
+        raise AnchorFailure(f"303 with Location {location!r}, not one entry under {prefix}")
+    return resolved
+
+
+async def _poll_entry(
+    client: httpx.AsyncClient, target: AnchorTarget, location: str
+) -> tuple[int, httpx.Headers, bytes]:
+    """`GET` the registration's entry until it answers anything but pending (`302`, or
+    `202`), all within the timeout; the answer that ended it."""
+    clock = asyncio.get_running_loop().time
+    pause = _POLL_FIRST
+    deadline = clock() + target.timeout
+    status = 302
+    while True:
+        left = deadline - clock()
+        if left <= 0:
+            break
+        status, headers, body = await _request(
+            client, target, "GET", location, accept=_ACCEPT, within=left
+        )
+        if status not in _PENDING:
+            return status, headers, body
+        wait = max(pause, _retry_after(headers.get("retry-after")))
+        if clock() + wait > deadline:
+            break
+        await asyncio.sleep(wait)
+        pause = min(pause * 2, _POLL_MOST)
+    raise AnchorFailure(
+        f"the registration at {location} was still pending ({status}) after {target.timeout:g} s "
+        "(trace.anchor.timeout_seconds): it is retried later"
+    )
+
+
+def _retry_after(value: str | None) -> float:
+    """A `Retry-After` in seconds (RFC 9110 delay-seconds, capped at a day); 0 when absent
+    or a date."""
+    text = (value or "").strip()
+    if not (text.isascii() and text.isdigit()):
+        return 0.0
+    return 86400.0 if len(text) > 5 else float(min(int(text), 86400))
 
 
 async def _operation(client: httpx.AsyncClient, target: AnchorTarget, location: str | None) -> str:
@@ -117,7 +189,7 @@ async def _operation(client: httpx.AsyncClient, target: AnchorTarget, location: 
     prefix = f"{target.url}/operations/"
     if location is None or not location.startswith(prefix):
         raise AnchorFailure(f"202 with Location {location!r}, not under {prefix}")
-    if not _OPERATION_ID.fullmatch(location.removeprefix(prefix)):
+    if not _SEGMENT.fullmatch(location.removeprefix(prefix)):
         raise AnchorFailure(f"202 with a malformed operation id in {location!r}")
     pause = _POLL_FIRST
     deadline = asyncio.get_running_loop().time() + target.timeout
@@ -129,7 +201,7 @@ async def _operation(client: httpx.AsyncClient, target: AnchorTarget, location: 
         state = answer.get("status")
         if state == "succeeded":
             entry_id = answer.get("entryID")
-            if not isinstance(entry_id, str) or not _OPERATION_ID.fullmatch(entry_id):
+            if not isinstance(entry_id, str) or not _SEGMENT.fullmatch(entry_id):
                 raise AnchorFailure(f"the operation succeeded with entryID {entry_id!r}")
             return entry_id
         if state == "failed":
@@ -234,11 +306,17 @@ async def _request(
     *,
     content: bytes | None = None,
     content_type: str | None = None,
+    accept: str | None = None,
+    within: float | None = None,
 ) -> tuple[int, httpx.Headers, bytes]:
-    """One request, its answer read whole but capped, all within the timeout."""
+    """One request, its answer read whole but capped, all within the timeout (or the
+    `within` seconds left of it)."""
     headers = {"Content-Type": content_type} if content_type is not None else {}
+    if accept is not None:
+        headers["Accept"] = accept
+    limit = target.timeout if within is None else min(within, target.timeout)
     try:
-        async with asyncio.timeout(target.timeout):
+        async with asyncio.timeout(limit):
             async with client.stream(method, url, content=content, headers=headers) as answer:
                 body = bytearray()
                 async for chunk in answer.aiter_raw():
