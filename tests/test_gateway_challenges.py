@@ -217,6 +217,31 @@ def test_a_challenge_in_meta_on_initialize_is_bound_and_later_requests_may_repea
     request(gateway.port, "DELETE", "/mcp", None, {"mcp-session-id": both})
 
 
+def test_a_stream_or_end_of_a_session_with_another_challenge_is_refused(gateway: Served) -> None:
+    """GET (the session's stream) and DELETE carry no message, so they open nothing: a
+    challenge on them must be the session's own, or they are refused and change nothing."""
+    nonce = challenge()
+    status, headers, _ = post(gateway, initialize(), {"cmcp-challenge": nonce})
+    assert status == 200
+    session = headers["mcp-session-id"]
+    sent = {"mcp-session-id": session, "mcp-protocol-version": "2025-06-18"}
+    for method in ("GET", "DELETE"):
+        for given, expected in (
+            (challenge(), f"session {session} was opened with another challenge"),
+            ("c2hvcnQ", "the Cmcp-Challenge header is refused: a challenge encodes"),
+        ):
+            status, _, body = request(
+                gateway.port, method, "/mcp", None, {**sent, "cmcp-challenge": given}
+            )
+            refused = json.loads(body)
+            assert status == 400 and refused["error"]["code"] == -32602, (method, body)
+            assert expected in refused["error"]["message"], refused
+    assert post(gateway, ping(2), sent)[2]["result"] == {}  # the session is still open
+    status = request(gateway.port, "DELETE", "/mcp", None, {**sent, "cmcp-challenge": nonce})[0]
+    assert status == 200
+    assert claim_of(gateway, session)["trace"]["runtime"]["nonce"] == nonce
+
+
 def test_a_session_opened_without_a_challenge_takes_none_later(gateway: Served) -> None:
     status, headers, _ = post(gateway, initialize())
     assert status == 200

@@ -36,7 +36,7 @@ from cmcp_cli.gateway.relay.dispatch import Dispatcher, Reply
 from cmcp_cli.gateway.relay.exchange import GET_STREAM
 from cmcp_cli.gateway.relay.ownership import SessionIdUnavailableError
 from cmcp_cli.gateway.relay.reload import PolicyReloader
-from cmcp_cli.gateway.relay.sessions import SessionLimitError, SessionRegistry
+from cmcp_cli.gateway.relay.sessions import GatewaySession, SessionLimitError, SessionRegistry
 from cmcp_cli.gateway.relay.stateless import StatelessSessions
 from cmcp_cli.gateway.runtime import GatewayRuntime
 from cmcp_cli.gateway.upstream.api import KNOWN_PROTOCOLS
@@ -185,6 +185,8 @@ class GatewayApp:
             await asgi.send_json(
                 send, 404 if session_id else 400, error(None, Code.SESSION_NOT_FOUND, text)
             )
+            return
+        if await self._stray_challenge(scope, send, session):
             return
         replay: list[bytes] = []
         last_event_id = asgi.header(scope, b"last-event-id")
@@ -438,8 +440,21 @@ class GatewayApp:
                 send, 404, error(None, Code.SESSION_NOT_FOUND, "unknown or closed session")
             )
             return
+        if await self._stray_challenge(scope, send, session):
+            return
         await self.sessions.close(session, "closed by client")
         await asgi.send_bytes(send, 200, b"")
+
+    async def _stray_challenge(self, scope: Scope, send: Send, session: GatewaySession) -> bool:
+        """Refuse (400) a stream or end of `session` whose `Cmcp-Challenge` is not the
+        session's own; True when refused."""
+        problem = gateway_params.stray_challenge(
+            scope, session.evidence.challenge, session.id, _NEW_LEGACY_SESSION
+        )
+        if problem is None:
+            return False
+        await asgi.send_json(send, 400, error(None, Code.INVALID_PARAMS, problem))
+        return True
 
     def _agent(self, scope: Scope) -> str | None:
         return self.runtime.credentials.agent_for(asgi.bearer_token(scope))

@@ -180,5 +180,22 @@ def bound_challenge(
     )
 
 
+def stray_challenge(scope: Scope, bound: str | None, session_id: str, how: str) -> str | None:
+    """Why a `Cmcp-Challenge` header on a request that carries no JSON-RPC message (the
+    session's stream, or its end) is refused, or None when it has none or the session's
+    own: such a request opens nothing, so no other challenge can be bound by it."""
+    _, given = _headers(scope)
+    if given is None or given == bound:
+        return None
+    problem = challenge_problem(given)
+    if problem is not None:
+        return f"the Cmcp-Challenge header is refused: {problem}"
+    opened = "without a challenge" if bound is None else "with another challenge"
+    return (
+        f"a challenge is bound when its session opens: session {session_id} was opened "
+        f"{opened}; open a new session with it ({how})"
+    )
+
+
 def _refused(message: Message, text: str, *, code: Code = Code.INVALID_PARAMS) -> ProtocolError:
     return ProtocolError(code, text, request_id=message.id, http_status=400)
