@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cmcp_cli.audit.record_members import SessionRecordError, json_type, member
+from cmcp_cli.claim.model import NO_APPRAISAL_VERIFIER, appraisal_item
 
 # The members of an issuer record, in session_start and in a recovery's `recovered_by`.
 ISSUER_FIELDS = (
@@ -71,7 +72,7 @@ class Issuer:
     generated_at: str
     slsa_level: int = 0
     appraisal_status: str = "none"
-    appraisal_verifier: str = "urn:cmcp:appraisal:none"
+    appraisal_verifier: str = NO_APPRAISAL_VERIFIER
     # With the runtime's own appraisal: its policy's URI and when it was made.
     appraisal_policy_ref: str | None = None
     appraisal_timestamp: int | None = None
@@ -89,15 +90,12 @@ class Issuer:
 
     def appraisal(self) -> dict[str, Any]:
         """The record's `appraisal`: the claim's `trace.appraisal`."""
-        appraisal: dict[str, Any] = {
-            "status": self.appraisal_status,
-            "verifier": self.appraisal_verifier,
-        }
-        if self.appraisal_policy_ref is not None:
-            appraisal["policy_ref"] = self.appraisal_policy_ref
-        if self.appraisal_timestamp is not None:
-            appraisal["timestamp"] = self.appraisal_timestamp
-        return appraisal
+        return appraisal_item(
+            status=self.appraisal_status,
+            verifier=self.appraisal_verifier,
+            policy_ref=self.appraisal_policy_ref,
+            timestamp=self.appraisal_timestamp,
+        )
 
     def appraisal_findings(self) -> dict[str, Any]:
         """`appraisal_checks`, when the runtime appraised its evidence."""

@@ -100,19 +100,24 @@ def subject(trust_domain: str, session_id: str) -> str:
     return f"spiffe://{trust_domain}/cmcp/session/{session_id}"
 
 
+def appraisal_item(
+    *, status: str, verifier: str, policy_ref: str | None = None, timestamp: int | None = None
+) -> dict[str, Any]:
+    """The record's `appraisal`: `status` and `verifier`, with `policy_ref` and `timestamp`
+    only when the appraisal has them (the runtime's own appraisal does)."""
+    appraisal: dict[str, Any] = {"status": status, "verifier": verifier}
+    if policy_ref is not None:
+        appraisal["policy_ref"] = policy_ref
+    if timestamp is not None:
+        appraisal["timestamp"] = timestamp
+    return appraisal
+
+
 def trace_body(facts: SessionFacts, jwk: Mapping[str, str]) -> dict[str, Any]:
     """The claim's TRACE record without its embedded signature."""
     runtime = {"platform": facts.platform, "measurement": facts.measurement}
     if facts.nonce is not None:
         runtime["nonce"] = facts.nonce
-    appraisal: dict[str, Any] = {
-        "status": facts.appraisal_status,
-        "verifier": facts.appraisal_verifier,
-    }
-    if facts.appraisal_policy_ref is not None:
-        appraisal["policy_ref"] = facts.appraisal_policy_ref
-    if facts.appraisal_timestamp is not None:
-        appraisal["timestamp"] = facts.appraisal_timestamp
     body: dict[str, Any] = {
         "eat_profile": EAT_PROFILE,
         "iat": facts.issued_at,
@@ -130,7 +135,12 @@ def trace_body(facts: SessionFacts, jwk: Mapping[str, str]) -> dict[str, Any]:
             "call_count": facts.call_summary["total"],
         },
         "build_provenance": {"slsa_level": facts.slsa_level, "digest": facts.build_digest},
-        "appraisal": appraisal,
+        "appraisal": appraisal_item(
+            status=facts.appraisal_status,
+            verifier=facts.appraisal_verifier,
+            policy_ref=facts.appraisal_policy_ref,
+            timestamp=facts.appraisal_timestamp,
+        ),
         "cnf": {"jwk": dict(jwk)},
     }
     if facts.anchor_url is not None:
