@@ -18,8 +18,8 @@ from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.signing import SIGNATURE, signed
 from cmcp_cli.config import CatalogPinning
 
-# 1.1: the claim's `trace` carries its own embedded signature (required); 1.0 claims, made
-# before records were signed on their own, have none and verify as they always did.
+# 1.1: the claim's `trace` carries its own embedded signature (required there); 1.0: its
+# `trace` has none (forbidden there) and the envelope's signature alone covers it.
 CLAIM_VERSION = "1.1"
 RECORD_UNSIGNED_VERSION = "1.0"
 CLAIM_VERSIONS = (RECORD_UNSIGNED_VERSION, CLAIM_VERSION)
@@ -190,7 +190,7 @@ def sign_claim(claim: Mapping[str, Any], key: ClaimKey) -> dict[str, Any]:
 
 def unsigned(claim: Mapping[str, Any]) -> dict[str, Any]:
     """A GatewayClaim without its signatures: the envelope's, and its record's embedded
-    one (claims made before records were signed on their own have none)."""
+    one (a 1.0 claim's record has none)."""
     body = {k: v for k, v in claim.items() if k != SIGNATURE}
     trace = body.get("trace")
     if isinstance(trace, Mapping):
