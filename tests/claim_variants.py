@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from cmcp_cli.attestation.binding import compute_binding
-from cmcp_cli.claim.keys import ClaimKey, jwk_thumbprint
+from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.model import sign_claim
 from cmcp_cli.claim.signing import signed
+from tests.support import claim_binding
 
 ADDED = "added_member"  # the name of a member a change adds to an object
 Path_ = tuple[str | int, ...]
@@ -261,13 +261,8 @@ def resigned(
 
 def fix_binding(claim: dict[str, Any], software: bool) -> None:
     try:
-        trace, attestation = claim["trace"], claim["gateway"]["attestation"]
-        binding = compute_binding(
-            key_thumbprint=jwk_thumbprint(trace["cnf"]["jwk"]),
-            bundle_hash=trace["policy"]["bundle_hash"],
-            catalog_hash=claim["gateway"]["catalog"]["hash"],
-            gateway_digest=trace["build_provenance"]["digest"],
-        ).hex()
+        attestation = claim["gateway"]["attestation"]
+        binding = claim_binding(claim)
     except (KeyError, TypeError):
         return  # a member of the binding was removed: there is nothing to fix it up from
     attestation["binding"] = binding

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from cmcp_cli.testing.transparency import RunningTransparency
 from tests.conformance.suite import TABLE_PROPERTY
 from tests.gateway_support import Served, start_gateway, start_upstream, write_config
 from tests.matrix_rig import Matrix, running_matrix
@@ -100,6 +101,14 @@ def matrix(matrix_stack: Matrix) -> Matrix:
     a test that failed)."""
     matrix_stack.seen_claims = set(matrix_stack.claims.glob("*.claim.json"))
     return matrix_stack
+
+
+@pytest.fixture(scope="module")
+def double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningTransparency]:
+    """The transparency service double (a real process serving TLS on loopback), shared
+    by a test module."""
+    with RunningTransparency.start(tmp_path_factory.mktemp("ts")) as running:
+        yield running
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

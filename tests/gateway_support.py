@@ -13,11 +13,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 import yaml
 from mcp.client.session import ClientSession
@@ -189,26 +191,36 @@ def request(
         connection.close()
 
 
-async def weather_session(url: str) -> str:
-    """One session of the official MCP SDK client through the gateway at `url`: it asks
-    the quickstart's get_weather for Paris and returns the answer's text."""
-    async with (
-        streamable_http_client(url) as (read, write),
-        ClientSession(read, write) as session,
-    ):
+@asynccontextmanager
+async def sdk_session(url: str, challenge: str | None = None) -> AsyncIterator[ClientSession]:
+    """An initialized session of the official MCP SDK client with the gateway at `url`;
+    with `challenge`, the HTTP client it is given sends it as the `Cmcp-Challenge` header
+    of every request."""
+    async with AsyncExitStack() as stack:
+        http = None
+        if challenge is not None:
+            headers = {"Cmcp-Challenge": challenge}
+            http = await stack.enter_async_context(httpx2.AsyncClient(headers=headers))
+        read, write = await stack.enter_async_context(streamable_http_client(url, http_client=http))
+        session = await stack.enter_async_context(ClientSession(read, write))
         await session.initialize()
+        yield session
+
+
+async def weather_session(url: str, challenge: str | None = None) -> str:
+    """One session of the official MCP SDK client through the gateway at `url` (opened
+    with `challenge`, if any): it asks the quickstart's get_weather for Paris and returns
+    the answer's text."""
+    async with sdk_session(url, challenge) as session:
         weather = await session.call_tool("get_weather", {"city": "Paris"})
         return weather.content[0].text  # type: ignore[union-attr]
 
 
-async def agent_calls(url: str) -> tuple[str, dict[str, Any]]:
-    """An agent's session through the gateway at `url`: the quickstart's get_weather for
-    Paris (allowed: its text) and delete_records (denied: the JSON-RPC error)."""
-    async with (
-        streamable_http_client(url) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
+async def agent_calls(url: str, challenge: str | None = None) -> tuple[str, dict[str, Any]]:
+    """An agent's session through the gateway at `url` (opened with `challenge`, if any):
+    the quickstart's get_weather for Paris (allowed: its text) and delete_records (denied:
+    the JSON-RPC error)."""
+    async with sdk_session(url, challenge) as session:
         weather = await session.call_tool("get_weather", {"city": "Paris"})
         with pytest.raises(MCPError) as denied:
             await session.call_tool("delete_records", {"table": "users"})

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from cmcp_cli.attestation import software
+from cmcp_cli.attestation.measurement import installation_digest
 from cmcp_cli.audit.session_record import SessionPolicy
 from cmcp_cli.audit.store import AuditStore
 from cmcp_cli.catalog.model import load_catalog
 from cmcp_cli.claim.keys import ClaimKey
-from cmcp_cli.evidence.attesting import Attestor
+from cmcp_cli.evidence.attesting import Attestor, attest_key
 from cmcp_cli.evidence.session import EvidenceSession
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for, tool_resources
 from cmcp_cli.policy.bundle import read_bundle
@@ -133,3 +134,16 @@ def record_session(
         key_thumbprint=session.key.thumbprint,
         bundle=QUICKSTART / "policies",
     )
+
+
+def probe_measurement(attestor: Attestor) -> str:
+    """The measurement `attestor` reports, from one attestation of a throwaway key (the
+    binding's hashes do not enter it): what an operator pins."""
+    return attest_key(
+        attestor,
+        key=ClaimKey.generate(),
+        bundle_hash="sha256:" + "00" * 32,
+        catalog_hash="sha256:" + "00" * 32,
+        gateway_digest=installation_digest(),
+        process_id="probe",
+    ).issuer.measurement

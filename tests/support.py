@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -14,6 +15,8 @@ from typing import Any
 
 import rfc8785
 
+from cmcp_cli.attestation.binding import compute_binding
+from cmcp_cli.claim.keys import jwk_thumbprint
 from cmcp_cli.config import ENV_START
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,3 +69,22 @@ def independent_bundle_hash(root: Path) -> str:
             files[relative.as_posix()] = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
     preimage = rfc8785.dumps({"cmcp_bundle": 1, "files": files})
     return "sha256:" + hashlib.sha256(preimage).hexdigest()
+
+
+def challenge() -> str:
+    """A fresh verifier's challenge: 32 random bytes, base64url without padding."""
+    return secrets.token_urlsafe(32)
+
+
+def claim_binding(claim: Mapping[str, Any], nonce: str | None = None) -> str:
+    """The binding of the claim's own key, policy, catalog and gateway digest, with
+    `nonce` (version 2) or without (version 1), computed from the claim's members: hex,
+    as the claim states it."""
+    trace = claim["trace"]
+    return compute_binding(
+        key_thumbprint=jwk_thumbprint(trace["cnf"]["jwk"]),
+        bundle_hash=trace["policy"]["bundle_hash"],
+        catalog_hash=claim["gateway"]["catalog"]["hash"],
+        gateway_digest=trace["build_provenance"]["digest"],
+        nonce=nonce,
+    ).hex()

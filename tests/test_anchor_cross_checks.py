@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +33,6 @@ def tool(
         [str(BIN / name), *map(str, arguments)],
         capture_output=True, text=True, timeout=TIMEOUT, check=False, cwd=cwd,
     )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningTransparency]:
-    with RunningTransparency.start(tmp_path_factory.mktemp("ts")) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

@@ -4,37 +4,14 @@ or would do nothing, naming the setting, its line and the fix."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from cmcp_cli.errors import Problem
 from cmcp_cli.gateway.preflight.report import check_config
+from cmcp_tpm.testing import TestCa
 from tests.support import run_cmcp
-
-
-def root_pem() -> bytes:
-    """A self-signed CA certificate, as PEM."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "appraisal test root")])
-    now = datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(hours=1))
-        .not_valid_after(now + timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM)
 
 
 def _config(quickstart: Path, section: str, provider: str = "auto") -> Path:
@@ -50,7 +27,7 @@ def _appraisal_problems(config: Path) -> list[Problem]:
 
 
 def test_readable_roots_and_a_fitting_policy_pass(quickstart: Path) -> None:
-    (quickstart / "root.pem").write_bytes(root_pem())
+    (quickstart / "root.pem").write_bytes(TestCa.create("appraisal test root").root_pem)
     (quickstart / "platform.toml").write_text('[sev-snp]\nminimum_firmware = "1.55"\n')
     section = (
         "    trust_roots: [root.pem]\n    platform_policy: platform.toml\n"
@@ -129,7 +106,7 @@ def test_an_unusable_setting_is_an_error_at_its_line(
 def test_software_mode_refuses_what_it_would_ignore(
     quickstart: Path, section: str, message: str
 ) -> None:
-    (quickstart / "root.pem").write_bytes(root_pem())
+    (quickstart / "root.pem").write_bytes(TestCa.create("appraisal test root").root_pem)
     config = _config(quickstart, section, provider="software-only")
     (problem,) = _appraisal_problems(config)
     assert problem.message.startswith(message), problem

@@ -6,7 +6,6 @@ claim whose nonce was changed or removed, even re-signed by the session's own ke
 from __future__ import annotations
 
 import json
-import secrets
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,13 +15,12 @@ import pytest
 
 from cmcp_cli.attestation import software
 from cmcp_cli.attestation.api import CheckStatus
-from cmcp_cli.attestation.binding import compute_binding
 from cmcp_cli.attestation.manager import load_providers
 from cmcp_cli.audit.processes import lock_store, record_start
 from cmcp_cli.audit.recorder import SessionRecorder
 from cmcp_cli.audit.session_record import SessionPolicy, start_record
 from cmcp_cli.audit.store import AuditStore, iter_lines
-from cmcp_cli.claim.keys import ClaimKey, jwk_thumbprint
+from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.model import sign_claim
 from cmcp_cli.errors import CmcpError
 from cmcp_cli.evidence.attesting import Attestor, attest_key
@@ -33,6 +31,7 @@ from cmcp_cli.verify.claim import VerifyOptions, VerifyReport, verify_document
 from tests.gateway_support import statuses as cli_statuses
 from tests.gateway_support import verify
 from tests.sessions import StepClock, record_session
+from tests.support import challenge, claim_binding
 
 ATTESTOR = Attestor.load(software.SPEC, "0.1.0")
 POLICY = SessionPolicy(
@@ -42,22 +41,6 @@ POLICY = SessionPolicy(
     enforcement_mode="enforcing",
     data_class_order=("public", "internal"),
 )
-
-
-def challenge() -> str:
-    return secrets.token_urlsafe(32)  # 32 random bytes, base64url without padding
-
-
-def bound(claim: dict[str, Any], nonce: str | None) -> str:
-    """The binding of the claim's own key, policy, catalog and gateway with `nonce`."""
-    trace = claim["trace"]
-    return compute_binding(
-        key_thumbprint=jwk_thumbprint(trace["cnf"]["jwk"]),
-        bundle_hash=trace["policy"]["bundle_hash"],
-        catalog_hash=claim["gateway"]["catalog"]["hash"],
-        gateway_digest=trace["build_provenance"]["digest"],
-        nonce=nonce,
-    ).hex()
 
 
 def verified(
@@ -93,8 +76,8 @@ def test_a_session_opened_with_a_challenge_binds_it_and_every_claim_states_it(
     assert claim["trace"]["runtime"]["nonce"] == nonce
     assert recorded.record["runtime"]["nonce"] == nonce  # the record is the claim's trace
     attestation = claim["gateway"]["attestation"]
-    assert attestation["binding"] == bound(claim, nonce) != bound(claim, None)
-    assert attestation["evidence"]["binding"] == bound(claim, nonce)  # what was attested
+    assert attestation["binding"] == claim_binding(claim, nonce) != claim_binding(claim, None)
+    assert attestation["evidence"]["binding"] == claim_binding(claim, nonce)  # what was attested
     assert session_start(recorded.db, recorded.session_id)["challenge"] == nonce
 
     report, checks = verified(claim, recorded.db, nonce)
@@ -118,7 +101,7 @@ def test_without_a_challenge_nothing_changes(tmp_path: Path) -> None:
     recorded = record_session(tmp_path)
     claim = recorded.claim
     assert "nonce" not in claim["trace"]["runtime"]
-    assert claim["gateway"]["attestation"]["binding"] == bound(claim, None)  # version 1
+    assert claim["gateway"]["attestation"]["binding"] == claim_binding(claim, None)  # version 1
     assert "challenge" not in session_start(recorded.db, recorded.session_id)
     report, checks = verified(claim, recorded.db, None)
     assert report.exit_code == 0 and checks["nonce"] is CheckStatus.SKIP
@@ -148,14 +131,14 @@ def test_a_nonce_changed_or_removed_and_re_signed_fails(tmp_path: Path) -> None:
     )
 
     # the stated binding made to agree: the evidence still names the original one
-    changed["gateway"]["attestation"]["binding"] = bound(changed, other)
+    changed["gateway"]["attestation"]["binding"] = claim_binding(changed, other)
     report, checks = verified(sign_claim(changed, key), recorded.db, other)
     assert checks["binding"] is CheckStatus.PASS
     assert checks["evidence.binding"] is CheckStatus.FAIL and report.exit_code == 1
 
     removed = json.loads(json.dumps(recorded.claim))
     del removed["trace"]["runtime"]["nonce"]
-    removed["gateway"]["attestation"]["binding"] = bound(removed, None)
+    removed["gateway"]["attestation"]["binding"] = claim_binding(removed, None)
     report, checks = verified(sign_claim(removed, key), recorded.db, None)
     assert checks["binding"] is CheckStatus.PASS
     assert checks["evidence.binding"] is CheckStatus.FAIL
@@ -178,7 +161,7 @@ def test_renewed_evidence_is_over_the_same_challenge(tmp_path: Path) -> None:
     recorded = record_session(tmp_path, challenge=nonce, attestor=attestor, during=during)
     assert renewed["newer"]
     claim = recorded.claim
-    assert claim["gateway"]["attestation"]["evidence"]["binding"] == bound(claim, nonce)
+    assert claim["gateway"]["attestation"]["evidence"]["binding"] == claim_binding(claim, nonce)
     report, checks = verified(claim, recorded.db, nonce)
     assert report.exit_code == 0, report.to_json()
     assert checks["evidence.binding"] is CheckStatus.PASS
@@ -222,14 +205,14 @@ def test_a_recovering_process_binds_the_sessions_challenge(tmp_path: Path) -> No
     assert claim["gateway"]["recovery"]["process"] == "proc-new"
     assert claim["trace"]["runtime"]["nonce"] == nonce
     # the recovering process's own key, bound with the session's challenge
-    assert claim["gateway"]["attestation"]["evidence"]["binding"] == bound(claim, nonce)
+    assert claim["gateway"]["attestation"]["evidence"]["binding"] == claim_binding(claim, nonce)
     report, checks = verified(claim, db, nonce)
     assert report.exit_code == 0, report.to_json()
     assert checks["log: session"] is CheckStatus.PASS
 
     plain = json.loads((claims / "plain.claim.json").read_text())
     assert "nonce" not in plain["trace"]["runtime"]
-    assert plain["gateway"]["attestation"]["binding"] == bound(plain, None)
+    assert plain["gateway"]["attestation"]["binding"] == claim_binding(plain, None)
 
 
 def test_a_recorded_challenge_that_is_not_one_is_never_recovered_over(tmp_path: Path) -> None:
@@ -272,7 +255,7 @@ def test_a_claim_made_before_challenges_existed_verifies_unchanged() -> None:
     claim_path = BEFORE_CHALLENGES / "before-challenges.claim.json"
     claim = json.loads(claim_path.read_text(encoding="utf-8"))
     assert claim["cmcp_version"] == "1.0" and "signature" not in claim["trace"]
-    assert claim["gateway"]["attestation"]["binding"] == bound(claim, None)  # version 1
+    assert claim["gateway"]["attestation"]["binding"] == claim_binding(claim, None)  # version 1
     at = str(claim["trace"]["iat"] + 1)
     audit = BEFORE_CHALLENGES / "audit.jsonl"
     for path in (claim_path, BEFORE_CHALLENGES / "before-challenges.record.json"):

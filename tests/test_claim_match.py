@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from cmcp_cli.attestation.binding import compute_binding
+from cmcp_cli.audit.issuer import Issuer
 from cmcp_cli.audit.matching import LOG_CHECKS, ClaimMatch, match_claim
 from cmcp_cli.audit.recorder import SessionRecorder
 from cmcp_cli.audit.replay import SessionReplay, replay_log
 from cmcp_cli.audit.report import claim_key_thumbprint
 from cmcp_cli.audit.session_record import (
     INTERRUPTED,
-    Issuer,
     SessionPolicy,
     claim_facts,
     end_record,

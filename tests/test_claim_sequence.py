@@ -12,10 +12,10 @@ import pytest
 from cmcp_cli.audit.chain import ChainState
 from cmcp_cli.audit.entry import SealedEntry
 from cmcp_cli.audit.matching import match_claim
+from cmcp_cli.audit.record_members import SessionRecordError
 from cmcp_cli.audit.recorder import SessionRecorder
 from cmcp_cli.audit.replay import replay_chains
 from cmcp_cli.audit.session_record import (
-    SessionRecordError,
     claim_facts,
     claim_record,
     end_record,

@@ -41,7 +41,7 @@ from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.model import sign_claim, unsigned
 from cmcp_cli.claim.signing import signed
 from cmcp_cli.errors import ExitCode
-from cmcp_cli.evidence.attesting import Attestor, attest_key
+from cmcp_cli.evidence.attesting import Attestor
 from cmcp_cli.evidence.freshness import renew_evidence
 from cmcp_cli.evidence.session import EvidenceSession
 from cmcp_cli.gateway.enforcement.wiring import authorizer_for
@@ -58,7 +58,7 @@ from tests.claim_variants import (
     unchanged,
     variants,
 )
-from tests.sessions import RecordedSession, record_session
+from tests.sessions import RecordedSession, probe_measurement, record_session
 from tests.support import QUICKSTART, run_cmcp
 
 AK_HANDLE = 0x81010002
@@ -83,15 +83,7 @@ class Subject:
 def _pinned(attestor: Attestor) -> Attestor:
     """`attestor` as a gateway runs it with `expected_measurement` and `validity_seconds`
     set: its measurement pinned, so the claim names the pin it matched."""
-    probe = attest_key(
-        attestor,
-        key=ClaimKey.generate(),
-        bundle_hash="sha256:" + "00" * 32,
-        catalog_hash="sha256:" + "00" * 32,
-        gateway_digest=installation_digest(),
-        process_id="probe",
-    )
-    return replace(attestor, pins=(probe.issuer.measurement,), validity_seconds=3600)
+    return replace(attestor, pins=(probe_measurement(attestor),), validity_seconds=3600)
 
 
 def _more_of_the_session(session: EvidenceSession, attestor: Attestor) -> None:

@@ -18,12 +18,9 @@ from typing import Any, cast
 import httpx2
 import pytest
 from mcp import Client
-from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from cmcp_cli.attestation.binding import compute_binding
 from cmcp_cli.claim.challenge import CHALLENGE_META_KEY
-from cmcp_cli.claim.keys import jwk_thumbprint
 from cmcp_cli.gateway.downstream import gateway_params
 from cmcp_cli.wire.jsonrpc import parse_message
 from cmcp_cli.wire.mcp import forwardable_meta
@@ -34,8 +31,10 @@ from tests.gateway_support import (
     start_gateway,
     statuses,
     verify,
+    weather_session,
     write_config,
 )
+from tests.support import challenge, claim_binding
 
 MODERN = "2026-07-28"
 ENVELOPE = {
@@ -43,10 +42,6 @@ ENVELOPE = {
     "io.modelcontextprotocol/clientCapabilities": {},
 }
 WAIT_SECONDS = 10.0
-
-
-def challenge() -> str:
-    return secrets.token_urlsafe(32)  # 32 random bytes, base64url without padding
 
 
 @pytest.fixture(scope="module")
@@ -99,17 +94,6 @@ def session_start(served: Served, session_id: str) -> dict[str, Any]:
     return dict(first)
 
 
-def binding(claim: dict[str, Any], nonce: str | None) -> str:
-    trace = claim["trace"]
-    return compute_binding(
-        key_thumbprint=jwk_thumbprint(trace["cnf"]["jwk"]),
-        bundle_hash=trace["policy"]["bundle_hash"],
-        catalog_hash=claim["gateway"]["catalog"]["hash"],
-        gateway_digest=trace["build_provenance"]["digest"],
-        nonce=nonce,
-    ).hex()
-
-
 def post(
     served: Served, body: dict[str, Any], headers: Mapping[str, str] | None = None
 ) -> tuple[int, dict[str, str], dict[str, Any]]:
@@ -152,21 +136,11 @@ def test_an_sdk_client_gives_a_challenge_in_a_header_and_the_auditor_checks_it(
     gateway: Served,
 ) -> None:
     nonce = challenge()
-
-    async def session() -> str:
-        async with (
-            httpx2.AsyncClient(headers={"Cmcp-Challenge": nonce}) as http,
-            streamable_http_client(gateway.url, http_client=http) as (read, write),
-            ClientSession(read, write) as client,
-        ):
-            await client.initialize()
-            weather = await client.call_tool("get_weather", {"city": "Paris"})
-            return str(weather.content[0].text)  # type: ignore[union-attr]
-
-    assert asyncio.run(session()) == "Sunny, 21 C in Paris"  # the header on every request
+    # the SDK client sends the header on every request of the session
+    assert asyncio.run(weather_session(gateway.url, nonce)) == "Sunny, 21 C in Paris"
     path, claim = claim_with(gateway, nonce)
-    assert claim["gateway"]["attestation"]["binding"] == binding(claim, nonce)
-    assert claim["gateway"]["attestation"]["evidence"]["binding"] == binding(claim, nonce)
+    assert claim["gateway"]["attestation"]["binding"] == claim_binding(claim, nonce)
+    assert claim["gateway"]["attestation"]["evidence"]["binding"] == claim_binding(claim, nonce)
     assert session_start(gateway, claim["gateway"]["session_id"])["challenge"] == nonce
     record = json.loads(path.with_name(path.name.replace(".claim.", ".record.")).read_text())
     assert record["runtime"]["nonce"] == nonce
@@ -255,7 +229,7 @@ def test_a_session_opened_without_a_challenge_takes_none_later(gateway: Served) 
     request(gateway.port, "DELETE", "/mcp", None, sent)
     claim = claim_of(gateway, session)
     assert "nonce" not in claim["trace"]["runtime"]
-    assert claim["gateway"]["attestation"]["binding"] == binding(claim, None)  # version 1
+    assert claim["gateway"]["attestation"]["binding"] == claim_binding(claim, None)  # version 1
 
 
 def test_a_2026_07_28_session_binds_the_challenge_of_its_first_request(gateway: Served) -> None:
@@ -283,7 +257,7 @@ def test_a_2026_07_28_session_binds_the_challenge_of_its_first_request(gateway: 
     assert request(gateway.port, "DELETE", "/mcp", None, {"mcp-session-id": session})[0] == 200
     claim = claim_of(gateway, session)
     assert claim["trace"]["runtime"]["nonce"] == nonce
-    assert claim["gateway"]["attestation"]["binding"] == binding(claim, nonce)
+    assert claim["gateway"]["attestation"]["binding"] == claim_binding(claim, nonce)
     # two calls answered (one refused before anything), one listing
     assert claim["gateway"]["call_summary"]["by_kind"]["call_tool"]["total"] == 2
 
@@ -454,7 +428,7 @@ def test_a_gateway_killed_with_a_challenged_session_recovers_it_with_the_challen
     )
     assert claim["trace"]["runtime"]["nonce"] == nonce
     # the recovering process's own key, bound with the session's challenge
-    assert claim["gateway"]["attestation"]["binding"] == binding(claim, nonce)
+    assert claim["gateway"]["attestation"]["binding"] == claim_binding(claim, nonce)
     path = tmp_path / "claims" / f"{session}.claim.json"
     code, report = verify(
         path, "--allow-software", "--audit-log", tmp_path / "audit.db", "--expected-nonce", nonce

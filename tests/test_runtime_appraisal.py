@@ -38,7 +38,7 @@ from cmcp_cli.claim.model import sign_claim
 from cmcp_cli.config_trace import AppraisalConfig
 from cmcp_cli.errors import ExitCode
 from cmcp_cli.evidence.appraisal_config import read_appraisal
-from cmcp_cli.evidence.attesting import AppraisalBelowRequiredError, Attestor, attest_key
+from cmcp_cli.evidence.attesting import AppraisalBelowRequiredError, Attestor
 from cmcp_cli.evidence.freshness import renew_evidence
 from cmcp_cli.evidence.recovery import recover_sessions
 from cmcp_cli.evidence.session import EvidenceSession
@@ -55,21 +55,18 @@ from tests.gateway_support import (
     verify,
     write_config,
 )
-from tests.sessions import record_session
+from tests.sessions import probe_measurement, record_session
 from tests.support import QUICKSTART, run_cmcp
+from tests.tpm_support import EnrolledTpm, enrolled_tpm
 
 testing = pytest.importorskip("cmcp_tpm.testing", reason="the cmcp-tpm plugin is absent")
 
-AK_HANDLE = 0x81010002
 RUNTIME_VERIFIER = f"urn:cmcp:runtime-appraisal:cmcp-gateway/{__version__}"
 REGISTRY = load_providers()
 
 
 @dataclass(frozen=True)
-class Rig:
-    tpm: Any
-    settings: dict[str, Any]
-    roots: tuple[Path, ...]  # the AK privacy CA's root and the EK's local CA
+class Rig(EnrolledTpm):
     other_root: Path  # a CA that certified nothing of this TPM
 
 
@@ -78,23 +75,17 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     if testing.tss is None:
         pytest.skip("tpm2-pytss is not installed: the TPM collector cannot run here")
     folder = tmp_path_factory.mktemp("tpm")
-    with testing.SoftwareTpm() as tpm:
-        settings = {"tcti": tpm.tcti, "ak_handle": AK_HANDLE}
-        collector = plugin.SPEC.load_collector()  # creates and persists the AK
-        zero = "sha256:" + "00" * 32
-        collector.prepare(GatewayFacts(zero, zero, zero), settings)
-        collector.close()
-        ca = testing.TestCa.create()
-        testing.enroll_attestation_key(tpm.tcti, AK_HANDLE, ca)
-        ak_root, ek_root, other = folder / "ak-ca.pem", folder / "ek-ca.pem", folder / "other.pem"
-        ak_root.write_bytes(ca.root_pem)
-        ek_root.write_bytes(tpm.ek_ca_pem)
+    with enrolled_tpm(folder) as enrolled:
+        other = folder / "other.pem"
         other.write_bytes(testing.TestCa.create("another CA").root_pem)
-        yield Rig(tpm, settings, (ak_root, ek_root), other)
+        yield Rig(enrolled.tpm, enrolled.settings, enrolled.roots, other)
 
 
-def _config(folder: Path, upstream: Served, rig: Rig, **trace: Any) -> Path:
+def _config(folder: Path, upstream: Served, rig: Rig, **appraisal: Any) -> Path:
+    """A tpm gateway's config on the rig, its `trace.appraisal` trusting the rig's roots
+    and set as `appraisal` says."""
     attestation = {"provider": "tpm", "providers": {"tpm": rig.settings}}
+    trace = {"appraisal": {"trust_roots": [str(root) for root in rig.roots], **appraisal}}
     return write_config(folder, upstream.url, attestation=attestation, trace=trace)
 
 
@@ -141,10 +132,7 @@ def _trace_tests_apr(claim: dict[str, Any]) -> dict[str, str]:
 def test_a_pinned_tpm_with_its_roots_is_appraised_affirming(
     tmp_path: Path, upstream: Served, rig: Rig
 ) -> None:
-    roots = [str(root) for root in rig.roots]
-    config = _config(
-        tmp_path, upstream, rig, appraisal={"trust_roots": roots, "required_status": "affirming"}
-    )
+    config = _config(tmp_path, upstream, rig, required_status="affirming")
     measurement = _measure(config)
     _pin(config, measurement)
     claim, ready, output = _served_session(config)
@@ -176,10 +164,9 @@ def test_a_pinned_tpm_with_its_roots_is_appraised_affirming(
     assert "appraisal affirming (required affirming)" in " ".join(output.split())
 
     claim_path = next((tmp_path / "claims").glob("*.claim.json"))
-    trust = [arg for root in rig.roots for arg in ("--trust-root", str(root))]
     code, report = verify(
         claim_path,
-        *trust,
+        *rig.trust_args(),
         "--expected-measurement",
         measurement,
         "--audit-log",
@@ -195,8 +182,7 @@ def test_a_pinned_tpm_with_its_roots_is_appraised_affirming(
 def test_without_a_pin_the_appraisal_is_a_warning_naming_the_skipped_check(
     tmp_path: Path, upstream: Served, rig: Rig
 ) -> None:
-    roots = [str(root) for root in rig.roots]
-    config = _config(tmp_path, upstream, rig, appraisal={"trust_roots": roots})
+    config = _config(tmp_path, upstream, rig)
     claim, ready, output = _served_session(config)
     assert claim["trace"]["appraisal"]["status"] == "warning"
     (start,) = _entries(tmp_path / "audit.db", "session_start")
@@ -209,8 +195,7 @@ def test_without_a_pin_the_appraisal_is_a_warning_naming_the_skipped_check(
         output.split()
     )
     claim_path = next((tmp_path / "claims").glob("*.claim.json"))
-    trust = [arg for root in rig.roots for arg in ("--trust-root", str(root))]
-    code, report = verify(claim_path, *trust)
+    code, report = verify(claim_path, *rig.trust_args())
     assert code == 0, report
     assert statuses(report)["appraisal"] == "pass"
     assert _trace_tests_apr(claim)["TR-APR-005"] == "fail"  # Level 1 wants affirming
@@ -219,10 +204,7 @@ def test_without_a_pin_the_appraisal_is_a_warning_naming_the_skipped_check(
 def test_required_affirming_without_a_pin_does_not_start(
     tmp_path: Path, upstream: Served, rig: Rig
 ) -> None:
-    roots = [str(root) for root in rig.roots]
-    config = _config(
-        tmp_path, upstream, rig, appraisal={"trust_roots": roots, "required_status": "affirming"}
-    )
+    config = _config(tmp_path, upstream, rig, required_status="affirming")
     started = run_cmcp("start", "--config", config)
     assert started.returncode != 0
     text = " ".join(started.stderr.split())
@@ -250,14 +232,7 @@ def _attestor(
 def _measurement(rig: Rig) -> str:
     attestor = _attestor(rig, roots=rig.roots)
     try:
-        return attest_key(
-            attestor,
-            key=ClaimKey.generate(),
-            bundle_hash="sha256:" + "11" * 32,
-            catalog_hash="sha256:" + "22" * 32,
-            gateway_digest=installation_digest(),
-            process_id="probe",
-        ).issuer.measurement
+        return probe_measurement(attestor)
     finally:
         attestor.close()
 
@@ -274,8 +249,7 @@ def test_a_wrong_root_is_contraindicated(tmp_path: Path, rig: Rig) -> None:
     failed = {check["name"]: check for check in start["appraisal_checks"]}
     assert failed["tpm.ak.certificate"]["status"] == "fail", failed
     # the claim is honest about it; an auditor with the right roots still judges the quote
-    trust = [arg for root in rig.roots for arg in ("--trust-root", str(root))]
-    code, report = verify(recorded.claim_path, *trust, "--audit-log", recorded.db)
+    code, report = verify(recorded.claim_path, *rig.trust_args(), "--audit-log", recorded.db)
     assert statuses(report)["appraisal"] == "pass" and code == 0, report
     # and one given the wrong root fails the chain the gateway failed
     code, report = verify(recorded.claim_path, "--trust-root", str(rig.other_root))
@@ -408,7 +382,6 @@ def test_a_recovering_process_appraises_its_own_evidence(tmp_path: Path, rig: Ri
     assert claim["trace"]["appraisal"] == end["recovered_by"]["appraisal"]
     assert claim["trace"]["appraisal"]["status"] == "affirming"
     assert end["recovered_by"]["appraisal_checks"] == []
-    trust = [arg for root in rig.roots for arg in ("--trust-root", str(root))]
-    code, checked = verify(recovered.claim, *trust, "--audit-log", db)
+    code, checked = verify(recovered.claim, *rig.trust_args(), "--audit-log", db)
     assert code == 0, checked
     assert statuses(checked)["appraisal"] == "pass" and statuses(checked)["log: issuer"] == "pass"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,24 +16,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import pytest
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 
 from cmcp_cli.attestation.api import GatewayFacts
-from cmcp_cli.attestation.binding import compute_binding
 from cmcp_cli.attestation.measurement import installation_digest
-from cmcp_cli.claim.keys import ClaimKey, jwk_thumbprint
+from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.model import sign_claim
 from cmcp_cli.evidence.attesting import Attestor
 from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle
 from cmcp_tpm import plugin
 from cmcp_tpm.structures import parse_attest
-from tests.gateway_support import Served, start_gateway, statuses, verify, write_config
+from tests.gateway_support import (
+    Served,
+    start_gateway,
+    statuses,
+    verify,
+    weather_session,
+    write_config,
+)
 from tests.sessions import record_session
-from tests.support import QUICKSTART
+from tests.support import QUICKSTART, challenge, claim_binding
 from tests.tpm_support import EnrolledTpm, enrolled_tpm
 
 TRACE_TESTS = str(Path(sys.executable).with_name("trace-tests"))
@@ -46,49 +48,27 @@ def enrolled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnrolledTpm]:
         yield tpm
 
 
-def binding(claim: dict[str, Any], nonce: str | None) -> bytes:
-    trace = claim["trace"]
-    return compute_binding(
-        key_thumbprint=jwk_thumbprint(trace["cnf"]["jwk"]),
-        bundle_hash=trace["policy"]["bundle_hash"],
-        catalog_hash=claim["gateway"]["catalog"]["hash"],
-        gateway_digest=trace["build_provenance"]["digest"],
-        nonce=nonce,
-    )
-
-
-def qualifying_data(claim: dict[str, Any]) -> bytes:
-    """The extraData of the TPM quote the claim carries: what the TPM signed over."""
+def qualifying_data(claim: dict[str, Any]) -> str:
+    """The extraData of the TPM quote the claim carries, hex: what the TPM signed over."""
     attest = claim["gateway"]["attestation"]["evidence"]["attest"]
-    return parse_attest(base64.b64decode(attest)).extra_data
+    return parse_attest(base64.b64decode(attest)).extra_data.hex()
 
 
 def test_a_tpm_quote_answers_the_auditors_challenge(
     tmp_path: Path, upstream: Served, enrolled: EnrolledTpm
 ) -> None:
-    nonce = secrets.token_urlsafe(32)
+    nonce = challenge()
     attestation = {"provider": "tpm", "providers": {"tpm": enrolled.settings}}
     gateway = start_gateway(write_config(tmp_path, upstream.url, attestation=attestation))
-
-    async def session() -> str:
-        async with (
-            httpx2.AsyncClient(headers={"Cmcp-Challenge": nonce}) as http,
-            streamable_http_client(gateway.url, http_client=http) as (read, write),
-            ClientSession(read, write) as client,
-        ):
-            await client.initialize()
-            weather = await client.call_tool("get_weather", {"city": "Paris"})
-            return str(weather.content[0].text)  # type: ignore[union-attr]
-
     try:
-        assert asyncio.run(session()) == "Sunny, 21 C in Paris"
+        assert asyncio.run(weather_session(gateway.url, nonce)) == "Sunny, 21 C in Paris"
     finally:
         assert gateway.stop() == 0, gateway.output()
     (path,) = sorted((tmp_path / "claims").glob("*.claim.json"))
     claim = json.loads(path.read_text())
     assert claim["trace"]["runtime"]["platform"] == "tpm2"
     assert claim["trace"]["runtime"]["nonce"] == nonce
-    assert qualifying_data(claim) == binding(claim, nonce) != binding(claim, None)
+    assert qualifying_data(claim) == claim_binding(claim, nonce) != claim_binding(claim, None)
 
     audit = ("--audit-log", tmp_path / "audit.db")
     code, report = verify(path, *enrolled.trust_args(), *audit, "--expected-nonce", nonce)
@@ -97,7 +77,7 @@ def test_a_tpm_quote_answers_the_auditors_challenge(
     checks = statuses(report)
     assert checks["nonce"] == checks["binding"] == checks["tpm.attest.extra_data"] == "pass"
     assert checks["audit log"] == "pass"
-    other = secrets.token_urlsafe(32)
+    other = challenge()
     code, report = verify(path, *enrolled.trust_args(), *audit, "--expected-nonce", other)
     assert code == 1 and statuses(report)["nonce"] == "fail"
     assert statuses(report)["tpm.attest.extra_data"] == "pass"  # the evidence is sound
@@ -132,7 +112,7 @@ def test_a_claim_moved_to_another_challenge_fails_on_the_quote(
 ) -> None:
     """A session recorded by the library on the swtpm with a key the test holds, so that
     the tampered claim can be re-signed and only the evidence gives it away."""
-    nonce, other, key = secrets.token_urlsafe(32), secrets.token_urlsafe(32), ClaimKey.generate()
+    nonce, other, key = challenge(), challenge(), ClaimKey.generate()
     bundle = compile_bundle(read_bundle(QUICKSTART / "policies"))
     attestor = Attestor.load(plugin.SPEC, "test", enrolled.settings)
     facts = GatewayFacts(bundle.hash, "sha256:" + "00" * 32, installation_digest())
@@ -143,7 +123,7 @@ def test_a_claim_moved_to_another_challenge_fails_on_the_quote(
         )
     finally:
         attestor.collector.close()
-    assert qualifying_data(recorded.claim) == binding(recorded.claim, nonce)
+    assert qualifying_data(recorded.claim) == claim_binding(recorded.claim, nonce)
     code, report = verify(recorded.claim_path, *enrolled.trust_args(), "--expected-nonce", nonce)
     assert code == 0, report
 
@@ -158,7 +138,7 @@ def test_a_claim_moved_to_another_challenge_fails_on_the_quote(
     assert checks["binding"] == checks["tpm.attest.extra_data"] == "fail"
 
     # with the stated binding made to agree, the quote still names the original challenge
-    moved["gateway"]["attestation"]["binding"] = binding(moved, other).hex()
+    moved["gateway"]["attestation"]["binding"] = claim_binding(moved, other)
     path.write_text(json.dumps(sign_claim(moved, key)))
     code, report = verify(path, *enrolled.trust_args(), "--expected-nonce", other)
     assert code == 1

@@ -7,15 +7,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from cmcp_cli.attestation.api import GatewayFacts
-from cmcp_tpm.collector import TpmCollector
-from cmcp_tpm.testing import SoftwareTpm, TestCa, enroll_attestation_key
 from tests.gateway_support import Served, start_gateway, write_config
 from tests.reload_support import (
     bundle_hash,
@@ -28,46 +24,25 @@ from tests.reload_support import (
 )
 from tests.support import QUICKSTART, run_cmcp
 from tests.test_policy_reload import weather
-
-AK_HANDLE = 0x81010003
+from tests.tpm_support import EnrolledTpm, enrolled_tpm
 
 
 @pytest.fixture(scope="module")
-def enrolled(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[dict[str, Any], list[str]]]:
-    """A swtpm whose AK is certified by a test privacy CA: (settings, --trust-root args)."""
-    folder = tmp_path_factory.mktemp("tpm")
-    with SoftwareTpm() as tpm:
-        settings = {"tcti": tpm.tcti, "ak_handle": AK_HANDLE}
-        collector = TpmCollector()  # creates and persists the AK, as a first gateway start does
-        zero = "sha256:" + "00" * 32
-        collector.prepare(GatewayFacts(zero, zero, zero), settings)
-        collector.close()
-        ca = TestCa.create()
-        enroll_attestation_key(tpm.tcti, AK_HANDLE, ca)
-        (folder / "ak-ca.pem").write_bytes(ca.root_pem)
-        (folder / "ek-ca.pem").write_bytes(tpm.ek_ca_pem)
-        roots = [
-            "--trust-root",
-            str(folder / "ak-ca.pem"),
-            "--trust-root",
-            str(folder / "ek-ca.pem"),
-        ]
-        yield settings, roots
+def enrolled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnrolledTpm]:
+    with enrolled_tpm(tmp_path_factory.mktemp("tpm")) as tpm:
+        yield tpm
 
 
 def test_sessions_under_each_bundle_verify_against_one_pcr_holding_both(
-    tmp_path: Path, upstream: Served, enrolled: tuple[dict[str, Any], list[str]]
+    tmp_path: Path, upstream: Served, enrolled: EnrolledTpm
 ) -> None:
-    settings, roots = enrolled
     key, public = write_keys(tmp_path, "operator")
     bundle = quickstart_copy(tmp_path / "policies")
     first = bundle_hash(QUICKSTART / "policies")
     config = write_config(
         tmp_path,
         upstream.url,
-        attestation={"provider": "tpm", "providers": {"tpm": settings}},
+        attestation={"provider": "tpm", "providers": {"tpm": enrolled.settings}},
         policy_bundle_path=str(bundle),
         policy={"reload": {"signing_keys": [str(public)]}},
     )
@@ -105,7 +80,9 @@ def test_sessions_under_each_bundle_verify_against_one_pcr_holding_both(
     assert logged == {first: [first], second: [first, second]}
     for claim in by_bundle.values():
         path = tmp_path / "claims" / f"{claim['gateway']['session_id']}.claim.json"
-        verified = run_cmcp("verify", path, *roots, "--audit-log", tmp_path / "audit.db", "--json")
+        verified = run_cmcp(
+            "verify", path, *enrolled.trust_args(), "--audit-log", tmp_path / "audit.db", "--json"
+        )
         assert verified.returncode == 0, verified.stdout
         report = verified.json()
         assert report["hardware_attested"] is True

@@ -30,12 +30,11 @@ import pytest
 from cmcp_cli.claim.anchor import anchor_id
 from cmcp_cli.testing.transparency import RunningTransparency
 from tests.gateway_support import Served, start_gateway, statuses, verify, write_config
-from tests.support import run_cmcp
+from tests.support import challenge, run_cmcp
 from tests.tpm_support import EnrolledTpm, enrolled_tpm
 from tests.trace_levels_support import (
     ChallengedSession,
     anchor_settings,
-    new_challenge,
     run_challenged_session,
     tpm_gateway_config,
 )
@@ -99,7 +98,7 @@ def test_a_software_session_states_its_challenge(software: ChallengedSession) ->
     assert record["appraisal"] == {"status": "none", "verifier": "urn:cmcp:appraisal:none"}
     code, report = verify(software.claim, "--expected-nonce", software.nonce)
     assert code == 3 and statuses(report)["nonce"] == "pass", report  # valid, not hardware
-    code, report = verify(software.claim, "--expected-nonce", new_challenge())
+    code, report = verify(software.claim, "--expected-nonce", challenge())
     assert code == 1 and statuses(report)["nonce"] == "fail", report
 
 
@@ -134,7 +133,7 @@ def test_the_suite_holds_a_software_session_to_its_own_challenge(
 ) -> None:
     """The nonce the suite passes is the session's: another verifier's challenge fails it."""
     path = path_of(software, form)
-    report = suite_report(path, tmp_path / "report.json", max_level=1, nonce=new_challenge())
+    report = suite_report(path, tmp_path / "report.json", max_level=1, nonce=challenge())
     assert _failed(report, 1) == {"TR-APR-005", "TR-RTE-001", "TR-RTE-004"}
     assert "does not match" in report.messages(1)["TR-RTE-004"]
 
@@ -263,9 +262,7 @@ def test_level_2_holds_only_with_the_sessions_own_nonce_and_receipt(
     assert _failed(misplaced, 2) == {"TR-ANC-002"}
     assert "does not reproduce the committed merkle_root" in misplaced.messages(2)["TR-ANC-002"]
 
-    challenged = suite_report(
-        path, out, max_level=2, nonce=new_challenge(), receipt=session.receipt
-    )
+    challenged = suite_report(path, out, max_level=2, nonce=challenge(), receipt=session.receipt)
     assert _failed(challenged, 1) == _failed(challenged, 2) == {"TR-RTE-004"}
     assert challenged.highest_level == 0
 
@@ -337,7 +334,7 @@ def test_cmcp_verify_refuses_another_challenge_and_another_sessions_receipt(
     assert session.receipt is not None and other.receipt is not None
     pins = ("--log-key", transparency.log_key, *enrolled.trust_args())
     code, report = verify(
-        session.claim, "--expected-nonce", new_challenge(), "--receipt", session.receipt, *pins
+        session.claim, "--expected-nonce", challenge(), "--receipt", session.receipt, *pins
     )
     assert code == 1 and statuses(report)["nonce"] == "fail", report
     code, report = verify(

@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 from scitt_cose import verify_receipt
 
-from cmcp_cli.claim.anchor import anchor_id, anchor_leaf_bytes
+from cmcp_cli.claim.anchor import anchor_id
 from cmcp_cli.claim.keys import jwk_thumbprint
 from cmcp_cli.claim.model import sign_claim
 from cmcp_cli.claim.receipt import ReceiptError, inclusion_holds, receipt_document
@@ -30,6 +30,7 @@ from tests.transparency_support import (
     AnchoredClaim,
     anchored_claim,
     client,
+    leaf,
     sibling_record,
     statement,
 )
@@ -66,16 +67,31 @@ def another(anchored: AnchoredClaim, double: RunningTransparency, tag: str) -> d
     return sibling_record(anchored, double.url, tag)
 
 
-def leaf(record: dict[str, Any]) -> str:
-    return anchor_leaf_bytes(record).hex()
-
-
 def log_key(double: RunningTransparency) -> bytes:
     return double.log_key.read_bytes()
 
 
 def kid(record: dict[str, Any]) -> str:
     return jwk_thumbprint(record["cnf"]["jwk"])
+
+
+def registry_receipt(body: dict[str, Any]) -> bytes:
+    """The COSE receipt of a registry answer (`receipt`: base64url without padding)."""
+    text = str(body["receipt"])
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def registry_proof_holds(record: dict[str, Any], body: dict[str, Any]) -> bool:
+    """Whether a registry answer's `entry` and `proof` on their own put the record's leaf
+    under the entry's root (registry-anchor-v1's shape, as trace-verify reads it)."""
+    entry, proof = body["entry"], body["proof"]
+    return inclusion_holds(
+        leaf(record),
+        proof["leaf_index"],
+        entry["leaf_count"],
+        proof["audit_path"],
+        entry["merkle_root"],
+    )
 
 
 def register(
@@ -134,14 +150,8 @@ def test_the_registry_protocol_is_the_same_log(
     assert set(entry) == {"ts", "merkle_root", "leaf_count", "producer", "batch_id"}
     assert entry["ts"].endswith("Z")
     # the same record by either protocol is one leaf, proven by the registry's own shape
-    assert inclusion_holds(
-        leaf(record),
-        proof["leaf_index"],
-        entry["leaf_count"],
-        proof["audit_path"],
-        entry["merkle_root"],
-    )
-    cose = base64.urlsafe_b64decode(body["receipt"] + "=" * (-len(body["receipt"]) % 4))
+    assert registry_proof_holds(record, body)
+    cose = registry_receipt(body)
     result = verify_receipt(cose, leaf_entry_hex=leaf(record), log_public_key_pem=log_key(service))
     assert result.ok, result.errors
     assert (result.leaf_index, result.tree_size) == (proof["leaf_index"], entry["leaf_count"])
@@ -369,10 +379,7 @@ def test_a_bad_receipt_mode_fails_scitt_cose_and_the_core(
         registry = http.post(
             f"{service.url}/records", content=json.dumps(record), headers=JSON_TYPE
         )
-    text = registry.json()["receipt"]
-    answers.append(
-        httpx.Response(200, content=base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-    )
+    answers.append(httpx.Response(200, content=registry_receipt(registry.json())))
     for answer in answers:
         assert answer.status_code in (200, 201)
         result = verify_receipt(answer.content, leaf_entry_hex=leaf(record), log_public_key_pem=key)
@@ -404,17 +411,11 @@ def test_disagree_gives_an_entry_and_proof_the_log_did_not_sign(
         body = http.post(
             f"{service.url}/records", content=json.dumps(record), headers=JSON_TYPE
         ).json()
-    entry, proof, text = body["entry"], body["proof"], body["receipt"]
+    entry = body["entry"]
     # on its own the entry and proof hold, as trace-verify would find ...
-    assert inclusion_holds(
-        leaf(record),
-        proof["leaf_index"],
-        entry["leaf_count"],
-        proof["audit_path"],
-        entry["merkle_root"],
-    )
+    assert registry_proof_holds(record, body)
     # ... but the log signed another root, of another size
-    cose = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    cose = registry_receipt(body)
     result = verify_receipt(cose, leaf_entry_hex=leaf(record), log_public_key_pem=log_key(service))
     assert result.ok
     assert f"sha256:{result.root}" != entry["merkle_root"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,6 @@ from tests.transparency_support import Anchored, anchor, client
 
 COSE = {"content-type": "application/cose"}
 RECEIPT_CHECKS = ("receipt.shape", "receipt.record", "receipt.inclusion", "receipt.log_signature")
-
-
-@pytest.fixture(scope="module")
-def double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningTransparency]:
-    with RunningTransparency.start(tmp_path_factory.mktemp("ts")) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

@@ -6,33 +6,21 @@ and its claim and record files written (and, with anchoring, its receipt stored)
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx2
-import pytest
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
-
 from cmcp_cli.testing.transparency import RunningTransparency
-from tests.gateway_support import Served, request, write_config
+from tests.gateway_support import Served, agent_calls, request, write_config
+from tests.support import challenge
 from tests.tpm_support import EnrolledTpm
 
 FILES_SECONDS = 30.0
 ANCHOR_SECONDS = 60.0
 POLL_SECONDS = 0.2
-
-
-def new_challenge() -> str:
-    """32 random bytes as unpadded base64url: a verifier's nonce."""
-    return base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
 
 
 @dataclass(frozen=True)
@@ -48,20 +36,6 @@ class ChallengedSession:
 
     def record_json(self) -> dict[str, Any]:
         return dict(json.loads(self.record.read_text()))
-
-
-async def _challenged_calls(url: str, nonce: str) -> None:
-    async with (
-        httpx2.AsyncClient(headers={"Cmcp-Challenge": nonce}) as http,
-        streamable_http_client(url, http_client=http) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
-        weather = await session.call_tool("get_weather", {"city": "Paris"})
-        assert "Paris" in weather.content[0].text  # type: ignore[union-attr]
-        with pytest.raises(MCPError) as denied:
-            await session.call_tool("delete_records", {"table": "users"})
-        assert denied.value.error.code == -32040, denied.value.error
 
 
 def _one_claim(claims: Path, gateway: Served) -> Path:
@@ -93,9 +67,10 @@ def _served_receipt(gateway: Served, session_id: str) -> dict[str, Any]:
 def run_challenged_session(gateway: Served, claims: Path, *, anchored: bool) -> ChallengedSession:
     """One challenged session through `gateway`, its files under `claims`; the gateway is
     stopped (and must exit cleanly) before this returns."""
-    nonce = new_challenge()
+    nonce = challenge()
     try:
-        asyncio.run(_challenged_calls(gateway.url, nonce))
+        allowed, denied = asyncio.run(agent_calls(gateway.url, nonce))
+        assert "Paris" in allowed and denied["code"] == -32040, denied
         claim = _one_claim(claims, gateway)
         session_id = claim.name.removesuffix(".claim.json")
         receipt = None

@@ -13,8 +13,8 @@ The 32 bytes go into the hardware evidence (SEV-SNP and TDX report_data, followe
 zero bytes; TPM qualifyingData; the NVIDIA SPDM nonce). A verifier recomputes them from
 the claim (the challenge is its `trace.runtime.nonce`) and compares: equal bytes prove the
 key was created inside the attested TEE under this policy and catalog (and after the
-challenge). A claim without a nonce is bound by version 1, as every claim was before
-challenges existed, so those claims verify unchanged.
+challenge). A claim without a nonce is bound by version 1, whose preimage has no `nonce`
+member: a session opened without a challenge states exactly what version 1 binds.
 """
 
 from __future__ import annotations

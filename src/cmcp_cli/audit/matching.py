@@ -12,15 +12,10 @@ from cmcp_cli.attestation.binding import compute_binding
 from cmcp_cli.audit.chain import DECISION_PHASE, DEFAULT_KIND, ChainState
 from cmcp_cli.audit.claim_values import ABSENT, devices_mismatch, digest, same, show
 from cmcp_cli.audit.entry import EntryError, open_line
+from cmcp_cli.audit.issuer import device_records, issuer_member, issuer_of
+from cmcp_cli.audit.record_members import SessionRecordError
 from cmcp_cli.audit.replay import IssuedClaim, ProblemKind, SessionReplay
-from cmcp_cli.audit.session_record import (
-    SessionRecordError,
-    claim_facts,
-    device_records,
-    evidence_record,
-    issuer_member,
-    issuer_of,
-)
+from cmcp_cli.audit.session_record import claim_facts, evidence_record
 from cmcp_cli.claim.canonical import canonical_bytes
 from cmcp_cli.claim.keys import jwk_thumbprint
 from cmcp_cli.claim.model import (

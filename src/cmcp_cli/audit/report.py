@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cmcp_cli.audit.issuer import issuer_member
 from cmcp_cli.audit.logfile import count_log_lines, is_sqlite, read_log_lines
 from cmcp_cli.audit.matching import compare_with_claim, recheck_with_own_bundle
 from cmcp_cli.audit.processes import gateway_processes, live_process
+from cmcp_cli.audit.record_members import SessionRecordError
 from cmcp_cli.audit.replay import Progress, SessionReplay, replay_log
-from cmcp_cli.audit.session_record import SessionRecordError, issuer_member
 from cmcp_cli.audit.status import FINE, SessionStatus, StoreProcesses, session_status
 from cmcp_cli.errors import UsageError
 from cmcp_cli.policy.bundle import read_bundle

@@ -1,8 +1,9 @@
 """What a session's chain records about its claim, and the claim those records determine.
 
-`session_start` records the session (its agent, policy, catalog, model) and its issuer:
-the process, key, platform, measurement, evidence digest and gateway build that sign its
-claim. `session_end` records what is fixed only when the claim is issued (`iat`,
+`session_start` records the session (its agent, policy, catalog, model, and the
+verifier's challenge it was opened with) and its issuer (audit.issuer: the process, key,
+platform, measurement, evidence digest and gateway build that sign its claim).
+`session_end` records what is fixed only when the claim is issued (`iat`,
 `sequence_number`, and `previous`, the digest of the session's claim before it); a session
 closed by a later process after its own process died (`recovered_by`) names that later
 process as the issuer instead. With `claims.per_call`, a `claim` entry records the same
@@ -11,10 +12,8 @@ including that entry; session_end's claim continues their sequence.
 
 An `attestation` entry records a re-attestation of the session's binding; the newest one
 with evidence is the evidence the claim carries (`evidence_record`), and the stale ones
-are counted in it. Devices attested beside the platform (`devices`: provider, version,
-evidence type, device and evidence digest of each) are recorded with the evidence they
-were collected with, in the issuer record and in each attestation entry, so the claim's
-`gateway.attestation.devices` is determined by the same record as its CPU evidence.
+are counted in it. It records the devices attested beside the platform, and the
+appraisal, of the evidence it was collected with, as the issuer record does.
 
 `claim_facts` turns those records and the chain's own state into the facts a claim
 states. The gateway builds its claims from it, and a verifier given the log compares a
@@ -24,30 +23,20 @@ both check out.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cmcp_cli.audit.chain import STALE_STATUS, ChainState
+from cmcp_cli.audit.issuer import Issuer, device_records, issuer_of
+from cmcp_cli.audit.record_members import (
+    SessionRecordError,
+    json_type,
+    member,
+    optional_member,
+)
 from cmcp_cli.claim.model import SessionFacts, device_item
 
-# The members of an issuer record, in session_start and in a recovery's `recovered_by`.
-ISSUER_FIELDS = (
-    "process",
-    "key_thumbprint",
-    "platform",
-    "measurement",
-    "evidence_digest",
-    "gateway_version",
-    "gateway_digest",
-    "slsa_level",
-    "appraisal",
-    "appraisal_checks",
-    "attestation",
-    "devices",
-    "anchor_url",
-)
 # The members of session_start that describe the session itself (`challenge` only when
 # the session was opened with a verifier's challenge).
 SESSION_FIELDS = (
@@ -63,110 +52,6 @@ SESSION_FIELDS = (
     "challenge",
 )
 INTERRUPTED = "interrupted"  # session_end.reason of a session closed by recovery
-
-
-class SessionRecordError(ValueError):
-    """A session's records lack a member its claim states, or have it with the wrong type."""
-
-
-@dataclass(frozen=True)
-class DeviceRecord:
-    """One device attested beside the platform, as the log keeps it: its evidence by digest."""
-
-    provider: str
-    provider_version: str
-    evidence_type: str
-    device: str
-    evidence_digest: str
-
-    def record(self) -> dict[str, str]:
-        return dataclasses.asdict(self)
-
-
-# The members of each item of a record's `devices`, all strings.
-DEVICE_RECORD_FIELDS = tuple(member.name for member in dataclasses.fields(DeviceRecord))
-
-
-@dataclass(frozen=True)
-class Issuer:
-    """Who signs a claim: the gateway process, its key and what attests them."""
-
-    process: str  # a random id of the gateway process, fresh at every start
-    key_thumbprint: str
-    platform: str
-    measurement: str
-    evidence_digest: str
-    gateway_version: str
-    gateway_digest: str
-    provider: str
-    provider_version: str
-    evidence_type: str
-    generated_at: str
-    slsa_level: int = 0
-    appraisal_status: str = "none"
-    appraisal_verifier: str = "urn:cmcp:appraisal:none"
-    # With the runtime's own appraisal: its policy's URI and when it was made.
-    appraisal_policy_ref: str | None = None
-    appraisal_timestamp: int | None = None
-    # With the runtime's own appraisal: its checks that failed or were skipped, each
-    # {name, status, reason} (why it is not `affirming`), kept beside `appraisal` as
-    # `appraisal_checks`. A claim does not state them; the log says why.
-    appraisal_checks: tuple[Mapping[str, str], ...] | None = None
-    # The `attestation.expected_measurement` value the measurement matched (None when none
-    # is configured), and `attestation.validity_seconds`: recorded (with the claim's
-    # `stale_warnings`) when `validity_seconds` is given.
-    measurement_pin: str | None = None
-    validity_seconds: int | None = None
-    devices: tuple[DeviceRecord, ...] = ()  # attested beside the platform, over its binding
-    anchor_url: str | None = None  # `trace.anchor.url` of the issuing process, if any
-
-    def appraisal(self) -> dict[str, Any]:
-        """The record's `appraisal`: the claim's `trace.appraisal`."""
-        appraisal: dict[str, Any] = {
-            "status": self.appraisal_status,
-            "verifier": self.appraisal_verifier,
-        }
-        if self.appraisal_policy_ref is not None:
-            appraisal["policy_ref"] = self.appraisal_policy_ref
-        if self.appraisal_timestamp is not None:
-            appraisal["timestamp"] = self.appraisal_timestamp
-        return appraisal
-
-    def appraisal_findings(self) -> dict[str, Any]:
-        """`appraisal_checks`, when the runtime appraised its evidence."""
-        if self.appraisal_checks is None:
-            return {}
-        return {"appraisal_checks": [dict(check) for check in self.appraisal_checks]}
-
-    def record(self) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "process": self.process,
-            "key_thumbprint": self.key_thumbprint,
-            "platform": self.platform,
-            "measurement": self.measurement,
-            "evidence_digest": self.evidence_digest,
-            "gateway_version": self.gateway_version,
-            "gateway_digest": self.gateway_digest,
-            "slsa_level": self.slsa_level,
-            "appraisal": self.appraisal(),
-            **self.appraisal_findings(),
-            "attestation": {
-                "provider": self.provider,
-                "provider_version": self.provider_version,
-                "evidence_type": self.evidence_type,
-                "generated_at": self.generated_at,
-            },
-        }
-        if self.validity_seconds is not None:
-            record["attestation"] |= {
-                "measurement_pin": self.measurement_pin,
-                "validity_seconds": self.validity_seconds,
-            }
-        if self.devices:
-            record["devices"] = [device.record() for device in self.devices]
-        if self.anchor_url is not None:
-            record["anchor_url"] = self.anchor_url
-        return record
 
 
 @dataclass(frozen=True)
@@ -303,22 +188,6 @@ def evidence_record(
     return issuer, "session_start" if issuer is start else "session_end.recovered_by"
 
 
-def issuer_of(start: Mapping[str, Any], end: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The issuer record of the session's claim: the recovering process's, when one closed
-    it, else the session's own."""
-    recovered = end.get("recovered_by")
-    return recovered if isinstance(recovered, Mapping) else start
-
-
-def issuer_member(start: Mapping[str, Any], end: Mapping[str, Any], name: str) -> str:
-    """A string member of the claim's issuer record (`key_thumbprint`, `evidence_digest`),
-    or `SessionRecordError` naming the record that lacks it."""
-    issuer = issuer_of(start, end)
-    who = "session_start" if issuer is start else "session_end.recovered_by"
-    value: str = _member(issuer, name, str, who)
-    return value
-
-
 def claim_facts(
     start: Mapping[str, Any],
     end: Mapping[str, Any],
@@ -338,75 +207,75 @@ def claim_facts(
     who = "session_start" if issuer is start else "session_end.recovered_by"
     # a claim entry has no reason: session_end always does
     named = "session_end" if "reason" in end else "the claim entry"
-    claim = _member(end, "claim", Mapping, named)
-    issued_at = _member(claim, "iat", int, f"{named}.claim")
-    sequence_number = _member(claim, "sequence_number", int, f"{named}.claim")
+    claim = member(end, "claim", Mapping, named)
+    issued_at = member(claim, "iat", int, f"{named}.claim")
+    sequence_number = member(claim, "sequence_number", int, f"{named}.claim")
     if "previous" not in claim:
         raise SessionRecordError(f"{named}.claim records no previous")
     previous = claim["previous"]
     if previous is not None and not isinstance(previous, str):
         raise SessionRecordError(
-            f"{named}.claim records previous as {_json_type(previous)}, not a string or null"
+            f"{named}.claim records previous as {json_type(previous)}, not a string or null"
         )
-    model = _member(start, "model", Mapping, "session_start")
-    appraisal = _member(issuer, "appraisal", Mapping, who)
-    issued = _member(issuer, "attestation", Mapping, who)
+    model = member(start, "model", Mapping, "session_start")
+    appraisal = member(issuer, "appraisal", Mapping, who)
+    issued = member(issuer, "attestation", Mapping, who)
     # The platform and measurement (`top`), evidence type and time (`sub`) of the newest
     # evidence: an attestation entry holds all of them, an issuer record nests the latter.
     top, top_at = evidence_record(start, end, state)
     appraisal_at = f"{who}.appraisal"
     # The appraisal the newest evidence states (an attestation entry records its own).
     if top is not issuer and "appraisal" in top:
-        appraisal, appraisal_at = _member(top, "appraisal", Mapping, top_at), f"{top_at}.appraisal"
+        appraisal, appraisal_at = member(top, "appraisal", Mapping, top_at), f"{top_at}.appraisal"
     sub, sub_at = top, top_at
     if top is issuer:
         sub, sub_at = issued, f"{who}.attestation"
-    order = _member(start, "data_class_order", list, "session_start")
+    order = member(start, "data_class_order", list, "session_start")
     recovery = None
     if issuer is not start:
         recovery = {
-            "interrupted_process": _member(start, "process", str, "session_start"),
-            "process": _member(issuer, "process", str, who),
+            "interrupted_process": member(start, "process", str, "session_start"),
+            "process": member(issuer, "process", str, who),
         }
     return SessionFacts(
         session_id=state.session_id,
-        gateway_version=_member(issuer, "gateway_version", str, who),
+        gateway_version=member(issuer, "gateway_version", str, who),
         sequence_number=sequence_number,
         issued_at=issued_at,
-        trust_domain=_member(start, "trust_domain", str, "session_start"),
-        model_provider=_member(model, "provider", str, "session_start.model"),
-        model_id=_member(model, "model_id", str, "session_start.model"),
-        platform=_member(top, "platform", str, top_at),
-        measurement=_member(top, "measurement", str, top_at),
-        bundle_hash=_member(start, "bundle_hash", str, "session_start"),
-        enforcement_mode=_member(start, "enforcement_mode", str, "session_start"),
-        policy_version=_member(start, "policy_version", str, "session_start"),
+        trust_domain=member(start, "trust_domain", str, "session_start"),
+        model_provider=member(model, "provider", str, "session_start.model"),
+        model_id=member(model, "model_id", str, "session_start.model"),
+        platform=member(top, "platform", str, top_at),
+        measurement=member(top, "measurement", str, top_at),
+        bundle_hash=member(start, "bundle_hash", str, "session_start"),
+        enforcement_mode=member(start, "enforcement_mode", str, "session_start"),
+        policy_version=member(start, "policy_version", str, "session_start"),
         data_class=state.max_data_class or (str(order[0]) if order else "public"),
         audit_chain=state.audit_chain_json(),
         call_summary=state.calls.to_json(),
-        catalog_hash=_member(start, "catalog_hash", str, "session_start"),
-        catalog_pinning=_member(start, "catalog_pinning", str, "session_start"),
+        catalog_hash=member(start, "catalog_hash", str, "session_start"),
+        catalog_pinning=member(start, "catalog_pinning", str, "session_start"),
         drift_detected=state.drift_detected,
         attestation={
-            "provider": _member(issued, "provider", str, f"{who}.attestation"),
-            "provider_version": _member(issued, "provider_version", str, f"{who}.attestation"),
-            "evidence_type": _member(sub, "evidence_type", str, sub_at),
-            "generated_at": _member(sub, "generated_at", str, sub_at),
+            "provider": member(issued, "provider", str, f"{who}.attestation"),
+            "provider_version": member(issued, "provider_version", str, f"{who}.attestation"),
+            "evidence_type": member(sub, "evidence_type", str, sub_at),
+            "generated_at": member(sub, "generated_at", str, sub_at),
             "binding": attestation.get("binding"),
             "evidence": attestation.get("evidence"),
             **_devices(top, top_at, attestation.get("devices")),
             **_freshness(issued, sub, f"{who}.attestation", sub_at, state),
         },
-        build_digest=_member(issuer, "gateway_digest", str, who),
-        slsa_level=_member(issuer, "slsa_level", int, who),
-        appraisal_status=_member(appraisal, "status", str, appraisal_at),
-        appraisal_verifier=_member(appraisal, "verifier", str, appraisal_at),
-        appraisal_policy_ref=_optional(appraisal, "policy_ref", str, appraisal_at),
-        appraisal_timestamp=_optional(appraisal, "timestamp", int, appraisal_at),
+        build_digest=member(issuer, "gateway_digest", str, who),
+        slsa_level=member(issuer, "slsa_level", int, who),
+        appraisal_status=member(appraisal, "status", str, appraisal_at),
+        appraisal_verifier=member(appraisal, "verifier", str, appraisal_at),
+        appraisal_policy_ref=optional_member(appraisal, "policy_ref", str, appraisal_at),
+        appraisal_timestamp=optional_member(appraisal, "timestamp", int, appraisal_at),
         recovery=recovery,
         previous_claim=previous,
-        nonce=_optional(start, "challenge", str, "session_start"),
-        anchor_url=_optional(issuer, "anchor_url", str, who),
+        nonce=optional_member(start, "challenge", str, "session_start"),
+        anchor_url=optional_member(issuer, "anchor_url", str, who),
     )
 
 
@@ -423,32 +292,15 @@ def _freshness(
         return {}
     pin = newest.get("measurement_pin", _MISSING)
     if pin is not None:
-        pin = _member(newest, "measurement_pin", str, newest_at)
+        pin = member(newest, "measurement_pin", str, newest_at)
     return {
         "measurement_pin": pin,
-        "validity_seconds": _member(issued, "validity_seconds", int, who),
+        "validity_seconds": member(issued, "validity_seconds", int, who),
         "stale_warnings": state.stale_attestations,
     }
 
 
 _MISSING = object()
-
-
-def device_records(record: Mapping[str, Any], where: str) -> list[Mapping[str, Any]]:
-    """The `devices` a record of evidence (an issuer record or an attestation entry)
-    keeps, each with `DEVICE_RECORD_FIELDS` as strings; empty when it records none."""
-    if "devices" not in record:
-        return []
-    devices = _member(record, "devices", list, where)
-    if not devices:
-        raise SessionRecordError(f"{where} records an empty devices list")
-    for index, device in enumerate(devices):
-        at = f"{where}.devices[{index}]"
-        if not isinstance(device, Mapping):
-            raise SessionRecordError(f"{at} is {_json_type(device)}, not an object")
-        for name in DEVICE_RECORD_FIELDS:
-            _member(device, name, str, at)
-    return list(devices)
 
 
 def _devices(newest: Mapping[str, Any], where: str, stated: object) -> dict[str, Any]:
@@ -472,34 +324,3 @@ def _devices(newest: Mapping[str, Any], where: str, stated: object) -> dict[str,
             )
         )
     return {"devices": items}
-
-
-def _optional(record: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
-    """A member a record keeps only when it has a value: None when absent."""
-    return _member(record, name, kind, where) if name in record else None
-
-
-def _member(record: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
-    if name not in record:
-        raise SessionRecordError(f"{where} records no {name}")
-    value = record[name]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        expected = _TYPE_NAMES.get(kind, kind.__name__)
-        raise SessionRecordError(f"{where} records {name} as {_json_type(value)}, not {expected}")
-    return value
-
-
-_TYPE_NAMES: dict[type, str] = {
-    str: "a string",
-    int: "an integer",
-    list: "a list",
-    Mapping: "an object",
-}
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return _TYPE_NAMES.get(type(value), "an object" if isinstance(value, Mapping) else "a number")

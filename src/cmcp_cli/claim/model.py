@@ -18,8 +18,8 @@ from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.signing import SIGNATURE, signed
 from cmcp_cli.config import CatalogPinning
 
-# 1.1: the claim's `trace` carries its own embedded signature (required); 1.0 claims, made
-# before records were signed on their own, have none and verify as they always did.
+# 1.1: the claim's `trace` carries its own embedded signature (required there); 1.0: its
+# `trace` has none (forbidden there) and the envelope's signature alone covers it.
 CLAIM_VERSION = "1.1"
 RECORD_UNSIGNED_VERSION = "1.0"
 CLAIM_VERSIONS = (RECORD_UNSIGNED_VERSION, CLAIM_VERSION)
@@ -100,19 +100,24 @@ def subject(trust_domain: str, session_id: str) -> str:
     return f"spiffe://{trust_domain}/cmcp/session/{session_id}"
 
 
+def appraisal_item(
+    *, status: str, verifier: str, policy_ref: str | None = None, timestamp: int | None = None
+) -> dict[str, Any]:
+    """The record's `appraisal`: `status` and `verifier`, with `policy_ref` and `timestamp`
+    only when the appraisal has them (the runtime's own appraisal does)."""
+    appraisal: dict[str, Any] = {"status": status, "verifier": verifier}
+    if policy_ref is not None:
+        appraisal["policy_ref"] = policy_ref
+    if timestamp is not None:
+        appraisal["timestamp"] = timestamp
+    return appraisal
+
+
 def trace_body(facts: SessionFacts, jwk: Mapping[str, str]) -> dict[str, Any]:
     """The claim's TRACE record without its embedded signature."""
     runtime = {"platform": facts.platform, "measurement": facts.measurement}
     if facts.nonce is not None:
         runtime["nonce"] = facts.nonce
-    appraisal: dict[str, Any] = {
-        "status": facts.appraisal_status,
-        "verifier": facts.appraisal_verifier,
-    }
-    if facts.appraisal_policy_ref is not None:
-        appraisal["policy_ref"] = facts.appraisal_policy_ref
-    if facts.appraisal_timestamp is not None:
-        appraisal["timestamp"] = facts.appraisal_timestamp
     body: dict[str, Any] = {
         "eat_profile": EAT_PROFILE,
         "iat": facts.issued_at,
@@ -130,7 +135,12 @@ def trace_body(facts: SessionFacts, jwk: Mapping[str, str]) -> dict[str, Any]:
             "call_count": facts.call_summary["total"],
         },
         "build_provenance": {"slsa_level": facts.slsa_level, "digest": facts.build_digest},
-        "appraisal": appraisal,
+        "appraisal": appraisal_item(
+            status=facts.appraisal_status,
+            verifier=facts.appraisal_verifier,
+            policy_ref=facts.appraisal_policy_ref,
+            timestamp=facts.appraisal_timestamp,
+        ),
         "cnf": {"jwk": dict(jwk)},
     }
     if facts.anchor_url is not None:
@@ -180,7 +190,7 @@ def sign_claim(claim: Mapping[str, Any], key: ClaimKey) -> dict[str, Any]:
 
 def unsigned(claim: Mapping[str, Any]) -> dict[str, Any]:
     """A GatewayClaim without its signatures: the envelope's, and its record's embedded
-    one (claims made before records were signed on their own have none)."""
+    one (a 1.0 claim's record has none)."""
     body = {k: v for k, v in claim.items() if k != SIGNATURE}
     trace = body.get("trace")
     if isinstance(trace, Mapping):

@@ -35,8 +35,8 @@ from cmcp_cli.attestation.api import (
 from cmcp_cli.attestation.binding import compute_binding
 from cmcp_cli.attestation.software import PLATFORM as SOFTWARE_PLATFORM
 from cmcp_cli.audit.entry import timestamp
+from cmcp_cli.audit.issuer import DeviceRecord, Issuer
 from cmcp_cli.audit.recorder import Clock, utc_now
-from cmcp_cli.audit.session_record import DeviceRecord, Issuer
 from cmcp_cli.claim.canonical import CanonicalizationError, canonical_sha256
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.claim.model import NO_APPRAISAL_VERIFIER, device_item

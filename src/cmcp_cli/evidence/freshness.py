@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cmcp_cli.audit.session_record import FRESH, STALE, Issuer, attestation_record
+from cmcp_cli.audit.issuer import Issuer
+from cmcp_cli.audit.session_record import FRESH, STALE, attestation_record
 from cmcp_cli.evidence.appraising import below_required
 from cmcp_cli.evidence.attesting import (
     AttestationUnavailableError,

@@ -27,14 +27,10 @@ from typing import Any
 
 from cmcp_cli.attestation.measurement import installation_digest
 from cmcp_cli.audit.processes import gateway_processes
+from cmcp_cli.audit.record_members import SessionRecordError
 from cmcp_cli.audit.recorder import Clock, SessionRecorder, utc_now
 from cmcp_cli.audit.replay import IssuedClaim, SessionReplay, replay_chains
-from cmcp_cli.audit.session_record import (
-    INTERRUPTED,
-    SessionRecordError,
-    claim_facts,
-    end_record,
-)
+from cmcp_cli.audit.session_record import INTERRUPTED, claim_facts, end_record
 from cmcp_cli.audit.store import AuditStore, iter_lines, unended_sessions
 from cmcp_cli.claim.canonical import CanonicalizationError
 from cmcp_cli.claim.challenge import challenge_problem

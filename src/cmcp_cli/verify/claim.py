@@ -161,8 +161,9 @@ def verify_document(
 
     jwk = trace["cnf"]["jwk"]
     signature_problem = check_signature(document, jwk)
-    # A claim's record carries its own signature (TRACE's embedded form) since records are
-    # anchored as they are; claims made before then have none, and verify as they did.
+    # A 1.1 claim's record carries its own signature (TRACE's embedded form), so the record
+    # verifies, and is anchored, on its own; a 1.0 claim's has none (the shape check holds
+    # each version to its own), and the envelope's signature alone covers it.
     record_signed = gateway_claim and "signature" in trace
     if signature_problem is None and record_signed:
         record_problem = check_signature(trace, jwk)

@@ -18,7 +18,7 @@ this costs three dict lookups and one header scan.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,21 +101,8 @@ def take(scope: Scope, message: Message) -> tuple[Message, GatewayParams]:
         sources[f"the {WORKFLOW_HEADER} header"] = header
     if in_meta:
         sources[_META_FIELD] = meta[WORKFLOW_KEY]
-    for field, value in sources.items():
-        if not isinstance(value, str) or not WORKFLOW_ID.fullmatch(value):
-            raise _refused(
-                message,
-                f"{field} must be 1 to 128 printable ASCII characters, without a space at "
-                "either end",
-            )
-    if len(set(sources.values())) > 1:
-        raise _refused(
-            message,
-            f"the workflow id is given twice, differently ({' and '.join(sources)}): send "
-            "it once, or the same in each",
-            code=Code.HEADER_MISMATCH,
-        )
-    workflow_id = str(next(iter(sources.values()), ""))
+    workflow = _agreed(message, "workflow id", sources, _workflow_problem, Code.HEADER_MISMATCH)
+    workflow_id = "" if workflow is None else str(workflow)
     if GATEWAY_PARAMS in params:
         kept: dict[str, Any] = {k: v for k, v in params.items() if k != GATEWAY_PARAMS}
         message = dataclasses.replace(message, params=kept)
@@ -146,21 +133,47 @@ def _challenge(message: Message, header: str | None, meta: Mapping[str, Any]) ->
         sources[_CHALLENGE_HEADER_FIELD] = header
     if CHALLENGE_META_KEY in meta:
         sources[_CHALLENGE_META_FIELD] = meta[CHALLENGE_META_KEY]
+    return str(_agreed(message, "challenge", sources, _challenge_refusal, Code.INVALID_PARAMS))
+
+
+def _workflow_problem(value: object) -> str | None:
+    if isinstance(value, str) and WORKFLOW_ID.fullmatch(value):
+        return None
+    return "must be 1 to 128 printable ASCII characters, without a space at either end"
+
+
+def _challenge_refusal(value: object) -> str | None:
+    problem = challenge_problem(value)
+    if problem is None:
+        return None
+    return (
+        f"is refused: {problem}; send the challenge as 16 to 64 random bytes in base64url "
+        "without padding"
+    )
+
+
+def _agreed(
+    message: Message,
+    what: str,
+    sources: Mapping[str, object],
+    problem: Callable[[object], str | None],
+    mismatch: Code,
+) -> object | None:
+    """The one value `sources` (each named as a refusal names it) give for `what`, None
+    when they give none. Refused when a value has a `problem` (said after the source's
+    name), or, with the `mismatch` code, when two sources differ."""
     for field, value in sources.items():
-        problem = challenge_problem(value)
-        if problem is not None:
-            raise _refused(
-                message,
-                f"{field} is refused: {problem}; send the challenge as 16 to 64 random bytes "
-                "in base64url without padding",
-            )
+        reason = problem(value)
+        if reason is not None:
+            raise _refused(message, f"{field} {reason}")
     if len(set(sources.values())) > 1:
         raise _refused(
             message,
-            f"the challenge is given twice, differently ({' and '.join(sources)}): send it "
+            f"the {what} is given twice, differently ({' and '.join(sources)}): send it "
             "once, or the same in each",
+            code=mismatch,
         )
-    return str(next(iter(sources.values())))
+    return next(iter(sources.values()), None)
 
 
 def bound_challenge(
