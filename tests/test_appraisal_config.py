@@ -114,3 +114,39 @@ def test_software_mode_refuses_what_it_would_ignore(
     started = run_cmcp("start", "--config", config, env={"CMCP_DEV_MODE": "1"})
     assert started.returncode != 0
     assert message.split(": ", 1)[1] in " ".join(started.stderr.split()), started.stderr
+
+
+OPAQUE_REFUSAL = (
+    "is set, but the opaque provider's evidence is software-only: it states its issuer's "
+    "appraisal, which the gateway keeps and never appraises itself, so it would do nothing"
+)
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("    trust_roots: [root.pem]\n", "trust_roots"),
+        ("    collateral: [root.pem]\n", "collateral"),
+        ("    platform_policy: platform.toml\n", "platform_policy"),
+        ("    allow_debug: true\n", "allow_debug"),
+    ],
+)
+def test_opaque_refuses_every_input_the_gateway_would_not_appraise_with(
+    quickstart: Path, section: str, key: str
+) -> None:
+    """The same predicate as the appraisal itself: an OPAQUE token is its issuer's
+    appraisal, so the gateway appraises nothing with these."""
+    (quickstart / "root.pem").write_bytes(TestCa.create("appraisal test root").root_pem)
+    (quickstart / "platform.toml").write_text('[sev-snp]\nminimum_firmware = "1.55"\n')
+    config = _config(quickstart, section, provider="opaque")
+    (problem,) = _appraisal_problems(config)
+    assert problem.message == f"trace.appraisal.{key}: {OPAQUE_REFUSAL}", problem
+    env = {"CMCP_DEV_MODE": "1", "OPAQUE_ATTESTATION_URL": "https://127.0.0.1:9/token"}
+    started = run_cmcp("start", "--config", config, env=env)
+    assert started.returncode != 0
+    assert f"trace.appraisal.{key}: {OPAQUE_REFUSAL}" in " ".join(started.stderr.split())
+
+
+def test_opaque_takes_a_required_status_its_tokens_status_is_judged_by(quickstart: Path) -> None:
+    config = _config(quickstart, "    required_status: affirming\n", provider="opaque")
+    assert _appraisal_problems(config) == []

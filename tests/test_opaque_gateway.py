@@ -105,6 +105,12 @@ def test_nothing_the_opaque_provider_attests_ever_verifies(
     gateway = start_gateway(write_config(tmp_path, upstream.url, attestation=attestation))
     try:
         assert "Paris" in asyncio.run(weather_session(gateway.url))
+        status, _, body = request(gateway.port, "GET", "/readyz")
+        assert status == 200 and json.loads(body)["appraisal"] == {
+            "appraised": False,
+            "reason": "the opaque provider's evidence is software-only: it states its "
+            "issuer's appraisal, which the gateway keeps and never appraises itself",
+        }
         for mode, reason in FAILURES.items():
             service.set_mode(mode)
             assert reason in refused_session(gateway), mode

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -23,11 +24,12 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from trace_tests.modules import tr_apr
 
 from cmcp_cli import __version__
 from cmcp_cli.attestation.api import CheckStatus, GatewayFacts
-from cmcp_cli.attestation.manager import load_providers
+from cmcp_cli.attestation.manager import ProviderRegistry, load_providers
 from cmcp_cli.attestation.measurement import installation_digest
 from cmcp_cli.audit.entry import open_line
 from cmcp_cli.audit.session_record import SessionPolicy
@@ -46,6 +48,8 @@ from cmcp_cli.policy.bundle import read_bundle
 from cmcp_cli.policy.engine import compile_bundle
 from cmcp_cli.verify.claim import VerifyOptions, verify_document
 from cmcp_tpm import plugin
+from tests.device_plugin.cmcp_testgpu import PINNED
+from tests.device_support import install_device_plugin, subprocess_env
 from tests.gateway_support import (
     Served,
     agent_calls,
@@ -53,6 +57,7 @@ from tests.gateway_support import (
     start_gateway,
     statuses,
     verify,
+    weather_session,
     write_config,
 )
 from tests.sessions import probe_measurement, record_session
@@ -61,6 +66,8 @@ from tests.tpm_support import EnrolledTpm, enrolled_tpm
 
 testing = pytest.importorskip("cmcp_tpm.testing", reason="the cmcp-tpm plugin is absent")
 
+OPERATOR_TOKEN = secrets.token_urlsafe(32)
+OPERATOR = {"authorization": f"Bearer {OPERATOR_TOKEN}"}
 RUNTIME_VERIFIER = f"urn:cmcp:runtime-appraisal:cmcp-gateway/{__version__}"
 REGISTRY = load_providers()
 
@@ -107,17 +114,42 @@ def _entries(db: Path, kind: str) -> list[dict[str, Any]]:
 
 
 def _served_session(config: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """Start the gateway, run an agent's session through it, read /readyz: the claim, the
-    readiness answer and the gateway's output."""
-    gateway = start_gateway(config)
+    """Start the gateway, run an agent's session through it, read /readyz as the operator:
+    the claim, the operator's readiness answer and the gateway's output. /readyz answers
+    anyone, so what it shows without the operator's token is asserted here too: the
+    appraisal's status, names and counts, never the input files' paths nor the reasons of
+    the checks that did not pass."""
+    gateway = start_gateway(config, {"CMCP_OPERATOR_TOKEN": OPERATOR_TOKEN})
     try:
         allowed, _ = asyncio.run(agent_calls(gateway.url))
-        status, _, body = request(gateway.port, "GET", "/readyz")
+        status, _, body = request(gateway.port, "GET", "/readyz", headers=OPERATOR)
+        public_status, _, public_body = request(gateway.port, "GET", "/readyz")
+        agent_status, _, agent_body = request(
+            gateway.port, "GET", "/readyz", headers={"authorization": "Bearer not-the-operator"}
+        )
     finally:
         assert gateway.stop() == 0, gateway.output()
-    assert "Paris" in allowed and status == 200
+    assert "Paris" in allowed and status == public_status == agent_status == 200
+    ready, public = json.loads(body), json.loads(public_body)
+    assert json.loads(agent_body)["appraisal"] == public["appraisal"]
+    shown, full = public["appraisal"], ready["appraisal"]
+    assert set(shown) == set(full) and shown["policy_ref"] == full["policy_ref"]
+    assert shown["inputs"] == {
+        "trust_roots": len(full["inputs"]["trust_roots"]),
+        "collateral": len(full["inputs"]["collateral"]),
+        "platform_policy": full["inputs"]["platform_policy"] is not None,
+        "allow_debug": full["inputs"]["allow_debug"],
+    }
+    operator_only = {"not_passed"}
+    assert {k: v for k, v in full["latest"].items() if k not in operator_only} == shown["latest"]
+    assert "not_passed" not in shown["latest"]
+    assert shown["latest"]["failed"] + shown["latest"]["skipped"] == len(
+        full["latest"]["not_passed"]
+    )
+    paths = [*full["inputs"]["trust_roots"], *full["inputs"]["collateral"]]
+    assert paths and not any(json.dumps(path)[1:-1] in public_body.decode() for path in paths)
     (claim_path,) = sorted((config.parent / "claims").glob("*.claim.json"))
-    return json.loads(claim_path.read_text()), json.loads(body), gateway.output()
+    return json.loads(claim_path.read_text()), ready, gateway.output()
 
 
 def _trace_tests_apr(claim: dict[str, Any]) -> dict[str, str]:
@@ -191,6 +223,8 @@ def test_without_a_pin_the_appraisal_is_a_warning_naming_the_skipped_check(
     assert "attestation.expected_measurement pins nothing" in skipped["reason"]
     latest = ready["appraisal"]["latest"]
     assert latest["status"] == "warning" and latest["not_passed"] == [skipped]
+    assert (latest["failed"], latest["skipped"]) == (0, 1)
+    assert ready["appraisal"]["inputs"]["trust_roots"] == [str(root) for root in rig.roots]
     assert "of every collection of evidence by the tpm verifier: 2 trust root(s)" in " ".join(
         output.split()
     )
@@ -212,6 +246,56 @@ def test_required_affirming_without_a_pin_does_not_start(
     assert "measurement skipped (attestation.expected_measurement pins nothing" in text, text
     assert "cmcp measure tpm" in text, text
     assert not list((tmp_path / "claims").glob("*.claim.json"))
+
+
+def test_a_platform_policy_its_verifier_refuses_stops_the_start(
+    tmp_path: Path, upstream: Served, rig: Rig
+) -> None:
+    """validate-config judges the policy's tables and keys; their values are the verifiers'
+    to judge, which `cmcp start` has them do on the first evidence (here the swtpm's, with
+    the test tree's GPU beside it), so a table a verifier refuses stops the start instead of
+    every session later. The same table with values it takes starts and serves."""
+    site = install_device_plugin(tmp_path / "site")
+    env = subprocess_env(site)
+    policy = tmp_path / "platform.toml"
+    policy.write_text('[testgpu]\ntrust_roots = "gpu.pem"\n')
+    attestation = {
+        "provider": "tpm",
+        "providers": {"tpm": rig.settings, "testgpu": {"devices": 1}},
+    }
+    config = write_config(
+        tmp_path,
+        upstream.url,
+        attestation=attestation,
+        trace={
+            "appraisal": {
+                "trust_roots": [str(root) for root in rig.roots],
+                "platform_policy": str(policy),
+            }
+        },
+    )
+    checked = run_cmcp("validate-config", "--config", config, "--json", env=env)
+    assert checked.returncode == 0, checked.stdout
+    started = run_cmcp("start", "--config", config, env=env)
+    assert started.returncode != 0
+    text = " ".join(started.stderr.split())
+    assert "the gateway does not serve: the testgpu verifier refuses " in text, text
+    assert "trace.appraisal.platform_policy: [testgpu] trust_roots must be a list" in text, text
+    assert "fix the [testgpu] table of the platform policy" in text, text
+    assert not list((tmp_path / "claims").glob("*.claim.json"))
+
+    pem = PINNED.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "gpu.pem").write_bytes(pem)
+    policy.write_text('[testgpu]\ntrust_roots = ["gpu.pem"]\n')
+    gateway = start_gateway(config, env)
+    try:
+        assert "Paris" in asyncio.run(weather_session(gateway.url))
+    finally:
+        assert gateway.stop() == 0, gateway.output()
+    (claim_path,) = (tmp_path / "claims").glob("*.claim.json")
+    claim = json.loads(claim_path.read_text())
+    assert claim["gateway"]["attestation"]["devices"][0]["provider"] == "testgpu"
+    assert claim["trace"]["appraisal"]["status"] == "warning"  # the measurement is not pinned
 
 
 # ---------------------------------------------------------------- through the library
@@ -385,3 +469,57 @@ def test_a_recovering_process_appraises_its_own_evidence(tmp_path: Path, rig: Ri
     code, checked = verify(recovered.claim, *rig.trust_args(), "--audit-log", db)
     assert code == 0, checked
     assert statuses(checked)["appraisal"] == "pass" and statuses(checked)["log: issuer"] == "pass"
+
+
+def _appraisal(report: Any) -> Any:
+    (check,) = [check for check in report.checks if check.name == "appraisal"]
+    return check
+
+
+def test_a_status_better_than_the_same_inputs_earn_fails(tmp_path: Path, rig: Rig) -> None:
+    """An auditor whose inputs name the claim's policy_ref holds the gateway's inputs, so
+    this verifier's checks reproduce its verdict: an insider's better status fails. Under
+    other inputs the stated status is the gateway's under its own, passed on form with the
+    reason saying so; a verifier that cannot load here still applies the form rules."""
+    key = ClaimKey.generate()
+    attestor = _attestor(rig, roots=rig.roots)  # no pin: the measurement check is skipped
+    try:
+        recorded = record_session(tmp_path, attestor=attestor, key=key, start=datetime.now(UTC))
+    finally:
+        attestor.close()
+    measurement = recorded.claim["trace"]["runtime"]["measurement"]
+    same = VerifyOptions(trust_roots=tuple(root.read_bytes() for root in rig.roots))
+    assert recorded.claim["trace"]["appraisal"]["status"] == "warning"
+    honest = _appraisal(verify_document(recorded.claim, same, REGISTRY))
+    assert honest.status is CheckStatus.PASS and "reproduce ('warning')" in honest.reason
+
+    forged = _insider(recorded.claim, key, status="affirming")
+    report = verify_document(forged, same, REGISTRY)
+    check = _appraisal(report)
+    assert check.status is CheckStatus.FAIL and report.exit_code is ExitCode.FAILED
+    assert "states the gateway's own appraisal 'affirming'" in check.reason
+    assert "this verifier's checks of the evidence find 'warning'" in check.reason
+
+    # the auditor pins the measurement the gateway did not: other inputs, judged on form
+    other = replace(same, expected_measurements=(measurement,))
+    check = _appraisal(verify_document(forged, other, REGISTRY))
+    assert check.status is CheckStatus.PASS, check
+    assert "the auditor's inputs differ from the gateway's" in check.reason
+    assert "urn:cmcp:appraisal-policy:sha256:" in check.reason.split("they name ", 1)[1]
+
+    # the tpm verifier cannot load here: the evidence is unjudged, the form still is
+    tpm = REGISTRY.providers["tpm"]
+    absent = replace(tpm, spec=replace(tpm.spec, verifier="cmcp_tpm.absent_module:Verifier"))
+    unloadable = ProviderRegistry({**REGISTRY.providers, "tpm": absent}, REGISTRY.failures)
+    report = verify_document(recorded.claim, same, unloadable)
+    statuses_here = {c.name: c.status for c in report.checks}
+    assert statuses_here["evidence"] is CheckStatus.SKIP, report.checks
+    assert _appraisal(report).status is CheckStatus.SKIP
+    ref = recorded.claim["trace"]["appraisal"]["policy_ref"]
+    for wrong in (
+        {"policy_ref": ref[:-1]},
+        {"verifier": "urn:cmcp:runtime-appraisal:cmcp-gateway/9.9"},
+    ):
+        report = verify_document(_insider(recorded.claim, key, **wrong), same, unloadable)
+        assert _appraisal(report).status is CheckStatus.FAIL, wrong
+        assert report.exit_code is ExitCode.FAILED

@@ -6,8 +6,13 @@ verifier, as `cmcp verify` would. The claim then states:
 - `verifier`: `urn:cmcp:runtime-appraisal:cmcp-gateway/<version>`, which names this software
   and its version and says the appraisal is the runtime's own, not a third party's;
 - `policy_ref`: `urn:cmcp:appraisal-policy:sha256:<hex>`, the SHA-256 of the RFC 8785 form of
-  what the appraisal trusted (`policy_document`), so two claims appraised under the same
-  inputs name the same policy and an auditor holding those inputs can recompute it;
+  `policy_document`: the CPU provider's name, the pinned measurements, the bytes of each
+  trust-root and collateral file, that provider's platform-policy table as written and the
+  debug setting. It does not cover the tables of device providers' verifiers, nor the
+  content of files a table names by path (read by the verifier at each appraisal): two
+  claims naming the same policy_ref were appraised under the same CPU inputs, and an
+  auditor holding them can recompute it, but a device table or a file a table names can
+  differ between them;
 - `timestamp`: the Unix seconds of the evidence's `generated_at`, when it was appraised.
 """
 
@@ -58,10 +63,11 @@ def policy_document(
     platform_policy: Mapping[str, Any],
     allow_debug: bool,
 ) -> dict[str, Any]:
-    """What the appraisal trusted: the provider whose verifier judged the evidence, the
+    """The CPU inputs of an appraisal: the provider whose verifier judged the evidence, the
     pinned measurements, each trust-root and collateral file by the SHA-256 of its bytes
     (sorted, so the order they are listed in does not matter), that provider's table of the
-    platform policy and whether debug platforms are accepted."""
+    platform policy as written (a file it names, by its path only) and whether debug
+    platforms are accepted. Device providers' tables are not in it."""
     return {
         "v": POLICY_VERSION,
         "provider": provider,

@@ -102,7 +102,7 @@ def _announce(runtime: GatewayRuntime) -> None:
 def _show_appraisal(runtime: GatewayRuntime) -> None:
     """The gateway's own appraisal: the first one, when evidence was taken at start; else
     what each collection of evidence will be appraised with."""
-    detail = runtime.attestor.appraisal_detail()
+    detail = runtime.attestor.appraisal_detail(operator=True)
     if not detail["appraised"]:
         render.err.print(f"  appraisal    none ({escape(detail['reason'])})")
         return

@@ -3,8 +3,12 @@
 `cmcp validate-config` and `cmcp start` read them the same way (`read_appraisal`), so a
 config whose roots cannot be read, or whose platform policy does not fit the installed
 providers, is refused before anything is served, naming the setting and the fix. Each
-setting does what its name says or is refused: in software mode nothing is appraised, so
-there any of them is an error rather than a setting silently ignored.
+setting does what its name says or is refused: the evidence of a software-only provider
+(the software one, or OPAQUE's token, a third party's appraisal) is never appraised, so
+there any input is an error rather than a setting silently ignored. The values of a
+platform-policy table are the provider's verifier's to judge: `cmcp start` has it judge
+them on the first evidence (`gateway.runtime.check_measurement`); validate-config, which
+collects no evidence, judges only its tables and keys.
 """
 
 from __future__ import annotations
@@ -14,13 +18,15 @@ from functools import partial
 from pathlib import Path
 from typing import Final, TypeVar
 
+from cmcp_cli.attestation import software
+from cmcp_cli.attestation.api import ProviderSpec
 from cmcp_cli.attestation.manager import ProviderRegistry
 from cmcp_cli.attestation.platform_policy import check_platform_policy, read_platform_policy
 from cmcp_cli.attestation.toolkit import trust_root_certificates
 from cmcp_cli.claim.canonical import CanonicalizationError, canonical_bytes
 from cmcp_cli.config_trace import AppraisalConfig
 from cmcp_cli.errors import CmcpError
-from cmcp_cli.evidence.appraising import AppraisalInputs
+from cmcp_cli.evidence.appraising import AppraisalInputs, unappraised_reason
 
 MAX_FILE_BYTES: Final = 1 << 20
 SECTION: Final = ("trace", "appraisal")
@@ -84,14 +90,21 @@ def read_appraisal(config: AppraisalConfig, registry: ProviderRegistry) -> Appra
     )
 
 
-def software_problem(config: AppraisalConfig) -> AppraisalSettingError | None:
-    """Why `config` cannot serve a software-only gateway: its evidence is never appraised,
-    so an input would be ignored and a required status never met."""
-    if config.required_status != "any":
+def unappraised_problem(
+    config: AppraisalConfig, spec: ProviderSpec
+) -> AppraisalSettingError | None:
+    """Why `config` cannot serve a gateway whose provider's evidence it never appraises
+    (`unappraised_reason`): an input would be ignored; and a required status is never met
+    by software-only evidence, which states no appraisal at all (a third party's token
+    states its issuer's, which `required_status` judges)."""
+    reason = unappraised_reason(spec)
+    if reason is None:
+        return None
+    if config.required_status != "any" and spec.name == software.NAME:
         return AppraisalSettingError(
             ("required_status",),
-            f"is {config.required_status}, but software-only evidence is never appraised "
-            "(its appraisal is none), so no session could open",
+            f"is {config.required_status}, but {reason} (its appraisal is none), so no "
+            "session could open",
             hint="set required_status: any for a development gateway, or use a hardware provider",
         )
     given = [
@@ -107,7 +120,7 @@ def software_problem(config: AppraisalConfig) -> AppraisalSettingError | None:
     if given:
         return AppraisalSettingError(
             (given[0],),
-            "is set, but software-only evidence is never appraised, so it would do nothing",
+            f"is set, but {reason}, so it would do nothing",
             hint=f"remove trace.appraisal.{', '.join(given)} or use a hardware provider",
         )
     return None

@@ -34,6 +34,7 @@ from cmcp_cli.attestation.api import (
     TrustInputs,
 )
 from cmcp_cli.attestation.platform_policy import PlatformPolicy, verifier_trust
+from cmcp_cli.attestation.software import NAME as SOFTWARE_NAME
 from cmcp_cli.attestation.software import PLATFORM as SOFTWARE_PLATFORM
 from cmcp_cli.claim import appraisal as names
 from cmcp_cli.errors import CmcpError
@@ -96,15 +97,21 @@ class RuntimeAppraisal:
         """As the log keeps it beside the appraisal (`appraisal_checks`)."""
         return [check.to_json() for check in self.not_passed]
 
-    def to_json(self) -> dict[str, Any]:
-        return {
+    def to_json(self, *, operator: bool) -> dict[str, Any]:
+        """The appraisal and how many checks failed or were skipped; which ones and why
+        (the host's state, to an attacker a map of what to aim at) only for the operator."""
+        shown: dict[str, Any] = {
             "status": self.status,
             "verifier": self.verifier,
             "policy_ref": self.policy_ref,
             "timestamp": self.timestamp,
             "checks": len(self.checks),
-            "not_passed": self.record(),
+            "failed": sum(check.status is CheckStatus.FAIL for check in self.checks),
+            "skipped": sum(check.status is CheckStatus.SKIP for check in self.checks),
         }
+        if operator:
+            shown["not_passed"] = self.record()
+        return shown
 
 
 @dataclass
@@ -141,10 +148,31 @@ def status_of(checks: Sequence[Check], hardware_attested: bool) -> str:
     return "warning"
 
 
+def better_than(status: str, other: str) -> bool:
+    """Whether an appraisal `status` ranks above `other` (`contraindicated` and `none`
+    rank lowest)."""
+    return _RANK.get(status, 0) > _RANK.get(other, 0)
+
+
+def unappraised_reason(spec: ProviderSpec) -> str | None:
+    """Why the gateway never appraises the evidence of `spec`'s provider, or None when it
+    does. The one predicate behind every decision (config checks, collection, `/readyz`):
+    a software-only platform is never the gateway's to judge, and the providers that state
+    a third party's appraisal (OPAQUE's token) are software-only platforms too."""
+    if spec.platform != SOFTWARE_PLATFORM:
+        return None
+    if spec.name == SOFTWARE_NAME:
+        return "software-only evidence is never appraised"
+    return (
+        f"the {spec.name} provider's evidence is software-only: it states its issuer's "
+        "appraisal, which the gateway keeps and never appraises itself"
+    )
+
+
 def appraises(spec: ProviderSpec, evidence: Evidence) -> bool:
-    """Whether the gateway appraises this evidence itself: hardware evidence that does not
-    state a third party's appraisal."""
-    return spec.platform != SOFTWARE_PLATFORM and evidence.appraisal is None
+    """Whether the gateway appraises this evidence itself: evidence of a provider it
+    appraises (`unappraised_reason`) that does not state a third party's appraisal."""
+    return unappraised_reason(spec) is None and evidence.appraisal is None
 
 
 @dataclass(frozen=True)
@@ -192,7 +220,7 @@ def appraise(
             )
     else:
         checks.append(verdict)
-    checks.append(_pinned(evidence.measurement, pins))
+    checks.append(pinned_check(evidence.measurement, pins))
     for index, (spec, item) in enumerate(collected.devices):
         prefix = f"devices[{index}]."
         judged = _verdict(spec, item, trust, inputs, f"{prefix}evidence")
@@ -237,7 +265,7 @@ def _verdict(
         )
 
 
-def _pinned(measurement: str, pins: tuple[str, ...]) -> Check:
+def pinned_check(measurement: str, pins: Sequence[str]) -> Check:
     """`attestation.expected_measurement` against the measurement the evidence states."""
     if not pins:
         return Check.skipped(

@@ -33,7 +33,6 @@ from cmcp_cli.attestation.api import (
     ProviderSpec,
 )
 from cmcp_cli.attestation.binding import compute_binding
-from cmcp_cli.attestation.software import PLATFORM as SOFTWARE_PLATFORM
 from cmcp_cli.audit.entry import timestamp
 from cmcp_cli.audit.issuer import DeviceRecord, Issuer
 from cmcp_cli.audit.recorder import Clock, utc_now
@@ -50,6 +49,7 @@ from cmcp_cli.evidence.appraising import (
     appraise,
     appraises,
     below_required,
+    unappraised_reason,
 )
 
 # A random id of this gateway process, recorded in every session it opens, so that a
@@ -70,6 +70,11 @@ class DeviceAttestationError(AttestationUnavailableError):
 class MeasurementMismatchError(AttestationUnavailableError):
     """The evidence states a measurement outside `attestation.expected_measurement`: no
     session is opened on it, and a gateway whose first evidence states one does not start."""
+
+
+class PlatformPolicyRefusedError(AttestationUnavailableError):
+    """A verifier refused `trace.appraisal.platform_policy`: the evidence was not judged, so
+    no session opens on it, and a gateway whose first evidence finds it so does not start."""
 
 
 class AppraisalBelowRequiredError(AttestationUnavailableError):
@@ -123,21 +128,31 @@ class Attestor:
     ) -> Attestor:
         return cls(spec, version, spec.load_collector(), dict(settings or {}))
 
-    def appraisal_detail(self) -> dict[str, Any]:
+    def appraisal_detail(self, *, operator: bool) -> dict[str, Any]:
         """What `/readyz` shows of the gateway's own appraisal: whether it makes one, what
-        it trusts, what it requires and the latest it made (with the checks that did not
-        pass: why it is not `affirming`)."""
-        if self.spec.platform == SOFTWARE_PLATFORM:
-            return {"appraised": False, "reason": "software-only evidence is never appraised"}
+        it requires and the latest it made. The files it trusts and the checks that did not
+        pass (why it is not `affirming`) are the operator's: `/readyz` answers anyone."""
+        reason = unappraised_reason(self.spec)
+        if reason is not None:
+            return {"appraised": False, "reason": reason}
         latest = self.appraisals.latest
-        return {
+        sources = self.appraisal.sources
+        detail: dict[str, Any] = {
             "appraised": True,
             "required_status": self.appraisal.required_status,
-            "inputs": dict(self.appraisal.sources),
+            "inputs": {
+                "trust_roots": len(self.appraisal.trust_roots),
+                "collateral": len(self.appraisal.collateral),
+                "platform_policy": sources.get("platform_policy") is not None,
+                "allow_debug": self.appraisal.allow_debug,
+            },
             "policy_ref": self.appraisal.policy_ref(self.spec.name, self.pins),
             "made": self.appraisals.made,
-            "latest": None if latest is None else latest.to_json(),
+            "latest": None if latest is None else latest.to_json(operator=operator),
         }
+        if operator:
+            detail["inputs"] = dict(sources)
+        return detail
 
     def close(self) -> None:
         """Release the platform's collector and every device provider's."""
@@ -220,7 +235,7 @@ def attest_key(
         try:
             own = appraise(collected, attestor.appraisal, attestor.pins)
         except AppraisalPolicyError as exc:
-            raise AttestationUnavailableError(exc.message, hint=exc.hint) from exc
+            raise PlatformPolicyRefusedError(exc.message, hint=exc.hint) from exc
         attestor.appraisals.note(own)
     appraisal = evidence.appraisal
     if own is not None:

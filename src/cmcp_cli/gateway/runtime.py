@@ -44,15 +44,16 @@ from cmcp_cli.evidence.appraisal_config import SECTION as APPRAISAL_SECTION
 from cmcp_cli.evidence.appraisal_config import (
     AppraisalSettingError,
     read_appraisal,
-    software_problem,
+    unappraised_problem,
 )
-from cmcp_cli.evidence.appraising import AppraisalInputs
+from cmcp_cli.evidence.appraising import AppraisalInputs, unappraised_reason
 from cmcp_cli.evidence.attesting import (
     GATEWAY_PROCESS,
     AppraisalBelowRequiredError,
     AttestationUnavailableError,
     Attestor,
     MeasurementMismatchError,
+    PlatformPolicyRefusedError,
     attest_key,
 )
 from cmcp_cli.evidence.recovery import RecoveryReport, recover_sessions
@@ -299,7 +300,7 @@ def _appraisal_inputs(
 ) -> AppraisalInputs:
     """`trace.appraisal`, read; `StartupError` naming the setting that cannot be used."""
     settings = config.trace.appraisal
-    problem = software_problem(settings) if attestor.spec.name == software.NAME else None
+    problem = unappraised_problem(settings, attestor.spec)
     if problem is None:
         try:
             return read_appraisal(settings, registry)
@@ -426,17 +427,23 @@ def prepare_attestor(attestor: Attestor, facts: GatewayFacts) -> None:
 
 
 def check_measurement(attestor: Attestor, bundle_hash: str, catalog_hash: str) -> MeasurementCheck:
-    """With `attestation.expected_measurement` or `trace.appraisal.required_status` set,
-    collect the first evidence (for a throwaway key's binding, as a session's) and refuse
-    to start unless its measurement is pinned and its appraisal meets the required status:
-    a gateway that serves is one whose platform measured, and was appraised, as the
-    operator requires."""
+    """With `attestation.expected_measurement`, `trace.appraisal.required_status` or, for a
+    provider the gateway appraises, `trace.appraisal.platform_policy` set, collect the first
+    evidence (for a throwaway key's binding, as a session's) and refuse to start unless its
+    measurement is pinned, its appraisal meets the required status and every verifier took
+    the platform policy's values: a gateway that serves is one whose platform measured,
+    and was appraised, as the operator requires, and whose sessions the policy lets open."""
     required = attestor.appraisal.required_status
     settings = [
         name
         for name, given in (
             ("attestation.expected_measurement", bool(attestor.pins)),
             ("trace.appraisal.required_status", required != "any"),
+            (
+                "trace.appraisal.platform_policy",
+                bool(attestor.appraisal.platform_policy)
+                and unappraised_reason(attestor.spec) is None,
+            ),
         )
         if given
     ]
@@ -454,6 +461,13 @@ def check_measurement(attestor: Attestor, bundle_hash: str, catalog_hash: str) -
     except (MeasurementMismatchError, AppraisalBelowRequiredError) as exc:
         attestor.close()
         raise StartupError(f"the gateway does not serve: {exc.message}", hint=exc.hint) from exc
+    except PlatformPolicyRefusedError as exc:
+        attestor.close()
+        raise StartupError(
+            f"the gateway does not serve: {exc.message} (judged on the first evidence, so "
+            "no session would open)",
+            hint=exc.hint,
+        ) from exc
     except AttestationUnavailableError as exc:
         attestor.close()
         raise StartupError(

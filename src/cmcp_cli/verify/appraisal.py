@@ -8,15 +8,21 @@ says that too (claims of gateways that did not appraise), or states the gateway'
 appraisal (`claim.appraisal`): its verifier names `cmcp-gateway` at the claim's
 `gateway.gateway_version`, its status is one an appraisal finds, its `policy_ref` has the
 form the gateway makes and its `timestamp` is when the evidence the claim carries was
-generated. This verifier judges that evidence itself; the stated status is the gateway's
-verdict under its own inputs, which an auditor's may differ from. So an operator who holds
+generated. This verifier judges that evidence itself. The stated status is the gateway's
+verdict under its own inputs: when the auditor's inputs (`--expected-measurement`,
+`--trust-root`, `--collateral`, the provider's `--platform-policy` table, `--allow-debug`)
+name the same `policy_ref`, they are the gateway's, so a stated status better than this
+verifier's checks find (`status_of`) fails; under other inputs it is judged on form. When no
+verifier here can judge the evidence, the form rules still apply. So an operator who holds
 the gateway's key still cannot write a third party's name or a verdict over software into a
-claim, nor pass one gateway's appraisal off as another version's.
+claim, pass one gateway's appraisal off as another version's, nor state a better verdict
+than its evidence earns under the inputs it names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from cmcp_cli.attestation.api import Check, EvidenceVerdict
@@ -27,6 +33,7 @@ from cmcp_cli.claim.appraisal import (
     unix_seconds,
 )
 from cmcp_cli.claim.model import NO_APPRAISAL_VERIFIER, SOFTWARE_PLATFORM
+from cmcp_cli.evidence.appraising import better_than
 
 NAME: Final = "appraisal"
 
@@ -49,18 +56,35 @@ def record_appraisal_check(stated: Mapping[str, Any], platform: str) -> Check:
     )
 
 
+@dataclass(frozen=True)
+class AuditorAppraisal:
+    """What this verifier's own checks of the claim's evidence make of it, as the gateway's
+    appraisal would (`status_of`), and the `policy_ref` the auditor's inputs (its pins,
+    roots, collateral, platform-policy table and debug setting) would be named by."""
+
+    status: str
+    policy_ref: str | None  # None: the auditor's platform-policy table has no canonical form
+
+
 def appraisal_check(
-    stated: Mapping[str, Any], verdict: EvidenceVerdict, claim: Mapping[str, Any]
+    stated: Mapping[str, Any],
+    verdict: EvidenceVerdict | None,
+    claim: Mapping[str, Any],
+    auditor: AuditorAppraisal | None = None,
 ) -> Check:
     """`stated` is the well-formed GatewayClaim `claim`'s `trace.appraisal`; `verdict` its
-    CPU evidence's, by its provider's verifier."""
+    CPU evidence's, by its provider's verifier, and `auditor` this verifier's appraisal of
+    all of its evidence; both None when no verifier here could judge it (the form rules
+    still apply)."""
     status, verifier = stated["status"], stated["verifier"]
+    if verdict is None:
+        return _unjudged_check(stated, claim)
     confirmed = verdict.appraisal
     if confirmed is None:
         if (status, verifier) == ("none", NO_APPRAISAL_VERIFIER):
             return Check.passed(NAME, "the claim states no appraisal, and its evidence none")
         if runtime_verifier_version(verifier) is not None:
-            return _runtime_check(stated, claim)
+            return _runtime_check(stated, claim, auditor)
         return Check.failed(
             NAME,
             f"the claim states appraisal {status!r} by {verifier}, but its evidence states no "
@@ -78,8 +102,58 @@ def appraisal_check(
     )
 
 
-def _runtime_check(stated: Mapping[str, Any], claim: Mapping[str, Any]) -> Check:
-    """The gateway's own appraisal, stated by a claim whose evidence states none."""
+def _unjudged_check(stated: Mapping[str, Any], claim: Mapping[str, Any]) -> Check:
+    """The form rules alone, for a claim whose CPU evidence no verifier here judged."""
+    status, verifier = stated["status"], stated["verifier"]
+    if (status, verifier) == ("none", NO_APPRAISAL_VERIFIER):
+        return Check.passed(NAME, "the claim states no appraisal")
+    if runtime_verifier_version(verifier) is not None:
+        problem = _runtime_form_problem(stated, claim)
+        if problem is not None:
+            return Check.failed(NAME, problem)
+    return Check.skipped(
+        NAME,
+        f"the claim states appraisal {status!r} by {verifier}, which only a verifier of its "
+        "evidence can confirm, and none judged it here",
+    )
+
+
+def _runtime_check(
+    stated: Mapping[str, Any], claim: Mapping[str, Any], auditor: AuditorAppraisal | None
+) -> Check:
+    """The gateway's own appraisal, stated by a claim whose evidence states none. Under the
+    auditor's inputs named by the same `policy_ref` the gateway's verdict is reproducible,
+    so a stated status better than this verifier's checks find fails; under other inputs
+    the stated status is the gateway's verdict under its own, judged on form."""
+    problem = _runtime_form_problem(stated, claim)
+    if problem is not None:
+        return Check.failed(NAME, problem)
+    named = f"cmcp-gateway {runtime_verifier_version(stated['verifier'])}, {stated['policy_ref']}"
+    if auditor is not None and auditor.policy_ref == stated["policy_ref"]:
+        if better_than(stated["status"], auditor.status):
+            return Check.failed(
+                NAME,
+                f"the claim states the gateway's own appraisal {stated['status']!r} ({named}), "
+                f"but under the same inputs (the auditor's recompute to that policy_ref) this "
+                f"verifier's checks of the evidence find {auditor.status!r}",
+            )
+        return Check.passed(
+            NAME,
+            f"{stated['status']!r}: the gateway's own appraisal ({named}), which this "
+            f"verifier's checks under the same inputs reproduce ({auditor.status!r})",
+        )
+    recomputed = "none" if auditor is None or auditor.policy_ref is None else auditor.policy_ref
+    return Check.passed(
+        NAME,
+        f"{stated['status']!r}: the gateway's own appraisal of its hardware evidence when it "
+        f"collected it ({named}); the auditor's inputs differ from the gateway's (they name "
+        f"{recomputed}), so this verifier judged that evidence itself with the auditor's",
+    )
+
+
+def _runtime_form_problem(stated: Mapping[str, Any], claim: Mapping[str, Any]) -> str | None:
+    """What is wrong with a stated runtime appraisal for this claim: its form, the gateway
+    version it names, and its timestamp against the evidence's `generated_at`."""
     gateway = claim["gateway"]
     hardware = claim["trace"]["runtime"]["platform"] != SOFTWARE_PLATFORM
     problem = _runtime_problem(stated, hardware=hardware)
@@ -95,14 +169,7 @@ def _runtime_check(stated: Mapping[str, Any], claim: Mapping[str, Any]) -> Check
             f"appraisal.timestamp {stated['timestamp']} is not when the evidence the claim "
             f"carries was generated ({generated_at})"
         )
-    if problem is not None:
-        return Check.failed(NAME, problem)
-    return Check.passed(
-        NAME,
-        f"{stated['status']!r}: the gateway's own appraisal of its hardware evidence when it "
-        f"collected it (cmcp-gateway {version}, {stated['policy_ref']}); this verifier "
-        "judged that evidence itself with the auditor's inputs",
-    )
+    return problem
 
 
 def _runtime_problem(stated: Mapping[str, Any], *, hardware: bool) -> str | None:

@@ -31,8 +31,11 @@ from cmcp_cli.attestation.manager import (
 )
 from cmcp_cli.attestation.platform_policy import verifier_trust
 from cmcp_cli.attestation.software import PLATFORM as SOFTWARE_PLATFORM
+from cmcp_cli.claim.appraisal import policy_document, policy_ref
+from cmcp_cli.claim.canonical import CanonicalizationError
 from cmcp_cli.errors import UsageError
-from cmcp_cli.verify.appraisal import appraisal_check
+from cmcp_cli.evidence.appraising import pinned_check, status_of
+from cmcp_cli.verify.appraisal import AuditorAppraisal, appraisal_check
 
 if TYPE_CHECKING:
     from cmcp_cli.verify.claim import VerifyOptions
@@ -46,6 +49,8 @@ class EvidenceResult:
     # Devices whose evidence could not be judged here (no plugin, or it cannot load): the
     # claim is then not verifiable here, even in software mode.
     unjudged_devices: list[str] = field(default_factory=list)
+    # The CPU evidence's verdict by its provider's verifier; None when none judged it.
+    cpu_verdict: EvidenceVerdict | None = None
 
 
 def judge_evidence(
@@ -89,7 +94,37 @@ def judge_evidence(
         for index, item in enumerate(attestation.get("devices", ()))
     ]
     result.hardware_attested = cpu and all(devices)
+    appraised = None
+    if result.cpu_verdict is not None:
+        judged = [check for check in result.checks if check.name != "binding"]
+        judged.append(
+            pinned_check(claim["trace"]["runtime"]["measurement"], trust.expected_measurements)
+        )
+        appraised = AuditorAppraisal(
+            status=status_of(judged, result.hardware_attested),
+            policy_ref=_auditor_policy_ref(attestation["provider"], options),
+        )
+    result.checks.append(
+        appraisal_check(claim["trace"]["appraisal"], result.cpu_verdict, claim, appraised)
+    )
     return result
+
+
+def _auditor_policy_ref(provider: str, options: VerifyOptions) -> str | None:
+    """The `policy_ref` the gateway would name had it appraised with the auditor's inputs;
+    None when the auditor's platform-policy table has no canonical form (so none names it)."""
+    document = policy_document(
+        provider=provider,
+        expected_measurements=options.expected_measurements,
+        trust_roots=options.trust_roots,
+        collateral=options.collateral,
+        platform_policy=options.platform_policy.get(provider, {}),
+        allow_debug=options.allow_debug,
+    )
+    try:
+        return policy_ref(document)
+    except CanonicalizationError:
+        return None
 
 
 def _provider_for(
@@ -172,7 +207,7 @@ def _judge_cpu(
         result.checks.append(verdict)
         return False
     result.checks.extend(verdict.checks)
-    result.checks.append(appraisal_check(claim["trace"]["appraisal"], verdict, claim))
+    result.cpu_verdict = verdict
     # Software mode is accepted (with --allow-software) only once its verifier has judged
     # the evidence: a provider that could not run leaves the claim not verifiable here.
     result.software = provider.spec.platform == SOFTWARE_PLATFORM

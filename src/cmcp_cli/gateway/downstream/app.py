@@ -129,7 +129,9 @@ class GatewayApp:
                 "ready": self.ready,
                 "sessions": len(self.sessions),
                 "measurement": self.runtime.measurement.to_json(),
-                "appraisal": self.runtime.attestor.appraisal_detail(),
+                "appraisal": self.runtime.attestor.appraisal_detail(
+                    operator=self.runtime.credentials.is_operator(asgi.bearer_token(scope))
+                ),
                 "policy": self.reloader.status(),
             }
             if self.sessions.anchors is not None:  # pending anchors do not stop serving
