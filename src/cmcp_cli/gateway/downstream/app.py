@@ -133,7 +133,9 @@ class GatewayApp:
                 "policy": self.reloader.status(),
             }
             if self.sessions.anchors is not None:  # pending anchors do not stop serving
-                detail["anchoring"] = self.sessions.anchors.status().to_json()
+                detail["anchoring"] = self.sessions.anchors.status().to_json(
+                    operator=self.runtime.credentials.is_operator(asgi.bearer_token(scope))
+                )
             await asgi.send_json(send, status, detail)
         elif not await self.claims.route(scope, send) and not await self.operator.route(
             scope, receive, send
