@@ -13,9 +13,10 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from cmcp_cli.testing.transparency import RunningTransparency
-from tests.gateway_support import Served, request, write_config
+from tests.gateway_support import Served, request, start_gateway, write_config
 
 WAIT_SECONDS = 30.0
+OPERATOR = "operator-token-of-the-anchoring-tests"  # a test's own token
 _Found = TypeVar("_Found")
 
 
@@ -69,8 +70,14 @@ def until(what: str, probe: Callable[[], _Found | None], seconds: float = WAIT_S
     raise AssertionError(f"{what}: not within {seconds} s")
 
 
-def get_json(served: Served, path: str) -> tuple[int, Any]:
-    status, _, body = request(served.port, "GET", path)
+def start_anchoring(config: Path) -> Served:
+    """`cmcp start` with `config` and OPERATOR as its operator token."""
+    return start_gateway(config, {"CMCP_OPERATOR_TOKEN": OPERATOR})
+
+
+def get_json(served: Served, path: str, token: str | None = None) -> tuple[int, Any]:
+    headers = {} if token is None else {"authorization": f"Bearer {token}"}
+    status, _, body = request(served.port, "GET", path, headers=headers)
     return status, json.loads(body) if body else None
 
 
@@ -83,9 +90,9 @@ def metric(served: Served, name: str) -> int:
     raise AssertionError(f"/metrics has no {name}:\n{body.decode()}")
 
 
-def anchoring(served: Served) -> dict[str, Any]:
-    """The anchoring detail of /readyz."""
-    status, detail = get_json(served, "/readyz")
+def anchoring(served: Served, token: str | None = OPERATOR) -> dict[str, Any]:
+    """The anchoring detail of /readyz, as the holder of `token` (None: anyone) sees it."""
+    status, detail = get_json(served, "/readyz", token)
     assert status == 200, detail
     return dict(detail["anchoring"])
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import ssl
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -373,3 +375,114 @@ def test_a_malformed_retry_after_is_a_named_outcome_never_an_exception(
 ) -> None:
     _draft09("/entries/e1", (302, {"retry-after": retry_after}, b""), (404, {}, b"gone"))
     assert problem in attempt(tmp_path, hostile, double, timeout=3)
+
+
+# -- where the service keeps the entry: the receipt document's `entry` ---------------------
+
+
+def _anchored(
+    folder: Path, double: RunningTransparency, protocol: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One record anchored at the double by the client, and its receipt document."""
+    entry = entry_for(folder, double.url)
+    anchor = AnchorConfig(url=double.url, log_key=double.log_key, ca_file=double.ca_file)
+    log_key = double.log_key.read_bytes()
+    target = AnchorTarget(double.url, protocol, log_key, 10.0, "cmcp-gateway/t")
+
+    async def run() -> dict[str, Any]:
+        client = http_client(anchor)
+        try:
+            return await anchor_record(client, target, entry)
+        finally:
+            await client.aclose()
+
+    document = asyncio.run(run())
+    assert [(f.name, f.ok) for f in check_receipt(entry.record, document, log_key)] == [
+        ("receipt.shape", True),
+        ("receipt.record", True),
+        ("receipt.inclusion", True),
+        ("receipt.log_signature", True),
+    ]
+    assert document["transparency"] == entry.record["transparency"]
+    return dict(entry.record), document
+
+
+@pytest.mark.parametrize(
+    ("mode", "protocol", "kept_at"),
+    [
+        ("own-ids", "scrapi", r"/entries/2\.[0-9]+"),  # 303 to an id of the service's own
+        ("up", "scrapi", "/entries/{anchor_id}"),  # 201 with Location: the anchor id
+        ("async", "scrapi", "/entries/{anchor_id}"),  # 202, then the operation's entryID
+        ("up", "registry-anchor-v1", "/records/{anchor_id}"),  # 201 with Location
+    ],
+)
+def test_the_receipt_document_names_the_entry_the_service_keeps(
+    tmp_path: Path, double: RunningTransparency, mode: str, protocol: str, kept_at: str
+) -> None:
+    double.set_mode(mode)
+    try:
+        record, document = _anchored(tmp_path, double, protocol)
+    finally:
+        double.set_mode("up")
+    path = kept_at.format(anchor_id=document["anchor_id"])
+    assert re.fullmatch(re.escape(double.url) + path, document["entry"]), document
+    (named,) = [f for f in check_receipt(record, document, None) if f.name == "receipt.record"]
+    if mode == "own-ids":  # kept elsewhere than the transparency URI, and said so
+        assert document["entry"] != document["transparency"]
+        assert f"kept by the service at {document['entry']}" in named.reason, named
+
+
+@pytest.mark.parametrize(
+    ("protocol", "location", "problem"),
+    [
+        ("scrapi", "https://elsewhere.example/entries/x", "201 with Location"),
+        ("scrapi", "/operations/x", "not under"),
+        ("scrapi", "/entries/a/b", "not one entry"),
+        ("registry-anchor-v1", "/entries/x", "not under"),
+        ("registry-anchor-v1", "https://elsewhere.example/records/x", "not under"),
+    ],
+)
+def test_a_201_naming_an_entry_elsewhere_is_a_failed_attempt(
+    tmp_path: Path,
+    hostile: str,
+    double: RunningTransparency,
+    *,
+    protocol: str,
+    location: str,
+    problem: str,
+) -> None:
+    kind = "application/cose" if protocol == "scrapi" else "application/json"
+    ANSWERS["post"] = (201, {"content-type": kind, "location": location}, b"{}")
+    failure = attempt(tmp_path, hostile, double, protocol=protocol)
+    assert "201 with Location" in failure and problem in failure, failure
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.0.0.1:99999",  # anyio: ExceptionGroup(OverflowError)
+        "https://[zz]",  # httpx.InvalidURL
+        "https://h:" + "9" * 30,  # OverflowError
+    ],
+)
+def test_a_url_no_client_can_connect_to_is_a_named_failure_never_an_exception(
+    tmp_path: Path, double: RunningTransparency, url: str
+) -> None:
+    """trace.anchor.url refuses such URLs (tests/test_anchor_queue.py); a target made
+    otherwise still fails the attempt with a reason, never an exception per retry."""
+    entry = entry_for(tmp_path, url)
+    anchor = AnchorConfig(url=double.url, log_key=double.log_key)
+    target = AnchorTarget(url, "scrapi", b"", 2.0, "cmcp-gateway/t")
+
+    async def run() -> str:
+        client = http_client(anchor)
+        try:
+            with pytest.raises(AnchorFailure) as failed:
+                await anchor_record(client, target, entry)
+        finally:
+            await client.aclose()
+        return str(failed.value)
+
+    failure = asyncio.run(run())
+    assert failure.startswith(f"POST {url}/entries: "), failure
+    assert f"(check trace.anchor.url {url})" in failure, failure

@@ -237,3 +237,61 @@ def test_an_anchored_claim_matches_its_log_and_an_edited_transparency_does_not(
         found = [m.message for c in match_claim(replay, document).checks for m in c.mismatches]
         assert any(m.startswith("trace.transparency") for m in found), found
         assert any("0" * 64 in m for m in found), found
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("https://127.0.0.1:99999", "port 99999 is not 1-65535"),
+        ("https://log.example:65536/log", "port 65536 is not 1-65535"),
+        ("https://log.example:0", "not https://host[:port][/path]"),
+        ("https://log.example:08443", "not https://host[:port][/path]"),
+        ("https://-/", "'-' is not a DNS name"),
+        ("https://a..b", "'a..b' is not a DNS name"),
+        ("https://a-.example", "'a-.example' is not a DNS name"),
+        ("https://log.123", "'log.123' is not a DNS name"),
+        ("https://l%6fg.example", "'l%6fg.example' is not a DNS name"),
+        ("https://999.1.1.1", "999.1.1.1 is not an IPv4 address"),
+        ("https://1.2.3", "1.2.3 is not an IPv4 address"),
+        ("https://[zz]", "not https://host[:port][/path]"),
+        ("https://[fe80::1%25eth0]", "not https://host[:port][/path]"),
+        ("https://[1::2::3]", "[1::2::3] is not an IPv6 address"),
+        ("https://log.example/%zz", "percent-escaped segment"),
+        ("https://log.example/a%2Fb", "percent-escaped segment"),
+        ("https://log.example/log/../x", "`..`"),
+        ("https://log.example//log", "an empty"),
+        ("https://user@log.example", "not https://host[:port][/path]"),
+        ("https://log.example?x=1", "not https://host[:port][/path]"),
+        ("http://log.example", "not https://host[:port][/path]"),
+    ],
+)
+def test_trace_anchor_url_is_refused_unless_every_client_reads_it_alike(
+    url: str, problem: str
+) -> None:
+    with pytest.raises(ValueError, match="is not an https base URL") as refused:
+        AnchorConfig(url=url, log_key=Path("k.pem"))
+    assert problem in str(refused.value), str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "kept"),
+    [
+        ("https://log.example:8443/", "https://log.example:8443"),
+        ("https://127.0.0.1:65535/scitt/v1", "https://127.0.0.1:65535/scitt/v1"),
+        ("https://[::1]:1", "https://[::1]:1"),
+        ("https://xn--bcher-kva.example/a:b~c", "https://xn--bcher-kva.example/a:b~c"),
+    ],
+)
+def test_a_well_formed_trace_anchor_url_is_kept(url: str, kept: str) -> None:
+    assert AnchorConfig(url=url, log_key=Path("k.pem")).url == kept
+
+
+def test_validate_config_names_a_url_no_client_can_connect_to(quickstart: Path) -> None:
+    config = quickstart / "cmcp-config.yaml"
+    config.write_text(
+        config.read_text()
+        + "trace:\n  anchor:\n    url: https://127.0.0.1:99999\n    log_key: log.pem\n"
+    )
+    report = check_config(config, environ={"CMCP_DEV_MODE": "1"})
+    found = [p.message for p in report.problems if p.severity is Severity.ERROR]
+    assert any(m.startswith("trace.anchor.url") and "port 99999" in m for m in found), found

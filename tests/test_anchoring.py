@@ -31,10 +31,12 @@ from tests.anchoring_support import (
     metric,
     receipt_of,
     sessions_in,
+    start_anchoring,
     until,
 )
 from tests.gateway_support import Served, start_gateway, write_config
 from tests.support import run_cmcp
+from tests.transparency_support import client
 
 TRACE_TESTS = Path(sys.executable).parent / "trace-tests"
 
@@ -112,12 +114,32 @@ def check_stored(claim_file: Path, receipt: dict[str, Any], double: RunningTrans
     assert "inclusion proven" in suite.stdout, suite.stdout
 
 
+def found_at_the_service(
+    receipt: dict[str, Any], record: dict[str, Any], double: RunningTransparency
+) -> None:
+    """The receipt document's `entry` is where the service keeps the record: `GET` of it
+    answers a COSE receipt (SCRAPI) or a registry document carrying one (registry-anchor-v1)
+    that proves the record's leaf under the log key."""
+    with client(double.ca_file) as http:
+        answer = http.get(receipt["entry"])
+    assert answer.status_code == 200, (receipt["entry"], answer.status_code, answer.text)
+    cose = answer.content
+    if "/records/" in receipt["entry"]:
+        cose = b64url_decode(answer.json()["receipt"])
+    found = verify_receipt(
+        cose,
+        leaf_entry_hex=anchor_leaf_bytes(record).hex(),
+        log_public_key_pem=double.log_key.read_bytes(),
+    )
+    assert found.ok, found.errors
+
+
 @pytest.mark.parametrize("protocol", ["scrapi", "registry-anchor-v1"])
 def test_each_claim_is_anchored_and_its_receipt_served_and_verified(
     tmp_path: Path, upstream: Served, double: RunningTransparency, protocol: str
 ) -> None:
     config = anchored_config(tmp_path, upstream, double, protocol=protocol)
-    gateway = start_gateway(config)
+    gateway = start_anchoring(config)
     claims = tmp_path / "claims"
     try:
         asyncio.run(calls(gateway.url, ("Paris", "Oslo")))
@@ -135,7 +157,13 @@ def test_each_claim_is_anchored_and_its_receipt_served_and_verified(
     finally:
         assert gateway.stop() == 0, gateway.output()
     for sequence, receipt in receipts.items():
-        check_stored(claims / f"{session}.{sequence}.claim.json", receipt, double)
+        claim_file = claims / f"{session}.{sequence}.claim.json"
+        check_stored(claim_file, receipt, double)
+        # the double names its entries by anchor id: the transparency URI for SCRAPI, and
+        # the registry's record URL (its 201's Location) for registry-anchor-v1
+        kind = "entries" if protocol == "scrapi" else "records"
+        assert receipt["entry"] == f"{double.url}/{kind}/{receipt['anchor_id']}", receipt
+        found_at_the_service(receipt, json.loads(claim_file.read_text())["trace"], double)
     posted = [r for r in double.service.requests() if r["method"] == "POST"]
     wanted = "/entries" if protocol == "scrapi" else "/records"
     assert {r["path"] for r in posted} == {wanted}
@@ -145,7 +173,7 @@ def test_an_async_registration_is_polled_to_its_receipt(
     tmp_path: Path, upstream: Served, double: RunningTransparency
 ) -> None:
     double.service.set_mode("async")
-    gateway = start_gateway(anchored_config(tmp_path, upstream, double, per_call=False))
+    gateway = start_anchoring(anchored_config(tmp_path, upstream, double, per_call=False))
     try:
         asyncio.run(calls(gateway.url, ("Lima",)))
         (session,) = sessions_in(tmp_path / "claims")
@@ -164,7 +192,7 @@ def test_a_draft09_registration_is_polled_through_its_302s_to_its_receipt(
     with `application/scitt-receipt+cose`; the gateway stores that receipt and it verifies
     (`cmcp verify --receipt --log-key`, scitt-cose, the conformance suite)."""
     double.service.set_mode("draft09")
-    gateway = start_gateway(anchored_config(tmp_path, upstream, double, per_call=False))
+    gateway = start_anchoring(anchored_config(tmp_path, upstream, double, per_call=False))
     try:
         asyncio.run(calls(gateway.url, ("Quito",)))
         (session,) = sessions_in(tmp_path / "claims")
@@ -181,13 +209,41 @@ def test_a_draft09_registration_is_polled_through_its_302s_to_its_receipt(
     ], asked
 
 
+def test_a_service_naming_its_own_entry_ids_is_where_the_receipt_says(
+    tmp_path: Path, upstream: Served, double: RunningTransparency
+) -> None:
+    """A SCRAPI service that assigns its own entry ids (scitt-ccf-ledger's `2.34`) answers
+    303 to `/entries/2.1`: the record's transparency URI does not resolve there (404), and
+    the receipt document's `entry` names the URL that does, whose receipt proves the
+    record; `cmcp verify`, scitt-cose and the suite pass on the stored document."""
+    double.service.set_mode("own-ids")
+    gateway = start_anchoring(anchored_config(tmp_path, upstream, double, per_call=False))
+    try:
+        asyncio.run(calls(gateway.url, ("Accra",)))
+        (session,) = sessions_in(tmp_path / "claims")
+        receipt = receipt_of(gateway, session)
+        claim_file = tmp_path / "claims" / f"{session}.claim.json"
+        record = json.loads(claim_file.read_text())["trace"]
+        with client(double.ca_file) as http:
+            assert http.get(record["transparency"]).status_code == 404
+        found_at_the_service(receipt, record, double)
+    finally:
+        double.service.set_mode("up")
+        assert gateway.stop() == 0, gateway.output()
+    assert receipt["entry"] == f"{double.url}/entries/2.1", receipt
+    assert receipt["transparency"] == record["transparency"] != receipt["entry"]
+    check_stored(claim_file, receipt, double)
+    asked = [(r["method"], r["path"], r["status"]) for r in double.service.requests()]
+    assert asked[:2] == [("POST", "/entries", 303), ("GET", "/entries/2.1", 200)], asked
+
+
 def test_a_service_down_or_slow_leaves_calls_as_fast_and_anchors_once_up(
     tmp_path: Path, upstream: Served, double: RunningTransparency
 ) -> None:
     """Each call's claim is queued while the service answers 503, then while it answers
     only after the client's timeout (3 s): calls take no longer than with it up; the
     records stay pending with their error, retried with backoff; once up, all anchor."""
-    gateway = start_gateway(anchored_config(tmp_path, upstream, double, timeout=3))
+    gateway = start_anchoring(anchored_config(tmp_path, upstream, double, timeout=3))
     claims = tmp_path / "claims"
     try:
         up = asyncio.run(calls(gateway.url, ("Paris", "Oslo", "Rome")))
@@ -237,7 +293,7 @@ def test_a_receipt_that_does_not_prove_the_record_is_refused_and_kept_pending(
     tmp_path: Path, upstream: Served, double: RunningTransparency, mode: str
 ) -> None:
     double.service.set_mode(mode)
-    gateway = start_gateway(anchored_config(tmp_path, upstream, double, per_call=False))
+    gateway = start_anchoring(anchored_config(tmp_path, upstream, double, per_call=False))
     claims = tmp_path / "claims"
     try:
         asyncio.run(calls(gateway.url, ("Kyiv",)))
@@ -263,13 +319,19 @@ def test_a_registry_entry_that_disagrees_with_its_receipt_is_refused(
     config = anchored_config(
         tmp_path, upstream, double, protocol="registry-anchor-v1", per_call=False
     )
-    gateway = start_gateway(config)
+    gateway = start_anchoring(config)
     try:
         asyncio.run(calls(gateway.url, ("Oslo",)))
         (session,) = sessions_in(tmp_path / "claims")
         until("a refused entry", lambda: metric(gateway, "cmcp_anchor_rejected_total") or None)
         status, body = get_json(gateway, f"/trace/{session}?receipt")
         assert status == 409 and "disagree with its COSE receipt" in body["last_error"], body
+        # /readyz answers anyone the counts; what the service answered, only the operator
+        for token in (None, "not-the-operator-token"):
+            seen = anchoring(gateway, token)
+            assert "last_error" not in seen and seen["rejected"] >= 1, (token, seen)
+            assert seen["pending"] == 1 and double.url not in json.dumps(seen), seen
+        assert "disagree with its COSE receipt" in anchoring(gateway)["last_error"]
     finally:
         assert gateway.stop() == 0, gateway.output()
 
@@ -283,7 +345,7 @@ def test_records_pending_at_a_sigkill_are_anchored_after_restart(
     double.service.set_mode("down")
     config = anchored_config(tmp_path, upstream, double)
     claims = tmp_path / "claims"
-    gateway = start_gateway(config)
+    gateway = start_anchoring(config)
     try:
         asyncio.run(_calls_left_open(gateway.url))
         # each record is queued before its claim is written: wait for both
@@ -294,7 +356,7 @@ def test_records_pending_at_a_sigkill_are_anchored_after_restart(
     damaged = claims / "damaged.anchor.json"
     damaged.write_text("{")  # a pending file that cannot be read: counted, never dropped
     double.service.set_mode("up")
-    restarted = start_gateway(config)
+    restarted = start_anchoring(config)
     try:
         receipts = {n: receipt_of(restarted, session, n) for n in (1, 2)}
         final = receipt_of(restarted, session)  # the recovery's claim

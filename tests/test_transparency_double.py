@@ -424,8 +424,8 @@ def test_disagree_gives_an_entry_and_proof_the_log_did_not_sign(
 
 def test_modes_are_the_documented_ones(service: RunningTransparency) -> None:
     assert set(MODES) == {
-        "up", "async", "draft09", "draft09-relative", "down", "error", "slow", "wrong-key",
-        "tamper", "other-leaf", "disagree",
+        "up", "async", "draft09", "draft09-relative", "own-ids", "down", "error", "slow",
+        "wrong-key", "tamper", "other-leaf", "disagree",
     }  # fmt: skip
     with pytest.raises(ValueError, match="refused mode"):
         service.set_mode("sideways")

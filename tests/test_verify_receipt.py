@@ -13,11 +13,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from scitt_cose import build_receipt, merkle
 
 from cmcp_cli.claim.model import sign_claim
+from cmcp_cli.claim.receipt import ReceiptError, receipt_document
 from cmcp_cli.testing.transparency import RunningTransparency
 from tests.support import CliResult, run_cmcp
-from tests.transparency_support import Anchored, anchor, client
+from tests.transparency_support import Anchored, anchor, client, leaf
 
 COSE = {"content-type": "application/cose"}
 RECEIPT_CHECKS = ("receipt.shape", "receipt.record", "receipt.inclusion", "receipt.log_signature")
@@ -168,6 +170,11 @@ TAMPERED: list[tuple[str, Any, str]] = [
     ("protocol", "rekor", "receipt.shape"),
     ("transparency", "https://127.0.0.1:1/entries/" + "0" * 64, "receipt.record"),
     ("anchor_id", "0" * 64, "receipt.record"),
+    ("entry", 7, "receipt.shape"),
+    ("entry", "https://elsewhere.example/entries/x", "receipt.record"),
+    ("entry", lambda e: e.replace("/entries/", "/operations/"), "receipt.record"),
+    ("entry", lambda e: e + "/..", "receipt.record"),
+    ("entry", lambda e: e.rsplit("/", 1)[0] + "/..", "receipt.record"),
     ("ts", "2001-01-01T00:00:00Z", "receipt.log_signature"),
     ("ts", "yesterday", "receipt.shape"),
     ("merkle_root", _hash_flip, "receipt.inclusion"),
@@ -221,10 +228,15 @@ def test_a_missing_member_fails_the_shape(anchored: Anchored, tmp_path: Path) ->
 def test_the_descriptive_members_are_named_as_not_signed(
     anchored: Anchored, tmp_path: Path
 ) -> None:
-    """`protocol`, `producer` and `batch_id` describe how the gateway obtained the
+    """`protocol`, `producer`, `batch_id` and `entry` describe how the gateway obtained the
     receipt; the log signs none of them, and the check says so rather than vouch for them."""
+    service = anchored.receipt["transparency"].rsplit("/entries/", 1)[0]
     receipt = dict(
-        anchored.receipt, protocol="registry-anchor-v1", producer="someone/9", batch_id="b"
+        anchored.receipt,
+        protocol="registry-anchor-v1",
+        producer="someone/9",
+        batch_id="b",
+        entry=f"{service}/entries/2.34",
     )
     path = tmp_path / "described.json"
     path.write_text(json.dumps(receipt))
@@ -233,8 +245,128 @@ def test_the_descriptive_members_are_named_as_not_signed(
     )
     assert result.returncode == 0
     text = reason(report, "receipt.log_signature")
-    assert "producer someone/9, batch b and protocol registry-anchor-v1" in text
-    assert "not signed by the log" in text
+    assert (
+        f"producer someone/9, batch b, protocol registry-anchor-v1 and entry {service}"
+        "/entries/2.34 are the gateway's description, not signed by the log"
+    ) in text
+    assert f"kept by the service at {service}/entries/2.34" in reason(report, "receipt.record")
+
+
+def test_a_member_outside_the_documented_set_fails_the_shape(
+    anchored: Anchored, tmp_path: Path
+) -> None:
+    """One receipt, one document: a member the format does not define is refused, not
+    carried along unchecked."""
+    for extra in ({"note": "trust me"}, {"iat": 1}, {"entry_url": anchored.receipt["entry"]}):
+        path = tmp_path / "extra.json"
+        path.write_text(json.dumps({**anchored.receipt, **extra}))
+        result, statuses, report = verify(
+            anchored.claim_path, "--receipt", path, "--log-key", anchored.log_key
+        )
+        assert result.returncode == 1 and statuses["receipt.shape"] == "fail", report
+        assert f"{next(iter(extra))}: not members of a cmcp-receipt-1" in reason(
+            report, "receipt.shape"
+        )
+
+
+def _signed_by_the_log(
+    anchored: Anchored, double: RunningTransparency, **claims: Any
+) -> dict[str, Any]:
+    """The anchored receipt document with a COSE receipt the log's own key signs over a
+    one-leaf tree of the record, its CWT claims as `claims` say (None: absent)."""
+    record = anchored.claim.record
+    entry = leaf(record)
+    cose = build_receipt(
+        leaf_entry_hex=entry,
+        leaf_index=0,
+        tree_entries_hex=[entry],
+        alg="EdDSA",
+        log_private_key_pem=(double.folder / "log-signing-key.pem").read_bytes(),
+        **claims,
+    )
+    return dict(
+        anchored.receipt,
+        merkle_root=f"sha256:{merkle.merkle_root([entry])}",
+        leaf_count=1,
+        leaf_index=0,
+        audit_path=[],
+        cose_receipt=base64.urlsafe_b64encode(cose).decode().rstrip("="),
+        ts="2020-01-01T00:00:00Z",
+    )
+
+
+def test_a_receipt_about_another_subject_fails(
+    double: RunningTransparency, anchored: Anchored, tmp_path: Path
+) -> None:
+    """The log signed an inclusion of these exact bytes, but says the entry is about
+    another subject: the receipt does not stand for this record, at the gateway (refused
+    when it is received) or at the auditor."""
+    record = anchored.claim.record
+    other = "spiffe://elsewhere.example/cmcp/gateway"
+    receipt = _signed_by_the_log(anchored, double, sub=other, iss=double.url, iat=1_800_000_000)
+    receipt["ts"] = "2027-01-15T08:00:00Z"
+    path = tmp_path / "other-subject.json"
+    path.write_text(json.dumps(receipt))
+    result, statuses, report = verify(
+        anchored.claim_path, "--receipt", path, "--log-key", anchored.log_key
+    )
+    assert result.returncode == 1, report
+    assert statuses["receipt.inclusion"] == "pass"
+    assert statuses["receipt.log_signature"] == "fail"
+    assert f"sub {other!r}, not this record's subject" in reason(report, "receipt.log_signature")
+    with pytest.raises(ReceiptError, match="not this record's subject"):
+        receipt_document(
+            protocol="scrapi", record=record, cose_receipt=base64.urlsafe_b64decode(
+                receipt["cose_receipt"] + "=" * (-len(receipt["cose_receipt"]) % 4)
+            ), log_key_pem=anchored.log_key.read_bytes(), ts=receipt["ts"], producer="p",
+        )  # fmt: skip
+    # the same receipt about this record's subject passes, naming the log's iss
+    receipt = _signed_by_the_log(
+        anchored, double, sub=record["subject"], iss=double.url, iat=1_800_000_000
+    )
+    receipt["ts"] = "2027-01-15T08:00:00Z"
+    path.write_text(json.dumps(receipt))
+    result, statuses, report = verify(
+        anchored.claim_path, "--receipt", path, "--log-key", anchored.log_key
+    )
+    assert result.returncode == 0, report
+    assert f"as {double.url!r}, at 2027-01-15T08:00:00Z (its iat)" in reason(
+        report, "receipt.log_signature"
+    )
+
+
+def test_the_log_issuer_is_named_when_the_check_passes(anchored: Anchored) -> None:
+    result, _, report = verify(
+        anchored.claim_path, "--receipt", anchored.receipt_path, "--log-key", anchored.log_key
+    )
+    assert result.returncode == 0, report
+    issuer = anchored.receipt["transparency"].rsplit("/entries/", 1)[0]  # the double's URL
+    assert f"signs root {anchored.receipt['merkle_root'][7:23]}… of " in reason(
+        report, "receipt.log_signature"
+    )
+    assert f"leaves, as {issuer!r}, at {anchored.receipt['ts']} (its iat)" in reason(
+        report, "receipt.log_signature"
+    )
+
+
+def test_without_an_iat_the_time_is_named_as_the_gateways(
+    double: RunningTransparency, anchored: Anchored, tmp_path: Path
+) -> None:
+    """A receipt stating no iat leaves `ts` unsigned: any ts passes, and the check says
+    whose time it is (the gateway's receipt of it), and that no issuer is named."""
+    receipt = _signed_by_the_log(anchored, double)
+    path = tmp_path / "no-iat.json"
+    path.write_text(json.dumps(receipt))
+    result, statuses, report = verify(
+        anchored.claim_path, "--receipt", path, "--log-key", anchored.log_key
+    )
+    assert result.returncode == 0 and statuses["receipt.log_signature"] == "pass", report
+    text = reason(report, "receipt.log_signature")
+    assert "naming no issuer (no iss)" in text, text
+    assert (
+        "at no time it states (no iat): ts 2020-01-01T00:00:00Z is when the gateway received "
+        "the receipt, not signed by the log"
+    ) in text, text
 
 
 def test_a_wrong_log_key_fails(anchored: Anchored, tmp_path: Path) -> None:

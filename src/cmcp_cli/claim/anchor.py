@@ -10,13 +10,18 @@ The record's `transparency` URI is inside the signed, anchored bytes, so it is f
 before the record is signed: `<anchor url>/entries/<anchor id>`, where the anchor id is the
 SHA-256 of the RFC 8785 form of the record without `signature` and `transparency`. The id
 is known before submission, names exactly one record body, and anyone holding the record
-recomputes it; the service resolves it to the record's receipt (docs/anchoring.md).
+recomputes it. The URI resolves only at a service that names its entries by that id (the
+transparency double, or a registry serving `/entries/<anchor id>`); a service that assigns
+its own entry ids (a SCRAPI service answering `303`/`201` with a `Location`, or `202` with
+an `entryID`, such as scitt-ccf-ledger's `2.34`) keeps the entry at the URL it names,
+which the receipt document states as `entry` (claim/receipt.py, docs/anchoring.md).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +30,8 @@ from cmcp_cli.claim.canonical import canonical_bytes
 LEAF_PREFIX = b"\x00"
 SAFE_INTEGER = 2**53 - 1
 ENTRIES_PATH = "/entries/"
+# a service's id of one entry: one URL path segment, never `.` or `..`
+ENTRY_ID = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9._~-]{1,200}")
 
 
 class AnchorProfileError(ValueError):

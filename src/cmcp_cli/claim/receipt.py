@@ -11,9 +11,14 @@ one JSON object that three independent verifiers read as it is:
   the RFC 9162 inclusion proof for the same leaf, checked under the log's pinned key;
 - and `cmcp verify --receipt R --log-key PEM` checks both, and that they agree.
 
-Members: `v` (`cmcp-receipt-1`), `protocol` (`scrapi` or `registry-anchor-v1`: how the
-gateway obtained it), `transparency` (the record's URI), `anchor_id`, the five entry
-members, the two proof members, and `cose_receipt` (unpadded base64url).
+Members, exactly these: `v` (`cmcp-receipt-1`), `protocol` (`scrapi` or
+`registry-anchor-v1`: how the gateway obtained it), `transparency` (the record's URI),
+`anchor_id`, `entry` (the service's own URL of the record's entry: where the service said
+it keeps it, which is the transparency URI only at a service that names entries by the
+anchor id), the five entry members, the two proof members, and `cose_receipt` (unpadded
+base64url). The log signs the root, the proof and, when the COSE receipt states them, its
+`iat` (then `ts`), `iss` and `sub`; `protocol`, `entry`, `producer`, `batch_id`, and `ts`
+when there is no `iat`, are the gateway's description, which no log signature covers.
 """
 
 from __future__ import annotations
@@ -32,7 +37,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from scitt_cose import merkle
 from scitt_cose import verify_receipt as verify_cose_receipt
 
-from cmcp_cli.claim.anchor import AnchorProfileError, anchor_id, anchor_leaf_bytes
+from cmcp_cli.claim.anchor import (
+    ENTRIES_PATH,
+    ENTRY_ID,
+    AnchorProfileError,
+    anchor_id,
+    anchor_leaf_bytes,
+)
 from cmcp_cli.claim.keys import JWKError, b64url_decode, b64url_encode
 
 RECEIPT_VERSION = "cmcp-receipt-1"
@@ -40,8 +51,13 @@ PROTOCOLS = ("scrapi", "registry-anchor-v1")
 _HASH = re.compile(r"sha256:[0-9a-f]{64}")
 _COSE_SIGN1_TAG = 18
 _VDP, _INCLUSION = 396, -1
+_CWT_CLAIMS = 15
 _LOG_CURVES = ("secp256r1", "secp384r1")
-_STRINGS = ("v", "protocol", "transparency", "anchor_id", "ts", "producer", "batch_id")
+_STRINGS = ("v", "protocol", "transparency", "anchor_id", "entry", "ts", "producer", "batch_id")
+_PROOF = ("merkle_root", "leaf_count", "leaf_index", "audit_path", "cose_receipt")
+MEMBERS = frozenset((*_STRINGS, *_PROOF))  # one receipt, one document: nothing else
+_ENTRY_KINDS = ("entries", "records")  # SCRAPI's entry, or a registry's record
+_CWT_ISS, _CWT_SUB = 1, 2
 
 
 class ReceiptError(ValueError):
@@ -64,6 +80,7 @@ class _Proof:
     audit_path: tuple[str, ...]  # hex, leaf to root
     root: str  # hex
     iat: int | None  # the log's signed issue time, when it states one
+    issuer: str | None  # the log's signed `iss`, when it states one
 
 
 def receipt_time(iat: int) -> str:
@@ -102,11 +119,20 @@ def _verified_proof(record: Mapping[str, Any], cose: bytes, log_key_pem: bytes) 
     result = verify_cose_receipt(cose, leaf_entry_hex=leaf, log_public_key_pem=log_key_pem)
     if not result.ok or result.root is None:
         raise ReceiptError("; ".join(str(e) for e in result.errors) or "it does not verify")
-    for blob in cbor2.loads(cose).value[1][_VDP][_INCLUSION]:
+    message = cbor2.loads(cose).value
+    claims = cbor2.loads(message[0]).get(_CWT_CLAIMS, {})
+    if isinstance(claims, Mapping) and _CWT_SUB in claims:
+        subject = claims[_CWT_SUB]
+        if subject != record.get("subject"):
+            raise ReceiptError(
+                f"the log's receipt is about sub {subject!r}, not this record's subject "
+                f"{record.get('subject')!r}"
+            )
+    for blob in message[1][_VDP][_INCLUSION]:
         size, index, path = cbor2.loads(blob)
         if (size, index) == (result.tree_size, result.leaf_index):
             path_hex = tuple(bytes(p).hex() for p in path)
-            return _Proof(index, size, path_hex, result.root, result.iat)
+            return _Proof(index, size, path_hex, result.root, result.iat, result.issuer)
     raise ReceiptError("the verified inclusion proof is not in the receipt")  # pragma: no cover
 
 
@@ -119,9 +145,12 @@ def receipt_document(
     ts: str,
     producer: str,
     batch_id: str | None = None,
+    entry: str | None = None,
 ) -> dict[str, Any]:
     """The receipt document of `record` from the log's COSE receipt, which must verify
-    under `log_key_pem` for the record's leaf (`ReceiptError` names why not)."""
+    under `log_key_pem` for the record's leaf (`ReceiptError` names why not). `entry` is
+    the URL the service named for the record's entry; None when it named none, and the
+    record's transparency URI stands for it."""
     try:
         proof = _verified_proof(record, cose_receipt, log_key_pem)
     except AnchorProfileError as exc:
@@ -131,6 +160,7 @@ def receipt_document(
         "protocol": protocol,
         "transparency": record.get("transparency"),
         "anchor_id": anchor_id(record),
+        "entry": record.get("transparency") if entry is None else entry,
         "ts": ts,
         "merkle_root": f"sha256:{proof.root}",
         "leaf_count": proof.leaf_count,
@@ -146,6 +176,9 @@ def receipt_shape_problems(receipt: object) -> list[str]:
     if not isinstance(receipt, Mapping):
         return ["the receipt is not a JSON object"]
     problems = [f"{n} is not a string" for n in _STRINGS if not isinstance(receipt.get(n), str)]
+    extra = sorted(str(name) for name in receipt if name not in MEMBERS)
+    if extra:
+        problems.append(f"{', '.join(extra)}: not members of a {RECEIPT_VERSION} document")
     if receipt.get("v") != RECEIPT_VERSION:
         problems.append(f"v is {receipt.get('v')!r}, not {RECEIPT_VERSION!r}")
     if receipt.get("protocol") not in PROTOCOLS:
@@ -247,7 +280,21 @@ def _names_record(record: Mapping[str, Any], receipt: Mapping[str, Any]) -> Rece
             False,
             f"the receipt is for anchor id {receipt['anchor_id']}, this record's is {expected}",
         )
-    return ReceiptFinding("receipt.record", True, f"names this record ({stated})")
+    service = str(stated).removesuffix(f"{ENTRIES_PATH}{expected}")
+    kind, _, identifier = str(receipt["entry"]).removeprefix(f"{service}/").partition("/")
+    if (
+        not receipt["entry"].startswith(f"{service}/")
+        or kind not in _ENTRY_KINDS
+        or not ENTRY_ID.fullmatch(identifier)
+    ):
+        return ReceiptFinding(
+            "receipt.record",
+            False,
+            f"the receipt's entry {receipt['entry']!r} is not one entry of the service the "
+            f"record names ({service}/entries/<id> or {service}/records/<id>)",
+        )
+    where = "" if receipt["entry"] == stated else f", kept by the service at {receipt['entry']}"
+    return ReceiptFinding("receipt.record", True, f"names this record ({stated}{where})")
 
 
 def _log_signature(
@@ -283,17 +330,20 @@ def _log_signature(
             False,
             f"ts is {receipt['ts']}, the log signed its receipt at {receipt_time(proof.iat)}",
         )
-    when = (
-        f"at {receipt['ts']}"
-        if proof.iat is not None
-        else f"at a time it does not sign (ts {receipt['ts']} is the gateway's)"
-    )
+    issuer = "naming no issuer (no iss)" if proof.issuer is None else f"as {proof.issuer!r}"
+    if proof.iat is not None:
+        when = f"at {receipt['ts']} (its iat)"
+    else:
+        when = (
+            f"at no time it states (no iat): ts {receipt['ts']} is when the gateway received "
+            "the receipt, not signed by the log"
+        )
     return ReceiptFinding(
         name,
         True,
-        f"the log key signs root {root[:16]}… of {count} leaves {when}; producer "
-        f"{receipt['producer']}, batch {receipt['batch_id']} and protocol "
-        f"{receipt['protocol']} are the gateway's description, not signed by the log",
+        f"the log key signs root {root[:16]}… of {count} leaves, {issuer}, {when}; producer "
+        f"{receipt['producer']}, batch {receipt['batch_id']}, protocol {receipt['protocol']} "
+        f"and entry {receipt['entry']} are the gateway's description, not signed by the log",
     )
 
 

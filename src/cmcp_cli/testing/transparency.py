@@ -22,8 +22,11 @@ writes `DIR/transparency.json` = {"url", "port", "control"}.
   <base>/entries/<anchor id>` (`/entries/<anchor id>` in `draft09-relative`, as
   scitt-ccf-ledger answers), whose `GET` answers 302 Found (`Location` the same entry) for
   the first `DRAFT09_PENDING_POLLS` polls after each registration, then 200 with the
-  receipt as `application/scitt-receipt+cose`. `GET /entries/<anchor id>` → the COSE
-  receipt.
+  receipt as `application/scitt-receipt+cose`; in mode `own-ids`, as a service that
+  assigns its own entry ids (scitt-ccf-ledger's `2.34`), 303 See Other with `Location:
+  /entries/2.<n>`, whose `GET` answers 200 with the receipt (in every mode after), and
+  while in that mode an anchor id is no entry id (404). `GET /entries/<anchor id>` → the
+  COSE receipt.
 - registry-anchor-v1: `POST /records` (`Content-Type: application/json`, the signed record)
   → 201 `{"entry", "proof", "receipt"}`; `GET /records/<anchor id>` → the same document.
 - A refused registration is 400 (or 409, 415) with `{"type", "detail"}` naming why
@@ -34,6 +37,7 @@ mode). `POST /mode` on the control port (plain HTTP) switches how it answers:
 
 - up: as above; async: SCRAPI registrations answer 202 and an operation to poll
 - draft09, draft09-relative: SCRAPI registrations answer 303, their entry 302 then 200
+- own-ids: SCRAPI registrations answer 303 to an entry id of the service's own making
 - down: 503 to everything; error: 500 to everything
 - slow: every answer waits `--slow-seconds` first (longer than the client's timeout); a
   registration is made before the wait, as a service that is slow to answer would
@@ -87,8 +91,8 @@ from cmcp_cli.testing.service import (
 from cmcp_cli.testing.transparency_log import RegistrationError, TransparencyLog
 
 MODES: Final = (
-    "up", "async", "draft09", "draft09-relative", "down", "error", "slow", "wrong-key",
-    "tamper", "other-leaf", "disagree",
+    "up", "async", "draft09", "draft09-relative", "own-ids", "down", "error", "slow",
+    "wrong-key", "tamper", "other-leaf", "disagree",
 )  # fmt: skip
 READY: Final = "transparency.json"
 MAX_REQUEST: Final = 1024 * 1024
@@ -215,6 +219,7 @@ class Service:
         self.requests = RequestLog(folder)
         self.operations: dict[str, _Operation] = {}
         self.pending: dict[str, int] = {}  # entry id -> 302 answers still to give
+        self.own_ids: dict[str, str] = {}  # mode own-ids: the service's entry id -> anchor id
         self.lock = threading.Lock()
 
     def set_mode(self, mode: str) -> None:
@@ -284,6 +289,12 @@ class Service:
             return self.accepted(_Operation(None, refused.reason))
         if mode == "async":
             return self.accepted(_Operation(identifier, None))
+        if mode == "own-ids":
+            with self.lock:
+                known = [own for own, anchor in self.own_ids.items() if anchor == identifier]
+                own = known[0] if known else f"2.{len(self.own_ids) + 1}"
+                self.own_ids[own] = identifier
+            return Answer(303, b"", COSE, {"location": f"/entries/{own}"})
         location = f"{self.log.base_url}/entries/{identifier}"
         if mode.startswith("draft09"):
             with self.lock:
@@ -331,7 +342,11 @@ class Service:
         return Answer.document(201, self.log.issue(identifier, mode).registry, location=location)
 
     def receipt(self, mode: str, identifier: str) -> Answer:
-        if not self.log.known(identifier):
+        with self.lock:
+            anchored = self.own_ids.get(identifier)
+        if anchored is not None:  # an id of mode own-ids, served in every mode
+            return Answer(200, self.log.issue(anchored, mode).cose, SCITT_RECEIPT)
+        if mode == "own-ids" or not self.log.known(identifier):
             return Answer.problem(404, "not-found", f"no entry {identifier}")
         if not mode.startswith("draft09"):
             return Answer(200, self.log.issue(identifier, mode).cose, COSE)

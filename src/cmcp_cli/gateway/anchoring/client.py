@@ -11,7 +11,10 @@ it names the entry, whose receipt `GET <url>/entries/<id>` returns. A receipt co
 registry entry, the inclusion proof and the COSE receipt.
 Either way the receipt must verify under the pinned log key for this record's leaf
 (`claim.receipt.receipt_document`), and a registry's entry and proof must be the ones
-that receipt proves: a registry vouches for its root only by the key.
+that receipt proves: a registry vouches for its root only by the key. The URL the service
+names for the entry (a `303`'s or `201`'s `Location`, `<url>/entries/<entryID>`) is kept
+as the document's `entry`: a service that assigns its own ids keeps the entry there, not
+at the record's transparency URI.
 
 The client follows no redirect by itself: a `303`'s `Location` is read, resolved against
 the request's URL and polled only when it names one entry under `<url>/entries/`; a
@@ -24,7 +27,6 @@ from the environment, verifies TLS against `ca_file` (or the system roots), read
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +37,7 @@ import cbor2
 import httpx
 import orjson
 
+from cmcp_cli.claim.anchor import ENTRY_ID
 from cmcp_cli.claim.keys import b64url_decode
 from cmcp_cli.claim.receipt import ReceiptError, receipt_document, receipt_time
 from cmcp_cli.config_trace import AnchorConfig
@@ -46,8 +49,7 @@ SCITT_RECEIPT = "application/scitt-receipt+cose"  # RFC 9943's receipt media typ
 RECEIPT_TYPES = (COSE, SCITT_RECEIPT)
 _ACCEPT = f"{SCITT_RECEIPT}, {COSE}"
 _PENDING = (202, 302)  # a registration still running, when its entry is polled
-# an operation or entry id: one path segment, never `.` or `..`
-_SEGMENT = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9._~-]{1,200}")
+_SEGMENT = ENTRY_ID  # an operation or entry id: one path segment, never `.` or `..`
 _POLL_FIRST, _POLL_MOST = 0.1, 1.0  # seconds between polls of a running operation
 _CWT_CLAIMS, _IAT = 15, 6
 
@@ -112,16 +114,18 @@ async def _scrapi(
     status, headers, body = await _request(
         client, target, "POST", posted, content=entry.statement, content_type=COSE, accept=_ACCEPT
     )
+    named: str | None = None  # the service's URL of the entry, when it names one
     if status == 303:
-        location = _entry_location(target, posted, headers.get("location"))
-        asked = f"GET {location}"
-        status, headers, body = await _poll_entry(client, target, location)
+        named = _entry_location(target, posted, headers.get("location"), status)
+        asked = f"GET {named}"
+        status, headers, body = await _poll_entry(client, target, named)
     elif status == 202:
         entry_id = await _operation(client, target, headers.get("location"))
+        named = f"{target.url}/entries/{entry_id}"
         asked = f"GET /entries/{entry_id}"
-        status, headers, body = await _request(
-            client, target, "GET", f"{target.url}/entries/{entry_id}", accept=_ACCEPT
-        )
+        status, headers, body = await _request(client, target, "GET", named, accept=_ACCEPT)
+    elif status == 201 and headers.get("location") is not None:
+        named = _entry_location(target, posted, headers.get("location"), status)
     if status not in (200, 201):
         raise AnchorFailure(_unexpected(asked, status, body))
     media_type = headers.get("content-type", "").split(";")[0].strip().lower()
@@ -129,20 +133,22 @@ async def _scrapi(
         raise AnchorFailure(
             f"the receipt came as {headers.get('content-type')!r}, not {COSE} or {SCITT_RECEIPT}"
         )
-    return _document(target, entry, body, batch_id=None)
+    return _document(target, entry, body, batch_id=None, named=named)
 
 
-def _entry_location(target: AnchorTarget, posted: str, location: str | None) -> str:
-    """A `303`'s `Location` (relative ones resolved against the request's URL) when it
-    names one entry of this service: `<url>/entries/<id>`, the id one path segment."""
-    prefix = f"{target.url}/entries/"
+def _entry_location(
+    target: AnchorTarget, posted: str, location: str | None, status: int, kind: str = "entries"
+) -> str:
+    """A `303`'s or `201`'s `Location` (relative ones resolved against the request's URL)
+    when it names one entry of this service: `<url>/<kind>/<id>`, the id one path segment."""
+    prefix = f"{target.url}/{kind}/"
     resolved = urljoin(posted, location) if location else None
     if location and {".", ".."} & set(urlsplit(location).path.split("/")):
-        raise AnchorFailure(f"303 with Location {location!r}: a . or .. segment")
+        raise AnchorFailure(f"{status} with Location {location!r}: a . or .. segment")
     if resolved is None or not resolved.startswith(prefix):
-        raise AnchorFailure(f"303 with Location {location!r}, not under {prefix}")
+        raise AnchorFailure(f"{status} with Location {location!r}, not under {prefix}")
     if not _SEGMENT.fullmatch(resolved.removeprefix(prefix)):
-        raise AnchorFailure(f"303 with Location {location!r}, not one entry under {prefix}")
+        raise AnchorFailure(f"{status} with Location {location!r}, not one entry under {prefix}")
     return resolved
 
 
@@ -221,16 +227,21 @@ async def _operation(client: httpx.AsyncClient, target: AnchorTarget, location: 
 async def _registry(
     client: httpx.AsyncClient, target: AnchorTarget, entry: PendingAnchor
 ) -> dict[str, Any]:
-    status, _, body = await _request(
+    posted = f"{target.url}/records"
+    status, headers, body = await _request(
         client,
         target,
         "POST",
-        f"{target.url}/records",
+        posted,
         content=orjson.dumps(entry.record),
         content_type="application/json",
     )
     if status not in (200, 201):
         raise AnchorFailure(_unexpected("POST /records", status, body))
+    location = headers.get("location")
+    named = None
+    if location is not None:  # the registry's own URL of the record
+        named = _entry_location(target, posted, location, status, "records")
     answer = _json(body)
     if answer is None:
         raise AnchorFailure("the registry's answer is not a JSON object")
@@ -245,7 +256,7 @@ async def _registry(
         raise ReceiptRejected(f"receipt is not base64url: {exc}") from None
     batch_id = registry_entry.get("batch_id")
     document = _document(
-        target, entry, cose, batch_id=batch_id if isinstance(batch_id, str) else None
+        target, entry, cose, batch_id=batch_id if isinstance(batch_id, str) else None, named=named
     )
     stated = {
         "merkle_root": registry_entry.get("merkle_root"),
@@ -263,7 +274,12 @@ async def _registry(
 
 
 def _document(
-    target: AnchorTarget, entry: PendingAnchor, cose: bytes, *, batch_id: str | None
+    target: AnchorTarget,
+    entry: PendingAnchor,
+    cose: bytes,
+    *,
+    batch_id: str | None,
+    named: str | None,
 ) -> dict[str, Any]:
     try:
         return receipt_document(
@@ -274,6 +290,7 @@ def _document(
             ts=_issued_at(cose),
             producer=target.producer,
             batch_id=batch_id,
+            entry=named,
         )
     except ReceiptError as exc:
         raise ReceiptRejected(
@@ -330,6 +347,19 @@ async def _request(
         ) from None
     except httpx.HTTPError as exc:
         raise AnchorFailure(f"{method} {url}: {type(exc).__name__}: {exc}") from None
+    except (httpx.InvalidURL, OSError, OverflowError, ExceptionGroup) as exc:
+        # what httpx and anyio raise for a URL they cannot connect to (a port past 65535,
+        # a host no resolver takes), a group of them when several addresses were tried
+        raise AnchorFailure(
+            f"{method} {url}: {_cause(exc)} (check trace.anchor.url {target.url})"
+        ) from None
+
+
+def _cause(exc: BaseException) -> str:
+    """`Type: message` of `exc`, or of each exception an exception group holds."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_cause(inner) for inner in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _json(body: bytes) -> dict[str, Any] | None:

@@ -49,7 +49,8 @@ _JITTER = random.SystemRandom()
 @dataclass(frozen=True)
 class AnchorStatus:
     """What /readyz and /metrics say of anchoring. /readyz answers anyone, so nothing
-    here names a session (the log does)."""
+    here names a session (the log does), and `last_error` (the service's URL and what it
+    answered) is shown to the operator only."""
 
     pending: int
     oldest: str | None  # when the oldest pending record was queued
@@ -59,16 +60,17 @@ class AnchorStatus:
     rejected: int
     unreadable: int  # pending files that cannot be read (each named in the log)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
+    def to_json(self, *, operator: bool) -> dict[str, Any]:
+        """The counts for anyone; `last_error` too for the `operator`."""
+        shown = {
             "pending": self.pending,
             "oldest": self.oldest,
-            "last_error": self.last_error,
             "anchored": self.submitted,
             "failures": self.failures,
             "rejected": self.rejected,
             "unreadable": self.unreadable,
         }
+        return {**shown, "last_error": self.last_error} if operator else shown
 
     def metric_lines(self) -> list[str]:
         return [

@@ -125,17 +125,18 @@ class GatewayApp:
             await asgi.send_json(send, 200, {"status": "ok"})
         elif path == "/readyz" and method == "GET":
             status = 200 if self.ready else 503
+            # readiness answers anyone: file paths, check reasons and service errors only
+            # to the operator
+            operator = self.runtime.credentials.is_operator(asgi.bearer_token(scope))
             detail = {
                 "ready": self.ready,
                 "sessions": len(self.sessions),
                 "measurement": self.runtime.measurement.to_json(),
-                "appraisal": self.runtime.attestor.appraisal_detail(
-                    operator=self.runtime.credentials.is_operator(asgi.bearer_token(scope))
-                ),
+                "appraisal": self.runtime.attestor.appraisal_detail(operator=operator),
                 "policy": self.reloader.status(),
             }
             if self.sessions.anchors is not None:  # pending anchors do not stop serving
-                detail["anchoring"] = self.sessions.anchors.status().to_json()
+                detail["anchoring"] = self.sessions.anchors.status().to_json(operator=operator)
             await asgi.send_json(send, status, detail)
         elif not await self.claims.route(scope, send) and not await self.operator.route(
             scope, receive, send
