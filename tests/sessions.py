@@ -12,8 +12,9 @@ from typing import Any
 
 from cmcp_cli.attestation import software
 from cmcp_cli.attestation.measurement import installation_digest
+from cmcp_cli.audit.entry import open_line
 from cmcp_cli.audit.session_record import SessionPolicy
-from cmcp_cli.audit.store import AuditStore
+from cmcp_cli.audit.store import AuditStore, iter_lines
 from cmcp_cli.catalog.model import load_catalog
 from cmcp_cli.claim.keys import ClaimKey
 from cmcp_cli.evidence.attesting import Attestor, attest_key
@@ -147,3 +148,9 @@ def probe_measurement(attestor: Attestor) -> str:
         gateway_digest=installation_digest(),
         process_id="probe",
     ).issuer.measurement
+
+
+def entries_of(db: Path, kind: str) -> list[dict[str, Any]]:
+    """The fields of every entry of `kind` in the audit store at `db`, in order."""
+    found = [open_line(line).fields for line in iter_lines(db)]
+    return [dict(fields) for fields in found if fields["type"] == kind]

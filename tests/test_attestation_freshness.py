@@ -20,10 +20,9 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from cmcp_cli.audit.entry import open_line
-from cmcp_cli.audit.store import iter_lines
 from cmcp_cli.claim.canonical import canonical_sha256
 from tests.gateway_support import Served, start_gateway, write_config
+from tests.sessions import entries_of
 from tests.support import run_cmcp
 
 testing = pytest.importorskip("cmcp_tpm.testing", reason="the cmcp-tpm plugin is absent")
@@ -64,11 +63,6 @@ def _extend_pcr(tpm: Any, pcr: int) -> None:
         esapi.pcr_extend(tss.ESYS_TR(pcr), tss.TPML_DIGEST_VALUES([digest]))
     finally:
         esapi.close()
-
-
-def _entries(db: Path, kind: str) -> list[dict[str, Any]]:
-    found = [open_line(line).fields for line in iter_lines(db)]
-    return [dict(fields) for fields in found if fields["type"] == kind]
 
 
 async def _calls_across(url: str, seconds: float, between: Any = None) -> list[Any]:
@@ -114,8 +108,8 @@ def test_a_session_outliving_its_evidence_is_attested_again(
         assert gateway.stop() == 0, gateway.output()
     assert "Paris" in first.content[0].text and "Oslo" in second.content[0].text
     db = tmp_path / "audit.db"
-    (start,) = _entries(db, "session_start")
-    renewed = _entries(db, "attestation")
+    (start,) = entries_of(db, "session_start")
+    renewed = entries_of(db, "attestation")
     # quotes beyond the session's first: one per renewal, each fresh and of the same platform
     assert len(renewed) >= 1
     assert {entry["status"] for entry in renewed} == {"fresh"}
@@ -192,7 +186,7 @@ def test_a_changed_pcr_makes_the_evidence_stale(
         assert gateway.stop() == 0, gateway.output()
     assert "Paris" in first.content[0].text
     assert _codes(refused.value) == [-32061]
-    stale = [e for e in _entries(tmp_path / "audit.db", "attestation") if e["status"] == "stale"]
+    stale = [e for e in entries_of(tmp_path / "audit.db", "attestation") if e["status"] == "stale"]
     assert stale and {e["policy"] for e in stale} == {policy}
     assert all(why in entry["reason"] for entry in stale), stale
     (claim_path,) = sorted((tmp_path / "claims").glob("*.claim.json"))

@@ -42,3 +42,17 @@ def enrolled_tpm(folder: Path) -> Iterator[EnrolledTpm]:
         ak_root.write_bytes(ca.root_pem)
         ek_roots.write_bytes(tpm.ek_ca_pem)
         yield EnrolledTpm(tpm, settings, (ak_root, ek_roots))
+
+
+@dataclass(frozen=True)
+class AppraisalRig(EnrolledTpm):
+    other_root: Path  # a CA that certified nothing of this TPM
+
+
+@contextmanager
+def appraisal_rig(folder: Path) -> Iterator[AppraisalRig]:
+    """An enrolled swtpm, and the root of a CA that certified nothing of it."""
+    with enrolled_tpm(folder) as enrolled:
+        other = folder / "other.pem"
+        other.write_bytes(TestCa.create("another CA").root_pem)
+        yield AppraisalRig(enrolled.tpm, enrolled.settings, enrolled.roots, other)
