@@ -21,7 +21,7 @@ than its evidence earns under the inputs it names.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -42,17 +42,11 @@ def record_appraisal_check(stated: Mapping[str, Any], platform: str) -> Check:
     """For a standalone TRACE record, which carries no evidence: an appraisal it states
     cannot be confirmed here, so it is skipped and the record is not verifiable here; a
     gateway's own appraisal of the wrong form, or over `platform` software-only, fails."""
-    status, verifier = stated["status"], stated["verifier"]
-    if (status, verifier) == ("none", NO_APPRAISAL_VERIFIER):
-        return Check.passed(NAME, "the record states no appraisal")
-    if runtime_verifier_version(verifier) is not None:
-        problem = _runtime_problem(stated, hardware=platform != SOFTWARE_PLATFORM)
-        if problem is not None:
-            return Check.failed(NAME, problem)
-    return Check.skipped(
-        NAME,
-        f"the record states appraisal {status!r} by {verifier}, which only the evidence of "
-        "its GatewayClaim can confirm: verify the claim",
+    return _form_only(
+        stated,
+        "record",
+        lambda: _runtime_problem(stated, hardware=platform != SOFTWARE_PLATFORM),
+        "which only the evidence of its GatewayClaim can confirm: verify the claim",
     )
 
 
@@ -104,17 +98,28 @@ def appraisal_check(
 
 def _unjudged_check(stated: Mapping[str, Any], claim: Mapping[str, Any]) -> Check:
     """The form rules alone, for a claim whose CPU evidence no verifier here judged."""
+    return _form_only(
+        stated,
+        "claim",
+        lambda: _runtime_form_problem(stated, claim),
+        "which only a verifier of its evidence can confirm, and none judged it here",
+    )
+
+
+def _form_only(
+    stated: Mapping[str, Any], document: str, problem: Callable[[], str | None], unconfirmed: str
+) -> Check:
+    """An appraisal no evidence here confirms: none passes, the gateway's own of the wrong
+    form (`problem`) fails, and any other is skipped (`unconfirmed` says why)."""
     status, verifier = stated["status"], stated["verifier"]
     if (status, verifier) == ("none", NO_APPRAISAL_VERIFIER):
-        return Check.passed(NAME, "the claim states no appraisal")
+        return Check.passed(NAME, f"the {document} states no appraisal")
     if runtime_verifier_version(verifier) is not None:
-        problem = _runtime_form_problem(stated, claim)
-        if problem is not None:
-            return Check.failed(NAME, problem)
+        found = problem()
+        if found is not None:
+            return Check.failed(NAME, found)
     return Check.skipped(
-        NAME,
-        f"the claim states appraisal {status!r} by {verifier}, which only a verifier of its "
-        "evidence can confirm, and none judged it here",
+        NAME, f"the {document} states appraisal {status!r} by {verifier}, {unconfirmed}"
     )
 
 
