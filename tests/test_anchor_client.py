@@ -71,12 +71,6 @@ class Hostile(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningTransparency]:
-    with RunningTransparency.start(tmp_path_factory.mktemp("ts")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def hostile(double: RunningTransparency) -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -98,6 +92,21 @@ def entry_for(folder: Path, url: str) -> PendingAnchor:
     queued = queue_record(folder, "s", record, key)
     assert queued is not None
     return queued
+
+
+def failure_of(anchor: AnchorConfig, target: AnchorTarget, entry: PendingAnchor) -> str:
+    """The message of the one attempt at `entry`, which must fail."""
+
+    async def run() -> str:
+        client = http_client(anchor)
+        try:
+            with pytest.raises(AnchorFailure) as failed:
+                await anchor_record(client, target, entry)
+        finally:
+            await client.aclose()
+        return str(failed.value)
+
+    return asyncio.run(run())
 
 
 def attempt(
@@ -122,16 +131,7 @@ def attempt(
     )
     entry = entry_for(folder, url)
 
-    async def run() -> str:
-        client = http_client(anchor)
-        try:
-            with pytest.raises(AnchorFailure) as failed:
-                await anchor_record(client, target, entry)
-        finally:
-            await client.aclose()
-        return str(failed.value)
-
-    return asyncio.run(run())
+    return failure_of(anchor, target, entry)
 
 
 COSE = {"content-type": "application/cose"}
@@ -474,15 +474,6 @@ def test_a_url_no_client_can_connect_to_is_a_named_failure_never_an_exception(
     anchor = AnchorConfig(url=double.url, log_key=double.log_key)
     target = AnchorTarget(url, "scrapi", b"", 2.0, "cmcp-gateway/t")
 
-    async def run() -> str:
-        client = http_client(anchor)
-        try:
-            with pytest.raises(AnchorFailure) as failed:
-                await anchor_record(client, target, entry)
-        finally:
-            await client.aclose()
-        return str(failed.value)
-
-    failure = asyncio.run(run())
+    failure = failure_of(anchor, target, entry)
     assert failure.startswith(f"POST {url}/entries: "), failure
     assert f"(check trace.anchor.url {url})" in failure, failure

@@ -169,18 +169,27 @@ def test_each_claim_is_anchored_and_its_receipt_served_and_verified(
     assert {r["path"] for r in posted} == {wanted}
 
 
-def test_an_async_registration_is_polled_to_its_receipt(
-    tmp_path: Path, upstream: Served, double: RunningTransparency
-) -> None:
-    double.service.set_mode("async")
+def anchored_once(
+    tmp_path: Path, upstream: Served, double: RunningTransparency, mode: str, city: str
+) -> dict[str, Any]:
+    """One session's call through a gateway anchoring to `double` in `mode`: its final
+    claim's receipt, which passes every verifier (`check_stored`)."""
+    double.service.set_mode(mode)
     gateway = start_anchoring(anchored_config(tmp_path, upstream, double, per_call=False))
     try:
-        asyncio.run(calls(gateway.url, ("Lima",)))
+        asyncio.run(calls(gateway.url, (city,)))
         (session,) = sessions_in(tmp_path / "claims")
         receipt = receipt_of(gateway, session)
     finally:
         assert gateway.stop() == 0, gateway.output()
     check_stored(tmp_path / "claims" / f"{session}.claim.json", receipt, double)
+    return receipt
+
+
+def test_an_async_registration_is_polled_to_its_receipt(
+    tmp_path: Path, upstream: Served, double: RunningTransparency
+) -> None:
+    anchored_once(tmp_path, upstream, double, "async", "Lima")
     paths = [r["path"] for r in double.service.requests()]
     assert any(p.startswith("/operations/") for p in paths), paths
 
@@ -191,15 +200,7 @@ def test_a_draft09_registration_is_polled_through_its_302s_to_its_receipt(
     """SCRAPI draft-09: the double answers 303 to the entry, 302 while pending, then 200
     with `application/scitt-receipt+cose`; the gateway stores that receipt and it verifies
     (`cmcp verify --receipt --log-key`, scitt-cose, the conformance suite)."""
-    double.service.set_mode("draft09")
-    gateway = start_anchoring(anchored_config(tmp_path, upstream, double, per_call=False))
-    try:
-        asyncio.run(calls(gateway.url, ("Quito",)))
-        (session,) = sessions_in(tmp_path / "claims")
-        receipt = receipt_of(gateway, session)
-    finally:
-        assert gateway.stop() == 0, gateway.output()
-    check_stored(tmp_path / "claims" / f"{session}.claim.json", receipt, double)
+    receipt = anchored_once(tmp_path, upstream, double, "draft09", "Quito")
     entry = f"/entries/{receipt['anchor_id']}"
     asked = [(r["method"], r["path"], r["status"]) for r in double.service.requests()]
     assert asked == [
