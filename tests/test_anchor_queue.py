@@ -49,7 +49,7 @@ def anchored(folder: Path, session_id: str = "s-1") -> tuple[ClosedSession, Clai
     claim["trace"].pop("signature")
     claim["trace"]["transparency"] = transparency_uri(URL, claim["trace"])
     signed = sign_claim(claim, key)
-    return ClosedSession(signed, dict(signed["trace"]), key), key
+    return ClosedSession(signed, key), key
 
 
 def test_a_record_stating_transparency_is_queued_before_its_claim_with_a_statement(
@@ -103,7 +103,7 @@ def test_a_record_without_transparency_is_not_queued(tmp_path: Path) -> None:
     claims = tmp_path / "claims"
     claims.mkdir()
     handed: list[PendingAnchor] = []
-    closed = ClosedSession(session.claim, dict(session.claim["trace"]), key)
+    closed = ClosedSession(session.claim, key)
     write_claim(claims, "plain", closed, queued=handed.append)
     assert handed == [] and pending_names(claims) == []
     assert "anchoring" not in str(find_receipt(claims, claim_path(claims, "plain")))

@@ -120,7 +120,7 @@ def test_the_latest_file_is_the_highest_sequence_number_written(tmp_path: Path) 
     folder = tmp_path / "claims"
     folder.mkdir()
     for claim in (claims[0], claims[2], claims[1]):  # claim 2 finishes writing last
-        write_claim(folder, "s-1", ClosedSession(claim, {"n": 0}), numbered=True)
+        write_claim(folder, "s-1", ClosedSession(claim), numbered=True)
     latest = json.loads((folder / "s-1.claim.json").read_text())
     assert latest == claims[2]
     assert json.loads((folder / "s-1.2.claim.json").read_text()) == claims[1]

@@ -19,23 +19,6 @@ from typing import Any
 from cmcp_cli.audit.record_members import SessionRecordError, json_type, member
 from cmcp_cli.claim.model import NO_APPRAISAL_VERIFIER, appraisal_item
 
-# The members of an issuer record, in session_start and in a recovery's `recovered_by`.
-ISSUER_FIELDS = (
-    "process",
-    "key_thumbprint",
-    "platform",
-    "measurement",
-    "evidence_digest",
-    "gateway_version",
-    "gateway_digest",
-    "slsa_level",
-    "appraisal",
-    "appraisal_checks",
-    "attestation",
-    "devices",
-    "anchor_url",
-)
-
 
 @dataclass(frozen=True)
 class DeviceRecord:

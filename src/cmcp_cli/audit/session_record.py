@@ -37,20 +37,6 @@ from cmcp_cli.audit.record_members import (
 )
 from cmcp_cli.claim.model import SessionFacts, device_item
 
-# The members of session_start that describe the session itself (`challenge` only when
-# the session was opened with a verifier's challenge).
-SESSION_FIELDS = (
-    "agent",
-    "bundle_hash",
-    "catalog_hash",
-    "catalog_pinning",
-    "enforcement_mode",
-    "data_class_order",
-    "policy_version",
-    "trust_domain",
-    "model",
-    "challenge",
-)
 INTERRUPTED = "interrupted"  # session_end.reason of a session closed by recovery
 
 

@@ -2,8 +2,8 @@
 
 `build_claim` turns plain facts about a closed session into the signed envelope; the
 `trace` object inside it is a complete TRACE v0.2 record with its own embedded signature
-by the same key (TRACE §3.2.2), so `trace_record` exports it as it is, and the record a
-transparency log anchors is the claim's `trace` byte for byte (claim.anchor).
+by the same key (TRACE §3.2.2): the standalone record is the claim's `trace` as it is, and
+the record a transparency log anchors is the claim's `trace` byte for byte (claim.anchor).
 """
 
 from __future__ import annotations
@@ -204,12 +204,6 @@ def claim_digest(claim: Mapping[str, Any]) -> str:
     out so the link can be fixed before the claim is signed; a claim whose signature was
     changed fails its own signature check instead."""
     return canonical_sha256(unsigned(claim))
-
-
-def trace_record(claim: Mapping[str, Any], key: ClaimKey) -> dict[str, Any]:
-    """The claim's `trace` as a standalone TRACE Trust Record with its embedded signature."""
-    trace = claim["trace"]
-    return dict(trace) if SIGNATURE in trace else signed(trace, key)
 
 
 def is_gateway_claim(document: Mapping[str, Any]) -> bool:

@@ -35,7 +35,7 @@ from cmcp_cli.audit.store import AuditStore, iter_lines, unended_sessions
 from cmcp_cli.claim.canonical import CanonicalizationError
 from cmcp_cli.claim.challenge import challenge_problem
 from cmcp_cli.claim.keys import ClaimKey
-from cmcp_cli.claim.model import build_claim, claim_digest, trace_record
+from cmcp_cli.claim.model import build_claim, claim_digest
 from cmcp_cli.errors import CmcpError
 from cmcp_cli.evidence.attesting import GATEWAY_PROCESS, Attestor, attest_key
 from cmcp_cli.evidence.claim_files import claim_path, write_claim
@@ -246,6 +246,6 @@ def _finish(
     end = recorder.end(ending)
     facts = claim_facts(start, end.fields, recorder.state, attested.attestation)
     claim = build_claim(facts, key)
-    closed = ClosedSession(claim=claim, trace_record=trace_record(claim, key), key=key)
+    closed = ClosedSession(claim=claim, key=key)
     path = write_claim(claims_dir, replay.session_id, closed)
     return RecoveredSession(replay.session_id, interrupted, path, len(in_flight))

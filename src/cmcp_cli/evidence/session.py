@@ -41,7 +41,6 @@ from cmcp_cli.claim.model import (
     build_claim,
     claim_body,
     claim_digest,
-    trace_record,
 )
 from cmcp_cli.errors import CmcpError
 from cmcp_cli.evidence.attesting import (
@@ -76,10 +75,15 @@ EscalationHandler = Callable[[Decision, str], tuple[Mapping[str, Any], bool]]
 @dataclass(frozen=True)
 class ClosedSession:
     claim: dict[str, Any]
-    trace_record: dict[str, Any]
-    # The key that signed both, kept in memory only: it signs the record's SCRAPI
-    # statement when the record is queued for anchoring (evidence.anchor_queue).
+    # The key that signed the claim and its record, kept in memory only: it signs the
+    # record's SCRAPI statement when the record is queued for anchoring (anchor_queue).
     key: ClaimKey | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def trace_record(self) -> dict[str, Any]:
+        """The standalone TRACE record: the claim's `trace`, signed on its own."""
+        record: dict[str, Any] = self.claim["trace"]
+        return record
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,7 @@ class PendingClaim:
 
     def sign(self) -> ClosedSession:
         claim = build_claim(self.facts, self.key)
-        return ClosedSession(claim=claim, trace_record=trace_record(claim, self.key), key=self.key)
+        return ClosedSession(claim=claim, key=self.key)
 
 
 class EvidenceSession:
