@@ -5,6 +5,8 @@ quote     TpmCollector.collect (TPM2_Quote + PCR_Read of the selection + evidenc
           ECC P-256 and an RSA-2048 AK, against one bare TPM2_PCR_Read round trip
 verify    TpmVerifier.verify of that evidence (every check, certificates included) against
           one bare ECDSA P-256 signature verification with `cryptography`
+appraise  the gateway's own appraisal of that evidence (evidence.appraising.appraise, what
+          each session open adds in a hardware mode) beside the bare verify above
 keys      prepare() creating the AK (CreatePrimary + EvictControl) and loading it again
 
   .venv/bin/python benchmarks/tpm.py [--quotes 200] [--rounds 3] [--json]
@@ -25,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tpm2_pytss import ESAPI, TPML_PCR_SELECTION  # type: ignore[import-untyped]
 
 from cmcp_cli.attestation.api import GatewayFacts, TrustInputs
+from cmcp_cli.evidence.appraising import AppraisalInputs, Collected, appraise
+from cmcp_tpm import plugin
 from cmcp_tpm.collector import TpmCollector
 from cmcp_tpm.testing import SoftwareTpm, TestCa, enroll_attestation_key
 from cmcp_tpm.verifier import TpmVerifier
@@ -75,25 +79,30 @@ def _keys(tpm: SoftwareTpm, ca: TestCa, results: dict[str, list[float]]) -> None
         enroll_attestation_key(tpm.tcti, handle, ca, nv_index=CERT_INDICES[algorithm])
 
 
-def _quote_and_verify(
+def _quote_verify_appraise(
     tpm: SoftwareTpm, algorithm: str, roots: tuple[bytes, ...], count: int
-) -> tuple[list[float], list[float]]:
+) -> tuple[list[float], list[float], list[float]]:
     settings = _settings(tpm, algorithm)
     binding = bytes(range(32))
     collector = TpmCollector()
     collector.prepare(FACTS, settings)
     try:
-        evidence = collector.collect(binding, settings).evidence
+        collected = collector.collect(binding, settings)
         quoting = timed(lambda: collector.collect(binding, settings), count)
     finally:
         collector.close()
-    trust = TrustInputs(
-        binding=binding, at=datetime.now(UTC), trust_roots=roots, policy_hash=BUNDLE
-    )
-    verdict = TpmVerifier().verify(evidence, trust)
+    now = datetime.now(UTC)
+    trust = TrustInputs(binding=binding, at=now, trust_roots=roots, policy_hash=BUNDLE)
+    verdict = TpmVerifier().verify(collected.evidence, trust)
     if verdict.failed or not verdict.hardware_attested:
         raise SystemExit(f"{algorithm} evidence did not verify: {verdict.checks}")
-    return quoting, timed(lambda: TpmVerifier().verify(evidence, trust), count)
+    verifying = timed(lambda: TpmVerifier().verify(collected.evidence, trust), count)
+    own = Collected(plugin.SPEC, collected, (), binding, now, BUNDLE, FACTS.gateway_digest)
+    inputs = AppraisalInputs(trust_roots=roots)
+    pins = (collected.measurement,)
+    if appraise(own, inputs, pins).status != "affirming":
+        raise SystemExit(f"{algorithm} evidence was not appraised affirming")
+    return quoting, verifying, timed(lambda: appraise(own, inputs, pins), count)
 
 
 def _pcr_read_floor(tpm: SoftwareTpm, count: int) -> list[float]:
@@ -121,9 +130,12 @@ def run(quotes: int, rounds: int) -> dict[str, Any]:
         roots = (ca.root_pem, tpm.ek_ca_pem)
         for _ in range(rounds):
             for algorithm in HANDLES:
-                quoting, verifying = _quote_and_verify(tpm, algorithm, roots, quotes)
+                quoting, verifying, appraising = _quote_verify_appraise(
+                    tpm, algorithm, roots, quotes
+                )
                 results.setdefault(f"quote.{algorithm}", []).extend(quoting)
                 results.setdefault(f"verify.{algorithm}", []).extend(verifying)
+                results.setdefault(f"appraise.{algorithm}", []).extend(appraising)
             results.setdefault("floor.pcr_read", []).extend(_pcr_read_floor(tpm, quotes))
             results.setdefault("floor.ecdsa_verify", []).extend(_ecdsa_floor(quotes))
     return {name: summary(samples) for name, samples in sorted(results.items())}
