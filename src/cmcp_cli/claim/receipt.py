@@ -99,10 +99,6 @@ def _instant(ts: object) -> int | None:
     return int(moment.timestamp()) if moment.timestamp() == int(moment.timestamp()) else None
 
 
-def b64url(data: bytes) -> str:
-    return b64url_encode(data)
-
-
 def _unb64url(text: str) -> bytes:
     """The bytes of canonical unpadded base64url: another spelling of the same bytes (set
     trailing bits, padding) is refused, so one receipt has one document."""
@@ -168,7 +164,7 @@ def receipt_document(
         "batch_id": batch_id or f"tree-{proof.leaf_count}",
         "leaf_index": proof.leaf_index,
         "audit_path": [f"sha256:{node}" for node in proof.audit_path],
-        "cose_receipt": b64url(cose_receipt),
+        "cose_receipt": b64url_encode(cose_receipt),
     }
 
 

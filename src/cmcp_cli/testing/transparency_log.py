@@ -24,7 +24,6 @@ acknowledged, so a double restarted on the same folder (and port) keeps its log.
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
 import time
@@ -39,7 +38,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from scitt_cose import build_receipt, merkle, parse_signed_statement
 
 from cmcp_cli.claim.anchor import AnchorProfileError, anchor_id, anchor_leaf_bytes
-from cmcp_cli.claim.keys import JWKError, jwk_thumbprint, public_key_from_jwk
+from cmcp_cli.claim.keys import JWKError, b64url_encode, jwk_thumbprint, public_key_from_jwk
 from cmcp_cli.claim.receipt import receipt_time
 from cmcp_cli.claim.signing import check_signature
 
@@ -66,10 +65,6 @@ class Issued:
 
     cose: bytes
     registry: dict[str, Any]
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def _public_pem(jwk: Mapping[str, Any]) -> bytes:
@@ -257,7 +252,7 @@ def issue_over(
             "batch_id": f"tree-{len(stated_leaves)}",
         },
         "proof": {"leaf_index": stated_index, "audit_path": [f"sha256:{n}" for n in path]},
-        "receipt": _b64url(cose),
+        "receipt": b64url_encode(cose),
     }
     return Issued(cose, registry)
 

@@ -19,8 +19,6 @@ time with a `ProviderError` naming the URL, what was wrong and what to do.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import time
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cmcp_azure import settings, tdreport
 from cmcp_azure.settings import DEFAULT_IMDS_URL
 from cmcp_cli.attestation.api import ProviderError
+from cmcp_cli.claim.keys import b64url_decode, b64url_encode
 from cmcp_tdx.quote import QuoteFormatError, parse_quote
 
 THIM_PATH: Final = "/metadata/THIM/amd/certification"
@@ -184,24 +183,11 @@ def fetch_snp_certificates(base_url: str, *, timeout: float) -> SnpCertificates:
 
 def base64url_decode(text: str) -> bytes:
     """base64url with or without padding; `ValueError` for anything else (standard base64's
-    `+` and `/`, whitespace, bad padding)."""
+    `+` and `/`, whitespace, bad padding, non-canonical trailing bits)."""
     unpadded = text.rstrip("=")
     if len(text) - len(unpadded) > 2 or not unpadded:
         raise ValueError("bad padding")
-    if "+" in unpadded or "/" in unpadded:
-        raise ValueError("standard base64, not base64url")
-    try:
-        raw = base64.b64decode(unpadded + "=" * (-len(unpadded) % 4), altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("not base64url") from None
-    if base64.urlsafe_b64encode(raw).decode().rstrip("=") != unpadded:
-        raise ValueError("not canonical base64url")
-    return raw
-
-
-def base64url_encode(data: bytes) -> str:
-    """Unpadded base64url, as Azure's own guest tools send the TDREPORT."""
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+    return b64url_decode(unpadded)
 
 
 def fetch_td_quote(base_url: str, td_report: bytes, *, timeout: float) -> bytes:
@@ -216,7 +202,7 @@ def fetch_td_quote(base_url: str, td_report: bytes, *, timeout: float) -> bytes:
         ) from None
     url = _url(base_url, TD_QUOTE_PATH)
     request = httpx.Request(
-        "POST", url, headers=_HEADERS, json={"report": base64url_encode(td_report)}
+        "POST", url, headers=_HEADERS, json={"report": b64url_encode(td_report)}
     )
     body = _exchange(request, timeout=timeout, hint=_TDX_HINT)
     document = _document(body, url, ("quote",), _TDX_HINT)

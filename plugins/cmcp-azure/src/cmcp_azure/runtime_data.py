@@ -16,8 +16,6 @@ exactly 64 bytes of hex are refused.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from collections.abc import Mapping
@@ -27,6 +25,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cmcp_azure.hcl import USER_DATA_SIZE  # the paravisor copies NV 0x01400002 whole
+from cmcp_cli.claim.keys import b64url_decode, b64url_encode
 from cmcp_cli.strict_json import StrictJSONError, loads_strict
 
 AK_KID: Final = "HCLAkPub"
@@ -61,14 +60,12 @@ class RuntimeData:
 
 def _base64url_integer(jwk: Mapping[str, Any], member: str) -> int:
     value = jwk.get(member)
-    if not isinstance(value, str) or not value or "=" in value:
+    if not isinstance(value, str) or not value:
         raise RuntimeDataError(f"{jwk.get('kid')}: {member} is not unpadded base64url")
     try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (binascii.Error, ValueError):
-        raise RuntimeDataError(f"{jwk.get('kid')}: {member} is not base64url") from None
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != value:
-        raise RuntimeDataError(f"{jwk.get('kid')}: {member} is not canonical base64url")
+        raw = b64url_decode(value)
+    except ValueError as error:
+        raise RuntimeDataError(f"{jwk.get('kid')}: {member} is {error}") from None
     return int.from_bytes(raw, "big")
 
 
@@ -93,8 +90,7 @@ def jwk_of(key: rsa.RSAPublicKey, kid: str) -> dict[str, Any]:
     numbers = key.public_numbers()
 
     def encode(value: int) -> str:
-        raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        return b64url_encode(value.to_bytes((value.bit_length() + 7) // 8, "big"))
 
     return {
         "kid": kid,
