@@ -27,7 +27,6 @@ from typing import Any
 
 from cmcp_cli.claim.canonical import canonical_bytes
 
-LEAF_PREFIX = b"\x00"
 SAFE_INTEGER = 2**53 - 1
 ENTRIES_PATH = "/entries/"
 # a service's id of one entry: one URL path segment, never `.` or `..`
@@ -45,10 +44,6 @@ def anchor_leaf_bytes(record: Mapping[str, Any]) -> bytes:
         raise AnchorProfileError(problem)
     text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return text.encode("ascii")
-
-
-def anchor_leaf_hash(record: Mapping[str, Any]) -> bytes:
-    return hashlib.sha256(LEAF_PREFIX + anchor_leaf_bytes(record)).digest()
 
 
 def anchor_id(record: Mapping[str, Any]) -> str:
